@@ -1,0 +1,3 @@
+//! `ifp`: the command-line entry point of the IFP platform (subcommands come next).
+
+fn main() {}

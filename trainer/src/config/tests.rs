@@ -1,0 +1,118 @@
+//! Parsing and validation of configs: defaults, key paths in errors, presets.
+use super::*;
+
+fn err(yaml: &str) -> ConfigError {
+    match Config::from_yaml(yaml) {
+        Ok(c) => panic!("expected an error for {yaml:?}, got {c:?}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn defaults_are_the_reference_values() {
+    let c = Config::from_yaml("").expect("empty config");
+    assert_eq!(c.model.restormer.dim, 48);
+    assert_eq!(c.model.restormer.num_blocks, vec![4, 6, 6, 8]);
+    assert_eq!(c.train.optimizer.betas, (0.9, 0.95));
+    assert_eq!(c.data.batch_size, 1);
+    assert_eq!(c.data.mask_mode, "fixed");
+    assert_eq!(c.total_steps(), 60000);
+}
+
+#[test]
+fn steps_override_epochs() {
+    let c = Config::from_yaml("TRAIN:\n  EPOCHS: 10\n  STEPS: 3\n").expect("config");
+    assert_eq!(c.total_steps(), 3);
+    let c = Config::from_yaml("TRAIN:\n  EPOCHS: 10\n").expect("config");
+    assert_eq!(c.total_steps(), 10);
+}
+
+#[test]
+fn unknown_key_names_its_path() {
+    let e = err("MODEL:\n  RESTORMER:\n    DIMS: 8\n");
+    let s = e.to_string();
+    assert!(s.contains("MODEL.RESTORMER"), "{s}");
+    assert!(s.contains("DIMS"), "{s}");
+}
+
+#[test]
+fn wrong_type_names_path_and_value() {
+    let e = err("TRAIN:\n  BASE_LR: fast\n");
+    assert_eq!(e.key_path(), Some("TRAIN.BASE_LR"), "{e}");
+    assert!(e.to_string().contains("fast"), "{e}");
+    let e = err("DATA:\n  IMG_SIZE: -3\n");
+    assert_eq!(e.key_path(), Some("DATA.IMG_SIZE"), "{e}");
+}
+
+#[test]
+fn impossible_values_name_path_and_value() {
+    let cases = [
+        ("DATA:\n  SAMPLE_RATIO: 1.5\n", "DATA.SAMPLE_RATIO", "1.5"),
+        ("MODEL:\n  TYPE: resnet\n", "MODEL.TYPE", "resnet"),
+        ("DATA:\n  IMG_SIZE: 4\n", "DATA.IMG_SIZE", "4"),
+        (
+            "MODEL:\n  RECOVER_TARGET_TYPE: l2\n",
+            "MODEL.RECOVER_TARGET_TYPE",
+            "l2",
+        ),
+        (
+            "MODEL:\n  RESTORMER:\n    DIM: 8\n    HEADS: [1, 3, 4, 8]\n",
+            "MODEL.RESTORMER.HEADS",
+            "3",
+        ),
+        (
+            "MODEL:\n  DECODER:\n    IN_NC: 32\n",
+            "MODEL.DECODER.IN_NC",
+            "32",
+        ),
+        ("DATA:\n  MASK_MODE: random\n", "DATA.MASK_MODE", "random"),
+        (
+            "TRAIN:\n  OPTIMIZER:\n    BETAS: (0.9, 1.5)\n",
+            "TRAIN.OPTIMIZER.BETAS",
+            "1.5",
+        ),
+        (
+            "MODEL:\n  TYPE: uformer\nDATA:\n  IMG_SIZE: 100\n",
+            "DATA.IMG_SIZE",
+            "128",
+        ),
+    ];
+    for (yaml, path, value) in cases {
+        let e = err(yaml);
+        assert_eq!(e.key_path(), Some(path), "{yaml}: {e}");
+        assert!(e.to_string().contains(value), "{yaml}: {e}");
+    }
+}
+
+#[test]
+fn betas_as_tuple_string_or_list() {
+    let c = Config::from_yaml("TRAIN:\n  OPTIMIZER:\n    BETAS: [0.8, 0.9]\n").expect("list");
+    assert_eq!(c.train.optimizer.betas, (0.8, 0.9));
+    let c = Config::from_yaml("TRAIN:\n  OPTIMIZER:\n    BETAS: (0.8, 0.99)\n").expect("tuple");
+    assert_eq!(c.train.optimizer.betas, (0.8, 0.99));
+}
+
+#[test]
+fn json_body_and_yaml_agree() {
+    let y = Config::from_yaml("TRAIN:\n  BASE_LR: 1e-3\nDATA:\n  IMG_SIZE: 64\n").expect("yaml");
+    let j = Config::from_value(
+        serde_json::json!({"TRAIN": {"BASE_LR": 1e-3}, "DATA": {"IMG_SIZE": 64}}),
+    )
+    .expect("json");
+    assert_eq!(y, j);
+}
+
+#[test]
+fn round_trips_through_yaml() {
+    for p in PRESETS {
+        let c = Config::from_yaml(p.yaml).unwrap_or_else(|e| panic!("preset {}: {e}", p.name));
+        let again = Config::from_yaml(&c.to_yaml()).expect("round trip");
+        assert_eq!(c, again, "preset {}", p.name);
+    }
+}
+
+#[test]
+fn unknown_preset_lists_known_ones() {
+    let e = Config::load("huge").expect_err("unknown preset");
+    assert!(e.to_string().contains("tiny"), "{e}");
+}

@@ -1,0 +1,304 @@
+//! CPU kernels, as candle custom ops with their own backward, for the two convolution shapes
+//! whose backward candle 0.11 makes slow (DESIGN 4): the im2col gather of a "same" k x k
+//! convolution (its backward is a col2im scatter instead of 2*k*k zero-padded narrows), and the
+//! depthwise convolution (backward as two direct kernels instead of per-tap reductions).
+//! float32 on CPU only; `ops.rs` falls back to composed tensor ops elsewhere. Planes are
+//! processed in parallel with rayon; inner loops run over contiguous row segments so they
+//! vectorise.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(d) => d.as_slice(),
+        _ => return Err(candle_core::Error::Msg(format!("{what}: float32 only"))),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => Err(candle_core::Error::Msg(format!(
+            "{what}: needs a contiguous input"
+        ))),
+    }
+}
+
+/// The valid output range `[lo, hi)` of positions `x` with `0 <= x + d < n`.
+#[inline]
+fn valid(n: usize, d: isize) -> (usize, usize) {
+    let lo = (-d).max(0) as usize;
+    let hi = ((n as isize) - d).clamp(0, n as isize) as usize;
+    (lo.min(hi), hi)
+}
+
+/// (B, C, H, W) -> (B, C*k*k, H*W): tap `(i, j)` of channel `c` is row `c*k*k + i*k + j`.
+struct Im2col {
+    k: usize,
+}
+
+impl CustomOp1 for Im2col {
+    fn name(&self) -> &'static str {
+        "ifp-im2col"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = l.shape().dims4()?;
+        let x = f32_slice(s, l, self.name())?;
+        let (k, p, hw) = (self.k, (self.k / 2) as isize, h * w);
+        let mut out = vec![0f32; b * c * k * k * hw];
+        // One chunk of k*k rows per input plane (b, c).
+        out.par_chunks_mut(k * k * hw)
+            .zip(x.par_chunks(hw))
+            .for_each(|(rows, plane)| {
+                for i in 0..k {
+                    let dy = i as isize - p;
+                    let (y0, y1) = valid(h, dy);
+                    for j in 0..k {
+                        let dx = j as isize - p;
+                        let (x0, x1) = valid(w, dx);
+                        let row = &mut rows[(i * k + j) * hw..(i * k + j + 1) * hw];
+                        for y in y0..y1 {
+                            let src = ((y as isize + dy) as usize) * w;
+                            let s0 = (src as isize + x0 as isize + dx) as usize;
+                            row[y * w + x0..y * w + x1].copy_from_slice(&plane[s0..s0 + (x1 - x0)]);
+                        }
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((b, c * k * k, hw))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (_, _, h, w) = arg.dims4()?;
+        let g = grad.contiguous()?;
+        Ok(Some(g.apply_op1_no_bwd(&Col2im { k: self.k, h, w })?))
+    }
+}
+
+/// The adjoint of `Im2col`: (B, C*k*k, H*W) -> (B, C, H, W), summing the taps.
+struct Col2im {
+    k: usize,
+    h: usize,
+    w: usize,
+}
+
+impl CustomOp1 for Col2im {
+    fn name(&self) -> &'static str {
+        "ifp-col2im"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, ckk, _) = l.shape().dims3()?;
+        let g = f32_slice(s, l, self.name())?;
+        let (k, p, h, w) = (self.k, (self.k / 2) as isize, self.h, self.w);
+        let (c, hw) = (ckk / (k * k), h * w);
+        let mut out = vec![0f32; b * c * hw];
+        out.par_chunks_mut(hw)
+            .zip(g.par_chunks(k * k * hw))
+            .for_each(|(plane, rows)| {
+                for i in 0..k {
+                    let dy = i as isize - p;
+                    let (y0, y1) = valid(h, dy);
+                    for j in 0..k {
+                        let dx = j as isize - p;
+                        let (x0, x1) = valid(w, dx);
+                        let row = &rows[(i * k + j) * hw..(i * k + j + 1) * hw];
+                        for y in y0..y1 {
+                            let dst = ((y as isize + dy) as usize) * w;
+                            let d0 = (dst as isize + x0 as isize + dx) as usize;
+                            let d = &mut plane[d0..d0 + (x1 - x0)];
+                            for (o, v) in d.iter_mut().zip(&row[y * w + x0..y * w + x1]) {
+                                *o += v;
+                            }
+                        }
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((b, c, h, w))))
+    }
+}
+
+/// Depthwise "same" convolution: x (B, C, H, W), weight (C, 1, k, k) -> (B, C, H, W).
+struct Depthwise {
+    k: usize,
+}
+
+/// `out[y, x] += wt * src[y + dy, x + dx]` over the valid region, for one plane.
+#[inline]
+fn shifted_axpy(out: &mut [f32], src: &[f32], wt: f32, h: usize, w: usize, dy: isize, dx: isize) {
+    let (y0, y1) = valid(h, dy);
+    let (x0, x1) = valid(w, dx);
+    for y in y0..y1 {
+        let s0 = ((y as isize + dy) as usize) * w;
+        let s = &src[(s0 as isize + x0 as isize + dx) as usize..][..x1 - x0];
+        for (o, v) in out[y * w + x0..y * w + x1].iter_mut().zip(s) {
+            *o += wt * v;
+        }
+    }
+}
+
+impl CustomOp2 for Depthwise {
+    fn name(&self) -> &'static str {
+        "ifp-depthwise"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = l1.shape().dims4()?;
+        let x = f32_slice(s1, l1, self.name())?;
+        let wt = f32_slice(s2, l2, self.name())?;
+        let (k, p, hw) = (self.k, (self.k / 2) as isize, h * w);
+        let mut out = vec![0f32; b * c * hw];
+        out.par_chunks_mut(hw)
+            .zip(x.par_chunks(hw))
+            .enumerate()
+            .for_each(|(n, (o, plane))| {
+                let taps = &wt[(n % c) * k * k..][..k * k];
+                for i in 0..k {
+                    for j in 0..k {
+                        shifted_axpy(
+                            o,
+                            plane,
+                            taps[i * k + j],
+                            h,
+                            w,
+                            i as isize - p,
+                            j as isize - p,
+                        );
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((b, c, h, w))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wt: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = grad.contiguous()?;
+        let gx = g.apply_op2_no_bwd(wt, &DepthwiseInputGrad { k: self.k })?;
+        let gw = x.apply_op2_no_bwd(&g, &DepthwiseWeightGrad { k: self.k })?;
+        Ok((Some(gx), Some(gw)))
+    }
+}
+
+/// d(out)/d(x): the transposed depthwise convolution of the output gradient.
+struct DepthwiseInputGrad {
+    k: usize,
+}
+
+impl CustomOp2 for DepthwiseInputGrad {
+    fn name(&self) -> &'static str {
+        "ifp-depthwise-grad-input"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = l1.shape().dims4()?;
+        let g = f32_slice(s1, l1, self.name())?;
+        let wt = f32_slice(s2, l2, self.name())?;
+        let (k, p, hw) = (self.k, (self.k / 2) as isize, h * w);
+        let mut out = vec![0f32; b * c * hw];
+        out.par_chunks_mut(hw)
+            .zip(g.par_chunks(hw))
+            .enumerate()
+            .for_each(|(n, (o, plane))| {
+                let taps = &wt[(n % c) * k * k..][..k * k];
+                for i in 0..k {
+                    for j in 0..k {
+                        // x[y + i - p] fed out[y], so out-grad at y flows to x at y + i - p.
+                        shifted_axpy(
+                            o,
+                            plane,
+                            taps[i * k + j],
+                            h,
+                            w,
+                            p - i as isize,
+                            p - j as isize,
+                        );
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((b, c, h, w))))
+    }
+}
+
+/// d(out)/d(weight): per channel and tap, the sum over batch and pixels of grad * shifted x.
+struct DepthwiseWeightGrad {
+    k: usize,
+}
+
+impl CustomOp2 for DepthwiseWeightGrad {
+    fn name(&self) -> &'static str {
+        "ifp-depthwise-grad-weight"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = l1.shape().dims4()?;
+        let x = f32_slice(s1, l1, self.name())?;
+        let g = f32_slice(s2, l2, self.name())?;
+        let (k, p, hw) = (self.k, (self.k / 2) as isize, h * w);
+        let mut out = vec![0f32; c * k * k];
+        out.par_chunks_mut(k * k)
+            .enumerate()
+            .for_each(|(ch, taps)| {
+                for bi in 0..b {
+                    let off = (bi * c + ch) * hw;
+                    let (xp, gp) = (&x[off..off + hw], &g[off..off + hw]);
+                    for i in 0..k {
+                        let dy = i as isize - p;
+                        let (y0, y1) = valid(h, dy);
+                        for j in 0..k {
+                            let dx = j as isize - p;
+                            let (x0, x1) = valid(w, dx);
+                            // Accumulate in f64 per tap: these are long sums.
+                            let mut acc = 0f64;
+                            for y in y0..y1 {
+                                let s0 =
+                                    (((y as isize + dy) as usize) * w) as isize + x0 as isize + dx;
+                                let xs = &xp[s0 as usize..][..x1 - x0];
+                                let gs = &gp[y * w + x0..y * w + x1];
+                                acc += xs.iter().zip(gs).map(|(a, b)| a * b).sum::<f32>() as f64;
+                            }
+                            taps[i * k + j] += acc as f32;
+                        }
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((c, 1, k, k))))
+    }
+}
+
+/// Whether the fast kernels apply to this tensor.
+pub fn applicable(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+}
+
+/// (B, C, H, W) -> (B, C*k*k, H*W), zero padding k/2.
+pub fn im2col(x: &Tensor, k: usize) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Im2col { k })
+}
+
+/// Depthwise "same" convolution with weight (C, 1, k, k).
+pub fn depthwise(x: &Tensor, weight: &Tensor, k: usize) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2(&weight.contiguous()?, Depthwise { k })
+}

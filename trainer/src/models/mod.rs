@@ -1,0 +1,136 @@
+//! The networks IFP pre-trains: a backbone (`encoder.*`) followed by a reconstruction head
+//! (`decoder.*`), built from the config with the reference's parameter names, from fresh
+//! seeded weights or from a safetensors file (strict: every key present, none left over).
+
+pub mod head;
+pub mod kernels;
+pub mod ops;
+pub mod params;
+pub mod restormer;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Tensor, Var};
+
+pub use params::ParamStore;
+
+use crate::config::{Config, ModelType};
+use crate::error::{Result, TrainerError};
+
+enum Backbone {
+    Restormer(restormer::Restormer),
+}
+
+impl Backbone {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Backbone::Restormer(m) => m.forward(x),
+        }
+    }
+}
+
+/// Where the parameters of a new network come from.
+pub enum WeightSource {
+    /// Fresh weights drawn from this seed.
+    Init(u64),
+    /// Named tensors with the reference's full keys (`encoder.`/`decoder.` prefixed).
+    Tensors(HashMap<String, Tensor>),
+}
+
+/// Backbone + head, the unit that is trained, checkpointed and run by `ifp forward`.
+pub struct Network {
+    encoder: Backbone,
+    decoder: head::MsrResNetHead,
+    params: ParamStore,
+}
+
+impl Network {
+    /// Builds the network of `cfg` on `device` in float32.
+    pub fn build(cfg: &Config, weights: WeightSource, device: &Device) -> Result<Network> {
+        let strict = matches!(weights, WeightSource::Tensors(_));
+        let params = match weights {
+            WeightSource::Init(seed) => ParamStore::init(seed, DType::F32, device),
+            WeightSource::Tensors(t) => ParamStore::load(t, DType::F32, device),
+        };
+        let vb = params.var_builder();
+        let encoder = match cfg.model.kind {
+            ModelType::Restormer => Backbone::Restormer(restormer::Restormer::new(
+                &cfg.model.restormer,
+                vb.pp("encoder"),
+            )?),
+            ModelType::Uformer => {
+                return Err(TrainerError::Unsupported(
+                    "MODEL.TYPE: uformer is not available in this version yet (Restormer is)"
+                        .into(),
+                ))
+            }
+        };
+        let decoder = head::MsrResNetHead::new(&cfg.model.decoder, vb.pp("decoder"))?;
+        if strict {
+            let unused = params.unused_keys()?;
+            if !unused.is_empty() {
+                return Err(TrainerError::Unsupported(format!(
+                    "the weights have {} key(s) this network does not use (wrong config?): {}",
+                    unused.len(),
+                    unused
+                        .iter()
+                        .take(5)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+        Ok(Network {
+            encoder,
+            decoder,
+            params,
+        })
+    }
+
+    /// encoder then decoder: (B, 3, H, W) -> (B, 3, H, W).
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.decoder.forward(&self.encoder.forward(x)?)
+    }
+
+    /// The backbone alone: (B, 3, H, W) -> (B, OUT_CHANNELS, H, W).
+    pub fn encode(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.encoder.forward(x)
+    }
+
+    /// Every trainable parameter with its reference name.
+    pub fn vars(&self) -> Result<Vec<(String, Var)>> {
+        Ok(self.params.vars()?)
+    }
+
+    /// The state_dict: every tensor a PyTorch `load_state_dict(strict=True)` expects.
+    pub fn state_dict(&self) -> Result<BTreeMap<String, Tensor>> {
+        Ok(self.params.tensors()?)
+    }
+
+    /// Number of trainable scalars.
+    pub fn num_parameters(&self) -> Result<usize> {
+        Ok(self.vars()?.iter().map(|(_, v)| v.elem_count()).sum())
+    }
+}
+
+/// Reads the `encoder.*` / `decoder.*` tensors of a safetensors file (a checkpoint, or a golden
+/// file that also holds inputs and gradients), as float32 on `device`.
+pub fn load_weights(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let all = candle_core::safetensors::load(path, device).map_err(|e| TrainerError::Weights {
+        path: path.to_path_buf(),
+        message: format!("cannot read safetensors: {e}"),
+    })?;
+    let weights: HashMap<String, Tensor> = all
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("encoder.") || k.starts_with("decoder."))
+        .collect();
+    if weights.is_empty() {
+        return Err(TrainerError::Weights {
+            path: path.to_path_buf(),
+            message: "no `encoder.*` or `decoder.*` tensors in this file".into(),
+        });
+    }
+    Ok(weights)
+}

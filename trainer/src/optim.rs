@@ -1,0 +1,225 @@
+//! Optimisation as the reference does it (DESIGN 1.7; `optimizer.py`, `lr_scheduler.py` and
+//! `main_IFP.py` of IFP/MFM): AdamW with a no-decay group (1-D parameters and biases), learning
+//! rates scaled by `batch / 512`, timm's warmup + cosine schedule per step, and clipping by global
+//! norm. candle's own `AdamW` decays every parameter and keeps its moments private, so the update
+//! is written out here, in the same order of operations as `torch.optim.AdamW` (single-tensor).
+
+use std::collections::BTreeMap;
+
+use candle_core::backprop::GradStore;
+use candle_core::{Result, Tensor, Var};
+
+use crate::config::TrainConfig;
+
+/// The reference's linear LR scaling: `lr * batch * world_size / 512` (one process here).
+pub fn lr_scale(batch: usize) -> f64 {
+    batch as f64 / 512.0
+}
+
+/// timm's `CosineLRScheduler` as MFM/IFP build it, per optimiser step, on scaled rates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LrSchedule {
+    pub base_lr: f64,
+    pub warmup_lr: f64,
+    pub min_lr: f64,
+    pub warmup_steps: usize,
+    pub total_steps: usize,
+}
+
+impl LrSchedule {
+    pub fn from_config(t: &TrainConfig, batch: usize) -> Self {
+        let s = lr_scale(batch);
+        LrSchedule {
+            base_lr: t.base_lr * s,
+            warmup_lr: t.warmup_lr * s,
+            min_lr: t.min_lr * s,
+            warmup_steps: t.warmup_epochs,
+            total_steps: t.total_steps(),
+        }
+    }
+
+    /// The scheduler's value at absolute step `t`: linear warmup from the warmup LR, then a
+    /// cosine from the base LR to the minimum over the whole run (`warmup_prefix=False`, so the
+    /// cosine runs on `t`, not `t - warmup`), and the minimum from `t >= total` on.
+    pub fn value_at(&self, t: usize) -> f64 {
+        if t < self.warmup_steps {
+            let slope = (self.base_lr - self.warmup_lr) / self.warmup_steps as f64;
+            self.warmup_lr + t as f64 * slope
+        } else if t < self.total_steps {
+            let x = std::f64::consts::PI * t as f64 / self.total_steps as f64;
+            self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1.0 + x.cos())
+        } else {
+            self.min_lr
+        }
+    }
+
+    /// The LR that optimiser step `k` (0-based) uses. The reference calls
+    /// `step_update(k)` *after* step k, so step k runs at `value_at(k - 1)` and steps 0 and 1
+    /// both run at the warmup LR.
+    pub fn lr_for_step(&self, k: usize) -> f64 {
+        self.value_at(k.saturating_sub(1))
+    }
+}
+
+/// Whether the reference puts a parameter in the no-decay group (`optimizer.py`): 1-D tensors
+/// and names ending in `.bias`. Restormer's `temperature` (heads, 1, 1) is therefore decayed.
+pub fn skips_weight_decay(name: &str, shape: &[usize]) -> bool {
+    shape.len() == 1 || name.ends_with(".bias")
+}
+
+struct ParamState {
+    name: String,
+    var: Var,
+    weight_decay: f64,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+}
+
+/// AdamW over named parameters, with per-parameter weight decay and exposed moments.
+pub struct AdamW {
+    params: Vec<ParamState>,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    step: usize,
+}
+
+impl AdamW {
+    /// `weight_decay` applies to every parameter but those `skips_weight_decay` selects.
+    pub fn new(
+        vars: Vec<(String, Var)>,
+        weight_decay: f64,
+        betas: (f64, f64),
+        eps: f64,
+    ) -> Result<Self> {
+        let params = vars
+            .into_iter()
+            .map(|(name, var)| {
+                let decay = if skips_weight_decay(&name, var.dims()) {
+                    0.0
+                } else {
+                    weight_decay
+                };
+                Ok(ParamState {
+                    exp_avg: var.zeros_like()?,
+                    exp_avg_sq: var.zeros_like()?,
+                    name,
+                    var,
+                    weight_decay: decay,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(AdamW {
+            params,
+            beta1: betas.0,
+            beta2: betas.1,
+            eps,
+            step: 0,
+        })
+    }
+
+    /// Number of steps taken so far.
+    pub fn steps_taken(&self) -> usize {
+        self.step
+    }
+
+    /// (decayed, not decayed) parameter counts, for logs.
+    pub fn group_sizes(&self) -> (usize, usize) {
+        let nd = self.params.iter().filter(|p| p.weight_decay == 0.0).count();
+        (self.params.len() - nd, nd)
+    }
+
+    /// One update with learning rate `lr`. Parameters without a gradient are left alone (as
+    /// PyTorch skips parameters whose `.grad` is None).
+    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        self.step += 1;
+        let t = self.step as i32;
+        let bc1 = 1.0 - self.beta1.powi(t);
+        let bc2_sqrt = (1.0 - self.beta2.powi(t)).sqrt();
+        let step_size = lr / bc1;
+        for p in &mut self.params {
+            let Some(g) = grads.get(p.var.as_tensor()) else {
+                continue;
+            };
+            let g = g.detach();
+            let mut w = p.var.as_tensor().detach();
+            if p.weight_decay != 0.0 {
+                w = (w * (1.0 - lr * p.weight_decay))?;
+            }
+            // exp_avg.lerp_(grad, 1 - beta1): m + w * (g - m) for weights below 0.5.
+            let m = (&p.exp_avg + ((&g - &p.exp_avg)? * (1.0 - self.beta1))?)?;
+            let v = ((&p.exp_avg_sq * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
+            let denom = ((v.sqrt()? / bc2_sqrt)? + self.eps)?;
+            let w = (w - (m.div(&denom)? * step_size)?)?;
+            p.var.set(&w)?;
+            p.exp_avg = m;
+            p.exp_avg_sq = v;
+        }
+        Ok(())
+    }
+
+    /// The optimiser state as named tensors (`exp_avg.<param>`, `exp_avg_sq.<param>`).
+    pub fn state_tensors(&self) -> BTreeMap<String, Tensor> {
+        let mut out = BTreeMap::new();
+        for p in &self.params {
+            out.insert(format!("exp_avg.{}", p.name), p.exp_avg.clone());
+            out.insert(format!("exp_avg_sq.{}", p.name), p.exp_avg_sq.clone());
+        }
+        out
+    }
+
+    /// Restores a state written by `state_tensors` after `steps` steps.
+    pub fn load_state(&mut self, state: &BTreeMap<String, Tensor>, steps: usize) -> Result<()> {
+        for p in &mut self.params {
+            for (key, slot) in [
+                (format!("exp_avg.{}", p.name), &mut p.exp_avg),
+                (format!("exp_avg_sq.{}", p.name), &mut p.exp_avg_sq),
+            ] {
+                let t = state.get(&key).ok_or_else(|| {
+                    candle_core::Error::Msg(format!("training state lacks `{key}`"))
+                })?;
+                if t.dims() != slot.dims() {
+                    return Err(candle_core::Error::Msg(format!(
+                        "training state `{key}` has shape {:?}, expected {:?}",
+                        t.dims(),
+                        slot.dims()
+                    )));
+                }
+                *slot = t.to_dtype(slot.dtype())?.to_device(slot.device())?;
+            }
+        }
+        self.step = steps;
+        Ok(())
+    }
+}
+
+/// `torch.nn.utils.clip_grad_norm_(params, max_norm)`: returns the global 2-norm of the
+/// gradients before clipping and, when it exceeds `max_norm`, scales every gradient by
+/// `max_norm / (norm + 1e-6)`. `max_norm <= 0` only measures.
+pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Result<f64> {
+    let mut sq = 0.0f64;
+    for v in vars {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            // Per-tensor norms first, then the norm of norms, as PyTorch does.
+            let n = g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
+            sq += n;
+        }
+    }
+    let total = sq.sqrt();
+    if max_norm > 0.0 && total.is_finite() {
+        let coef = max_norm / (total + 1e-6);
+        if coef < 1.0 {
+            for v in vars {
+                if let Some(g) = grads.get(v.as_tensor()) {
+                    let scaled = (g * coef)?;
+                    grads.insert(v.as_tensor(), scaled);
+                }
+            }
+        }
+    }
+    Ok(total)
+}

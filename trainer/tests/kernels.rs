@@ -1,0 +1,85 @@
+//! The custom CPU kernels against the straightforward candle versions, values and gradients,
+//! on random shapes including odd sizes and sizes smaller than the kernel.
+
+use candle_core::{Device, Tensor, Var};
+use ifp_trainer::models::kernels;
+use ifp_trainer::models::ops::{depthwise_composed, im2col};
+
+fn rel(a: &Tensor, b: &Tensor) -> f64 {
+    let d = (a - b)
+        .and_then(|d| d.sqr())
+        .and_then(|d| d.sum_all())
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("diff");
+    let n = b
+        .sqr()
+        .and_then(|d| d.sum_all())
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("norm");
+    (d as f64 / (n as f64).max(1e-30)).sqrt()
+}
+
+const SHAPES: &[(usize, usize, usize, usize, usize)] = &[
+    (1, 1, 1, 1, 3),
+    (2, 3, 5, 7, 3),
+    (3, 4, 9, 4, 3),
+    (1, 2, 2, 3, 5),
+    (2, 5, 13, 11, 5),
+    (1, 3, 6, 6, 1),
+];
+
+#[test]
+fn im2col_kernel_matches_composed() {
+    for (i, &(b, c, h, w, k)) in SHAPES.iter().enumerate() {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, w), &Device::Cpu).expect("x"))
+            .expect("var");
+        let probe = Tensor::randn(0f32, 1.0, (b, c * k * k, h * w), &Device::Cpu).expect("probe");
+        let fast = kernels::im2col(x.as_tensor(), k).expect("fast");
+        let slow = im2col(x.as_tensor(), k).expect("slow");
+        assert!(rel(&fast, &slow) < 1e-7, "shape {i}: values");
+        let gf = (fast * &probe)
+            .and_then(|t| t.sum_all())
+            .and_then(|t| t.backward())
+            .expect("bwd");
+        let gs = (slow * &probe)
+            .and_then(|t| t.sum_all())
+            .and_then(|t| t.backward())
+            .expect("bwd");
+        let e = rel(
+            gf.get(x.as_tensor()).expect("g"),
+            gs.get(x.as_tensor()).expect("g"),
+        );
+        assert!(e < 1e-6, "shape {i}: input gradient {e}");
+    }
+}
+
+#[test]
+fn depthwise_kernel_matches_composed() {
+    for (i, &(b, c, h, w, k)) in SHAPES.iter().enumerate() {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, w), &Device::Cpu).expect("x"))
+            .expect("var");
+        let wt =
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, (c, 1, k, k), &Device::Cpu).expect("w"))
+                .expect("var");
+        let probe = Tensor::randn(0f32, 1.0, (b, c, h, w), &Device::Cpu).expect("probe");
+        let fast = kernels::depthwise(x.as_tensor(), wt.as_tensor(), k).expect("fast");
+        let slow = depthwise_composed(x.as_tensor(), wt.as_tensor(), k).expect("slow");
+        let e = rel(&fast, &slow);
+        assert!(e < 1e-6, "shape {i}: values {e}");
+        let gf = (fast * &probe)
+            .and_then(|t| t.sum_all())
+            .and_then(|t| t.backward())
+            .expect("bwd");
+        let gs = (slow * &probe)
+            .and_then(|t| t.sum_all())
+            .and_then(|t| t.backward())
+            .expect("bwd");
+        for (name, v) in [("input", &x), ("weight", &wt)] {
+            let e = rel(
+                gf.get(v.as_tensor()).expect("g"),
+                gs.get(v.as_tensor()).expect("g"),
+            );
+            assert!(e < 1e-5, "shape {i}: {name} gradient {e}");
+        }
+    }
+}
