@@ -1,0 +1,649 @@
+"""PyTorch restatement of the IFP pre-training step (Restormer backbone + MSRResNet head).
+
+Written for this project from the method description (DESIGN.md section 1, golden/README.md);
+parameter names are those of the reference state_dict (`encoder.*`, `decoder.*`) so that
+`state_dict()` loads the golden files and the Rust checkpoints with `strict=True`.
+
+Contents
+  * config:        load_config() reads the reference YAML schema (yacs-like literal decoding)
+  * network:       RestormerBackbone, MSRResNetHead, IFPNet, build_model()
+  * data:          make_noise_image(), CropSampler (RandomResizedCrop + flip, PIL bicubic)
+  * mask:          draw_radii(), ifp_mask()
+  * corruption:    frequency_transform(), frequency_m_transform(), normalize_img()
+  * losses:        freq_loss(pred, target, mask, kind)  kind in normal|masked|m_masked|m_m_masked
+  * optimisation:  param_groups(), scaled_lrs(), build_optimizer(), build_scheduler(),
+                   cosine_lr() (restatement of timm's CosineLRScheduler), used_lr()
+  * train_step():  one reference training iteration (zero_grad, fwd, bwd, clip, step, step_update)
+
+The reference training loop (IFP main_IFP.py) calls, per iteration:
+    optimizer.zero_grad(); loss.backward(); norm = clip_grad_norm_(params, CLIP_GRAD);
+    optimizer.step(); lr_scheduler.step_update(global_step)
+so optimiser step k uses lr(max(k - 1, 0)) of timm's schedule (the scheduler's constructor sets
+lr(0) = WARMUP_LR before the first step).
+"""
+from __future__ import annotations
+
+import ast
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# ----------------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------------
+
+_DEFAULTS = {
+    "MODEL": {
+        "TYPE": "restormer",
+        "RECOVER_TARGET_TYPE": "normal",
+        "RESTORMER": {
+            "INP_CHANNELS": 3, "OUT_CHANNELS": 64, "DIM": 48, "NUM_BLOCKS": [4, 6, 6, 8],
+            "NUM_REFINEMENT_BLOCKS": 4, "HEADS": [1, 2, 4, 8], "FFN_EXPANSION_FACTOR": 2.66,
+            "BIAS": False, "LAYERNORM_TYPE": "WithBias", "DUAL_PIXEL_TASK": False,
+            "GLOBAL_RESIDUAL": False, "PATCH_SIZE": 1,
+        },
+        "DECODER": {"IN_NC": 180, "OUT_NC": 3, "UPSCALE": 1, "NF": 64},
+    },
+    "DATA": {"BATCH_SIZE": 128, "IMG_SIZE": 224, "MIN_CROP_SCALE": 0.2, "FILTER_TYPE": "IFP",
+             "SAMPLE_RATIO": 0.5, "MASK_RADIUS1": 16, "MASK_RADIUS2": 999},
+    "TRAIN": {"EPOCHS": 300, "WARMUP_EPOCHS": 20, "WEIGHT_DECAY": 0.05, "BASE_LR": 3e-4,
+              "WARMUP_LR": 2.5e-7, "MIN_LR": 2.5e-6, "CLIP_GRAD": 3.0, "ACCUMULATION_STEPS": 1,
+              "OPTIMIZER": {"NAME": "adamw", "EPS": 1e-8, "BETAS": (0.9, 0.999)}},
+}
+
+
+def _decode(v):
+    # yacs' _decode_cfg_value: strings that are Python literals become literals
+    # (PyYAML reads `3e-4` and `(0.9, 0.95)` as strings).
+    if isinstance(v, dict):
+        return {k: _decode(x) for k, x in v.items()}
+    if isinstance(v, str):
+        try:
+            return ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            return v
+    return v
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(path: str) -> dict:
+    """Reference-schema YAML merged over the reference defaults (config.py) that matter here.
+    Unknown keys are kept (this is a benchmark helper, not the validating loader)."""
+    import yaml
+
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    import copy
+
+    return _merge(copy.deepcopy(_DEFAULTS), _decode(raw))
+
+
+# ----------------------------------------------------------------------------------------------
+# Network: Restormer backbone (reference parameter names)
+# ----------------------------------------------------------------------------------------------
+
+
+class _LNBody(nn.Module):
+    """Per-pixel LayerNorm over channels; weights live at `<norm>.body.weight/bias`."""
+
+    def __init__(self, dim: int, with_bias: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        if with_bias:
+            self.bias = nn.Parameter(torch.zeros(dim))
+        else:
+            self.register_parameter("bias", None)
+
+    def forward(self, x):  # x: (B, HW, C)
+        var = x.var(-1, keepdim=True, unbiased=False)
+        if self.bias is None:  # BiasFree: no mean subtraction in the numerator
+            return x / torch.sqrt(var + 1e-5) * self.weight
+        mu = x.mean(-1, keepdim=True)
+        return (x - mu) / torch.sqrt(var + 1e-5) * self.weight + self.bias
+
+
+class ChannelLayerNorm(nn.Module):
+    def __init__(self, dim: int, ln_type: str):
+        super().__init__()
+        self.body = _LNBody(dim, with_bias=(ln_type != "BiasFree"))
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        y = self.body(x.flatten(2).transpose(1, 2))  # (B, HW, C)
+        return y.transpose(1, 2).reshape(b, c, h, w)
+
+
+class GDFN(nn.Module):
+    def __init__(self, dim: int, expansion: float, bias: bool):
+        super().__init__()
+        hidden = int(dim * expansion)
+        self.project_in = nn.Conv2d(dim, hidden * 2, 1, bias=bias)
+        self.dwconv = nn.Conv2d(hidden * 2, hidden * 2, 3, 1, 1, groups=hidden * 2, bias=bias)
+        self.project_out = nn.Conv2d(hidden, dim, 1, bias=bias)
+
+    def forward(self, x):
+        a, g = self.dwconv(self.project_in(x)).chunk(2, dim=1)
+        return self.project_out(F.gelu(a) * g)
+
+
+class MDTA(nn.Module):
+    """Channel ("transposed") attention."""
+
+    def __init__(self, dim: int, heads: int, bias: bool):
+        super().__init__()
+        self.num_heads = heads
+        self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
+        self.qkv = nn.Conv2d(dim, dim * 3, 1, bias=bias)
+        self.qkv_dwconv = nn.Conv2d(dim * 3, dim * 3, 3, 1, 1, groups=dim * 3, bias=bias)
+        self.project_out = nn.Conv2d(dim, dim, 1, bias=bias)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        q, k, v = self.qkv_dwconv(self.qkv(x)).chunk(3, dim=1)
+        shp = (b, self.num_heads, c // self.num_heads, h * w)
+        q = F.normalize(q.reshape(shp), dim=-1)
+        k = F.normalize(k.reshape(shp), dim=-1)
+        v = v.reshape(shp)
+        attn = torch.softmax((q @ k.transpose(-2, -1)) * self.temperature, dim=-1)
+        return self.project_out((attn @ v).reshape(b, c, h, w))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, dim, heads, expansion, bias, ln_type):
+        super().__init__()
+        self.norm1 = ChannelLayerNorm(dim, ln_type)
+        self.attn = MDTA(dim, heads, bias)
+        self.norm2 = ChannelLayerNorm(dim, ln_type)
+        self.ffn = GDFN(dim, expansion, bias)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.ffn(self.norm2(x))
+
+
+class _PatchEmbed(nn.Module):
+    def __init__(self, cin, dim):
+        super().__init__()
+        self.proj = nn.Conv2d(cin, dim, 3, 1, 1, bias=False)
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+class _Resample(nn.Module):
+    """Downsample: conv3x3 C->C/2 + PixelUnshuffle(2); Upsample: conv3x3 C->2C + PixelShuffle(2)."""
+
+    def __init__(self, c, down: bool):
+        super().__init__()
+        if down:
+            self.body = nn.Sequential(nn.Conv2d(c, c // 2, 3, 1, 1, bias=False), nn.PixelUnshuffle(2))
+        else:
+            self.body = nn.Sequential(nn.Conv2d(c, c * 2, 3, 1, 1, bias=False), nn.PixelShuffle(2))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class RestormerBackbone(nn.Module):
+    def __init__(self, inp_channels=3, out_channels=64, dim=48, num_blocks=(4, 6, 6, 8),
+                 num_refinement_blocks=4, heads=(1, 2, 4, 8), ffn_expansion_factor=2.66,
+                 bias=False, layernorm_type="WithBias", global_residual=False,
+                 dual_pixel_task=False):
+        super().__init__()
+        self.global_residual = global_residual
+        self.dual_pixel_task = dual_pixel_task
+
+        def blocks(d, n, h):
+            return nn.Sequential(*[TransformerBlock(d, h, ffn_expansion_factor, bias, layernorm_type)
+                                   for _ in range(n)])
+
+        d1, d2, d3, d4 = dim, dim * 2, dim * 4, dim * 8
+        # registration order = reference order (named_parameters / optimiser group order)
+        self.patch_embed = _PatchEmbed(inp_channels, d1)
+        self.encoder_level1 = blocks(d1, num_blocks[0], heads[0])
+        self.down1_2 = _Resample(d1, down=True)
+        self.encoder_level2 = blocks(d2, num_blocks[1], heads[1])
+        self.down2_3 = _Resample(d2, down=True)
+        self.encoder_level3 = blocks(d3, num_blocks[2], heads[2])
+        self.down3_4 = _Resample(d3, down=True)
+        self.latent = blocks(d4, num_blocks[3], heads[3])
+        self.up4_3 = _Resample(d4, down=False)
+        self.reduce_chan_level3 = nn.Conv2d(d4, d3, 1, bias=bias)
+        self.decoder_level3 = blocks(d3, num_blocks[2], heads[2])
+        self.up3_2 = _Resample(d3, down=False)
+        self.reduce_chan_level2 = nn.Conv2d(d3, d2, 1, bias=bias)
+        self.decoder_level2 = blocks(d2, num_blocks[1], heads[1])
+        self.up2_1 = _Resample(d2, down=False)
+        self.decoder_level1 = blocks(d2, num_blocks[0], heads[0])
+        self.refinement = blocks(d2, num_refinement_blocks, heads[0])
+        if dual_pixel_task:
+            self.skip_conv = nn.Conv2d(d1, d2, 1, bias=bias)
+        self.output = nn.Conv2d(d2, out_channels, 3, 1, 1, bias=bias)
+
+    @staticmethod
+    def pad8(x):
+        h, w = x.shape[-2:]
+        ph, pw = (8 - h % 8) % 8, (8 - w % 8) % 8
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="reflect")
+        return x
+
+    def forward(self, inp):
+        H, W = inp.shape[-2:]
+        x0 = self.pad8(inp)
+        e1_in = self.patch_embed(x0)
+        e1 = self.encoder_level1(e1_in)
+        e2 = self.encoder_level2(self.down1_2(e1))
+        e3 = self.encoder_level3(self.down2_3(e2))
+        lat = self.latent(self.down3_4(e3))
+        d3 = self.decoder_level3(self.reduce_chan_level3(torch.cat([self.up4_3(lat), e3], 1)))
+        d2 = self.decoder_level2(self.reduce_chan_level2(torch.cat([self.up3_2(d3), e2], 1)))
+        d1 = self.decoder_level1(torch.cat([self.up2_1(d2), e1], 1))
+        d1 = self.refinement(d1)
+        if self.dual_pixel_task:
+            out = self.output(d1 + self.skip_conv(e1_in))
+        elif self.global_residual:
+            out = self.output(d1) + x0
+        else:
+            out = self.output(d1)
+        return out[:, :, :H, :W]
+
+
+# ----------------------------------------------------------------------------------------------
+# Network: MSRResNet head
+# ----------------------------------------------------------------------------------------------
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, nf):
+        super().__init__()
+        self.conv1 = nn.Conv2d(nf, nf, 3, 1, 1, bias=True)
+        self.conv2 = nn.Conv2d(nf, nf, 3, 1, 1, bias=True)
+
+    def forward(self, x):
+        return x + self.conv2(F.relu(self.conv1(x)))
+
+
+class MSRResNetHead(nn.Module):
+    def __init__(self, in_c=64, out_c=3, nf=64, scale=1):
+        super().__init__()
+        self.upscale = scale
+        self.conv_first = nn.Conv2d(in_c, nf, 3, 1, 1, bias=True)
+        self.basic_block1 = _ResBlock(nf)
+        self.basic_block2 = _ResBlock(nf)
+        self.basic_block3 = _ResBlock(nf)
+        self.basic_block4 = _ResBlock(nf)
+        if scale in (2, 3):
+            self.upconv1 = nn.Conv2d(nf, nf * scale * scale, 3, 1, 1, bias=True)
+            self.pixel_shuffle = nn.PixelShuffle(scale)
+        elif scale == 4:
+            self.upconv1 = nn.Conv2d(nf, nf * 4, 3, 1, 1, bias=True)
+            self.upconv2 = nn.Conv2d(nf, nf * 4, 3, 1, 1, bias=True)
+            self.pixel_shuffle = nn.PixelShuffle(2)
+        self.HRconv = nn.Conv2d(nf, nf, 3, 1, 1, bias=True)
+        self.conv_last = nn.Conv2d(nf, out_c, 3, 1, 1, bias=True)
+
+    def forward(self, x):
+        lrelu = lambda t: F.leaky_relu(t, 0.1)  # noqa: E731
+        out = lrelu(self.conv_first(x))
+        out = self.basic_block4(self.basic_block3(self.basic_block2(self.basic_block1(out))))
+        if self.upscale == 4:
+            out = lrelu(self.pixel_shuffle(self.upconv1(out)))
+            out = lrelu(self.pixel_shuffle(self.upconv2(out)))
+        elif self.upscale in (2, 3):
+            out = lrelu(self.pixel_shuffle(self.upconv1(out)))
+        return self.conv_last(lrelu(self.HRconv(out)))
+
+
+class IFPNet(nn.Module):
+    def __init__(self, encoder: nn.Module, decoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def forward(self, x):
+        return self.decoder(self.encoder(x))
+
+
+def build_model(cfg: dict) -> IFPNet:
+    m = cfg["MODEL"]
+    if str(m.get("TYPE", "restormer")).lower() != "restormer":
+        raise NotImplementedError("torch_ifp builds the Restormer network only (MODEL.TYPE=restormer)")
+    r, d = m["RESTORMER"], m["DECODER"]
+    enc = RestormerBackbone(
+        inp_channels=r["INP_CHANNELS"], out_channels=r["OUT_CHANNELS"], dim=r["DIM"],
+        num_blocks=list(r["NUM_BLOCKS"]), num_refinement_blocks=r["NUM_REFINEMENT_BLOCKS"],
+        heads=list(r["HEADS"]), ffn_expansion_factor=r["FFN_EXPANSION_FACTOR"], bias=bool(r["BIAS"]),
+        layernorm_type=r["LAYERNORM_TYPE"], global_residual=bool(r["GLOBAL_RESIDUAL"]),
+        dual_pixel_task=bool(r["DUAL_PIXEL_TASK"]))
+    dec = MSRResNetHead(in_c=d["IN_NC"], out_c=d["OUT_NC"], nf=d.get("NF", 64), scale=d.get("UPSCALE", 1))
+    return IFPNet(enc, dec)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: noise image, RandomResizedCrop + flip
+# ----------------------------------------------------------------------------------------------
+
+
+def make_noise_image(seed: int = 0, width: int = 640, height: int = 480, mean: float = 0.467,
+                     std: float = 0.075) -> np.ndarray:
+    """HWC uint8 i.i.d. Gaussian noise image (clipped to [0,1], quantised to 8 bits)."""
+    rng = np.random.default_rng(seed)
+    v = rng.normal(mean, std, size=(height, width, 3)).clip(0.0, 1.0)
+    return np.round(v * 255.0).astype(np.uint8)
+
+
+class CropSampler:
+    """The reference's IFPTransform image part: RandomResizedCrop(size, scale=(min_scale, 1),
+    ratio=(3/4, 4/3), PIL bicubic) then RandomHorizontalFlip(0.5) then ToTensor. Uses torchvision
+    on a PIL image when available (exact reference semantics, torch global RNG), else a tensor
+    fallback with the same sampling rule."""
+
+    def __init__(self, img_hwc_u8: np.ndarray, size: int, min_scale: float = 0.2):
+        self.size = size
+        self.min_scale = min_scale
+        self.np_img = img_hwc_u8
+        try:
+            import torchvision.transforms as T
+            from PIL import Image
+
+            self.pil = Image.fromarray(np.ascontiguousarray(img_hwc_u8)).convert("RGB")
+            self.tf = T.Compose([
+                T.RandomResizedCrop(size, scale=(min_scale, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+                T.RandomHorizontalFlip(),
+                T.ToTensor(),
+            ])
+        except Exception:  # pragma: no cover - torchvision missing
+            self.pil, self.tf = None, None
+            self.t_img = torch.from_numpy(img_hwc_u8).permute(2, 0, 1).float().div(255.0)
+
+    def _fallback(self):
+        _, H, W = self.t_img.shape
+        area = H * W
+        for _ in range(10):
+            ta = area * float(torch.empty(1).uniform_(self.min_scale, 1.0))
+            lr = math.log(3 / 4), math.log(4 / 3)
+            ar = math.exp(float(torch.empty(1).uniform_(*lr)))
+            w = int(round(math.sqrt(ta * ar)))
+            h = int(round(math.sqrt(ta / ar)))
+            if 0 < w <= W and 0 < h <= H:
+                i = int(torch.randint(0, H - h + 1, (1,)))
+                j = int(torch.randint(0, W - w + 1, (1,)))
+                break
+        else:
+            h = w = min(H, W)
+            i, j = (H - h) // 2, (W - w) // 2
+        c = self.t_img[:, i:i + h, j:j + w].unsqueeze(0)
+        c = F.interpolate(c, size=(self.size, self.size), mode="bicubic", align_corners=False,
+                          antialias=True)[0].clamp(0, 1)
+        if float(torch.rand(1)) < 0.5:
+            c = c.flip(-1)
+        return c
+
+    def sample(self, batch: int) -> torch.Tensor:
+        if self.tf is not None and self.pil is not None:
+            return torch.stack([self.tf(self.pil) for _ in range(batch)])
+        return torch.stack([self._fallback() for _ in range(batch)])
+
+
+# ----------------------------------------------------------------------------------------------
+# Mask and corruption
+# ----------------------------------------------------------------------------------------------
+
+
+def draw_radii(size: int, sample_ratio: float = 0.5, seed: Optional[int] = None) -> np.ndarray:
+    """Radii as FreqMaskGenerator draws them: numpy legacy global RNG,
+    randint(0, size//2, size=int(size//2 * sample_ratio), dtype='l'). With `seed`, calls
+    np.random.seed(seed) first (the reference seeds np.random with SEED + rank just before)."""
+    if seed is not None:
+        np.random.seed(seed)
+    mid = size // 2
+    return np.random.randint(low=0, high=mid, size=int(mid * sample_ratio), dtype="l")
+
+
+def ifp_mask(size: int, radii: Sequence[int]) -> torch.Tensor:
+    """int64 (S, S) mask in the fftshifted layout; 0 on the (half-open) square rings."""
+    m = torch.ones(size, size, dtype=torch.int64)
+    c = size // 2
+    for r in radii:
+        r = int(r)
+        m[c - r, c - r:c + r] = 0
+        m[c + r, c - r:c + r] = 0
+        m[c - r:c + r, c - r] = 0
+        m[c - r:c + r, c + r] = 0
+    return m
+
+
+def _as_mask4(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    # (S,S) or (N,S,S) or (N,1,S,S) -> broadcastable (N|1, 1, S, S) in x's real dtype
+    if mask.dim() == 2:
+        mask = mask[None, None]
+    elif mask.dim() == 3:
+        mask = mask[:, None]
+    return mask.to(device=x.device)
+
+
+def frequency_transform(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`normal` / `masked` corruption: real part of ifft2(ifftshift(fftshift(fft2 x) * mask)), clamp."""
+    m = _as_mask4(mask, x)
+    Fx = torch.fft.fftshift(torch.fft.fft2(x), dim=(-2, -1)) * m
+    y = torch.fft.ifft2(torch.fft.ifftshift(Fx, dim=(-2, -1))).real
+    return y.clamp(0.0, 1.0)
+
+
+def frequency_m_transform(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`m_masked` / `m_m_masked` corruption: |F|*mask with the unmasked phase, modulus of ifft2, clamp."""
+    m = _as_mask4(mask, x)
+    Fx = torch.fft.fftshift(torch.fft.fft2(x), dim=(-2, -1))
+    mag = torch.abs(Fx) * m
+    Fm = torch.polar(mag.to(Fx.real.dtype), torch.angle(Fx))
+    y = torch.abs(torch.fft.ifft2(torch.fft.ifftshift(Fm, dim=(-2, -1))))
+    return y.clamp(0.0, 1.0)
+
+
+def normalize_img(x: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def corrupt(x: torch.Tensor, mask: torch.Tensor, kind: str) -> torch.Tensor:
+    """Network input for clean crops x in [0,1] (normalised)."""
+    if kind in ("m_masked", "m_m_masked"):
+        return normalize_img(frequency_m_transform(x, mask))
+    return normalize_img(frequency_transform(x, mask))
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses
+# ----------------------------------------------------------------------------------------------
+
+
+def _spec(x: torch.Tensor, cast_f32: bool) -> torch.Tensor:
+    if cast_f32:
+        x = x.float()  # the reference's tensor2freq does `.float()`
+    return torch.fft.fftshift(torch.fft.fft2(x, norm="ortho"), dim=(-2, -1))
+
+
+def freq_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, kind: str,
+              in_chans: int = 3, cast_f32: bool = False) -> torch.Tensor:
+    """The four reconstruction losses of IFP.forward (PATCH_FACTOR 1, FREQ_LOSS defaults).
+    `mask` (S,S) or (N,S,S); for (S,S) the batch sum of (1-mask) is N * zeros(mask)."""
+    N = pred.shape[0]
+    m = mask
+    if m.dim() == 2:
+        m = m[None].expand(N, -1, -1)
+    m = m.to(device=pred.device)
+    inv = (1 - m)[:, None].to(pred.dtype if not cast_f32 else torch.float32)  # (N,1,S,S)
+    Z = inv.sum()
+    P, T = _spec(pred, cast_f32), _spec(target, cast_f32)
+    if cast_f32:
+        pred, target = pred.float(), target.float()
+    if kind in ("normal", "masked"):
+        d = P - T
+        e = torch.sqrt(d.real ** 2 + d.imag ** 2 + 1e-12)
+        if kind == "normal":
+            return e.mean()
+        return (e * inv).sum() / Z / in_chans
+    Pm = torch.abs(P).clamp(0.0, 1.0)
+    Tm = torch.abs(T).clamp(0.0, 1.0)
+    if kind == "m_masked":
+        e = torch.sqrt(0.8 * (pred - target) ** 2 + (Pm - Tm) ** 2 + 1e-12)
+        return (e * inv).sum() / Z / in_chans
+    if kind == "m_m_masked":
+        e1 = torch.sqrt(0.8 * (pred - target) ** 2 + 1e-12)
+        e2 = torch.sqrt((Pm - Tm) ** 2 + 1e-12)
+        S2 = pred.shape[-1] * pred.shape[-2]
+        return (e1.sum() / (N * S2) + (e2 * inv).sum() / Z) / in_chans
+    raise ValueError(f"unknown RECOVER_TARGET_TYPE {kind!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimisation (reference: optimizer.py get_pretrain_param_groups, main_IFP.py LR scaling,
+# lr_scheduler.py build_scheduler with timm CosineLRScheduler)
+# ----------------------------------------------------------------------------------------------
+
+
+def is_no_decay(name: str, p: torch.Tensor) -> bool:
+    # `len(param.shape) == 1 or name.endswith(".bias")`; the Restormer/IFP modules define no
+    # no_weight_decay()/no_weight_decay_keywords(), so nothing else is skipped. Note that the
+    # attention `temperature` (heads,1,1) is 3-D and therefore DECAYED.
+    return p.dim() == 1 or name.endswith(".bias")
+
+
+def param_groups(model: nn.Module) -> Tuple[List[dict], List[str], List[str]]:
+    decay, no_decay, dn, nn_ = [], [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if is_no_decay(name, p):
+            no_decay.append(p)
+            nn_.append(name)
+        else:
+            decay.append(p)
+            dn.append(name)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], dn, nn_
+
+
+def scaled_lrs(base_lr: float, warmup_lr: float, min_lr: float, batch: int, world_size: int = 1,
+               accumulation_steps: int = 1) -> Tuple[float, float, float]:
+    """All three LRs are multiplied by batch * world_size / 512 (and by accumulation steps if > 1)."""
+    s = batch * world_size / 512.0
+    b, w, m = base_lr * s, warmup_lr * s, min_lr * s
+    if accumulation_steps > 1:
+        b, w, m = b * accumulation_steps, w * accumulation_steps, m * accumulation_steps
+    return b, w, m
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.05,
+                    betas=(0.9, 0.95), eps: float = 1e-8) -> torch.optim.AdamW:
+    groups, _, _ = param_groups(model)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+
+
+def cosine_lr(t: int, base: float, warmup_init: float, lr_min: float, t_initial: int, warmup_t: int) -> float:
+    """timm CosineLRScheduler._get_lr (cycle_mul 1, cycle_decay 1, cycle_limit 1, k_decay 1,
+    warmup_prefix False, no noise) for the update count t."""
+    if t < warmup_t:
+        return warmup_init + t * ((base - warmup_init) / warmup_t)
+    i = t // t_initial
+    if i < 1:
+        t_curr = t - t_initial * i
+        return lr_min + 0.5 * (base - lr_min) * (1 + math.cos(math.pi * t_curr / t_initial))
+    return lr_min
+
+
+def used_lr(k: int, base: float, warmup_init: float, lr_min: float, t_initial: int, warmup_t: int) -> float:
+    """LR the k-th optimiser step (k = 0, 1, ...) uses in the reference loop: step_update(k) runs
+    after optimizer.step() of step k, and the constructor sets lr(0) (= warmup_init when
+    warmup_t > 0; base when warmup_t == 0)."""
+    if k == 0:
+        return warmup_init if warmup_t else base
+    return cosine_lr(k - 1, base, warmup_init, lr_min, t_initial, warmup_t)
+
+
+class _OwnCosine:
+    """Fallback with timm's interface (update_groups at construction and on step_update)."""
+
+    def __init__(self, optimizer, t_initial, lr_min, warmup_lr_init, warmup_t):
+        self.opt = optimizer
+        self.base = [g["lr"] for g in optimizer.param_groups]
+        self.args = (t_initial, warmup_t)
+        self.lr_min, self.warm = lr_min, warmup_lr_init
+        if warmup_t:
+            for g in optimizer.param_groups:
+                g["lr"] = warmup_lr_init
+
+    def step_update(self, num_updates: int):
+        for g, b in zip(self.opt.param_groups, self.base):
+            g["lr"] = cosine_lr(num_updates, b, self.warm, self.lr_min, *self.args)
+
+
+def build_scheduler(optimizer, total_steps: int, warmup_steps: int, warmup_lr: float, min_lr: float,
+                    use_timm: bool = True):
+    """lr_scheduler.py build_scheduler('cosine'): CosineLRScheduler(optimizer, t_initial=num_steps,
+    lr_min=MIN_LR, warmup_lr_init=WARMUP_LR, warmup_t=warmup_steps, cycle_limit=1,
+    t_in_epochs=False) with num_steps = EPOCHS * iters_per_epoch (1 iteration per epoch in IFP)."""
+    if use_timm:
+        try:
+            from timm.scheduler.cosine_lr import CosineLRScheduler
+
+            return CosineLRScheduler(optimizer, t_initial=total_steps, lr_min=min_lr,
+                                     warmup_lr_init=warmup_lr, warmup_t=warmup_steps,
+                                     cycle_limit=1, t_in_epochs=False)
+        except ImportError:
+            pass
+    return _OwnCosine(optimizer, total_steps, min_lr, warmup_lr, warmup_steps)
+
+
+# ----------------------------------------------------------------------------------------------
+# One training step
+# ----------------------------------------------------------------------------------------------
+
+
+def train_step(model: nn.Module, optimizer, scheduler, clean: torch.Tensor, mask: torch.Tensor,
+               step: int, kind: str = "m_masked", clip: Optional[float] = 3.0,
+               in_chans: int = 3) -> Tuple[float, float]:
+    """One reference iteration on a batch of clean crops in [0,1] (N,3,S,S) with the spectrum mask.
+    Order as main_IFP.py (ACCUMULATION_STEPS == 1): zero_grad, forward+loss, backward,
+    clip_grad_norm_(all params, clip, norm_type 2) -> pre-clip total norm, optimizer.step(),
+    scheduler.step_update(step). Returns (loss, grad_norm)."""
+    x_in = corrupt(clean, mask, kind)
+    target = normalize_img(clean)
+    optimizer.zero_grad(set_to_none=True)
+    pred = model(x_in)
+    loss = freq_loss(pred, target, mask, kind, in_chans=in_chans)
+    loss.backward()
+    if clip:
+        gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+    else:
+        gn = float(torch.norm(torch.stack([p.grad.norm(2) for p in model.parameters() if p.grad is not None])))
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step_update(step)
+    return float(loss.detach()), gn
+
+
+__all__ = [
+    "load_config", "build_model", "IFPNet", "RestormerBackbone", "MSRResNetHead",
+    "make_noise_image", "CropSampler", "draw_radii", "ifp_mask", "frequency_transform",
+    "frequency_m_transform", "normalize_img", "corrupt", "freq_loss", "is_no_decay",
+    "param_groups", "scaled_lrs", "build_optimizer", "build_scheduler", "cosine_lr", "used_lr",
+    "train_step",
+]

@@ -1,0 +1,136 @@
+//! Argument parsing and dispatch of the `ifp` subcommands (DESIGN 3.2). Usage errors (bad flags,
+//! paths or configs) print one line and exit with code 2; failures while running exit with 1.
+
+mod bench;
+mod forward;
+mod train;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use ifp_trainer::config::PRESETS;
+
+#[derive(Parser)]
+#[command(
+    name = "ifp",
+    version,
+    about = "Image-free Pre-training (IFP) for image-restoration networks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pre-train a network with IFP and write checkpoints.
+    Train(train::TrainArgs),
+    /// Run a network (encoder then decoder) on the tensor `input` of a safetensors file.
+    Forward(forward::ForwardArgs),
+    /// Time full training steps (forward, loss, backward, clipping, AdamW).
+    Bench(bench::BenchArgs),
+}
+
+/// An error and the exit code it deserves.
+pub struct Failure {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+impl Failure {
+    /// Something the user must fix (path, config, flag): exit code 2.
+    pub fn usage(error: impl Into<anyhow::Error>) -> Self {
+        Failure {
+            code: 2,
+            error: error.into(),
+        }
+    }
+
+    /// Something that went wrong while running: exit code 1.
+    pub fn runtime(error: impl Into<anyhow::Error>) -> Self {
+        Failure {
+            code: 1,
+            error: error.into(),
+        }
+    }
+}
+
+/// Classifies a trainer error: bad inputs are usage errors, the rest runtime failures.
+pub fn classify(e: ifp_trainer::TrainerError) -> Failure {
+    use ifp_trainer::TrainerError as E;
+    match e {
+        E::Config(_)
+        | E::Data(_)
+        | E::Io { .. }
+        | E::Weights { .. }
+        | E::Unsupported(_)
+        | E::Resume(_) => Failure::usage(e),
+        E::Candle(_) | E::NonFinite { .. } => Failure::runtime(e),
+    }
+}
+
+fn presets_help() -> String {
+    let mut s = String::from("Presets (use the name as --config):\n");
+    for p in PRESETS {
+        s.push_str(&format!("  {:<16} {}\n", p.name, p.description));
+    }
+    s
+}
+
+pub fn run() -> ExitCode {
+    let cmd = Cli::command().mut_subcommand("train", |c| c.after_help(presets_help()));
+    let matches = cmd.get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let result = match cli.command {
+        Command::Train(a) => train::run(a),
+        Command::Forward(a) => forward::run(a),
+        Command::Bench(a) => bench::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {:#}", f.error);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<candle_core::Device, Failure> {
+    let s = s.trim();
+    if s == "cpu" {
+        return Ok(candle_core::Device::Cpu);
+    }
+    let ordinal = match s.strip_prefix("cuda") {
+        Some("") => 0,
+        Some(rest) => rest
+            .strip_prefix(':')
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| {
+                Failure::usage(anyhow::anyhow!(
+                    "--device `{s}`: expected cpu, cuda or cuda:N"
+                ))
+            })?,
+        None => {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "--device `{s}`: expected cpu, cuda or cuda:N"
+            )))
+        }
+    };
+    if !candle_core::utils::cuda_is_available() {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--device {s}: this ifp was built without CUDA support (build with `--features cuda`)"
+        )));
+    }
+    candle_core::Device::new_cuda(ordinal)
+        .map_err(|e| Failure::usage(anyhow::anyhow!("--device {s}: {e}")))
+}
+
+/// Loads a config file or preset, as a usage error when it fails.
+pub fn load_config(name_or_path: &str) -> Result<ifp_trainer::Config, Failure> {
+    ifp_trainer::Config::load(name_or_path)
+        .map_err(|e| Failure::usage(anyhow::anyhow!("--config {name_or_path}: {e}")))
+}
