@@ -74,7 +74,7 @@ fn impossible_values_name_path_and_value() {
         (
             "MODEL:\n  TYPE: uformer\nDATA:\n  IMG_SIZE: 100\n",
             "DATA.IMG_SIZE",
-            "128",
+            "100",
         ),
     ];
     for (yaml, path, value) in cases {
@@ -115,4 +115,13 @@ fn round_trips_through_yaml() {
 fn unknown_preset_lists_known_ones() {
     let e = Config::load("huge").expect_err("unknown preset");
     assert!(e.to_string().contains("tiny"), "{e}");
+}
+
+#[test]
+fn uformer_sizes_follow_the_reference() {
+    use super::validate::uformer_size_ok;
+    let ok: Vec<usize> = (1..=256).filter(|&s| uformer_size_ok(s, 4)).collect();
+    assert_eq!(ok, vec![32, 64, 128, 192, 256]);
+    assert!(uformer_size_ok(256, 8));
+    assert!(!uformer_size_ok(48, 4) && !uformer_size_ok(16, 4) && !uformer_size_ok(96, 4));
 }

@@ -201,14 +201,19 @@ impl Config {
                 "EMBED_DIM and WIN_SIZE must be positive".into(),
             );
         }
-        // Four 2x downsamplings, and windows must tile the smallest level.
-        let unit = 16 * u.win_size;
-        if !self.data.img_size.is_multiple_of(unit) {
+        if !uformer_size_ok(self.data.img_size, u.win_size) {
+            let works: Vec<String> = (1..=4096)
+                .filter(|&s| uformer_size_ok(s, u.win_size))
+                .take(6)
+                .map(|s| s.to_string())
+                .collect();
             return bad(
                 "DATA.IMG_SIZE",
                 format!(
-                    "{} does not work with Uformer WIN_SIZE {}: use a multiple of {unit}",
-                    self.data.img_size, u.win_size
+                    "{} does not work with Uformer WIN_SIZE {}; sizes that do: {}, ...",
+                    self.data.img_size,
+                    u.win_size,
+                    works.join(", ")
                 ),
             );
         }
@@ -346,4 +351,17 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The square sizes the reference Uformer can take (golden README, section 2): four exact
+/// halvings; every level larger than the window is tiled by whole windows (smaller levels use
+/// one window of their own size); and the decoder's smallest level (S/8) is at least a window,
+/// since its modulator always has `win * win` rows.
+pub(crate) fn uformer_size_ok(size: usize, win: usize) -> bool {
+    size.is_multiple_of(16)
+        && size / 8 >= win
+        && (0..=4).all(|l| {
+            let res = size >> l;
+            res <= win || res.is_multiple_of(win)
+        })
 }

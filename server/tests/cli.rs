@@ -1,0 +1,246 @@
+//! The `ifp` binary as a user runs it: help, exit codes and one-line errors, `forward` on the
+//! golden file, `train` with checkpoints and `--resume`, and `bench`'s last line.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::Device;
+
+fn ifp(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ifp"))
+        .args(args)
+        .output()
+        .expect("run ifp")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn golden() -> PathBuf {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/golden"));
+    assert!(
+        dir.is_dir(),
+        "the golden test vectors are required at {}",
+        dir.display()
+    );
+    dir
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn train_help_lists_the_presets_and_flags() {
+    let o = ifp(&["train", "--help"]);
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    for word in [
+        "tiny",
+        "restormer-paper",
+        "uformer-paper",
+        "--config",
+        "--out",
+        "--steps",
+        "--device",
+        "--resume",
+    ] {
+        assert!(
+            text.contains(word),
+            "`ifp train --help` lacks {word}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn bad_inputs_exit_2_with_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad_yaml = dir.path().join("bad.yaml");
+    std::fs::write(&bad_yaml, "DATA:\n  SAMPLE_RATIO: 2.0\n").expect("write");
+    let out = dir.path().join("out");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["train", "--config", "/nonexistent/x.yaml", "--out", p(&out)],
+            "/nonexistent/x.yaml",
+        ),
+        (
+            vec!["train", "--config", "huge", "--out", p(&out)],
+            "unknown preset",
+        ),
+        (
+            vec!["train", "--config", p(&bad_yaml), "--out", p(&out)],
+            "DATA.SAMPLE_RATIO",
+        ),
+        (
+            vec![
+                "train",
+                "--config",
+                "tiny",
+                "--out",
+                p(&out),
+                "--device",
+                "tpu",
+            ],
+            "--device",
+        ),
+        (
+            vec![
+                "forward",
+                "--config",
+                "tiny",
+                "--weights",
+                "/nonexistent/w.safetensors",
+                "--input",
+                p(&bad_yaml),
+                "--output",
+                p(&out),
+            ],
+            "/nonexistent/w.safetensors",
+        ),
+        (
+            vec![
+                "forward",
+                "--config",
+                "tiny",
+                "--weights",
+                p(&bad_yaml),
+                "--input",
+                p(&bad_yaml),
+                "--output",
+                p(&out),
+            ],
+            "safetensors",
+        ),
+        (vec!["bench", "--config", "tiny", "--steps", "0"], "--steps"),
+    ];
+    for (args, needle) in cases {
+        let o = ifp(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "{args:?}: not one line: {err}"
+        );
+        assert!(
+            err.contains(needle),
+            "{args:?}: `{err}` does not mention {needle}"
+        );
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn forward_reproduces_the_golden_output() {
+    let g = golden();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out.safetensors");
+    let weights = g.join("restormer_tiny.safetensors");
+    let o = ifp(&[
+        "forward",
+        "--config",
+        p(&g.join("configs/restormer_tiny.yaml")),
+        "--weights",
+        p(&weights),
+        "--input",
+        p(&weights),
+        "--output",
+        p(&out),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = candle_core::safetensors::load(&out, &Device::Cpu).expect("output file");
+    let want = candle_core::safetensors::load(&weights, &Device::Cpu).expect("golden");
+    let d = (&got["output"] - &want["output"])
+        .and_then(|d| d.sqr())
+        .and_then(|d| d.sum_all())
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("diff");
+    let n = want["output"]
+        .sqr()
+        .and_then(|d| d.sum_all())
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("norm");
+    let rel = (d / n).sqrt();
+    assert!(rel < 1e-4, "relative L2 error {rel}");
+}
+
+#[test]
+fn train_writes_checkpoints_and_resumes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("run");
+    let cfg = dir.path().join("small.yaml");
+    let tiny =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../presets/tiny.yaml"))
+            .expect("preset");
+    std::fs::write(
+        &cfg,
+        tiny.replace("IMG_SIZE: 32", "IMG_SIZE: 16")
+            .replace("SAVE_FREQ: 200", "SAVE_FREQ: 2"),
+    )
+    .expect("write");
+    let o = ifp(&[
+        "train",
+        "--config",
+        p(&cfg),
+        "--out",
+        p(&out),
+        "--steps",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let log = stderr(&o);
+    assert!(
+        log.contains("step      1/2") && log.contains("checkpoint step 2"),
+        "{log}"
+    );
+    for f in [
+        "model-000002.safetensors",
+        "state-000002.safetensors",
+        "sample-000002.png",
+        "model-000002.safetensors.sha256",
+    ] {
+        assert!(out.join(f).is_file(), "missing {f}");
+    }
+    // A second run into the same folder must not silently overwrite it.
+    let o = ifp(&[
+        "train",
+        "--config",
+        p(&cfg),
+        "--out",
+        p(&out),
+        "--steps",
+        "4",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--resume"));
+    let o = ifp(&[
+        "train",
+        "--config",
+        p(&cfg),
+        "--out",
+        p(&out),
+        "--steps",
+        "4",
+        "--resume",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("resuming at step 2"), "{}", stderr(&o));
+    assert!(out.join("model-000004.safetensors").is_file());
+}
+
+#[test]
+fn bench_ends_with_the_median() {
+    let o = ifp(&[
+        "bench", "--config", "tiny", "--batch", "1", "--size", "16", "--steps", "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let last = text.trim().lines().last().expect("output");
+    let ms: f64 = last
+        .strip_prefix("step_ms ")
+        .expect("last line is step_ms")
+        .parse()
+        .expect("number");
+    assert!(ms > 0.0);
+}
