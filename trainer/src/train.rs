@@ -158,6 +158,7 @@ impl Trainer {
                 state.step
             )));
         }
+        check_same_run(&self.cfg, &state.config_yaml, &checkpoint::state_path(dir, step))?;
         let mut fresh = Self::with_network(&self.cfg, &self.device, net)?;
         fresh.opt.load_state(&opt_state, step)?;
         fresh.sampler.restore(state.sampler);
@@ -249,6 +250,37 @@ impl Trainer {
             sample,
         })
     }
+}
+
+/// A resumed run must be the same run: only the length (`TRAIN.STEPS`/`EPOCHS`) and the
+/// logging/saving frequencies may change.
+fn check_same_run(cfg: &Config, stored_yaml: &str, path: &Path) -> Result<()> {
+    let stored = Config::from_yaml(stored_yaml).map_err(|e| {
+        TrainerError::Resume(format!("{}: unreadable stored config: {e}", path.display()))
+    })?;
+    let normalise = |c: &Config| {
+        let mut c = c.clone();
+        c.train.steps = None;
+        c.train.epochs = 0;
+        c.print_freq = 1;
+        c.save_freq = 1;
+        c
+    };
+    if normalise(cfg) != normalise(&stored) {
+        let (a, b) = (normalise(cfg).to_yaml(), normalise(&stored).to_yaml());
+        let diff = a
+            .lines()
+            .zip(b.lines())
+            .find(|(x, y)| x != y)
+            .map(|(x, y)| format!(" (now `{}`, was `{}`)", x.trim(), y.trim()))
+            .unwrap_or_default();
+        return Err(TrainerError::Resume(format!(
+            "the config differs from the one {} was written with{diff}; resume with the same \
+             config (only the number of steps may change)",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// input | corrupted | reconstruction | target of the batch's first sample, in [0, 1],

@@ -166,7 +166,6 @@ pub fn im2col(x: &Tensor, k: usize) -> Result<Tensor> {
 pub struct ChannelLayerNorm {
     weight: Tensor,
     bias: Option<Tensor>,
-    channels: usize,
 }
 
 impl ChannelLayerNorm {
@@ -180,30 +179,36 @@ impl ChannelLayerNorm {
         } else {
             None
         };
-        Ok(ChannelLayerNorm {
-            weight,
-            bias,
-            channels,
-        })
+        Ok(ChannelLayerNorm { weight, bias })
     }
 }
 
 impl Module for ChannelLayerNorm {
     // (B, C, H, W) -> (B, C, H, W)
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mu = x.mean_keepdim(1)?;
-        let xc = x.broadcast_sub(&mu)?;
-        let var = xc.sqr()?.mean_keepdim(1)?;
-        let denom = (var + 1e-5)?.sqrt()?;
-        let w = self.weight.reshape((1, self.channels, 1, 1))?;
-        match &self.bias {
-            Some(b) => xc
-                .broadcast_div(&denom)?
-                .broadcast_mul(&w)?
-                .broadcast_add(&b.reshape((1, self.channels, 1, 1))?),
-            // BiasFree divides the raw input, not the centred one.
-            None => x.broadcast_div(&denom)?.broadcast_mul(&w),
+        if kernels::applicable(x) {
+            return kernels::channel_layer_norm(x, &self.weight, self.bias.as_ref());
         }
+        channel_layer_norm_composed(x, &self.weight, self.bias.as_ref())
+    }
+}
+
+/// The channel LayerNorm from tensor ops (any device and dtype); the reference for
+/// `kernels::channel_layer_norm`.
+pub fn channel_layer_norm_composed(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let c = x.dim(1)?;
+    let mu = x.mean_keepdim(1)?;
+    let xc = x.broadcast_sub(&mu)?;
+    let var = xc.sqr()?.mean_keepdim(1)?;
+    let denom = (var + 1e-5)?.sqrt()?;
+    let w = weight.reshape((1, c, 1, 1))?;
+    match bias {
+        Some(b) => xc
+            .broadcast_div(&denom)?
+            .broadcast_mul(&w)?
+            .broadcast_add(&b.reshape((1, c, 1, 1))?),
+        // BiasFree divides the raw input, not the centred one.
+        None => x.broadcast_div(&denom)?.broadcast_mul(&w),
     }
 }
 

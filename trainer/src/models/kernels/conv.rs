@@ -1,15 +1,12 @@
-//! CPU kernels, as candle custom ops with their own backward, for the two convolution shapes
-//! whose backward candle 0.11 makes slow (DESIGN 4): the im2col gather of a "same" k x k
-//! convolution (its backward is a col2im scatter instead of 2*k*k zero-padded narrows), and the
-//! depthwise convolution (backward as two direct kernels instead of per-tap reductions).
-//! float32 on CPU only; `ops.rs` falls back to composed tensor ops elsewhere. Planes are
-//! processed in parallel with rayon; inner loops run over contiguous row segments so they
-//! vectorise.
+//! Convolution kernels: the im2col gather of a "same" k x k convolution (its backward is a
+//! col2im scatter instead of 2*k*k zero-padded narrows) and the depthwise convolution (backward
+//! as two direct kernels instead of per-tap reductions). Planes are processed in parallel;
+//! inner loops run over contiguous row segments so they vectorise.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+pub(super) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = match s {
         CpuStorage::F32(d) => d.as_slice(),
         _ => return Err(candle_core::Error::Msg(format!("{what}: float32 only"))),
@@ -31,8 +28,8 @@ fn valid(n: usize, d: isize) -> (usize, usize) {
 }
 
 /// (B, C, H, W) -> (B, C*k*k, H*W): tap `(i, j)` of channel `c` is row `c*k*k + i*k + j`.
-struct Im2col {
-    k: usize,
+pub(super) struct Im2col {
+    pub(super) k: usize,
 }
 
 impl CustomOp1 for Im2col {
@@ -118,8 +115,8 @@ impl CustomOp1 for Col2im {
 }
 
 /// Depthwise "same" convolution: x (B, C, H, W), weight (C, 1, k, k) -> (B, C, H, W).
-struct Depthwise {
-    k: usize,
+pub(super) struct Depthwise {
+    pub(super) k: usize,
 }
 
 /// `out[y, x] += wt * src[y + dy, x + dx]` over the valid region, for one plane.
@@ -285,20 +282,4 @@ impl CustomOp2 for DepthwiseWeightGrad {
             });
         Ok((CpuStorage::F32(out), Shape::from((c, 1, k, k))))
     }
-}
-
-/// Whether the fast kernels apply to this tensor.
-pub fn applicable(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
-}
-
-/// (B, C, H, W) -> (B, C*k*k, H*W), zero padding k/2.
-pub fn im2col(x: &Tensor, k: usize) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(Im2col { k })
-}
-
-/// Depthwise "same" convolution with weight (C, 1, k, k).
-pub fn depthwise(x: &Tensor, weight: &Tensor, k: usize) -> Result<Tensor> {
-    x.contiguous()?
-        .apply_op2(&weight.contiguous()?, Depthwise { k })
 }

@@ -1,0 +1,39 @@
+//! CPU kernels as candle custom ops with their own backward, for the operations whose candle
+//! 0.11 backward is slow or missing (DESIGN 4): convolutions (`conv`) and the channel LayerNorm
+//! (`norm`). float32 on CPU only; `ops.rs` falls back to composed tensor ops elsewhere, and the
+//! tests compare each kernel with that composed version (values and gradients).
+
+mod conv;
+mod norm;
+
+use candle_core::{Result, Tensor};
+
+/// Whether the fast kernels apply to this tensor.
+pub fn applicable(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+}
+
+/// (B, C, H, W) -> (B, C*k*k, H*W), zero padding k/2.
+pub fn im2col(x: &Tensor, k: usize) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(conv::Im2col { k })
+}
+
+/// Depthwise "same" convolution with weight (C, 1, k, k).
+pub fn depthwise(x: &Tensor, weight: &Tensor, k: usize) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2(&weight.contiguous()?, conv::Depthwise { k })
+}
+
+/// Restormer's channel LayerNorm of (B, C, H, W) over C: `(x - mu) / sqrt(var + 1e-5) * w + b`
+/// (`bias: Some`) or `x / sqrt(var + 1e-5) * w` (BiasFree, `bias: None`).
+pub fn channel_layer_norm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    match bias {
+        Some(b) => x.apply_op3(weight, b, norm::ChannelNorm { with_bias: true }),
+        None => {
+            // The op always takes three inputs; BiasFree ignores the third.
+            let zero = weight.zeros_like()?.detach();
+            x.apply_op3(weight, &zero, norm::ChannelNorm { with_bias: false })
+        }
+    }
+}

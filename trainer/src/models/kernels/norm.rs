@@ -1,0 +1,218 @@
+//! The channel LayerNorm of Restormer as one fused op with a fused backward: composed from
+//! tensor ops it costs about ten graph nodes, each with a full-size gradient buffer.
+//!
+//! Per pixel (b, p) over the C channels: `mu = mean(x)`, `r = 1 / sqrt(mean((x - mu)^2) + eps)`;
+//! WithBias: `y = (x - mu) * r * w + b`; BiasFree: `y = x * r * w`. With `g = dy * w`:
+//! WithBias `dx = r * (g - mean(g) - xhat * mean(g * xhat))`, `xhat = (x - mu) * r`;
+//! BiasFree `dx = r * g - r^3 * (x - mu) * mean(g * x)`.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::conv::f32_slice;
+
+const EPS: f32 = 1e-5;
+/// Pixels per parallel task in the per-pixel reductions over channels.
+const BLOCK: usize = 512;
+
+pub(super) struct ChannelNorm {
+    pub(super) with_bias: bool,
+}
+
+/// Per pixel of each image: (mean, 1/std) over channels, two-pass like `torch.var`.
+fn stats(x: &[f32], b: usize, c: usize, hw: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut mean = vec![0f32; b * hw];
+    let mut rstd = vec![0f32; b * hw];
+    mean.par_chunks_mut(hw)
+        .zip(rstd.par_chunks_mut(hw))
+        .enumerate()
+        .for_each(|(bi, (mean_b, rstd_b))| {
+            let img = &x[bi * c * hw..(bi + 1) * c * hw];
+            mean_b
+                .par_chunks_mut(BLOCK)
+                .zip(rstd_b.par_chunks_mut(BLOCK))
+                .enumerate()
+                .for_each(|(blk, (m, r))| {
+                    let p0 = blk * BLOCK;
+                    let n = m.len();
+                    for ch in 0..c {
+                        let row = &img[ch * hw + p0..][..n];
+                        m.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+                    }
+                    m.iter_mut().for_each(|a| *a /= c as f32);
+                    for ch in 0..c {
+                        let row = &img[ch * hw + p0..][..n];
+                        for ((a, v), mu) in r.iter_mut().zip(row).zip(m.iter()) {
+                            let d = v - mu;
+                            *a += d * d;
+                        }
+                    }
+                    r.iter_mut().for_each(|a| *a = 1.0 / (*a / c as f32 + EPS).sqrt());
+                });
+        });
+    (mean, rstd)
+}
+
+impl CustomOp3 for ChannelNorm {
+    fn name(&self) -> &'static str {
+        "ifp-channel-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = l1.shape().dims4()?;
+        let hw = h * w;
+        let x = f32_slice(s1, l1, self.name())?;
+        let wt = f32_slice(s2, l2, self.name())?;
+        let bias = f32_slice(s3, l3, self.name())?;
+        let (mean, rstd) = stats(x, b, c, hw);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(hw)
+            .zip(x.par_chunks(hw))
+            .enumerate()
+            .for_each(|(n, (o, xs))| {
+                let (bi, ch) = (n / c, n % c);
+                let (m, r) = (&mean[bi * hw..][..hw], &rstd[bi * hw..][..hw]);
+                let (wc, bc) = (wt[ch], bias[ch]);
+                if self.with_bias {
+                    for i in 0..hw {
+                        o[i] = (xs[i] - m[i]) * r[i] * wc + bc;
+                    }
+                } else {
+                    for i in 0..hw {
+                        o[i] = xs[i] * r[i] * wc;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let c = w.elem_count();
+        let n = x.elem_count();
+        // One packed result: dx, then dw, then db.
+        let packed = x.apply_op3_no_bwd(
+            w,
+            &grad.contiguous()?,
+            &ChannelNormBackward {
+                with_bias: self.with_bias,
+            },
+        )?;
+        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, n, c)?.reshape(w.shape())?;
+        let db = packed.narrow(0, n + c, c)?.reshape(w.shape())?;
+        Ok((Some(dx), Some(dw), self.with_bias.then_some(db)))
+    }
+}
+
+/// (x, w, dy) -> [dx (B*C*H*W), dw (C), db (C)] flattened.
+struct ChannelNormBackward {
+    with_bias: bool,
+}
+
+impl CustomOp3 for ChannelNormBackward {
+    fn name(&self) -> &'static str {
+        "ifp-channel-layer-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = l1.shape().dims4()?;
+        let hw = h * w;
+        let x = f32_slice(s1, l1, self.name())?;
+        let wt = f32_slice(s2, l2, self.name())?;
+        let dy = f32_slice(s3, l3, self.name())?;
+        let (mean, rstd) = stats(x, b, c, hw);
+        let with_bias = self.with_bias;
+
+        // Per pixel: k1 = mean_c(g), k2 = mean_c(g * xhat) (WithBias) or mean_c(g * x) (BiasFree).
+        let mut k1 = vec![0f32; b * hw];
+        let mut k2 = vec![0f32; b * hw];
+        k1.par_chunks_mut(hw)
+            .zip(k2.par_chunks_mut(hw))
+            .enumerate()
+            .for_each(|(bi, (k1b, k2b))| {
+                let (m, r) = (&mean[bi * hw..][..hw], &rstd[bi * hw..][..hw]);
+                for ch in 0..c {
+                    let off = (bi * c + ch) * hw;
+                    let (xs, gs) = (&x[off..off + hw], &dy[off..off + hw]);
+                    let wc = wt[ch];
+                    for i in 0..hw {
+                        let g = gs[i] * wc;
+                        k1b[i] += g;
+                        k2b[i] += if with_bias { g * (xs[i] - m[i]) * r[i] } else { g * xs[i] };
+                    }
+                }
+                k1b.iter_mut().for_each(|v| *v /= c as f32);
+                k2b.iter_mut().for_each(|v| *v /= c as f32);
+            });
+
+        let n = x.len();
+        let mut out = vec![0f32; n + 2 * c];
+        let (dx, dwb) = out.split_at_mut(n);
+        dx.par_chunks_mut(hw).enumerate().for_each(|(pl, o)| {
+            let (bi, ch) = (pl / c, pl % c);
+            let off = pl * hw;
+            let (xs, gs) = (&x[off..off + hw], &dy[off..off + hw]);
+            let (m, r) = (&mean[bi * hw..][..hw], &rstd[bi * hw..][..hw]);
+            let (a1, a2) = (&k1[bi * hw..][..hw], &k2[bi * hw..][..hw]);
+            let wc = wt[ch];
+            for i in 0..hw {
+                let g = gs[i] * wc;
+                let xc = xs[i] - m[i];
+                o[i] = if with_bias {
+                    r[i] * (g - a1[i] - xc * r[i] * a2[i])
+                } else {
+                    r[i] * (g - xc * r[i] * r[i] * a2[i])
+                };
+            }
+        });
+        // dw[c] = sum dy * xhat (or dy * x * r), db[c] = sum dy, accumulated in f64.
+        let sums: Vec<(f64, f64)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (mut sw, mut sb) = (0f64, 0f64);
+                for bi in 0..b {
+                    let off = (bi * c + ch) * hw;
+                    let (xs, gs) = (&x[off..off + hw], &dy[off..off + hw]);
+                    let (m, r) = (&mean[bi * hw..][..hw], &rstd[bi * hw..][..hw]);
+                    let (mut pw, mut pb) = (0f32, 0f32);
+                    for i in 0..hw {
+                        let xn = if with_bias { (xs[i] - m[i]) * r[i] } else { xs[i] * r[i] };
+                        pw += gs[i] * xn;
+                        pb += gs[i];
+                    }
+                    sw += pw as f64;
+                    sb += pb as f64;
+                }
+                (sw, sb)
+            })
+            .collect();
+        for (ch, (sw, sb)) in sums.into_iter().enumerate() {
+            dwb[ch] = sw as f32;
+            dwb[c + ch] = sb as f32;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(n + 2 * c)))
+    }
+}
