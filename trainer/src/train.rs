@@ -158,7 +158,11 @@ impl Trainer {
                 state.step
             )));
         }
-        check_same_run(&self.cfg, &state.config_yaml, &checkpoint::state_path(dir, step))?;
+        check_same_run(
+            &self.cfg,
+            &state.config_yaml,
+            &checkpoint::state_path(dir, step),
+        )?;
         let mut fresh = Self::with_network(&self.cfg, &self.device, net)?;
         fresh.opt.load_state(&opt_state, step)?;
         fresh.sampler.restore(state.sampler);

@@ -94,23 +94,38 @@ fn channel_layer_norm_kernel_matches_composed() {
             let x = Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).expect("x");
             let x = Var::from_tensor(&((x * 3.0).expect("s") + 0.5).expect("o")).expect("var");
             let wt = Var::from_tensor(&Tensor::randn(1f32, 0.2, c, &dev).expect("w")).expect("var");
-            let bias = Var::from_tensor(&Tensor::randn(0f32, 0.2, c, &dev).expect("b")).expect("var");
+            let bias =
+                Var::from_tensor(&Tensor::randn(0f32, 0.2, c, &dev).expect("b")).expect("var");
             let bias_ref = with_bias.then_some(bias.as_tensor());
             let probe = Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).expect("probe");
-            let fast = kernels::channel_layer_norm(x.as_tensor(), wt.as_tensor(), bias_ref).expect("fast");
-            let slow = channel_layer_norm_composed(x.as_tensor(), wt.as_tensor(), bias_ref).expect("slow");
+            let fast =
+                kernels::channel_layer_norm(x.as_tensor(), wt.as_tensor(), bias_ref).expect("fast");
+            let slow =
+                channel_layer_norm_composed(x.as_tensor(), wt.as_tensor(), bias_ref).expect("slow");
             let e = rel(&fast, &slow);
             assert!(e < 1e-5, "shape {i} bias {with_bias}: values {e}");
-            let gf = (fast * &probe).and_then(|t| t.sum_all()).and_then(|t| t.backward()).expect("bwd");
-            let gs = (slow * &probe).and_then(|t| t.sum_all()).and_then(|t| t.backward()).expect("bwd");
+            let gf = (fast * &probe)
+                .and_then(|t| t.sum_all())
+                .and_then(|t| t.backward())
+                .expect("bwd");
+            let gs = (slow * &probe)
+                .and_then(|t| t.sum_all())
+                .and_then(|t| t.backward())
+                .expect("bwd");
             let mut vars = vec![("input", &x), ("weight", &wt)];
             if with_bias {
                 vars.push(("bias", &bias));
             } else {
-                assert!(gf.get(bias.as_tensor()).is_none(), "BiasFree must not touch the bias");
+                assert!(
+                    gf.get(bias.as_tensor()).is_none(),
+                    "BiasFree must not touch the bias"
+                );
             }
             for (name, v) in vars {
-                let e = rel(gf.get(v.as_tensor()).expect("g"), gs.get(v.as_tensor()).expect("g"));
+                let e = rel(
+                    gf.get(v.as_tensor()).expect("g"),
+                    gs.get(v.as_tensor()).expect("g"),
+                );
                 // A single channel normalises to exactly zero: gradients are rounding noise.
                 let tol = if c == 1 { 1.0 } else { 1e-4 };
                 assert!(e < tol, "shape {i} bias {with_bias}: {name} gradient {e}");

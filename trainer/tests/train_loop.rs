@@ -184,8 +184,12 @@ fn resume_refuses_a_different_config() {
     train(&cfg, &opts(dir.path(), false), |_| Control::Continue).expect("first run");
     let mut other = tiny(4, 2);
     other.data.sample_ratio = 0.25;
-    let err = train(&other, &opts(dir.path(), true), |_| Control::Continue).expect_err("must refuse");
-    assert!(err.to_string().contains("sample_ratio") || err.to_string().contains("SAMPLE_RATIO"), "{err}");
+    let err =
+        train(&other, &opts(dir.path(), true), |_| Control::Continue).expect_err("must refuse");
+    assert!(
+        err.to_string().contains("sample_ratio") || err.to_string().contains("SAMPLE_RATIO"),
+        "{err}"
+    );
     // A longer run of the same config is fine.
     let more = train(&tiny(4, 2), &opts(dir.path(), true), |_| Control::Continue).expect("longer");
     assert_eq!(more.steps_done, 4);

@@ -195,7 +195,11 @@ impl Module for ChannelLayerNorm {
 
 /// The channel LayerNorm from tensor ops (any device and dtype); the reference for
 /// `kernels::channel_layer_norm`.
-pub fn channel_layer_norm_composed(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+pub fn channel_layer_norm_composed(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
     let c = x.dim(1)?;
     let mu = x.mean_keepdim(1)?;
     let xc = x.broadcast_sub(&mu)?;

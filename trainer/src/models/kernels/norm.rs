@@ -47,7 +47,8 @@ fn stats(x: &[f32], b: usize, c: usize, hw: usize) -> (Vec<f32>, Vec<f32>) {
                             *a += d * d;
                         }
                     }
-                    r.iter_mut().for_each(|a| *a = 1.0 / (*a / c as f32 + EPS).sqrt());
+                    r.iter_mut()
+                        .for_each(|a| *a = 1.0 / (*a / c as f32 + EPS).sqrt());
                 });
         });
     (mean, rstd)
@@ -161,7 +162,11 @@ impl CustomOp3 for ChannelNormBackward {
                     for i in 0..hw {
                         let g = gs[i] * wc;
                         k1b[i] += g;
-                        k2b[i] += if with_bias { g * (xs[i] - m[i]) * r[i] } else { g * xs[i] };
+                        k2b[i] += if with_bias {
+                            g * (xs[i] - m[i]) * r[i]
+                        } else {
+                            g * xs[i]
+                        };
                     }
                 }
                 k1b.iter_mut().for_each(|v| *v /= c as f32);
@@ -199,7 +204,11 @@ impl CustomOp3 for ChannelNormBackward {
                     let (m, r) = (&mean[bi * hw..][..hw], &rstd[bi * hw..][..hw]);
                     let (mut pw, mut pb) = (0f32, 0f32);
                     for i in 0..hw {
-                        let xn = if with_bias { (xs[i] - m[i]) * r[i] } else { xs[i] * r[i] };
+                        let xn = if with_bias {
+                            (xs[i] - m[i]) * r[i]
+                        } else {
+                            xs[i] * r[i]
+                        };
                         pw += gs[i] * xn;
                         pb += gs[i];
                     }
