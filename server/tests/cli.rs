@@ -244,3 +244,32 @@ fn bench_ends_with_the_median() {
         .expect("number");
     assert!(ms > 0.0);
 }
+
+#[test]
+fn an_input_too_small_is_one_clear_line() {
+    let g = golden();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.safetensors");
+    let t =
+        candle_core::Tensor::zeros((1, 3, 4, 4), candle_core::DType::F32, &Device::Cpu).expect("t");
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("input".to_string(), t)]),
+        &input,
+    )
+    .expect("save");
+    let weights = g.join("restormer_tiny.safetensors");
+    let o = ifp(&[
+        "forward",
+        "--config",
+        p(&g.join("configs/restormer_tiny.yaml")),
+        "--weights",
+        p(&weights),
+        "--input",
+        p(&input),
+        "--output",
+        p(&dir.path().join("out.safetensors")),
+    ]);
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert_eq!(err.matches("reflect padding").count(), 1, "{err}");
+}

@@ -132,17 +132,16 @@ fn serialize(
 }
 
 /// Writes a model file (weights only; PyTorch loads it with `safetensors.torch.load_file`).
+/// The config is stored as the `ifp_config` metadata entry; the step only in the file name.
 pub fn save_model(
     path: &Path,
     weights: &BTreeMap<String, Tensor>,
-    step: usize,
+    _step: usize,
     config_yaml: &str,
 ) -> Result<WrittenFile> {
-    let meta = HashMap::from([
-        ("format".to_string(), "pt".to_string()),
-        ("ifp_step".to_string(), step.to_string()),
-        ("ifp_config".to_string(), config_yaml.to_string()),
-    ]);
+    // One metadata entry only: safetensors writes its metadata map in hash order, and a run
+    // must produce the same bytes (and SHA-256) every time. The step is in the file name.
+    let meta = HashMap::from([("ifp_config".to_string(), config_yaml.to_string())]);
     write_atomic(path, &serialize(weights, meta)?)
 }
 

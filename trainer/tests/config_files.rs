@@ -86,3 +86,15 @@ fn golden_restormer_config_builds_the_stored_key_set() {
     got.sort();
     assert_eq!(got, want);
 }
+
+#[test]
+fn bias_true_keeps_the_patch_embedding_without_bias() {
+    // The reference's OverlapPatchEmbed ignores BIAS; every other Restormer conv follows it.
+    let mut cfg = Config::load("tiny").expect("preset");
+    cfg.model.restormer.bias = true;
+    let net = Network::build(&cfg, WeightSource::Init(0), &Device::Cpu).expect("network");
+    let keys = net.state_dict().expect("state");
+    assert!(!keys.contains_key("encoder.patch_embed.proj.bias"));
+    assert!(keys.contains_key("encoder.encoder_level1.0.attn.qkv.bias"));
+    assert!(keys.contains_key("encoder.output.bias"));
+}

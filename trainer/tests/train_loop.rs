@@ -194,3 +194,24 @@ fn resume_refuses_a_different_config() {
     let more = train(&tiny(4, 2), &opts(dir.path(), true), |_| Control::Continue).expect("longer");
     assert_eq!(more.steps_done, 4);
 }
+
+#[test]
+fn the_same_run_writes_the_same_bytes() {
+    let a = tempfile::tempdir().expect("tempdir");
+    let b = tempfile::tempdir().expect("tempdir");
+    let cfg = tiny(2, 2);
+    let ra = train(&cfg, &opts(a.path(), false), |_| Control::Continue).expect("run a");
+    let rb = train(&cfg, &opts(b.path(), false), |_| Control::Continue).expect("run b");
+    let (ca, cb) = (
+        ra.last_checkpoint.expect("ck a"),
+        rb.last_checkpoint.expect("ck b"),
+    );
+    assert_eq!(
+        ca.model.sha256, cb.model.sha256,
+        "model files differ between identical runs"
+    );
+    assert_eq!(
+        ca.state.sha256, cb.state.sha256,
+        "state files differ between identical runs"
+    );
+}

@@ -92,10 +92,24 @@ pub fn run() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("error: {:#}", f.error);
+            eprintln!("error: {}", one_line(&f.error));
             ExitCode::from(f.code)
         }
     }
+}
+
+/// The error and its causes on one line, skipping causes whose text the message already
+/// contains (many of our messages embed their cause, and `{:#}` would repeat it).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg.replace('\n', " ")
 }
 
 /// `cpu`, `cuda` or `cuda:N`.

@@ -212,7 +212,9 @@ impl Restormer {
                 cfg.inp_channels,
                 d,
                 3,
-                bias,
+                // `OverlapPatchEmbed(inp_channels, dim)` keeps its own default bias=False,
+                // whatever BIAS says.
+                false,
                 vb.pp("patch_embed").pp("proj"),
             )?,
             encoder_level1: Stage::new(nb[0], d, h[0], cfg, vb.pp("encoder_level1"))?,

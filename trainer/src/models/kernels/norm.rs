@@ -155,10 +155,9 @@ impl CustomOp3 for ChannelNormBackward {
             .enumerate()
             .for_each(|(bi, (k1b, k2b))| {
                 let (m, r) = (&mean[bi * hw..][..hw], &rstd[bi * hw..][..hw]);
-                for ch in 0..c {
+                for (ch, &wc) in wt.iter().enumerate().take(c) {
                     let off = (bi * c + ch) * hw;
                     let (xs, gs) = (&x[off..off + hw], &dy[off..off + hw]);
-                    let wc = wt[ch];
                     for i in 0..hw {
                         let g = gs[i] * wc;
                         k1b[i] += g;
