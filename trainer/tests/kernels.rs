@@ -126,8 +126,9 @@ fn channel_layer_norm_kernel_matches_composed() {
                     gf.get(v.as_tensor()).expect("g"),
                     gs.get(v.as_tensor()).expect("g"),
                 );
-                // A single channel normalises to exactly zero: gradients are rounding noise.
-                let tol = if c == 1 { 1.0 } else { 1e-4 };
+                // With one or two channels the normalised values are exactly 0 or +-1, so the
+                // input gradient vanishes up to the eps term and only rounding noise is left.
+                let tol = if c <= 2 && name == "input" { 1.0 } else { 1e-4 };
                 assert!(e < tol, "shape {i} bias {with_bias}: {name} gradient {e}");
             }
         }

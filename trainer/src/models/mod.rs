@@ -1,12 +1,14 @@
 //! The networks IFP pre-trains: a backbone (`encoder.*`) followed by a reconstruction head
-//! (`decoder.*`), built from the config with the reference's parameter names, from fresh
-//! seeded weights or from a safetensors file (strict: every key present, none left over).
+//! (`decoder.*`): Restormer + SRResNet head, or Uformer's encoder + decoder. Built from the
+//! config with the reference's parameter (and buffer) names, from fresh seeded weights or from a
+//! safetensors file (strict: every key present, none left over).
 
 pub mod head;
 pub mod kernels;
 pub mod ops;
 pub mod params;
 pub mod restormer;
+pub mod uformer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -18,16 +20,17 @@ pub use params::ParamStore;
 use crate::config::{Config, ModelType};
 use crate::error::{Result, TrainerError};
 
-enum Backbone {
-    Restormer(restormer::Restormer),
-}
-
-impl Backbone {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Backbone::Restormer(m) => m.forward(x),
-        }
-    }
+/// The backbone/head pair of each `MODEL.TYPE`: Restormer's image-shaped features feed the
+/// SRResNet head; Uformer's decoder takes the encoder's five token tensors (skips included).
+enum Body {
+    Restormer {
+        encoder: Box<restormer::Restormer>,
+        decoder: head::MsrResNetHead,
+    },
+    Uformer {
+        encoder: Box<uformer::UformerEncoder>,
+        decoder: uformer::UformerDecoder,
+    },
 }
 
 /// Where the parameters of a new network come from.
@@ -40,8 +43,7 @@ pub enum WeightSource {
 
 /// Backbone + head, the unit that is trained, checkpointed and run by `ifp forward`.
 pub struct Network {
-    encoder: Backbone,
-    decoder: head::MsrResNetHead,
+    body: Body,
     params: ParamStore,
 }
 
@@ -54,19 +56,26 @@ impl Network {
             WeightSource::Tensors(t) => ParamStore::load(t, DType::F32, device),
         };
         let vb = params.var_builder();
-        let encoder = match cfg.model.kind {
-            ModelType::Restormer => Backbone::Restormer(restormer::Restormer::new(
-                &cfg.model.restormer,
-                vb.pp("encoder"),
-            )?),
+        let body = match cfg.model.kind {
+            ModelType::Restormer => Body::Restormer {
+                encoder: Box::new(restormer::Restormer::new(
+                    &cfg.model.restormer,
+                    vb.pp("encoder"),
+                )?),
+                decoder: head::MsrResNetHead::new(&cfg.model.decoder, vb.pp("decoder"))?,
+            },
             ModelType::Uformer => {
-                return Err(TrainerError::Unsupported(
-                    "MODEL.TYPE: uformer is not available in this version yet (Restormer is)"
-                        .into(),
-                ))
+                let encoder = uformer::UformerEncoder::new(&cfg.model.uformer, vb.pp("encoder"))?;
+                let decoder = uformer::UformerDecoder::new(&cfg.model.uformer, vb.pp("decoder"))?;
+                for (name, value) in encoder.buffers().into_iter().chain(decoder.buffers()) {
+                    params.register_buffer(&name, &value)?;
+                }
+                Body::Uformer {
+                    encoder: Box::new(encoder),
+                    decoder,
+                }
             }
         };
-        let decoder = head::MsrResNetHead::new(&cfg.model.decoder, vb.pp("decoder"))?;
         if strict {
             let unused = params.unused_keys()?;
             if !unused.is_empty() {
@@ -82,21 +91,34 @@ impl Network {
                 )));
             }
         }
-        Ok(Network {
-            encoder,
-            decoder,
-            params,
-        })
+        Ok(Network { body, params })
     }
 
     /// encoder then decoder: (B, 3, H, W) -> (B, 3, H, W).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.decoder.forward(&self.encoder.forward(x)?)
+        match &self.body {
+            Body::Restormer { encoder, decoder } => decoder.forward(&encoder.forward(x)?),
+            Body::Uformer { encoder, decoder } => decoder.forward(&encoder.forward(x)?),
+        }
     }
 
-    /// The backbone alone: (B, 3, H, W) -> (B, OUT_CHANNELS, H, W).
+    /// The backbone alone. Restormer: (B, 3, H, W) -> (B, OUT_CHANNELS, H, W). Uformer: the
+    /// bottleneck tokens (B, (H/16)*(W/16), 16*EMBED_DIM), channel-last (the last of the five
+    /// tensors its encoder returns; `encode_all` gives all of them).
     pub fn encode(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.encoder.forward(x)
+        self.encode_all(x)?
+            .pop()
+            .ok_or_else(|| candle_core::Error::Msg("the encoder returned nothing".into()))
+    }
+
+    /// Everything the backbone hands to the head: Restormer, its one feature map; Uformer, the
+    /// five token tensors `(B, (H/2^k)*(W/2^k), EMBED_DIM*2^k)`, k = 0..4 (the reference
+    /// encoder's tuple).
+    pub fn encode_all(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        match &self.body {
+            Body::Restormer { encoder, .. } => Ok(vec![encoder.forward(x)?]),
+            Body::Uformer { encoder, .. } => encoder.forward(x),
+        }
     }
 
     /// Every trainable parameter with its reference name.
@@ -104,7 +126,8 @@ impl Network {
         Ok(self.params.vars()?)
     }
 
-    /// The state_dict: every tensor a PyTorch `load_state_dict(strict=True)` expects.
+    /// The state_dict: every tensor a PyTorch `load_state_dict(strict=True)` expects, the
+    /// buffers (int64, e.g. Uformer's `relative_position_index`) included.
     pub fn state_dict(&self) -> Result<BTreeMap<String, Tensor>> {
         Ok(self.params.tensors()?)
     }

@@ -2,6 +2,11 @@
 //! tensors (checkpoints, reference weights). Either way every parameter becomes a candle `Var`
 //! recorded under its reference name, so the optimiser and the checkpoint writer see the same
 //! list, and a load is strict like PyTorch's `load_state_dict(strict=True)`.
+//!
+//! Buffers (PyTorch `register_buffer`, e.g. Uformer's integer `relative_position_index`) are
+//! computed by the network, not learned: they are recorded next to the parameters so that the
+//! state_dict carries them (a strict PyTorch load needs them), and when loading they must be
+//! present and equal to the computed value. They are never trainable.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -20,6 +25,7 @@ enum Source {
 struct Inner {
     source: Source,
     vars: Vec<(String, Var)>,
+    buffers: Vec<(String, Tensor)>,
 }
 
 /// A `VarBuilder` backend that creates and records the parameters of one network.
@@ -54,6 +60,7 @@ impl ParamStore {
             inner: Arc::new(Mutex::new(Inner {
                 source,
                 vars: Vec::new(),
+                buffers: Vec::new(),
             })),
             dtype,
             device: device.clone(),
@@ -76,8 +83,12 @@ impl ParamStore {
         let inner = self.inner.lock().map_err(|_| poisoned())?;
         let mut out = Vec::new();
         if let Source::Load(map) = &inner.source {
-            let used: std::collections::HashSet<&str> =
-                inner.vars.iter().map(|(n, _)| n.as_str()).collect();
+            let used: std::collections::HashSet<&str> = inner
+                .vars
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .chain(inner.buffers.iter().map(|(n, _)| n.as_str()))
+                .collect();
             out = map
                 .keys()
                 .filter(|k| !used.contains(k.as_str()))
@@ -88,14 +99,71 @@ impl ParamStore {
         Ok(out)
     }
 
-    /// The current values, keyed by name (for writing checkpoints).
+    /// The current values of parameters and buffers, keyed by name (for writing checkpoints).
     pub fn tensors(&self) -> Result<BTreeMap<String, Tensor>> {
-        Ok(self
-            .vars()?
-            .into_iter()
-            .map(|(n, v)| (n, v.as_tensor().clone()))
+        let inner = self.inner.lock().map_err(|_| poisoned())?;
+        Ok(inner
+            .vars
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .chain(inner.buffers.iter().map(|(n, t)| (n.clone(), t.clone())))
             .collect())
     }
+
+    /// Records the buffer `name` with the value the network computed (kept as given, e.g. int64
+    /// on the CPU). When loading, the source must hold a tensor of that name with the same shape
+    /// and values (compared exactly, as int64), and the key then counts as used. Registering
+    /// the same name twice with the same value is a no-op.
+    pub fn register_buffer(&self, name: &str, value: &Tensor) -> Result<()> {
+        let mut inner = self.inner.lock().map_err(|_| poisoned())?;
+        if let Some((_, old)) = inner.buffers.iter().find(|(n, _)| n == name) {
+            if !same_values(old, value)? {
+                return Err(candle_core::Error::Msg(format!(
+                    "buffer `{name}` registered twice with different values"
+                )));
+            }
+            return Ok(());
+        }
+        if let Source::Load(map) = &inner.source {
+            let stored = map.get(name).ok_or_else(|| {
+                candle_core::Error::Msg(format!("missing key `{name}` in the weights"))
+            })?;
+            if stored.shape() != value.shape() {
+                return Err(candle_core::Error::Msg(format!(
+                    "key `{name}` has shape {:?} in the weights, the network needs {:?}",
+                    stored.dims(),
+                    value.dims()
+                )));
+            }
+            if !same_values(stored, value)? {
+                return Err(candle_core::Error::Msg(format!(
+                    "buffer `{name}` in the weights differs from the one this network computes"
+                )));
+            }
+        }
+        inner.buffers.push((name.to_string(), value.clone()));
+        Ok(())
+    }
+
+    /// Every buffer registered so far, in registration order.
+    pub fn buffers(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(self.inner.lock().map_err(|_| poisoned())?.buffers.clone())
+    }
+}
+
+/// Exact equality of two tensors of the same shape, compared as int64 (buffers are indices;
+/// a float copy of one still compares equal when it holds the same integers).
+fn same_values(a: &Tensor, b: &Tensor) -> Result<bool> {
+    if a.shape() != b.shape() {
+        return Ok(false);
+    }
+    let as_i64 = |t: &Tensor| -> Result<Vec<i64>> {
+        t.to_device(&Device::Cpu)?
+            .to_dtype(DType::I64)?
+            .flatten_all()?
+            .to_vec1::<i64>()
+    };
+    Ok(as_i64(a)? == as_i64(b)?)
 }
 
 fn draw(rng: &mut ChaCha8Rng, shape: &Shape, init: Init) -> Result<Vec<f32>> {
