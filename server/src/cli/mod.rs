@@ -3,7 +3,10 @@
 
 mod bench;
 mod forward;
+mod serve;
+mod token;
 mod train;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -29,6 +32,12 @@ enum Command {
     Forward(forward::ForwardArgs),
     /// Time full training steps (forward, loss, backward, clipping, AdamW).
     Bench(bench::BenchArgs),
+    /// Run the job platform: HTTP API, in-process workers, and PostgreSQL unless DATABASE_URL.
+    Serve(serve::ServeArgs),
+    /// Run worker slots against a shared DATABASE_URL and artifact directory.
+    Worker(worker::WorkerArgs),
+    /// Manage API tokens.
+    Token(token::TokenArgs),
 }
 
 /// An error and the exit code it deserves.
@@ -88,6 +97,9 @@ pub fn run() -> ExitCode {
         Command::Train(a) => train::run(a),
         Command::Forward(a) => forward::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Serve(a) => serve::run(a),
+        Command::Worker(a) => worker::run(a),
+        Command::Token(a) => token::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,141 @@
+//! `ifp serve`: the HTTP API, in-process workers and the rescuer over one database (the
+//! embedded PostgreSQL unless `DATABASE_URL` is set), until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use ifp_server::platform::{self, RESCUE_INTERVAL};
+use ifp_server::{app, AppState};
+use tokio::sync::watch;
+
+use super::{parse_device, Failure};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "IFP_BIND", default_value = "127.0.0.1:8080")]
+    bind: SocketAddr,
+    /// PostgreSQL to use; without it, a private cluster runs in DATA_DIR/pg.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Artifacts (checkpoints) and the embedded database live here.
+    #[arg(long, env = "IFP_DATA_DIR", default_value = "./ifp-data")]
+    data_dir: PathBuf,
+    /// In-process worker slots (0: API only).
+    #[arg(long, env = "IFP_WORKERS", default_value_t = 1)]
+    workers: usize,
+    /// Job lease in seconds: a worker heartbeats every third of it, and a dead worker's job is
+    /// requeued once it expires.
+    #[arg(long, env = "IFP_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=3600))]
+    lease_secs: u64,
+    /// Where workers train: cpu, cuda or cuda:N.
+    #[arg(long, env = "IFP_DEVICE", default_value = "cpu")]
+    device: String,
+    /// Seconds between runs of the rescuer (requeues jobs whose worker died).
+    #[arg(long, env = "IFP_RESCUE_SECS", default_value_t = RESCUE_INTERVAL.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    rescue_secs: u64,
+}
+
+pub fn run(a: ServeArgs) -> Result<(), Failure> {
+    let device = parse_device(&a.device)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(Failure::runtime)?;
+    rt.block_on(serve(a, device))
+}
+
+async fn serve(a: ServeArgs, device: candle_core::Device) -> Result<(), Failure> {
+    std::fs::create_dir_all(&a.data_dir)
+        .with_context(|| format!("cannot create IFP_DATA_DIR {}", a.data_dir.display()))
+        .map_err(Failure::usage)?;
+    let data_dir = a
+        .data_dir
+        .canonicalize()
+        .context("IFP_DATA_DIR")
+        .map_err(Failure::usage)?;
+    let artifacts = data_dir.join("artifacts");
+    std::fs::create_dir_all(&artifacts)
+        .with_context(|| format!("cannot create {}", artifacts.display()))
+        .map_err(Failure::usage)?;
+    let connections = 10 + 4 * a.workers as u32;
+    let db = platform::open_database(a.database_url.as_deref(), &data_dir, connections)
+        .await
+        .map_err(Failure::runtime)?;
+    if let Some(c) = &db.cluster {
+        if !c.owned() {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "{} is in use by another `ifp serve`; stop it or choose another IFP_DATA_DIR",
+                data_dir.display()
+            )));
+        }
+    }
+    let env_token = std::env::var("IFP_ADMIN_TOKEN").ok();
+    let (token, generated) =
+        platform::admin_token(env_token.as_deref(), &data_dir).map_err(Failure::runtime)?;
+    let listener = tokio::net::TcpListener::bind(a.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", a.bind))
+        .map_err(Failure::usage)?;
+    let addr = listener.local_addr().map_err(Failure::runtime)?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let lease = Duration::from_secs(a.lease_secs);
+    let rescuer = platform::spawn_rescuer(
+        db.pool.clone(),
+        Duration::from_secs(a.rescue_secs),
+        stop_rx.clone(),
+    );
+    let workers =
+        platform::spawn_workers(&db.pool, a.workers, &artifacts, lease, &device, &stop_rx);
+
+    println!("ifp serve: listening on http://{addr} (API under /api/v1)");
+    match &db.cluster {
+        Some(c) => println!(
+            "database: embedded PostgreSQL in {} (for `ifp worker` on this machine: DATABASE_URL={})",
+            c.dir().display(),
+            c.url("ifp")
+        ),
+        None => println!("database: DATABASE_URL"),
+    }
+    let token_path = platform::admin_token_path(&data_dir);
+    if env_token.is_some() {
+        println!("admin token: IFP_ADMIN_TOKEN");
+    } else if generated {
+        println!("admin token (saved to {}): {token}", token_path.display());
+    } else {
+        println!("admin token: in {}", token_path.display());
+    }
+    println!(
+        "workers: {} in this process; artifacts in {}",
+        a.workers,
+        artifacts.display()
+    );
+
+    let state = AppState::new(db.pool.clone(), &artifacts, Some(&token));
+    let hub =
+        ifp_server::events::spawn_hub(db.pool.clone(), state.job_changed.clone(), stop_rx.clone());
+    let closing = state.closing.clone();
+    let served = axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move {
+            platform::shutdown_signal().await;
+            closing.send_replace(true);
+        })
+        .await;
+    println!("ifp serve: shutting down (running jobs are checkpointed and requeued)");
+    let _ = stop_tx.send(true);
+    for w in workers {
+        let _ = w.await;
+    }
+    let _ = rescuer.await;
+    let _ = hub.await;
+    db.pool.close().await;
+    if let Some(cluster) = db.cluster {
+        // pg_ctl waits for PostgreSQL to stop: off the async threads.
+        let _ = tokio::task::spawn_blocking(move || drop(cluster)).await;
+    }
+    served.context("HTTP server").map_err(Failure::runtime)
+}
