@@ -8,6 +8,8 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod eval;
+pub mod finetune;
 pub mod infer;
 pub mod loss;
 pub mod models;

@@ -2,6 +2,9 @@
 //! paths or configs) print one line and exit with code 2; failures while running exit with 1.
 
 mod bench;
+mod compare;
+mod eval;
+mod finetune;
 mod forward;
 mod serve;
 mod token;
@@ -38,6 +41,12 @@ enum Command {
     Worker(worker::WorkerArgs),
     /// Manage API tokens.
     Token(token::TokenArgs),
+    /// Fine-tune an encoder (IFP-pre-trained or from scratch) with a 3x3-conv task head.
+    Finetune(finetune::FinetuneArgs),
+    /// Score a fine-tuned model on test images (PSNR/SSIM, RGB and Y, per image).
+    Eval(eval::EvalArgs),
+    /// Does IFP help here? Fine-tune from IFP and from scratch with the same budget and compare.
+    Compare(compare::CompareArgs),
 }
 
 /// An error and the exit code it deserves.
@@ -100,6 +109,9 @@ pub fn run() -> ExitCode {
         Command::Serve(a) => serve::run(a),
         Command::Worker(a) => worker::run(a),
         Command::Token(a) => token::run(a),
+        Command::Finetune(a) => finetune::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Compare(a) => compare::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

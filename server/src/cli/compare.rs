@@ -1,0 +1,144 @@
+//! `ifp compare`: "does IFP help here?" — pre-train (or take given pre-training weights), then
+//! fine-tune from IFP and from scratch with identical budget, seeds and data (optionally a third
+//! arm from a checkpoint), score each arm's best checkpoint on the test set, print a table and
+//! write report.json, per_image.csv, val_curve.csv and showcase PNGs into --out.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use ifp_trainer::finetune::compare::{self, CompareEvent, CompareSpec, Pretrain};
+use ifp_trainer::{Control, Event};
+
+use super::finetune::{print_event, say, TaskArgs};
+use super::{classify, load_config, parse_device, Failure};
+
+#[derive(Args)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    task: TaskArgs,
+    /// Pre-training config or preset to run first (its MODEL is also the fine-tuning MODEL).
+    #[arg(long, value_name = "FILE|PRESET", conflicts_with = "pretrained")]
+    pretrain: Option<String>,
+    /// Pre-training steps (overrides the pre-training config's TRAIN.STEPS).
+    #[arg(long, value_name = "N")]
+    pretrain_steps: Option<usize>,
+    /// Use this pre-training model file instead of running pre-training.
+    #[arg(long, value_name = "W.safetensors")]
+    pretrained: Option<PathBuf>,
+    /// A third arm initialised from this model file.
+    #[arg(long, value_name = "W.safetensors")]
+    extra_arm: Option<PathBuf>,
+    /// Test images rendered side by side (degraded | arms | target).
+    #[arg(long, default_value_t = 3)]
+    showcase: usize,
+    #[arg(long)]
+    tile: Option<usize>,
+    /// Output folder; re-running the same command continues an interrupted comparison.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+pub fn run(a: CompareArgs) -> Result<(), Failure> {
+    let mut ft = a.task.config()?;
+    let pretrain = match (&a.pretrain, &a.pretrained) {
+        (_, Some(p)) => {
+            if !p.is_file() {
+                return Err(Failure::usage(anyhow::anyhow!(
+                    "--pretrained {}: no such file",
+                    p.display()
+                )));
+            }
+            if a.task.model.is_none() {
+                if let Some(m) =
+                    ifp_trainer::finetune::net::stored_model_config(p).map_err(classify)?
+                {
+                    ft.model = m;
+                }
+            }
+            Pretrain::Weights(p.clone())
+        }
+        (Some(name), None) => {
+            let mut cfg = load_config(name)?;
+            if let Some(n) = a.pretrain_steps {
+                cfg.train.steps = Some(n);
+                cfg.validate()
+                    .map_err(|e| Failure::usage(anyhow::anyhow!("--pretrain-steps {n}: {e}")))?;
+            }
+            if a.task.model.is_none() {
+                ft.model = cfg.model.clone();
+            } else if ft.model.restormer != cfg.model.restormer {
+                return Err(Failure::usage(anyhow::anyhow!(
+                    "--model and --pretrain describe different encoders; give one of them"
+                )));
+            }
+            Pretrain::Run(Box::new(cfg))
+        }
+        (None, None) => {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "give --pretrain CONFIG (run IFP pre-training) or --pretrained W.safetensors"
+            )))
+        }
+    };
+    if let Some(p) = &a.extra_arm {
+        if !p.is_file() {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "--extra-arm {}: no such file",
+                p.display()
+            )));
+        }
+    }
+    if a.out.exists() && !a.out.is_dir() {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--out {}: exists and is not a folder",
+            a.out.display()
+        )));
+    }
+    let device = parse_device(&a.device)?;
+    let spec = CompareSpec {
+        finetune: ft,
+        pretrain,
+        extra_arm: a.extra_arm.clone(),
+        tile: a.tile,
+        showcase: a.showcase,
+    };
+    let pf = spec
+        .finetune
+        .print_freq
+        .max(spec.finetune.save_freq / 2)
+        .max(1);
+    let report = compare::compare(&spec, &a.out, &device, |ev| {
+        match ev {
+            CompareEvent::Pretrain(Event::Started {
+                total_steps,
+                start_step,
+                ..
+            }) => say(&format!(
+                "[pretrain] IFP pre-training for {total_steps} steps (from step {start_step})"
+            )),
+            CompareEvent::Pretrain(Event::Step(p)) => {
+                if p.step % 100 == 0 || p.step == p.total_steps {
+                    say(&format!(
+                        "[pretrain] step {}/{} loss {:.5}",
+                        p.step, p.total_steps, p.loss
+                    ));
+                }
+            }
+            CompareEvent::Pretrain(Event::Checkpoint(_)) => {}
+            CompareEvent::Finetune { arm, event } => print_event(&format!("[{arm}] "), pf, &event),
+            CompareEvent::Evaluated { arm, mean } => say(&format!(
+                "[{arm}] test: PSNR {:.3} dB SSIM {:.4} (Y: {:.3} dB, {:.4})",
+                mean.psnr, mean.ssim, mean.psnr_y, mean.ssim_y
+            )),
+        }
+        Control::Continue
+    })
+    .map_err(classify)?;
+    println!("{}", compare::table(&report));
+    println!(
+        "wrote {}/report.json, per_image.csv, val_curve.csv",
+        a.out.display()
+    );
+    Ok(())
+}

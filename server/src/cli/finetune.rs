@@ -1,0 +1,249 @@
+//! `ifp finetune`: fine-tune a pre-trained (or fresh) encoder with a one-convolution head on a
+//! restoration data set, validating and checkpointing as it goes (`--resume` continues).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use ifp_trainer::finetune::{self, Event, FinetuneConfig};
+use ifp_trainer::{Control, TrainOptions};
+
+use super::{classify, load_config, parse_device, Failure};
+
+/// The task flags shared by `ifp finetune` and `ifp compare`.
+#[derive(Args, Clone)]
+pub struct TaskArgs {
+    /// A fine-tuning config (YAML, the `FinetuneConfig` schema); the flags below override it.
+    #[arg(long, value_name = "FILE")]
+    pub ft_config: Option<PathBuf>,
+    /// Pre-training config or preset whose MODEL tree describes the encoder (e.g. tiny);
+    /// defaults to the config stored in the initial weights, else the paper Restormer.
+    #[arg(long, value_name = "FILE|PRESET")]
+    pub model: Option<String>,
+    /// Training images: a folder with input/ and target/, or clean images (with --sigma/--blur).
+    #[arg(long, value_name = "DIR")]
+    pub train: Option<PathBuf>,
+    /// Test images; without it every --split-every-th training image is held out.
+    #[arg(long, value_name = "DIR")]
+    pub test: Option<PathBuf>,
+    #[arg(long, value_name = "K")]
+    pub split_every: Option<usize>,
+    /// Gaussian noise sigma on the 0-255 scale for clean images (e.g. 25).
+    #[arg(long)]
+    pub sigma: Option<f64>,
+    /// Gaussian blur sigma in pixels for clean images.
+    #[arg(long)]
+    pub blur: Option<f64>,
+    /// Training crop side.
+    #[arg(long)]
+    pub crop: Option<usize>,
+    #[arg(long)]
+    pub batch: Option<usize>,
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Learning rate (unscaled).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Validate and checkpoint every N steps.
+    #[arg(long, value_name = "N")]
+    pub save_freq: Option<usize>,
+    #[arg(long)]
+    pub val_images: Option<usize>,
+    #[arg(long)]
+    pub val_crop: Option<usize>,
+    /// Score only the first N test images.
+    #[arg(long, value_name = "N")]
+    pub max_test_images: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl TaskArgs {
+    /// The config from `--ft-config` (or defaults) with the flags applied, validated.
+    pub fn config(&self) -> Result<FinetuneConfig, Failure> {
+        let mut c = match &self.ft_config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    Failure::usage(anyhow::anyhow!("--ft-config {}: {e}", p.display()))
+                })?;
+                FinetuneConfig::from_yaml(&text).map_err(|e| {
+                    Failure::usage(anyhow::anyhow!("--ft-config {}: {e}", p.display()))
+                })?
+            }
+            None => FinetuneConfig::default(),
+        };
+        if let Some(m) = &self.model {
+            c.model = load_config(m)?.model;
+        }
+        let d = &mut c.data;
+        if let Some(p) = &self.train {
+            d.train_dir = p.clone();
+        }
+        if self.test.is_some() {
+            d.test_dir = self.test.clone();
+        }
+        set(&mut d.split_every, self.split_every);
+        set(&mut d.noise_sigma, self.sigma);
+        set(&mut d.blur_sigma, self.blur);
+        set(&mut d.crop, self.crop);
+        set(&mut d.batch_size, self.batch);
+        set(&mut d.val_images, self.val_images);
+        set(&mut d.val_crop, self.val_crop);
+        set(&mut d.max_test_images, self.max_test_images);
+        if self.steps.is_some() {
+            c.train.steps = self.steps;
+        }
+        set(&mut c.train.base_lr, self.lr);
+        set(&mut c.save_freq, self.save_freq);
+        set(&mut c.seed, self.seed);
+        if c.data.train_dir.as_os_str().is_empty() {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "--train DIR is required (or DATA.TRAIN_DIR in --ft-config)"
+            )));
+        }
+        for (flag, dir) in [
+            ("--train", Some(&c.data.train_dir)),
+            ("--test", c.data.test_dir.as_ref()),
+        ] {
+            if let Some(dir) = dir {
+                if !dir.is_dir() {
+                    return Err(Failure::usage(anyhow::anyhow!(
+                        "{flag} {}: no such folder",
+                        dir.display()
+                    )));
+                }
+            }
+        }
+        c.validate()
+            .map_err(|e| Failure::usage(anyhow::anyhow!("fine-tuning config: {e}")))?;
+        let paired = c.data.train_dir.join("input").is_dir();
+        if !paired && c.data.noise_sigma == 0.0 && c.data.blur_sigma == 0.0 {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "--train {}: clean images need a degradation (--sigma and/or --blur), or give a \
+                 folder with input/ and target/",
+                c.data.train_dir.display()
+            )));
+        }
+        Ok(c)
+    }
+}
+
+fn set<T>(slot: &mut T, v: Option<T>) {
+    if let Some(v) = v {
+        *slot = v;
+    }
+}
+
+#[derive(Args)]
+pub struct FinetuneArgs {
+    #[command(flatten)]
+    task: TaskArgs,
+    /// Encoder weights: a pre-training or fine-tuning model file, or reference-named PyTorch
+    /// weights (safetensors). Without it the encoder starts from scratch.
+    #[arg(long, value_name = "W.safetensors")]
+    init: Option<PathBuf>,
+    /// Output folder for checkpoints and history.json.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Continue from the newest complete checkpoint in --out.
+    #[arg(long)]
+    resume: bool,
+}
+
+/// Progress lines go to stderr, results to stdout.
+pub fn say(line: &str) {
+    eprintln!("{line}");
+}
+
+/// Prints one fine-tuning event the way `ifp train` prints its own.
+pub fn print_event(prefix: &str, print_freq: usize, ev: &Event<'_>) {
+    match ev {
+        Event::Started {
+            start_step,
+            total_steps,
+            parameters,
+            train_images,
+            val_images,
+        } => say(&format!(
+            "{prefix}fine-tuning {parameters} parameters for {total_steps} steps on {train_images} \
+             images ({val_images} for validation){}",
+            if *start_step > 0 {
+                format!(", resuming at step {start_step}")
+            } else {
+                String::new()
+            }
+        )),
+        Event::Step(p) => {
+            if p.step % print_freq == 0 || p.step == p.total_steps || p.step == 1 {
+                say(&format!(
+                    "{prefix}step {:>6}/{} loss {:.5} lr {:.3e} {:.1} img/s eta {:.0}s",
+                    p.step,
+                    p.total_steps,
+                    p.loss,
+                    p.lr,
+                    p.images_per_sec,
+                    p.eta.as_secs_f64()
+                ));
+            }
+        }
+        Event::Validated(v) => say(&format!(
+            "{prefix}validation step {}: PSNR {:.3} dB SSIM {:.4} (Y: {:.3} dB, {:.4})",
+            v.step, v.scores.psnr, v.scores.ssim, v.scores.psnr_y, v.scores.ssim_y
+        )),
+        Event::Checkpoint(c) => say(&format!("{prefix}checkpoint {}", c.model.path.display())),
+    }
+}
+
+pub fn run(a: FinetuneArgs) -> Result<(), Failure> {
+    let mut cfg = a.task.config()?;
+    if let Some(p) = &a.init {
+        if !p.is_file() {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "--init {}: no such file",
+                p.display()
+            )));
+        }
+        cfg.init = Some(p.clone());
+        if a.task.model.is_none() {
+            if let Some(m) = finetune::net::stored_model_config(p).map_err(classify)? {
+                cfg.model = m;
+            }
+        }
+    }
+    let device = parse_device(&a.device)?;
+    if a.out.exists() && !a.out.is_dir() {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--out {}: exists and is not a folder",
+            a.out.display()
+        )));
+    }
+    if !a.resume && ifp_trainer::checkpoint::latest_complete(&a.out).is_some() {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--out {}: already holds checkpoints; pass --resume to continue, or choose another folder",
+            a.out.display()
+        )));
+    }
+    let opts = TrainOptions {
+        out_dir: a.out.clone(),
+        device,
+        resume: a.resume,
+    };
+    let pf = cfg.print_freq;
+    let s = finetune::finetune(&cfg, &opts, |ev| {
+        print_event("", pf, &ev);
+        Control::Continue
+    })
+    .map_err(classify)?;
+    match s.best {
+        Some(b) => eprintln!(
+            "done: {} steps; best validation PSNR {:.3} dB at step {} ({})",
+            s.steps_done,
+            b.scores.psnr,
+            b.step,
+            ifp_trainer::checkpoint::model_path(&a.out, b.step).display()
+        ),
+        None => eprintln!("done: {} steps", s.steps_done),
+    }
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! The fine-tuning run configuration: the pre-training schema's `MODEL` tree (the encoder to
+//! build) and `TRAIN` tree (optimiser and schedule), plus the task's data and head. Same
+//! conventions as `config`: upper-case keys, unknown keys are errors naming the key path.
+//!
+//! One difference from pre-training: `TRAIN.BASE_LR`, `WARMUP_LR` and `MIN_LR` are the actual
+//! learning rates (not scaled by `DATA.BATCH_SIZE / 512`), since fine-tuning recipes quote
+//! unscaled rates.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::data::Degradation;
+use crate::config::{ConfigError, ModelConfig, OptimizerConfig, TrainConfig};
+
+/// The whole fine-tuning configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "SCREAMING_SNAKE_CASE", default)]
+pub struct FinetuneConfig {
+    /// The network: only `MODEL.RESTORMER` is used (the encoder); must match the weights.
+    pub model: ModelConfig,
+    /// Encoder weights (a pre-training or fine-tuning model file, or reference-named PyTorch
+    /// weights; only `encoder.*` is kept); absent = from scratch, seeded by `SEED`.
+    pub init: Option<PathBuf>,
+    pub head: HeadConfig,
+    pub data: TaskData,
+    pub train: TrainConfig,
+    pub print_freq: usize,
+    /// Checkpoint and validate every N steps (and at the end).
+    pub save_freq: usize,
+    /// Seed of crops, flips, noise, the head's and (from scratch) the encoder's weights.
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "SCREAMING_SNAKE_CASE", default)]
+pub struct HeadConfig {
+    /// Add the degraded input to the head's output (residual learning).
+    pub residual: bool,
+}
+
+impl Default for HeadConfig {
+    fn default() -> Self {
+        HeadConfig { residual: true }
+    }
+}
+
+/// Where the images come from and how training crops are made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "SCREAMING_SNAKE_CASE", default)]
+pub struct TaskData {
+    /// Paired (`input/` + `target/`) or clean images.
+    pub train_dir: PathBuf,
+    /// Test images; absent = every `SPLIT_EVERY`-th image of `TRAIN_DIR` (natural name order).
+    pub test_dir: Option<PathBuf>,
+    pub split_every: usize,
+    /// Training images held out for validation (best-checkpoint selection).
+    pub val_images: usize,
+    /// Centre crop of validation images (0 = whole images).
+    pub val_crop: usize,
+    /// Use only the first N test images (0 = all).
+    pub max_test_images: usize,
+    /// Synthetic degradation of clean images: noise sigma on [0, 255], blur sigma in pixels.
+    pub noise_sigma: f64,
+    pub blur_sigma: f64,
+    /// Side of the square training crops.
+    pub crop: usize,
+    pub batch_size: usize,
+}
+
+impl Default for TaskData {
+    fn default() -> Self {
+        TaskData {
+            train_dir: PathBuf::new(),
+            test_dir: None,
+            split_every: 5,
+            val_images: 4,
+            val_crop: 128,
+            max_test_images: 0,
+            noise_sigma: 0.0,
+            blur_sigma: 0.0,
+            crop: 48,
+            batch_size: 4,
+        }
+    }
+}
+
+impl TaskData {
+    pub fn degradation(&self) -> Degradation {
+        Degradation {
+            noise_sigma: self.noise_sigma,
+            blur_sigma: self.blur_sigma,
+        }
+    }
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        FinetuneConfig {
+            model: ModelConfig::default(),
+            init: None,
+            head: HeadConfig::default(),
+            data: TaskData::default(),
+            train: TrainConfig {
+                epochs: 1000,
+                steps: None,
+                warmup_epochs: 50,
+                base_lr: 3e-4,
+                warmup_lr: 1e-6,
+                min_lr: 1e-6,
+                weight_decay: 1e-4,
+                clip_grad: 3.0,
+                optimizer: OptimizerConfig {
+                    name: "adamw".into(),
+                    betas: (0.9, 0.999),
+                    eps: 1e-8,
+                },
+            },
+            print_freq: 10,
+            save_freq: 100,
+            seed: 0,
+        }
+    }
+}
+
+impl FinetuneConfig {
+    /// Parses and validates YAML (or JSON) in this schema.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let value: serde_json::Value =
+            serde_norway::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+        let value = if value.is_null() {
+            serde_json::Value::Object(Default::default())
+        } else {
+            value
+        };
+        let cfg: FinetuneConfig =
+            serde_path_to_error::deserialize(value).map_err(|e| ConfigError::Invalid {
+                path: e.path().to_string(),
+                message: e.into_inner().to_string(),
+            })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn to_yaml(&self) -> String {
+        serde_norway::to_string(self).unwrap_or_default()
+    }
+
+    pub fn total_steps(&self) -> usize {
+        self.train.total_steps()
+    }
+
+    /// Range checks, reported with the key path at fault. The MODEL tree is checked by
+    /// running the pre-training validator on a config that carries it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |path: &str, message: String| {
+            Err(ConfigError::Invalid {
+                path: path.into(),
+                message,
+            })
+        };
+        if self.model.kind != crate::config::ModelType::Restormer {
+            return bad(
+                "MODEL.TYPE",
+                "fine-tuning supports restormer only (a Uformer task head is not implemented)"
+                    .into(),
+            );
+        }
+        let mut pre = crate::Config {
+            model: self.model.clone(),
+            ..Default::default()
+        };
+        pre.model.decoder.in_nc = pre.model.restormer.out_channels;
+        pre.validate()?;
+        let d = &self.data;
+        if d.crop < 8 {
+            return bad("DATA.CROP", format!("{} is below 8", d.crop));
+        }
+        if d.batch_size == 0 {
+            return bad("DATA.BATCH_SIZE", "must be at least 1, got 0".into());
+        }
+        if d.test_dir.is_none() && d.split_every < 2 {
+            return bad(
+                "DATA.SPLIT_EVERY",
+                format!(
+                    "{} is below 2 (every image would be a test image)",
+                    d.split_every
+                ),
+            );
+        }
+        for (k, v) in [
+            ("DATA.NOISE_SIGMA", d.noise_sigma),
+            ("DATA.BLUR_SIGMA", d.blur_sigma),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(k, format!("{v} is not a finite number >= 0"));
+            }
+        }
+        if d.val_crop != 0 && d.val_crop < super::super::eval::metrics::ssim_window() {
+            return bad(
+                "DATA.VAL_CROP",
+                format!("{} is below 11 (SSIM's window)", d.val_crop),
+            );
+        }
+        let t = &self.train;
+        if t.total_steps() == 0 {
+            return bad("TRAIN.STEPS", "must be at least 1".into());
+        }
+        for (k, v) in [
+            ("TRAIN.BASE_LR", t.base_lr),
+            ("TRAIN.WARMUP_LR", t.warmup_lr),
+            ("TRAIN.MIN_LR", t.min_lr),
+            ("TRAIN.WEIGHT_DECAY", t.weight_decay),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(k, format!("{v} is not a finite number >= 0"));
+            }
+        }
+        if self.print_freq == 0 {
+            return bad("PRINT_FREQ", "must be at least 1, got 0".into());
+        }
+        if self.save_freq == 0 {
+            return bad("SAVE_FREQ", "must be at least 1, got 0".into());
+        }
+        Ok(())
+    }
+}
