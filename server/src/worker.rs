@@ -19,9 +19,6 @@ use crate::error::{Error, Result};
 use crate::queue::{self, Claimed, Fence, Outcome};
 use crate::record::{self, MetricRow};
 
-/// Model checkpoints kept per job by default.
-pub const DEFAULT_KEEP_CHECKPOINTS: i64 = 5;
-
 /// How a worker runs.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -33,8 +30,6 @@ pub struct WorkerConfig {
     /// How often an idle worker looks for jobs when no notification arrives.
     pub poll_interval: Duration,
     pub device: candle_core::Device,
-    /// Model checkpoints kept per job (the newest ones); only the newest training state is kept.
-    pub keep_checkpoints: i64,
 }
 
 impl WorkerConfig {
@@ -45,7 +40,6 @@ impl WorkerConfig {
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(5),
             device: candle_core::Device::Cpu,
-            keep_checkpoints: DEFAULT_KEEP_CHECKPOINTS,
         }
     }
 }
@@ -191,6 +185,7 @@ async fn run_job(
             return Ok(());
         }
     };
+    let keep = i64::try_from(cfg.train.keep_checkpoints).unwrap_or(i64::MAX);
     let dir = attempt_dir(&wcfg.artifacts, fence.job_id, fence.attempt);
     let prepared = {
         let (artifacts, fence, dir) = (wcfg.artifacts.clone(), fence.clone(), dir.clone());
@@ -273,7 +268,7 @@ async fn run_job(
                 }
                 Msg::Checkpoint(c) => {
                     flush_metrics(pool, &fence, &mut pending).await;
-                    record_checkpoint(pool, wcfg, &fence, &c).await;
+                    record_checkpoint(pool, wcfg, keep, &fence, &c).await;
                 }
             },
             _ = beat.tick() => {
@@ -333,7 +328,7 @@ async fn run_job(
             }
             Msg::Checkpoint(c) => {
                 flush_metrics(pool, &fence, &mut pending).await;
-                record_checkpoint(pool, wcfg, &fence, &c).await;
+                record_checkpoint(pool, wcfg, keep, &fence, &c).await;
             }
         }
     }
@@ -393,14 +388,18 @@ async fn bounded<T>(
 }
 
 /// Lists a new checkpoint, then applies retention.
-async fn record_checkpoint(pool: &PgPool, wcfg: &WorkerConfig, fence: &Fence, c: &Checkpoint) {
+async fn record_checkpoint(
+    pool: &PgPool,
+    wcfg: &WorkerConfig,
+    keep: i64,
+    fence: &Fence,
+    c: &Checkpoint,
+) {
     if let Err(e) = record::checkpoint(pool, &wcfg.artifacts, fence, c).await {
         tracing::warn!(job = %fence.job_id, error = %e, "recording a checkpoint");
         return;
     }
-    if let Err(e) =
-        record::apply_retention(pool, &wcfg.artifacts, fence, wcfg.keep_checkpoints).await
-    {
+    if let Err(e) = record::apply_retention(pool, &wcfg.artifacts, fence, keep).await {
         tracing::warn!(job = %fence.job_id, error = %e, "checkpoint retention");
     }
 }

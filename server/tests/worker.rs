@@ -15,9 +15,15 @@ use uuid::Uuid;
 
 /// The `tiny` preset at 16x16 with `steps` steps, checkpointing every `save_freq`.
 fn tiny(steps: usize, save_freq: usize) -> serde_json::Value {
+    tiny_keeping(steps, save_freq, 5)
+}
+
+/// `tiny`, keeping `keep` model checkpoints (`TRAIN.KEEP_CHECKPOINTS`).
+fn tiny_keeping(steps: usize, save_freq: usize, keep: usize) -> serde_json::Value {
     let mut cfg = ifp_trainer::Config::load("tiny").unwrap();
     cfg.data.img_size = 16;
     cfg.train.steps = Some(steps);
+    cfg.train.keep_checkpoints = keep;
     cfg.save_freq = save_freq;
     let v = serde_json::to_value(&cfg).unwrap();
     ifp_trainer::Config::from_value(v.clone()).expect("config round-trips through JSON");
@@ -25,13 +31,17 @@ fn tiny(steps: usize, save_freq: usize) -> serde_json::Value {
 }
 
 async fn submit(pool: &PgPool, steps: usize, save_freq: usize) -> Job {
+    submit_config(pool, steps, tiny(steps, save_freq)).await
+}
+
+async fn submit_config(pool: &PgPool, steps: usize, config: serde_json::Value) -> Job {
     queue::enqueue(
         pool,
         &NewJob {
             name: "tiny".into(),
             owner: "alice".into(),
             priority: 0,
-            config: tiny(steps, save_freq),
+            config,
             total_steps: steps as i64,
             max_attempts: 3,
         },
@@ -41,18 +51,8 @@ async fn submit(pool: &PgPool, steps: usize, save_freq: usize) -> Job {
 }
 
 fn start_worker(pool: &PgPool, id: &str, artifacts: &Path) -> watch::Sender<bool> {
-    start_worker_keeping(pool, id, artifacts, 5)
-}
-
-fn start_worker_keeping(
-    pool: &PgPool,
-    id: &str,
-    artifacts: &Path,
-    keep: i64,
-) -> watch::Sender<bool> {
     let (tx, rx) = watch::channel(false);
     let mut cfg = WorkerConfig::new(id, artifacts);
-    cfg.keep_checkpoints = keep;
     cfg.lease = Duration::from_secs(3);
     cfg.poll_interval = Duration::from_millis(500);
     tokio::spawn(worker::run(pool.clone(), cfg, rx));
@@ -251,8 +251,8 @@ async fn a_rescued_job_resumes_from_the_dead_attempts_checkpoint() {
 async fn retention_keeps_the_newest_models_and_only_the_newest_state() {
     let pool = common::fresh_pool().await;
     let artifacts = tempfile::tempdir().unwrap();
-    let job = submit(&pool, 8, 2).await;
-    let stop = start_worker_keeping(&pool, "w-keep", artifacts.path(), 2);
+    let job = submit_config(&pool, 8, tiny_keeping(8, 2, 2)).await;
+    let stop = start_worker(&pool, "w-keep", artifacts.path());
     let done = wait_for(&pool, job.id, "success", |j| {
         j.status != "queued" && j.status != "running"
     })

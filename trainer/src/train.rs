@@ -256,8 +256,8 @@ impl Trainer {
     }
 }
 
-/// A resumed run must be the same run: only the length (`TRAIN.STEPS`/`EPOCHS`) and the
-/// logging/saving frequencies may change.
+/// A resumed run must be the same run: only the length (`TRAIN.STEPS`/`EPOCHS`), the
+/// logging/saving frequencies and the retention may change.
 fn check_same_run(cfg: &Config, stored_yaml: &str, path: &Path) -> Result<()> {
     let stored = Config::from_yaml(stored_yaml).map_err(|e| {
         TrainerError::Resume(format!("{}: unreadable stored config: {e}", path.display()))
@@ -268,6 +268,7 @@ fn check_same_run(cfg: &Config, stored_yaml: &str, path: &Path) -> Result<()> {
         c.train.epochs = 0;
         c.print_freq = 1;
         c.save_freq = 1;
+        c.train.keep_checkpoints = 1;
         c
     };
     if normalise(cfg) != normalise(&stored) {

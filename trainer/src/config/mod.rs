@@ -377,6 +377,9 @@ pub struct TrainConfig {
     #[serde(deserialize_with = "de_f64")]
     pub clip_grad: f64,
     pub optimizer: OptimizerConfig,
+    /// Model checkpoints the platform keeps per job, newest first (extension; the final one and
+    /// the newest training state are always kept).
+    pub keep_checkpoints: usize,
 }
 
 impl Default for TrainConfig {
@@ -391,6 +394,7 @@ impl Default for TrainConfig {
             weight_decay: 0.05,
             clip_grad: 3.0,
             optimizer: OptimizerConfig::default(),
+            keep_checkpoints: 5,
         }
     }
 }

@@ -332,6 +332,9 @@ impl Config {
                 format!("{} must not be negative (0 disables clipping)", t.clip_grad),
             );
         }
+        if t.keep_checkpoints == 0 {
+            return bad("TRAIN.KEEP_CHECKPOINTS", "must be at least 1, got 0".into());
+        }
         let o = &t.optimizer;
         if o.name.to_lowercase() != "adamw" {
             return bad(

@@ -115,6 +115,7 @@ impl Default for FinetuneConfig {
                     betas: (0.9, 0.999),
                     eps: 1e-8,
                 },
+                ..TrainConfig::default()
             },
             print_freq: 10,
             save_freq: 100,
