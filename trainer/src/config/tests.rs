@@ -65,6 +65,11 @@ fn impossible_values_name_path_and_value() {
             "MODEL.DECODER.IN_NC",
             "32",
         ),
+        (
+            "TRAIN:\n  KEEP_CHECKPOINTS: 0\n",
+            "TRAIN.KEEP_CHECKPOINTS",
+            "0",
+        ),
         ("DATA:\n  MASK_MODE: random\n", "DATA.MASK_MODE", "random"),
         (
             "TRAIN:\n  OPTIMIZER:\n    BETAS: (0.9, 1.5)\n",
