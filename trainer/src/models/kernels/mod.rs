@@ -8,6 +8,8 @@ mod norm;
 
 use candle_core::{Result, Tensor};
 
+pub(crate) use conv::f32_slice;
+
 /// Whether the fast kernels apply to this tensor.
 pub fn applicable(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == candle_core::DType::F32

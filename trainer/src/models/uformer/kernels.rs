@@ -10,26 +10,11 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use crate::models::kernels::{applicable, f32_slice};
+
 const EPS: f32 = 1e-5;
 /// Elements per parallel task: large enough that rayon's dispatch is noise.
 const CHUNK: usize = 16 * 1024;
-
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(d) => d.as_slice(),
-        _ => return Err(candle_core::Error::Msg(format!("{what}: float32 only"))),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => Err(candle_core::Error::Msg(format!(
-            "{what}: needs a contiguous input"
-        ))),
-    }
-}
-
-fn applicable(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
-}
 
 /// Rows of length `n` per parallel task.
 fn rows_per_task(n: usize) -> usize {
