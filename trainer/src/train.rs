@@ -325,6 +325,23 @@ fn sample_strip(batch: &Batch, pred: &Tensor) -> Result<Image> {
     Ok(Image::new(width, ph, data)?)
 }
 
+/// Estimates the time left from step times. An exponential average of the step time keeps
+/// the ETA steady without lagging for long.
+#[derive(Debug, Default)]
+pub struct EtaClock {
+    avg: Option<f64>,
+}
+
+impl EtaClock {
+    /// Records a step that took `dt` and returns the ETA for `remaining` more steps.
+    pub fn eta(&mut self, dt: Duration, remaining: usize) -> Duration {
+        let d = dt.as_secs_f64();
+        let avg = self.avg.map_or(d, |a| 0.9 * a + 0.1 * d);
+        self.avg = Some(avg);
+        Duration::from_secs_f64(avg * remaining as f64)
+    }
+}
+
 /// Runs a whole training job.
 pub fn train(
     cfg: &Config,
@@ -354,17 +371,11 @@ pub fn train(
         stopped: false,
         resumed_from,
     };
-    // An exponential average of the step time makes the ETA steady without lagging for long.
-    let mut avg_step: Option<f64> = None;
+    let mut clock = EtaClock::default();
     while trainer.step() < total {
         let t0 = Instant::now();
         let stats = trainer.train_step()?;
         let dt = t0.elapsed();
-        let avg = match avg_step {
-            None => dt.as_secs_f64(),
-            Some(a) => 0.9 * a + 0.1 * dt.as_secs_f64(),
-        };
-        avg_step = Some(avg);
         let done = trainer.step();
         let progress = Progress {
             step: done,
@@ -374,7 +385,7 @@ pub fn train(
             grad_norm: stats.grad_norm,
             images_per_sec: batch as f64 / dt.as_secs_f64().max(1e-9),
             step_time: dt,
-            eta: Duration::from_secs_f64(avg * (total - done) as f64),
+            eta: clock.eta(dt, total - done),
         };
         summary.steps_done = done;
         summary.final_loss = Some(stats.loss);

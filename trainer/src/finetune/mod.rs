@@ -16,7 +16,7 @@ pub mod data;
 pub mod net;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -368,13 +368,11 @@ pub fn finetune(
     });
     let mut final_loss = None;
     let mut stopped = false;
-    let mut avg: Option<f64> = None;
+    let mut clock = crate::train::EtaClock::default();
     while ft.step() < total {
         let t0 = Instant::now();
         let (loss, lr, grad_norm) = ft.train_step()?;
         let dt = t0.elapsed();
-        let a = avg.map_or(dt.as_secs_f64(), |a| 0.9 * a + 0.1 * dt.as_secs_f64());
-        avg = Some(a);
         let done = ft.step();
         final_loss = Some(loss);
         let progress = Progress {
@@ -385,7 +383,7 @@ pub fn finetune(
             grad_norm,
             images_per_sec: cfg.data.batch_size as f64 / dt.as_secs_f64().max(1e-9),
             step_time: dt,
-            eta: Duration::from_secs_f64(a * (total - done) as f64),
+            eta: clock.eta(dt, total - done),
         };
         let control = on_event(Event::Step(&progress));
         if done % cfg.save_freq == 0 || done == total || control == Control::Stop {
