@@ -37,6 +37,9 @@ pub enum Error {
     BadRequest(String),
     #[error("{0}")]
     Conflict(String),
+    /// A request refused whoever makes it (a forged form, a path outside the upload store).
+    #[error("{0}")]
+    Forbidden(String),
     /// A client error with its own status (413, 415, ...).
     #[error("{message}")]
     Status { status: StatusCode, message: String },
@@ -71,9 +74,11 @@ pub struct ErrorBody {
     pub key_path: Option<String>,
 }
 
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        let (status, code, message, key_path) = match &self {
+impl Error {
+    /// The HTTP status, stable code, message and key path a client is told. Server-side
+    /// failures are logged here with their cause and get a generic message.
+    pub fn public(&self) -> (StatusCode, &'static str, String, Option<String>) {
+        match self {
             Error::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -89,6 +94,7 @@ impl IntoResponse for Error {
             ),
             Error::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m.clone(), None),
             Error::Conflict(m) => (StatusCode::CONFLICT, "conflict", m.clone(), None),
+            Error::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m.clone(), None),
             Error::Status { status, message } => {
                 let code = match status.as_u16() {
                     413 => "payload_too_large",
@@ -104,7 +110,7 @@ impl IntoResponse for Error {
             | Error::Trainer(_)
             | Error::Internal(_) => {
                 tracing::error!(error = %self, "request failed");
-                let status = match &self {
+                let status = match self {
                     Error::Db(sqlx::Error::PoolTimedOut) => StatusCode::SERVICE_UNAVAILABLE,
                     _ => StatusCode::INTERNAL_SERVER_ERROR,
                 };
@@ -115,7 +121,13 @@ impl IntoResponse for Error {
                     None,
                 )
             }
-        };
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, code, message, key_path) = self.public();
         let body = ErrorBody {
             error: code.to_string(),
             message,

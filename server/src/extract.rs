@@ -1,14 +1,18 @@
 //! Request extractors whose rejections are the crate's JSON errors instead of axum's plain-text
-//! ones: the bearer-token caller, JSON bodies and query strings.
+//! ones: the caller (bearer token, or a browser session for reads), JSON bodies and query
+//! strings.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::Json;
 use serde::de::DeserializeOwned;
 
+use axum_extra::extract::CookieJar;
+
 use crate::error::Error;
+use crate::session::{self, Session};
 use crate::state::AppState;
 use crate::tokens::{self, Caller};
 
@@ -24,11 +28,30 @@ impl FromRequestParts<AppState> for Caller {
                 let (scheme, rest) = v.split_once(' ')?;
                 scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
             })
-            .filter(|t| !t.is_empty())
-            .ok_or(Error::Unauthorized)?;
-        tokens::authenticate(&state.pool, state.admin_token_hash.as_deref(), token)
-            .await?
-            .ok_or(Error::Unauthorized)
+            .filter(|t| !t.is_empty());
+        if let Some(token) = token {
+            return tokens::authenticate(&state.pool, state.admin_token_hash.as_deref(), token)
+                .await?
+                .ok_or(Error::Unauthorized);
+        }
+        // A signed-in browser may read through the API (the job page's live updates and
+        // downloads do). Only reads: a cookie alone never changes anything, so the API needs
+        // no anti-forgery token.
+        if parts.method == Method::GET || parts.method == Method::HEAD {
+            if let Some(s) = browser_session(parts, state).await? {
+                return Ok(s.caller);
+            }
+        }
+        Err(Error::Unauthorized)
+    }
+}
+
+/// The session of the request's session cookie, if it has a live one.
+pub async fn browser_session(parts: &Parts, state: &AppState) -> Result<Option<Session>, Error> {
+    let jar = CookieJar::from_headers(&parts.headers);
+    match jar.get(session::COOKIE) {
+        Some(c) => session::lookup(&state.pool, state.admin_token_hash.as_deref(), c.value()).await,
+        None => Ok(None),
     }
 }
 

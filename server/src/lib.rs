@@ -1,4 +1,5 @@
-//! The IFP job platform: embedded PostgreSQL, the job queue, workers and the REST API.
+//! The IFP job platform: embedded PostgreSQL, the job queue, workers, the REST API and the web
+//! pages.
 
 pub mod error;
 pub mod events;
@@ -9,8 +10,11 @@ pub mod platform;
 pub mod queue;
 pub mod record;
 pub mod routes;
+pub mod session;
 pub mod state;
 pub mod tokens;
+pub mod uploads;
+pub mod views;
 pub mod worker;
 
 pub use error::{Error, Result};

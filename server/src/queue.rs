@@ -313,3 +313,14 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Job>> {
     let sql = format!("select {JOB_COLUMNS} from job where id = $1");
     Ok(sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?)
 }
+
+/// Every attempt of a job so far, oldest first.
+pub async fn attempts(pool: &PgPool, id: Uuid) -> Result<Vec<crate::model::Attempt>> {
+    Ok(sqlx::query_as(
+        "select attempt, worker_id, started_at, finished_at, outcome, error, resumed_from_step
+         from attempt where job_id = $1 order by attempt",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?)
+}

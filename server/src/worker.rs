@@ -178,7 +178,10 @@ async fn run_job(
     let fence = job.fence.clone();
     tracing::info!(job = %fence.job_id, attempt = fence.attempt, "running job");
     let cfg = match ifp_trainer::Config::from_value(job.config.clone()) {
-        Ok(c) => c,
+        Ok(mut c) => {
+            crate::uploads::resolve(&wcfg.artifacts, &mut c);
+            c
+        }
         Err(e) => {
             let outcome = Outcome::Failed(format!("invalid config: {e}"));
             queue::finish(pool, &fence, &outcome).await?;

@@ -14,6 +14,7 @@ pub mod infer;
 pub mod loss;
 pub mod models;
 pub mod optim;
+pub mod preview;
 pub mod train;
 
 pub use config::Config;

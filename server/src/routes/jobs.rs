@@ -14,7 +14,7 @@ use crate::queue::{self, NewJob, DEFAULT_MAX_ATTEMPTS};
 use crate::state::AppState;
 use crate::tokens::Caller;
 
-const STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
+pub const STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
 
 /// `POST /jobs` body: the config as JSON (`config`) or as YAML text (`config_yaml`).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -105,24 +105,47 @@ pub async fn create(
     caller: Caller,
     ApiJson(body): ApiJson<CreateJob>,
 ) -> Result<(StatusCode, Json<Job>)> {
-    let name = body.name.clone().unwrap_or_else(|| "job".into());
-    if name.trim().is_empty() || name.chars().count() > 200 {
+    let cfg = parse_config(&body)?;
+    let job = submit(
+        &state,
+        Submission {
+            name: body.name.clone().unwrap_or_else(|| "job".into()),
+            owner: caller.name,
+            priority: body.priority,
+            max_attempts: body.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+        },
+        &cfg,
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(job)))
+}
+
+/// Who submits what, besides the config (shared by the API and the web form).
+pub struct Submission {
+    pub name: String,
+    pub owner: String,
+    pub priority: i32,
+    pub max_attempts: i32,
+}
+
+/// Checks a submission and queues it. Errors name the field or config key at fault.
+pub async fn submit(state: &AppState, s: Submission, cfg: &ifp_trainer::Config) -> Result<Job> {
+    if s.name.trim().is_empty() || s.name.chars().count() > 200 {
         return Err(Error::invalid(Some("name"), "must be 1 to 200 characters"));
     }
-    if !(-1000..=1000).contains(&body.priority) {
+    if !(-1000..=1000).contains(&s.priority) {
         return Err(Error::invalid(
             Some("priority"),
             "must be between -1000 and 1000",
         ));
     }
-    let max_attempts = body.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
-    if !(1..=20).contains(&max_attempts) {
+    if !(1..=20).contains(&s.max_attempts) {
         return Err(Error::invalid(
             Some("max_attempts"),
             "must be between 1 and 20",
         ));
     }
-    let cfg = parse_config(&body)?;
+    crate::uploads::check(&state.artifacts, cfg)?;
     let total_steps = cfg.total_steps();
     if total_steps == 0 || total_steps > i64::MAX as usize {
         return Err(Error::invalid(
@@ -132,21 +155,20 @@ pub async fn create(
     }
     // The normalised config (defaults filled in) is stored, so a later change of defaults does
     // not change a queued job.
-    let config = serde_json::to_value(&cfg)
+    let config = serde_json::to_value(cfg)
         .map_err(|e| Error::Internal(format!("serialising a config: {e}")))?;
-    let job = queue::enqueue(
+    queue::enqueue(
         &state.pool,
         &NewJob {
-            name,
-            owner: caller.name,
-            priority: body.priority,
+            name: s.name,
+            owner: s.owner,
+            priority: s.priority,
             config,
             total_steps: total_steps as i64,
-            max_attempts,
+            max_attempts: s.max_attempts,
         },
     )
-    .await?;
-    Ok((StatusCode::CREATED, Json(job)))
+    .await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -229,13 +251,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<JobDetail>> {
     let job = visible_job(&state, &caller, &id).await?;
-    let attempts: Vec<Attempt> = sqlx::query_as(
-        "select attempt, worker_id, started_at, finished_at, outcome, error, resumed_from_step
-         from attempt where job_id = $1 order by attempt",
-    )
-    .bind(job.id)
-    .fetch_all(&state.pool)
-    .await?;
+    let attempts = queue::attempts(&state.pool, job.id).await?;
     Ok(Json(JobDetail { job, attempts }))
 }
 

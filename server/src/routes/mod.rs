@@ -1,11 +1,12 @@
-//! The HTTP API: routes under `/api/v1` (bearer token), plus `/healthz`, `/metrics` and
-//! `/openapi.json`.
+//! The HTTP application: the API under `/api/v1` (bearer token), `/healthz`, `/metrics`,
+//! `/openapi.json`, and the web pages (`pages`).
 
 mod checkpoints;
 mod events;
 mod health;
-mod jobs;
+pub mod jobs;
 pub mod openapi;
+pub mod pages;
 pub mod prometheus;
 
 use axum::extract::DefaultBodyLimit;
@@ -31,6 +32,11 @@ pub fn app(state: AppState) -> Router {
         .route("/jobs/{id}/checkpoints", get(checkpoints::list))
         .route("/jobs/{id}/checkpoints/{name}", get(checkpoints::download))
         .route("/jobs/{id}/samples/{step}", get(checkpoints::sample))
+        .route(
+            "/uploads",
+            post(crate::uploads::create)
+                .layer(DefaultBodyLimit::max(crate::uploads::MAX_BYTES + 1)),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             prometheus::track,
@@ -40,6 +46,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(prometheus::metrics))
         .route("/openapi.json", get(openapi::openapi_json))
+        .merge(pages::router())
         .fallback(|| async { Error::NotFound })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(TraceLayer::new_for_http())

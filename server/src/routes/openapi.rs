@@ -13,11 +13,12 @@ use super::{checkpoints, events, health, jobs, prometheus};
     paths(
         jobs::create, jobs::list, jobs::get, jobs::cancel, jobs::metrics,
         events::stream, checkpoints::list, checkpoints::download, checkpoints::sample,
-        health::healthz, prometheus::metrics,
+        crate::uploads::create, health::healthz, prometheus::metrics,
     ),
     components(schemas(
         crate::model::Job, crate::model::Metric, crate::model::CheckpointFile,
         crate::error::ErrorBody, jobs::CreateJob, jobs::JobList, jobs::JobDetail, crate::model::Attempt, checkpoints::CheckpointEntry,
+        crate::uploads::Uploaded,
     )),
     modifiers(&BearerAuth),
 )]

@@ -70,6 +70,14 @@ pub const PRESETS: &[Preset] = &[
     },
 ];
 
+/// The built-in preset called `name`, parsed.
+pub fn preset(name: &str) -> Option<Config> {
+    PRESETS
+        .iter()
+        .find(|p| p.name == name)
+        .and_then(|p| Config::from_yaml(p.yaml).ok())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Lenient scalar readers: the reference YAML writes `3e-4` (a string to YAML 1.1 readers) and
 // `BETAS: (0.9, 0.95)` (a Python tuple as a string).

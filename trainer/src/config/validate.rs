@@ -290,6 +290,16 @@ impl Config {
                 format!("noise image size {}x{} must be positive", n.width, n.height),
             );
         }
+        // 16384 x 16384 RGB f32 is 3 GiB already: beyond that a typo, not a noise image.
+        if n.width > 16384 || n.height > 16384 {
+            return bad(
+                "DATA.NOISE.WIDTH",
+                format!(
+                    "noise image size {}x{} is above 16384x16384",
+                    n.width, n.height
+                ),
+            );
+        }
         if !(0.0..=1.0).contains(&n.mean) {
             return bad("DATA.NOISE.MEAN", format!("{} is outside [0, 1]", n.mean));
         }

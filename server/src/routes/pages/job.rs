@@ -1,0 +1,235 @@
+//! `/jobs/{id}`: one job: status, attempts, progress with ETA, loss and learning-rate charts,
+//! sample strips, checkpoints, config and error, and a cancel button. `/jobs/{id}/live` renders
+//! the changing part alone; the page's script re-fetches it when the job's event stream says
+//! something changed.
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use chrono::Utc;
+use serde::Deserialize;
+
+use super::{render, Layout, PageResult, Viewer};
+use crate::model::{CheckpointFile, Job};
+use crate::queue;
+use crate::routes::jobs::visible_job;
+use crate::state::AppState;
+use crate::views::{chart, fmt};
+
+/// Sample strips shown, newest first.
+const SAMPLES: usize = 3;
+
+pub struct AttemptRow {
+    pub attempt: i32,
+    pub worker: String,
+    pub started: String,
+    pub finished: String,
+    pub outcome: String,
+    pub resumed_from: String,
+    pub error: String,
+}
+
+pub struct FileRow {
+    pub name: String,
+    pub kind: String,
+    pub step: i64,
+    pub size: String,
+    pub sha256: String,
+    pub url: String,
+}
+
+pub struct SampleRow {
+    pub step: i64,
+    pub url: String,
+}
+
+/// Everything the live part of the page shows.
+pub struct JobView {
+    pub job: Job,
+    pub percent: String,
+    pub loss: String,
+    pub eta: String,
+    pub images_per_sec: String,
+    pub elapsed: String,
+    pub log_scale: bool,
+    pub loss_chart: String,
+    pub lr_chart: String,
+    pub attempts: Vec<AttemptRow>,
+    pub files: Vec<FileRow>,
+    pub samples: Vec<SampleRow>,
+    pub active: bool,
+}
+
+#[derive(Template)]
+#[template(path = "job.html")]
+struct JobPage {
+    layout: Layout,
+    v: JobView,
+    config_yaml: String,
+}
+
+#[derive(Template)]
+#[template(path = "job_live.html")]
+struct LiveFragment {
+    layout: Layout,
+    v: JobView,
+}
+
+#[derive(Deserialize)]
+pub struct Scale {
+    scale: Option<String>,
+}
+
+/// `GET /jobs/{id}`.
+pub async fn show(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+    Query(s): Query<Scale>,
+) -> PageResult<Response> {
+    let job = visible_job(&state, &viewer.caller, &id).await?;
+    let config_yaml = serde_norway::to_string(&job.config).unwrap_or_default();
+    let v = view(&state, job, s.scale.as_deref() == Some("log")).await?;
+    Ok(render(&JobPage {
+        layout: Layout::new(format!("{} · job", v.job.name), Some(&viewer)),
+        v,
+        config_yaml,
+    }))
+}
+
+/// `GET /jobs/{id}/live`: the changing part of the job page.
+pub async fn live(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+    Query(s): Query<Scale>,
+) -> PageResult<Response> {
+    let job = visible_job(&state, &viewer.caller, &id).await?;
+    let v = view(&state, job, s.scale.as_deref() == Some("log")).await?;
+    Ok(render(&LiveFragment {
+        layout: Layout::new("", Some(&viewer)),
+        v,
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct CancelForm {
+    csrf: String,
+}
+
+/// `POST /jobs/{id}/cancel`.
+pub async fn cancel(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<CancelForm>,
+) -> PageResult<Response> {
+    viewer.check_form(&headers, &f.csrf)?;
+    let job = visible_job(&state, &viewer.caller, &id).await?;
+    queue::cancel(&state.pool, job.id).await?;
+    Ok(Redirect::to(&format!("/jobs/{}", job.id)).into_response())
+}
+
+async fn view(state: &AppState, job: Job, log_scale: bool) -> PageResult<JobView> {
+    let attempts = queue::attempts(&state.pool, job.id).await?;
+    let files: Vec<CheckpointFile> = sqlx::query_as(
+        "select name, kind, attempt, step, bytes, sha256, path, created_at
+         from checkpoint where job_id = $1 order by step desc, name",
+    )
+    .bind(job.id)
+    .fetch_all(&state.pool)
+    .await?;
+    let metrics: Vec<(i64, f64, f64, f64)> = sqlx::query_as(
+        "select step, loss, lr, images_per_sec from metric where job_id = $1 order by step",
+    )
+    .bind(job.id)
+    .fetch_all(&state.pool)
+    .await?;
+
+    let active = matches!(job.status.as_str(), "queued" | "running");
+    let last = metrics.last().copied();
+    let batch = job
+        .config
+        .pointer("/DATA/BATCH_SIZE")
+        .and_then(|v| v.as_f64())
+        .unwrap_or(1.0);
+    let eta = match last {
+        Some((_, _, _, ips)) if job.status == "running" && ips > 0.0 => {
+            fmt::duration((job.total_steps - job.step).max(0) as f64 * batch / ips)
+        }
+        _ => "—".into(),
+    };
+    let elapsed = match (job.started_at, job.finished_at) {
+        (Some(s), Some(f)) => fmt::duration((f - s).num_milliseconds() as f64 / 1e3),
+        (Some(s), None) if active => {
+            fmt::duration((Utc::now() - s).num_milliseconds() as f64 / 1e3)
+        }
+        _ => "—".into(),
+    };
+    let x_max = job.total_steps as f64;
+    let loss_pts: Vec<(f64, f64)> = metrics.iter().map(|m| (m.0 as f64, m.1)).collect();
+    let lr_pts: Vec<(f64, f64)> = metrics.iter().map(|m| (m.0 as f64, m.2)).collect();
+    let base = format!("/api/v1/jobs/{}", job.id);
+    let samples = files
+        .iter()
+        .filter(|f| f.kind == "sample")
+        .take(SAMPLES)
+        .map(|f| SampleRow {
+            step: f.step,
+            url: format!("{base}/samples/{}", f.step),
+        })
+        .collect();
+    let file_rows = files
+        .iter()
+        .filter(|f| f.kind != "sample")
+        .map(|f| FileRow {
+            name: f.name.clone(),
+            kind: f.kind.clone(),
+            step: f.step,
+            size: fmt::bytes(f.bytes),
+            sha256: f.sha256.clone(),
+            url: format!("{base}/checkpoints/{}", f.name),
+        })
+        .collect();
+    let attempts = attempts
+        .into_iter()
+        .map(|a| AttemptRow {
+            attempt: a.attempt,
+            worker: a.worker_id,
+            started: fmt::timestamp(a.started_at),
+            finished: a
+                .finished_at
+                .map(fmt::timestamp)
+                .unwrap_or_else(|| "—".into()),
+            outcome: a.outcome.unwrap_or_else(|| "running".into()),
+            resumed_from: a
+                .resumed_from_step
+                .map(|s| format!("step {s}"))
+                .unwrap_or_else(|| "start".into()),
+            error: a.error.unwrap_or_default(),
+        })
+        .collect();
+    Ok(JobView {
+        percent: format!(
+            "{:.1}",
+            100.0 * job.step as f64 / job.total_steps.max(1) as f64
+        ),
+        loss: job.loss.map(fmt::sig4).unwrap_or_else(|| "—".into()),
+        eta,
+        images_per_sec: last
+            .map(|m| format!("{:.1}", m.3))
+            .unwrap_or_else(|| "—".into()),
+        elapsed,
+        log_scale,
+        loss_chart: chart::line_chart(&loss_pts, x_max, log_scale, "training loss by step"),
+        lr_chart: chart::line_chart(&lr_pts, x_max, log_scale, "learning rate by step"),
+        attempts,
+        files: file_rows,
+        samples,
+        active,
+        job,
+    })
+}

@@ -1,0 +1,255 @@
+//! Line charts and sparklines as inline SVG, drawn on the server: one renderer serves the page
+//! without JavaScript and its live updates (the page's script swaps in fresh server-rendered
+//! fragments), so no charting library is shipped. Colours come from the stylesheet's classes.
+
+use std::fmt::Write;
+
+/// The drawing area of a chart, in SVG user units (the SVG scales to its container).
+const W: f64 = 640.0;
+const H: f64 = 220.0;
+const LEFT: f64 = 64.0;
+const RIGHT: f64 = 14.0;
+const TOP: f64 = 12.0;
+const BOTTOM: f64 = 30.0;
+/// More points than pixels only cost bytes.
+const MAX_POINTS: usize = 640;
+
+/// A line chart of `(x, y)` points over `0..=x_max`, with a log-scaled y axis when `log_y`
+/// (points with y <= 0 are then left out). `label` names the series for screen readers.
+pub fn line_chart(points: &[(f64, f64)], x_max: f64, log_y: bool, label: &str) -> String {
+    let pts: Vec<(f64, f64)> = points
+        .iter()
+        .copied()
+        .filter(|(x, y)| x.is_finite() && y.is_finite() && (!log_y || *y > 0.0))
+        .collect();
+    let pts = thin(&pts, MAX_POINTS);
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<svg class="chart" viewBox="0 0 {W} {H}" role="img" aria-label="{}" preserveAspectRatio="none"><title>{}</title>"#,
+        escape(label),
+        escape(label)
+    );
+    if pts.is_empty() {
+        let _ = write!(
+            s,
+            r#"<text class="empty" x="{}" y="{}" text-anchor="middle">No data yet</text></svg>"#,
+            W / 2.0,
+            H / 2.0
+        );
+        return s;
+    }
+    let x_hi = x_max.max(pts.iter().map(|p| p.0).fold(1.0, f64::max));
+    let tf = |y: f64| if log_y { y.log10() } else { y };
+    let (mut lo, mut hi) = pts
+        .iter()
+        .map(|p| tf(p.1))
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
+    let y_ticks: Vec<f64> = if log_y {
+        lo = lo.floor();
+        hi = hi.ceil().max(lo + 1.0);
+        (lo as i32..=hi as i32).map(f64::from).collect()
+    } else {
+        if hi - lo < 1e-12 {
+            let pad = if hi == 0.0 { 1.0 } else { hi.abs() * 0.1 };
+            lo -= pad;
+            hi += pad;
+        }
+        let step = nice_step((hi - lo) / 5.0);
+        lo = (lo / step).floor() * step;
+        hi = (hi / step).ceil() * step;
+        let n = ((hi - lo) / step).round() as i32;
+        (0..=n).map(|i| lo + f64::from(i) * step).collect()
+    };
+    let px = |x: f64| LEFT + x / x_hi * (W - LEFT - RIGHT);
+    let py = |v: f64| TOP + (hi - v) / (hi - lo) * (H - TOP - BOTTOM);
+    for t in &y_ticks {
+        let y = py(*t);
+        let text = if log_y {
+            format!("1e{}", *t as i32)
+        } else {
+            tick_label(*t)
+        };
+        let _ = write!(
+            s,
+            r#"<line class="grid" x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}"/><text class="tick" x="{}" y="{:.1}" text-anchor="end">{text}</text>"#,
+            W - RIGHT,
+            LEFT - 6.0,
+            y + 4.0
+        );
+    }
+    let x_step = nice_step(x_hi / 4.0);
+    let mut x = 0.0;
+    while x <= x_hi + 1e-9 {
+        let _ = write!(
+            s,
+            r#"<text class="tick" x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
+            px(x),
+            H - 10.0,
+            tick_label(x)
+        );
+        x += x_step;
+    }
+    let _ = write!(
+        s,
+        r#"<line class="axis" x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{}"/><polyline class="line" fill="none" points=""#,
+        H - BOTTOM
+    );
+    for (x, y) in &pts {
+        let _ = write!(s, "{:.1},{:.1} ", px(*x), py(tf(*y)));
+    }
+    s.push_str(r#""/></svg>"#);
+    s
+}
+
+/// A small trend line of `values` (oldest first), for the jobs list.
+pub fn sparkline(values: &[f64]) -> String {
+    const SW: f64 = 100.0;
+    const SH: f64 = 24.0;
+    let v: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    if v.len() < 2 {
+        return String::new();
+    }
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+            (a.min(*x), b.max(*x))
+        });
+    let span = if hi - lo > 0.0 { hi - lo } else { 1.0 };
+    let mut s = format!(
+        r#"<svg class="spark" viewBox="0 0 {SW} {SH}" aria-hidden="true" preserveAspectRatio="none"><polyline fill="none" points=""#
+    );
+    for (i, y) in v.iter().enumerate() {
+        let px = i as f64 / (v.len() - 1) as f64 * SW;
+        let py = 2.0 + (hi - y) / span * (SH - 4.0);
+        let _ = write!(s, "{px:.1},{py:.1} ");
+    }
+    s.push_str(r#""/></svg>"#);
+    s
+}
+
+/// At most `n` points: every k-th, always keeping the last.
+fn thin(pts: &[(f64, f64)], n: usize) -> Vec<(f64, f64)> {
+    if pts.len() <= n {
+        return pts.to_vec();
+    }
+    let k = pts.len().div_ceil(n);
+    let mut out: Vec<(f64, f64)> = pts.iter().step_by(k).copied().collect();
+    if let Some(last) = pts.last() {
+        if out.last() != Some(last) {
+            out.push(*last);
+        }
+    }
+    out
+}
+
+/// 1, 2 or 5 times a power of ten, at least `raw`.
+fn nice_step(raw: f64) -> f64 {
+    if raw.is_nan() || raw <= 0.0 || !raw.is_finite() {
+        return 1.0;
+    }
+    let mag = 10f64.powf(raw.log10().floor());
+    let f = raw / mag;
+    let nice = if f <= 1.0 {
+        1.0
+    } else if f <= 2.0 {
+        2.0
+    } else if f <= 5.0 {
+        5.0
+    } else {
+        10.0
+    };
+    nice * mag
+}
+
+fn tick_label(v: f64) -> String {
+    let a = v.abs();
+    if a == 0.0 {
+        "0".into()
+    } else if a >= 1e4 {
+        format!("{}k", trim(v / 1e3))
+    } else if a < 1e-2 {
+        format!("{v:.0e}")
+    } else {
+        trim(v)
+    }
+}
+
+fn trim(v: f64) -> String {
+    let s = format!("{v:.4}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    s.to_string()
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_chart_says_so() {
+        assert!(line_chart(&[], 100.0, false, "loss").contains("No data yet"));
+    }
+
+    #[test]
+    fn chart_has_one_vertex_per_point_and_nice_ticks() {
+        let pts: Vec<(f64, f64)> = (1..=10)
+            .map(|i| (i as f64 * 10.0, 1.0 / i as f64))
+            .collect();
+        let svg = line_chart(&pts, 100.0, false, "loss");
+        let poly = svg.split("points=\"").nth(1).unwrap_or_default();
+        let poly = poly.split('"').next().unwrap_or_default();
+        assert_eq!(poly.split_whitespace().count(), 10);
+        assert!(svg.contains(">0.2<") && svg.contains(">1<"), "{svg}");
+    }
+
+    #[test]
+    fn log_scale_uses_decades_and_drops_non_positive_values() {
+        let pts = [(1.0, 1e-3), (2.0, 0.0), (3.0, 0.5)];
+        let svg = line_chart(&pts, 3.0, true, "lr");
+        assert!(svg.contains(">1e-3<") && svg.contains(">1e0<"), "{svg}");
+        let poly = svg.split("points=\"").nth(1).unwrap_or_default();
+        assert_eq!(
+            poly.split('"')
+                .next()
+                .unwrap_or_default()
+                .split_whitespace()
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn long_series_are_thinned_keeping_the_last_point() {
+        let pts: Vec<(f64, f64)> = (0..5000).map(|i| (i as f64, 1.0)).collect();
+        let t = thin(&pts, 640);
+        assert!(t.len() <= 641);
+        assert_eq!(t.last(), pts.last());
+    }
+
+    #[test]
+    fn label_is_escaped() {
+        assert!(line_chart(&[], 1.0, false, "<x>").contains("&lt;x&gt;"));
+    }
+
+    #[test]
+    fn sparkline_needs_two_points() {
+        assert!(sparkline(&[1.0]).is_empty());
+        assert!(sparkline(&[1.0, 0.5, 0.2]).contains("polyline"));
+    }
+
+    #[test]
+    fn steps_are_one_two_five() {
+        assert_eq!(nice_step(0.3), 0.5);
+        assert_eq!(nice_step(17.0), 20.0);
+        assert_eq!(nice_step(1.0), 1.0);
+    }
+}
