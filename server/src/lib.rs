@@ -1,6 +1,7 @@
 //! The IFP job platform: embedded PostgreSQL, the job queue, workers, the REST API and the web
 //! pages.
 
+pub mod compare_job;
 pub mod error;
 pub mod events;
 pub mod extract;

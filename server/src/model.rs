@@ -5,7 +5,8 @@ use serde::Serialize;
 use uuid::Uuid;
 
 /// The `job` columns selected into [`Job`], in one place so every query returns the same shape.
-pub const JOB_COLUMNS: &str = "id, name, owner, status, priority, config, attempt, max_attempts, \
+pub const JOB_COLUMNS: &str =
+    "id, kind, name, owner, status, priority, config, attempt, max_attempts, \
      worker_id, lease_expires_at, cancel_requested, step, total_steps, loss, error, started_at, \
      finished_at, created_at, updated_at";
 
@@ -13,6 +14,9 @@ pub const JOB_COLUMNS: &str = "id, name, owner, status, priority, config, attemp
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Job {
     pub id: Uuid,
+    /// `pretrain` (IFP pre-training) or `compare` (pre-training, then fine-tuning from IFP and
+    /// from scratch, scored on the same test set).
+    pub kind: String,
     pub name: String,
     pub owner: String,
     /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
@@ -54,7 +58,7 @@ pub struct Metric {
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct CheckpointFile {
     pub name: String,
-    /// `model`, `state` or `sample`.
+    /// `model`, `state`, `sample`, or `report` (a comparison's results).
     pub kind: String,
     pub attempt: i32,
     pub step: i64,

@@ -120,6 +120,7 @@ pub fn spawn_workers(
     artifacts: &Path,
     lease: Duration,
     device: &candle_core::Device,
+    datasets: Option<&Path>,
     shutdown: &watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
     (0..count)
@@ -127,6 +128,7 @@ pub fn spawn_workers(
             let mut cfg = WorkerConfig::new(worker::default_worker_id(slot), artifacts);
             cfg.lease = lease;
             cfg.device = device.clone();
+            cfg.datasets = datasets.map(Path::to_path_buf);
             tokio::spawn(worker::run(pool.clone(), cfg, shutdown.clone()))
         })
         .collect()

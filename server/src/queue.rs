@@ -26,6 +26,8 @@ pub const DEFAULT_MAX_ATTEMPTS: i32 = 3;
 /// A job to insert.
 #[derive(Debug, Clone)]
 pub struct NewJob {
+    /// `pretrain` or `compare`.
+    pub kind: String,
     pub name: String,
     pub owner: String,
     pub priority: i32,
@@ -84,8 +86,8 @@ pub async fn notify(pool: &PgPool, channel: &str, payload: &str) -> Result<()> {
 /// Inserts a queued job and wakes idle workers.
 pub async fn enqueue(pool: &PgPool, job: &NewJob) -> Result<Job> {
     let sql = format!(
-        "insert into job (id, name, owner, priority, config, total_steps, max_attempts)
-         values ($1, $2, $3, $4, $5, $6, $7) returning {JOB_COLUMNS}"
+        "insert into job (id, name, owner, priority, config, total_steps, max_attempts, kind)
+         values ($1, $2, $3, $4, $5, $6, $7, $8) returning {JOB_COLUMNS}"
     );
     let row: Job = sqlx::query_as(&sql)
         .bind(Uuid::new_v4())
@@ -95,6 +97,7 @@ pub async fn enqueue(pool: &PgPool, job: &NewJob) -> Result<Job> {
         .bind(&job.config)
         .bind(job.total_steps)
         .bind(job.max_attempts)
+        .bind(&job.kind)
         .fetch_one(pool)
         .await?;
     notify(pool, CHANNEL_QUEUED, &row.id.to_string()).await?;

@@ -124,6 +124,58 @@ pub async fn checkpoint(
     queue::notify(pool, queue::CHANNEL_EVENT, &fence.job_id.to_string()).await
 }
 
+/// Lists a comparison's result files (kind `report`, at the job's last step).
+pub async fn report_files(
+    pool: &PgPool,
+    artifacts: &Path,
+    fence: &Fence,
+    files: &[WrittenFile],
+) -> Result<()> {
+    let mut names = vec![];
+    let mut bytes = vec![];
+    let mut shas = vec![];
+    let mut paths = vec![];
+    for f in files {
+        let name = f
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| Error::Internal(format!("bad result path {}", f.path.display())))?;
+        names.push(name.to_string());
+        bytes.push(f.bytes as i64);
+        shas.push(f.sha256.clone());
+        paths.push(
+            f.path
+                .strip_prefix(artifacts)
+                .unwrap_or(&f.path)
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
+    let sql = format!(
+        "insert into checkpoint (job_id, name, kind, attempt, step, bytes, sha256, path)
+         select $1, u.name, 'report', $2, (select total_steps from job where id = $1),
+                u.bytes, u.sha256, u.path
+         from unnest($4::text[], $5::bigint[], $6::text[], $7::text[])
+             as u(name, bytes, sha256, path)
+         where {FENCE}
+         on conflict (job_id, name) do update
+         set attempt = excluded.attempt, bytes = excluded.bytes, sha256 = excluded.sha256,
+             path = excluded.path, updated_at = now()"
+    );
+    sqlx::query(&sql)
+        .bind(fence.job_id)
+        .bind(fence.attempt)
+        .bind(&fence.worker_id)
+        .bind(names)
+        .bind(bytes)
+        .bind(shas)
+        .bind(paths)
+        .execute(pool)
+        .await?;
+    queue::notify(pool, queue::CHANNEL_EVENT, &fence.job_id.to_string()).await
+}
+
 /// Notes on the attempt which checkpoint step it resumed from.
 pub async fn resumed_from(pool: &PgPool, fence: &Fence, step: i64) -> Result<()> {
     sqlx::query(

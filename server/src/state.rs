@@ -12,6 +12,9 @@ pub struct AppState {
     pub pool: PgPool,
     /// Root of the artifact store; checkpoint paths in the database are relative to it.
     pub artifacts: PathBuf,
+    /// The folder fine-tuning data of `compare` jobs must come from (`IFP_DATASETS_DIR`);
+    /// without it, `compare` jobs are refused.
+    pub datasets: Option<PathBuf>,
     /// SHA-256 of the admin token (`IFP_ADMIN_TOKEN` or the generated one), if any.
     pub admin_token_hash: Option<String>,
     /// Ids of jobs that changed, fed by [`crate::events::spawn_hub`] from `NOTIFY`; event
@@ -28,6 +31,7 @@ impl AppState {
         AppState {
             pool,
             artifacts: artifacts.into(),
+            datasets: None,
             admin_token_hash: admin_token.map(crate::tokens::hash),
             job_changed: broadcast::channel(1024).0,
             http_metrics: Arc::default(),

@@ -15,6 +15,7 @@ use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
 
+use crate::compare_job::CompareJob;
 use crate::error::{Error, Result};
 use crate::queue::{self, Claimed, Fence, Outcome};
 use crate::record::{self, MetricRow};
@@ -30,6 +31,8 @@ pub struct WorkerConfig {
     /// How often an idle worker looks for jobs when no notification arrives.
     pub poll_interval: Duration,
     pub device: candle_core::Device,
+    /// Where `compare` jobs' fine-tuning data folders are (`IFP_DATASETS_DIR`).
+    pub datasets: Option<PathBuf>,
 }
 
 impl WorkerConfig {
@@ -40,6 +43,7 @@ impl WorkerConfig {
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(5),
             device: candle_core::Device::Cpu,
+            datasets: None,
         }
     }
 }
@@ -177,18 +181,19 @@ async fn run_job(
 ) -> Result<()> {
     let fence = job.fence.clone();
     tracing::info!(job = %fence.job_id, attempt = fence.attempt, "running job");
-    let cfg = match ifp_trainer::Config::from_value(job.config.clone()) {
-        Ok(mut c) => {
-            crate::uploads::resolve(&wcfg.artifacts, &mut c);
-            c
-        }
+    let work = match work_of(&job.config, wcfg) {
+        Ok(w) => w,
         Err(e) => {
             let outcome = Outcome::Failed(format!("invalid config: {e}"));
             queue::finish(pool, &fence, &outcome).await?;
             return Ok(());
         }
     };
-    let keep = i64::try_from(cfg.train.keep_checkpoints).unwrap_or(i64::MAX);
+    let keep = match &work {
+        Work::Pretrain(cfg) => i64::try_from(cfg.train.keep_checkpoints).unwrap_or(i64::MAX),
+        Work::Compare(_) => i64::MAX,
+    };
+    let is_compare = matches!(work, Work::Compare(_));
     let dir = attempt_dir(&wcfg.artifacts, fence.job_id, fence.attempt);
     let prepared = {
         let (artifacts, fence, dir) = (wcfg.artifacts.clone(), fence.clone(), dir.clone());
@@ -214,6 +219,7 @@ async fn run_job(
 
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
+    let dir_of_results = dir.clone();
     let opts = TrainOptions {
         out_dir: dir,
         device: wcfg.device.clone(),
@@ -222,24 +228,40 @@ async fn run_job(
     let trainer = {
         let stop = stop.clone();
         let attempt = fence.attempt;
-        tokio::task::spawn_blocking(move || -> ifp_trainer::error::Result<TrainSummary> {
-            ifp_trainer::train(&cfg, &opts, |ev| {
-                // A send fails only once the async side has gone; training stops then anyway.
-                match ev {
-                    Event::Step(p) => {
-                        let _ = tx.send(Msg::Step(MetricRow::from_progress(p, attempt)));
+        // Ok(true): stopped early on request.
+        tokio::task::spawn_blocking(move || -> ifp_trainer::error::Result<bool> {
+            let stopping = || stop.load(Ordering::SeqCst);
+            match work {
+                Work::Pretrain(cfg) => ifp_trainer::train(&cfg, &opts, |ev| {
+                    // A send fails only once the async side has gone; training stops then
+                    // anyway.
+                    match ev {
+                        Event::Step(p) => {
+                            let _ = tx.send(Msg::Step(MetricRow::from_progress(p, attempt)));
+                        }
+                        Event::Checkpoint(c) => {
+                            let _ = tx.send(Msg::Checkpoint(Box::new(c.clone())));
+                        }
+                        Event::Started { .. } => {}
                     }
-                    Event::Checkpoint(c) => {
-                        let _ = tx.send(Msg::Checkpoint(Box::new(c.clone())));
+                    if stopping() {
+                        Control::Stop
+                    } else {
+                        Control::Continue
                     }
-                    Event::Started { .. } => {}
-                }
-                if stop.load(Ordering::SeqCst) {
-                    Control::Stop
-                } else {
-                    Control::Continue
-                }
-            })
+                })
+                .map(|s: TrainSummary| s.stopped),
+                Work::Compare(job) => job.run(
+                    &opts.out_dir,
+                    &opts.device,
+                    |step, p| {
+                        let mut row = MetricRow::from_progress(p, attempt);
+                        row.step = step as i64;
+                        let _ = tx.send(Msg::Step(row));
+                    },
+                    stopping,
+                ),
+            }
         })
     };
     tokio::pin!(trainer);
@@ -349,9 +371,13 @@ async fn run_job(
             queue::finish(pool, &fence, &outcome).await?
         }
         Ok(Err(e)) => queue::finish(pool, &fence, &Outcome::Failed(describe(&e))).await?,
-        Ok(Ok(summary)) if !summary.stopped => {
-            queue::finish(pool, &fence, &Outcome::Succeeded).await?
+        Ok(Ok(false)) if is_compare => {
+            match record_report(pool, wcfg, &fence, &dir_of_results).await {
+                Ok(()) => queue::finish(pool, &fence, &Outcome::Succeeded).await?,
+                Err(e) => queue::finish(pool, &fence, &Outcome::Failed(e.to_string())).await?,
+            }
         }
+        Ok(Ok(false)) => queue::finish(pool, &fence, &Outcome::Succeeded).await?,
         Ok(Ok(_)) => match reason {
             Some(StopReason::Shutdown) => queue::release(pool, &fence).await?,
             _ => queue::finish(pool, &fence, &Outcome::Cancelled).await?,
@@ -361,6 +387,45 @@ async fn run_job(
         tracing::warn!(job = %fence.job_id, "the job was taken from this worker; result dropped");
     }
     Ok(())
+}
+
+/// What a claimed job runs.
+enum Work {
+    Pretrain(Box<ifp_trainer::Config>),
+    Compare(Box<CompareJob>),
+}
+
+/// Parses a job's stored config, with its uploads and data folders resolved on this machine.
+fn work_of(config: &serde_json::Value, wcfg: &WorkerConfig) -> std::result::Result<Work, String> {
+    if crate::compare_job::is_compare(config) {
+        let mut job = CompareJob::from_value(config)?;
+        let Some(datasets) = &wcfg.datasets else {
+            return Err(
+                "this worker has no datasets folder for fine-tuning data (set IFP_DATASETS_DIR)"
+                    .into(),
+            );
+        };
+        job.resolve(datasets);
+        crate::uploads::resolve(&wcfg.artifacts, &mut job.pretrain);
+        return Ok(Work::Compare(Box::new(job)));
+    }
+    let mut cfg = ifp_trainer::Config::from_value(config.clone()).map_err(|e| e.to_string())?;
+    crate::uploads::resolve(&wcfg.artifacts, &mut cfg);
+    Ok(Work::Pretrain(Box::new(cfg)))
+}
+
+/// Lists a finished comparison's result files.
+async fn record_report(
+    pool: &PgPool,
+    wcfg: &WorkerConfig,
+    fence: &Fence,
+    dir: &Path,
+) -> Result<()> {
+    let d = dir.to_path_buf();
+    let files = tokio::task::spawn_blocking(move || crate::compare_job::report_files(&d))
+        .await
+        .map_err(|e| Error::Internal(format!("listing results: {e}")))??;
+    record::report_files(pool, &wcfg.artifacts, fence, &files).await
 }
 
 /// A trainer error as the job's owner should read it.

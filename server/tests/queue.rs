@@ -14,6 +14,7 @@ const LEASE: Duration = Duration::from_secs(30);
 
 fn job(name: &str, priority: i32) -> NewJob {
     NewJob {
+        kind: "pretrain".into(),
         name: name.into(),
         owner: "alice".into(),
         priority,

@@ -38,6 +38,7 @@ async fn submit_config(pool: &PgPool, steps: usize, config: serde_json::Value) -
     queue::enqueue(
         pool,
         &NewJob {
+            kind: "pretrain".into(),
             name: "tiny".into(),
             owner: "alice".into(),
             priority: 0,

@@ -34,6 +34,10 @@ pub struct ServeArgs {
     /// Where workers train: cpu, cuda or cuda:N.
     #[arg(long, env = "IFP_DEVICE", default_value = "cpu")]
     device: String,
+    /// Where `compare` jobs' fine-tuning data folders are (their TRAIN_DIR/TEST_DIR are relative
+    /// to it); without it, `compare` jobs are refused.
+    #[arg(long, env = "IFP_DATASETS_DIR", value_name = "DIR")]
+    datasets_dir: Option<PathBuf>,
     /// Seconds between runs of the rescuer (requeues jobs whose worker died).
     #[arg(long, env = "IFP_RESCUE_SECS", default_value_t = RESCUE_INTERVAL.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
     rescue_secs: u64,
@@ -89,10 +93,19 @@ async fn serve(a: ServeArgs, device: candle_core::Device) -> Result<(), Failure>
         Duration::from_secs(a.rescue_secs),
         stop_rx.clone(),
     );
-    let workers =
-        platform::spawn_workers(&db.pool, a.workers, &artifacts, lease, &device, &stop_rx);
+    let datasets = datasets_dir(a.datasets_dir.as_deref())?;
+    let workers = platform::spawn_workers(
+        &db.pool,
+        a.workers,
+        &artifacts,
+        lease,
+        &device,
+        datasets.as_deref(),
+        &stop_rx,
+    );
 
     println!("ifp serve: listening on http://{addr} (API under /api/v1)");
+    println!("open http://{addr}/ in a browser and sign in with the admin token below");
     match &db.cluster {
         Some(c) => println!(
             "database: embedded PostgreSQL in {} (for `ifp worker` on this machine: DATABASE_URL={})",
@@ -109,13 +122,17 @@ async fn serve(a: ServeArgs, device: candle_core::Device) -> Result<(), Failure>
     } else {
         println!("admin token: in {}", token_path.display());
     }
+    if let Some(d) = &datasets {
+        println!("datasets for compare jobs: {}", d.display());
+    }
     println!(
         "workers: {} in this process; artifacts in {}",
         a.workers,
         artifacts.display()
     );
 
-    let state = AppState::new(db.pool.clone(), &artifacts, Some(&token));
+    let mut state = AppState::new(db.pool.clone(), &artifacts, Some(&token));
+    state.datasets = datasets;
     let hub =
         ifp_server::events::spawn_hub(db.pool.clone(), state.job_changed.clone(), stop_rx.clone());
     let closing = state.closing.clone();
@@ -138,4 +155,14 @@ async fn serve(a: ServeArgs, device: candle_core::Device) -> Result<(), Failure>
         let _ = tokio::task::spawn_blocking(move || drop(cluster)).await;
     }
     served.context("HTTP server").map_err(Failure::runtime)
+}
+
+/// The datasets folder, made absolute (workers and the API resolve data folders against it).
+pub fn datasets_dir(dir: Option<&std::path::Path>) -> Result<Option<PathBuf>, Failure> {
+    dir.map(|d| {
+        d.canonicalize()
+            .with_context(|| format!("IFP_DATASETS_DIR {} is not a readable folder", d.display()))
+            .map_err(Failure::usage)
+    })
+    .transpose()
 }

@@ -28,10 +28,15 @@ pub struct WorkerArgs {
     /// Where to train: cpu, cuda or cuda:N.
     #[arg(long, env = "IFP_DEVICE", default_value = "cpu")]
     device: String,
+    /// Where `compare` jobs' fine-tuning data folders are (their TRAIN_DIR/TEST_DIR are relative
+    /// to it); without it, `compare` jobs are refused.
+    #[arg(long, env = "IFP_DATASETS_DIR", value_name = "DIR")]
+    datasets_dir: Option<PathBuf>,
 }
 
 pub fn run(a: WorkerArgs) -> Result<(), Failure> {
     let device = parse_device(&a.device)?;
+    let datasets = super::serve::datasets_dir(a.datasets_dir.as_deref())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -48,8 +53,15 @@ pub fn run(a: WorkerArgs) -> Result<(), Failure> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let lease = Duration::from_secs(a.lease_secs);
         let rescuer = platform::spawn_rescuer(db.pool.clone(), RESCUE_INTERVAL, stop_rx.clone());
-        let workers =
-            platform::spawn_workers(&db.pool, a.workers, &artifacts, lease, &device, &stop_rx);
+        let workers = platform::spawn_workers(
+            &db.pool,
+            a.workers,
+            &artifacts,
+            lease,
+            &device,
+            datasets.as_deref(),
+            &stop_rx,
+        );
         println!(
             "ifp worker: {} slot(s), artifacts in {}",
             a.workers,

@@ -7,6 +7,9 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use ifp_trainer::finetune::FinetuneConfig;
+
+use crate::compare_job::CompareJob;
 use crate::error::{Error, ErrorBody, Result};
 use crate::extract::{ApiJson, ApiQuery};
 use crate::model::{Attempt, Job, Metric, JOB_COLUMNS};
@@ -34,6 +37,17 @@ pub struct CreateJob {
     pub priority: i32,
     /// Attempts before a job whose workers keep dying fails (1 to 20, default 3).
     pub max_attempts: Option<i32>,
+    /// `pretrain` (default) or `compare`: pre-train with the config above, then fine-tune
+    /// from the IFP encoder and from scratch with `finetune`, and score both on its test set.
+    pub kind: Option<String>,
+    /// For `compare`: the fine-tuning config (`ifp finetune --ft-config` schema; data folders
+    /// relative to the server's datasets folder; `MODEL` is taken from the pre-training).
+    #[schema(value_type = Option<Object>)]
+    pub finetune: Option<serde_json::Value>,
+    /// For `compare`: the same as YAML text.
+    pub finetune_yaml: Option<String>,
+    /// For `compare`: test images rendered side by side with every arm (default 3, at most 10).
+    pub showcase: Option<usize>,
 }
 
 /// The job a caller may see, or 404 (also for ids that are not UUIDs).
@@ -106,17 +120,37 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateJob>,
 ) -> Result<(StatusCode, Json<Job>)> {
     let cfg = parse_config(&body)?;
-    let job = submit(
-        &state,
-        Submission {
-            name: body.name.clone().unwrap_or_else(|| "job".into()),
-            owner: caller.name,
-            priority: body.priority,
-            max_attempts: body.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
-        },
-        &cfg,
-    )
-    .await?;
+    let submission = Submission {
+        name: body.name.clone().unwrap_or_else(|| "job".into()),
+        owner: caller.name,
+        priority: body.priority,
+        max_attempts: body.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+    };
+    let finetune_given = body.finetune.is_some() || body.finetune_yaml.is_some();
+    let job =
+        match body.kind.as_deref().unwrap_or("pretrain") {
+            "pretrain" if finetune_given || body.showcase.is_some() => return Err(Error::invalid(
+                Some("kind"),
+                "`finetune`, `finetune_yaml` and `showcase` belong to `\"kind\": \"compare\"` jobs",
+            )),
+            "pretrain" => submit(&state, submission, Work::Pretrain(&cfg)).await?,
+            "compare" => {
+                let ft = parse_finetune(&body)?;
+                let job = CompareJob::new(
+                    cfg,
+                    ft,
+                    body.showcase.unwrap_or(3),
+                    state.datasets.as_deref(),
+                )?;
+                submit(&state, submission, Work::Compare(&job)).await?
+            }
+            other => {
+                return Err(Error::invalid(
+                    Some("kind"),
+                    format!("unknown job kind `{other}` (expected pretrain or compare)"),
+                ))
+            }
+        };
     Ok((StatusCode::CREATED, Json(job)))
 }
 
@@ -128,8 +162,39 @@ pub struct Submission {
     pub max_attempts: i32,
 }
 
+/// What a job runs.
+pub enum Work<'a> {
+    Pretrain(&'a ifp_trainer::Config),
+    Compare(&'a CompareJob),
+}
+
+/// The fine-tuning config of a `compare` submission; errors name `FINETUNE.<key>`.
+pub fn parse_finetune(body: &CreateJob) -> Result<FinetuneConfig> {
+    let text = match (&body.finetune, &body.finetune_yaml) {
+        (Some(v), None) => v.to_string(),
+        (None, Some(y)) => y.clone(),
+        _ => {
+            return Err(Error::invalid(
+                Some("finetune"),
+                "a compare job needs exactly one of `finetune` (JSON) or `finetune_yaml`",
+            ))
+        }
+    };
+    FinetuneConfig::from_yaml(&text).map_err(|e| Error::Invalid {
+        key_path: Some(match e.key_path() {
+            Some(k) => format!("FINETUNE.{k}"),
+            None => "finetune".into(),
+        }),
+        message: format!("fine-tuning config: {e}"),
+    })
+}
+
 /// Checks a submission and queues it. Errors name the field or config key at fault.
-pub async fn submit(state: &AppState, s: Submission, cfg: &ifp_trainer::Config) -> Result<Job> {
+pub async fn submit(state: &AppState, s: Submission, work: Work<'_>) -> Result<Job> {
+    let (cfg, kind, total_steps, config) = match work {
+        Work::Pretrain(c) => (c, "pretrain", c.total_steps(), serde_json::to_value(c)),
+        Work::Compare(j) => (&j.pretrain, "compare", j.total_steps(), Ok(j.to_value())),
+    };
     if s.name.trim().is_empty() || s.name.chars().count() > 200 {
         return Err(Error::invalid(Some("name"), "must be 1 to 200 characters"));
     }
@@ -146,7 +211,6 @@ pub async fn submit(state: &AppState, s: Submission, cfg: &ifp_trainer::Config) 
         ));
     }
     crate::uploads::check(&state.artifacts, cfg)?;
-    let total_steps = cfg.total_steps();
     if total_steps == 0 || total_steps > i64::MAX as usize {
         return Err(Error::invalid(
             Some("TRAIN.STEPS"),
@@ -155,11 +219,11 @@ pub async fn submit(state: &AppState, s: Submission, cfg: &ifp_trainer::Config) 
     }
     // The normalised config (defaults filled in) is stored, so a later change of defaults does
     // not change a queued job.
-    let config = serde_json::to_value(cfg)
-        .map_err(|e| Error::Internal(format!("serialising a config: {e}")))?;
+    let config = config.map_err(|e| Error::Internal(format!("serialising a config: {e}")))?;
     queue::enqueue(
         &state.pool,
         &NewJob {
+            kind: kind.into(),
             name: s.name,
             owner: s.owner,
             priority: s.priority,

@@ -17,12 +17,28 @@ const MAX_POINTS: usize = 640;
 /// A line chart of `(x, y)` points over `0..=x_max`, with a log-scaled y axis when `log_y`
 /// (points with y <= 0 are then left out). `label` names the series for screen readers.
 pub fn line_chart(points: &[(f64, f64)], x_max: f64, log_y: bool, label: &str) -> String {
-    let pts: Vec<(f64, f64)> = points
+    multi_line_chart(&[points.to_vec()], x_max, log_y, label)
+}
+
+/// Several series on shared axes; series `i` is drawn with the classes `line s<i>`.
+pub fn multi_line_chart(
+    series: &[Vec<(f64, f64)>],
+    x_max: f64,
+    log_y: bool,
+    label: &str,
+) -> String {
+    let series: Vec<Vec<(f64, f64)>> = series
         .iter()
-        .copied()
-        .filter(|(x, y)| x.is_finite() && y.is_finite() && (!log_y || *y > 0.0))
+        .map(|pts| {
+            let kept: Vec<(f64, f64)> = pts
+                .iter()
+                .copied()
+                .filter(|(x, y)| x.is_finite() && y.is_finite() && (!log_y || *y > 0.0))
+                .collect();
+            thin(&kept, MAX_POINTS)
+        })
         .collect();
-    let pts = thin(&pts, MAX_POINTS);
+    let all: Vec<(f64, f64)> = series.iter().flatten().copied().collect();
     let mut s = String::new();
     let _ = write!(
         s,
@@ -30,7 +46,7 @@ pub fn line_chart(points: &[(f64, f64)], x_max: f64, log_y: bool, label: &str) -
         escape(label),
         escape(label)
     );
-    if pts.is_empty() {
+    if all.is_empty() {
         let _ = write!(
             s,
             r#"<text class="empty" x="{}" y="{}" text-anchor="middle">No data yet</text></svg>"#,
@@ -39,9 +55,9 @@ pub fn line_chart(points: &[(f64, f64)], x_max: f64, log_y: bool, label: &str) -
         );
         return s;
     }
-    let x_hi = x_max.max(pts.iter().map(|p| p.0).fold(1.0, f64::max));
+    let x_hi = x_max.max(all.iter().map(|p| p.0).fold(1.0, f64::max));
     let tf = |y: f64| if log_y { y.log10() } else { y };
-    let (mut lo, mut hi) = pts
+    let (mut lo, mut hi) = all
         .iter()
         .map(|p| tf(p.1))
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
@@ -94,13 +110,17 @@ pub fn line_chart(points: &[(f64, f64)], x_max: f64, log_y: bool, label: &str) -
     }
     let _ = write!(
         s,
-        r#"<line class="axis" x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{}"/><polyline class="line" fill="none" points=""#,
+        r#"<line class="axis" x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{}"/>"#,
         H - BOTTOM
     );
-    for (x, y) in &pts {
-        let _ = write!(s, "{:.1},{:.1} ", px(*x), py(tf(*y)));
+    for (i, pts) in series.iter().enumerate() {
+        let _ = write!(s, r#"<polyline class="line s{i}" fill="none" points=""#);
+        for (x, y) in pts {
+            let _ = write!(s, "{:.1},{:.1} ", px(*x), py(tf(*y)));
+        }
+        s.push_str(r#""/>"#);
     }
-    s.push_str(r#""/></svg>"#);
+    s.push_str("</svg>");
     s
 }
 
@@ -233,6 +253,15 @@ mod tests {
         let t = thin(&pts, 640);
         assert!(t.len() <= 641);
         assert_eq!(t.last(), pts.last());
+    }
+
+    #[test]
+    fn several_series_share_the_axes() {
+        let a = vec![(1.0, 20.0), (2.0, 25.0)];
+        let b = vec![(1.0, 18.0), (2.0, 24.0), (3.0, 26.0)];
+        let svg = multi_line_chart(&[a, b], 3.0, false, "val PSNR");
+        assert!(svg.contains("line s0") && svg.contains("line s1"));
+        assert_eq!(svg.matches("<polyline").count(), 2);
     }
 
     #[test]

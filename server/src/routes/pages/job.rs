@@ -12,6 +12,7 @@ use chrono::Utc;
 use serde::Deserialize;
 
 use super::{render, Layout, PageResult, Viewer};
+use crate::compare_job::CompareJob;
 use crate::model::{CheckpointFile, Job};
 use crate::queue;
 use crate::routes::jobs::visible_job;
@@ -45,6 +46,42 @@ pub struct SampleRow {
     pub url: String,
 }
 
+/// One arm of a comparison: its best validation checkpoint scored on the test set.
+pub struct ArmRow {
+    pub name: String,
+    pub best_step: String,
+    pub best_val_psnr: String,
+    pub psnr: String,
+    pub ssim: String,
+    pub psnr_y: String,
+    pub ssim_y: String,
+    pub minutes: String,
+}
+
+/// An arm minus scratch, paired per test image.
+pub struct DeltaRow {
+    pub arm: String,
+    pub psnr: String,
+    pub ssim: String,
+    pub psnr_y: String,
+    pub wins: String,
+}
+
+pub struct FileLink {
+    pub name: String,
+    pub url: String,
+}
+
+/// A finished comparison's report.
+pub struct ReportView {
+    pub test_images: u64,
+    pub arms: Vec<ArmRow>,
+    pub deltas: Vec<DeltaRow>,
+    pub val_chart: String,
+    pub showcase: Vec<FileLink>,
+    pub downloads: Vec<FileLink>,
+}
+
 /// Everything the live part of the page shows.
 pub struct JobView {
     pub job: Job,
@@ -60,6 +97,9 @@ pub struct JobView {
     pub files: Vec<FileRow>,
     pub samples: Vec<SampleRow>,
     pub active: bool,
+    /// For a comparison: which steps belong to which phase.
+    pub phases: Option<String>,
+    pub report: Option<ReportView>,
 }
 
 #[derive(Template)]
@@ -184,7 +224,7 @@ async fn view(state: &AppState, job: Job, log_scale: bool) -> PageResult<JobView
         .collect();
     let file_rows = files
         .iter()
-        .filter(|f| f.kind != "sample")
+        .filter(|f| f.kind == "model" || f.kind == "state")
         .map(|f| FileRow {
             name: f.name.clone(),
             kind: f.kind.clone(),
@@ -212,7 +252,30 @@ async fn view(state: &AppState, job: Job, log_scale: bool) -> PageResult<JobView
             error: a.error.unwrap_or_default(),
         })
         .collect();
+    let phases = (job.kind == "compare")
+        .then(|| CompareJob::from_value(&job.config).ok())
+        .flatten()
+        .map(|c| {
+            let (p, f) = (c.pretrain.total_steps(), c.finetune.total_steps());
+            format!(
+                "Steps 1–{p}: IFP pre-training · {}–{}: fine-tuning from the IFP encoder · \
+                 {}–{}: fine-tuning from scratch. The loss is the pre-training loss, then L1.",
+                p + 1,
+                p + f,
+                p + f + 1,
+                p + 2 * f
+            )
+        });
+    let report = match files
+        .iter()
+        .find(|f| f.kind == "report" && f.name == "report.json")
+    {
+        Some(f) => read_report(state, f, &files, &base).await,
+        None => None,
+    };
     Ok(JobView {
+        phases,
+        report,
         percent: format!(
             "{:.1}",
             100.0 * job.step as f64 / job.total_steps.max(1) as f64
@@ -231,5 +294,98 @@ async fn view(state: &AppState, job: Job, log_scale: bool) -> PageResult<JobView
         samples,
         active,
         job,
+    })
+}
+
+/// Reads a comparison's `report.json` into what the page shows; `None` if it is unreadable
+/// (the page then still lists the files).
+async fn read_report(
+    state: &AppState,
+    file: &CheckpointFile,
+    files: &[CheckpointFile],
+    base: &str,
+) -> Option<ReportView> {
+    let bytes = tokio::fs::read(state.artifacts.join(&file.path))
+        .await
+        .ok()?;
+    let r: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let pm = |v: &serde_json::Value, digits: usize| -> String {
+        match (v["mean"].as_f64(), v["se"].as_f64()) {
+            (Some(m), Some(se)) => format!("{m:.digits$} ± {se:.digits$}"),
+            _ => "—".into(),
+        }
+    };
+    let arms_json = r["arms"].as_array().cloned().unwrap_or_default();
+    let arms = arms_json
+        .iter()
+        .map(|a| ArmRow {
+            name: a["name"].as_str().unwrap_or_default().to_string(),
+            best_step: a["best_step"].to_string(),
+            best_val_psnr: a["best_val"]["psnr"]
+                .as_f64()
+                .map_or("—".into(), |v| format!("{v:.2}")),
+            psnr: pm(&a["test"]["psnr"], 2),
+            ssim: pm(&a["test"]["ssim"], 4),
+            psnr_y: pm(&a["test"]["psnr_y"], 2),
+            ssim_y: pm(&a["test"]["ssim_y"], 4),
+            minutes: a["finetune_seconds"]
+                .as_f64()
+                .map_or("—".into(), |s| format!("{:.1}", s / 60.0)),
+        })
+        .collect();
+    let deltas = r["deltas"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|d| DeltaRow {
+            arm: format!(
+                "{} − {}",
+                d["arm"].as_str().unwrap_or_default(),
+                d["baseline"].as_str().unwrap_or_default()
+            ),
+            psnr: pm(&d["diff"]["psnr"], 3),
+            ssim: pm(&d["diff"]["ssim"], 4),
+            psnr_y: pm(&d["diff"]["psnr_y"], 3),
+            wins: format!("{} of {}", d["psnr_wins"], d["images"]),
+        })
+        .collect();
+    let curves: Vec<Vec<(f64, f64)>> = arms_json
+        .iter()
+        .map(|a| {
+            a["val_curve"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|p| Some((p["step"].as_f64()?, p["psnr"].as_f64()?)))
+                .collect()
+        })
+        .collect();
+    let x_max = curves.iter().flatten().map(|p| p.0).fold(1.0, f64::max);
+    let link = |f: &CheckpointFile| FileLink {
+        name: f.name.clone(),
+        url: format!("{base}/checkpoints/{}", f.name),
+    };
+    Some(ReportView {
+        test_images: r["test_images"].as_u64().unwrap_or(0),
+        arms,
+        deltas,
+        val_chart: chart::multi_line_chart(
+            &curves,
+            x_max,
+            false,
+            "validation PSNR by fine-tuning step, one line per arm",
+        ),
+        showcase: files
+            .iter()
+            .filter(|f| f.kind == "report" && f.name.ends_with(".png"))
+            .map(link)
+            .collect(),
+        downloads: files
+            .iter()
+            .filter(|f| f.kind == "report" && !f.name.ends_with(".png"))
+            .map(link)
+            .collect(),
     })
 }

@@ -4,6 +4,7 @@
 
 mod assets;
 mod auth;
+mod compare;
 pub mod form;
 mod job;
 mod jobs;
@@ -163,6 +164,10 @@ pub fn router() -> Router<AppState> {
         .route(
             "/jobs/new/preview",
             post(new_job::preview).layer(upload_limit),
+        )
+        .route(
+            "/jobs/new/compare",
+            get(compare::show).post(compare::submit_form),
         )
         .route("/jobs/{id}", get(job::show))
         .route("/jobs/{id}/live", get(job::live))

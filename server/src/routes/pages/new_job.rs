@@ -16,7 +16,7 @@ use super::form::{self, Errors, Kind, Values, FIELDS};
 use super::{render, Layout, PageResult, Viewer};
 use crate::error::Error;
 use crate::queue::DEFAULT_MAX_ATTEMPTS;
-use crate::routes::jobs::{submit as enqueue, Submission};
+use crate::routes::jobs::{submit as enqueue, Submission, Work};
 use crate::state::AppState;
 
 /// What the form posted.
@@ -193,7 +193,7 @@ pub async fn submit(
         priority,
         max_attempts: DEFAULT_MAX_ATTEMPTS,
     };
-    match enqueue(&state, submission, &cfg).await {
+    match enqueue(&state, submission, Work::Pretrain(&cfg)).await {
         Ok(job) => Ok(Redirect::to(&format!("/jobs/{}", job.id)).into_response()),
         Err(Error::Invalid { key_path, message }) => {
             errors.insert(field_for_key(key_path.as_deref()), message);

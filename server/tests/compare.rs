@@ -1,0 +1,308 @@
+//! The `compare` job kind end to end against a real PostgreSQL: submitted over the API with
+//! fine-tuning data from `../shared/data`, run by a worker (tiny pre-training, then the IFP and
+//! scratch arms), its report listed and shown on the job page; and what is refused.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use ifp_server::worker::{self, WorkerConfig};
+use ifp_server::{app, AppState};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+const ADMIN: &str = "admin-secret";
+
+fn datasets() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data"))
+        .canonicalize()
+        .expect("../shared/data (the fine-tuning test images) is missing")
+}
+
+async fn call(app: &Router, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, String) {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"));
+    let req = match body {
+        Some(v) => b
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(v.to_string()))
+            .unwrap(),
+        None => {
+            b = b.header(header::ACCEPT, "*/*");
+            b.body(Body::empty()).unwrap()
+        }
+    };
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn pretrain() -> Value {
+    let mut cfg = ifp_trainer::config::preset("tiny").unwrap();
+    cfg.data.img_size = 16;
+    cfg.train.steps = Some(6);
+    cfg.save_freq = 3;
+    serde_json::to_value(&cfg).unwrap()
+}
+
+fn finetune(train_dir: &str) -> Value {
+    json!({
+        "DATA": {"TRAIN_DIR": train_dir, "TEST_DIR": "clean/Kodak24", "NOISE_SIGMA": 25,
+                 "CROP": 16, "BATCH_SIZE": 2, "VAL_IMAGES": 1, "VAL_CROP": 32,
+                 "MAX_TEST_IMAGES": 2},
+        "TRAIN": {"STEPS": 4, "WARMUP_EPOCHS": 1, "BASE_LR": 1e-3},
+        "SAVE_FREQ": 2,
+        "SEED": 0
+    })
+}
+
+#[tokio::test]
+async fn compare_submissions_are_checked() {
+    let pool = common::fresh_pool().await;
+    let artifacts = tempfile::tempdir().unwrap();
+    let no_data = app(AppState::new(pool.clone(), artifacts.path(), Some(ADMIN)));
+    let body =
+        json!({"kind": "compare", "config": pretrain(), "finetune": finetune("clean/CBSD68")});
+    let (s, b) = call(&no_data, "POST", "/api/v1/jobs", Some(body.clone())).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(b.contains("--datasets-dir"), "{b}");
+
+    let mut state = AppState::new(pool.clone(), artifacts.path(), Some(ADMIN));
+    state.datasets = Some(datasets());
+    let api = app(state);
+    for (bad, key) in [
+        (
+            json!({"kind": "compare", "config": pretrain(), "finetune": finetune("/etc")}),
+            "FINETUNE.DATA.TRAIN_DIR",
+        ),
+        (
+            json!({"kind": "compare", "config": pretrain(), "finetune": finetune("../data")}),
+            "FINETUNE.DATA.TRAIN_DIR",
+        ),
+        (
+            json!({"kind": "compare", "config": pretrain(), "finetune": {"DATA": {"CROPP": 3}}}),
+            "FINETUNE.DATA",
+        ),
+        (json!({"kind": "compare", "config": pretrain()}), "finetune"),
+        (
+            json!({"config": pretrain(), "finetune": finetune("clean/CBSD68")}),
+            "kind",
+        ),
+        (json!({"kind": "nope", "config": pretrain()}), "kind"),
+        (
+            json!({"kind": "compare", "config": pretrain(), "finetune": finetune("clean/CBSD68"), "showcase": 11}),
+            "showcase",
+        ),
+    ] {
+        let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(bad.clone())).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {b}");
+        let v: Value = serde_json::from_str(&b).unwrap();
+        assert!(
+            v["key_path"].as_str().unwrap_or_default().starts_with(key),
+            "{bad}: {b}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_tiny_comparison_runs_and_reports() {
+    let pool = common::fresh_pool().await;
+    let artifacts = tempfile::tempdir().unwrap();
+    let mut state = AppState::new(pool.clone(), artifacts.path(), Some(ADMIN));
+    state.datasets = Some(datasets());
+    let api = app(state);
+    let body = json!({"kind": "compare", "name": "cmp", "config": pretrain(),
+                      "finetune": finetune("clean/CBSD68"), "showcase": 2});
+    let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let job: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(job["kind"], "compare");
+    assert_eq!(job["total_steps"], 6 + 2 * 4);
+    let id = job["id"].as_str().unwrap().to_string();
+
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let mut cfg = WorkerConfig::new("w-compare", artifacts.path());
+    cfg.poll_interval = Duration::from_millis(300);
+    cfg.datasets = Some(datasets());
+    tokio::spawn(worker::run(pool.clone(), cfg, rx));
+    let t0 = Instant::now();
+    let job = loop {
+        let (_, b) = call(&api, "GET", &format!("/api/v1/jobs/{id}"), None).await;
+        let j: Value = serde_json::from_str(&b).unwrap();
+        if !matches!(j["status"].as_str(), Some("queued" | "running")) {
+            break j;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(400), "timed out: {j}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let _ = stop.send(true);
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["step"], 14);
+
+    // One step axis across the phases.
+    let steps: Vec<i64> =
+        sqlx::query_scalar("select step from metric where job_id = $1::uuid order by step")
+            .bind(&id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(steps.first(), Some(&1));
+    assert_eq!(steps.last(), Some(&14));
+
+    let (_, b) = call(&api, "GET", &format!("/api/v1/jobs/{id}/checkpoints"), None).await;
+    let files: Vec<Value> = serde_json::from_str(&b).unwrap();
+    let reports: Vec<&str> = files
+        .iter()
+        .filter(|f| f["kind"] == "report")
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        reports.contains(&"report.json") && reports.contains(&"per_image.csv"),
+        "{reports:?}"
+    );
+    assert_eq!(
+        reports
+            .iter()
+            .filter(|n| n.starts_with("showcase-"))
+            .count(),
+        2
+    );
+    let (s, report) = call(
+        &api,
+        "GET",
+        &format!("/api/v1/jobs/{id}/checkpoints/report.json"),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let report: Value = serde_json::from_str(&report).unwrap();
+    let arms: Vec<&str> = report["arms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(arms, ["ifp", "scratch"]);
+    assert_eq!(report["test_images"], 2);
+    for a in report["arms"].as_array().unwrap() {
+        let psnr = a["test"]["psnr"]["mean"].as_f64().unwrap();
+        assert!(psnr.is_finite() && psnr > 10.0, "{a}");
+    }
+
+    // The job page shows the report.
+    let cookie = ifp_server::session::create(
+        &pool,
+        &ifp_server::tokens::Caller {
+            name: "admin".into(),
+            is_admin: true,
+        },
+        &ifp_server::tokens::hash(ADMIN),
+    )
+    .await
+    .unwrap();
+    let req = Request::get(format!("/jobs/{id}"))
+        .header(header::COOKIE, format!("ifp_session={cookie}"))
+        .body(Body::empty())
+        .unwrap();
+    let resp = api.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let html =
+        String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned();
+    for needle in [
+        "Does IFP help here?",
+        "ifp − scratch",
+        "report.json",
+        "showcase-",
+        "line s1",
+        "IFP pre-training",
+    ] {
+        assert!(html.contains(needle), "missing {needle}");
+    }
+}
+
+#[tokio::test]
+async fn the_compare_form_submits_and_shows_errors_in_place() {
+    let pool = common::fresh_pool().await;
+    let artifacts = tempfile::tempdir().unwrap();
+    let mut state = AppState::new(pool.clone(), artifacts.path(), Some(ADMIN));
+    state.datasets = Some(datasets());
+    let site = app(state);
+    let caller = ifp_server::tokens::Caller {
+        name: "admin".into(),
+        is_admin: true,
+    };
+    let cookie = ifp_server::session::create(&pool, &caller, &ifp_server::tokens::hash(ADMIN))
+        .await
+        .unwrap();
+    let csrf = ifp_server::session::lookup(&pool, Some(&ifp_server::tokens::hash(ADMIN)), &cookie)
+        .await
+        .unwrap()
+        .unwrap()
+        .csrf;
+    let send = |req: Request<Body>| {
+        let site = site.clone();
+        async move {
+            let resp = site.oneshot(req).await.unwrap();
+            let status = resp.status();
+            let location = resp
+                .headers()
+                .get(header::LOCATION)
+                .map(|v| v.to_str().unwrap().to_string());
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                location,
+                String::from_utf8_lossy(&body).into_owned(),
+            )
+        }
+    };
+    let req = Request::get("/jobs/new/compare")
+        .header(header::COOKIE, format!("ifp_session={cookie}"))
+        .body(Body::empty())
+        .unwrap();
+    let (s, _, html) = send(req).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(html.contains("clean/CBSD68") && html.contains("rain/Rain100H"));
+    assert!(!html.contains("has no datasets folder"));
+
+    let post = |yaml: &str| {
+        let form = serde_urlencoded::to_string([
+            ("csrf", csrf.as_str()),
+            ("name", "form comparison"),
+            ("preset", "tiny"),
+            ("pretrain_steps", "5"),
+            ("finetune_yaml", yaml),
+            ("showcase", "1"),
+            ("priority", "0"),
+        ])
+        .unwrap();
+        Request::post("/jobs/new/compare")
+            .header(header::COOKIE, format!("ifp_session={cookie}"))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(form))
+            .unwrap()
+    };
+    let (s, _, html) = send(post("DATA: {TRAIN_DIR: clean/nothing-here}")).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(html.contains("no folder `clean/nothing-here`"), "{html}");
+    let (s, location, _) = send(post(
+        "DATA: {TRAIN_DIR: rain/Rain100H}\nTRAIN: {STEPS: 3}\n",
+    ))
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    let id: uuid::Uuid = location
+        .unwrap()
+        .trim_start_matches("/jobs/")
+        .parse()
+        .unwrap();
+    let job = ifp_server::queue::get(&pool, id).await.unwrap().unwrap();
+    assert_eq!((job.kind.as_str(), job.total_steps), ("compare", 5 + 2 * 3));
+}
