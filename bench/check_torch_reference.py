@@ -146,6 +146,23 @@ def check_uformer(gdir, name):
         failures.append("drop_path_rates")
     print(f"{'ok ' if ok else 'BAD'} drop_path_rates(paper depths): encoder {enc[0]:.4f}..{enc[-1]:.4f}, "
           f"bottleneck {rates[4]}, decoder reversed")
+    # DropPath against timm's own (same torch RNG state -> the same masks, bit for bit).
+    try:
+        from timm.layers import DropPath as TimmDropPath
+    except ImportError:
+        print("--  timm not installed: DropPath vs timm skipped")
+        return
+    x = torch.randn(64, 10, 4)
+    for p in (enc[1], 0.1, 0.5):
+        torch.manual_seed(3)
+        ya = TimmDropPath(p).train()(x)
+        torch.manual_seed(3)
+        yb = tu.DropPath(p).train()(x)
+        ok = torch.equal(ya, yb) and torch.equal(tu.DropPath(p).eval()(x), x)
+        if not ok:
+            failures.append(f"DropPath({p})")
+        print(f"{'ok ' if ok else 'BAD'} DropPath({p:.4g}) == timm DropPath in train mode, identity in eval "
+              f"({int((yb == 0).all(-1).all(-1).sum())}/64 samples dropped)")
 
 
 def check_corruption(gdir):
