@@ -14,7 +14,7 @@
 #   STEPS     timed steps per run (default 11; both also run 2 untimed warm-up steps)
 #   EXTRA=1   also bench a dim-16 Restormer (batch 2, 64x64), the paper Restormer
 #             (restormer-paper, batch 1, 64x64) and the paper Uformer (uformer-paper, batch 1,
-#             128x128, its smallest size), STEPS_EXTRA timed steps each (default 3)
+#             128x128), STEPS_EXTRA timed steps each (default 3)
 #   ONLY      restormer or uformer: only that network's rows (default: both)
 #   WORK      where logs go (default: a new /tmp/ifp-compare.XXXXXX, kept)
 #

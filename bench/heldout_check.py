@@ -166,7 +166,7 @@ UFORMER_YAMLS = {
     "uf_win6": _uformer_yaml("window 6 on 96x96", 96, 6, 8, [2, 2, 2, 2, 2, 1, 1, 1, 1]),
     # 16 channels per head, window 8, depth 2 everywhere (level 3 = one 8x8 window, bottleneck 4x4)
     "uf_dim16": _uformer_yaml("EMBED_DIM 16, window 8", 64, 8, 16, [2, 2, 2, 2, 2, 2, 2, 2, 2]),
-    # the uformer-paper network (embed 32, depths [1,2,8,8,2,8,8,2,1], window 8) at its smallest size
+    # the uformer-paper network (embed 32, depths [1,2,8,8,2,8,8,2,1], window 8) at 128x128
     "uf_paper128": _uformer_yaml("the paper Uformer at 128x128", 128, 8, 32, [1, 2, 8, 8, 2, 8, 8, 2, 1]),
 }
 
