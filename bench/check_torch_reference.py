@@ -9,6 +9,9 @@
   respect to the input and every parameter (`grad.*`).
 * corruption, freq_loss, ifp_mask: the corruption transforms, the four losses (values and
   d loss / d pred) and the masks.
+* uformer_tiny, uformer_tiny_shift: the same for the Uformer of bench/torch_uformer.py (strict
+  load including the relative_position_index buffers; output, the five encoder token tensors,
+  input and parameter gradients), eval mode.
 * padding: a 30x26 input must give a 30x26 output equal to running the padded input and cropping.
 
 Errors: `rel_l2` = ||a - b|| / ||b||, `rel_max` = max|a - b| / max|b|. float64 results are
@@ -99,6 +102,69 @@ def check_restormer(gdir):
     report("padding 30x26: crop(enc(reflect_pad(x))) path", out, full, 1e-12)
 
 
+def check_uformer(gdir, name):
+    """golden/<name>.safetensors: strict load (parameters and relative_position_index buffers),
+    output, the five encoder token tensors, grad.input and every parameter gradient, f64 and
+    f32, in eval mode (DropPath inactive). Also checks the drop-path rates of the paper network
+    against the reference construction (linspace(0, 0.1, 19), bottleneck 0.1, decoder reversed)."""
+    import torch_uformer as tu
+
+    g = load_file(os.path.join(gdir, f"{name}.safetensors"))
+    cfg = ti.load_config(os.path.join(gdir, "configs", f"{name}.yaml"))
+    sd = {k: v for k, v in g.items() if k.startswith(("encoder.", "decoder."))}
+    for dt in (torch.float64, torch.float32):
+        tag = "f64" if dt == torch.float64 else "f32"
+        pre = "f64." if dt == torch.float64 else ""
+        model = ti.build_model(cfg)
+        res = model.load_state_dict(sd, strict=True)  # raises on any missing/unexpected key or shape
+        assert not res.missing_keys and not res.unexpected_keys, res
+        model = model.to(dt).eval()
+        x = g["input"].to(dt).clone().requires_grad_(True)
+        z = model.encoder(x)
+        out = model.decoder(z)
+        report(f"{name}[{tag}] output", out, g[pre + "output"], TOL[dt])
+        for i, zi in enumerate(z):
+            report(f"{name}[{tag}] encoder_output.{i} (vs f64)", zi, g[f"f64.encoder_output.{i}"], TOL[dt])
+        (out * g["probe"].to(dt)).sum().backward()
+        report(f"{name}[{tag}] grad.input", x.grad, g[pre + "grad.input"], TOL_GRAD[dt])
+        worst, n = ("", 0.0), 0
+        for pname, p in model.named_parameters():
+            rl2, _ = errs(p.grad, g[pre + "grad." + pname])
+            n += 1
+            if rl2 > worst[1]:
+                worst = (pname, rl2)
+            if rl2 > TOL_GRAD[dt]:
+                failures.append(f"{name} {tag} grad.{pname}")
+        print(f"    {n} parameter gradients; worst rel_l2 {worst[1]:.3e} ({worst[0]})")
+    n_buf = sum(1 for k in sd if k.endswith("relative_position_index"))
+    print(f"ok  {name}: strict load of {len(sd)} keys ({n_buf} relative_position_index buffers)")
+    rates = tu.drop_path_rates([1, 2, 8, 8, 2, 8, 8, 2, 1], 0.1)
+    enc = [r for lvl in rates[:4] for r in lvl]
+    ok = (len(enc) == 19 and enc[0] == 0.0 and abs(enc[-1] - 0.1) < 1e-7 and rates[4] == [0.1, 0.1]
+          and [r for lvl in rates[5:] for r in lvl] == enc[::-1])
+    if not ok:
+        failures.append("drop_path_rates")
+    print(f"{'ok ' if ok else 'BAD'} drop_path_rates(paper depths): encoder {enc[0]:.4f}..{enc[-1]:.4f}, "
+          f"bottleneck {rates[4]}, decoder reversed")
+    # DropPath against timm's own (same torch RNG state -> the same masks, bit for bit).
+    try:
+        from timm.layers import DropPath as TimmDropPath
+    except ImportError:
+        print("--  timm not installed: DropPath vs timm skipped")
+        return
+    x = torch.randn(64, 10, 4)
+    for p in (enc[1], 0.1, 0.5):
+        torch.manual_seed(3)
+        ya = TimmDropPath(p).train()(x)
+        torch.manual_seed(3)
+        yb = tu.DropPath(p).train()(x)
+        ok = torch.equal(ya, yb) and torch.equal(tu.DropPath(p).eval()(x), x)
+        if not ok:
+            failures.append(f"DropPath({p})")
+        print(f"{'ok ' if ok else 'BAD'} DropPath({p:.4g}) == timm DropPath in train mode, identity in eval "
+              f"({int((yb == 0).all(-1).all(-1).sum())}/64 samples dropped)")
+
+
 def check_corruption(gdir):
     g = load_file(os.path.join(gdir, "corruption.safetensors"))
     mask = g["mask"]
@@ -163,6 +229,8 @@ def main():
     check_corruption(a.golden)
     check_loss(a.golden)
     check_restormer(a.golden)
+    check_uformer(a.golden, "uformer_tiny")
+    check_uformer(a.golden, "uformer_tiny_shift")
     if failures:
         print(f"FAILED: {len(failures)} checks: {failures[:10]}")
         sys.exit(1)

@@ -8,7 +8,8 @@
 #      WORK (default: a new /tmp/ifp-ckcheck.XXXXXX, kept), TOL (default 1e-4).
 # Steps: 1. `ifp train --config C --out WORK/run --steps N`; 2. the last model-*.safetensors must
 # match its .sha256 sidecar; 3. for two random inputs (N=2 at DATA.IMG_SIZE and N=1 at 45x37, not
-# a multiple of 8) written to WORK: `ifp forward` with those weights, then
+# a multiple of 8; for a Uformer, which takes square sides only, N=1 at twice IMG_SIZE) written
+# to WORK: `ifp forward` with those weights, then
 # bench/torch_check_checkpoint.py (load_state_dict(strict=True), rel L2 <= TOL). The torch side
 # uses the config embedded in the model file's metadata (`ifp_config`), so the checkpoint must be
 # self-describing; for a preset name that is also what the preset expands to.
@@ -49,10 +50,13 @@ with safe_open(model, "pt") as f:
 if "ifp_config" not in meta:
     sys.exit(f"{model}: no ifp_config metadata")
 open(f"{work}/config.yaml", "w").write(meta["ifp_config"])
-size = int(yaml.safe_load(meta["ifp_config"])["DATA"]["IMG_SIZE"])
+cfg = yaml.safe_load(meta["ifp_config"])
+size = int(cfg["DATA"]["IMG_SIZE"])
 print(f"{len(keys)} tensors, dtypes {sorted(dtypes)}, step {meta.get('ifp_step')}, IMG_SIZE {size}")
 g = torch.Generator().manual_seed(20240607)
-for name, shape in (("a", (2, 3, size, size)), ("b", (1, 3, 45, 37))):
+# Uformer takes square sides whose levels all tile (twice the built size does); Restormer any.
+other = (1, 3, 2 * size, 2 * size) if str(cfg["MODEL"]["TYPE"]).lower() == "uformer" else (1, 3, 45, 37)
+for name, shape in (("a", (2, 3, size, size)), ("b", other)):
     x = torch.rand(shape, generator=g, dtype=torch.float64)
     mean = torch.tensor((0.485, 0.456, 0.406), dtype=torch.float64).view(1, 3, 1, 1)
     std = torch.tensor((0.229, 0.224, 0.225), dtype=torch.float64).view(1, 3, 1, 1)

@@ -12,8 +12,10 @@
 #   REPS      repetitions per implementation and row (default 2); the reported step_ms is the
 #             median over repetitions of each run's median step
 #   STEPS     timed steps per run (default 11; both also run 2 untimed warm-up steps)
-#   EXTRA=1   also bench a dim-16 Restormer (batch 2, 64x64) and the paper Restormer
-#             (restormer-paper, batch 1, 64x64, STEPS_EXTRA timed steps, default 3)
+#   EXTRA=1   also bench a dim-16 Restormer (batch 2, 64x64), the paper Restormer
+#             (restormer-paper, batch 1, 64x64) and the paper Uformer (uformer-paper, batch 1,
+#             128x128), STEPS_EXTRA timed steps each (default 3)
+#   ONLY      restormer or uformer: only that network's rows (default: both)
 #   WORK      where logs go (default: a new /tmp/ifp-compare.XXXXXX, kept)
 #
 # Both timings cover the whole training step including data preparation: ifp times
@@ -37,6 +39,8 @@ EXTRA="${EXTRA:-0}"
 WORK="${WORK:-$(mktemp -d /tmp/ifp-compare.XXXXXX)}"
 mkdir -p "$WORK"
 GOLDEN_TINY=/work/shared/golden/configs/restormer_tiny.yaml
+GOLDEN_UFORMER=/work/shared/golden/configs/uformer_tiny.yaml
+ONLY="${ONLY:-}"
 
 [ -x "$IFP_BIN" ] || { echo "ifp binary not found: $IFP_BIN (set IFP_BIN)" >&2; exit 1; }
 [ -x "$PY" ] || { echo "python not found: $PY (set PY; see bench/setup-venv.sh)" >&2; exit 1; }
@@ -58,13 +62,24 @@ TRAIN:
 EOF
 
 # label | ifp --config | torch --config | batch | size | steps
-ROWS=(
-  "tiny preset|tiny|$ROOT/presets/tiny.yaml|4|64|$STEPS"
-  "golden restormer_tiny|$GOLDEN_TINY|$GOLDEN_TINY|4|64|$STEPS"
-)
+# (Uformer: the network is built for the bench size, MODEL.UFORMER.IMAGE_SIZE = size, on both
+# sides; stochastic depth is active on both, as in training.)
+ROWS=()
+if [ "$ONLY" != uformer ]; then
+  ROWS+=("tiny preset|tiny|$ROOT/presets/tiny.yaml|4|64|$STEPS")
+  ROWS+=("golden restormer_tiny|$GOLDEN_TINY|$GOLDEN_TINY|4|64|$STEPS")
+fi
+if [ "$ONLY" != restormer ]; then
+  ROWS+=("golden uformer_tiny|$GOLDEN_UFORMER|$GOLDEN_UFORMER|4|64|$STEPS")
+fi
 if [ "$EXTRA" = 1 ]; then
-  ROWS+=("dim16 [1,2,2,2]|$WORK/small16.yaml|$WORK/small16.yaml|2|64|$STEPS")
-  ROWS+=("restormer-paper|restormer-paper|$ROOT/presets/restormer-paper.yaml|1|64|$STEPS_EXTRA")
+  if [ "$ONLY" != uformer ]; then
+    ROWS+=("dim16 [1,2,2,2]|$WORK/small16.yaml|$WORK/small16.yaml|2|64|$STEPS")
+    ROWS+=("restormer-paper|restormer-paper|$ROOT/presets/restormer-paper.yaml|1|64|$STEPS_EXTRA")
+  fi
+  if [ "$ONLY" != restormer ]; then
+    ROWS+=("uformer-paper|uformer-paper|$ROOT/presets/uformer-paper.yaml|1|128|$STEPS_EXTRA")
+  fi
 fi
 
 HAVE_TIME=0

@@ -2,6 +2,7 @@
 """Held-out parity of `ifp forward` against the PyTorch restatement (torch_ifp), float64.
 
   python bench/heldout_check.py [--ifp-bin BIN] [--workdir DIR] [--keep] [--tol 1e-4] [--only NAME]
+                                [--family all|restormer|uformer]
 
 Unlike check_torch_reference.py (which replays the golden files: seed 1234, N = 2, 32x32), every
 case here draws fresh weights and inputs the golden files never saw: other seeds, batch 1..3,
@@ -17,6 +18,16 @@ non-square ones, and three Restormer configs:
   * `biasfree_nb`  the same with BIAS False (BiasFree LayerNorm on its own)
 
 (the two extra configs are written to the work directory, under /tmp by default).
+
+Uformer (`--family uformer`; bench/torch_uformer.py): the golden `uformer_tiny` (window 4, depth 1)
+and `uformer_tiny_shift` (shifted windows) configs, plus `uf_win2` (window 2, odd depths),
+`uf_win6` (window 6 / shift 3 on 96x96), `uf_dim16` (EMBED_DIM 16, window 8) and `uf_paper128`
+(the uformer-paper network at 128x128); batch 1..3, inputs equal to IMAGE_SIZE and twice it
+(windows are fixed at construction, as in the reference). Only square sides whose every level
+tiles work in the reference; three such inputs (non-square, 48x48 on window 4, 64x64 on window
+6) must be refused by both the torch restatement and `ifp forward` (with a message naming the
+rule). Weights: the same scheme, with `relative_position_bias_table` and `modulator.weight`
+drawn 0.2 N(0,1) as in the golden README.
 
 Weights follow the golden README's init scheme (so outputs are O(1) and the attention softmaxes
 are not saturated): torch.manual_seed(seed), one float64 draw per parameter in
@@ -123,6 +134,67 @@ CASES = [
     ("biasfree_nb", 29, 1, 64, 48),
 ]
 
+# Uformer (bench/torch_uformer.py). Square sides only (the reference recovers the side as
+# int(sqrt(tokens))); window sizes are fixed at construction from IMAGE_SIZE, so running a
+# larger input than IMAGE_SIZE is allowed when every level still tiles.
+UF_TINY = "/work/shared/golden/configs/uformer_tiny.yaml"
+UF_SHIFT = "/work/shared/golden/configs/uformer_tiny_shift.yaml"
+
+
+def _uformer_yaml(note, size, win, embed, depths):
+    return f"""\
+# heldout_check.py: {note} (not a golden network)
+MODEL:
+  TYPE: uformer
+  RECOVER_TARGET_TYPE: m_masked
+  UFORMER:
+    INP_CHANNELS: 3
+    IMAGE_SIZE: {size}
+    PATCH_SIZE: 1
+    EMBED_DIM: {embed}
+    DEPTHS: {list(depths)}
+    WIN_SIZE: {win}
+DATA:
+  IMG_SIZE: {size}
+"""
+
+
+UFORMER_YAMLS = {
+    # window 2, odd depths (blocks 0 and 2 plain, block 1 shifted by 1), bottleneck 2x2 window
+    "uf_win2": _uformer_yaml("window 2, odd depths", 32, 2, 8, [3, 2, 1, 2, 3, 1, 2, 1, 1]),
+    # window 6 (shift 3) on a 96 grid: levels 96/48/24/12 shifted, bottleneck 6x6 one window
+    "uf_win6": _uformer_yaml("window 6 on 96x96", 96, 6, 8, [2, 2, 2, 2, 2, 1, 1, 1, 1]),
+    # 16 channels per head, window 8, depth 2 everywhere (level 3 = one 8x8 window, bottleneck 4x4)
+    "uf_dim16": _uformer_yaml("EMBED_DIM 16, window 8", 64, 8, 16, [2, 2, 2, 2, 2, 2, 2, 2, 2]),
+    # the uformer-paper network (embed 32, depths [1,2,8,8,2,8,8,2,1], window 8) at 128x128
+    "uf_paper128": _uformer_yaml("the paper Uformer at 128x128", 128, 8, 32, [1, 2, 8, 8, 2, 8, 8, 2, 1]),
+}
+
+# (config name, seed, N, H, W); H != IMAGE_SIZE where noted in the config comment above
+UFORMER_CASES = [
+    ("uformer_tiny", 7, 1, 32, 32),
+    ("uformer_tiny", 11, 3, 32, 32),
+    ("uformer_tiny", 23, 2, 64, 64),  # built for 32: bottleneck window 2 tiles a 4x4 grid
+    ("uformer_tiny_shift", 5, 2, 32, 32),
+    ("uformer_tiny_shift", 99, 1, 32, 32),
+    ("uformer_tiny_shift", 2024, 1, 64, 64),  # built for 32, shifted masks rebuilt for 64
+    ("uf_win2", 13, 2, 32, 32),
+    ("uf_win2", 77, 1, 32, 32),
+    ("uf_win6", 31, 1, 96, 96),
+    ("uf_win6", 4321, 2, 96, 96),
+    ("uf_dim16", 3, 1, 64, 64),
+    ("uf_dim16", 8, 2, 64, 64),
+    ("uf_paper128", 61, 1, 128, 128),
+]
+
+# Inputs the architecture cannot take: both the torch restatement (like the reference) and
+# `ifp forward` must refuse them; ifp's message must say why (`square`/`divisible`/`tiled`).
+UFORMER_REJECT = [
+    ("uformer_tiny", 1, 1, 32, 48),  # non-square
+    ("uformer_tiny", 2, 1, 48, 48),  # 48 -> bottleneck 3x3 cannot be tiled by its 2x2 window
+    ("uf_win6", 3, 1, 64, 64),       # 64 -> level 1 is 32x32, not tiled by 6x6 windows
+]
+
 
 def golden_init_(model: ti.IFPNet, seed: int) -> None:
     """The golden README's parameter initialisation (float64 draws rounded to float32)."""
@@ -134,6 +206,8 @@ def golden_init_(model: ti.IFPNet, seed: int) -> None:
             shape = tuple(p.shape)
             if name.endswith("temperature"):
                 v = torch.rand(shape, dtype=torch.float64) + 0.5
+            elif name.endswith(("relative_position_bias_table", "modulator.weight")):
+                v = 0.2 * torch.randn(shape, dtype=torch.float64)
             elif name.endswith("bias"):
                 v = 0.05 * torch.randn(shape, dtype=torch.float64)
             elif p.dim() == 1:
@@ -150,6 +224,38 @@ def rel_l2(a: torch.Tensor, ref: torch.Tensor) -> float:
     return float((a - ref).norm()) / n if n > 0 else float((a - ref).norm())
 
 
+def run_ifp(ifp_bin, cfg_path, wpath, ipath, opath):
+    if os.path.exists(opath):
+        os.remove(opath)
+    cmd = [ifp_bin, "forward", "--config", cfg_path, "--weights", wpath, "--input", ipath, "--output", opath]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    return cmd, p, time.perf_counter() - t0
+
+
+def prepare(cname, cfg_path, seed, n, h, w, work, shim_flag):
+    """Model with fresh golden-scheme weights, its float32 state_dict, the float32 input."""
+    cfg = ti.load_config(cfg_path)
+    model = ti.build_model(cfg)
+    golden_init_(model, seed)
+    sd32 = {k: v.detach().contiguous() if not v.is_floating_point() else v.detach().to(torch.float32).contiguous()
+            for k, v in model.state_dict().items()}
+    tag = f"{cname}-s{seed}-n{n}-{h}x{w}"
+    is_restormer = str(cfg["MODEL"].get("TYPE", "restormer")).lower() == "restormer"
+    if shim_flag and is_restormer and bool(cfg["MODEL"]["RESTORMER"]["BIAS"]):
+        w0 = sd32["encoder.patch_embed.proj.weight"]
+        sd32["encoder.patch_embed.proj.bias"] = torch.zeros(w0.shape[0], dtype=torch.float32)
+        tag += "+shim"
+    # input drawn right after the parameters (same generator stream), float64 -> float32
+    x32 = ti.normalize_img(torch.rand(n, 3, h, w, dtype=torch.float64)).to(torch.float32).contiguous()
+    wpath = os.path.join(work, f"{tag}.weights.safetensors")
+    ipath = os.path.join(work, f"{tag}.input.safetensors")
+    opath = os.path.join(work, f"{tag}.output.safetensors")
+    save_file(sd32, wpath)
+    save_file({"input": x32}, ipath)
+    return tag, model, x32, wpath, ipath, opath
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ifp-bin", default=os.environ.get("IFP_BIN", "/var/tmp/ifp-target/release/ifp"))
@@ -157,6 +263,8 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--tol", type=float, default=1e-4)
     ap.add_argument("--only", default=None, help="run only the cases of this config name")
+    ap.add_argument("--family", choices=("all", "restormer", "uformer"), default="all",
+                    help="which networks' cases to run (default all)")
     ap.add_argument("--patch-embed-bias-shim", action="store_true",
                     help="for BIAS True configs, also give ifp a zero encoder.patch_embed.proj.bias")
     a = ap.parse_args()
@@ -166,47 +274,33 @@ def main():
         sys.exit(1)
     work = a.workdir or tempfile.mkdtemp(prefix="ifp-heldout-", dir="/tmp")
     os.makedirs(work, exist_ok=True)
-    configs = {"golden_tiny": GOLDEN_TINY}
-    for name, text in (("small16", SMALL16_YAML), ("biasfree", BIASFREE_YAML),
-                       ("biasfree_nb", BIASFREE_NB_YAML)):
+    configs = {"golden_tiny": GOLDEN_TINY, "uformer_tiny": UF_TINY, "uformer_tiny_shift": UF_SHIFT}
+    texts = {"small16": SMALL16_YAML, "biasfree": BIASFREE_YAML, "biasfree_nb": BIASFREE_NB_YAML, **UFORMER_YAMLS}
+    for name, text in texts.items():
         path = os.path.join(work, f"{name}.yaml")
         with open(path, "w") as f:
             f.write(text)
         configs[name] = path
 
-    rows, failures = [], 0
-    for cname, seed, n, h, w in CASES:
-        if a.only and cname != a.only:
-            continue
-        tag = f"{cname}-s{seed}-n{n}-{h}x{w}"
-        cfg = ti.load_config(configs[cname])
-        model = ti.build_model(cfg)
-        golden_init_(model, seed)
-        sd32 = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
-        n_params = sum(p.numel() for p in model.parameters())
-        shim = a.patch_embed_bias_shim and bool(cfg["MODEL"]["RESTORMER"]["BIAS"])
-        if shim:
-            w0 = sd32["encoder.patch_embed.proj.weight"]
-            sd32["encoder.patch_embed.proj.bias"] = torch.zeros(w0.shape[0], dtype=torch.float32)
-            tag += "+shim"
-        # input drawn right after the parameters (same generator stream), float64 -> float32
-        x32 = ti.normalize_img(torch.rand(n, 3, h, w, dtype=torch.float64)).to(torch.float32).contiguous()
+    cases, rejects = [], []
+    if a.family in ("all", "restormer"):
+        cases += CASES
+    if a.family in ("all", "uformer"):
+        cases += UFORMER_CASES
+        rejects += UFORMER_REJECT
+    if a.only:
+        cases = [c for c in cases if c[0] == a.only]
+        rejects = [c for c in rejects if c[0] == a.only]
 
+    rows, failures = [], 0
+    for cname, seed, n, h, w in cases:
+        tag, model, x32, wpath, ipath, opath = prepare(cname, configs[cname], seed, n, h, w, work,
+                                                       a.patch_embed_bias_shim)
+        n_params = sum(p.numel() for p in model.parameters())
         with torch.no_grad():
             ref = model.to(torch.float64).eval()(x32.to(torch.float64))
             out32 = model.to(torch.float32).eval()(x32)
-        wpath = os.path.join(work, f"{tag}.weights.safetensors")
-        ipath = os.path.join(work, f"{tag}.input.safetensors")
-        opath = os.path.join(work, f"{tag}.output.safetensors")
-        save_file(sd32, wpath)
-        save_file({"input": x32}, ipath)
-        if os.path.exists(opath):
-            os.remove(opath)
-        cmd = [a.ifp_bin, "forward", "--config", configs[cname], "--weights", wpath, "--input", ipath,
-               "--output", opath]
-        t0 = time.perf_counter()
-        p = subprocess.run(cmd, capture_output=True, text=True)
-        secs = time.perf_counter() - t0
+        cmd, p, secs = run_ifp(a.ifp_bin, configs[cname], wpath, ipath, opath)
         status, rel, mad = "FAIL", float("nan"), float("nan")
         note = ""
         if p.returncode != 0:
@@ -231,14 +325,41 @@ def main():
                      secs, status))
         print(f"  {tag}: rel_l2 {rel:.3e} ({status}, {secs:.2f} s)", flush=True)
 
+    reject_rows = []
+    for cname, seed, n, h, w in rejects:
+        tag, model, x32, wpath, ipath, opath = prepare(cname, configs[cname], seed, n, h, w, work, False)
+        try:
+            with torch.no_grad():
+                model.to(torch.float64).eval()(x32.to(torch.float64))
+            torch_says = "ran (!)"
+        except Exception as e:  # noqa: BLE001 - any failure is what the reference does too
+            torch_says = f"{type(e).__name__}"
+        cmd, p, _ = run_ifp(a.ifp_bin, configs[cname], wpath, ipath, opath)
+        msg = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ""
+        ok = (p.returncode != 0 and torch_says != "ran (!)"
+              and any(wd in msg for wd in ("square", "divisible", "tiled")))
+        if not ok:
+            failures += 1
+            print(f"[{tag}] FAIL: expected both to refuse; torch {torch_says}, ifp exit {p.returncode}: {msg}",
+                  flush=True)
+        reject_rows.append((tag, f"{n}x3x{h}x{w}", torch_says, p.returncode, msg, "ok" if ok else "FAIL"))
+        print(f"  {tag}: refused (torch {torch_says}, ifp exit {p.returncode})", flush=True)
+
     print()
     print(f"| case | params | input shape | rel L2 (ifp vs torch f64) | max abs diff | max abs out "
           f"| rel L2 (torch f32 vs f64) | ifp forward s | result |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---|")
     for tag, npar, shp, rel, mad, mx, r32, secs, st in rows:
         print(f"| {tag} | {npar} | {shp} | {rel:.2e} | {mad:.2e} | {mx:.2f} | {r32:.2e} | {secs:.2f} | {st} |")
+    if reject_rows:
+        print()
+        print("| refused case | input shape | torch | ifp exit | ifp message | result |")
+        print("|---|---|---|---:|---|---|")
+        for tag, shp, ts, rc, msg, st in reject_rows:
+            print(f"| {tag} | {shp} | {ts} | {rc} | {msg[:160]} | {st} |")
     print()
-    print(f"{len(rows) - failures}/{len(rows)} cases pass (tol {a.tol:g}); work dir {work}"
+    total = len(rows) + len(reject_rows)
+    print(f"{total - failures}/{total} cases pass (tol {a.tol:g}); work dir {work}"
           + ("" if a.keep or a.workdir else " (removed)"))
     if not a.keep and not a.workdir:
         shutil.rmtree(work, ignore_errors=True)

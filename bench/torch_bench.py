@@ -10,7 +10,9 @@ fixed IFP mask (`m_masked` by default: MODEL.RECOVER_TARGET_TYPE), forward, freq
 backward, clip_grad_norm_(3.0 = TRAIN.CLIP_GRAD), AdamW step with the two parameter groups
 (decay / no decay) and the timm cosine schedule's step_update — i.e. everything the reference's
 training iteration does. Defaults for B and S: DATA.BATCH_SIZE (if in the YAML file, else 1) and
-DATA.IMG_SIZE. `--warmup` steps are run first and not timed.
+DATA.IMG_SIZE (for a Uformer, MODEL.UFORMER.IMAGE_SIZE follows the size, as in `ifp bench`).
+The model is in training mode: the Uformer's stochastic depth (DropPath) is active, as in the
+reference's training and in `ifp bench`. `--warmup` steps are run first and not timed.
 
 Output: one line per timed step (`step i ms X data_ms Y loss L grad_norm G`), then
 `peak_rss_mb <ru_maxrss in MiB>` (includes the ~0.7 GB that `import torch` alone takes; the
@@ -53,6 +55,10 @@ def main():
         raw = yaml.safe_load(f) or {}
     batch = a.batch or int((raw.get("DATA") or {}).get("BATCH_SIZE", 1))
     size = a.size or int(cfg["DATA"]["IMG_SIZE"])
+    if str(cfg["MODEL"].get("TYPE", "restormer")).lower() == "uformer":
+        # The Uformer is built for its input size (window sizes depend on it), as `ifp bench`
+        # does when given --size.
+        cfg["MODEL"].setdefault("UFORMER", {})["IMAGE_SIZE"] = size
     kind = a.kind or cfg["MODEL"].get("RECOVER_TARGET_TYPE", "m_masked")
     tr = cfg["TRAIN"]
 

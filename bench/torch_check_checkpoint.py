@@ -4,8 +4,10 @@
   python bench/torch_check_checkpoint.py --config C.yaml --weights W.safetensors \
       --input IN.safetensors --output OUT.safetensors [--dtype f64|f32] [--tol 1e-4]
 
-Builds the Restormer + MSRResNet-head network from a reference-schema config
-(MODEL.RESTORMER.*, MODEL.DECODER.{IN_NC, OUT_NC, NF (default 64), UPSCALE}), loads W with
+Builds the Restormer + MSRResNet-head network (MODEL.RESTORMER.*, MODEL.DECODER.{IN_NC, OUT_NC,
+NF (default 64), UPSCALE}) or the Uformer encoder + decoder (MODEL.UFORMER.*, bench/
+torch_uformer.py; the relative_position_index buffers are part of the strict load) from a
+reference-schema config, loads W with
 load_state_dict(strict=True) (on failure: prints the error, exit 1), runs the forward pass on
 tensor `input` of IN (float64 by default, from the stored float32 values) and compares it with
 tensor `output` of OUT. Prints the relative L2 error ||mine - theirs|| / ||mine|| and the max abs

@@ -1,4 +1,5 @@
-"""PyTorch restatement of the IFP pre-training step (Restormer backbone + MSRResNet head).
+"""PyTorch restatement of the IFP pre-training step (Restormer backbone + MSRResNet head, or the
+Uformer encoder + decoder of bench/torch_uformer.py).
 
 Written for this project from the method description (DESIGN.md section 1, golden/README.md);
 parameter names are those of the reference state_dict (`encoder.*`, `decoder.*`) so that
@@ -6,7 +7,8 @@ parameter names are those of the reference state_dict (`encoder.*`, `decoder.*`)
 
 Contents
   * config:        load_config() reads the reference YAML schema (yacs-like literal decoding)
-  * network:       RestormerBackbone, MSRResNetHead, IFPNet, build_model()
+  * network:       RestormerBackbone, MSRResNetHead, IFPNet, build_model() (MODEL.TYPE
+                   restormer, or uformer via torch_uformer.build_uformer)
   * data:          make_noise_image(), CropSampler (RandomResizedCrop + flip, PIL bicubic)
   * mask:          draw_radii(), ifp_mask()
   * corruption:    frequency_transform(), frequency_m_transform(), normalize_img()
@@ -323,8 +325,17 @@ class IFPNet(nn.Module):
 
 def build_model(cfg: dict) -> IFPNet:
     m = cfg["MODEL"]
-    if str(m.get("TYPE", "restormer")).lower() != "restormer":
-        raise NotImplementedError("torch_ifp builds the Restormer network only (MODEL.TYPE=restormer)")
+    kind = str(m.get("TYPE", "restormer")).lower()
+    if kind == "uformer":
+        # Uformer encoder + decoder (bench/torch_uformer.py); MODEL.UFORMER.DROP_PATH_RATE is an
+        # extension key, default the reference constructors' 0.1 (IFP never passes one).
+        import torch_uformer as tu
+
+        u = m.get("UFORMER") or {}
+        enc, dec = tu.build_uformer(u, float(u.get("DROP_PATH_RATE", tu.DEFAULT_DROP_PATH_RATE)))
+        return IFPNet(enc, dec)
+    if kind != "restormer":
+        raise NotImplementedError(f"torch_ifp builds restormer and uformer networks, not {kind!r}")
     r, d = m["RESTORMER"], m["DECODER"]
     enc = RestormerBackbone(
         inp_channels=r["INP_CHANNELS"], out_channels=r["OUT_CHANNELS"], dim=r["DIM"],

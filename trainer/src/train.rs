@@ -13,10 +13,14 @@ use crate::config::Config;
 use crate::data::image::Image;
 use crate::error::{Result, TrainerError};
 use crate::loss::{FreqLoss, RecoverTarget};
+use crate::models::uformer::DropPathRng;
 use crate::models::{load_weights, Network, WeightSource};
 use crate::optim::{clip_grad_norm, AdamW, LrSchedule};
 
 const INIT_STREAM: u64 = 0x1F9_1417;
+/// Stochastic depth (Uformer): one ChaCha stream per optimiser step of this seed, so a resumed
+/// run draws the same masks without any saved RNG state.
+const DROP_PATH_STREAM: u64 = 0x1F9_D807;
 
 /// Progress after one optimiser step.
 #[derive(Debug, Clone, PartialEq)]
@@ -179,7 +183,8 @@ impl Trainer {
             .sampler
             .next_batch(self.cfg.data.batch_size, &self.device)?;
         let t1 = Instant::now();
-        let pred = self.net.forward(&batch.input)?;
+        let mut drop_rng = DropPathRng::for_step(self.cfg.seed ^ DROP_PATH_STREAM, k as u64);
+        let pred = self.net.forward_train(&batch.input, &mut drop_rng)?;
         let loss = self.loss.forward(&pred, &batch.target, &batch.mask)?;
         let loss_v = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         let t2 = Instant::now();

@@ -33,8 +33,10 @@ fn tensors(path: &Path) -> BTreeMap<String, Vec<u32>> {
         .expect("safetensors")
         .into_iter()
         .map(|(k, t): (String, Tensor)| {
+            // (Uformer's int64 relative_position_index buffers compare as float32 too.)
             let bits = t
-                .flatten_all()
+                .to_dtype(candle_core::DType::F32)
+                .and_then(|t| t.flatten_all())
                 .and_then(|t| t.to_vec1::<f32>())
                 .expect("f32");
             (k, bits.into_iter().map(f32::to_bits).collect())
@@ -101,6 +103,46 @@ fn checkpoints_are_complete_and_loadable() {
         "a strip of four panels"
     );
     assert_eq!(checkpoint::latest_complete(dir.path()), Some(4));
+}
+
+/// A tiny Uformer (golden tiny network shape, 32x32 crops): every block depth 1, so the
+/// stochastic-depth rates are 0, 0.033, 0.067, 0.1 (encoder), 0.1 (bottleneck) and reversed.
+fn tiny_uformer(steps: usize, save_freq: usize) -> Config {
+    let yaml = format!(
+        "MODEL:\n  TYPE: uformer\n  RECOVER_TARGET_TYPE: m_masked\n  UFORMER:\n    \
+         IMAGE_SIZE: 32\n    EMBED_DIM: 8\n    DEPTHS: [1, 1, 1, 1, 1, 1, 1, 1, 1]\n    \
+         WIN_SIZE: 4\nDATA:\n  IMG_SIZE: 32\n  BATCH_SIZE: 2\nTRAIN:\n  STEPS: {steps}\n  \
+         WARMUP_EPOCHS: 2\n  BASE_LR: 0.128\nSAVE_FREQ: {save_freq}\n"
+    );
+    Config::from_yaml(&yaml).expect("tiny uformer config")
+}
+
+/// Stochastic depth draws from a per-step stream, so a resumed Uformer run (drop-path rate
+/// 0.1 by default) still ends with exactly the straight run's weights and moments.
+#[test]
+fn uformer_resume_with_stochastic_depth_is_bit_identical() {
+    let straight = tempfile::tempdir().expect("tempdir");
+    let split = tempfile::tempdir().expect("tempdir");
+    let cfg = tiny_uformer(4, 100);
+    assert_eq!(cfg.model.uformer.drop_path_rate, 0.1);
+    train(&cfg, &opts(straight.path(), false), |_| Control::Continue).expect("straight run");
+    train(&cfg, &opts(split.path(), false), |ev| match ev {
+        Event::Step(p) if p.step == 2 => Control::Stop,
+        _ => Control::Continue,
+    })
+    .expect("first half");
+    let second = train(&cfg, &opts(split.path(), true), |_| Control::Continue).expect("resume");
+    assert_eq!(second.resumed_from, Some(2));
+    assert_eq!(
+        tensors(&model_path(straight.path(), 4)),
+        tensors(&model_path(split.path(), 4)),
+        "Uformer weights after resuming differ from the straight run"
+    );
+    assert_eq!(
+        tensors(&state_path(straight.path(), 4)),
+        tensors(&state_path(split.path(), 4)),
+        "Uformer optimiser moments after resuming differ from the straight run"
+    );
 }
 
 #[test]

@@ -393,3 +393,44 @@ fn fused_token_kernels_match_composed_ops() {
         }
     }
 }
+
+/// Training mode (`forward_train`) applies the reference's stochastic depth: the masks are a
+/// function of the stream (same stream, same output; another step, other masks), the output
+/// differs from eval mode, and with `DROP_PATH_RATE: 0` training mode is eval mode bit for bit.
+#[test]
+fn training_mode_applies_stochastic_depth() {
+    use ifp_trainer::models::uformer::DropPathRng;
+    let (name, cfg, _) = FILES[1];
+    let (g, net) = setup(name, cfg);
+    let x = &g["input"];
+    let values = |t: Tensor| {
+        t.flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .expect("values")
+    };
+    let eval = values(net.forward(x).expect("eval"));
+    let train = |step| {
+        values(
+            net.forward_train(x, &mut DropPathRng::for_step(5, step))
+                .expect("train"),
+        )
+    };
+    let a = train(0);
+    assert_eq!(a, train(0), "same stream, same masks");
+    assert_ne!(a, eval, "{name}: no branch dropped in training mode");
+    assert_ne!(a, train(1), "another step draws other masks");
+
+    let mut c = config(cfg);
+    assert_eq!(c.model.uformer.drop_path_rate, 0.1, "reference default");
+    c.model.uformer.drop_path_rate = 0.0;
+    let weights = load_weights(
+        &common::golden_dir().join(format!("{name}.safetensors")),
+        &Device::Cpu,
+    )
+    .expect("weights");
+    let net0 = Network::build(&c, WeightSource::Tensors(weights), &Device::Cpu).expect("net");
+    let y = net0
+        .forward_train(x, &mut DropPathRng::for_step(5, 0))
+        .expect("train");
+    assert_eq!(values(y), eval);
+}

@@ -283,6 +283,11 @@ pub struct UformerConfig {
     pub embed_dim: usize,
     pub depths: Vec<usize>,
     pub win_size: usize,
+    /// Stochastic depth of the LeWin blocks while training (extension). IFP builds its Uformer
+    /// without one, so the reference trains with the constructors' default 0.1 whatever
+    /// `MODEL.DROP_PATH_RATE` says; 0 turns it off.
+    #[serde(deserialize_with = "de_f64")]
+    pub drop_path_rate: f64,
 }
 
 impl Default for UformerConfig {
@@ -294,6 +299,7 @@ impl Default for UformerConfig {
             embed_dim: 32,
             depths: vec![1, 2, 8, 8, 2, 8, 8, 2, 1],
             win_size: 8,
+            drop_path_rate: 0.1,
         }
     }
 }

@@ -17,6 +17,8 @@ fn defaults_are_the_reference_values() {
     assert_eq!(c.data.batch_size, 1);
     assert_eq!(c.data.mask_mode, "fixed");
     assert_eq!(c.total_steps(), 60000);
+    // IFP builds its Uformer without a drop_path_rate: the constructors' 0.1 applies.
+    assert_eq!(c.model.uformer.drop_path_rate, 0.1);
 }
 
 #[test]
@@ -80,6 +82,17 @@ fn impossible_values_name_path_and_value() {
             "MODEL:\n  TYPE: uformer\nDATA:\n  IMG_SIZE: 100\n",
             "DATA.IMG_SIZE",
             "100",
+        ),
+        (
+            "MODEL:\n  TYPE: uformer\n  UFORMER:\n    DROP_PATH_RATE: 1.0\nDATA:\n  IMG_SIZE: 256\n",
+            "MODEL.UFORMER.DROP_PATH_RATE",
+            "1",
+        ),
+        (
+            "MODEL:\n  TYPE: uformer\n  UFORMER:\n    DEPTHS: [1, 1, 1, 1, 1, 2, 2, 2, 2]\n\
+             DATA:\n  IMG_SIZE: 256\n",
+            "MODEL.UFORMER.DEPTHS",
+            "[1, 1, 1, 1, 1, 2, 2, 2, 2]",
         ),
     ];
     for (yaml, path, value) in cases {

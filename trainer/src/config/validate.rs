@@ -195,6 +195,29 @@ impl Config {
                 format!("{:?} must list 9 depths", u.depths),
             );
         }
+        if !(0.0..1.0).contains(&u.drop_path_rate) {
+            return bad(
+                "MODEL.UFORMER.DROP_PATH_RATE",
+                format!("{} is outside [0, 1)", u.drop_path_rate),
+            );
+        }
+        let (enc, dec) = (
+            u.depths[..4].iter().sum::<usize>(),
+            u.depths[5..].iter().sum::<usize>(),
+        );
+        if dec > enc {
+            // The reference slices the decoder's drop-path rates out of the encoder's list
+            // and fails (IndexError) when that list is too short.
+            return bad(
+                "MODEL.UFORMER.DEPTHS",
+                format!(
+                    "{:?}: the decoder depths (last four, sum {dec}) may not add up to more than \
+                     the encoder depths (first four, sum {enc}); the reference Uformer cannot be \
+                     built otherwise",
+                    u.depths
+                ),
+            );
+        }
         if u.embed_dim == 0 || u.win_size == 0 {
             return bad(
                 "MODEL.UFORMER.EMBED_DIM",

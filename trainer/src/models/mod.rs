@@ -94,11 +94,26 @@ impl Network {
         Ok(Network { body, params })
     }
 
-    /// encoder then decoder: (B, 3, H, W) -> (B, 3, H, W).
+    /// encoder then decoder: (B, 3, H, W) -> (B, 3, H, W), eval mode.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match &self.body {
             Body::Restormer { encoder, decoder } => decoder.forward(&encoder.forward(x)?),
             Body::Uformer { encoder, decoder } => decoder.forward(&encoder.forward(x)?),
+        }
+    }
+
+    /// `forward` in training mode: Uformer's stochastic depth draws its masks from `rng`. The
+    /// reference Restormer has no training-only layer, so for it this is `forward`.
+    pub fn forward_train(
+        &self,
+        x: &Tensor,
+        rng: &mut uformer::DropPathRng,
+    ) -> candle_core::Result<Tensor> {
+        match &self.body {
+            Body::Restormer { encoder, decoder } => decoder.forward(&encoder.forward(x)?),
+            Body::Uformer { encoder, decoder } => {
+                decoder.forward_t(&encoder.forward_t(x, Some(&mut *rng))?, Some(rng))
+            }
         }
     }
 

@@ -1,12 +1,14 @@
 //! The LeWin transformer block of Uformer and its parts: window attention with a relative
 //! position bias (shifted windows masked as in the reference), the LeFF feed-forward, and the
-//! `BasicUformerLayer` stack of blocks. Tokens are `(B, H*W, C)`.
+//! `BasicUformerLayer` stack of blocks. Tokens are `(B, H*W, C)`. In training, each block's two
+//! residual branches go through stochastic depth (`drop_path`); `Module::forward` is eval mode.
 
 use std::sync::Mutex;
 
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
+use super::drop_path::{self, DropPathRng};
 use super::kernels;
 use super::{err, side};
 use crate::models::ops::Conv2d;
@@ -278,6 +280,8 @@ struct LeWinBlock {
     attn: WindowAttention,
     norm2: LayerNorm,
     mlp: LeFF,
+    /// Stochastic-depth rate of both residual branches (training only).
+    drop_path: f64,
     /// Shift masks by grid side, built on first use (they depend on the input size only).
     masks: Mutex<Vec<(usize, Tensor)>>,
 }
@@ -296,7 +300,7 @@ pub(super) struct LevelSpec {
 }
 
 impl LeWinBlock {
-    fn new(spec: LevelSpec, index: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(spec: LevelSpec, index: usize, drop_path: f64, vb: VarBuilder) -> Result<Self> {
         let mut shift = if spec.shift_flag && !index.is_multiple_of(2) {
             spec.win / 2
         } else {
@@ -331,6 +335,7 @@ impl LeWinBlock {
             attn: WindowAttention::new(spec.dim, win, spec.heads, vb.pp("attn"))?,
             norm2: LayerNorm::new(spec.dim, vb.pp("norm2"))?,
             mlp: LeFF::new(spec.dim, spec.dim * MLP_RATIO, vb.pp("mlp"))?,
+            drop_path,
             masks: Mutex::new(Vec::new()),
         })
     }
@@ -350,9 +355,10 @@ impl LeWinBlock {
     }
 }
 
-impl Module for LeWinBlock {
-    // (B, H*W, C) -> (B, H*W, C)
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl LeWinBlock {
+    /// (B, H*W, C) -> (B, H*W, C); `rng` Some = training mode (stochastic depth on; the
+    /// reference calls its one DropPath module on the attention branch, then on the LeFF one).
+    fn forward_t(&self, x: &Tensor, mut rng: Option<&mut DropPathRng>) -> Result<Tensor> {
         let (b, l, c) = x.dims3()?;
         let h = side(l)?;
         let w = self.win;
@@ -400,8 +406,10 @@ impl Module for LeWinBlock {
         } else {
             out
         };
-        let x = (x + out.reshape((b, l, c))?)?;
-        &x + self.mlp.forward(&self.norm2.forward(&x)?)?
+        let out = drop_path::apply(&out.reshape((b, l, c))?, self.drop_path, rng.as_deref_mut())?;
+        let x = (x + out)?;
+        let y = self.mlp.forward(&self.norm2.forward(&x)?)?;
+        &x + drop_path::apply(&y, self.drop_path, rng)?
     }
 }
 
@@ -409,12 +417,31 @@ impl Module for LeWinBlock {
 pub(super) struct Layer(Vec<LeWinBlock>);
 
 impl Layer {
-    pub(super) fn new(spec: LevelSpec, vb: VarBuilder) -> Result<Self> {
+    /// `drop_path`: the rate of each block (`spec.depth` of them).
+    pub(super) fn new(spec: LevelSpec, drop_path: &[f64], vb: VarBuilder) -> Result<Self> {
+        if drop_path.len() != spec.depth {
+            return Err(err(format!(
+                "Uformer: {} drop-path rates for {} blocks",
+                drop_path.len(),
+                spec.depth
+            )));
+        }
         let vb = vb.pp("blocks");
         (0..spec.depth)
-            .map(|i| LeWinBlock::new(spec, i, vb.pp(i)))
+            .map(|i| LeWinBlock::new(spec, i, drop_path[i], vb.pp(i)))
             .collect::<Result<_>>()
             .map(Layer)
+    }
+
+    /// The blocks in order; `rng` Some = training mode.
+    pub(super) fn forward_t(
+        &self,
+        x: &Tensor,
+        mut rng: Option<&mut DropPathRng>,
+    ) -> Result<Tensor> {
+        self.0
+            .iter()
+            .try_fold(x.clone(), |x, b| b.forward_t(&x, rng.as_deref_mut()))
     }
 
     pub(super) fn buffers(&self) -> impl Iterator<Item = (String, Tensor)> + '_ {
@@ -423,8 +450,9 @@ impl Layer {
 }
 
 impl Module for Layer {
+    // Eval mode: no stochastic depth.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.0.iter().try_fold(x.clone(), |x, b| b.forward(&x))
+        self.forward_t(x, None)
     }
 }
 

@@ -13,8 +13,9 @@
 //! different regions with -100 (not -inf); the decoder modulator always has `WIN_SIZE^2` rows;
 //! only square inputs (the side is recovered as `sqrt(tokens)`).
 //!
-//! Tokens are `(B, H*W, C)`, channel-last, row-major. The network runs in eval mode: the
-//! reference's stochastic depth (DropPath) is not applied.
+//! Tokens are `(B, H*W, C)`, channel-last, row-major. `forward` is eval mode; `forward_t` with
+//! a `DropPathRng` is training mode, where the reference's stochastic depth applies
+//! (`MODEL.UFORMER.DROP_PATH_RATE`, default the reference constructors' 0.1; see `drop_path`).
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -22,10 +23,12 @@ use candle_nn::VarBuilder;
 use crate::config::UformerConfig;
 
 mod block;
+pub mod drop_path;
 pub mod kernels;
 mod sampling;
 
 use block::{Layer, LevelSpec};
+pub use drop_path::{drop_path_rates, DropPathRng};
 pub use sampling::{Downsample, Upsample};
 use sampling::{InputProj, OutputProj};
 
@@ -93,6 +96,7 @@ pub struct UformerEncoder {
 impl UformerEncoder {
     pub fn new(cfg: &UformerConfig, vb: VarBuilder) -> Result<Self> {
         check_size(cfg)?;
+        let rates = drop_path_rates(&cfg.depths, cfg.drop_path_rate)?;
         let e = cfg.embed_dim;
         let input_proj = InputProj::new(cfg.inp_channels, e, vb.pp("input_proj"))?;
         let spec = |l: usize| LevelSpec {
@@ -105,8 +109,12 @@ impl UformerEncoder {
             modulator: false,
         };
         let (mut layers, mut downsamples) = (Vec::new(), Vec::new());
-        for l in 0..4 {
-            layers.push(Layer::new(spec(l), vb.pp(format!("encoderlayer_{l}")))?);
+        for (l, level_rates) in rates.iter().take(4).enumerate() {
+            layers.push(Layer::new(
+                spec(l),
+                level_rates,
+                vb.pp(format!("encoderlayer_{l}")),
+            )?);
             downsamples.push(Downsample::new(
                 e << l,
                 e << (l + 1),
@@ -118,22 +126,31 @@ impl UformerEncoder {
             input_proj,
             layers,
             downsamples,
-            bottleneck: Layer::new(spec(4), vb.pp("conv"))?,
+            bottleneck: Layer::new(spec(4), &rates[4], vb.pp("conv"))?,
         })
     }
 
-    /// (B, 3, H, W) -> [conv0, conv1, conv2, conv3, conv4], tokens channel-last.
+    /// (B, 3, H, W) -> [conv0, conv1, conv2, conv3, conv4], tokens channel-last (eval mode).
     pub fn forward(&self, img: &Tensor) -> Result<Vec<Tensor>> {
+        self.forward_t(img, None)
+    }
+
+    /// `forward`; with `rng`, in training mode (stochastic depth).
+    pub fn forward_t(
+        &self,
+        img: &Tensor,
+        mut rng: Option<&mut DropPathRng>,
+    ) -> Result<Vec<Tensor>> {
         let (_, _, h, w) = img.dims4()?;
         check_input(&self.cfg, h, w)?;
         let mut x = self.input_proj.forward(img)?;
         let mut out = Vec::with_capacity(5);
         for (layer, down) in self.layers.iter().zip(&self.downsamples) {
-            let y = layer.forward(&x)?;
+            let y = layer.forward_t(&x, rng.as_deref_mut())?;
             x = down.forward(&y)?;
             out.push(y);
         }
-        out.push(self.bottleneck.forward(&x)?);
+        out.push(self.bottleneck.forward_t(&x, rng)?);
         Ok(out)
     }
 
@@ -157,6 +174,7 @@ pub struct UformerDecoder {
 impl UformerDecoder {
     pub fn new(cfg: &UformerConfig, vb: VarBuilder) -> Result<Self> {
         check_size(cfg)?;
+        let rates = drop_path_rates(&cfg.depths, cfg.drop_path_rate)?;
         let e = cfg.embed_dim;
         // Created in the reference's order: output_proj, then upsample_k / decoderlayer_k.
         let output_proj = OutputProj::new(2 * e, cfg.inp_channels, vb.pp("output_proj"))?;
@@ -180,7 +198,11 @@ impl UformerDecoder {
                 shift_flag: false,
                 modulator: true,
             };
-            layers.push(Layer::new(spec, vb.pp(format!("decoderlayer_{k}")))?);
+            layers.push(Layer::new(
+                spec,
+                &rates[5 + k],
+                vb.pp(format!("decoderlayer_{k}")),
+            )?);
         }
         Ok(UformerDecoder {
             output_proj,
@@ -189,8 +211,14 @@ impl UformerDecoder {
         })
     }
 
-    /// [conv0..conv4] -> (B, 3, H, W). Concatenations are [upsampled, skip] on channels.
+    /// [conv0..conv4] -> (B, 3, H, W). Concatenations are [upsampled, skip] on channels
+    /// (eval mode).
     pub fn forward(&self, enc: &[Tensor]) -> Result<Tensor> {
+        self.forward_t(enc, None)
+    }
+
+    /// `forward`; with `rng`, in training mode (stochastic depth).
+    pub fn forward_t(&self, enc: &[Tensor], mut rng: Option<&mut DropPathRng>) -> Result<Tensor> {
         if enc.len() != 5 {
             return Err(err(format!(
                 "the Uformer decoder takes 5 token tensors, got {}",
@@ -200,7 +228,10 @@ impl UformerDecoder {
         let mut x = enc[4].clone();
         for (k, (up, layer)) in self.upsamples.iter().zip(&self.layers).enumerate() {
             let skip = &enc[3 - k];
-            x = layer.forward(&Tensor::cat(&[&up.forward(&x)?, skip], 2)?)?;
+            x = layer.forward_t(
+                &Tensor::cat(&[&up.forward(&x)?, skip], 2)?,
+                rng.as_deref_mut(),
+            )?;
         }
         self.output_proj.forward(&x)
     }

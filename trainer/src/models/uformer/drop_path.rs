@@ -1,0 +1,215 @@
+//! Stochastic depth (timm's `DropPath`) as the reference Uformer applies it while pre-training:
+//! in training mode, each sample's residual branch is kept with probability `1 - p` and then
+//! scaled by `1 / (1 - p)`, so its expectation is unchanged; in eval mode it is the identity.
+//!
+//! IFP builds `Uformer_Encoder`/`Uformer_Decoder` without a `drop_path_rate`, so the
+//! constructors' default 0.1 is what the reference trains with (its config's
+//! `MODEL.DROP_PATH_RATE` never reaches the Uformer). The per-block rates are computed as the
+//! reference does: `linspace(0, rate, sum(depths[0..4]))` for the encoder levels, `rate` for
+//! every bottleneck block, and the reversed encoder list, sliced level by level, for the
+//! decoder.
+//!
+//! The masks come from a ChaCha stream derived from the run's seed and the optimiser step, so a
+//! run (and a resumed run) draws the same masks every time without saving any RNG state.
+
+use candle_core::{DType, Device, Result, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::err;
+
+/// The reference's drop-path rate for each block of the nine levels (encoder 0-3, bottleneck,
+/// decoder 0-3). `torch.linspace` in float32 is reproduced bit for bit (float32 step, then
+/// `start + step * i` for the first half and `end - step * (n - 1 - i)` for the second, each
+/// rounded once, as its vectorised kernel does); the bottleneck keeps the Python float `rate`.
+pub fn drop_path_rates(depths: &[usize], rate: f64) -> Result<Vec<Vec<f64>>> {
+    if depths.len() != 9 {
+        return Err(err(format!("Uformer needs 9 depths, got {depths:?}")));
+    }
+    let n: usize = depths[..4].iter().sum();
+    let end = rate as f32;
+    let enc: Vec<f64> = match n {
+        0 => Vec::new(),
+        1 => vec![0.0],
+        _ => {
+            let step = end / (n - 1) as f32;
+            (0..n)
+                .map(|i| {
+                    let v = if i < n / 2 {
+                        f64::from(step) * i as f64
+                    } else {
+                        f64::from(end) - f64::from(step) * (n - 1 - i) as f64
+                    };
+                    f64::from(v as f32)
+                })
+                .collect()
+        }
+    };
+    let dec: Vec<f64> = enc.iter().rev().copied().collect();
+    let mut out = Vec::with_capacity(9);
+    let mut start = 0;
+    for &d in &depths[..4] {
+        out.push(enc[start..start + d].to_vec());
+        start += d;
+    }
+    out.push(vec![rate; depths[4]]);
+    let mut start = 0;
+    for (k, &d) in depths[5..].iter().enumerate() {
+        // The reference indexes `dec_dpr[a:b][i]`, which fails past the encoder's list.
+        let rates = dec.get(start..start + d).ok_or_else(|| {
+            err(format!(
+                "Uformer decoder level {k}: the reference's stochastic-depth list has {} entries \
+                 (sum of the encoder depths), too few for decoder depths {:?}",
+                dec.len(),
+                &depths[5..]
+            ))
+        })?;
+        out.push(rates.to_vec());
+        start += d;
+    }
+    Ok(out)
+}
+
+/// The random source of one training step's drop-path masks.
+pub struct DropPathRng {
+    rng: ChaCha8Rng,
+}
+
+impl DropPathRng {
+    /// The stream of optimiser step `step` of the run seeded `seed`.
+    pub fn for_step(seed: u64, step: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(step);
+        DropPathRng { rng }
+    }
+
+    /// `(B, 1, 1)` multiplier of one branch: 0 with probability `p`, else `1 / (1 - p)`
+    /// (computed in float32, as timm's `div_(keep_prob)` on a float32 tensor).
+    pub(super) fn mask(
+        &mut self,
+        batch: usize,
+        p: f64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let keep = 1.0 - p;
+        let scale = if keep > 0.0 { 1.0 / keep as f32 } else { 0.0 };
+        let v: Vec<f32> = (0..batch)
+            .map(|_| {
+                if self.rng.random::<f64>() < keep {
+                    scale
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        Tensor::from_vec(v, (batch, 1, 1), device)?.to_dtype(dtype)
+    }
+}
+
+/// `drop_path(x)` of a `(B, L, C)` branch: unchanged in eval mode (`rng` None) or when `p` is 0.
+pub(super) fn apply(x: &Tensor, p: f64, rng: Option<&mut DropPathRng>) -> Result<Tensor> {
+    match rng {
+        Some(rng) if p > 0.0 => {
+            let m = rng.mask(x.dim(0)?, p, x.dtype(), x.device())?;
+            x.broadcast_mul(&m)
+        }
+        _ => Ok(x.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `[x.item() for x in torch.linspace(0, 0.1, 19)]`, printed by PyTorch 2.15 (float32).
+    const TORCH_LINSPACE_0_01_19: [f64; 19] = [
+        0.0,
+        0.0055555556900799274,
+        0.011111111380159855,
+        0.01666666753590107,
+        0.02222222276031971,
+        0.02777777798473835,
+        0.03333333507180214,
+        0.03888889029622078,
+        0.04444444552063942,
+        0.05000000074505806,
+        0.0555555559694767,
+        0.06111111119389534,
+        0.06666667014360428,
+        0.07222222536802292,
+        0.07777778059244156,
+        0.0833333358168602,
+        0.08888889104127884,
+        0.09444444626569748,
+        0.10000000149011612,
+    ];
+
+    #[test]
+    fn rates_match_the_reference_construction() {
+        let r = drop_path_rates(&[1, 2, 8, 8, 2, 8, 8, 2, 1], 0.1).expect("rates");
+        let enc: Vec<f64> = r[..4].iter().flatten().copied().collect();
+        assert_eq!(enc, TORCH_LINSPACE_0_01_19);
+        assert_eq!(r[4], vec![0.1, 0.1]);
+        let dec: Vec<f64> = r[5..].iter().flatten().copied().collect();
+        let rev: Vec<f64> = TORCH_LINSPACE_0_01_19.iter().rev().copied().collect();
+        assert_eq!(dec, rev);
+        assert_eq!(
+            r.iter().map(Vec::len).collect::<Vec<_>>(),
+            [1, 2, 8, 8, 2, 8, 8, 2, 1]
+        );
+    }
+
+    #[test]
+    fn decoder_depths_past_the_encoder_list_are_refused() {
+        assert!(drop_path_rates(&[1, 1, 1, 1, 1, 2, 2, 2, 2], 0.1).is_err());
+        assert!(drop_path_rates(&[1, 1, 1, 1, 1, 1, 1, 1, 1], 0.0).is_ok());
+    }
+
+    #[test]
+    fn apply_keeps_or_drops_whole_samples() {
+        let (b, l, c) = (64, 5, 3);
+        let x = Tensor::arange(1f32, (b * l * c + 1) as f32, &Device::Cpu)
+            .and_then(|t| t.reshape((b, l, c)))
+            .expect("x");
+        let mut rng = DropPathRng::for_step(1, 0);
+        let y = apply(&x, 0.5, Some(&mut rng)).expect("apply");
+        let (xv, yv) = (
+            x.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("x"),
+            y.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("y"),
+        );
+        let mut dropped = 0;
+        for s in 0..b {
+            let r = s * l * c..(s + 1) * l * c;
+            if yv[r.clone()].iter().all(|&v| v == 0.0) {
+                dropped += 1;
+            } else {
+                assert!(r.clone().all(|i| yv[i] == xv[i] * 2.0), "sample {s}");
+            }
+        }
+        assert!(
+            (16..=48).contains(&dropped),
+            "{dropped} of {b} dropped at p 0.5"
+        );
+        // Eval mode and p = 0 leave the branch alone.
+        let same = |t: Tensor| t.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("t") == xv;
+        assert!(same(apply(&x, 0.5, None).expect("eval")));
+        assert!(same(apply(&x, 0.0, Some(&mut rng)).expect("p 0")));
+    }
+
+    #[test]
+    fn masks_are_reproducible_and_scaled() {
+        let draw = |seed, step| {
+            let mut rng = DropPathRng::for_step(seed, step);
+            rng.mask(4000, 0.25, DType::F32, &Device::Cpu)
+                .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+                .expect("mask")
+        };
+        let a = draw(7, 3);
+        assert_eq!(a, draw(7, 3));
+        assert_ne!(a, draw(7, 4));
+        let kept = a.iter().filter(|&&v| v != 0.0).count() as f64 / a.len() as f64;
+        assert!((kept - 0.75).abs() < 0.03, "kept fraction {kept}");
+        assert!(a.iter().all(|&v| v == 0.0 || v == 1.0 / 0.75f32));
+    }
+}
