@@ -673,3 +673,59 @@ async fn static_assets_are_embedded_and_versioned() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn the_form_takes_the_uformer_preset() {
+    let site = setup().await;
+    let (cookie, csrf) = site.sign_in(&site.alice).await;
+    let page = site
+        .get("/jobs/new?preset=uformer-paper", Some(&cookie))
+        .await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.input("loaded_from"), "preset:uformer-paper");
+    assert!(page.body.contains("<option value=\"uformer\" selected>"));
+    let base = ifp_trainer::config::preset("uformer-paper").unwrap();
+    let mut fields: Vec<(String, String)> = ifp_server::routes::pages::form::values_of(&base)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    fields.iter_mut().find(|(k, _)| k == "steps").unwrap().1 = "3".into();
+    // A size the Uformer cannot take is refused next to the field, saying which sizes work.
+    fields.iter_mut().find(|(k, _)| k == "img_size").unwrap().1 = "100".into();
+    let common = [
+        ("csrf", csrf.as_str()),
+        ("action", "submit"),
+        ("name", "uformer from the form"),
+        ("source", "preset"),
+        ("preset", "uformer-paper"),
+        ("loaded_from", "preset:uformer-paper"),
+        ("priority", "0"),
+        ("noise_source", "generate"),
+    ];
+    let send = |fields: &Vec<(String, String)>| {
+        let mut all: Vec<(&str, &str)> = common.to_vec();
+        all.extend(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let all: Vec<(String, String)> = all
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let site = &site;
+        let cookie = cookie.clone();
+        async move {
+            let refs: Vec<(&str, &str)> =
+                all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            site.post_multipart("/jobs/new", &cookie, &refs, &[]).await
+        }
+    };
+    let r = send(&fields).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.body.contains("id=\"e-img_size\""), "{}", r.body);
+    fields.iter_mut().find(|(k, _)| k == "img_size").unwrap().1 = "128".into();
+    let r = send(&fields).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let id: uuid::Uuid = r.location().trim_start_matches("/jobs/").parse().unwrap();
+    let job = queue::get(&site.pool, id).await.unwrap().unwrap();
+    assert_eq!(job.config["MODEL"]["TYPE"], "uformer");
+    assert_eq!(job.config["MODEL"]["UFORMER"]["IMAGE_SIZE"], 128);
+    assert_eq!(job.total_steps, 3);
+}
