@@ -123,6 +123,7 @@ async fn a_tiny_uformer_job_trains_with_a_falling_loss() {
     let job = queue::enqueue(
         &pool,
         &NewJob {
+            kind: "pretrain".into(),
             name: "tiny-uformer".into(),
             owner: "alice".into(),
             priority: 0,
