@@ -23,6 +23,7 @@ const SPARK_POINTS: i32 = 40;
 /// One row of the table, formatted.
 pub struct Row {
     pub id: Uuid,
+    pub kind: String,
     pub name: String,
     pub owner: String,
     pub status: String,
@@ -145,6 +146,7 @@ async fn rows_for(state: &AppState, viewer: &Viewer, status: Option<&str>) -> Pa
                 age: fmt::age(j.created_at, now),
                 created: fmt::timestamp(j.created_at),
                 attempt: format!("{}/{}", j.attempt, j.max_attempts),
+                kind: j.kind,
                 name: j.name,
                 owner: j.owner,
                 status: j.status,
