@@ -1,5 +1,6 @@
 //! The IFP job platform: embedded PostgreSQL, the job queue, workers and the REST API.
 
+pub mod device;
 pub mod error;
 pub mod events;
 pub mod extract;

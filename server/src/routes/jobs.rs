@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, ErrorBody, Result};
 use crate::extract::{ApiJson, ApiQuery};
-use crate::model::{Attempt, Job, Metric, JOB_COLUMNS};
+use crate::model::{Attempt, Job, Metric, ATTEMPT_COLUMNS, JOB_COLUMNS};
 use crate::queue::{self, NewJob, DEFAULT_MAX_ATTEMPTS};
 use crate::state::AppState;
 use crate::tokens::Caller;
@@ -143,6 +143,7 @@ pub async fn create(
             config,
             total_steps: total_steps as i64,
             max_attempts,
+            device_class: cfg.train.device.as_str().into(),
         },
     )
     .await?;
@@ -229,10 +230,9 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<JobDetail>> {
     let job = visible_job(&state, &caller, &id).await?;
-    let attempts: Vec<Attempt> = sqlx::query_as(
-        "select attempt, worker_id, started_at, finished_at, outcome, error, resumed_from_step
-         from attempt where job_id = $1 order by attempt",
-    )
+    let attempts: Vec<Attempt> = sqlx::query_as(&format!(
+        "select {ATTEMPT_COLUMNS} from attempt where job_id = $1 order by attempt"
+    ))
     .bind(job.id)
     .fetch_all(&state.pool)
     .await?;
