@@ -5,7 +5,8 @@
 #
 #   bench/gpu-check.sh prepare [DIR]   # on the BUILD machine: build ifp and the parity test
 #                                      # binaries with --features cuda, copy them to DIR
-#                                      # (default bench/gpu-bin, git-ignored)
+#                                      # (default bench/gpu-bin, git-ignored) and
+#                                      # DIR.tar.xz (~45 MB, unpacked when DIR is absent)
 #   bench/gpu-check.sh                 # on the GPU machine: run everything, print the table
 #   bench/gpu-check.sh --dry-cpu       # the same on the CPU at toy sizes (tests this script)
 #
@@ -57,8 +58,12 @@ for line in open(path):
 EOF
     rm -f "$json"
     strip "$dest"/* 2>/dev/null || true
-    ls -la "$dest"
-    say "copy $dest (with bench/ and the golden vectors) to the GPU machine, then run bench/gpu-check.sh there"
+    # Each stripped binary is ~64 MB, mostly candle's PTX text; xz makes them ~9 MB each, small
+    # enough to carry to a GPU machine whose transfer size is limited.
+    say "compressing to $dest.tar.xz"
+    tar -C "$dest" -cf - . | xz -T0 -6 >"$dest.tar.xz"
+    ls -la "$dest" "$dest.tar.xz"
+    say "copy $dest or $dest.tar.xz (with bench/ and the golden vectors) to the GPU machine, then run bench/gpu-check.sh there"
     exit 0
 fi
 
@@ -81,6 +86,10 @@ PY="${PY:-python3}"
 
 # --- binaries, golden vectors, libraries ---------------------------------------------------
 BIN_DIR="${BIN_DIR:-$HERE/gpu-bin}"
+if [[ ! -x "$BIN_DIR/ifp" && -f "$BIN_DIR.tar.xz" ]]; then
+    say "unpacking $BIN_DIR.tar.xz"
+    mkdir -p "$BIN_DIR" && xz -dc "$BIN_DIR.tar.xz" | tar -C "$BIN_DIR" -xf - || exit 2
+fi
 if [[ -z "${IFP_BIN:-}" ]]; then
     for c in "$BIN_DIR/ifp" "${CARGO_TARGET_DIR:-/var/tmp/ifp-target-cuda}/release/ifp" "$ROOT/target/release/ifp"; do
         [[ -x "$c" ]] && { IFP_BIN="$c"; break; }
