@@ -2,6 +2,7 @@
 //! pages.
 
 pub mod compare_job;
+pub mod device;
 pub mod error;
 pub mod events;
 pub mod extract;

@@ -8,7 +8,7 @@ use uuid::Uuid;
 pub const JOB_COLUMNS: &str =
     "id, kind, name, owner, status, priority, config, attempt, max_attempts, \
      worker_id, lease_expires_at, cancel_requested, step, total_steps, loss, error, started_at, \
-     finished_at, created_at, updated_at";
+     finished_at, created_at, updated_at, device_class";
 
 /// A pre-training job.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -41,6 +41,8 @@ pub struct Job {
     pub finished_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The workers that may run it (`TRAIN.DEVICE`): `any`, `cpu` or `cuda`.
+    pub device_class: String,
 }
 
 /// One logged training step.
@@ -80,4 +82,12 @@ pub struct Attempt {
     pub outcome: Option<String>,
     pub error: Option<String>,
     pub resumed_from_step: Option<i64>,
+    /// What the worker ran on, e.g. `NVIDIA H100 80GB HBM3` (null if it did not say).
+    pub device_name: Option<String>,
+    /// That device's memory in bytes.
+    pub device_memory: Option<i64>,
 }
+
+/// The `attempt` columns selected into [`Attempt`].
+pub const ATTEMPT_COLUMNS: &str = "attempt, worker_id, started_at, finished_at, outcome, error, \
+     resumed_from_step, device_name, device_memory";

@@ -34,6 +34,30 @@ pub struct NewJob {
     pub config: serde_json::Value,
     pub total_steps: i64,
     pub max_attempts: i32,
+    /// `TRAIN.DEVICE` of the config: `any`, `cpu` or `cuda` (who may claim it).
+    pub device_class: String,
+}
+
+/// What a worker trains on: decides which jobs it may claim and is recorded on each attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerDevice {
+    /// `cpu` or `cuda`: a worker claims jobs of its class and `any`.
+    pub class: String,
+    /// e.g. `NVIDIA H100 80GB HBM3`, or the CPU model.
+    pub name: Option<String>,
+    /// Device memory in bytes (RAM for a CPU worker).
+    pub memory: Option<i64>,
+}
+
+impl WorkerDevice {
+    /// A CPU worker that does not say more about itself.
+    pub fn cpu() -> Self {
+        WorkerDevice {
+            class: "cpu".into(),
+            name: None,
+            memory: None,
+        }
+    }
 }
 
 /// What a worker holds while it runs a job: the fence of every write it makes.
@@ -86,8 +110,9 @@ pub async fn notify(pool: &PgPool, channel: &str, payload: &str) -> Result<()> {
 /// Inserts a queued job and wakes idle workers.
 pub async fn enqueue(pool: &PgPool, job: &NewJob) -> Result<Job> {
     let sql = format!(
-        "insert into job (id, name, owner, priority, config, total_steps, max_attempts, kind)
-         values ($1, $2, $3, $4, $5, $6, $7, $8) returning {JOB_COLUMNS}"
+        "insert into job
+             (id, name, owner, priority, config, total_steps, max_attempts, device_class, kind)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning {JOB_COLUMNS}"
     );
     let row: Job = sqlx::query_as(&sql)
         .bind(Uuid::new_v4())
@@ -97,6 +122,7 @@ pub async fn enqueue(pool: &PgPool, job: &NewJob) -> Result<Job> {
         .bind(&job.config)
         .bind(job.total_steps)
         .bind(job.max_attempts)
+        .bind(&job.device_class)
         .bind(&job.kind)
         .fetch_one(pool)
         .await?;
@@ -104,13 +130,24 @@ pub async fn enqueue(pool: &PgPool, job: &NewJob) -> Result<Job> {
     Ok(row)
 }
 
-/// Claims the next queued job (highest priority, then oldest) for `worker_id`, or `None`.
-/// Concurrent claimers skip each other's locked row instead of waiting on it.
+/// [`claim_on`] for a CPU worker that records no device details.
 pub async fn claim(pool: &PgPool, worker_id: &str, lease: Duration) -> Result<Option<Claimed>> {
+    claim_on(pool, worker_id, lease, &WorkerDevice::cpu()).await
+}
+
+/// Claims the next queued job (highest priority, then oldest) that `device` may run (device
+/// class `any` or its own class) for `worker_id`, or `None`, and records the device on the new
+/// attempt. Concurrent claimers skip each other's locked row instead of waiting on it.
+pub async fn claim_on(
+    pool: &PgPool,
+    worker_id: &str,
+    lease: Duration,
+    device: &WorkerDevice,
+) -> Result<Option<Claimed>> {
     let row: Option<(Uuid, i32, serde_json::Value, i64, i32)> = sqlx::query_as(
         "with next as (
              select id from job
-             where status = 'queued'
+             where status = 'queued' and device_class in ('any', $3)
              order by priority desc, created_at, id
              for update skip locked
              limit 1
@@ -122,13 +159,16 @@ pub async fn claim(pool: &PgPool, worker_id: &str, lease: Duration) -> Result<Op
              from next where j.id = next.id
              returning j.id, j.attempt, j.config, j.total_steps, j.max_attempts
          ), att as (
-             insert into attempt (job_id, attempt, worker_id)
-             select id, attempt, $1 from claimed
+             insert into attempt (job_id, attempt, worker_id, device_name, device_memory)
+             select id, attempt, $1, $4, $5 from claimed
          )
          select id, attempt, config, total_steps, max_attempts from claimed",
     )
     .bind(worker_id)
     .bind(secs(lease))
+    .bind(&device.class)
+    .bind(&device.name)
+    .bind(device.memory)
     .fetch_optional(pool)
     .await?;
     Ok(row.map(
@@ -319,10 +359,10 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Job>> {
 
 /// Every attempt of a job so far, oldest first.
 pub async fn attempts(pool: &PgPool, id: Uuid) -> Result<Vec<crate::model::Attempt>> {
-    Ok(sqlx::query_as(
-        "select attempt, worker_id, started_at, finished_at, outcome, error, resumed_from_step
-         from attempt where job_id = $1 order by attempt",
-    )
+    Ok(sqlx::query_as(&format!(
+        "select {} from attempt where job_id = $1 order by attempt",
+        crate::model::ATTEMPT_COLUMNS
+    ))
     .bind(id)
     .fetch_all(pool)
     .await?)

@@ -73,9 +73,10 @@ pub async fn run(pool: PgPool, cfg: WorkerConfig, mut shutdown: watch::Receiver<
             None
         }
     };
-    tracing::info!(worker = %cfg.worker_id, "worker started");
+    let me = crate::device::describe(&cfg.device);
+    tracing::info!(worker = %cfg.worker_id, device = %me.class, name = ?me.name, "worker started");
     while !*shutdown.borrow() {
-        match queue::claim(&pool, &cfg.worker_id, cfg.lease).await {
+        match queue::claim_on(&pool, &cfg.worker_id, cfg.lease, &me).await {
             Ok(Some(job)) => {
                 let id = job.fence.job_id;
                 if let Err(e) = run_job(&pool, &cfg, job, listener.as_mut(), &mut shutdown).await {

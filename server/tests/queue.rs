@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use ifp_server::queue::{self, Fence, NewJob, Outcome};
+use ifp_server::queue::{self, Fence, NewJob, Outcome, WorkerDevice};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -21,6 +21,14 @@ fn job(name: &str, priority: i32) -> NewJob {
         config: serde_json::json!({}),
         total_steps: 10,
         max_attempts: 3,
+        device_class: "any".into(),
+    }
+}
+
+fn job_on(name: &str, device_class: &str) -> NewJob {
+    NewJob {
+        device_class: device_class.into(),
+        ..job(name, 0)
     }
 }
 
@@ -302,4 +310,67 @@ async fn release_requeues_for_the_next_attempt() {
     assert_eq!(status(&pool, j.id).await, "queued");
     let c2 = queue::claim(&pool, "w", LEASE).await.unwrap().unwrap();
     assert_eq!((c2.fence.attempt, c2.max_attempts), (2, 4));
+}
+
+#[tokio::test]
+async fn cpu_workers_never_claim_gpu_jobs_and_attempts_record_the_device() {
+    let pool = common::fresh_pool().await;
+    let gpu_job = queue::enqueue(&pool, &job_on("gpu", "cuda")).await.unwrap();
+    let cpu_job = queue::enqueue(&pool, &job_on("cpu", "cpu")).await.unwrap();
+    let any_job = queue::enqueue(&pool, &job_on("any", "any")).await.unwrap();
+    assert_eq!(gpu_job.device_class, "cuda");
+    let cpu = WorkerDevice {
+        class: "cpu".into(),
+        name: Some("Test CPU (2 threads)".into()),
+        memory: Some(8 << 30),
+    };
+    let gpu = WorkerDevice {
+        class: "cuda".into(),
+        name: Some("NVIDIA H100 80GB HBM3".into()),
+        memory: Some(85_000_000_000),
+    };
+    // The CPU worker drains what it may run (oldest first) and then finds nothing.
+    let mut cpu_got = vec![];
+    while let Some(c) = queue::claim_on(&pool, "c", LEASE, &cpu).await.unwrap() {
+        cpu_got.push(c.fence.job_id);
+    }
+    assert_eq!(cpu_got, vec![cpu_job.id, any_job.id]);
+    assert_eq!(status(&pool, gpu_job.id).await, "queued");
+    // The plain `claim` is a CPU worker too.
+    assert!(queue::claim(&pool, "c2", LEASE).await.unwrap().is_none());
+    let g = queue::claim_on(&pool, "g", LEASE, &gpu)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(g.fence.job_id, gpu_job.id);
+    let rows: Vec<(String, Option<String>, Option<i64>)> = sqlx::query_as(
+        "select worker_id, device_name, device_memory from attempt order by worker_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            ("c".into(), cpu.name.clone(), cpu.memory),
+            ("c".into(), cpu.name.clone(), cpu.memory),
+            ("g".into(), gpu.name.clone(), gpu.memory),
+        ]
+    );
+    // A GPU worker also takes `any` jobs (none is left here) but never `cpu` ones.
+    let late_cpu = queue::enqueue(&pool, &job_on("cpu2", "cpu")).await.unwrap();
+    assert!(queue::claim_on(&pool, "g", LEASE, &gpu)
+        .await
+        .unwrap()
+        .is_none());
+    let late_any = queue::enqueue(&pool, &job_on("any2", "any")).await.unwrap();
+    let g2 = queue::claim_on(&pool, "g", LEASE, &gpu)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(g2.fence.job_id, late_any.id);
+    assert_eq!(status(&pool, late_cpu.id).await, "queued");
+    // The column refuses anything else.
+    let bad = queue::enqueue(&pool, &job_on("bad", "tpu")).await;
+    assert!(bad.is_err(), "device_class tpu was accepted");
 }

@@ -124,6 +124,7 @@ async fn a_tiny_uformer_job_trains_with_a_falling_loss() {
         &pool,
         &NewJob {
             kind: "pretrain".into(),
+            device_class: "any".into(),
             name: "tiny-uformer".into(),
             owner: "alice".into(),
             priority: 0,

@@ -45,6 +45,7 @@ async fn submit_config(pool: &PgPool, steps: usize, config: serde_json::Value) -
             config,
             total_steps: steps as i64,
             max_attempts: 3,
+            device_class: "any".into(),
         },
     )
     .await

@@ -4,6 +4,8 @@
 //! README section 5). An independent f64 restatement built on rustfft checks the formulas where
 //! no golden exists: per-sample masks, the nothing-removed case and the DFT itself.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,7 +19,7 @@ const S: usize = 32;
 const C: usize = 3;
 
 fn golden_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/golden"))
+    common::golden_dir()
 }
 
 fn load_golden() -> HashMap<String, Tensor> {
@@ -60,16 +62,21 @@ fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs()
 }
 
-/// Loss and d loss / d pred through a `Var`.
+/// Loss and d loss / d pred through a `Var`, computed on `IFP_TEST_DEVICE`.
 fn loss_and_grad(
     kind: RecoverTarget,
     pred: &Tensor,
     target: &Tensor,
     mask: &Tensor,
 ) -> (f64, Vec<f64>) {
-    let fl = FreqLoss::new(kind, S, C, &Device::Cpu).expect("FreqLoss::new");
-    let var = Var::from_tensor(pred).expect("var");
-    let loss = fl.forward(var.as_tensor(), target, mask).expect("forward");
+    let dev = common::test_device();
+    let on_dev = |t: &Tensor| t.to_device(&dev).expect("to device");
+    let (pred, target, mask) = (on_dev(pred), on_dev(target), on_dev(mask));
+    let fl = FreqLoss::new(kind, S, C, &dev).expect("FreqLoss::new");
+    let var = Var::from_tensor(&pred).expect("var");
+    let loss = fl
+        .forward(var.as_tensor(), &target, &mask)
+        .expect("forward");
     assert_eq!(loss.dims(), &[] as &[usize], "loss must be 0-d");
     assert_eq!(loss.dtype(), pred.dtype(), "loss keeps the f32/f64 dtype");
     let grads = loss.backward().expect("backward");

@@ -20,7 +20,7 @@ fn setup() -> (
             .expect("path"),
     )
     .expect("config");
-    let dev = Device::Cpu;
+    let dev = common::test_device();
     let all = candle_core::safetensors::load(dir.join("restormer_tiny.safetensors"), &dev)
         .expect("golden file");
     let weights = load_weights(&dir.join("restormer_tiny.safetensors"), &dev).expect("weights");

@@ -27,7 +27,7 @@ fn config(rel: &str) -> Config {
 fn setup(name: &str, cfg: &str) -> (HashMap<String, Tensor>, Network) {
     let dir = common::golden_dir();
     let file = dir.join(format!("{name}.safetensors"));
-    let dev = Device::Cpu;
+    let dev = common::test_device();
     let all = candle_core::safetensors::load(&file, &dev).expect("golden file");
     let weights = load_weights(&file, &dev).expect("weights");
     let net = Network::build(&config(cfg), WeightSource::Tensors(weights), &dev).expect("network");

@@ -1,7 +1,7 @@
 //! `ifp bench`: median time of full training steps for a config at a given batch and size.
 
 use clap::Args;
-use ifp_trainer::config::ModelType;
+use ifp_trainer::config::{Amp, ModelType};
 use ifp_trainer::Trainer;
 
 use super::{classify, load_config, parse_device, Failure};
@@ -23,6 +23,9 @@ pub struct BenchArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Mixed precision: off or bf16 (overrides TRAIN.AMP).
+    #[arg(long, value_name = "off|bf16")]
+    amp: Option<String>,
 }
 
 pub fn run(a: BenchArgs) -> Result<(), Failure> {
@@ -36,6 +39,17 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
             cfg.model.uformer.image_size = s;
         }
     }
+    if let Some(amp) = &a.amp {
+        cfg.train.amp = match amp.as_str() {
+            "off" => Amp::Off,
+            "bf16" => Amp::Bf16,
+            other => {
+                return Err(Failure::usage(anyhow::anyhow!(
+                    "--amp {other}: expected off or bf16"
+                )))
+            }
+        };
+    }
     if a.steps == 0 {
         return Err(Failure::usage(anyhow::anyhow!(
             "--steps 0: need at least 1 timed step"
@@ -48,10 +62,12 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
     let device = parse_device(&a.device)?;
     let mut trainer = Trainer::new(&cfg, &device).map_err(classify)?;
     println!(
-        "bench {}: batch {} size {} params {} threads {}",
+        "bench {}: batch {} size {} amp {:?} device {:?} params {} threads {}",
         a.config,
         cfg.data.batch_size,
         cfg.data.img_size,
+        cfg.train.amp,
+        device.location(),
         trainer.network().num_parameters().map_err(classify)?,
         candle_core::utils::get_num_threads()
     );

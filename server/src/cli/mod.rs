@@ -163,8 +163,29 @@ pub fn parse_device(s: &str) -> Result<candle_core::Device, Failure> {
             "--device {s}: this ifp was built without CUDA support (build with `--features cuda`)"
         )));
     }
-    candle_core::Device::new_cuda(ordinal)
-        .map_err(|e| Failure::usage(anyhow::anyhow!("--device {s}: {e}")))
+    candle_core::Device::new_cuda(ordinal).map_err(|e| {
+        // candle appends a backtrace (RUST_BACKTRACE) after the first line: not for users.
+        let msg = e.to_string();
+        let first = msg.lines().next().unwrap_or_default();
+        Failure::usage(anyhow::anyhow!("--device {s}: {first}{}", cuda_hint(first)))
+    })
+}
+
+/// What to do about a CUDA start-up error. (A missing CUDA *library* stops the process before
+/// `main` with the loader's message naming it; README "GPU worker" and
+/// `docker/cuda-libs.sh` say where each one comes from.)
+fn cuda_hint(err: &str) -> &'static str {
+    if err.contains("NO_DEVICE") || err.contains("INVALID_DEVICE") {
+        " (no such NVIDIA GPU is visible: check `nvidia-smi`, CUDA_VISIBLE_DEVICES, or `--gpus` for a container)"
+    } else if err.contains("INSUFFICIENT_DRIVER") || err.contains("UNSUPPORTED_PTX_VERSION") {
+        " (the NVIDIA driver is older than this build's CUDA 13.0: install driver 580 or newer)"
+    } else if err.contains("STUB_LIBRARY") {
+        " (libcuda.so.1 is the build-time stub: put the NVIDIA driver's libcuda before it on LD_LIBRARY_PATH)"
+    } else if err.contains("NOT_INITIALIZED") || err.contains("OPERATING_SYSTEM") {
+        " (the NVIDIA driver did not initialise: check `nvidia-smi`)"
+    } else {
+        ""
+    }
 }
 
 /// Loads a config file or preset, as a usage error when it fails.

@@ -230,6 +230,7 @@ pub async fn submit(state: &AppState, s: Submission, work: Work<'_>) -> Result<J
             config,
             total_steps: total_steps as i64,
             max_attempts: s.max_attempts,
+            device_class: cfg.train.device.as_str().into(),
         },
     )
     .await

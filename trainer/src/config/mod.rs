@@ -394,6 +394,42 @@ pub struct TrainConfig {
     /// Model checkpoints the platform keeps per job, newest first (extension; the final one and
     /// the newest training state are always kept).
     pub keep_checkpoints: usize,
+    /// Which workers may run the job (extension): `any` (default), `cpu` or `cuda`.
+    pub device: DeviceClass,
+    /// Mixed precision (extension): `off` (default) or `bf16` (matrix products and convolutions
+    /// in bfloat16; parameters, loss and optimiser state stay float32).
+    pub amp: Amp,
+}
+
+/// The kind of worker a job asks for (`TRAIN.DEVICE`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceClass {
+    /// Any worker: a GPU worker takes it as readily as a CPU one.
+    #[default]
+    Any,
+    Cpu,
+    Cuda,
+}
+
+impl DeviceClass {
+    /// The name used in the config and in the job table's `device_class` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceClass::Any => "any",
+            DeviceClass::Cpu => "cpu",
+            DeviceClass::Cuda => "cuda",
+        }
+    }
+}
+
+/// Mixed precision (`TRAIN.AMP`), the reference's `AMP` switch with an explicit dtype.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Amp {
+    #[default]
+    Off,
+    Bf16,
 }
 
 impl Default for TrainConfig {
@@ -409,6 +445,8 @@ impl Default for TrainConfig {
             clip_grad: 3.0,
             optimizer: OptimizerConfig::default(),
             keep_checkpoints: 5,
+            device: DeviceClass::Any,
+            amp: Amp::Off,
         }
     }
 }

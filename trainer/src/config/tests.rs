@@ -143,3 +143,22 @@ fn uformer_sizes_follow_the_reference() {
     assert!(uformer_size_ok(256, 8));
     assert!(!uformer_size_ok(48, 4) && !uformer_size_ok(16, 4) && !uformer_size_ok(96, 4));
 }
+
+#[test]
+fn device_class_and_amp_parse_and_default() {
+    let c = Config::from_yaml("").expect("empty config");
+    assert_eq!(c.train.device, DeviceClass::Any);
+    assert_eq!(c.train.amp, Amp::Off);
+    let c = Config::from_yaml("TRAIN:\n  DEVICE: cuda\n  AMP: bf16\n").expect("config");
+    assert_eq!(c.train.device, DeviceClass::Cuda);
+    assert_eq!(c.train.amp, Amp::Bf16);
+    // `off` stays a string in YAML 1.2 (not a boolean).
+    let c = Config::from_yaml("TRAIN:\n  DEVICE: cpu\n  AMP: off\n").expect("config");
+    assert_eq!((c.train.device, c.train.amp), (DeviceClass::Cpu, Amp::Off));
+    let e = err("TRAIN:\n  DEVICE: tpu\n");
+    assert_eq!(e.key_path(), Some("TRAIN.DEVICE"), "{e}");
+    assert!(e.to_string().contains("tpu"), "{e}");
+    let e = err("TRAIN:\n  AMP: fp16\n");
+    assert_eq!(e.key_path(), Some("TRAIN.AMP"), "{e}");
+    assert!(e.to_string().contains("fp16"), "{e}");
+}

@@ -3,6 +3,7 @@
 //! config with the reference's parameter (and buffer) names, from fresh seeded weights or from a
 //! safetensors file (strict: every key present, none left over).
 
+pub mod amp;
 pub mod head;
 pub mod kernels;
 pub mod ops;
@@ -17,7 +18,7 @@ use candle_core::{DType, Device, Module, Tensor, Var};
 
 pub use params::ParamStore;
 
-use crate::config::{Config, ModelType};
+use crate::config::{Amp, Config, ModelType};
 use crate::error::{Result, TrainerError};
 
 /// The backbone/head pair of each `MODEL.TYPE`: Restormer's image-shaped features feed the
@@ -45,6 +46,8 @@ pub enum WeightSource {
 pub struct Network {
     body: Body,
     params: ParamStore,
+    /// The dtype of products and convolutions under `TRAIN.AMP` (`None`: float32).
+    low: Option<DType>,
 }
 
 impl Network {
@@ -91,15 +94,19 @@ impl Network {
                 )));
             }
         }
-        Ok(Network { body, params })
+        let low = match cfg.train.amp {
+            Amp::Off => None,
+            Amp::Bf16 => Some(DType::BF16),
+        };
+        Ok(Network { body, params, low })
     }
 
     /// encoder then decoder: (B, 3, H, W) -> (B, 3, H, W), eval mode.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match &self.body {
+        amp::autocast(self.low, || match &self.body {
             Body::Restormer { encoder, decoder } => decoder.forward(&encoder.forward(x)?),
             Body::Uformer { encoder, decoder } => decoder.forward(&encoder.forward(x)?),
-        }
+        })
     }
 
     /// `forward` in training mode: Uformer's stochastic depth draws its masks from `rng`. The
@@ -130,10 +137,10 @@ impl Network {
     /// five token tensors `(B, (H/2^k)*(W/2^k), EMBED_DIM*2^k)`, k = 0..4 (the reference
     /// encoder's tuple).
     pub fn encode_all(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
-        match &self.body {
+        amp::autocast(self.low, || match &self.body {
             Body::Restormer { encoder, .. } => Ok(vec![encoder.forward(x)?]),
             Body::Uformer { encoder, .. } => encoder.forward(x),
-        }
+        })
     }
 
     /// Every trainable parameter with its reference name.

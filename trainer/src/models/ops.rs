@@ -9,6 +9,7 @@
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
+use super::amp;
 use super::kernels;
 
 /// PyTorch's default `nn.Conv2d` initialisation: kaiming-uniform with a = sqrt(5), i.e.
@@ -84,25 +85,31 @@ impl Conv2d {
         let y = if self.k == 1 {
             // (O, C) x (B, C, H*W) -> (B, O, H*W)
             let wm = self.weight.reshape((self.out_c, c))?;
-            wm.broadcast_matmul(&x.reshape((b, c, h * w))?)?
+            amp::broadcast_matmul(&wm, &x.reshape((b, c, h * w))?)?
         } else {
-            // (B, C*k*k, H*W)
-            let cols = if kernels::applicable(x) {
-                kernels::im2col(x, self.k)?
+            // (B, C*k*k, H*W), gathered in the product's dtype (half the memory under AMP).
+            let x = amp::lower(x)?;
+            let cols = if kernels::applicable(&x) {
+                kernels::im2col(&x, self.k)?
             } else {
-                im2col(x, self.k)?
+                im2col(&x, self.k)?
             };
             let wm = self.weight.reshape((self.out_c, c * self.k * self.k))?;
-            wm.broadcast_matmul(&cols)?
+            amp::broadcast_matmul(&wm, &cols)?
         };
         y.reshape((b, self.out_c, h, w))
     }
 
     fn forward_depthwise(&self, x: &Tensor) -> Result<Tensor> {
-        if kernels::applicable(x) {
-            return kernels::depthwise(x, &self.weight, self.k);
-        }
-        depthwise_composed(x, &self.weight, self.k)
+        // A convolution, so lowered under AMP like the dense ones (the CPU kernel is float32
+        // only: a bf16 input takes the composed path).
+        let (x, weight) = (amp::lower(x)?, amp::lower(&self.weight)?);
+        let y = if kernels::applicable(&x) {
+            kernels::depthwise(&x, &weight, self.k)?
+        } else {
+            depthwise_composed(&x, &weight, self.k)?
+        };
+        amp::raise(y)
     }
 }
 

@@ -6,6 +6,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::amp;
 use super::ops::{
     gelu, l2_normalize_last, pixel_shuffle, pixel_unshuffle, reflect_pad_end, softmax_last,
     ChannelLayerNorm, Conv2d,
@@ -48,11 +49,9 @@ impl Module for Attention {
         let k = l2_normalize_last(&split(1)?)?;
         let v = split(2)?;
         // (B, heads, ch, ch), scaled per head
-        let attn = q
-            .matmul(&k.t()?)?
-            .broadcast_mul(&self.temperature.unsqueeze(0)?)?;
+        let attn = amp::matmul(&q, &k.t()?)?.broadcast_mul(&self.temperature.unsqueeze(0)?)?;
         let attn = softmax_last(&attn)?;
-        let out = attn.matmul(&v.contiguous()?)?.reshape((b, c, h, w))?;
+        let out = amp::matmul(&attn, &v.contiguous()?)?.reshape((b, c, h, w))?;
         self.project_out.forward(&out)
     }
 }

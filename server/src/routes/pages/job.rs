@@ -25,6 +25,8 @@ const SAMPLES: usize = 3;
 pub struct AttemptRow {
     pub attempt: i32,
     pub worker: String,
+    /// The device it trained on, with its memory (`NVIDIA H100 80GB HBM3, 79.1 GiB`).
+    pub device: String,
     pub started: String,
     pub finished: String,
     pub outcome: String,
@@ -239,6 +241,11 @@ async fn view(state: &AppState, job: Job, log_scale: bool) -> PageResult<JobView
         .map(|a| AttemptRow {
             attempt: a.attempt,
             worker: a.worker_id,
+            device: match (a.device_name, a.device_memory) {
+                (Some(n), Some(m)) => format!("{n}, {}", fmt::bytes(m)),
+                (Some(n), None) => n,
+                _ => "—".into(),
+            },
             started: fmt::timestamp(a.started_at),
             finished: a
                 .finished_at

@@ -6,13 +6,24 @@
 mod conv;
 mod norm;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use candle_core::{Result, Tensor};
 
 pub(crate) use conv::f32_slice;
 
+/// Off: every op takes its composed fallback, the path that runs on CUDA (and in bf16), so the
+/// tests can compare the two on a CPU-only machine.
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the CPU kernels on or off for the whole process (tests of the fallback path).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
 /// Whether the fast kernels apply to this tensor.
 pub fn applicable(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+    ENABLED.load(Ordering::Relaxed) && x.device().is_cpu() && x.dtype() == candle_core::DType::F32
 }
 
 /// (B, C, H, W) -> (B, C*k*k, H*W), zero padding k/2.

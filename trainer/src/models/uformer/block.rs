@@ -11,6 +11,7 @@ use candle_nn::{Init, VarBuilder};
 use super::drop_path::{self, DropPathRng};
 use super::kernels;
 use super::{err, side};
+use crate::models::amp;
 use crate::models::ops::Conv2d;
 
 const MLP_RATIO: usize = 4;
@@ -95,7 +96,7 @@ impl Module for Linear {
             .pop()
             .ok_or_else(|| err("Linear needs at least one dimension".into()))?;
         let rows: usize = dims.iter().product();
-        let y = x.reshape((rows, last))?.matmul(&self.weight.t()?)?;
+        let y = amp::matmul(&x.reshape((rows, last))?, &self.weight.t()?)?;
         dims.push(self.out);
         kernels::add_bias(&y, &self.bias)?.reshape(dims)
     }
@@ -147,7 +148,7 @@ impl LinearProjection {
         let (b, n, c) = x.dims3()?;
         let x2 = x.reshape((b * n, c))?;
         let proj = |w: &Tensor, bias: &Tensor| -> Result<Tensor> {
-            kernels::add_bias(&x2.matmul(&w.t()?)?, bias)?
+            kernels::add_bias(&amp::matmul(&x2, &w.t()?)?, bias)?
                 .reshape((b, n, self.heads, c / self.heads))?
                 .transpose(1, 2)?
                 .contiguous()
@@ -215,7 +216,7 @@ impl WindowAttention {
             .index_select(&self.index, 0)?
             .reshape((n, n, self.heads))?
             .permute((2, 0, 1))?;
-        let attn = q.matmul(&k.t()?)?; // (B*nW, heads, N, N)
+        let attn = amp::matmul(&q, &k.t()?)?; // (B*nW, heads, N, N)
         let attn = match mask {
             // Bias and mask are summed first so the big tensor sees one addition.
             Some(m) => {
@@ -230,7 +231,9 @@ impl WindowAttention {
         };
         let attn = kernels::softmax(&attn)?;
         // (B*nW, heads, N, d) -> (B*nW, N, heads, d) -> (B*nW, N, C)
-        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((bw, n, c))?;
+        let out = amp::matmul(&attn, &v)?
+            .transpose(1, 2)?
+            .reshape((bw, n, c))?;
         self.proj.forward(&out)
     }
 }

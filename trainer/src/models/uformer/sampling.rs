@@ -7,6 +7,7 @@ use candle_nn::{Init, VarBuilder};
 
 use super::kernels;
 use super::{err, side};
+use crate::models::amp;
 use crate::models::ops::{leaky_relu, Conv2d};
 
 /// PyTorch's default conv init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), weight and bias alike.
@@ -81,7 +82,11 @@ impl Module for Downsample {
             .reshape((self.out_c, c, 2, 2, 2, 2))?
             .permute((0, 2, 4, 3, 5, 1))?
             .reshape((self.out_c, 16 * c))?;
-        kernels::add_bias(&cols.matmul(&wm.t()?)?, &self.bias)?.reshape((b, ho * ho, self.out_c))
+        kernels::add_bias(&amp::matmul(&cols, &wm.t()?)?, &self.bias)?.reshape((
+            b,
+            ho * ho,
+            self.out_c,
+        ))
     }
 }
 
@@ -127,9 +132,7 @@ impl Module for Upsample {
         // (C, O, ry, rx) -> (C, ry, rx, O)
         let wm = self.weight.permute((0, 2, 3, 1))?.reshape((c, 4 * o))?;
         // (B*H*W, C) x (C, 4*O) -> (B, H, W, ry, rx, O) -> (B, H, ry, W, rx, O)
-        let y = x
-            .reshape((b * l, c))?
-            .matmul(&wm)?
+        let y = amp::matmul(&x.reshape((b * l, c))?, &wm)?
             .reshape((b, h, h, 2, 2, o))?
             .permute((0, 1, 3, 2, 4, 5))?
             .reshape((b, 4 * l, o))?;

@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# The CUDA trainer on a GPU machine, in one command (issue 6): golden parity on CUDA, the tiny
+# preset trained for 50 steps, and the paper Restormer at 224x224 against PyTorch eager.
+# Builds nothing: the GPU machine may have no compiler and no internet.
+#
+#   bench/gpu-check.sh prepare [DIR]   # on the BUILD machine: build ifp and the parity test
+#                                      # binaries with --features cuda, copy them to DIR
+#                                      # (default bench/gpu-bin, git-ignored) and
+#                                      # DIR.tar.xz (~45 MB, unpacked when DIR is absent)
+#   bench/gpu-check.sh                 # on the GPU machine: run everything, print the table
+#   bench/gpu-check.sh --dry-cpu       # the same on the CPU at toy sizes (tests this script)
+#
+# Env: BIN_DIR (where `prepare` put ifp + test binaries; default bench/gpu-bin, else the CUDA
+# target dir), IFP_BIN, GOLDEN (golden vectors; default ../shared/golden, /work/shared/golden),
+# PY (python with torch; default python3), BATCH (crops per step, 2: safe for memory), SIZE
+# (224), STEPS (timed steps, 10), OUT (logs; default a new /tmp/ifp-gpu-check.XXXXXX),
+# PEAK_F32_TFLOPS / PEAK_BF16_TFLOPS (MFU denominators; default from the GPU's name).
+#
+# Limits (each stage has a timeout so the whole run stays under 8 minutes, 455 s at worst): each
+# of the four parity test binaries 45 s, training 45 s, FLOP count 30 s, each of the four
+# benchmark runs 50 s. Exit 1 if a parity test or the training fails.
+#
+# MFU = model FLOPs per step (forward + backward matrix products and convolutions, counted by
+# torch.utils.flop_counter on the same network and batch) / step time / peak. TF32 is off on
+# both sides, so float32 runs are measured against the FP32 (non-tensor-core) peak and bf16 runs
+# against the dense BF16 tensor-core peak.
+set -uo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(dirname "$HERE")"
+TESTS=(restormer_golden uformer_golden loss_golden amp)
+
+say() { echo "gpu-check: $*" >&2; }
+
+if [[ "${1:-}" == prepare ]]; then
+    dest="${2:-$HERE/gpu-bin}"
+    mkdir -p "$dest"
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/ifp-target-cuda}"
+    say "building ifp (release, --features cuda) into $CARGO_TARGET_DIR"
+    "$ROOT/docker/build-cuda.sh" || exit 1
+    say "building the parity test binaries (release, --features cuda)"
+    json="$(mktemp)"
+    args=()
+    for t in "${TESTS[@]}"; do args+=(--test "$t"); done
+    "$ROOT/docker/build-cuda.sh" cargo test --release --features cuda -p ifp-trainer "${args[@]}" \
+        --no-run --message-format=json >"$json" || exit 1
+    cp "$CARGO_TARGET_DIR/release/ifp" "$dest/ifp"
+    python3 - "$json" "$dest" "${TESTS[@]}" <<'EOF' || exit 1
+import json, shutil, sys
+path, dest, names = sys.argv[1], sys.argv[2], set(sys.argv[3:])
+for line in open(path):
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in names:
+        shutil.copy(m["executable"], f"{dest}/{m['target']['name']}")
+EOF
+    rm -f "$json"
+    strip "$dest"/* 2>/dev/null || true
+    # Each stripped binary is ~64 MB, mostly candle's PTX text; xz makes them ~9 MB each, small
+    # enough to carry to a GPU machine whose transfer size is limited.
+    say "compressing to $dest.tar.xz"
+    tar -C "$dest" -cf - . | xz -T0 -6 >"$dest.tar.xz"
+    ls -la "$dest" "$dest.tar.xz"
+    say "copy $dest or $dest.tar.xz (with bench/ and the golden vectors) to the GPU machine, then run bench/gpu-check.sh there"
+    exit 0
+fi
+
+DEV=cuda
+BATCH="${BATCH:-2}"
+SIZE="${SIZE:-224}"
+STEPS="${STEPS:-10}"
+BENCH_CFG=restormer-paper
+TORCH_CFG="$ROOT/presets/restormer-paper.yaml"
+TRAIN_STEPS=50
+PARITY_TIMEOUT=45
+if [[ "${1:-}" == --dry-cpu ]]; then
+    # Toy sizes on the CPU: checks the script's plumbing, not the GPU (no time limit to keep).
+    DEV=cpu BATCH=2 SIZE=32 STEPS=2 TRAIN_STEPS=5 PARITY_TIMEOUT=600
+    BENCH_CFG=tiny TORCH_CFG="$ROOT/presets/tiny.yaml"
+fi
+OUT="${OUT:-$(mktemp -d /tmp/ifp-gpu-check.XXXXXX)}"
+mkdir -p "$OUT"
+PY="${PY:-python3}"
+
+# --- binaries, golden vectors, libraries ---------------------------------------------------
+BIN_DIR="${BIN_DIR:-$HERE/gpu-bin}"
+if [[ ! -x "$BIN_DIR/ifp" && -f "$BIN_DIR.tar.xz" ]]; then
+    say "unpacking $BIN_DIR.tar.xz"
+    mkdir -p "$BIN_DIR" && xz -dc "$BIN_DIR.tar.xz" | tar -C "$BIN_DIR" -xf - || exit 2
+fi
+if [[ -z "${IFP_BIN:-}" ]]; then
+    for c in "$BIN_DIR/ifp" "${CARGO_TARGET_DIR:-/var/tmp/ifp-target-cuda}/release/ifp" "$ROOT/target/release/ifp"; do
+        [[ -x "$c" ]] && { IFP_BIN="$c"; break; }
+    done
+fi
+[[ -x "${IFP_BIN:-}" ]] || { say "no ifp binary: run 'bench/gpu-check.sh prepare' on the build machine, or set IFP_BIN"; exit 2; }
+test_bin() { # the prepared copy, else the newest cargo test binary of that name
+    [[ -x "$BIN_DIR/$1" ]] && { echo "$BIN_DIR/$1"; return; }
+    ls -t "$(dirname "$(dirname "$IFP_BIN")")"/release/deps/"$1"-* 2>/dev/null | grep -v '\.d$' | head -n1
+}
+if [[ -z "${GOLDEN:-}" ]]; then
+    for c in "$ROOT/../shared/golden" "$ROOT/shared/golden" /work/shared/golden; do
+        [[ -d "$c" ]] && { GOLDEN="$c"; break; }
+    done
+fi
+[[ -d "${GOLDEN:-}" ]] || { say "no golden vectors: set GOLDEN"; exit 2; }
+export IFP_GOLDEN_DIR="$GOLDEN"
+
+if [[ "$DEV" == cuda ]]; then
+    # cuBLAS, cuRAND, NVRTC, cudart: PyTorch's NVIDIA wheels provide CUDA 13 ones.
+    libdirs="$("$PY" -c 'import glob, os, nvidia; r = os.path.dirname(nvidia.__file__) if nvidia.__file__ else list(nvidia.__path__)[0]; print(":".join(sorted(glob.glob(os.path.join(r, "*", "lib")))))' 2>/dev/null)"
+    [[ -n "$libdirs" ]] && export LD_LIBRARY_PATH="$libdirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    "$ROOT/docker/cuda-libs.sh" "$IFP_BIN" || { say "CUDA libraries missing (see above)"; exit 2; }
+    GPU_NAME="$(nvidia-smi --query-gpu=name --format=csv,noheader -i 0 2>/dev/null | head -n1)"
+    say "GPU: ${GPU_NAME:-unknown}; driver $(nvidia-smi --query-gpu=driver_version --format=csv,noheader -i 0 2>/dev/null | head -n1)"
+else
+    GPU_NAME=cpu
+fi
+case "$GPU_NAME" in
+*H100*PCIe*) f32=51 bf16=756 ;;
+*H100* | *H200* | *GH200*) f32=67 bf16=989 ;;
+*A100*) f32=19.5 bf16=312 ;;
+*) f32=0 bf16=0 ;;
+esac
+PEAK_F32_TFLOPS="${PEAK_F32_TFLOPS:-$f32}"
+PEAK_BF16_TFLOPS="${PEAK_BF16_TFLOPS:-$bf16}"
+say "ifp: $IFP_BIN; golden: $GOLDEN; logs: $OUT; device: $DEV"
+fail=0
+t_start=$SECONDS
+
+# --- 1. golden parity on the device ----------------------------------------------------------
+echo "## parity on $DEV (f32: output < 1e-4, gradients < 1e-3; bf16: reported)"
+for t in "${TESTS[@]}"; do
+    b="$(test_bin "$t")"
+    if [[ -z "$b" ]]; then
+        echo "- $t: MISSING test binary (bench/gpu-check.sh prepare)"; fail=1; continue
+    fi
+    IFP_TEST_DEVICE="$DEV" timeout "$PARITY_TIMEOUT" "$b" --test-threads=1 --nocapture >"$OUT/$t.log" 2>&1
+    rc=$?
+    verdict=$([[ $rc == 0 ]] && echo ok || echo "FAILED (rc $rc, $OUT/$t.log)")
+    ((rc)) && fail=1
+    echo "- $t: $verdict"
+    grep -E 'rel L2|bf16 AMP|mean loss' "$OUT/$t.log" | sed 's/^/    /'
+done
+
+# --- 2. the tiny preset, 50 steps ------------------------------------------------------------
+echo "## train: tiny preset, $TRAIN_STEPS steps on $DEV"
+t0=$SECONDS
+timeout 45 "$IFP_BIN" train --config tiny --steps "$TRAIN_STEPS" --device "$DEV" --out "$OUT/tiny" >"$OUT/train.log" 2>&1
+rc=$?
+if ((rc)); then echo "- FAILED (rc $rc): $(tail -n2 "$OUT/train.log" | tr '\n' ' ')"; fail=1; else
+    echo "- ok in $((SECONDS - t0)) s; $(grep -iE 'loss' "$OUT/train.log" | tail -n1)"
+fi
+
+# --- 3. paper Restormer, ifp vs PyTorch eager ------------------------------------------------
+# peak_mem CMD...: runs CMD, samples the GPU's used memory every 0.2 s, prints the peak increase
+# over the idle level (MiB) to $OUT/mem (both implementations measured the same way).
+peak_mem() {
+    if [[ "$DEV" != cuda ]]; then "$@"; echo nan >"$OUT/mem"; return; fi
+    local base peak=0 m pid
+    base="$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 | head -n1)"
+    "$@" &
+    pid=$!
+    while kill -0 "$pid" 2>/dev/null; do
+        m="$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 2>/dev/null | head -n1)"
+        [[ "$m" =~ ^[0-9]+$ ]] && ((m > peak)) && peak=$m
+        sleep 0.2
+    done
+    wait "$pid"
+    local rc=$?
+    echo $((peak > base ? peak - base : 0)) >"$OUT/mem"
+    return $rc
+}
+flops="$(timeout 30 "$PY" "$HERE/torch_gpu_bench.py" --config "$TORCH_CFG" --batch "$BATCH" --size "$SIZE" --device "$DEV" --flops-only 2>"$OUT/flops.err" | awk '/^model_flops/ {print $2}')"
+echo "## bench: $BENCH_CFG, batch $BATCH, ${SIZE}x$SIZE, $STEPS timed steps (+2 warm-up), $DEV; model FLOPs/step ${flops:-?}"
+echo
+echo "| impl | amp | step ms | images/s | ifp/torch | peak GPU mem MiB | MFU |"
+echo "|---|---|---|---|---|---|---|"
+for amp in off bf16; do
+    peak=$PEAK_F32_TFLOPS
+    [[ $amp == bf16 ]] && peak=$PEAK_BF16_TFLOPS
+    peak_mem timeout 50 "$IFP_BIN" bench --config "$BENCH_CFG" --batch "$BATCH" --size "$SIZE" --steps "$STEPS" \
+        --device "$DEV" --amp "$amp" >"$OUT/ifp-$amp.log" 2>&1
+    ifp_rc=$?
+    ifp_mem="$(cat "$OUT/mem")"
+    ifp_ms="$(awk '/^step_ms/ {print $2}' "$OUT/ifp-$amp.log")"
+    peak_mem timeout 50 "$PY" "$HERE/torch_gpu_bench.py" --config "$TORCH_CFG" --batch "$BATCH" --size "$SIZE" \
+        --steps "$STEPS" --device "$DEV" --amp "$amp" >"$OUT/torch-$amp.log" 2>&1
+    torch_rc=$?
+    torch_mem="$(cat "$OUT/mem")"
+    torch_ms="$(awk '/^step_ms/ {print $2}' "$OUT/torch-$amp.log")"
+    "$PY" - "$amp" "${ifp_ms:-nan}" "${torch_ms:-nan}" "$ifp_mem" "$torch_mem" "${flops:-nan}" "$peak" "$BATCH" \
+        "$ifp_rc" "$torch_rc" <<'EOF'
+import math, sys
+amp, ims, tms, imem, tmem, flops, peak, batch, irc, trc = sys.argv[1:]
+ims, tms, flops, peak, batch = float(ims), float(tms), float(flops), float(peak), int(batch)
+def ips(ms): return batch * 1e3 / ms if ms == ms and ms > 0 else float("nan")
+def mfu(ms): return flops / (ms / 1e3) / (peak * 1e12) if peak > 0 and ms == ms and ms > 0 else float("nan")
+ratio = ips(ims) / ips(tms) if ips(tms) == ips(tms) and ips(tms) > 0 else float("nan")
+def fmt(v, f, unit=""): return "n/a" if isinstance(v, float) and math.isnan(v) else format(v, f) + unit
+for name, ms, mem, rc, r in (("ifp (candle)", ims, imem, irc, fmt(ratio, ".2f")), ("torch eager", tms, tmem, trc, "1.00")):
+    note = "" if rc == "0" else f" (rc {rc})"
+    mem = "n/a" if mem == "nan" else mem
+    print(f"| {name}{note} | {amp} | {fmt(ms, '.1f')} | {fmt(ips(ms), '.2f')} | {r} | {mem} | {fmt(100 * mfu(ms), '.1f', '%')} |")
+EOF
+done
+echo
+echo "MFU peaks: f32 ${PEAK_F32_TFLOPS} TFLOPS, bf16 ${PEAK_BF16_TFLOPS} TFLOPS (${GPU_NAME:-?}); logs in $OUT; total $((SECONDS - t_start)) s"
+exit $fail

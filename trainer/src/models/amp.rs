@@ -1,0 +1,65 @@
+//! Mixed precision (`TRAIN.AMP: bf16`), in the manner of PyTorch's autocast: while a network's
+//! forward runs inside [`autocast`], every matrix product and convolution casts its float32
+//! operands to the low dtype, multiplies there and hands back float32. Everything else (norms,
+//! softmax, GELU, the loss) stays float32, and so do the parameters (the master weights), their
+//! gradients (the cast's backward converts them back) and the optimiser state.
+//!
+//! Results go back to float32 right after each product (PyTorch keeps them in bf16 until the
+//! next float32-only op): one more cast per product, but no bf16 rounding of the elementwise ops
+//! in between. The setting is per thread because a forward runs on one thread (the CPU kernels'
+//! own worker threads never build graph nodes).
+
+use std::cell::Cell;
+
+use candle_core::{DType, Result, Tensor};
+
+thread_local! {
+    static LOW: Cell<Option<DType>> = const { Cell::new(None) };
+}
+
+/// Restores the previous setting when dropped, so a panic or an early `?` cannot leak it.
+struct Restore(Option<DType>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        LOW.with(|l| l.set(self.0));
+    }
+}
+
+/// Runs `f` with products and convolutions in `low` (`None`: full float32).
+pub fn autocast<T>(low: Option<DType>, f: impl FnOnce() -> T) -> T {
+    let _restore = Restore(LOW.with(|l| l.replace(low)));
+    f()
+}
+
+/// The dtype products run in right now, if lowered.
+pub fn low_dtype() -> Option<DType> {
+    LOW.with(|l| l.get())
+}
+
+/// `x` in the autocast dtype when one is set and `x` is float32; `x` itself otherwise.
+pub fn lower(x: &Tensor) -> Result<Tensor> {
+    match low_dtype() {
+        Some(dt) if x.dtype() == DType::F32 => x.to_dtype(dt),
+        _ => Ok(x.clone()),
+    }
+}
+
+/// Back to float32 if `y` was computed in a lowered dtype.
+pub fn raise(y: Tensor) -> Result<Tensor> {
+    if low_dtype().is_some() && y.dtype() != DType::F32 {
+        y.to_dtype(DType::F32)
+    } else {
+        Ok(y)
+    }
+}
+
+/// `a.matmul(b)` under the current autocast setting.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    raise(lower(a)?.matmul(&lower(b)?)?)
+}
+
+/// `a.broadcast_matmul(b)` under the current autocast setting.
+pub fn broadcast_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    raise(lower(a)?.broadcast_matmul(&lower(b)?)?)
+}
