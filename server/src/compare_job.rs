@@ -34,7 +34,7 @@ pub struct CompareJob {
 
 /// Whether a stored job config is a comparison's.
 pub fn is_compare(config: &Value) -> bool {
-    config.get("FINETUNE").is_some()
+    config.get("PRETRAIN").is_some() && config.get("FINETUNE").is_some()
 }
 
 impl CompareJob {
@@ -165,8 +165,8 @@ impl CompareJob {
     }
 }
 
-/// The report files a finished comparison wrote into `dir` (`report.json`, the CSVs and the
-/// showcase PNGs), with their sizes and SHA-256.
+/// The result files a finished comparison or fine-tuning run wrote into `dir` (`report.json`,
+/// the CSVs and the showcase PNGs; `history.json`), with their sizes and SHA-256.
 pub fn report_files(dir: &Path) -> Result<Vec<WrittenFile>> {
     let mut out = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(Error::io(format!("read {}", dir.display())))?;
@@ -175,7 +175,7 @@ pub fn report_files(dir: &Path) -> Result<Vec<WrittenFile>> {
         let name = e.file_name().to_string_lossy().into_owned();
         let wanted = matches!(
             name.as_str(),
-            "report.json" | "per_image.csv" | "val_curve.csv"
+            "report.json" | "per_image.csv" | "val_curve.csv" | "history.json"
         ) || (name.starts_with("showcase-") && name.ends_with(".png"));
         if wanted && path.is_file() {
             let bytes =
@@ -192,7 +192,7 @@ pub fn report_files(dir: &Path) -> Result<Vec<WrittenFile>> {
 }
 
 /// A data folder must be a relative path inside the datasets folder, and exist there.
-fn check_dataset(root: &Path, key: &str, rel: &Path) -> Result<()> {
+pub(crate) fn check_dataset(root: &Path, key: &str, rel: &Path) -> Result<()> {
     let inside =
         !rel.as_os_str().is_empty() && rel.components().all(|c| matches!(c, Component::Normal(_)));
     if !inside {

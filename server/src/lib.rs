@@ -6,6 +6,7 @@ pub mod device;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod finetune_job;
 pub mod model;
 pub mod pg;
 pub mod platform;

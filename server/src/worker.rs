@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::compare_job::CompareJob;
 use crate::error::{Error, Result};
+use crate::finetune_job::FinetuneJob;
 use crate::queue::{self, Claimed, Fence, Outcome};
 use crate::record::{self, MetricRow};
 
@@ -148,6 +149,19 @@ fn seed_from_previous(artifacts: &Path, fence: &Fence, dir: &Path) -> Result<Opt
     let Some((step, from)) = best else {
         return Ok(None);
     };
+    // A fine-tuning run's validation history goes with its checkpoint (the best checkpoint is
+    // chosen from it at the end).
+    let history = ifp_trainer::finetune::history_path(&from);
+    if history.is_file() {
+        let dst = ifp_trainer::finetune::history_path(dir);
+        if !dst.exists() {
+            std::fs::copy(&history, &dst).map_err(Error::io(format!(
+                "copy {} to {}",
+                history.display(),
+                dst.display()
+            )))?;
+        }
+    }
     for p in [ck::model_path(&from, step), ck::state_path(&from, step)] {
         let mut sidecar = p.as_os_str().to_owned();
         sidecar.push(".sha256");
@@ -192,9 +206,10 @@ async fn run_job(
     };
     let keep = match &work {
         Work::Pretrain(cfg) => i64::try_from(cfg.train.keep_checkpoints).unwrap_or(i64::MAX),
-        Work::Compare(_) => i64::MAX,
+        // Retention could remove the best checkpoint (chosen by validation at the end).
+        Work::Compare(_) | Work::Finetune(_) => i64::MAX,
     };
-    let is_compare = matches!(work, Work::Compare(_));
+    let is_compare = matches!(work, Work::Compare(_) | Work::Finetune(_));
     let dir = attempt_dir(&wcfg.artifacts, fence.job_id, fence.attempt);
     let prepared = {
         let (artifacts, fence, dir) = (wcfg.artifacts.clone(), fence.clone(), dir.clone());
@@ -252,6 +267,25 @@ async fn run_job(
                     }
                 })
                 .map(|s: TrainSummary| s.stopped),
+                Work::Finetune(job) => {
+                    ifp_trainer::finetune::finetune(&job.finetune, &opts, |ev| {
+                        match ev {
+                            ifp_trainer::finetune::Event::Step(p) => {
+                                let _ = tx.send(Msg::Step(MetricRow::from_progress(p, attempt)));
+                            }
+                            ifp_trainer::finetune::Event::Checkpoint(c) => {
+                                let _ = tx.send(Msg::Checkpoint(Box::new(c.clone())));
+                            }
+                            _ => {}
+                        }
+                        if stopping() {
+                            Control::Stop
+                        } else {
+                            Control::Continue
+                        }
+                    })
+                    .map(|s| s.stopped)
+                }
                 Work::Compare(job) => job.run(
                     &opts.out_dir,
                     &opts.device,
@@ -394,10 +428,22 @@ async fn run_job(
 enum Work {
     Pretrain(Box<ifp_trainer::Config>),
     Compare(Box<CompareJob>),
+    Finetune(Box<FinetuneJob>),
 }
 
 /// Parses a job's stored config, with its uploads and data folders resolved on this machine.
 fn work_of(config: &serde_json::Value, wcfg: &WorkerConfig) -> std::result::Result<Work, String> {
+    if crate::finetune_job::is_finetune(config) {
+        let mut job = FinetuneJob::from_value(config)?;
+        let Some(datasets) = &wcfg.datasets else {
+            return Err(
+                "this worker has no datasets folder for fine-tuning data (set IFP_DATASETS_DIR)"
+                    .into(),
+            );
+        };
+        job.resolve(&wcfg.artifacts, datasets);
+        return Ok(Work::Finetune(Box::new(job)));
+    }
     if crate::compare_job::is_compare(config) {
         let mut job = CompareJob::from_value(config)?;
         let Some(datasets) = &wcfg.datasets else {

@@ -306,3 +306,127 @@ async fn the_compare_form_submits_and_shows_errors_in_place() {
     let job = ifp_server::queue::get(&pool, id).await.unwrap().unwrap();
     assert_eq!((job.kind.as_str(), job.total_steps), ("compare", 5 + 2 * 3));
 }
+
+#[tokio::test]
+async fn a_finetune_job_starts_from_a_finished_pretraining_job() {
+    let pool = common::fresh_pool().await;
+    let artifacts = tempfile::tempdir().unwrap();
+    let mut state = AppState::new(pool.clone(), artifacts.path(), Some(ADMIN));
+    state.datasets = Some(datasets());
+    let api = app(state);
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let mut cfg = WorkerConfig::new("w-finetune", artifacts.path());
+    cfg.poll_interval = Duration::from_millis(300);
+    cfg.datasets = Some(datasets());
+    tokio::spawn(worker::run(pool.clone(), cfg, rx));
+    let wait = |id: String| {
+        let api = api.clone();
+        async move {
+            let t0 = Instant::now();
+            loop {
+                let (_, b) = call(&api, "GET", &format!("/api/v1/jobs/{id}"), None).await;
+                let j: Value = serde_json::from_str(&b).unwrap();
+                if !matches!(j["status"].as_str(), Some("queued" | "running")) {
+                    return j;
+                }
+                assert!(t0.elapsed() < Duration::from_secs(300), "timed out: {j}");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    };
+
+    // Only a succeeded pre-training job can be the starting point.
+    let (s, b) = call(
+        &api,
+        "POST",
+        "/api/v1/jobs",
+        Some(json!({"config": pretrain()})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let pre: Value = serde_json::from_str(&b).unwrap();
+    let pre_id = pre["id"].as_str().unwrap().to_string();
+    let body = |init: &str| {
+        json!({"kind": "finetune", "name": "ft", "init_job": init,
+               "finetune": finetune("clean/CBSD68")})
+    };
+    let pre = wait(pre_id.clone()).await;
+    assert_eq!(pre["status"], "succeeded", "{pre}");
+    let (s, b) = call(
+        &api,
+        "POST",
+        "/api/v1/jobs",
+        Some(json!({"kind": "finetune",
+        "preset": "tiny", "finetune": finetune("clean/CBSD68")})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    let other = uuid::Uuid::new_v4().to_string();
+    let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(body(&other))).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(b.contains("init_job"), "{b}");
+
+    let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(body(&pre_id))).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let job: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(job["kind"], "finetune");
+    let init = job["config"]["FINETUNE"]["INIT"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        init.starts_with(&pre_id) && init.ends_with("model-000006.safetensors"),
+        "{init}"
+    );
+    assert_eq!(job["config"]["FINETUNE"]["MODEL"], pre["config"]["MODEL"]);
+    let id = job["id"].as_str().unwrap().to_string();
+    let job = wait(id.clone()).await;
+    let _ = stop.send(true);
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["step"], 4);
+
+    let (_, b) = call(&api, "GET", &format!("/api/v1/jobs/{id}/checkpoints"), None).await;
+    let files: Vec<Value> = serde_json::from_str(&b).unwrap();
+    let names: Vec<&str> = files.iter().map(|f| f["name"].as_str().unwrap()).collect();
+    for n in [
+        "model-000002.safetensors",
+        "model-000004.safetensors",
+        "history.json",
+    ] {
+        assert!(names.contains(&n), "{names:?}");
+    }
+    let (_, history) = call(
+        &api,
+        "GET",
+        &format!("/api/v1/jobs/{id}/checkpoints/history.json"),
+        None,
+    )
+    .await;
+    let history: Vec<Value> = serde_json::from_str(&history).unwrap();
+    assert_eq!(history.len(), 2, "validated at steps 2 and 4");
+
+    let cookie = ifp_server::session::create(
+        &pool,
+        &ifp_server::tokens::Caller {
+            name: "admin".into(),
+            is_admin: true,
+        },
+        &ifp_server::tokens::hash(ADMIN),
+    )
+    .await
+    .unwrap();
+    for (uri, needle) in [
+        (format!("/jobs/{id}"), "Best validation PSNR".to_string()),
+        ("/jobs/new/finetune".to_string(), pre_id[..8].to_string()),
+    ] {
+        let req = Request::get(&uri)
+            .header(header::COOKIE, format!("ifp_session={cookie}"))
+            .body(Body::empty())
+            .unwrap();
+        let resp = api.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{uri}");
+        let html = String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes())
+            .into_owned();
+        assert!(html.contains(&needle), "{uri}: missing {needle}");
+    }
+}

@@ -12,6 +12,7 @@ use ifp_trainer::finetune::FinetuneConfig;
 use crate::compare_job::CompareJob;
 use crate::error::{Error, ErrorBody, Result};
 use crate::extract::{ApiJson, ApiQuery};
+use crate::finetune_job::FinetuneJob;
 use crate::model::{Attempt, Job, Metric, JOB_COLUMNS};
 use crate::queue::{self, NewJob, DEFAULT_MAX_ATTEMPTS};
 use crate::state::AppState;
@@ -48,6 +49,9 @@ pub struct CreateJob {
     pub finetune_yaml: Option<String>,
     /// For `compare`: test images rendered side by side with every arm (default 3, at most 10).
     pub showcase: Option<usize>,
+    /// For `finetune`: a succeeded pre-training job of yours whose newest model file is the
+    /// initial encoder (its network is used); absent = from scratch.
+    pub init_job: Option<Uuid>,
 }
 
 /// The job a caller may see, or 404 (also for ids that are not UUIDs).
@@ -119,7 +123,13 @@ pub async fn create(
     caller: Caller,
     ApiJson(body): ApiJson<CreateJob>,
 ) -> Result<(StatusCode, Json<Job>)> {
-    let cfg = parse_config(&body)?;
+    let kind = body.kind.as_deref().unwrap_or("pretrain");
+    if kind != "finetune" && body.init_job.is_some() {
+        return Err(Error::invalid(
+            Some("init_job"),
+            "`init_job` belongs to `\"kind\": \"finetune\"` jobs",
+        ));
+    }
     let submission = Submission {
         name: body.name.clone().unwrap_or_else(|| "job".into()),
         owner: caller.name,
@@ -127,8 +137,28 @@ pub async fn create(
         max_attempts: body.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
     };
     let finetune_given = body.finetune.is_some() || body.finetune_yaml.is_some();
+    if kind == "finetune" {
+        if body.config.is_some() || body.config_yaml.is_some() || body.preset.is_some() {
+            return Err(Error::invalid(
+                Some("config"),
+                "a finetune job takes no pre-training config: the network comes from \
+                 `init_job` or the fine-tuning config's MODEL",
+            ));
+        }
+        let ft = parse_finetune(&body)?;
+        let init = match body.init_job {
+            Some(id) => {
+                Some(init_from_job(&state, &caller_name(&submission), &id.to_string()).await?)
+            }
+            None => None,
+        };
+        let job = FinetuneJob::new(ft, init, state.datasets.as_deref())?;
+        let job = submit(&state, submission, Work::Finetune(&job)).await?;
+        return Ok((StatusCode::CREATED, Json(job)));
+    }
+    let cfg = parse_config(&body)?;
     let job =
-        match body.kind.as_deref().unwrap_or("pretrain") {
+        match kind {
             "pretrain" if finetune_given || body.showcase.is_some() => return Err(Error::invalid(
                 Some("kind"),
                 "`finetune`, `finetune_yaml` and `showcase` belong to `\"kind\": \"compare\"` jobs",
@@ -147,7 +177,7 @@ pub async fn create(
             other => {
                 return Err(Error::invalid(
                     Some("kind"),
-                    format!("unknown job kind `{other}` (expected pretrain or compare)"),
+                    format!("unknown job kind `{other}` (expected pretrain, compare or finetune)"),
                 ))
             }
         };
@@ -166,6 +196,43 @@ pub struct Submission {
 pub enum Work<'a> {
     Pretrain(&'a ifp_trainer::Config),
     Compare(&'a CompareJob),
+    Finetune(&'a FinetuneJob),
+}
+
+/// The submitter as a caller who sees only their own jobs: fine-tuning starts from one's own
+/// pre-training, admins included.
+fn caller_name(s: &Submission) -> Caller {
+    Caller {
+        name: s.owner.clone(),
+        is_admin: false,
+    }
+}
+
+/// The initial encoder of a fine-tuning job: the newest model file of a succeeded pre-training
+/// job the caller owns (relative to the artifact store), and that job's network.
+pub async fn init_from_job(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<(String, ifp_trainer::config::ModelConfig)> {
+    let not_usable = |why: &str| Error::invalid(Some("init_job"), format!("job {id}: {why}"));
+    let job = visible_job(state, caller, id)
+        .await
+        .map_err(|_| not_usable("no such job of yours"))?;
+    if job.kind != "pretrain" || job.status != "succeeded" {
+        return Err(not_usable("not a succeeded pre-training job"));
+    }
+    let path: Option<String> = sqlx::query_scalar(
+        "select path from checkpoint where job_id = $1 and kind = 'model'
+         order by step desc limit 1",
+    )
+    .bind(job.id)
+    .fetch_optional(&state.pool)
+    .await?;
+    let path = path.ok_or_else(|| not_usable("it has no model file"))?;
+    let cfg = ifp_trainer::Config::from_value(job.config)
+        .map_err(|e| not_usable(&format!("its config no longer parses: {e}")))?;
+    Ok((path, cfg.model))
 }
 
 /// The fine-tuning config of a `compare` submission; errors name `FINETUNE.<key>`.
@@ -191,9 +258,21 @@ pub fn parse_finetune(body: &CreateJob) -> Result<FinetuneConfig> {
 
 /// Checks a submission and queues it. Errors name the field or config key at fault.
 pub async fn submit(state: &AppState, s: Submission, work: Work<'_>) -> Result<Job> {
-    let (cfg, kind, total_steps, config) = match work {
-        Work::Pretrain(c) => (c, "pretrain", c.total_steps(), serde_json::to_value(c)),
-        Work::Compare(j) => (&j.pretrain, "compare", j.total_steps(), Ok(j.to_value())),
+    let (kind, total_steps, config, device_class) = match work {
+        Work::Pretrain(c) => {
+            crate::uploads::check(&state.artifacts, c)?;
+            let v = serde_json::to_value(c);
+            ("pretrain", c.total_steps(), v, c.train.device.as_str())
+        }
+        Work::Compare(j) => {
+            crate::uploads::check(&state.artifacts, &j.pretrain)?;
+            let d = j.pretrain.train.device.as_str();
+            ("compare", j.total_steps(), Ok(j.to_value()), d)
+        }
+        Work::Finetune(j) => {
+            let d = j.finetune.train.device.as_str();
+            ("finetune", j.total_steps(), Ok(j.to_value()), d)
+        }
     };
     if s.name.trim().is_empty() || s.name.chars().count() > 200 {
         return Err(Error::invalid(Some("name"), "must be 1 to 200 characters"));
@@ -210,7 +289,6 @@ pub async fn submit(state: &AppState, s: Submission, work: Work<'_>) -> Result<J
             "must be between 1 and 20",
         ));
     }
-    crate::uploads::check(&state.artifacts, cfg)?;
     if total_steps == 0 || total_steps > i64::MAX as usize {
         return Err(Error::invalid(
             Some("TRAIN.STEPS"),
@@ -230,7 +308,7 @@ pub async fn submit(state: &AppState, s: Submission, work: Work<'_>) -> Result<J
             config,
             total_steps: total_steps as i64,
             max_attempts: s.max_attempts,
-            device_class: cfg.train.device.as_str().into(),
+            device_class: device_class.into(),
         },
     )
     .await

@@ -18,7 +18,7 @@ use crate::routes::jobs::{submit, Submission, Work};
 use crate::state::AppState;
 
 /// The fine-tuning config the form starts with: sigma-25 denoising, CBSD68 crops, Kodak24 test.
-const DENOISE: &str = "\
+pub(super) const DENOISE: &str = "\
 # Denoising, sigma 25: train on CBSD68 crops, test on Kodak24.
 # Folders are relative to the server's datasets folder.
 DATA:

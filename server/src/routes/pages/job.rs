@@ -84,6 +84,13 @@ pub struct ReportView {
     pub downloads: Vec<FileLink>,
 }
 
+/// A fine-tuning run's validation: the best checkpoint and PSNR by step.
+pub struct ValidationView {
+    pub best: String,
+    pub chart: String,
+    pub history: FileLink,
+}
+
 /// Everything the live part of the page shows.
 pub struct JobView {
     pub job: Job,
@@ -102,6 +109,7 @@ pub struct JobView {
     /// For a comparison: which steps belong to which phase.
     pub phases: Option<String>,
     pub report: Option<ReportView>,
+    pub validation: Option<ValidationView>,
 }
 
 #[derive(Template)]
@@ -280,7 +288,15 @@ async fn view(state: &AppState, job: Job, log_scale: bool) -> PageResult<JobView
         Some(f) => read_report(state, f, &files, &base).await,
         None => None,
     };
+    let validation = match files
+        .iter()
+        .find(|f| f.kind == "report" && f.name == "history.json")
+    {
+        Some(f) => read_history(state, f, &base).await,
+        None => None,
+    };
     Ok(JobView {
+        validation,
         phases,
         report,
         percent: format!(
@@ -394,5 +410,50 @@ async fn read_report(
             .filter(|f| f.kind == "report" && !f.name.ends_with(".png"))
             .map(link)
             .collect(),
+    })
+}
+
+/// Reads a fine-tuning run's `history.json` (validation scores by step).
+async fn read_history(
+    state: &AppState,
+    file: &CheckpointFile,
+    base: &str,
+) -> Option<ValidationView> {
+    let bytes = tokio::fs::read(state.artifacts.join(&file.path))
+        .await
+        .ok()?;
+    let points: Vec<serde_json::Value> = serde_json::from_slice(&bytes).ok()?;
+    let curve: Vec<(f64, f64)> = points
+        .iter()
+        .filter_map(|p| Some((p["step"].as_f64()?, p["psnr"].as_f64()?)))
+        .collect();
+    let best = points
+        .iter()
+        .filter(|p| p["psnr"].as_f64().is_some())
+        .max_by(|a, b| {
+            let (x, y) = (
+                a["psnr"].as_f64().unwrap_or(0.0),
+                b["psnr"].as_f64().unwrap_or(0.0),
+            );
+            x.total_cmp(&y)
+        })
+        .map(|p| {
+            format!(
+                "Best validation PSNR {:.2} dB (SSIM {:.4}) at step {}: model-{:06}.safetensors",
+                p["psnr"].as_f64().unwrap_or(f64::NAN),
+                p["ssim"].as_f64().unwrap_or(f64::NAN),
+                p["step"],
+                p["step"].as_u64().unwrap_or(0)
+            )
+        })
+        .unwrap_or_else(|| "No validation yet".into());
+    let x_max = curve.iter().map(|p| p.0).fold(1.0, f64::max);
+    Some(ValidationView {
+        best,
+        chart: chart::line_chart(&curve, x_max, false, "validation PSNR by step"),
+        history: FileLink {
+            name: file.name.clone(),
+            url: format!("{base}/checkpoints/{}", file.name),
+        },
     })
 }

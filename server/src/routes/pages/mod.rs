@@ -5,6 +5,7 @@
 mod assets;
 mod auth;
 mod compare;
+mod finetune;
 pub mod form;
 mod job;
 mod jobs;
@@ -168,6 +169,10 @@ pub fn router() -> Router<AppState> {
         .route(
             "/jobs/new/compare",
             get(compare::show).post(compare::submit_form),
+        )
+        .route(
+            "/jobs/new/finetune",
+            get(finetune::show).post(finetune::submit_form),
         )
         .route("/jobs/{id}", get(job::show))
         .route("/jobs/{id}/live", get(job::live))

@@ -1,0 +1,95 @@
+//! The `finetune` job kind: one fine-tuning run (`ifp_trainer::finetune`), its encoder taken
+//! from a finished pre-training job of the same user (its newest model file) or drawn from the
+//! seed. The stored config is `{"FINETUNE": <fine-tuning config>}` with `INIT`, when set,
+//! relative to the artifact store; data folders are relative to the datasets folder, as for
+//! `compare` jobs. The job lists its checkpoints and, at the end, `history.json` (validation
+//! PSNR/SSIM by step; the best checkpoint is the one with the highest validation PSNR).
+
+use std::path::Path;
+
+use ifp_trainer::finetune::FinetuneConfig;
+use serde_json::{json, Value};
+
+use crate::compare_job::check_dataset;
+use crate::error::{Error, Result};
+
+/// A validated fine-tuning job.
+#[derive(Debug, Clone)]
+pub struct FinetuneJob {
+    pub finetune: FinetuneConfig,
+}
+
+/// Whether a stored job config is a fine-tuning job's.
+pub fn is_finetune(config: &Value) -> bool {
+    config.get("FINETUNE").is_some() && config.get("PRETRAIN").is_none()
+}
+
+impl FinetuneJob {
+    /// Checks a submission. `init` is the initial encoder: a pre-training job's model file
+    /// (relative to the artifact store) and that job's network, or `None` for from scratch.
+    pub fn new(
+        mut finetune: FinetuneConfig,
+        init: Option<(String, ifp_trainer::config::ModelConfig)>,
+        datasets: Option<&Path>,
+    ) -> Result<Self> {
+        let Some(root) = datasets else {
+            return Err(Error::invalid(
+                Some("kind"),
+                "this server has no datasets folder for fine-tuning data: start `ifp serve` \
+                 with --datasets-dir DIR (IFP_DATASETS_DIR)",
+            ));
+        };
+        if finetune.init.is_some() {
+            return Err(Error::invalid(
+                Some("FINETUNE.INIT"),
+                "name the pre-training job with `init_job` instead of a path",
+            ));
+        }
+        if let Some((path, model)) = init {
+            finetune.model = model;
+            finetune.init = Some(path.into());
+        }
+        if finetune.model.kind != ifp_trainer::config::ModelType::Restormer {
+            return Err(Error::invalid(
+                Some("MODEL.TYPE"),
+                "fine-tuning takes a Restormer encoder; Uformer fine-tuning is not supported yet",
+            ));
+        }
+        check_dataset(root, "FINETUNE.DATA.TRAIN_DIR", &finetune.data.train_dir)?;
+        if let Some(t) = &finetune.data.test_dir {
+            check_dataset(root, "FINETUNE.DATA.TEST_DIR", t)?;
+        }
+        Ok(FinetuneJob { finetune })
+    }
+
+    pub fn to_value(&self) -> Value {
+        json!({ "FINETUNE": self.finetune })
+    }
+
+    pub fn from_value(v: &Value) -> std::result::Result<Self, String> {
+        let finetune = FinetuneConfig::from_yaml(
+            &v.get("FINETUNE")
+                .cloned()
+                .unwrap_or(Value::Null)
+                .to_string(),
+        )
+        .map_err(|e| format!("FINETUNE: {e}"))?;
+        Ok(FinetuneJob { finetune })
+    }
+
+    pub fn total_steps(&self) -> usize {
+        self.finetune.total_steps()
+    }
+
+    /// Points `INIT` at the artifact store and the data folders at the datasets folder.
+    pub fn resolve(&mut self, artifacts: &Path, datasets: &Path) {
+        if let Some(init) = &self.finetune.init {
+            self.finetune.init = Some(artifacts.join(init));
+        }
+        let d = &mut self.finetune.data;
+        d.train_dir = datasets.join(&d.train_dir);
+        if let Some(t) = &d.test_dir {
+            d.test_dir = Some(datasets.join(t));
+        }
+    }
+}
