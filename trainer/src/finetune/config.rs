@@ -124,16 +124,37 @@ impl Default for FinetuneConfig {
     }
 }
 
+/// Writes `top` over `base`, object by object; anything else in `top` replaces `base`.
+fn overlay(base: &mut serde_json::Value, top: serde_json::Value) {
+    match (base, top) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(t)) => {
+            for (k, v) in t {
+                match b.get_mut(&k) {
+                    Some(slot) => overlay(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, top) => *slot = top,
+    }
+}
+
 impl FinetuneConfig {
     /// Parses and validates YAML (or JSON) in this schema.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
         let value: serde_json::Value =
             serde_norway::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
-        let value = if value.is_null() {
-            serde_json::Value::Object(Default::default())
-        } else {
-            value
-        };
+        // Keys the text leaves out take the fine-tuning defaults, also inside a partly given
+        // tree: `TRAIN: {STEPS: 500}` alone would otherwise fill the rest of TRAIN with the
+        // pre-training defaults of `TrainConfig` (weight decay 0.05, betas (0.9, 0.95), ...).
+        let mut merged = serde_json::to_value(FinetuneConfig::default())
+            .map_err(|e| ConfigError::Yaml(e.to_string()))?;
+        if !value.is_null() {
+            overlay(&mut merged, value);
+        }
+        let value = merged;
         let cfg: FinetuneConfig =
             serde_path_to_error::deserialize(value).map_err(|e| ConfigError::Invalid {
                 path: e.path().to_string(),
@@ -224,5 +245,30 @@ impl FinetuneConfig {
             return bad("SAVE_FREQ", "must be at least 1, got 0".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partly_given_tree_keeps_the_fine_tuning_defaults() {
+        let cfg = FinetuneConfig::from_yaml(
+            "DATA: {TRAIN_DIR: x, CROP: 40}\nTRAIN: {STEPS: 500, BASE_LR: 1.0e-3}\n",
+        )
+        .expect("valid");
+        let d = FinetuneConfig::default();
+        assert_eq!(cfg.train.steps, Some(500));
+        assert_eq!(cfg.train.base_lr, 1e-3);
+        assert_eq!(cfg.train.weight_decay, d.train.weight_decay);
+        assert_eq!(cfg.train.optimizer.betas, (0.9, 0.999));
+        assert_eq!(cfg.train.min_lr, d.train.min_lr);
+        assert_eq!(cfg.data.crop, 40);
+        assert_eq!(cfg.data.val_images, d.data.val_images);
+        // Unknown keys are still refused, naming the key.
+        let e = FinetuneConfig::from_yaml("TRAIN: {STEPZ: 3}").expect_err("unknown key");
+        assert!(e.to_string().contains("STEPZ"), "{e}");
+        assert_eq!(FinetuneConfig::from_yaml("").expect("empty"), d);
     }
 }
