@@ -8,7 +8,7 @@
 //! Progress counts one step axis across the phases: pre-training steps, then the IFP arm's,
 //! then the scratch arm's.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 
 use ifp_trainer::checkpoint::WrittenFile;
 use ifp_trainer::finetune::compare::{self, CompareEvent, CompareSpec, Pretrain};
@@ -17,6 +17,7 @@ use ifp_trainer::{Config, Control, Progress};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::datasets;
 use crate::error::{Error, Result};
 
 /// Showcase images at most.
@@ -46,23 +47,11 @@ impl CompareJob {
         showcase: usize,
         datasets: Option<&Path>,
     ) -> Result<Self> {
-        let Some(root) = datasets else {
-            return Err(Error::invalid(
-                Some("kind"),
-                "this server has no datasets folder for fine-tuning data: start `ifp serve` \
-                 with --datasets-dir DIR (IFP_DATASETS_DIR)",
-            ));
-        };
+        let root = datasets::root(datasets)?;
         if showcase > MAX_SHOWCASE {
             return Err(Error::invalid(
                 Some("showcase"),
                 format!("{showcase} is above {MAX_SHOWCASE}"),
-            ));
-        }
-        if pretrain.model.kind != ifp_trainer::config::ModelType::Restormer {
-            return Err(Error::invalid(
-                Some("MODEL.TYPE"),
-                "fine-tuning takes a Restormer encoder; Uformer fine-tuning is not supported yet",
             ));
         }
         if finetune.init.is_some() {
@@ -72,10 +61,7 @@ impl CompareJob {
             ));
         }
         finetune.model = pretrain.model.clone();
-        check_dataset(root, "FINETUNE.DATA.TRAIN_DIR", &finetune.data.train_dir)?;
-        if let Some(t) = &finetune.data.test_dir {
-            check_dataset(root, "FINETUNE.DATA.TEST_DIR", t)?;
-        }
+        datasets::check_task(&finetune, root)?;
         Ok(CompareJob {
             pretrain,
             finetune,
@@ -113,11 +99,7 @@ impl CompareJob {
 
     /// Points the data folders at this machine's datasets folder.
     pub fn resolve(&mut self, datasets: &Path) {
-        let d = &mut self.finetune.data;
-        d.train_dir = datasets.join(&d.train_dir);
-        if let Some(t) = &d.test_dir {
-            d.test_dir = Some(datasets.join(t));
-        }
+        datasets::resolve(&mut self.finetune, datasets);
     }
 
     /// Runs the comparison into `dir`, reporting each step on the job's step axis. Returns
@@ -189,33 +171,6 @@ pub fn report_files(dir: &Path) -> Result<Vec<WrittenFile>> {
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
-}
-
-/// A data folder must be a relative path inside the datasets folder, and exist there.
-pub(crate) fn check_dataset(root: &Path, key: &str, rel: &Path) -> Result<()> {
-    let inside =
-        !rel.as_os_str().is_empty() && rel.components().all(|c| matches!(c, Component::Normal(_)));
-    if !inside {
-        return Err(Error::invalid(
-            Some(key),
-            format!(
-                "`{}` must be a folder relative to the server's datasets folder (e.g. \
-                 clean/CBSD68)",
-                rel.display()
-            ),
-        ));
-    }
-    let full: PathBuf = root.join(rel);
-    if !full.is_dir() {
-        return Err(Error::invalid(
-            Some(key),
-            format!(
-                "no folder `{}` in the server's datasets folder",
-                rel.display()
-            ),
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

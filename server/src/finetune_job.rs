@@ -10,7 +10,7 @@ use std::path::Path;
 use ifp_trainer::finetune::FinetuneConfig;
 use serde_json::{json, Value};
 
-use crate::compare_job::check_dataset;
+use crate::datasets;
 use crate::error::{Error, Result};
 
 /// A validated fine-tuning job.
@@ -32,13 +32,7 @@ impl FinetuneJob {
         init: Option<(String, ifp_trainer::config::ModelConfig)>,
         datasets: Option<&Path>,
     ) -> Result<Self> {
-        let Some(root) = datasets else {
-            return Err(Error::invalid(
-                Some("kind"),
-                "this server has no datasets folder for fine-tuning data: start `ifp serve` \
-                 with --datasets-dir DIR (IFP_DATASETS_DIR)",
-            ));
-        };
+        let root = datasets::root(datasets)?;
         if finetune.init.is_some() {
             return Err(Error::invalid(
                 Some("FINETUNE.INIT"),
@@ -49,16 +43,7 @@ impl FinetuneJob {
             finetune.model = model;
             finetune.init = Some(path.into());
         }
-        if finetune.model.kind != ifp_trainer::config::ModelType::Restormer {
-            return Err(Error::invalid(
-                Some("MODEL.TYPE"),
-                "fine-tuning takes a Restormer encoder; Uformer fine-tuning is not supported yet",
-            ));
-        }
-        check_dataset(root, "FINETUNE.DATA.TRAIN_DIR", &finetune.data.train_dir)?;
-        if let Some(t) = &finetune.data.test_dir {
-            check_dataset(root, "FINETUNE.DATA.TEST_DIR", t)?;
-        }
+        datasets::check_task(&finetune, root)?;
         Ok(FinetuneJob { finetune })
     }
 
@@ -86,10 +71,6 @@ impl FinetuneJob {
         if let Some(init) = &self.finetune.init {
             self.finetune.init = Some(artifacts.join(init));
         }
-        let d = &mut self.finetune.data;
-        d.train_dir = datasets.join(&d.train_dir);
-        if let Some(t) = &d.test_dir {
-            d.test_dir = Some(datasets.join(t));
-        }
+        datasets::resolve(&mut self.finetune, datasets);
     }
 }

@@ -2,6 +2,7 @@
 //! pages.
 
 pub mod compare_job;
+pub mod datasets;
 pub mod device;
 pub mod error;
 pub mod events;

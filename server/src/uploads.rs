@@ -72,6 +72,14 @@ pub fn store(artifacts: &Path, bytes: &[u8]) -> Result<String> {
     Ok(format!("{DIR}/{name}"))
 }
 
+/// [`store`] on a blocking thread (decoding a large image takes a while).
+pub async fn store_off_thread(artifacts: &Path, bytes: Bytes) -> Result<String> {
+    let artifacts = artifacts.to_path_buf();
+    tokio::task::spawn_blocking(move || store(&artifacts, &bytes))
+        .await
+        .map_err(|e| Error::Internal(format!("storing an upload: {e}")))?
+}
+
 /// Whether `reference` has the shape `store` gives (`uploads/<64 hex>.png|jpg`).
 fn well_formed(reference: &Path) -> bool {
     let Some(s) = reference.to_str() else {
@@ -144,10 +152,7 @@ pub async fn create(
     _caller: Caller,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Uploaded>)> {
-    let artifacts = state.artifacts.clone();
-    let path = tokio::task::spawn_blocking(move || store(&artifacts, &body))
-        .await
-        .map_err(|e| Error::Internal(format!("storing an upload: {e}")))??;
+    let path = store_off_thread(&state.artifacts, body).await?;
     Ok((StatusCode::CREATED, Json(Uploaded { path })))
 }
 

@@ -16,6 +16,7 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
 
 use crate::compare_job::CompareJob;
+use crate::datasets;
 use crate::error::{Error, Result};
 use crate::finetune_job::FinetuneJob;
 use crate::queue::{self, Claimed, Fence, Outcome};
@@ -435,23 +436,13 @@ enum Work {
 fn work_of(config: &serde_json::Value, wcfg: &WorkerConfig) -> std::result::Result<Work, String> {
     if crate::finetune_job::is_finetune(config) {
         let mut job = FinetuneJob::from_value(config)?;
-        let Some(datasets) = &wcfg.datasets else {
-            return Err(
-                "this worker has no datasets folder for fine-tuning data (set IFP_DATASETS_DIR)"
-                    .into(),
-            );
-        };
+        let datasets = wcfg.datasets.as_deref().ok_or(datasets::WORKER_HAS_NONE)?;
         job.resolve(&wcfg.artifacts, datasets);
         return Ok(Work::Finetune(Box::new(job)));
     }
     if crate::compare_job::is_compare(config) {
         let mut job = CompareJob::from_value(config)?;
-        let Some(datasets) = &wcfg.datasets else {
-            return Err(
-                "this worker has no datasets folder for fine-tuning data (set IFP_DATASETS_DIR)"
-                    .into(),
-            );
-        };
+        let datasets = wcfg.datasets.as_deref().ok_or(datasets::WORKER_HAS_NONE)?;
         job.resolve(datasets);
         crate::uploads::resolve(&wcfg.artifacts, &mut job.pretrain);
         return Ok(Work::Compare(Box::new(job)));

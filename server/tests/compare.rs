@@ -64,6 +64,17 @@ fn finetune(train_dir: &str) -> Value {
     })
 }
 
+/// A browser session of the admin (the cookie value).
+async fn admin_session(pool: &sqlx::PgPool) -> String {
+    let admin = ifp_server::tokens::Caller {
+        name: "admin".into(),
+        is_admin: true,
+    };
+    ifp_server::session::create(pool, &admin, &ifp_server::tokens::hash(ADMIN))
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn compare_submissions_are_checked() {
     let pool = common::fresh_pool().await;
@@ -198,16 +209,7 @@ async fn a_tiny_comparison_runs_and_reports() {
     }
 
     // The job page shows the report.
-    let cookie = ifp_server::session::create(
-        &pool,
-        &ifp_server::tokens::Caller {
-            name: "admin".into(),
-            is_admin: true,
-        },
-        &ifp_server::tokens::hash(ADMIN),
-    )
-    .await
-    .unwrap();
+    let cookie = admin_session(&pool).await;
     let req = Request::get(format!("/jobs/{id}"))
         .header(header::COOKIE, format!("ifp_session={cookie}"))
         .body(Body::empty())
@@ -235,13 +237,7 @@ async fn the_compare_form_submits_and_shows_errors_in_place() {
     let mut state = AppState::new(pool.clone(), artifacts.path(), Some(ADMIN));
     state.datasets = Some(datasets());
     let site = app(state);
-    let caller = ifp_server::tokens::Caller {
-        name: "admin".into(),
-        is_admin: true,
-    };
-    let cookie = ifp_server::session::create(&pool, &caller, &ifp_server::tokens::hash(ADMIN))
-        .await
-        .unwrap();
+    let cookie = admin_session(&pool).await;
     let csrf = ifp_server::session::lookup(&pool, Some(&ifp_server::tokens::hash(ADMIN)), &cookie)
         .await
         .unwrap()
@@ -405,16 +401,7 @@ async fn a_finetune_job_starts_from_a_finished_pretraining_job() {
     let history: Vec<Value> = serde_json::from_str(&history).unwrap();
     assert_eq!(history.len(), 2, "validated at steps 2 and 4");
 
-    let cookie = ifp_server::session::create(
-        &pool,
-        &ifp_server::tokens::Caller {
-            name: "admin".into(),
-            is_admin: true,
-        },
-        &ifp_server::tokens::hash(ADMIN),
-    )
-    .await
-    .unwrap();
+    let cookie = admin_session(&pool).await;
     for (uri, needle) in [
         (format!("/jobs/{id}"), "Best validation PSNR".to_string()),
         ("/jobs/new/finetune".to_string(), pre_id[..8].to_string()),

@@ -328,10 +328,7 @@ async fn read_report(
     files: &[CheckpointFile],
     base: &str,
 ) -> Option<ReportView> {
-    let bytes = tokio::fs::read(state.artifacts.join(&file.path))
-        .await
-        .ok()?;
-    let r: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let r: serde_json::Value = read_json(state, file).await?;
     let pm = |v: &serde_json::Value, digits: usize| -> String {
         match (v["mean"].as_f64(), v["se"].as_f64()) {
             (Some(m), Some(se)) => format!("{m:.digits$} ± {se:.digits$}"),
@@ -419,10 +416,7 @@ async fn read_history(
     file: &CheckpointFile,
     base: &str,
 ) -> Option<ValidationView> {
-    let bytes = tokio::fs::read(state.artifacts.join(&file.path))
-        .await
-        .ok()?;
-    let points: Vec<serde_json::Value> = serde_json::from_slice(&bytes).ok()?;
+    let points: Vec<serde_json::Value> = read_json(state, file).await?;
     let curve: Vec<(f64, f64)> = points
         .iter()
         .filter_map(|p| Some((p["step"].as_f64()?, p["psnr"].as_f64()?)))
@@ -456,4 +450,16 @@ async fn read_history(
             url: format!("{base}/checkpoints/{}", file.name),
         },
     })
+}
+
+/// A listed JSON result file of the job, parsed; `None` if it is gone or unreadable (the page
+/// then still lists the files).
+async fn read_json<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    file: &CheckpointFile,
+) -> Option<T> {
+    let bytes = tokio::fs::read(state.artifacts.join(&file.path))
+        .await
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
 }

@@ -322,12 +322,7 @@ async fn store_noise_upload(state: &AppState, sub: &mut Submitted, errors: &mut 
     let Some(bytes) = sub.noise_file.take() else {
         return;
     };
-    let artifacts = state.artifacts.clone();
-    let stored = tokio::task::spawn_blocking(move || crate::uploads::store(&artifacts, &bytes))
-        .await
-        .map_err(|e| Error::Internal(format!("storing an upload: {e}")))
-        .and_then(|r| r);
-    match stored {
+    match crate::uploads::store_off_thread(&state.artifacts, bytes).await {
         Ok(r) => {
             sub.noise_upload = r;
             sub.noise_source = "upload".into();
