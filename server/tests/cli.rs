@@ -113,6 +113,28 @@ fn bad_inputs_exit_2_with_one_line() {
             "safetensors",
         ),
         (vec!["bench", "--config", "tiny", "--steps", "0"], "--steps"),
+        (
+            vec![
+                "serve",
+                "--data-dir",
+                p(&out),
+                "--datasets-dir",
+                "/nonexistent/data",
+            ],
+            "IFP_DATASETS_DIR /nonexistent/data",
+        ),
+        (
+            vec![
+                "worker",
+                "--database-url",
+                "postgres://nobody@127.0.0.1:1/none",
+                "--data-dir",
+                p(&out),
+                "--datasets-dir",
+                "/nonexistent/data",
+            ],
+            "IFP_DATASETS_DIR /nonexistent/data",
+        ),
     ];
     for (args, needle) in cases {
         let o = ifp(&args);

@@ -53,6 +53,8 @@ pub fn run(a: ServeArgs) -> Result<(), Failure> {
 }
 
 async fn serve(a: ServeArgs, device: candle_core::Device) -> Result<(), Failure> {
+    // Checked before anything starts, so a typo costs no database start-up.
+    let datasets = datasets_dir(a.datasets_dir.as_deref())?;
     std::fs::create_dir_all(&a.data_dir)
         .with_context(|| format!("cannot create IFP_DATA_DIR {}", a.data_dir.display()))
         .map_err(Failure::usage)?;
@@ -93,7 +95,6 @@ async fn serve(a: ServeArgs, device: candle_core::Device) -> Result<(), Failure>
         Duration::from_secs(a.rescue_secs),
         stop_rx.clone(),
     );
-    let datasets = datasets_dir(a.datasets_dir.as_deref())?;
     let workers = platform::spawn_workers(
         &db.pool,
         a.workers,
