@@ -1,7 +1,10 @@
-//! The custom CPU kernels against the straightforward candle versions, values and gradients,
-//! on random shapes including odd sizes and sizes smaller than the kernel.
+//! The custom kernels against the straightforward candle versions, values and gradients, on
+//! random shapes including odd sizes and sizes smaller than the kernel. The depthwise tests run
+//! on `IFP_TEST_DEVICE` (the CUDA kernels on a GPU machine, `bench/gpu-check.sh`).
 
-use candle_core::{Device, Tensor, Var};
+mod common;
+
+use candle_core::{DType, Device, Tensor, Var};
 use ifp_trainer::models::kernels;
 use ifp_trainer::models::ops::{depthwise_composed, im2col};
 
@@ -53,19 +56,38 @@ fn im2col_kernel_matches_composed() {
     }
 }
 
-#[test]
-fn depthwise_kernel_matches_composed() {
-    for (i, &(b, c, h, w, k)) in SHAPES.iter().enumerate() {
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, w), &Device::Cpu).expect("x"))
-            .expect("var");
-        let wt =
-            Var::from_tensor(&Tensor::randn(0f32, 1.0, (c, 1, k, k), &Device::Cpu).expect("w"))
-                .expect("var");
-        let probe = Tensor::randn(0f32, 1.0, (b, c, h, w), &Device::Cpu).expect("probe");
-        let fast = kernels::depthwise(x.as_tensor(), wt.as_tensor(), k).expect("fast");
+/// The depthwise kernel (on `IFP_TEST_DEVICE`: the CPU kernel, or the CUDA one run by
+/// `bench/gpu-check.sh`) in `dtype` against the composed float32 version on the same
+/// (dtype-rounded) inputs, values and both gradients.
+fn check_depthwise(dtype: DType, tol_values: f64, tol_grads: f64) {
+    let dev = common::test_device();
+    // The last shape spans several partial-sum blocks of the CUDA weight gradient.
+    let big = [(2, 3, 97, 101, 3)];
+    for (i, &(b, c, h, w, k)) in SHAPES.iter().chain(&big).enumerate() {
+        let round = |t: Tensor| t.to_dtype(dtype).and_then(|t| t.to_dtype(DType::F32));
+        let x = Var::from_tensor(
+            &round(Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).expect("x")).expect("x"),
+        )
+        .expect("var");
+        let wt = Var::from_tensor(
+            &round(Tensor::randn(0f32, 1.0, (c, 1, k, k), &dev).expect("w")).expect("w"),
+        )
+        .expect("var");
+        let probe = Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).expect("probe");
+        let (xl, wl) = (
+            x.as_tensor().to_dtype(dtype).expect("x"),
+            wt.as_tensor().to_dtype(dtype).expect("w"),
+        );
+        assert!(
+            kernels::depthwise_applicable(&xl, &wl, k),
+            "{dtype:?} on {dev:?}"
+        );
+        let fast = kernels::depthwise(&xl, &wl, k)
+            .and_then(|t| t.to_dtype(DType::F32))
+            .expect("fast");
         let slow = depthwise_composed(x.as_tensor(), wt.as_tensor(), k).expect("slow");
         let e = rel(&fast, &slow);
-        assert!(e < 1e-6, "shape {i}: values {e}");
+        assert!(e < tol_values, "{dtype:?} shape {i}: values {e}");
         let gf = (fast * &probe)
             .and_then(|t| t.sum_all())
             .and_then(|t| t.backward())
@@ -79,9 +101,31 @@ fn depthwise_kernel_matches_composed() {
                 gf.get(v.as_tensor()).expect("g"),
                 gs.get(v.as_tensor()).expect("g"),
             );
-            assert!(e < 1e-5, "shape {i}: {name} gradient {e}");
+            assert!(e < tol_grads, "{dtype:?} shape {i}: {name} gradient {e}");
         }
     }
+    println!("depthwise kernel on {dev:?} in {dtype:?} matches the composed float32 version");
+}
+
+#[test]
+fn depthwise_kernel_matches_composed() {
+    check_depthwise(DType::F32, 1e-6, 1e-5);
+}
+
+/// bf16 has a kernel on CUDA only (the CPU takes the composed path); its error is the bf16
+/// rounding of the output and of the output gradient (2^-9 relative each).
+#[test]
+fn depthwise_kernel_bf16_matches_composed() {
+    if common::test_device().is_cpu() {
+        let x = Tensor::zeros((1, 1, 3, 3), DType::BF16, &Device::Cpu).expect("x");
+        let w = Tensor::zeros((1, 1, 3, 3), DType::BF16, &Device::Cpu).expect("w");
+        assert!(
+            !kernels::depthwise_applicable(&x, &w, 3),
+            "no bf16 CPU kernel"
+        );
+        return;
+    }
+    check_depthwise(DType::BF16, 1e-2, 1e-2);
 }
 
 #[test]

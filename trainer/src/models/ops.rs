@@ -102,9 +102,9 @@ impl Conv2d {
 
     fn forward_depthwise(&self, x: &Tensor) -> Result<Tensor> {
         // A convolution, so lowered under AMP like the dense ones (the CPU kernel is float32
-        // only: a bf16 input takes the composed path).
+        // only: a bf16 input on the CPU takes the composed path; CUDA has both).
         let (x, weight) = (amp::lower(x)?, amp::lower(&self.weight)?);
-        let y = if kernels::applicable(&x) {
+        let y = if kernels::depthwise_applicable(&x, &weight, self.k) {
             kernels::depthwise(&x, &weight, self.k)?
         } else {
             depthwise_composed(&x, &weight, self.k)?

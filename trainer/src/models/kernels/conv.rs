@@ -139,6 +139,17 @@ impl CustomOp2 for Depthwise {
         "ifp-depthwise"
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::depthwise_apply(s1, l1, s2, l2, self.k, false)
+    }
+
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -197,6 +208,17 @@ impl CustomOp2 for DepthwiseInputGrad {
         "ifp-depthwise-grad-input"
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::depthwise_apply(s1, l1, s2, l2, self.k, true)
+    }
+
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -241,6 +263,17 @@ struct DepthwiseWeightGrad {
 impl CustomOp2 for DepthwiseWeightGrad {
     fn name(&self) -> &'static str {
         "ifp-depthwise-grad-weight"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::depthwise_weight_grad(s1, l1, s2, l2, self.k)
     }
 
     fn cpu_fwd(

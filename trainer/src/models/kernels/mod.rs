@@ -1,9 +1,13 @@
-//! CPU kernels as candle custom ops with their own backward, for the operations whose candle
-//! 0.11 backward is slow or missing (DESIGN 4): convolutions (`conv`) and the channel LayerNorm
-//! (`norm`). float32 on CPU only; `ops.rs` falls back to composed tensor ops elsewhere, and the
-//! tests compare each kernel with that composed version (values and gradients).
+//! Kernels as candle custom ops with their own backward, for the operations whose candle 0.11
+//! backward is slow or missing (DESIGN 4): convolutions (`conv`) and the channel LayerNorm
+//! (`norm`). All run on the CPU in float32; the depthwise convolution also runs on CUDA in
+//! float32 and bfloat16 (`cuda`, feature `cuda`). `ops.rs` falls back to composed tensor ops
+//! elsewhere, and the tests compare each kernel with that composed version (values and
+//! gradients).
 
 mod conv;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod norm;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +33,26 @@ pub fn applicable(x: &Tensor) -> bool {
 /// (B, C, H, W) -> (B, C*k*k, H*W), zero padding k/2.
 pub fn im2col(x: &Tensor, k: usize) -> Result<Tensor> {
     x.contiguous()?.apply_op1(conv::Im2col { k })
+}
+
+/// Whether `depthwise` runs for this input and weight: float32 on the CPU; with the `cuda`
+/// feature also float32 or bfloat16 (one dtype for both) on CUDA, for kernels up to 7x7.
+pub fn depthwise_applicable(x: &Tensor, weight: &Tensor, k: usize) -> bool {
+    if !ENABLED.load(Ordering::Relaxed) || x.dtype() != weight.dtype() {
+        return false;
+    }
+    if x.device().is_cpu() {
+        return x.dtype() == candle_core::DType::F32;
+    }
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        return matches!(
+            x.dtype(),
+            candle_core::DType::F32 | candle_core::DType::BF16
+        ) && k <= cuda::MAX_K;
+    }
+    let _ = k;
+    false
 }
 
 /// Depthwise "same" convolution with weight (C, 1, k, k).

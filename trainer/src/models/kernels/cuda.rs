@@ -1,0 +1,181 @@
+//! CUDA launches of the trainer's own kernels (`cuda/depthwise.cu`, compiled to PTX by
+//! build.rs): the depthwise convolution and its two gradients, float32 and bfloat16. Without
+//! them the composed fallback keeps 17 full-size intermediates per depthwise convolution alive
+//! for the backward pass, which runs the paper Restormer at 224x224 out of GPU memory.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
+use candle_core::{CudaDevice, CudaStorage, Layout, Result, Shape};
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/depthwise.ptx"));
+const MODULE: &str = "ifp_depthwise";
+/// Threads per block of the weight-gradient kernel (its shared reduction buffer's size).
+const WEIGHT_THREADS: u32 = 256;
+/// Largest kernel the weight gradient handles (its per-thread accumulators).
+pub(super) const MAX_K: usize = 7;
+
+fn err(what: &str) -> candle_core::Error {
+    candle_core::Error::Msg(format!(
+        "{what}: float32 or bfloat16 inputs of one dtype only"
+    ))
+}
+
+/// The contiguous elements a layout covers.
+fn view<'a, T>(s: &'a CudaSlice<T>, l: &Layout, what: &str) -> Result<CudaView<'a, T>> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(s.slice(a..b)),
+        None => Err(candle_core::Error::Msg(format!(
+            "{what}: needs a contiguous input"
+        ))),
+    }
+}
+
+fn grid(n: usize, threads: u32) -> LaunchConfig {
+    // Grid-stride loops: a capped grid covers any size.
+    let blocks = n.div_ceil(threads as usize).clamp(1, 65_535 * 8) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// `y = depthwise(x, w)` (`mirrored: false`) or the input gradient `g -> dx` (`mirrored: true`,
+/// the taps applied at negated offsets). x (B, C, H, W), w (C, 1, k, k).
+pub(super) fn depthwise_apply(
+    x: &CudaStorage,
+    lx: &Layout,
+    w: &CudaStorage,
+    lw: &Layout,
+    k: usize,
+    mirrored: bool,
+) -> Result<(CudaStorage, Shape)> {
+    let (_, c, h, wd) = lx.shape().dims4()?;
+    let total = lx.shape().elem_count();
+    let dev = x.device().clone();
+    fn run<T: DeviceRepr>(
+        dev: &CudaDevice,
+        name: &str,
+        x: CudaView<T>,
+        w: CudaView<T>,
+        total: usize,
+        dims: (usize, usize, usize, usize),
+        sign: i32,
+    ) -> Result<CudaSlice<T>> {
+        let f = dev.get_or_load_custom_func(name, MODULE, PTX)?;
+        // SAFETY: every element is written by the kernel.
+        let y = unsafe { dev.alloc::<T>(total)? };
+        let (c, h, w_, k) = (dims.0 as i32, dims.1 as i32, dims.2 as i32, dims.3 as i32);
+        let total64 = total as i64;
+        let mut b = f.builder();
+        b.arg(&x).arg(&w).arg(&y).arg(&total64);
+        b.arg(&c).arg(&h).arg(&w_).arg(&k).arg(&sign);
+        // SAFETY: argument types and order match ifp_dw_apply_* in depthwise.cu.
+        unsafe { b.launch(grid(total, 256)) }.w()?;
+        Ok(y)
+    }
+    let sign = if mirrored { -1 } else { 1 };
+    let dims = (c, h, wd, k);
+    let slice = match (&x.slice, &w.slice) {
+        (CudaStorageSlice::F32(xs), CudaStorageSlice::F32(ws)) => {
+            let (xv, wv) = (view(xs, lx, "depthwise")?, view(ws, lw, "depthwise")?);
+            CudaStorageSlice::F32(run(&dev, "ifp_dw_apply_f32", xv, wv, total, dims, sign)?)
+        }
+        (CudaStorageSlice::BF16(xs), CudaStorageSlice::BF16(ws)) => {
+            let (xv, wv) = (view(xs, lx, "depthwise")?, view(ws, lw, "depthwise")?);
+            CudaStorageSlice::BF16(run(&dev, "ifp_dw_apply_bf16", xv, wv, total, dims, sign)?)
+        }
+        _ => return Err(err("depthwise")),
+    };
+    Ok((CudaStorage { slice, device: dev }, lx.shape().clone()))
+}
+
+/// The weight gradient `(C, 1, k, k)` of a depthwise convolution from its input `x` and output
+/// gradient `g` (both (B, C, H, W)): per-block partial sums, then a fixed-order reduction, so
+/// the result does not depend on scheduling.
+pub(super) fn depthwise_weight_grad(
+    x: &CudaStorage,
+    lx: &Layout,
+    g: &CudaStorage,
+    lg: &Layout,
+    k: usize,
+) -> Result<(CudaStorage, Shape)> {
+    let (b, c, h, wd) = lx.shape().dims4()?;
+    if k > MAX_K {
+        return Err(candle_core::Error::Msg(format!(
+            "depthwise weight gradient: kernel {k} above {MAX_K}"
+        )));
+    }
+    let dev = x.device().clone();
+    // About 4 blocks' worth of threads per chunk: enough blocks to fill the GPU for every
+    // channel count used here, few partial sums to add.
+    let chunks = (b * h * wd)
+        .div_ceil(WEIGHT_THREADS as usize * 16)
+        .clamp(1, 512);
+    fn run<T: DeviceRepr>(
+        dev: &CudaDevice,
+        suffix: &str,
+        x: CudaView<T>,
+        g: CudaView<T>,
+        dims: (usize, usize, usize, usize, usize),
+        chunks: usize,
+    ) -> Result<CudaSlice<T>> {
+        let (b, c, h, w, k) = dims;
+        let kk = k * k;
+        let part = dev.alloc_zeros::<f32>(c * chunks * kk)?;
+        let f =
+            dev.get_or_load_custom_func(&format!("ifp_dw_weight_partial_{suffix}"), MODULE, PTX)?;
+        let (b32, c32, h32, w32, k32, ch32) = (
+            b as i32,
+            c as i32,
+            h as i32,
+            w as i32,
+            k as i32,
+            chunks as i32,
+        );
+        let mut args = f.builder();
+        args.arg(&x).arg(&g).arg(&part);
+        args.arg(&b32)
+            .arg(&c32)
+            .arg(&h32)
+            .arg(&w32)
+            .arg(&k32)
+            .arg(&ch32);
+        let cfg = LaunchConfig {
+            grid_dim: (c as u32, chunks as u32, 1),
+            block_dim: (WEIGHT_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: argument types and order match ifp_dw_weight_partial_* in depthwise.cu.
+        unsafe { args.launch(cfg) }.w()?;
+        // SAFETY: every element is written by the reduction.
+        let gw = unsafe { dev.alloc::<T>(c * kk)? };
+        let f =
+            dev.get_or_load_custom_func(&format!("ifp_dw_weight_reduce_{suffix}"), MODULE, PTX)?;
+        let kk32 = kk as i32;
+        let mut args = f.builder();
+        args.arg(&part).arg(&gw).arg(&c32).arg(&kk32).arg(&ch32);
+        // SAFETY: argument types and order match ifp_dw_weight_reduce_* in depthwise.cu.
+        unsafe { args.launch(grid(c * kk, 128)) }.w()?;
+        Ok(gw)
+    }
+    let dims = (b, c, h, wd, k);
+    let slice = match (&x.slice, &g.slice) {
+        (CudaStorageSlice::F32(xs), CudaStorageSlice::F32(gs)) => {
+            let (xv, gv) = (view(xs, lx, "depthwise")?, view(gs, lg, "depthwise")?);
+            CudaStorageSlice::F32(run(&dev, "f32", xv, gv, dims, chunks)?)
+        }
+        (CudaStorageSlice::BF16(xs), CudaStorageSlice::BF16(gs)) => {
+            let (xv, gv) = (view(xs, lx, "depthwise")?, view(gs, lg, "depthwise")?);
+            CudaStorageSlice::BF16(run(&dev, "bf16", xv, gv, dims, chunks)?)
+        }
+        _ => return Err(err("depthwise weight gradient")),
+    };
+    Ok((
+        CudaStorage { slice, device: dev },
+        Shape::from((c, 1, k, k)),
+    ))
+}
