@@ -74,11 +74,11 @@ fn bf16_uformer_is_close_to_the_float32_reference() {
     assert!(gi < 0.2 && worst < 0.45, "gradients {gi} {worst}");
 }
 
-#[test]
-fn bf16_training_steps_lower_the_loss() {
+/// The losses of 30 tiny-preset training steps with the given AMP setting.
+fn train_losses(amp: Amp) -> Vec<f64> {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = Config::load("tiny").expect("tiny preset");
-    cfg.train.amp = Amp::Bf16;
+    cfg.train.amp = amp;
     cfg.train.steps = Some(30);
     cfg.train.warmup_epochs = 5;
     cfg.save_freq = 1000;
@@ -96,9 +96,28 @@ fn bf16_training_steps_lower_the_loss() {
     })
     .expect("training");
     assert_eq!(losses.len(), 30);
+    losses
+}
+
+/// Training under `TRAIN.AMP: bf16` really runs in bf16 (its first loss differs from the float32
+/// run's on the same batch, by a bf16-sized amount) and still learns.
+#[test]
+fn bf16_training_steps_lower_the_loss() {
+    let losses = train_losses(Amp::Bf16);
+    let f32_losses = train_losses(Amp::Off);
+    let first = (losses[0] - f32_losses[0]).abs() / f32_losses[0];
     let head: f64 = losses[..5].iter().sum::<f64>() / 5.0;
     let tail: f64 = losses[25..].iter().sum::<f64>() / 5.0;
-    eprintln!("tiny preset, bf16 AMP: mean loss of steps 1-5 {head:.5}, of steps 26-30 {tail:.5}");
+    eprintln!(
+        "tiny preset, bf16 AMP: mean loss of steps 1-5 {head:.5}, of steps 26-30 {tail:.5}; \
+         first loss {:.6} vs float32 {:.6}",
+        losses[0], f32_losses[0]
+    );
     assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    assert!(
+        first > 0.0,
+        "bf16 training gave the float32 loss: AMP not applied"
+    );
+    assert!(first < 0.05, "first loss {first} away from float32's");
     assert!(tail < 0.8 * head, "loss did not fall: {head} -> {tail}");
 }

@@ -116,12 +116,12 @@ impl Network {
         x: &Tensor,
         rng: &mut uformer::DropPathRng,
     ) -> candle_core::Result<Tensor> {
-        match &self.body {
+        amp::autocast(self.low, || match &self.body {
             Body::Restormer { encoder, decoder } => decoder.forward(&encoder.forward(x)?),
             Body::Uformer { encoder, decoder } => {
                 decoder.forward_t(&encoder.forward_t(x, Some(&mut *rng))?, Some(rng))
             }
-        }
+        })
     }
 
     /// The backbone alone. Restormer: (B, 3, H, W) -> (B, OUT_CHANNELS, H, W). Uformer: the
