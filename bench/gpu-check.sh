@@ -6,7 +6,7 @@
 #   bench/gpu-check.sh prepare [DIR]   # on the BUILD machine: build ifp and the parity test
 #                                      # binaries with --features cuda, copy them to DIR
 #                                      # (default bench/gpu-bin, git-ignored) and
-#                                      # DIR.tar.xz (~45 MB, unpacked when DIR is absent)
+#                                      # DIR.tar.xz (~11 MB, unpacked when DIR is absent)
 #   bench/gpu-check.sh                 # on the GPU machine: run everything, print the table
 #   bench/gpu-check.sh --dry-cpu       # the same on the CPU at toy sizes (tests this script)
 #
@@ -16,8 +16,8 @@
 # (224), STEPS (timed steps, 10), OUT (logs; default a new /tmp/ifp-gpu-check.XXXXXX),
 # PEAK_F32_TFLOPS / PEAK_BF16_TFLOPS (MFU denominators; default from the GPU's name).
 #
-# Limits (each stage has a timeout so the whole run stays under 8 minutes, 455 s at worst): each
-# of the four parity test binaries 45 s, training 45 s, FLOP count 30 s, each of the four
+# Limits (each stage has a timeout so the whole run stays under 8 minutes, 475 s at worst): each
+# of the five parity test binaries 40 s, training 45 s, FLOP count 30 s, each of the four
 # benchmark runs 50 s. Exit 1 if a parity test or the training fails.
 #
 # MFU = model FLOPs per step (forward + backward matrix products and convolutions, counted by
@@ -28,7 +28,7 @@ set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
-TESTS=(restormer_golden uformer_golden loss_golden amp)
+TESTS=(restormer_golden uformer_golden loss_golden amp kernels)
 
 say() { echo "gpu-check: $*" >&2; }
 
@@ -58,10 +58,12 @@ for line in open(path):
 EOF
     rm -f "$json"
     strip "$dest"/* 2>/dev/null || true
-    # Each stripped binary is ~64 MB, mostly candle's PTX text; xz makes them ~9 MB each, small
-    # enough to carry to a GPU machine whose transfer size is limited.
+    # Each stripped binary is ~55-65 MB, mostly the same candle PTX text. One xz stream with a
+    # dictionary larger than a binary stores that text once: ~11 MB for all five (35 MB with
+    # xz's default 8 MiB dictionary), small enough to carry to a GPU machine whose transfer size
+    # is limited. Takes ~2 minutes on one core; unpacking needs ~200 MB of memory.
     say "compressing to $dest.tar.xz"
-    tar -C "$dest" -cf - . | xz -T0 -6 >"$dest.tar.xz"
+    tar -C "$dest" -cf - . | xz -T1 -9 --lzma2=preset=9,dict=192MiB >"$dest.tar.xz"
     ls -la "$dest" "$dest.tar.xz"
     say "copy $dest or $dest.tar.xz (with bench/ and the golden vectors) to the GPU machine, then run bench/gpu-check.sh there"
     exit 0
@@ -74,7 +76,7 @@ STEPS="${STEPS:-10}"
 BENCH_CFG=restormer-paper
 TORCH_CFG="$ROOT/presets/restormer-paper.yaml"
 TRAIN_STEPS=50
-PARITY_TIMEOUT=45
+PARITY_TIMEOUT=40
 if [[ "${1:-}" == --dry-cpu ]]; then
     # Toy sizes on the CPU: checks the script's plumbing, not the GPU (no time limit to keep).
     DEV=cpu BATCH=2 SIZE=32 STEPS=2 TRAIN_STEPS=5 PARITY_TIMEOUT=600
@@ -142,7 +144,7 @@ for t in "${TESTS[@]}"; do
     verdict=$([[ $rc == 0 ]] && echo ok || echo "FAILED (rc $rc, $OUT/$t.log)")
     ((rc)) && fail=1
     echo "- $t: $verdict"
-    grep -E 'rel L2|bf16 AMP|mean loss' "$OUT/$t.log" | sed 's/^/    /'
+    grep -E 'rel L2|bf16 AMP|mean loss|depthwise kernel' "$OUT/$t.log" | sed 's/^/    /'
 done
 
 # --- 2. the tiny preset, 50 steps ------------------------------------------------------------

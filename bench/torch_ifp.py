@@ -639,7 +639,10 @@ def train_step(model: nn.Module, optimizer, scheduler, clean: torch.Tensor, mask
     target = normalize_img(clean)
     optimizer.zero_grad(set_to_none=True)
     pred = model(x_in)
-    loss = freq_loss(pred, target, mask, kind, in_chans=in_chans)
+    # Under autocast the network's output is bf16/f16: the loss runs in float32, as the
+    # reference's tensor2freq `.float()` and ifp's TRAIN.AMP do (cuFFT has no bf16 either).
+    loss = freq_loss(pred, target, mask, kind, in_chans=in_chans,
+                     cast_f32=pred.dtype in (torch.bfloat16, torch.float16))
     loss.backward()
     if clip:
         gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))

@@ -423,12 +423,14 @@ fn training_mode_applies_stochastic_depth() {
     let mut c = config(cfg);
     assert_eq!(c.model.uformer.drop_path_rate, 0.1, "reference default");
     c.model.uformer.drop_path_rate = 0.0;
+    // On the device the parity tests run on (IFP_TEST_DEVICE), like `x`.
+    let dev = x.device();
     let weights = load_weights(
         &common::golden_dir().join(format!("{name}.safetensors")),
-        &Device::Cpu,
+        dev,
     )
     .expect("weights");
-    let net0 = Network::build(&c, WeightSource::Tensors(weights), &Device::Cpu).expect("net");
+    let net0 = Network::build(&c, WeightSource::Tensors(weights), dev).expect("net");
     let y = net0
         .forward_train(x, &mut DropPathRng::for_step(5, 0))
         .expect("train");
