@@ -178,3 +178,118 @@ fn channel_layer_norm_kernel_matches_composed() {
         }
     }
 }
+
+/// Values and the gradients of every input of `fast` and `slow` (the same function) under a
+/// random probe of the output.
+fn compare_with_grads(
+    what: &str,
+    inputs: &[&Var],
+    fast: impl Fn() -> Tensor,
+    slow: impl Fn() -> Tensor,
+    tol_values: f64,
+    tol_grads: f64,
+) {
+    let (f, s) = (fast(), slow());
+    let e = rel(&f, &s);
+    assert!(e < tol_values, "{what}: values {e}");
+    let probe = Tensor::randn(0f32, 1.0, s.shape(), s.device()).expect("probe");
+    let gf = (f * &probe)
+        .and_then(|t| t.sum_all())
+        .and_then(|t| t.backward())
+        .expect("bwd");
+    let gs = (s * &probe)
+        .and_then(|t| t.sum_all())
+        .and_then(|t| t.backward())
+        .expect("bwd");
+    for (n, v) in inputs.iter().enumerate() {
+        let e = rel(
+            gf.get(v.as_tensor()).expect("g"),
+            gs.get(v.as_tensor()).expect("g"),
+        );
+        assert!(e < tol_grads, "{what}: gradient of input {n}: {e}");
+    }
+}
+
+#[test]
+fn channel_attention_kernel_matches_composed() {
+    use ifp_trainer::models::restormer::channel_attention_composed;
+    // (batch, channels per part, heads, H, W): one head, several, odd and tiny planes.
+    for &(b, c, heads, h, w) in &[
+        (1, 1, 1, 1, 1),
+        (2, 8, 1, 5, 7),
+        (3, 12, 4, 9, 4),
+        (2, 16, 2, 13, 11),
+        (1, 48, 1, 16, 16),
+    ] {
+        let qkv = Var::from_tensor(
+            &Tensor::randn(0f32, 1.0, (b, 3 * c, h, w), &Device::Cpu).expect("qkv"),
+        )
+        .expect("var");
+        let t =
+            Var::from_tensor(&Tensor::rand(0.5f32, 2.0, (heads, 1, 1), &Device::Cpu).expect("t"))
+                .expect("var");
+        compare_with_grads(
+            &format!("attention b{b} c{c} heads{heads} {h}x{w}"),
+            &[&qkv, &t],
+            || kernels::channel_attention(qkv.as_tensor(), t.as_tensor(), heads).expect("fast"),
+            || channel_attention_composed(qkv.as_tensor(), t.as_tensor(), heads).expect("slow"),
+            1e-5,
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn gelu_gate_kernel_matches_composed() {
+    use ifp_trainer::models::restormer::gelu_gate_composed;
+    for &(b, c2, h, w) in &[
+        (1, 2, 1, 1),
+        (2, 6, 5, 7),
+        (3, 84, 9, 13),
+        (1, 10, 128, 130),
+    ] {
+        let x =
+            Var::from_tensor(&Tensor::randn(0f32, 2.0, (b, c2, h, w), &Device::Cpu).expect("x"))
+                .expect("var");
+        compare_with_grads(
+            &format!("gelu gate b{b} c{c2} {h}x{w}"),
+            &[&x],
+            || kernels::gelu_gate(x.as_tensor()).expect("fast"),
+            || gelu_gate_composed(x.as_tensor()).expect("slow"),
+            1e-6,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn bias_act_kernel_matches_composed() {
+    use ifp_trainer::models::ops::leaky_relu;
+    for &(b, c, h, w) in &[(1, 1, 1, 1), (2, 3, 5, 7), (4, 16, 33, 31)] {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, w), &Device::Cpu).expect("x"))
+            .expect("var");
+        let bias =
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, c, &Device::Cpu).expect("b")).expect("var");
+        for slope in [None, Some(0.0), Some(0.1)] {
+            let composed = || {
+                let y = x
+                    .as_tensor()
+                    .broadcast_add(&bias.as_tensor().reshape((1, c, 1, 1)).expect("b"))
+                    .expect("add");
+                match slope {
+                    None => y,
+                    Some(0.0) => y.relu().expect("relu"),
+                    Some(s) => leaky_relu(&y, s as f64).expect("leaky"),
+                }
+            };
+            compare_with_grads(
+                &format!("bias act {slope:?} b{b} c{c} {h}x{w}"),
+                &[&x, &bias],
+                || kernels::bias_act(x.as_tensor(), bias.as_tensor(), slope).expect("fast"),
+                composed,
+                1e-6,
+                1e-5,
+            );
+        }
+    }
+}

@@ -6,7 +6,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::init::NonLinearity;
 use candle_nn::{Init, VarBuilder};
 
-use super::ops::{leaky_relu, Conv2d};
+use super::ops::{Activation, Conv2d};
 use crate::config::DecoderConfig;
 
 /// BasicSR's `initialize_weights(..., scale=0.1)`: kaiming-normal (fan-in, ReLU gain) times 0.1,
@@ -39,7 +39,9 @@ struct ResidualBlock {
 
 impl Module for ResidualBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x + self.conv2.forward(&self.conv1.forward(x)?.relu()?)?
+        x + self
+            .conv2
+            .forward(&self.conv1.forward_act(x, Activation::Relu)?)?
     }
 }
 
@@ -76,9 +78,9 @@ impl MsrResNetHead {
 
 impl Module for MsrResNetHead {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let fea = leaky_relu(&self.conv_first.forward(x)?, 0.1)?;
+        let fea = self.conv_first.forward_act(x, Activation::LeakyRelu(0.1))?;
         let out = self.blocks.iter().try_fold(fea, |f, b| b.forward(&f))?;
         self.conv_last
-            .forward(&leaky_relu(&self.hr_conv.forward(&out)?, 0.1)?)
+            .forward(&self.hr_conv.forward_act(&out, Activation::LeakyRelu(0.1))?)
     }
 }

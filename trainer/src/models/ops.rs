@@ -135,18 +135,49 @@ pub fn depthwise_composed(x: &Tensor, weight: &Tensor, k: usize) -> Result<Tenso
     acc.ok_or_else(|| candle_core::Error::Msg("empty depthwise kernel".into()))
 }
 
-impl Module for Conv2d {
-    // (B, C, H, W) -> (B, O, H, W)
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+/// What follows a convolution, fused with its bias where a kernel applies.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    Identity,
+    Relu,
+    /// LeakyReLU with this negative slope (>= 0).
+    LeakyRelu(f64),
+}
+
+impl Conv2d {
+    /// `act(conv(x) + bias)`: (B, C, H, W) -> (B, O, H, W).
+    pub fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
         let y = if self.depthwise {
             self.forward_depthwise(x)?
         } else {
             self.forward_dense(x)?
         };
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, self.out_c, 1, 1))?),
-            None => Ok(y),
+        if let Some(b) = &self.bias {
+            if kernels::applicable(&y) {
+                let slope = match act {
+                    Activation::Identity => None,
+                    Activation::Relu => Some(0.0),
+                    Activation::LeakyRelu(s) => Some(s as f32),
+                };
+                return kernels::bias_act(&y, b, slope);
+            }
         }
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, self.out_c, 1, 1))?)?,
+            None => y,
+        };
+        match act {
+            Activation::Identity => Ok(y),
+            Activation::Relu => y.relu(),
+            Activation::LeakyRelu(s) => leaky_relu(&y, s),
+        }
+    }
+}
+
+impl Module for Conv2d {
+    // (B, C, H, W) -> (B, O, H, W)
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_act(x, Activation::Identity)
     }
 }
 

@@ -7,6 +7,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::amp;
+use super::kernels;
 use super::ops::{
     gelu, l2_normalize_last, pixel_shuffle, pixel_unshuffle, reflect_pad_end, softmax_last,
     ChannelLayerNorm, Conv2d,
@@ -40,25 +41,49 @@ impl Attention {
 
 impl Module for Attention {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = x.dims4()?;
         let qkv = self.qkv_dwconv.forward(&self.qkv.forward(x)?)?; // (B, 3C, H, W)
-        let ch = c / self.heads;
-        // (B, C, H, W) -> (B, heads, C/heads, H*W)
-        let split = |i: usize| qkv.narrow(1, i * c, c)?.reshape((b, self.heads, ch, h * w));
-        let q = l2_normalize_last(&split(0)?)?;
-        let k = l2_normalize_last(&split(1)?)?;
-        let v = split(2)?;
-        // (B, heads, ch, ch), scaled per head
-        let attn = amp::matmul(&q, &k.t()?)?.broadcast_mul(&self.temperature.unsqueeze(0)?)?;
-        let attn = softmax_last(&attn)?;
-        let out = amp::matmul(&attn, &v.contiguous()?)?.reshape((b, c, h, w))?;
+                                                                   // The fused op multiplies in float32: under autocast the products take the composed
+                                                                   // path, which runs them in the low dtype as PyTorch does.
+        let out = if kernels::applicable(&qkv) && amp::low_dtype().is_none() {
+            kernels::channel_attention(&qkv, &self.temperature, self.heads)?
+        } else {
+            channel_attention_composed(&qkv, &self.temperature, self.heads)?
+        };
         self.project_out.forward(&out)
     }
 }
 
+/// The channel attention from tensor ops (any device and dtype; products under autocast): the
+/// reference for `kernels::channel_attention`. qkv (B, 3C, H, W), temperature (heads, 1, 1)
+/// -> (B, C, H, W).
+pub fn channel_attention_composed(
+    qkv: &Tensor,
+    temperature: &Tensor,
+    heads: usize,
+) -> Result<Tensor> {
+    let (b, c3, h, w) = qkv.dims4()?;
+    let c = c3 / 3;
+    let ch = c / heads;
+    // (B, C, H, W) -> (B, heads, C/heads, H*W)
+    let split = |i: usize| qkv.narrow(1, i * c, c)?.reshape((b, heads, ch, h * w));
+    let q = l2_normalize_last(&split(0)?)?;
+    let k = l2_normalize_last(&split(1)?)?;
+    let v = split(2)?;
+    // (B, heads, ch, ch), scaled per head
+    let attn = amp::matmul(&q, &k.t()?)?.broadcast_mul(&temperature.unsqueeze(0)?)?;
+    let attn = softmax_last(&attn)?;
+    amp::matmul(&attn, &v.contiguous()?)?.reshape((b, c, h, w))
+}
+
+/// The GDFN gate `gelu(x1) * x2` of the channel halves of x (B, 2h, H, W), from tensor ops: the
+/// reference for `kernels::gelu_gate`.
+pub fn gelu_gate_composed(x: &Tensor) -> Result<Tensor> {
+    let hidden = x.dim(1)? / 2;
+    gelu(&x.narrow(1, 0, hidden)?)? * x.narrow(1, hidden, hidden)?
+}
+
 /// Gated-Dconv Feed-forward Network.
 struct FeedForward {
-    hidden: usize,
     project_in: Conv2d,
     dwconv: Conv2d,
     project_out: Conv2d,
@@ -69,7 +94,6 @@ impl FeedForward {
         // `int(dim * ffn_expansion_factor)` in the reference: truncation, not rounding.
         let hidden = (dim as f64 * factor) as usize;
         Ok(FeedForward {
-            hidden,
             project_in: Conv2d::new(dim, hidden * 2, 1, bias, vb.pp("project_in"))?,
             dwconv: Conv2d::depthwise(hidden * 2, 3, bias, vb.pp("dwconv"))?,
             project_out: Conv2d::new(hidden, dim, 1, bias, vb.pp("project_out"))?,
@@ -80,9 +104,12 @@ impl FeedForward {
 impl Module for FeedForward {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.dwconv.forward(&self.project_in.forward(x)?)?; // (B, 2*hidden, H, W)
-        let x1 = y.narrow(1, 0, self.hidden)?;
-        let x2 = y.narrow(1, self.hidden, self.hidden)?;
-        self.project_out.forward(&(gelu(&x1)? * x2)?)
+        let gated = if kernels::applicable(&y) {
+            kernels::gelu_gate(&y)?
+        } else {
+            gelu_gate_composed(&y)?
+        };
+        self.project_out.forward(&gated)
     }
 }
 

@@ -1,13 +1,17 @@
 //! Kernels as candle custom ops with their own backward, for the operations whose candle 0.11
 //! backward is slow or missing (DESIGN 4): convolutions (`conv`) and the channel LayerNorm
-//! (`norm`). All run on the CPU in float32; the depthwise convolution also runs on CUDA in
+//! (`norm`), Restormer's channel attention (`attention`) and its GDFN gate (`gate`), and a convolution's bias
+//! with its activation (`bias`). All run on the CPU in float32; the depthwise convolution also runs on CUDA in
 //! float32 and bfloat16 (`cuda`, feature `cuda`). `ops.rs` falls back to composed tensor ops
 //! elsewhere, and the tests compare each kernel with that composed version (values and
 //! gradients).
 
+mod attention;
+mod bias;
 mod conv;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod gate;
 mod norm;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -73,4 +77,25 @@ pub fn channel_layer_norm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) ->
             x.apply_op3(weight, &zero, norm::ChannelNorm { with_bias: false })
         }
     }
+}
+
+/// Restormer's channel attention from the output of its depthwise convolution: qkv
+/// (B, 3C, H, W) and the per-head temperature (heads, 1, 1) -> (B, C, H, W) (see `attention`).
+pub fn channel_attention(qkv: &Tensor, temperature: &Tensor, heads: usize) -> Result<Tensor> {
+    qkv.contiguous()?.apply_op2(
+        &temperature.contiguous()?,
+        attention::ChannelAttention { heads },
+    )
+}
+
+/// `gelu(x1) * x2` of the two channel halves of x (B, 2h, H, W) -> (B, h, H, W).
+pub fn gelu_gate(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(gate::GeluGate)
+}
+
+/// `act(x + b[c])` of x (B, C, H, W) and bias (C): act the identity (`slope: None`), ReLU
+/// (`Some(0.0)`) or LeakyReLU (`Some(s)`, s >= 0).
+pub fn bias_act(x: &Tensor, bias: &Tensor, slope: Option<f32>) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2(&bias.contiguous()?, bias::BiasAct { slope })
 }

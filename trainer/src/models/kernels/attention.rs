@@ -1,0 +1,284 @@
+//! Restormer's channel attention (MDTA after its depthwise convolution) as one fused op with a
+//! fused backward. Composed from tensor ops it is about twenty graph nodes (three narrows whose
+//! backward pads and concatenates, two L2 normalisations, a transpose copy, a softmax of five
+//! ops), each with a full-size buffer in the backward pass.
+//!
+//! Per image `b` and head `h`, with the `ch = C / heads` rows `q_i`, `k_j`, `v_j` (length
+//! N = H*W) of the head's channels in `qkv` (B, 3C, H, W):
+//! `nq_i = max(|q_i|, 1e-12)`, `P_ij = (q_i . k_j) / (nq_i nk_j)` (`F.normalize` then the
+//! product), `A = softmax_j(t_h P)`, `out_i = sum_j A_ij v_j`.
+//! Backward from `g_i = dout_i`: `dA_ij = g_i . v_j`, `dv_j = sum_i A_ij g_i`,
+//! `dS_ij = A_ij (dA_ij - sum_k A_ik dA_ik)`, `dt_h = sum_ij dS_ij P_ij`,
+//! `dqhat_i = t_h sum_j dS_ij k_j / nk_j`, `dkhat_j = t_h sum_i dS_ij q_i / nq_i`, and through the
+//! normalisation `dq_i = dqhat_i / nq_i - q_i (q_i . dqhat_i) / nq_i^3` (`dqhat_i / 1e-12` where
+//! the clamp is active). The small ch x ch matrices are recomputed in the backward pass rather
+//! than kept.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::conv::f32_slice;
+
+/// `F.normalize`'s eps.
+const NORM_EPS: f32 = 1e-12;
+
+pub(super) struct ChannelAttention {
+    pub(super) heads: usize,
+}
+
+/// The dimensions of one call: batch, channels C (of q, k, v each), heads, rows per head, N.
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    c: usize,
+    heads: usize,
+    ch: usize,
+    n: usize,
+}
+
+impl Dims {
+    fn of(l: &Layout, heads: usize) -> Result<Self> {
+        let (b, c3, h, w) = l.shape().dims4()?;
+        if c3 % 3 != 0 || (c3 / 3) % heads != 0 {
+            return Err(candle_core::Error::Msg(format!(
+                "channel attention: {c3} channels are not 3 x heads ({heads}) x rows"
+            )));
+        }
+        let c = c3 / 3;
+        Ok(Dims {
+            b,
+            c,
+            heads,
+            ch: c / heads,
+            n: h * w,
+        })
+    }
+
+    /// Offset of row `i` of part `part` (0 q, 1 k, 2 v) of head `h` of image `b` in qkv.
+    fn row(&self, b: usize, part: usize, h: usize, i: usize) -> usize {
+        ((b * 3 + part) * self.c + h * self.ch + i) * self.n
+    }
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight independent partial sums so the loop vectorises (and rounds less than one chain).
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline]
+fn axpy(out: &mut [f32], s: f32, x: &[f32]) {
+    for (o, v) in out.iter_mut().zip(x) {
+        *o += s * v;
+    }
+}
+
+/// `max(|row|, eps)` of every q and k row: index `((b * heads + h) * 2 + part) * ch + i`.
+fn norms(x: &[f32], d: Dims) -> Vec<f32> {
+    let mut out = vec![0f32; d.b * d.heads * 2 * d.ch];
+    out.par_iter_mut().enumerate().for_each(|(r, o)| {
+        let i = r % d.ch;
+        let part = (r / d.ch) % 2;
+        let bh = r / (2 * d.ch);
+        let row = &x[d.row(bh / d.heads, part, bh % d.heads, i)..][..d.n];
+        *o = dot(row, row).sqrt().max(NORM_EPS);
+    });
+    out
+}
+
+/// (P, A) of every (b, h): two (B*heads, ch, ch) arrays.
+fn scores(x: &[f32], t: &[f32], nrm: &[f32], d: Dims) -> (Vec<f32>, Vec<f32>) {
+    let ch = d.ch;
+    let mut p = vec![0f32; d.b * d.heads * ch * ch];
+    let mut a = vec![0f32; p.len()];
+    p.par_chunks_mut(ch)
+        .zip(a.par_chunks_mut(ch))
+        .enumerate()
+        .for_each(|(r, (prow, arow))| {
+            let (bh, i) = (r / ch, r % ch);
+            let (b, h) = (bh / d.heads, bh % d.heads);
+            let q = &x[d.row(b, 0, h, i)..][..d.n];
+            let nq = nrm[(bh * 2) * ch + i];
+            for (j, pv) in prow.iter_mut().enumerate() {
+                let k = &x[d.row(b, 1, h, j)..][..d.n];
+                *pv = dot(q, k) / (nq * nrm[(bh * 2 + 1) * ch + j]);
+            }
+            let th = t[h];
+            let max = prow
+                .iter()
+                .map(|v| th * v)
+                .fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (av, pv) in arow.iter_mut().zip(prow.iter()) {
+                *av = (th * pv - max).exp();
+                sum += *av;
+            }
+            arow.iter_mut().for_each(|v| *v /= sum);
+        });
+    (p, a)
+}
+
+impl CustomOp2 for ChannelAttention {
+    fn name(&self) -> &'static str {
+        "ifp-channel-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = Dims::of(l1, self.heads)?;
+        let x = f32_slice(s1, l1, self.name())?;
+        let t = f32_slice(s2, l2, self.name())?;
+        let nrm = norms(x, d);
+        let (_, a) = scores(x, t, &nrm, d);
+        let ch = d.ch;
+        // (B, C, N): row (b, h*ch + i) = sum_j A_ij v_j.
+        let mut out = vec![0f32; d.b * d.c * d.n];
+        out.par_chunks_mut(d.n).enumerate().for_each(|(r, o)| {
+            let (b, c) = (r / d.c, r % d.c);
+            let (h, i) = (c / ch, c % ch);
+            let arow = &a[((b * d.heads + h) * ch + i) * ch..][..ch];
+            for (j, &aij) in arow.iter().enumerate() {
+                axpy(o, aij, &x[d.row(b, 2, h, j)..][..d.n]);
+            }
+        });
+        let (_, _, hh, ww) = l1.shape().dims4()?;
+        Ok((CpuStorage::F32(out), Shape::from((d.b, d.c, hh, ww))))
+    }
+
+    fn bwd(
+        &self,
+        qkv: &Tensor,
+        t: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (b, c3, h, w) = qkv.dims4()?;
+        // One buffer: dqkv (B*3C*N values) followed by dt per (b, head).
+        let both = qkv.apply_op3_no_bwd(
+            t,
+            &grad.contiguous()?,
+            &ChannelAttentionBackward { heads: self.heads },
+        )?;
+        let n = b * c3 * h * w;
+        let dqkv = both.narrow(0, 0, n)?.reshape((b, c3, h, w))?;
+        let dt = both
+            .narrow(0, n, b * self.heads)?
+            .reshape((b, self.heads))?
+            .sum(0)?
+            .reshape(t.shape())?;
+        Ok((Some(dqkv), Some(dt)))
+    }
+}
+
+struct ChannelAttentionBackward {
+    heads: usize,
+}
+
+impl candle_core::CustomOp3 for ChannelAttentionBackward {
+    fn name(&self) -> &'static str {
+        "ifp-channel-attention-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = Dims::of(l1, self.heads)?;
+        let x = f32_slice(s1, l1, self.name())?;
+        let t = f32_slice(s2, l2, self.name())?;
+        let g = f32_slice(s3, l3, self.name())?;
+        let ch = d.ch;
+        let nrm = norms(x, d);
+        let (p, a) = scores(x, t, &nrm, d);
+        let grow = |b: usize, h: usize, i: usize| &g[((b * d.c) + h * ch + i) * d.n..][..d.n];
+        // dS (B*heads, ch, ch) and the per-row part of dt.
+        let mut ds = vec![0f32; a.len()];
+        let mut dt_rows = vec![0f32; d.b * d.heads * ch];
+        ds.par_chunks_mut(ch)
+            .zip(dt_rows.par_iter_mut())
+            .enumerate()
+            .for_each(|(r, (dsrow, dtr))| {
+                let (bh, i) = (r / ch, r % ch);
+                let (b, h) = (bh / d.heads, bh % d.heads);
+                let gi = grow(b, h, i);
+                let arow = &a[r * ch..][..ch];
+                for (j, v) in dsrow.iter_mut().enumerate() {
+                    *v = dot(gi, &x[d.row(b, 2, h, j)..][..d.n]); // dA_ij
+                }
+                let s: f32 = arow.iter().zip(dsrow.iter()).map(|(x, y)| x * y).sum();
+                let prow = &p[r * ch..][..ch];
+                let mut acc = 0f32;
+                for ((v, &aij), &pij) in dsrow.iter_mut().zip(arow).zip(prow) {
+                    *v = aij * (*v - s);
+                    acc += *v * pij;
+                }
+                *dtr = acc;
+            });
+        let total = d.b * 3 * d.c * d.n;
+        let mut out = vec![0f32; total + d.b * d.heads];
+        let (dx, dt) = out.split_at_mut(total);
+        for (bh, v) in dt.iter_mut().enumerate() {
+            *v = dt_rows[bh * ch..][..ch].iter().sum();
+        }
+        dx.par_chunks_mut(d.n).enumerate().for_each(|(r, o)| {
+            let (b, c3) = (r / (3 * d.c), r % (3 * d.c));
+            let (part, c) = (c3 / d.c, c3 % d.c);
+            let (h, i) = (c / ch, c % ch);
+            let bh = b * d.heads + h;
+            let th = t[h];
+            let sq = &ds[bh * ch * ch..][..ch * ch];
+            match part {
+                0 | 1 => {
+                    // dqhat_i = t sum_j dS_ij k_j / nk_j (part 0), dkhat_i = t sum_j dS_ji q_j / nq_j.
+                    let other = 1 - part;
+                    for j in 0..ch {
+                        let sij = if part == 0 {
+                            sq[i * ch + j]
+                        } else {
+                            sq[j * ch + i]
+                        };
+                        let nj = nrm[(bh * 2 + other) * ch + j];
+                        axpy(o, th * sij / nj, &x[d.row(b, other, h, j)..][..d.n]);
+                    }
+                    let own = &x[d.row(b, part, h, i)..][..d.n];
+                    let raw = dot(own, own).sqrt();
+                    let ni = nrm[(bh * 2 + part) * ch + i];
+                    if raw > NORM_EPS {
+                        let c = dot(own, o) / (ni * ni * ni);
+                        for (ov, xv) in o.iter_mut().zip(own) {
+                            *ov = *ov / ni - c * xv;
+                        }
+                    } else {
+                        o.iter_mut().for_each(|v| *v /= NORM_EPS);
+                    }
+                }
+                _ => {
+                    // dv_i = sum_j A_ji g_j.
+                    for j in 0..ch {
+                        axpy(o, a[(bh * ch + j) * ch + i], grow(b, h, j));
+                    }
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from(total + d.b * d.heads)))
+    }
+}
