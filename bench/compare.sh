@@ -12,10 +12,10 @@
 #   REPS      repetitions per implementation and row (default 2); the reported step_ms is the
 #             median over repetitions of each run's median step
 #   STEPS     timed steps per run (default 11; both also run 2 untimed warm-up steps)
-#   EXTRA=1   also bench a dim-16 Restormer (batch 2, 64x64), the paper Restormer
-#             (restormer-paper, batch 1, 64x64) and the paper Uformer (uformer-paper, batch 1,
-#             128x128), STEPS_EXTRA timed steps each (default 3)
-#   ONLY      restormer or uformer: only that network's rows (default: both)
+#   STEPS_PAPER  timed steps of the paper-network rows (default 5)
+#   ONLY      restormer (default rows) or uformer (the Uformer rows only)
+#   EXTRA=1   also the golden restormer_tiny row and the Uformer rows (golden uformer_tiny at
+#             batch 4, 64x64; uformer-paper at batch 1, 128x128)
 #   WORK      where logs go (default: a new /tmp/ifp-compare.XXXXXX, kept)
 #
 # Both timings cover the whole training step including data preparation: ifp times
@@ -34,7 +34,7 @@ PY="${PY:-/var/tmp/ifp-venv/bin/python}"
 THREADS="${THREADS:-$(nproc)}"
 REPS="${REPS:-2}"
 STEPS="${STEPS:-11}"
-STEPS_EXTRA="${STEPS_EXTRA:-3}"
+STEPS_PAPER="${STEPS_PAPER:-5}"
 EXTRA="${EXTRA:-0}"
 WORK="${WORK:-$(mktemp -d /tmp/ifp-compare.XXXXXX)}"
 mkdir -p "$WORK"
@@ -45,7 +45,9 @@ ONLY="${ONLY:-}"
 [ -x "$IFP_BIN" ] || { echo "ifp binary not found: $IFP_BIN (set IFP_BIN)" >&2; exit 1; }
 [ -x "$PY" ] || { echo "python not found: $PY (set PY; see bench/setup-venv.sh)" >&2; exit 1; }
 
-cat > "$WORK/small16.yaml" <<'EOF'
+# The "small" Restormer of issue 7: dim 16, blocks [1,2,2,2], 1 refinement block, 32 output
+# channels, head width 32.
+cat > "$WORK/small.yaml" <<'EOF'
 MODEL:
   TYPE: restormer
   RECOVER_TARGET_TYPE: m_masked
@@ -62,24 +64,23 @@ TRAIN:
 EOF
 
 # label | ifp --config | torch --config | batch | size | steps
-# (Uformer: the network is built for the bench size, MODEL.UFORMER.IMAGE_SIZE = size, on both
-# sides; stochastic depth is active on both, as in training.)
+# Restormer rows (issue 7's set): the tiny preset (b4, 64), the "small" Restormer (b4, 64 and
+# b2, 128) and the paper Restormer (b1, 64). Uformer rows (ONLY=uformer or EXTRA=1): the network
+# is built for the bench size, MODEL.UFORMER.IMAGE_SIZE = size, on both sides; stochastic depth
+# is active on both, as in training.
 ROWS=()
 if [ "$ONLY" != uformer ]; then
   ROWS+=("tiny preset|tiny|$ROOT/presets/tiny.yaml|4|64|$STEPS")
-  ROWS+=("golden restormer_tiny|$GOLDEN_TINY|$GOLDEN_TINY|4|64|$STEPS")
+  ROWS+=("small|$WORK/small.yaml|$WORK/small.yaml|4|64|$STEPS")
+  ROWS+=("small|$WORK/small.yaml|$WORK/small.yaml|2|128|$STEPS")
+  ROWS+=("restormer-paper|restormer-paper|$ROOT/presets/restormer-paper.yaml|1|64|$STEPS_PAPER")
+  if [ "$EXTRA" = 1 ]; then
+    ROWS+=("golden restormer_tiny|$GOLDEN_TINY|$GOLDEN_TINY|4|64|$STEPS")
+  fi
 fi
-if [ "$ONLY" != restormer ]; then
+if [ "$ONLY" = uformer ] || { [ "$EXTRA" = 1 ] && [ "$ONLY" != restormer ]; }; then
   ROWS+=("golden uformer_tiny|$GOLDEN_UFORMER|$GOLDEN_UFORMER|4|64|$STEPS")
-fi
-if [ "$EXTRA" = 1 ]; then
-  if [ "$ONLY" != uformer ]; then
-    ROWS+=("dim16 [1,2,2,2]|$WORK/small16.yaml|$WORK/small16.yaml|2|64|$STEPS")
-    ROWS+=("restormer-paper|restormer-paper|$ROOT/presets/restormer-paper.yaml|1|64|$STEPS_EXTRA")
-  fi
-  if [ "$ONLY" != restormer ]; then
-    ROWS+=("uformer-paper|uformer-paper|$ROOT/presets/uformer-paper.yaml|1|128|$STEPS_EXTRA")
-  fi
+  ROWS+=("uformer-paper|uformer-paper|$ROOT/presets/uformer-paper.yaml|1|128|$STEPS_PAPER")
 fi
 
 HAVE_TIME=0

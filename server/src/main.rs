@@ -9,7 +9,31 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::process::ExitCode;
 
+/// Process-wide settings for the CPU trainer, before any allocation or tensor op of ours.
+fn tune_runtime() {
+    // mimalloc returns freed memory to the kernel 1 s after it was freed by default; a training
+    // step frees and re-allocates the same large buffers, and re-faulting them (2 MB pages zeroed
+    // by the kernel) cost ~10% of a tiny-preset step. 10 s keeps them across steps and still
+    // gives them back when the worker is idle. MIMALLOC_PURGE_DELAY overrides.
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // `mi_option_purge_delay` in mimalloc's v2 and v3 headers (libmimalloc-sys 0.1.49 does
+        // not export the name).
+        const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+        // SAFETY: sets an option value, which mimalloc reads at each purge.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10_000) };
+    }
+    // candle's elementwise worker threads spin 25,000 rounds after each op before sleeping; with
+    // rayon's workers (our kernels, the matrix products) on the same few cores that spinning
+    // only burns CPU (a third of the process's CPU time on 2 cores, no faster steps).
+    // CANDLE_BARRIER_POOL_SPIN_LIMIT overrides.
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        // SAFETY: single-threaded here (no runtime, pool or worker started yet).
+        unsafe { std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "2000") };
+    }
+}
+
 fn main() -> ExitCode {
+    tune_runtime();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
