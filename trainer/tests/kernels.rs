@@ -293,3 +293,37 @@ fn bias_act_kernel_matches_composed() {
         }
     }
 }
+
+#[test]
+fn dense_conv_kernel_matches_composed() {
+    // (batch, in, out, H, W, k), odd sizes and planes smaller than the kernel included.
+    for &(b, c, o, h, w, k) in &[
+        (1, 1, 1, 1, 1, 3),
+        (2, 3, 5, 7, 6, 3),
+        (3, 4, 2, 9, 13, 5),
+        (1, 2, 3, 2, 3, 5),
+        (2, 16, 16, 33, 31, 3),
+        (1, 3, 4, 6, 6, 1),
+    ] {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, w), &Device::Cpu).expect("x"))
+            .expect("var");
+        let wt =
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, (o, c, k, k), &Device::Cpu).expect("w"))
+                .expect("var");
+        let composed = || {
+            let cols = im2col(x.as_tensor(), k).expect("cols");
+            let wm = wt.as_tensor().reshape((o, c * k * k)).expect("wm");
+            wm.broadcast_matmul(&cols)
+                .and_then(|y| y.reshape((b, o, h, w)))
+                .expect("y")
+        };
+        compare_with_grads(
+            &format!("dense conv b{b} c{c} o{o} {h}x{w} k{k}"),
+            &[&x, &wt],
+            || kernels::conv_dense(x.as_tensor(), wt.as_tensor(), k).expect("fast"),
+            composed,
+            1e-6,
+            1e-5,
+        );
+    }
+}

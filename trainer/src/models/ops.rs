@@ -86,6 +86,8 @@ impl Conv2d {
             // (O, C) x (B, C, H*W) -> (B, O, H*W)
             let wm = self.weight.reshape((self.out_c, c))?;
             amp::broadcast_matmul(&wm, &x.reshape((b, c, h * w))?)?
+        } else if kernels::applicable(x) && amp::low_dtype().is_none() {
+            return kernels::conv_dense(x, &self.weight, self.k);
         } else {
             // (B, C*k*k, H*W), gathered in the product's dtype (half the memory under AMP).
             let x = amp::lower(x)?;

@@ -18,6 +18,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::conv::f32_slice;
+use super::dot;
 
 /// `F.normalize`'s eps.
 const NORM_EPS: f32 = 1e-12;
@@ -58,21 +59,6 @@ impl Dims {
     fn row(&self, b: usize, part: usize, h: usize, i: usize) -> usize {
         ((b * 3 + part) * self.c + h * self.ch + i) * self.n
     }
-}
-
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent partial sums so the loop vectorises (and rounds less than one chain).
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
 }
 
 #[inline]

@@ -28,6 +28,53 @@ fn valid(n: usize, d: isize) -> (usize, usize) {
     (lo.min(hi), hi)
 }
 
+/// The k*k rows (each H*W) of one input plane: row `i*k + j` is the plane shifted by
+/// `(i - k/2, j - k/2)`, zero outside.
+pub(super) fn im2col_plane(rows: &mut [f32], plane: &[f32], k: usize, h: usize, w: usize) {
+    let (p, hw) = ((k / 2) as isize, h * w);
+    for i in 0..k {
+        let dy = i as isize - p;
+        let (y0, y1) = valid(h, dy);
+        for j in 0..k {
+            let dx = j as isize - p;
+            let (x0, x1) = valid(w, dx);
+            let row = &mut rows[(i * k + j) * hw..(i * k + j + 1) * hw];
+            // Only the border is zero; the rest is overwritten.
+            row[..y0 * w].fill(0.0);
+            row[y1 * w..].fill(0.0);
+            for y in y0..y1 {
+                let src = ((y as isize + dy) as usize) * w;
+                let s0 = (src as isize + x0 as isize + dx) as usize;
+                row[y * w..y * w + x0].fill(0.0);
+                row[y * w + x0..y * w + x1].copy_from_slice(&plane[s0..s0 + (x1 - x0)]);
+                row[y * w + x1..(y + 1) * w].fill(0.0);
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col_plane`]: adds each of the k*k rows back at its shift.
+pub(super) fn col2im_plane(plane: &mut [f32], rows: &[f32], k: usize, h: usize, w: usize) {
+    let (p, hw) = ((k / 2) as isize, h * w);
+    for i in 0..k {
+        let dy = i as isize - p;
+        let (y0, y1) = valid(h, dy);
+        for j in 0..k {
+            let dx = j as isize - p;
+            let (x0, x1) = valid(w, dx);
+            let row = &rows[(i * k + j) * hw..(i * k + j + 1) * hw];
+            for y in y0..y1 {
+                let dst = ((y as isize + dy) as usize) * w;
+                let d0 = (dst as isize + x0 as isize + dx) as usize;
+                let d = &mut plane[d0..d0 + (x1 - x0)];
+                for (o, v) in d.iter_mut().zip(&row[y * w + x0..y * w + x1]) {
+                    *o += v;
+                }
+            }
+        }
+    }
+}
+
 /// (B, C, H, W) -> (B, C*k*k, H*W): tap `(i, j)` of channel `c` is row `c*k*k + i*k + j`.
 pub(super) struct Im2col {
     pub(super) k: usize,
@@ -41,27 +88,12 @@ impl CustomOp1 for Im2col {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, c, h, w) = l.shape().dims4()?;
         let x = f32_slice(s, l, self.name())?;
-        let (k, p, hw) = (self.k, (self.k / 2) as isize, h * w);
+        let (k, hw) = (self.k, h * w);
         let mut out = vec![0f32; b * c * k * k * hw];
         // One chunk of k*k rows per input plane (b, c).
         out.par_chunks_mut(k * k * hw)
             .zip(x.par_chunks(hw))
-            .for_each(|(rows, plane)| {
-                for i in 0..k {
-                    let dy = i as isize - p;
-                    let (y0, y1) = valid(h, dy);
-                    for j in 0..k {
-                        let dx = j as isize - p;
-                        let (x0, x1) = valid(w, dx);
-                        let row = &mut rows[(i * k + j) * hw..(i * k + j + 1) * hw];
-                        for y in y0..y1 {
-                            let src = ((y as isize + dy) as usize) * w;
-                            let s0 = (src as isize + x0 as isize + dx) as usize;
-                            row[y * w + x0..y * w + x1].copy_from_slice(&plane[s0..s0 + (x1 - x0)]);
-                        }
-                    }
-                }
-            });
+            .for_each(|(rows, plane)| im2col_plane(rows, plane, k, h, w));
         Ok((CpuStorage::F32(out), Shape::from((b, c * k * k, hw))))
     }
 
@@ -87,30 +119,12 @@ impl CustomOp1 for Col2im {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, ckk, _) = l.shape().dims3()?;
         let g = f32_slice(s, l, self.name())?;
-        let (k, p, h, w) = (self.k, (self.k / 2) as isize, self.h, self.w);
+        let (k, h, w) = (self.k, self.h, self.w);
         let (c, hw) = (ckk / (k * k), h * w);
         let mut out = vec![0f32; b * c * hw];
         out.par_chunks_mut(hw)
             .zip(g.par_chunks(k * k * hw))
-            .for_each(|(plane, rows)| {
-                for i in 0..k {
-                    let dy = i as isize - p;
-                    let (y0, y1) = valid(h, dy);
-                    for j in 0..k {
-                        let dx = j as isize - p;
-                        let (x0, x1) = valid(w, dx);
-                        let row = &rows[(i * k + j) * hw..(i * k + j + 1) * hw];
-                        for y in y0..y1 {
-                            let dst = ((y as isize + dy) as usize) * w;
-                            let d0 = (dst as isize + x0 as isize + dx) as usize;
-                            let d = &mut plane[d0..d0 + (x1 - x0)];
-                            for (o, v) in d.iter_mut().zip(&row[y * w + x0..y * w + x1]) {
-                                *o += v;
-                            }
-                        }
-                    }
-                }
-            });
+            .for_each(|(plane, rows)| col2im_plane(plane, rows, k, h, w));
         Ok((CpuStorage::F32(out), Shape::from((b, c, h, w))))
     }
 }
@@ -307,7 +321,7 @@ impl CustomOp2 for DepthwiseWeightGrad {
                                     (((y as isize + dy) as usize) * w) as isize + x0 as isize + dx;
                                 let xs = &xp[s0 as usize..][..x1 - x0];
                                 let gs = &gp[y * w + x0..y * w + x1];
-                                acc += xs.iter().zip(gs).map(|(a, b)| a * b).sum::<f32>() as f64;
+                                acc += super::dot(xs, gs) as f64;
                             }
                             taps[i * k + j] += acc as f32;
                         }

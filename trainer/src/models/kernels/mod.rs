@@ -1,7 +1,8 @@
 //! Kernels as candle custom ops with their own backward, for the operations whose candle 0.11
 //! backward is slow or missing (DESIGN 4): convolutions (`conv`) and the channel LayerNorm
-//! (`norm`), Restormer's channel attention (`attention`) and its GDFN gate (`gate`), and a convolution's bias
-//! with its activation (`bias`). All run on the CPU in float32; the depthwise convolution also runs on CUDA in
+//! (`norm`), Restormer's channel attention (`attention`) and its GDFN gate (`gate`), a convolution's bias
+//! with its activation (`bias`), and dense k x k convolutions that keep no column matrix
+//! (`dense`). All run on the CPU in float32; the depthwise convolution also runs on CUDA in
 //! float32 and bfloat16 (`cuda`, feature `cuda`). `ops.rs` falls back to composed tensor ops
 //! elsewhere, and the tests compare each kernel with that composed version (values and
 //! gradients).
@@ -11,6 +12,7 @@ mod bias;
 mod conv;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod dense;
 mod gate;
 mod norm;
 
@@ -19,6 +21,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::{Result, Tensor};
 
 pub(crate) use conv::f32_slice;
+
+/// `a . b` in float32 with eight independent partial sums, so the loop vectorises (a single
+/// running sum cannot be reordered by the compiler) and rounds less than one long chain.
+#[inline]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
 
 /// Off: every op takes its composed fallback, the path that runs on CUDA (and in bf16), so the
 /// tests can compare the two on a CPU-only machine.
@@ -98,4 +116,11 @@ pub fn gelu_gate(x: &Tensor) -> Result<Tensor> {
 pub fn bias_act(x: &Tensor, bias: &Tensor, slope: Option<f32>) -> Result<Tensor> {
     x.contiguous()?
         .apply_op2(&bias.contiguous()?, bias::BiasAct { slope })
+}
+
+/// A dense stride-1 "same" convolution without bias: x (B, C, H, W), weight (O, C, k, k) ->
+/// (B, O, H, W), keeping only x for the backward pass (see `dense`).
+pub fn conv_dense(x: &Tensor, weight: &Tensor, k: usize) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2(&weight.contiguous()?, dense::DenseConv { k })
 }
