@@ -90,12 +90,9 @@ impl Conv2d {
             return kernels::conv_dense(x, &self.weight, self.k);
         } else {
             // (B, C*k*k, H*W), gathered in the product's dtype (half the memory under AMP).
+            // (float32 CPU inputs took `kernels::conv_dense` above.)
             let x = amp::lower(x)?;
-            let cols = if kernels::applicable(&x) {
-                kernels::im2col(&x, self.k)?
-            } else {
-                im2col(&x, self.k)?
-            };
+            let cols = im2col(&x, self.k)?;
             let wm = self.weight.reshape((self.out_c, c * self.k * self.k))?;
             amp::broadcast_matmul(&wm, &cols)?
         };

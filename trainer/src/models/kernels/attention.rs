@@ -152,21 +152,17 @@ impl CustomOp2 for ChannelAttention {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (b, c3, h, w) = qkv.dims4()?;
         // One buffer: dqkv (B*3C*N values) followed by dt per (b, head).
         let both = qkv.apply_op3_no_bwd(
             t,
             &grad.contiguous()?,
             &ChannelAttentionBackward { heads: self.heads },
         )?;
-        let n = b * c3 * h * w;
-        let dqkv = both.narrow(0, 0, n)?.reshape((b, c3, h, w))?;
-        let dt = both
-            .narrow(0, n, b * self.heads)?
-            .reshape((b, self.heads))?
-            .sum(0)?
-            .reshape(t.shape())?;
-        Ok((Some(dqkv), Some(dt)))
+        let per_image = Shape::from((qkv.dim(0)?, self.heads));
+        let [dqkv, dt]: [Tensor; 2] = super::unpack(&both, &[qkv.shape(), &per_image])?
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("channel attention: two gradients".into()))?;
+        Ok((Some(dqkv), Some(dt.sum(0)?.reshape(t.shape())?)))
     }
 }
 
@@ -246,9 +242,9 @@ impl candle_core::CustomOp3 for ChannelAttentionBackward {
                         axpy(o, th * sij / nj, &x[d.row(b, other, h, j)..][..d.n]);
                     }
                     let own = &x[d.row(b, part, h, i)..][..d.n];
-                    let raw = dot(own, own).sqrt();
+                    // nrm = max(|row|, eps): above eps exactly where the clamp is inactive.
                     let ni = nrm[(bh * 2 + part) * ch + i];
-                    if raw > NORM_EPS {
+                    if ni > NORM_EPS {
                         let c = dot(own, o) / (ni * ni * ni);
                         for (ov, xv) in o.iter_mut().zip(own) {
                             *ov = *ov / ni - c * xv;

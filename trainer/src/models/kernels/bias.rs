@@ -55,12 +55,11 @@ impl CustomOp2 for BiasAct {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let n = res.elem_count();
-        let c = b.elem_count();
         let both =
             res.apply_op2_no_bwd(&grad.contiguous()?, &BiasActBackward { slope: self.slope })?;
-        let dx = both.narrow(0, 0, n)?.reshape(res.shape())?;
-        let db = both.narrow(0, n, c)?.reshape(b.shape())?;
+        let [dx, db]: [Tensor; 2] = super::unpack(&both, &[res.shape(), b.shape()])?
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("bias: two gradients".into()))?;
         Ok((Some(dx), Some(db)))
     }
 }

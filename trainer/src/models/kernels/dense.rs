@@ -113,9 +113,9 @@ impl CustomOp2 for DenseConv {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let both = x.apply_op3_no_bwd(wt, &grad.contiguous()?, &DenseConvBackward { k: self.k })?;
-        let n = x.elem_count();
-        let dx = both.narrow(0, 0, n)?.reshape(x.shape())?;
-        let dw = both.narrow(0, n, wt.elem_count())?.reshape(wt.shape())?;
+        let [dx, dw]: [Tensor; 2] = super::unpack(&both, &[x.shape(), wt.shape()])?
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("dense conv: two gradients".into()))?;
         Ok((Some(dx), Some(dw)))
     }
 }

@@ -38,6 +38,21 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// The tensors a backward op packed one after another into its single flat output (a custom op
+/// has one output, so several gradients travel in one buffer), each reshaped to its shape.
+pub(crate) fn unpack(packed: &Tensor, shapes: &[&candle_core::Shape]) -> Result<Vec<Tensor>> {
+    let mut start = 0;
+    shapes
+        .iter()
+        .map(|shape| {
+            let n = shape.elem_count();
+            let t = packed.narrow(0, start, n)?.reshape(*shape);
+            start += n;
+            t
+        })
+        .collect()
+}
+
 /// Off: every op takes its composed fallback, the path that runs on CUDA (and in bf16), so the
 /// tests can compare the two on a CPU-only machine.
 static ENABLED: AtomicBool = AtomicBool::new(true);

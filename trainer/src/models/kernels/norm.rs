@@ -103,8 +103,6 @@ impl CustomOp3 for ChannelNorm {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let c = w.elem_count();
-        let n = x.elem_count();
         // One packed result: dx, then dw, then db.
         let packed = x.apply_op3_no_bwd(
             w,
@@ -113,9 +111,9 @@ impl CustomOp3 for ChannelNorm {
                 with_bias: self.with_bias,
             },
         )?;
-        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
-        let dw = packed.narrow(0, n, c)?.reshape(w.shape())?;
-        let db = packed.narrow(0, n + c, c)?.reshape(w.shape())?;
+        let [dx, dw, db]: [Tensor; 3] = super::unpack(&packed, &[x.shape(), w.shape(), w.shape()])?
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("channel norm: three gradients".into()))?;
         Ok((Some(dx), Some(dw), self.with_bias.then_some(db)))
     }
 }
