@@ -46,7 +46,8 @@ pub fn forward_file(
     if dims.len() != 4 || dims[1] != 3 {
         return Err(bad(format!("`input` must be (N, 3, H, W), got {dims:?}")));
     }
-    let output = net.forward(&input.to_dtype(DType::F32)?)?;
+    let input = input.to_dtype(DType::F32)?;
+    let output = crate::threads::on_workers(|| net.forward(&input))?;
     let bytes = safetensors::serialize(
         [("output", &output.to_device(&Device::Cpu)?.contiguous()?)],
         None,

@@ -15,6 +15,7 @@ pub mod loss;
 pub mod models;
 pub mod optim;
 pub mod preview;
+pub mod threads;
 pub mod train;
 
 pub use config::Config;

@@ -177,6 +177,10 @@ impl Trainer {
 
     /// One optimiser step.
     pub fn train_step(&mut self) -> Result<StepStats> {
+        crate::threads::on_workers(|| self.step_once())
+    }
+
+    fn step_once(&mut self) -> Result<StepStats> {
         let k = self.step;
         let t0 = Instant::now();
         let batch = self

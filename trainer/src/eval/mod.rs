@@ -59,7 +59,8 @@ pub fn restore(
     let t = match tile {
         Some(t) if t < w.max(h) => t.max(TILE_OVERLAP + 8),
         _ => {
-            let y = net.forward(&image_to_tensor(img, device)?)?;
+            let x = image_to_tensor(img, device)?;
+            let y = crate::threads::on_workers(|| net.forward(&x))?;
             return tensor_to_image(&y);
         }
     };
@@ -86,7 +87,8 @@ pub fn restore(
                 width: t.min(w),
             };
             let piece = crate::data::crop::crop(img, &b);
-            let out = tensor_to_image(&net.forward(&image_to_tensor(&piece, device)?)?)?;
+            let x = image_to_tensor(&piece, device)?;
+            let out = tensor_to_image(&crate::threads::on_workers(|| net.forward(&x))?)?;
             for c in 0..CHANNELS {
                 for yy in 0..b.height {
                     for xx in 0..b.width {

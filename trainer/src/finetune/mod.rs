@@ -213,6 +213,10 @@ impl Finetuner {
 
     /// One optimiser step of L1 loss on a fresh batch; returns (loss, lr, grad norm).
     pub fn train_step(&mut self) -> Result<(f64, f64, f64)> {
+        crate::threads::on_workers(|| self.step_once())
+    }
+
+    fn step_once(&mut self) -> Result<(f64, f64, f64)> {
         let k = self.step;
         let batch = self
             .data
