@@ -304,6 +304,8 @@ fn dense_conv_kernel_matches_composed() {
         (1, 2, 3, 2, 3, 5),
         (2, 16, 16, 33, 31, 3),
         (1, 3, 4, 6, 6, 1),
+        (3, 5, 7, 11, 9, 1),
+        (2, 48, 16, 17, 15, 1),
     ] {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, w), &Device::Cpu).expect("x"))
             .expect("var");

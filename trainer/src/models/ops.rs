@@ -82,15 +82,15 @@ impl Conv2d {
 
     fn forward_dense(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
-        let y = if self.k == 1 {
+        let y = if kernels::applicable(x) && amp::low_dtype().is_none() {
+            return kernels::conv_dense(x, &self.weight, self.k);
+        } else if self.k == 1 {
             // (O, C) x (B, C, H*W) -> (B, O, H*W)
             let wm = self.weight.reshape((self.out_c, c))?;
             amp::broadcast_matmul(&wm, &x.reshape((b, c, h * w))?)?
-        } else if kernels::applicable(x) && amp::low_dtype().is_none() {
-            return kernels::conv_dense(x, &self.weight, self.k);
         } else {
             // (B, C*k*k, H*W), gathered in the product's dtype (half the memory under AMP).
-            // (float32 CPU inputs took `kernels::conv_dense` above.)
+            // (float32 CPU inputs took `kernels::conv_dense` above, 1x1 included.)
             let x = amp::lower(x)?;
             let cols = im2col(&x, self.k)?;
             let wm = self.weight.reshape((self.out_c, c * self.k * self.k))?;

@@ -5,7 +5,11 @@
 //! for the backward pass, most of the MSRResNet head's memory at full resolution.
 //!
 //! Per image b: `cols = im2col(x_b)` (C*k*k, HW), `y_b = W cols` with W (O, C*k*k).
-//! Backward: `dW += dy_b cols^T`, `dx_b = col2im(W^T dy_b)`.
+//! Backward: `dW += dy_b cols^T`, `dx_b = col2im(W^T dy_b)`. For 1x1 the columns are x_b itself:
+//! one matrix product per image each way, and the backward reads and writes x's and dx's memory
+//! directly (composed as reshape + broadcast matmul + reshape, each reshape and the broadcast
+//! weight were nodes whose gradients candle zero-fills and adds, and the weight's gradient was
+//! a (B, O, C) tensor summed over the batch).
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
@@ -88,16 +92,26 @@ impl CustomOp2 for DenseConv {
         let wt = f32_slice(s2, l2, self.name())?;
         let (k, hw) = (self.k, h * w);
         let ckk = c * k * k;
-        let mut cols = vec![0f32; ckk * hw];
+        // A 1x1 convolution's columns are the image itself.
+        let mut cols = if k == 1 {
+            Vec::new()
+        } else {
+            vec![0f32; ckk * hw]
+        };
         let mut out = vec![0f32; b * o * hw];
         for (yb, xb) in out.chunks_mut(o * hw).zip(x.chunks(c * hw)) {
-            im2col_image(&mut cols, xb, k, h, w);
+            let cols: &[f32] = if k == 1 {
+                xb
+            } else {
+                im2col_image(&mut cols, xb, k, h, w);
+                &cols
+            };
             let wm = Mat {
                 data: wt,
                 transposed: false,
             };
             let cm = Mat {
-                data: &cols,
+                data: cols,
                 transposed: false,
             };
             matmul(yb, wm, cm, o, hw, ckk, false);
@@ -149,18 +163,25 @@ impl CustomOp3 for DenseConvBackward {
         let n = x.len();
         let mut out = vec![0f32; n + o * ckk];
         let (dx, dw) = out.split_at_mut(n);
-        let mut cols = vec![0f32; ckk * hw];
-        let mut dcols = vec![0f32; ckk * hw];
+        // 1x1: the columns are x itself and their gradient is dx itself.
+        let scratch = if k == 1 { 0 } else { ckk * hw };
+        let mut cols = vec![0f32; scratch];
+        let mut dcols = vec![0f32; scratch];
         for (bi, (dxb, xb)) in dx.chunks_mut(c * hw).zip(x.chunks(c * hw)).enumerate() {
             let dyb = &dy[bi * o * hw..][..o * hw];
             // dW (O, Ckk) += dy_b (O, HW) cols^T (HW, Ckk)
-            im2col_image(&mut cols, xb, k, h, w);
+            let colsb: &[f32] = if k == 1 {
+                xb
+            } else {
+                im2col_image(&mut cols, xb, k, h, w);
+                &cols
+            };
             let dym = Mat {
                 data: dyb,
                 transposed: false,
             };
             let ct = Mat {
-                data: &cols,
+                data: colsb,
                 transposed: true,
             };
             matmul(dw, dym, ct, o, ckk, hw, bi > 0);
@@ -169,6 +190,10 @@ impl CustomOp3 for DenseConvBackward {
                 data: wt,
                 transposed: true,
             };
+            if k == 1 {
+                matmul(dxb, wtm, dym, ckk, hw, o, false);
+                continue;
+            }
             matmul(&mut dcols, wtm, dym, ckk, hw, o, false);
             dxb.par_chunks_mut(hw)
                 .zip(dcols.par_chunks(k * k * hw))
