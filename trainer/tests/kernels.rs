@@ -29,6 +29,10 @@ const SHAPES: &[(usize, usize, usize, usize, usize)] = &[
     (1, 2, 2, 3, 5),
     (2, 5, 13, 11, 5),
     (1, 3, 6, 6, 1),
+    // One-row and one-column planes (the 3x3 row stencil's edge cases).
+    (2, 2, 1, 5, 3),
+    (1, 2, 6, 1, 3),
+    (1, 1, 2, 2, 3),
 ];
 
 #[test]

@@ -148,6 +148,53 @@ fn shifted_axpy(out: &mut [f32], src: &[f32], wt: f32, h: usize, w: usize, dy: i
     }
 }
 
+/// One source row's share of a 3x3 stencil row: `o[x] (+)= a r[x-1] + b r[x] + c r[x+1]`, zero
+/// outside the row; `add: false` overwrites `o`.
+#[inline(always)]
+fn row3(o: &mut [f32], r: &[f32], [a, b, c]: [f32; 3], add: bool) {
+    let w = o.len();
+    let put = |o: &mut f32, v: f32| {
+        if add {
+            *o += v
+        } else {
+            *o = v
+        }
+    };
+    if w == 1 {
+        put(&mut o[0], b * r[0]);
+        return;
+    }
+    put(&mut o[0], b * r[0] + c * r[1]);
+    put(&mut o[w - 1], a * r[w - 2] + b * r[w - 1]);
+    // Equal-length slices, so the interior loop has no bounds checks and vectorises.
+    let (l, m, rr) = (&r[..w - 2], &r[1..w - 1], &r[2..w]);
+    let inner = o[1..w - 1].iter_mut().zip(l).zip(m).zip(rr);
+    if add {
+        for (((o, &l), &m), &r) in inner {
+            *o += a * l + b * m + c * r;
+        }
+    } else {
+        for (((o, &l), &m), &r) in inner {
+            *o = a * l + b * m + c * r;
+        }
+    }
+}
+
+/// `out` = the "same" 3x3 correlation of one plane with `t` (row-major taps), zero padding.
+/// Row by row, so each output row is written once from its three source rows while it is in
+/// L1 (a pass per tap over the whole plane re-read and re-wrote the output nine times).
+fn stencil3(out: &mut [f32], src: &[f32], t: &[f32], h: usize, w: usize) {
+    for (y, o) in out.chunks_exact_mut(w).enumerate().take(h) {
+        row3(o, &src[y * w..][..w], [t[3], t[4], t[5]], false);
+        if y > 0 {
+            row3(o, &src[(y - 1) * w..][..w], [t[0], t[1], t[2]], true);
+        }
+        if y + 1 < h {
+            row3(o, &src[(y + 1) * w..][..w], [t[6], t[7], t[8]], true);
+        }
+    }
+}
+
 impl CustomOp2 for Depthwise {
     fn name(&self) -> &'static str {
         "ifp-depthwise"
@@ -181,6 +228,9 @@ impl CustomOp2 for Depthwise {
             .enumerate()
             .for_each(|(n, (o, plane))| {
                 let taps = &wt[(n % c) * k * k..][..k * k];
+                if k == 3 {
+                    return stencil3(o, plane, taps, h, w);
+                }
                 for i in 0..k {
                     for j in 0..k {
                         shifted_axpy(
@@ -250,6 +300,15 @@ impl CustomOp2 for DepthwiseInputGrad {
             .enumerate()
             .for_each(|(n, (o, plane))| {
                 let taps = &wt[(n % c) * k * k..][..k * k];
+                if k == 3 {
+                    // The transposed correlation is the correlation with the kernel turned
+                    // by 180 degrees.
+                    let mut flipped = [0f32; 9];
+                    for (f, t) in flipped.iter_mut().zip(taps.iter().rev()) {
+                        *f = *t;
+                    }
+                    return stencil3(o, plane, &flipped, h, w);
+                }
                 for i in 0..k {
                     for j in 0..k {
                         // x[y + i - p] fed out[y], so out-grad at y flows to x at y + i - p.
