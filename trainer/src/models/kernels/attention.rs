@@ -15,6 +15,7 @@
 //! than kept.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::conv::f32_slice;
@@ -61,7 +62,7 @@ impl Dims {
     }
 }
 
-#[inline]
+#[multiversion(targets("x86_64+avx+avx2+fma"))]
 fn axpy(out: &mut [f32], s: f32, x: &[f32]) {
     for (o, v) in out.iter_mut().zip(x) {
         *o += s * v;

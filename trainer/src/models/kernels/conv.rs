@@ -4,6 +4,7 @@
 //! inner loops run over contiguous row segments so they vectorise.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 /// The contiguous float32 data of a custom op's input.
@@ -54,6 +55,7 @@ pub(super) fn im2col_plane(rows: &mut [f32], plane: &[f32], k: usize, h: usize, 
 }
 
 /// The adjoint of [`im2col_plane`]: adds each of the k*k rows back at its shift.
+#[multiversion(targets("x86_64+avx+avx2+fma"))]
 pub(super) fn col2im_plane(plane: &mut [f32], rows: &[f32], k: usize, h: usize, w: usize) {
     let (p, hw) = ((k / 2) as isize, h * w);
     for i in 0..k {
@@ -183,6 +185,7 @@ fn row3(o: &mut [f32], r: &[f32], [a, b, c]: [f32; 3], add: bool) {
 /// `out` = the "same" 3x3 correlation of one plane with `t` (row-major taps), zero padding.
 /// Row by row, so each output row is written once from its three source rows while it is in
 /// L1 (a pass per tap over the whole plane re-read and re-wrote the output nine times).
+#[multiversion(targets("x86_64+avx+avx2+fma"))]
 fn stencil3(out: &mut [f32], src: &[f32], t: &[f32], h: usize, w: usize) {
     for (y, o) in out.chunks_exact_mut(w).enumerate().take(h) {
         row3(o, &src[y * w..][..w], [t[3], t[4], t[5]], false);
@@ -328,6 +331,30 @@ impl CustomOp2 for DepthwiseInputGrad {
     }
 }
 
+/// Adds one plane's share to the k*k weight gradients of its channel: per tap, the sum over
+/// pixels of grad * shifted x.
+#[multiversion(targets("x86_64+avx+avx2+fma"))]
+fn weight_grad_plane(taps: &mut [f32], xp: &[f32], gp: &[f32], k: usize, h: usize, w: usize) {
+    let p = (k / 2) as isize;
+    for i in 0..k {
+        let dy = i as isize - p;
+        let (y0, y1) = valid(h, dy);
+        for j in 0..k {
+            let dx = j as isize - p;
+            let (x0, x1) = valid(w, dx);
+            // Accumulate in f64 per tap: these are long sums.
+            let mut acc = 0f64;
+            for y in y0..y1 {
+                let s0 = (((y as isize + dy) as usize) * w) as isize + x0 as isize + dx;
+                let xs = &xp[s0 as usize..][..x1 - x0];
+                let gs = &gp[y * w + x0..y * w + x1];
+                acc += super::dot_inline(xs, gs) as f64;
+            }
+            taps[i * k + j] += acc as f32;
+        }
+    }
+}
+
 /// d(out)/d(weight): per channel and tap, the sum over batch and pixels of grad * shifted x.
 struct DepthwiseWeightGrad {
     k: usize,
@@ -359,32 +386,14 @@ impl CustomOp2 for DepthwiseWeightGrad {
         let (b, c, h, w) = l1.shape().dims4()?;
         let x = f32_slice(s1, l1, self.name())?;
         let g = f32_slice(s2, l2, self.name())?;
-        let (k, p, hw) = (self.k, (self.k / 2) as isize, h * w);
+        let (k, hw) = (self.k, h * w);
         let mut out = vec![0f32; c * k * k];
         out.par_chunks_mut(k * k)
             .enumerate()
             .for_each(|(ch, taps)| {
                 for bi in 0..b {
                     let off = (bi * c + ch) * hw;
-                    let (xp, gp) = (&x[off..off + hw], &g[off..off + hw]);
-                    for i in 0..k {
-                        let dy = i as isize - p;
-                        let (y0, y1) = valid(h, dy);
-                        for j in 0..k {
-                            let dx = j as isize - p;
-                            let (x0, x1) = valid(w, dx);
-                            // Accumulate in f64 per tap: these are long sums.
-                            let mut acc = 0f64;
-                            for y in y0..y1 {
-                                let s0 =
-                                    (((y as isize + dy) as usize) * w) as isize + x0 as isize + dx;
-                                let xs = &xp[s0 as usize..][..x1 - x0];
-                                let gs = &gp[y * w + x0..y * w + x1];
-                                acc += super::dot(xs, gs) as f64;
-                            }
-                            taps[i * k + j] += acc as f32;
-                        }
-                    }
+                    weight_grad_plane(taps, &x[off..off + hw], &g[off..off + hw], k, h, w);
                 }
             });
         Ok((CpuStorage::F32(out), Shape::from((c, 1, k, k))))

@@ -14,18 +14,28 @@ mod conv;
 mod cuda;
 mod dense;
 mod gate;
+mod math;
 mod norm;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{Result, Tensor};
+use multiversion::multiversion;
 
 pub(crate) use conv::f32_slice;
 
 /// `a . b` in float32 with eight independent partial sums, so the loop vectorises (a single
 /// running sum cannot be reordered by the compiler) and rounds less than one long chain.
-#[inline]
+/// Dispatched to the best instruction set the CPU has; kernels whose own loops are dispatched
+/// call [`dot_inline`] instead.
+#[multiversion(targets("x86_64+avx+avx2+fma"))]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot_inline(a, b)
+}
+
+/// [`dot`], inlined into (and compiled for the instruction set of) its caller.
+#[inline(always)]
+pub(crate) fn dot_inline(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ra, rb) = (ca.remainder(), cb.remainder());

@@ -7,6 +7,7 @@
 //! BiasFree `dx = r * g - r^3 * (x - mu) * mean(g * x)`.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::conv::f32_slice;
@@ -32,26 +33,116 @@ fn stats(x: &[f32], b: usize, c: usize, hw: usize) -> (Vec<f32>, Vec<f32>) {
                 .par_chunks_mut(BLOCK)
                 .zip(rstd_b.par_chunks_mut(BLOCK))
                 .enumerate()
-                .for_each(|(blk, (m, r))| {
-                    let p0 = blk * BLOCK;
-                    let n = m.len();
-                    for ch in 0..c {
-                        let row = &img[ch * hw + p0..][..n];
-                        m.iter_mut().zip(row).for_each(|(a, v)| *a += v);
-                    }
-                    m.iter_mut().for_each(|a| *a /= c as f32);
-                    for ch in 0..c {
-                        let row = &img[ch * hw + p0..][..n];
-                        for ((a, v), mu) in r.iter_mut().zip(row).zip(m.iter()) {
-                            let d = v - mu;
-                            *a += d * d;
-                        }
-                    }
-                    r.iter_mut()
-                        .for_each(|a| *a = 1.0 / (*a / c as f32 + EPS).sqrt());
-                });
+                .for_each(|(blk, (m, r))| stats_block(m, r, img, blk * BLOCK, c, hw));
         });
     (mean, rstd)
+}
+
+/// Mean and 1/std over the channels of the `m.len()` pixels from `p0` of one image.
+#[multiversion(targets("x86_64+avx+avx2+fma"))]
+fn stats_block(m: &mut [f32], r: &mut [f32], img: &[f32], p0: usize, c: usize, hw: usize) {
+    let n = m.len();
+    for ch in 0..c {
+        let row = &img[ch * hw + p0..][..n];
+        m.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+    }
+    m.iter_mut().for_each(|a| *a /= c as f32);
+    for ch in 0..c {
+        let row = &img[ch * hw + p0..][..n];
+        for ((a, v), mu) in r.iter_mut().zip(row).zip(m.iter()) {
+            let d = v - mu;
+            *a += d * d;
+        }
+    }
+    r.iter_mut()
+        .for_each(|a| *a = 1.0 / (*a / c as f32 + EPS).sqrt());
+}
+
+/// One normalised plane: `(x - mu) r w + b` (WithBias) or `x r w` (BiasFree).
+#[multiversion(targets("x86_64+avx+avx2+fma"))]
+fn forward_plane(
+    o: &mut [f32],
+    xs: &[f32],
+    m: &[f32],
+    r: &[f32],
+    wc: f32,
+    bc: f32,
+    with_bias: bool,
+) {
+    let px = o.iter_mut().zip(xs).zip(m.iter().zip(r));
+    if with_bias {
+        px.for_each(|((o, &x), (&m, &r))| *o = (x - m) * r * wc + bc);
+    } else {
+        px.for_each(|((o, &x), (_, &r))| *o = x * r * wc);
+    }
+}
+
+/// Adds one plane's terms of the per-pixel sums `k1 += g`, `k2 += g xhat` (or `g x`),
+/// `g = dy w`.
+#[multiversion(targets("x86_64+avx+avx2+fma"))]
+#[allow(clippy::too_many_arguments)]
+fn backward_sums(
+    k1: &mut [f32],
+    k2: &mut [f32],
+    xs: &[f32],
+    gs: &[f32],
+    m: &[f32],
+    r: &[f32],
+    wc: f32,
+    with_bias: bool,
+) {
+    let px = k1
+        .iter_mut()
+        .zip(k2.iter_mut())
+        .zip(xs.iter().zip(gs))
+        .zip(m.iter().zip(r));
+    for (((a1, a2), (&x, &gy)), (&m, &r)) in px {
+        let g = gy * wc;
+        *a1 += g;
+        *a2 += if with_bias { g * (x - m) * r } else { g * x };
+    }
+}
+
+/// One plane of dx from the per-pixel sums (see the module header).
+#[multiversion(targets("x86_64+avx+avx2+fma"))]
+#[allow(clippy::too_many_arguments)]
+fn backward_plane(
+    o: &mut [f32],
+    xs: &[f32],
+    gs: &[f32],
+    m: &[f32],
+    r: &[f32],
+    k1: &[f32],
+    k2: &[f32],
+    wc: f32,
+    with_bias: bool,
+) {
+    let px = o
+        .iter_mut()
+        .zip(xs.iter().zip(gs))
+        .zip(m.iter().zip(r))
+        .zip(k1.iter().zip(k2));
+    for (((o, (&x, &gy)), (&m, &r)), (&a1, &a2)) in px {
+        let g = gy * wc;
+        let xc = x - m;
+        *o = if with_bias {
+            r * (g - a1 - xc * r * a2)
+        } else {
+            r * (g - xc * r * r * a2)
+        };
+    }
+}
+
+/// One plane's `(sum dy xhat, sum dy)` (`xhat = x r` for BiasFree).
+#[multiversion(targets("x86_64+avx+avx2+fma"))]
+fn param_sums(xs: &[f32], gs: &[f32], m: &[f32], r: &[f32], with_bias: bool) -> (f32, f32) {
+    let (mut pw, mut pb) = (0f32, 0f32);
+    for ((&x, &g), (&m, &r)) in xs.iter().zip(gs).zip(m.iter().zip(r)) {
+        let xn = if with_bias { (x - m) * r } else { x * r };
+        pw += g * xn;
+        pb += g;
+    }
+    (pw, pb)
 }
 
 impl CustomOp3 for ChannelNorm {
@@ -81,16 +172,7 @@ impl CustomOp3 for ChannelNorm {
             .for_each(|(n, (o, xs))| {
                 let (bi, ch) = (n / c, n % c);
                 let (m, r) = (&mean[bi * hw..][..hw], &rstd[bi * hw..][..hw]);
-                let (wc, bc) = (wt[ch], bias[ch]);
-                if self.with_bias {
-                    for i in 0..hw {
-                        o[i] = (xs[i] - m[i]) * r[i] * wc + bc;
-                    }
-                } else {
-                    for i in 0..hw {
-                        o[i] = xs[i] * r[i] * wc;
-                    }
-                }
+                forward_plane(o, xs, m, r, wt[ch], bias[ch], self.with_bias);
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -156,15 +238,7 @@ impl CustomOp3 for ChannelNormBackward {
                 for (ch, &wc) in wt.iter().enumerate().take(c) {
                     let off = (bi * c + ch) * hw;
                     let (xs, gs) = (&x[off..off + hw], &dy[off..off + hw]);
-                    for i in 0..hw {
-                        let g = gs[i] * wc;
-                        k1b[i] += g;
-                        k2b[i] += if with_bias {
-                            g * (xs[i] - m[i]) * r[i]
-                        } else {
-                            g * xs[i]
-                        };
-                    }
+                    backward_sums(k1b, k2b, xs, gs, m, r, wc, with_bias);
                 }
                 k1b.iter_mut().for_each(|v| *v /= c as f32);
                 k2b.iter_mut().for_each(|v| *v /= c as f32);
@@ -179,16 +253,7 @@ impl CustomOp3 for ChannelNormBackward {
             let (xs, gs) = (&x[off..off + hw], &dy[off..off + hw]);
             let (m, r) = (&mean[bi * hw..][..hw], &rstd[bi * hw..][..hw]);
             let (a1, a2) = (&k1[bi * hw..][..hw], &k2[bi * hw..][..hw]);
-            let wc = wt[ch];
-            for i in 0..hw {
-                let g = gs[i] * wc;
-                let xc = xs[i] - m[i];
-                o[i] = if with_bias {
-                    r[i] * (g - a1[i] - xc * r[i] * a2[i])
-                } else {
-                    r[i] * (g - xc * r[i] * r[i] * a2[i])
-                };
-            }
+            backward_plane(o, xs, gs, m, r, a1, a2, wt[ch], with_bias);
         });
         // dw[c] = sum dy * xhat (or dy * x * r), db[c] = sum dy, accumulated in f64.
         let sums: Vec<(f64, f64)> = (0..c)
@@ -199,16 +264,7 @@ impl CustomOp3 for ChannelNormBackward {
                     let off = (bi * c + ch) * hw;
                     let (xs, gs) = (&x[off..off + hw], &dy[off..off + hw]);
                     let (m, r) = (&mean[bi * hw..][..hw], &rstd[bi * hw..][..hw]);
-                    let (mut pw, mut pb) = (0f32, 0f32);
-                    for i in 0..hw {
-                        let xn = if with_bias {
-                            (xs[i] - m[i]) * r[i]
-                        } else {
-                            xs[i] * r[i]
-                        };
-                        pw += gs[i] * xn;
-                        pb += gs[i];
-                    }
+                    let (pw, pb) = param_sums(xs, gs, m, r, with_bias);
                     sw += pw as f64;
                     sb += pb as f64;
                 }
