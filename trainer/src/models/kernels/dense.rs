@@ -10,6 +10,13 @@
 //! directly (composed as reshape + broadcast matmul + reshape, each reshape and the broadcast
 //! weight were nodes whose gradients candle zero-fills and adds, and the weight's gradient was
 //! a (B, O, C) tensor summed over the batch).
+//!
+//! Threads: when the batch divides among them, whole images run in parallel with
+//! single-threaded products (per-image dW summed in image order, so results do not depend on
+//! the schedule); otherwise images run in turn with each product split across the threads.
+//! Each thread keeps its column buffers between calls.
+
+use std::cell::Cell;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
@@ -30,16 +37,20 @@ struct Mat<'a> {
 }
 
 /// `dst (m x n) = a (m x k) b (k x n)`, or `dst += ...` with `accumulate`.
-fn matmul(dst: &mut [f32], a: Mat, b: Mat, m: usize, n: usize, k: usize, accumulate: bool) {
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    dst: &mut [f32],
+    a: Mat,
+    b: Mat,
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+    par: Parallelism,
+) {
     debug_assert!(dst.len() >= m * n && a.data.len() >= m * k && b.data.len() >= k * n);
     let (a_rs, a_cs) = if a.transposed { (1, m) } else { (k, 1) };
     let (b_rs, b_cs) = if b.transposed { (1, k) } else { (n, 1) };
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
-    };
     // SAFETY: the strides describe the slices' extents checked above; dst does not alias a, b.
     unsafe {
         gemm::gemm(
@@ -66,12 +77,161 @@ fn matmul(dst: &mut [f32], a: Mat, b: Mat, m: usize, n: usize, k: usize, accumul
     }
 }
 
-/// im2col of one image (C, H, W) into `cols` (C*k*k, H*W), planes in parallel.
-fn im2col_image(cols: &mut [f32], img: &[f32], k: usize, h: usize, w: usize) {
-    let hw = h * w;
-    cols.par_chunks_mut(k * k * hw)
-        .zip(img.par_chunks(hw))
-        .for_each(|(rows, plane)| im2col_plane(rows, plane, k, h, w));
+/// im2col of one image (C, H, W) into `cols` (C*k*k, H*W), planes in parallel unless `par` is
+/// `Parallelism::None` (images already in parallel).
+fn im2col_image(cols: &mut [f32], img: &[f32], g: Geom, par: Parallelism) {
+    let (k, h, w, hw) = (g.k, g.h, g.w, g.hw());
+    let rows = cols.chunks_mut(k * k * hw).zip(img.chunks(hw));
+    if matches!(par, Parallelism::None) {
+        rows.for_each(|(rows, plane)| im2col_plane(rows, plane, k, h, w));
+    } else {
+        cols.par_chunks_mut(k * k * hw)
+            .zip(img.par_chunks(hw))
+            .for_each(|(rows, plane)| im2col_plane(rows, plane, k, h, w));
+    }
+}
+
+thread_local! {
+    /// Per thread, the column buffers of the last call (columns, their gradient), kept so that
+    /// the next call neither allocates nor zero-fills them: each is fully overwritten before
+    /// it is read.
+    static SCRATCH: Cell<(Vec<f32>, Vec<f32>)> = const { Cell::new((Vec::new(), Vec::new())) };
+}
+
+/// The largest scratch buffer a thread keeps between calls (32 MiB of float32); a larger one
+/// (a big image at inference) is freed after its call.
+const KEEP_SCRATCH: usize = 8 << 20;
+
+/// Runs `f` with this thread's scratch buffers (fresh empty ones if a caller further up the
+/// stack on this thread holds them).
+fn with_scratch<R>(f: impl FnOnce(&mut (Vec<f32>, Vec<f32>)) -> R) -> R {
+    let mut bufs = SCRATCH.with(Cell::take);
+    let r = f(&mut bufs);
+    for b in [&mut bufs.0, &mut bufs.1] {
+        if b.capacity() > KEEP_SCRATCH {
+            *b = Vec::new();
+        }
+    }
+    SCRATCH.with(|s| s.set(bufs));
+    r
+}
+
+/// The sizes of one call.
+#[derive(Clone, Copy)]
+struct Geom {
+    c: usize,
+    o: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+}
+
+impl Geom {
+    fn hw(&self) -> usize {
+        self.h * self.w
+    }
+
+    fn ckk(&self) -> usize {
+        self.c * self.k * self.k
+    }
+}
+
+/// How a call uses the threads: whole images in parallel, each with single-threaded products
+/// (`None`), when the batch divides well among the threads; otherwise one image after
+/// another, each product split across the threads (`Some(parallelism)`). Per image, a thread
+/// packs and multiplies its own operands and meets the others once per call instead of in
+/// every product.
+fn image_parallelism(b: usize) -> Option<Parallelism> {
+    let t = rayon::current_num_threads();
+    if t > 1 && b >= t && (b.is_multiple_of(t) || b >= 4 * t) {
+        None
+    } else if t > 1 {
+        Some(Parallelism::Rayon(t))
+    } else {
+        Some(Parallelism::None)
+    }
+}
+
+/// The columns of one image: the image itself for 1x1, else im2col into `scratch`.
+fn columns<'a>(scratch: &'a mut Vec<f32>, xb: &'a [f32], g: Geom, par: Parallelism) -> &'a [f32] {
+    if g.k == 1 {
+        return xb;
+    }
+    // im2col overwrites every element: zeros are only written where the buffer grows.
+    scratch.resize(g.ckk() * g.hw(), 0.0);
+    im2col_image(scratch, xb, g, par);
+    scratch
+}
+
+/// y_b (O, HW) = W (O, Ckk) cols (Ckk, HW).
+fn forward_image(
+    yb: &mut [f32],
+    xb: &[f32],
+    wt: &[f32],
+    scratch: &mut Vec<f32>,
+    g: Geom,
+    par: Parallelism,
+) {
+    let cols = columns(scratch, xb, g, par);
+    let wm = Mat {
+        data: wt,
+        transposed: false,
+    };
+    let cm = Mat {
+        data: cols,
+        transposed: false,
+    };
+    matmul(yb, wm, cm, g.o, g.hw(), g.ckk(), false, par);
+}
+
+/// One image's gradients: `dw (+)= dy_b cols^T` (`accumulate`), `dx_b = col2im(W^T dy_b)`
+/// (for 1x1 the product is written straight into dx_b).
+#[allow(clippy::too_many_arguments)]
+fn backward_image(
+    dxb: &mut [f32],
+    dw: &mut [f32],
+    accumulate: bool,
+    xb: &[f32],
+    dyb: &[f32],
+    wt: &[f32],
+    scratch: &mut (Vec<f32>, Vec<f32>),
+    g: Geom,
+    par: Parallelism,
+) {
+    let (hw, ckk) = (g.hw(), g.ckk());
+    let cols = columns(&mut scratch.0, xb, g, par);
+    let dym = Mat {
+        data: dyb,
+        transposed: false,
+    };
+    let ct = Mat {
+        data: cols,
+        transposed: true,
+    };
+    // dW (O, Ckk) (+)= dy_b (O, HW) cols^T (HW, Ckk)
+    matmul(dw, dym, ct, g.o, ckk, hw, accumulate, par);
+    let wtm = Mat {
+        data: wt,
+        transposed: true,
+    };
+    if g.k == 1 {
+        matmul(dxb, wtm, dym, ckk, hw, g.o, false, par);
+        return;
+    }
+    // dcols (Ckk, HW) = W^T (Ckk, O) dy_b (O, HW), then summed back onto the pixels.
+    let dcols = &mut scratch.1;
+    dcols.resize(ckk * hw, 0.0);
+    matmul(dcols, wtm, dym, ckk, hw, g.o, false, par);
+    let (k, h, w) = (g.k, g.h, g.w);
+    if matches!(par, Parallelism::None) {
+        dxb.chunks_mut(hw)
+            .zip(dcols.chunks(k * k * hw))
+            .for_each(|(plane, rows)| col2im_plane(plane, rows, k, h, w));
+    } else {
+        dxb.par_chunks_mut(hw)
+            .zip(dcols.par_chunks(k * k * hw))
+            .for_each(|(plane, rows)| col2im_plane(plane, rows, k, h, w));
+    }
 }
 
 impl CustomOp2 for DenseConv {
@@ -90,31 +250,27 @@ impl CustomOp2 for DenseConv {
         let o = l2.shape().dims4()?.0;
         let x = f32_slice(s1, l1, self.name())?;
         let wt = f32_slice(s2, l2, self.name())?;
-        let (k, hw) = (self.k, h * w);
-        let ckk = c * k * k;
-        // A 1x1 convolution's columns are the image itself.
-        let mut cols = if k == 1 {
-            Vec::new()
-        } else {
-            vec![0f32; ckk * hw]
+        let g = Geom {
+            c,
+            o,
+            h,
+            w,
+            k: self.k,
         };
+        let hw = g.hw();
         let mut out = vec![0f32; b * o * hw];
-        for (yb, xb) in out.chunks_mut(o * hw).zip(x.chunks(c * hw)) {
-            let cols: &[f32] = if k == 1 {
-                xb
-            } else {
-                im2col_image(&mut cols, xb, k, h, w);
-                &cols
-            };
-            let wm = Mat {
-                data: wt,
-                transposed: false,
-            };
-            let cm = Mat {
-                data: cols,
-                transposed: false,
-            };
-            matmul(yb, wm, cm, o, hw, ckk, false);
+        match image_parallelism(b) {
+            None => out
+                .par_chunks_mut(o * hw)
+                .zip(x.par_chunks(c * hw))
+                .for_each(|(yb, xb)| {
+                    with_scratch(|s| forward_image(yb, xb, wt, &mut s.0, g, Parallelism::None))
+                }),
+            Some(par) => with_scratch(|s| {
+                for (yb, xb) in out.chunks_mut(o * hw).zip(x.chunks(c * hw)) {
+                    forward_image(yb, xb, wt, &mut s.0, g, par);
+                }
+            }),
         }
         Ok((CpuStorage::F32(out), Shape::from((b, o, h, w))))
     }
@@ -153,51 +309,50 @@ impl CustomOp3 for DenseConvBackward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (_, c, h, w) = l1.shape().dims4()?;
+        let (b, c, h, w) = l1.shape().dims4()?;
         let o = l2.shape().dims4()?.0;
         let x = f32_slice(s1, l1, self.name())?;
         let wt = f32_slice(s2, l2, self.name())?;
         let dy = f32_slice(s3, l3, self.name())?;
-        let (k, hw) = (self.k, h * w);
-        let ckk = c * k * k;
+        let g = Geom {
+            c,
+            o,
+            h,
+            w,
+            k: self.k,
+        };
+        let (hw, ckk) = (g.hw(), g.ckk());
         let n = x.len();
         let mut out = vec![0f32; n + o * ckk];
         let (dx, dw) = out.split_at_mut(n);
-        // 1x1: the columns are x itself and their gradient is dx itself.
-        let scratch = if k == 1 { 0 } else { ckk * hw };
-        let mut cols = vec![0f32; scratch];
-        let mut dcols = vec![0f32; scratch];
-        for (bi, (dxb, xb)) in dx.chunks_mut(c * hw).zip(x.chunks(c * hw)).enumerate() {
-            let dyb = &dy[bi * o * hw..][..o * hw];
-            // dW (O, Ckk) += dy_b (O, HW) cols^T (HW, Ckk)
-            let colsb: &[f32] = if k == 1 {
-                xb
-            } else {
-                im2col_image(&mut cols, xb, k, h, w);
-                &cols
-            };
-            let dym = Mat {
-                data: dyb,
-                transposed: false,
-            };
-            let ct = Mat {
-                data: colsb,
-                transposed: true,
-            };
-            matmul(dw, dym, ct, o, ckk, hw, bi > 0);
-            // dcols (Ckk, HW) = W^T (Ckk, O) dy_b (O, HW), then summed back onto the pixels.
-            let wtm = Mat {
-                data: wt,
-                transposed: true,
-            };
-            if k == 1 {
-                matmul(dxb, wtm, dym, ckk, hw, o, false);
-                continue;
+        match image_parallelism(b) {
+            None => {
+                // Each image's dW apart, then summed in image order: the result does not
+                // depend on which thread ran which image.
+                let mut parts = vec![0f32; b * o * ckk];
+                dx.par_chunks_mut(c * hw)
+                    .zip(x.par_chunks(c * hw))
+                    .zip(dy.par_chunks(o * hw))
+                    .zip(parts.par_chunks_mut(o * ckk))
+                    .for_each(|(((dxb, xb), dyb), dwb)| {
+                        with_scratch(|s| {
+                            let par = Parallelism::None;
+                            backward_image(dxb, dwb, false, xb, dyb, wt, s, g, par)
+                        })
+                    });
+                for part in parts.chunks(o * ckk) {
+                    dw.iter_mut().zip(part).for_each(|(a, v)| *a += v);
+                }
             }
-            matmul(&mut dcols, wtm, dym, ckk, hw, o, false);
-            dxb.par_chunks_mut(hw)
-                .zip(dcols.par_chunks(k * k * hw))
-                .for_each(|(plane, rows)| col2im_plane(plane, rows, k, h, w));
+            Some(par) => with_scratch(|s| {
+                let images = dx
+                    .chunks_mut(c * hw)
+                    .zip(x.chunks(c * hw))
+                    .zip(dy.chunks(o * hw));
+                for (bi, ((dxb, xb), dyb)) in images.enumerate() {
+                    backward_image(dxb, dw, bi > 0, xb, dyb, wt, s, g, par);
+                }
+            }),
         }
         Ok((CpuStorage::F32(out), Shape::from(n + o * ckk)))
     }
