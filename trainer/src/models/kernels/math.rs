@@ -16,14 +16,14 @@ pub(crate) fn exp(x: f32) -> f32 {
     // ln 2 split in two so that n * LN2_HI is exact.
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5 * 2^23: adding it rounds to an integer, which then sits in the low mantissa bits.
+    // (Rust's `as i32` is a saturating cast that the compiler cannot vectorise.)
+    const SHIFT: f32 = 12_582_912.0;
     let x = x.clamp(-87.3, 88.7);
-    // n = floor(x log2 e + 1/2), via a truncating conversion (vectorises without SSE4.1).
-    let t = x * LOG2E + 0.5;
-    let mut n = t as i32;
-    if (n as f32) > t {
-        n -= 1;
-    }
-    let nf = n as f32;
+    // n = round(x log2 e), as a float and as an integer.
+    let z = x * LOG2E + SHIFT;
+    let nf = z - SHIFT;
+    let n = (z.to_bits() as i32).wrapping_sub(SHIFT.to_bits() as i32);
     let r = x - nf * LN2_HI - nf * LN2_LO;
     let r2 = r * r;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
@@ -38,7 +38,7 @@ pub(crate) fn exp(x: f32) -> f32 {
     y * scale(half) * scale(n - half)
 }
 
-/// The error function, as PyTorch's vectorised CPU `erf`: `sign(x) (1 - t P(t) e^{-x^2})` with
+/// The error function as in PyTorch's vectorised CPU GELU: `sign(x) (1 - t P(t) e^{-x^2})` with
 /// `t = 1 / (1 + 0.3275911 |x|)`.
 #[inline(always)]
 pub(crate) fn erf(x: f32) -> f32 {
