@@ -224,6 +224,9 @@ fn channel_attention_kernel_matches_composed() {
         (3, 12, 4, 9, 4),
         (2, 16, 2, 13, 11),
         (1, 48, 1, 16, 16),
+        // Rows per head not a multiple of four (blocked rows plus a remainder).
+        (2, 6, 1, 3, 5),
+        (1, 14, 2, 7, 9),
     ] {
         let qkv = Var::from_tensor(
             &Tensor::randn(0f32, 1.0, (b, 3 * c, h, w), &Device::Cpu).expect("qkv"),

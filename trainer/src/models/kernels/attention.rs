@@ -62,10 +62,64 @@ impl Dims {
     }
 }
 
+/// `out += sum_j coef[j] rows_j` where `rows` holds `coef.len()` rows of `out.len()` values,
+/// four rows per pass over `out` (a pass per row re-read and re-wrote `out` each time).
 #[multiversion(targets("x86_64+avx+avx2+fma"))]
-fn axpy(out: &mut [f32], s: f32, x: &[f32]) {
-    for (o, v) in out.iter_mut().zip(x) {
-        *o += s * v;
+fn lincomb(out: &mut [f32], coef: &[f32], rows: &[f32]) {
+    let n = out.len();
+    let mut j = 0;
+    while j + 4 <= coef.len() {
+        let (a, b, c, d) = (coef[j], coef[j + 1], coef[j + 2], coef[j + 3]);
+        let r = &rows[j * n..(j + 4) * n];
+        let (r0, rest) = r.split_at(n);
+        let (r1, rest) = rest.split_at(n);
+        let (r2, r3) = rest.split_at(n);
+        for ((o, (&v0, &v1)), (&v2, &v3)) in
+            out.iter_mut().zip(r0.iter().zip(r1)).zip(r2.iter().zip(r3))
+        {
+            *o += a * v0 + b * v1 + c * v2 + d * v3;
+        }
+        j += 4;
+    }
+    for (&cj, r) in coef[j..].iter().zip(rows[j * n..].chunks_exact(n)) {
+        for (o, &v) in out.iter_mut().zip(r) {
+            *o += cj * v;
+        }
+    }
+}
+
+/// `out[j] = rows_j . v` for the `out.len()` rows of `v.len()` values in `rows`, four rows per
+/// pass over `v`.
+#[multiversion(targets("x86_64+avx+avx2+fma"))]
+fn matvec(out: &mut [f32], rows: &[f32], v: &[f32]) {
+    let n = v.len();
+    let mut j = 0;
+    while j + 4 <= out.len() {
+        let mut acc = [[0f32; 8]; 4];
+        let r = &rows[j * n..(j + 4) * n];
+        let vc = v.chunks_exact(8);
+        let tail = vc.remainder().len();
+        for (k, vv) in vc.enumerate() {
+            for (q, a) in acc.iter_mut().enumerate() {
+                let rr = &r[q * n + k * 8..][..8];
+                for l in 0..8 {
+                    a[l] += rr[l] * vv[l];
+                }
+            }
+        }
+        for (q, a) in acc.iter().enumerate() {
+            let row = &r[q * n..(q + 1) * n];
+            let t: f32 = row[n - tail..]
+                .iter()
+                .zip(&v[n - tail..])
+                .map(|(x, y)| x * y)
+                .sum();
+            out[j + q] = a.iter().sum::<f32>() + t;
+        }
+        j += 4;
+    }
+    for (o, row) in out[j..].iter_mut().zip(rows[j * n..].chunks_exact(n)) {
+        *o = super::dot_inline(row, v);
     }
 }
 
@@ -95,9 +149,9 @@ fn scores(x: &[f32], t: &[f32], nrm: &[f32], d: Dims) -> (Vec<f32>, Vec<f32>) {
             let (b, h) = (bh / d.heads, bh % d.heads);
             let q = &x[d.row(b, 0, h, i)..][..d.n];
             let nq = nrm[(bh * 2) * ch + i];
+            matvec(prow, &x[d.row(b, 1, h, 0)..][..ch * d.n], q);
             for (j, pv) in prow.iter_mut().enumerate() {
-                let k = &x[d.row(b, 1, h, j)..][..d.n];
-                *pv = dot(q, k) / (nq * nrm[(bh * 2 + 1) * ch + j]);
+                *pv /= nq * nrm[(bh * 2 + 1) * ch + j];
             }
             let th = t[h];
             let max = prow
@@ -138,9 +192,7 @@ impl CustomOp2 for ChannelAttention {
             let (b, c) = (r / d.c, r % d.c);
             let (h, i) = (c / ch, c % ch);
             let arow = &a[((b * d.heads + h) * ch + i) * ch..][..ch];
-            for (j, &aij) in arow.iter().enumerate() {
-                axpy(o, aij, &x[d.row(b, 2, h, j)..][..d.n]);
-            }
+            lincomb(o, arow, &x[d.row(b, 2, h, 0)..][..ch * d.n]);
         });
         let (_, _, hh, ww) = l1.shape().dims4()?;
         Ok((CpuStorage::F32(out), Shape::from((d.b, d.c, hh, ww))))
@@ -204,9 +256,7 @@ impl candle_core::CustomOp3 for ChannelAttentionBackward {
                 let (b, h) = (bh / d.heads, bh % d.heads);
                 let gi = grow(b, h, i);
                 let arow = &a[r * ch..][..ch];
-                for (j, v) in dsrow.iter_mut().enumerate() {
-                    *v = dot(gi, &x[d.row(b, 2, h, j)..][..d.n]); // dA_ij
-                }
+                matvec(dsrow, &x[d.row(b, 2, h, 0)..][..ch * d.n], gi); // dA_ij
                 let s: f32 = arow.iter().zip(dsrow.iter()).map(|(x, y)| x * y).sum();
                 let prow = &p[r * ch..][..ch];
                 let mut acc = 0f32;
@@ -233,15 +283,17 @@ impl candle_core::CustomOp3 for ChannelAttentionBackward {
                 0 | 1 => {
                     // dqhat_i = t sum_j dS_ij k_j / nk_j (part 0), dkhat_i = t sum_j dS_ji q_j / nq_j.
                     let other = 1 - part;
-                    for j in 0..ch {
-                        let sij = if part == 0 {
-                            sq[i * ch + j]
-                        } else {
-                            sq[j * ch + i]
-                        };
-                        let nj = nrm[(bh * 2 + other) * ch + j];
-                        axpy(o, th * sij / nj, &x[d.row(b, other, h, j)..][..d.n]);
-                    }
+                    let coef: Vec<f32> = (0..ch)
+                        .map(|j| {
+                            let sij = if part == 0 {
+                                sq[i * ch + j]
+                            } else {
+                                sq[j * ch + i]
+                            };
+                            th * sij / nrm[(bh * 2 + other) * ch + j]
+                        })
+                        .collect();
+                    lincomb(o, &coef, &x[d.row(b, other, h, 0)..][..ch * d.n]);
                     let own = &x[d.row(b, part, h, i)..][..d.n];
                     // nrm = max(|row|, eps): above eps exactly where the clamp is inactive.
                     let ni = nrm[(bh * 2 + part) * ch + i];
@@ -256,9 +308,8 @@ impl candle_core::CustomOp3 for ChannelAttentionBackward {
                 }
                 _ => {
                     // dv_i = sum_j A_ji g_j.
-                    for j in 0..ch {
-                        axpy(o, a[(bh * ch + j) * ch + i], grow(b, h, j));
-                    }
+                    let coef: Vec<f32> = (0..ch).map(|j| a[(bh * ch + j) * ch + i]).collect();
+                    lincomb(o, &coef, &g[(b * d.c + h * ch) * d.n..][..ch * d.n]);
                 }
             }
         });
