@@ -334,5 +334,19 @@ fn dense_conv_kernel_matches_composed() {
             1e-6,
             1e-5,
         );
+        // The same convolution added to a residual, as one op.
+        let r = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, o, h, w), &Device::Cpu).expect("r"))
+            .expect("var");
+        compare_with_grads(
+            &format!("dense conv + residual b{b} c{c} o{o} {h}x{w} k{k}"),
+            &[&x, &wt, &r],
+            || {
+                kernels::conv_dense_residual(x.as_tensor(), wt.as_tensor(), k, r.as_tensor())
+                    .expect("fast")
+            },
+            || (r.as_tensor() + composed()).expect("slow"),
+            1e-6,
+            1e-5,
+        );
     }
 }

@@ -173,6 +173,21 @@ impl Conv2d {
     }
 }
 
+impl Conv2d {
+    /// `residual + conv(x)` (the bias included): one op on the CPU for a bias-free dense
+    /// convolution in float32, else the convolution then the sum.
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        if !self.depthwise
+            && self.bias.is_none()
+            && kernels::applicable(x)
+            && amp::low_dtype().is_none()
+        {
+            return kernels::conv_dense_residual(x, &self.weight, self.k, residual);
+        }
+        residual + self.forward(x)?
+    }
+}
+
 impl Module for Conv2d {
     // (B, C, H, W) -> (B, O, H, W)
     fn forward(&self, x: &Tensor) -> Result<Tensor> {

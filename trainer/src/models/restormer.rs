@@ -39,8 +39,9 @@ impl Attention {
     }
 }
 
-impl Module for Attention {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Attention {
+    /// `residual + attention(x)`: (B, C, H, W) -> (B, C, H, W).
+    fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let qkv = self.qkv_dwconv.forward(&self.qkv.forward(x)?)?; // (B, 3C, H, W)
                                                                    // The fused op multiplies in float32: under autocast the products take the composed
                                                                    // path, which runs them in the low dtype as PyTorch does.
@@ -49,7 +50,7 @@ impl Module for Attention {
         } else {
             channel_attention_composed(&qkv, &self.temperature, self.heads)?
         };
-        self.project_out.forward(&out)
+        self.project_out.forward_residual(&out, residual)
     }
 }
 
@@ -101,15 +102,16 @@ impl FeedForward {
     }
 }
 
-impl Module for FeedForward {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl FeedForward {
+    /// `residual + ffn(x)`: (B, C, H, W) -> (B, C, H, W).
+    fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let y = self.dwconv.forward(&self.project_in.forward(x)?)?; // (B, 2*hidden, H, W)
         let gated = if kernels::applicable(&y) {
             kernels::gelu_gate(&y)?
         } else {
             gelu_gate_composed(&y)?
         };
-        self.project_out.forward(&gated)
+        self.project_out.forward_residual(&gated, residual)
     }
 }
 
@@ -134,8 +136,10 @@ impl TransformerBlock {
 
 impl Module for TransformerBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.norm1.forward(x)?)?)?;
-        &x + self.ffn.forward(&self.norm2.forward(&x)?)?
+        // x + attn(norm1(x)), then x + ffn(norm2(x)), each sum fused into the branch's last
+        // convolution where a kernel applies.
+        let x = self.attn.forward_residual(&self.norm1.forward(x)?, x)?;
+        self.ffn.forward_residual(&self.norm2.forward(&x)?, &x)
     }
 }
 

@@ -163,13 +163,14 @@ fn columns<'a>(scratch: &'a mut Vec<f32>, xb: &'a [f32], g: Geom, par: Paralleli
     scratch
 }
 
-/// y_b (O, HW) = W (O, Ckk) cols (Ckk, HW).
+/// y_b (O, HW) (+)= W (O, Ckk) cols (Ckk, HW), adding to y_b with `accumulate`.
 fn forward_image(
     yb: &mut [f32],
     xb: &[f32],
     wt: &[f32],
     scratch: &mut Vec<f32>,
     g: Geom,
+    accumulate: bool,
     par: Parallelism,
 ) {
     let cols = columns(scratch, xb, g, par);
@@ -181,7 +182,37 @@ fn forward_image(
         data: cols,
         transposed: false,
     };
-    matmul(yb, wm, cm, g.o, g.hw(), g.ckk(), false, par);
+    matmul(yb, wm, cm, g.o, g.hw(), g.ckk(), accumulate, par);
+}
+
+/// The convolution of x (B, C, H, W) by W (O, C, k, k) into `out` (B*O*H*W values), added to
+/// what `out` holds with `accumulate`.
+fn forward_into(out: &mut [f32], x: &[f32], wt: &[f32], b: usize, g: Geom, accumulate: bool) {
+    let (c, o, hw) = (g.c, g.o, g.hw());
+    match image_parallelism(b) {
+        None => out
+            .par_chunks_mut(o * hw)
+            .zip(x.par_chunks(c * hw))
+            .for_each(|(yb, xb)| {
+                with_scratch(|s| {
+                    forward_image(yb, xb, wt, &mut s.0, g, accumulate, Parallelism::None)
+                })
+            }),
+        Some(par) => with_scratch(|s| {
+            for (yb, xb) in out.chunks_mut(o * hw).zip(x.chunks(c * hw)) {
+                forward_image(yb, xb, wt, &mut s.0, g, accumulate, par);
+            }
+        }),
+    }
+}
+
+/// The input's and the weight's gradients of a dense convolution.
+fn backward(x: &Tensor, wt: &Tensor, grad: &Tensor, k: usize) -> Result<(Tensor, Tensor)> {
+    let both = x.apply_op3_no_bwd(wt, &grad.contiguous()?, &DenseConvBackward { k })?;
+    let [dx, dw]: [Tensor; 2] = super::unpack(&both, &[x.shape(), wt.shape()])?
+        .try_into()
+        .map_err(|_| candle_core::Error::Msg("dense conv: two gradients".into()))?;
+    Ok((dx, dw))
 }
 
 /// One image's gradients: `dw (+)= dy_b cols^T` (`accumulate`), `dx_b = col2im(W^T dy_b)`
@@ -257,21 +288,8 @@ impl CustomOp2 for DenseConv {
             w,
             k: self.k,
         };
-        let hw = g.hw();
-        let mut out = vec![0f32; b * o * hw];
-        match image_parallelism(b) {
-            None => out
-                .par_chunks_mut(o * hw)
-                .zip(x.par_chunks(c * hw))
-                .for_each(|(yb, xb)| {
-                    with_scratch(|s| forward_image(yb, xb, wt, &mut s.0, g, Parallelism::None))
-                }),
-            Some(par) => with_scratch(|s| {
-                for (yb, xb) in out.chunks_mut(o * hw).zip(x.chunks(c * hw)) {
-                    forward_image(yb, xb, wt, &mut s.0, g, par);
-                }
-            }),
-        }
+        let mut out = vec![0f32; b * o * g.hw()];
+        forward_into(&mut out, x, wt, b, g, false);
         Ok((CpuStorage::F32(out), Shape::from((b, o, h, w))))
     }
 
@@ -282,11 +300,66 @@ impl CustomOp2 for DenseConv {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let both = x.apply_op3_no_bwd(wt, &grad.contiguous()?, &DenseConvBackward { k: self.k })?;
-        let [dx, dw]: [Tensor; 2] = super::unpack(&both, &[x.shape(), wt.shape()])?
-            .try_into()
-            .map_err(|_| candle_core::Error::Msg("dense conv: two gradients".into()))?;
+        let (dx, dw) = backward(x, wt, grad, self.k)?;
         Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// `r + conv(x, W)` (x, W, r): a residual connection whose branch ends in a bias-free
+/// convolution, as one op. The product accumulates onto a copy of r, so the sum is neither a
+/// separate pass nor a separate graph node (whose backward zero-fills and adds a gradient for
+/// each of its two inputs).
+pub(super) struct DenseConvResidual {
+    pub(super) k: usize,
+}
+
+impl CustomOp3 for DenseConvResidual {
+    fn name(&self) -> &'static str {
+        "ifp-dense-conv-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = l1.shape().dims4()?;
+        let o = l2.shape().dims4()?.0;
+        if l3.shape().dims() != [b, o, h, w] {
+            return Err(candle_core::Error::Msg(format!(
+                "{}: residual {:?} for an output of ({b}, {o}, {h}, {w})",
+                self.name(),
+                l3.shape().dims()
+            )));
+        }
+        let x = f32_slice(s1, l1, self.name())?;
+        let wt = f32_slice(s2, l2, self.name())?;
+        let mut out = f32_slice(s3, l3, self.name())?.to_vec();
+        let g = Geom {
+            c,
+            o,
+            h,
+            w,
+            k: self.k,
+        };
+        forward_into(&mut out, x, wt, b, g, true);
+        Ok((CpuStorage::F32(out), l3.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wt: &Tensor,
+        _r: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = backward(x, wt, grad, self.k)?;
+        Ok((Some(dx), Some(dw), Some(grad.clone())))
     }
 }
 

@@ -143,6 +143,20 @@ pub fn bias_act(x: &Tensor, bias: &Tensor, slope: Option<f32>) -> Result<Tensor>
         .apply_op2(&bias.contiguous()?, bias::BiasAct { slope })
 }
 
+/// `residual + conv(x, weight)` with the convolution of [`conv_dense`]; residual (B, O, H, W).
+pub fn conv_dense_residual(
+    x: &Tensor,
+    weight: &Tensor,
+    k: usize,
+    residual: &Tensor,
+) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &residual.contiguous()?,
+        dense::DenseConvResidual { k },
+    )
+}
+
 /// A dense stride-1 "same" convolution without bias: x (B, C, H, W), weight (O, C, k, k) ->
 /// (B, O, H, W), keeping only x for the backward pass (see `dense`).
 pub fn conv_dense(x: &Tensor, weight: &Tensor, k: usize) -> Result<Tensor> {
