@@ -302,6 +302,39 @@ fn bias_act_kernel_matches_composed() {
 }
 
 #[test]
+fn depthwise_gelu_gate_kernel_matches_composed() {
+    use ifp_trainer::models::restormer::gelu_gate_composed;
+    // (batch, hidden, H, W): odd planes, one-pixel rows and columns.
+    for &(b, h, hh, ww) in &[
+        (1, 1, 1, 1),
+        (2, 3, 5, 7),
+        (3, 5, 1, 9),
+        (1, 4, 8, 1),
+        (2, 21, 16, 13),
+    ] {
+        let x = Var::from_tensor(
+            &Tensor::randn(0f32, 1.0, (b, 2 * h, hh, ww), &Device::Cpu).expect("x"),
+        )
+        .expect("var");
+        let wt =
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, (2 * h, 1, 3, 3), &Device::Cpu).expect("w"))
+                .expect("var");
+        compare_with_grads(
+            &format!("depthwise + gelu gate b{b} h{h} {hh}x{ww}"),
+            &[&x, &wt],
+            || kernels::depthwise_gelu_gate(x.as_tensor(), wt.as_tensor(), 3).expect("fast"),
+            || {
+                depthwise_composed(x.as_tensor(), wt.as_tensor(), 3)
+                    .and_then(|y| gelu_gate_composed(&y))
+                    .expect("slow")
+            },
+            1e-6,
+            1e-5,
+        );
+    }
+}
+
+#[test]
 fn dense_conv_kernel_matches_composed() {
     // (batch, in, out, H, W, k), odd sizes and planes smaller than the kernel included.
     for &(b, c, o, h, w, k) in &[

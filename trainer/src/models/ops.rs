@@ -174,6 +174,21 @@ impl Conv2d {
 }
 
 impl Conv2d {
+    /// The weight of this convolution when it is depthwise, bias-free and the CPU kernels
+    /// apply to `x` (float32, no autocast): ops fused with the convolution take it from here.
+    pub fn fusable_depthwise_weight(&self, x: &Tensor) -> Option<&Tensor> {
+        (self.depthwise
+            && self.bias.is_none()
+            && kernels::applicable(x)
+            && amp::low_dtype().is_none())
+        .then_some(&self.weight)
+    }
+
+    /// The kernel size k (k x k).
+    pub fn kernel_size(&self) -> usize {
+        self.k
+    }
+
     /// `residual + conv(x)` (the bias included): one op on the CPU for a bias-free dense
     /// convolution in float32, else the convolution then the sum.
     pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {

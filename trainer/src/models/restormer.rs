@@ -105,11 +105,16 @@ impl FeedForward {
 impl FeedForward {
     /// `residual + ffn(x)`: (B, C, H, W) -> (B, C, H, W).
     fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let y = self.dwconv.forward(&self.project_in.forward(x)?)?; // (B, 2*hidden, H, W)
-        let gated = if kernels::applicable(&y) {
-            kernels::gelu_gate(&y)?
+        let p = self.project_in.forward(x)?; // (B, 2*hidden, H, W)
+        let gated = if let Some(wt) = self.dwconv.fusable_depthwise_weight(&p) {
+            kernels::depthwise_gelu_gate(&p, wt, self.dwconv.kernel_size())?
         } else {
-            gelu_gate_composed(&y)?
+            let y = self.dwconv.forward(&p)?;
+            if kernels::applicable(&y) {
+                kernels::gelu_gate(&y)?
+            } else {
+                gelu_gate_composed(&y)?
+            }
         };
         self.project_out.forward_residual(&gated, residual)
     }

@@ -198,6 +198,36 @@ fn stencil3(out: &mut [f32], src: &[f32], t: &[f32], h: usize, w: usize) {
     }
 }
 
+/// Depthwise "same" convolution of x (B, C, H, W) with weight (C, 1, k, k), on the CPU.
+pub(super) fn depthwise_forward(x: &[f32], wt: &[f32], dims: [usize; 4], k: usize) -> Vec<f32> {
+    let [b, c, h, w] = dims;
+    let (p, hw) = ((k / 2) as isize, h * w);
+    let mut out = vec![0f32; b * c * hw];
+    out.par_chunks_mut(hw)
+        .zip(x.par_chunks(hw))
+        .enumerate()
+        .for_each(|(n, (o, plane))| {
+            let taps = &wt[(n % c) * k * k..][..k * k];
+            if k == 3 {
+                return stencil3(o, plane, taps, h, w);
+            }
+            for i in 0..k {
+                for j in 0..k {
+                    shifted_axpy(
+                        o,
+                        plane,
+                        taps[i * k + j],
+                        h,
+                        w,
+                        i as isize - p,
+                        j as isize - p,
+                    );
+                }
+            }
+        });
+    out
+}
+
 impl CustomOp2 for Depthwise {
     fn name(&self) -> &'static str {
         "ifp-depthwise"
@@ -224,30 +254,7 @@ impl CustomOp2 for Depthwise {
         let (b, c, h, w) = l1.shape().dims4()?;
         let x = f32_slice(s1, l1, self.name())?;
         let wt = f32_slice(s2, l2, self.name())?;
-        let (k, p, hw) = (self.k, (self.k / 2) as isize, h * w);
-        let mut out = vec![0f32; b * c * hw];
-        out.par_chunks_mut(hw)
-            .zip(x.par_chunks(hw))
-            .enumerate()
-            .for_each(|(n, (o, plane))| {
-                let taps = &wt[(n % c) * k * k..][..k * k];
-                if k == 3 {
-                    return stencil3(o, plane, taps, h, w);
-                }
-                for i in 0..k {
-                    for j in 0..k {
-                        shifted_axpy(
-                            o,
-                            plane,
-                            taps[i * k + j],
-                            h,
-                            w,
-                            i as isize - p,
-                            j as isize - p,
-                        );
-                    }
-                }
-            });
+        let out = depthwise_forward(x, wt, [b, c, h, w], self.k);
         Ok((CpuStorage::F32(out), Shape::from((b, c, h, w))))
     }
 
@@ -263,6 +270,43 @@ impl CustomOp2 for Depthwise {
         let gw = x.apply_op2_no_bwd(&g, &DepthwiseWeightGrad { k: self.k })?;
         Ok((Some(gx), Some(gw)))
     }
+}
+
+/// The input gradient of [`depthwise_forward`] from the output gradient g (B, C, H, W).
+pub(super) fn depthwise_input_grad(g: &[f32], wt: &[f32], dims: [usize; 4], k: usize) -> Vec<f32> {
+    let [b, c, h, w] = dims;
+    let (p, hw) = ((k / 2) as isize, h * w);
+    let mut out = vec![0f32; b * c * hw];
+    out.par_chunks_mut(hw)
+        .zip(g.par_chunks(hw))
+        .enumerate()
+        .for_each(|(n, (o, plane))| {
+            let taps = &wt[(n % c) * k * k..][..k * k];
+            if k == 3 {
+                // The transposed correlation is the correlation with the kernel turned
+                // by 180 degrees.
+                let mut flipped = [0f32; 9];
+                for (f, t) in flipped.iter_mut().zip(taps.iter().rev()) {
+                    *f = *t;
+                }
+                return stencil3(o, plane, &flipped, h, w);
+            }
+            for i in 0..k {
+                for j in 0..k {
+                    // x[y + i - p] fed out[y], so out-grad at y flows to x at y + i - p.
+                    shifted_axpy(
+                        o,
+                        plane,
+                        taps[i * k + j],
+                        h,
+                        w,
+                        p - i as isize,
+                        p - j as isize,
+                    );
+                }
+            }
+        });
+    out
 }
 
 /// d(out)/d(x): the transposed depthwise convolution of the output gradient.
@@ -296,37 +340,7 @@ impl CustomOp2 for DepthwiseInputGrad {
         let (b, c, h, w) = l1.shape().dims4()?;
         let g = f32_slice(s1, l1, self.name())?;
         let wt = f32_slice(s2, l2, self.name())?;
-        let (k, p, hw) = (self.k, (self.k / 2) as isize, h * w);
-        let mut out = vec![0f32; b * c * hw];
-        out.par_chunks_mut(hw)
-            .zip(g.par_chunks(hw))
-            .enumerate()
-            .for_each(|(n, (o, plane))| {
-                let taps = &wt[(n % c) * k * k..][..k * k];
-                if k == 3 {
-                    // The transposed correlation is the correlation with the kernel turned
-                    // by 180 degrees.
-                    let mut flipped = [0f32; 9];
-                    for (f, t) in flipped.iter_mut().zip(taps.iter().rev()) {
-                        *f = *t;
-                    }
-                    return stencil3(o, plane, &flipped, h, w);
-                }
-                for i in 0..k {
-                    for j in 0..k {
-                        // x[y + i - p] fed out[y], so out-grad at y flows to x at y + i - p.
-                        shifted_axpy(
-                            o,
-                            plane,
-                            taps[i * k + j],
-                            h,
-                            w,
-                            p - i as isize,
-                            p - j as isize,
-                        );
-                    }
-                }
-            });
+        let out = depthwise_input_grad(g, wt, [b, c, h, w], self.k);
         Ok((CpuStorage::F32(out), Shape::from((b, c, h, w))))
     }
 }
@@ -353,6 +367,22 @@ fn weight_grad_plane(taps: &mut [f32], xp: &[f32], gp: &[f32], k: usize, h: usiz
             taps[i * k + j] += acc as f32;
         }
     }
+}
+
+/// The weight gradient (C, 1, k, k) of [`depthwise_forward`] from x and the output gradient g.
+pub(super) fn depthwise_weight_grad(x: &[f32], g: &[f32], dims: [usize; 4], k: usize) -> Vec<f32> {
+    let [b, c, h, w] = dims;
+    let hw = h * w;
+    let mut out = vec![0f32; c * k * k];
+    out.par_chunks_mut(k * k)
+        .enumerate()
+        .for_each(|(ch, taps)| {
+            for bi in 0..b {
+                let off = (bi * c + ch) * hw;
+                weight_grad_plane(taps, &x[off..off + hw], &g[off..off + hw], k, h, w);
+            }
+        });
+    out
 }
 
 /// d(out)/d(weight): per channel and tap, the sum over batch and pixels of grad * shifted x.
@@ -386,16 +416,8 @@ impl CustomOp2 for DepthwiseWeightGrad {
         let (b, c, h, w) = l1.shape().dims4()?;
         let x = f32_slice(s1, l1, self.name())?;
         let g = f32_slice(s2, l2, self.name())?;
-        let (k, hw) = (self.k, h * w);
-        let mut out = vec![0f32; c * k * k];
-        out.par_chunks_mut(k * k)
-            .enumerate()
-            .for_each(|(ch, taps)| {
-                for bi in 0..b {
-                    let off = (bi * c + ch) * hw;
-                    weight_grad_plane(taps, &x[off..off + hw], &g[off..off + hw], k, h, w);
-                }
-            });
+        let k = self.k;
+        let out = depthwise_weight_grad(x, g, [b, c, h, w], k);
         Ok((CpuStorage::F32(out), Shape::from((c, 1, k, k))))
     }
 }

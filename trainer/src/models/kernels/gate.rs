@@ -4,11 +4,11 @@
 //! Backward: `dx1 = dy * x2 * (Phi(x1) + x1 phi(x1))`, `dx2 = dy * gelu(x1)`, written straight
 //! into one (B, 2h, H, W) buffer.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use super::conv::f32_slice;
+use super::conv::{depthwise_forward, depthwise_input_grad, depthwise_weight_grad, f32_slice};
 
 /// The normal CDF `0.5 (1 + erf(x / sqrt 2))`, with PyTorch's vectorised erf.
 #[inline(always)]
@@ -40,6 +40,39 @@ fn backward_chunk(d1: &mut [f32], d2: &mut [f32], x1: &[f32], x2: &[f32], dy: &[
     }
 }
 
+/// `gelu(x1) * x2` for x of `b` images, each two halves of `half` values.
+fn gate_forward(x: &[f32], b: usize, half: usize) -> Vec<f32> {
+    let mut out = vec![0f32; b * half];
+    out.par_chunks_mut(half).enumerate().for_each(|(bi, o)| {
+        let (x1, x2) = x[bi * 2 * half..][..2 * half].split_at(half);
+        o.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, oc)| {
+            let off = ci * CHUNK;
+            forward_chunk(oc, &x1[off..], &x2[off..]);
+        });
+    });
+    out
+}
+
+/// The gradient (shaped like x) of [`gate_forward`] from the output gradient dy.
+fn gate_backward(x: &[f32], dy: &[f32], b: usize, half: usize) -> Vec<f32> {
+    let mut out = vec![0f32; b * 2 * half];
+    out.par_chunks_mut(2 * half)
+        .enumerate()
+        .for_each(|(bi, o)| {
+            let (x1, x2) = x[bi * 2 * half..][..2 * half].split_at(half);
+            let g = &dy[bi * half..][..half];
+            let (d1, d2) = o.split_at_mut(half);
+            d1.par_chunks_mut(CHUNK)
+                .zip(d2.par_chunks_mut(CHUNK))
+                .enumerate()
+                .for_each(|(ci, (c1, c2))| {
+                    let (off, n) = (ci * CHUNK, c1.len());
+                    backward_chunk(c1, c2, &x1[off..off + n], &x2[off..off + n], &g[off..]);
+                });
+        });
+    out
+}
+
 pub(super) struct GeluGate;
 
 /// Splits (B, 2h, H, W) into per-image halves: `(b, h, plane)`.
@@ -61,15 +94,7 @@ impl CustomOp1 for GeluGate {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, h, hw) = dims(l)?;
         let x = f32_slice(s, l, self.name())?;
-        let half = h * hw;
-        let mut out = vec![0f32; b * half];
-        out.par_chunks_mut(half).enumerate().for_each(|(bi, o)| {
-            let (x1, x2) = x[bi * 2 * half..][..2 * half].split_at(half);
-            o.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, oc)| {
-                let off = ci * CHUNK;
-                forward_chunk(oc, &x1[off..], &x2[off..]);
-            });
-        });
+        let out = gate_forward(x, b, h * hw);
         let (_, _, hh, ww) = l.shape().dims4()?;
         Ok((CpuStorage::F32(out), Shape::from((b, h, hh, ww))))
     }
@@ -99,22 +124,87 @@ impl CustomOp2 for GeluGateBackward {
         let (b, h, hw) = dims(l1)?;
         let x = f32_slice(s1, l1, self.name())?;
         let dy = f32_slice(s2, l2, self.name())?;
-        let half = h * hw;
-        let mut out = vec![0f32; b * 2 * half];
-        out.par_chunks_mut(2 * half)
-            .enumerate()
-            .for_each(|(bi, o)| {
-                let (x1, x2) = x[bi * 2 * half..][..2 * half].split_at(half);
-                let g = &dy[bi * half..][..half];
-                let (d1, d2) = o.split_at_mut(half);
-                d1.par_chunks_mut(CHUNK)
-                    .zip(d2.par_chunks_mut(CHUNK))
-                    .enumerate()
-                    .for_each(|(ci, (c1, c2))| {
-                        let (off, n) = (ci * CHUNK, c1.len());
-                        backward_chunk(c1, c2, &x1[off..off + n], &x2[off..off + n], &g[off..]);
-                    });
-            });
+        let out = gate_backward(x, dy, b, h * hw);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// The GDFN's depthwise convolution and gate as one op: `gate(dwconv(x))` of x (B, 2h, H, W)
+/// with a bias-free depthwise weight (2h, 1, k, k) -> (B, h, H, W). The convolution's output
+/// is neither kept for the backward pass (which recomputes it: a cheap stencil) nor a graph
+/// node (whose gradient candle would zero-fill and add): these are the largest tensors of a
+/// Restormer block.
+pub(super) struct DwGate {
+    pub(super) k: usize,
+}
+
+impl CustomOp2 for DwGate {
+    fn name(&self) -> &'static str {
+        "ifp-dwconv-gelu-gate"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, h, hw) = dims(l1)?;
+        let x = f32_slice(s1, l1, self.name())?;
+        let wt = f32_slice(s2, l2, self.name())?;
+        let (_, c2, hh, ww) = l1.shape().dims4()?;
+        let y = depthwise_forward(x, wt, [b, c2, hh, ww], self.k);
+        let out = gate_forward(&y, b, h * hw);
+        Ok((CpuStorage::F32(out), Shape::from((b, h, hh, ww))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wt: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let both = x.apply_op3_no_bwd(wt, &grad.contiguous()?, &DwGateBackward { k: self.k })?;
+        let [dx, dw]: [Tensor; 2] = super::unpack(&both, &[x.shape(), wt.shape()])?
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("dwconv gate: two gradients".into()))?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// (x, W, dout) -> [dx (B*2h*H*W values), dW (2h*k*k values)].
+struct DwGateBackward {
+    k: usize,
+}
+
+impl CustomOp3 for DwGateBackward {
+    fn name(&self) -> &'static str {
+        "ifp-dwconv-gelu-gate-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, h, hw) = dims(l1)?;
+        let x = f32_slice(s1, l1, self.name())?;
+        let wt = f32_slice(s2, l2, self.name())?;
+        let dout = f32_slice(s3, l3, self.name())?;
+        let (_, c2, hh, ww) = l1.shape().dims4()?;
+        let d = [b, c2, hh, ww];
+        let y = depthwise_forward(x, wt, d, self.k);
+        let dy = gate_backward(&y, dout, b, h * hw);
+        drop(y);
+        let mut out = depthwise_input_grad(&dy, wt, d, self.k);
+        out.extend_from_slice(&depthwise_weight_grad(x, &dy, d, self.k));
+        let n = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(n)))
     }
 }

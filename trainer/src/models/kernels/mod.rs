@@ -136,6 +136,13 @@ pub fn gelu_gate(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(gate::GeluGate)
 }
 
+/// `gelu_gate(depthwise(x, weight))` of x (B, 2h, H, W) and a bias-free depthwise weight
+/// (2h, 1, k, k) -> (B, h, H, W), on the CPU in float32 (see `gate::DwGate`).
+pub fn depthwise_gelu_gate(x: &Tensor, weight: &Tensor, k: usize) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2(&weight.contiguous()?, gate::DwGate { k })
+}
+
 /// `act(x + b[c])` of x (B, C, H, W) and bias (C): act the identity (`slope: None`), ReLU
 /// (`Some(0.0)`) or LeakyReLU (`Some(s)`, s >= 0).
 pub fn bias_act(x: &Tensor, bias: &Tensor, slope: Option<f32>) -> Result<Tensor> {
