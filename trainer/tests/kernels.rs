@@ -302,6 +302,49 @@ fn bias_act_kernel_matches_composed() {
 }
 
 #[test]
+fn depthwise_channel_attention_kernel_matches_composed() {
+    use ifp_trainer::models::restormer::channel_attention_composed;
+    // (batch, channels per part, heads, H, W)
+    for &(b, c, heads, h, w) in &[
+        (1, 1, 1, 1, 1),
+        (2, 6, 2, 5, 7),
+        (3, 8, 1, 1, 9),
+        (1, 12, 3, 8, 6),
+    ] {
+        let x =
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, 3 * c, h, w), &Device::Cpu).expect("x"))
+                .expect("var");
+        let wt =
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, (3 * c, 1, 3, 3), &Device::Cpu).expect("w"))
+                .expect("var");
+        let t =
+            Var::from_tensor(&Tensor::randn(1f32, 0.3, (heads, 1, 1), &Device::Cpu).expect("t"))
+                .expect("var");
+        compare_with_grads(
+            &format!("depthwise + attention b{b} c{c} heads{heads} {h}x{w}"),
+            &[&x, &wt, &t],
+            || {
+                kernels::depthwise_channel_attention(
+                    x.as_tensor(),
+                    wt.as_tensor(),
+                    3,
+                    t.as_tensor(),
+                    heads,
+                )
+                .expect("fast")
+            },
+            || {
+                depthwise_composed(x.as_tensor(), wt.as_tensor(), 3)
+                    .and_then(|y| channel_attention_composed(&y, t.as_tensor(), heads))
+                    .expect("slow")
+            },
+            1e-5,
+            1e-4,
+        );
+    }
+}
+
+#[test]
 fn depthwise_gelu_gate_kernel_matches_composed() {
     use ifp_trainer::models::restormer::gelu_gate_composed;
     // (batch, hidden, H, W): odd planes, one-pixel rows and columns.

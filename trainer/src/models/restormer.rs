@@ -42,13 +42,19 @@ impl Attention {
 impl Attention {
     /// `residual + attention(x)`: (B, C, H, W) -> (B, C, H, W).
     fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let qkv = self.qkv_dwconv.forward(&self.qkv.forward(x)?)?; // (B, 3C, H, W)
-                                                                   // The fused op multiplies in float32: under autocast the products take the composed
-                                                                   // path, which runs them in the low dtype as PyTorch does.
-        let out = if kernels::applicable(&qkv) && amp::low_dtype().is_none() {
-            kernels::channel_attention(&qkv, &self.temperature, self.heads)?
+        let p = self.qkv.forward(x)?; // (B, 3C, H, W)
+        let out = if let Some(wt) = self.qkv_dwconv.fusable_depthwise_weight(&p) {
+            let k = self.qkv_dwconv.kernel_size();
+            kernels::depthwise_channel_attention(&p, wt, k, &self.temperature, self.heads)?
         } else {
-            channel_attention_composed(&qkv, &self.temperature, self.heads)?
+            let qkv = self.qkv_dwconv.forward(&p)?;
+            // The fused op multiplies in float32: under autocast the products take the
+            // composed path, which runs them in the low dtype as PyTorch does.
+            if kernels::applicable(&qkv) && amp::low_dtype().is_none() {
+                kernels::channel_attention(&qkv, &self.temperature, self.heads)?
+            } else {
+                channel_attention_composed(&qkv, &self.temperature, self.heads)?
+            }
         };
         self.project_out.forward_residual(&out, residual)
     }

@@ -18,7 +18,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use super::conv::f32_slice;
+use super::conv::{depthwise_forward, depthwise_input_grad, depthwise_weight_grad, f32_slice};
 use super::dot;
 
 /// `F.normalize`'s eps.
@@ -168,6 +168,22 @@ fn scores(x: &[f32], t: &[f32], nrm: &[f32], d: Dims) -> (Vec<f32>, Vec<f32>) {
     (p, a)
 }
 
+/// The attention of qkv `x` (B, 3C, N) with temperatures `t`: (B, C, N) values.
+fn forward(x: &[f32], t: &[f32], d: Dims) -> Vec<f32> {
+    let nrm = norms(x, d);
+    let (_, a) = scores(x, t, &nrm, d);
+    let ch = d.ch;
+    // (B, C, N): row (b, h*ch + i) = sum_j A_ij v_j.
+    let mut out = vec![0f32; d.b * d.c * d.n];
+    out.par_chunks_mut(d.n).enumerate().for_each(|(r, o)| {
+        let (b, c) = (r / d.c, r % d.c);
+        let (h, i) = (c / ch, c % ch);
+        let arow = &a[((b * d.heads + h) * ch + i) * ch..][..ch];
+        lincomb(o, arow, &x[d.row(b, 2, h, 0)..][..ch * d.n]);
+    });
+    out
+}
+
 impl CustomOp2 for ChannelAttention {
     fn name(&self) -> &'static str {
         "ifp-channel-attention"
@@ -183,17 +199,7 @@ impl CustomOp2 for ChannelAttention {
         let d = Dims::of(l1, self.heads)?;
         let x = f32_slice(s1, l1, self.name())?;
         let t = f32_slice(s2, l2, self.name())?;
-        let nrm = norms(x, d);
-        let (_, a) = scores(x, t, &nrm, d);
-        let ch = d.ch;
-        // (B, C, N): row (b, h*ch + i) = sum_j A_ij v_j.
-        let mut out = vec![0f32; d.b * d.c * d.n];
-        out.par_chunks_mut(d.n).enumerate().for_each(|(r, o)| {
-            let (b, c) = (r / d.c, r % d.c);
-            let (h, i) = (c / ch, c % ch);
-            let arow = &a[((b * d.heads + h) * ch + i) * ch..][..ch];
-            lincomb(o, arow, &x[d.row(b, 2, h, 0)..][..ch * d.n]);
-        });
+        let out = forward(x, t, d);
         let (_, _, hh, ww) = l1.shape().dims4()?;
         Ok((CpuStorage::F32(out), Shape::from((d.b, d.c, hh, ww))))
     }
@@ -219,6 +225,84 @@ impl CustomOp2 for ChannelAttention {
     }
 }
 
+/// The gradients of [`forward`] from the output gradient g (B, C, N): one buffer holding dqkv
+/// (B*3C*N values) then dt per (image, head).
+fn backward(x: &[f32], t: &[f32], g: &[f32], d: Dims) -> Vec<f32> {
+    let ch = d.ch;
+    let nrm = norms(x, d);
+    let (p, a) = scores(x, t, &nrm, d);
+    let grow = |b: usize, h: usize, i: usize| &g[((b * d.c) + h * ch + i) * d.n..][..d.n];
+    // dS (B*heads, ch, ch) and the per-row part of dt.
+    let mut ds = vec![0f32; a.len()];
+    let mut dt_rows = vec![0f32; d.b * d.heads * ch];
+    ds.par_chunks_mut(ch)
+        .zip(dt_rows.par_iter_mut())
+        .enumerate()
+        .for_each(|(r, (dsrow, dtr))| {
+            let (bh, i) = (r / ch, r % ch);
+            let (b, h) = (bh / d.heads, bh % d.heads);
+            let gi = grow(b, h, i);
+            let arow = &a[r * ch..][..ch];
+            matvec(dsrow, &x[d.row(b, 2, h, 0)..][..ch * d.n], gi); // dA_ij
+            let s: f32 = arow.iter().zip(dsrow.iter()).map(|(x, y)| x * y).sum();
+            let prow = &p[r * ch..][..ch];
+            let mut acc = 0f32;
+            for ((v, &aij), &pij) in dsrow.iter_mut().zip(arow).zip(prow) {
+                *v = aij * (*v - s);
+                acc += *v * pij;
+            }
+            *dtr = acc;
+        });
+    let total = d.b * 3 * d.c * d.n;
+    let mut out = vec![0f32; total + d.b * d.heads];
+    let (dx, dt) = out.split_at_mut(total);
+    for (bh, v) in dt.iter_mut().enumerate() {
+        *v = dt_rows[bh * ch..][..ch].iter().sum();
+    }
+    dx.par_chunks_mut(d.n).enumerate().for_each(|(r, o)| {
+        let (b, c3) = (r / (3 * d.c), r % (3 * d.c));
+        let (part, c) = (c3 / d.c, c3 % d.c);
+        let (h, i) = (c / ch, c % ch);
+        let bh = b * d.heads + h;
+        let th = t[h];
+        let sq = &ds[bh * ch * ch..][..ch * ch];
+        match part {
+            0 | 1 => {
+                // dqhat_i = t sum_j dS_ij k_j / nk_j (part 0), dkhat_i = t sum_j dS_ji q_j / nq_j.
+                let other = 1 - part;
+                let coef: Vec<f32> = (0..ch)
+                    .map(|j| {
+                        let sij = if part == 0 {
+                            sq[i * ch + j]
+                        } else {
+                            sq[j * ch + i]
+                        };
+                        th * sij / nrm[(bh * 2 + other) * ch + j]
+                    })
+                    .collect();
+                lincomb(o, &coef, &x[d.row(b, other, h, 0)..][..ch * d.n]);
+                let own = &x[d.row(b, part, h, i)..][..d.n];
+                // nrm = max(|row|, eps): above eps exactly where the clamp is inactive.
+                let ni = nrm[(bh * 2 + part) * ch + i];
+                if ni > NORM_EPS {
+                    let c = dot(own, o) / (ni * ni * ni);
+                    for (ov, xv) in o.iter_mut().zip(own) {
+                        *ov = *ov / ni - c * xv;
+                    }
+                } else {
+                    o.iter_mut().for_each(|v| *v /= NORM_EPS);
+                }
+            }
+            _ => {
+                // dv_i = sum_j A_ji g_j.
+                let coef: Vec<f32> = (0..ch).map(|j| a[(bh * ch + j) * ch + i]).collect();
+                lincomb(o, &coef, &g[(b * d.c + h * ch) * d.n..][..ch * d.n]);
+            }
+        }
+    });
+    out
+}
+
 struct ChannelAttentionBackward {
     heads: usize,
 }
@@ -241,78 +325,108 @@ impl candle_core::CustomOp3 for ChannelAttentionBackward {
         let x = f32_slice(s1, l1, self.name())?;
         let t = f32_slice(s2, l2, self.name())?;
         let g = f32_slice(s3, l3, self.name())?;
-        let ch = d.ch;
-        let nrm = norms(x, d);
-        let (p, a) = scores(x, t, &nrm, d);
-        let grow = |b: usize, h: usize, i: usize| &g[((b * d.c) + h * ch + i) * d.n..][..d.n];
-        // dS (B*heads, ch, ch) and the per-row part of dt.
-        let mut ds = vec![0f32; a.len()];
-        let mut dt_rows = vec![0f32; d.b * d.heads * ch];
-        ds.par_chunks_mut(ch)
-            .zip(dt_rows.par_iter_mut())
-            .enumerate()
-            .for_each(|(r, (dsrow, dtr))| {
-                let (bh, i) = (r / ch, r % ch);
-                let (b, h) = (bh / d.heads, bh % d.heads);
-                let gi = grow(b, h, i);
-                let arow = &a[r * ch..][..ch];
-                matvec(dsrow, &x[d.row(b, 2, h, 0)..][..ch * d.n], gi); // dA_ij
-                let s: f32 = arow.iter().zip(dsrow.iter()).map(|(x, y)| x * y).sum();
-                let prow = &p[r * ch..][..ch];
-                let mut acc = 0f32;
-                for ((v, &aij), &pij) in dsrow.iter_mut().zip(arow).zip(prow) {
-                    *v = aij * (*v - s);
-                    acc += *v * pij;
-                }
-                *dtr = acc;
-            });
-        let total = d.b * 3 * d.c * d.n;
-        let mut out = vec![0f32; total + d.b * d.heads];
-        let (dx, dt) = out.split_at_mut(total);
-        for (bh, v) in dt.iter_mut().enumerate() {
-            *v = dt_rows[bh * ch..][..ch].iter().sum();
-        }
-        dx.par_chunks_mut(d.n).enumerate().for_each(|(r, o)| {
-            let (b, c3) = (r / (3 * d.c), r % (3 * d.c));
-            let (part, c) = (c3 / d.c, c3 % d.c);
-            let (h, i) = (c / ch, c % ch);
-            let bh = b * d.heads + h;
-            let th = t[h];
-            let sq = &ds[bh * ch * ch..][..ch * ch];
-            match part {
-                0 | 1 => {
-                    // dqhat_i = t sum_j dS_ij k_j / nk_j (part 0), dkhat_i = t sum_j dS_ji q_j / nq_j.
-                    let other = 1 - part;
-                    let coef: Vec<f32> = (0..ch)
-                        .map(|j| {
-                            let sij = if part == 0 {
-                                sq[i * ch + j]
-                            } else {
-                                sq[j * ch + i]
-                            };
-                            th * sij / nrm[(bh * 2 + other) * ch + j]
-                        })
-                        .collect();
-                    lincomb(o, &coef, &x[d.row(b, other, h, 0)..][..ch * d.n]);
-                    let own = &x[d.row(b, part, h, i)..][..d.n];
-                    // nrm = max(|row|, eps): above eps exactly where the clamp is inactive.
-                    let ni = nrm[(bh * 2 + part) * ch + i];
-                    if ni > NORM_EPS {
-                        let c = dot(own, o) / (ni * ni * ni);
-                        for (ov, xv) in o.iter_mut().zip(own) {
-                            *ov = *ov / ni - c * xv;
-                        }
-                    } else {
-                        o.iter_mut().for_each(|v| *v /= NORM_EPS);
-                    }
-                }
-                _ => {
-                    // dv_i = sum_j A_ji g_j.
-                    let coef: Vec<f32> = (0..ch).map(|j| a[(bh * ch + j) * ch + i]).collect();
-                    lincomb(o, &coef, &g[(b * d.c + h * ch) * d.n..][..ch * d.n]);
-                }
-            }
-        });
-        Ok((CpuStorage::F32(out), Shape::from(total + d.b * d.heads)))
+        let out = backward(x, t, g, d);
+        let total = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(total)))
+    }
+}
+
+/// The attention's depthwise convolution and the attention as one op: x (B, 3C, H, W) (the
+/// qkv 1x1 convolution's output), a bias-free depthwise weight (3C, 1, k, k) and the
+/// temperatures -> (B, C, H, W). The convolution's output is neither kept for the backward
+/// pass (which recomputes it) nor a graph node whose gradient candle zero-fills and adds.
+pub(super) struct DwAttention {
+    pub(super) heads: usize,
+    pub(super) k: usize,
+}
+
+impl candle_core::CustomOp3 for DwAttention {
+    fn name(&self) -> &'static str {
+        "ifp-dwconv-channel-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = Dims::of(l1, self.heads)?;
+        let x = f32_slice(s1, l1, self.name())?;
+        let wt = f32_slice(s2, l2, self.name())?;
+        let t = f32_slice(s3, l3, self.name())?;
+        let (_, c3, hh, ww) = l1.shape().dims4()?;
+        let y = depthwise_forward(x, wt, [d.b, c3, hh, ww], self.k);
+        let out = forward(&y, t, d);
+        Ok((CpuStorage::F32(out), Shape::from((d.b, d.c, hh, ww))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wt: &Tensor,
+        t: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // A custom op takes at most three inputs: the few temperatures travel in the op.
+        let temps = t.flatten_all()?.to_vec1::<f32>()?;
+        let packed = x.apply_op3_no_bwd(
+            wt,
+            &grad.contiguous()?,
+            &DwAttentionBackward {
+                heads: self.heads,
+                k: self.k,
+                temps,
+            },
+        )?;
+        let per_image = Shape::from((x.dim(0)?, self.heads));
+        let [dx, dw, dt]: [Tensor; 3] =
+            super::unpack(&packed, &[x.shape(), wt.shape(), &per_image])?
+                .try_into()
+                .map_err(|_| candle_core::Error::Msg("dwconv attention: three gradients".into()))?;
+        Ok((Some(dx), Some(dw), Some(dt.sum(0)?.reshape(t.shape())?)))
+    }
+}
+
+/// (x, W, dout) -> [dx (B*3C*H*W values), dW (3C*k*k), dt (B*heads)].
+struct DwAttentionBackward {
+    heads: usize,
+    k: usize,
+    temps: Vec<f32>,
+}
+
+impl candle_core::CustomOp3 for DwAttentionBackward {
+    fn name(&self) -> &'static str {
+        "ifp-dwconv-channel-attention-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = Dims::of(l1, self.heads)?;
+        let x = f32_slice(s1, l1, self.name())?;
+        let wt = f32_slice(s2, l2, self.name())?;
+        let g = f32_slice(s3, l3, self.name())?;
+        let (_, c3, hh, ww) = l1.shape().dims4()?;
+        let dims = [d.b, c3, hh, ww];
+        let y = depthwise_forward(x, wt, dims, self.k);
+        let both = backward(&y, &self.temps, g, d);
+        drop(y);
+        let (dy, dt) = both.split_at(x.len());
+        let mut out = depthwise_input_grad(dy, wt, dims, self.k);
+        out.extend_from_slice(&depthwise_weight_grad(x, dy, dims, self.k));
+        out.extend_from_slice(dt);
+        let n = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(n)))
     }
 }

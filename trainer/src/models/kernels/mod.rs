@@ -131,6 +131,22 @@ pub fn channel_attention(qkv: &Tensor, temperature: &Tensor, heads: usize) -> Re
     )
 }
 
+/// [`channel_attention`] of `depthwise(x, weight)`, with the bias-free depthwise convolution
+/// fused in: x (B, 3C, H, W), weight (3C, 1, k, k) (see `attention::DwAttention`).
+pub fn depthwise_channel_attention(
+    x: &Tensor,
+    weight: &Tensor,
+    k: usize,
+    temperature: &Tensor,
+    heads: usize,
+) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &temperature.contiguous()?,
+        attention::DwAttention { heads, k },
+    )
+}
+
 /// `gelu(x1) * x2` of the two channel halves of x (B, 2h, H, W) -> (B, h, H, W).
 pub fn gelu_gate(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(gate::GeluGate)
