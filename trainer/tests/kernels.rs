@@ -417,10 +417,31 @@ fn dense_conv_kernel_matches_composed() {
             &format!("dense conv + residual b{b} c{c} o{o} {h}x{w} k{k}"),
             &[&x, &wt, &r],
             || {
-                kernels::conv_dense_residual(x.as_tensor(), wt.as_tensor(), k, r.as_tensor())
+                kernels::conv_dense_residual(x.as_tensor(), wt.as_tensor(), None, k, r.as_tensor())
                     .expect("fast")
             },
             || (r.as_tensor() + composed()).expect("slow"),
+            1e-6,
+            1e-5,
+        );
+        // ... and with a bias.
+        let bias =
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, o, &Device::Cpu).expect("b")).expect("var");
+        compare_with_grads(
+            &format!("dense conv + bias + residual b{b} c{c} o{o} {h}x{w} k{k}"),
+            &[&x, &wt, &bias, &r],
+            || {
+                let bias = Some(bias.as_tensor());
+                kernels::conv_dense_residual(x.as_tensor(), wt.as_tensor(), bias, k, r.as_tensor())
+                    .expect("fast")
+            },
+            || {
+                let b4 = bias.as_tensor().reshape((1, o, 1, 1)).expect("b4");
+                composed()
+                    .broadcast_add(&b4)
+                    .and_then(|y| r.as_tensor() + y)
+                    .expect("slow")
+            },
             1e-6,
             1e-5,
         );

@@ -39,9 +39,8 @@ struct ResidualBlock {
 
 impl Module for ResidualBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x + self
-            .conv2
-            .forward(&self.conv1.forward_act(x, Activation::Relu)?)?
+        self.conv2
+            .forward_residual(&self.conv1.forward_act(x, Activation::Relu)?, x)
     }
 }
 

@@ -189,15 +189,12 @@ impl Conv2d {
         self.k
     }
 
-    /// `residual + conv(x)` (the bias included): one op on the CPU for a bias-free dense
-    /// convolution in float32, else the convolution then the sum.
+    /// `residual + conv(x)` (the bias included): one op on the CPU for a dense convolution in
+    /// float32, else the convolution then the sum.
     pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        if !self.depthwise
-            && self.bias.is_none()
-            && kernels::applicable(x)
-            && amp::low_dtype().is_none()
-        {
-            return kernels::conv_dense_residual(x, &self.weight, self.k, residual);
+        if !self.depthwise && kernels::applicable(x) && amp::low_dtype().is_none() {
+            let bias = self.bias.as_ref();
+            return kernels::conv_dense_residual(x, &self.weight, bias, self.k, residual);
         }
         residual + self.forward(x)?
     }

@@ -108,3 +108,27 @@ impl CustomOp2 for BiasActBackward {
         Ok((CpuStorage::F32(out), Shape::from(n + c)))
     }
 }
+
+/// A bias's gradient from its output's: per channel C of (B, C, H, W), the sum over batch and
+/// pixels (per plane in f64, planes in parallel; candle's strided sum over three axes runs on
+/// one thread).
+pub(super) struct ChannelSum;
+
+impl candle_core::CustomOp1 for ChannelSum {
+    fn name(&self) -> &'static str {
+        "ifp-channel-sum"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = l.shape().dims4()?;
+        let g = f32_slice(s, l, self.name())?;
+        let planes: Vec<f64> = g
+            .par_chunks(h * w)
+            .map(|p| p.iter().map(|v| *v as f64).sum::<f64>())
+            .collect();
+        let out: Vec<f32> = (0..c)
+            .map(|ch| (0..b).map(|bi| planes[bi * c + ch]).sum::<f64>() as f32)
+            .collect();
+        Ok((CpuStorage::F32(out), Shape::from(c)))
+    }
+}

@@ -305,12 +305,14 @@ impl CustomOp2 for DenseConv {
     }
 }
 
-/// `r + conv(x, W)` (x, W, r): a residual connection whose branch ends in a bias-free
-/// convolution, as one op. The product accumulates onto a copy of r, so the sum is neither a
-/// separate pass nor a separate graph node (whose backward zero-fills and adds a gradient for
-/// each of its two inputs).
+/// `r + conv(x, W) (+ b)` (x, W, r): a residual connection whose branch ends in a
+/// convolution, as one op. The product accumulates onto a copy of r (plus the bias), so the sum
+/// is neither a separate pass nor a separate graph node (whose backward zero-fills and adds a
+/// gradient for each of its two inputs). With `with_bias` the second input is `[W | b]`, the
+/// weight as (O, C*k*k) with the bias as one more column (a custom op takes three inputs).
 pub(super) struct DenseConvResidual {
     pub(super) k: usize,
+    pub(super) with_bias: bool,
 }
 
 impl CustomOp3 for DenseConvResidual {
@@ -328,17 +330,7 @@ impl CustomOp3 for DenseConvResidual {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (b, c, h, w) = l1.shape().dims4()?;
-        let o = l2.shape().dims4()?.0;
-        if l3.shape().dims() != [b, o, h, w] {
-            return Err(candle_core::Error::Msg(format!(
-                "{}: residual {:?} for an output of ({b}, {o}, {h}, {w})",
-                self.name(),
-                l3.shape().dims()
-            )));
-        }
-        let x = f32_slice(s1, l1, self.name())?;
-        let wt = f32_slice(s2, l2, self.name())?;
-        let mut out = f32_slice(s3, l3, self.name())?.to_vec();
+        let o = l2.shape().dims()[0];
         let g = Geom {
             c,
             o,
@@ -346,7 +338,38 @@ impl CustomOp3 for DenseConvResidual {
             w,
             k: self.k,
         };
-        forward_into(&mut out, x, wt, b, g, true);
+        let ckk = g.ckk();
+        let expected: &[usize] = if self.with_bias {
+            &[o, ckk + 1]
+        } else {
+            &[o, c, g.k, g.k]
+        };
+        if l3.shape().dims() != [b, o, h, w] || l2.shape().dims() != expected {
+            return Err(candle_core::Error::Msg(format!(
+                "{}: weight {:?} and residual {:?} for an input {:?}",
+                self.name(),
+                l2.shape().dims(),
+                l3.shape().dims(),
+                l1.shape().dims()
+            )));
+        }
+        let x = f32_slice(s1, l1, self.name())?;
+        let wt = f32_slice(s2, l2, self.name())?;
+        let mut out = f32_slice(s3, l3, self.name())?.to_vec();
+        if self.with_bias {
+            let (w, bias): (Vec<f32>, Vec<f32>) = (
+                wt.chunks(ckk + 1).flat_map(|r| r[..ckk].to_vec()).collect(),
+                wt.chunks(ckk + 1).map(|r| r[ckk]).collect(),
+            );
+            let hw = g.hw();
+            out.par_chunks_mut(hw).enumerate().for_each(|(p, plane)| {
+                let bc = bias[p % o];
+                plane.iter_mut().for_each(|v| *v += bc);
+            });
+            forward_into(&mut out, x, &w, b, g, true);
+        } else {
+            forward_into(&mut out, x, wt, b, g, true);
+        }
         Ok((CpuStorage::F32(out), l3.shape().clone()))
     }
 
@@ -358,8 +381,22 @@ impl CustomOp3 for DenseConvResidual {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = backward(x, wt, grad, self.k)?;
-        Ok((Some(dx), Some(dw), Some(grad.clone())))
+        if !self.with_bias {
+            let (dx, dw) = backward(x, wt, grad, self.k)?;
+            return Ok((Some(dx), Some(dw), Some(grad.clone())));
+        }
+        let (_, c, _, _) = x.dims4()?;
+        let (o, ckk) = (wt.dim(0)?, c * self.k * self.k);
+        let w = wt
+            .narrow(1, 0, ckk)?
+            .contiguous()?
+            .reshape((o, c, self.k, self.k))?;
+        let (dx, dw) = backward(x, &w, grad, self.k)?;
+        let db = grad
+            .contiguous()?
+            .apply_op1_no_bwd(&super::bias::ChannelSum)?;
+        let dwb = Tensor::cat(&[dw.reshape((o, ckk))?, db.reshape((o, 1))?], 1)?;
+        Ok((Some(dx), Some(dwb), Some(grad.clone())))
     }
 }
 

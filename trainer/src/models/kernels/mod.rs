@@ -166,17 +166,28 @@ pub fn bias_act(x: &Tensor, bias: &Tensor, slope: Option<f32>) -> Result<Tensor>
         .apply_op2(&bias.contiguous()?, bias::BiasAct { slope })
 }
 
-/// `residual + conv(x, weight)` with the convolution of [`conv_dense`]; residual (B, O, H, W).
+/// `residual + conv(x, weight) (+ bias)` with the convolution of [`conv_dense`]; residual
+/// (B, O, H, W), bias (O).
 pub fn conv_dense_residual(
     x: &Tensor,
     weight: &Tensor,
+    bias: Option<&Tensor>,
     k: usize,
     residual: &Tensor,
 ) -> Result<Tensor> {
+    let (weight, with_bias) = match bias {
+        None => (weight.contiguous()?, false),
+        Some(b) => {
+            // [W | b]: the bias as one more column of the (O, C*k*k) weight matrix.
+            let o = weight.dim(0)?;
+            let wm = weight.reshape((o, weight.elem_count() / o))?;
+            (Tensor::cat(&[wm, b.reshape((o, 1))?], 1)?, true)
+        }
+    };
     x.contiguous()?.apply_op3(
-        &weight.contiguous()?,
+        &weight,
         &residual.contiguous()?,
-        dense::DenseConvResidual { k },
+        dense::DenseConvResidual { k, with_bias },
     )
 }
 
