@@ -162,6 +162,10 @@ impl Drop for Worker {
     }
 }
 
+/// Steps of the jobs that a test interrupts after step 7: enough that the interruption lands
+/// while the job still runs (a 40-step job at 16x16 now finished before the kill did).
+const LONG: u64 = 200;
+
 fn tiny_job(steps: u64, save_freq: u64) -> Value {
     let mut cfg = serde_json::to_value(ifp_trainer::Config::load("tiny").unwrap()).unwrap();
     cfg["DATA"]["IMG_SIZE"] = json!(16);
@@ -174,7 +178,7 @@ fn tiny_job(steps: u64, save_freq: u64) -> Value {
 fn a_sigkilled_worker_process_s_job_is_resumed_by_another() {
     let tmp = common::open_tempdir("ifp-workers-");
     let server = Server::start_with(&tmp.path().join("data"), 0);
-    let job = server.json("POST", "/api/v1/jobs", Some(&tiny_job(40, 5)));
+    let job = server.json("POST", "/api/v1/jobs", Some(&tiny_job(LONG, 5)));
     let id = job["id"].as_str().unwrap().to_string();
     let first = Worker::start(&server);
     server.wait_job(&id, "a checkpoint", |j| j["step"].as_i64() >= Some(7));
@@ -186,7 +190,7 @@ fn a_sigkilled_worker_process_s_job_is_resumed_by_another() {
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(
         (done["attempt"].as_i64(), done["step"].as_i64()),
-        (Some(2), Some(40))
+        (Some(2), Some(LONG as i64))
     );
     let metrics = server.json("GET", &format!("/api/v1/jobs/{id}/metrics"), None);
     let attempt2: Vec<i64> = metrics
@@ -197,7 +201,7 @@ fn a_sigkilled_worker_process_s_job_is_resumed_by_another() {
         .map(|m| m["step"].as_i64().unwrap())
         .collect();
     assert!(
-        attempt2[0] > 5 && *attempt2.last().unwrap() == 40,
+        attempt2[0] > 5 && *attempt2.last().unwrap() == LONG as i64,
         "{attempt2:?}"
     );
 }
@@ -299,7 +303,7 @@ fn a_job_survives_a_sigkilled_server_and_sigterm_stops_everything() {
     let mut server = Server::start(&data);
     assert_eq!(server.json("GET", "/healthz", None)["status"], "ok");
 
-    let job = server.json("POST", "/api/v1/jobs", Some(&tiny_job(40, 5)));
+    let job = server.json("POST", "/api/v1/jobs", Some(&tiny_job(LONG, 5)));
     let id = job["id"].as_str().unwrap().to_string();
     server.wait_job(&id, "a checkpoint", |j| j["step"].as_i64() >= Some(7));
     // Queued behind it when the server dies: they must not be lost either.
@@ -318,7 +322,7 @@ fn a_job_survives_a_sigkilled_server_and_sigterm_stops_everything() {
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(
         (done["attempt"].as_i64(), done["step"].as_i64()),
-        (Some(2), Some(40))
+        (Some(2), Some(LONG as i64))
     );
     let metrics = server.json("GET", &format!("/api/v1/jobs/{id}/metrics"), None);
     let first_of_2 = metrics
@@ -339,7 +343,7 @@ fn a_job_survives_a_sigkilled_server_and_sigterm_stops_everything() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|c| c["name"] == "model-000040.safetensors")
+        .find(|c| c["name"] == format!("model-{LONG:06}.safetensors"))
         .expect("final checkpoint listed")
         .clone();
     let (status, bytes) = server.call("GET", last["url"].as_str().unwrap(), None);
