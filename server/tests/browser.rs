@@ -190,11 +190,20 @@ async fn sign_in_submit_watch_and_download_in_chromium() {
         .click()
         .await
         .expect("sign in");
+    // The sign-in page has an h1 too: wait for the redirect itself.
+    let t0 = Instant::now();
+    while c.current_url().await.expect("url").path() != "/" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "sign-in did not lead to the jobs page: {}",
+            text_of(&c, "main").await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     c.wait()
         .for_element(Locator::Css("h1"))
         .await
         .expect("jobs page");
-    assert_eq!(c.current_url().await.expect("url").path(), "/");
     assert!(text_of(&c, "main").await.contains("No jobs yet"));
 
     // The form: the tiny preset, shortened; the preview follows the fields.

@@ -297,7 +297,8 @@ async fn a_postgres_restart_mid_job_leaves_nothing_stuck() {
     let pool = cluster.pool(10).await.unwrap();
     ifp_server::pg::migrate(&pool).await.unwrap();
     let artifacts = tempfile::tempdir().unwrap();
-    let job = submit(&pool, 60, 5).await;
+    // Long enough that the outage lands mid-job (a 60-step 16x16 job could end first).
+    let job = submit(&pool, 300, 5).await;
     let stop = start_worker(&pool, "w-pg", artifacts.path());
     let (stop_rescuer_tx, stop_rescuer) = watch::channel(false);
     ifp_server::platform::spawn_rescuer(pool.clone(), Duration::from_secs(1), stop_rescuer);
@@ -320,7 +321,7 @@ async fn a_postgres_restart_mid_job_leaves_nothing_stuck() {
     stop.send(true).unwrap();
     stop_rescuer_tx.send(true).unwrap();
     assert_eq!(done.status, "succeeded", "{:?}", done.error);
-    assert_eq!((done.attempt, done.step), (2, 60));
+    assert_eq!((done.attempt, done.step), (2, 300));
     let resumed: Option<i64> = sqlx::query_scalar(
         "select resumed_from_step from attempt where job_id = $1 and attempt = 2",
     )
