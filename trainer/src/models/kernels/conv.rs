@@ -272,41 +272,15 @@ impl CustomOp2 for Depthwise {
     }
 }
 
-/// The input gradient of [`depthwise_forward`] from the output gradient g (B, C, H, W).
+/// The input gradient of [`depthwise_forward`] from the output gradient g (B, C, H, W): the
+/// transposed correlation, i.e. the correlation with each channel's kernel turned by 180
+/// degrees (x[y + i - p] fed out[y], so out-grad at y flows to x at y + i - p).
 pub(super) fn depthwise_input_grad(g: &[f32], wt: &[f32], dims: [usize; 4], k: usize) -> Vec<f32> {
-    let [b, c, h, w] = dims;
-    let (p, hw) = ((k / 2) as isize, h * w);
-    let mut out = vec![0f32; b * c * hw];
-    out.par_chunks_mut(hw)
-        .zip(g.par_chunks(hw))
-        .enumerate()
-        .for_each(|(n, (o, plane))| {
-            let taps = &wt[(n % c) * k * k..][..k * k];
-            if k == 3 {
-                // The transposed correlation is the correlation with the kernel turned
-                // by 180 degrees.
-                let mut flipped = [0f32; 9];
-                for (f, t) in flipped.iter_mut().zip(taps.iter().rev()) {
-                    *f = *t;
-                }
-                return stencil3(o, plane, &flipped, h, w);
-            }
-            for i in 0..k {
-                for j in 0..k {
-                    // x[y + i - p] fed out[y], so out-grad at y flows to x at y + i - p.
-                    shifted_axpy(
-                        o,
-                        plane,
-                        taps[i * k + j],
-                        h,
-                        w,
-                        p - i as isize,
-                        p - j as isize,
-                    );
-                }
-            }
-        });
-    out
+    let turned: Vec<f32> = wt
+        .chunks(k * k)
+        .flat_map(|taps| taps.iter().rev().copied())
+        .collect();
+    depthwise_forward(g, &turned, dims, k)
 }
 
 /// d(out)/d(x): the transposed depthwise convolution of the output gradient.
