@@ -6,7 +6,7 @@
 #   docker/build-cuda.sh --env           # print the `export` lines (eval them in a shell)
 #   docker/build-cuda.sh --runtime-env   # print the LD_LIBRARY_PATH a GPU worker needs at run time
 #
-# Why each step (see DESIGN.md section 4, "CUDA build"):
+# Why each step (ARCHITECTURE.md, "The CUDA build", says more):
 # - candle-kernels compiles its kernels to PTX with nvcc, and cudarc links libcuda, cuBLAS,
 #   cuBLASLt, cuRAND, NVRTC and libcudart at build time. PyPI's NVIDIA wheels provide all of them
 #   but libcuda; they must be of ONE CUDA release (mixed ones fail with

@@ -1,7 +1,8 @@
 //! Training batches: crops of the noise image, their spectrum masks and corruptions, turned into
 //! the network input (normalised corrupted crop), the target (normalised clean crop) and the
-//! mask tensor the loss needs (DESIGN 1.2-1.4). All randomness comes from seeded ChaCha streams
-//! whose positions are saved in the training state, so a resumed run draws the same crops.
+//! mask tensor the loss needs (ARCHITECTURE.md, "The method"). All randomness comes from seeded
+//! ChaCha streams whose positions are saved in the training state, so a resumed run draws the
+//! same crops.
 
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;

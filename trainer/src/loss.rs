@@ -1,4 +1,5 @@
-//! Fourier-domain reconstruction losses (DESIGN 1.6).
+//! Fourier-domain reconstruction losses (the four criteria are written out in ARCHITECTURE.md,
+//! "The method").
 //!
 //! The four `MODEL.RECOVER_TARGET_TYPE` criteria of the IFP reference (`FrequencyLoss1`, `2` and
 //! `4` with the `FREQ_LOSS` defaults) compare the prediction and the target after
@@ -194,7 +195,8 @@ impl FreqLoss {
     /// (`target` is detached).
     ///
     /// pred, target: (N, C, S, S). F32 and F64 are computed in their own precision; F16/BF16
-    /// are upcast to F32 (the Fourier loss is too sensitive for half precision, DESIGN 4).
+    /// are upcast to F32 (the Fourier loss is too sensitive for half
+    /// precision: its spectrum differences cancel to well below bf16's resolution).
     /// mask: (N, 1, S, S), (1, 1, S, S) or (S, S), any float or integer dtype, 1 = kept
     /// frequency, 0 = removed, in the fftshift-ed layout; ignored by `normal`. A shared mask
     /// counts once per sample in the divisor, as the reference's stacked mask does.

@@ -68,7 +68,7 @@ fn paper_restormer_has_the_reference_size() {
     let cfg = Config::load("restormer-paper").expect("preset");
     let net = Network::build(&cfg, WeightSource::Init(0), &Device::Cpu).expect("network");
     let n = net.num_parameters().expect("count");
-    // DESIGN 1.5: about 26.5M parameters (PyTorch counts 26,550,359 for this config).
+    // The paper network has about 26.5M parameters (PyTorch counts 26,550,359 for this config).
     assert_eq!(n, 26_550_359);
 }
 

@@ -1,5 +1,6 @@
 //! The run configuration: the reference's upper-case YAML schema (MODEL / DATA / TRAIN) as typed
-//! structs with the reference defaults, plus the platform's extension keys (DESIGN 3.1).
+//! structs with the reference defaults, plus the platform's extension keys (e.g. `TRAIN.STEPS`,
+//! `DATA.NOISE.*`); unknown keys are errors that name the key.
 //!
 //! Parsing goes YAML -> `serde_json::Value` -> structs, so a YAML file, a JSON request body and a
 //! web form share one code path and one set of error messages. Every struct denies unknown keys,
@@ -182,7 +183,8 @@ pub struct ModelConfig {
     pub name: String,
     #[serde(deserialize_with = "de_f64")]
     pub drop_path_rate: f64,
-    /// `normal`, `masked`, `m_masked` or `m_m_masked` (DESIGN 1.6).
+    /// `normal`, `masked`, `m_masked` or `m_m_masked`: which Fourier loss the run minimises
+    /// (see `loss.rs`).
     pub recover_target_type: String,
     /// Present in the reference Restormer config; the reference training loop batches by
     /// `DATA.BATCH_SIZE`, so this key is accepted and ignored.

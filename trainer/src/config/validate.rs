@@ -389,7 +389,7 @@ impl Config {
     }
 }
 
-/// The square sizes the reference Uformer can take (golden README, section 2): four exact
+/// The square sizes the reference Uformer can take: four exact
 /// halvings; every level larger than the window is tiled by whole windows (smaller levels use
 /// one window of their own size); and the decoder's smallest level (S/8) is at least a window,
 /// since its modulator always has `win * win` rows.

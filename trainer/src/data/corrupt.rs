@@ -1,4 +1,4 @@
-//! The IFP corruption (DESIGN 1.4): remove masked frequencies from each channel's spectrum and
+//! The IFP corruption: remove masked frequencies from each channel's spectrum and
 //! transform back, taking the real part (`normal`/`masked` targets) or the modulus
 //! (`m_masked`/`m_m_masked`), clamped to [0, 1]; plus the ImageNet normalisation applied to the
 //! network input and target. Computed in `f64` with reusable rustfft plans, since it runs on

@@ -1,4 +1,4 @@
-//! Training-example sampling (DESIGN 1.2): torchvision's `RandomResizedCrop` (area scale in
+//! Training-example sampling: torchvision's `RandomResizedCrop` (area scale in
 //! `[min_scale, 1]`, log-uniform aspect in `[3/4, 4/3]`, 10 tries then a centre crop), a PIL-style
 //! antialiased bicubic resize, and a horizontal flip with p = 0.5.
 //!

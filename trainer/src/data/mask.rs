@@ -1,8 +1,10 @@
-//! Spectrum masks (DESIGN 1.3), in the fftshift-ed layout (zero frequency at `(S/2, S/2)`),
+//! Spectrum masks, in the fftshift-ed layout (zero frequency at `(S/2, S/2)`),
 //! 1 = keep, 0 = remove.
 //!
 //! * IFP ("mMask"): square rings at randomly drawn radii, with the reference's half-open numpy
-//!   slices reproduced exactly (golden README section 3).
+//!   slices reproduced exactly: ring r zeroes rows `mid - r` and `mid + r` over columns
+//!   `[mid - r, mid + r)` and columns `mid - r` and `mid + r` over rows `[mid - r, mid + r)`,
+//!   so r = 0 removes nothing.
 //! * MFM: a disc (or annulus) low-pass mask or its complement, as `FreqMaskGenerator` in
 //!   `Jiahao000/MFM` `data/data_mfm.py`.
 
@@ -268,7 +270,9 @@ impl MaskGenerator {
 mod tests {
     use super::*;
 
-    /// The golden README's slice-free restatement of the IFP rule.
+    /// The IFP rule restated without slices: a pixel is removed when its Chebyshev distance
+    /// from the centre is a drawn radius r > 0, except the ring's bottom-right corner, which
+    /// the half-open slices never reach.
     fn rule(size: usize, radii: &[usize]) -> Mask {
         let c = size as i64 / 2;
         let mut m = Mask::ones(size);

@@ -1,4 +1,4 @@
-//! The data path: noise image, random crops, spectrum masks and corruption (DESIGN 1.1-1.4).
+//! The data path: noise image, random crops, spectrum masks and corruption.
 
 pub mod corrupt;
 pub mod crop;

@@ -1,5 +1,5 @@
 //! The only training data of IFP: one i.i.d. Gaussian noise image, generated from a seed so that
-//! no download is needed (DESIGN 1.1). Quantised to 8 bits like the reference JPEG.
+//! no download is needed. Quantised to 8 bits like the reference JPEG.
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
