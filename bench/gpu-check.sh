@@ -20,8 +20,10 @@
 # of the five parity test binaries 40 s, training 45 s, FLOP count 30 s, each of the four
 # benchmark runs 50 s. Exit 1 if a parity test or the training fails.
 #
-# MFU = model FLOPs per step (forward + backward matrix products and convolutions, counted by
-# torch.utils.flop_counter on the same network and batch) / step time / peak. TF32 is off on
+# MFU = model FLOPs per step (forward + backward matrix products and convolutions, 2 FLOPs per
+# multiply-add, counted by torch_gpu_bench.py --flops-only: torch.utils.flop_counter with its
+# depthwise weight-gradient formula corrected, equal to bench/restormer_flops.py's analytic
+# count, on the same network and batch) / step time / peak. TF32 is off on
 # both sides, so float32 runs are measured against the FP32 (non-tensor-core) peak and bf16 runs
 # against the dense BF16 tensor-core peak.
 set -uo pipefail
@@ -176,7 +178,7 @@ peak_mem() {
     return $rc
 }
 flops="$(timeout 30 "$PY" "$HERE/torch_gpu_bench.py" --config "$TORCH_CFG" --batch "$BATCH" --size "$SIZE" --device "$DEV" --flops-only 2>"$OUT/flops.err" | awk '/^model_flops/ {print $2}')"
-echo "## bench: $BENCH_CFG, batch $BATCH, ${SIZE}x$SIZE, $STEPS timed steps (+2 warm-up), $DEV; model FLOPs/step ${flops:-?}"
+echo "## bench: $BENCH_CFG, batch $BATCH, ${SIZE}x$SIZE, $STEPS timed steps (+2 warm-up), $DEV; model FLOPs/step ${flops:-?} (flop_counter, weight gradients divided by groups)"
 echo
 echo "| impl | amp | step ms | images/s | ifp/torch | peak GPU mem MiB | MFU |"
 echo "|---|---|---|---|---|---|---|"

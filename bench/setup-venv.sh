@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Create (or reuse) the Python environment used by bench/*.py, outside the repository.
 #   IFP_VENV          venv path (default /var/tmp/ifp-venv)
-#   IFP_VENV_MINIMAL  1: install torch with --no-deps plus its pure-python dependencies only
-#                     (skips the multi-GB nvidia-* wheels; CPU use only)
+# Installs the pinned requirements with all their dependencies: PyPI's Linux torch wheel pulls in
+# the CUDA runtime wheels (nvidia-*, several GB); a torch installed without them does not import
+# on a GPU machine (libcudart.so.13 not found). The same venv serves CPU and GPU machines.
 # Idempotent: if the venv already imports every pinned package at the pinned version, it does
 # nothing. Prints the venv's python path on its last line.
 set -euo pipefail
@@ -41,16 +42,7 @@ if [ ! -x "$py" ]; then
   python3 -m venv "$venv"
 fi
 "$py" -m pip install -q --upgrade pip
-if [ "${IFP_VENV_MINIMAL:-0}" = "1" ]; then
-  torch_pin="$(grep -E '^torch==' "$req")"
-  "$py" -m pip install -q --no-deps "$torch_pin"
-  "$py" -m pip install -q filelock typing-extensions sympy networkx jinja2 fsspec
-  # everything else, without letting torchvision/timm pull torch's nvidia-* dependencies back
-  grep -vE '^(torch==|#|$)' "$req" | sed 's/#.*//' | xargs "$py" -m pip install -q --no-deps
-  "$py" -m pip install -q huggingface_hub packaging tqdm
-else
-  "$py" -m pip install -q -r "$req"
-fi
+"$py" -m pip install -q -r "$req"
 check || { echo "venv at $venv does not import the pinned packages" >&2; exit 1; }
 echo "venv ready: $venv" >&2
 echo "$py"
