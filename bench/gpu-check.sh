@@ -17,7 +17,7 @@
 # PEAK_F32_TFLOPS / PEAK_BF16_TFLOPS (MFU denominators; default from the GPU's name).
 #
 # Limits (each stage has a timeout so the whole run stays under 8 minutes, 475 s at worst): each
-# of the five parity test binaries 40 s, training 45 s, FLOP count 30 s, each of the four
+# of the five parity modules 40 s, training 45 s, FLOP count 30 s, each of the four
 # benchmark runs 50 s. Exit 1 if a parity test or the training fails.
 #
 # MFU = model FLOPs per step (forward + backward matrix products and convolutions, 2 FLOPs per
@@ -30,6 +30,9 @@ set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
+# The parity modules of the trainer's one integration-test binary (`trainer/tests/trainer/`),
+# each run on the device as its own filter.
+TEST_BIN=trainer
 TESTS=(restormer_golden uformer_golden loss_golden amp kernels)
 
 say() { echo "gpu-check: $*" >&2; }
@@ -40,14 +43,12 @@ if [[ "${1:-}" == prepare ]]; then
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/ifp-target-cuda}"
     say "building ifp (release, --features cuda) into $CARGO_TARGET_DIR"
     "$ROOT/docker/build-cuda.sh" || exit 1
-    say "building the parity test binaries (release, --features cuda)"
+    say "building the parity test binary (release, --features cuda)"
     json="$(mktemp)"
-    args=()
-    for t in "${TESTS[@]}"; do args+=(--test "$t"); done
-    "$ROOT/docker/build-cuda.sh" cargo test --release --features cuda -p ifp-trainer "${args[@]}" \
+    "$ROOT/docker/build-cuda.sh" cargo test --release --features cuda -p ifp-trainer --test "$TEST_BIN" \
         --no-run --message-format=json >"$json" || exit 1
     cp "$CARGO_TARGET_DIR/release/ifp" "$dest/ifp"
-    python3 - "$json" "$dest" "${TESTS[@]}" <<'EOF' || exit 1
+    python3 - "$json" "$dest" "$TEST_BIN" <<'EOF' || exit 1
 import json, shutil, sys
 path, dest, names = sys.argv[1], sys.argv[2], set(sys.argv[3:])
 for line in open(path):
@@ -61,9 +62,9 @@ EOF
     rm -f "$json"
     strip "$dest"/* 2>/dev/null || true
     # Each stripped binary is ~55-65 MB, mostly the same candle PTX text. One xz stream with a
-    # dictionary larger than a binary stores that text once: ~11 MB for all five (35 MB with
-    # xz's default 8 MiB dictionary), small enough to carry to a GPU machine whose transfer size
-    # is limited. Takes ~2 minutes on one core; unpacking needs ~200 MB of memory.
+    # dictionary larger than a binary stores that text once, small enough to carry to a GPU
+    # machine whose transfer size is limited. Takes ~2 minutes on one core; unpacking needs
+    # ~200 MB of memory.
     say "compressing to $dest.tar.xz"
     tar -C "$dest" -cf - . | xz -T1 -9 --lzma2=preset=9,dict=192MiB >"$dest.tar.xz"
     ls -la "$dest" "$dest.tar.xz"
@@ -136,12 +137,12 @@ t_start=$SECONDS
 
 # --- 1. golden parity on the device ----------------------------------------------------------
 echo "## parity on $DEV (f32: output < 1e-4, gradients < 1e-3; bf16: reported)"
+b="$(test_bin "$TEST_BIN")"
 for t in "${TESTS[@]}"; do
-    b="$(test_bin "$t")"
     if [[ -z "$b" ]]; then
         echo "- $t: MISSING test binary (bench/gpu-check.sh prepare)"; fail=1; continue
     fi
-    IFP_TEST_DEVICE="$DEV" timeout "$PARITY_TIMEOUT" "$b" --test-threads=1 --nocapture >"$OUT/$t.log" 2>&1
+    IFP_TEST_DEVICE="$DEV" timeout "$PARITY_TIMEOUT" "$b" "$t::" --test-threads=1 --nocapture >"$OUT/$t.log" 2>&1
     rc=$?
     verdict=$([[ $rc == 0 ]] && echo ok || echo "FAILED (rc $rc, $OUT/$t.log)")
     ((rc)) && fail=1

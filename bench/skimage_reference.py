@@ -1,4 +1,4 @@
-"""Reference PSNR/SSIM numbers from scikit-image for `trainer/tests/eval_metrics.rs`.
+"""Reference PSNR/SSIM numbers from scikit-image for `trainer/tests/trainer/eval_metrics.rs`.
 
 Run with the bench venv (`pip install scikit-image`), from the repository root:
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """PyTorch `torch.autocast(bfloat16)` on restormer_tiny with the golden weights, against the
-golden float32 values: the yardstick for ifp's `TRAIN.AMP: bf16` errors (trainer/tests/amp.rs).
+golden float32 values: the yardstick for ifp's `TRAIN.AMP: bf16` errors (trainer/tests/trainer/amp.rs).
 
   python bench/torch_amp_reference.py [--golden DIR] [--device cpu|cuda]
 

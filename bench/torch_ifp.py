@@ -1,7 +1,7 @@
 """PyTorch restatement of the IFP pre-training step (Restormer backbone + MSRResNet head, or the
 Uformer encoder + decoder of bench/torch_uformer.py).
 
-Written for this project from the method description (DESIGN.md section 1, golden/README.md);
+Written for this project from the method description (ARCHITECTURE.md, "The method: what the trainer computes");
 parameter names are those of the reference state_dict (`encoder.*`, `decoder.*`) so that
 `state_dict()` loads the golden files and the Rust checkpoints with `strict=True`.
 

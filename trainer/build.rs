@@ -1,5 +1,5 @@
 //! With the `cuda` feature, compiles the trainer's own CUDA kernels
-//! (`src/models/kernels/cuda/*.cu`) to PTX with nvcc, as candle-kernels does for candle's; the
+//! (`src/kernels/cuda/*.cu`) to PTX with nvcc, as candle-kernels does for candle's; the
 //! PTX is embedded in the library and loaded on the first launch. Without the feature it does
 //! nothing, so CPU builds need no CUDA toolkit.
 
@@ -30,7 +30,7 @@ fn main() {
         .unwrap_or(80)
         .max(80);
     for name in KERNELS {
-        let src = format!("src/models/kernels/cuda/{name}.cu");
+        let src = format!("src/kernels/cuda/{name}.cu");
         println!("cargo::rerun-if-changed={src}");
         let ptx = out.join(format!("{name}.ptx"));
         let status = Command::new(&nvcc)

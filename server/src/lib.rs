@@ -1,26 +1,17 @@
 //! The IFP job platform: embedded PostgreSQL, the job queue, workers, the REST API and the web
-//! pages.
+//! pages. The folders are the layers: `http` (routes, pages, sessions) calls `jobs` (the typed
+//! job kinds and the job service), which calls `queue` and `db`; `worker` claims from the queue
+//! and runs a job's spec through the trainer.
 
-pub mod compare_job;
-pub mod datasets;
-pub mod device;
+pub mod db;
 pub mod error;
-pub mod events;
-pub mod extract;
-pub mod finetune_job;
-pub mod model;
-pub mod pg;
+pub mod http;
+pub mod jobs;
 pub mod platform;
 pub mod queue;
-pub mod record;
-pub mod routes;
-pub mod session;
-pub mod state;
 pub mod tokens;
-pub mod uploads;
-pub mod views;
 pub mod worker;
 
 pub use error::{Error, Result};
-pub use routes::app;
-pub use state::AppState;
+pub use http::routes::app;
+pub use http::state::AppState;

@@ -13,8 +13,8 @@ use sqlx::{ConnectOptions, PgPool};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::db::pg::PgCluster;
 use crate::error::{Error, Result};
-use crate::pg::PgCluster;
 use crate::queue;
 use crate::worker::{self, WorkerConfig};
 
@@ -57,7 +57,7 @@ pub async fn open_database(
             (pool, Some(cluster))
         }
     };
-    crate::pg::migrate(&pool).await?;
+    crate::db::pg::migrate(&pool).await?;
     Ok(Database { pool, cluster })
 }
 

@@ -81,12 +81,7 @@ impl Sampler {
         } else {
             MaskMode::Fixed
         };
-        let target: RecoverTarget = cfg.model.recover_target_type.parse().map_err(
-            |e: crate::loss::ParseRecoverTargetError| {
-                crate::error::TrainerError::Unsupported(e.to_string())
-            },
-        )?;
-        let kind = match target {
+        let kind = match cfg.model.recover_target_type {
             RecoverTarget::Normal | RecoverTarget::Masked => CorruptionKind::Real,
             RecoverTarget::MMasked | RecoverTarget::MMMasked => CorruptionKind::Modulus,
         };

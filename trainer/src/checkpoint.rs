@@ -1,4 +1,4 @@
-//! Checkpoint files (DESIGN 3.4). Every `SAVE_FREQ` steps a run writes, in its output folder:
+//! Checkpoint files. Every `SAVE_FREQ` steps a run writes, in its output folder:
 //! - `model-SSSSSS.safetensors`: the weights under the reference key names (loadable by
 //!   PyTorch's `load_state_dict(strict=True)`), with the step and config as metadata;
 //! - `state-SSSSSS.safetensors`: AdamW moments as tensors, plus a JSON `ifp_state` metadata
@@ -116,6 +116,20 @@ pub fn verify(path: &Path) -> bool {
     };
     let want = side.split_whitespace().next().unwrap_or("");
     hex::encode(Sha256::digest(&bytes)) == want
+}
+
+/// What a weights file holds, independent of where it lies: its SHA-256 (from its sidecar when
+/// it has one, else computed), or its path when it cannot be read.
+pub fn content_id(path: &Path) -> String {
+    if let Ok(side) = fs::read_to_string(sidecar(path)) {
+        if let Some(sha) = side.split_whitespace().next() {
+            return format!("sha256:{sha}");
+        }
+    }
+    match fs::read(path) {
+        Ok(bytes) => format!("sha256:{}", hex::encode(Sha256::digest(&bytes))),
+        Err(_) => path.display().to_string(),
+    }
 }
 
 fn serialize(

@@ -27,8 +27,10 @@ const MAG_EPS: f64 = 1e-30;
 /// Weight of the pixel term in `m_masked` / `m_m_masked`.
 const PIXEL_WEIGHT: f64 = 0.8;
 
-/// `MODEL.RECOVER_TARGET_TYPE`: which reconstruction loss the trainer minimises.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// `MODEL.RECOVER_TARGET_TYPE`: which reconstruction loss the trainer minimises. In configs it
+/// is the reference's string, read through [`FromStr`] so the names are written once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "&'static str")]
 pub enum RecoverTarget {
     /// Mean complex distance over the whole spectrum (`FrequencyLoss1`).
     Normal,
@@ -77,6 +79,20 @@ impl fmt::Display for RecoverTarget {
 pub struct ParseRecoverTargetError {
     /// The rejected string, verbatim.
     pub value: String,
+}
+
+impl From<RecoverTarget> for &'static str {
+    fn from(t: RecoverTarget) -> Self {
+        t.as_str()
+    }
+}
+
+impl TryFrom<String> for RecoverTarget {
+    type Error = ParseRecoverTargetError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
 }
 
 impl FromStr for RecoverTarget {

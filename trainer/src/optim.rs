@@ -1,4 +1,4 @@
-//! Optimisation as the reference does it (DESIGN 1.7; `optimizer.py`, `lr_scheduler.py` and
+//! Optimisation as the reference does it (`optimizer.py`, `lr_scheduler.py` and
 //! `main_IFP.py` of IFP/MFM): AdamW with a no-decay group (1-D parameters and biases), learning
 //! rates scaled by `batch / 512`, timm's warmup + cosine schedule per step, and clipping by global
 //! norm. candle's own `AdamW` decays every parameter and keeps its moments private, so the update

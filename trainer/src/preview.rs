@@ -8,6 +8,7 @@ use crate::batch::{noise_image, Sampler};
 use crate::config::Config;
 use crate::data::crop::resize_bicubic;
 use crate::data::image::Image;
+use crate::data::panels;
 use crate::error::Result;
 
 /// Side of each tile in pixels.
@@ -40,21 +41,11 @@ pub fn render(cfg: &Config) -> Result<Image> {
         fit(&mask, false),
         fit(&batch.first_corrupted, false),
     ];
-    let width = 4 * TILE + 3 * GAP;
-    let mut out = Image::filled(width, TILE, 1.0);
-    for (i, t) in tiles.iter().enumerate() {
-        let x0 = i * (TILE + GAP) + (TILE - t.width) / 2;
-        let y0 = (TILE - t.height) / 2;
-        for c in 0..3 {
-            for y in 0..t.height {
-                for x in 0..t.width {
-                    out.data[c * width * TILE + (y0 + y) * width + x0 + x] =
-                        t.data[c * t.width * t.height + y * t.width + x].clamp(0.0, 1.0);
-                }
-            }
-        }
-    }
-    Ok(out)
+    let cells: Vec<Image> = tiles
+        .iter()
+        .map(|t| panels::centred(t, TILE, TILE))
+        .collect();
+    Ok(panels::row(&cells.iter().collect::<Vec<_>>(), GAP))
 }
 
 /// Scales `img` to fit a tile: smooth (bicubic) for photographs, nearest-neighbour for crops
@@ -66,22 +57,7 @@ fn fit(img: &Image, smooth: bool) -> Image {
     if smooth {
         return resize_bicubic(img, w, h, -0.5);
     }
-    let mut data = Vec::with_capacity(3 * w * h);
-    for c in 0..3 {
-        let plane = img.plane(c);
-        for y in 0..h {
-            let sy = (y * img.height / h).min(img.height - 1);
-            for x in 0..w {
-                let sx = (x * img.width / w).min(img.width - 1);
-                data.push(plane[sy * img.width + sx]);
-            }
-        }
-    }
-    Image {
-        width: w,
-        height: h,
-        data,
-    }
+    panels::scale_nearest(img, w, h)
 }
 
 #[cfg(test)]

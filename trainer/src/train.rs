@@ -11,11 +11,13 @@ use crate::batch::{Batch, Sampler};
 use crate::checkpoint::{self, Checkpoint, TrainingState, STATE_VERSION};
 use crate::config::Config;
 use crate::data::image::Image;
-use crate::error::{Result, TrainerError};
-use crate::loss::{FreqLoss, RecoverTarget};
+use crate::data::panels;
+use crate::driver;
+use crate::error::Result;
+use crate::loss::FreqLoss;
 use crate::models::uformer::DropPathRng;
 use crate::models::{load_weights, Network, WeightSource};
-use crate::optim::{clip_grad_norm, AdamW, LrSchedule};
+use crate::optim::{AdamW, LrSchedule};
 
 const INIT_STREAM: u64 = 0x1F9_1417;
 /// Stochastic depth (Uformer): one ChaCha stream per optimiser step of this seed, so a resumed
@@ -123,10 +125,7 @@ impl Trainer {
             t.optimizer.betas,
             t.optimizer.eps,
         )?;
-        let kind: RecoverTarget =
-            cfg.model.recover_target_type.parse().map_err(|e| {
-                TrainerError::Unsupported(format!("MODEL.RECOVER_TARGET_TYPE: {e}"))
-            })?;
+        let kind = cfg.model.recover_target_type;
         Ok(Trainer {
             loss: FreqLoss::new(kind, cfg.data.img_size, 3, device)?,
             sampler: Sampler::from_config(cfg)?,
@@ -149,37 +148,6 @@ impl Trainer {
         &self.net
     }
 
-    /// Restores weights, optimiser, data streams and step from the checkpoint at `step` in `dir`.
-    pub fn restore(&mut self, dir: &Path, step: usize) -> Result<()> {
-        let weights = load_weights(&checkpoint::model_path(dir, step), &self.device)?;
-        let net = Network::build(&self.cfg, WeightSource::Tensors(weights), &self.device)?;
-        let (opt_state, state) =
-            checkpoint::load_state(&checkpoint::state_path(dir, step), &self.device)?;
-        if state.step != step {
-            return Err(TrainerError::Resume(format!(
-                "{}: records step {}, its name says {step}",
-                checkpoint::state_path(dir, step).display(),
-                state.step
-            )));
-        }
-        check_same_run(
-            &self.cfg,
-            &state.config_yaml,
-            &checkpoint::state_path(dir, step),
-        )?;
-        let mut fresh = Self::with_network(&self.cfg, &self.device, net)?;
-        fresh.opt.load_state(&opt_state, step)?;
-        fresh.sampler.restore(state.sampler);
-        fresh.step = step;
-        *self = fresh;
-        Ok(())
-    }
-
-    /// One optimiser step.
-    pub fn train_step(&mut self) -> Result<StepStats> {
-        crate::threads::on_workers(|| self.step_once())
-    }
-
     fn step_once(&mut self) -> Result<StepStats> {
         let k = self.step;
         let t0 = Instant::now();
@@ -190,43 +158,90 @@ impl Trainer {
         let mut drop_rng = DropPathRng::for_step(self.cfg.seed ^ DROP_PATH_STREAM, k as u64);
         let pred = self.net.forward_train(&batch.input, &mut drop_rng)?;
         let loss = self.loss.forward(&pred, &batch.target, &batch.mask)?;
-        let loss_v = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-        let t2 = Instant::now();
-        if !loss_v.is_finite() {
-            return Err(TrainerError::NonFinite {
-                step: k + 1,
-                what: format!("the loss ({loss_v})"),
-            });
-        }
-        let mut grads = loss.backward()?;
-        let t3 = Instant::now();
         let vars: Vec<_> = self.net.vars()?.into_iter().map(|(_, v)| v).collect();
-        let grad_norm = clip_grad_norm(&mut grads, &vars, self.cfg.train.clip_grad)?;
-        if !grad_norm.is_finite() {
-            return Err(TrainerError::NonFinite {
-                step: k + 1,
-                what: format!("the gradient norm ({grad_norm})"),
-            });
-        }
         let lr = self.sched.lr_for_step(k);
-        self.opt.step(&grads, lr)?;
+        let clip = self.cfg.train.clip_grad;
+        let o = driver::optimiser_step(&loss, &vars, clip, &mut self.opt, lr, k)?;
         self.step += 1;
         self.last = Some((batch, pred.detach()));
         Ok(StepStats {
-            loss: loss_v,
+            loss: o.loss,
             lr,
-            grad_norm,
+            grad_norm: o.grad_norm,
             phases: PhaseTimes {
                 data: t1 - t0,
-                forward: t2 - t1,
-                backward: t3 - t2,
-                optimizer: t3.elapsed(),
+                forward: o.forward_done - t1,
+                backward: o.backward_done - o.forward_done,
+                optimizer: o.backward_done.elapsed(),
             },
         })
     }
+}
+
+/// A config in the form a resume compares: a resumed run must be the same run, and only the
+/// length (`TRAIN.STEPS`/`EPOCHS`), the logging/saving frequencies and the retention may change.
+fn same_run_form(cfg: &Config) -> String {
+    let mut c = cfg.clone();
+    c.train.steps = None;
+    c.train.epochs = 0;
+    c.print_freq = 1;
+    c.save_freq = 1;
+    c.train.keep_checkpoints = 1;
+    c.to_yaml()
+}
+
+/// input | corrupted | reconstruction | target of the batch's first sample, in [0, 1],
+/// enlarged (nearest neighbour) so small crops stay visible.
+fn sample_strip(batch: &Batch, pred: &Tensor) -> Result<Image> {
+    let s = batch.first_clean.width;
+    let mut rec: Vec<f32> = pred
+        .get(0)?
+        .flatten_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1()?;
+    crate::data::corrupt::denormalize_imagenet(&mut rec, 3, s * s)?;
+    let mut tgt: Vec<f32> = batch.target.get(0)?.flatten_all()?.to_vec1()?;
+    crate::data::corrupt::denormalize_imagenet(&mut tgt, 3, s * s)?;
+    let zoom = (128 / s).max(1);
+    let as_image = |data: &[f32]| Image {
+        width: s,
+        height: s,
+        data: data.to_vec(),
+    };
+    let tiles: Vec<Image> = [
+        &batch.first_clean.data[..],
+        &batch.first_corrupted.data[..],
+        &rec[..],
+        &tgt[..],
+    ]
+    .into_iter()
+    .map(|d| panels::scale_nearest(&as_image(d), s * zoom, s * zoom))
+    .collect();
+    Ok(panels::row(&tiles.iter().collect::<Vec<_>>(), 2))
+}
+
+/// Pre-training as the driver steps it.
+impl driver::Run for Trainer {
+    type Note = ();
+
+    fn step(&self) -> usize {
+        self.step
+    }
+
+    fn cadence(&self) -> driver::Cadence {
+        driver::Cadence {
+            batch_size: self.cfg.data.batch_size,
+            save_freq: self.cfg.save_freq,
+        }
+    }
+
+    /// One optimiser step.
+    fn train_step(&mut self) -> Result<StepStats> {
+        crate::threads::on_workers(|| self.step_once())
+    }
 
     /// Writes the checkpoint of the current step into `dir`.
-    pub fn save_checkpoint(&self, dir: &Path) -> Result<Checkpoint> {
+    fn save_checkpoint(&mut self, dir: &Path) -> Result<(Checkpoint, ())> {
         let yaml = self.cfg.to_yaml();
         let model = checkpoint::save_model(
             &checkpoint::model_path(dir, self.step),
@@ -256,98 +271,36 @@ impl Trainer {
             }
             None => None,
         };
-        Ok(Checkpoint {
+        let ck = Checkpoint {
             step: self.step,
             model,
             state,
             sample,
-        })
+        };
+        Ok((ck, ()))
     }
-}
 
-/// A resumed run must be the same run: only the length (`TRAIN.STEPS`/`EPOCHS`), the
-/// logging/saving frequencies and the retention may change.
-fn check_same_run(cfg: &Config, stored_yaml: &str, path: &Path) -> Result<()> {
-    let stored = Config::from_yaml(stored_yaml).map_err(|e| {
-        TrainerError::Resume(format!("{}: unreadable stored config: {e}", path.display()))
-    })?;
-    let normalise = |c: &Config| {
-        let mut c = c.clone();
-        c.train.steps = None;
-        c.train.epochs = 0;
-        c.print_freq = 1;
-        c.save_freq = 1;
-        c.train.keep_checkpoints = 1;
-        c
-    };
-    if normalise(cfg) != normalise(&stored) {
-        let (a, b) = (normalise(cfg).to_yaml(), normalise(&stored).to_yaml());
-        let diff = a
-            .lines()
-            .zip(b.lines())
-            .find(|(x, y)| x != y)
-            .map(|(x, y)| format!(" (now `{}`, was `{}`)", x.trim(), y.trim()))
-            .unwrap_or_default();
-        return Err(TrainerError::Resume(format!(
-            "the config differs from the one {} was written with{diff}; resume with the same \
-             config (only the number of steps may change)",
-            path.display()
-        )));
-    }
-    Ok(())
-}
-
-/// input | corrupted | reconstruction | target of the batch's first sample, in [0, 1],
-/// enlarged (nearest neighbour) so small crops stay visible.
-fn sample_strip(batch: &Batch, pred: &Tensor) -> Result<Image> {
-    let s = batch.first_clean.width;
-    let mut rec: Vec<f32> = pred
-        .get(0)?
-        .flatten_all()?
-        .to_dtype(candle_core::DType::F32)?
-        .to_vec1()?;
-    crate::data::corrupt::denormalize_imagenet(&mut rec, 3, s * s)?;
-    let mut tgt: Vec<f32> = batch.target.get(0)?.flatten_all()?.to_vec1()?;
-    crate::data::corrupt::denormalize_imagenet(&mut tgt, 3, s * s)?;
-    let panels = [
-        &batch.first_clean.data,
-        &batch.first_corrupted.data,
-        &rec,
-        &tgt,
-    ];
-    let zoom = (128 / s).max(1);
-    let gap = 2;
-    let (pw, ph) = (s * zoom, s * zoom);
-    let width = 4 * pw + 3 * gap;
-    let mut data = vec![1.0f32; 3 * width * ph];
-    for (i, panel) in panels.iter().enumerate() {
-        let x0 = i * (pw + gap);
-        for c in 0..3 {
-            for y in 0..ph {
-                for x in 0..pw {
-                    data[c * width * ph + y * width + x0 + x] =
-                        panel[c * s * s + (y / zoom) * s + x / zoom].clamp(0.0, 1.0);
-                }
-            }
-        }
-    }
-    Ok(Image::new(width, ph, data)?)
-}
-
-/// Estimates the time left from step times. An exponential average of the step time keeps
-/// the ETA steady without lagging for long.
-#[derive(Debug, Default)]
-pub struct EtaClock {
-    avg: Option<f64>,
-}
-
-impl EtaClock {
-    /// Records a step that took `dt` and returns the ETA for `remaining` more steps.
-    pub fn eta(&mut self, dt: Duration, remaining: usize) -> Duration {
-        let d = dt.as_secs_f64();
-        let avg = self.avg.map_or(d, |a| 0.9 * a + 0.1 * d);
-        self.avg = Some(avg);
-        Duration::from_secs_f64(avg * remaining as f64)
+    /// Restores weights, optimiser, data streams and step from the checkpoint at `step` in `dir`.
+    fn restore(&mut self, dir: &Path, step: usize) -> Result<()> {
+        let weights = load_weights(&checkpoint::model_path(dir, step), &self.device)?;
+        let net = Network::build(&self.cfg, WeightSource::Tensors(weights), &self.device)?;
+        let (opt_state, state) = driver::load_state_for_resume(
+            dir,
+            step,
+            &self.device,
+            &same_run_form(&self.cfg),
+            |yaml| {
+                Config::from_yaml(yaml)
+                    .map(|c| same_run_form(&c))
+                    .map_err(|e| e.to_string())
+            },
+        )?;
+        let mut fresh = Self::with_network(&self.cfg, &self.device, net)?;
+        fresh.opt.load_state(&opt_state, step)?;
+        fresh.sampler.restore(state.sampler);
+        fresh.step = step;
+        *self = fresh;
+        Ok(())
     }
 }
 
@@ -357,57 +310,23 @@ pub fn train(
     opts: &TrainOptions,
     mut on_event: impl FnMut(Event<'_>) -> Control,
 ) -> Result<TrainSummary> {
-    std::fs::create_dir_all(&opts.out_dir).map_err(TrainerError::io(&opts.out_dir))?;
     let mut trainer = Trainer::new(cfg, &opts.device)?;
-    let mut resumed_from = None;
-    if opts.resume {
-        if let Some(step) = checkpoint::latest_complete(&opts.out_dir) {
-            trainer.restore(&opts.out_dir, step)?;
-            resumed_from = Some(step);
-        }
-    }
     let total = cfg.total_steps();
-    let batch = cfg.data.batch_size;
-    on_event(Event::Started {
-        start_step: trainer.step(),
-        total_steps: total,
-        parameters: trainer.network().num_parameters()?,
-    });
-    let mut summary = TrainSummary {
-        steps_done: trainer.step(),
-        final_loss: None,
-        last_checkpoint: None,
-        stopped: false,
-        resumed_from,
-    };
-    let mut clock = EtaClock::default();
-    while trainer.step() < total {
-        let t0 = Instant::now();
-        let stats = trainer.train_step()?;
-        let dt = t0.elapsed();
-        let done = trainer.step();
-        let progress = Progress {
-            step: done,
+    let parameters = trainer.network().num_parameters()?;
+    let d = driver::drive(&mut trainer, total, opts, |tick| match tick {
+        driver::Tick::Started { start_step } => on_event(Event::Started {
+            start_step,
             total_steps: total,
-            loss: stats.loss,
-            lr: stats.lr,
-            grad_norm: stats.grad_norm,
-            images_per_sec: batch as f64 / dt.as_secs_f64().max(1e-9),
-            step_time: dt,
-            eta: clock.eta(dt, total - done),
-        };
-        summary.steps_done = done;
-        summary.final_loss = Some(stats.loss);
-        let control = on_event(Event::Step(&progress));
-        if done % cfg.save_freq == 0 || done == total || control == Control::Stop {
-            let ck = trainer.save_checkpoint(&opts.out_dir)?;
-            on_event(Event::Checkpoint(&ck));
-            summary.last_checkpoint = Some(ck);
-        }
-        if control == Control::Stop && done < total {
-            summary.stopped = true;
-            break;
-        }
-    }
-    Ok(summary)
+            parameters,
+        }),
+        driver::Tick::Step(p) => on_event(Event::Step(p)),
+        driver::Tick::Checkpoint(ck, ()) => on_event(Event::Checkpoint(ck)),
+    })?;
+    Ok(TrainSummary {
+        steps_done: d.steps_done,
+        final_loss: d.final_loss,
+        last_checkpoint: d.last_checkpoint,
+        stopped: d.stopped,
+        resumed_from: d.resumed_from,
+    })
 }

@@ -2,6 +2,7 @@
 
 use clap::Args;
 use ifp_trainer::config::{Amp, ModelType};
+use ifp_trainer::driver::Run;
 use ifp_trainer::Trainer;
 
 use super::{classify, load_config, parse_device, Failure};

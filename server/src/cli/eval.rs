@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use ifp_trainer::eval::{evaluate_weights, metrics::mean_se, EvalRequest};
+use ifp_trainer::eval::metrics::mean_se;
+use ifp_trainer::finetune::evaluate::{evaluate_weights, EvalRequest};
 
 use super::{classify, parse_device, Failure};
 

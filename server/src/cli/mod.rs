@@ -1,4 +1,4 @@
-//! Argument parsing and dispatch of the `ifp` subcommands (DESIGN 3.2). Usage errors (bad flags,
+//! Argument parsing and dispatch of the `ifp` subcommands. Usage errors (bad flags,
 //! paths or configs) print one line and exit with code 2; failures while running exit with 1.
 
 mod bench;
@@ -7,6 +7,7 @@ mod eval;
 mod finetune;
 mod forward;
 mod serve;
+mod slots;
 mod token;
 mod train;
 mod worker;

@@ -2,7 +2,6 @@
 //! embedded PostgreSQL unless `DATABASE_URL` is set), until SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,6 +10,7 @@ use ifp_server::platform::{self, RESCUE_INTERVAL};
 use ifp_server::{app, AppState};
 use tokio::sync::watch;
 
+use super::slots::SlotArgs;
 use super::{parse_device, Failure};
 
 #[derive(Args)]
@@ -21,30 +21,15 @@ pub struct ServeArgs {
     /// PostgreSQL to use; without it, a private cluster runs in DATA_DIR/pg.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
-    /// Artifacts (checkpoints) and the embedded database live here.
-    #[arg(long, env = "IFP_DATA_DIR", default_value = "./ifp-data")]
-    data_dir: PathBuf,
-    /// In-process worker slots (0: API only).
-    #[arg(long, env = "IFP_WORKERS", default_value_t = 1)]
-    workers: usize,
-    /// Job lease in seconds: a worker heartbeats every third of it, and a dead worker's job is
-    /// requeued once it expires.
-    #[arg(long, env = "IFP_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=3600))]
-    lease_secs: u64,
-    /// Where workers train: cpu, cuda or cuda:N.
-    #[arg(long, env = "IFP_DEVICE", default_value = "cpu")]
-    device: String,
-    /// Where `compare` jobs' fine-tuning data folders are (their TRAIN_DIR/TEST_DIR are relative
-    /// to it); without it, `compare` jobs are refused.
-    #[arg(long, env = "IFP_DATASETS_DIR", value_name = "DIR")]
-    datasets_dir: Option<PathBuf>,
+    #[command(flatten)]
+    slots: SlotArgs,
     /// Seconds between runs of the rescuer (requeues jobs whose worker died).
     #[arg(long, env = "IFP_RESCUE_SECS", default_value_t = RESCUE_INTERVAL.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
     rescue_secs: u64,
 }
 
 pub fn run(a: ServeArgs) -> Result<(), Failure> {
-    let device = parse_device(&a.device)?;
+    let device = parse_device(&a.slots.device)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -54,11 +39,12 @@ pub fn run(a: ServeArgs) -> Result<(), Failure> {
 
 async fn serve(a: ServeArgs, device: candle_core::Device) -> Result<(), Failure> {
     // Checked before anything starts, so a typo costs no database start-up.
-    let datasets = datasets_dir(a.datasets_dir.as_deref())?;
-    std::fs::create_dir_all(&a.data_dir)
-        .with_context(|| format!("cannot create IFP_DATA_DIR {}", a.data_dir.display()))
+    let datasets = datasets_dir(a.slots.datasets_dir.as_deref())?;
+    std::fs::create_dir_all(&a.slots.data_dir)
+        .with_context(|| format!("cannot create IFP_DATA_DIR {}", a.slots.data_dir.display()))
         .map_err(Failure::usage)?;
     let data_dir = a
+        .slots
         .data_dir
         .canonicalize()
         .context("IFP_DATA_DIR")
@@ -67,7 +53,7 @@ async fn serve(a: ServeArgs, device: candle_core::Device) -> Result<(), Failure>
     std::fs::create_dir_all(&artifacts)
         .with_context(|| format!("cannot create {}", artifacts.display()))
         .map_err(Failure::usage)?;
-    let connections = 10 + 4 * a.workers as u32;
+    let connections = 10 + 4 * a.slots.workers as u32;
     let db = platform::open_database(a.database_url.as_deref(), &data_dir, connections)
         .await
         .map_err(Failure::runtime)?;
@@ -89,7 +75,7 @@ async fn serve(a: ServeArgs, device: candle_core::Device) -> Result<(), Failure>
     let addr = listener.local_addr().map_err(Failure::runtime)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let lease = Duration::from_secs(a.lease_secs);
+    let lease = Duration::from_secs(a.slots.lease_secs);
     let rescuer = platform::spawn_rescuer(
         db.pool.clone(),
         Duration::from_secs(a.rescue_secs),
@@ -97,7 +83,7 @@ async fn serve(a: ServeArgs, device: candle_core::Device) -> Result<(), Failure>
     );
     let workers = platform::spawn_workers(
         &db.pool,
-        a.workers,
+        a.slots.workers,
         &artifacts,
         lease,
         &device,
@@ -128,14 +114,17 @@ async fn serve(a: ServeArgs, device: candle_core::Device) -> Result<(), Failure>
     }
     println!(
         "workers: {} in this process; artifacts in {}",
-        a.workers,
+        a.slots.workers,
         artifacts.display()
     );
 
     let mut state = AppState::new(db.pool.clone(), &artifacts, Some(&token));
     state.datasets = datasets;
-    let hub =
-        ifp_server::events::spawn_hub(db.pool.clone(), state.job_changed.clone(), stop_rx.clone());
+    let hub = ifp_server::http::hub::spawn_hub(
+        db.pool.clone(),
+        state.job_changed.clone(),
+        stop_rx.clone(),
+    );
     let closing = state.closing.clone();
     let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {
@@ -159,7 +148,7 @@ async fn serve(a: ServeArgs, device: candle_core::Device) -> Result<(), Failure>
 }
 
 /// The datasets folder, made absolute (workers and the API resolve data folders against it).
-pub fn datasets_dir(dir: Option<&std::path::Path>) -> Result<Option<PathBuf>, Failure> {
+pub fn datasets_dir(dir: Option<&std::path::Path>) -> Result<Option<std::path::PathBuf>, Failure> {
     dir.map(|d| {
         d.canonicalize()
             .with_context(|| format!("IFP_DATASETS_DIR {} is not a readable folder", d.display()))

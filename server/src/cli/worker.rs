@@ -1,7 +1,6 @@
 //! `ifp worker`: worker slots (and the rescuer) against a shared PostgreSQL and artifact
 //! directory, for machines other than the one running `ifp serve`.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -9,6 +8,7 @@ use clap::Args;
 use ifp_server::platform::{self, RESCUE_INTERVAL};
 use tokio::sync::watch;
 
+use super::slots::SlotArgs;
 use super::{parse_device, Failure};
 
 #[derive(Args)]
@@ -16,46 +16,32 @@ pub struct WorkerArgs {
     /// The platform's PostgreSQL (the one `ifp serve` uses).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
-    /// The shared data directory: artifacts go to DATA_DIR/artifacts.
-    #[arg(long, env = "IFP_DATA_DIR", default_value = "./ifp-data")]
-    data_dir: PathBuf,
-    /// Worker slots in this process.
-    #[arg(long, env = "IFP_WORKERS", default_value_t = 1)]
-    workers: usize,
-    /// Job lease in seconds (see `ifp serve --help`).
-    #[arg(long, env = "IFP_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=3600))]
-    lease_secs: u64,
-    /// Where to train: cpu, cuda or cuda:N.
-    #[arg(long, env = "IFP_DEVICE", default_value = "cpu")]
-    device: String,
-    /// Where `compare` jobs' fine-tuning data folders are (their TRAIN_DIR/TEST_DIR are relative
-    /// to it); without it, `compare` jobs are refused.
-    #[arg(long, env = "IFP_DATASETS_DIR", value_name = "DIR")]
-    datasets_dir: Option<PathBuf>,
+    #[command(flatten)]
+    slots: SlotArgs,
 }
 
 pub fn run(a: WorkerArgs) -> Result<(), Failure> {
-    let device = parse_device(&a.device)?;
-    let datasets = super::serve::datasets_dir(a.datasets_dir.as_deref())?;
+    let device = parse_device(&a.slots.device)?;
+    let datasets = super::serve::datasets_dir(a.slots.datasets_dir.as_deref())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(Failure::runtime)?;
     rt.block_on(async move {
-        let artifacts = a.data_dir.join("artifacts");
+        let artifacts = a.slots.data_dir.join("artifacts");
         std::fs::create_dir_all(&artifacts)
             .with_context(|| format!("cannot create {}", artifacts.display()))
             .map_err(Failure::usage)?;
-        let connections = 4 + 4 * a.workers as u32;
-        let db = platform::open_database(Some(&a.database_url), &a.data_dir, connections)
+        let connections = 4 + 4 * a.slots.workers as u32;
+        let db = platform::open_database(Some(&a.database_url), &a.slots.data_dir, connections)
             .await
             .map_err(Failure::runtime)?;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let lease = Duration::from_secs(a.lease_secs);
+        let lease = Duration::from_secs(a.slots.lease_secs);
         let rescuer = platform::spawn_rescuer(db.pool.clone(), RESCUE_INTERVAL, stop_rx.clone());
         let workers = platform::spawn_workers(
             &db.pool,
-            a.workers,
+            a.slots.workers,
             &artifacts,
             lease,
             &device,
@@ -64,7 +50,7 @@ pub fn run(a: WorkerArgs) -> Result<(), Failure> {
         );
         println!(
             "ifp worker: {} slot(s), artifacts in {}",
-            a.workers,
+            a.slots.workers,
             artifacts.display()
         );
         platform::shutdown_signal().await;

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::loss::RecoverTarget;
+
 mod validate;
 
 /// A config that could not be read or is not usable, with the key path it concerns.
@@ -183,9 +185,8 @@ pub struct ModelConfig {
     pub name: String,
     #[serde(deserialize_with = "de_f64")]
     pub drop_path_rate: f64,
-    /// `normal`, `masked`, `m_masked` or `m_m_masked`: which Fourier loss the run minimises
-    /// (see `loss.rs`).
-    pub recover_target_type: String,
+    /// `normal`, `masked`, `m_masked` or `m_m_masked`: which Fourier loss the run minimises.
+    pub recover_target_type: RecoverTarget,
     /// Present in the reference Restormer config; the reference training loop batches by
     /// `DATA.BATCH_SIZE`, so this key is accepted and ignored.
     pub batch_size: Option<usize>,
@@ -200,7 +201,7 @@ impl Default for ModelConfig {
             kind: ModelType::Restormer,
             name: "pretrain".into(),
             drop_path_rate: 0.0,
-            recover_target_type: "m_masked".into(),
+            recover_target_type: RecoverTarget::MMasked,
             batch_size: None,
             restormer: RestormerConfig::default(),
             decoder: DecoderConfig::default(),
@@ -422,6 +423,34 @@ impl DeviceClass {
             DeviceClass::Cpu => "cpu",
             DeviceClass::Cuda => "cuda",
         }
+    }
+
+    pub const ALL: [DeviceClass; 3] = [DeviceClass::Any, DeviceClass::Cpu, DeviceClass::Cuda];
+}
+
+impl std::fmt::Display for DeviceClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DeviceClass {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        DeviceClass::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| format!("unknown device class `{s}` (expected any, cpu or cuda)"))
+    }
+}
+
+/// Reads the platform's `device_class` column.
+impl TryFrom<String> for DeviceClass {
+    type Error = String;
+
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
     }
 }
 

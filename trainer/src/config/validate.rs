@@ -8,16 +8,6 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |path: &str, msg: String| Err(ConfigError::invalid(path, msg));
         let m = &self.model;
-        if !["normal", "masked", "m_masked", "m_m_masked"].contains(&m.recover_target_type.as_str())
-        {
-            return bad(
-                "MODEL.RECOVER_TARGET_TYPE",
-                format!(
-                    "unknown value `{}` (expected normal, masked, m_masked or m_m_masked)",
-                    m.recover_target_type
-                ),
-            );
-        }
         if !(0.0..1.0).contains(&m.drop_path_rate) {
             return bad(
                 "MODEL.DROP_PATH_RATE",

@@ -5,6 +5,7 @@ pub mod crop;
 pub mod image;
 pub mod mask;
 pub mod noise;
+pub mod panels;
 
 use std::path::PathBuf;
 

@@ -1,20 +1,15 @@
 //! Evaluation of fine-tuned networks on whole test images: restoration (whole image, any size,
 //! since the encoder reflect-pads to a multiple of 8; optionally in overlapping tiles to bound
-//! memory), per-image PSNR/SSIM on RGB and Y (`metrics`), means with standard errors, and the
-//! `ifp eval` entry point that rebuilds a network from a fine-tuning model file.
+//! memory), per-image PSNR/SSIM on RGB and Y (`metrics`), and means with standard errors. Any
+//! [`Restorer`] can be scored; `finetune::evaluate` rebuilds one from a model file.
 
 pub mod metrics;
-
-use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::data::image::{Image, CHANNELS};
-use crate::error::{Result, TrainerError};
-use crate::finetune::data::{self, EvalItem};
-use crate::finetune::net::{load_all, FinetuneNet, Init};
-use crate::finetune::FinetuneConfig;
+use crate::error::Result;
 use metrics::Scores;
 
 /// Overlap between tiles; wide enough that the blended seams sit away from tile borders.
@@ -26,6 +21,21 @@ pub struct ImageScore {
     pub name: String,
     #[serde(flatten)]
     pub scores: Scores,
+}
+
+/// A loaded evaluation image: degraded input and clean target, same size.
+#[derive(Debug, Clone)]
+pub struct EvalItem {
+    pub name: String,
+    pub input: Image,
+    pub target: Image,
+}
+
+/// A network that restores images: (1, 3, H, W) in [0, 1] to the same shape.
+pub trait Restorer: Sync {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor>;
+    /// Where its parameters live (inputs are put there).
+    fn device(&self) -> Result<Device>;
 }
 
 /// (3, H, W) or (1, 3, H, W) tensor -> planar image (values kept as they are).
@@ -50,7 +60,7 @@ fn image_to_tensor(img: &Image, device: &Device) -> Result<Tensor> {
 /// Restores one image. `tile = Some(t)`: t x t tiles overlapping by 32 pixels, averaged where
 /// they overlap (for images too large for memory; the channel attention then sees one tile).
 pub fn restore(
-    net: &FinetuneNet,
+    net: &impl Restorer,
     img: &Image,
     tile: Option<usize>,
     device: &Device,
@@ -114,7 +124,7 @@ pub fn restore(
 
 /// Restores and scores every item.
 pub fn evaluate(
-    net: &FinetuneNet,
+    net: &impl Restorer,
     items: &[EvalItem],
     tile: Option<usize>,
 ) -> Result<Vec<ImageScore>> {
@@ -123,12 +133,12 @@ pub fn evaluate(
 
 /// Restores and scores every item, also returning the restorations of the first `keep`.
 pub fn evaluate_keeping(
-    net: &FinetuneNet,
+    net: &impl Restorer,
     items: &[EvalItem],
     tile: Option<usize>,
     keep: usize,
 ) -> Result<(Vec<ImageScore>, Vec<Image>)> {
-    let device = net_device(net)?;
+    let device = net.device()?;
     let mut kept = Vec::new();
     let mut scores = Vec::with_capacity(items.len());
     for (i, it) in items.iter().enumerate() {
@@ -144,13 +154,6 @@ pub fn evaluate_keeping(
     Ok((scores, kept))
 }
 
-fn net_device(net: &FinetuneNet) -> Result<Device> {
-    net.vars()?
-        .first()
-        .map(|(_, v)| v.device().clone())
-        .ok_or_else(|| TrainerError::Unsupported("the network has no parameters".into()))
-}
-
 /// Means of each score over images.
 pub fn mean_scores(s: &[ImageScore]) -> Scores {
     let m = |f: fn(&Scores) -> f64| {
@@ -162,91 +165,4 @@ pub fn mean_scores(s: &[ImageScore]) -> Scores {
         psnr_y: m(|x| x.psnr_y),
         ssim_y: m(|x| x.ssim_y),
     }
-}
-
-/// Images side by side with 2-pixel white gaps (all the same height), clamped to [0, 1].
-pub fn side_by_side(panels: &[&Image]) -> Result<Image> {
-    let h = panels.first().map_or(0, |p| p.height);
-    if panels.iter().any(|p| p.height != h) {
-        return Err(TrainerError::Unsupported(
-            "panels of different heights".into(),
-        ));
-    }
-    let gap = 2;
-    let width: usize =
-        panels.iter().map(|p| p.width).sum::<usize>() + gap * panels.len().saturating_sub(1);
-    let mut data = vec![1.0f32; CHANNELS * width * h];
-    let mut x0 = 0;
-    for p in panels {
-        for c in 0..CHANNELS {
-            for y in 0..h {
-                for x in 0..p.width {
-                    data[c * width * h + y * width + x0 + x] =
-                        p.data[c * p.width * h + y * p.width + x].clamp(0.0, 1.0);
-                }
-            }
-        }
-        x0 += p.width + gap;
-    }
-    Ok(Image::new(width, h, data)?)
-}
-
-/// A network rebuilt from a fine-tuning model file, with the config stored in its metadata.
-pub fn load_finetuned(path: &Path, device: &Device) -> Result<(FinetuneConfig, FinetuneNet)> {
-    let bytes = std::fs::read(path).map_err(TrainerError::io(path))?;
-    let bad = |message: String| TrainerError::Weights {
-        path: path.to_path_buf(),
-        message,
-    };
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
-    let yaml = meta
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("ifp_config"))
-        .ok_or_else(|| bad("no `ifp_config` metadata: not an ifp model file".into()))?;
-    let cfg: FinetuneConfig = serde_norway::from_str(yaml).map_err(|_| {
-        bad("its config is not a fine-tuning config (a pre-training checkpoint? fine-tune it first)".into())
-    })?;
-    let weights = load_all(path, device)?;
-    if !weights.keys().any(|k| k.starts_with("head.")) {
-        return Err(bad("no `head.*` tensors: not a fine-tuned model".into()));
-    }
-    let net = FinetuneNet::new(
-        &cfg.model,
-        Init::Tensors(weights.clone()),
-        Init::Tensors(weights),
-        cfg.head.residual,
-        device,
-    )?;
-    Ok((cfg, net))
-}
-
-/// `ifp eval`: the test images of `dir` (paired, or clean with the model's own synthetic
-/// degradation unless `noise_sigma`/`blur_sigma` override it), degraded with the model's seed.
-pub struct EvalRequest<'a> {
-    pub weights: &'a Path,
-    pub dir: &'a Path,
-    pub noise_sigma: Option<f64>,
-    pub blur_sigma: Option<f64>,
-    pub max_images: usize,
-    pub tile: Option<usize>,
-}
-
-/// Loads the network and the images, and scores every image.
-pub fn evaluate_weights(req: &EvalRequest<'_>, device: &Device) -> Result<Vec<ImageScore>> {
-    let (cfg, net) = load_finetuned(req.weights, device)?;
-    let mut entries = data::list_set(req.dir)?;
-    if req.max_images > 0 {
-        entries.truncate(req.max_images);
-    }
-    let mut deg = cfg.data.degradation();
-    if let Some(s) = req.noise_sigma {
-        deg.noise_sigma = s;
-    }
-    if let Some(s) = req.blur_sigma {
-        deg.blur_sigma = s;
-    }
-    let items = data::load_eval(&entries, &deg, cfg.seed, 0)?;
-    evaluate(&net, &items, req.tile)
 }

@@ -208,7 +208,7 @@ pub fn compare(
         let (best, path) = best_model(&dir)?.ok_or_else(|| {
             TrainerError::Resume(format!("{}: no validated checkpoint", dir.display()))
         })?;
-        let (_, net) = eval::load_finetuned(&path, device)?;
+        let (_, net) = super::evaluate::load_finetuned(&path, device)?;
         let (per, kept) = eval::evaluate_keeping(&net, &test, spec.tile, spec.showcase)?;
         let mean = eval::mean_scores(&per);
         on_event(CompareEvent::Evaluated {
@@ -276,7 +276,7 @@ pub fn compare(
         let mut panels = vec![&it.input];
         panels.extend(shows.iter().map(|s| &s[k]));
         panels.push(&it.target);
-        let strip = eval::side_by_side(&panels)?;
+        let strip = crate::data::panels::row(&panels, 2);
         let stem = it
             .name
             .rsplit_once('.')

@@ -35,13 +35,7 @@ pub struct Entry {
     pub input: Option<PathBuf>,
 }
 
-/// A loaded evaluation image: degraded input and clean target, same size.
-#[derive(Debug, Clone)]
-pub struct EvalItem {
-    pub name: String,
-    pub input: Image,
-    pub target: Image,
-}
+pub use crate::eval::EvalItem;
 
 /// "norain-2" < "norain-10": digit runs compare by value, the rest byte-wise.
 pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {

@@ -13,6 +13,7 @@
 pub mod compare;
 pub mod config;
 pub mod data;
+pub mod evaluate;
 pub mod net;
 
 use std::path::{Path, PathBuf};
@@ -22,15 +23,18 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 pub use config::{FinetuneConfig, HeadConfig, TaskData};
-pub use net::{FinetuneNet, Init};
+pub use net::FinetuneNet;
+
+use crate::models::WeightSource;
 
 use crate::batch::SamplerState;
 use crate::checkpoint::{self, Checkpoint, TrainingState, STATE_VERSION};
 use crate::data::image::Image;
+use crate::driver;
 use crate::error::{Result, TrainerError};
 use crate::eval::{self, metrics::Scores};
-use crate::optim::{clip_grad_norm, AdamW, LrSchedule};
-use crate::train::{Control, Progress, TrainOptions};
+use crate::optim::{AdamW, LrSchedule};
+use crate::train::{Control, PhaseTimes, Progress, StepStats, TrainOptions};
 
 const ENCODER_STREAM: u64 = 0xF17E_0E4C;
 const HEAD_STREAM: u64 = 0xF17E_4EAD;
@@ -122,13 +126,13 @@ impl Finetuner {
     /// A fresh run: encoder from `cfg.init` (or seeded), new head, data loaded and split.
     pub fn new(cfg: &FinetuneConfig, device: &Device) -> Result<Self> {
         let enc = match &cfg.init {
-            Some(p) => Init::Tensors(net::load_all(p, device)?),
-            None => Init::Seed(cfg.seed ^ ENCODER_STREAM),
+            Some(p) => WeightSource::Tensors(net::load_all(p, device)?),
+            None => WeightSource::Init(cfg.seed ^ ENCODER_STREAM),
         };
         let net = FinetuneNet::new(
             &cfg.model,
             enc,
-            Init::Seed(cfg.seed ^ HEAD_STREAM),
+            WeightSource::Init(cfg.seed ^ HEAD_STREAM),
             cfg.head.residual,
             device,
         )?;
@@ -179,73 +183,34 @@ impl Finetuner {
         &self.history
     }
 
-    /// Restores weights, optimiser, data streams, step and history from `dir` at `step`.
-    pub fn restore(&mut self, dir: &Path, step: usize) -> Result<()> {
-        let spath = checkpoint::state_path(dir, step);
-        let (opt_state, state) = checkpoint::load_state(&spath, &self.device)?;
-        if state.step != step {
-            return Err(TrainerError::Resume(format!(
-                "{}: records step {}, its name says {step}",
-                spath.display(),
-                state.step
-            )));
-        }
-        check_same_run(&self.cfg, &state.config_yaml, &spath)?;
-        let weights = net::load_all(&checkpoint::model_path(dir, step), &self.device)?;
-        let net = FinetuneNet::new(
-            &self.cfg.model,
-            Init::Tensors(weights.clone()),
-            Init::Tensors(weights),
-            self.cfg.head.residual,
-            &self.device,
-        )?;
-        let mut fresh = Self::with_network(&self.cfg, &self.device, net)?;
-        fresh.opt.load_state(&opt_state, step)?;
-        fresh.data.restore(state.sampler.crop, state.sampler.mask);
-        fresh.step = step;
-        fresh.history = read_history(dir)?
-            .into_iter()
-            .filter(|p| p.step <= step)
-            .collect();
-        *self = fresh;
-        Ok(())
-    }
-
-    /// One optimiser step of L1 loss on a fresh batch; returns (loss, lr, grad norm).
-    pub fn train_step(&mut self) -> Result<(f64, f64, f64)> {
-        crate::threads::on_workers(|| self.step_once())
-    }
-
-    fn step_once(&mut self) -> Result<(f64, f64, f64)> {
+    fn step_once(&mut self) -> Result<StepStats> {
         let k = self.step;
+        let t0 = Instant::now();
         let batch = self
             .data
             .next_batch(self.cfg.data.batch_size, &self.device)?;
+        let t1 = Instant::now();
         let pred = self.net.forward(&batch.input)?;
         let loss = (&pred - &batch.target)?.abs()?.mean_all()?;
-        let loss_v = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-        if !loss_v.is_finite() {
-            return Err(TrainerError::NonFinite {
-                step: k + 1,
-                what: format!("the loss ({loss_v})"),
-            });
-        }
-        let mut grads = loss.backward()?;
         let vars: Vec<_> = self.net.vars()?.into_iter().map(|(_, v)| v).collect();
-        let grad_norm = clip_grad_norm(&mut grads, &vars, self.cfg.train.clip_grad)?;
-        if !grad_norm.is_finite() {
-            return Err(TrainerError::NonFinite {
-                step: k + 1,
-                what: format!("the gradient norm ({grad_norm})"),
-            });
-        }
         let lr = self.sched.lr_for_step(k);
-        self.opt.step(&grads, lr)?;
+        let clip = self.cfg.train.clip_grad;
+        let o = driver::optimiser_step(&loss, &vars, clip, &mut self.opt, lr, k)?;
         self.step += 1;
-        self.loss_sum += loss_v;
+        self.loss_sum += o.loss;
         self.loss_n += 1;
         self.last = Some((batch.first_input, batch.first_target, pred.get(0)?.detach()));
-        Ok((loss_v, lr, grad_norm))
+        Ok(StepStats {
+            loss: o.loss,
+            lr,
+            grad_norm: o.grad_norm,
+            phases: PhaseTimes {
+                data: t1 - t0,
+                forward: o.forward_done - t1,
+                backward: o.backward_done - o.forward_done,
+                optimizer: o.backward_done.elapsed(),
+            },
+        })
     }
 
     /// Mean scores on the validation images (whole images or their centre crops).
@@ -264,9 +229,43 @@ impl Finetuner {
         self.loss_n = 0;
         Ok(p)
     }
+}
+
+/// A fine-tuning config in the form a resume compares: only the length and the print/save
+/// frequencies may change. The initial weights are compared by content, not by path: a platform
+/// job resumed in a new attempt finds its pre-trained encoder in the new attempt's folder.
+fn same_run_form(cfg: &FinetuneConfig) -> String {
+    let mut c = cfg.clone();
+    c.init = c.init.map(|p| PathBuf::from(checkpoint::content_id(&p)));
+    c.train.steps = None;
+    c.train.epochs = 0;
+    c.print_freq = 1;
+    c.save_freq = 1;
+    c.to_yaml()
+}
+
+/// Fine-tuning as the driver steps it.
+impl driver::Run for Finetuner {
+    type Note = ValPoint;
+
+    fn step(&self) -> usize {
+        self.step
+    }
+
+    fn cadence(&self) -> driver::Cadence {
+        driver::Cadence {
+            batch_size: self.cfg.data.batch_size,
+            save_freq: self.cfg.save_freq,
+        }
+    }
+
+    /// One optimiser step of L1 loss on a fresh batch.
+    fn train_step(&mut self) -> Result<StepStats> {
+        crate::threads::on_workers(|| self.step_once())
+    }
 
     /// Validates, then writes the checkpoint of the current step and the history into `dir`.
-    pub fn save_checkpoint(&mut self, dir: &Path) -> Result<(ValPoint, Checkpoint)> {
+    fn save_checkpoint(&mut self, dir: &Path) -> Result<(Checkpoint, ValPoint)> {
         let point = self.validate()?;
         self.history.retain(|p| p.step < self.step);
         self.history.push(point);
@@ -293,7 +292,7 @@ impl Finetuner {
         let sample = match &self.last {
             Some((x, t, y)) => {
                 let y = eval::tensor_to_image(y)?;
-                let strip = eval::side_by_side(&[x, &y, t])?;
+                let strip = crate::data::panels::row(&[x, &y, t], 2);
                 Some(checkpoint::write_atomic(
                     &checkpoint::sample_path(dir, self.step),
                     &checkpoint::png_bytes(&strip)?,
@@ -304,46 +303,47 @@ impl Finetuner {
         let json = serde_json::to_vec_pretty(&self.history)
             .map_err(|e| TrainerError::Unsupported(format!("cannot encode history: {e}")))?;
         checkpoint::write_atomic(&history_path(dir), &json)?;
-        Ok((
-            point,
-            Checkpoint {
-                step: self.step,
-                model,
-                state,
-                sample,
-            },
-        ))
+        let ck = Checkpoint {
+            step: self.step,
+            model,
+            state,
+            sample,
+        };
+        Ok((ck, point))
     }
-}
 
-/// A resumed run must be the same run: only the length and print/save frequencies may change.
-fn check_same_run(cfg: &FinetuneConfig, stored_yaml: &str, path: &Path) -> Result<()> {
-    let stored: FinetuneConfig = serde_norway::from_str(stored_yaml).map_err(|e| {
-        TrainerError::Resume(format!("{}: unreadable stored config: {e}", path.display()))
-    })?;
-    let normalise = |c: &FinetuneConfig| {
-        let mut c = c.clone();
-        c.train.steps = None;
-        c.train.epochs = 0;
-        c.print_freq = 1;
-        c.save_freq = 1;
-        c.to_yaml()
-    };
-    let (a, b) = (normalise(cfg), normalise(&stored));
-    if a != b {
-        let diff = a
-            .lines()
-            .zip(b.lines())
-            .find(|(x, y)| x != y)
-            .map(|(x, y)| format!(" (now `{}`, was `{}`)", x.trim(), y.trim()))
-            .unwrap_or_default();
-        return Err(TrainerError::Resume(format!(
-            "the fine-tuning config differs from the one {} was written with{diff}; resume \
-             with the same config (only the number of steps may change)",
-            path.display()
-        )));
+    /// Restores weights, optimiser, data streams, step and history from `dir` at `step`.
+    fn restore(&mut self, dir: &Path, step: usize) -> Result<()> {
+        let (opt_state, state) = driver::load_state_for_resume(
+            dir,
+            step,
+            &self.device,
+            &same_run_form(&self.cfg),
+            |yaml| {
+                serde_norway::from_str::<FinetuneConfig>(yaml)
+                    .map(|c| same_run_form(&c))
+                    .map_err(|e| e.to_string())
+            },
+        )?;
+        let weights = net::load_all(&checkpoint::model_path(dir, step), &self.device)?;
+        let net = FinetuneNet::new(
+            &self.cfg.model,
+            WeightSource::Tensors(weights.clone()),
+            WeightSource::Tensors(weights),
+            self.cfg.head.residual,
+            &self.device,
+        )?;
+        let mut fresh = Self::with_network(&self.cfg, &self.device, net)?;
+        fresh.opt.load_state(&opt_state, step)?;
+        fresh.data.restore(state.sampler.crop, state.sampler.mask);
+        fresh.step = step;
+        fresh.history = read_history(dir)?
+            .into_iter()
+            .filter(|p| p.step <= step)
+            .collect();
+        *self = fresh;
+        Ok(())
     }
-    Ok(())
 }
 
 /// Runs a whole fine-tuning job into `opts.out_dir` (resuming from its newest complete
@@ -353,59 +353,30 @@ pub fn finetune(
     opts: &TrainOptions,
     mut on_event: impl FnMut(Event<'_>) -> Control,
 ) -> Result<FinetuneSummary> {
-    std::fs::create_dir_all(&opts.out_dir).map_err(TrainerError::io(&opts.out_dir))?;
     let mut ft = Finetuner::new(cfg, &opts.device)?;
-    let mut resumed_from = None;
-    if opts.resume {
-        if let Some(step) = checkpoint::latest_complete(&opts.out_dir) {
-            ft.restore(&opts.out_dir, step)?;
-            resumed_from = Some(step);
-        }
-    }
     let total = cfg.total_steps();
-    on_event(Event::Started {
-        start_step: ft.step(),
-        total_steps: total,
-        parameters: ft.network().num_parameters()?,
-        train_images: ft.data.len(),
-        val_images: ft.val.len(),
-    });
-    let mut final_loss = None;
-    let mut stopped = false;
-    let mut clock = crate::train::EtaClock::default();
-    while ft.step() < total {
-        let t0 = Instant::now();
-        let (loss, lr, grad_norm) = ft.train_step()?;
-        let dt = t0.elapsed();
-        let done = ft.step();
-        final_loss = Some(loss);
-        let progress = Progress {
-            step: done,
+    let parameters = ft.network().num_parameters()?;
+    let (train_images, val_images) = (ft.data.len(), ft.val.len());
+    let d = driver::drive(&mut ft, total, opts, |tick| match tick {
+        driver::Tick::Started { start_step } => on_event(Event::Started {
+            start_step,
             total_steps: total,
-            loss,
-            lr,
-            grad_norm,
-            images_per_sec: cfg.data.batch_size as f64 / dt.as_secs_f64().max(1e-9),
-            step_time: dt,
-            eta: clock.eta(dt, total - done),
-        };
-        let control = on_event(Event::Step(&progress));
-        if done % cfg.save_freq == 0 || done == total || control == Control::Stop {
-            let (point, ck) = ft.save_checkpoint(&opts.out_dir)?;
-            on_event(Event::Validated(&point));
-            on_event(Event::Checkpoint(&ck));
+            parameters,
+            train_images,
+            val_images,
+        }),
+        driver::Tick::Step(p) => on_event(Event::Step(p)),
+        driver::Tick::Checkpoint(ck, point) => {
+            on_event(Event::Validated(point));
+            on_event(Event::Checkpoint(ck))
         }
-        if control == Control::Stop && done < total {
-            stopped = true;
-            break;
-        }
-    }
+    })?;
     Ok(FinetuneSummary {
         steps_done: ft.step(),
-        final_loss,
+        final_loss: d.final_loss,
         best: best_of(ft.history()),
         history: ft.history().to_vec(),
-        stopped,
-        resumed_from,
+        stopped: d.stopped,
+        resumed_from: d.resumed_from,
     })
 }

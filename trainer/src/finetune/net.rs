@@ -14,23 +14,14 @@ use candle_core::{DType, Device, Module, Tensor, Var};
 
 use crate::config::{ModelConfig, ModelType};
 use crate::error::{Result, TrainerError};
-use crate::models::ops::Conv2d;
+use crate::models::layers::Conv2d;
 use crate::models::restormer::Restormer;
-use crate::models::ParamStore;
+use crate::models::{ParamStore, WeightSource};
 
-/// ImageNet statistics of the pre-training input normalisation (DESIGN 1.4).
+/// ImageNet statistics: the pre-training normalises its input with them, so a fine-tuned
+/// encoder must see inputs normalised the same way.
 const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 const STD: [f32; 3] = [0.229, 0.224, 0.225];
-
-/// Where the weights of one part (encoder or head) come from.
-pub enum Init {
-    /// Fresh weights drawn from this seed (the "from scratch" arm, and every new head).
-    Seed(u64),
-    /// Named tensors with full keys; only the part's own prefix (`encoder.` or `head.`) is
-    /// used, so a pre-training checkpoint (whose `decoder.*` is dropped), a fine-tuning
-    /// checkpoint or reference-named PyTorch weights all work.
-    Tensors(HashMap<String, Tensor>),
-}
 
 /// Encoder + one-convolution head.
 pub struct FinetuneNet {
@@ -43,10 +34,10 @@ pub struct FinetuneNet {
     std: Tensor,
 }
 
-fn store(init: Init, device: &Device) -> ParamStore {
+fn store(init: WeightSource, device: &Device) -> ParamStore {
     match init {
-        Init::Seed(s) => ParamStore::init(s, DType::F32, device),
-        Init::Tensors(t) => ParamStore::load(t, DType::F32, device),
+        WeightSource::Init(s) => ParamStore::init(s, DType::F32, device),
+        WeightSource::Tensors(t) => ParamStore::load(t, DType::F32, device),
     }
 }
 
@@ -79,8 +70,8 @@ impl FinetuneNet {
     /// Uformer's encoder hands token tensors and skips to its decoder, not one feature map.
     pub fn new(
         model: &ModelConfig,
-        encoder: Init,
-        head: Init,
+        encoder: WeightSource,
+        head: WeightSource,
         residual: bool,
         device: &Device,
     ) -> Result<Self> {
@@ -92,24 +83,24 @@ impl FinetuneNet {
             ));
         }
         let enc_src = match encoder {
-            Init::Seed(s) => Init::Seed(s),
-            Init::Tensors(t) => {
+            WeightSource::Init(s) => WeightSource::Init(s),
+            WeightSource::Tensors(t) => {
                 let t = keep_prefix(t, "encoder.");
                 if t.is_empty() {
                     return Err(TrainerError::Unsupported(
                         "the initial weights hold no `encoder.*` tensors".into(),
                     ));
                 }
-                Init::Tensors(t)
+                WeightSource::Tensors(t)
             }
         };
         let head_src = match head {
-            Init::Seed(s) => Init::Seed(s),
-            Init::Tensors(t) => Init::Tensors(keep_prefix(t, "head.")),
+            WeightSource::Init(s) => WeightSource::Init(s),
+            WeightSource::Tensors(t) => WeightSource::Tensors(keep_prefix(t, "head.")),
         };
         let (enc_loaded, head_loaded) = (
-            matches!(enc_src, Init::Tensors(_)),
-            matches!(head_src, Init::Tensors(_)),
+            matches!(enc_src, WeightSource::Tensors(_)),
+            matches!(head_src, WeightSource::Tensors(_)),
         );
         let encoder_params = store(enc_src, device);
         let head_params = store(head_src, device);
@@ -211,4 +202,17 @@ pub fn stored_model_config(path: &std::path::Path) -> Result<Option<ModelConfig>
     Ok(serde_norway::from_str::<super::FinetuneConfig>(yaml)
         .ok()
         .map(|c| c.model))
+}
+
+impl crate::eval::Restorer for FinetuneNet {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        FinetuneNet::forward(self, x)
+    }
+
+    fn device(&self) -> Result<Device> {
+        self.vars()?
+            .first()
+            .map(|(_, v)| v.device().clone())
+            .ok_or_else(|| TrainerError::Unsupported("the network has no parameters".into()))
+    }
 }

@@ -6,7 +6,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::init::NonLinearity;
 use candle_nn::{Init, VarBuilder};
 
-use super::ops::{Activation, Conv2d};
+use super::layers::{Activation, Conv2d};
 use crate::config::DecoderConfig;
 
 /// BasicSR's `initialize_weights(..., scale=0.1)`: kaiming-normal (fan-in, ReLU gain) times 0.1,

@@ -3,10 +3,8 @@
 //! config with the reference's parameter (and buffer) names, from fresh seeded weights or from a
 //! safetensors file (strict: every key present, none left over).
 
-pub mod amp;
 pub mod head;
-pub mod kernels;
-pub mod ops;
+pub mod layers;
 pub mod params;
 pub mod restormer;
 pub mod uformer;
@@ -20,6 +18,7 @@ pub use params::ParamStore;
 
 use crate::config::{Amp, Config, ModelType};
 use crate::error::{Result, TrainerError};
+use crate::kernels::amp;
 
 /// The backbone/head pair of each `MODEL.TYPE`: Restormer's image-shaped features feed the
 /// SRResNet head; Uformer's decoder takes the encoder's five token tensors (skips included).
@@ -34,11 +33,14 @@ enum Body {
     },
 }
 
-/// Where the parameters of a new network come from.
+/// Where the parameters of a new network (or of one part of it) come from.
 pub enum WeightSource {
-    /// Fresh weights drawn from this seed.
+    /// Fresh weights drawn from this seed (a pre-training run, the "from scratch" arm of a
+    /// comparison, every new fine-tuning head).
     Init(u64),
-    /// Named tensors with the reference's full keys (`encoder.`/`decoder.` prefixed).
+    /// Named tensors with the reference's full keys (`encoder.`/`decoder.`/`head.` prefixed).
+    /// A fine-tuning network takes only each part's own prefix, so a pre-training checkpoint
+    /// (its `decoder.*` dropped), a fine-tuning checkpoint or reference PyTorch weights all work.
     Tensors(HashMap<String, Tensor>),
 }
 

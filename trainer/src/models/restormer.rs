@@ -6,13 +6,11 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::amp;
-use super::kernels;
-use super::ops::{
-    gelu, l2_normalize_last, pixel_shuffle, pixel_unshuffle, reflect_pad_end, softmax_last,
-    ChannelLayerNorm, Conv2d,
-};
+use candle_nn::ops::{pixel_shuffle, pixel_unshuffle};
+
+use super::layers::{reflect_pad_end, ChannelLayerNorm, Conv2d};
 use crate::config::RestormerConfig;
+use crate::kernels;
 
 /// Multi-DConv Head Transposed (channel) Attention.
 struct Attention {
@@ -48,45 +46,10 @@ impl Attention {
             kernels::depthwise_channel_attention(&p, wt, k, &self.temperature, self.heads)?
         } else {
             let qkv = self.qkv_dwconv.forward(&p)?;
-            // The fused op multiplies in float32: under autocast the products take the
-            // composed path, which runs them in the low dtype as PyTorch does.
-            if kernels::applicable(&qkv) && amp::low_dtype().is_none() {
-                kernels::channel_attention(&qkv, &self.temperature, self.heads)?
-            } else {
-                channel_attention_composed(&qkv, &self.temperature, self.heads)?
-            }
+            kernels::channel_attention(&qkv, &self.temperature, self.heads)?
         };
         self.project_out.forward_residual(&out, residual)
     }
-}
-
-/// The channel attention from tensor ops (any device and dtype; products under autocast): the
-/// reference for `kernels::channel_attention`. qkv (B, 3C, H, W), temperature (heads, 1, 1)
-/// -> (B, C, H, W).
-pub fn channel_attention_composed(
-    qkv: &Tensor,
-    temperature: &Tensor,
-    heads: usize,
-) -> Result<Tensor> {
-    let (b, c3, h, w) = qkv.dims4()?;
-    let c = c3 / 3;
-    let ch = c / heads;
-    // (B, C, H, W) -> (B, heads, C/heads, H*W)
-    let split = |i: usize| qkv.narrow(1, i * c, c)?.reshape((b, heads, ch, h * w));
-    let q = l2_normalize_last(&split(0)?)?;
-    let k = l2_normalize_last(&split(1)?)?;
-    let v = split(2)?;
-    // (B, heads, ch, ch), scaled per head
-    let attn = amp::matmul(&q, &k.t()?)?.broadcast_mul(&temperature.unsqueeze(0)?)?;
-    let attn = softmax_last(&attn)?;
-    amp::matmul(&attn, &v.contiguous()?)?.reshape((b, c, h, w))
-}
-
-/// The GDFN gate `gelu(x1) * x2` of the channel halves of x (B, 2h, H, W), from tensor ops: the
-/// reference for `kernels::gelu_gate`.
-pub fn gelu_gate_composed(x: &Tensor) -> Result<Tensor> {
-    let hidden = x.dim(1)? / 2;
-    gelu(&x.narrow(1, 0, hidden)?)? * x.narrow(1, hidden, hidden)?
 }
 
 /// Gated-Dconv Feed-forward Network.
@@ -115,12 +78,7 @@ impl FeedForward {
         let gated = if let Some(wt) = self.dwconv.fusable_depthwise_weight(&p) {
             kernels::depthwise_gelu_gate(&p, wt, self.dwconv.kernel_size())?
         } else {
-            let y = self.dwconv.forward(&p)?;
-            if kernels::applicable(&y) {
-                kernels::gelu_gate(&y)?
-            } else {
-                gelu_gate_composed(&y)?
-            }
+            kernels::gelu_gate(&self.dwconv.forward(&p)?)?
         };
         self.project_out.forward_residual(&gated, residual)
     }

@@ -9,10 +9,10 @@ use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use super::drop_path::{self, DropPathRng};
-use super::kernels;
 use super::{err, side};
-use crate::models::amp;
-use crate::models::ops::Conv2d;
+use crate::kernels::amp;
+use crate::kernels::token as kernels;
+use crate::models::layers::Conv2d;
 
 const MLP_RATIO: usize = 4;
 /// Added to attention logits of token pairs that a cyclic shift brought together.

@@ -24,7 +24,6 @@ use crate::config::UformerConfig;
 
 mod block;
 pub mod drop_path;
-pub mod kernels;
 mod sampling;
 
 use block::{Layer, LevelSpec};

@@ -5,10 +5,10 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use super::kernels;
 use super::{err, side};
-use crate::models::amp;
-use crate::models::ops::{leaky_relu, Conv2d};
+use crate::kernels::amp;
+use crate::kernels::token as kernels;
+use crate::models::layers::{leaky_relu, Conv2d};
 
 /// PyTorch's default conv init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), weight and bias alike.
 fn torch_uniform(fan_in: usize) -> Init {
@@ -19,7 +19,7 @@ fn torch_uniform(fan_in: usize) -> Init {
 /// `Downsample`: Conv2d(C, O, 4, stride 2, padding 1) on the token grid. Written as a stride-2
 /// im2col (the padded grid split into its four 2x2 phases, each tap a shifted view) and one
 /// matrix product, so its backward is slicing plus GEMMs instead of candle's naive
-/// transposed-convolution loop (DESIGN 4). Public so the tests can compare it with `conv2d`.
+/// transposed-convolution loop (its `conv_transpose2d` backward is a slow scalar loop). Public so the tests can compare it with `conv2d`.
 pub struct Downsample {
     weight: Tensor,
     bias: Tensor,

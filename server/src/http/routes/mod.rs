@@ -1,0 +1,54 @@
+//! The HTTP application: the API under `/api/v1` (bearer token), `/healthz`, `/metrics`,
+//! `/openapi.json`, and the web pages (`pages`).
+
+mod checkpoints;
+mod events;
+mod health;
+pub mod jobs;
+pub mod openapi;
+pub mod pages;
+pub mod prometheus;
+
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::trace::TraceLayer;
+
+use crate::error::Error;
+use crate::http::state::AppState;
+
+/// Request bodies above this are refused with 413 (a config is a few KiB).
+pub const BODY_LIMIT: usize = 1 << 20;
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/jobs", post(jobs::create).get(jobs::list))
+        .route("/jobs/{id}", get(jobs::get))
+        .route("/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/jobs/{id}/metrics", get(jobs::metrics))
+        .route("/jobs/{id}/events", get(events::stream))
+        .route("/jobs/{id}/checkpoints", get(checkpoints::list))
+        .route("/jobs/{id}/checkpoints/{name}", get(checkpoints::download))
+        .route("/jobs/{id}/samples/{step}", get(checkpoints::sample))
+        .route(
+            "/uploads",
+            post(crate::jobs::uploads::create)
+                .layer(DefaultBodyLimit::max(crate::jobs::uploads::MAX_BYTES + 1)),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            prometheus::track,
+        ));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(health::healthz))
+        .route("/metrics", get(prometheus::metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .merge(pages::router())
+        .fallback(|| async { Error::NotFound })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

@@ -1,0 +1,228 @@
+//! `/jobs/new/compare`: the form of a `compare` job ("does IFP help here?"): a pre-training
+//! preset and its length, a fine-tuning config in YAML (data folders relative to the server's
+//! datasets folder), how many test images to show side by side.
+
+use askama::Template;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use serde::Deserialize;
+
+use super::form::Errors;
+use super::{render, Layout, PageResult, Viewer};
+use crate::error::Error;
+use crate::http::state::AppState;
+use crate::jobs::compare::{CompareJob, MAX_SHOWCASE};
+use crate::jobs::service::{self, Submission};
+use crate::jobs::spec::JobSpec;
+use crate::queue::DEFAULT_MAX_ATTEMPTS;
+
+/// The fine-tuning config the form starts with: sigma-25 denoising, CBSD68 crops, Kodak24 test.
+pub(super) const DENOISE: &str = "\
+# Denoising, sigma 25: train on CBSD68 crops, test on Kodak24.
+# Folders are relative to the server's datasets folder.
+DATA:
+  TRAIN_DIR: clean/CBSD68
+  TEST_DIR: clean/Kodak24
+  NOISE_SIGMA: 25
+  CROP: 40
+  BATCH_SIZE: 8
+  VAL_IMAGES: 4
+TRAIN:
+  STEPS: 500
+  WARMUP_EPOCHS: 50
+  BASE_LR: 1.0e-3
+SAVE_FREQ: 100
+SEED: 0
+";
+
+/// Deraining on Rain100H, every 5th pair held out for testing.
+const DERAIN: &str = "\
+# Deraining: Rain100H pairs (input/ and target/), every 5th pair (name order) is a test pair.
+DATA:
+  TRAIN_DIR: rain/Rain100H
+  SPLIT_EVERY: 5
+  CROP: 40
+  BATCH_SIZE: 8
+  VAL_IMAGES: 4
+TRAIN:
+  STEPS: 500
+  WARMUP_EPOCHS: 50
+  BASE_LR: 1.0e-3
+SAVE_FREQ: 100
+SEED: 0
+";
+
+/// Pre-training presets a comparison can start from (fine-tuning takes Restormer encoders).
+const PRESETS: [&str; 2] = ["tiny", "restormer-paper"];
+
+#[derive(Template)]
+#[template(path = "new_compare.html")]
+struct ComparePage {
+    layout: Layout,
+    name: String,
+    preset: String,
+    presets: &'static [&'static str],
+    pretrain_steps: String,
+    finetune_yaml: String,
+    showcase: String,
+    max_showcase: usize,
+    priority: String,
+    examples: [(&'static str, &'static str); 2],
+    datasets: Option<String>,
+    errors: Errors,
+}
+
+impl ComparePage {
+    fn is_preset(&self, p: &str) -> bool {
+        self.preset == p
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct CompareForm {
+    csrf: String,
+    name: String,
+    preset: String,
+    pretrain_steps: String,
+    finetune_yaml: String,
+    showcase: String,
+    priority: String,
+}
+
+/// `GET /jobs/new/compare`.
+pub async fn show(State(state): State<AppState>, viewer: Viewer) -> Response {
+    let f = CompareForm {
+        name: "does IFP help: denoising".into(),
+        preset: "tiny".into(),
+        pretrain_steps: "400".into(),
+        finetune_yaml: DENOISE.into(),
+        showcase: "3".into(),
+        priority: "0".into(),
+        ..Default::default()
+    };
+    page(&state, &viewer, f, Errors::new(), StatusCode::OK)
+}
+
+/// `POST /jobs/new/compare`.
+pub async fn submit_form(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    headers: HeaderMap,
+    Form(f): Form<CompareForm>,
+) -> PageResult<Response> {
+    viewer.check_form(&headers, &f.csrf)?;
+    let mut errors = Errors::new();
+    let number = |field: &str, raw: &str, errors: &mut Errors| -> Option<i64> {
+        raw.trim().parse::<i64>().map_or_else(
+            |_| {
+                errors.insert(field.into(), format!("`{raw}` is not a whole number"));
+                None
+            },
+            Some,
+        )
+    };
+    let steps = number("pretrain_steps", &f.pretrain_steps, &mut errors);
+    let showcase = number("showcase", &f.showcase, &mut errors);
+    let priority = number("priority", &f.priority, &mut errors);
+    let mut pretrain =
+        ifp_trainer::config::preset(&f.preset).filter(|_| PRESETS.contains(&f.preset.as_str()));
+    if pretrain.is_none() {
+        errors.insert(
+            "preset".into(),
+            format!("choose one of {}", PRESETS.join(", ")),
+        );
+    }
+    match (steps, pretrain.as_mut()) {
+        (Some(s), Some(p)) if s >= 1 => p.train.steps = Some(s as usize),
+        (Some(_), _) => {
+            errors.insert("pretrain_steps".into(), "at least 1".into());
+        }
+        _ => {}
+    }
+    let finetune = match ifp_trainer::finetune::FinetuneConfig::from_yaml(&f.finetune_yaml) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            errors.insert("finetune_yaml".into(), e.to_string());
+            None
+        }
+    };
+    let (Some(pretrain), Some(finetune), Some(showcase), Some(priority), true) =
+        (pretrain, finetune, showcase, priority, errors.is_empty())
+    else {
+        return Ok(page(
+            &state,
+            &viewer,
+            f,
+            errors,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ));
+    };
+    let job = CompareJob::new(
+        pretrain,
+        finetune,
+        usize::try_from(showcase).unwrap_or(usize::MAX),
+        state.datasets.as_deref(),
+    )
+    .map(|job| (job, i32::try_from(priority).unwrap_or(i32::MAX)));
+    let result = match job {
+        Ok((job, priority)) => {
+            let s = Submission {
+                name: f.name.trim().to_string(),
+                owner: viewer.caller.name.clone(),
+                priority,
+                max_attempts: DEFAULT_MAX_ATTEMPTS,
+            };
+            let spec = JobSpec::Compare(Box::new(job));
+            service::submit(&state.pool, &state.artifacts, s, &spec).await
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(job) => Ok(Redirect::to(&format!("/jobs/{}", job.id)).into_response()),
+        Err(Error::Invalid { key_path, message }) => {
+            let field = match key_path.as_deref() {
+                Some(k) if k.starts_with("FINETUNE") || k == "finetune" => "finetune_yaml",
+                Some(k @ ("name" | "priority" | "showcase")) => k,
+                _ => "form",
+            };
+            errors.insert(field.into(), message);
+            Ok(page(
+                &state,
+                &viewer,
+                f,
+                errors,
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn page(
+    state: &AppState,
+    viewer: &Viewer,
+    f: CompareForm,
+    errors: Errors,
+    status: StatusCode,
+) -> Response {
+    let p = ComparePage {
+        layout: Layout::new("New comparison", Some(viewer)),
+        name: f.name,
+        preset: f.preset,
+        presets: &PRESETS,
+        pretrain_steps: f.pretrain_steps,
+        finetune_yaml: f.finetune_yaml,
+        showcase: f.showcase,
+        max_showcase: MAX_SHOWCASE,
+        priority: f.priority,
+        examples: [
+            ("Denoising (CBSD68 → Kodak24)", DENOISE),
+            ("Deraining (Rain100H)", DERAIN),
+        ],
+        datasets: state.datasets.as_ref().map(|d| d.display().to_string()),
+        errors,
+    };
+    (status, render(&p)).into_response()
+}

@@ -1,0 +1,187 @@
+//! `/jobs/new/finetune`: the form of a `finetune` job: the initial encoder (one of the user's
+//! succeeded pre-training jobs, or from scratch) and a fine-tuning config in YAML.
+
+use askama::Template;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::form::Errors;
+use super::{render, Layout, PageResult, Viewer};
+use crate::error::Error;
+use crate::http::state::AppState;
+use crate::jobs::finetune::FinetuneJob;
+use crate::jobs::service::{self, Submission};
+use crate::jobs::spec::JobSpec;
+use crate::queue::DEFAULT_MAX_ATTEMPTS;
+
+pub struct InitChoice {
+    pub id: String,
+    pub label: String,
+}
+
+#[derive(Template)]
+#[template(path = "new_finetune.html")]
+struct FinetunePage {
+    layout: Layout,
+    name: String,
+    init_job: String,
+    choices: Vec<InitChoice>,
+    finetune_yaml: String,
+    priority: String,
+    datasets: Option<String>,
+    errors: Errors,
+}
+
+impl FinetunePage {
+    fn is_init(&self, id: &str) -> bool {
+        self.init_job == id
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct FinetuneForm {
+    csrf: String,
+    name: String,
+    init_job: String,
+    finetune_yaml: String,
+    priority: String,
+}
+
+/// `GET /jobs/new/finetune`.
+pub async fn show(State(state): State<AppState>, viewer: Viewer) -> PageResult<Response> {
+    let choices = choices(&state, &viewer).await?;
+    let f = FinetuneForm {
+        name: "fine-tune: denoising".into(),
+        init_job: choices.first().map(|c| c.id.clone()).unwrap_or_default(),
+        finetune_yaml: super::compare::DENOISE.into(),
+        priority: "0".into(),
+        ..Default::default()
+    };
+    Ok(page(
+        &state,
+        &viewer,
+        f,
+        choices,
+        Errors::new(),
+        StatusCode::OK,
+    ))
+}
+
+/// `POST /jobs/new/finetune`.
+pub async fn submit_form(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    headers: HeaderMap,
+    Form(f): Form<FinetuneForm>,
+) -> PageResult<Response> {
+    viewer.check_form(&headers, &f.csrf)?;
+    let choices = choices(&state, &viewer).await?;
+    let mut errors = Errors::new();
+    let priority = f.priority.trim().parse::<i32>().ok();
+    if priority.is_none() {
+        errors.insert(
+            "priority".into(),
+            format!("`{}` is not a whole number", f.priority),
+        );
+    }
+    let ft = match ifp_trainer::finetune::FinetuneConfig::from_yaml(&f.finetune_yaml) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            errors.insert("finetune_yaml".into(), e.to_string());
+            None
+        }
+    };
+    let (Some(ft), Some(priority), true) = (ft, priority, errors.is_empty()) else {
+        return Ok(page(
+            &state,
+            &viewer,
+            f,
+            choices,
+            errors,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ));
+    };
+    let result = async {
+        let init = match f.init_job.trim() {
+            "" => None,
+            id => {
+                let id: Uuid = id
+                    .parse()
+                    .map_err(|_| Error::invalid(Some("init_job"), "choose a job from the list"))?;
+                Some(
+                    service::init_from_job(&state.pool, &viewer.caller.name, &id.to_string())
+                        .await?,
+                )
+            }
+        };
+        let job = FinetuneJob::new(ft, init, state.datasets.as_deref())?;
+        let s = Submission {
+            name: f.name.trim().to_string(),
+            owner: viewer.caller.name.clone(),
+            priority,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+        };
+        let spec = JobSpec::Finetune(Box::new(job));
+        service::submit(&state.pool, &state.artifacts, s, &spec).await
+    }
+    .await;
+    match result {
+        Ok(job) => Ok(Redirect::to(&format!("/jobs/{}", job.id)).into_response()),
+        Err(Error::Invalid { key_path, message }) => {
+            let field = match key_path.as_deref() {
+                Some(k) if k.starts_with("FINETUNE") || k == "finetune" || k == "MODEL.TYPE" => {
+                    "finetune_yaml"
+                }
+                Some(k @ ("name" | "priority" | "init_job")) => k,
+                _ => "form",
+            };
+            errors.insert(field.into(), message);
+            Ok(page(
+                &state,
+                &viewer,
+                f,
+                choices,
+                errors,
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The user's succeeded pre-training jobs, newest first.
+async fn choices(state: &AppState, viewer: &Viewer) -> Result<Vec<InitChoice>, Error> {
+    let rows = service::pretrained_of(&state.pool, &viewer.caller.name, 50).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, name, steps)| InitChoice {
+            id: id.to_string(),
+            label: format!("{name} ({steps} steps, {})", &id.to_string()[..8]),
+        })
+        .collect())
+}
+
+fn page(
+    state: &AppState,
+    viewer: &Viewer,
+    f: FinetuneForm,
+    choices: Vec<InitChoice>,
+    errors: Errors,
+    status: StatusCode,
+) -> Response {
+    let p = FinetunePage {
+        layout: Layout::new("New fine-tuning job", Some(viewer)),
+        name: f.name,
+        init_job: f.init_job,
+        choices,
+        finetune_yaml: f.finetune_yaml,
+        priority: f.priority,
+        datasets: state.datasets.as_ref().map(|d| d.display().to_string()),
+        errors,
+    };
+    (status, render(&p)).into_response()
+}

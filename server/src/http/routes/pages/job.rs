@@ -1,0 +1,464 @@
+//! `/jobs/{id}`: one job: status, attempts, progress with ETA, loss and learning-rate charts,
+//! sample strips, checkpoints, config and error, and a cancel button. `/jobs/{id}/live` renders
+//! the changing part alone; the page's script re-fetches it when the job's event stream says
+//! something changed.
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use chrono::Utc;
+use serde::Deserialize;
+
+use super::{render, Layout, PageResult, Viewer};
+use crate::db::rows::{CheckpointFile, Job};
+use crate::db::values::{CheckpointKind, JobKind, JobStatus};
+use crate::http::state::AppState;
+use crate::http::views::{chart, fmt};
+use crate::jobs::compare::CompareJob;
+use crate::jobs::service::{self, visible_job};
+use crate::queue;
+
+/// Sample strips shown, newest first.
+const SAMPLES: usize = 3;
+
+pub struct AttemptRow {
+    pub attempt: i32,
+    pub worker: String,
+    /// The device it trained on, with its memory (`NVIDIA H100 80GB HBM3, 79.1 GiB`).
+    pub device: String,
+    pub started: String,
+    pub finished: String,
+    pub outcome: String,
+    pub resumed_from: String,
+    pub error: String,
+}
+
+pub struct FileRow {
+    pub name: String,
+    pub kind: String,
+    pub step: i64,
+    pub size: String,
+    pub sha256: String,
+    pub url: String,
+}
+
+pub struct SampleRow {
+    pub step: i64,
+    pub url: String,
+}
+
+/// One arm of a comparison: its best validation checkpoint scored on the test set.
+pub struct ArmRow {
+    pub name: String,
+    pub best_step: String,
+    pub best_val_psnr: String,
+    pub psnr: String,
+    pub ssim: String,
+    pub psnr_y: String,
+    pub ssim_y: String,
+    pub minutes: String,
+}
+
+/// An arm minus scratch, paired per test image.
+pub struct DeltaRow {
+    pub arm: String,
+    pub psnr: String,
+    pub ssim: String,
+    pub psnr_y: String,
+    pub wins: String,
+}
+
+pub struct FileLink {
+    pub name: String,
+    pub url: String,
+}
+
+/// A finished comparison's report.
+pub struct ReportView {
+    pub test_images: u64,
+    pub arms: Vec<ArmRow>,
+    pub deltas: Vec<DeltaRow>,
+    pub val_chart: String,
+    pub showcase: Vec<FileLink>,
+    pub downloads: Vec<FileLink>,
+}
+
+/// A fine-tuning run's validation: the best checkpoint and PSNR by step.
+pub struct ValidationView {
+    pub best: String,
+    pub chart: String,
+    pub history: FileLink,
+}
+
+/// Everything the live part of the page shows.
+pub struct JobView {
+    pub job: Job,
+    pub percent: String,
+    pub loss: String,
+    pub eta: String,
+    pub images_per_sec: String,
+    pub elapsed: String,
+    pub log_scale: bool,
+    pub loss_chart: String,
+    pub lr_chart: String,
+    pub attempts: Vec<AttemptRow>,
+    pub files: Vec<FileRow>,
+    pub samples: Vec<SampleRow>,
+    pub active: bool,
+    /// For a comparison: which steps belong to which phase.
+    pub phases: Option<String>,
+    pub report: Option<ReportView>,
+    pub validation: Option<ValidationView>,
+}
+
+#[derive(Template)]
+#[template(path = "job.html")]
+struct JobPage {
+    layout: Layout,
+    v: JobView,
+    config_yaml: String,
+}
+
+#[derive(Template)]
+#[template(path = "job_live.html")]
+struct LiveFragment {
+    layout: Layout,
+    v: JobView,
+}
+
+#[derive(Deserialize)]
+pub struct Scale {
+    scale: Option<String>,
+}
+
+/// `GET /jobs/{id}`.
+pub async fn show(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+    Query(s): Query<Scale>,
+) -> PageResult<Response> {
+    let job = visible_job(&state.pool, &viewer.caller, &id).await?;
+    let config_yaml = serde_norway::to_string(&job.config).unwrap_or_default();
+    let v = view(&state, job, s.scale.as_deref() == Some("log")).await?;
+    Ok(render(&JobPage {
+        layout: Layout::new(format!("{} · job", v.job.name), Some(&viewer)),
+        v,
+        config_yaml,
+    }))
+}
+
+/// `GET /jobs/{id}/live`: the changing part of the job page.
+pub async fn live(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+    Query(s): Query<Scale>,
+) -> PageResult<Response> {
+    let job = visible_job(&state.pool, &viewer.caller, &id).await?;
+    let v = view(&state, job, s.scale.as_deref() == Some("log")).await?;
+    Ok(render(&LiveFragment {
+        layout: Layout::new("", Some(&viewer)),
+        v,
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct CancelForm {
+    csrf: String,
+}
+
+/// `POST /jobs/{id}/cancel`.
+pub async fn cancel(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<CancelForm>,
+) -> PageResult<Response> {
+    viewer.check_form(&headers, &f.csrf)?;
+    let job = visible_job(&state.pool, &viewer.caller, &id).await?;
+    queue::cancel(&state.pool, job.id).await?;
+    Ok(Redirect::to(&format!("/jobs/{}", job.id)).into_response())
+}
+
+async fn view(state: &AppState, job: Job, log_scale: bool) -> PageResult<JobView> {
+    let attempts = queue::attempts(&state.pool, job.id).await?;
+    let mut files = service::checkpoints(&state.pool, job.id).await?;
+    // Newest first.
+    files.sort_by(|a, b| b.step.cmp(&a.step).then_with(|| a.name.cmp(&b.name)));
+    let metrics: Vec<(i64, f64, f64, f64)> = sqlx::query_as(
+        "select step, loss, lr, images_per_sec from metric where job_id = $1 order by step",
+    )
+    .bind(job.id)
+    .fetch_all(&state.pool)
+    .await?;
+
+    let active = job.status.is_active();
+    let last = metrics.last().copied();
+    let batch = job
+        .config
+        .pointer("/DATA/BATCH_SIZE")
+        .and_then(|v| v.as_f64())
+        .unwrap_or(1.0);
+    let eta = match last {
+        Some((_, _, _, ips)) if job.status == JobStatus::Running && ips > 0.0 => {
+            fmt::duration((job.total_steps - job.step).max(0) as f64 * batch / ips)
+        }
+        _ => "—".into(),
+    };
+    let elapsed = match (job.started_at, job.finished_at) {
+        (Some(s), Some(f)) => fmt::duration((f - s).num_milliseconds() as f64 / 1e3),
+        (Some(s), None) if active => {
+            fmt::duration((Utc::now() - s).num_milliseconds() as f64 / 1e3)
+        }
+        _ => "—".into(),
+    };
+    let x_max = job.total_steps as f64;
+    let loss_pts: Vec<(f64, f64)> = metrics.iter().map(|m| (m.0 as f64, m.1)).collect();
+    let lr_pts: Vec<(f64, f64)> = metrics.iter().map(|m| (m.0 as f64, m.2)).collect();
+    let base = format!("/api/v1/jobs/{}", job.id);
+    let samples = files
+        .iter()
+        .filter(|f| f.kind == CheckpointKind::Sample)
+        .take(SAMPLES)
+        .map(|f| SampleRow {
+            step: f.step,
+            url: format!("{base}/samples/{}", f.step),
+        })
+        .collect();
+    let file_rows = files
+        .iter()
+        .filter(|f| matches!(f.kind, CheckpointKind::Model | CheckpointKind::State))
+        .map(|f| FileRow {
+            name: f.name.clone(),
+            kind: f.kind.to_string(),
+            step: f.step,
+            size: fmt::bytes(f.bytes),
+            sha256: f.sha256.clone(),
+            url: format!("{base}/checkpoints/{}", f.name),
+        })
+        .collect();
+    let attempts = attempts
+        .into_iter()
+        .map(|a| AttemptRow {
+            attempt: a.attempt,
+            worker: a.worker_id,
+            device: match (a.device_name, a.device_memory) {
+                (Some(n), Some(m)) => format!("{n}, {}", fmt::bytes(m)),
+                (Some(n), None) => n,
+                _ => "—".into(),
+            },
+            started: fmt::timestamp(a.started_at),
+            finished: a
+                .finished_at
+                .map(fmt::timestamp)
+                .unwrap_or_else(|| "—".into()),
+            outcome: a
+                .outcome
+                .map_or_else(|| "running".into(), |o| o.to_string()),
+            resumed_from: a
+                .resumed_from_step
+                .map(|s| format!("step {s}"))
+                .unwrap_or_else(|| "start".into()),
+            error: a.error.unwrap_or_default(),
+        })
+        .collect();
+    let phases = (job.kind == JobKind::Compare)
+        .then(|| CompareJob::from_value(&job.config).ok())
+        .flatten()
+        .map(|c| {
+            let (p, f) = (c.pretrain.total_steps(), c.finetune.total_steps());
+            format!(
+                "Steps 1–{p}: IFP pre-training · {}–{}: fine-tuning from the IFP encoder · \
+                 {}–{}: fine-tuning from scratch. The loss is the pre-training loss, then L1.",
+                p + 1,
+                p + f,
+                p + f + 1,
+                p + 2 * f
+            )
+        });
+    let report = match files
+        .iter()
+        .find(|f| f.kind == CheckpointKind::Report && f.name == "report.json")
+    {
+        Some(f) => read_report(state, f, &files, &base).await,
+        None => None,
+    };
+    let validation = match files
+        .iter()
+        .find(|f| f.kind == CheckpointKind::Report && f.name == "history.json")
+    {
+        Some(f) => read_history(state, f, &base).await,
+        None => None,
+    };
+    Ok(JobView {
+        validation,
+        phases,
+        report,
+        percent: format!(
+            "{:.1}",
+            100.0 * job.step as f64 / job.total_steps.max(1) as f64
+        ),
+        loss: job.loss.map(fmt::sig4).unwrap_or_else(|| "—".into()),
+        eta,
+        images_per_sec: last
+            .map(|m| format!("{:.1}", m.3))
+            .unwrap_or_else(|| "—".into()),
+        elapsed,
+        log_scale,
+        loss_chart: chart::line_chart(&loss_pts, x_max, log_scale, "training loss by step"),
+        lr_chart: chart::line_chart(&lr_pts, x_max, log_scale, "learning rate by step"),
+        attempts,
+        files: file_rows,
+        samples,
+        active,
+        job,
+    })
+}
+
+/// Reads a comparison's `report.json` into what the page shows; `None` if it is unreadable
+/// (the page then still lists the files).
+async fn read_report(
+    state: &AppState,
+    file: &CheckpointFile,
+    files: &[CheckpointFile],
+    base: &str,
+) -> Option<ReportView> {
+    let r: serde_json::Value = read_json(state, file).await?;
+    let pm = |v: &serde_json::Value, digits: usize| -> String {
+        match (v["mean"].as_f64(), v["se"].as_f64()) {
+            (Some(m), Some(se)) => format!("{m:.digits$} ± {se:.digits$}"),
+            _ => "—".into(),
+        }
+    };
+    let arms_json = r["arms"].as_array().cloned().unwrap_or_default();
+    let arms = arms_json
+        .iter()
+        .map(|a| ArmRow {
+            name: a["name"].as_str().unwrap_or_default().to_string(),
+            best_step: a["best_step"].to_string(),
+            best_val_psnr: a["best_val"]["psnr"]
+                .as_f64()
+                .map_or("—".into(), |v| format!("{v:.2}")),
+            psnr: pm(&a["test"]["psnr"], 2),
+            ssim: pm(&a["test"]["ssim"], 4),
+            psnr_y: pm(&a["test"]["psnr_y"], 2),
+            ssim_y: pm(&a["test"]["ssim_y"], 4),
+            minutes: a["finetune_seconds"]
+                .as_f64()
+                .map_or("—".into(), |s| format!("{:.1}", s / 60.0)),
+        })
+        .collect();
+    let deltas = r["deltas"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|d| DeltaRow {
+            arm: format!(
+                "{} − {}",
+                d["arm"].as_str().unwrap_or_default(),
+                d["baseline"].as_str().unwrap_or_default()
+            ),
+            psnr: pm(&d["diff"]["psnr"], 3),
+            ssim: pm(&d["diff"]["ssim"], 4),
+            psnr_y: pm(&d["diff"]["psnr_y"], 3),
+            wins: format!("{} of {}", d["psnr_wins"], d["images"]),
+        })
+        .collect();
+    let curves: Vec<Vec<(f64, f64)>> = arms_json
+        .iter()
+        .map(|a| {
+            a["val_curve"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|p| Some((p["step"].as_f64()?, p["psnr"].as_f64()?)))
+                .collect()
+        })
+        .collect();
+    let x_max = curves.iter().flatten().map(|p| p.0).fold(1.0, f64::max);
+    let link = |f: &CheckpointFile| FileLink {
+        name: f.name.clone(),
+        url: format!("{base}/checkpoints/{}", f.name),
+    };
+    Some(ReportView {
+        test_images: r["test_images"].as_u64().unwrap_or(0),
+        arms,
+        deltas,
+        val_chart: chart::multi_line_chart(
+            &curves,
+            x_max,
+            false,
+            "validation PSNR by fine-tuning step, one line per arm",
+        ),
+        showcase: files
+            .iter()
+            .filter(|f| f.kind == CheckpointKind::Report && f.name.ends_with(".png"))
+            .map(link)
+            .collect(),
+        downloads: files
+            .iter()
+            .filter(|f| f.kind == CheckpointKind::Report && !f.name.ends_with(".png"))
+            .map(link)
+            .collect(),
+    })
+}
+
+/// Reads a fine-tuning run's `history.json` (validation scores by step).
+async fn read_history(
+    state: &AppState,
+    file: &CheckpointFile,
+    base: &str,
+) -> Option<ValidationView> {
+    let points: Vec<serde_json::Value> = read_json(state, file).await?;
+    let curve: Vec<(f64, f64)> = points
+        .iter()
+        .filter_map(|p| Some((p["step"].as_f64()?, p["psnr"].as_f64()?)))
+        .collect();
+    let best = points
+        .iter()
+        .filter(|p| p["psnr"].as_f64().is_some())
+        .max_by(|a, b| {
+            let (x, y) = (
+                a["psnr"].as_f64().unwrap_or(0.0),
+                b["psnr"].as_f64().unwrap_or(0.0),
+            );
+            x.total_cmp(&y)
+        })
+        .map(|p| {
+            format!(
+                "Best validation PSNR {:.2} dB (SSIM {:.4}) at step {}: model-{:06}.safetensors",
+                p["psnr"].as_f64().unwrap_or(f64::NAN),
+                p["ssim"].as_f64().unwrap_or(f64::NAN),
+                p["step"],
+                p["step"].as_u64().unwrap_or(0)
+            )
+        })
+        .unwrap_or_else(|| "No validation yet".into());
+    let x_max = curve.iter().map(|p| p.0).fold(1.0, f64::max);
+    Some(ValidationView {
+        best,
+        chart: chart::line_chart(&curve, x_max, false, "validation PSNR by step"),
+        history: FileLink {
+            name: file.name.clone(),
+            url: format!("{base}/checkpoints/{}", file.name),
+        },
+    })
+}
+
+/// A listed JSON result file of the job, parsed; `None` if it is gone or unreadable (the page
+/// then still lists the files).
+async fn read_json<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    file: &CheckpointFile,
+) -> Option<T> {
+    let bytes = tokio::fs::read(state.artifacts.join(&file.path))
+        .await
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}

@@ -1,0 +1,187 @@
+//! The job service: what the API routes and the web pages both do with jobs (submit a spec,
+//! find a job the caller may see, list a job's files, pick a fine-tuning job's initial
+//! encoder). Handlers parse their own request shapes and call these; nothing here knows HTTP.
+
+use std::path::Path;
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::spec::JobSpec;
+use crate::db::rows::{CheckpointFile, Job, JOB_COLUMNS};
+use crate::db::values::{CheckpointKind, JobKind, JobStatus};
+use crate::error::{Error, Result};
+use crate::queue::{self, NewJob};
+use crate::tokens::Caller;
+
+/// The columns selected into [`CheckpointFile`].
+const CHECKPOINT_COLUMNS: &str = "name, kind, attempt, step, bytes, sha256, path, created_at";
+
+/// Who submits a job and how it is queued, besides its spec (the API and the forms alike).
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub name: String,
+    pub owner: String,
+    pub priority: i32,
+    pub max_attempts: i32,
+}
+
+/// Checks a submission and queues its spec. Errors name the field or config key at fault.
+pub async fn submit(pool: &PgPool, artifacts: &Path, s: Submission, spec: &JobSpec) -> Result<Job> {
+    spec.check_uploads(artifacts)?;
+    if s.name.trim().is_empty() || s.name.chars().count() > 200 {
+        return Err(Error::invalid(Some("name"), "must be 1 to 200 characters"));
+    }
+    if !(-1000..=1000).contains(&s.priority) {
+        return Err(Error::invalid(
+            Some("priority"),
+            "must be between -1000 and 1000",
+        ));
+    }
+    if !(1..=20).contains(&s.max_attempts) {
+        return Err(Error::invalid(
+            Some("max_attempts"),
+            "must be between 1 and 20",
+        ));
+    }
+    let total_steps = i64::try_from(spec.total_steps()).unwrap_or(0);
+    if total_steps == 0 {
+        return Err(Error::invalid(
+            Some("TRAIN.STEPS"),
+            "the run must have at least one step",
+        ));
+    }
+    queue::enqueue(
+        pool,
+        &NewJob {
+            kind: spec.kind(),
+            name: s.name,
+            owner: s.owner,
+            priority: s.priority,
+            config: spec.stored()?,
+            total_steps,
+            max_attempts: s.max_attempts,
+            device_class: spec.device_class(),
+        },
+    )
+    .await
+}
+
+/// The job a caller may see (their own; every job for admins), or 404, also for ids that are
+/// not UUIDs: another user's job does not exist for them.
+pub async fn visible_job(pool: &PgPool, caller: &Caller, id: &str) -> Result<Job> {
+    let id: Uuid = id.parse().map_err(|_| Error::NotFound)?;
+    match queue::get(pool, id).await? {
+        Some(j) if caller.is_admin || j.owner == caller.name => Ok(j),
+        _ => Err(Error::NotFound),
+    }
+}
+
+/// Every file listed for a job, oldest step first.
+pub async fn checkpoints(pool: &PgPool, job: Uuid) -> Result<Vec<CheckpointFile>> {
+    let sql = format!(
+        "select {CHECKPOINT_COLUMNS} from checkpoint where job_id = $1 order by step, name"
+    );
+    Ok(sqlx::query_as(&sql).bind(job).fetch_all(pool).await?)
+}
+
+/// One listed file of a job by name.
+pub async fn checkpoint(pool: &PgPool, job: Uuid, name: &str) -> Result<Option<CheckpointFile>> {
+    let sql =
+        format!("select {CHECKPOINT_COLUMNS} from checkpoint where job_id = $1 and name = $2");
+    Ok(sqlx::query_as(&sql)
+        .bind(job)
+        .bind(name)
+        .fetch_optional(pool)
+        .await?)
+}
+
+/// The sample strip a job wrote at `step`.
+pub async fn sample(pool: &PgPool, job: Uuid, step: i64) -> Result<Option<CheckpointFile>> {
+    let sql = format!(
+        "select {CHECKPOINT_COLUMNS} from checkpoint where job_id = $1 and kind = $2 and step = $3"
+    );
+    Ok(sqlx::query_as(&sql)
+        .bind(job)
+        .bind(CheckpointKind::Sample)
+        .bind(step)
+        .fetch_optional(pool)
+        .await?)
+}
+
+/// The initial encoder of a fine-tuning job: the newest model file of a succeeded pre-training
+/// job the caller owns (relative to the artifact store), and that job's network. Fine-tuning
+/// starts from one's own pre-training, admins included.
+pub async fn init_from_job(
+    pool: &PgPool,
+    owner: &str,
+    id: &str,
+) -> Result<(String, ifp_trainer::config::ModelConfig)> {
+    let not_usable = |why: &str| Error::invalid(Some("init_job"), format!("job {id}: {why}"));
+    let me = Caller {
+        name: owner.to_string(),
+        is_admin: false,
+    };
+    let job = visible_job(pool, &me, id)
+        .await
+        .map_err(|_| not_usable("no such job of yours"))?;
+    if job.kind != JobKind::Pretrain || job.status != JobStatus::Succeeded {
+        return Err(not_usable("not a succeeded pre-training job"));
+    }
+    let path: Option<String> = sqlx::query_scalar(
+        "select path from checkpoint where job_id = $1 and kind = $2
+         order by step desc limit 1",
+    )
+    .bind(job.id)
+    .bind(CheckpointKind::Model)
+    .fetch_optional(pool)
+    .await?;
+    let path = path.ok_or_else(|| not_usable("it has no model file"))?;
+    let cfg = ifp_trainer::Config::from_value(job.config)
+        .map_err(|e| not_usable(&format!("its config no longer parses: {e}")))?;
+    Ok((path, cfg.model))
+}
+
+/// The caller's succeeded pre-training jobs, newest first: what a fine-tuning job may start
+/// from (id, name, steps).
+pub async fn pretrained_of(
+    pool: &PgPool,
+    owner: &str,
+    limit: i64,
+) -> Result<Vec<(Uuid, String, i64)>> {
+    Ok(sqlx::query_as(
+        "select id, name, total_steps from job
+         where owner = $1 and kind = $2 and status = $3
+         order by created_at desc limit $4",
+    )
+    .bind(owner)
+    .bind(JobKind::Pretrain)
+    .bind(JobStatus::Succeeded)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// A page of the jobs a caller may see (their own; all for admins), newest first, optionally of
+/// one status.
+pub async fn list(
+    pool: &PgPool,
+    caller: &Caller,
+    status: Option<JobStatus>,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<Job>> {
+    let owner = (!caller.is_admin).then_some(caller.name.as_str());
+    let sql = format!(
+        "select {JOB_COLUMNS} from job
+         where ($1::text is null or status = $1) and ($2::text is null or owner = $2)
+         order by created_at desc, id desc limit $3 offset $4"
+    );
+    Ok(sqlx::query_as(&sql)
+        .bind(status)
+        .bind(owner)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(pool)
+        .await?)
+}

@@ -1,0 +1,197 @@
+//! Noise images users upload (web form or `POST /api/v1/uploads`): stored once under
+//! `uploads/` in the artifact store, named by their SHA-256, and referred to from a job's
+//! config as `DATA.NOISE_IMAGE: uploads/<sha256>.<png|jpg>`. A job may name only such an
+//! upload, never an arbitrary server path; workers resolve it against their artifact root, so
+//! several machines sharing one store read the same file.
+
+use std::path::{Path, PathBuf};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, ErrorBody, Result};
+use crate::http::state::AppState;
+use crate::tokens::Caller;
+
+/// The folder under the artifact root.
+pub const DIR: &str = "uploads";
+/// Largest accepted upload.
+pub const MAX_BYTES: usize = 32 << 20;
+/// Largest accepted side, as for a generated noise image.
+const MAX_SIDE: u32 = 16384;
+/// The config key an upload is used for.
+const KEY: &str = "DATA.NOISE_IMAGE";
+
+/// Checks that `bytes` is a PNG or JPEG of a sensible size and stores it (idempotently).
+/// Returns the reference a config uses, `uploads/<sha256>.<ext>`.
+pub fn store(artifacts: &Path, bytes: &[u8]) -> Result<String> {
+    if bytes.len() > MAX_BYTES {
+        return Err(Error::invalid(
+            Some(KEY),
+            format!(
+                "the image is {} bytes; at most {MAX_BYTES} are accepted",
+                bytes.len()
+            ),
+        ));
+    }
+    let format = image::guess_format(bytes).map_err(|_| {
+        Error::invalid(Some(KEY), "the file is not an image (expected PNG or JPEG)")
+    })?;
+    let ext = match format {
+        image::ImageFormat::Png => "png",
+        image::ImageFormat::Jpeg => "jpg",
+        other => {
+            return Err(Error::invalid(
+                Some(KEY),
+                format!("{other:?} images are not supported (expected PNG or JPEG)"),
+            ))
+        }
+    };
+    let decoded = image::load_from_memory_with_format(bytes, format)
+        .map_err(|e| Error::invalid(Some(KEY), format!("the image cannot be decoded: {e}")))?;
+    if decoded.width() > MAX_SIDE || decoded.height() > MAX_SIDE {
+        return Err(Error::invalid(
+            Some(KEY),
+            format!(
+                "the image is {}x{}; at most {MAX_SIDE}x{MAX_SIDE} is accepted",
+                decoded.width(),
+                decoded.height()
+            ),
+        ));
+    }
+    let name = format!("{}.{ext}", hex::encode(Sha256::digest(bytes)));
+    let dir = artifacts.join(DIR);
+    let path = dir.join(&name);
+    if !path.exists() {
+        std::fs::create_dir_all(&dir).map_err(Error::io(format!("create {}", dir.display())))?;
+        ifp_trainer::checkpoint::write_atomic(&path, bytes)?;
+    }
+    Ok(format!("{DIR}/{name}"))
+}
+
+/// [`store`] on a blocking thread (decoding a large image takes a while).
+pub async fn store_off_thread(artifacts: &Path, bytes: Bytes) -> Result<String> {
+    let artifacts = artifacts.to_path_buf();
+    tokio::task::spawn_blocking(move || store(&artifacts, &bytes))
+        .await
+        .map_err(|e| Error::Internal(format!("storing an upload: {e}")))?
+}
+
+/// Whether `reference` has the shape `store` gives (`uploads/<64 hex>.png|jpg`).
+fn well_formed(reference: &Path) -> bool {
+    let Some(s) = reference.to_str() else {
+        return false;
+    };
+    let Some(name) = s.strip_prefix("uploads/") else {
+        return false;
+    };
+    let Some((stem, ext)) = name.split_once('.') else {
+        return false;
+    };
+    stem.len() == 64
+        && stem
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        && matches!(ext, "png" | "jpg")
+}
+
+/// Refuses a config whose noise image is not an existing upload.
+pub fn check(artifacts: &Path, cfg: &ifp_trainer::Config) -> Result<()> {
+    let Some(img) = &cfg.data.noise_image else {
+        return Ok(());
+    };
+    if !well_formed(img) {
+        return Err(Error::invalid(
+            Some(KEY),
+            format!(
+                "`{}` is not an uploaded image: upload it first (POST /api/v1/uploads or the \
+                 web form) and use the `uploads/<sha256>.<ext>` reference it returns",
+                img.display()
+            ),
+        ));
+    }
+    if !artifacts.join(img).is_file() {
+        return Err(Error::invalid(
+            Some(KEY),
+            format!("no upload `{}` on this server", img.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// Points a relative noise image reference at this machine's artifact store.
+pub fn resolve(artifacts: &Path, cfg: &mut ifp_trainer::Config) {
+    if let Some(img) = &cfg.data.noise_image {
+        if img.is_relative() {
+            let full: PathBuf = artifacts.join(img);
+            cfg.data.noise_image = Some(full);
+        }
+    }
+}
+
+/// `POST /api/v1/uploads` response.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Uploaded {
+    /// Put this in `DATA.NOISE_IMAGE`.
+    pub path: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/uploads", tag = "uploads",
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "A PNG or JPEG noise image (at most 32 MiB, 16384 px a side)"),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Stored (uploading the same bytes again gives the same path)", body = Uploaded),
+        (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, description = "Not a usable PNG or JPEG", body = ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    _caller: Caller,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Uploaded>)> {
+    let path = store_off_thread(&state.artifacts, body).await?;
+    Ok((StatusCode::CREATED, Json(Uploaded { path })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png() -> Vec<u8> {
+        let img = image::RgbImage::from_pixel(5, 3, image::Rgb([10, 200, 30]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png)
+            .expect("encode");
+        out.into_inner()
+    }
+
+    #[test]
+    fn stores_by_content_and_checks_references() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = store(dir.path(), &png()).expect("store");
+        assert_eq!(r, store(dir.path(), &png()).expect("again"));
+        assert!(well_formed(Path::new(&r)), "{r}");
+        let mut cfg = ifp_trainer::config::preset("tiny").expect("tiny");
+        cfg.data.noise_image = Some(r.clone().into());
+        check(dir.path(), &cfg).expect("existing upload");
+        resolve(dir.path(), &mut cfg);
+        assert_eq!(cfg.data.noise_image, Some(dir.path().join(&r)));
+        for bad in ["/etc/passwd", "uploads/../x.png", "uploads/abc.png"] {
+            cfg.data.noise_image = Some(bad.into());
+            assert!(check(dir.path(), &cfg).is_err(), "{bad}");
+        }
+        let missing = format!("uploads/{}.png", "0".repeat(64));
+        cfg.data.noise_image = Some(missing.into());
+        assert!(check(dir.path(), &cfg).is_err());
+    }
+
+    #[test]
+    fn refuses_what_is_not_an_image() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = store(dir.path(), b"hello").expect_err("not an image");
+        assert!(e.to_string().contains("not an image"), "{e}");
+    }
+}

@@ -1,0 +1,256 @@
+//! What a worker writes about its running attempt besides heartbeats: metrics, checkpoints and
+//! the step it resumed from. Every write is fenced like a heartbeat, so a zombie worker's rows
+//! never land.
+
+use std::path::Path;
+
+use ifp_trainer::checkpoint::{Checkpoint, WrittenFile};
+use ifp_trainer::Progress;
+use sqlx::PgPool;
+
+use crate::db::values::CheckpointKind;
+use crate::error::{Error, Result};
+use crate::queue::{self, Fence};
+
+/// The SQL condition that the fence still holds (`$1` job, `$2` attempt, `$3` worker).
+const FENCE: &str = "exists (select 1 from job where id = $1 and attempt = $2 \
+                     and worker_id = $3 and status = 'running')";
+
+/// One logged step, ready to insert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricRow {
+    pub step: i64,
+    pub attempt: i32,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub images_per_sec: f64,
+}
+
+impl MetricRow {
+    pub fn from_progress(p: &Progress, attempt: i32) -> Self {
+        MetricRow {
+            step: p.step as i64,
+            attempt,
+            loss: p.loss,
+            lr: p.lr,
+            grad_norm: p.grad_norm,
+            images_per_sec: p.images_per_sec,
+        }
+    }
+}
+
+/// Inserts a batch of metrics in one statement. A resumed attempt repeats steps after its
+/// checkpoint; its values replace the lost attempt's.
+pub async fn metrics(pool: &PgPool, fence: &Fence, rows: &[MetricRow]) -> Result<()> {
+    let col = |f: fn(&MetricRow) -> f64| rows.iter().map(f).collect::<Vec<f64>>();
+    let steps: Vec<i64> = rows.iter().map(|r| r.step).collect();
+    let sql = format!(
+        "insert into metric (job_id, step, attempt, loss, lr, grad_norm, images_per_sec)
+         select $1, u.step, $2, u.loss, u.lr, u.grad_norm, u.ips
+         from unnest($4::bigint[], $5::float8[], $6::float8[], $7::float8[], $8::float8[])
+             as u(step, loss, lr, grad_norm, ips)
+         where {FENCE}
+         on conflict (job_id, step) do update
+         set attempt = excluded.attempt, loss = excluded.loss, lr = excluded.lr,
+             grad_norm = excluded.grad_norm, images_per_sec = excluded.images_per_sec,
+             created_at = now()"
+    );
+    sqlx::query(&sql)
+        .bind(fence.job_id)
+        .bind(fence.attempt)
+        .bind(&fence.worker_id)
+        .bind(steps)
+        .bind(col(|r| r.loss))
+        .bind(col(|r| r.lr))
+        .bind(col(|r| r.grad_norm))
+        .bind(col(|r| r.images_per_sec))
+        .execute(pool)
+        .await?;
+    queue::notify(pool, queue::CHANNEL_EVENT, &fence.job_id.to_string()).await
+}
+
+/// Lists the files of a checkpoint (written atomically by the trainer) in one statement, so a
+/// checkpoint is either fully listed or not at all.
+pub async fn checkpoint(
+    pool: &PgPool,
+    artifacts: &Path,
+    fence: &Fence,
+    ck: &Checkpoint,
+) -> Result<()> {
+    let mut files = vec![
+        (CheckpointKind::Model, &ck.model),
+        (CheckpointKind::State, &ck.state),
+    ];
+    if let Some(s) = &ck.sample {
+        files.push((CheckpointKind::Sample, s));
+    }
+    let mut names = vec![];
+    let mut kinds = vec![];
+    let mut bytes = vec![];
+    let mut shas = vec![];
+    let mut paths = vec![];
+    for (kind, f) in files {
+        let name =
+            f.path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+                Error::Internal(format!("bad checkpoint path {}", f.path.display()))
+            })?;
+        let rel = f.path.strip_prefix(artifacts).unwrap_or(&f.path);
+        names.push(name.to_string());
+        kinds.push(kind.as_str());
+        bytes.push(f.bytes as i64);
+        shas.push(f.sha256.clone());
+        paths.push(rel.to_string_lossy().into_owned());
+    }
+    let sql = format!(
+        "insert into checkpoint (job_id, name, kind, attempt, step, bytes, sha256, path)
+         select $1, u.name, u.kind, $2, $4, u.bytes, u.sha256, u.path
+         from unnest($5::text[], $6::text[], $7::bigint[], $8::text[], $9::text[])
+             as u(name, kind, bytes, sha256, path)
+         where {FENCE}
+         on conflict (job_id, name) do update
+         set kind = excluded.kind, attempt = excluded.attempt, step = excluded.step,
+             bytes = excluded.bytes, sha256 = excluded.sha256, path = excluded.path,
+             updated_at = now()"
+    );
+    sqlx::query(&sql)
+        .bind(fence.job_id)
+        .bind(fence.attempt)
+        .bind(&fence.worker_id)
+        .bind(ck.step as i64)
+        .bind(names)
+        .bind(kinds)
+        .bind(bytes)
+        .bind(shas)
+        .bind(paths)
+        .execute(pool)
+        .await?;
+    queue::notify(pool, queue::CHANNEL_EVENT, &fence.job_id.to_string()).await
+}
+
+/// Lists a comparison's result files (kind `report`, at the job's last step).
+pub async fn report_files(
+    pool: &PgPool,
+    artifacts: &Path,
+    fence: &Fence,
+    files: &[WrittenFile],
+) -> Result<()> {
+    let mut names = vec![];
+    let mut bytes = vec![];
+    let mut shas = vec![];
+    let mut paths = vec![];
+    for f in files {
+        let name = f
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| Error::Internal(format!("bad result path {}", f.path.display())))?;
+        names.push(name.to_string());
+        bytes.push(f.bytes as i64);
+        shas.push(f.sha256.clone());
+        paths.push(
+            f.path
+                .strip_prefix(artifacts)
+                .unwrap_or(&f.path)
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
+    let sql = format!(
+        "insert into checkpoint (job_id, name, kind, attempt, step, bytes, sha256, path)
+         select $1, u.name, 'report', $2, (select total_steps from job where id = $1),
+                u.bytes, u.sha256, u.path
+         from unnest($4::text[], $5::bigint[], $6::text[], $7::text[])
+             as u(name, bytes, sha256, path)
+         where {FENCE}
+         on conflict (job_id, name) do update
+         set attempt = excluded.attempt, bytes = excluded.bytes, sha256 = excluded.sha256,
+             path = excluded.path, updated_at = now()"
+    );
+    sqlx::query(&sql)
+        .bind(fence.job_id)
+        .bind(fence.attempt)
+        .bind(&fence.worker_id)
+        .bind(names)
+        .bind(bytes)
+        .bind(shas)
+        .bind(paths)
+        .execute(pool)
+        .await?;
+    queue::notify(pool, queue::CHANNEL_EVENT, &fence.job_id.to_string()).await
+}
+
+/// Notes on the attempt which checkpoint step it resumed from.
+pub async fn resumed_from(pool: &PgPool, fence: &Fence, step: i64) -> Result<()> {
+    sqlx::query(
+        "update attempt set resumed_from_step = $4, updated_at = now()
+         where job_id = $1 and attempt = $2 and worker_id = $3",
+    )
+    .bind(fence.job_id)
+    .bind(fence.attempt)
+    .bind(&fence.worker_id)
+    .bind(step)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Retention after a checkpoint: unlists, then deletes, every model file but the newest
+/// `keep_models` and every training state but the newest, so a long run does not fill the
+/// disk. The newest checkpoint (the one resumption needs, and at the end the final one) is
+/// always kept. Samples are small and all kept. Returns how many files were removed.
+pub async fn apply_retention(
+    pool: &PgPool,
+    artifacts: &Path,
+    fence: &Fence,
+    keep_models: i64,
+) -> Result<usize> {
+    let sql = format!(
+        "with doomed as (
+             select c.name from checkpoint c
+             where c.job_id = $1 and {FENCE} and (
+                 (c.kind = 'state' and c.step < (
+                     select max(step) from checkpoint where job_id = $1 and kind = 'state'))
+                 or (c.kind = 'model' and c.step not in (
+                     select step from checkpoint where job_id = $1 and kind = 'model'
+                     order by step desc limit $4)))
+         )
+         delete from checkpoint c using doomed
+         where c.job_id = $1 and c.name = doomed.name
+         returning c.path"
+    );
+    let paths: Vec<String> = sqlx::query_scalar(&sql)
+        .bind(fence.job_id)
+        .bind(fence.attempt)
+        .bind(&fence.worker_id)
+        .bind(keep_models.max(1))
+        .fetch_all(pool)
+        .await?;
+    let n = paths.len();
+    if n > 0 {
+        let artifacts = artifacts.to_path_buf();
+        // Unlisted first, deleted second: a reader never gets a listed file that is gone
+        // mid-way, only (briefly) an unlisted file still on disk.
+        tokio::task::spawn_blocking(move || {
+            for p in paths {
+                let full = artifacts.join(&p);
+                for f in [full.clone(), sidecar(&full)] {
+                    if let Err(e) = std::fs::remove_file(&f) {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            tracing::warn!(path = %f.display(), error = %e, "retention");
+                        }
+                    }
+                }
+            }
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("retention: {e}")))?;
+    }
+    Ok(n)
+}
+
+fn sidecar(path: &Path) -> std::path::PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".sha256");
+    s.into()
+}

@@ -1,0 +1,556 @@
+//! The `compare` job kind end to end against a real PostgreSQL: submitted over the API with
+//! fine-tuning data from `../shared/data`, run by a worker (tiny pre-training, then the IFP and
+//! scratch arms), its report listed and shown on the job page; and what is refused.
+
+use crate::common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use ifp_server::worker::{self, WorkerConfig};
+use ifp_server::{app, AppState};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+const ADMIN: &str = "admin-secret";
+
+fn datasets() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data"))
+        .canonicalize()
+        .expect("../shared/data (the fine-tuning test images) is missing")
+}
+
+async fn call(app: &Router, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, String) {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"));
+    let req = match body {
+        Some(v) => b
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(v.to_string()))
+            .unwrap(),
+        None => {
+            b = b.header(header::ACCEPT, "*/*");
+            b.body(Body::empty()).unwrap()
+        }
+    };
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn pretrain() -> Value {
+    let mut cfg = ifp_trainer::config::preset("tiny").unwrap();
+    cfg.data.img_size = 16;
+    cfg.train.steps = Some(6);
+    cfg.save_freq = 3;
+    serde_json::to_value(&cfg).unwrap()
+}
+
+fn finetune(train_dir: &str) -> Value {
+    json!({
+        "DATA": {"TRAIN_DIR": train_dir, "TEST_DIR": "clean/Kodak24", "NOISE_SIGMA": 25,
+                 "CROP": 16, "BATCH_SIZE": 2, "VAL_IMAGES": 1, "VAL_CROP": 32,
+                 "MAX_TEST_IMAGES": 2},
+        "TRAIN": {"STEPS": 4, "WARMUP_EPOCHS": 1, "BASE_LR": 1e-3},
+        "SAVE_FREQ": 2,
+        "SEED": 0
+    })
+}
+
+/// A browser session of the admin (the cookie value).
+async fn admin_session(pool: &sqlx::PgPool) -> String {
+    let admin = ifp_server::tokens::Caller {
+        name: "admin".into(),
+        is_admin: true,
+    };
+    ifp_server::http::session::create(pool, &admin, &ifp_server::tokens::hash(ADMIN))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn compare_submissions_are_checked() {
+    let pool = common::fresh_pool().await;
+    let artifacts = tempfile::tempdir().unwrap();
+    let no_data = app(AppState::new(pool.clone(), artifacts.path(), Some(ADMIN)));
+    let body =
+        json!({"kind": "compare", "config": pretrain(), "finetune": finetune("clean/CBSD68")});
+    let (s, b) = call(&no_data, "POST", "/api/v1/jobs", Some(body.clone())).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(b.contains("--datasets-dir"), "{b}");
+
+    let mut state = AppState::new(pool.clone(), artifacts.path(), Some(ADMIN));
+    state.datasets = Some(datasets());
+    let api = app(state);
+    for (bad, key) in [
+        (
+            json!({"kind": "compare", "config": pretrain(), "finetune": finetune("/etc")}),
+            "FINETUNE.DATA.TRAIN_DIR",
+        ),
+        (
+            json!({"kind": "compare", "config": pretrain(), "finetune": finetune("../data")}),
+            "FINETUNE.DATA.TRAIN_DIR",
+        ),
+        (
+            json!({"kind": "compare", "config": pretrain(), "finetune": {"DATA": {"CROPP": 3}}}),
+            "FINETUNE.DATA",
+        ),
+        (json!({"kind": "compare", "config": pretrain()}), "finetune"),
+        (
+            json!({"config": pretrain(), "finetune": finetune("clean/CBSD68")}),
+            "kind",
+        ),
+        (json!({"kind": "nope", "config": pretrain()}), "kind"),
+        (
+            json!({"kind": "compare", "config": pretrain(), "finetune": finetune("clean/CBSD68"), "showcase": 11}),
+            "showcase",
+        ),
+    ] {
+        let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(bad.clone())).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {b}");
+        let v: Value = serde_json::from_str(&b).unwrap();
+        assert!(
+            v["key_path"].as_str().unwrap_or_default().starts_with(key),
+            "{bad}: {b}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_tiny_comparison_runs_and_reports() {
+    let pool = common::fresh_pool().await;
+    let artifacts = tempfile::tempdir().unwrap();
+    let mut state = AppState::new(pool.clone(), artifacts.path(), Some(ADMIN));
+    state.datasets = Some(datasets());
+    let api = app(state);
+    let body = json!({"kind": "compare", "name": "cmp", "config": pretrain(),
+                      "finetune": finetune("clean/CBSD68"), "showcase": 2});
+    let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let job: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(job["kind"], "compare");
+    assert_eq!(job["total_steps"], 6 + 2 * 4);
+    let id = job["id"].as_str().unwrap().to_string();
+
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let mut cfg = WorkerConfig::new("w-compare", artifacts.path());
+    cfg.poll_interval = Duration::from_millis(300);
+    cfg.datasets = Some(datasets());
+    tokio::spawn(worker::run(pool.clone(), cfg, rx));
+    let t0 = Instant::now();
+    let job = loop {
+        let (_, b) = call(&api, "GET", &format!("/api/v1/jobs/{id}"), None).await;
+        let j: Value = serde_json::from_str(&b).unwrap();
+        if !matches!(j["status"].as_str(), Some("queued" | "running")) {
+            break j;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(400), "timed out: {j}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let _ = stop.send(true);
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["step"], 14);
+
+    // One step axis across the phases.
+    let steps: Vec<i64> =
+        sqlx::query_scalar("select step from metric where job_id = $1::uuid order by step")
+            .bind(&id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(steps.first(), Some(&1));
+    assert_eq!(steps.last(), Some(&14));
+
+    let (_, b) = call(&api, "GET", &format!("/api/v1/jobs/{id}/checkpoints"), None).await;
+    let files: Vec<Value> = serde_json::from_str(&b).unwrap();
+    let reports: Vec<&str> = files
+        .iter()
+        .filter(|f| f["kind"] == "report")
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        reports.contains(&"report.json") && reports.contains(&"per_image.csv"),
+        "{reports:?}"
+    );
+    assert_eq!(
+        reports
+            .iter()
+            .filter(|n| n.starts_with("showcase-"))
+            .count(),
+        2
+    );
+    let (s, report) = call(
+        &api,
+        "GET",
+        &format!("/api/v1/jobs/{id}/checkpoints/report.json"),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let report: Value = serde_json::from_str(&report).unwrap();
+    let arms: Vec<&str> = report["arms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(arms, ["ifp", "scratch"]);
+    assert_eq!(report["test_images"], 2);
+    for a in report["arms"].as_array().unwrap() {
+        let psnr = a["test"]["psnr"]["mean"].as_f64().unwrap();
+        assert!(psnr.is_finite() && psnr > 10.0, "{a}");
+    }
+
+    // The job page shows the report.
+    let cookie = admin_session(&pool).await;
+    let req = Request::get(format!("/jobs/{id}"))
+        .header(header::COOKIE, format!("ifp_session={cookie}"))
+        .body(Body::empty())
+        .unwrap();
+    let resp = api.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let html =
+        String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned();
+    for needle in [
+        "Does IFP help here?",
+        "ifp − scratch",
+        "report.json",
+        "showcase-",
+        "line s1",
+        "IFP pre-training",
+    ] {
+        assert!(html.contains(needle), "missing {needle}");
+    }
+}
+
+#[tokio::test]
+async fn the_compare_form_submits_and_shows_errors_in_place() {
+    let pool = common::fresh_pool().await;
+    let artifacts = tempfile::tempdir().unwrap();
+    let mut state = AppState::new(pool.clone(), artifacts.path(), Some(ADMIN));
+    state.datasets = Some(datasets());
+    let site = app(state);
+    let cookie = admin_session(&pool).await;
+    let csrf =
+        ifp_server::http::session::lookup(&pool, Some(&ifp_server::tokens::hash(ADMIN)), &cookie)
+            .await
+            .unwrap()
+            .unwrap()
+            .csrf;
+    let send = |req: Request<Body>| {
+        let site = site.clone();
+        async move {
+            let resp = site.oneshot(req).await.unwrap();
+            let status = resp.status();
+            let location = resp
+                .headers()
+                .get(header::LOCATION)
+                .map(|v| v.to_str().unwrap().to_string());
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                location,
+                String::from_utf8_lossy(&body).into_owned(),
+            )
+        }
+    };
+    let req = Request::get("/jobs/new/compare")
+        .header(header::COOKIE, format!("ifp_session={cookie}"))
+        .body(Body::empty())
+        .unwrap();
+    let (s, _, html) = send(req).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(html.contains("clean/CBSD68") && html.contains("rain/Rain100H"));
+    assert!(!html.contains("has no datasets folder"));
+
+    let post = |yaml: &str| {
+        let form = serde_urlencoded::to_string([
+            ("csrf", csrf.as_str()),
+            ("name", "form comparison"),
+            ("preset", "tiny"),
+            ("pretrain_steps", "5"),
+            ("finetune_yaml", yaml),
+            ("showcase", "1"),
+            ("priority", "0"),
+        ])
+        .unwrap();
+        Request::post("/jobs/new/compare")
+            .header(header::COOKIE, format!("ifp_session={cookie}"))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(form))
+            .unwrap()
+    };
+    let (s, _, html) = send(post("DATA: {TRAIN_DIR: clean/nothing-here}")).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(html.contains("no folder `clean/nothing-here`"), "{html}");
+    let (s, location, _) = send(post(
+        "DATA: {TRAIN_DIR: rain/Rain100H}\nTRAIN: {STEPS: 3}\n",
+    ))
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    let id: uuid::Uuid = location
+        .unwrap()
+        .trim_start_matches("/jobs/")
+        .parse()
+        .unwrap();
+    let job = ifp_server::queue::get(&pool, id).await.unwrap().unwrap();
+    assert_eq!((job.kind.as_str(), job.total_steps), ("compare", 5 + 2 * 3));
+}
+
+#[tokio::test]
+async fn a_finetune_job_starts_from_a_finished_pretraining_job() {
+    let pool = common::fresh_pool().await;
+    let artifacts = tempfile::tempdir().unwrap();
+    let mut state = AppState::new(pool.clone(), artifacts.path(), Some(ADMIN));
+    state.datasets = Some(datasets());
+    let api = app(state);
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let mut cfg = WorkerConfig::new("w-finetune", artifacts.path());
+    cfg.poll_interval = Duration::from_millis(300);
+    cfg.datasets = Some(datasets());
+    tokio::spawn(worker::run(pool.clone(), cfg, rx));
+    let wait = |id: String| {
+        let api = api.clone();
+        async move {
+            let t0 = Instant::now();
+            loop {
+                let (_, b) = call(&api, "GET", &format!("/api/v1/jobs/{id}"), None).await;
+                let j: Value = serde_json::from_str(&b).unwrap();
+                if !matches!(j["status"].as_str(), Some("queued" | "running")) {
+                    return j;
+                }
+                assert!(t0.elapsed() < Duration::from_secs(300), "timed out: {j}");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    };
+
+    // Only a succeeded pre-training job can be the starting point.
+    let (s, b) = call(
+        &api,
+        "POST",
+        "/api/v1/jobs",
+        Some(json!({"config": pretrain()})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let pre: Value = serde_json::from_str(&b).unwrap();
+    let pre_id = pre["id"].as_str().unwrap().to_string();
+    let body = |init: &str| {
+        json!({"kind": "finetune", "name": "ft", "init_job": init,
+               "finetune": finetune("clean/CBSD68")})
+    };
+    let pre = wait(pre_id.clone()).await;
+    assert_eq!(pre["status"], "succeeded", "{pre}");
+    let (s, b) = call(
+        &api,
+        "POST",
+        "/api/v1/jobs",
+        Some(json!({"kind": "finetune",
+        "preset": "tiny", "finetune": finetune("clean/CBSD68")})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    let other = uuid::Uuid::new_v4().to_string();
+    let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(body(&other))).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(b.contains("init_job"), "{b}");
+
+    let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(body(&pre_id))).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let job: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(job["kind"], "finetune");
+    let init = job["config"]["FINETUNE"]["INIT"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        init.starts_with(&pre_id) && init.ends_with("model-000006.safetensors"),
+        "{init}"
+    );
+    assert_eq!(job["config"]["FINETUNE"]["MODEL"], pre["config"]["MODEL"]);
+    let id = job["id"].as_str().unwrap().to_string();
+    let job = wait(id.clone()).await;
+    let _ = stop.send(true);
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["step"], 4);
+
+    let (_, b) = call(&api, "GET", &format!("/api/v1/jobs/{id}/checkpoints"), None).await;
+    let files: Vec<Value> = serde_json::from_str(&b).unwrap();
+    let names: Vec<&str> = files.iter().map(|f| f["name"].as_str().unwrap()).collect();
+    for n in [
+        "model-000002.safetensors",
+        "model-000004.safetensors",
+        "history.json",
+    ] {
+        assert!(names.contains(&n), "{names:?}");
+    }
+    let (_, history) = call(
+        &api,
+        "GET",
+        &format!("/api/v1/jobs/{id}/checkpoints/history.json"),
+        None,
+    )
+    .await;
+    let history: Vec<Value> = serde_json::from_str(&history).unwrap();
+    assert_eq!(history.len(), 2, "validated at steps 2 and 4");
+
+    let cookie = admin_session(&pool).await;
+    for (uri, needle) in [
+        (format!("/jobs/{id}"), "Best validation PSNR".to_string()),
+        ("/jobs/new/finetune".to_string(), pre_id[..8].to_string()),
+    ] {
+        let req = Request::get(&uri)
+            .header(header::COOKIE, format!("ifp_session={cookie}"))
+            .body(Body::empty())
+            .unwrap();
+        let resp = api.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{uri}");
+        let html = String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes())
+            .into_owned();
+        assert!(html.contains(&needle), "{uri}: missing {needle}");
+    }
+}
+
+/// A comparison whose worker dies in the IFP arm resumes there on the next attempt (the
+/// pre-training is not run again) and ends with the results of an uninterrupted run.
+#[tokio::test]
+async fn a_comparison_whose_worker_dies_mid_arm_resumes_in_that_arm() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use ifp_server::jobs::spec::{JobSpec, Report};
+
+    let pool = common::fresh_pool().await;
+    let artifacts = tempfile::tempdir().unwrap();
+    let mut state = AppState::new(pool.clone(), artifacts.path(), Some(ADMIN));
+    state.datasets = Some(datasets());
+    let api = app(state);
+    let body = json!({"kind": "compare", "name": "cmp", "config": pretrain(),
+                      "finetune": finetune("clean/CBSD68"), "showcase": 1});
+    let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let id: uuid::Uuid = serde_json::from_str::<Value>(&b).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // Attempt 1 pre-trains (6 steps), trains the IFP arm for 2 of its 4 steps, and dies.
+    let dead = ifp_server::queue::claim(&pool, "dead", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut spec = JobSpec::from_stored(dead.kind, &dead.config).unwrap();
+    spec.resolve(artifacts.path(), Some(&datasets())).unwrap();
+    assert!(matches!(spec, JobSpec::Compare(_)));
+    let opts = ifp_trainer::TrainOptions {
+        out_dir: worker::attempt_dir(artifacts.path(), id, 1),
+        device: candle_core::Device::Cpu,
+        resume: true,
+    };
+    let straight_spec = spec.clone();
+    let stopped = tokio::task::spawn_blocking(move || {
+        let reached = Arc::new(AtomicUsize::new(0));
+        let seen = reached.clone();
+        spec.run(
+            &opts,
+            move |r| {
+                if let Report::Step(step, _) = r {
+                    seen.store(step, Ordering::SeqCst);
+                }
+            },
+            || reached.load(Ordering::SeqCst) >= 8,
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(stopped, "the first attempt was stopped mid-arm");
+    sqlx::query("update job set lease_expires_at = now() - interval '1 second' where id = $1")
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    ifp_server::queue::rescue(&pool).await.unwrap();
+
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let mut cfg = WorkerConfig::new("w-live", artifacts.path());
+    cfg.poll_interval = Duration::from_millis(300);
+    cfg.datasets = Some(datasets());
+    tokio::spawn(worker::run(pool.clone(), cfg, rx));
+    let t0 = Instant::now();
+    let job = loop {
+        let j = ifp_server::queue::get(&pool, id).await.unwrap().unwrap();
+        if !j.status.is_active() {
+            break j;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(400), "timed out: {j:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let _ = stop.send(true);
+    assert_eq!(job.status.as_str(), "succeeded", "{:?}", job.error);
+    assert_eq!((job.attempt, job.step), (2, 14));
+    // Attempt 2 logged only steps 9..=14: the rest of the IFP arm, then the scratch arm.
+    let steps: Vec<i64> = sqlx::query_scalar(
+        "select step from metric where job_id = $1 and attempt = 2 order by step",
+    )
+    .bind(id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(steps, (9..=14).collect::<Vec<i64>>());
+    let resumed: Option<i64> = sqlx::query_scalar(
+        "select resumed_from_step from attempt where job_id = $1 and attempt = 2",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(resumed, Some(8));
+
+    // The same numbers as a comparison that was never interrupted.
+    let straight = tempfile::tempdir().unwrap();
+    let opts = ifp_trainer::TrainOptions {
+        out_dir: straight.path().to_path_buf(),
+        device: candle_core::Device::Cpu,
+        resume: false,
+    };
+    tokio::task::spawn_blocking(move || straight_spec.run(&opts, |_| {}, || false))
+        .await
+        .unwrap()
+        .unwrap();
+    let read = |p: PathBuf| -> Value {
+        serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("{p:?}: {e}"))).unwrap()
+    };
+    let resumed_report = read(worker::attempt_dir(artifacts.path(), id, 2).join("report.json"));
+    let straight_report = read(straight.path().join("report.json"));
+    let arms = |r: &Value| -> Vec<Value> {
+        // The results, without where the files were and how long it took.
+        r["arms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                json!([
+                    a["name"],
+                    a["best_step"],
+                    a["best_val"],
+                    a["test"],
+                    a["val_curve"]
+                ])
+            })
+            .collect()
+    };
+    assert_eq!(arms(&resumed_report).len(), 2);
+    assert_eq!(arms(&resumed_report), arms(&straight_report));
+    assert_eq!(resumed_report["per_image"], straight_report["per_image"]);
+    assert_eq!(resumed_report["deltas"], straight_report["deltas"]);
+}

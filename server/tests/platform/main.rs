@@ -1,0 +1,20 @@
+//! The platform's integration tests, one binary: linking candle and sqlx once instead of once per
+//! file, and starting one real PostgreSQL (shared, a fresh database per test) for all of them.
+//! Each module is one area: the REST API, the pages, the browser, the CLI, the queue protocol,
+//! workers, `ifp serve`, comparisons and fine-tuning, the embedded PostgreSQL, Uformer jobs.
+
+// Helpers here are not `#[test]` functions, but a panic is how a test reports failure.
+#![allow(dead_code, clippy::unwrap_used)]
+
+mod common;
+
+mod api;
+mod browser;
+mod cli;
+mod compare;
+mod pages;
+mod pg;
+mod queue;
+mod serve;
+mod uformer;
+mod worker;

@@ -1,0 +1,238 @@
+//! Uformer on the platform and through the CLI: a tiny Uformer job trains on a real worker
+//! (real PostgreSQL, the real trainer on the CPU) with a falling loss and checkpoints holding
+//! the reference's Uformer keys; `ifp train`, `ifp bench` and `ifp forward` take a Uformer
+//! config.
+
+use crate::common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device};
+use ifp_server::db::rows::Job;
+use ifp_server::queue::{self, NewJob};
+use ifp_server::worker::{self, WorkerConfig};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+fn golden() -> PathBuf {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/golden"));
+    assert!(
+        dir.is_dir(),
+        "the golden test vectors are required at {}",
+        dir.display()
+    );
+    dir
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+fn ifp(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ifp"))
+        .args(args)
+        .output()
+        .expect("run ifp")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The golden `uformer_tiny` network (EMBED_DIM 8, depth 1 everywhere, window 4, 32x32) as a
+/// training job: batch 4, `steps` steps, LR as the tiny preset's (0.128 * 4 / 512 = 1e-3).
+const STEPS: usize = 40;
+
+fn tiny_uformer_yaml(steps: usize) -> String {
+    format!(
+        "MODEL:
+  TYPE: uformer
+  RECOVER_TARGET_TYPE: m_masked
+  UFORMER:
+    INP_CHANNELS: 3
+    IMAGE_SIZE: 32
+    PATCH_SIZE: 1
+    EMBED_DIM: 8
+    DEPTHS: [1, 1, 1, 1, 1, 1, 1, 1, 1]
+    WIN_SIZE: 4
+DATA:
+  IMG_SIZE: 32
+  BATCH_SIZE: 4
+TRAIN:
+  STEPS: {steps}
+  WARMUP_EPOCHS: 5
+  BASE_LR: 0.128
+  CLIP_GRAD: 3.0
+  OPTIMIZER:
+    BETAS: (0.9, 0.95)
+PRINT_FREQ: 1
+SAVE_FREQ: {steps}
+SEED: 0
+"
+    )
+}
+
+fn start_worker(pool: &PgPool, id: &str, artifacts: &Path) -> watch::Sender<bool> {
+    let (tx, rx) = watch::channel(false);
+    let mut cfg = WorkerConfig::new(id, artifacts);
+    cfg.lease = Duration::from_secs(3);
+    cfg.poll_interval = Duration::from_millis(500);
+    tokio::spawn(worker::run(pool.clone(), cfg, rx));
+    tx
+}
+
+async fn wait_done(pool: &PgPool, id: Uuid) -> Job {
+    let t0 = Instant::now();
+    loop {
+        let j = queue::get(pool, id).await.unwrap().unwrap();
+        if !j.status.is_active() {
+            return j;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "timed out waiting for the Uformer job: {j:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The reference Uformer keys of the golden file (parameters and relative_position_index
+/// buffers) with their shapes.
+fn golden_keys() -> BTreeSet<(String, Vec<usize>)> {
+    candle_core::safetensors::load(golden().join("uformer_tiny.safetensors"), &Device::Cpu)
+        .expect("golden file")
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("encoder.") || k.starts_with("decoder."))
+        .map(|(k, t)| (k, t.dims().to_vec()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_tiny_uformer_job_trains_with_a_falling_loss() {
+    let pool = common::fresh_pool().await;
+    let artifacts = tempfile::tempdir().unwrap();
+    let cfg = ifp_trainer::Config::from_yaml(&tiny_uformer_yaml(STEPS)).expect("config");
+    assert_eq!(
+        cfg.model.uformer.drop_path_rate, 0.1,
+        "trains as the reference"
+    );
+    let job = queue::enqueue(
+        &pool,
+        &NewJob {
+            kind: ifp_server::db::values::JobKind::Pretrain,
+            device_class: ifp_trainer::config::DeviceClass::Any,
+            name: "tiny-uformer".into(),
+            owner: "alice".into(),
+            priority: 0,
+            config: serde_json::to_value(&cfg).unwrap(),
+            total_steps: STEPS as i64,
+            max_attempts: 1,
+        },
+    )
+    .await
+    .unwrap();
+    let t0 = Instant::now();
+    let stop = start_worker(&pool, "w-uformer", artifacts.path());
+    let done = wait_done(&pool, job.id).await;
+    stop.send(true).unwrap();
+    assert_eq!(done.status.as_str(), "succeeded", "{:?}", done.error);
+    assert_eq!(done.step, STEPS as i64);
+
+    let losses: Vec<f64> =
+        sqlx::query_scalar("select loss from metric where job_id = $1 order by step")
+            .bind(job.id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(losses.len(), STEPS, "one metric row per step");
+    assert!(losses.iter().all(|l| l.is_finite()));
+    let head = losses[..5].iter().sum::<f64>() / 5.0;
+    let tail = losses[STEPS - 5..].iter().sum::<f64>() / 5.0;
+    eprintln!(
+        "tiny Uformer job: {STEPS} steps in {:.1} s, mean loss of steps 1-5 {head:.5}, of the \
+         last 5 {tail:.5}",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(tail < 0.8 * head, "loss did not fall: {head} -> {tail}");
+
+    // The final model checkpoint holds exactly the reference Uformer's state_dict keys and
+    // shapes (what PyTorch's load_state_dict(strict=True) needs), buffers as int64.
+    let (name, path): (String, String) = sqlx::query_as(
+        "select name, path from checkpoint where job_id = $1 and kind = 'model' \
+         order by step desc limit 1",
+    )
+    .bind(job.id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(name, format!("model-{STEPS:06}.safetensors"));
+    let ck = candle_core::safetensors::load(artifacts.path().join(&path), &Device::Cpu)
+        .expect("checkpoint");
+    let got: BTreeSet<(String, Vec<usize>)> = ck
+        .iter()
+        .map(|(k, t)| (k.clone(), t.dims().to_vec()))
+        .collect();
+    assert_eq!(got, golden_keys(), "checkpoint keys and shapes");
+    for (k, t) in &ck {
+        let want = if k.ends_with("relative_position_index") {
+            DType::I64
+        } else {
+            DType::F32
+        };
+        assert_eq!(t.dtype(), want, "{k}");
+    }
+}
+
+#[test]
+fn cli_train_bench_and_forward_take_a_uformer_config() {
+    let g = golden();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("uformer.yaml");
+    std::fs::write(&cfg, tiny_uformer_yaml(2)).expect("write");
+    let out = dir.path().join("run");
+    let o = ifp(&["train", "--config", p(&cfg), "--out", p(&out)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.join("model-000002.safetensors").is_file());
+    // The checkpoint runs through `ifp forward` (strict load, buffers included).
+    let fwd = dir.path().join("fwd.safetensors");
+    let o = ifp(&[
+        "forward",
+        "--config",
+        p(&cfg),
+        "--weights",
+        p(&out.join("model-000002.safetensors")),
+        "--input",
+        p(&g.join("uformer_tiny.safetensors")),
+        "--output",
+        p(&fwd),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let y = candle_core::safetensors::load(&fwd, &Device::Cpu).expect("output");
+    assert_eq!(y["output"].dims(), [2, 3, 32, 32]);
+
+    // `ifp bench` on the golden Uformer config at another size (IMAGE_SIZE follows --size).
+    let o = ifp(&[
+        "bench",
+        "--config",
+        p(&g.join("configs/uformer_tiny.yaml")),
+        "--batch",
+        "1",
+        "--size",
+        "64",
+        "--steps",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let last = text.trim().lines().last().expect("output");
+    let ms: f64 = last
+        .strip_prefix("step_ms ")
+        .expect("last line is step_ms")
+        .parse()
+        .expect("number");
+    assert!(ms > 0.0);
+}

@@ -1,0 +1,223 @@
+//! The one training driver behind pre-training, fine-tuning and both arms of a comparison: the
+//! run loop (resume, steps, progress, checkpoints, stop), the same-run check a resume makes, and
+//! the optimiser step with its non-finite checks. A kind of run implements [`Run`]; what differs
+//! between kinds (the batch, the loss, what a checkpoint holds) stays in its own file.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use candle_core::{Device, Tensor, Var};
+
+use crate::checkpoint::{self, Checkpoint, TrainingState};
+use crate::error::{Result, TrainerError};
+use crate::optim::{clip_grad_norm, AdamW};
+use crate::train::{Control, Progress, StepStats, TrainOptions};
+
+/// One kind of training run, as the driver steps it.
+pub trait Run {
+    /// What a checkpoint reports besides its files (a fine-tuning run's validation scores).
+    type Note;
+
+    /// Steps completed.
+    fn step(&self) -> usize;
+    /// Images per step and checkpoint frequency.
+    fn cadence(&self) -> Cadence;
+    /// One optimiser step.
+    fn train_step(&mut self) -> Result<StepStats>;
+    /// Writes the checkpoint of the current step into `dir`.
+    fn save_checkpoint(&mut self, dir: &Path) -> Result<(Checkpoint, Self::Note)>;
+    /// Continues from the checkpoint at `step` in `dir`.
+    fn restore(&mut self, dir: &Path, step: usize) -> Result<()>;
+}
+
+/// Images per step (for the throughput figure), and a checkpoint every `save_freq` steps (and
+/// at the end, and when stopped).
+#[derive(Debug, Clone, Copy)]
+pub struct Cadence {
+    pub batch_size: usize,
+    pub save_freq: usize,
+}
+
+/// What the driver tells its caller.
+pub enum Tick<'a, N> {
+    /// About to train, from this step (after a resume, the checkpoint's).
+    Started {
+        start_step: usize,
+    },
+    Step(&'a Progress),
+    Checkpoint(&'a Checkpoint, &'a N),
+}
+
+/// How a driven run ended.
+#[derive(Debug, Clone)]
+pub struct Driven {
+    pub steps_done: usize,
+    pub final_loss: Option<f64>,
+    pub last_checkpoint: Option<Checkpoint>,
+    /// The callback asked to stop before the last step.
+    pub stopped: bool,
+    pub resumed_from: Option<usize>,
+}
+
+/// Runs `run` to `total` steps in `opts.out_dir`, resuming from its newest complete checkpoint
+/// when `opts.resume`. `on_tick` answers each step with go on or stop; a stop writes a
+/// checkpoint first, so nothing is lost.
+pub fn drive<R: Run>(
+    run: &mut R,
+    total: usize,
+    opts: &TrainOptions,
+    mut on_tick: impl FnMut(Tick<'_, R::Note>) -> Control,
+) -> Result<Driven> {
+    std::fs::create_dir_all(&opts.out_dir).map_err(TrainerError::io(&opts.out_dir))?;
+    let mut resumed_from = None;
+    if opts.resume {
+        if let Some(step) = checkpoint::latest_complete(&opts.out_dir) {
+            run.restore(&opts.out_dir, step)?;
+            resumed_from = Some(step);
+        }
+    }
+    on_tick(Tick::Started {
+        start_step: run.step(),
+    });
+    let mut out = Driven {
+        steps_done: run.step(),
+        final_loss: None,
+        last_checkpoint: None,
+        stopped: false,
+        resumed_from,
+    };
+    let mut clock = EtaClock::default();
+    let cadence = run.cadence();
+    while run.step() < total {
+        let t0 = Instant::now();
+        let stats = run.train_step()?;
+        let dt = t0.elapsed();
+        let done = run.step();
+        let progress = Progress {
+            step: done,
+            total_steps: total,
+            loss: stats.loss,
+            lr: stats.lr,
+            grad_norm: stats.grad_norm,
+            images_per_sec: cadence.batch_size as f64 / dt.as_secs_f64().max(1e-9),
+            step_time: dt,
+            eta: clock.eta(dt, total - done),
+        };
+        out.steps_done = done;
+        out.final_loss = Some(stats.loss);
+        let control = on_tick(Tick::Step(&progress));
+        if done.is_multiple_of(cadence.save_freq) || done == total || control == Control::Stop {
+            let (ck, note) = run.save_checkpoint(&opts.out_dir)?;
+            on_tick(Tick::Checkpoint(&ck, &note));
+            out.last_checkpoint = Some(ck);
+        }
+        if control == Control::Stop && done < total {
+            out.stopped = true;
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Estimates the time left from step times. An exponential average of the step time keeps
+/// the ETA steady without lagging for long.
+#[derive(Debug, Default)]
+pub struct EtaClock {
+    avg: Option<f64>,
+}
+
+impl EtaClock {
+    /// Records a step that took `dt` and returns the ETA for `remaining` more steps.
+    pub fn eta(&mut self, dt: Duration, remaining: usize) -> Duration {
+        let d = dt.as_secs_f64();
+        let avg = self.avg.map_or(d, |a| 0.9 * a + 0.1 * d);
+        self.avg = Some(avg);
+        Duration::from_secs_f64(avg * remaining as f64)
+    }
+}
+
+/// One optimiser step's outcome, with when its phases ended.
+pub struct Optimised {
+    pub loss: f64,
+    pub grad_norm: f64,
+    /// The loss was read back (the end of the forward phase).
+    pub forward_done: Instant,
+    /// The gradients were computed.
+    pub backward_done: Instant,
+}
+
+/// Backward, clipping by global norm and the AdamW update for step `step` (0-based) at `lr`,
+/// refusing a non-finite loss or gradient norm before anything is updated.
+pub fn optimiser_step(
+    loss: &Tensor,
+    vars: &[Var],
+    clip: f64,
+    opt: &mut AdamW,
+    lr: f64,
+    step: usize,
+) -> Result<Optimised> {
+    let loss_v = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+    let forward_done = Instant::now();
+    if !loss_v.is_finite() {
+        return Err(TrainerError::NonFinite {
+            step: step + 1,
+            what: format!("the loss ({loss_v})"),
+        });
+    }
+    let mut grads = loss.backward()?;
+    let backward_done = Instant::now();
+    let grad_norm = clip_grad_norm(&mut grads, vars, clip)?;
+    if !grad_norm.is_finite() {
+        return Err(TrainerError::NonFinite {
+            step: step + 1,
+            what: format!("the gradient norm ({grad_norm})"),
+        });
+    }
+    opt.step(&grads, lr)?;
+    Ok(Optimised {
+        loss: loss_v,
+        grad_norm,
+        forward_done,
+        backward_done,
+    })
+}
+
+/// The optimiser moments and training state of the checkpoint at `step` in `dir`, checked to
+/// be that step's and written by the same run: `normalised` turns a stored config (YAML) into
+/// the comparable form `now` is in (only the run's length, print and save frequencies and
+/// retention may change on a resume).
+pub fn load_state_for_resume(
+    dir: &Path,
+    step: usize,
+    device: &Device,
+    now: &str,
+    normalised: impl Fn(&str) -> std::result::Result<String, String>,
+) -> Result<(BTreeMap<String, Tensor>, TrainingState)> {
+    let path = checkpoint::state_path(dir, step);
+    let (opt_state, state) = checkpoint::load_state(&path, device)?;
+    if state.step != step {
+        return Err(TrainerError::Resume(format!(
+            "{}: records step {}, its name says {step}",
+            path.display(),
+            state.step
+        )));
+    }
+    let was = normalised(&state.config_yaml).map_err(|e| {
+        TrainerError::Resume(format!("{}: unreadable stored config: {e}", path.display()))
+    })?;
+    if now != was {
+        let diff = now
+            .lines()
+            .zip(was.lines())
+            .find(|(x, y)| x != y)
+            .map(|(x, y)| format!(" (now `{}`, was `{}`)", x.trim(), y.trim()))
+            .unwrap_or_default();
+        return Err(TrainerError::Resume(format!(
+            "the config differs from the one {} was written with{diff}; resume with the same \
+             config (only the number of steps may change)",
+            path.display()
+        )));
+    }
+    Ok((opt_state, state))
+}

@@ -1,0 +1,324 @@
+//! Kernels as candle custom ops with their own backward, for the operations whose candle 0.11
+//! backward is slow or missing (ARCHITECTURE.md, "Known traps in candle 0.11"): convolutions (`conv`) and the channel LayerNorm
+//! (`norm`), Restormer's channel attention (`attention`) and its GDFN gate (`gate`), a convolution's bias
+//! with its activation (`bias`), and dense k x k convolutions that keep no column matrix
+//! (`dense`). All run on the CPU in float32; the depthwise convolution also runs on CUDA in
+//! float32 and bfloat16 (`cuda`, feature `cuda`). `ops.rs` falls back to composed tensor ops
+//! elsewhere, and the tests compare each kernel with that composed version (values and
+//! gradients).
+
+pub mod amp;
+mod attention;
+mod bias;
+mod conv;
+#[cfg(feature = "cuda")]
+mod cuda;
+mod dense;
+mod gate;
+mod math;
+mod norm;
+pub mod token;
+
+use std::cell::Cell;
+
+use candle_core::{Result, Tensor, D};
+use multiversion::multiversion;
+
+pub(crate) use conv::f32_slice;
+
+/// `a . b` in float32 with eight independent partial sums, so the loop vectorises (a single
+/// running sum cannot be reordered by the compiler) and rounds less than one long chain.
+/// Dispatched to the best instruction set the CPU has; kernels whose own loops are dispatched
+/// call [`dot_inline`] instead.
+#[multiversion(targets("x86_64+avx+avx2+fma"))]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot_inline(a, b)
+}
+
+/// [`dot`], inlined into (and compiled for the instruction set of) its caller.
+#[inline(always)]
+pub(crate) fn dot_inline(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// The tensors a backward op packed one after another into its single flat output (a custom op
+/// has one output, so several gradients travel in one buffer), each reshaped to its shape.
+pub(crate) fn unpack(packed: &Tensor, shapes: &[&candle_core::Shape]) -> Result<Vec<Tensor>> {
+    let mut start = 0;
+    shapes
+        .iter()
+        .map(|shape| {
+            let n = shape.elem_count();
+            let t = packed.narrow(0, start, n)?.reshape(*shape);
+            start += n;
+            t
+        })
+        .collect()
+}
+
+thread_local! {
+    /// Off: every op this thread builds takes its composed fallback, the path that runs on
+    /// CUDA (and in bf16), so the tests can compare the two on a CPU-only machine. Per thread,
+    /// so a test that turns it off does not change the tests running beside it.
+    static ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Turns the CPU kernels on or off for ops built on the calling thread (tests of the fallback
+/// path); the choice is made when an op is built, on the thread that runs the model.
+pub fn set_enabled(on: bool) {
+    ENABLED.with(|e| e.set(on));
+}
+
+fn enabled() -> bool {
+    ENABLED.with(Cell::get)
+}
+
+/// Whether the fast kernels apply to this tensor.
+pub fn applicable(x: &Tensor) -> bool {
+    enabled() && x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+}
+
+/// (B, C, H, W) -> (B, C*k*k, H*W), zero padding k/2, as the CPU op (float32 on the CPU only;
+/// the convolutions call [`im2col_composed`] elsewhere).
+pub fn im2col(x: &Tensor, k: usize) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(conv::Im2col { k })
+}
+
+/// (B, C, H, W) -> (B, C*k*k, H*W) with zero padding k/2, column order `c*k*k + i*k + j`
+/// (the layout of a PyTorch conv weight reshaped to (O, C*k*k)), from tensor ops (any device
+/// and dtype): the composed version of [`im2col`].
+pub fn im2col_composed(x: &Tensor, k: usize) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    let p = k / 2;
+    let xp = x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
+    let mut taps = Vec::with_capacity(k * k);
+    for i in 0..k {
+        for j in 0..k {
+            taps.push(xp.narrow(2, i, h)?.narrow(3, j, w)?);
+        }
+    }
+    // k*k x (B, C, H, W) -> (B, C, k*k, H, W)
+    Tensor::stack(&taps, 2)?.reshape((b, c * k * k, h * w))
+}
+
+/// Whether `depthwise` runs for this input and weight: float32 on the CPU; with the `cuda`
+/// feature also float32 or bfloat16 (one dtype for both) on CUDA, for kernels up to 7x7.
+pub fn depthwise_applicable(x: &Tensor, weight: &Tensor, k: usize) -> bool {
+    if !enabled() || x.dtype() != weight.dtype() {
+        return false;
+    }
+    if x.device().is_cpu() {
+        return x.dtype() == candle_core::DType::F32;
+    }
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        return matches!(
+            x.dtype(),
+            candle_core::DType::F32 | candle_core::DType::BF16
+        ) && k <= cuda::MAX_K;
+    }
+    let _ = k;
+    false
+}
+
+/// Depthwise "same" convolution with weight (C, 1, k, k): the CPU or CUDA kernel where
+/// [`depthwise_applicable`], else [`depthwise_composed`].
+pub fn depthwise(x: &Tensor, weight: &Tensor, k: usize) -> Result<Tensor> {
+    if !depthwise_applicable(x, weight, k) {
+        return depthwise_composed(x, weight, k);
+    }
+    x.contiguous()?
+        .apply_op2(&weight.contiguous()?, conv::Depthwise { k })
+}
+
+/// Depthwise convolution from tensor ops (any device and dtype): a sum of shifted views, each
+/// scaled per channel. The composed version of [`depthwise`].
+pub fn depthwise_composed(x: &Tensor, weight: &Tensor, k: usize) -> Result<Tensor> {
+    let (_, c, h, w) = x.dims4()?;
+    let p = k / 2;
+    let xp = x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
+    // (C, 1, k, k) -> (C, k*k): one per-channel scale per tap.
+    let taps = weight.reshape((c, k * k))?;
+    let mut acc: Option<Tensor> = None;
+    for i in 0..k {
+        for j in 0..k {
+            let tap = taps.narrow(1, i * k + j, 1)?.reshape((1, c, 1, 1))?;
+            let term = xp.narrow(2, i, h)?.narrow(3, j, w)?.broadcast_mul(&tap)?;
+            acc = Some(match acc {
+                None => term,
+                Some(a) => (a + term)?,
+            });
+        }
+    }
+    acc.ok_or_else(|| candle_core::Error::Msg("empty depthwise kernel".into()))
+}
+
+/// Restormer's channel LayerNorm of (B, C, H, W) over C: `(x - mu) / sqrt(var + 1e-5) * w + b`
+/// (`bias: Some`) or `x / sqrt(var + 1e-5) * w` (BiasFree, `bias: None`).
+/// The CPU kernel for float32 CPU tensors, else [`channel_layer_norm_composed`].
+pub fn channel_layer_norm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    if !applicable(x) {
+        return channel_layer_norm_composed(x, weight, bias);
+    }
+    let x = x.contiguous()?;
+    match bias {
+        Some(b) => x.apply_op3(weight, b, norm::ChannelNorm { with_bias: true }),
+        None => {
+            // The op always takes three inputs; BiasFree ignores the third.
+            let zero = weight.zeros_like()?.detach();
+            x.apply_op3(weight, &zero, norm::ChannelNorm { with_bias: false })
+        }
+    }
+}
+
+/// The channel LayerNorm from tensor ops (any device and dtype); the composed version of
+/// [`channel_layer_norm`].
+pub fn channel_layer_norm_composed(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let c = x.dim(1)?;
+    let mu = x.mean_keepdim(1)?;
+    let xc = x.broadcast_sub(&mu)?;
+    let var = xc.sqr()?.mean_keepdim(1)?;
+    let denom = (var + 1e-5)?.sqrt()?;
+    let w = weight.reshape((1, c, 1, 1))?;
+    match bias {
+        Some(b) => xc
+            .broadcast_div(&denom)?
+            .broadcast_mul(&w)?
+            .broadcast_add(&b.reshape((1, c, 1, 1))?),
+        // BiasFree divides the raw input, not the centred one.
+        None => x.broadcast_div(&denom)?.broadcast_mul(&w),
+    }
+}
+
+/// Restormer's channel attention from the output of its depthwise convolution: qkv
+/// (B, 3C, H, W) and the per-head temperature (heads, 1, 1) -> (B, C, H, W) (see `attention`).
+/// The fused op multiplies in float32, so under autocast (and off the CPU) the products take
+/// [`channel_attention_composed`], which runs them in the low dtype as PyTorch does.
+pub fn channel_attention(qkv: &Tensor, temperature: &Tensor, heads: usize) -> Result<Tensor> {
+    if !applicable(qkv) || amp::low_dtype().is_some() {
+        return channel_attention_composed(qkv, temperature, heads);
+    }
+    qkv.contiguous()?.apply_op2(
+        &temperature.contiguous()?,
+        attention::ChannelAttention { heads },
+    )
+}
+
+/// The channel attention from tensor ops (any device and dtype; products under autocast): the
+/// composed version of [`channel_attention`]. qkv (B, 3C, H, W), temperature (heads, 1, 1)
+/// -> (B, C, H, W).
+pub fn channel_attention_composed(
+    qkv: &Tensor,
+    temperature: &Tensor,
+    heads: usize,
+) -> Result<Tensor> {
+    let (b, c3, h, w) = qkv.dims4()?;
+    let c = c3 / 3;
+    let ch = c / heads;
+    // (B, C, H, W) -> (B, heads, C/heads, H*W)
+    let split = |i: usize| qkv.narrow(1, i * c, c)?.reshape((b, heads, ch, h * w));
+    let q = l2_normalize_last(&split(0)?)?;
+    let k = l2_normalize_last(&split(1)?)?;
+    let v = split(2)?;
+    // (B, heads, ch, ch), scaled per head
+    let attn = amp::matmul(&q, &k.t()?)?.broadcast_mul(&temperature.unsqueeze(0)?)?;
+    let attn = token::softmax_last(&attn)?;
+    amp::matmul(&attn, &v.contiguous()?)?.reshape((b, c, h, w))
+}
+
+/// `F.normalize(x, dim=-1)`: `x / max(||x||_2, 1e-12)`.
+fn l2_normalize_last(x: &Tensor) -> Result<Tensor> {
+    let n = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.maximum(1e-12)?;
+    x.broadcast_div(&n)
+}
+
+/// [`channel_attention`] of `depthwise(x, weight)`, with the bias-free depthwise convolution
+/// fused in: x (B, 3C, H, W), weight (3C, 1, k, k) (see `attention::DwAttention`).
+pub fn depthwise_channel_attention(
+    x: &Tensor,
+    weight: &Tensor,
+    k: usize,
+    temperature: &Tensor,
+    heads: usize,
+) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &temperature.contiguous()?,
+        attention::DwAttention { heads, k },
+    )
+}
+
+/// `gelu(x1) * x2` of the two channel halves of x (B, 2h, H, W) -> (B, h, H, W): the CPU
+/// kernel for float32 CPU tensors, else [`gelu_gate_composed`].
+pub fn gelu_gate(x: &Tensor) -> Result<Tensor> {
+    if !applicable(x) {
+        return gelu_gate_composed(x);
+    }
+    x.contiguous()?.apply_op1(gate::GeluGate)
+}
+
+/// The GDFN gate `gelu(x1) * x2` of the channel halves of x (B, 2h, H, W), from tensor ops: the
+/// composed version of [`gelu_gate`].
+pub fn gelu_gate_composed(x: &Tensor) -> Result<Tensor> {
+    let hidden = x.dim(1)? / 2;
+    crate::models::layers::gelu(&x.narrow(1, 0, hidden)?)? * x.narrow(1, hidden, hidden)?
+}
+
+/// `gelu_gate(depthwise(x, weight))` of x (B, 2h, H, W) and a bias-free depthwise weight
+/// (2h, 1, k, k) -> (B, h, H, W), on the CPU in float32 (see `gate::DwGate`).
+pub fn depthwise_gelu_gate(x: &Tensor, weight: &Tensor, k: usize) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2(&weight.contiguous()?, gate::DwGate { k })
+}
+
+/// `act(x + b[c])` of x (B, C, H, W) and bias (C): act the identity (`slope: None`), ReLU
+/// (`Some(0.0)`) or LeakyReLU (`Some(s)`, s >= 0).
+pub fn bias_act(x: &Tensor, bias: &Tensor, slope: Option<f32>) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2(&bias.contiguous()?, bias::BiasAct { slope })
+}
+
+/// `residual + conv(x, weight) (+ bias)` with the convolution of [`conv_dense`]; residual
+/// (B, O, H, W), bias (O).
+pub fn conv_dense_residual(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    k: usize,
+    residual: &Tensor,
+) -> Result<Tensor> {
+    let (weight, with_bias) = match bias {
+        None => (weight.contiguous()?, false),
+        Some(b) => {
+            // [W | b]: the bias as one more column of the (O, C*k*k) weight matrix.
+            let o = weight.dim(0)?;
+            let wm = weight.reshape((o, weight.elem_count() / o))?;
+            (Tensor::cat(&[wm, b.reshape((o, 1))?], 1)?, true)
+        }
+    };
+    x.contiguous()?.apply_op3(
+        &weight,
+        &residual.contiguous()?,
+        dense::DenseConvResidual { k, with_bias },
+    )
+}
+
+/// A dense stride-1 "same" convolution without bias: x (B, C, H, W), weight (O, C, k, k) ->
+/// (B, O, H, W), keeping only x for the backward pass (see `dense`).
+pub fn conv_dense(x: &Tensor, weight: &Tensor, k: usize) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2(&weight.contiguous()?, dense::DenseConv { k })
+}

@@ -1,0 +1,242 @@
+//! Differentiable building blocks shared by the networks, written so that every one has a
+//! correct and reasonably fast backward in candle 0.11 (ARCHITECTURE.md, "Known traps in candle 0.11": its `LayerNorm`, fused softmax
+//! and grouped convolution either drop gradients or are very slow):
+//! - 3x3 convolutions as im2col + one matrix product (backward = matmul + slicing),
+//! - 1x1 convolutions as a plain matrix product,
+//! - depthwise convolutions as a sum of shifted, per-channel-scaled views,
+//! - a channel LayerNorm and a softmax made of elementary differentiable ops.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+use crate::kernels::{self, amp};
+
+/// PyTorch's default `nn.Conv2d` initialisation: kaiming-uniform with a = sqrt(5), i.e.
+/// U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the weight and the bias alike.
+fn torch_default_init(fan_in: usize) -> Init {
+    let b = 1.0 / (fan_in as f64).sqrt();
+    Init::Uniform { lo: -b, up: b }
+}
+
+/// A stride-1 "same" 2-D convolution with square kernel `k` (odd), dense or depthwise, with the
+/// parameter names of `nn.Conv2d` (`weight`, `bias`).
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    out_c: usize,
+    k: usize,
+    depthwise: bool,
+}
+
+impl Conv2d {
+    /// A dense convolution `in_c -> out_c` with PyTorch's default init.
+    pub fn new(in_c: usize, out_c: usize, k: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+        let init = torch_default_init(in_c * k * k);
+        Self::with_init(in_c, out_c, k, bias, init, init, vb)
+    }
+
+    /// A dense convolution with explicit weight init; the bias uses `bias_init`.
+    pub fn with_init(
+        in_c: usize,
+        out_c: usize,
+        k: usize,
+        bias: bool,
+        init: Init,
+        bias_init: Init,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let weight = vb.get_with_hints((out_c, in_c, k, k), "weight", init)?;
+        let bias = if bias {
+            Some(vb.get_with_hints(out_c, "bias", bias_init)?)
+        } else {
+            None
+        };
+        Ok(Conv2d {
+            weight,
+            bias,
+            out_c,
+            k,
+            depthwise: false,
+        })
+    }
+
+    /// A depthwise convolution (`groups = channels`), weight `(C, 1, k, k)`.
+    pub fn depthwise(channels: usize, k: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+        let init = torch_default_init(k * k);
+        let weight = vb.get_with_hints((channels, 1, k, k), "weight", init)?;
+        let bias = if bias {
+            Some(vb.get_with_hints(channels, "bias", init)?)
+        } else {
+            None
+        };
+        Ok(Conv2d {
+            weight,
+            bias,
+            out_c: channels,
+            k,
+            depthwise: true,
+        })
+    }
+
+    fn forward_dense(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let y = if kernels::applicable(x) && amp::low_dtype().is_none() {
+            return kernels::conv_dense(x, &self.weight, self.k);
+        } else if self.k == 1 {
+            // (O, C) x (B, C, H*W) -> (B, O, H*W)
+            let wm = self.weight.reshape((self.out_c, c))?;
+            amp::broadcast_matmul(&wm, &x.reshape((b, c, h * w))?)?
+        } else {
+            // (B, C*k*k, H*W), gathered in the product's dtype (half the memory under AMP).
+            // (float32 CPU inputs took `kernels::conv_dense` above, 1x1 included.)
+            let x = amp::lower(x)?;
+            let cols = kernels::im2col_composed(&x, self.k)?;
+            let wm = self.weight.reshape((self.out_c, c * self.k * self.k))?;
+            amp::broadcast_matmul(&wm, &cols)?
+        };
+        y.reshape((b, self.out_c, h, w))
+    }
+
+    fn forward_depthwise(&self, x: &Tensor) -> Result<Tensor> {
+        // A convolution, so lowered under AMP like the dense ones (the CPU kernel is float32
+        // only: a bf16 input on the CPU takes the composed path; CUDA has both).
+        let (x, weight) = (amp::lower(x)?, amp::lower(&self.weight)?);
+        amp::raise(kernels::depthwise(&x, &weight, self.k)?)
+    }
+}
+
+/// What follows a convolution, fused with its bias where a kernel applies.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    Identity,
+    Relu,
+    /// LeakyReLU with this negative slope (>= 0).
+    LeakyRelu(f64),
+}
+
+impl Conv2d {
+    /// `act(conv(x) + bias)`: (B, C, H, W) -> (B, O, H, W).
+    pub fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        let y = if self.depthwise {
+            self.forward_depthwise(x)?
+        } else {
+            self.forward_dense(x)?
+        };
+        if let Some(b) = &self.bias {
+            if kernels::applicable(&y) {
+                let slope = match act {
+                    Activation::Identity => None,
+                    Activation::Relu => Some(0.0),
+                    Activation::LeakyRelu(s) => Some(s as f32),
+                };
+                return kernels::bias_act(&y, b, slope);
+            }
+        }
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, self.out_c, 1, 1))?)?,
+            None => y,
+        };
+        match act {
+            Activation::Identity => Ok(y),
+            Activation::Relu => y.relu(),
+            Activation::LeakyRelu(s) => leaky_relu(&y, s),
+        }
+    }
+}
+
+impl Conv2d {
+    /// The weight of this convolution when it is depthwise, bias-free and the CPU kernels
+    /// apply to `x` (float32, no autocast): ops fused with the convolution take it from here.
+    pub fn fusable_depthwise_weight(&self, x: &Tensor) -> Option<&Tensor> {
+        (self.depthwise
+            && self.bias.is_none()
+            && kernels::applicable(x)
+            && amp::low_dtype().is_none())
+        .then_some(&self.weight)
+    }
+
+    /// The kernel size k (k x k).
+    pub fn kernel_size(&self) -> usize {
+        self.k
+    }
+
+    /// `residual + conv(x)` (the bias included): one op on the CPU for a dense convolution in
+    /// float32, else the convolution then the sum.
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        if !self.depthwise && kernels::applicable(x) && amp::low_dtype().is_none() {
+            let bias = self.bias.as_ref();
+            return kernels::conv_dense_residual(x, &self.weight, bias, self.k, residual);
+        }
+        residual + self.forward(x)?
+    }
+}
+
+impl Module for Conv2d {
+    // (B, C, H, W) -> (B, O, H, W)
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_act(x, Activation::Identity)
+    }
+}
+
+/// The channel LayerNorm of Restormer (`WithBias_LayerNorm` / `BiasFree_LayerNorm` applied to
+/// `to_3d(x)`): each pixel is normalised over its channels with the biased variance and
+/// eps 1e-5 inside the square root.
+#[derive(Debug, Clone)]
+pub struct ChannelLayerNorm {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl ChannelLayerNorm {
+    /// `with_bias` selects WithBias (weight and bias) or BiasFree (weight only). The parameters
+    /// live under `body.` as in the reference.
+    pub fn new(channels: usize, with_bias: bool, vb: VarBuilder) -> Result<Self> {
+        let vb = vb.pp("body");
+        let weight = vb.get_with_hints(channels, "weight", Init::Const(1.0))?;
+        let bias = if with_bias {
+            Some(vb.get_with_hints(channels, "bias", Init::Const(0.0))?)
+        } else {
+            None
+        };
+        Ok(ChannelLayerNorm { weight, bias })
+    }
+}
+
+impl Module for ChannelLayerNorm {
+    // (B, C, H, W) -> (B, C, H, W)
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        kernels::channel_layer_norm(x, &self.weight, self.bias.as_ref())
+    }
+}
+
+/// Reflect padding at the end of dimension `dim` (`F.pad(..., mode='reflect')` with zero
+/// leading pad): indices `0..n` followed by `n-2, n-3, ...`. Needs `pad < n`.
+pub fn reflect_pad_end(x: &Tensor, dim: usize, pad: usize) -> Result<Tensor> {
+    if pad == 0 {
+        return Ok(x.clone());
+    }
+    let n = x.dim(dim)?;
+    if pad >= n {
+        return Err(candle_core::Error::Msg(format!(
+            "reflect padding of {pad} needs a size above {pad}, got {n}"
+        )));
+    }
+    let idx: Vec<u32> = (0..n as u32)
+        .chain((0..pad as u32).map(|i| n as u32 - 2 - i))
+        .collect();
+    let idx = Tensor::from_vec(idx, n + pad, x.device())?;
+    x.index_select(&idx, dim)
+}
+
+/// Exact (erf) GELU, as `nn.GELU()` / `F.gelu`.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    x.gelu_erf()
+}
+
+/// LeakyReLU with the given slope, differentiable: `max(x, 0) + slope * min(x, 0)`.
+pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
+    let pos = x.relu()?;
+    let neg = (x - &pos)?;
+    pos + (neg * slope)?
+}

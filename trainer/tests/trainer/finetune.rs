@@ -1,0 +1,234 @@
+//! Fine-tuning end to end on tiny networks and a few images of `../shared/data`: falling L1
+//! loss, exact resumption, `ifp eval`'s scoring of a checkpoint, the fixed splits, and a tiny
+//! IFP-vs-scratch comparison writing its JSON and CSV reports.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+
+use crate::common;
+use ifp_trainer::checkpoint::{model_path, state_path};
+use ifp_trainer::finetune::compare::{compare, CompareSpec, Pretrain};
+use ifp_trainer::finetune::evaluate::{evaluate_weights, EvalRequest};
+use ifp_trainer::finetune::{self, data, Event, FinetuneConfig};
+use ifp_trainer::{Config, Control, TrainOptions};
+
+fn data_dir() -> PathBuf {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data"));
+    assert!(
+        dir.is_dir(),
+        "the evaluation images are required at {} (the shared/ folder beside the repository)",
+        dir.display()
+    );
+    dir
+}
+
+/// `n` CBSD68 images copied into `dir` (a small, fast-loading clean set).
+fn few_clean(dir: &Path, n: usize) -> PathBuf {
+    let src = data_dir().join("clean/CBSD68");
+    let out = dir.join("clean");
+    std::fs::create_dir_all(&out).expect("mkdir");
+    let entries = data::list_set(&src).expect("CBSD68");
+    for e in entries.iter().take(n) {
+        std::fs::copy(&e.target, out.join(&e.name)).expect("copy");
+    }
+    out
+}
+
+/// Centre `size` x `size` crops of the first `n` Kodak24 images, as PNGs in `dir/test`.
+fn small_test_set(dir: &Path, n: usize, size: usize) -> PathBuf {
+    let out = dir.join("test");
+    std::fs::create_dir_all(&out).expect("mkdir");
+    let entries = data::list_set(&data_dir().join("clean/Kodak24")).expect("Kodak24");
+    let deg = data::Degradation {
+        noise_sigma: 0.0,
+        blur_sigma: 0.0,
+    };
+    for it in data::load_eval(&entries[..n], &deg, 0, size).expect("crops") {
+        it.target.save_png(&out.join(&it.name)).expect("png");
+    }
+    out
+}
+
+/// The tiny preset's encoder, denoising sigma 25 on 24x24 crops.
+fn tiny_task(train_dir: &Path, steps: usize, save_freq: usize) -> FinetuneConfig {
+    let mut c = FinetuneConfig {
+        model: Config::load("tiny").expect("tiny").model,
+        ..Default::default()
+    };
+    c.data.train_dir = train_dir.to_path_buf();
+    c.data.split_every = 5;
+    c.data.noise_sigma = 25.0;
+    c.data.crop = 24;
+    c.data.batch_size = 4;
+    c.data.val_images = 1;
+    c.data.val_crop = 32;
+    c.train.steps = Some(steps);
+    c.train.warmup_epochs = 2;
+    c.train.base_lr = 2e-3;
+    c.save_freq = save_freq;
+    c.validate().expect("valid");
+    c
+}
+
+fn opts(dir: &Path, resume: bool) -> TrainOptions {
+    TrainOptions {
+        out_dir: dir.to_path_buf(),
+        device: Device::Cpu,
+        resume,
+    }
+}
+
+#[test]
+fn l1_loss_falls_on_a_tiny_config() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = tiny_task(&few_clean(tmp.path(), 5), 30, 30);
+    let mut losses = Vec::new();
+    let s = finetune::finetune(&cfg, &opts(&tmp.path().join("run"), false), |ev| {
+        if let Event::Step(p) = ev {
+            losses.push(p.loss);
+        }
+        Control::Continue
+    })
+    .expect("fine-tuning");
+    let head: f64 = losses[..5].iter().sum::<f64>() / 5.0;
+    let tail: f64 = losses[25..].iter().sum::<f64>() / 5.0;
+    eprintln!("L1 of steps 1-5 {head:.5}, of steps 26-30 {tail:.5}");
+    assert!(tail < 0.85 * head, "loss did not fall: {head} -> {tail}");
+    let best = s.best.expect("validated");
+    assert_eq!((best.step, s.history.len()), (30, 1));
+    assert!(best.scores.psnr.is_finite() && best.scores.ssim > 0.0);
+}
+
+#[test]
+fn resumed_run_is_bit_identical() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = tiny_task(&few_clean(tmp.path(), 5), 6, 3);
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    finetune::finetune(&cfg, &opts(&a, false), |_| Control::Continue).expect("straight");
+    let s = finetune::finetune(&cfg, &opts(&b, false), |ev| match ev {
+        Event::Step(p) if p.step == 3 => Control::Stop,
+        _ => Control::Continue,
+    })
+    .expect("first half");
+    assert!(s.stopped && s.steps_done == 3);
+    let s = finetune::finetune(&cfg, &opts(&b, true), |_| Control::Continue).expect("resume");
+    assert_eq!((s.resumed_from, s.steps_done), (Some(3), 6));
+    common::assert_same_file(&model_path(&a, 6), &model_path(&b, 6), "resumed weights");
+    common::assert_same_file(&state_path(&a, 6), &state_path(&b, 6), "resumed state");
+    let hist = |d: &Path| finetune::read_history(d).expect("history");
+    assert_eq!(hist(&a), hist(&b));
+    // A different config refuses to resume.
+    let mut other = cfg.clone();
+    other.data.noise_sigma = 15.0;
+    let err = finetune::finetune(&other, &opts(&b, true), |_| Control::Continue)
+        .expect_err("must refuse");
+    assert!(err.to_string().contains("NOISE_SIGMA"), "{err}");
+}
+
+#[test]
+fn eval_scores_a_checkpoint() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let train = few_clean(tmp.path(), 5);
+    let test = small_test_set(tmp.path(), 2, 96);
+    let cfg = tiny_task(&train, 2, 2);
+    let run = tmp.path().join("run");
+    finetune::finetune(&cfg, &opts(&run, false), |_| Control::Continue).expect("fine-tuning");
+    let (best, path) = finetune::best_model(&run).expect("history").expect("best");
+    assert_eq!(path, model_path(&run, best.step));
+    let req = EvalRequest {
+        weights: &path,
+        dir: &test,
+        noise_sigma: None,
+        blur_sigma: None,
+        max_images: 0,
+        tile: None,
+    };
+    let whole = evaluate_weights(&req, &Device::Cpu).expect("eval");
+    assert_eq!(whole.len(), 2);
+    for s in &whole {
+        // sigma 25 noise alone is about 20 dB; a 2-step network stays near it.
+        assert!(s.scores.psnr > 12.0 && s.scores.psnr < 40.0, "{s:?}");
+    }
+    // Tiled restoration covers the image and stays close to the whole-image one.
+    let tiled = evaluate_weights(
+        &EvalRequest {
+            tile: Some(64),
+            ..req
+        },
+        &Device::Cpu,
+    )
+    .expect("tiled eval");
+    for (w, t) in whole.iter().zip(&tiled) {
+        assert!((w.scores.psnr - t.scores.psnr).abs() < 1.0, "{w:?} {t:?}");
+    }
+    // A pre-training checkpoint is not a fine-tuned model.
+    let bad = EvalRequest {
+        weights: &train.join("nope.safetensors"),
+        ..req
+    };
+    assert!(evaluate_weights(&bad, &Device::Cpu).is_err());
+}
+
+#[test]
+fn splits_are_fixed_and_paired_sets_are_recognised() {
+    let rain = data_dir().join("rain/Rain100H");
+    let mut d = FinetuneConfig::default().data;
+    d.train_dir = rain;
+    d.split_every = 5;
+    d.val_images = 4;
+    let (train, val, test) = data::split(&d).expect("split");
+    assert_eq!((train.len(), val.len(), test.len()), (76, 4, 20));
+    assert_eq!(test[0].name, "norain-5.png");
+    assert_eq!(test[19].name, "norain-100.png");
+    assert!(train.iter().all(|e| e.input.is_some()));
+    assert!(!train
+        .iter()
+        .chain(&val)
+        .any(|e| test.iter().any(|t| t.name == e.name)));
+    assert_eq!(data::split(&d).expect("again").2, test);
+}
+
+#[test]
+fn tiny_compare_writes_json_and_csv() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let train = few_clean(tmp.path(), 5);
+    let mut ft = tiny_task(&train, 4, 2);
+    ft.data.test_dir = Some(small_test_set(tmp.path(), 1, 64));
+    let mut pre = Config::load("tiny").expect("tiny");
+    pre.data.img_size = 16;
+    pre.train.steps = Some(4);
+    pre.train.warmup_epochs = 1;
+    pre.validate().expect("valid");
+    let spec = CompareSpec {
+        finetune: ft,
+        pretrain: Pretrain::Run(Box::new(pre)),
+        extra_arm: None,
+        tile: None,
+        showcase: 1,
+    };
+    let out = tmp.path().join("cmp");
+    let report = compare(&spec, &out, &Device::Cpu, |_| Control::Continue).expect("compare");
+    assert_eq!(report.arms.len(), 2);
+    assert_eq!(report.deltas.len(), 1);
+    assert_eq!(report.per_image.len(), 1);
+    for a in &report.arms {
+        assert_eq!(a.val_curve.len(), 2, "{}", a.name);
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).expect("json"))
+            .expect("parse");
+    assert_eq!(json["arms"][0]["name"], "ifp");
+    assert!(json["deltas"][0]["diff"]["psnr"]["mean"].is_number());
+    let csv = std::fs::read_to_string(out.join("per_image.csv")).expect("csv");
+    assert!(csv.starts_with("image,ifp_psnr,"), "{csv}");
+    assert_eq!(csv.lines().count(), 2);
+    let curve = std::fs::read_to_string(out.join("val_curve.csv")).expect("curve");
+    assert_eq!(curve.lines().count(), 1 + 2 * 2);
+    assert!(std::fs::read_dir(&out).expect("ls").any(|e| e
+        .expect("e")
+        .file_name()
+        .to_string_lossy()
+        .starts_with("showcase-")));
+    eprintln!("{}", ifp_trainer::finetune::compare::table(&report));
+}

@@ -1,0 +1,479 @@
+//! The custom kernels against the straightforward candle versions, values and gradients, on
+//! random shapes including odd sizes and sizes smaller than the kernel. The depthwise tests run
+//! on `IFP_TEST_DEVICE` (the CUDA kernels on a GPU machine, `bench/gpu-check.sh`).
+
+use crate::common;
+
+use candle_core::{DType, Device, Tensor, Var};
+use ifp_trainer::kernels;
+use ifp_trainer::kernels::{depthwise_composed, im2col_composed};
+
+fn rel(a: &Tensor, b: &Tensor) -> f64 {
+    let d = (a - b)
+        .and_then(|d| d.sqr())
+        .and_then(|d| d.sum_all())
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("diff");
+    let n = b
+        .sqr()
+        .and_then(|d| d.sum_all())
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("norm");
+    (d as f64 / (n as f64).max(1e-30)).sqrt()
+}
+
+const SHAPES: &[(usize, usize, usize, usize, usize)] = &[
+    (1, 1, 1, 1, 3),
+    (2, 3, 5, 7, 3),
+    (3, 4, 9, 4, 3),
+    (1, 2, 2, 3, 5),
+    (2, 5, 13, 11, 5),
+    (1, 3, 6, 6, 1),
+    // One-row and one-column planes (the 3x3 row stencil's edge cases).
+    (2, 2, 1, 5, 3),
+    (1, 2, 6, 1, 3),
+    (1, 1, 2, 2, 3),
+];
+
+#[test]
+fn im2col_kernel_matches_composed() {
+    for (i, &(b, c, h, w, k)) in SHAPES.iter().enumerate() {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, w), &Device::Cpu).expect("x"))
+            .expect("var");
+        let probe = Tensor::randn(0f32, 1.0, (b, c * k * k, h * w), &Device::Cpu).expect("probe");
+        let fast = kernels::im2col(x.as_tensor(), k).expect("fast");
+        let slow = im2col_composed(x.as_tensor(), k).expect("slow");
+        assert!(rel(&fast, &slow) < 1e-7, "shape {i}: values");
+        let gf = (fast * &probe)
+            .and_then(|t| t.sum_all())
+            .and_then(|t| t.backward())
+            .expect("bwd");
+        let gs = (slow * &probe)
+            .and_then(|t| t.sum_all())
+            .and_then(|t| t.backward())
+            .expect("bwd");
+        let e = rel(
+            gf.get(x.as_tensor()).expect("g"),
+            gs.get(x.as_tensor()).expect("g"),
+        );
+        assert!(e < 1e-6, "shape {i}: input gradient {e}");
+    }
+}
+
+/// The depthwise kernel (on `IFP_TEST_DEVICE`: the CPU kernel, or the CUDA one run by
+/// `bench/gpu-check.sh`) in `dtype` against the composed float32 version on the same
+/// (dtype-rounded) inputs, values and both gradients.
+fn check_depthwise(dtype: DType, tol_values: f64, tol_grads: f64) {
+    let dev = common::test_device();
+    // The last shape spans several partial-sum blocks of the CUDA weight gradient.
+    let big = [(2, 3, 97, 101, 3)];
+    for (i, &(b, c, h, w, k)) in SHAPES.iter().chain(&big).enumerate() {
+        let round = |t: Tensor| t.to_dtype(dtype).and_then(|t| t.to_dtype(DType::F32));
+        let x = Var::from_tensor(
+            &round(Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).expect("x")).expect("x"),
+        )
+        .expect("var");
+        let wt = Var::from_tensor(
+            &round(Tensor::randn(0f32, 1.0, (c, 1, k, k), &dev).expect("w")).expect("w"),
+        )
+        .expect("var");
+        let probe = Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).expect("probe");
+        let (xl, wl) = (
+            x.as_tensor().to_dtype(dtype).expect("x"),
+            wt.as_tensor().to_dtype(dtype).expect("w"),
+        );
+        assert!(
+            kernels::depthwise_applicable(&xl, &wl, k),
+            "{dtype:?} on {dev:?}"
+        );
+        let fast = kernels::depthwise(&xl, &wl, k)
+            .and_then(|t| t.to_dtype(DType::F32))
+            .expect("fast");
+        let slow = depthwise_composed(x.as_tensor(), wt.as_tensor(), k).expect("slow");
+        let e = rel(&fast, &slow);
+        assert!(e < tol_values, "{dtype:?} shape {i}: values {e}");
+        let gf = (fast * &probe)
+            .and_then(|t| t.sum_all())
+            .and_then(|t| t.backward())
+            .expect("bwd");
+        let gs = (slow * &probe)
+            .and_then(|t| t.sum_all())
+            .and_then(|t| t.backward())
+            .expect("bwd");
+        for (name, v) in [("input", &x), ("weight", &wt)] {
+            let e = rel(
+                gf.get(v.as_tensor()).expect("g"),
+                gs.get(v.as_tensor()).expect("g"),
+            );
+            assert!(e < tol_grads, "{dtype:?} shape {i}: {name} gradient {e}");
+        }
+    }
+    println!("depthwise kernel on {dev:?} in {dtype:?} matches the composed float32 version");
+}
+
+#[test]
+fn depthwise_kernel_matches_composed() {
+    check_depthwise(DType::F32, 1e-6, 1e-5);
+}
+
+/// bf16 has a kernel on CUDA only (the CPU takes the composed path); its error is the bf16
+/// rounding of the output and of the output gradient (2^-9 relative each).
+#[test]
+fn depthwise_kernel_bf16_matches_composed() {
+    if common::test_device().is_cpu() {
+        let x = Tensor::zeros((1, 1, 3, 3), DType::BF16, &Device::Cpu).expect("x");
+        let w = Tensor::zeros((1, 1, 3, 3), DType::BF16, &Device::Cpu).expect("w");
+        assert!(
+            !kernels::depthwise_applicable(&x, &w, 3),
+            "no bf16 CPU kernel"
+        );
+        return;
+    }
+    check_depthwise(DType::BF16, 1e-2, 1e-2);
+}
+
+#[test]
+fn channel_layer_norm_kernel_matches_composed() {
+    use ifp_trainer::kernels::channel_layer_norm_composed;
+    for (i, &(b, c, h, w, _)) in SHAPES.iter().enumerate() {
+        for with_bias in [true, false] {
+            let dev = Device::Cpu;
+            // An offset and scale per sample make the statistics non-trivial.
+            let x = Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).expect("x");
+            let x = Var::from_tensor(&((x * 3.0).expect("s") + 0.5).expect("o")).expect("var");
+            let wt = Var::from_tensor(&Tensor::randn(1f32, 0.2, c, &dev).expect("w")).expect("var");
+            let bias =
+                Var::from_tensor(&Tensor::randn(0f32, 0.2, c, &dev).expect("b")).expect("var");
+            let bias_ref = with_bias.then_some(bias.as_tensor());
+            let probe = Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).expect("probe");
+            let fast =
+                kernels::channel_layer_norm(x.as_tensor(), wt.as_tensor(), bias_ref).expect("fast");
+            let slow =
+                channel_layer_norm_composed(x.as_tensor(), wt.as_tensor(), bias_ref).expect("slow");
+            let e = rel(&fast, &slow);
+            assert!(e < 1e-5, "shape {i} bias {with_bias}: values {e}");
+            let gf = (fast * &probe)
+                .and_then(|t| t.sum_all())
+                .and_then(|t| t.backward())
+                .expect("bwd");
+            let gs = (slow * &probe)
+                .and_then(|t| t.sum_all())
+                .and_then(|t| t.backward())
+                .expect("bwd");
+            let mut vars = vec![("input", &x), ("weight", &wt)];
+            if with_bias {
+                vars.push(("bias", &bias));
+            } else {
+                assert!(
+                    gf.get(bias.as_tensor()).is_none(),
+                    "BiasFree must not touch the bias"
+                );
+            }
+            for (name, v) in vars {
+                let (f, s) = (
+                    gf.get(v.as_tensor()).expect("g"),
+                    gs.get(v.as_tensor()).expect("g"),
+                );
+                if c <= 2 && name == "input" {
+                    // With one or two channels the normalised values are exactly 0 or +-1, so
+                    // the input gradient vanishes up to the eps term: a relative error would
+                    // measure rounding noise only. Bound the difference by the gradient's scale
+                    // with more channels (the probe's, about 1) instead.
+                    let max_abs = |t: &Tensor| -> f32 {
+                        t.abs()
+                            .and_then(|a| a.max_all())
+                            .and_then(|m| m.to_scalar::<f32>())
+                            .expect("max")
+                    };
+                    let diff = max_abs(&(f - s).expect("diff"));
+                    let scale = max_abs(s).max(1.0);
+                    assert!(
+                        diff <= 1e-4 * scale,
+                        "shape {i} bias {with_bias}: input gradient differs by {diff} (scale {scale})"
+                    );
+                    continue;
+                }
+                let e = rel(f, s);
+                assert!(e < 1e-4, "shape {i} bias {with_bias}: {name} gradient {e}");
+            }
+        }
+    }
+}
+
+/// Values and the gradients of every input of `fast` and `slow` (the same function) under a
+/// random probe of the output.
+fn compare_with_grads(
+    what: &str,
+    inputs: &[&Var],
+    fast: impl Fn() -> Tensor,
+    slow: impl Fn() -> Tensor,
+    tol_values: f64,
+    tol_grads: f64,
+) {
+    let (f, s) = (fast(), slow());
+    let e = rel(&f, &s);
+    assert!(e < tol_values, "{what}: values {e}");
+    let probe = Tensor::randn(0f32, 1.0, s.shape(), s.device()).expect("probe");
+    let gf = (f * &probe)
+        .and_then(|t| t.sum_all())
+        .and_then(|t| t.backward())
+        .expect("bwd");
+    let gs = (s * &probe)
+        .and_then(|t| t.sum_all())
+        .and_then(|t| t.backward())
+        .expect("bwd");
+    for (n, v) in inputs.iter().enumerate() {
+        let e = rel(
+            gf.get(v.as_tensor()).expect("g"),
+            gs.get(v.as_tensor()).expect("g"),
+        );
+        assert!(e < tol_grads, "{what}: gradient of input {n}: {e}");
+    }
+}
+
+#[test]
+fn channel_attention_kernel_matches_composed() {
+    use ifp_trainer::kernels::channel_attention_composed;
+    // (batch, channels per part, heads, H, W): one head, several, odd and tiny planes.
+    for &(b, c, heads, h, w) in &[
+        (1, 1, 1, 1, 1),
+        (2, 8, 1, 5, 7),
+        (3, 12, 4, 9, 4),
+        (2, 16, 2, 13, 11),
+        (1, 48, 1, 16, 16),
+        // Rows per head not a multiple of four (blocked rows plus a remainder).
+        (2, 6, 1, 3, 5),
+        (1, 14, 2, 7, 9),
+    ] {
+        let qkv = Var::from_tensor(
+            &Tensor::randn(0f32, 1.0, (b, 3 * c, h, w), &Device::Cpu).expect("qkv"),
+        )
+        .expect("var");
+        let t =
+            Var::from_tensor(&Tensor::rand(0.5f32, 2.0, (heads, 1, 1), &Device::Cpu).expect("t"))
+                .expect("var");
+        compare_with_grads(
+            &format!("attention b{b} c{c} heads{heads} {h}x{w}"),
+            &[&qkv, &t],
+            || kernels::channel_attention(qkv.as_tensor(), t.as_tensor(), heads).expect("fast"),
+            || channel_attention_composed(qkv.as_tensor(), t.as_tensor(), heads).expect("slow"),
+            1e-5,
+            // The temperature's gradient is one sum over cancelling terms per head.
+            1e-3,
+        );
+    }
+}
+
+#[test]
+fn gelu_gate_kernel_matches_composed() {
+    use ifp_trainer::kernels::gelu_gate_composed;
+    // The kernel's erf (PyTorch's vectorised-GELU approximation) is within 5e-7 of candle's
+    // exact one: relative to a tensor's size that is ~1e-6, but a lone value near a zero of
+    // gelu or gelu' can be off by far more in relative terms, so every shape has dozens of
+    // values and the tolerances sit above that error (1e-5, 1e-4), far below a wrong formula.
+    for &(b, c2, h, w) in &[
+        (1, 2, 3, 5),
+        (2, 6, 5, 7),
+        (3, 84, 9, 13),
+        (1, 10, 128, 130),
+    ] {
+        let x =
+            Var::from_tensor(&Tensor::randn(0f32, 2.0, (b, c2, h, w), &Device::Cpu).expect("x"))
+                .expect("var");
+        compare_with_grads(
+            &format!("gelu gate b{b} c{c2} {h}x{w}"),
+            &[&x],
+            || kernels::gelu_gate(x.as_tensor()).expect("fast"),
+            || gelu_gate_composed(x.as_tensor()).expect("slow"),
+            1e-5,
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn bias_act_kernel_matches_composed() {
+    use ifp_trainer::models::layers::leaky_relu;
+    for &(b, c, h, w) in &[(1, 1, 1, 1), (2, 3, 5, 7), (4, 16, 33, 31)] {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, w), &Device::Cpu).expect("x"))
+            .expect("var");
+        let bias =
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, c, &Device::Cpu).expect("b")).expect("var");
+        for slope in [None, Some(0.0), Some(0.1)] {
+            let composed = || {
+                let y = x
+                    .as_tensor()
+                    .broadcast_add(&bias.as_tensor().reshape((1, c, 1, 1)).expect("b"))
+                    .expect("add");
+                match slope {
+                    None => y,
+                    Some(0.0) => y.relu().expect("relu"),
+                    Some(s) => leaky_relu(&y, s as f64).expect("leaky"),
+                }
+            };
+            compare_with_grads(
+                &format!("bias act {slope:?} b{b} c{c} {h}x{w}"),
+                &[&x, &bias],
+                || kernels::bias_act(x.as_tensor(), bias.as_tensor(), slope).expect("fast"),
+                composed,
+                1e-6,
+                1e-5,
+            );
+        }
+    }
+}
+
+#[test]
+fn depthwise_channel_attention_kernel_matches_composed() {
+    use ifp_trainer::kernels::channel_attention_composed;
+    // (batch, channels per part, heads, H, W)
+    for &(b, c, heads, h, w) in &[
+        (1, 1, 1, 1, 1),
+        (2, 6, 2, 5, 7),
+        (3, 8, 1, 1, 9),
+        (1, 12, 3, 8, 6),
+    ] {
+        let x =
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, 3 * c, h, w), &Device::Cpu).expect("x"))
+                .expect("var");
+        let wt =
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, (3 * c, 1, 3, 3), &Device::Cpu).expect("w"))
+                .expect("var");
+        let t =
+            Var::from_tensor(&Tensor::randn(1f32, 0.3, (heads, 1, 1), &Device::Cpu).expect("t"))
+                .expect("var");
+        compare_with_grads(
+            &format!("depthwise + attention b{b} c{c} heads{heads} {h}x{w}"),
+            &[&x, &wt, &t],
+            || {
+                kernels::depthwise_channel_attention(
+                    x.as_tensor(),
+                    wt.as_tensor(),
+                    3,
+                    t.as_tensor(),
+                    heads,
+                )
+                .expect("fast")
+            },
+            || {
+                depthwise_composed(x.as_tensor(), wt.as_tensor(), 3)
+                    .and_then(|y| channel_attention_composed(&y, t.as_tensor(), heads))
+                    .expect("slow")
+            },
+            1e-5,
+            // The temperature's gradient is one sum over cancelling terms per head.
+            1e-3,
+        );
+    }
+}
+
+#[test]
+fn depthwise_gelu_gate_kernel_matches_composed() {
+    use ifp_trainer::kernels::gelu_gate_composed;
+    // (batch, hidden, H, W): odd planes, one-pixel rows and columns.
+    for &(b, h, hh, ww) in &[
+        (2, 2, 1, 6),
+        (2, 3, 5, 7),
+        (3, 5, 1, 9),
+        (1, 4, 8, 1),
+        (2, 21, 16, 13),
+    ] {
+        let x = Var::from_tensor(
+            &Tensor::randn(0f32, 1.0, (b, 2 * h, hh, ww), &Device::Cpu).expect("x"),
+        )
+        .expect("var");
+        let wt =
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, (2 * h, 1, 3, 3), &Device::Cpu).expect("w"))
+                .expect("var");
+        compare_with_grads(
+            &format!("depthwise + gelu gate b{b} h{h} {hh}x{ww}"),
+            &[&x, &wt],
+            || kernels::depthwise_gelu_gate(x.as_tensor(), wt.as_tensor(), 3).expect("fast"),
+            || {
+                depthwise_composed(x.as_tensor(), wt.as_tensor(), 3)
+                    .and_then(|y| gelu_gate_composed(&y))
+                    .expect("slow")
+            },
+            // The gate's erf approximation, as in `gelu_gate_kernel_matches_composed`.
+            1e-5,
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn dense_conv_kernel_matches_composed() {
+    // (batch, in, out, H, W, k), odd sizes and planes smaller than the kernel included.
+    for &(b, c, o, h, w, k) in &[
+        (1, 1, 1, 1, 1, 3),
+        (2, 3, 5, 7, 6, 3),
+        (3, 4, 2, 9, 13, 5),
+        (1, 2, 3, 2, 3, 5),
+        (2, 16, 16, 33, 31, 3),
+        (1, 3, 4, 6, 6, 1),
+        (3, 5, 7, 11, 9, 1),
+        (2, 48, 16, 17, 15, 1),
+    ] {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, w), &Device::Cpu).expect("x"))
+            .expect("var");
+        let wt =
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, (o, c, k, k), &Device::Cpu).expect("w"))
+                .expect("var");
+        let composed = || {
+            let cols = im2col_composed(x.as_tensor(), k).expect("cols");
+            let wm = wt.as_tensor().reshape((o, c * k * k)).expect("wm");
+            wm.broadcast_matmul(&cols)
+                .and_then(|y| y.reshape((b, o, h, w)))
+                .expect("y")
+        };
+        compare_with_grads(
+            &format!("dense conv b{b} c{c} o{o} {h}x{w} k{k}"),
+            &[&x, &wt],
+            || kernels::conv_dense(x.as_tensor(), wt.as_tensor(), k).expect("fast"),
+            composed,
+            1e-6,
+            1e-5,
+        );
+        // The same convolution added to a residual, as one op.
+        let r = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, o, h, w), &Device::Cpu).expect("r"))
+            .expect("var");
+        compare_with_grads(
+            &format!("dense conv + residual b{b} c{c} o{o} {h}x{w} k{k}"),
+            &[&x, &wt, &r],
+            || {
+                kernels::conv_dense_residual(x.as_tensor(), wt.as_tensor(), None, k, r.as_tensor())
+                    .expect("fast")
+            },
+            || (r.as_tensor() + composed()).expect("slow"),
+            1e-6,
+            1e-5,
+        );
+        // ... and with a bias (summed in another order than the reference: a lone output
+        // value where r and the convolution cancel has a large relative error, so only outputs
+        // of some size are compared).
+        if b * o * h * w < 32 {
+            continue;
+        }
+        let bias =
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, o, &Device::Cpu).expect("b")).expect("var");
+        compare_with_grads(
+            &format!("dense conv + bias + residual b{b} c{c} o{o} {h}x{w} k{k}"),
+            &[&x, &wt, &bias, &r],
+            || {
+                let bias = Some(bias.as_tensor());
+                kernels::conv_dense_residual(x.as_tensor(), wt.as_tensor(), bias, k, r.as_tensor())
+                    .expect("fast")
+            },
+            || {
+                let b4 = bias.as_tensor().reshape((1, o, 1, 1)).expect("b4");
+                composed()
+                    .broadcast_add(&b4)
+                    .and_then(|y| r.as_tensor() + y)
+                    .expect("slow")
+            },
+            1e-5,
+            // The reference sums the bias gradient in float32, the kernel in f64.
+            1e-4,
+        );
+    }
+}
