@@ -21,8 +21,6 @@ pub trait Run {
 
     /// Steps completed.
     fn step(&self) -> usize;
-    /// Images per step and checkpoint frequency.
-    fn cadence(&self) -> Cadence;
     /// One optimiser step.
     fn train_step(&mut self) -> Result<StepStats>;
     /// Writes the checkpoint of the current step into `dir`.
@@ -51,7 +49,7 @@ pub enum Tick<'a, N> {
 
 /// How a driven run ended.
 #[derive(Debug, Clone)]
-pub struct Driven {
+pub struct RunSummary {
     pub steps_done: usize,
     pub final_loss: Option<f64>,
     pub last_checkpoint: Option<Checkpoint>,
@@ -60,15 +58,16 @@ pub struct Driven {
     pub resumed_from: Option<usize>,
 }
 
-/// Runs `run` to `total` steps in `opts.out_dir`, resuming from its newest complete checkpoint
-/// when `opts.resume`. `on_tick` answers each step with go on or stop; a stop writes a
+/// Runs `run` to `total` steps in `opts.out_dir` at `cadence`, resuming from its newest complete
+/// checkpoint when `opts.resume`. `on_tick` answers each step with go on or stop; a stop writes a
 /// checkpoint first, so nothing is lost.
 pub fn drive<R: Run>(
     run: &mut R,
     total: usize,
+    cadence: Cadence,
     opts: &TrainOptions,
     mut on_tick: impl FnMut(Tick<'_, R::Note>) -> Control,
-) -> Result<Driven> {
+) -> Result<RunSummary> {
     std::fs::create_dir_all(&opts.out_dir).map_err(TrainerError::io(&opts.out_dir))?;
     let mut resumed_from = None;
     if opts.resume {
@@ -80,7 +79,7 @@ pub fn drive<R: Run>(
     on_tick(Tick::Started {
         start_step: run.step(),
     });
-    let mut out = Driven {
+    let mut out = RunSummary {
         steps_done: run.step(),
         final_loss: None,
         last_checkpoint: None,
@@ -88,7 +87,6 @@ pub fn drive<R: Run>(
         resumed_from,
     };
     let mut clock = EtaClock::default();
-    let cadence = run.cadence();
     while run.step() < total {
         let t0 = Instant::now();
         let stats = run.train_step()?;

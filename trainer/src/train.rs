@@ -67,16 +67,8 @@ pub struct TrainOptions {
     pub resume: bool,
 }
 
-/// How a run ended.
-#[derive(Debug, Clone)]
-pub struct TrainSummary {
-    pub steps_done: usize,
-    pub final_loss: Option<f64>,
-    pub last_checkpoint: Option<Checkpoint>,
-    /// The callback asked to stop before the last step.
-    pub stopped: bool,
-    pub resumed_from: Option<usize>,
-}
+/// How a pre-training run ended.
+pub type TrainSummary = driver::RunSummary;
 
 /// Statistics of one step.
 #[derive(Debug, Clone, Copy)]
@@ -228,13 +220,6 @@ impl driver::Run for Trainer {
         self.step
     }
 
-    fn cadence(&self) -> driver::Cadence {
-        driver::Cadence {
-            batch_size: self.cfg.data.batch_size,
-            save_freq: self.cfg.save_freq,
-        }
-    }
-
     /// One optimiser step.
     fn train_step(&mut self) -> Result<StepStats> {
         crate::threads::on_workers(|| self.step_once())
@@ -313,7 +298,11 @@ pub fn train(
     let mut trainer = Trainer::new(cfg, &opts.device)?;
     let total = cfg.total_steps();
     let parameters = trainer.network().num_parameters()?;
-    let d = driver::drive(&mut trainer, total, opts, |tick| match tick {
+    let cadence = driver::Cadence {
+        batch_size: cfg.data.batch_size,
+        save_freq: cfg.save_freq,
+    };
+    driver::drive(&mut trainer, total, cadence, opts, |tick| match tick {
         driver::Tick::Started { start_step } => on_event(Event::Started {
             start_step,
             total_steps: total,
@@ -321,12 +310,5 @@ pub fn train(
         }),
         driver::Tick::Step(p) => on_event(Event::Step(p)),
         driver::Tick::Checkpoint(ck, ()) => on_event(Event::Checkpoint(ck)),
-    })?;
-    Ok(TrainSummary {
-        steps_done: d.steps_done,
-        final_loss: d.final_loss,
-        last_checkpoint: d.last_checkpoint,
-        stopped: d.stopped,
-        resumed_from: d.resumed_from,
     })
 }

@@ -238,12 +238,12 @@ pub fn run(a: FinetuneArgs) -> Result<(), Failure> {
     match s.best {
         Some(b) => eprintln!(
             "done: {} steps; best validation PSNR {:.3} dB at step {} ({})",
-            s.steps_done,
+            s.run.steps_done,
             b.scores.psnr,
             b.step,
             ifp_trainer::checkpoint::model_path(&a.out, b.step).display()
         ),
-        None => eprintln!("done: {} steps", s.steps_done),
+        None => eprintln!("done: {} steps", s.run.steps_done),
     }
     Ok(())
 }

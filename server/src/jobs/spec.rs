@@ -163,7 +163,7 @@ impl JobSpec {
                 }
                 control()
             })
-            .map(|s| s.stopped),
+            .map(|s| s.run.stopped),
             JobSpec::Compare(job) => job.run(
                 &opts.out_dir,
                 &opts.device,

@@ -16,15 +16,20 @@ use ifp_server::{app, AppState};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-const ADMIN: &str = "admin-secret";
+pub(crate) const ADMIN: &str = "admin-secret";
 
-fn datasets() -> PathBuf {
+pub(crate) fn datasets() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data"))
         .canonicalize()
         .expect("../shared/data (the fine-tuning test images) is missing")
 }
 
-async fn call(app: &Router, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, String) {
+pub(crate) async fn call(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    body: Option<Value>,
+) -> (StatusCode, String) {
     let mut b = Request::builder()
         .method(method)
         .uri(uri)
@@ -45,7 +50,7 @@ async fn call(app: &Router, method: &str, uri: &str, body: Option<Value>) -> (St
     (status, String::from_utf8_lossy(&bytes).into_owned())
 }
 
-fn pretrain() -> Value {
+pub(crate) fn pretrain() -> Value {
     let mut cfg = ifp_trainer::config::preset("tiny").unwrap();
     cfg.data.img_size = 16;
     cfg.train.steps = Some(6);
@@ -53,7 +58,7 @@ fn pretrain() -> Value {
     serde_json::to_value(&cfg).unwrap()
 }
 
-fn finetune(train_dir: &str) -> Value {
+pub(crate) fn finetune(train_dir: &str) -> Value {
     json!({
         "DATA": {"TRAIN_DIR": train_dir, "TEST_DIR": "clean/Kodak24", "NOISE_SIGMA": 25,
                  "CROP": 16, "BATCH_SIZE": 2, "VAL_IMAGES": 1, "VAL_CROP": 32,
@@ -417,140 +422,4 @@ async fn a_finetune_job_starts_from_a_finished_pretraining_job() {
             .into_owned();
         assert!(html.contains(&needle), "{uri}: missing {needle}");
     }
-}
-
-/// A comparison whose worker dies in the IFP arm resumes there on the next attempt (the
-/// pre-training is not run again) and ends with the results of an uninterrupted run.
-#[tokio::test]
-async fn a_comparison_whose_worker_dies_mid_arm_resumes_in_that_arm() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-
-    use ifp_server::jobs::spec::{JobSpec, Report};
-
-    let pool = common::fresh_pool().await;
-    let artifacts = tempfile::tempdir().unwrap();
-    let mut state = AppState::new(pool.clone(), artifacts.path(), Some(ADMIN));
-    state.datasets = Some(datasets());
-    let api = app(state);
-    let body = json!({"kind": "compare", "name": "cmp", "config": pretrain(),
-                      "finetune": finetune("clean/CBSD68"), "showcase": 1});
-    let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(body)).await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
-    let id: uuid::Uuid = serde_json::from_str::<Value>(&b).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-
-    // Attempt 1 pre-trains (6 steps), trains the IFP arm for 2 of its 4 steps, and dies.
-    let dead = ifp_server::queue::claim(&pool, "dead", Duration::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
-    let mut spec = JobSpec::from_stored(dead.kind, &dead.config).unwrap();
-    spec.resolve(artifacts.path(), Some(&datasets())).unwrap();
-    assert!(matches!(spec, JobSpec::Compare(_)));
-    let opts = ifp_trainer::TrainOptions {
-        out_dir: worker::attempt_dir(artifacts.path(), id, 1),
-        device: candle_core::Device::Cpu,
-        resume: true,
-    };
-    let straight_spec = spec.clone();
-    let stopped = tokio::task::spawn_blocking(move || {
-        let reached = Arc::new(AtomicUsize::new(0));
-        let seen = reached.clone();
-        spec.run(
-            &opts,
-            move |r| {
-                if let Report::Step(step, _) = r {
-                    seen.store(step, Ordering::SeqCst);
-                }
-            },
-            || reached.load(Ordering::SeqCst) >= 8,
-        )
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(stopped, "the first attempt was stopped mid-arm");
-    sqlx::query("update job set lease_expires_at = now() - interval '1 second' where id = $1")
-        .bind(id)
-        .execute(&pool)
-        .await
-        .unwrap();
-    ifp_server::queue::rescue(&pool).await.unwrap();
-
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let mut cfg = WorkerConfig::new("w-live", artifacts.path());
-    cfg.poll_interval = Duration::from_millis(300);
-    cfg.datasets = Some(datasets());
-    tokio::spawn(worker::run(pool.clone(), cfg, rx));
-    let t0 = Instant::now();
-    let job = loop {
-        let j = ifp_server::queue::get(&pool, id).await.unwrap().unwrap();
-        if !j.status.is_active() {
-            break j;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(400), "timed out: {j:?}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
-    let _ = stop.send(true);
-    assert_eq!(job.status.as_str(), "succeeded", "{:?}", job.error);
-    assert_eq!((job.attempt, job.step), (2, 14));
-    // Attempt 2 logged only steps 9..=14: the rest of the IFP arm, then the scratch arm.
-    let steps: Vec<i64> = sqlx::query_scalar(
-        "select step from metric where job_id = $1 and attempt = 2 order by step",
-    )
-    .bind(id)
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    assert_eq!(steps, (9..=14).collect::<Vec<i64>>());
-    let resumed: Option<i64> = sqlx::query_scalar(
-        "select resumed_from_step from attempt where job_id = $1 and attempt = 2",
-    )
-    .bind(id)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!(resumed, Some(8));
-
-    // The same numbers as a comparison that was never interrupted.
-    let straight = tempfile::tempdir().unwrap();
-    let opts = ifp_trainer::TrainOptions {
-        out_dir: straight.path().to_path_buf(),
-        device: candle_core::Device::Cpu,
-        resume: false,
-    };
-    tokio::task::spawn_blocking(move || straight_spec.run(&opts, |_| {}, || false))
-        .await
-        .unwrap()
-        .unwrap();
-    let read = |p: PathBuf| -> Value {
-        serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("{p:?}: {e}"))).unwrap()
-    };
-    let resumed_report = read(worker::attempt_dir(artifacts.path(), id, 2).join("report.json"));
-    let straight_report = read(straight.path().join("report.json"));
-    let arms = |r: &Value| -> Vec<Value> {
-        // The results, without where the files were and how long it took.
-        r["arms"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| {
-                json!([
-                    a["name"],
-                    a["best_step"],
-                    a["best_val"],
-                    a["test"],
-                    a["val_curve"]
-                ])
-            })
-            .collect()
-    };
-    assert_eq!(arms(&resumed_report).len(), 2);
-    assert_eq!(arms(&resumed_report), arms(&straight_report));
-    assert_eq!(resumed_report["per_image"], straight_report["per_image"]);
-    assert_eq!(resumed_report["deltas"], straight_report["deltas"]);
 }

@@ -9,10 +9,13 @@
 mod common;
 
 mod api;
+mod api_results;
 mod browser;
 mod cli;
 mod compare;
+mod compare_resume;
 mod pages;
+mod pages_forms;
 mod pg;
 mod queue;
 mod serve;

@@ -15,30 +15,30 @@ use ifp_server::{app, AppState};
 use ifp_trainer::checkpoint::{Checkpoint, WrittenFile};
 use tower::ServiceExt;
 
-const ADMIN: &str = "admin-secret";
-const HOST: &str = "ifp.test";
+pub(crate) const ADMIN: &str = "admin-secret";
+pub(crate) const HOST: &str = "ifp.test";
 
-struct Site {
-    app: Router,
-    pool: sqlx::PgPool,
-    alice: String,
-    artifacts: tempfile::TempDir,
+pub(crate) struct Site {
+    pub(crate) app: Router,
+    pub(crate) pool: sqlx::PgPool,
+    pub(crate) alice: String,
+    pub(crate) artifacts: tempfile::TempDir,
 }
 
-struct Resp {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
+pub(crate) struct Resp {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: String,
 }
 
 impl Resp {
-    fn location(&self) -> &str {
+    pub(crate) fn location(&self) -> &str {
         self.headers
             .get(header::LOCATION)
             .map_or("", |v| v.to_str().unwrap())
     }
 
-    fn cookie(&self, name: &str) -> Option<String> {
+    pub(crate) fn cookie(&self, name: &str) -> Option<String> {
         self.headers
             .get_all(header::SET_COOKIE)
             .iter()
@@ -47,7 +47,7 @@ impl Resp {
     }
 
     /// The value of the first `<input name=NAME value=...>`.
-    fn input(&self, name: &str) -> String {
+    pub(crate) fn input(&self, name: &str) -> String {
         let at = self
             .body
             .find(&format!("name=\"{name}\" value=\""))
@@ -57,7 +57,7 @@ impl Resp {
     }
 }
 
-async fn setup() -> Site {
+pub(crate) async fn setup() -> Site {
     let pool = common::fresh_pool().await;
     let artifacts = tempfile::tempdir().unwrap();
     let alice = ifp_server::tokens::create(&pool, "alice", false)
@@ -73,7 +73,7 @@ async fn setup() -> Site {
 }
 
 impl Site {
-    async fn send(&self, req: Request<Body>) -> Resp {
+    pub(crate) async fn send(&self, req: Request<Body>) -> Resp {
         let resp = self.app.clone().oneshot(req).await.unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();
@@ -85,7 +85,7 @@ impl Site {
         }
     }
 
-    async fn get(&self, uri: &str, cookie: Option<&str>) -> Resp {
+    pub(crate) async fn get(&self, uri: &str, cookie: Option<&str>) -> Resp {
         let mut b = Request::get(uri).header(header::HOST, HOST);
         if let Some(c) = cookie {
             b = b.header(header::COOKIE, c);
@@ -93,7 +93,7 @@ impl Site {
         self.send(b.body(Body::empty()).unwrap()).await
     }
 
-    async fn post_form(&self, uri: &str, cookie: &str, form: &[(&str, &str)]) -> Resp {
+    pub(crate) async fn post_form(&self, uri: &str, cookie: &str, form: &[(&str, &str)]) -> Resp {
         let req = Request::post(uri)
             .header(header::HOST, HOST)
             .header(header::ORIGIN, format!("http://{HOST}"))
@@ -104,7 +104,7 @@ impl Site {
         self.send(req).await
     }
 
-    async fn post_multipart(
+    pub(crate) async fn post_multipart(
         &self,
         uri: &str,
         cookie: &str,
@@ -144,7 +144,7 @@ impl Site {
     }
 
     /// Signs in with `token`; returns the session cookie (`name=value`) and the CSRF token.
-    async fn sign_in(&self, token: &str) -> (String, String) {
+    pub(crate) async fn sign_in(&self, token: &str) -> (String, String) {
         let page = self.get("/signin", None).await;
         let pre = page.cookie("ifp_signin").expect("sign-in cookie");
         let pre = pre.split(';').next().unwrap().to_string();
@@ -165,7 +165,7 @@ impl Site {
         (cookie, csrf)
     }
 
-    async fn submit_api(&self, token: &str, name: &str) -> uuid::Uuid {
+    pub(crate) async fn submit_api(&self, token: &str, name: &str) -> uuid::Uuid {
         let body = serde_json::json!({"name": name, "config_yaml": TINY});
         let req = Request::post("/api/v1/jobs")
             .header(header::AUTHORIZATION, format!("Bearer {token}"))
@@ -179,7 +179,7 @@ impl Site {
     }
 }
 
-const TINY: &str = "MODEL: {TYPE: restormer}\nDATA: {IMG_SIZE: 16}\nTRAIN: {STEPS: 4}\n";
+pub(crate) const TINY: &str = "MODEL: {TYPE: restormer}\nDATA: {IMG_SIZE: 16}\nTRAIN: {STEPS: 4}\n";
 
 #[tokio::test]
 async fn pages_need_a_session_and_sign_in_sets_a_strict_cookie() {
@@ -441,293 +441,4 @@ async fn job_page_shows_progress_checkpoints_and_cancels_with_a_token() {
     let r = site.get(&format!("/jobs/{other}"), Some(&cookie)).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert!(r.body.contains("404"));
-}
-
-#[tokio::test]
-async fn new_job_form_previews_validates_and_submits() {
-    let site = setup().await;
-    let (cookie, csrf) = site.sign_in(&site.alice).await;
-    let page = site.get("/jobs/new", Some(&cookie)).await;
-    assert_eq!(page.status, StatusCode::OK);
-    assert!(
-        page.body.contains("data:image/png;base64,"),
-        "inline preview"
-    );
-    assert_eq!(page.input("loaded_from"), "preset:tiny");
-    assert!(page.body.contains("restormer-paper"));
-
-    let mut values: Vec<(String, String)> = ifp_server::http::routes::pages::form::values_of(
-        &ifp_trainer::config::preset("tiny").unwrap(),
-    )
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let base = |action: &'static str| -> Vec<(String, String)> {
-        [
-            ("csrf", csrf.as_str()),
-            ("action", action),
-            ("name", "from the form"),
-            ("source", "preset"),
-            ("preset", "tiny"),
-            ("loaded_from", "preset:tiny"),
-            ("priority", "0"),
-            ("noise_source", "generate"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-    };
-    let set = |values: &mut Vec<(String, String)>, k: &str, v: &str| {
-        values.iter_mut().find(|(n, _)| n == k).unwrap().1 = v.into();
-    };
-    let send = |fields: Vec<(String, String)>| {
-        let site = &site;
-        let cookie = cookie.clone();
-        async move {
-            let refs: Vec<(&str, &str)> = fields
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            site.post_multipart("/jobs/new", &cookie, &refs, &[]).await
-        }
-    };
-
-    // A bad value is shown next to its field, and nothing is queued.
-    set(&mut values, "batch_size", "four");
-    let r = send([base("submit"), values.clone()].concat()).await;
-    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(r.body.contains("id=\"e-batch_size\""), "{}", r.body);
-    assert!(r.body.contains("`four` is not a whole number"));
-    set(&mut values, "batch_size", "2");
-
-    // A value the config validation refuses is attached to its field too.
-    set(&mut values, "sample_ratio", "1.5");
-    let r = send([base("submit"), values.clone()].concat()).await;
-    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(r.body.contains("id=\"e-sample_ratio\""), "{}", r.body);
-    set(&mut values, "sample_ratio", "0.5");
-
-    // Preview re-renders the form with the picture.
-    let r = send([base("preview"), values.clone()].concat()).await;
-    assert_eq!(r.status, StatusCode::OK);
-    assert!(r.body.contains("data:image/png;base64,"));
-
-    // Choosing another preset reloads the fields from it instead of mixing.
-    let mut other = base("submit");
-    set(&mut other, "preset", "restormer-paper");
-    let r = send([other, values.clone()].concat()).await;
-    assert_eq!(r.status, StatusCode::OK);
-    assert!(r.body.contains("restormer-paper"));
-    assert!(r
-        .body
-        .contains("name=\"img_size\" type=\"number\" step=\"1\" min=\"0\" value=\"224\""));
-    assert_eq!(r.input("loaded_from"), "preset:restormer-paper");
-
-    // A forged form is refused.
-    let mut forged = base("submit");
-    set(&mut forged, "csrf", "nope");
-    let r = send([forged, values.clone()].concat()).await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN);
-
-    // Submitting queues exactly what the fields say.
-    set(&mut values, "steps", "20");
-    let r = send([base("submit"), values.clone()].concat()).await;
-    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
-    let id: uuid::Uuid = r.location().trim_start_matches("/jobs/").parse().unwrap();
-    let job = queue::get(&site.pool, id).await.unwrap().unwrap();
-    assert_eq!(job.name, "from the form");
-    assert_eq!(job.owner, "alice");
-    assert_eq!(job.total_steps, 20);
-    assert_eq!(job.config["DATA"]["BATCH_SIZE"], 2);
-}
-
-#[tokio::test]
-async fn yaml_and_noise_image_uploads() {
-    let site = setup().await;
-    let (cookie, csrf) = site.sign_in(&site.alice).await;
-    let yaml = "MODEL: {TYPE: restormer}\nDATA: {IMG_SIZE: 24, BATCH_SIZE: 3}\nTRAIN: {STEPS: 7}\n";
-    let mut png = std::io::Cursor::new(Vec::new());
-    image::RgbImage::from_fn(40, 30, |x, y| {
-        image::Rgb([(x * 6) as u8, (y * 8) as u8, 90])
-    })
-    .write_to(&mut png, image::ImageFormat::Png)
-    .unwrap();
-    let png = png.into_inner();
-    // An uploaded YAML file replaces the text box and loads its values into the fields.
-    let r = site
-        .post_multipart(
-            "/jobs/new",
-            &cookie,
-            &[
-                ("csrf", &csrf),
-                ("action", "submit"),
-                ("name", "yaml job"),
-                ("source", "yaml"),
-                ("loaded_from", "preset:tiny"),
-                ("priority", "0"),
-                ("noise_source", "upload"),
-            ],
-            &[
-                ("config_file", "c.yaml", yaml.as_bytes()),
-                ("noise_file", "n.png", &png),
-            ],
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    assert!(r.body.contains("your YAML"), "{}", r.body);
-    let upload = r.input("noise_upload");
-    assert!(
-        upload.starts_with("uploads/") && upload.ends_with(".png"),
-        "{upload}"
-    );
-    assert!(
-        r.body.contains("IMG_SIZE: 24"),
-        "YAML moved into the text box"
-    );
-
-    let mut fields: Vec<(String, String)> = ifp_server::http::routes::pages::form::values_of(
-        &ifp_trainer::Config::from_yaml(yaml).unwrap(),
-    )
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    for (k, v) in [
-        ("csrf", csrf.as_str()),
-        ("action", "submit"),
-        ("name", "yaml job"),
-        ("source", "yaml"),
-        ("config_yaml", yaml),
-        ("loaded_from", &r.input("loaded_from")),
-        ("priority", "5"),
-        ("noise_source", "upload"),
-        ("noise_upload", &upload),
-    ] {
-        fields.push((k.into(), v.into()));
-    }
-    let refs: Vec<(&str, &str)> = fields
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let r = site.post_multipart("/jobs/new", &cookie, &refs, &[]).await;
-    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
-    let id: uuid::Uuid = r.location().trim_start_matches("/jobs/").parse().unwrap();
-    let job = queue::get(&site.pool, id).await.unwrap().unwrap();
-    assert_eq!(job.total_steps, 7);
-    assert_eq!(job.priority, 5);
-    assert_eq!(job.config["DATA"]["NOISE_IMAGE"], upload.as_str());
-    assert!(site.artifacts.path().join(&upload).is_file());
-
-    // The preview endpoint answers with a PNG.
-    let mut preview = fields.clone();
-    preview.iter_mut().find(|(k, _)| k == "action").unwrap().1 = "preview".into();
-    let refs: Vec<(&str, &str)> = preview
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let r = site
-        .post_multipart("/jobs/new/preview", &cookie, &refs, &[])
-        .await;
-    assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.headers[header::CONTENT_TYPE], "image/png");
-
-    // Through the API: uploads return a reference; arbitrary server paths are refused.
-    let req = Request::post("/api/v1/uploads")
-        .header(header::AUTHORIZATION, format!("Bearer {}", site.alice))
-        .body(Body::from(png.clone()))
-        .unwrap();
-    let r = site.send(req).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    assert!(r.body.contains(&upload));
-    for path in ["/etc/passwd", "uploads/../../x.png"] {
-        let body =
-            serde_json::json!({"config": {"DATA": {"NOISE_IMAGE": path}, "TRAIN": {"STEPS": 2}}});
-        let req = Request::post("/api/v1/jobs")
-            .header(header::AUTHORIZATION, format!("Bearer {}", site.alice))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap();
-        let r = site.send(req).await;
-        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{path}");
-        assert!(r.body.contains("DATA.NOISE_IMAGE"), "{}", r.body);
-    }
-}
-
-#[tokio::test]
-async fn static_assets_are_embedded_and_versioned() {
-    let site = setup().await;
-    let (cookie, _) = site.sign_in(&site.alice).await;
-    let home = site.get("/", Some(&cookie)).await;
-    let at = home.body.find("/static/style.css?v=").unwrap();
-    let url = &home.body[at..];
-    let url = &url[..url.find('"').unwrap()];
-    let css = site.get(url, None).await;
-    assert_eq!(css.status, StatusCode::OK);
-    assert_eq!(css.headers[header::CONTENT_TYPE], "text/css; charset=utf-8");
-    assert!(css.headers[header::CACHE_CONTROL]
-        .to_str()
-        .unwrap()
-        .contains("immutable"));
-    assert!(css.body.contains("prefers-color-scheme"));
-    let js = site.get("/static/app.js", None).await;
-    assert_eq!(js.headers[header::CACHE_CONTROL], "no-cache");
-    assert_eq!(
-        site.get("/static/nope.js", None).await.status,
-        StatusCode::NOT_FOUND
-    );
-}
-
-#[tokio::test]
-async fn the_form_takes_the_uformer_preset() {
-    let site = setup().await;
-    let (cookie, csrf) = site.sign_in(&site.alice).await;
-    let page = site
-        .get("/jobs/new?preset=uformer-paper", Some(&cookie))
-        .await;
-    assert_eq!(page.status, StatusCode::OK);
-    assert_eq!(page.input("loaded_from"), "preset:uformer-paper");
-    assert!(page.body.contains("<option value=\"uformer\" selected>"));
-    let base = ifp_trainer::config::preset("uformer-paper").unwrap();
-    let mut fields: Vec<(String, String)> = ifp_server::http::routes::pages::form::values_of(&base)
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    fields.iter_mut().find(|(k, _)| k == "steps").unwrap().1 = "3".into();
-    // A size the Uformer cannot take is refused next to the field, saying which sizes work.
-    fields.iter_mut().find(|(k, _)| k == "img_size").unwrap().1 = "100".into();
-    let common = [
-        ("csrf", csrf.as_str()),
-        ("action", "submit"),
-        ("name", "uformer from the form"),
-        ("source", "preset"),
-        ("preset", "uformer-paper"),
-        ("loaded_from", "preset:uformer-paper"),
-        ("priority", "0"),
-        ("noise_source", "generate"),
-    ];
-    let send = |fields: &Vec<(String, String)>| {
-        let mut all: Vec<(&str, &str)> = common.to_vec();
-        all.extend(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let all: Vec<(String, String)> = all
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let site = &site;
-        let cookie = cookie.clone();
-        async move {
-            let refs: Vec<(&str, &str)> =
-                all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            site.post_multipart("/jobs/new", &cookie, &refs, &[]).await
-        }
-    };
-    let r = send(&fields).await;
-    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(r.body.contains("id=\"e-img_size\""), "{}", r.body);
-    fields.iter_mut().find(|(k, _)| k == "img_size").unwrap().1 = "128".into();
-    let r = send(&fields).await;
-    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
-    let id: uuid::Uuid = r.location().trim_start_matches("/jobs/").parse().unwrap();
-    let job = queue::get(&site.pool, id).await.unwrap().unwrap();
-    assert_eq!(job.config["MODEL"]["TYPE"], "uformer");
-    assert_eq!(job.config["MODEL"]["UFORMER"]["IMAGE_SIZE"], 128);
-    assert_eq!(job.total_steps, 3);
 }

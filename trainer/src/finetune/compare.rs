@@ -199,7 +199,7 @@ pub fn compare(
         let s = finetune(&cfg, &opts, |event| {
             on_event(CompareEvent::Finetune { arm: name, event })
         })?;
-        if s.stopped {
+        if s.run.stopped {
             return Err(TrainerError::Resume(format!(
                 "stopped while fine-tuning `{name}`"
             )));

@@ -67,12 +67,10 @@ pub enum Event<'a> {
 /// How a run ended.
 #[derive(Debug, Clone)]
 pub struct FinetuneSummary {
-    pub steps_done: usize,
-    pub final_loss: Option<f64>,
+    /// Steps, final loss, whether it was stopped, where it resumed.
+    pub run: driver::RunSummary,
     pub history: Vec<ValPoint>,
     pub best: Option<ValPoint>,
-    pub stopped: bool,
-    pub resumed_from: Option<usize>,
 }
 
 /// The validation history of a run folder (`history.json`).
@@ -252,13 +250,6 @@ impl driver::Run for Finetuner {
         self.step
     }
 
-    fn cadence(&self) -> driver::Cadence {
-        driver::Cadence {
-            batch_size: self.cfg.data.batch_size,
-            save_freq: self.cfg.save_freq,
-        }
-    }
-
     /// One optimiser step of L1 loss on a fresh batch.
     fn train_step(&mut self) -> Result<StepStats> {
         crate::threads::on_workers(|| self.step_once())
@@ -357,7 +348,11 @@ pub fn finetune(
     let total = cfg.total_steps();
     let parameters = ft.network().num_parameters()?;
     let (train_images, val_images) = (ft.data.len(), ft.val.len());
-    let d = driver::drive(&mut ft, total, opts, |tick| match tick {
+    let cadence = driver::Cadence {
+        batch_size: cfg.data.batch_size,
+        save_freq: cfg.save_freq,
+    };
+    let run = driver::drive(&mut ft, total, cadence, opts, |tick| match tick {
         driver::Tick::Started { start_step } => on_event(Event::Started {
             start_step,
             total_steps: total,
@@ -372,11 +367,8 @@ pub fn finetune(
         }
     })?;
     Ok(FinetuneSummary {
-        steps_done: ft.step(),
-        final_loss: d.final_loss,
+        run,
         best: best_of(ft.history()),
         history: ft.history().to_vec(),
-        stopped: d.stopped,
-        resumed_from: d.resumed_from,
     })
 }

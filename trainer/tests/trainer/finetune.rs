@@ -111,9 +111,9 @@ fn resumed_run_is_bit_identical() {
         _ => Control::Continue,
     })
     .expect("first half");
-    assert!(s.stopped && s.steps_done == 3);
+    assert!(s.run.stopped && s.run.steps_done == 3);
     let s = finetune::finetune(&cfg, &opts(&b, true), |_| Control::Continue).expect("resume");
-    assert_eq!((s.resumed_from, s.steps_done), (Some(3), 6));
+    assert_eq!((s.run.resumed_from, s.run.steps_done), (Some(3), 6));
     common::assert_same_file(&model_path(&a, 6), &model_path(&b, 6), "resumed weights");
     common::assert_same_file(&state_path(&a, 6), &state_path(&b, 6), "resumed state");
     let hist = |d: &Path| finetune::read_history(d).expect("history");
