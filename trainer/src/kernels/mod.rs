@@ -274,7 +274,7 @@ pub fn gelu_gate(x: &Tensor) -> Result<Tensor> {
 /// composed version of [`gelu_gate`].
 pub fn gelu_gate_composed(x: &Tensor) -> Result<Tensor> {
     let hidden = x.dim(1)? / 2;
-    crate::models::layers::gelu(&x.narrow(1, 0, hidden)?)? * x.narrow(1, hidden, hidden)?
+    x.narrow(1, 0, hidden)?.gelu_erf()? * x.narrow(1, hidden, hidden)?
 }
 
 /// `gelu_gate(depthwise(x, weight))` of x (B, 2h, H, W) and a bias-free depthwise weight
@@ -284,15 +284,50 @@ pub fn depthwise_gelu_gate(x: &Tensor, weight: &Tensor, k: usize) -> Result<Tens
         .apply_op2(&weight.contiguous()?, gate::DwGate { k })
 }
 
-/// `act(x + b[c])` of x (B, C, H, W) and bias (C): act the identity (`slope: None`), ReLU
-/// (`Some(0.0)`) or LeakyReLU (`Some(s)`, s >= 0).
-pub fn bias_act(x: &Tensor, bias: &Tensor, slope: Option<f32>) -> Result<Tensor> {
+/// What follows a convolution, fused with its bias where a kernel applies.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    Identity,
+    Relu,
+    /// LeakyReLU with this negative slope (>= 0).
+    LeakyRelu(f64),
+}
+
+/// `act(x + b[c])` of x (B, C, H, W) and bias (C): the CPU op for float32 CPU tensors, else the
+/// broadcast sum and [`activation`].
+pub fn bias_act(x: &Tensor, bias: &Tensor, act: Activation) -> Result<Tensor> {
+    if !applicable(x) {
+        let c = bias.elem_count();
+        return activation(&x.broadcast_add(&bias.reshape((1, c, 1, 1))?)?, act);
+    }
+    let slope = match act {
+        Activation::Identity => None,
+        Activation::Relu => Some(0.0),
+        Activation::LeakyRelu(s) => Some(s as f32),
+    };
     x.contiguous()?
         .apply_op2(&bias.contiguous()?, bias::BiasAct { slope })
 }
 
+/// `act(x)` from tensor ops (any device and dtype).
+pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
+    match act {
+        Activation::Identity => Ok(x.clone()),
+        Activation::Relu => x.relu(),
+        Activation::LeakyRelu(s) => leaky_relu(x, s),
+    }
+}
+
+/// LeakyReLU with the given slope, differentiable: `max(x, 0) + slope * min(x, 0)`.
+pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
+    let pos = x.relu()?;
+    let neg = (x - &pos)?;
+    pos + (neg * slope)?
+}
+
 /// `residual + conv(x, weight) (+ bias)` with the convolution of [`conv_dense`]; residual
-/// (B, O, H, W), bias (O).
+/// (B, O, H, W), bias (O). One op where [`conv_dense`]'s kernel applies, else the composed
+/// convolution, bias and sum.
 pub fn conv_dense_residual(
     x: &Tensor,
     weight: &Tensor,
@@ -300,6 +335,14 @@ pub fn conv_dense_residual(
     k: usize,
     residual: &Tensor,
 ) -> Result<Tensor> {
+    if !applicable(x) || amp::low_dtype().is_some() {
+        let y = conv_dense_composed(x, weight, k)?;
+        let y = match bias {
+            Some(b) => bias_act(&y, b, Activation::Identity)?,
+            None => y,
+        };
+        return residual + y;
+    }
     let (weight, with_bias) = match bias {
         None => (weight.contiguous()?, false),
         Some(b) => {
@@ -317,8 +360,31 @@ pub fn conv_dense_residual(
 }
 
 /// A dense stride-1 "same" convolution without bias: x (B, C, H, W), weight (O, C, k, k) ->
-/// (B, O, H, W), keeping only x for the backward pass (see `dense`).
+/// (B, O, H, W). The CPU op keeps only x for the backward pass (see `dense`); it runs on float32
+/// CPU tensors without autocast, [`conv_dense_composed`] everywhere else.
 pub fn conv_dense(x: &Tensor, weight: &Tensor, k: usize) -> Result<Tensor> {
+    if !applicable(x) || amp::low_dtype().is_some() {
+        return conv_dense_composed(x, weight, k);
+    }
     x.contiguous()?
         .apply_op2(&weight.contiguous()?, dense::DenseConv { k })
+}
+
+/// [`conv_dense`] from tensor ops (any device and dtype; products under autocast): a 1x1
+/// convolution is one matrix product, a k x k one im2col and one.
+pub fn conv_dense_composed(x: &Tensor, weight: &Tensor, k: usize) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    let o = weight.dim(0)?;
+    let y = if k == 1 {
+        // (O, C) x (B, C, H*W) -> (B, O, H*W)
+        let wm = weight.reshape((o, c))?;
+        amp::broadcast_matmul(&wm, &x.reshape((b, c, h * w))?)?
+    } else {
+        // (B, C*k*k, H*W), gathered in the product's dtype (half the memory under AMP).
+        let x = amp::lower(x)?;
+        let cols = im2col_composed(&x, k)?;
+        let wm = weight.reshape((o, c * k * k))?;
+        amp::broadcast_matmul(&wm, &cols)?
+    };
+    y.reshape((b, o, h, w))
 }

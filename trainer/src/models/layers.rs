@@ -1,15 +1,16 @@
-//! Differentiable building blocks shared by the networks, written so that every one has a
-//! correct and reasonably fast backward in candle 0.11 (ARCHITECTURE.md, "Known traps in candle 0.11": its `LayerNorm`, fused softmax
-//! and grouped convolution either drop gradients or are very slow):
-//! - 3x3 convolutions as im2col + one matrix product (backward = matmul + slicing),
-//! - 1x1 convolutions as a plain matrix product,
-//! - depthwise convolutions as a sum of shifted, per-channel-scaled views,
-//! - a channel LayerNorm and a softmax made of elementary differentiable ops.
+//! The modules the networks share, with the parameter names of their PyTorch counterparts:
+//! `Conv2d` (dense or depthwise, with its bias and activation, and the residual sum fused in
+//! where a kernel can take it) and Restormer's `ChannelLayerNorm`, plus reflect padding. The
+//! arithmetic is in `crate::kernels`, whose functions pick a fused kernel or their composed
+//! tensor-op version (candle 0.11's own `LayerNorm`, fused softmax and grouped convolution drop
+//! gradients or are very slow: ARCHITECTURE.md, "Known traps in candle 0.11").
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::kernels::{self, amp};
+
+pub use crate::kernels::Activation;
 
 /// PyTorch's default `nn.Conv2d` initialisation: kaiming-uniform with a = sqrt(5), i.e.
 /// U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the weight and the bias alike.
@@ -24,7 +25,6 @@ fn torch_default_init(fan_in: usize) -> Init {
 pub struct Conv2d {
     weight: Tensor,
     bias: Option<Tensor>,
-    out_c: usize,
     k: usize,
     depthwise: bool,
 }
@@ -55,7 +55,6 @@ impl Conv2d {
         Ok(Conv2d {
             weight,
             bias,
-            out_c,
             k,
             depthwise: false,
         })
@@ -73,29 +72,13 @@ impl Conv2d {
         Ok(Conv2d {
             weight,
             bias,
-            out_c: channels,
             k,
             depthwise: true,
         })
     }
 
     fn forward_dense(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = x.dims4()?;
-        let y = if kernels::applicable(x) && amp::low_dtype().is_none() {
-            return kernels::conv_dense(x, &self.weight, self.k);
-        } else if self.k == 1 {
-            // (O, C) x (B, C, H*W) -> (B, O, H*W)
-            let wm = self.weight.reshape((self.out_c, c))?;
-            amp::broadcast_matmul(&wm, &x.reshape((b, c, h * w))?)?
-        } else {
-            // (B, C*k*k, H*W), gathered in the product's dtype (half the memory under AMP).
-            // (float32 CPU inputs took `kernels::conv_dense` above, 1x1 included.)
-            let x = amp::lower(x)?;
-            let cols = kernels::im2col_composed(&x, self.k)?;
-            let wm = self.weight.reshape((self.out_c, c * self.k * self.k))?;
-            amp::broadcast_matmul(&wm, &cols)?
-        };
-        y.reshape((b, self.out_c, h, w))
+        kernels::conv_dense(x, &self.weight, self.k)
     }
 
     fn forward_depthwise(&self, x: &Tensor) -> Result<Tensor> {
@@ -106,15 +89,6 @@ impl Conv2d {
     }
 }
 
-/// What follows a convolution, fused with its bias where a kernel applies.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Activation {
-    Identity,
-    Relu,
-    /// LeakyReLU with this negative slope (>= 0).
-    LeakyRelu(f64),
-}
-
 impl Conv2d {
     /// `act(conv(x) + bias)`: (B, C, H, W) -> (B, O, H, W).
     pub fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
@@ -123,24 +97,9 @@ impl Conv2d {
         } else {
             self.forward_dense(x)?
         };
-        if let Some(b) = &self.bias {
-            if kernels::applicable(&y) {
-                let slope = match act {
-                    Activation::Identity => None,
-                    Activation::Relu => Some(0.0),
-                    Activation::LeakyRelu(s) => Some(s as f32),
-                };
-                return kernels::bias_act(&y, b, slope);
-            }
-        }
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, self.out_c, 1, 1))?)?,
-            None => y,
-        };
-        match act {
-            Activation::Identity => Ok(y),
-            Activation::Relu => y.relu(),
-            Activation::LeakyRelu(s) => leaky_relu(&y, s),
+        match &self.bias {
+            Some(b) => kernels::bias_act(&y, b, act),
+            None => kernels::activation(&y, act),
         }
     }
 }
@@ -161,14 +120,13 @@ impl Conv2d {
         self.k
     }
 
-    /// `residual + conv(x)` (the bias included): one op on the CPU for a dense convolution in
-    /// float32, else the convolution then the sum.
+    /// `residual + conv(x)` (the bias included): for a dense convolution, one op where the
+    /// kernel applies (see `kernels::conv_dense_residual`).
     pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        if !self.depthwise && kernels::applicable(x) && amp::low_dtype().is_none() {
-            let bias = self.bias.as_ref();
-            return kernels::conv_dense_residual(x, &self.weight, bias, self.k, residual);
+        if self.depthwise {
+            return residual + self.forward(x)?;
         }
-        residual + self.forward(x)?
+        kernels::conv_dense_residual(x, &self.weight, self.bias.as_ref(), self.k, residual)
     }
 }
 
@@ -227,16 +185,4 @@ pub fn reflect_pad_end(x: &Tensor, dim: usize, pad: usize) -> Result<Tensor> {
         .collect();
     let idx = Tensor::from_vec(idx, n + pad, x.device())?;
     x.index_select(&idx, dim)
-}
-
-/// Exact (erf) GELU, as `nn.GELU()` / `F.gelu`.
-pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    x.gelu_erf()
-}
-
-/// LeakyReLU with the given slope, differentiable: `max(x, 0) + slope * min(x, 0)`.
-pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
-    let pos = x.relu()?;
-    let neg = (x - &pos)?;
-    pos + (neg * slope)?
 }

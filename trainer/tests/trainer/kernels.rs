@@ -293,28 +293,29 @@ fn gelu_gate_kernel_matches_composed() {
 
 #[test]
 fn bias_act_kernel_matches_composed() {
-    use ifp_trainer::models::layers::leaky_relu;
+    use ifp_trainer::kernels::{activation, Activation};
     for &(b, c, h, w) in &[(1, 1, 1, 1), (2, 3, 5, 7), (4, 16, 33, 31)] {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, w), &Device::Cpu).expect("x"))
             .expect("var");
         let bias =
             Var::from_tensor(&Tensor::randn(0f32, 1.0, c, &Device::Cpu).expect("b")).expect("var");
-        for slope in [None, Some(0.0), Some(0.1)] {
+        for act in [
+            Activation::Identity,
+            Activation::Relu,
+            Activation::LeakyRelu(0.1),
+        ] {
+            // The broadcast sum and the activation from tensor ops: the path off the CPU.
             let composed = || {
                 let y = x
                     .as_tensor()
                     .broadcast_add(&bias.as_tensor().reshape((1, c, 1, 1)).expect("b"))
                     .expect("add");
-                match slope {
-                    None => y,
-                    Some(0.0) => y.relu().expect("relu"),
-                    Some(s) => leaky_relu(&y, s as f64).expect("leaky"),
-                }
+                activation(&y, act).expect("act")
             };
             compare_with_grads(
-                &format!("bias act {slope:?} b{b} c{c} {h}x{w}"),
+                &format!("bias act {act:?} b{b} c{c} {h}x{w}"),
                 &[&x, &bias],
-                || kernels::bias_act(x.as_tensor(), bias.as_tensor(), slope).expect("fast"),
+                || kernels::bias_act(x.as_tensor(), bias.as_tensor(), act).expect("fast"),
                 composed,
                 1e-6,
                 1e-5,

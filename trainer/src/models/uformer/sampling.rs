@@ -7,8 +7,9 @@ use candle_nn::{Init, VarBuilder};
 
 use super::{err, side};
 use crate::kernels::amp;
+use crate::kernels::leaky_relu;
 use crate::kernels::token as kernels;
-use crate::models::layers::{leaky_relu, Conv2d};
+use crate::models::layers::Conv2d;
 
 /// PyTorch's default conv init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), weight and bias alike.
 fn torch_uniform(fan_in: usize) -> Init {
