@@ -6,11 +6,15 @@
 //! gradient over leading dimensions with a slow strided loop; these run on every token of every
 //! block. float32 on CPU only; [`layer_norm`], [`softmax`], [`gelu`] and [`add_bias`] fall
 //! back to the composed versions elsewhere, which are also what the tests compare them with.
+//! Like the other kernels, the per-row loops are compiled for AVX2+FMA as well as the baseline
+//! and picked at run time, with the vectorisable `math::erf`/`math::exp`.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
+use multiversion::multiversion;
 use rayon::prelude::*;
 
-use crate::kernels::{applicable, f32_slice};
+use super::math::{erf, exp};
+use super::{applicable, f32_slice, unpack};
 
 const EPS: f32 = 1e-5;
 /// Elements per parallel task: large enough that rayon's dispatch is noise.
@@ -28,12 +32,48 @@ fn rows_per_task(n: usize) -> usize {
 struct LayerNormOp;
 
 /// (mean, 1/std) of one row.
-#[inline]
+#[inline(always)]
 fn row_stats(x: &[f32]) -> (f32, f32) {
     let n = x.len() as f32;
     let mu = x.iter().sum::<f32>() / n;
     let var = x.iter().map(|v| (v - mu) * (v - mu)).sum::<f32>() / n;
     (mu, 1.0 / (var + EPS).sqrt())
+}
+
+/// The forward of whole rows (`w.len()` values each).
+#[multiversion(targets("x86_64+avx+avx2+fma"))]
+fn layer_norm_rows(o: &mut [f32], xs: &[f32], w: &[f32], b: &[f32]) {
+    let c = w.len();
+    for (orow, xrow) in o.chunks_mut(c).zip(xs.chunks(c)) {
+        let (mu, r) = row_stats(xrow);
+        for i in 0..c {
+            orow[i] = (xrow[i] - mu) * r * w[i] + b[i];
+        }
+    }
+}
+
+/// The backward of whole rows: their dx, and their dw then db added into `acc` (2c values).
+#[multiversion(targets("x86_64+avx+avx2+fma"))]
+fn layer_norm_backward_rows(dxs: &mut [f32], acc: &mut [f32], xs: &[f32], dys: &[f32], w: &[f32]) {
+    let c = w.len();
+    let mut xhat = vec![0f32; c];
+    let mut g = vec![0f32; c];
+    for ((dxr, xr), dyr) in dxs.chunks_mut(c).zip(xs.chunks(c)).zip(dys.chunks(c)) {
+        let (mu, r) = row_stats(xr);
+        let (mut mg, mut mgx) = (0f32, 0f32);
+        for i in 0..c {
+            xhat[i] = (xr[i] - mu) * r;
+            g[i] = dyr[i] * w[i];
+            mg += g[i];
+            mgx += g[i] * xhat[i];
+            acc[i] += dyr[i] * xhat[i];
+            acc[c + i] += dyr[i];
+        }
+        let (mg, mgx) = (mg / c as f32, mgx / c as f32);
+        for i in 0..c {
+            dxr[i] = r * (g[i] - mg - xhat[i] * mgx);
+        }
+    }
 }
 
 impl CustomOp3 for LayerNormOp {
@@ -58,14 +98,7 @@ impl CustomOp3 for LayerNormOp {
         let task = rows_per_task(c) * c;
         out.par_chunks_mut(task)
             .zip(x.par_chunks(task))
-            .for_each(|(o, xs)| {
-                for (orow, xrow) in o.chunks_mut(c).zip(xs.chunks(c)) {
-                    let (mu, r) = row_stats(xrow);
-                    for i in 0..c {
-                        orow[i] = (xrow[i] - mu) * r * w[i] + b[i];
-                    }
-                }
-            });
+            .for_each(|(o, xs)| layer_norm_rows(o, xs, w, b));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -77,14 +110,10 @@ impl CustomOp3 for LayerNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let c = w.elem_count();
-        let n = x.elem_count();
         // One packed result: dx, then dw, then db.
         let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LayerNormBackward)?;
-        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
-        let dw = packed.narrow(0, n, c)?.reshape(w.shape())?;
-        let db = packed.narrow(0, n + c, c)?.reshape(w.shape())?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        let mut parts = unpack(&packed, &[x.shape(), w.shape(), w.shape()])?.into_iter();
+        Ok((parts.next(), parts.next(), parts.next()))
     }
 }
 
@@ -120,24 +149,7 @@ impl CustomOp3 for LayerNormBackward {
             .zip(x.par_chunks(task).zip(dy.par_chunks(task)))
             .map(|(dxs, (xs, dys))| {
                 let mut acc = vec![0f32; 2 * c];
-                let mut xhat = vec![0f32; c];
-                let mut g = vec![0f32; c];
-                for ((dxr, xr), dyr) in dxs.chunks_mut(c).zip(xs.chunks(c)).zip(dys.chunks(c)) {
-                    let (mu, r) = row_stats(xr);
-                    let (mut mg, mut mgx) = (0f32, 0f32);
-                    for i in 0..c {
-                        xhat[i] = (xr[i] - mu) * r;
-                        g[i] = dyr[i] * w[i];
-                        mg += g[i];
-                        mgx += g[i] * xhat[i];
-                        acc[i] += dyr[i] * xhat[i];
-                        acc[c + i] += dyr[i];
-                    }
-                    let (mg, mgx) = (mg / c as f32, mgx / c as f32);
-                    for i in 0..c {
-                        dxr[i] = r * (g[i] - mg - xhat[i] * mgx);
-                    }
-                }
+                layer_norm_backward_rows(dxs, &mut acc, xs, dys, w);
                 acc
             })
             .collect();
@@ -185,18 +197,7 @@ impl CustomOp1 for SoftmaxOp {
         let task = rows_per_task(n) * n;
         out.par_chunks_mut(task)
             .zip(x.par_chunks(task))
-            .for_each(|(o, xs)| {
-                for (orow, xrow) in o.chunks_mut(n).zip(xs.chunks(n)) {
-                    let max = xrow.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0f32;
-                    for (a, v) in orow.iter_mut().zip(xrow) {
-                        *a = (v - max).exp();
-                        sum += *a;
-                    }
-                    let inv = 1.0 / sum;
-                    orow.iter_mut().for_each(|a| *a *= inv);
-                }
-            });
+            .for_each(|(o, xs)| softmax_rows(o, xs, n));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -205,6 +206,32 @@ impl CustomOp1 for SoftmaxOp {
             .contiguous()?
             .apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBackward { n: self.n })?;
         Ok(Some(dx))
+    }
+}
+
+/// Softmax of whole rows of `n` values.
+#[multiversion(targets("x86_64+avx+avx2+fma"))]
+fn softmax_rows(o: &mut [f32], xs: &[f32], n: usize) {
+    for (orow, xrow) in o.chunks_mut(n).zip(xs.chunks(n)) {
+        let max = xrow.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for (a, v) in orow.iter_mut().zip(xrow) {
+            *a = exp(v - max);
+            sum += *a;
+        }
+        let inv = 1.0 / sum;
+        orow.iter_mut().for_each(|a| *a *= inv);
+    }
+}
+
+/// `dx = y * (dy - sum(dy * y))` of whole rows of `n` values.
+#[multiversion(targets("x86_64+avx+avx2+fma"))]
+fn softmax_backward_rows(o: &mut [f32], ys: &[f32], dys: &[f32], n: usize) {
+    for ((orow, yrow), dyrow) in o.chunks_mut(n).zip(ys.chunks(n)).zip(dys.chunks(n)) {
+        let dot: f32 = yrow.iter().zip(dyrow).map(|(a, b)| a * b).sum();
+        for i in 0..n {
+            orow[i] = yrow[i] * (dyrow[i] - dot);
+        }
     }
 }
 
@@ -232,14 +259,7 @@ impl CustomOp2 for SoftmaxBackward {
         let task = rows_per_task(n) * n;
         out.par_chunks_mut(task)
             .zip(y.par_chunks(task).zip(dy.par_chunks(task)))
-            .for_each(|(o, (ys, dys))| {
-                for ((orow, yrow), dyrow) in o.chunks_mut(n).zip(ys.chunks(n)).zip(dys.chunks(n)) {
-                    let dot: f32 = yrow.iter().zip(dyrow).map(|(a, b)| a * b).sum();
-                    for i in 0..n {
-                        orow[i] = yrow[i] * (dyrow[i] - dot);
-                    }
-                }
-            });
+            .for_each(|(o, (ys, dys))| softmax_backward_rows(o, ys, dys, n));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -275,11 +295,7 @@ impl CustomOp1 for GeluOp {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
-            .for_each(|(o, xs)| {
-                for (a, &v) in o.iter_mut().zip(xs) {
-                    *a = 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
-                }
-            });
+            .for_each(|(o, xs)| gelu_chunk(o, xs));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -308,25 +324,32 @@ impl CustomOp2 for GeluBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s1, l1, self.name())?;
         let dy = f32_slice(s2, l2, self.name())?;
-        // 1 / sqrt(2 pi)
-        const INV_SQRT_2PI: f32 = 0.398_942_3;
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
-            .for_each(|(o, (xs, dys))| {
-                for ((a, &v), &g) in o.iter_mut().zip(xs).zip(dys) {
-                    let cdf = 0.5 * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
-                    let pdf = INV_SQRT_2PI * (-0.5 * v * v).exp();
-                    *a = g * (cdf + v * pdf);
-                }
-            });
+            .for_each(|(o, (xs, dys))| gelu_backward_chunk(o, xs, dys));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
-#[inline]
-fn erf(x: f32) -> f32 {
-    candle_core::cpu::erf::erf_f32(x)
+/// `x Phi(x)` over one chunk.
+#[multiversion(targets("x86_64+avx+avx2+fma"))]
+fn gelu_chunk(o: &mut [f32], xs: &[f32]) {
+    for (a, &v) in o.iter_mut().zip(xs) {
+        *a = 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+    }
+}
+
+/// `dy (Phi(x) + x phi(x))` over one chunk.
+#[multiversion(targets("x86_64+avx+avx2+fma"))]
+fn gelu_backward_chunk(o: &mut [f32], xs: &[f32], dys: &[f32]) {
+    // 1 / sqrt(2 pi)
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    for ((a, &v), &g) in o.iter_mut().zip(xs).zip(dys) {
+        let cdf = 0.5 * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+        let pdf = INV_SQRT_2PI * exp(-0.5 * v * v);
+        *a = g * (cdf + v * pdf);
+    }
 }
 
 /// Exact (erf) GELU, as `nn.GELU()`.
@@ -363,13 +386,7 @@ impl CustomOp2 for AddBias {
         let task = rows_per_task(k) * k;
         out.par_chunks_mut(task)
             .zip(x.par_chunks(task))
-            .for_each(|(o, xs)| {
-                for (orow, xrow) in o.chunks_mut(k).zip(xs.chunks(k)) {
-                    for ((a, v), c) in orow.iter_mut().zip(xrow).zip(b) {
-                        *a = v + c;
-                    }
-                }
-            });
+            .for_each(|(o, xs)| add_rows(o, xs, b));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -385,6 +402,16 @@ impl CustomOp2 for AddBias {
             .apply_op1_no_bwd(&ColumnSum { k: self.k })?
             .reshape(b.shape())?;
         Ok((Some(grad.clone()), Some(db)))
+    }
+}
+
+/// `x + b` for whole rows of `b.len()` values.
+#[multiversion(targets("x86_64+avx+avx2+fma"))]
+fn add_rows(o: &mut [f32], xs: &[f32], b: &[f32]) {
+    for (orow, xrow) in o.chunks_mut(b.len()).zip(xs.chunks(b.len())) {
+        for ((a, v), c) in orow.iter_mut().zip(xrow).zip(b) {
+            *a = v + c;
+        }
     }
 }
 
