@@ -109,6 +109,38 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<WrittenFile> {
     })
 }
 
+/// What one checkpoint holds besides the files' names: the weights, the optimiser moments, the
+/// training state (data streams, config) and, when there is one, the sample strip.
+pub struct Contents<'a> {
+    pub weights: &'a BTreeMap<String, Tensor>,
+    pub optimizer: &'a BTreeMap<String, Tensor>,
+    pub state: &'a TrainingState,
+    pub sample: Option<&'a crate::data::image::Image>,
+}
+
+/// Writes the checkpoint of `contents.state.step` into `dir`: model, state, then the sample
+/// strip, each atomically with its SHA-256 side file.
+pub fn write(dir: &Path, contents: &Contents<'_>) -> Result<Checkpoint> {
+    let step = contents.state.step;
+    let model = save_model(
+        &model_path(dir, step),
+        contents.weights,
+        step,
+        &contents.state.config_yaml,
+    )?;
+    let state = save_state(&state_path(dir, step), contents.optimizer, contents.state)?;
+    let sample = match contents.sample {
+        Some(strip) => Some(write_atomic(&sample_path(dir, step), &png_bytes(strip)?)?),
+        None => None,
+    };
+    Ok(Checkpoint {
+        step,
+        model,
+        state,
+        sample,
+    })
+}
+
 /// Whether `path` exists, has a sidecar and matches it.
 pub fn verify(path: &Path) -> bool {
     let (Ok(bytes), Ok(side)) = (fs::read(path), fs::read_to_string(sidecar(path))) else {

@@ -227,41 +227,26 @@ impl driver::Run for Trainer {
 
     /// Writes the checkpoint of the current step into `dir`.
     fn save_checkpoint(&mut self, dir: &Path) -> Result<(Checkpoint, ())> {
-        let yaml = self.cfg.to_yaml();
-        let model = checkpoint::save_model(
-            &checkpoint::model_path(dir, self.step),
-            &self.net.state_dict()?,
-            self.step,
-            &yaml,
-        )?;
         let state = TrainingState {
             version: STATE_VERSION,
             step: self.step,
             sampler: self.sampler.state(),
             mask_radii: self.sampler.masks().fixed_radii().map(<[usize]>::to_vec),
-            config_yaml: yaml,
+            config_yaml: self.cfg.to_yaml(),
         };
-        let state = checkpoint::save_state(
-            &checkpoint::state_path(dir, self.step),
-            &self.opt.state_tensors(),
-            &state,
-        )?;
-        let sample = match &self.last {
-            Some((batch, pred)) => {
-                let strip = sample_strip(batch, pred)?;
-                Some(checkpoint::write_atomic(
-                    &checkpoint::sample_path(dir, self.step),
-                    &checkpoint::png_bytes(&strip)?,
-                )?)
-            }
+        let strip = match &self.last {
+            Some((batch, pred)) => Some(sample_strip(batch, pred)?),
             None => None,
         };
-        let ck = Checkpoint {
-            step: self.step,
-            model,
-            state,
-            sample,
-        };
+        let ck = checkpoint::write(
+            dir,
+            &checkpoint::Contents {
+                weights: &self.net.state_dict()?,
+                optimizer: &self.opt.state_tensors(),
+                state: &state,
+                sample: strip.as_ref(),
+            },
+        )?;
         Ok((ck, ()))
     }
 

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use clap::Args;
 use ifp_trainer::finetune::{self, Event, FinetuneConfig};
-use ifp_trainer::{Control, TrainOptions};
+use ifp_trainer::Control;
 
-use super::{classify, load_config, parse_device, Failure};
+use super::{classify, load_config, parse_device, run_options, Failure};
 
 /// The task flags shared by `ifp finetune` and `ifp compare`.
 #[derive(Args, Clone)]
@@ -212,23 +212,7 @@ pub fn run(a: FinetuneArgs) -> Result<(), Failure> {
         }
     }
     let device = parse_device(&a.device)?;
-    if a.out.exists() && !a.out.is_dir() {
-        return Err(Failure::usage(anyhow::anyhow!(
-            "--out {}: exists and is not a folder",
-            a.out.display()
-        )));
-    }
-    if !a.resume && ifp_trainer::checkpoint::latest_complete(&a.out).is_some() {
-        return Err(Failure::usage(anyhow::anyhow!(
-            "--out {}: already holds checkpoints; pass --resume to continue, or choose another folder",
-            a.out.display()
-        )));
-    }
-    let opts = TrainOptions {
-        out_dir: a.out.clone(),
-        device,
-        resume: a.resume,
-    };
+    let opts = run_options(&a.out, device, a.resume)?;
     let pf = cfg.print_freq;
     let s = finetune::finetune(&cfg, &opts, |ev| {
         print_event("", pf, &ev);

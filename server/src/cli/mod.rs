@@ -190,6 +190,32 @@ fn cuda_hint(err: &str) -> &'static str {
 }
 
 /// Loads a config file or preset, as a usage error when it fails.
+/// Where and how `train` and `finetune` run: `--out` must be a folder, and one that already
+/// holds checkpoints only with `--resume` (so a typo cannot mix two runs).
+pub fn run_options(
+    out: &std::path::Path,
+    device: candle_core::Device,
+    resume: bool,
+) -> Result<ifp_trainer::TrainOptions, Failure> {
+    if out.exists() && !out.is_dir() {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--out {}: exists and is not a folder",
+            out.display()
+        )));
+    }
+    if !resume && ifp_trainer::checkpoint::latest_complete(out).is_some() {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--out {}: already holds checkpoints; pass --resume to continue, or choose another folder",
+            out.display()
+        )));
+    }
+    Ok(ifp_trainer::TrainOptions {
+        out_dir: out.to_path_buf(),
+        device,
+        resume,
+    })
+}
+
 pub fn load_config(name_or_path: &str) -> Result<ifp_trainer::Config, Failure> {
     ifp_trainer::Config::load(name_or_path)
         .map_err(|e| Failure::usage(anyhow::anyhow!("--config {name_or_path}: {e}")))

@@ -75,21 +75,14 @@ async fn serve(a: ServeArgs, device: candle_core::Device) -> Result<(), Failure>
     let addr = listener.local_addr().map_err(Failure::runtime)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let lease = Duration::from_secs(a.slots.lease_secs);
     let rescuer = platform::spawn_rescuer(
         db.pool.clone(),
         Duration::from_secs(a.rescue_secs),
         stop_rx.clone(),
     );
-    let workers = platform::spawn_workers(
-        &db.pool,
-        a.slots.workers,
-        &artifacts,
-        lease,
-        &device,
-        datasets.as_deref(),
-        &stop_rx,
-    );
+    let workers =
+        a.slots
+            .spawn_workers(&db.pool, &artifacts, &device, datasets.as_deref(), &stop_rx);
 
     println!("ifp serve: listening on http://{addr} (API under /api/v1)");
     println!("open http://{addr}/ in a browser and sign in with the admin token below");

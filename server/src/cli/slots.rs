@@ -1,9 +1,14 @@
 //! The arguments `ifp serve` and `ifp worker` share: where artifacts live and how this
 //! process's worker slots run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Args;
+use ifp_server::platform;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 #[derive(Args)]
 pub struct SlotArgs {
@@ -26,4 +31,27 @@ pub struct SlotArgs {
     /// are relative to it); without it, those jobs are refused.
     #[arg(long, env = "IFP_DATASETS_DIR", value_name = "DIR")]
     pub datasets_dir: Option<PathBuf>,
+}
+
+impl SlotArgs {
+    /// Starts this process's worker slots on `device`; they stop when `shutdown` turns true.
+    pub fn spawn_workers(
+        &self,
+        pool: &PgPool,
+        artifacts: &Path,
+        device: &candle_core::Device,
+        datasets: Option<&Path>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Vec<JoinHandle<()>> {
+        let lease = Duration::from_secs(self.lease_secs);
+        platform::spawn_workers(
+            pool,
+            self.workers,
+            artifacts,
+            lease,
+            device,
+            datasets,
+            shutdown,
+        )
+    }
 }

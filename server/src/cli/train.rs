@@ -4,10 +4,10 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::Args;
-use ifp_trainer::{train, Control, Event, TrainOptions};
+use ifp_trainer::{train, Control, Event};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{classify, load_config, parse_device, Failure};
+use super::{classify, load_config, parse_device, run_options, Failure};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -36,23 +36,7 @@ pub fn run(a: TrainArgs) -> Result<(), Failure> {
             .map_err(|e| Failure::usage(anyhow::anyhow!("--steps {n}: {e}")))?;
     }
     let device = parse_device(&a.device)?;
-    if a.out.exists() && !a.out.is_dir() {
-        return Err(Failure::usage(anyhow::anyhow!(
-            "--out {}: exists and is not a folder",
-            a.out.display()
-        )));
-    }
-    if !a.resume && ifp_trainer::checkpoint::latest_complete(&a.out).is_some() {
-        return Err(Failure::usage(anyhow::anyhow!(
-            "--out {}: already holds checkpoints; pass --resume to continue, or choose another folder",
-            a.out.display()
-        )));
-    }
-    let opts = TrainOptions {
-        out_dir: a.out.clone(),
-        device,
-        resume: a.resume,
-    };
+    let opts = run_options(&a.out, device, a.resume)?;
     let tty = std::io::stderr().is_terminal();
     let pb = ProgressBar::new(cfg.total_steps() as u64);
     if tty {

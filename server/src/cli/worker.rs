@@ -1,8 +1,6 @@
 //! `ifp worker`: worker slots (and the rescuer) against a shared PostgreSQL and artifact
 //! directory, for machines other than the one running `ifp serve`.
 
-use std::time::Duration;
-
 use anyhow::Context;
 use clap::Args;
 use ifp_server::platform::{self, RESCUE_INTERVAL};
@@ -37,17 +35,10 @@ pub fn run(a: WorkerArgs) -> Result<(), Failure> {
             .await
             .map_err(Failure::runtime)?;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let lease = Duration::from_secs(a.slots.lease_secs);
         let rescuer = platform::spawn_rescuer(db.pool.clone(), RESCUE_INTERVAL, stop_rx.clone());
-        let workers = platform::spawn_workers(
-            &db.pool,
-            a.slots.workers,
-            &artifacts,
-            lease,
-            &device,
-            datasets.as_deref(),
-            &stop_rx,
-        );
+        let workers =
+            a.slots
+                .spawn_workers(&db.pool, &artifacts, &device, datasets.as_deref(), &stop_rx);
         println!(
             "ifp worker: {} slot(s), artifacts in {}",
             a.slots.workers,

@@ -8,6 +8,7 @@ use ifp_trainer::checkpoint::{Checkpoint, WrittenFile};
 use ifp_trainer::Progress;
 use sqlx::PgPool;
 
+use crate::db::rows::Metric;
 use crate::db::values::CheckpointKind;
 use crate::error::{Error, Result};
 use crate::queue::{self, Fence};
@@ -16,20 +17,10 @@ use crate::queue::{self, Fence};
 const FENCE: &str = "exists (select 1 from job where id = $1 and attempt = $2 \
                      and worker_id = $3 and status = 'running')";
 
-/// One logged step, ready to insert.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MetricRow {
-    pub step: i64,
-    pub attempt: i32,
-    pub loss: f64,
-    pub lr: f64,
-    pub grad_norm: f64,
-    pub images_per_sec: f64,
-}
-
-impl MetricRow {
+impl Metric {
+    /// The row of one reported step of `attempt`.
     pub fn from_progress(p: &Progress, attempt: i32) -> Self {
-        MetricRow {
+        Metric {
             step: p.step as i64,
             attempt,
             loss: p.loss,
@@ -42,8 +33,8 @@ impl MetricRow {
 
 /// Inserts a batch of metrics in one statement. A resumed attempt repeats steps after its
 /// checkpoint; its values replace the lost attempt's.
-pub async fn metrics(pool: &PgPool, fence: &Fence, rows: &[MetricRow]) -> Result<()> {
-    let col = |f: fn(&MetricRow) -> f64| rows.iter().map(f).collect::<Vec<f64>>();
+pub async fn metrics(pool: &PgPool, fence: &Fence, rows: &[Metric]) -> Result<()> {
+    let col = |f: fn(&Metric) -> f64| rows.iter().map(f).collect::<Vec<f64>>();
     let steps: Vec<i64> = rows.iter().map(|r| r.step).collect();
     let sql = format!(
         "insert into metric (job_id, step, attempt, loss, lr, grad_norm, images_per_sec)
@@ -85,16 +76,40 @@ pub async fn checkpoint(
     if let Some(s) = &ck.sample {
         files.push((CheckpointKind::Sample, s));
     }
+    list_files(pool, artifacts, fence, Some(ck.step as i64), &files).await
+}
+
+/// Lists a finished run's result files (kind `report`, at the job's last step).
+pub async fn report_files(
+    pool: &PgPool,
+    artifacts: &Path,
+    fence: &Fence,
+    files: &[WrittenFile],
+) -> Result<()> {
+    let files: Vec<_> = files.iter().map(|f| (CheckpointKind::Report, f)).collect();
+    list_files(pool, artifacts, fence, None, &files).await
+}
+
+/// Lists `files` (paths relative to the artifact root) at `step`, or at the job's last step,
+/// in one fenced statement; a file listed before under the same name is replaced.
+async fn list_files(
+    pool: &PgPool,
+    artifacts: &Path,
+    fence: &Fence,
+    step: Option<i64>,
+    files: &[(CheckpointKind, &WrittenFile)],
+) -> Result<()> {
     let mut names = vec![];
     let mut kinds = vec![];
     let mut bytes = vec![];
     let mut shas = vec![];
     let mut paths = vec![];
     for (kind, f) in files {
-        let name =
-            f.path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
-                Error::Internal(format!("bad checkpoint path {}", f.path.display()))
-            })?;
+        let name = f
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| Error::Internal(format!("bad file path {}", f.path.display())))?;
         let rel = f.path.strip_prefix(artifacts).unwrap_or(&f.path);
         names.push(name.to_string());
         kinds.push(kind.as_str());
@@ -104,7 +119,8 @@ pub async fn checkpoint(
     }
     let sql = format!(
         "insert into checkpoint (job_id, name, kind, attempt, step, bytes, sha256, path)
-         select $1, u.name, u.kind, $2, $4, u.bytes, u.sha256, u.path
+         select $1, u.name, u.kind, $2, coalesce($4, (select total_steps from job where id = $1)),
+                u.bytes, u.sha256, u.path
          from unnest($5::text[], $6::text[], $7::bigint[], $8::text[], $9::text[])
              as u(name, kind, bytes, sha256, path)
          where {FENCE}
@@ -117,61 +133,9 @@ pub async fn checkpoint(
         .bind(fence.job_id)
         .bind(fence.attempt)
         .bind(&fence.worker_id)
-        .bind(ck.step as i64)
+        .bind(step)
         .bind(names)
         .bind(kinds)
-        .bind(bytes)
-        .bind(shas)
-        .bind(paths)
-        .execute(pool)
-        .await?;
-    queue::notify(pool, queue::CHANNEL_EVENT, &fence.job_id.to_string()).await
-}
-
-/// Lists a comparison's result files (kind `report`, at the job's last step).
-pub async fn report_files(
-    pool: &PgPool,
-    artifacts: &Path,
-    fence: &Fence,
-    files: &[WrittenFile],
-) -> Result<()> {
-    let mut names = vec![];
-    let mut bytes = vec![];
-    let mut shas = vec![];
-    let mut paths = vec![];
-    for f in files {
-        let name = f
-            .path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| Error::Internal(format!("bad result path {}", f.path.display())))?;
-        names.push(name.to_string());
-        bytes.push(f.bytes as i64);
-        shas.push(f.sha256.clone());
-        paths.push(
-            f.path
-                .strip_prefix(artifacts)
-                .unwrap_or(&f.path)
-                .to_string_lossy()
-                .into_owned(),
-        );
-    }
-    let sql = format!(
-        "insert into checkpoint (job_id, name, kind, attempt, step, bytes, sha256, path)
-         select $1, u.name, 'report', $2, (select total_steps from job where id = $1),
-                u.bytes, u.sha256, u.path
-         from unnest($4::text[], $5::bigint[], $6::text[], $7::text[])
-             as u(name, bytes, sha256, path)
-         where {FENCE}
-         on conflict (job_id, name) do update
-         set attempt = excluded.attempt, bytes = excluded.bytes, sha256 = excluded.sha256,
-             path = excluded.path, updated_at = now()"
-    );
-    sqlx::query(&sql)
-        .bind(fence.job_id)
-        .bind(fence.attempt)
-        .bind(&fence.worker_id)
-        .bind(names)
         .bind(bytes)
         .bind(shas)
         .bind(paths)

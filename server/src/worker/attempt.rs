@@ -16,14 +16,15 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::{attempt_dir, seed, wait_notification, WorkerConfig};
+use crate::db::rows::Metric;
 use crate::error::{Error, Result};
 use crate::jobs::spec::{JobSpec, Report};
-use crate::queue::record::{self, MetricRow};
+use crate::queue::record;
 use crate::queue::{self, Claimed, Fence, Outcome};
 
 /// What the trainer thread tells the async side.
 enum Msg {
-    Step(MetricRow),
+    Step(Metric),
     Checkpoint(Box<Checkpoint>),
 }
 
@@ -135,7 +136,7 @@ fn spawn_trainer(
             |r| {
                 let _ = tx.send(match r {
                     Report::Step(step, p) => {
-                        let mut row = MetricRow::from_progress(p, attempt);
+                        let mut row = Metric::from_progress(p, attempt);
                         row.step = step as i64;
                         Msg::Step(row)
                     }
@@ -156,7 +157,7 @@ struct Attempt<'a> {
     fence: Fence,
     stop: Arc<AtomicBool>,
     /// Steps not yet written to the database.
-    pending: Vec<MetricRow>,
+    pending: Vec<Metric>,
     /// The latest step and loss, for heartbeats.
     progress: (i64, Option<f64>),
     reason: Option<StopReason>,

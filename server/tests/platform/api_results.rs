@@ -4,8 +4,9 @@
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use http_body_util::BodyExt;
+use ifp_server::db::rows::Metric;
 use ifp_server::queue;
-use ifp_server::queue::record::{self, MetricRow};
+use ifp_server::queue::record;
 use ifp_server::{app, AppState};
 use ifp_trainer::checkpoint::{Checkpoint, WrittenFile};
 use serde_json::{json, Value};
@@ -23,7 +24,7 @@ async fn fake_progress(api: &Api, body: &[u8]) -> (uuid::Uuid, String) {
         .unwrap()
         .unwrap();
     assert_eq!(c.fence.job_id, id);
-    let row = MetricRow {
+    let row = Metric {
         step: 1,
         attempt: 1,
         loss: 0.5,

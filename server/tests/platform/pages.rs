@@ -9,8 +9,9 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
+use ifp_server::db::rows::Metric;
 use ifp_server::queue;
-use ifp_server::queue::record::{self, MetricRow};
+use ifp_server::queue::record;
 use ifp_server::{app, AppState};
 use ifp_trainer::checkpoint::{Checkpoint, WrittenFile};
 use tower::ServiceExt;
@@ -352,8 +353,8 @@ async fn job_page_shows_progress_checkpoints_and_cancels_with_a_token() {
         .await
         .unwrap()
         .unwrap();
-    let rows: Vec<MetricRow> = (1..=3)
-        .map(|s| MetricRow {
+    let rows: Vec<Metric> = (1..=3)
+        .map(|s| Metric {
             step: s,
             attempt: 1,
             loss: 1.0 / s as f64,

@@ -260,46 +260,33 @@ impl driver::Run for Finetuner {
         let point = self.validate()?;
         self.history.retain(|p| p.step < self.step);
         self.history.push(point);
-        let yaml = self.cfg.to_yaml();
-        let model = checkpoint::save_model(
-            &checkpoint::model_path(dir, self.step),
-            &self.net.state_dict()?,
-            self.step,
-            &yaml,
-        )?;
         let (crop, noise) = self.data.state();
         let state = TrainingState {
             version: STATE_VERSION,
             step: self.step,
             sampler: SamplerState { crop, mask: noise },
             mask_radii: None,
-            config_yaml: yaml,
+            config_yaml: self.cfg.to_yaml(),
         };
-        let state = checkpoint::save_state(
-            &checkpoint::state_path(dir, self.step),
-            &self.opt.state_tensors(),
-            &state,
-        )?;
-        let sample = match &self.last {
-            Some((x, t, y)) => {
-                let y = eval::tensor_to_image(y)?;
-                let strip = crate::data::panels::row(&[x, &y, t], 2);
-                Some(checkpoint::write_atomic(
-                    &checkpoint::sample_path(dir, self.step),
-                    &checkpoint::png_bytes(&strip)?,
-                )?)
-            }
+        let strip = match &self.last {
+            Some((x, t, y)) => Some(crate::data::panels::row(
+                &[x, &eval::tensor_to_image(y)?, t],
+                2,
+            )),
             None => None,
         };
+        let ck = checkpoint::write(
+            dir,
+            &checkpoint::Contents {
+                weights: &self.net.state_dict()?,
+                optimizer: &self.opt.state_tensors(),
+                state: &state,
+                sample: strip.as_ref(),
+            },
+        )?;
         let json = serde_json::to_vec_pretty(&self.history)
             .map_err(|e| TrainerError::Unsupported(format!("cannot encode history: {e}")))?;
         checkpoint::write_atomic(&history_path(dir), &json)?;
-        let ck = Checkpoint {
-            step: self.step,
-            model,
-            state,
-            sample,
-        };
         Ok((ck, point))
     }
 

@@ -47,24 +47,6 @@ fn keep_prefix(t: HashMap<String, Tensor>, prefix: &str) -> HashMap<String, Tens
         .collect()
 }
 
-fn check_unused(store: &ParamStore, what: &str) -> Result<()> {
-    let unused = store.unused_keys()?;
-    if unused.is_empty() {
-        return Ok(());
-    }
-    Err(TrainerError::Unsupported(format!(
-        "the {what} weights have {} key(s) this network does not use (a different MODEL \
-         config?): {}",
-        unused.len(),
-        unused
-            .iter()
-            .take(5)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", ")
-    )))
-}
-
 impl FinetuneNet {
     /// Builds the network on `device` (float32). The encoder config must be a Restormer one:
     /// Uformer's encoder hands token tensors and skips to its decoder, not one feature map.
@@ -122,10 +104,10 @@ impl FinetuneNet {
             head_params.var_builder().pp("head").pp("conv"),
         )?;
         if enc_loaded {
-            check_unused(&encoder_params, "encoder")?;
+            crate::models::check_all_used(&encoder_params, "encoder")?;
         }
         if head_loaded {
-            check_unused(&head_params, "head")?;
+            crate::models::check_all_used(&head_params, "head")?;
         }
         Ok(FinetuneNet {
             encoder: enc,

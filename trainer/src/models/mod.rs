@@ -82,19 +82,7 @@ impl Network {
             }
         };
         if strict {
-            let unused = params.unused_keys()?;
-            if !unused.is_empty() {
-                return Err(TrainerError::Unsupported(format!(
-                    "the weights have {} key(s) this network does not use (wrong config?): {}",
-                    unused.len(),
-                    unused
-                        .iter()
-                        .take(5)
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            }
+            check_all_used(&params, "network")?;
         }
         let low = match cfg.train.amp {
             Amp::Off => None,
@@ -180,4 +168,24 @@ pub fn load_weights(path: &Path, device: &Device) -> Result<HashMap<String, Tens
         });
     }
     Ok(weights)
+}
+
+/// Strict loading: every tensor of the loaded weights was taken by a parameter or buffer;
+/// `what` names the weights in the error (`network`, `encoder`, `head`).
+pub(crate) fn check_all_used(params: &ParamStore, what: &str) -> Result<()> {
+    let unused = params.unused_keys()?;
+    if unused.is_empty() {
+        return Ok(());
+    }
+    Err(TrainerError::Unsupported(format!(
+        "the {what} weights have {} key(s) this network does not use (a different MODEL \
+         config?): {}",
+        unused.len(),
+        unused
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
 }
