@@ -1,35 +1,11 @@
 //! The `ifp` binary as a user runs it: help, exit codes and one-line errors, `forward` on the
 //! golden file, `train` with checkpoints and `--resume`, and `bench`'s last line.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use crate::common;
 
 use candle_core::Device;
 
-fn ifp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ifp"))
-        .args(args)
-        .output()
-        .expect("run ifp")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn golden() -> PathBuf {
-    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/golden"));
-    assert!(
-        dir.is_dir(),
-        "the golden test vectors are required at {}",
-        dir.display()
-    );
-    dir
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("utf-8 path")
-}
+use common::{ifp, stderr};
 
 #[test]
 fn train_help_lists_the_presets_and_flags() {
@@ -61,15 +37,27 @@ fn bad_inputs_exit_2_with_one_line() {
     let out = dir.path().join("out");
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
-            vec!["train", "--config", "/nonexistent/x.yaml", "--out", p(&out)],
+            vec![
+                "train",
+                "--config",
+                "/nonexistent/x.yaml",
+                "--out",
+                common::p(&out),
+            ],
             "/nonexistent/x.yaml",
         ),
         (
-            vec!["train", "--config", "huge", "--out", p(&out)],
+            vec!["train", "--config", "huge", "--out", common::p(&out)],
             "unknown preset",
         ),
         (
-            vec!["train", "--config", p(&bad_yaml), "--out", p(&out)],
+            vec![
+                "train",
+                "--config",
+                common::p(&bad_yaml),
+                "--out",
+                common::p(&out),
+            ],
             "DATA.SAMPLE_RATIO",
         ),
         (
@@ -78,7 +66,7 @@ fn bad_inputs_exit_2_with_one_line() {
                 "--config",
                 "tiny",
                 "--out",
-                p(&out),
+                common::p(&out),
                 "--device",
                 "tpu",
             ],
@@ -92,9 +80,9 @@ fn bad_inputs_exit_2_with_one_line() {
                 "--weights",
                 "/nonexistent/w.safetensors",
                 "--input",
-                p(&bad_yaml),
+                common::p(&bad_yaml),
                 "--output",
-                p(&out),
+                common::p(&out),
             ],
             "/nonexistent/w.safetensors",
         ),
@@ -104,11 +92,11 @@ fn bad_inputs_exit_2_with_one_line() {
                 "--config",
                 "tiny",
                 "--weights",
-                p(&bad_yaml),
+                common::p(&bad_yaml),
                 "--input",
-                p(&bad_yaml),
+                common::p(&bad_yaml),
                 "--output",
-                p(&out),
+                common::p(&out),
             ],
             "safetensors",
         ),
@@ -117,7 +105,7 @@ fn bad_inputs_exit_2_with_one_line() {
             vec![
                 "serve",
                 "--data-dir",
-                p(&out),
+                common::p(&out),
                 "--datasets-dir",
                 "/nonexistent/data",
             ],
@@ -129,7 +117,7 @@ fn bad_inputs_exit_2_with_one_line() {
                 "--database-url",
                 "postgres://nobody@127.0.0.1:1/none",
                 "--data-dir",
-                p(&out),
+                common::p(&out),
                 "--datasets-dir",
                 "/nonexistent/data",
             ],
@@ -155,20 +143,20 @@ fn bad_inputs_exit_2_with_one_line() {
 
 #[test]
 fn forward_reproduces_the_golden_output() {
-    let g = golden();
+    let g = common::golden();
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("out.safetensors");
     let weights = g.join("restormer_tiny.safetensors");
     let o = ifp(&[
         "forward",
         "--config",
-        p(&g.join("configs/restormer_tiny.yaml")),
+        common::p(&g.join("configs/restormer_tiny.yaml")),
         "--weights",
-        p(&weights),
+        common::p(&weights),
         "--input",
-        p(&weights),
+        common::p(&weights),
         "--output",
-        p(&out),
+        common::p(&out),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let got = candle_core::safetensors::load(&out, &Device::Cpu).expect("output file");
@@ -204,9 +192,9 @@ fn train_writes_checkpoints_and_resumes() {
     let o = ifp(&[
         "train",
         "--config",
-        p(&cfg),
+        common::p(&cfg),
         "--out",
-        p(&out),
+        common::p(&out),
         "--steps",
         "2",
     ]);
@@ -228,9 +216,9 @@ fn train_writes_checkpoints_and_resumes() {
     let o = ifp(&[
         "train",
         "--config",
-        p(&cfg),
+        common::p(&cfg),
         "--out",
-        p(&out),
+        common::p(&out),
         "--steps",
         "4",
     ]);
@@ -239,9 +227,9 @@ fn train_writes_checkpoints_and_resumes() {
     let o = ifp(&[
         "train",
         "--config",
-        p(&cfg),
+        common::p(&cfg),
         "--out",
-        p(&out),
+        common::p(&out),
         "--steps",
         "4",
         "--resume",
@@ -269,7 +257,7 @@ fn bench_ends_with_the_median() {
 
 #[test]
 fn an_input_too_small_is_one_clear_line() {
-    let g = golden();
+    let g = common::golden();
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("in.safetensors");
     let t =
@@ -283,13 +271,13 @@ fn an_input_too_small_is_one_clear_line() {
     let o = ifp(&[
         "forward",
         "--config",
-        p(&g.join("configs/restormer_tiny.yaml")),
+        common::p(&g.join("configs/restormer_tiny.yaml")),
         "--weights",
-        p(&weights),
+        common::p(&weights),
         "--input",
-        p(&input),
+        common::p(&input),
         "--output",
-        p(&dir.path().join("out.safetensors")),
+        common::p(&dir.path().join("out.safetensors")),
     ]);
     let err = stderr(&o);
     assert!(!o.status.success());

@@ -4,7 +4,6 @@
 
 use crate::common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -17,12 +16,6 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 pub(crate) const ADMIN: &str = "admin-secret";
-
-pub(crate) fn datasets() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data"))
-        .canonicalize()
-        .expect("../shared/data (the fine-tuning test images) is missing")
-}
 
 pub(crate) async fn call(
     app: &Router,
@@ -92,7 +85,7 @@ async fn compare_submissions_are_checked() {
     assert!(b.contains("--datasets-dir"), "{b}");
 
     let mut state = AppState::new(pool.clone(), artifacts.path(), Some(ADMIN));
-    state.datasets = Some(datasets());
+    state.datasets = Some(common::datasets());
     let api = app(state);
     for (bad, key) in [
         (
@@ -133,7 +126,7 @@ async fn a_tiny_comparison_runs_and_reports() {
     let pool = common::fresh_pool().await;
     let artifacts = tempfile::tempdir().unwrap();
     let mut state = AppState::new(pool.clone(), artifacts.path(), Some(ADMIN));
-    state.datasets = Some(datasets());
+    state.datasets = Some(common::datasets());
     let api = app(state);
     let body = json!({"kind": "compare", "name": "cmp", "config": pretrain(),
                       "finetune": finetune("clean/CBSD68"), "showcase": 2});
@@ -147,7 +140,7 @@ async fn a_tiny_comparison_runs_and_reports() {
     let (stop, rx) = tokio::sync::watch::channel(false);
     let mut cfg = WorkerConfig::new("w-compare", artifacts.path());
     cfg.poll_interval = Duration::from_millis(300);
-    cfg.datasets = Some(datasets());
+    cfg.datasets = Some(common::datasets());
     tokio::spawn(worker::run(pool.clone(), cfg, rx));
     let t0 = Instant::now();
     let job = loop {
@@ -240,7 +233,7 @@ async fn the_compare_form_submits_and_shows_errors_in_place() {
     let pool = common::fresh_pool().await;
     let artifacts = tempfile::tempdir().unwrap();
     let mut state = AppState::new(pool.clone(), artifacts.path(), Some(ADMIN));
-    state.datasets = Some(datasets());
+    state.datasets = Some(common::datasets());
     let site = app(state);
     let cookie = admin_session(&pool).await;
     let csrf =
@@ -314,12 +307,12 @@ async fn a_finetune_job_starts_from_a_finished_pretraining_job() {
     let pool = common::fresh_pool().await;
     let artifacts = tempfile::tempdir().unwrap();
     let mut state = AppState::new(pool.clone(), artifacts.path(), Some(ADMIN));
-    state.datasets = Some(datasets());
+    state.datasets = Some(common::datasets());
     let api = app(state);
     let (stop, rx) = tokio::sync::watch::channel(false);
     let mut cfg = WorkerConfig::new("w-finetune", artifacts.path());
     cfg.poll_interval = Duration::from_millis(300);
-    cfg.datasets = Some(datasets());
+    cfg.datasets = Some(common::datasets());
     tokio::spawn(worker::run(pool.clone(), cfg, rx));
     let wait = |id: String| {
         let api = api.clone();

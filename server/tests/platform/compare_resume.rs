@@ -6,7 +6,7 @@ use crate::common;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use ifp_server::jobs::spec::{JobSpec, Report};
@@ -14,7 +14,7 @@ use ifp_server::worker::{self, WorkerConfig};
 use ifp_server::{app, AppState};
 use serde_json::{json, Value};
 
-use super::compare::{call, datasets, finetune, pretrain, ADMIN};
+use super::compare::{call, finetune, pretrain, ADMIN};
 
 /// A comparison whose worker dies in the IFP arm resumes there on the next attempt (the
 /// pre-training is not run again) and ends with the results of an uninterrupted run.
@@ -23,7 +23,7 @@ async fn a_comparison_whose_worker_dies_mid_arm_resumes_in_that_arm() {
     let pool = common::fresh_pool().await;
     let artifacts = tempfile::tempdir().unwrap();
     let mut state = AppState::new(pool.clone(), artifacts.path(), Some(ADMIN));
-    state.datasets = Some(datasets());
+    state.datasets = Some(common::datasets());
     let api = app(state);
     let body = json!({"kind": "compare", "name": "cmp", "config": pretrain(),
                       "finetune": finetune("clean/CBSD68"), "showcase": 1});
@@ -41,7 +41,8 @@ async fn a_comparison_whose_worker_dies_mid_arm_resumes_in_that_arm() {
         .unwrap()
         .unwrap();
     let mut spec = JobSpec::from_stored(dead.kind, &dead.config).unwrap();
-    spec.resolve(artifacts.path(), Some(&datasets())).unwrap();
+    spec.resolve(artifacts.path(), Some(&common::datasets()))
+        .unwrap();
     assert!(matches!(spec, JobSpec::Compare(_)));
     let opts = ifp_trainer::TrainOptions {
         out_dir: worker::attempt_dir(artifacts.path(), id, 1),
@@ -76,17 +77,12 @@ async fn a_comparison_whose_worker_dies_mid_arm_resumes_in_that_arm() {
     let (stop, rx) = tokio::sync::watch::channel(false);
     let mut cfg = WorkerConfig::new("w-live", artifacts.path());
     cfg.poll_interval = Duration::from_millis(300);
-    cfg.datasets = Some(datasets());
+    cfg.datasets = Some(common::datasets());
     tokio::spawn(worker::run(pool.clone(), cfg, rx));
-    let t0 = Instant::now();
-    let job = loop {
-        let j = ifp_server::queue::get(&pool, id).await.unwrap().unwrap();
-        if !j.status.is_active() {
-            break j;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(400), "timed out: {j:?}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+    let job = common::wait_for(&pool, id, "the resumed comparison", |j| {
+        !j.status.is_active()
+    })
+    .await;
     let _ = stop.send(true);
     assert_eq!(job.status.as_str(), "succeeded", "{:?}", job.error);
     assert_eq!((job.attempt, job.step), (2, 14));

@@ -6,42 +6,12 @@
 use crate::common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use candle_core::{DType, Device};
-use ifp_server::db::rows::Job;
 use ifp_server::queue::{self, NewJob};
-use ifp_server::worker::{self, WorkerConfig};
-use sqlx::PgPool;
-use tokio::sync::watch;
-use uuid::Uuid;
 
-fn golden() -> PathBuf {
-    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/golden"));
-    assert!(
-        dir.is_dir(),
-        "the golden test vectors are required at {}",
-        dir.display()
-    );
-    dir
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("utf-8 path")
-}
-
-fn ifp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ifp"))
-        .args(args)
-        .output()
-        .expect("run ifp")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{ifp, stderr};
 
 /// The golden `uformer_tiny` network (EMBED_DIM 8, depth 1 everywhere, window 4, 32x32) as a
 /// training job: batch 4, `steps` steps, LR as the tiny preset's (0.128 * 4 / 512 = 1e-3).
@@ -76,39 +46,18 @@ SEED: 0
     )
 }
 
-fn start_worker(pool: &PgPool, id: &str, artifacts: &Path) -> watch::Sender<bool> {
-    let (tx, rx) = watch::channel(false);
-    let mut cfg = WorkerConfig::new(id, artifacts);
-    cfg.lease = Duration::from_secs(3);
-    cfg.poll_interval = Duration::from_millis(500);
-    tokio::spawn(worker::run(pool.clone(), cfg, rx));
-    tx
-}
-
-async fn wait_done(pool: &PgPool, id: Uuid) -> Job {
-    let t0 = Instant::now();
-    loop {
-        let j = queue::get(pool, id).await.unwrap().unwrap();
-        if !j.status.is_active() {
-            return j;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(300),
-            "timed out waiting for the Uformer job: {j:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// The reference Uformer keys of the golden file (parameters and relative_position_index
 /// buffers) with their shapes.
 fn golden_keys() -> BTreeSet<(String, Vec<usize>)> {
-    candle_core::safetensors::load(golden().join("uformer_tiny.safetensors"), &Device::Cpu)
-        .expect("golden file")
-        .into_iter()
-        .filter(|(k, _)| k.starts_with("encoder.") || k.starts_with("decoder."))
-        .map(|(k, t)| (k, t.dims().to_vec()))
-        .collect()
+    candle_core::safetensors::load(
+        common::golden().join("uformer_tiny.safetensors"),
+        &Device::Cpu,
+    )
+    .expect("golden file")
+    .into_iter()
+    .filter(|(k, _)| k.starts_with("encoder.") || k.starts_with("decoder."))
+    .map(|(k, t)| (k, t.dims().to_vec()))
+    .collect()
 }
 
 #[tokio::test]
@@ -136,8 +85,8 @@ async fn a_tiny_uformer_job_trains_with_a_falling_loss() {
     .await
     .unwrap();
     let t0 = Instant::now();
-    let stop = start_worker(&pool, "w-uformer", artifacts.path());
-    let done = wait_done(&pool, job.id).await;
+    let stop = common::start_worker(&pool, "w-uformer", artifacts.path());
+    let done = common::wait_for(&pool, job.id, "the Uformer job", |j| !j.status.is_active()).await;
     stop.send(true).unwrap();
     assert_eq!(done.status.as_str(), "succeeded", "{:?}", done.error);
     assert_eq!(done.step, STEPS as i64);
@@ -189,12 +138,18 @@ async fn a_tiny_uformer_job_trains_with_a_falling_loss() {
 
 #[test]
 fn cli_train_bench_and_forward_take_a_uformer_config() {
-    let g = golden();
+    let g = common::golden();
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("uformer.yaml");
     std::fs::write(&cfg, tiny_uformer_yaml(2)).expect("write");
     let out = dir.path().join("run");
-    let o = ifp(&["train", "--config", p(&cfg), "--out", p(&out)]);
+    let o = ifp(&[
+        "train",
+        "--config",
+        common::p(&cfg),
+        "--out",
+        common::p(&out),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(out.join("model-000002.safetensors").is_file());
     // The checkpoint runs through `ifp forward` (strict load, buffers included).
@@ -202,13 +157,13 @@ fn cli_train_bench_and_forward_take_a_uformer_config() {
     let o = ifp(&[
         "forward",
         "--config",
-        p(&cfg),
+        common::p(&cfg),
         "--weights",
-        p(&out.join("model-000002.safetensors")),
+        common::p(&out.join("model-000002.safetensors")),
         "--input",
-        p(&g.join("uformer_tiny.safetensors")),
+        common::p(&g.join("uformer_tiny.safetensors")),
         "--output",
-        p(&fwd),
+        common::p(&fwd),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let y = candle_core::safetensors::load(&fwd, &Device::Cpu).expect("output");
@@ -218,7 +173,7 @@ fn cli_train_bench_and_forward_take_a_uformer_config() {
     let o = ifp(&[
         "bench",
         "--config",
-        p(&g.join("configs/uformer_tiny.yaml")),
+        common::p(&g.join("configs/uformer_tiny.yaml")),
         "--batch",
         "1",
         "--size",

@@ -54,30 +54,6 @@ async fn submit_config(pool: &PgPool, steps: usize, config: serde_json::Value) -
     .unwrap()
 }
 
-fn start_worker(pool: &PgPool, id: &str, artifacts: &Path) -> watch::Sender<bool> {
-    let (tx, rx) = watch::channel(false);
-    let mut cfg = WorkerConfig::new(id, artifacts);
-    cfg.lease = Duration::from_secs(3);
-    cfg.poll_interval = Duration::from_millis(500);
-    tokio::spawn(worker::run(pool.clone(), cfg, rx));
-    tx
-}
-
-async fn wait_for(pool: &PgPool, id: Uuid, what: &str, ok: impl Fn(&Job) -> bool) -> Job {
-    let t0 = Instant::now();
-    loop {
-        let j = queue::get(pool, id).await.unwrap().unwrap();
-        if ok(&j) {
-            return j;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(180),
-            "timed out waiting for {what}: {j:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn metric_steps(pool: &PgPool, id: Uuid) -> Vec<(i64, i32)> {
     sqlx::query_as("select step, attempt from metric where job_id = $1 order by step")
         .bind(id)
@@ -106,8 +82,8 @@ async fn a_tiny_job_runs_to_succeeded_with_metrics_and_checkpoints() {
     let pool = common::fresh_pool().await;
     let artifacts = tempfile::tempdir().unwrap();
     let job = submit(&pool, 6, 3).await;
-    let stop = start_worker(&pool, "w-ok", artifacts.path());
-    let done = wait_for(&pool, job.id, "success", |j| !j.status.is_active()).await;
+    let stop = common::start_worker(&pool, "w-ok", artifacts.path());
+    let done = common::wait_for(&pool, job.id, "success", |j| !j.status.is_active()).await;
     stop.send(true).unwrap();
     assert_eq!(done.status, JobStatus::Succeeded, "{:?}", done.error);
     assert_eq!((done.step, done.total_steps, done.attempt), (6, 6, 1));
@@ -145,8 +121,8 @@ async fn a_cancelled_running_job_stops_and_keeps_its_checkpoints() {
     let pool = common::fresh_pool().await;
     let artifacts = tempfile::tempdir().unwrap();
     let job = submit(&pool, 5000, 2).await;
-    let stop = start_worker(&pool, "w-cancel", artifacts.path());
-    wait_for(&pool, job.id, "progress", |j| {
+    let stop = common::start_worker(&pool, "w-cancel", artifacts.path());
+    common::wait_for(&pool, job.id, "progress", |j| {
         j.status == JobStatus::Running && j.step >= 2
     })
     .await;
@@ -155,7 +131,7 @@ async fn a_cancelled_running_job_stops_and_keeps_its_checkpoints() {
         Some(JobStatus::Running)
     );
     let t0 = Instant::now();
-    let done = wait_for(&pool, job.id, "cancel", |j| j.status != JobStatus::Running).await;
+    let done = common::wait_for(&pool, job.id, "cancel", |j| j.status != JobStatus::Running).await;
     assert!(t0.elapsed() < Duration::from_secs(10), "stopped promptly");
     stop.send(true).unwrap();
     assert_eq!(done.status, JobStatus::Cancelled);
@@ -206,8 +182,8 @@ async fn a_rescued_job_resumes_from_the_dead_attempts_checkpoint() {
         JobStatus::Queued
     );
 
-    let stop = start_worker(&pool, "w-live", artifacts.path());
-    let done = wait_for(&pool, job.id, "success", |j| !j.status.is_active()).await;
+    let stop = common::start_worker(&pool, "w-live", artifacts.path());
+    let done = common::wait_for(&pool, job.id, "success", |j| !j.status.is_active()).await;
     stop.send(true).unwrap();
     assert_eq!(done.status, JobStatus::Succeeded, "{:?}", done.error);
     assert_eq!((done.attempt, done.step), (2, 8));
@@ -256,8 +232,8 @@ async fn retention_keeps_the_newest_models_and_only_the_newest_state() {
     let pool = common::fresh_pool().await;
     let artifacts = tempfile::tempdir().unwrap();
     let job = submit_config(&pool, 8, tiny_keeping(8, 2, 2)).await;
-    let stop = start_worker(&pool, "w-keep", artifacts.path());
-    let done = wait_for(&pool, job.id, "success", |j| !j.status.is_active()).await;
+    let stop = common::start_worker(&pool, "w-keep", artifacts.path());
+    let done = common::wait_for(&pool, job.id, "success", |j| !j.status.is_active()).await;
     stop.send(true).unwrap();
     assert_eq!(done.status, JobStatus::Succeeded, "{:?}", done.error);
     let names: Vec<String> = checkpoints(&pool, job.id)
@@ -298,10 +274,10 @@ async fn a_postgres_restart_mid_job_leaves_nothing_stuck() {
     let artifacts = tempfile::tempdir().unwrap();
     // Long enough that the outage lands mid-job (a 60-step 16x16 job could end first).
     let job = submit(&pool, 300, 5).await;
-    let stop = start_worker(&pool, "w-pg", artifacts.path());
+    let stop = common::start_worker(&pool, "w-pg", artifacts.path());
     let (stop_rescuer_tx, stop_rescuer) = watch::channel(false);
     ifp_server::platform::spawn_rescuer(pool.clone(), Duration::from_secs(1), stop_rescuer);
-    wait_for(&pool, job.id, "progress", |j| j.step >= 6).await;
+    common::wait_for(&pool, job.id, "progress", |j| j.step >= 6).await;
 
     // An outage longer than the lease: the worker must give the job up, and the rescuer
     // must hand it out again once the database is back.
@@ -313,7 +289,7 @@ async fn a_postgres_restart_mid_job_leaves_nothing_stuck() {
     })
     .await
     .unwrap();
-    let done = wait_for(&pool, job.id, "the end", |j| !j.status.is_active()).await;
+    let done = common::wait_for(&pool, job.id, "the end", |j| !j.status.is_active()).await;
     stop.send(true).unwrap();
     stop_rescuer_tx.send(true).unwrap();
     assert_eq!(done.status, JobStatus::Succeeded, "{:?}", done.error);
@@ -341,10 +317,10 @@ async fn racing_workers_run_every_job_exactly_once() {
         ids.push(submit(&pool, 2, 2).await.id);
     }
     let stops: Vec<_> = (0..3)
-        .map(|w| start_worker(&pool, &format!("race-{w}"), artifacts.path()))
+        .map(|w| common::start_worker(&pool, &format!("race-{w}"), artifacts.path()))
         .collect();
     for id in &ids {
-        let j = wait_for(&pool, *id, "success", |j| !j.status.is_active()).await;
+        let j = common::wait_for(&pool, *id, "success", |j| !j.status.is_active()).await;
         assert_eq!((j.status, j.attempt), (JobStatus::Succeeded, 1));
     }
     for s in stops {
@@ -393,7 +369,7 @@ async fn an_idle_worker_is_woken_by_notify_not_polling() {
     }
     let job = submit(&pool, 2, 2).await;
     let t0 = Instant::now();
-    wait_for(&pool, job.id, "a claim", |j| j.status != JobStatus::Queued).await;
+    common::wait_for(&pool, job.id, "a claim", |j| j.status != JobStatus::Queued).await;
     assert!(
         t0.elapsed() < Duration::from_secs(10),
         "took {:?}",
@@ -437,8 +413,8 @@ async fn a_full_disk_fails_the_job_clearly_and_lists_no_checkpoint() {
     };
     let pool = common::fresh_pool().await;
     let job = submit(&pool, 4, 2).await;
-    let stop = start_worker(&pool, "w-full", &disk.0);
-    let done = wait_for(&pool, job.id, "the end", |j| !j.status.is_active()).await;
+    let stop = common::start_worker(&pool, "w-full", &disk.0);
+    let done = common::wait_for(&pool, job.id, "the end", |j| !j.status.is_active()).await;
     stop.send(true).unwrap();
     assert_eq!(done.status, JobStatus::Failed);
     let error = done.error.unwrap();

@@ -1,21 +1,11 @@
 //! PSNR/SSIM (RGB and Y) against scikit-image 0.26 numbers from `bench/skimage_reference.py`
 //! (stored in `bench/skimage_reference.json`), on image pairs built from `../shared/data`.
 
-use std::path::PathBuf;
+use crate::common;
 
 use ifp_trainer::data::crop::{crop, CropBox};
 use ifp_trainer::data::image::{load_image, Image};
 use ifp_trainer::eval::metrics::score;
-
-fn data_dir() -> PathBuf {
-    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data"));
-    assert!(
-        dir.is_dir(),
-        "the evaluation images are required at {} (the shared/ folder beside the repository)",
-        dir.display()
-    );
-    dir
-}
 
 /// The reference script's perturbation: a + ((7x + 13y + 5c) mod 21) - 10, clipped, on 8 bits.
 fn perturb(img: &Image) -> Image {
@@ -36,7 +26,7 @@ fn perturb(img: &Image) -> Image {
 
 #[test]
 fn metrics_match_scikit_image() {
-    let data = data_dir();
+    let data = common::data_dir();
     let json = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../bench/skimage_reference.json"

@@ -11,21 +11,11 @@ use ifp_trainer::checkpoint::{model_path, state_path};
 use ifp_trainer::finetune::compare::{compare, CompareSpec, Pretrain};
 use ifp_trainer::finetune::evaluate::{evaluate_weights, EvalRequest};
 use ifp_trainer::finetune::{self, data, Event, FinetuneConfig};
-use ifp_trainer::{Config, Control, TrainOptions};
-
-fn data_dir() -> PathBuf {
-    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data"));
-    assert!(
-        dir.is_dir(),
-        "the evaluation images are required at {} (the shared/ folder beside the repository)",
-        dir.display()
-    );
-    dir
-}
+use ifp_trainer::{Config, Control};
 
 /// `n` CBSD68 images copied into `dir` (a small, fast-loading clean set).
 fn few_clean(dir: &Path, n: usize) -> PathBuf {
-    let src = data_dir().join("clean/CBSD68");
+    let src = common::data_dir().join("clean/CBSD68");
     let out = dir.join("clean");
     std::fs::create_dir_all(&out).expect("mkdir");
     let entries = data::list_set(&src).expect("CBSD68");
@@ -39,7 +29,7 @@ fn few_clean(dir: &Path, n: usize) -> PathBuf {
 fn small_test_set(dir: &Path, n: usize, size: usize) -> PathBuf {
     let out = dir.join("test");
     std::fs::create_dir_all(&out).expect("mkdir");
-    let entries = data::list_set(&data_dir().join("clean/Kodak24")).expect("Kodak24");
+    let entries = data::list_set(&common::data_dir().join("clean/Kodak24")).expect("Kodak24");
     let deg = data::Degradation {
         noise_sigma: 0.0,
         blur_sigma: 0.0,
@@ -71,25 +61,21 @@ fn tiny_task(train_dir: &Path, steps: usize, save_freq: usize) -> FinetuneConfig
     c
 }
 
-fn opts(dir: &Path, resume: bool) -> TrainOptions {
-    TrainOptions {
-        out_dir: dir.to_path_buf(),
-        device: Device::Cpu,
-        resume,
-    }
-}
-
 #[test]
 fn l1_loss_falls_on_a_tiny_config() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cfg = tiny_task(&few_clean(tmp.path(), 5), 30, 30);
     let mut losses = Vec::new();
-    let s = finetune::finetune(&cfg, &opts(&tmp.path().join("run"), false), |ev| {
-        if let Event::Step(p) = ev {
-            losses.push(p.loss);
-        }
-        Control::Continue
-    })
+    let s = finetune::finetune(
+        &cfg,
+        &common::cpu_run(&tmp.path().join("run"), false),
+        |ev| {
+            if let Event::Step(p) = ev {
+                losses.push(p.loss);
+            }
+            Control::Continue
+        },
+    )
     .expect("fine-tuning");
     let head: f64 = losses[..5].iter().sum::<f64>() / 5.0;
     let tail: f64 = losses[25..].iter().sum::<f64>() / 5.0;
@@ -105,14 +91,15 @@ fn resumed_run_is_bit_identical() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cfg = tiny_task(&few_clean(tmp.path(), 5), 6, 3);
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    finetune::finetune(&cfg, &opts(&a, false), |_| Control::Continue).expect("straight");
-    let s = finetune::finetune(&cfg, &opts(&b, false), |ev| match ev {
+    finetune::finetune(&cfg, &common::cpu_run(&a, false), |_| Control::Continue).expect("straight");
+    let s = finetune::finetune(&cfg, &common::cpu_run(&b, false), |ev| match ev {
         Event::Step(p) if p.step == 3 => Control::Stop,
         _ => Control::Continue,
     })
     .expect("first half");
     assert!(s.run.stopped && s.run.steps_done == 3);
-    let s = finetune::finetune(&cfg, &opts(&b, true), |_| Control::Continue).expect("resume");
+    let s = finetune::finetune(&cfg, &common::cpu_run(&b, true), |_| Control::Continue)
+        .expect("resume");
     assert_eq!((s.run.resumed_from, s.run.steps_done), (Some(3), 6));
     common::assert_same_file(&model_path(&a, 6), &model_path(&b, 6), "resumed weights");
     common::assert_same_file(&state_path(&a, 6), &state_path(&b, 6), "resumed state");
@@ -121,7 +108,7 @@ fn resumed_run_is_bit_identical() {
     // A different config refuses to resume.
     let mut other = cfg.clone();
     other.data.noise_sigma = 15.0;
-    let err = finetune::finetune(&other, &opts(&b, true), |_| Control::Continue)
+    let err = finetune::finetune(&other, &common::cpu_run(&b, true), |_| Control::Continue)
         .expect_err("must refuse");
     assert!(err.to_string().contains("NOISE_SIGMA"), "{err}");
 }
@@ -133,7 +120,8 @@ fn eval_scores_a_checkpoint() {
     let test = small_test_set(tmp.path(), 2, 96);
     let cfg = tiny_task(&train, 2, 2);
     let run = tmp.path().join("run");
-    finetune::finetune(&cfg, &opts(&run, false), |_| Control::Continue).expect("fine-tuning");
+    finetune::finetune(&cfg, &common::cpu_run(&run, false), |_| Control::Continue)
+        .expect("fine-tuning");
     let (best, path) = finetune::best_model(&run).expect("history").expect("best");
     assert_eq!(path, model_path(&run, best.step));
     let req = EvalRequest {
@@ -172,7 +160,7 @@ fn eval_scores_a_checkpoint() {
 
 #[test]
 fn splits_are_fixed_and_paired_sets_are_recognised() {
-    let rain = data_dir().join("rain/Rain100H");
+    let rain = common::data_dir().join("rain/Rain100H");
     let mut d = FinetuneConfig::default().data;
     d.train_dir = rain;
     d.split_every = 5;

@@ -1,14 +1,12 @@
 //! The training loop end to end on a tiny network: falling loss, checkpoint files, exact
 //! resumption, divergence detection, and a mask that removes nothing.
 
-use std::path::Path;
-
 use candle_core::Device;
 
 use crate::common;
 use ifp_trainer::checkpoint::{self, model_path, sample_path, state_path};
 use ifp_trainer::models::{load_weights, Network, WeightSource};
-use ifp_trainer::{train, Config, Control, Event, TrainOptions, TrainerError};
+use ifp_trainer::{train, Config, Control, Event, TrainerError};
 
 fn tiny(steps: usize, save_freq: usize) -> Config {
     let mut cfg = Config::load("tiny").expect("tiny preset");
@@ -21,14 +19,6 @@ fn tiny(steps: usize, save_freq: usize) -> Config {
     cfg
 }
 
-fn opts(dir: &Path, resume: bool) -> TrainOptions {
-    TrainOptions {
-        out_dir: dir.to_path_buf(),
-        device: Device::Cpu,
-        resume,
-    }
-}
-
 #[test]
 fn loss_falls_on_the_tiny_preset() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -37,7 +27,7 @@ fn loss_falls_on_the_tiny_preset() {
     cfg.train.warmup_epochs = 5;
     cfg.save_freq = 1000;
     let mut losses = Vec::new();
-    train(&cfg, &opts(dir.path(), false), |ev| {
+    train(&cfg, &common::cpu_run(dir.path(), false), |ev| {
         if let Event::Step(p) = ev {
             losses.push(p.loss);
         }
@@ -56,7 +46,7 @@ fn checkpoints_are_complete_and_loadable() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = tiny(4, 2);
     let mut seen = Vec::new();
-    let summary = train(&cfg, &opts(dir.path(), false), |ev| {
+    let summary = train(&cfg, &common::cpu_run(dir.path(), false), |ev| {
         if let Event::Checkpoint(c) = ev {
             seen.push(c.step);
         }
@@ -110,13 +100,19 @@ fn uformer_resume_with_stochastic_depth_is_bit_identical() {
     let split = tempfile::tempdir().expect("tempdir");
     let cfg = tiny_uformer(4, 100);
     assert_eq!(cfg.model.uformer.drop_path_rate, 0.1);
-    train(&cfg, &opts(straight.path(), false), |_| Control::Continue).expect("straight run");
-    train(&cfg, &opts(split.path(), false), |ev| match ev {
+    train(&cfg, &common::cpu_run(straight.path(), false), |_| {
+        Control::Continue
+    })
+    .expect("straight run");
+    train(&cfg, &common::cpu_run(split.path(), false), |ev| match ev {
         Event::Step(p) if p.step == 2 => Control::Stop,
         _ => Control::Continue,
     })
     .expect("first half");
-    let second = train(&cfg, &opts(split.path(), true), |_| Control::Continue).expect("resume");
+    let second = train(&cfg, &common::cpu_run(split.path(), true), |_| {
+        Control::Continue
+    })
+    .expect("resume");
     assert_eq!(second.resumed_from, Some(2));
     common::assert_same_file(
         &model_path(straight.path(), 4),
@@ -135,16 +131,22 @@ fn resume_is_bit_identical() {
     let straight = tempfile::tempdir().expect("tempdir");
     let split = tempfile::tempdir().expect("tempdir");
     let cfg = tiny(6, 100);
-    train(&cfg, &opts(straight.path(), false), |_| Control::Continue).expect("straight run");
+    train(&cfg, &common::cpu_run(straight.path(), false), |_| {
+        Control::Continue
+    })
+    .expect("straight run");
     // Stop after 3 steps (as a cancelled job would), then resume to 6.
-    let first = train(&cfg, &opts(split.path(), false), |ev| match ev {
+    let first = train(&cfg, &common::cpu_run(split.path(), false), |ev| match ev {
         Event::Step(p) if p.step == 3 => Control::Stop,
         _ => Control::Continue,
     })
     .expect("first half");
     assert!(first.stopped);
     assert_eq!(checkpoint::latest_complete(split.path()), Some(3));
-    let second = train(&cfg, &opts(split.path(), true), |_| Control::Continue).expect("resume");
+    let second = train(&cfg, &common::cpu_run(split.path(), true), |_| {
+        Control::Continue
+    })
+    .expect("resume");
     assert_eq!(second.resumed_from, Some(3));
     assert_eq!(second.steps_done, 6);
     common::assert_same_file(
@@ -166,8 +168,10 @@ fn divergence_stops_with_the_step() {
     cfg.train.base_lr = 1e30;
     cfg.train.warmup_epochs = 0;
     cfg.train.clip_grad = 0.0;
-    let err =
-        train(&cfg, &opts(dir.path(), false), |_| Control::Continue).expect_err("must diverge");
+    let err = train(&cfg, &common::cpu_run(dir.path(), false), |_| {
+        Control::Continue
+    })
+    .expect_err("must diverge");
     match &err {
         TrainerError::NonFinite { step, .. } => assert!(*step >= 1 && *step <= 20, "{err}"),
         other => panic!("expected a divergence error, got {other}"),
@@ -181,7 +185,7 @@ fn a_mask_that_removes_nothing_gives_finite_losses() {
     let mut cfg = tiny(3, 100);
     cfg.data.sample_ratio = 0.0;
     let mut losses = Vec::new();
-    train(&cfg, &opts(dir.path(), false), |ev| {
+    train(&cfg, &common::cpu_run(dir.path(), false), |ev| {
         if let Event::Step(p) = ev {
             losses.push(p.loss);
         }
@@ -199,7 +203,10 @@ fn per_sample_masks_and_mfm_train() {
         cfg.data.filter_type = filter.into();
         cfg.data.mask_mode = mode.into();
         cfg.data.mask_radius1 = 4.0;
-        let s = train(&cfg, &opts(dir.path(), false), |_| Control::Continue).expect("training");
+        let s = train(&cfg, &common::cpu_run(dir.path(), false), |_| {
+            Control::Continue
+        })
+        .expect("training");
         assert!(s.final_loss.is_some_and(f64::is_finite), "{filter}/{mode}");
     }
 }
@@ -208,17 +215,25 @@ fn per_sample_masks_and_mfm_train() {
 fn resume_refuses_a_different_config() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = tiny(2, 2);
-    train(&cfg, &opts(dir.path(), false), |_| Control::Continue).expect("first run");
+    train(&cfg, &common::cpu_run(dir.path(), false), |_| {
+        Control::Continue
+    })
+    .expect("first run");
     let mut other = tiny(4, 2);
     other.data.sample_ratio = 0.25;
-    let err =
-        train(&other, &opts(dir.path(), true), |_| Control::Continue).expect_err("must refuse");
+    let err = train(&other, &common::cpu_run(dir.path(), true), |_| {
+        Control::Continue
+    })
+    .expect_err("must refuse");
     assert!(
         err.to_string().contains("sample_ratio") || err.to_string().contains("SAMPLE_RATIO"),
         "{err}"
     );
     // A longer run of the same config is fine.
-    let more = train(&tiny(4, 2), &opts(dir.path(), true), |_| Control::Continue).expect("longer");
+    let more = train(&tiny(4, 2), &common::cpu_run(dir.path(), true), |_| {
+        Control::Continue
+    })
+    .expect("longer");
     assert_eq!(more.steps_done, 4);
 }
 
@@ -227,8 +242,14 @@ fn the_same_run_writes_the_same_bytes() {
     let a = tempfile::tempdir().expect("tempdir");
     let b = tempfile::tempdir().expect("tempdir");
     let cfg = tiny(2, 2);
-    let ra = train(&cfg, &opts(a.path(), false), |_| Control::Continue).expect("run a");
-    let rb = train(&cfg, &opts(b.path(), false), |_| Control::Continue).expect("run b");
+    let ra = train(&cfg, &common::cpu_run(a.path(), false), |_| {
+        Control::Continue
+    })
+    .expect("run a");
+    let rb = train(&cfg, &common::cpu_run(b.path(), false), |_| {
+        Control::Continue
+    })
+    .expect("run b");
     let (ca, cb) = (
         ra.last_checkpoint.expect("ck a"),
         rb.last_checkpoint.expect("ck b"),

@@ -70,3 +70,74 @@ pub async fn fresh_pool() -> PgPool {
     ifp_server::db::pg::migrate(&pool).await.unwrap();
     pool
 }
+
+/// `../shared/golden` beside the workspace: the PyTorch reference's test vectors.
+pub fn golden() -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/golden"));
+    assert!(
+        dir.is_dir(),
+        "the golden test vectors are required at {}",
+        dir.display()
+    );
+    dir
+}
+
+/// `../shared/data` beside the workspace, where the server's datasets folder points in tests.
+pub fn datasets() -> std::path::PathBuf {
+    std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data"))
+        .canonicalize()
+        .expect("../shared/data (the fine-tuning test images) is missing")
+}
+
+/// A path as a command-line argument.
+pub fn p(path: &std::path::Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+/// One worker slot with a 3 s lease, polling every 0.5 s; send `true` to stop it.
+pub fn start_worker(
+    pool: &PgPool,
+    id: &str,
+    artifacts: &std::path::Path,
+) -> tokio::sync::watch::Sender<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut cfg = ifp_server::worker::WorkerConfig::new(id, artifacts);
+    cfg.lease = std::time::Duration::from_secs(3);
+    cfg.poll_interval = std::time::Duration::from_millis(500);
+    tokio::spawn(ifp_server::worker::run(pool.clone(), cfg, rx));
+    tx
+}
+
+/// Polls job `id` until `ok` holds (at most 5 minutes).
+pub async fn wait_for(
+    pool: &PgPool,
+    id: uuid::Uuid,
+    what: &str,
+    ok: impl Fn(&ifp_server::db::rows::Job) -> bool,
+) -> ifp_server::db::rows::Job {
+    let t0 = std::time::Instant::now();
+    loop {
+        let j = ifp_server::queue::get(pool, id).await.unwrap().unwrap();
+        if ok(&j) {
+            return j;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(300),
+            "timed out waiting for {what}: {j:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs the `ifp` binary with `args`.
+pub fn ifp(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ifp"))
+        .args(args)
+        .output()
+        .expect("run ifp")
+}
+
+/// A finished command's standard error, as text.
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

@@ -96,3 +96,23 @@ pub fn assert_same_file(a: &std::path::Path, b: &std::path::Path, what: &str) {
         b.display()
     );
 }
+
+/// `../shared/data` beside the workspace: the small downstream image sets.
+pub fn data_dir() -> PathBuf {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data"));
+    assert!(
+        dir.is_dir(),
+        "the evaluation images are required at {} (the shared/ folder beside the repository)",
+        dir.display()
+    );
+    dir
+}
+
+/// A CPU run into `dir`.
+pub fn cpu_run(dir: &std::path::Path, resume: bool) -> ifp_trainer::TrainOptions {
+    ifp_trainer::TrainOptions {
+        out_dir: dir.to_path_buf(),
+        device: Device::Cpu,
+        resume,
+    }
+}
