@@ -4,7 +4,7 @@
 
 use crate::common;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Shape, Tensor, Var};
 use ifp_trainer::kernels;
 use ifp_trainer::kernels::{depthwise_composed, im2col_composed};
 
@@ -38,8 +38,7 @@ const SHAPES: &[(usize, usize, usize, usize, usize)] = &[
 #[test]
 fn im2col_kernel_matches_composed() {
     for (i, &(b, c, h, w, k)) in SHAPES.iter().enumerate() {
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, w), &Device::Cpu).expect("x"))
-            .expect("var");
+        let x = randn_var(0f32, 1.0, (b, c, h, w));
         let probe = Tensor::randn(0f32, 1.0, (b, c * k * k, h * w), &Device::Cpu).expect("probe");
         let fast = kernels::im2col(x.as_tensor(), k).expect("fast");
         let slow = im2col_composed(x.as_tensor(), k).expect("slow");
@@ -200,6 +199,16 @@ fn channel_layer_norm_kernel_matches_composed() {
     }
 }
 
+/// A CPU variable of normal values with this mean and standard deviation.
+fn randn_var(mean: f32, std: f32, shape: impl Into<Shape>) -> Var {
+    Var::from_tensor(&Tensor::randn(mean, std, shape, &Device::Cpu).expect("randn")).expect("var")
+}
+
+/// A CPU variable of values uniform in [lo, hi).
+fn rand_var(lo: f32, hi: f32, shape: impl Into<Shape>) -> Var {
+    Var::from_tensor(&Tensor::rand(lo, hi, shape, &Device::Cpu).expect("rand")).expect("var")
+}
+
 /// Values and the gradients of every input of `fast` and `slow` (the same function) under a
 /// random probe of the output.
 fn compare_with_grads(
@@ -245,13 +254,8 @@ fn channel_attention_kernel_matches_composed() {
         (2, 6, 1, 3, 5),
         (1, 14, 2, 7, 9),
     ] {
-        let qkv = Var::from_tensor(
-            &Tensor::randn(0f32, 1.0, (b, 3 * c, h, w), &Device::Cpu).expect("qkv"),
-        )
-        .expect("var");
-        let t =
-            Var::from_tensor(&Tensor::rand(0.5f32, 2.0, (heads, 1, 1), &Device::Cpu).expect("t"))
-                .expect("var");
+        let qkv = randn_var(0f32, 1.0, (b, 3 * c, h, w));
+        let t = rand_var(0.5f32, 2.0, (heads, 1, 1));
         compare_with_grads(
             &format!("attention b{b} c{c} heads{heads} {h}x{w}"),
             &[&qkv, &t],
@@ -277,9 +281,7 @@ fn gelu_gate_kernel_matches_composed() {
         (3, 84, 9, 13),
         (1, 10, 128, 130),
     ] {
-        let x =
-            Var::from_tensor(&Tensor::randn(0f32, 2.0, (b, c2, h, w), &Device::Cpu).expect("x"))
-                .expect("var");
+        let x = randn_var(0f32, 2.0, (b, c2, h, w));
         compare_with_grads(
             &format!("gelu gate b{b} c{c2} {h}x{w}"),
             &[&x],
@@ -295,10 +297,8 @@ fn gelu_gate_kernel_matches_composed() {
 fn bias_act_kernel_matches_composed() {
     use ifp_trainer::kernels::{activation, Activation};
     for &(b, c, h, w) in &[(1, 1, 1, 1), (2, 3, 5, 7), (4, 16, 33, 31)] {
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, w), &Device::Cpu).expect("x"))
-            .expect("var");
-        let bias =
-            Var::from_tensor(&Tensor::randn(0f32, 1.0, c, &Device::Cpu).expect("b")).expect("var");
+        let x = randn_var(0f32, 1.0, (b, c, h, w));
+        let bias = randn_var(0f32, 1.0, c);
         for act in [
             Activation::Identity,
             Activation::Relu,
@@ -334,15 +334,9 @@ fn depthwise_channel_attention_kernel_matches_composed() {
         (3, 8, 1, 1, 9),
         (1, 12, 3, 8, 6),
     ] {
-        let x =
-            Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, 3 * c, h, w), &Device::Cpu).expect("x"))
-                .expect("var");
-        let wt =
-            Var::from_tensor(&Tensor::randn(0f32, 1.0, (3 * c, 1, 3, 3), &Device::Cpu).expect("w"))
-                .expect("var");
-        let t =
-            Var::from_tensor(&Tensor::randn(1f32, 0.3, (heads, 1, 1), &Device::Cpu).expect("t"))
-                .expect("var");
+        let x = randn_var(0f32, 1.0, (b, 3 * c, h, w));
+        let wt = randn_var(0f32, 1.0, (3 * c, 1, 3, 3));
+        let t = randn_var(1f32, 0.3, (heads, 1, 1));
         compare_with_grads(
             &format!("depthwise + attention b{b} c{c} heads{heads} {h}x{w}"),
             &[&x, &wt, &t],
@@ -379,13 +373,8 @@ fn depthwise_gelu_gate_kernel_matches_composed() {
         (1, 4, 8, 1),
         (2, 21, 16, 13),
     ] {
-        let x = Var::from_tensor(
-            &Tensor::randn(0f32, 1.0, (b, 2 * h, hh, ww), &Device::Cpu).expect("x"),
-        )
-        .expect("var");
-        let wt =
-            Var::from_tensor(&Tensor::randn(0f32, 1.0, (2 * h, 1, 3, 3), &Device::Cpu).expect("w"))
-                .expect("var");
+        let x = randn_var(0f32, 1.0, (b, 2 * h, hh, ww));
+        let wt = randn_var(0f32, 1.0, (2 * h, 1, 3, 3));
         compare_with_grads(
             &format!("depthwise + gelu gate b{b} h{h} {hh}x{ww}"),
             &[&x, &wt],
@@ -415,11 +404,8 @@ fn dense_conv_kernel_matches_composed() {
         (3, 5, 7, 11, 9, 1),
         (2, 48, 16, 17, 15, 1),
     ] {
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, w), &Device::Cpu).expect("x"))
-            .expect("var");
-        let wt =
-            Var::from_tensor(&Tensor::randn(0f32, 1.0, (o, c, k, k), &Device::Cpu).expect("w"))
-                .expect("var");
+        let x = randn_var(0f32, 1.0, (b, c, h, w));
+        let wt = randn_var(0f32, 1.0, (o, c, k, k));
         let composed = || {
             let cols = im2col_composed(x.as_tensor(), k).expect("cols");
             let wm = wt.as_tensor().reshape((o, c * k * k)).expect("wm");
@@ -436,8 +422,7 @@ fn dense_conv_kernel_matches_composed() {
             1e-5,
         );
         // The same convolution added to a residual, as one op.
-        let r = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, o, h, w), &Device::Cpu).expect("r"))
-            .expect("var");
+        let r = randn_var(0f32, 1.0, (b, o, h, w));
         compare_with_grads(
             &format!("dense conv + residual b{b} c{c} o{o} {h}x{w} k{k}"),
             &[&x, &wt, &r],
@@ -455,8 +440,7 @@ fn dense_conv_kernel_matches_composed() {
         if b * o * h * w < 32 {
             continue;
         }
-        let bias =
-            Var::from_tensor(&Tensor::randn(0f32, 1.0, o, &Device::Cpu).expect("b")).expect("var");
+        let bias = randn_var(0f32, 1.0, o);
         compare_with_grads(
             &format!("dense conv + bias + residual b{b} c{c} o{o} {h}x{w} k{k}"),
             &[&x, &wt, &bias, &r],
