@@ -22,8 +22,57 @@ const CHECKPOINT_COLUMNS: &str = "name, kind, attempt, step, bytes, sha256, path
 pub struct Submission {
     pub name: String,
     pub owner: String,
+    /// Admins may queue with a wider priority range and more attempts.
+    pub is_admin: bool,
     pub priority: i32,
     pub max_attempts: i32,
+}
+
+/// How far a submitter may move a job in the queue: users within a band around the default,
+/// admins further (a user cannot push everyone else's jobs back, nor retry a crashing job
+/// without end).
+struct QueueLimits {
+    priority: std::ops::RangeInclusive<i32>,
+    max_attempts: std::ops::RangeInclusive<i32>,
+    note: &'static str,
+}
+
+impl QueueLimits {
+    fn of(is_admin: bool) -> Self {
+        if is_admin {
+            QueueLimits {
+                priority: -1000..=1000,
+                max_attempts: 1..=20,
+                note: "",
+            }
+        } else {
+            QueueLimits {
+                priority: -100..=100,
+                max_attempts: 1..=5,
+                note: " (an admin may go further)",
+            }
+        }
+    }
+}
+
+/// The key path of the first string in a stored config that holds a NUL.
+fn string_with_nul(v: &serde_json::Value, path: &str) -> Option<String> {
+    let join = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
+    match v {
+        serde_json::Value::String(s) => s.contains('\0').then(|| path.to_string()),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, x)| string_with_nul(x, &format!("{path}[{i}]"))),
+        serde_json::Value::Object(m) => m.iter().find_map(|(k, x)| string_with_nul(x, &join(k))),
+        _ => None,
+    }
 }
 
 /// Checks a submission and queues its spec. Errors name the field or config key at fault.
@@ -32,16 +81,35 @@ pub async fn submit(pool: &PgPool, artifacts: &Path, s: Submission, spec: &JobSp
     if s.name.trim().is_empty() || s.name.chars().count() > 200 {
         return Err(Error::invalid(Some("name"), "must be 1 to 200 characters"));
     }
-    if !(-1000..=1000).contains(&s.priority) {
+    if s.name.chars().any(char::is_control) {
         return Err(Error::invalid(
-            Some("priority"),
-            "must be between -1000 and 1000",
+            Some("name"),
+            "must not contain control characters (NUL, tab, newline, ...)",
         ));
     }
-    if !(1..=20).contains(&s.max_attempts) {
+    let limits = QueueLimits::of(s.is_admin);
+    if !limits.priority.contains(&s.priority) {
+        return Err(Error::invalid(
+            Some("priority"),
+            format!(
+                "{} is outside {} to {}{}",
+                s.priority,
+                limits.priority.start(),
+                limits.priority.end(),
+                limits.note
+            ),
+        ));
+    }
+    if !limits.max_attempts.contains(&s.max_attempts) {
         return Err(Error::invalid(
             Some("max_attempts"),
-            "must be between 1 and 20",
+            format!(
+                "{} is outside {} to {}{}",
+                s.max_attempts,
+                limits.max_attempts.start(),
+                limits.max_attempts.end(),
+                limits.note
+            ),
         ));
     }
     let total_steps = i64::try_from(spec.total_steps()).unwrap_or(0);
@@ -51,6 +119,14 @@ pub async fn submit(pool: &PgPool, artifacts: &Path, s: Submission, spec: &JobSp
             "the run must have at least one step",
         ));
     }
+    let config = spec.stored()?;
+    if let Some(path) = string_with_nul(&config, "") {
+        // PostgreSQL cannot store a NUL in text or jsonb.
+        return Err(Error::invalid(
+            Some(&path),
+            "must not contain a NUL character",
+        ));
+    }
     queue::enqueue(
         pool,
         &NewJob {
@@ -58,7 +134,7 @@ pub async fn submit(pool: &PgPool, artifacts: &Path, s: Submission, spec: &JobSp
             name: s.name,
             owner: s.owner,
             priority: s.priority,
-            config: spec.stored()?,
+            config,
             total_steps,
             max_attempts: s.max_attempts,
             device_class: spec.device_class(),

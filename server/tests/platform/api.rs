@@ -337,3 +337,49 @@ async fn bad_input_gets_clear_4xx_and_writes_nothing() {
     let (s, _) = api.call("GET", "/api/v1/jobs/not-a-uuid", t, None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn queue_limits_control_characters_and_non_finite_numbers_are_refused() {
+    let api = setup().await;
+    let nan_lr =
+        "MODEL: {TYPE: restormer}\nDATA: {IMG_SIZE: 16}\nTRAIN: {STEPS: 4, BASE_LR: .nan}\n";
+    let inf_clip =
+        "MODEL: {TYPE: restormer}\nDATA: {IMG_SIZE: 16}\nTRAIN: {STEPS: 4, CLIP_GRAD: .inf}\n";
+    let nul_tag = format!("{TINY}TAG: \"a\\0b\"\n");
+    for (body, key) in [
+        (json!({"config_yaml": TINY, "priority": 101}), "priority"),
+        (json!({"config_yaml": TINY, "priority": -101}), "priority"),
+        (
+            json!({"config_yaml": TINY, "max_attempts": 6}),
+            "max_attempts",
+        ),
+        (json!({"config_yaml": TINY, "name": "a\u{0}b"}), "name"),
+        (json!({"config_yaml": TINY, "name": "two\nlines"}), "name"),
+        (json!({"config_yaml": nan_lr}), "TRAIN.BASE_LR"),
+        (json!({"config_yaml": inf_clip}), "TRAIN.CLIP_GRAD"),
+        (json!({"config_yaml": nul_tag}), "TAG"),
+    ] {
+        let (s, v) = api
+            .call("POST", "/api/v1/jobs", Some(&api.alice), Some(body.clone()))
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {v}");
+        assert_eq!(v["key_path"], key, "{body}: {v}");
+    }
+    // The limits are the user's: an admin may queue further ahead and retry more.
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/v1/jobs",
+            Some(ADMIN),
+            Some(json!({"config_yaml": TINY, "priority": 500, "max_attempts": 10})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(
+        (v["priority"].clone(), v["max_attempts"].clone()),
+        (json!(500), json!(10))
+    );
+    // Nothing refused was queued.
+    let (_, list) = api.call("GET", "/api/v1/jobs", Some(ADMIN), None).await;
+    assert_eq!(list["jobs"].as_array().map(Vec::len), Some(1), "{list}");
+}

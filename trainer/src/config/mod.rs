@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::loss::RecoverTarget;
 
 mod train;
-mod validate;
+pub(crate) mod validate;
 
 pub use train::{Amp, DeviceClass, OptimizerConfig, TrainConfig};
 

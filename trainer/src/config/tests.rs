@@ -73,6 +73,17 @@ fn impossible_values_name_path_and_value() {
             "0",
         ),
         ("DATA:\n  MASK_MODE: random\n", "DATA.MASK_MODE", "random"),
+        // Refused while parsing (the lenient number reader takes no `.nan`): the key is named.
+        ("TRAIN:\n  BASE_LR: .nan\n", "TRAIN.BASE_LR", "TRAIN.BASE_LR"),
+        ("TRAIN:\n  MIN_LR: -.inf\n", "TRAIN.MIN_LR", "TRAIN.MIN_LR"),
+        (
+            "TRAIN:\n  OPTIMIZER:\n    BETAS: [0.9, .inf]\n",
+            "TRAIN.OPTIMIZER.BETAS",
+            "TRAIN.OPTIMIZER.BETAS",
+        ),
+        // A number too large for a float reads as infinity; the finiteness check names it.
+        ("TRAIN:\n  CLIP_GRAD: 1e999\n", "TRAIN.CLIP_GRAD", "finite"),
+        ("TRAIN:\n  BASE_LR: \"-1e999\"\n", "TRAIN.BASE_LR", "finite"),
         (
             "TRAIN:\n  OPTIMIZER:\n    BETAS: (0.9, 1.5)\n",
             "TRAIN.OPTIMIZER.BETAS",

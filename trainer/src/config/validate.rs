@@ -6,6 +6,7 @@ use super::{Config, ConfigError, ModelType};
 impl Config {
     /// Checks the values that parsing alone cannot (ranges, cross-key consistency).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        check_finite(self)?;
         let bad = |path: &str, msg: String| Err(ConfigError::invalid(path, msg));
         let m = &self.model;
         if !(0.0..1.0).contains(&m.drop_path_rate) {
@@ -390,4 +391,42 @@ pub(crate) fn uformer_size_ok(size: usize, win: usize) -> bool {
             let res = size >> l;
             res <= win || res.is_multiple_of(win)
         })
+}
+
+/// Every number of a config must be finite: YAML's `.nan` and `.inf` parse as floats, and a run
+/// would only fail later, in a worker (or never, for a NaN bound that compares false). The
+/// error names the key, as the config's own keys spell it.
+pub(crate) fn check_finite<T: serde::Serialize>(cfg: &T) -> Result<(), ConfigError> {
+    let Ok(tree) = serde_norway::to_value(cfg) else {
+        return Ok(());
+    };
+    match first_non_finite(&tree, String::new()) {
+        None => Ok(()),
+        Some((path, x)) => Err(ConfigError::invalid(
+            &path,
+            format!("must be a finite number, got {x}"),
+        )),
+    }
+}
+
+fn first_non_finite(v: &serde_norway::Value, path: String) -> Option<(String, f64)> {
+    use serde_norway::Value;
+    match v {
+        Value::Number(n) => n.as_f64().filter(|x| !x.is_finite()).map(|x| (path, x)),
+        Value::Sequence(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, x)| first_non_finite(x, format!("{path}[{i}]"))),
+        Value::Mapping(m) => m.iter().find_map(|(k, x)| {
+            let key = k.as_str().map_or_else(|| format!("{k:?}"), str::to_string);
+            let p = if path.is_empty() {
+                key
+            } else {
+                format!("{path}.{key}")
+            };
+            first_non_finite(x, p)
+        }),
+        Value::Tagged(t) => first_non_finite(&t.value, path),
+        _ => None,
+    }
 }

@@ -175,6 +175,7 @@ impl FinetuneConfig {
     /// Range checks, reported with the key path at fault. The MODEL tree is checked by
     /// running the pre-training validator on a config that carries it.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        crate::config::validate::check_finite(self)?;
         let bad = |path: &str, message: String| {
             Err(ConfigError::Invalid {
                 path: path.into(),

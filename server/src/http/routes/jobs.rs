@@ -25,7 +25,7 @@ use crate::tokens::Caller;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateJob {
-    /// Default `job`; 1 to 200 characters.
+    /// Default `job`; 1 to 200 characters, no control characters.
     pub name: Option<String>,
     /// The config in the reference schema (`{"MODEL": {...}, "DATA": {...}, "TRAIN": {...}}`).
     #[schema(value_type = Option<Object>)]
@@ -34,10 +34,11 @@ pub struct CreateJob {
     pub config_yaml: Option<String>,
     /// A built-in preset by name (`tiny`, `restormer-paper`, ...), instead of a config.
     pub preset: Option<String>,
-    /// Higher runs first (-1000 to 1000, default 0).
+    /// Higher runs first (default 0): -100 to 100, or -1000 to 1000 for admins.
     #[serde(default)]
     pub priority: i32,
-    /// Attempts before a job whose workers keep dying fails (1 to 20, default 3).
+    /// Attempts before a job whose workers keep dying fails (default 3): 1 to 5, or 1 to 20
+    /// for admins.
     pub max_attempts: Option<i32>,
     /// `pretrain` (default) or `compare`: pre-train with the config above, then fine-tune
     /// from the IFP encoder and from scratch with `finetune`, and score both on its test set.
@@ -136,6 +137,7 @@ pub async fn create(
     let submission = Submission {
         name: body.name.clone().unwrap_or_else(|| "job".into()),
         owner: caller.name,
+        is_admin: caller.is_admin,
         priority: body.priority,
         max_attempts: body.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
     };

@@ -171,6 +171,7 @@ pub async fn submit_form(
             let s = Submission {
                 name: f.name.trim().to_string(),
                 owner: viewer.caller.name.clone(),
+                is_admin: viewer.caller.is_admin,
                 priority,
                 max_attempts: DEFAULT_MAX_ATTEMPTS,
             };

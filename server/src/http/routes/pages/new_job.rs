@@ -191,6 +191,7 @@ pub async fn submit(
     let submission = Submission {
         name: sub.name.trim().to_string(),
         owner: viewer.caller.name.clone(),
+        is_admin: viewer.caller.is_admin,
         priority,
         max_attempts: DEFAULT_MAX_ATTEMPTS,
     };
