@@ -339,7 +339,7 @@ async fn bad_input_gets_clear_4xx_and_writes_nothing() {
 }
 
 #[tokio::test]
-async fn queue_limits_control_characters_and_non_finite_numbers_are_refused() {
+async fn queue_limits_control_characters_aliases_and_non_finite_numbers_are_refused() {
     let api = setup().await;
     let nan_lr =
         "MODEL: {TYPE: restormer}\nDATA: {IMG_SIZE: 16}\nTRAIN: {STEPS: 4, BASE_LR: .nan}\n";
@@ -358,6 +358,10 @@ async fn queue_limits_control_characters_and_non_finite_numbers_are_refused() {
         (json!({"config_yaml": nan_lr}), "TRAIN.BASE_LR"),
         (json!({"config_yaml": inf_clip}), "TRAIN.CLIP_GRAD"),
         (json!({"config_yaml": nul_tag}), "TAG"),
+        (
+            json!({"config_yaml": "a: &a [x, x]\nTAG: *a\n"}),
+            "config_yaml",
+        ),
     ] {
         let (s, v) = api
             .call("POST", "/api/v1/jobs", Some(&api.alice), Some(body.clone()))

@@ -85,6 +85,56 @@ pub fn preset(name: &str) -> Option<Config> {
 }
 
 // ---------------------------------------------------------------------------------------------
+
+/// Parses config YAML into a JSON tree. Anchors and aliases are refused first: a few kilobytes
+/// of nested aliases expand into gigabytes (an "alias bomb"), and no config needs them.
+pub(crate) fn parse_yaml(text: &str) -> Result<serde_json::Value, ConfigError> {
+    if let Some(line) = anchor_or_alias_line(text) {
+        return Err(ConfigError::Yaml(format!(
+            "line {line}: YAML anchors and aliases (`&name`, `*name`) are not accepted in configs"
+        )));
+    }
+    serde_norway::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))
+}
+
+/// The first line (1-based) where a node starts with `&` or `*`, outside quotes and comments:
+/// in YAML those characters there can only be an anchor or an alias (a plain scalar cannot
+/// begin with them).
+fn anchor_or_alias_line(text: &str) -> Option<usize> {
+    for (n, line) in text.lines().enumerate() {
+        let chars: Vec<char> = line.chars().collect();
+        let mut quote: Option<char> = None;
+        let mut node_start = true;
+        for (i, &c) in chars.iter().enumerate() {
+            if let Some(q) = quote {
+                if c == q {
+                    quote = None;
+                }
+                continue;
+            }
+            let spaced = chars.get(i + 1).is_none_or(|n| n.is_whitespace());
+            match c {
+                c if c.is_whitespace() => continue,
+                '#' if i == 0 || chars[i - 1].is_whitespace() => break,
+                '&' | '*' if node_start => return Some(n + 1),
+                '\'' | '"' if node_start => quote = Some(c),
+                '[' | '{' | ',' => {
+                    node_start = true;
+                    continue;
+                }
+                ':' | '-' | '?' if spaced => {
+                    node_start = true;
+                    continue;
+                }
+                _ => {}
+            }
+            node_start = false;
+        }
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------------------------
 // Lenient scalar readers: the reference YAML writes `3e-4` (a string to YAML 1.1 readers) and
 // `BETAS: (0.9, 0.95)` (a Python tuple as a string).
 
@@ -347,9 +397,7 @@ impl Default for NoiseConfig {
 impl Config {
     /// Parses and validates a YAML document.
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
-        let value: serde_json::Value =
-            serde_norway::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
-        Self::from_value(value)
+        Self::from_value(parse_yaml(text)?)
     }
 
     /// Parses and validates a JSON value in the same schema.

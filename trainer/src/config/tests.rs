@@ -173,3 +173,22 @@ fn device_class_and_amp_parse_and_default() {
     assert_eq!(e.key_path(), Some("TRAIN.AMP"), "{e}");
     assert!(e.to_string().contains("fp16"), "{e}");
 }
+
+#[test]
+fn anchors_and_aliases_are_refused_before_parsing() {
+    // A classic alias bomb: each level repeats the one before nine times.
+    let bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n\
+                c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nTAG: *c\n";
+    let e = Config::from_yaml(bomb).expect_err("alias bomb");
+    assert!(
+        e.to_string().contains("line 1") && e.to_string().contains("anchors"),
+        "{e}"
+    );
+    let e = Config::from_yaml("TAG: tiny\nNAME:\n  *x\n").expect_err("alias");
+    assert!(e.to_string().contains("line 3"), "{e}");
+    // `&` and `*` inside values, quotes and comments are text.
+    let ok = "TAG: 'a &b *c' # &anchor in a comment\nMODEL:\n  NAME: r&d-*1\n";
+    let cfg = Config::from_yaml(ok).expect("plain text");
+    assert_eq!(cfg.tag.as_deref(), Some("a &b *c"));
+    assert_eq!(cfg.model.name, "r&d-*1");
+}

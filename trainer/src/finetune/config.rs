@@ -144,8 +144,7 @@ fn overlay(base: &mut serde_json::Value, top: serde_json::Value) {
 impl FinetuneConfig {
     /// Parses and validates YAML (or JSON) in this schema.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        let value: serde_json::Value =
-            serde_norway::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+        let value = crate::config::parse_yaml(text)?;
         // Keys the text leaves out take the fine-tuning defaults, also inside a partly given
         // tree: `TRAIN: {STEPS: 500}` alone would otherwise fill the rest of TRAIN with the
         // pre-training defaults of `TrainConfig` (weight decay 0.05, betas (0.9, 0.95), ...).
