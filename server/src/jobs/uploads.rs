@@ -22,6 +22,8 @@ pub const DIR: &str = "uploads";
 pub const MAX_BYTES: usize = 32 << 20;
 /// Largest accepted side, as for a generated noise image.
 const MAX_SIDE: u32 = 16384;
+/// Largest accepted image in pixels (16 MP: about 200 MB once a worker holds it as float32 RGB).
+const MAX_PIXELS: u64 = 1 << 24;
 /// The config key an upload is used for.
 const KEY: &str = "DATA.NOISE_IMAGE";
 
@@ -50,18 +52,29 @@ pub fn store(artifacts: &Path, bytes: &[u8]) -> Result<String> {
             ))
         }
     };
-    let decoded = image::load_from_memory_with_format(bytes, format)
-        .map_err(|e| Error::invalid(Some(KEY), format!("the image cannot be decoded: {e}")))?;
-    if decoded.width() > MAX_SIDE || decoded.height() > MAX_SIDE {
+    // The size the header declares is checked before anything is decoded: a small file can
+    // declare a huge image. The decoder is then held to that size, in case the header lied.
+    let reader = || image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let (w, h) = reader()
+        .into_dimensions()
+        .map_err(|e| Error::invalid(Some(KEY), format!("the image cannot be read: {e}")))?;
+    if w > MAX_SIDE || h > MAX_SIDE || u64::from(w) * u64::from(h) > MAX_PIXELS {
         return Err(Error::invalid(
             Some(KEY),
             format!(
-                "the image is {}x{}; at most {MAX_SIDE}x{MAX_SIDE} is accepted",
-                decoded.width(),
-                decoded.height()
+                "the image is {w}x{h}; at most {MAX_SIDE} pixels a side and {MAX_PIXELS} pixels \
+                 in all are accepted"
             ),
         ));
     }
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(w);
+    limits.max_image_height = Some(h);
+    let mut decoder = reader();
+    decoder.limits(limits);
+    decoder
+        .decode()
+        .map_err(|e| Error::invalid(Some(KEY), format!("the image cannot be decoded: {e}")))?;
     let name = format!("{}.{ext}", hex::encode(Sha256::digest(bytes)));
     let dir = artifacts.join(DIR);
     let path = dir.join(&name);
@@ -186,6 +199,45 @@ mod tests {
         let missing = format!("uploads/{}.png", "0".repeat(64));
         cfg.data.noise_image = Some(missing.into());
         assert!(check(dir.path(), &cfg).is_err());
+    }
+
+    /// A PNG whose header declares `w` x `h` but whose data is that of a 1x1 image: decoding it
+    /// would fail, so a refusal that names the size came from the header alone.
+    fn png_declaring(w: u32, h: u32) -> Vec<u8> {
+        fn crc32(bytes: &[u8]) -> u32 {
+            let mut c = 0xffff_ffffu32;
+            for &b in bytes {
+                c ^= u32::from(b);
+                for _ in 0..8 {
+                    c = if c & 1 == 1 {
+                        0xedb8_8320 ^ (c >> 1)
+                    } else {
+                        c >> 1
+                    };
+                }
+            }
+            !c
+        }
+        let mut out = png();
+        // Signature (8 bytes), then the IHDR chunk: length (4), "IHDR" (4), width, height...
+        out[16..20].copy_from_slice(&w.to_be_bytes());
+        out[20..24].copy_from_slice(&h.to_be_bytes());
+        let crc = crc32(&out[12..29]);
+        out[29..33].copy_from_slice(&crc.to_be_bytes());
+        out
+    }
+
+    #[test]
+    fn the_declared_size_is_checked_before_decoding() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (w, h) in [(16000, 16000), (20000, 10), (5000, 4000)] {
+            let e = store(dir.path(), &png_declaring(w, h)).expect_err("too large");
+            assert!(e.to_string().contains(&format!("{w}x{h}")), "{w}x{h}: {e}");
+        }
+        // Within the limits the lie is found by the decoder, and nothing is stored.
+        let e = store(dir.path(), &png_declaring(300, 200)).expect_err("truncated data");
+        assert!(e.to_string().contains("decoded"), "{e}");
+        assert!(!dir.path().join(DIR).exists());
     }
 
     #[test]
