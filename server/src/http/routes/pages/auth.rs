@@ -33,7 +33,16 @@ pub struct NextParam {
 /// Only a path on this site: never `//host` or `https://host` (an open redirect).
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.into(),
+        // Browsers drop tabs and newlines from URLs (`/\t/evil` becomes `//evil`, another
+        // site), and a control character cannot go into a Location header at all.
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.contains('\\')
+                && !n.chars().any(|c| c.is_control() || c.is_whitespace()) =>
+        {
+            n.into()
+        }
         _ => "/".into(),
     }
 }
@@ -158,7 +167,17 @@ mod tests {
     #[test]
     fn next_stays_on_this_site() {
         assert_eq!(safe_next(Some("/jobs/1")), "/jobs/1");
-        for bad in ["//evil.example", "https://evil.example", "/\\evil", "jobs"] {
+        for bad in [
+            "//evil.example",
+            "https://evil.example",
+            "/\\evil",
+            "jobs",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/\r\n/evil",
+            "/jobs\u{0}",
+            "/ /evil.example",
+        ] {
             assert_eq!(safe_next(Some(bad)), "/", "{bad}");
         }
         assert_eq!(safe_next(None), "/");
