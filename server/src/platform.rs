@@ -64,6 +64,7 @@ pub async fn open_database(
 /// The admin token: `IFP_ADMIN_TOKEN` when given, else the one in `data_dir/admin-token`,
 /// else a new one written there (mode 0600). The flag says whether it was just generated.
 pub fn admin_token(configured: Option<&str>, data_dir: &Path) -> Result<(String, bool)> {
+    check_admin_token(configured)?;
     if let Some(t) = configured.map(str::trim).filter(|t| !t.is_empty()) {
         return Ok((t.to_string(), false));
     }
@@ -86,6 +87,24 @@ pub fn admin_token(configured: Option<&str>, data_dir: &Path) -> Result<(String,
         .map_err(Error::io(format!("write {}", path.display())))?;
     writeln!(f, "{token}").map_err(Error::io(format!("write {}", path.display())))?;
     Ok((token, true))
+}
+
+/// The fewest characters an admin token set by hand may have: it opens every user's jobs.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+
+/// Refuses an `IFP_ADMIN_TOKEN` too short to be a secret (unset or empty means "generate one").
+pub fn check_admin_token(configured: Option<&str>) -> Result<()> {
+    match configured.map(str::trim).filter(|t| !t.is_empty()) {
+        Some(t) if t.chars().count() < MIN_ADMIN_TOKEN_CHARS => Err(Error::invalid(
+            Some("IFP_ADMIN_TOKEN"),
+            format!(
+                "IFP_ADMIN_TOKEN is {} characters; an admin token needs at least \
+                 {MIN_ADMIN_TOKEN_CHARS} (or leave it unset and a random one is generated)",
+                t.chars().count()
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 pub fn admin_token_path(data_dir: &Path) -> PathBuf {

@@ -40,6 +40,9 @@ pub fn run(a: ServeArgs) -> Result<(), Failure> {
 async fn serve(a: ServeArgs, device: candle_core::Device) -> Result<(), Failure> {
     // Checked before anything starts, so a typo costs no database start-up.
     let datasets = datasets_dir(a.slots.datasets_dir.as_deref())?;
+    let env_token = std::env::var("IFP_ADMIN_TOKEN").ok();
+    platform::check_admin_token(env_token.as_deref())
+        .map_err(|e| Failure::usage(anyhow::anyhow!("{e}")))?;
     std::fs::create_dir_all(&a.slots.data_dir)
         .with_context(|| format!("cannot create IFP_DATA_DIR {}", a.slots.data_dir.display()))
         .map_err(Failure::usage)?;
@@ -65,7 +68,6 @@ async fn serve(a: ServeArgs, device: candle_core::Device) -> Result<(), Failure>
             )));
         }
     }
-    let env_token = std::env::var("IFP_ADMIN_TOKEN").ok();
     let (token, generated) =
         platform::admin_token(env_token.as_deref(), &data_dir).map_err(Failure::runtime)?;
     let listener = tokio::net::TcpListener::bind(a.bind)

@@ -15,7 +15,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-const TOKEN: &str = "e2e-admin-token";
+const TOKEN: &str = "e2e-admin-token-0123";
 
 /// A child process killed when the test ends, however it ends.
 struct Killed(Child);

@@ -283,3 +283,24 @@ fn an_input_too_small_is_one_clear_line() {
     assert!(!o.status.success());
     assert_eq!(err.matches("reflect padding").count(), 1, "{err}");
 }
+
+#[test]
+fn serve_refuses_a_short_admin_token_before_starting_anything() {
+    let data = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_ifp"))
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--data-dir",
+            common::p(data.path()),
+        ])
+        .env("IFP_ADMIN_TOKEN", "hunter2")
+        .output()
+        .expect("run ifp");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("IFP_ADMIN_TOKEN is 7 characters"), "{err}");
+    // No database was started for it.
+    assert!(!data.path().join("pg").exists());
+}
