@@ -6,8 +6,8 @@
 //!
 //! Results go back to float32 right after each product (PyTorch keeps them in bf16 until the
 //! next float32-only op): one more cast per product, but no bf16 rounding of the elementwise ops
-//! in between. The setting is per thread because a forward runs on one thread (the CPU kernels'
-//! own worker threads never build graph nodes).
+//! in between. The setting is per thread because a forward builds its graph on one thread;
+//! `threads::on_workers` carries it (with `kernels::Settings`) to the worker that runs a step.
 
 use std::cell::Cell;
 

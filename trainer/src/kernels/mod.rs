@@ -82,6 +82,38 @@ fn enabled() -> bool {
     ENABLED.with(Cell::get)
 }
 
+/// The per-thread settings that ops are built under: the autocast dtype and the kernel switch.
+/// They must travel with work handed to another thread: a rayon worker that runs a step or a
+/// forward may have stolen it while waiting inside another job's work, under that job's
+/// settings (say, another run's bf16 autocast).
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    low: Option<candle_core::DType>,
+    kernels: bool,
+}
+
+impl Settings {
+    /// This thread's settings.
+    pub fn current() -> Self {
+        Settings {
+            low: amp::low_dtype(),
+            kernels: enabled(),
+        }
+    }
+
+    /// Runs `f` under these settings on this thread, restoring the thread's own afterwards.
+    pub fn apply<T>(self, f: impl FnOnce() -> T) -> T {
+        struct Restore(bool);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                ENABLED.with(|e| e.set(self.0));
+            }
+        }
+        let _restore = Restore(ENABLED.with(|e| e.replace(self.kernels)));
+        amp::autocast(self.low, f)
+    }
+}
+
 /// Whether the fast kernels apply to this tensor.
 pub fn applicable(x: &Tensor) -> bool {
     enabled() && x.device().is_cpu() && x.dtype() == candle_core::DType::F32
