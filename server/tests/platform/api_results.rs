@@ -386,6 +386,9 @@ async fn openapi_is_generated_from_the_handlers() {
     }
     let post = &doc["paths"]["/api/v1/jobs"]["post"];
     assert!(post["responses"].get("201").is_some() && post["responses"].get("422").is_some());
+    // The metrics' `limit` is checked (`metrics?limit=0` is a 422), and the document says so.
+    let metrics = &doc["paths"]["/api/v1/jobs/{id}/metrics"]["get"]["responses"];
+    assert!(metrics.get("422").is_some(), "{metrics}");
     let schemas = &doc["components"]["schemas"];
     let job_props = schemas["Job"]["properties"].as_object().unwrap();
     for k in [

@@ -309,7 +309,8 @@ pub struct MetricParams {
 #[utoipa::path(get, path = "/api/v1/jobs/{id}/metrics", tag = "jobs",
     params(("id" = Uuid, Path, description = "Job id"), MetricParams), security(("bearer" = [])),
     responses((status = 200, description = "One row per logged step", body = Vec<Metric>),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, description = "`limit` outside 1 to 100000, or a malformed query", body = ErrorBody)))]
 pub async fn metrics(
     State(state): State<AppState>,
     caller: Caller,
