@@ -71,5 +71,43 @@ fn check_folder(root: &Path, key: &str, rel: &Path) -> Result<()> {
             ),
         ));
     }
+    // A symbolic link inside the datasets folder must not lead out of it.
+    let (Ok(real), Ok(real_root)) = (root.join(rel).canonicalize(), root.canonicalize()) else {
+        return Err(Error::invalid(
+            Some(key),
+            format!("`{}` cannot be resolved", rel.display()),
+        ));
+    };
+    if !real.starts_with(&real_root) {
+        return Err(Error::invalid(
+            Some(key),
+            format!(
+                "`{}` leads outside the server's datasets folder (through a symbolic link)",
+                rel.display()
+            ),
+        ));
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_symbolic_link_cannot_lead_out_of_the_datasets_folder() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let outside = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(root.path().join("clean/set")).expect("mkdir");
+        std::os::unix::fs::symlink(outside.path(), root.path().join("clean/away")).expect("link");
+        std::os::unix::fs::symlink(
+            root.path().join("clean/set"),
+            root.path().join("clean/alias"),
+        )
+        .expect("link");
+        check_folder(root.path(), "K", Path::new("clean/set")).expect("a real folder");
+        check_folder(root.path(), "K", Path::new("clean/alias")).expect("a link that stays inside");
+        let e = check_folder(root.path(), "K", Path::new("clean/away")).expect_err("outside");
+        assert!(e.to_string().contains("leads outside"), "{e}");
+    }
 }
