@@ -13,6 +13,8 @@ use crate::error::Result;
 
 /// Side of each tile in pixels.
 pub const TILE: usize = 160;
+/// The largest side of a generated noise image in the preview.
+pub const PREVIEW_SIDE: usize = 1024;
 /// White space between tiles.
 const GAP: usize = 6;
 /// The tiles, left to right.
@@ -25,6 +27,7 @@ pub const CAPTIONS: [&str; 4] = [
 
 /// The four tiles side by side (`CAPTIONS` order), as one RGB image in [0, 1].
 pub fn render(cfg: &Config) -> Result<Image> {
+    let cfg = &bounded(cfg);
     let noise = noise_image(cfg)?;
     let mut sampler = Sampler::from_config(cfg)?;
     let batch = sampler.next_batch(1, &Device::Cpu)?;
@@ -46,6 +49,16 @@ pub fn render(cfg: &Config) -> Result<Image> {
         .map(|t| panels::centred(t, TILE, TILE))
         .collect();
     Ok(panels::row(&cells.iter().collect::<Vec<_>>(), GAP))
+}
+
+/// The config the preview draws from. The web process renders a preview on every form change,
+/// so a generated noise image is drawn at most [`PREVIEW_SIDE`] a side (same statistics and
+/// seed; the run itself uses the full size): a huge `NOISE.WIDTH` costs the preview nothing.
+fn bounded(cfg: &Config) -> Config {
+    let mut cfg = cfg.clone();
+    cfg.data.noise.width = cfg.data.noise.width.min(PREVIEW_SIDE);
+    cfg.data.noise.height = cfg.data.noise.height.min(PREVIEW_SIDE);
+    cfg
 }
 
 /// Scales `img` to fit a tile: smooth (bicubic) for photographs, nearest-neighbour for crops
@@ -86,5 +99,20 @@ mod tests {
                 .collect()
         };
         assert_ne!(tile(1), tile(3));
+    }
+
+    #[test]
+    fn a_huge_noise_image_is_previewed_at_a_bounded_size() {
+        let mut cfg = crate::config::preset("tiny").expect("tiny preset");
+        cfg.data.noise.width = 16384;
+        cfg.data.noise.height = 300;
+        // 16384 x 16384 float32 RGB would be 3 GiB in the web process.
+        let b = bounded(&cfg);
+        assert_eq!(
+            (b.data.noise.width, b.data.noise.height),
+            (PREVIEW_SIDE, 300)
+        );
+        let img = render(&cfg).expect("preview");
+        assert_eq!((img.width, img.height), (4 * TILE + 3 * GAP, TILE));
     }
 }
