@@ -14,9 +14,7 @@ use super::{render, Layout, PageResult, Viewer};
 use crate::error::Error;
 use crate::http::state::AppState;
 use crate::jobs::compare::{CompareJob, MAX_SHOWCASE};
-use crate::jobs::service::{self, Submission};
 use crate::jobs::spec::JobSpec;
-use crate::queue::DEFAULT_MAX_ATTEMPTS;
 
 /// The fine-tuning config the form starts with: sigma-25 denoising, CBSD68 crops, Kodak24 test.
 pub(super) const DENOISE: &str = "\
@@ -168,15 +166,8 @@ pub async fn submit_form(
     .map(|job| (job, i32::try_from(priority).unwrap_or(i32::MAX)));
     let result = match job {
         Ok((job, priority)) => {
-            let s = Submission {
-                name: f.name.trim().to_string(),
-                owner: viewer.caller.name.clone(),
-                is_admin: viewer.caller.is_admin,
-                priority,
-                max_attempts: DEFAULT_MAX_ATTEMPTS,
-            };
             let spec = JobSpec::Compare(Box::new(job));
-            service::submit(&state.pool, &state.artifacts, s, &spec).await
+            viewer.submit(&state, &f.name, priority, spec).await
         }
         Err(e) => Err(e),
     };

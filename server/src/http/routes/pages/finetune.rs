@@ -14,9 +14,8 @@ use super::{render, Layout, PageResult, Viewer};
 use crate::error::Error;
 use crate::http::state::AppState;
 use crate::jobs::finetune::FinetuneJob;
-use crate::jobs::service::{self, Submission};
+use crate::jobs::service::{self};
 use crate::jobs::spec::JobSpec;
-use crate::queue::DEFAULT_MAX_ATTEMPTS;
 
 pub struct InitChoice {
     pub id: String,
@@ -119,15 +118,8 @@ pub async fn submit_form(
             }
         };
         let job = FinetuneJob::new(ft, init, state.datasets.as_deref())?;
-        let s = Submission {
-            name: f.name.trim().to_string(),
-            owner: viewer.caller.name.clone(),
-            is_admin: viewer.caller.is_admin,
-            priority,
-            max_attempts: DEFAULT_MAX_ATTEMPTS,
-        };
         let spec = JobSpec::Finetune(Box::new(job));
-        service::submit(&state.pool, &state.artifacts, s, &spec).await
+        viewer.submit(&state, &f.name, priority, spec).await
     }
     .await;
     match result {

@@ -52,6 +52,27 @@ pub struct Viewer {
     pub csrf: String,
 }
 
+impl Viewer {
+    /// A form's job submission by this user (forms do not set `max_attempts`), queued with
+    /// `spec`.
+    pub async fn submit(
+        &self,
+        state: &AppState,
+        name: &str,
+        priority: i32,
+        spec: crate::jobs::spec::JobSpec,
+    ) -> Result<crate::db::rows::Job, crate::error::Error> {
+        let s = crate::jobs::service::Submission {
+            name: name.trim().to_string(),
+            owner: self.caller.name.clone(),
+            is_admin: self.caller.is_admin,
+            priority,
+            max_attempts: crate::queue::DEFAULT_MAX_ATTEMPTS,
+        };
+        crate::jobs::service::submit(&state.pool, &state.artifacts, s, &spec).await
+    }
+}
+
 impl FromRequestParts<AppState> for Viewer {
     type Rejection = Response;
 

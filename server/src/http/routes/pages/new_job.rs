@@ -16,9 +16,7 @@ use super::form::{self, Errors, Kind, Values, FIELDS};
 use super::{render, Layout, PageResult, Viewer};
 use crate::error::Error;
 use crate::http::state::AppState;
-use crate::jobs::service::{self, Submission};
 use crate::jobs::spec::JobSpec;
-use crate::queue::DEFAULT_MAX_ATTEMPTS;
 
 /// What the form posted.
 #[derive(Default)]
@@ -188,15 +186,8 @@ pub async fn submit(
             return Ok(invalid(&viewer, sub, errors));
         }
     };
-    let submission = Submission {
-        name: sub.name.trim().to_string(),
-        owner: viewer.caller.name.clone(),
-        is_admin: viewer.caller.is_admin,
-        priority,
-        max_attempts: DEFAULT_MAX_ATTEMPTS,
-    };
     let spec = JobSpec::Pretrain(Box::new(cfg));
-    match service::submit(&state.pool, &state.artifacts, submission, &spec).await {
+    match viewer.submit(&state, &sub.name, priority, spec).await {
         Ok(job) => Ok(Redirect::to(&format!("/jobs/{}", job.id)).into_response()),
         Err(Error::Invalid { key_path, message }) => {
             errors.insert(field_for_key(key_path.as_deref()), message);
