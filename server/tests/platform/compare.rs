@@ -121,18 +121,28 @@ async fn compare_submissions_are_checked() {
     }
 }
 
+/// The API (with the test images as its datasets folder) and a tiny comparison submitted
+/// through it with `showcase` images: (api, the job as returned).
+pub(crate) async fn submit_tiny_comparison(
+    pool: &sqlx::PgPool,
+    artifacts: &std::path::Path,
+    showcase: usize,
+) -> (Router, Value) {
+    let mut state = AppState::new(pool.clone(), artifacts, Some(ADMIN));
+    state.datasets = Some(common::datasets());
+    let api = app(state);
+    let body = json!({"kind": "compare", "name": "cmp", "config": pretrain(),
+                      "finetune": finetune("clean/CBSD68"), "showcase": showcase});
+    let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    (api, serde_json::from_str(&b).unwrap())
+}
+
 #[tokio::test]
 async fn a_tiny_comparison_runs_and_reports() {
     let pool = common::fresh_pool().await;
     let artifacts = tempfile::tempdir().unwrap();
-    let mut state = AppState::new(pool.clone(), artifacts.path(), Some(ADMIN));
-    state.datasets = Some(common::datasets());
-    let api = app(state);
-    let body = json!({"kind": "compare", "name": "cmp", "config": pretrain(),
-                      "finetune": finetune("clean/CBSD68"), "showcase": 2});
-    let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(body)).await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
-    let job: Value = serde_json::from_str(&b).unwrap();
+    let (api, job) = submit_tiny_comparison(&pool, artifacts.path(), 2).await;
     assert_eq!(job["kind"], "compare");
     assert_eq!(job["total_steps"], 6 + 2 * 4);
     let id = job["id"].as_str().unwrap().to_string();

@@ -8,13 +8,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use ifp_server::jobs::spec::{JobSpec, Report};
 use ifp_server::worker::{self, WorkerConfig};
-use ifp_server::{app, AppState};
 use serde_json::{json, Value};
 
-use super::compare::{call, finetune, pretrain, ADMIN};
+use super::compare::submit_tiny_comparison;
 
 /// A comparison whose worker dies in the IFP arm resumes there on the next attempt (the
 /// pre-training is not run again) and ends with the results of an uninterrupted run.
@@ -22,18 +20,8 @@ use super::compare::{call, finetune, pretrain, ADMIN};
 async fn a_comparison_whose_worker_dies_mid_arm_resumes_in_that_arm() {
     let pool = common::fresh_pool().await;
     let artifacts = tempfile::tempdir().unwrap();
-    let mut state = AppState::new(pool.clone(), artifacts.path(), Some(ADMIN));
-    state.datasets = Some(common::datasets());
-    let api = app(state);
-    let body = json!({"kind": "compare", "name": "cmp", "config": pretrain(),
-                      "finetune": finetune("clean/CBSD68"), "showcase": 1});
-    let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(body)).await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
-    let id: uuid::Uuid = serde_json::from_str::<Value>(&b).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (_api, job) = submit_tiny_comparison(&pool, artifacts.path(), 1).await;
+    let id: uuid::Uuid = job["id"].as_str().unwrap().parse().unwrap();
 
     // Attempt 1 pre-trains (6 steps), trains the IFP arm for 2 of its 4 steps, and dies.
     let dead = ifp_server::queue::claim(&pool, "dead", Duration::from_secs(30))
