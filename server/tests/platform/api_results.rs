@@ -290,24 +290,7 @@ async fn samples_are_served_by_step() {
         .await
         .unwrap()
         .unwrap();
-    let dir = ifp_server::worker::attempt_dir(api.artifacts.path(), id, 1);
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = |name: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, name.as_bytes()).unwrap();
-        use sha2::Digest;
-        WrittenFile {
-            path,
-            bytes: name.len() as u64,
-            sha256: hex::encode(sha2::Sha256::digest(name.as_bytes())),
-        }
-    };
-    let ck = Checkpoint {
-        step: 2,
-        model: file("model-000002.safetensors"),
-        state: file("state-000002.safetensors"),
-        sample: Some(file("sample-000002.png")),
-    };
+    let ck = crate::common::fake_checkpoint(api.artifacts.path(), id, 2);
     record::checkpoint(&api.pool, api.artifacts.path(), &c.fence, &ck)
         .await
         .unwrap();

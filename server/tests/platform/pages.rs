@@ -13,7 +13,6 @@ use ifp_server::db::rows::Metric;
 use ifp_server::queue;
 use ifp_server::queue::record;
 use ifp_server::{app, AppState};
-use ifp_trainer::checkpoint::{Checkpoint, WrittenFile};
 use tower::ServiceExt;
 
 pub(crate) const ADMIN: &str = "admin-secret";
@@ -364,24 +363,7 @@ async fn job_page_shows_progress_checkpoints_and_cancels_with_a_token() {
         })
         .collect();
     record::metrics(&site.pool, &c.fence, &rows).await.unwrap();
-    let dir = ifp_server::worker::attempt_dir(site.artifacts.path(), id, 1);
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = |name: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, name.as_bytes()).unwrap();
-        use sha2::Digest;
-        WrittenFile {
-            path,
-            bytes: name.len() as u64,
-            sha256: hex::encode(sha2::Sha256::digest(name.as_bytes())),
-        }
-    };
-    let ck = Checkpoint {
-        step: 3,
-        model: file("model-000003.safetensors"),
-        state: file("state-000003.safetensors"),
-        sample: Some(file("sample-000003.png")),
-    };
+    let ck = common::fake_checkpoint(site.artifacts.path(), id, 3);
     let sha = ck.model.sha256.clone();
     record::checkpoint(&site.pool, site.artifacts.path(), &c.fence, &ck)
         .await

@@ -141,3 +141,30 @@ pub fn ifp(args: &[&str]) -> std::process::Output {
 pub fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// A fake checkpoint of `step` for attempt 1 of job `id`: small model, state and sample files
+/// written into the attempt folder (their contents are their names), not yet listed.
+pub fn fake_checkpoint(
+    artifacts: &std::path::Path,
+    id: uuid::Uuid,
+    step: usize,
+) -> ifp_trainer::checkpoint::Checkpoint {
+    use sha2::Digest;
+    let dir = ifp_server::worker::attempt_dir(artifacts, id, 1);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: String| {
+        let path = dir.join(&name);
+        std::fs::write(&path, name.as_bytes()).unwrap();
+        ifp_trainer::checkpoint::WrittenFile {
+            path,
+            bytes: name.len() as u64,
+            sha256: hex::encode(sha2::Sha256::digest(name.as_bytes())),
+        }
+    };
+    ifp_trainer::checkpoint::Checkpoint {
+        step,
+        model: file(format!("model-{step:06}.safetensors")),
+        state: file(format!("state-{step:06}.safetensors")),
+        sample: Some(file(format!("sample-{step:06}.png"))),
+    }
+}
