@@ -119,9 +119,12 @@ pub fn applicable(x: &Tensor) -> bool {
     enabled() && x.device().is_cpu() && x.dtype() == candle_core::DType::F32
 }
 
-/// (B, C, H, W) -> (B, C*k*k, H*W), zero padding k/2, as the CPU op (float32 on the CPU only;
-/// the convolutions call [`im2col_composed`] elsewhere).
+/// (B, C, H, W) -> (B, C*k*k, H*W), zero padding k/2: the CPU op for float32 CPU tensors,
+/// else [`im2col_composed`].
 pub fn im2col(x: &Tensor, k: usize) -> Result<Tensor> {
+    if !applicable(x) {
+        return im2col_composed(x, k);
+    }
     x.contiguous()?.apply_op1(conv::Im2col { k })
 }
 
