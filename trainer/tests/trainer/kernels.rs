@@ -177,7 +177,9 @@ fn channel_layer_norm_kernel_matches_composed() {
                     // With one or two channels the normalised values are exactly 0 or +-1, so
                     // the input gradient vanishes up to the eps term: a relative error would
                     // measure rounding noise only. Bound the difference by the gradient's scale
-                    // with more channels (the probe's, about 1) instead.
+                    // with more channels (the probe's, about 1) instead. 1e-3 of it: draws with
+                    // the two channels close together amplify rounding (seen: 2.1e-4 of 1.5),
+                    // while a wrong formula is off by the whole scale.
                     let max_abs = |t: &Tensor| -> f32 {
                         t.abs()
                             .and_then(|a| a.max_all())
@@ -187,7 +189,7 @@ fn channel_layer_norm_kernel_matches_composed() {
                     let diff = max_abs(&(f - s).expect("diff"));
                     let scale = max_abs(s).max(1.0);
                     assert!(
-                        diff <= 1e-4 * scale,
+                        diff <= 1e-3 * scale,
                         "shape {i} bias {with_bias}: input gradient differs by {diff} (scale {scale})"
                     );
                     continue;
