@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Check bench/torch_ifp.py against the golden vectors (/work/shared/golden by default).
+"""Check bench/torch_ifp.py against the golden vectors (`../shared/golden` beside the checkout by default, or IFP_GOLDEN_DIR).
 
   python bench/check_torch_reference.py [--golden DIR] [--threads T]
 
@@ -219,7 +219,7 @@ def check_masks(gdir):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--golden", default=os.environ.get("IFP_GOLDEN", "/work/shared/golden"))
+    ap.add_argument("--golden", default=os.environ.get("IFP_GOLDEN_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "golden")))
     ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args()
     if a.threads:

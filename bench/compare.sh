@@ -38,8 +38,9 @@ STEPS_PAPER="${STEPS_PAPER:-5}"
 EXTRA="${EXTRA:-0}"
 WORK="${WORK:-$(mktemp -d /tmp/ifp-compare.XXXXXX)}"
 mkdir -p "$WORK"
-GOLDEN_TINY=/work/shared/golden/configs/restormer_tiny.yaml
-GOLDEN_UFORMER=/work/shared/golden/configs/uformer_tiny.yaml
+GOLDEN="${IFP_GOLDEN_DIR:-$(cd "$(dirname "$0")/../.." && pwd)/shared/golden}"
+GOLDEN_TINY="$GOLDEN/configs/restormer_tiny.yaml"
+GOLDEN_UFORMER="$GOLDEN/configs/uformer_tiny.yaml"
 ONLY="${ONLY:-}"
 
 [ -x "$IFP_BIN" ] || { echo "ifp binary not found: $IFP_BIN (set IFP_BIN)" >&2; exit 1; }

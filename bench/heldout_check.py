@@ -9,7 +9,7 @@ case here draws fresh weights and inputs the golden files never saw: other seeds
 spatial sizes that are not multiples of 8 (the reflect-pad-to-8 and crop-back path) and
 non-square ones, and three Restormer configs:
 
-  * `golden_tiny`  /work/shared/golden/configs/restormer_tiny.yaml (dim 8, blocks [1,1,1,2])
+  * `golden_tiny`  $IFP_GOLDEN_DIR/configs/restormer_tiny.yaml (dim 8, blocks [1,1,1,2])
   * `small16`      dim 16, blocks [1,2,2,2], 1 refinement block, heads [1,2,4,8], OUT 32, NF 32
   * `biasfree`     dim 8, blocks [1,1,2,1], 2 refinement blocks, heads [2,2,4,4], FFN 2.0,
                    LAYERNORM_TYPE BiasFree and BIAS True (convolution biases wherever the
@@ -61,58 +61,43 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import torch_ifp as ti  # noqa: E402
 
-GOLDEN_TINY = "/work/shared/golden/configs/restormer_tiny.yaml"
+# The golden vectors sit in `../shared/golden` beside the checkout (or IFP_GOLDEN_DIR).
+GOLDEN = os.environ.get("IFP_GOLDEN_DIR", os.path.join(HERE, "..", "..", "shared", "golden"))
+GOLDEN_TINY = os.path.join(GOLDEN, "configs", "restormer_tiny.yaml")
 
-SMALL16_YAML = """\
-# heldout_check.py: a second small Restormer (not a golden network)
+def restormer_yaml(title, out_ch, dim, blocks, refinement, heads, ffn, bias, norm):
+    """A small Restormer config (not a golden network) with the decoder matching its output."""
+    return f"""\
+# heldout_check.py: {title} (not a golden network)
 MODEL:
   TYPE: restormer
   RECOVER_TARGET_TYPE: m_masked
   RESTORMER:
     INP_CHANNELS: 3
-    OUT_CHANNELS: 32
-    DIM: 16
-    NUM_BLOCKS: [1, 2, 2, 2]
-    NUM_REFINEMENT_BLOCKS: 1
-    HEADS: [1, 2, 4, 8]
-    FFN_EXPANSION_FACTOR: 2.66
-    BIAS: False
-    LAYERNORM_TYPE: WithBias
+    OUT_CHANNELS: {out_ch}
+    DIM: {dim}
+    NUM_BLOCKS: {blocks}
+    NUM_REFINEMENT_BLOCKS: {refinement}
+    HEADS: {heads}
+    FFN_EXPANSION_FACTOR: {ffn}
+    BIAS: {bias}
+    LAYERNORM_TYPE: {norm}
   DECODER:
-    IN_NC: 32
+    IN_NC: {out_ch}
     OUT_NC: 3
     UPSCALE: 1
-    NF: 32
+    NF: {out_ch}
 DATA:
   IMG_SIZE: 32
 """
 
-BIASFREE_YAML = """\
-# heldout_check.py: BiasFree LayerNorm + convolution biases (not a golden network)
-MODEL:
-  TYPE: restormer
-  RECOVER_TARGET_TYPE: m_masked
-  RESTORMER:
-    INP_CHANNELS: 3
-    OUT_CHANNELS: 16
-    DIM: 8
-    NUM_BLOCKS: [1, 1, 2, 1]
-    NUM_REFINEMENT_BLOCKS: 2
-    HEADS: [2, 2, 4, 4]
-    FFN_EXPANSION_FACTOR: 2.0
-    BIAS: True
-    LAYERNORM_TYPE: BiasFree
-  DECODER:
-    IN_NC: 16
-    OUT_NC: 3
-    UPSCALE: 1
-    NF: 16
-DATA:
-  IMG_SIZE: 32
-"""
 
-BIASFREE_NB_YAML = BIASFREE_YAML.replace("BIAS: True", "BIAS: False").replace(
-    "+ convolution biases", "without convolution biases")
+SMALL16_YAML = restormer_yaml("a second small Restormer", 32, 16, "[1, 2, 2, 2]", 1,
+                              "[1, 2, 4, 8]", 2.66, False, "WithBias")
+BIASFREE_YAML = restormer_yaml("BiasFree LayerNorm + convolution biases", 16, 8, "[1, 1, 2, 1]",
+                               2, "[2, 2, 4, 4]", 2.0, True, "BiasFree")
+BIASFREE_NB_YAML = restormer_yaml("BiasFree LayerNorm without convolution biases", 16, 8,
+                                  "[1, 1, 2, 1]", 2, "[2, 2, 4, 4]", 2.0, False, "BiasFree")
 
 # (config name, seed, N, H, W)
 CASES = [
@@ -137,8 +122,8 @@ CASES = [
 # Uformer (bench/torch_uformer.py). Square sides only (the reference recovers the side as
 # int(sqrt(tokens))); window sizes are fixed at construction from IMAGE_SIZE, so running a
 # larger input than IMAGE_SIZE is allowed when every level still tiles.
-UF_TINY = "/work/shared/golden/configs/uformer_tiny.yaml"
-UF_SHIFT = "/work/shared/golden/configs/uformer_tiny_shift.yaml"
+UF_TINY = os.path.join(GOLDEN, "configs", "uformer_tiny.yaml")
+UF_SHIFT = os.path.join(GOLDEN, "configs", "uformer_tiny_shift.yaml")
 
 
 def _uformer_yaml(note, size, win, embed, depths):

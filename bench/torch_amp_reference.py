@@ -25,7 +25,7 @@ def rl2(a, b):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--golden", default=os.environ.get("IFP_GOLDEN_DIR", "/work/shared/golden"))
+    ap.add_argument("--golden", default=os.environ.get("IFP_GOLDEN_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "golden")))
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     dev = torch.device(a.device)

@@ -12,7 +12,7 @@ use candle_core::{Device, Tensor, Var};
 use crate::checkpoint::{self, Checkpoint, TrainingState};
 use crate::error::{Result, TrainerError};
 use crate::optim::{clip_grad_norm, AdamW};
-use crate::train::{Control, Progress, StepStats, TrainOptions};
+use crate::train::{Control, PhaseTimes, Progress, StepStats, TrainOptions};
 
 /// One kind of training run, as the driver steps it.
 pub trait Run {
@@ -29,12 +29,23 @@ pub trait Run {
     fn restore(&mut self, dir: &Path, step: usize) -> Result<()>;
 }
 
-/// Images per step (for the throughput figure), and a checkpoint every `save_freq` steps (and
-/// at the end, and when stopped).
+/// The run's length, images per step (for the throughput figure), and a checkpoint every
+/// `save_freq` steps (and at the end, and when stopped).
 #[derive(Debug, Clone, Copy)]
 pub struct Cadence {
+    pub total_steps: usize,
     pub batch_size: usize,
     pub save_freq: usize,
+}
+
+impl Cadence {
+    pub fn new(total_steps: usize, batch_size: usize, save_freq: usize) -> Self {
+        Cadence {
+            total_steps,
+            batch_size,
+            save_freq,
+        }
+    }
 }
 
 /// What the driver tells its caller.
@@ -58,16 +69,16 @@ pub struct RunSummary {
     pub resumed_from: Option<usize>,
 }
 
-/// Runs `run` to `total` steps in `opts.out_dir` at `cadence`, resuming from its newest complete
-/// checkpoint when `opts.resume`. `on_tick` answers each step with go on or stop; a stop writes a
-/// checkpoint first, so nothing is lost.
+/// Runs `run` to `cadence.total_steps` in `opts.out_dir`, resuming from its newest complete checkpoint
+/// when `opts.resume`. `on_tick` answers each step with go on or stop; a stop writes a checkpoint
+/// first, so nothing is lost.
 pub fn drive<R: Run>(
     run: &mut R,
-    total: usize,
     cadence: Cadence,
     opts: &TrainOptions,
     mut on_tick: impl FnMut(Tick<'_, R::Note>) -> Control,
 ) -> Result<RunSummary> {
+    let total = cadence.total_steps;
     std::fs::create_dir_all(&opts.out_dir).map_err(TrainerError::io(&opts.out_dir))?;
     let mut resumed_from = None;
     if opts.resume {
@@ -145,6 +156,24 @@ pub struct Optimised {
     pub backward_done: Instant,
 }
 
+impl Optimised {
+    /// The step's figures at learning rate `lr`, for a step that started at `started` and had
+    /// its batch at `data_done`.
+    pub fn stats(&self, lr: f64, started: Instant, data_done: Instant) -> StepStats {
+        StepStats {
+            loss: self.loss,
+            lr,
+            grad_norm: self.grad_norm,
+            phases: PhaseTimes {
+                data: data_done - started,
+                forward: self.forward_done - data_done,
+                backward: self.backward_done - self.forward_done,
+                optimizer: self.backward_done.elapsed(),
+            },
+        }
+    }
+}
+
 /// Backward, clipping by global norm and the AdamW update for step `step` (0-based) at `lr`,
 /// refusing a non-finite loss or gradient norm before anything is updated.
 pub fn optimiser_step(
@@ -181,18 +210,25 @@ pub fn optimiser_step(
     })
 }
 
+/// A run's configuration as a resume compares it: a resumed run must be the same run.
+pub trait SameRun: Sized {
+    /// Reads the config a checkpoint stored.
+    fn from_stored(yaml: &str) -> std::result::Result<Self, String>;
+    /// The config as YAML with what a resume may change (the run's length, the print and save
+    /// frequencies, retention) set to fixed values.
+    fn same_run_form(&self) -> String;
+}
+
 /// The optimiser moments and training state of the checkpoint at `step` in `dir`, checked to
-/// be that step's and written by the same run: `normalised` turns a stored config (YAML) into
-/// the comparable form `now` is in (only the run's length, print and save frequencies and
-/// retention may change on a resume).
-pub fn load_state_for_resume(
+/// be that step's and written by the same run as `cfg`.
+pub fn load_state_for_resume<C: SameRun>(
     dir: &Path,
     step: usize,
     device: &Device,
-    now: &str,
-    normalised: impl Fn(&str) -> std::result::Result<String, String>,
+    cfg: &C,
 ) -> Result<(BTreeMap<String, Tensor>, TrainingState)> {
     let path = checkpoint::state_path(dir, step);
+    let now = cfg.same_run_form();
     let (opt_state, state) = checkpoint::load_state(&path, device)?;
     if state.step != step {
         return Err(TrainerError::Resume(format!(
@@ -201,9 +237,11 @@ pub fn load_state_for_resume(
             state.step
         )));
     }
-    let was = normalised(&state.config_yaml).map_err(|e| {
-        TrainerError::Resume(format!("{}: unreadable stored config: {e}", path.display()))
-    })?;
+    let was = C::from_stored(&state.config_yaml)
+        .map_err(|e| {
+            TrainerError::Resume(format!("{}: unreadable stored config: {e}", path.display()))
+        })?
+        .same_run_form();
     if now != was {
         let diff = now
             .lines()

@@ -156,30 +156,26 @@ impl Trainer {
         let o = driver::optimiser_step(&loss, &vars, clip, &mut self.opt, lr, k)?;
         self.step += 1;
         self.last = Some((batch, pred.detach()));
-        Ok(StepStats {
-            loss: o.loss,
-            lr,
-            grad_norm: o.grad_norm,
-            phases: PhaseTimes {
-                data: t1 - t0,
-                forward: o.forward_done - t1,
-                backward: o.backward_done - o.forward_done,
-                optimizer: o.backward_done.elapsed(),
-            },
-        })
+        Ok(o.stats(lr, t0, t1))
     }
 }
 
-/// A config in the form a resume compares: a resumed run must be the same run, and only the
-/// length (`TRAIN.STEPS`/`EPOCHS`), the logging/saving frequencies and the retention may change.
-fn same_run_form(cfg: &Config) -> String {
-    let mut c = cfg.clone();
-    c.train.steps = None;
-    c.train.epochs = 0;
-    c.print_freq = 1;
-    c.save_freq = 1;
-    c.train.keep_checkpoints = 1;
-    c.to_yaml()
+/// Only the length (`TRAIN.STEPS`/`EPOCHS`), the logging/saving frequencies and the retention
+/// may change on a resume.
+impl driver::SameRun for Config {
+    fn from_stored(yaml: &str) -> std::result::Result<Self, String> {
+        Config::from_yaml(yaml).map_err(|e| e.to_string())
+    }
+
+    fn same_run_form(&self) -> String {
+        let mut c = self.clone();
+        c.train.steps = None;
+        c.train.epochs = 0;
+        c.print_freq = 1;
+        c.save_freq = 1;
+        c.train.keep_checkpoints = 1;
+        c.to_yaml()
+    }
 }
 
 /// input | corrupted | reconstruction | target of the batch's first sample, in [0, 1],
@@ -254,17 +250,7 @@ impl driver::Run for Trainer {
     fn restore(&mut self, dir: &Path, step: usize) -> Result<()> {
         let weights = load_weights(&checkpoint::model_path(dir, step), &self.device)?;
         let net = Network::build(&self.cfg, WeightSource::Tensors(weights), &self.device)?;
-        let (opt_state, state) = driver::load_state_for_resume(
-            dir,
-            step,
-            &self.device,
-            &same_run_form(&self.cfg),
-            |yaml| {
-                Config::from_yaml(yaml)
-                    .map(|c| same_run_form(&c))
-                    .map_err(|e| e.to_string())
-            },
-        )?;
+        let (opt_state, state) = driver::load_state_for_resume(dir, step, &self.device, &self.cfg)?;
         let mut fresh = Self::with_network(&self.cfg, &self.device, net)?;
         fresh.opt.load_state(&opt_state, step)?;
         fresh.sampler.restore(state.sampler);
@@ -283,11 +269,8 @@ pub fn train(
     let mut trainer = Trainer::new(cfg, &opts.device)?;
     let total = cfg.total_steps();
     let parameters = trainer.network().num_parameters()?;
-    let cadence = driver::Cadence {
-        batch_size: cfg.data.batch_size,
-        save_freq: cfg.save_freq,
-    };
-    driver::drive(&mut trainer, total, cadence, opts, |tick| match tick {
+    let cadence = driver::Cadence::new(total, cfg.data.batch_size, cfg.save_freq);
+    driver::drive(&mut trainer, cadence, opts, |tick| match tick {
         driver::Tick::Started { start_step } => on_event(Event::Started {
             start_step,
             total_steps: total,

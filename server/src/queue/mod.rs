@@ -72,6 +72,30 @@ pub struct Fence {
     pub worker_id: String,
 }
 
+/// Binds a [`Fence`] as the next three parameters (job, attempt, worker): every fenced write
+/// starts with them, in that order.
+pub(crate) trait BindFence<'q> {
+    fn bind_fence(self, fence: &'q Fence) -> Self;
+}
+
+impl<'q> BindFence<'q> for sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    fn bind_fence(self, fence: &'q Fence) -> Self {
+        self.bind(fence.job_id)
+            .bind(fence.attempt)
+            .bind(&fence.worker_id)
+    }
+}
+
+impl<'q, O> BindFence<'q>
+    for sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>
+{
+    fn bind_fence(self, fence: &'q Fence) -> Self {
+        self.bind(fence.job_id)
+            .bind(fence.attempt)
+            .bind(&fence.worker_id)
+    }
+}
+
 /// A job just claimed by a worker.
 #[derive(Debug, Clone)]
 pub struct Claimed {
@@ -208,9 +232,7 @@ pub async fn heartbeat(
          where id = $1 and attempt = $2 and worker_id = $3 and status = 'running'
          returning cancel_requested",
     )
-    .bind(fence.job_id)
-    .bind(fence.attempt)
-    .bind(&fence.worker_id)
+    .bind_fence(fence)
     .bind(secs(lease))
     .bind(step)
     .bind(loss)
@@ -240,9 +262,7 @@ pub async fn finish(pool: &PgPool, fence: &Fence, outcome: &Outcome) -> Result<b
          )
          select id from done",
     )
-    .bind(fence.job_id)
-    .bind(fence.attempt)
-    .bind(&fence.worker_id)
+    .bind_fence(fence)
     .bind(status)
     .bind(error)
     .bind(ended)
@@ -275,9 +295,7 @@ pub async fn release(pool: &PgPool, fence: &Fence) -> Result<bool> {
          )
          select status from done",
     )
-    .bind(fence.job_id)
-    .bind(fence.attempt)
-    .bind(&fence.worker_id)
+    .bind_fence(fence)
     .fetch_optional(pool)
     .await?;
     if status == Some(JobStatus::Queued) {

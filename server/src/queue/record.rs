@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use crate::db::rows::Metric;
 use crate::db::values::CheckpointKind;
 use crate::error::{Error, Result};
-use crate::queue::{self, Fence};
+use crate::queue::{self, BindFence, Fence};
 
 /// The SQL condition that the fence still holds (`$1` job, `$2` attempt, `$3` worker).
 const FENCE: &str = "exists (select 1 from job where id = $1 and attempt = $2 \
@@ -48,9 +48,7 @@ pub async fn metrics(pool: &PgPool, fence: &Fence, rows: &[Metric]) -> Result<()
              created_at = now()"
     );
     sqlx::query(&sql)
-        .bind(fence.job_id)
-        .bind(fence.attempt)
-        .bind(&fence.worker_id)
+        .bind_fence(fence)
         .bind(steps)
         .bind(col(|r| r.loss))
         .bind(col(|r| r.lr))
@@ -130,9 +128,7 @@ async fn list_files(
              updated_at = now()"
     );
     sqlx::query(&sql)
-        .bind(fence.job_id)
-        .bind(fence.attempt)
-        .bind(&fence.worker_id)
+        .bind_fence(fence)
         .bind(step)
         .bind(names)
         .bind(kinds)
@@ -150,9 +146,7 @@ pub async fn resumed_from(pool: &PgPool, fence: &Fence, step: i64) -> Result<()>
         "update attempt set resumed_from_step = $4, updated_at = now()
          where job_id = $1 and attempt = $2 and worker_id = $3",
     )
-    .bind(fence.job_id)
-    .bind(fence.attempt)
-    .bind(&fence.worker_id)
+    .bind_fence(fence)
     .bind(step)
     .execute(pool)
     .await?;
@@ -184,9 +178,7 @@ pub async fn apply_retention(
          returning c.path"
     );
     let paths: Vec<String> = sqlx::query_scalar(&sql)
-        .bind(fence.job_id)
-        .bind(fence.attempt)
-        .bind(&fence.worker_id)
+        .bind_fence(fence)
         .bind(keep_models.max(1))
         .fetch_all(pool)
         .await?;

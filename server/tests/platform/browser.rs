@@ -158,6 +158,20 @@ async fn text_of(c: &Client, css: &str) -> String {
     .to_string()
 }
 
+/// Clicks the element `loc` finds (`what` names it in a failure).
+async fn click(c: &Client, loc: Locator<'_>, what: &str) {
+    let e = c.find(loc).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+    e.click()
+        .await
+        .unwrap_or_else(|e| panic!("click {what}: {e}"));
+}
+
+/// The `src` of the preview image.
+async fn preview_src(c: &Client) -> Option<String> {
+    let img = c.find(Locator::Id("preview")).await.expect("preview");
+    img.attr("src").await.expect("src")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sign_in_submit_watch_and_download_in_chromium() {
     let data = common::open_tempdir("ifp-e2e-");
@@ -184,12 +198,7 @@ async fn sign_in_submit_watch_and_download_in_chromium() {
         .send_keys(TOKEN)
         .await
         .expect("type token");
-    c.find(Locator::Css("form button[type=submit]"))
-        .await
-        .expect("sign-in button")
-        .click()
-        .await
-        .expect("sign in");
+    click(&c, Locator::Css("form button[type=submit]"), "sign in").await;
     // The sign-in page has an h1 too: wait for the redirect itself.
     let t0 = Instant::now();
     while c.current_url().await.expect("url").path() != "/" {
@@ -207,12 +216,7 @@ async fn sign_in_submit_watch_and_download_in_chromium() {
     assert!(text_of(&c, "main").await.contains("No jobs yet"));
 
     // The form: the tiny preset, shortened; the preview follows the fields.
-    c.find(Locator::LinkText("New job"))
-        .await
-        .expect("new job link")
-        .click()
-        .await
-        .expect("open form");
+    click(&c, Locator::LinkText("New job"), "the New job link").await;
     c.wait()
         .for_element(Locator::Id("preview"))
         .await
@@ -227,13 +231,7 @@ async fn sign_in_submit_watch_and_download_in_chromium() {
         .set_by_name("save_freq", "30")
         .await
         .expect("save_freq");
-    let old_preview = c
-        .find(Locator::Id("preview"))
-        .await
-        .expect("preview")
-        .attr("src")
-        .await
-        .expect("src");
+    let old_preview = preview_src(&c).await;
     c.find(Locator::Id("f-noise_seed"))
         .await
         .expect("noise seed")
@@ -242,13 +240,7 @@ async fn sign_in_submit_watch_and_download_in_chromium() {
         .expect("noise seed 01");
     let t0 = Instant::now();
     loop {
-        let src = c
-            .find(Locator::Id("preview"))
-            .await
-            .expect("preview")
-            .attr("src")
-            .await
-            .expect("src");
+        let src = preview_src(&c).await;
         if src != old_preview && src.as_deref().is_some_and(|s| s.starts_with("blob:")) {
             break;
         }
@@ -259,12 +251,7 @@ async fn sign_in_submit_watch_and_download_in_chromium() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     shoot_full(&c, &shots, "new-job.png", 1280).await;
-    c.find(Locator::Id("submit-job"))
-        .await
-        .expect("submit")
-        .click()
-        .await
-        .expect("submit job");
+    click(&c, Locator::Id("submit-job"), "submit").await;
 
     // The job page updates itself until the job succeeds: the marker set on the window now
     // would vanish with a reload.

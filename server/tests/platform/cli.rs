@@ -5,7 +5,9 @@ use crate::common;
 
 use candle_core::Device;
 
-use common::{ifp, stderr};
+use std::path::Path;
+
+use common::{argv, ifp, stderr};
 
 #[test]
 fn train_help_lists_the_presets_and_flags() {
@@ -35,92 +37,28 @@ fn bad_inputs_exit_2_with_one_line() {
     let bad_yaml = dir.path().join("bad.yaml");
     std::fs::write(&bad_yaml, "DATA:\n  SAMPLE_RATIO: 2.0\n").expect("write");
     let out = dir.path().join("out");
-    let cases: Vec<(Vec<&str>, &str)> = vec![
+    let (bad, out) = (bad_yaml.as_path(), out.as_path());
+    let nowhere = std::path::Path::new("/nonexistent/data");
+    let cases = [
+        (argv("train --config {} --out {}", &[Path::new("/nonexistent/x.yaml"), out]), "/nonexistent/x.yaml"),
+        (argv("train --config huge --out {}", &[out]), "unknown preset"),
+        (argv("train --config {} --out {}", &[bad, out]), "DATA.SAMPLE_RATIO"),
+        (argv("train --config tiny --out {} --device tpu", &[out]), "--device"),
         (
-            vec![
-                "train",
-                "--config",
-                "/nonexistent/x.yaml",
-                "--out",
-                common::p(&out),
-            ],
-            "/nonexistent/x.yaml",
-        ),
-        (
-            vec!["train", "--config", "huge", "--out", common::p(&out)],
-            "unknown preset",
-        ),
-        (
-            vec![
-                "train",
-                "--config",
-                common::p(&bad_yaml),
-                "--out",
-                common::p(&out),
-            ],
-            "DATA.SAMPLE_RATIO",
-        ),
-        (
-            vec![
-                "train",
-                "--config",
-                "tiny",
-                "--out",
-                common::p(&out),
-                "--device",
-                "tpu",
-            ],
-            "--device",
-        ),
-        (
-            vec![
-                "forward",
-                "--config",
-                "tiny",
-                "--weights",
-                "/nonexistent/w.safetensors",
-                "--input",
-                common::p(&bad_yaml),
-                "--output",
-                common::p(&out),
-            ],
+            argv("forward --config tiny --weights {} --input {} --output {}", &[Path::new("/nonexistent/w.safetensors"), bad, out]),
             "/nonexistent/w.safetensors",
         ),
         (
-            vec![
-                "forward",
-                "--config",
-                "tiny",
-                "--weights",
-                common::p(&bad_yaml),
-                "--input",
-                common::p(&bad_yaml),
-                "--output",
-                common::p(&out),
-            ],
+            argv("forward --config tiny --weights {} --input {} --output {}", &[bad, bad, out]),
             "safetensors",
         ),
-        (vec!["bench", "--config", "tiny", "--steps", "0"], "--steps"),
+        (argv("bench --config tiny --steps 0", &[]), "--steps"),
         (
-            vec![
-                "serve",
-                "--data-dir",
-                common::p(&out),
-                "--datasets-dir",
-                "/nonexistent/data",
-            ],
+            argv("serve --data-dir {} --datasets-dir {}", &[out, nowhere]),
             "IFP_DATASETS_DIR /nonexistent/data",
         ),
         (
-            vec![
-                "worker",
-                "--database-url",
-                "postgres://nobody@127.0.0.1:1/none",
-                "--data-dir",
-                common::p(&out),
-                "--datasets-dir",
-                "/nonexistent/data",
-            ],
+            argv("worker --database-url postgres://nobody@127.0.0.1:1/none --data-dir {} --datasets-dir {}", &[out, nowhere]),
             "IFP_DATASETS_DIR /nonexistent/data",
         ),
     ];
@@ -147,17 +85,11 @@ fn forward_reproduces_the_golden_output() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("out.safetensors");
     let weights = g.join("restormer_tiny.safetensors");
-    let o = ifp(&[
-        "forward",
-        "--config",
-        common::p(&g.join("configs/restormer_tiny.yaml")),
-        "--weights",
-        common::p(&weights),
-        "--input",
-        common::p(&weights),
-        "--output",
-        common::p(&out),
-    ]);
+    let cfg = g.join("configs/restormer_tiny.yaml");
+    let o = ifp(&argv(
+        "forward --config {} --weights {} --input {} --output {}",
+        &[&cfg, &weights, &weights, &out],
+    ));
     assert!(o.status.success(), "{}", stderr(&o));
     let got = candle_core::safetensors::load(&out, &Device::Cpu).expect("output file");
     let want = candle_core::safetensors::load(&weights, &Device::Cpu).expect("golden");
@@ -189,15 +121,7 @@ fn train_writes_checkpoints_and_resumes() {
             .replace("SAVE_FREQ: 200", "SAVE_FREQ: 2"),
     )
     .expect("write");
-    let o = ifp(&[
-        "train",
-        "--config",
-        common::p(&cfg),
-        "--out",
-        common::p(&out),
-        "--steps",
-        "2",
-    ]);
+    let o = ifp(&argv("train --config {} --out {} --steps 2", &[&cfg, &out]));
     assert!(o.status.success(), "{}", stderr(&o));
     let log = stderr(&o);
     assert!(
@@ -213,27 +137,13 @@ fn train_writes_checkpoints_and_resumes() {
         assert!(out.join(f).is_file(), "missing {f}");
     }
     // A second run into the same folder must not silently overwrite it.
-    let o = ifp(&[
-        "train",
-        "--config",
-        common::p(&cfg),
-        "--out",
-        common::p(&out),
-        "--steps",
-        "4",
-    ]);
+    let o = ifp(&argv("train --config {} --out {} --steps 4", &[&cfg, &out]));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--resume"));
-    let o = ifp(&[
-        "train",
-        "--config",
-        common::p(&cfg),
-        "--out",
-        common::p(&out),
-        "--steps",
-        "4",
-        "--resume",
-    ]);
+    let o = ifp(&argv(
+        "train --config {} --out {} --steps 4 --resume",
+        &[&cfg, &out],
+    ));
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("resuming at step 2"), "{}", stderr(&o));
     assert!(out.join("model-000004.safetensors").is_file());
@@ -241,18 +151,11 @@ fn train_writes_checkpoints_and_resumes() {
 
 #[test]
 fn bench_ends_with_the_median() {
-    let o = ifp(&[
-        "bench", "--config", "tiny", "--batch", "1", "--size", "16", "--steps", "2",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let text = String::from_utf8_lossy(&o.stdout);
-    let last = text.trim().lines().last().expect("output");
-    let ms: f64 = last
-        .strip_prefix("step_ms ")
-        .expect("last line is step_ms")
-        .parse()
-        .expect("number");
-    assert!(ms > 0.0);
+    let o = ifp(&argv(
+        "bench --config tiny --batch 1 --size 16 --steps 2",
+        &[],
+    ));
+    common::bench_median_ms(&o);
 }
 
 #[test]
@@ -268,17 +171,14 @@ fn an_input_too_small_is_one_clear_line() {
     )
     .expect("save");
     let weights = g.join("restormer_tiny.safetensors");
-    let o = ifp(&[
-        "forward",
-        "--config",
-        common::p(&g.join("configs/restormer_tiny.yaml")),
-        "--weights",
-        common::p(&weights),
-        "--input",
-        common::p(&input),
-        "--output",
-        common::p(&dir.path().join("out.safetensors")),
-    ]);
+    let (cfg, out) = (
+        g.join("configs/restormer_tiny.yaml"),
+        dir.path().join("out.safetensors"),
+    );
+    let o = ifp(&argv(
+        "forward --config {} --weights {} --input {} --output {}",
+        &[&cfg, &weights, &input, &out],
+    ));
     let err = stderr(&o);
     assert!(!o.status.success());
     assert_eq!(err.matches("reflect padding").count(), 1, "{err}");

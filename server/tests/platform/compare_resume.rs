@@ -83,13 +83,7 @@ async fn a_comparison_whose_worker_dies_mid_arm_resumes_in_that_arm() {
     .await
     .unwrap();
     assert_eq!(steps, (9..=14).collect::<Vec<i64>>());
-    let resumed: Option<i64> = sqlx::query_scalar(
-        "select resumed_from_step from attempt where job_id = $1 and attempt = 2",
-    )
-    .bind(id)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let resumed = common::resumed_in_attempt_2(&pool, id).await;
     assert_eq!(resumed, Some(8));
 
     // The same numbers as a comparison that was never interrupted.

@@ -222,16 +222,16 @@ async fn pages_need_a_session_and_sign_in_sets_a_strict_cookie() {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert!(r.body.contains("not valid"), "{}", r.body);
 
+    // Alice signs in, asking to go on to `next`.
+    let alice_to = |next| {
+        [
+            ("token", site.alice.as_str()),
+            ("csrf", &csrf),
+            ("next", next),
+        ]
+    };
     let r = site
-        .post_form(
-            "/signin",
-            &pre,
-            &[
-                ("token", &site.alice),
-                ("csrf", &csrf),
-                ("next", "/jobs/new"),
-            ],
-        )
+        .post_form("/signin", &pre, &alice_to("/jobs/new"))
         .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     assert_eq!(r.location(), "/jobs/new");
@@ -262,15 +262,7 @@ async fn pages_need_a_session_and_sign_in_sets_a_strict_cookie() {
 
     // An open redirect through `next` is not possible.
     let r = site
-        .post_form(
-            "/signin",
-            &pre,
-            &[
-                ("token", &site.alice),
-                ("csrf", &csrf),
-                ("next", "//evil.example/"),
-            ],
-        )
+        .post_form("/signin", &pre, &alice_to("//evil.example/"))
         .await;
     assert_eq!(r.location(), "/");
 

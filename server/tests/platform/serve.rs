@@ -96,6 +96,18 @@ impl Server {
         serde_json::from_slice(&bytes).unwrap()
     }
 
+    /// Waits for job `id` to end, and checks that it succeeded, all `LONG` steps, in attempt 2.
+    fn wait_second_attempt_success(&self, id: &str) {
+        let done = self.wait_job(id, "the end", |j| {
+            !matches!(j["status"].as_str(), Some("queued" | "running"))
+        });
+        assert_eq!(done["status"], "succeeded", "{done}");
+        assert_eq!(
+            (done["attempt"].as_i64(), done["step"].as_i64()),
+            (Some(2), Some(LONG as i64))
+        );
+    }
+
     fn wait_job(&self, id: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
         let t0 = Instant::now();
         loop {
@@ -184,14 +196,7 @@ fn a_sigkilled_worker_process_s_job_is_resumed_by_another() {
     server.wait_job(&id, "a checkpoint", |j| j["step"].as_i64() >= Some(7));
     drop(first);
     let _second = Worker::start(&server);
-    let done = server.wait_job(&id, "the end", |j| {
-        !matches!(j["status"].as_str(), Some("queued" | "running"))
-    });
-    assert_eq!(done["status"], "succeeded", "{done}");
-    assert_eq!(
-        (done["attempt"].as_i64(), done["step"].as_i64()),
-        (Some(2), Some(LONG as i64))
-    );
+    server.wait_second_attempt_success(&id);
     let metrics = server.json("GET", &format!("/api/v1/jobs/{id}/metrics"), None);
     let attempt2: Vec<i64> = metrics
         .as_array()
@@ -316,14 +321,7 @@ fn a_job_survives_a_sigkilled_server_and_sigterm_stops_everything() {
 
     server.sigkill();
     let mut server = Server::start(&data);
-    let done = server.wait_job(&id, "the end", |j| {
-        !matches!(j["status"].as_str(), Some("queued" | "running"))
-    });
-    assert_eq!(done["status"], "succeeded", "{done}");
-    assert_eq!(
-        (done["attempt"].as_i64(), done["step"].as_i64()),
-        (Some(2), Some(LONG as i64))
-    );
+    server.wait_second_attempt_success(&id);
     let metrics = server.json("GET", &format!("/api/v1/jobs/{id}/metrics"), None);
     let first_of_2 = metrics
         .as_array()

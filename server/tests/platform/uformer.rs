@@ -11,7 +11,7 @@ use std::time::Instant;
 use candle_core::{DType, Device};
 use ifp_server::queue::{self, NewJob};
 
-use common::{ifp, stderr};
+use common::{argv, ifp, stderr};
 
 /// The golden `uformer_tiny` network (EMBED_DIM 8, depth 1 everywhere, window 4, 32x32) as a
 /// training job: batch 4, `steps` steps, LR as the tiny preset's (0.128 * 4 / 512 = 1e-3).
@@ -143,51 +143,28 @@ fn cli_train_bench_and_forward_take_a_uformer_config() {
     let cfg = dir.path().join("uformer.yaml");
     std::fs::write(&cfg, tiny_uformer_yaml(2)).expect("write");
     let out = dir.path().join("run");
-    let o = ifp(&[
-        "train",
-        "--config",
-        common::p(&cfg),
-        "--out",
-        common::p(&out),
-    ]);
+    let o = ifp(&argv("train --config {} --out {}", &[&cfg, &out]));
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(out.join("model-000002.safetensors").is_file());
     // The checkpoint runs through `ifp forward` (strict load, buffers included).
     let fwd = dir.path().join("fwd.safetensors");
-    let o = ifp(&[
-        "forward",
-        "--config",
-        common::p(&cfg),
-        "--weights",
-        common::p(&out.join("model-000002.safetensors")),
-        "--input",
-        common::p(&g.join("uformer_tiny.safetensors")),
-        "--output",
-        common::p(&fwd),
-    ]);
+    let (model, input) = (
+        out.join("model-000002.safetensors"),
+        g.join("uformer_tiny.safetensors"),
+    );
+    let o = ifp(&argv(
+        "forward --config {} --weights {} --input {} --output {}",
+        &[&cfg, &model, &input, &fwd],
+    ));
     assert!(o.status.success(), "{}", stderr(&o));
     let y = candle_core::safetensors::load(&fwd, &Device::Cpu).expect("output");
     assert_eq!(y["output"].dims(), [2, 3, 32, 32]);
 
     // `ifp bench` on the golden Uformer config at another size (IMAGE_SIZE follows --size).
-    let o = ifp(&[
-        "bench",
-        "--config",
-        common::p(&g.join("configs/uformer_tiny.yaml")),
-        "--batch",
-        "1",
-        "--size",
-        "64",
-        "--steps",
-        "2",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let text = String::from_utf8_lossy(&o.stdout);
-    let last = text.trim().lines().last().expect("output");
-    let ms: f64 = last
-        .strip_prefix("step_ms ")
-        .expect("last line is step_ms")
-        .parse()
-        .expect("number");
-    assert!(ms > 0.0);
+    let cfg = g.join("configs/uformer_tiny.yaml");
+    let o = ifp(&argv(
+        "bench --config {} --batch 1 --size 64 --steps 2",
+        &[&cfg],
+    ));
+    common::bench_median_ms(&o);
 }

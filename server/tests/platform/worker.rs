@@ -192,13 +192,7 @@ async fn a_rescued_job_resumes_from_the_dead_attempts_checkpoint() {
         metric_steps(&pool, job.id).await,
         vec![(6, 2), (7, 2), (8, 2)]
     );
-    let resumed: Option<i64> = sqlx::query_scalar(
-        "select resumed_from_step from attempt where job_id = $1 and attempt = 2",
-    )
-    .bind(job.id)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let resumed = common::resumed_in_attempt_2(&pool, job.id).await;
     assert_eq!(resumed, Some(5));
 
     // Exact resumption: the final weights equal those of an uninterrupted run.
@@ -294,13 +288,7 @@ async fn a_postgres_restart_mid_job_leaves_nothing_stuck() {
     stop_rescuer_tx.send(true).unwrap();
     assert_eq!(done.status, JobStatus::Succeeded, "{:?}", done.error);
     assert_eq!((done.attempt, done.step), (2, 300));
-    let resumed: Option<i64> = sqlx::query_scalar(
-        "select resumed_from_step from attempt where job_id = $1 and attempt = 2",
-    )
-    .bind(job.id)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let resumed = common::resumed_in_attempt_2(&pool, job.id).await;
     assert!(resumed.is_some_and(|s| s >= 5), "resumed from {resumed:?}");
     pool.close().await;
     tokio::task::spawn_blocking(move || drop(cluster))

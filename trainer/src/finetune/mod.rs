@@ -34,7 +34,7 @@ use crate::driver;
 use crate::error::{Result, TrainerError};
 use crate::eval::{self, metrics::Scores};
 use crate::optim::{AdamW, LrSchedule};
-use crate::train::{Control, PhaseTimes, Progress, StepStats, TrainOptions};
+use crate::train::{Control, Progress, StepStats, TrainOptions};
 
 const ENCODER_STREAM: u64 = 0xF17E_0E4C;
 const HEAD_STREAM: u64 = 0xF17E_4EAD;
@@ -198,17 +198,7 @@ impl Finetuner {
         self.loss_sum += o.loss;
         self.loss_n += 1;
         self.last = Some((batch.first_input, batch.first_target, pred.get(0)?.detach()));
-        Ok(StepStats {
-            loss: o.loss,
-            lr,
-            grad_norm: o.grad_norm,
-            phases: PhaseTimes {
-                data: t1 - t0,
-                forward: o.forward_done - t1,
-                backward: o.backward_done - o.forward_done,
-                optimizer: o.backward_done.elapsed(),
-            },
-        })
+        Ok(o.stats(lr, t0, t1))
     }
 
     /// Mean scores on the validation images (whole images or their centre crops).
@@ -229,17 +219,23 @@ impl Finetuner {
     }
 }
 
-/// A fine-tuning config in the form a resume compares: only the length and the print/save
-/// frequencies may change. The initial weights are compared by content, not by path: a platform
-/// job resumed in a new attempt finds its pre-trained encoder in the new attempt's folder.
-fn same_run_form(cfg: &FinetuneConfig) -> String {
-    let mut c = cfg.clone();
-    c.init = c.init.map(|p| PathBuf::from(checkpoint::content_id(&p)));
-    c.train.steps = None;
-    c.train.epochs = 0;
-    c.print_freq = 1;
-    c.save_freq = 1;
-    c.to_yaml()
+/// Only the length and the print/save frequencies may change on a resume. The initial weights
+/// are compared by content, not by path: a platform job resumed in a new attempt finds its
+/// pre-trained encoder in the new attempt's folder.
+impl driver::SameRun for FinetuneConfig {
+    fn from_stored(yaml: &str) -> std::result::Result<Self, String> {
+        serde_norway::from_str(yaml).map_err(|e| e.to_string())
+    }
+
+    fn same_run_form(&self) -> String {
+        let mut c = self.clone();
+        c.init = c.init.map(|p| PathBuf::from(checkpoint::content_id(&p)));
+        c.train.steps = None;
+        c.train.epochs = 0;
+        c.print_freq = 1;
+        c.save_freq = 1;
+        c.to_yaml()
+    }
 }
 
 /// Fine-tuning as the driver steps it.
@@ -292,17 +288,7 @@ impl driver::Run for Finetuner {
 
     /// Restores weights, optimiser, data streams, step and history from `dir` at `step`.
     fn restore(&mut self, dir: &Path, step: usize) -> Result<()> {
-        let (opt_state, state) = driver::load_state_for_resume(
-            dir,
-            step,
-            &self.device,
-            &same_run_form(&self.cfg),
-            |yaml| {
-                serde_norway::from_str::<FinetuneConfig>(yaml)
-                    .map(|c| same_run_form(&c))
-                    .map_err(|e| e.to_string())
-            },
-        )?;
+        let (opt_state, state) = driver::load_state_for_resume(dir, step, &self.device, &self.cfg)?;
         let weights = net::load_all(&checkpoint::model_path(dir, step), &self.device)?;
         let net = FinetuneNet::new(
             &self.cfg.model,
@@ -335,11 +321,8 @@ pub fn finetune(
     let total = cfg.total_steps();
     let parameters = ft.network().num_parameters()?;
     let (train_images, val_images) = (ft.data.len(), ft.val.len());
-    let cadence = driver::Cadence {
-        batch_size: cfg.data.batch_size,
-        save_freq: cfg.save_freq,
-    };
-    let run = driver::drive(&mut ft, total, cadence, opts, |tick| match tick {
+    let cadence = driver::Cadence::new(total, cfg.data.batch_size, cfg.save_freq);
+    let run = driver::drive(&mut ft, cadence, opts, |tick| match tick {
         driver::Tick::Started { start_step } => on_event(Event::Started {
             start_step,
             total_steps: total,

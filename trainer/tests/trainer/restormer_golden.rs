@@ -4,7 +4,7 @@
 
 use crate::common;
 
-use candle_core::{Device, Var};
+use candle_core::Device;
 use ifp_trainer::models::{load_weights, Network, WeightSource};
 use ifp_trainer::Config;
 
@@ -45,31 +45,7 @@ fn forward_matches_reference() {
 fn gradients_match_reference() {
     let (_, grad_tol) = common::parity_bounds(&common::test_device());
     let (_, g, net) = setup();
-    let input = Var::from_tensor(&g["input"]).expect("var");
-    let out = net.forward(input.as_tensor()).expect("forward");
-    let loss = (out * &g["probe"]).expect("mul").sum_all().expect("sum");
-    let grads = loss.backward().expect("backward");
-    let gi = grads.get(input.as_tensor()).expect("input grad");
-    let e = common::rel_l2(gi, &g["grad.input"]);
-    eprintln!("restormer_tiny: grad.input rel L2 {e:.3e}");
-    assert!(e < grad_tol, "input gradient error {e}");
-    let vars = net.vars().expect("vars");
-    assert_eq!(vars.len(), 131, "parameter count");
-    let mut worst = (0.0f64, String::new());
-    for (name, v) in &vars {
-        let grad = grads
-            .get(v.as_tensor())
-            .unwrap_or_else(|| panic!("parameter {name} received no gradient"));
-        let e = common::rel_l2(grad, &g[&format!("grad.{name}")]);
-        assert!(e < grad_tol, "gradient of {name}: rel L2 {e}");
-        if e > worst.0 {
-            worst = (e, name.clone());
-        }
-    }
-    eprintln!(
-        "restormer_tiny: worst parameter gradient rel L2 {:.3e} ({})",
-        worst.0, worst.1
-    );
+    common::check_gradients("restormer_tiny", &g, &net, 131, grad_tol);
 }
 
 #[test]

@@ -58,31 +58,7 @@ fn gradients_match_reference() {
     let (_, grad_tol) = common::parity_bounds(&common::test_device());
     for (name, cfg, count) in FILES {
         let (g, net) = setup(name, cfg);
-        let input = Var::from_tensor(&g["input"]).expect("var");
-        let out = net.forward(input.as_tensor()).expect("forward");
-        let loss = (out * &g["probe"]).expect("mul").sum_all().expect("sum");
-        let grads = loss.backward().expect("backward");
-        let gi = grads.get(input.as_tensor()).expect("input grad");
-        let e = common::rel_l2(gi, &g["grad.input"]);
-        eprintln!("{name}: grad.input rel L2 {e:.3e}");
-        assert!(e < grad_tol, "{name}: input gradient error {e}");
-        let vars = net.vars().expect("vars");
-        assert_eq!(vars.len(), count, "{name}: parameter count");
-        let mut worst = (0.0f64, String::new());
-        for (pname, v) in &vars {
-            let grad = grads
-                .get(v.as_tensor())
-                .unwrap_or_else(|| panic!("{name}: parameter {pname} received no gradient"));
-            let e = common::rel_l2(grad, &g[&format!("grad.{pname}")]);
-            assert!(e < grad_tol, "{name}: gradient of {pname}: rel L2 {e}");
-            if e > worst.0 {
-                worst = (e, pname.clone());
-            }
-        }
-        eprintln!(
-            "{name}: worst parameter gradient rel L2 {:.3e} ({})",
-            worst.0, worst.1
-        );
+        common::check_gradients(name, &g, &net, count, grad_tol);
     }
 }
 

@@ -130,11 +130,43 @@ pub async fn wait_for(
 }
 
 /// Runs the `ifp` binary with `args`.
-pub fn ifp(args: &[&str]) -> std::process::Output {
+pub fn ifp<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_ifp"))
         .args(args)
         .output()
         .expect("run ifp")
+}
+
+/// The arguments written in `template`, split at spaces, with each `{}` replaced by the next of
+/// `paths` (a path stays one argument, spaces and all).
+pub fn argv(template: &str, paths: &[&std::path::Path]) -> Vec<std::ffi::OsString> {
+    let mut next = paths.iter();
+    let args: Vec<std::ffi::OsString> = template
+        .split_whitespace()
+        .map(|w| match w {
+            "{}" => next.next().expect("a path for each {}").into(),
+            _ => w.into(),
+        })
+        .collect();
+    assert!(
+        next.next().is_none(),
+        "more paths than {{}} in `{template}`"
+    );
+    args
+}
+
+/// The median step time `ifp bench` printed as its last line, checked to be positive.
+pub fn bench_median_ms(o: &std::process::Output) -> f64 {
+    assert!(o.status.success(), "{}", stderr(o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let last = text.trim().lines().last().expect("output");
+    let ms: f64 = last
+        .strip_prefix("step_ms ")
+        .expect("last line is step_ms")
+        .parse()
+        .expect("number");
+    assert!(ms > 0.0, "{last}");
+    ms
 }
 
 /// A finished command's standard error, as text.
@@ -167,4 +199,13 @@ pub fn fake_checkpoint(
         state: file(format!("state-{step:06}.safetensors")),
         sample: Some(file(format!("sample-{step:06}.png"))),
     }
+}
+
+/// The step attempt 2 of job `id` resumed from (`None`: it started over).
+pub async fn resumed_in_attempt_2(pool: &sqlx::PgPool, id: uuid::Uuid) -> Option<i64> {
+    sqlx::query_scalar("select resumed_from_step from attempt where job_id = $1 and attempt = 2")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("attempt 2")
 }

@@ -116,3 +116,41 @@ pub fn cpu_run(dir: &std::path::Path, resume: bool) -> ifp_trainer::TrainOptions
         resume,
     }
 }
+
+/// Checks `net`'s gradients against the golden file `g` (from the PyTorch reference): the
+/// loss is `sum(net(input) * probe)`, and the input's and every parameter's gradient must be
+/// within `grad_tol` (relative L2) of the file's `grad.*` tensors. `count` is the number of
+/// parameters the network must have.
+pub fn check_gradients(
+    name: &str,
+    g: &std::collections::HashMap<String, Tensor>,
+    net: &ifp_trainer::models::Network,
+    count: usize,
+    grad_tol: f64,
+) {
+    let input = candle_core::Var::from_tensor(&g["input"]).expect("var");
+    let out = net.forward(input.as_tensor()).expect("forward");
+    let loss = (out * &g["probe"]).expect("mul").sum_all().expect("sum");
+    let grads = loss.backward().expect("backward");
+    let gi = grads.get(input.as_tensor()).expect("input grad");
+    let e = rel_l2(gi, &g["grad.input"]);
+    eprintln!("{name}: grad.input rel L2 {e:.3e}");
+    assert!(e < grad_tol, "{name}: input gradient error {e}");
+    let vars = net.vars().expect("vars");
+    assert_eq!(vars.len(), count, "{name}: parameter count");
+    let mut worst = (0.0f64, String::new());
+    for (pname, v) in &vars {
+        let grad = grads
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("{name}: parameter {pname} received no gradient"));
+        let e = rel_l2(grad, &g[&format!("grad.{pname}")]);
+        assert!(e < grad_tol, "{name}: gradient of {pname}: rel L2 {e}");
+        if e > worst.0 {
+            worst = (e, pname.clone());
+        }
+    }
+    eprintln!(
+        "{name}: worst parameter gradient rel L2 {:.3e} ({})",
+        worst.0, worst.1
+    );
+}

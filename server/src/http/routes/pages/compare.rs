@@ -16,41 +16,46 @@ use crate::http::state::AppState;
 use crate::jobs::compare::{CompareJob, MAX_SHOWCASE};
 use crate::jobs::spec::JobSpec;
 
+/// The training settings both examples share, after their `DATA` folders.
+macro_rules! example_tail {
+    () => {
+        "\
+  CROP: 40
+  BATCH_SIZE: 8
+  VAL_IMAGES: 4
+TRAIN:
+  STEPS: 500
+  WARMUP_EPOCHS: 50
+  BASE_LR: 1.0e-3
+SAVE_FREQ: 100
+SEED: 0
+"
+    };
+}
+
 /// The fine-tuning config the form starts with: sigma-25 denoising, CBSD68 crops, Kodak24 test.
-pub(super) const DENOISE: &str = "\
+pub(super) const DENOISE: &str = concat!(
+    "\
 # Denoising, sigma 25: train on CBSD68 crops, test on Kodak24.
 # Folders are relative to the server's datasets folder.
 DATA:
   TRAIN_DIR: clean/CBSD68
   TEST_DIR: clean/Kodak24
   NOISE_SIGMA: 25
-  CROP: 40
-  BATCH_SIZE: 8
-  VAL_IMAGES: 4
-TRAIN:
-  STEPS: 500
-  WARMUP_EPOCHS: 50
-  BASE_LR: 1.0e-3
-SAVE_FREQ: 100
-SEED: 0
-";
+",
+    example_tail!()
+);
 
 /// Deraining on Rain100H, every 5th pair held out for testing.
-const DERAIN: &str = "\
+const DERAIN: &str = concat!(
+    "\
 # Deraining: Rain100H pairs (input/ and target/), every 5th pair (name order) is a test pair.
 DATA:
   TRAIN_DIR: rain/Rain100H
   SPLIT_EVERY: 5
-  CROP: 40
-  BATCH_SIZE: 8
-  VAL_IMAGES: 4
-TRAIN:
-  STEPS: 500
-  WARMUP_EPOCHS: 50
-  BASE_LR: 1.0e-3
-SAVE_FREQ: 100
-SEED: 0
-";
+",
+    example_tail!()
+);
 
 /// Pre-training presets a comparison can start from (fine-tuning takes Restormer encoders).
 const PRESETS: [&str; 2] = ["tiny", "restormer-paper"];
