@@ -50,12 +50,17 @@ pub fn run(a: CompareArgs) -> Result<(), Failure> {
                     p.display()
                 )));
             }
-            if a.task.model.is_none() {
-                if let Some(m) =
-                    ifp_trainer::finetune::net::stored_model_config(p).map_err(classify)?
-                {
-                    ft.model = m;
+            let stored = ifp_trainer::finetune::net::stored_model_config(p).map_err(classify)?;
+            match stored {
+                Some(m) if a.task.model.is_none() => ft.model = m,
+                None if !a.task.names_model() => {
+                    return Err(Failure::usage(anyhow::anyhow!(
+                        "--model is required: {} has no stored config beside it to take the \
+                         network from",
+                        p.display()
+                    )))
                 }
+                _ => {}
             }
             Pretrain::Weights(p.clone())
         }

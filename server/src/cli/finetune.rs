@@ -16,7 +16,7 @@ pub struct TaskArgs {
     #[arg(long, value_name = "FILE")]
     pub ft_config: Option<PathBuf>,
     /// Pre-training config or preset whose MODEL tree describes the encoder (e.g. tiny);
-    /// defaults to the config stored in the initial weights, else the paper Restormer.
+    /// defaults to the config stored beside the initial weights (`ifp finetune` needs one of them).
     #[arg(long, value_name = "FILE|PRESET")]
     pub model: Option<String>,
     /// Training images: a folder with input/ and target/, or clean images (with --sigma/--blur).
@@ -115,15 +115,22 @@ impl TaskArgs {
         }
         c.validate()
             .map_err(|e| Failure::usage(anyhow::anyhow!("fine-tuning config: {e}")))?;
-        let paired = c.data.train_dir.join("input").is_dir();
-        if !paired && c.data.noise_sigma == 0.0 && c.data.blur_sigma == 0.0 {
-            return Err(Failure::usage(anyhow::anyhow!(
-                "--train {}: clean images need a degradation (--sigma and/or --blur), or give a \
-                 folder with input/ and target/",
-                c.data.train_dir.display()
-            )));
-        }
+        finetune::data::check_degradation(&c.data, std::path::Path::new("")).map_err(|e| {
+            Failure::usage(anyhow::anyhow!(
+                "{e} (flags: --train, --test, --sigma, --blur)"
+            ))
+        })?;
         Ok(c)
+    }
+}
+
+impl TaskArgs {
+    /// Whether the network is stated: `--model`, or a MODEL tree in `--ft-config`.
+    pub fn names_model(&self) -> bool {
+        self.model.is_some()
+            || self.ft_config.as_ref().is_some_and(|p| {
+                std::fs::read_to_string(p).is_ok_and(|t| FinetuneConfig::names_model(&t))
+            })
     }
 }
 
@@ -197,6 +204,22 @@ pub fn print_event(prefix: &str, print_freq: usize, ev: &Event<'_>) {
 
 pub fn run(a: FinetuneArgs) -> Result<(), Failure> {
     let mut cfg = a.task.config()?;
+    // `ifp finetune` scores validation images only: test settings would be silently ignored.
+    if let Some(t) = &cfg.data.test_dir {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--test {} (DATA.TEST_DIR): `ifp finetune` does not score a test set; use `ifp \
+             compare`, or `ifp eval` on the result",
+            t.display()
+        )));
+    }
+    if cfg.data.max_test_images != 0 {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--max-test-images {} (DATA.MAX_TEST_IMAGES): `ifp finetune` does not score a test \
+             set",
+            cfg.data.max_test_images
+        )));
+    }
+    let mut model_known = a.task.names_model();
     if let Some(p) = &a.init {
         if !p.is_file() {
             return Err(Failure::usage(anyhow::anyhow!(
@@ -208,8 +231,15 @@ pub fn run(a: FinetuneArgs) -> Result<(), Failure> {
         if a.task.model.is_none() {
             if let Some(m) = finetune::net::stored_model_config(p).map_err(classify)? {
                 cfg.model = m;
+                model_known = true;
             }
         }
+    }
+    if !model_known {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--model is required: name the network (a preset such as tiny, or a pre-training \
+             config), or give --init weights whose checkpoint folder stores it"
+        )));
     }
     let device = parse_device(&a.device)?;
     let opts = run_options(&a.out, device, a.resume)?;

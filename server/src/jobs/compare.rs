@@ -169,6 +169,7 @@ mod tests {
     fn ft(train: &str) -> FinetuneConfig {
         let mut f = FinetuneConfig::default();
         f.data.train_dir = train.into();
+        f.data.noise_sigma = 25.0;
         f
     }
 

@@ -4,6 +4,7 @@
 
 use std::path::{Component, Path};
 
+use ifp_trainer::config::ConfigError;
 use ifp_trainer::finetune::FinetuneConfig;
 
 use crate::error::{Error, Result};
@@ -23,8 +24,8 @@ pub fn root(datasets: Option<&Path>) -> Result<&Path> {
 pub const WORKER_HAS_NONE: &str =
     "this worker has no datasets folder for fine-tuning data (set IFP_DATASETS_DIR)";
 
-/// Checks what every fine-tuning job needs: a Restormer encoder, and data folders that exist
-/// under `root`.
+/// Checks what every fine-tuning job needs: a Restormer encoder, data folders that exist under
+/// `root`, and a degradation that fits them (clean images need one, paired ones take none).
 pub fn check_task(ft: &FinetuneConfig, root: &Path) -> Result<()> {
     if ft.model.kind != ifp_trainer::config::ModelType::Restormer {
         return Err(Error::invalid(
@@ -36,7 +37,12 @@ pub fn check_task(ft: &FinetuneConfig, root: &Path) -> Result<()> {
     if let Some(t) = &ft.data.test_dir {
         check_folder(root, "FINETUNE.DATA.TEST_DIR", t)?;
     }
-    Ok(())
+    ifp_trainer::finetune::data::check_degradation(&ft.data, root).map_err(|e| match e {
+        ConfigError::Invalid { path, message } => {
+            Error::invalid(Some(&format!("FINETUNE.{path}")), message)
+        }
+        other => Error::invalid(Some("finetune"), other.to_string()),
+    })
 }
 
 /// Points a fine-tuning config's data folders at this machine's datasets folder.

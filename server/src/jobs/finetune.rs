@@ -22,8 +22,11 @@ pub struct FinetuneJob {
 impl FinetuneJob {
     /// Checks a submission. `init` is the initial encoder: a pre-training job's model file
     /// (relative to the artifact store) and that job's network, or `None` for from scratch.
+    /// `model_stated`: the submitted config has a `MODEL` tree; without an initial job it must,
+    /// since the network is always stated or inherited, never a silent default.
     pub fn new(
         mut finetune: FinetuneConfig,
+        model_stated: bool,
         init: Option<(String, ifp_trainer::config::ModelConfig)>,
         datasets: Option<&Path>,
     ) -> Result<Self> {
@@ -34,9 +37,49 @@ impl FinetuneJob {
                 "name the pre-training job with `init_job` instead of a path",
             ));
         }
-        if let Some((path, model)) = init {
-            finetune.model = model;
-            finetune.init = Some(path.into());
+        // A finetune job scores its validation images only: test settings would be ignored.
+        let d = &finetune.data;
+        if let Some(t) = &d.test_dir {
+            return Err(Error::invalid(
+                Some("FINETUNE.DATA.TEST_DIR"),
+                format!(
+                    "`{}`: a finetune job does not score a test set (it picks its best \
+                     checkpoint on validation images); leave TEST_DIR out, or submit a compare \
+                     job, which scores its arms on it",
+                    t.display()
+                ),
+            ));
+        }
+        if d.max_test_images != 0 {
+            return Err(Error::invalid(
+                Some("FINETUNE.DATA.MAX_TEST_IMAGES"),
+                format!(
+                    "{}: a finetune job does not score a test set; leave it out",
+                    d.max_test_images
+                ),
+            ));
+        }
+        match init {
+            Some((path, model)) => {
+                let same = model.kind == finetune.model.kind
+                    && model.restormer == finetune.model.restormer;
+                if model_stated && !same {
+                    return Err(Error::invalid(
+                        Some("FINETUNE.MODEL"),
+                        "differs from the initial job's network: leave MODEL out to inherit it",
+                    ));
+                }
+                finetune.model = model;
+                finetune.init = Some(path.into());
+            }
+            None if !model_stated => {
+                return Err(Error::invalid(
+                    Some("FINETUNE.MODEL"),
+                    "state the network: give `init_job` (its network is inherited) or a MODEL \
+                     tree (e.g. the `tiny` preset's); there is no default network",
+                ));
+            }
+            None => {}
         }
         datasets::check_task(&finetune, root)?;
         Ok(FinetuneJob { finetune })

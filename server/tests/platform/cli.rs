@@ -39,6 +39,13 @@ fn bad_inputs_exit_2_with_one_line() {
     let out = dir.path().join("out");
     let (bad, out) = (bad_yaml.as_path(), out.as_path());
     let nowhere = std::path::Path::new("/nonexistent/data");
+    let data = common::datasets();
+    let (clean, kodak, rain) = (
+        data.join("clean/CBSD68"),
+        data.join("clean/Kodak24"),
+        data.join("rain/Rain100H"),
+    );
+    let (clean, kodak, rain) = (clean.as_path(), kodak.as_path(), rain.as_path());
     let cases = [
         (argv("train --config {} --out {}", &[Path::new("/nonexistent/x.yaml"), out]), "/nonexistent/x.yaml"),
         (argv("train --config huge --out {}", &[out]), "unknown preset"),
@@ -60,6 +67,23 @@ fn bad_inputs_exit_2_with_one_line() {
         (
             argv("worker --database-url postgres://nobody@127.0.0.1:1/none --data-dir {} --datasets-dir {}", &[out, nowhere]),
             "IFP_DATASETS_DIR /nonexistent/data",
+        ),
+        // Fine-tuning states its network, degrades only clean images, and takes no test set.
+        (
+            argv("finetune --train {} --sigma 25 --out {}", &[clean, out]),
+            "--model is required",
+        ),
+        (
+            argv("finetune --model tiny --train {} --out {}", &[clean, out]),
+            "nothing to restore",
+        ),
+        (
+            argv("finetune --model tiny --train {} --sigma 25 --out {}", &[rain, out]),
+            "DATA.NOISE_SIGMA",
+        ),
+        (
+            argv("finetune --model tiny --train {} --sigma 25 --test {} --out {}", &[clean, kodak, out]),
+            "does not score a test set",
         ),
     ];
     for (args, needle) in cases {

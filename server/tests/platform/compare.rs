@@ -62,6 +62,19 @@ pub(crate) fn finetune(train_dir: &str) -> Value {
     })
 }
 
+/// A `finetune` job's fine-tuning config: [`finetune`] without the test-set keys, which only a
+/// comparison uses (a finetune job refuses them).
+pub(crate) fn finetune_job(train_dir: &str, model: Option<Value>) -> Value {
+    let mut v = finetune(train_dir);
+    let data = v["DATA"].as_object_mut().unwrap();
+    data.remove("TEST_DIR");
+    data.remove("MAX_TEST_IMAGES");
+    if let Some(m) = model {
+        v["MODEL"] = m;
+    }
+    v
+}
+
 /// A browser session of the admin (the cookie value).
 async fn admin_session(pool: &sqlx::PgPool) -> String {
     let admin = ifp_server::tokens::Caller {
@@ -109,6 +122,27 @@ async fn compare_submissions_are_checked() {
         (
             json!({"kind": "compare", "config": pretrain(), "finetune": finetune("clean/CBSD68"), "showcase": 11}),
             "showcase",
+        ),
+        // Clean images with no degradation: nothing to restore.
+        (
+            json!({"kind": "compare", "config": pretrain(),
+                   "finetune": {"DATA": {"TRAIN_DIR": "clean/CBSD68", "TEST_DIR": "clean/Kodak24"}}}),
+            "FINETUNE.DATA.TRAIN_DIR",
+        ),
+        // Noise on top of paired, already rainy inputs.
+        (
+            json!({"kind": "compare", "config": pretrain(), "finetune": finetune("rain/Rain100H")}),
+            "FINETUNE.DATA.NOISE_SIGMA",
+        ),
+        // A finetune job scores no test set: the test keys would be ignored.
+        (
+            json!({"kind": "finetune", "finetune": finetune("clean/CBSD68")}),
+            "FINETUNE.DATA.TEST_DIR",
+        ),
+        // Neither an initial job nor a MODEL: no silent paper-sized network.
+        (
+            json!({"kind": "finetune", "finetune": finetune_job("clean/CBSD68", None)}),
+            "FINETUNE.MODEL",
         ),
     ] {
         let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(bad.clone())).await;
@@ -353,7 +387,7 @@ async fn a_finetune_job_starts_from_a_finished_pretraining_job() {
     let pre_id = pre["id"].as_str().unwrap().to_string();
     let body = |init: &str| {
         json!({"kind": "finetune", "name": "ft", "init_job": init,
-               "finetune": finetune("clean/CBSD68")})
+               "finetune": finetune_job("clean/CBSD68", None)})
     };
     let pre = wait(pre_id.clone()).await;
     assert_eq!(pre["status"], "succeeded", "{pre}");
@@ -362,7 +396,7 @@ async fn a_finetune_job_starts_from_a_finished_pretraining_job() {
         "POST",
         "/api/v1/jobs",
         Some(json!({"kind": "finetune",
-        "preset": "tiny", "finetune": finetune("clean/CBSD68")})),
+        "preset": "tiny", "finetune": finetune_job("clean/CBSD68", None)})),
     )
     .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
@@ -370,6 +404,16 @@ async fn a_finetune_job_starts_from_a_finished_pretraining_job() {
     let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(body(&other))).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(b.contains("init_job"), "{b}");
+
+    // A MODEL that is not the initial job's network is refused; the job inherits it instead.
+    let mut paper = ifp_trainer::config::ModelConfig::default();
+    paper.decoder.in_nc = paper.restormer.out_channels;
+    let mut other_net = body(&pre_id);
+    other_net["finetune"] =
+        finetune_job("clean/CBSD68", Some(serde_json::to_value(paper).unwrap()));
+    let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(other_net)).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert!(b.contains("FINETUNE.MODEL") && b.contains("inherit"), "{b}");
 
     let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(body(&pre_id))).await;
     assert_eq!(s, StatusCode::CREATED, "{b}");

@@ -163,6 +163,13 @@ impl FinetuneConfig {
         Ok(cfg)
     }
 
+    /// Whether `text` (YAML or JSON in this schema) states the network: a `MODEL` tree. A
+    /// fine-tuning run must state it or inherit it from its initial weights; the schema's
+    /// default (the 26.5M-parameter paper Restormer) is never picked silently.
+    pub fn names_model(text: &str) -> bool {
+        crate::config::parse_yaml(text).is_ok_and(|v| v.get("MODEL").is_some())
+    }
+
     pub fn to_yaml(&self) -> String {
         serde_norway::to_string(self).unwrap_or_default()
     }

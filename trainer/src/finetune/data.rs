@@ -15,6 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
 use super::TaskData;
+use crate::config::ConfigError;
 use crate::data::crop::{crop, CropBox};
 use crate::data::image::{load_image, Image, CHANNELS};
 use crate::data::mask::MaskRngState;
@@ -96,7 +97,7 @@ pub fn list_set(dir: &Path) -> Result<Vec<Entry>> {
         });
     }
     let (inp, tgt) = (dir.join("input"), dir.join("target"));
-    let entries: Vec<Entry> = if inp.is_dir() && tgt.is_dir() {
+    let entries: Vec<Entry> = if is_paired(dir) {
         images_in(&tgt)?
             .into_iter()
             .map(|(name, target)| {
@@ -139,10 +140,65 @@ pub fn list_set(dir: &Path) -> Result<Vec<Entry>> {
     Ok(entries)
 }
 
+/// Whether `dir` holds paired data (`input/` and `target/` subfolders) rather than clean images.
+pub fn is_paired(dir: &Path) -> bool {
+    dir.join("input").is_dir() && dir.join("target").is_dir()
+}
+
+/// Refuses settings the data cannot mean: clean images with no degradation leave nothing to
+/// restore, and a synthetic degradation on paired data would degrade inputs that already are.
+/// Checked for `TRAIN_DIR` and, when given, `TEST_DIR` (folders relative to `root`); the error
+/// names the key at fault and the folder as the config gives it.
+pub fn check_degradation(d: &TaskData, root: &Path) -> std::result::Result<(), ConfigError> {
+    let degrades = d.noise_sigma > 0.0 || d.blur_sigma > 0.0;
+    let folders = [
+        ("DATA.TRAIN_DIR", Some(&d.train_dir)),
+        ("DATA.TEST_DIR", d.test_dir.as_ref()),
+    ];
+    for (key, dir) in folders {
+        let Some(dir) = dir else { continue };
+        let paired = is_paired(&root.join(dir));
+        let bad = |path: &str, message: String| {
+            Err(ConfigError::Invalid {
+                path: path.into(),
+                message,
+            })
+        };
+        if paired && degrades {
+            let (k, v) = if d.noise_sigma > 0.0 {
+                ("DATA.NOISE_SIGMA", d.noise_sigma)
+            } else {
+                ("DATA.BLUR_SIGMA", d.blur_sigma)
+            };
+            return bad(
+                k,
+                format!(
+                    "{v} would degrade the paired inputs of {key} {} a second time: their \
+                     input/ images are already degraded; set it to 0 for paired data",
+                    dir.display()
+                ),
+            );
+        }
+        if !paired && !degrades {
+            return bad(
+                key,
+                format!(
+                    "{} holds clean images and neither DATA.NOISE_SIGMA nor DATA.BLUR_SIGMA is \
+                     set, so there is nothing to restore: set a degradation (e.g. NOISE_SIGMA: \
+                     25) or give a folder with input/ and target/",
+                    dir.display()
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The fixed split: (train, validation, test). Without a test folder every `split_every`-th
 /// image of the training folder (1-based positions k, 2k, ...) is a test image. Validation
 /// takes `val_images` training images spread evenly over the remaining list.
 pub fn split(d: &TaskData) -> Result<(Vec<Entry>, Vec<Entry>, Vec<Entry>)> {
+    check_degradation(d, Path::new(""))?;
     let all = list_set(&d.train_dir)?;
     let (mut train, mut test) = match &d.test_dir {
         Some(t) => (all, list_set(t)?),

@@ -178,6 +178,57 @@ fn splits_are_fixed_and_paired_sets_are_recognised() {
 }
 
 #[test]
+fn a_degradation_must_fit_the_data() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let clean = few_clean(tmp.path(), 3);
+    let rain = common::data_dir().join("rain/Rain100H");
+    let mut d = FinetuneConfig::default().data;
+    let refused = |d: &finetune::TaskData, key: &str, needle: &str| {
+        let e = data::check_degradation(d, Path::new("")).expect_err("refused");
+        assert_eq!(e.key_path(), Some(key), "{e}");
+        assert!(e.to_string().contains(needle), "{e}");
+        // The run itself refuses it too, before reading an image.
+        let e = data::split(d).expect_err("split refused");
+        assert!(e.to_string().contains(key), "{e}");
+    };
+    // Clean images and no degradation: nothing to restore.
+    d.train_dir = clean.clone();
+    refused(&d, "DATA.TRAIN_DIR", "nothing to restore");
+    // Noise or blur on paired data would degrade the degraded inputs again.
+    d.train_dir = rain.clone();
+    d.noise_sigma = 25.0;
+    refused(&d, "DATA.NOISE_SIGMA", "25");
+    d.noise_sigma = 0.0;
+    d.blur_sigma = 1.5;
+    refused(&d, "DATA.BLUR_SIGMA", "1.5");
+    // A clean test folder next to paired training data has nothing to restore either.
+    d.blur_sigma = 0.0;
+    d.test_dir = Some(clean.clone());
+    refused(&d, "DATA.TEST_DIR", "nothing to restore");
+    // What fits: paired data as it is, clean data with a degradation; a relative folder is
+    // found under the given root.
+    d.test_dir = None;
+    data::check_degradation(&d, Path::new("")).expect("paired, no degradation");
+    d.train_dir = PathBuf::from("clean");
+    d.noise_sigma = 15.0;
+    data::check_degradation(&d, tmp.path()).expect("clean + noise");
+    d.noise_sigma = 0.0;
+    let e = data::check_degradation(&d, tmp.path()).expect_err("clean, relative");
+    assert_eq!(e.key_path(), Some("DATA.TRAIN_DIR"), "{e}");
+}
+
+#[test]
+fn a_config_states_its_network_only_with_a_model_tree() {
+    assert!(FinetuneConfig::names_model("MODEL:\n  TYPE: restormer\n"));
+    assert!(FinetuneConfig::names_model("{\"MODEL\": {}, \"SEED\": 1}"));
+    assert!(!FinetuneConfig::names_model("DATA:\n  TRAIN_DIR: x\n"));
+    assert!(!FinetuneConfig::names_model(
+        "# MODEL: in a comment only\nSEED: 1\n"
+    ));
+    assert!(!FinetuneConfig::names_model(""));
+}
+
+#[test]
 fn tiny_compare_writes_json_and_csv() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let train = few_clean(tmp.path(), 5);

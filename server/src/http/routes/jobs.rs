@@ -151,7 +151,7 @@ pub async fn create(
                      `init_job` or the fine-tuning config's MODEL",
                 ));
             }
-            let ft = parse_finetune(&body)?;
+            let (ft, model_stated) = parse_finetune(&body)?;
             let init = match body.init_job {
                 Some(id) => Some(
                     service::init_from_job(&state.pool, &submission.owner, &id.to_string()).await?,
@@ -160,6 +160,7 @@ pub async fn create(
             };
             JobSpec::Finetune(Box::new(FinetuneJob::new(
                 ft,
+                model_stated,
                 init,
                 state.datasets.as_deref(),
             )?))
@@ -173,7 +174,7 @@ pub async fn create(
         JobKind::Pretrain => JobSpec::Pretrain(Box::new(parse_config(&body)?)),
         JobKind::Compare => {
             let cfg = parse_config(&body)?;
-            let ft = parse_finetune(&body)?;
+            let (ft, _) = parse_finetune(&body)?;
             JobSpec::Compare(Box::new(CompareJob::new(
                 cfg,
                 ft,
@@ -186,8 +187,9 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(job)))
 }
 
-/// The fine-tuning config of a `compare` submission; errors name `FINETUNE.<key>`.
-pub fn parse_finetune(body: &CreateJob) -> Result<FinetuneConfig> {
+/// The fine-tuning config of a `finetune` or `compare` submission, and whether it states the
+/// network (a `MODEL` tree); errors name `FINETUNE.<key>`.
+pub fn parse_finetune(body: &CreateJob) -> Result<(FinetuneConfig, bool)> {
     let text = match (&body.finetune, &body.finetune_yaml) {
         (Some(v), None) => v.to_string(),
         (None, Some(y)) => y.clone(),
@@ -198,13 +200,14 @@ pub fn parse_finetune(body: &CreateJob) -> Result<FinetuneConfig> {
             ))
         }
     };
-    FinetuneConfig::from_yaml(&text).map_err(|e| Error::Invalid {
+    let cfg = FinetuneConfig::from_yaml(&text).map_err(|e| Error::Invalid {
         key_path: Some(match e.key_path() {
             Some(k) => format!("FINETUNE.{k}"),
             None => "finetune".into(),
         }),
         message: format!("fine-tuning config: {e}"),
-    })
+    })?;
+    Ok((cfg, FinetuneConfig::names_model(&text)))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

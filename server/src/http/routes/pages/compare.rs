@@ -46,6 +46,20 @@ DATA:
     example_tail!()
 );
 
+/// The fine-tune form's example: the same denoising task without a test set (a finetune job
+/// picks its best checkpoint on validation images and scores no test set).
+pub(super) const FINETUNE_DENOISE: &str = concat!(
+    "\
+# Denoising, sigma 25, on CBSD68 crops (every 5th image is held out, as in a comparison).
+# Folders are relative to the server's datasets folder. Without a pre-training job to start
+# from, add the network's MODEL tree.
+DATA:
+  TRAIN_DIR: clean/CBSD68
+  NOISE_SIGMA: 25
+",
+    example_tail!()
+);
+
 /// Deraining on Rain100H, every 5th pair held out for testing.
 const DERAIN: &str = concat!(
     "\

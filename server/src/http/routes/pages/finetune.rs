@@ -56,7 +56,7 @@ pub async fn show(State(state): State<AppState>, viewer: Viewer) -> PageResult<R
     let f = FinetuneForm {
         name: "fine-tune: denoising".into(),
         init_job: choices.first().map(|c| c.id.clone()).unwrap_or_default(),
-        finetune_yaml: super::compare::DENOISE.into(),
+        finetune_yaml: super::compare::FINETUNE_DENOISE.into(),
         priority: "0".into(),
         ..Default::default()
     };
@@ -117,7 +117,8 @@ pub async fn submit_form(
                 )
             }
         };
-        let job = FinetuneJob::new(ft, init, state.datasets.as_deref())?;
+        let stated = ifp_trainer::finetune::FinetuneConfig::names_model(&f.finetune_yaml);
+        let job = FinetuneJob::new(ft, stated, init, state.datasets.as_deref())?;
         let spec = JobSpec::Finetune(Box::new(job));
         viewer.submit(&state, &f.name, priority, spec).await
     }
