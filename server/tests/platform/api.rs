@@ -339,7 +339,7 @@ async fn bad_input_gets_clear_4xx_and_writes_nothing() {
 }
 
 #[tokio::test]
-async fn queue_limits_control_characters_aliases_and_non_finite_numbers_are_refused() {
+async fn queue_limits_control_characters_aliases_sizes_and_non_finite_numbers_are_refused() {
     let api = setup().await;
     let nan_lr =
         "MODEL: {TYPE: restormer}\nDATA: {IMG_SIZE: 16}\nTRAIN: {STEPS: 4, BASE_LR: .nan}\n";
@@ -361,6 +361,23 @@ async fn queue_limits_control_characters_aliases_and_non_finite_numbers_are_refu
         (
             json!({"config_yaml": "a: &a [x, x]\nTAG: *a\n"}),
             "config_yaml",
+        ),
+        // Sizes and counts beyond any sane run (the campaign's examples).
+        (
+            json!({"config": {"MODEL": {"RESTORMER": {"DIM": 1_000_000}}}}),
+            "MODEL.RESTORMER.DIM",
+        ),
+        (
+            json!({"config": {"DATA": {"IMG_SIZE": 4096, "BATCH_SIZE": 1000}}}),
+            "DATA.IMG_SIZE",
+        ),
+        (
+            json!({"config": {"DATA": {"BATCH_SIZE": 4_611_686_018_427_387_904_u64}}}),
+            "DATA.BATCH_SIZE",
+        ),
+        (
+            json!({"config": {"TRAIN": {"STEPS": 1_000_000_000_000_u64}}}),
+            "TRAIN.STEPS",
         ),
     ] {
         let (s, v) = api

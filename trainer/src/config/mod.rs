@@ -12,6 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::loss::RecoverTarget;
 
+pub(crate) mod limits;
 mod train;
 pub(crate) mod validate;
 

@@ -105,6 +105,22 @@ fn impossible_values_name_path_and_value() {
             "MODEL.UFORMER.DEPTHS",
             "[1, 1, 1, 1, 1, 2, 2, 2, 2]",
         ),
+        // Sizes and counts have upper bounds, named with the bound.
+        (
+            "DATA:\n  BATCH_SIZE: 4611686018427387904\n",
+            "DATA.BATCH_SIZE",
+            "4611686018427387904 is above the limit of 1024",
+        ),
+        (
+            "TRAIN:\n  STEPS: 1000000000000\n",
+            "TRAIN.STEPS",
+            "limit of 10000000",
+        ),
+        (
+            "MODEL:\n  RESTORMER:\n    NUM_BLOCKS: [1, 1, 100, 1]\n",
+            "MODEL.RESTORMER.NUM_BLOCKS",
+            "100 is above the limit of 64",
+        ),
     ];
     for (yaml, path, value) in cases {
         let e = err(yaml);

@@ -7,6 +7,7 @@ impl Config {
     /// Checks the values that parsing alone cannot (ranges, cross-key consistency).
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_finite(self)?;
+        super::limits::check_limits(self)?;
         let bad = |path: &str, msg: String| Err(ConfigError::invalid(path, msg));
         let m = &self.model;
         if !(0.0..1.0).contains(&m.drop_path_rate) {

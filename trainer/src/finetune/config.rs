@@ -182,6 +182,7 @@ impl FinetuneConfig {
     /// running the pre-training validator on a config that carries it.
     pub fn validate(&self) -> Result<(), ConfigError> {
         crate::config::validate::check_finite(self)?;
+        crate::config::limits::check_limits(self)?;
         let bad = |path: &str, message: String| {
             Err(ConfigError::Invalid {
                 path: path.into(),
@@ -258,6 +259,29 @@ impl FinetuneConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_have_upper_bounds() {
+        for (yaml, key) in [
+            ("DATA: {TRAIN_DIR: x, CROP: 100000}", "DATA.CROP"),
+            (
+                "DATA: {TRAIN_DIR: x, BATCH_SIZE: 1000000}",
+                "DATA.BATCH_SIZE",
+            ),
+            (
+                "DATA: {TRAIN_DIR: x, NOISE_SIGMA: 1000}",
+                "DATA.NOISE_SIGMA",
+            ),
+            (
+                "DATA: {TRAIN_DIR: x}\nTRAIN: {STEPS: 100000000}",
+                "TRAIN.STEPS",
+            ),
+        ] {
+            let e = FinetuneConfig::from_yaml(yaml).expect_err(yaml);
+            assert_eq!(e.key_path(), Some(key), "{yaml}: {e}");
+            assert!(e.to_string().contains("above the limit"), "{yaml}: {e}");
+        }
+    }
 
     #[test]
     fn a_partly_given_tree_keeps_the_fine_tuning_defaults() {
