@@ -238,26 +238,50 @@ pub async fn pretrained_of(
     .await?)
 }
 
-/// A page of the jobs a caller may see (their own; all for admins), newest first, optionally of
-/// one status.
+/// A page of the jobs a caller may see (their own; all for admins), newest first, narrowed by
+/// `filter`.
 pub async fn list(
     pool: &PgPool,
     caller: &Caller,
-    status: Option<JobStatus>,
+    filter: &JobFilter,
     limit: i64,
     offset: i64,
 ) -> Result<Vec<Job>> {
     let owner = (!caller.is_admin).then_some(caller.name.as_str());
+    let pattern = filter.name.as_deref().map(like_pattern);
     let sql = format!(
         "select {JOB_COLUMNS} from job
          where ($1::text is null or status = $1) and ($2::text is null or owner = $2)
+           and ($5::text is null or name ilike $5 escape '\\')
          order by created_at desc, id desc limit $3 offset $4"
     );
     Ok(sqlx::query_as(&sql)
-        .bind(status)
+        .bind(filter.status)
         .bind(owner)
         .bind(limit)
         .bind(offset)
+        .bind(pattern)
         .fetch_all(pool)
         .await?)
+}
+
+/// Which jobs a list shows: by status, and by a part of the name (any case).
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub status: Option<JobStatus>,
+    pub name: Option<String>,
+}
+
+/// An ILIKE pattern matching names that contain `text` literally (`%`, `_` and `\` in it
+/// match themselves).
+fn like_pattern(text: &str) -> String {
+    let mut p = String::from("%");
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
 }

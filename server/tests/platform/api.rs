@@ -246,6 +246,51 @@ async fn create_get_and_list_jobs() {
         .call("GET", "/api/v1/jobs?limit=abc", Some(&api.alice), None)
         .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // By name: a part of it, any case; `%` and `_` are literal characters, not wildcards.
+    let names_for = |uri: &'static str| {
+        let api = &api;
+        async move {
+            let (s, v) = api.call("GET", uri, Some(&api.alice), None).await;
+            assert_eq!(s, StatusCode::OK, "{uri}: {v}");
+            let names: Vec<String> = v["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["name"].as_str().unwrap().to_string())
+                .collect();
+            names
+        }
+    };
+    assert_eq!(names_for("/api/v1/jobs?name=B").await, ["b"]);
+    assert_eq!(
+        names_for("/api/v1/jobs?name=%25").await,
+        Vec::<String>::new()
+    );
+    assert_eq!(names_for("/api/v1/jobs?name=_").await, Vec::<String>::new());
+    assert_eq!(
+        names_for("/api/v1/jobs?name=c&status=cancelled").await,
+        ["c"]
+    );
+    assert_eq!(names_for("/api/v1/jobs?name=").await, ["c", "b", "a"]);
+    // An unknown or misspelt parameter is refused, not ignored (it would list everything).
+    for uri in ["/api/v1/jobs?staus=queued", "/api/v1/jobs?name=a&page=2"] {
+        let (s, v) = api.call("GET", uri, Some(&api.alice), None).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{uri}: {v}");
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("unknown field"),
+            "{v}"
+        );
+    }
+    let long = format!("/api/v1/jobs?name={}", "x".repeat(201));
+    let (s, v) = api.call("GET", &long, Some(&api.alice), None).await;
+    assert_eq!(
+        (s, v["key_path"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("name"))
+    );
 }
 
 #[tokio::test]

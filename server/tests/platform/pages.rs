@@ -329,11 +329,64 @@ async fn jobs_list_shows_own_jobs_escaped_and_admins_see_all() {
     let rows = site.get("/jobs/rows", Some(&cookie)).await;
     assert!(rows.body.contains("alert(1)") && !rows.body.contains("<html"));
     let none = site.get("/?status=succeeded", Some(&cookie)).await;
-    assert!(none.body.contains("No jobs yet"), "{}", none.body);
+    assert!(none.body.contains("No jobs match"), "{}", none.body);
+
+    // Search by name (any case) keeps the status filter in its links and its live rows.
+    site.submit_api(&site.alice, "Denoise sigma 25").await;
+    let found = site.get("/?q=DENOISE", Some(&cookie)).await;
+    assert!(found.body.contains("Denoise sigma 25"), "{}", found.body);
+    assert!(!found.body.contains("alert(1)"), "{}", found.body);
+    assert!(
+        found
+            .body
+            .contains(r#"data-live="/jobs/rows?q=DENOISE&amp;page=1""#),
+        "{}",
+        found.body
+    );
+    assert!(
+        found
+            .body
+            .contains(r#"href="/?status=queued&#38;q=DENOISE""#),
+        "{}",
+        found.body
+    );
+    let rows = site.get("/jobs/rows?q=denoise", Some(&cookie)).await;
+    assert!(rows.body.contains("Denoise sigma 25") && !rows.body.contains("alert(1)"));
+    // An unreadable page or status shows the first page of everything, not an error.
+    let r = site.get("/?page=abc&status=nope", Some(&cookie)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("Denoise sigma 25") && r.body.contains("alert(1)"));
 
     let (admin, _) = site.sign_in(ADMIN).await;
     let r = site.get("/", Some(&admin)).await;
     assert!(r.body.contains("bobs-secret-job") && r.body.contains("alert(1)"));
+}
+
+#[tokio::test]
+async fn jobs_list_pages_through_every_job() {
+    let site = setup().await;
+    // 51 jobs: a page holds 50, newest first.
+    for k in 0..51 {
+        site.submit_api(&site.alice, &format!("job-{k:02}")).await;
+    }
+    let (cookie, _) = site.sign_in(&site.alice).await;
+    let first = site.get("/", Some(&cookie)).await;
+    assert!(first.body.contains("job-50") && first.body.contains("job-01"));
+    assert!(!first.body.contains("job-00<"), "the oldest is on page 2");
+    assert!(
+        first.body.contains(r#"href="/?page=2" rel="next""#),
+        "{}",
+        first.body
+    );
+    assert!(!first.body.contains(r#"rel="prev""#));
+    let second = site.get("/?page=2", Some(&cookie)).await;
+    assert!(second.body.contains("job-00<") && !second.body.contains("job-01<"));
+    assert!(
+        second.body.contains(r#"href="/?page=1" rel="prev""#),
+        "{}",
+        second.body
+    );
+    assert!(!second.body.contains(r#"rel="next""#));
 }
 
 #[tokio::test]

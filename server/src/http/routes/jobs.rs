@@ -210,11 +210,16 @@ pub fn parse_finetune(body: &CreateJob) -> Result<(FinetuneConfig, bool)> {
     Ok((cfg, FinetuneConfig::names_model(&text)))
 }
 
+/// The list's query parameters; any other parameter is refused (422) rather than ignored, so a
+/// misspelt filter does not silently list everything.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Only jobs with this status.
     pub status: Option<String>,
+    /// Only jobs whose name contains this text (any case; at most 200 characters).
+    pub name: Option<String>,
     /// Page size, 1 to 500 (default 50).
     pub limit: Option<i64>,
     pub offset: Option<i64>,
@@ -255,7 +260,19 @@ pub async fn list(
     if offset < 0 {
         return Err(Error::invalid(Some("offset"), "must not be negative"));
     }
-    let jobs = service::list(&state.pool, &caller, status, limit, offset).await?;
+    if let Some(n) = &p.name {
+        if n.chars().count() > 200 || n.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                Some("name"),
+                "must be at most 200 characters, without control characters",
+            ));
+        }
+    }
+    let filter = service::JobFilter {
+        status,
+        name: p.name.filter(|n| !n.is_empty()),
+    };
+    let jobs = service::list(&state.pool, &caller, &filter, limit, offset).await?;
     let next_offset = (jobs.len() as i64 == limit).then_some(offset + limit);
     Ok(Json(JobList { jobs, next_offset }))
 }

@@ -1,6 +1,6 @@
-//! `/`: the signed-in user's jobs (every job for an admin), newest first, with a status
-//! filter; `/jobs/rows` is the same table body alone, which the page's script re-fetches for
-//! live updates.
+//! `/`: the signed-in user's jobs (every job for an admin), newest first, a page at a time,
+//! with a status filter and a search by name; `/jobs/rows` is the same table body alone, which
+//! the page's script re-fetches for live updates.
 
 use askama::Template;
 use axum::extract::{Query, State};
@@ -16,8 +16,8 @@ use crate::http::state::AppState;
 use crate::http::views::{chart, fmt};
 use crate::jobs::service;
 
-/// The list shows this many jobs.
-const LIMIT: i64 = 100;
+/// A page of the list shows this many jobs.
+const LIMIT: i64 = 50;
 /// Points of each job's loss sparkline (bucket means over the run).
 const SPARK_POINTS: i32 = 40;
 
@@ -35,6 +35,8 @@ pub struct Row {
     pub spark: String,
     pub age: String,
     pub created: String,
+    /// Running time so far (or in all, once ended); empty before it starts.
+    pub duration: String,
     pub attempt: String,
 }
 
@@ -43,9 +45,18 @@ pub struct Row {
 struct JobsPage {
     layout: Layout,
     filter: String,
+    /// The name search as typed.
+    q: String,
     statuses: Vec<&'static str>,
     rows: Vec<Row>,
     limit: i64,
+    /// 1-based.
+    page: i64,
+    /// The query string of this view without `page` (for the pages' links and the live rows).
+    query: String,
+    has_next: bool,
+    /// A status, search or page narrows the list (an empty one is not "no jobs yet").
+    filtered: bool,
     show_owner: bool,
 }
 
@@ -53,18 +64,81 @@ impl JobsPage {
     fn is_filter(&self, s: &str) -> bool {
         self.filter == s
     }
+
+    /// The URL of page `n` of this view.
+    fn page_url(&self, n: i64) -> String {
+        let sep = if self.query.is_empty() { "" } else { "&" };
+        format!("/?{}{sep}page={n}", self.query)
+    }
+
+    /// The URL of this view's search with status `s` (empty: all).
+    fn status_url(&self, s: &str) -> String {
+        let q = Filter {
+            status: (!s.is_empty()).then(|| s.to_string()),
+            q: (!self.q.is_empty()).then(|| self.q.clone()),
+            page: None,
+        }
+        .query();
+        if q.is_empty() {
+            "/".into()
+        } else {
+            format!("/?{q}")
+        }
+    }
 }
 
 #[derive(Template)]
 #[template(path = "job_rows.html")]
 struct RowsFragment {
     rows: Vec<Row>,
+    filtered: bool,
     show_owner: bool,
 }
 
-#[derive(Deserialize)]
+/// The list's view: status, name search and page. Anything unreadable (an unknown status, a
+/// page that is not a number) falls back to the whole list rather than an error page.
+#[derive(Deserialize, Default)]
 pub struct Filter {
     status: Option<String>,
+    q: Option<String>,
+    page: Option<String>,
+}
+
+impl Filter {
+    fn status(&self) -> Option<JobStatus> {
+        self.status.as_deref().and_then(|s| s.parse().ok())
+    }
+
+    /// The name search, trimmed, bounded, without control characters (empty: none).
+    fn search(&self) -> String {
+        let q = self.q.as_deref().unwrap_or_default().trim();
+        q.chars().filter(|c| !c.is_control()).take(200).collect()
+    }
+
+    fn page(&self) -> i64 {
+        self.page
+            .as_deref()
+            .and_then(|p| p.parse::<i64>().ok())
+            .filter(|p| (1..=100_000).contains(p))
+            .unwrap_or(1)
+    }
+
+    fn is_narrowed(&self) -> bool {
+        self.status().is_some() || !self.search().is_empty() || self.page() > 1
+    }
+
+    /// This view's status and search as a query string (no page).
+    fn query(&self) -> String {
+        let search = self.search();
+        let mut pairs: Vec<(&str, &str)> = Vec::new();
+        if let Some(s) = self.status() {
+            pairs.push(("status", s.as_str()));
+        }
+        if !search.is_empty() {
+            pairs.push(("q", &search));
+        }
+        serde_urlencoded::to_string(pairs).unwrap_or_default()
+    }
 }
 
 /// `GET /`.
@@ -73,47 +147,52 @@ pub async fn list(
     viewer: Viewer,
     Query(f): Query<Filter>,
 ) -> PageResult<Response> {
-    let filter = valid_filter(f.status);
-    let rows = rows_for(&state, &viewer, filter).await?;
+    let (rows, has_next) = rows_for(&state, &viewer, &f).await?;
     let page = JobsPage {
         layout: Layout::new("Jobs", Some(&viewer)),
-        filter: filter
+        filter: f
+            .status()
             .map(JobStatus::as_str)
             .unwrap_or_default()
             .to_string(),
+        q: f.search(),
         statuses: JobStatus::VARIANTS.iter().map(|s| s.as_str()).collect(),
         rows,
         limit: LIMIT,
+        page: f.page(),
+        query: f.query(),
+        has_next,
+        filtered: f.is_narrowed(),
         show_owner: viewer.caller.is_admin,
     };
     Ok(render(&page))
 }
 
-/// `GET /jobs/rows`: the table body of `/` for the same filter.
+/// `GET /jobs/rows`: the table body of `/` for the same view.
 pub async fn rows(
     State(state): State<AppState>,
     viewer: Viewer,
     Query(f): Query<Filter>,
 ) -> PageResult<Response> {
-    let filter = valid_filter(f.status);
-    let rows = rows_for(&state, &viewer, filter).await?;
+    let (rows, _) = rows_for(&state, &viewer, &f).await?;
     Ok(render(&RowsFragment {
         rows,
+        filtered: f.is_narrowed(),
         show_owner: viewer.caller.is_admin,
     }))
 }
 
-/// An unknown status shows all jobs rather than an error page.
-fn valid_filter(s: Option<String>) -> Option<JobStatus> {
-    s.and_then(|s| s.parse().ok())
-}
-
-async fn rows_for(
-    state: &AppState,
-    viewer: &Viewer,
-    status: Option<JobStatus>,
-) -> PageResult<Vec<Row>> {
-    let jobs = service::list(&state.pool, &viewer.caller, status, LIMIT, 0).await?;
+/// The rows of the view's page, and whether a next page has any.
+async fn rows_for(state: &AppState, viewer: &Viewer, f: &Filter) -> PageResult<(Vec<Row>, bool)> {
+    let filter = service::JobFilter {
+        status: f.status(),
+        name: Some(f.search()).filter(|s| !s.is_empty()),
+    };
+    // One row more than a page says whether there is a next one.
+    let offset = (f.page() - 1) * LIMIT;
+    let mut jobs = service::list(&state.pool, &viewer.caller, &filter, LIMIT + 1, offset).await?;
+    let has_next = jobs.len() as i64 > LIMIT;
+    jobs.truncate(LIMIT as usize);
     let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
     // Bucket means over the whole run: a fixed-size sparkline however long the job is.
     let points: Vec<(Uuid, f64)> = sqlx::query_as(
@@ -128,7 +207,7 @@ async fn rows_for(
     .fetch_all(&state.pool)
     .await?;
     let now = Utc::now();
-    Ok(jobs
+    let rows = jobs
         .into_iter()
         .map(|j| {
             let losses: Vec<f64> = points
@@ -143,6 +222,10 @@ async fn rows_for(
                 spark: chart::sparkline(&losses),
                 age: fmt::age(j.created_at, now),
                 created: fmt::timestamp(j.created_at),
+                duration: j.started_at.map_or_else(String::new, |t0| {
+                    let t1 = j.finished_at.unwrap_or(now);
+                    fmt::duration((t1 - t0).num_milliseconds().max(0) as f64 / 1000.0)
+                }),
                 attempt: format!("{}/{}", j.attempt, j.max_attempts),
                 kind: j.kind.to_string(),
                 name: j.name,
@@ -152,5 +235,6 @@ async fn rows_for(
                 total_steps: j.total_steps,
             }
         })
-        .collect())
+        .collect();
+    Ok((rows, has_next))
 }
