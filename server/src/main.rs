@@ -7,6 +7,7 @@ mod cli;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 /// Process-wide settings for the CPU trainer, before any allocation or tensor op of ours.
@@ -40,6 +41,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,ifp_server=info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal: not in log files, pipes or journals.
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
     cli::run()
 }

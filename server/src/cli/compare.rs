@@ -29,13 +29,16 @@ pub struct CompareArgs {
     #[arg(long, value_name = "W.safetensors")]
     extra_arm: Option<PathBuf>,
     /// Test images rendered side by side (degraded | arms | target).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, value_name = "N", default_value_t = 3)]
     showcase: usize,
-    #[arg(long)]
+    /// Restore test images in overlapping tiles of this side, to bound memory (default: whole
+    /// images).
+    #[arg(long, value_name = "PIXELS")]
     tile: Option<usize>,
     /// Output folder; re-running the same command continues an interrupted comparison.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
+    /// Where to train: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
 }

@@ -22,37 +22,45 @@ pub struct TaskArgs {
     /// Training images: a folder with input/ and target/, or clean images (with --sigma/--blur).
     #[arg(long, value_name = "DIR")]
     pub train: Option<PathBuf>,
-    /// Test images; without it every --split-every-th training image is held out.
+    /// Test images (`ifp compare` only); without it every --split-every-th training image is
+    /// held out.
     #[arg(long, value_name = "DIR")]
     pub test: Option<PathBuf>,
+    /// Without --test, every K-th training image (natural name order) is a test image, never
+    /// trained on (default 5).
     #[arg(long, value_name = "K")]
     pub split_every: Option<usize>,
-    /// Gaussian noise sigma on the 0-255 scale for clean images (e.g. 25).
-    #[arg(long)]
+    /// Gaussian noise sigma on the 0-255 scale for clean images, e.g. 25 (default 0: none).
+    #[arg(long, value_name = "S")]
     pub sigma: Option<f64>,
-    /// Gaussian blur sigma in pixels for clean images.
-    #[arg(long)]
+    /// Gaussian blur sigma in pixels for clean images, before the noise (default 0: none).
+    #[arg(long, value_name = "S")]
     pub blur: Option<f64>,
-    /// Training crop side.
-    #[arg(long)]
+    /// Side of the square training crops (default 48).
+    #[arg(long, value_name = "PIXELS")]
     pub crop: Option<usize>,
-    #[arg(long)]
+    /// Training crops per step (default 4).
+    #[arg(long, value_name = "N")]
     pub batch: Option<usize>,
-    #[arg(long)]
+    /// Optimiser steps (default 1000).
+    #[arg(long, value_name = "N")]
     pub steps: Option<usize>,
-    /// Learning rate (unscaled).
+    /// Learning rate, the actual one: not scaled by the batch size (default 0.0003).
     #[arg(long)]
     pub lr: Option<f64>,
-    /// Validate and checkpoint every N steps.
+    /// Validate and checkpoint every N steps, and at the end (default 100).
     #[arg(long, value_name = "N")]
     pub save_freq: Option<usize>,
-    #[arg(long)]
+    /// Training images held out for validation, which picks the best checkpoint (default 4).
+    #[arg(long, value_name = "N")]
     pub val_images: Option<usize>,
-    #[arg(long)]
+    /// Centre crop side of the validation images; 0 = whole images (default 128).
+    #[arg(long, value_name = "PIXELS")]
     pub val_crop: Option<usize>,
-    /// Score only the first N test images.
+    /// Score only the first N test images (`ifp compare` only; default 0: all).
     #[arg(long, value_name = "N")]
     pub max_test_images: Option<usize>,
+    /// Seed of crops, flips, noise and freshly drawn weights (default 0).
     #[arg(long)]
     pub seed: Option<u64>,
 }
@@ -151,6 +159,7 @@ pub struct FinetuneArgs {
     /// Output folder for checkpoints and history.json.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
+    /// Where to train: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Continue from the newest complete checkpoint in --out.
@@ -260,4 +269,46 @@ pub fn run(a: FinetuneArgs) -> Result<(), Failure> {
         None => eprintln!("done: {} steps", s.run.steps_done),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every flag of `finetune` and `compare` says what it does, and a flag that overrides a
+    /// config value states the default it overrides, as the config's own default has it.
+    #[test]
+    fn every_flag_has_help_and_states_its_default() {
+        let d = ifp_trainer::finetune::FinetuneConfig::default();
+        let defaults = [
+            ("split-every", d.data.split_every.to_string()),
+            ("sigma", format!("{}", d.data.noise_sigma)),
+            ("blur", format!("{}", d.data.blur_sigma)),
+            ("crop", d.data.crop.to_string()),
+            ("batch", d.data.batch_size.to_string()),
+            ("steps", d.total_steps().to_string()),
+            ("lr", format!("{}", d.train.base_lr)),
+            ("save-freq", d.save_freq.to_string()),
+            ("val-images", d.data.val_images.to_string()),
+            ("val-crop", d.data.val_crop.to_string()),
+            ("max-test-images", d.data.max_test_images.to_string()),
+            ("seed", d.seed.to_string()),
+        ];
+        let cli = super::super::Cli::command();
+        for name in ["finetune", "compare"] {
+            let cmd = cli.find_subcommand(name).expect("subcommand");
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                assert!(!help.is_empty(), "ifp {name} --{id} has no help text");
+                let long = arg.get_long().unwrap_or_default();
+                if let Some((_, want)) = defaults.iter().find(|(f, _)| *f == long) {
+                    assert!(
+                        help.contains(&format!("default {want}")),
+                        "ifp {name} --{long}: `{help}` does not state the default {want}"
+                    );
+                }
+            }
+        }
+    }
 }

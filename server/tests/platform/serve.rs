@@ -148,22 +148,36 @@ impl Drop for Server {
     }
 }
 
-/// An `ifp worker` process; SIGKILLed on drop.
-struct Worker(Child);
+/// An `ifp worker` process; SIGKILLed on drop. Its log (stderr, at `info`) is collected.
+struct Worker(Child, std::sync::Arc<std::sync::Mutex<String>>);
 
 impl Worker {
     fn start(server: &Server) -> Worker {
-        Worker(
-            Command::new(env!("CARGO_BIN_EXE_ifp"))
-                .arg("worker")
-                .env("DATABASE_URL", &server.database_url)
-                .env("IFP_DATA_DIR", &server.data)
-                .env("IFP_LEASE_SECS", "3")
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ifp"))
+            .arg("worker")
+            .env("DATABASE_URL", &server.database_url)
+            .env("IFP_DATA_DIR", &server.data)
+            .env("IFP_LEASE_SECS", "3")
+            .env("RUST_LOG", "warn,ifp_server=info")
+            .env_remove("NO_COLOR")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (stderr, sink) = (child.stderr.take().unwrap(), log.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("worker: {line}");
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        Worker(child, log)
+    }
+
+    /// What it has logged so far.
+    fn log(&self) -> String {
+        self.1.lock().unwrap().clone()
     }
 }
 
@@ -194,6 +208,16 @@ fn a_sigkilled_worker_process_s_job_is_resumed_by_another() {
     let id = job["id"].as_str().unwrap().to_string();
     let first = Worker::start(&server);
     server.wait_job(&id, "a checkpoint", |j| j["step"].as_i64() >= Some(7));
+    // Its log went to a pipe, not a terminal: plain text without colour codes.
+    let log = first.log();
+    assert!(
+        log.contains("worker started") && log.contains("running job"),
+        "{log}"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a piped log: {log:?}"
+    );
     drop(first);
     let _second = Worker::start(&server);
     server.wait_second_attempt_success(&id);
