@@ -14,6 +14,7 @@ pub mod finetune;
 pub mod infer;
 pub mod kernels;
 pub mod loss;
+pub mod memory;
 pub mod models;
 pub mod optim;
 pub mod preview;

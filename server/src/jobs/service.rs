@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use ifp_trainer::config::DeviceClass;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -112,6 +113,7 @@ pub async fn submit(pool: &PgPool, artifacts: &Path, s: Submission, spec: &JobSp
             ),
         ));
     }
+    check_memory(pool, spec).await?;
     let total_steps = i64::try_from(spec.total_steps()).unwrap_or(0);
     if total_steps == 0 {
         return Err(Error::invalid(
@@ -263,6 +265,39 @@ pub async fn list(
         .bind(pattern)
         .fetch_all(pool)
         .await?)
+}
+
+/// Share of a worker's memory a run may plan to use: the rest is the operating system's and,
+/// for the in-process workers of `ifp serve`, the server's and its database's.
+const MEMORY_HEADROOM: f64 = 0.9;
+
+/// Refuses a run whose estimated peak memory exceeds what any live worker of its device class
+/// has. Without a registered worker there is nothing to check against: the job waits for one.
+async fn check_memory(pool: &PgPool, spec: &JobSpec) -> Result<()> {
+    let (need, key) = spec.peak_memory();
+    let class = spec.device_class();
+    let Some(have) = queue::largest_worker_memory(pool, class).await? else {
+        return Ok(());
+    };
+    let have = u64::try_from(have).unwrap_or(0);
+    if need as f64 > MEMORY_HEADROOM * have as f64 {
+        let human = ifp_trainer::memory::human;
+        let which = match class {
+            DeviceClass::Any => String::new(),
+            c => format!("{} ", c.as_str()),
+        };
+        return Err(Error::invalid(
+            Some(key),
+            format!(
+                "the run needs about {} at its peak (estimated from the network, the batch size \
+                 and the crop size), more than 90% of the {} of the largest live {which}worker: \
+                 lower the batch size or the crop size, or use a smaller network",
+                human(need),
+                human(have)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Which jobs a list shows: by status, and by a part of the name (any case).

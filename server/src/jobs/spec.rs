@@ -57,6 +57,26 @@ impl JobSpec {
     }
 
     /// The workers that may claim it (`TRAIN.DEVICE` of the config that trains first).
+    /// The run's estimated peak memory in bytes, and the key that most directly lowers it.
+    pub fn peak_memory(&self) -> (u64, &'static str) {
+        use ifp_trainer::memory::{finetune_peak_bytes, pretrain_peak_bytes};
+        match self {
+            JobSpec::Pretrain(c) => (pretrain_peak_bytes(c), "DATA.BATCH_SIZE"),
+            JobSpec::Finetune(j) => (finetune_peak_bytes(&j.finetune), "FINETUNE.DATA.BATCH_SIZE"),
+            JobSpec::Compare(j) => {
+                let (pre, ft) = (
+                    pretrain_peak_bytes(&j.pretrain),
+                    finetune_peak_bytes(&j.finetune),
+                );
+                if pre >= ft {
+                    (pre, "DATA.BATCH_SIZE")
+                } else {
+                    (ft, "FINETUNE.DATA.BATCH_SIZE")
+                }
+            }
+        }
+    }
+
     pub fn device_class(&self) -> DeviceClass {
         match self {
             JobSpec::Pretrain(c) => c.train.device,

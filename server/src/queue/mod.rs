@@ -165,6 +165,42 @@ pub async fn claim(pool: &PgPool, worker_id: &str, lease: Duration) -> Result<Op
     claim_on(pool, worker_id, lease, &WorkerDevice::cpu()).await
 }
 
+/// How long a worker counts as live after it last registered.
+pub const WORKER_SEEN_WITHIN_SECS: i64 = 600;
+
+/// Records (or refreshes) a worker's device class, name and memory: admission control checks
+/// submissions against the live workers' memory.
+pub async fn register_worker(pool: &PgPool, worker_id: &str, device: &WorkerDevice) -> Result<()> {
+    sqlx::query(
+        "insert into worker (id, device_class, device_name, memory_bytes) values ($1, $2, $3, $4)
+         on conflict (id) do update
+         set device_class = excluded.device_class, device_name = excluded.device_name,
+             memory_bytes = excluded.memory_bytes, updated_at = now()",
+    )
+    .bind(worker_id)
+    .bind(device.class.as_str())
+    .bind(&device.name)
+    .bind(device.memory)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The most memory of a live worker that may run a job of `class` (`any`: every worker), or
+/// `None` when no such worker has registered within [`WORKER_SEEN_WITHIN_SECS`] or none knows
+/// its memory.
+pub async fn largest_worker_memory(pool: &PgPool, class: DeviceClass) -> Result<Option<i64>> {
+    Ok(sqlx::query_scalar(
+        "select max(memory_bytes) from worker
+         where ($1 = 'any' or device_class = $1)
+           and updated_at > now() - make_interval(secs => $2)",
+    )
+    .bind(class.as_str())
+    .bind(WORKER_SEEN_WITHIN_SECS as f64)
+    .fetch_one(pool)
+    .await?)
+}
+
 /// Claims the next queued job (highest priority, then oldest) that `device` may run (device
 /// class `any` or its own class) for `worker_id`, or `None`, and records the device on the new
 /// attempt. Concurrent claimers skip each other's locked row instead of waiting on it.

@@ -59,6 +59,10 @@ pub fn attempt_dir(artifacts: &Path, job: uuid::Uuid, attempt: i32) -> PathBuf {
         .join(format!("attempt-{attempt}"))
 }
 
+/// How often a worker refreshes its registration (well within
+/// [`queue::WORKER_SEEN_WITHIN_SECS`]).
+const REGISTER_EVERY: Duration = Duration::from_secs(60);
+
 /// Claims and runs jobs until `shutdown` turns true. A job running at shutdown is stopped at its
 /// next step, checkpointed and given back to the queue.
 pub async fn run(pool: PgPool, cfg: WorkerConfig, mut shutdown: watch::Receiver<bool>) {
@@ -71,7 +75,15 @@ pub async fn run(pool: PgPool, cfg: WorkerConfig, mut shutdown: watch::Receiver<
     };
     let me = crate::worker::device::describe(&cfg.device);
     tracing::info!(worker = %cfg.worker_id, device = %me.class, name = ?me.name, "worker started");
+    let mut registered: Option<std::time::Instant> = None;
     while !*shutdown.borrow() {
+        // Say what this worker has, now and then, for admission control.
+        if registered.is_none_or(|t| t.elapsed() > REGISTER_EVERY) {
+            match queue::register_worker(&pool, &cfg.worker_id, &me).await {
+                Ok(()) => registered = Some(std::time::Instant::now()),
+                Err(e) => tracing::warn!(error = %e, "registering the worker failed; retrying"),
+            }
+        }
         match queue::claim_on(&pool, &cfg.worker_id, cfg.lease, &me).await {
             Ok(Some(job)) => {
                 let id = job.fence.job_id;

@@ -449,3 +449,42 @@ async fn queue_limits_control_characters_aliases_sizes_and_non_finite_numbers_ar
     let (_, list) = api.call("GET", "/api/v1/jobs", Some(ADMIN), None).await;
     assert_eq!(list["jobs"].as_array().map(Vec::len), Some(1), "{list}");
 }
+
+#[tokio::test]
+async fn a_run_too_big_for_every_live_worker_is_refused_with_its_estimate() {
+    let api = setup().await;
+    // Without a registered worker there is nothing to check against: it queues.
+    let big = json!({"config": {"MODEL": {"RESTORMER": {"DIM": 8}}, "DATA": {"IMG_SIZE": 256, "BATCH_SIZE": 64}}});
+    let (s, v) = api
+        .call("POST", "/api/v1/jobs", Some(&api.alice), Some(big.clone()))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    // A 4 GiB CPU worker cannot take a 256x256 x 64 step (about 40 GiB); a tiny job still fits.
+    let small = ifp_server::queue::WorkerDevice {
+        class: ifp_trainer::config::DeviceClass::Cpu,
+        name: Some("small".into()),
+        memory: Some(4 << 30),
+    };
+    ifp_server::queue::register_worker(&api.pool, "w-small", &small)
+        .await
+        .unwrap();
+    let (s, v) = api
+        .call("POST", "/api/v1/jobs", Some(&api.alice), Some(big))
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["key_path"], "DATA.BATCH_SIZE", "{v}");
+    let msg = v["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("GiB at its peak") && msg.contains("4.0 GiB"),
+        "{msg}"
+    );
+    let (s, v) = api
+        .call(
+            "POST",
+            "/api/v1/jobs",
+            Some(&api.alice),
+            Some(json!({"config_yaml": TINY})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+}

@@ -17,6 +17,7 @@ mod fallback;
 mod finetune;
 mod kernels;
 mod loss_golden;
+mod memory;
 mod optim_torch;
 mod restormer_golden;
 mod train_loop;
