@@ -44,7 +44,7 @@ pub struct CompareArgs {
 }
 
 pub fn run(a: CompareArgs) -> Result<(), Failure> {
-    let mut ft = a.task.config()?;
+    let (mut ft, model_stated) = a.task.config()?;
     let pretrain = match (&a.pretrain, &a.pretrained) {
         (_, Some(p)) => {
             if !p.is_file() {
@@ -53,17 +53,19 @@ pub fn run(a: CompareArgs) -> Result<(), Failure> {
                     p.display()
                 )));
             }
-            let stored = ifp_trainer::finetune::net::stored_model_config(p).map_err(classify)?;
-            match stored {
-                Some(m) if a.task.model.is_none() => ft.model = m,
-                None if !a.task.names_model() => {
-                    return Err(Failure::usage(anyhow::anyhow!(
-                        "--model is required: {} has no stored config beside it to take the \
-                         network from",
-                        p.display()
-                    )))
+            // Without --model, the weights' stored config gives the network.
+            if a.task.model.is_none() {
+                match ifp_trainer::finetune::net::stored_model_config(p).map_err(classify)? {
+                    Some(m) => ft.model = m,
+                    None if !model_stated => {
+                        return Err(Failure::usage(anyhow::anyhow!(
+                            "--model is required: {} has no stored config beside it to take \
+                             the network from",
+                            p.display()
+                        )))
+                    }
+                    None => {}
                 }
-                _ => {}
             }
             Pretrain::Weights(p.clone())
         }

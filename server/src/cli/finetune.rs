@@ -66,13 +66,16 @@ pub struct TaskArgs {
 }
 
 impl TaskArgs {
-    /// The config from `--ft-config` (or defaults) with the flags applied, validated.
-    pub fn config(&self) -> Result<FinetuneConfig, Failure> {
+    /// The config from `--ft-config` (or defaults) with the flags applied, validated, and
+    /// whether it states the network (`--model`, or a MODEL tree in `--ft-config`).
+    pub fn config(&self) -> Result<(FinetuneConfig, bool), Failure> {
+        let mut stated = self.model.is_some();
         let mut c = match &self.ft_config {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| {
                     Failure::usage(anyhow::anyhow!("--ft-config {}: {e}", p.display()))
                 })?;
+                stated |= FinetuneConfig::names_model(&text);
                 FinetuneConfig::from_yaml(&text).map_err(|e| {
                     Failure::usage(anyhow::anyhow!("--ft-config {}: {e}", p.display()))
                 })?
@@ -128,17 +131,7 @@ impl TaskArgs {
                 "{e} (flags: --train, --test, --sigma, --blur)"
             ))
         })?;
-        Ok(c)
-    }
-}
-
-impl TaskArgs {
-    /// Whether the network is stated: `--model`, or a MODEL tree in `--ft-config`.
-    pub fn names_model(&self) -> bool {
-        self.model.is_some()
-            || self.ft_config.as_ref().is_some_and(|p| {
-                std::fs::read_to_string(p).is_ok_and(|t| FinetuneConfig::names_model(&t))
-            })
+        Ok((c, stated))
     }
 }
 
@@ -212,7 +205,7 @@ pub fn print_event(prefix: &str, print_freq: usize, ev: &Event<'_>) {
 }
 
 pub fn run(a: FinetuneArgs) -> Result<(), Failure> {
-    let mut cfg = a.task.config()?;
+    let (mut cfg, mut model_known) = a.task.config()?;
     // `ifp finetune` scores validation images only: test settings would be silently ignored.
     if let Some(t) = &cfg.data.test_dir {
         return Err(Failure::usage(anyhow::anyhow!(
@@ -228,7 +221,6 @@ pub fn run(a: FinetuneArgs) -> Result<(), Failure> {
             cfg.data.max_test_images
         )));
     }
-    let mut model_known = a.task.names_model();
     if let Some(p) = &a.init {
         if !p.is_file() {
             return Err(Failure::usage(anyhow::anyhow!(
