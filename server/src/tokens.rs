@@ -1,5 +1,7 @@
-//! API tokens: generation, hashed storage and lookup. A token is shown once when created; the
-//! database keeps only its SHA-256, so a leaked database does not leak working tokens.
+//! API tokens: generation, hashed storage, lookup, listing and revocation. A token is shown once
+//! when created; the database keeps only its SHA-256, so a leaked database does not leak working
+//! tokens. A token may carry an expiry, and revoking it ends it (and the browser sessions opened
+//! with it) at once.
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -29,8 +31,14 @@ pub fn hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// Creates a token for user `name` and returns it (the only time it is visible).
-pub async fn create(pool: &PgPool, name: &str, is_admin: bool) -> Result<String> {
+/// Creates a token for user `name` and returns it (the only time it is visible). With
+/// `expires_in` the token stops working that long from now.
+pub async fn create(
+    pool: &PgPool,
+    name: &str,
+    is_admin: bool,
+    expires_in: Option<std::time::Duration>,
+) -> Result<String> {
     let name = name.trim();
     if name.is_empty() || name.len() > 100 {
         return Err(Error::invalid(
@@ -45,14 +53,31 @@ pub async fn create(pool: &PgPool, name: &str, is_admin: bool) -> Result<String>
             "`admin` is reserved for admin tokens",
         ));
     }
+    let expires_secs = match expires_in {
+        Some(d) if d.is_zero() || d > MAX_LIFETIME => {
+            return Err(Error::invalid(
+                Some("expires_in"),
+                format!(
+                    "a token's lifetime must be between 1 second and {} days, not {}",
+                    MAX_LIFETIME.as_secs() / 86_400,
+                    humantime::format_duration(d)
+                ),
+            ))
+        }
+        d => d.map(|d| d.as_secs_f64()),
+    };
     let token = generate();
-    sqlx::query("insert into api_token (id, name, token_hash, is_admin) values ($1, $2, $3, $4)")
-        .bind(Uuid::new_v4())
-        .bind(name)
-        .bind(hash(&token))
-        .bind(is_admin)
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "insert into api_token (id, name, token_hash, is_admin, expires_at)
+         values ($1, $2, $3, $4, now() + make_interval(secs => $5))",
+    )
+    .bind(Uuid::new_v4())
+    .bind(name)
+    .bind(hash(&token))
+    .bind(is_admin)
+    .bind(expires_secs)
+    .execute(pool)
+    .await?;
     Ok(token)
 }
 
@@ -71,10 +96,97 @@ pub async fn authenticate(
             is_admin: true,
         }));
     }
-    let row: Option<(String, bool)> =
-        sqlx::query_as("select name, is_admin from api_token where token_hash = $1")
-            .bind(&h)
-            .fetch_optional(pool)
-            .await?;
+    let row: Option<(String, bool)> = sqlx::query_as(&format!(
+        "select name, is_admin from api_token t where token_hash = $1 and {VALID}"
+    ))
+    .bind(&h)
+    .fetch_optional(pool)
+    .await?;
     Ok(row.map(|(name, is_admin)| Caller { name, is_admin }))
+}
+
+/// The longest lifetime `create` accepts (ten years): beyond that, leave the expiry out.
+pub const MAX_LIFETIME: std::time::Duration = std::time::Duration::from_secs(3650 * 86_400);
+
+/// The SQL condition (over `api_token t`) for a token that still works.
+pub(crate) const VALID: &str =
+    "t.revoked_at is null and (t.expires_at is null or t.expires_at > now())";
+
+/// A stored token as `ifp token list` shows it (never the token itself).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TokenInfo {
+    pub id: Uuid,
+    pub name: String,
+    pub is_admin: bool,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl TokenInfo {
+    /// `active`, `expired` or `revoked`.
+    pub fn state(&self) -> &'static str {
+        if self.revoked_at.is_some() {
+            "revoked"
+        } else if self.expires_at.is_some_and(|t| t <= chrono::Utc::now()) {
+            "expired"
+        } else {
+            "active"
+        }
+    }
+}
+
+/// Every stored token, oldest first (the configured admin token is not stored).
+pub async fn list(pool: &PgPool) -> Result<Vec<TokenInfo>> {
+    Ok(sqlx::query_as(
+        "select id, name, is_admin, created_at, expires_at, revoked_at from api_token
+         order by created_at, id",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Revokes the token whose id is `id` or starts with it (as `list` shows it; at least 8
+/// characters so a prefix cannot match by accident). Revoking twice is not an error; the
+/// token's first revocation time is kept.
+pub async fn revoke(pool: &PgPool, id: &str) -> Result<TokenInfo> {
+    let id = id.trim().to_ascii_lowercase();
+    if id.len() < 8 || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return Err(Error::invalid(
+            Some("id"),
+            format!(
+                "{id:?} is not a token id: give the id `ifp token list` shows (at least its \
+                 first 8 characters)"
+            ),
+        ));
+    }
+    // The id as text starts with the prefix; `-` and hex digits cannot form a LIKE pattern.
+    let ids: Vec<(Uuid,)> =
+        sqlx::query_as("select id from api_token where id::text like $1 || '%' limit 2")
+            .bind(&id)
+            .fetch_all(pool)
+            .await?;
+    let target = match ids.as_slice() {
+        [(one,)] => *one,
+        [] => {
+            return Err(Error::invalid(
+                Some("id"),
+                format!("no token has an id starting with {id}"),
+            ))
+        }
+        _ => {
+            return Err(Error::invalid(
+                Some("id"),
+                format!("several tokens have ids starting with {id}: give more of the id"),
+            ))
+        }
+    };
+    Ok(sqlx::query_as(
+        "update api_token set revoked_at = coalesce(revoked_at, now()), updated_at = now()
+         where id = $1
+         returning id, name, is_admin, created_at, expires_at, revoked_at",
+    )
+    .bind(target)
+    .fetch_one(pool)
+    .await?)
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use ifp_server::http::listen::{self, Limits};
 use ifp_server::platform::{self, RESCUE_INTERVAL};
 use ifp_server::{app, AppState};
 use tokio::sync::watch;
@@ -26,6 +27,12 @@ pub struct ServeArgs {
     /// Seconds between runs of the rescuer (requeues jobs whose worker died).
     #[arg(long, env = "IFP_RESCUE_SECS", default_value_t = RESCUE_INTERVAL.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
     rescue_secs: u64,
+    /// Connections served at once; more wait in the kernel's queue until one ends.
+    #[arg(long, env = "IFP_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    max_connections: usize,
+    /// Seconds a client may take to send a request's headers before its connection is closed.
+    #[arg(long, env = "IFP_HEADER_TIMEOUT_SECS", default_value_t = Limits::default().header_read_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=600))]
+    header_timeout_secs: u64,
 }
 
 pub fn run(a: ServeArgs) -> Result<(), Failure> {
@@ -121,12 +128,15 @@ async fn serve(a: ServeArgs, device: candle_core::Device) -> Result<(), Failure>
         stop_rx.clone(),
     );
     let closing = state.closing.clone();
-    let served = axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move {
-            platform::shutdown_signal().await;
-            closing.send_replace(true);
-        })
-        .await;
+    let limits = Limits {
+        max_connections: a.max_connections,
+        header_read_timeout: Duration::from_secs(a.header_timeout_secs),
+    };
+    listen::serve(listener, app(state), limits, async move {
+        platform::shutdown_signal().await;
+        closing.send_replace(true);
+    })
+    .await;
     println!("ifp serve: shutting down (running jobs are checkpointed and requeued)");
     let _ = stop_tx.send(true);
     for w in workers {
@@ -139,7 +149,7 @@ async fn serve(a: ServeArgs, device: candle_core::Device) -> Result<(), Failure>
         // pg_ctl waits for PostgreSQL to stop: off the async threads.
         let _ = tokio::task::spawn_blocking(move || drop(cluster)).await;
     }
-    served.context("HTTP server").map_err(Failure::runtime)
+    Ok(())
 }
 
 /// The datasets folder, made absolute (workers and the API resolve data folders against it).

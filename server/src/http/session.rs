@@ -56,12 +56,14 @@ pub async fn lookup(
     admin_hash: Option<&str>,
     cookie: &str,
 ) -> Result<Option<Session>> {
-    let row: Option<(String, bool, String)> = sqlx::query_as(
+    let row: Option<(String, bool, String)> = sqlx::query_as(&format!(
         "select s.name, s.is_admin, s.csrf from session s
          where s.id = $1 and s.expires_at > now()
            and (s.token_hash = $2
-                or exists (select 1 from api_token t where t.token_hash = s.token_hash))",
-    )
+                or exists (select 1 from api_token t
+                           where t.token_hash = s.token_hash and {}))",
+        tokens::VALID
+    ))
     .bind(tokens::hash(cookie))
     .bind(admin_hash)
     .fetch_optional(pool)

@@ -23,10 +23,10 @@ pub(crate) struct Api {
 pub(crate) async fn setup() -> Api {
     let pool = common::fresh_pool().await;
     let artifacts = tempfile::tempdir().unwrap();
-    let alice = ifp_server::tokens::create(&pool, "alice", false)
+    let alice = ifp_server::tokens::create(&pool, "alice", false, None)
         .await
         .unwrap();
-    let bob = ifp_server::tokens::create(&pool, "bob", false)
+    let bob = ifp_server::tokens::create(&pool, "bob", false, None)
         .await
         .unwrap();
     let state = AppState::new(pool.clone(), artifacts.path(), Some(ADMIN));

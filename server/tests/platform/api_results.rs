@@ -413,11 +413,11 @@ async fn a_job_from_a_preset_and_the_reserved_admin_name() {
         (Some(400), Some("job"))
     );
     assert_eq!(p["config"]["DATA"]["IMG_SIZE"], 32);
-    let e = ifp_server::tokens::create(&api.pool, "admin", false)
+    let e = ifp_server::tokens::create(&api.pool, "admin", false, None)
         .await
         .unwrap_err();
     assert!(e.to_string().contains("reserved"));
-    assert!(ifp_server::tokens::create(&api.pool, "admin", true)
+    assert!(ifp_server::tokens::create(&api.pool, "admin", true, None)
         .await
         .is_ok());
 }

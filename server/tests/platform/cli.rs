@@ -228,3 +228,65 @@ fn serve_refuses_a_short_admin_token_before_starting_anything() {
     // No database was started for it.
     assert!(!data.path().join("pg").exists());
 }
+
+/// `ifp token create | list | revoke` against a real database: the listing shows ids and
+/// states but never a token, a revoked token is refused by the API, bad input exits 2.
+#[tokio::test]
+async fn token_cli_creates_lists_and_revokes() {
+    let (pool, url) = common::fresh_database().await;
+    let token = |args: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ifp"))
+            .arg("token")
+            .args(args.split_whitespace())
+            .env("DATABASE_URL", &url)
+            .output()
+            .expect("run ifp token")
+    };
+    let made = token("create --name carol --expires-in 30d");
+    assert!(made.status.success(), "{}", stderr(&made));
+    let secret = String::from_utf8(made.stdout).unwrap().trim().to_string();
+    assert!(secret.starts_with("ifp_"), "{secret}");
+
+    let listed = token("list");
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    let out = String::from_utf8(listed.stdout).unwrap();
+    let line = out.lines().find(|l| l.contains("carol")).expect(&out);
+    assert!(line.ends_with("active"), "{line}");
+    assert!(
+        !out.contains(&secret[4..]),
+        "the listing shows the token: {out}"
+    );
+    let expires = (chrono::Utc::now() + chrono::Duration::days(30))
+        .format("%Y-%m-%d")
+        .to_string();
+    assert!(line.contains(&expires), "expected expiry {expires}: {line}");
+
+    let caller = ifp_server::tokens::authenticate(&pool, None, &secret).await;
+    assert_eq!(caller.unwrap().map(|c| c.name), Some("carol".into()));
+    let id = &line[..8];
+    let revoked = token(&format!("revoke {id}"));
+    assert!(revoked.status.success(), "{}", stderr(&revoked));
+    assert!(String::from_utf8_lossy(&revoked.stdout).contains("user carol"));
+    let caller = ifp_server::tokens::authenticate(&pool, None, &secret).await;
+    assert_eq!(caller.unwrap(), None, "a revoked token still works");
+    let out = String::from_utf8(token("list").stdout).unwrap();
+    assert!(
+        out.lines()
+            .any(|l| l.contains("carol") && l.ends_with("revoked")),
+        "{out}"
+    );
+
+    for (args, says) in [
+        ("revoke nothex", "is not a token id"),
+        (
+            "revoke 00000000",
+            "no token has an id starting with 00000000",
+        ),
+        ("create --name dave --expires-in soon", "--expires-in"),
+        ("create --name dave --expires-in 0s", "between 1 second"),
+    ] {
+        let o = token(args);
+        assert_eq!(o.status.code(), Some(2), "{args}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{args}: {}", stderr(&o));
+    }
+}

@@ -60,7 +60,7 @@ impl Resp {
 pub(crate) async fn setup() -> Site {
     let pool = common::fresh_pool().await;
     let artifacts = tempfile::tempdir().unwrap();
-    let alice = ifp_server::tokens::create(&pool, "alice", false)
+    let alice = ifp_server::tokens::create(&pool, "alice", false, None)
         .await
         .unwrap();
     let state = AppState::new(pool.clone(), artifacts.path(), Some(ADMIN));
@@ -308,7 +308,7 @@ async fn sign_out_and_token_revocation_end_the_session() {
 #[tokio::test]
 async fn jobs_list_shows_own_jobs_escaped_and_admins_see_all() {
     let site = setup().await;
-    let bob = ifp_server::tokens::create(&site.pool, "bob", false)
+    let bob = ifp_server::tokens::create(&site.pool, "bob", false, None)
         .await
         .unwrap();
     site.submit_api(&site.alice, "<script>alert(1)</script>")
@@ -462,11 +462,91 @@ async fn job_page_shows_progress_checkpoints_and_cancels_with_a_token() {
     assert!(job.cancel_requested);
 
     // Another user's job does not exist for alice.
-    let bob = ifp_server::tokens::create(&site.pool, "bob", false)
+    let bob = ifp_server::tokens::create(&site.pool, "bob", false, None)
         .await
         .unwrap();
     let other = site.submit_api(&bob, "bobs").await;
     let r = site.get(&format!("/jobs/{other}"), Some(&cookie)).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert!(r.body.contains("404"));
+}
+
+/// Issue 16: tokens can expire and be revoked; either ends the API access and the browser
+/// sessions opened with the token at once.
+#[tokio::test]
+async fn a_revoked_or_expired_token_stops_working_and_its_sessions_end() {
+    let site = setup().await;
+    let api_status = |token: String| {
+        let site = &site;
+        async move {
+            let req = Request::get("/api/v1/jobs")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(Body::empty())
+                .unwrap();
+            site.send(req).await.status
+        }
+    };
+    let carol = ifp_server::tokens::create(&site.pool, "carol", false, None)
+        .await
+        .unwrap();
+    let (cookie, _) = site.sign_in(&carol).await;
+    assert_eq!(api_status(carol.clone()).await, StatusCode::OK);
+
+    let listed = ifp_server::tokens::list(&site.pool).await.unwrap();
+    let id = listed.iter().find(|t| t.name == "carol").unwrap().id;
+    let revoked = ifp_server::tokens::revoke(&site.pool, &id.to_string()[..8])
+        .await
+        .unwrap();
+    assert_eq!((revoked.id, revoked.state()), (id, "revoked"));
+    assert_eq!(api_status(carol.clone()).await, StatusCode::UNAUTHORIZED);
+    let page = site.get("/jobs/new", Some(&cookie)).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    assert!(
+        page.location().starts_with("/signin"),
+        "{}",
+        page.location()
+    );
+    // Alice's token and session are untouched.
+    assert_eq!(api_status(site.alice.clone()).await, StatusCode::OK);
+
+    // An expiring token works until its time, then neither it nor its session does.
+    let brief = ifp_server::tokens::create(
+        &site.pool,
+        "dave",
+        false,
+        Some(std::time::Duration::from_secs(2)),
+    )
+    .await
+    .unwrap();
+    let (cookie, _) = site.sign_in(&brief).await;
+    assert_eq!(api_status(brief.clone()).await, StatusCode::OK);
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    assert_eq!(api_status(brief.clone()).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        site.get("/jobs/new", Some(&cookie)).await.status,
+        StatusCode::SEE_OTHER
+    );
+    let states: Vec<_> = ifp_server::tokens::list(&site.pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| (t.name.clone(), t.state()))
+        .collect();
+    assert!(states.contains(&("dave".into(), "expired")), "{states:?}");
+    assert!(states.contains(&("alice".into(), "active")), "{states:?}");
+
+    // Bad ids and lifetimes are refused naming the value.
+    for (id, says) in [
+        ("abc", "is not a token id"),
+        ("ffffffff", "no token has an id starting with ffffffff"),
+    ] {
+        let e = ifp_server::tokens::revoke(&site.pool, id)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains(says), "{id}: {e}");
+    }
+    let e = ifp_server::tokens::create(&site.pool, "erin", false, Some(Default::default()))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("between 1 second"), "{e}");
 }

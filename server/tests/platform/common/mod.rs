@@ -54,6 +54,11 @@ fn base_options() -> PgConnectOptions {
 
 /// A new, empty, migrated database and a pool on it.
 pub async fn fresh_pool() -> PgPool {
+    fresh_database().await.0
+}
+
+/// A new, empty, migrated database: a pool on it and a `DATABASE_URL` for `ifp` processes.
+pub async fn fresh_database() -> (PgPool, String) {
     let base = base_options().disable_statement_logging();
     let name = format!("t_{}", uuid::Uuid::new_v4().simple());
     let mut conn = sqlx::PgConnection::connect_with(&base).await.unwrap();
@@ -68,7 +73,34 @@ pub async fn fresh_pool() -> PgPool {
         .await
         .unwrap();
     ifp_server::db::pg::migrate(&pool).await.unwrap();
-    pool
+    let url = match std::env::var("DATABASE_URL") {
+        // postgres://user@host:port/DB?params: swap the database name.
+        Ok(url) => {
+            let (head, query) = url
+                .split_once('?')
+                .map_or((url.as_str(), ""), |(h, q)| (h, q));
+            let cut = head
+                .rfind('/')
+                .filter(|&i| i > "postgres://".len())
+                .unwrap_or(head.len());
+            let q = if query.is_empty() {
+                String::new()
+            } else {
+                format!("?{query}")
+            };
+            format!("{}/{name}{q}", &head[..cut])
+        }
+        Err(_) => SHARED
+            .get()
+            .unwrap()
+            .lock()
+            .unwrap()
+            .cluster
+            .as_ref()
+            .unwrap()
+            .url(&name),
+    };
+    (pool, url)
 }
 
 /// `../shared/golden` beside the workspace: the PyTorch reference's test vectors.
