@@ -135,8 +135,35 @@ async fn metrics_checkpoints_and_downloads() {
         (s, body.as_slice()),
         (StatusCode::PARTIAL_CONTENT, &content[9990..])
     );
-    let (s, _, _) = api.raw(get(Some("bytes=20000-"), None)).await;
+    let (s, h, _) = api.raw(get(Some("bytes=20000-"), None)).await;
     assert_eq!(s, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(h[header::CONTENT_RANGE], "bytes */10000");
+    // RFC 9110: a last position past the end is clamped (was 416); several ranges may be
+    // answered whole (was 416); an If-Range that does not match the ETag means the whole file
+    // (was 206).
+    let (s, h, body) = api.raw(get(Some("bytes=9990-20000"), None)).await;
+    assert_eq!(
+        (s, body.as_slice()),
+        (StatusCode::PARTIAL_CONTENT, &content[9990..])
+    );
+    assert_eq!(h[header::CONTENT_RANGE], "bytes 9990-9999/10000");
+    let (s, _, body) = api.raw(get(Some("bytes=0-1,5-9"), None)).await;
+    assert_eq!((s, body.len()), (StatusCode::OK, 10_000));
+    let if_range = |value: &str| {
+        Request::get(&url)
+            .header(header::AUTHORIZATION, format!("Bearer {}", api.alice))
+            .header(header::RANGE, "bytes=0-9")
+            .header(header::IF_RANGE, value)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (s, _, body) = api.raw(if_range("\"stale\"")).await;
+    assert_eq!((s, body.len()), (StatusCode::OK, 10_000));
+    let (s, _, body) = api.raw(if_range(&etag)).await;
+    assert_eq!(
+        (s, body.as_slice()),
+        (StatusCode::PARTIAL_CONTENT, &content[..10])
+    );
     let (s, _, body) = api.raw(get(None, Some(&etag))).await;
     assert_eq!((s, body.len()), (StatusCode::NOT_MODIFIED, 0));
 

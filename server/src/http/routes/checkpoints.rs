@@ -1,6 +1,8 @@
 //! `/api/v1/jobs/{id}/checkpoints`: the files a job's attempts recorded, and their download.
 //! Only names listed in the database are served, from the path recorded there, so a request
-//! cannot reach any other file; the file is streamed with `Range` support by tower-http.
+//! cannot reach any other file; the file is streamed with `Range` support by tower-http,
+//! after `range_to_serve` has applied RFC 9110's rules that tower-http leaves out (`If-Range`
+//! against the ETag, a last byte past the end clamped, several ranges answered whole).
 
 use std::path::Component;
 
@@ -114,7 +116,32 @@ async fn serve(state: &AppState, file: &CheckpointFile, req: Request) -> Result<
     if if_none_match == Some(true) {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
     }
-    let served = ServeFile::new(state.artifacts.join(rel))
+    let full = state.artifacts.join(rel);
+    let Ok(meta) = tokio::fs::metadata(&full).await else {
+        // Listed but gone from disk (e.g. removed by retention).
+        return Err(Error::NotFound);
+    };
+    let mut req = req;
+    let range = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok());
+    let if_range = req
+        .headers()
+        .get(header::IF_RANGE)
+        .and_then(|v| v.to_str().ok());
+    match range_to_serve(range, if_range, &etag, meta.len()) {
+        RangeToServe::AsAsked => {}
+        RangeToServe::Whole => {
+            req.headers_mut().remove(header::RANGE);
+        }
+        RangeToServe::Rewritten(r) => {
+            if let Ok(v) = HeaderValue::from_str(&r) {
+                req.headers_mut().insert(header::RANGE, v);
+            }
+        }
+    }
+    let served = ServeFile::new(full)
         .oneshot(req)
         .await
         .map_err(|e| Error::Internal(format!("serving {}: {e}", file.path)))?;
@@ -135,4 +162,108 @@ async fn serve(state: &AppState, file: &CheckpointFile, req: Request) -> Result<
         h.insert(header::CONTENT_DISPOSITION, v);
     }
     Ok(resp)
+}
+
+/// What to do with a request's `Range` before tower-http serves the file.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum RangeToServe {
+    /// No range, or one tower-http answers as RFC 9110 says (including 416 when no range
+    /// starts inside the file).
+    AsAsked,
+    /// Ignore the range and send the whole file (200).
+    Whole,
+    /// Serve this one range instead (the asked one, clamped to the file).
+    Rewritten(String),
+}
+
+/// RFC 9110 section 14: a `Range` with an `If-Range` that does not strongly match `etag` (or
+/// is a date, which cannot be a strong validator here) is ignored; so is a range unit other than
+/// `bytes` or a malformed set. A last position at or past the end means the end. Of several
+/// ranges, those that can be satisfied are answered with the whole file (allowed by the RFC,
+/// and simpler for clients than multipart); when none can, tower-http's 416 stands.
+pub(crate) fn range_to_serve(
+    range: Option<&str>,
+    if_range: Option<&str>,
+    etag: &str,
+    len: u64,
+) -> RangeToServe {
+    let Some(range) = range else {
+        return RangeToServe::AsAsked;
+    };
+    if if_range.is_some_and(|v| v.trim() != etag) {
+        return RangeToServe::Whole;
+    }
+    let Some((unit, set)) = range.split_once('=') else {
+        return RangeToServe::Whole;
+    };
+    if !unit.trim().eq_ignore_ascii_case("bytes") {
+        return RangeToServe::Whole;
+    }
+    // Each spec as (first, last) with last clamped; None if malformed.
+    let mut satisfiable = Vec::new();
+    for spec in set.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let Some((a, b)) = spec.split_once('-') else {
+            return RangeToServe::Whole;
+        };
+        let parse = |t: &str| t.trim().parse::<u64>().ok();
+        match (a.trim().is_empty(), b.trim().is_empty()) {
+            // `-N`: the last N bytes.
+            (true, false) => match parse(b) {
+                Some(n) if n > 0 && len > 0 => satisfiable.push((len.saturating_sub(n), len - 1)),
+                Some(_) => {}
+                None => return RangeToServe::Whole,
+            },
+            // `A-`: from A to the end.
+            (false, true) => match parse(a) {
+                Some(first) if first < len => satisfiable.push((first, len - 1)),
+                Some(_) => {}
+                None => return RangeToServe::Whole,
+            },
+            (false, false) => match (parse(a), parse(b)) {
+                (Some(first), Some(last)) if first > last => return RangeToServe::Whole,
+                (Some(first), Some(last)) if first < len => {
+                    satisfiable.push((first, last.min(len - 1)))
+                }
+                (Some(_), Some(_)) => {}
+                _ => return RangeToServe::Whole,
+            },
+            (true, true) => return RangeToServe::Whole,
+        }
+    }
+    match satisfiable.as_slice() {
+        [] => RangeToServe::AsAsked,
+        [(first, last)] => RangeToServe::Rewritten(format!("bytes={first}-{last}")),
+        _ => RangeToServe::Whole,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{range_to_serve, RangeToServe::*};
+
+    #[test]
+    fn ranges_follow_rfc_9110() {
+        let e = "\"abc\"";
+        let r = |range: &str, if_range: Option<&str>| range_to_serve(Some(range), if_range, e, 100);
+        assert_eq!(range_to_serve(None, None, e, 100), AsAsked);
+        assert_eq!(r("bytes=10-19", None), Rewritten("bytes=10-19".into()));
+        assert_eq!(r("bytes=90-500", None), Rewritten("bytes=90-99".into()));
+        assert_eq!(r("bytes=-500", None), Rewritten("bytes=0-99".into()));
+        assert_eq!(r("bytes=95-", None), Rewritten("bytes=95-99".into()));
+        assert_eq!(r("bytes=100-", None), AsAsked, "no byte there: 416");
+        assert_eq!(r("bytes=200-300, 500-", None), AsAsked);
+        assert_eq!(r("bytes=0-1, 5-9", None), Whole);
+        assert_eq!(r("bytes=0-1, 200-", None), Rewritten("bytes=0-1".into()));
+        assert_eq!(r("bytes=9-1", None), Whole);
+        assert_eq!(r("items=0-1", None), Whole);
+        assert_eq!(r("bytes=x-1", None), Whole);
+        assert_eq!(r("bytes=0-9", Some(e)), Rewritten("bytes=0-9".into()));
+        assert_eq!(r("bytes=0-9", Some("\"other\"")), Whole);
+        assert_eq!(
+            r("bytes=0-9", Some("W/\"abc\"")),
+            Whole,
+            "weak never matches"
+        );
+        assert_eq!(r("bytes=0-9", Some("Wed, 21 Oct 2026 07:28:00 GMT")), Whole);
+    }
 }
