@@ -78,7 +78,11 @@ fn string_with_nul(v: &serde_json::Value, path: &str) -> Option<String> {
 
 /// Checks a submission and queues its spec. Errors name the field or config key at fault.
 pub async fn submit(pool: &PgPool, artifacts: &Path, s: Submission, spec: &JobSpec) -> Result<Job> {
-    spec.check_uploads(artifacts)?;
+    let caller = Caller {
+        name: s.owner.clone(),
+        is_admin: s.is_admin,
+    };
+    spec.check_uploads(pool, artifacts, &caller).await?;
     if s.name.trim().is_empty() || s.name.chars().count() > 200 {
         return Err(Error::invalid(Some("name"), "must be 1 to 200 characters"));
     }

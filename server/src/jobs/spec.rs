@@ -107,11 +107,17 @@ impl JobSpec {
         })
     }
 
-    /// At submission: the noise image a pre-training names must be an existing upload.
-    pub fn check_uploads(&self, artifacts: &Path) -> Result<()> {
+    /// At submission: the noise image a pre-training names must be an existing upload of the
+    /// submitter's.
+    pub async fn check_uploads(
+        &self,
+        pool: &sqlx::PgPool,
+        artifacts: &Path,
+        caller: &crate::tokens::Caller,
+    ) -> Result<()> {
         match self {
-            JobSpec::Pretrain(c) => uploads::check(artifacts, c),
-            JobSpec::Compare(j) => uploads::check(artifacts, &j.pretrain),
+            JobSpec::Pretrain(c) => uploads::check(pool, artifacts, caller, c).await,
+            JobSpec::Compare(j) => uploads::check(pool, artifacts, caller, &j.pretrain).await,
             JobSpec::Finetune(_) => Ok(()),
         }
     }

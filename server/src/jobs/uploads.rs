@@ -1,8 +1,9 @@
 //! Noise images users upload (web form or `POST /api/v1/uploads`): stored once under
 //! `uploads/` in the artifact store, named by their SHA-256, and referred to from a job's
 //! config as `DATA.NOISE_IMAGE: uploads/<sha256>.<png|jpg>`. A job may name only such an
-//! upload, never an arbitrary server path; workers resolve it against their artifact root, so
-//! several machines sharing one store read the same file.
+//! upload, and only one its owner made (the `upload` table; admins may name any), never an
+//! arbitrary server path; workers resolve it against their artifact root, so several machines
+//! sharing one store read the same file.
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +12,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use sha2::{Digest, Sha256};
+use sqlx::PgPool;
 
 use crate::error::{Error, ErrorBody, Result};
 use crate::http::state::AppState;
@@ -85,12 +87,22 @@ pub fn store(artifacts: &Path, bytes: &[u8]) -> Result<String> {
     Ok(format!("{DIR}/{name}"))
 }
 
-/// [`store`] on a blocking thread (decoding a large image takes a while).
-pub async fn store_off_thread(artifacts: &Path, bytes: Bytes) -> Result<String> {
-    let artifacts = artifacts.to_path_buf();
-    tokio::task::spawn_blocking(move || store(&artifacts, &bytes))
+/// [`store`] on a blocking thread (decoding a large image takes a while), recorded as
+/// `owner`'s upload.
+pub async fn save(pool: &PgPool, artifacts: &Path, owner: &str, bytes: Bytes) -> Result<String> {
+    let dir = artifacts.to_path_buf();
+    let path = tokio::task::spawn_blocking(move || store(&dir, &bytes))
         .await
-        .map_err(|e| Error::Internal(format!("storing an upload: {e}")))?
+        .map_err(|e| Error::Internal(format!("storing an upload: {e}")))??;
+    sqlx::query(
+        "insert into upload (path, owner) values ($1, $2)
+         on conflict (path, owner) do update set updated_at = now()",
+    )
+    .bind(&path)
+    .bind(owner)
+    .execute(pool)
+    .await?;
+    Ok(path)
 }
 
 /// Whether `reference` has the shape `store` gives (`uploads/<64 hex>.png|jpg`).
@@ -111,28 +123,58 @@ fn well_formed(reference: &Path) -> bool {
         && matches!(ext, "png" | "jpg")
 }
 
-/// Refuses a config whose noise image is not an existing upload.
-pub fn check(artifacts: &Path, cfg: &ifp_trainer::Config) -> Result<()> {
+/// Refuses a config whose noise image is not an existing upload of `caller`'s (any upload, for
+/// an admin). Someone else's upload gets the same answer as a missing one, so its existence is
+/// not confirmed.
+pub async fn check(
+    pool: &PgPool,
+    artifacts: &Path,
+    caller: &Caller,
+    cfg: &ifp_trainer::Config,
+) -> Result<()> {
     let Some(img) = &cfg.data.noise_image else {
         return Ok(());
     };
-    if !well_formed(img) {
-        return Err(Error::invalid(
+    check_reference(img)?;
+    let missing = || {
+        Error::invalid(
             Some(KEY),
             format!(
-                "`{}` is not an uploaded image: upload it first (POST /api/v1/uploads or the \
-                 web form) and use the `uploads/<sha256>.<ext>` reference it returns",
+                "no upload `{}` of yours on this server: upload the image first",
                 img.display()
             ),
-        ));
+        )
+    };
+    if !caller.is_admin {
+        let (mine,): (bool,) =
+            sqlx::query_as("select exists (select 1 from upload where path = $1 and owner = $2)")
+                .bind(img.to_string_lossy().as_ref())
+                .bind(&caller.name)
+                .fetch_one(pool)
+                .await?;
+        if !mine {
+            return Err(missing());
+        }
     }
     if !artifacts.join(img).is_file() {
-        return Err(Error::invalid(
-            Some(KEY),
-            format!("no upload `{}` on this server", img.display()),
-        ));
+        return Err(missing());
     }
     Ok(())
+}
+
+/// Refuses a noise image reference that is not of the shape `store` gives.
+fn check_reference(img: &Path) -> Result<()> {
+    if well_formed(img) {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        Some(KEY),
+        format!(
+            "`{}` is not an uploaded image: upload it first (POST /api/v1/uploads or the web \
+             form) and use the `uploads/<sha256>.<ext>` reference it returns",
+            img.display()
+        ),
+    ))
 }
 
 /// Points a relative noise image reference at this machine's artifact store.
@@ -162,10 +204,10 @@ pub struct Uploaded {
         (status = 422, description = "Not a usable PNG or JPEG", body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Uploaded>)> {
-    let path = store_off_thread(&state.artifacts, body).await?;
+    let path = save(&state.pool, &state.artifacts, &caller.name, body).await?;
     Ok((StatusCode::CREATED, Json(Uploaded { path })))
 }
 
@@ -188,17 +230,13 @@ mod tests {
         assert_eq!(r, store(dir.path(), &png()).expect("again"));
         assert!(well_formed(Path::new(&r)), "{r}");
         let mut cfg = ifp_trainer::config::preset("tiny").expect("tiny");
+        check_reference(Path::new(&r)).expect("a stored upload's reference");
         cfg.data.noise_image = Some(r.clone().into());
-        check(dir.path(), &cfg).expect("existing upload");
         resolve(dir.path(), &mut cfg);
         assert_eq!(cfg.data.noise_image, Some(dir.path().join(&r)));
         for bad in ["/etc/passwd", "uploads/../x.png", "uploads/abc.png"] {
-            cfg.data.noise_image = Some(bad.into());
-            assert!(check(dir.path(), &cfg).is_err(), "{bad}");
+            assert!(check_reference(Path::new(bad)).is_err(), "{bad}");
         }
-        let missing = format!("uploads/{}.png", "0".repeat(64));
-        cfg.data.noise_image = Some(missing.into());
-        assert!(check(dir.path(), &cfg).is_err());
     }
 
     /// A PNG whose header declares `w` x `h` but whose data is that of a 1x1 image: decoding it

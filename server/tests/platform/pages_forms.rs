@@ -5,7 +5,7 @@ use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use ifp_server::queue;
 
-use super::pages::setup;
+use super::pages::{setup, ADMIN};
 
 #[tokio::test]
 async fn new_job_form_previews_validates_and_submits() {
@@ -214,6 +214,55 @@ async fn yaml_and_noise_image_uploads() {
         assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{path}");
         assert!(r.body.contains("DATA.NOISE_IMAGE"), "{}", r.body);
     }
+
+    // Uploads belong to their uploader: Bob cannot name Alice's, and is told exactly what he
+    // would be told for a missing one; once he uploads the same bytes himself, he can. Admins
+    // may name any upload.
+    let bob = ifp_server::tokens::create(&site.pool, "bob", false, None)
+        .await
+        .unwrap();
+    let submit = |token: String| {
+        let body = serde_json::json!({"name": "noise", "config":
+            {"DATA": {"NOISE_IMAGE": upload, "IMG_SIZE": 16}, "TRAIN": {"STEPS": 2},
+             "MODEL": {"TYPE": "restormer"}}});
+        let req = Request::post("/api/v1/jobs")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let site = &site;
+        async move { site.send(req).await }
+    };
+    let r = submit(bob.clone()).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert!(
+        r.body.contains(&format!("no upload `{upload}` of yours")),
+        "{}",
+        r.body
+    );
+    let missing = format!("uploads/{}.png", "0".repeat(64));
+    let other = r.body.replace(&upload, &missing);
+    let body = serde_json::json!({"name": "noise", "config":
+        {"DATA": {"NOISE_IMAGE": missing, "IMG_SIZE": 16}, "TRAIN": {"STEPS": 2},
+         "MODEL": {"TYPE": "restormer"}}});
+    let req = Request::post("/api/v1/jobs")
+        .header(header::AUTHORIZATION, format!("Bearer {bob}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    assert_eq!(
+        site.send(req).await.body,
+        other,
+        "a missing upload reads the same"
+    );
+    assert_eq!(submit(ADMIN.into()).await.status, StatusCode::CREATED);
+    let req = Request::post("/api/v1/uploads")
+        .header(header::AUTHORIZATION, format!("Bearer {bob}"))
+        .body(Body::from(png.clone()))
+        .unwrap();
+    assert_eq!(site.send(req).await.status, StatusCode::CREATED);
+    let r = submit(bob.clone()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
 }
 
 #[tokio::test]

@@ -102,7 +102,7 @@ pub async fn show(
         noise_source: "generate".into(),
         ..Default::default()
     };
-    let preview = preview_data_uri(&state, &base).await.ok();
+    let preview = preview_data_uri(&state, &viewer, &base).await.ok();
     sub.action = "load".into();
     Ok(page(
         &viewer,
@@ -146,7 +146,7 @@ pub async fn submit(
                 format!("the `{}` preset", sub.preset)
             }
         );
-        let preview = preview_data_uri(&state, &with_noise(&base, &sub))
+        let preview = preview_data_uri(&state, &viewer, &with_noise(&base, &sub))
             .await
             .ok();
         return Ok(page(
@@ -167,7 +167,7 @@ pub async fn submit(
         }
     };
     if sub.action == "preview" {
-        let preview = match preview_data_uri(&state, &cfg).await {
+        let preview = match preview_data_uri(&state, &viewer, &cfg).await {
             Ok(p) => Some(p),
             Err(e) => {
                 errors.insert("form".into(), e);
@@ -224,7 +224,7 @@ pub async fn preview(
             return Ok((StatusCode::UNPROCESSABLE_ENTITY, text.join("\n")).into_response());
         }
     };
-    match preview_png(&state, &cfg).await {
+    match preview_png(&state, &viewer, &cfg).await {
         Ok(png) => Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response()),
         Err(e) => Ok((StatusCode::UNPROCESSABLE_ENTITY, e).into_response()),
     }
@@ -240,7 +240,7 @@ async fn receive(
     let mut sub = read_form(multipart).await?;
     viewer.check_form(headers, &sub.csrf)?;
     let mut errors = Errors::new();
-    store_noise_upload(state, &mut sub, &mut errors).await;
+    store_noise_upload(state, viewer, &mut sub, &mut errors).await;
     Ok((sub, errors))
 }
 
@@ -312,11 +312,18 @@ async fn read_form(mut mp: Multipart) -> Result<Submitted, Error> {
 }
 
 /// Stores a newly uploaded noise image and makes the form refer to it.
-async fn store_noise_upload(state: &AppState, sub: &mut Submitted, errors: &mut Errors) {
+async fn store_noise_upload(
+    state: &AppState,
+    viewer: &Viewer,
+    sub: &mut Submitted,
+    errors: &mut Errors,
+) {
     let Some(bytes) = sub.noise_file.take() else {
         return;
     };
-    match crate::jobs::uploads::store_off_thread(&state.artifacts, bytes).await {
+    match crate::jobs::uploads::save(&state.pool, &state.artifacts, &viewer.caller.name, bytes)
+        .await
+    {
         Ok(r) => {
             sub.noise_upload = r;
             sub.noise_source = "upload".into();
@@ -395,8 +402,10 @@ fn field_for_key(key: Option<&str>) -> String {
     }
 }
 
-async fn preview_png(state: &AppState, cfg: &Config) -> Result<Vec<u8>, String> {
-    crate::jobs::uploads::check(&state.artifacts, cfg).map_err(|e| e.public().2)?;
+async fn preview_png(state: &AppState, viewer: &Viewer, cfg: &Config) -> Result<Vec<u8>, String> {
+    crate::jobs::uploads::check(&state.pool, &state.artifacts, &viewer.caller, cfg)
+        .await
+        .map_err(|e| e.public().2)?;
     let mut cfg = cfg.clone();
     crate::jobs::uploads::resolve(&state.artifacts, &mut cfg);
     tokio::task::spawn_blocking(move || {
@@ -408,8 +417,12 @@ async fn preview_png(state: &AppState, cfg: &Config) -> Result<Vec<u8>, String> 
     .map_err(|e| e.to_string())
 }
 
-async fn preview_data_uri(state: &AppState, cfg: &Config) -> Result<String, String> {
-    let png = preview_png(state, cfg).await?;
+async fn preview_data_uri(
+    state: &AppState,
+    viewer: &Viewer,
+    cfg: &Config,
+) -> Result<String, String> {
+    let png = preview_png(state, viewer, cfg).await?;
     Ok(format!(
         "data:image/png;base64,{}",
         base64::engine::general_purpose::STANDARD.encode(png)
