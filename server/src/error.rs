@@ -3,7 +3,7 @@
 //! failures are logged with their cause and answered with a generic message, so a 5xx body never
 //! leaks SQL, paths or internals.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
@@ -43,6 +43,9 @@ pub enum Error {
     /// A client error with its own status (413, 415, ...).
     #[error("{message}")]
     Status { status: StatusCode, message: String },
+    /// Too many expensive requests at once: try again after this many seconds (503).
+    #[error("the server is busy with other requests; try again in {retry_after_secs} s")]
+    Busy { retry_after_secs: u64 },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -95,6 +98,12 @@ impl Error {
             Error::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m.clone(), None),
             Error::Conflict(m) => (StatusCode::CONFLICT, "conflict", m.clone(), None),
             Error::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m.clone(), None),
+            Error::Busy { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                self.to_string(),
+                None,
+            ),
             Error::Status { status, message } => {
                 let code = match status.as_u16() {
                     413 => "payload_too_large",
@@ -133,6 +142,11 @@ impl IntoResponse for Error {
             message,
             key_path,
         };
-        (status, Json(body)).into_response()
+        let mut resp = (status, Json(body)).into_response();
+        if let Error::Busy { retry_after_secs } = self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        resp
     }
 }

@@ -24,6 +24,8 @@ pub struct AppState {
     /// Turned true when the server shuts down, so long-lived responses (event streams) end
     /// and the graceful shutdown does not wait on them forever.
     pub closing: Arc<watch::Sender<bool>>,
+    /// The limit on expensive requests in flight (see `gate.rs`).
+    pub gate: crate::http::gate::Gate,
 }
 
 impl AppState {
@@ -36,6 +38,7 @@ impl AppState {
             job_changed: broadcast::channel(1024).0,
             http_metrics: Arc::default(),
             closing: Arc::new(watch::channel(false).0),
+            gate: Default::default(),
         }
     }
 }

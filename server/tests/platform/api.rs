@@ -488,3 +488,63 @@ async fn a_run_too_big_for_every_live_worker_is_refused_with_its_estimate() {
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
 }
+
+/// Issue 16: a burst of expensive requests (submissions, uploads, the form and its preview)
+/// waits briefly for a place, then gets 503 with `Retry-After` in the documented error shape;
+/// cheap requests never wait on it.
+#[tokio::test]
+async fn expensive_requests_past_the_gate_get_503_with_retry_after() {
+    let pool = common::fresh_pool().await;
+    let artifacts = tempfile::tempdir().unwrap();
+    let mut state = AppState::new(pool.clone(), artifacts.path(), Some(ADMIN));
+    state.gate = ifp_server::http::gate::Gate::new(1, std::time::Duration::from_millis(300));
+    let gate = state.gate.clone();
+    let app = app(state);
+    let send = |method: &str, uri: &str, body: Option<Value>| {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"));
+        if body.is_some() {
+            b = b.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = b
+            .body(body.map_or(Body::empty(), |v| Body::from(v.to_string())))
+            .unwrap();
+        let app = app.clone();
+        async move {
+            let resp = app.oneshot(req).await.unwrap();
+            let (status, headers) = (resp.status(), resp.headers().clone());
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, headers, bytes)
+        }
+    };
+    let job = json!({"name": "gated", "preset": "tiny"});
+
+    let held = gate.try_enter().expect("a free place");
+    let t0 = std::time::Instant::now();
+    let (s, h, body) = send("POST", "/api/v1/jobs", Some(job.clone())).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_millis(250),
+        "it waited first"
+    );
+    assert_eq!(h[header::RETRY_AFTER], "1");
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"], "busy", "{v}");
+    let (s, _, _) = send("POST", "/api/v1/uploads", None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    for cheap in ["/healthz", "/api/v1/jobs", "/metrics"] {
+        let t0 = std::time::Instant::now();
+        let (s, _, _) = send("GET", cheap, None).await;
+        assert_eq!(s, StatusCode::OK, "{cheap}");
+        assert!(
+            t0.elapsed() < std::time::Duration::from_millis(250),
+            "{cheap} waited"
+        );
+    }
+
+    drop(held);
+    let (s, _, body) = send("POST", "/api/v1/jobs", Some(job)).await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&body));
+}

@@ -110,6 +110,7 @@ fn parse_config(body: &CreateJob) -> Result<ifp_trainer::Config> {
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "Invalid field or config (names the key path)", body = ErrorBody),
+        (status = 503, description = "Too many submissions or uploads at once; `Retry-After` says when to try again", body = ErrorBody),
     ))]
 pub async fn create(
     State(state): State<AppState>,

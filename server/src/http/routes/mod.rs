@@ -23,8 +23,12 @@ pub const BODY_LIMIT: usize = 1 << 20;
 
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
+    let gate = || middleware::from_fn_with_state(state.gate.clone(), crate::http::gate::admit);
     let api = Router::new()
-        .route("/jobs", post(jobs::create).get(jobs::list))
+        .route(
+            "/jobs",
+            post(jobs::create).route_layer(gate()).get(jobs::list),
+        )
         .route("/jobs/{id}", get(jobs::get))
         .route("/jobs/{id}/cancel", post(jobs::cancel))
         .route("/jobs/{id}/metrics", get(jobs::metrics))
@@ -35,6 +39,7 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/uploads",
             post(crate::jobs::uploads::create)
+                .route_layer(gate())
                 .layer(DefaultBodyLimit::max(crate::jobs::uploads::MAX_BYTES + 1)),
         )
         .route_layer(middleware::from_fn_with_state(
@@ -46,7 +51,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(prometheus::metrics))
         .route("/openapi.json", get(openapi::openapi_json))
-        .merge(pages::router())
+        .merge(pages::router(&state.gate))
         .fallback(|| async { Error::NotFound })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(TraceLayer::new_for_http())

@@ -176,26 +176,37 @@ const CSP: &str = "default-src 'self'; img-src 'self' data: blob:; style-src 'se
                    form-action 'self'; base-uri 'none'";
 
 /// The pages' routes.
-pub fn router() -> Router<AppState> {
+pub fn router(gate: &crate::http::gate::Gate) -> Router<AppState> {
     let upload_limit = DefaultBodyLimit::max(crate::jobs::uploads::MAX_BYTES + (1 << 20));
+    // The form pages render previews and parse configs: behind the gate, like the API's.
+    let gate = || axum::middleware::from_fn_with_state(gate.clone(), crate::http::gate::admit);
     Router::new()
         .route("/", get(jobs::list))
         .route("/jobs/rows", get(jobs::rows))
         .route(
             "/jobs/new",
-            get(new_job::show).post(new_job::submit).layer(upload_limit),
+            get(new_job::show)
+                .post(new_job::submit)
+                .route_layer(gate())
+                .layer(upload_limit),
         )
         .route(
             "/jobs/new/preview",
-            post(new_job::preview).layer(upload_limit),
+            post(new_job::preview)
+                .route_layer(gate())
+                .layer(upload_limit),
         )
         .route(
             "/jobs/new/compare",
-            get(compare::show).post(compare::submit_form),
+            get(compare::show)
+                .post(compare::submit_form)
+                .route_layer(gate()),
         )
         .route(
             "/jobs/new/finetune",
-            get(finetune::show).post(finetune::submit_form),
+            get(finetune::show)
+                .post(finetune::submit_form)
+                .route_layer(gate()),
         )
         .route("/jobs/{id}", get(job::show))
         .route("/jobs/{id}/live", get(job::live))
