@@ -460,6 +460,22 @@ async fn job_page_shows_progress_checkpoints_and_cancels_with_a_token() {
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     let job = queue::get(&site.pool, id).await.unwrap().unwrap();
     assert!(job.cancel_requested);
+    // The page says what a cancel does, including the race it can lose near the end
+    // (issue 16: the page showed "Cancelling…" for a job that then succeeded).
+    let live = site.get(&format!("/jobs/{id}/live"), Some(&cookie)).await;
+    assert!(live.body.contains("Cancel requested"), "{}", live.body);
+    assert!(live.body.contains("ends succeeded"), "{}", live.body);
+    // The worker finishes the run before it hears of the cancel.
+    let finished = queue::finish(&site.pool, &c.fence, &queue::Outcome::Succeeded).await;
+    assert!(finished.unwrap());
+    let live = site.get(&format!("/jobs/{id}/live"), Some(&cookie)).await;
+    assert!(!live.body.contains("Cancelling"), "{}", live.body);
+    assert!(
+        live.body
+            .contains("finished before the cancel request took effect"),
+        "{}",
+        live.body
+    );
 
     // Another user's job does not exist for alice.
     let bob = ifp_server::tokens::create(&site.pool, "bob", false, None)

@@ -109,6 +109,8 @@ pub struct JobView {
     pub active: bool,
     /// For a comparison: which steps belong to which phase.
     pub phases: Option<String>,
+    /// What a requested cancel does or did (a run can finish before the request reaches it).
+    pub cancel_note: Option<&'static str>,
     pub report: Option<ReportView>,
     pub validation: Option<ValidationView>,
 }
@@ -294,9 +296,21 @@ async fn view(state: &AppState, job: Job, log_scale: bool) -> PageResult<JobView
         Some(f) => read_history(state, f, &base).await,
         None => None,
     };
+    let cancel_note = match (job.cancel_requested, job.status) {
+        (true, JobStatus::Running) => Some(
+            "Cancel requested: the run stops within a few seconds and keeps its checkpoints. \
+             A run that finishes before the request reaches it ends succeeded.",
+        ),
+        (true, JobStatus::Succeeded) => Some(
+            "Cancel was requested, but the run finished before the cancel request took effect; \
+             its results are kept.",
+        ),
+        _ => None,
+    };
     Ok(JobView {
         validation,
         phases,
+        cancel_note,
         report,
         percent: format!(
             "{:.1}",
