@@ -11,7 +11,7 @@ use super::values::{AttemptOutcome, CheckpointKind, JobKind, JobStatus};
 pub const JOB_COLUMNS: &str =
     "id, kind, name, owner, status, priority, config, attempt, max_attempts, \
      worker_id, lease_expires_at, cancel_requested, step, total_steps, loss, error, started_at, \
-     finished_at, created_at, updated_at, device_class";
+     finished_at, created_at, updated_at, device_class, parent_id";
 
 /// A job of any kind.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -45,6 +45,8 @@ pub struct Job {
     #[sqlx(try_from = "String")]
     #[schema(value_type = String)]
     pub device_class: DeviceClass,
+    /// The job this one was derived from (cloned, or fine-tuned from its encoder).
+    pub parent_id: Option<Uuid>,
 }
 
 /// One logged training step.

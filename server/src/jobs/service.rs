@@ -27,6 +27,9 @@ pub struct Submission {
     pub is_admin: bool,
     pub priority: i32,
     pub max_attempts: i32,
+    /// The job it is derived from (a clone's original, a fine-tuning's pre-training); it must
+    /// be visible to the submitter.
+    pub parent: Option<Uuid>,
 }
 
 /// How far a submitter may move a job in the queue: users within a band around the default,
@@ -117,6 +120,11 @@ pub async fn submit(pool: &PgPool, artifacts: &Path, s: Submission, spec: &JobSp
             ),
         ));
     }
+    if let Some(parent) = s.parent {
+        visible_job(pool, &caller, &parent.to_string())
+            .await
+            .map_err(|_| Error::invalid(Some("parent"), format!("no job {parent} of yours")))?;
+    }
     check_memory(pool, spec).await?;
     let total_steps = i64::try_from(spec.total_steps()).unwrap_or(0);
     if total_steps == 0 {
@@ -144,6 +152,7 @@ pub async fn submit(pool: &PgPool, artifacts: &Path, s: Submission, spec: &JobSp
             total_steps,
             max_attempts: s.max_attempts,
             device_class: spec.device_class(),
+            parent_id: s.parent,
         },
     )
     .await
@@ -323,4 +332,41 @@ fn like_pattern(text: &str) -> String {
     }
     p.push('%');
     p
+}
+
+/// A job as a lineage link shows it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobLink {
+    pub id: Uuid,
+    pub name: String,
+    pub status: JobStatus,
+}
+
+/// A job's parent and children that `caller` may see (children oldest first, at most 100).
+pub async fn lineage(
+    pool: &PgPool,
+    caller: &Caller,
+    job: &Job,
+) -> Result<(Option<JobLink>, Vec<JobLink>)> {
+    let parent: Option<JobLink> = match job.parent_id {
+        Some(p) => {
+            sqlx::query_as("select id, name, status from job where id = $1 and ($2 or owner = $3)")
+                .bind(p)
+                .bind(caller.is_admin)
+                .bind(&caller.name)
+                .fetch_optional(pool)
+                .await?
+        }
+        None => None,
+    };
+    let children: Vec<JobLink> = sqlx::query_as(
+        "select id, name, status from job where parent_id = $1 and ($2 or owner = $3)
+         order by created_at, id limit 100",
+    )
+    .bind(job.id)
+    .bind(caller.is_admin)
+    .bind(&caller.name)
+    .fetch_all(pool)
+    .await?;
+    Ok((parent, children))
 }

@@ -40,6 +40,8 @@ pub struct NewJob {
     pub max_attempts: i32,
     /// `TRAIN.DEVICE` of the config: who may claim it.
     pub device_class: DeviceClass,
+    /// The job it was derived from, if any.
+    pub parent_id: Option<Uuid>,
 }
 
 /// What a worker trains on: decides which jobs it may claim and is recorded on each attempt.
@@ -141,8 +143,9 @@ pub async fn notify(pool: &PgPool, channel: &str, payload: &str) -> Result<()> {
 pub async fn enqueue(pool: &PgPool, job: &NewJob) -> Result<Job> {
     let sql = format!(
         "insert into job
-             (id, name, owner, priority, config, total_steps, max_attempts, device_class, kind)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning {JOB_COLUMNS}"
+             (id, name, owner, priority, config, total_steps, max_attempts, device_class, kind,
+              parent_id)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) returning {JOB_COLUMNS}"
     );
     let row: Job = sqlx::query_as(&sql)
         .bind(Uuid::new_v4())
@@ -154,6 +157,7 @@ pub async fn enqueue(pool: &PgPool, job: &NewJob) -> Result<Job> {
         .bind(job.max_attempts)
         .bind(job.device_class.as_str())
         .bind(job.kind)
+        .bind(job.parent_id)
         .fetch_one(pool)
         .await?;
     notify(pool, CHANNEL_QUEUED, &row.id.to_string()).await?;

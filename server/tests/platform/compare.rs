@@ -454,10 +454,40 @@ async fn a_finetune_job_starts_from_a_finished_pretraining_job() {
     let history: Vec<Value> = serde_json::from_str(&history).unwrap();
     assert_eq!(history.len(), 2, "validated at steps 2 and 4");
 
+    // Lineage: the initial job is the fine-tuning job's parent (issue 17).
+    assert_eq!(job["parent_id"], pre_id.as_str());
     let cookie = admin_session(&pool).await;
+    let selected = format!("<option value=\"{pre_id}\" selected>");
     for (uri, needle) in [
         (format!("/jobs/{id}"), "Best validation PSNR".to_string()),
         ("/jobs/new/finetune".to_string(), pre_id[..8].to_string()),
+        (
+            format!("/jobs/{id}"),
+            format!("Derived from <a href=\"/jobs/{pre_id}\">"),
+        ),
+        (
+            format!("/jobs/{pre_id}"),
+            format!("<a href=\"/jobs/{id}\">ft</a>"),
+        ),
+        (
+            format!("/jobs/{pre_id}"),
+            format!("/jobs/new/finetune?init={pre_id}"),
+        ),
+        (
+            format!("/jobs/new/finetune?init={pre_id}"),
+            selected.clone(),
+        ),
+        // A clone of the fine-tuning job: same initial job, its settings, linked back.
+        (format!("/jobs/new/finetune?from={id}"), selected.clone()),
+        (format!("/jobs/new/finetune?from={id}"), "ft (clone)".into()),
+        (
+            format!("/jobs/new/finetune?from={id}"),
+            format!("name=\"parent\" value=\"{id}\""),
+        ),
+        (
+            format!("/jobs/new/finetune?from={id}"),
+            "TRAIN_DIR: clean/CBSD68".into(),
+        ),
     ] {
         let req = Request::get(&uri)
             .header(header::COOKIE, format!("ifp_session={cookie}"))
@@ -469,4 +499,49 @@ async fn a_finetune_job_starts_from_a_finished_pretraining_job() {
             .into_owned();
         assert!(html.contains(&needle), "{uri}: missing {needle}");
     }
+
+    // Submitting the clone as the form holds it queues the same fine-tuning, linked back.
+    let csrf =
+        ifp_server::http::session::lookup(&pool, Some(&ifp_server::tokens::hash(ADMIN)), &cookie)
+            .await
+            .unwrap()
+            .unwrap()
+            .csrf;
+    let stored = ifp_server::queue::get(&pool, id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut ft = ifp_server::jobs::finetune::stored_finetune(&stored.config).unwrap();
+    ft.init = None;
+    let yaml = serde_norway::to_string(&ft).unwrap();
+    let form = serde_urlencoded::to_string([
+        ("csrf", csrf.as_str()),
+        ("name", "ft (clone)"),
+        ("init_job", pre_id.as_str()),
+        ("finetune_yaml", yaml.as_str()),
+        ("priority", "0"),
+        ("parent", id.as_str()),
+    ])
+    .unwrap();
+    let req = Request::post("/jobs/new/finetune")
+        .header(header::COOKIE, format!("ifp_session={cookie}"))
+        .header(header::ORIGIN, "http://localhost")
+        .header(header::HOST, "localhost")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(form))
+        .unwrap();
+    let resp = api.clone().oneshot(req).await.unwrap();
+    let body = resp.headers().get(header::LOCATION).cloned();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER, "{body:?}");
+    let clone: uuid::Uuid = body.unwrap().to_str().unwrap()[6..].parse().unwrap();
+    let clone = ifp_server::queue::get(&pool, clone).await.unwrap().unwrap();
+    assert_eq!(clone.parent_id, Some(id.parse().unwrap()));
+    assert_eq!(
+        clone.config["FINETUNE"]["INIT"],
+        stored.config["FINETUNE"]["INIT"]
+    );
+    assert_eq!(
+        clone.config["FINETUNE"]["DATA"],
+        stored.config["FINETUNE"]["DATA"]
+    );
 }

@@ -566,3 +566,106 @@ async fn a_revoked_or_expired_token_stops_working_and_its_sessions_end() {
         .unwrap_err();
     assert!(e.to_string().contains("between 1 second"), "{e}");
 }
+
+/// Issue 17: Clone opens the form with a job's settings and name, the new job records the
+/// original as its parent, and each page links to the other. Another user's job cannot be
+/// cloned.
+#[tokio::test]
+async fn clone_refills_the_form_and_links_parent_and_child() {
+    let site = setup().await;
+    let original = site.submit_api(&site.alice, "noisy run").await;
+    let (cookie, _) = site.sign_in(&site.alice).await;
+    let page = site.get(&format!("/jobs/{original}"), Some(&cookie)).await;
+    assert!(
+        page.body.contains(&format!("/jobs/new?from={original}")),
+        "no Clone link"
+    );
+    assert!(
+        !page.body.contains("Fine-tune this"),
+        "only succeeded pre-training offers it"
+    );
+
+    let form = site
+        .get(&format!("/jobs/new?from={original}"), Some(&cookie))
+        .await;
+    assert_eq!(form.status, StatusCode::OK, "{}", form.body);
+    assert_eq!(form.input("name"), "noisy run (clone)");
+    assert_eq!(form.input("parent"), original.to_string());
+    assert!(
+        form.body.contains("A clone of “noisy run”"),
+        "{}",
+        form.body
+    );
+    assert!(form.body.contains("IMG_SIZE: 16"), "the original's YAML");
+    let stored = queue::get(&site.pool, original)
+        .await
+        .unwrap()
+        .unwrap()
+        .config;
+    let cfg = ifp_trainer::Config::from_value(stored).unwrap();
+    let yaml = cfg.to_yaml();
+    let mut fields: Vec<(String, String)> = ifp_server::http::routes::pages::form::values_of(&cfg)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    fields.iter_mut().find(|(k, _)| k == "steps").unwrap().1 = "6".into();
+    for (k, v) in [
+        ("csrf", form.input("csrf")),
+        ("action", "submit".into()),
+        ("name", form.input("name")),
+        ("source", "yaml".into()),
+        ("config_yaml", yaml),
+        ("loaded_from", form.input("loaded_from")),
+        ("priority", "0".into()),
+        ("noise_source", "generate".into()),
+        ("parent", form.input("parent")),
+    ] {
+        fields.push((k.into(), v));
+    }
+    let refs: Vec<(&str, &str)> = fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let r = site.post_multipart("/jobs/new", &cookie, &refs, &[]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let clone: uuid::Uuid = r.location().trim_start_matches("/jobs/").parse().unwrap();
+    let job = queue::get(&site.pool, clone).await.unwrap().unwrap();
+    assert_eq!((job.parent_id, job.total_steps), (Some(original), 6));
+    assert_eq!(job.config["DATA"]["IMG_SIZE"], 16);
+
+    let child = site.get(&format!("/jobs/{clone}"), Some(&cookie)).await;
+    assert!(
+        child.body.contains(&format!(
+            "Derived from <a href=\"/jobs/{original}\">noisy run</a>"
+        )),
+        "{}",
+        child.body
+    );
+    let parent = site.get(&format!("/jobs/{original}"), Some(&cookie)).await;
+    assert!(
+        parent
+            .body
+            .contains(&format!("<a href=\"/jobs/{clone}\">noisy run (clone)</a>")),
+        "{}",
+        parent.body
+    );
+
+    // Bob sees neither Alice's job to clone nor can he name it as a parent through the API.
+    let bob = ifp_server::tokens::create(&site.pool, "bob", false, None)
+        .await
+        .unwrap();
+    let (bob_cookie, _) = site.sign_in(&bob).await;
+    let r = site
+        .get(&format!("/jobs/new?from={original}"), Some(&bob_cookie))
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let body = serde_json::json!({"name": "x", "config_yaml": TINY, "parent": original});
+    let req = Request::post("/api/v1/jobs")
+        .header(header::AUTHORIZATION, format!("Bearer {bob}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let r = site.send(req).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert!(r.body.contains("\"key_path\":\"parent\""), "{}", r.body);
+}

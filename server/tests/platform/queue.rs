@@ -24,12 +24,14 @@ fn job(name: &str, priority: i32) -> NewJob {
         total_steps: 10,
         max_attempts: 3,
         device_class: DeviceClass::Any,
+        parent_id: None,
     }
 }
 
 fn job_on(name: &str, device_class: DeviceClass) -> NewJob {
     NewJob {
         device_class,
+        parent_id: None,
         ..job(name, 0)
     }
 }

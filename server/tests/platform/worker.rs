@@ -48,6 +48,7 @@ async fn submit_config(pool: &PgPool, steps: usize, config: serde_json::Value) -
             total_steps: steps as i64,
             max_attempts: 3,
             device_class: DeviceClass::Any,
+            parent_id: None,
         },
     )
     .await

@@ -54,6 +54,9 @@ pub struct CreateJob {
     /// For `finetune`: a succeeded pre-training job of yours whose newest model file is the
     /// initial encoder (its network is used); absent = from scratch.
     pub init_job: Option<Uuid>,
+    /// The job this one is derived from (e.g. the one it was cloned from), shown as its
+    /// parent; it must be yours. A `finetune` job's `init_job` is its parent by default.
+    pub parent: Option<Uuid>,
 }
 
 fn parse_config(body: &CreateJob) -> Result<ifp_trainer::Config> {
@@ -141,6 +144,7 @@ pub async fn create(
         is_admin: caller.is_admin,
         priority: body.priority,
         max_attempts: body.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+        parent: body.parent.or(body.init_job),
     };
     let finetune_given = body.finetune.is_some() || body.finetune_yaml.is_some();
     let spec = match kind {

@@ -186,7 +186,7 @@ pub async fn submit_form(
     let result = match job {
         Ok((job, priority)) => {
             let spec = JobSpec::Compare(Box::new(job));
-            viewer.submit(&state, &f.name, priority, spec).await
+            viewer.submit(&state, &f.name, priority, None, spec).await
         }
         Err(e) => Err(e),
     };

@@ -2,7 +2,7 @@
 //! succeeded pre-training jobs, or from scratch) and a fine-tuning config in YAML.
 
 use askama::Template;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
@@ -31,6 +31,7 @@ struct FinetunePage {
     choices: Vec<InitChoice>,
     finetune_yaml: String,
     priority: String,
+    parent: String,
     datasets: Option<String>,
     errors: Errors,
 }
@@ -48,18 +49,57 @@ pub struct FinetuneForm {
     init_job: String,
     finetune_yaml: String,
     priority: String,
+    /// The job this one is cloned from (its id), recorded as the new job's parent.
+    #[serde(default)]
+    parent: String,
 }
 
-/// `GET /jobs/new/finetune`.
-pub async fn show(State(state): State<AppState>, viewer: Viewer) -> PageResult<Response> {
+#[derive(Deserialize)]
+pub struct ShowParams {
+    /// Start from this pre-training job's encoder ("Fine-tune this").
+    init: Option<String>,
+    /// Clone this fine-tuning job.
+    from: Option<String>,
+}
+
+/// `GET /jobs/new/finetune[?init=JOB | ?from=JOB]`.
+pub async fn show(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Query(q): Query<ShowParams>,
+) -> PageResult<Response> {
     let choices = choices(&state, &viewer).await?;
-    let f = FinetuneForm {
+    let mut f = FinetuneForm {
         name: "fine-tune: denoising".into(),
         init_job: choices.first().map(|c| c.id.clone()).unwrap_or_default(),
         finetune_yaml: super::compare::FINETUNE_DENOISE.into(),
         priority: "0".into(),
         ..Default::default()
     };
+    if let Some(init) = q.init {
+        let job = service::visible_job(&state.pool, &viewer.caller, &init).await?;
+        f.name = format!(
+            "fine-tune: {}",
+            job.name.chars().take(180).collect::<String>()
+        );
+        f.init_job = job.id.to_string();
+    } else if let Some(from) = q.from {
+        let job = service::visible_job(&state.pool, &viewer.caller, &from).await?;
+        let mut ft = crate::jobs::finetune::stored_finetune(&job.config)
+            .map_err(|e| Error::Internal(format!("job {}: stored config: {e}", job.id)))?;
+        // The stored INIT is the initial job's model file; the form names that job instead
+        // (the original's parent), and the network it inherits stays in the YAML.
+        let from_encoder = ft.init.take().is_some();
+        f.init_job = match (from_encoder, job.parent_id) {
+            (true, Some(p)) => p.to_string(),
+            _ => String::new(),
+        };
+        f.finetune_yaml = serde_norway::to_string(&ft)
+            .map_err(|e| Error::Internal(format!("job {}: config to YAML: {e}", job.id)))?;
+        f.name = super::new_job::clone_name(&job.name);
+        f.priority = job.priority.to_string();
+        f.parent = job.id.to_string();
+    }
     Ok(page(
         &state,
         &viewer,
@@ -120,7 +160,10 @@ pub async fn submit_form(
         let stated = ifp_trainer::finetune::FinetuneConfig::names_model(&f.finetune_yaml);
         let job = FinetuneJob::new(ft, stated, init, state.datasets.as_deref())?;
         let spec = JobSpec::Finetune(Box::new(job));
-        viewer.submit(&state, &f.name, priority, spec).await
+        let parent = super::new_job::parent_of(&f.parent)
+            .map_err(|e| Error::invalid(Some("form"), e))?
+            .or(f.init_job.trim().parse().ok());
+        viewer.submit(&state, &f.name, priority, parent, spec).await
     }
     .await;
     match result {
@@ -174,6 +217,7 @@ fn page(
         choices,
         finetune_yaml: f.finetune_yaml,
         priority: f.priority,
+        parent: f.parent,
         datasets: state.datasets.as_ref().map(|d| d.display().to_string()),
         errors,
     };

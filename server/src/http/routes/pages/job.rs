@@ -121,6 +121,12 @@ struct JobPage {
     layout: Layout,
     v: JobView,
     config_yaml: String,
+    parent: Option<service::JobLink>,
+    children: Vec<service::JobLink>,
+    /// Comparisons have no clone yet: their form starts from a preset.
+    can_clone: bool,
+    /// A succeeded pre-training job offers its encoder to a fine-tuning job.
+    can_finetune: bool,
 }
 
 #[derive(Template)]
@@ -144,11 +150,18 @@ pub async fn show(
 ) -> PageResult<Response> {
     let job = visible_job(&state.pool, &viewer.caller, &id).await?;
     let config_yaml = serde_norway::to_string(&job.config).unwrap_or_default();
+    let (parent, children) = service::lineage(&state.pool, &viewer.caller, &job).await?;
+    let can_clone = job.kind != JobKind::Compare;
+    let can_finetune = job.kind == JobKind::Pretrain && job.status == JobStatus::Succeeded;
     let v = view(&state, job, s.scale.as_deref() == Some("log")).await?;
     Ok(render(&JobPage {
         layout: Layout::new(format!("{} · job", v.job.name), Some(&viewer)),
         v,
         config_yaml,
+        parent,
+        children,
+        can_clone,
+        can_finetune,
     }))
 }
 

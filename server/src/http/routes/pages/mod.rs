@@ -60,6 +60,7 @@ impl Viewer {
         state: &AppState,
         name: &str,
         priority: i32,
+        parent: Option<uuid::Uuid>,
         spec: crate::jobs::spec::JobSpec,
     ) -> Result<crate::db::rows::Job, crate::error::Error> {
         let s = crate::jobs::service::Submission {
@@ -68,6 +69,7 @@ impl Viewer {
             is_admin: self.caller.is_admin,
             priority,
             max_attempts: crate::queue::DEFAULT_MAX_ATTEMPTS,
+            parent,
         };
         crate::jobs::service::submit(&state.pool, &state.artifacts, s, &spec).await
     }

@@ -38,6 +38,8 @@ struct Submitted {
     /// The stored upload the form already refers to (`uploads/<sha256>.<ext>`).
     noise_upload: String,
     noise_file: Option<Bytes>,
+    /// The job this one is cloned from (its id), recorded as the new job's parent.
+    parent: String,
 }
 
 pub struct FieldView {
@@ -68,6 +70,7 @@ struct NewJobPage {
     priority: String,
     noise_source: String,
     noise_upload: String,
+    parent: String,
     fields: Vec<FieldView>,
     errors: Errors,
     notice: Option<String>,
@@ -78,14 +81,20 @@ struct NewJobPage {
 #[derive(Deserialize)]
 pub struct NewParams {
     preset: Option<String>,
+    /// Clone this job: the form filled with its config, name and priority.
+    from: Option<String>,
 }
 
-/// `GET /jobs/new[?preset=NAME]`: the form filled from a preset (`tiny` by default).
+/// `GET /jobs/new[?preset=NAME | ?from=JOB]`: the form filled from a preset (`tiny` by
+/// default), or from a job to clone (fine-tuning and comparison jobs go to their own forms).
 pub async fn show(
     State(state): State<AppState>,
     viewer: Viewer,
     Query(q): Query<NewParams>,
 ) -> PageResult<Response> {
+    if let Some(from) = q.from {
+        return clone_of(&state, &viewer, &from).await;
+    }
     let preset = q
         .preset
         .filter(|p| ifp_trainer::config::PRESETS.iter().any(|x| x.name == p))
@@ -112,6 +121,72 @@ pub async fn show(
         preview,
         StatusCode::OK,
     ))
+}
+
+/// The form filled with a pre-training job's stored config (as YAML, so every setting is
+/// kept), its name marked as a clone, and the job as the new one's parent.
+async fn clone_of(state: &AppState, viewer: &Viewer, from: &str) -> PageResult<Response> {
+    let job = crate::jobs::service::visible_job(&state.pool, &viewer.caller, from).await?;
+    match job.kind {
+        crate::db::values::JobKind::Pretrain => {}
+        crate::db::values::JobKind::Finetune => {
+            return Ok(Redirect::to(&format!("/jobs/new/finetune?from={}", job.id)).into_response())
+        }
+        crate::db::values::JobKind::Compare => {
+            return Ok(Redirect::to(&format!("/jobs/new/compare?from={}", job.id)).into_response())
+        }
+    }
+    let cfg = Config::from_value(job.config.clone())
+        .map_err(|e| Error::Internal(format!("job {}: stored config: {e}", job.id)))?;
+    let yaml = cfg.to_yaml();
+    let mut sub = Submitted {
+        name: clone_name(&job.name),
+        source: "yaml".into(),
+        loaded_from: form::fingerprint_yaml(&yaml),
+        values: form::values_of(&cfg),
+        config_yaml: yaml,
+        preset: "tiny".into(),
+        priority: job.priority.to_string(),
+        noise_source: "generate".into(),
+        parent: job.id.to_string(),
+        action: "load".into(),
+        ..Default::default()
+    };
+    if let Some(img) = cfg.data.noise_image.as_ref().and_then(|p| p.to_str()) {
+        sub.noise_source = "upload".into();
+        sub.noise_upload = img.to_string();
+    }
+    let notice = format!(
+        "A clone of “{}”: every setting is the original's. Change what you want to vary, then \
+         submit; the new job links back to it.",
+        job.name
+    );
+    let preview = preview_data_uri(state, viewer, &cfg).await.ok();
+    Ok(page(
+        viewer,
+        sub,
+        Errors::new(),
+        Some(notice),
+        preview,
+        StatusCode::OK,
+    ))
+}
+
+/// `NAME (clone)`, kept within the 200 characters a name may have.
+pub(super) fn clone_name(name: &str) -> String {
+    let base: String = name.chars().take(192).collect();
+    format!("{base} (clone)")
+}
+
+/// The `parent` a form carries: empty for none, else a job id.
+pub(super) fn parent_of(raw: &str) -> Result<Option<uuid::Uuid>, String> {
+    match raw.trim() {
+        "" => Ok(None),
+        id => id
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("`{id}` is not a job id; open Clone from the job's page again")),
+    }
 }
 
 /// `POST /jobs/new`.
@@ -186,8 +261,18 @@ pub async fn submit(
             return Ok(invalid(&viewer, sub, errors));
         }
     };
+    let parent = match parent_of(&sub.parent) {
+        Ok(p) => p,
+        Err(e) => {
+            errors.insert("form".into(), e);
+            return Ok(invalid(&viewer, sub, errors));
+        }
+    };
     let spec = JobSpec::Pretrain(Box::new(cfg));
-    match viewer.submit(&state, &sub.name, priority, spec).await {
+    match viewer
+        .submit(&state, &sub.name, priority, parent, spec)
+        .await
+    {
         Ok(job) => Ok(Redirect::to(&format!("/jobs/{}", job.id)).into_response()),
         Err(Error::Invalid { key_path, message }) => {
             errors.insert(field_for_key(key_path.as_deref()), message);
@@ -293,6 +378,7 @@ async fn read_form(mut mp: Multipart) -> Result<Submitted, Error> {
                     "priority" => s.priority = text,
                     "noise_source" => s.noise_source = text,
                     "noise_upload" => s.noise_upload = text,
+                    "parent" => s.parent = text,
                     other => {
                         if let Some(f) = FIELDS.iter().find(|f| f.name == other) {
                             s.values.insert(f.name, text);
@@ -469,6 +555,7 @@ fn page(
         priority: sub.priority,
         noise_source: sub.noise_source,
         noise_upload: sub.noise_upload,
+        parent: sub.parent,
         fields,
         errors,
         notice,
