@@ -11,7 +11,7 @@ use super::values::{AttemptOutcome, CheckpointKind, JobKind, JobStatus};
 pub const JOB_COLUMNS: &str =
     "id, kind, name, owner, status, priority, config, attempt, max_attempts, \
      worker_id, lease_expires_at, cancel_requested, step, total_steps, loss, error, started_at, \
-     finished_at, created_at, updated_at, device_class, parent_id";
+     finished_at, created_at, updated_at, device_class, parent_id, key_metric";
 
 /// A job of any kind.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -47,6 +47,10 @@ pub struct Job {
     pub device_class: DeviceClass,
     /// The job this one was derived from (cloned, or fine-tuned from its encoder).
     pub parent_id: Option<Uuid>,
+    /// The finished run's key result: best validation PSNR (dB) of a fine-tuning job, the
+    /// paired test-PSNR difference IFP - scratch (dB) of a comparison; null for pre-training
+    /// (its `loss` is the final loss) and until the result files are listed.
+    pub key_metric: Option<f64>,
 }
 
 /// One logged training step.

@@ -162,6 +162,25 @@ pub fn report_files(dir: &Path) -> Result<Vec<WrittenFile>> {
     Ok(out)
 }
 
+/// The key result in a finished run's result folder: the best validation PSNR in
+/// `history.json` (fine-tuning), or the IFP arm's mean paired test-PSNR difference against
+/// scratch in `report.json` (comparison). `None` if neither file has it.
+pub fn key_metric(dir: &Path) -> Option<f64> {
+    let json = |name: &str| -> Option<Value> {
+        serde_json::from_slice(&std::fs::read(dir.join(name)).ok()?).ok()
+    };
+    if let Some(r) = json("report.json") {
+        return r["deltas"].as_array()?.iter().find(|d| d["arm"] == "ifp")?["diff"]["psnr"]["mean"]
+            .as_f64();
+    }
+    json("history.json")?
+        .as_array()?
+        .iter()
+        .filter_map(|p| p["psnr"].as_f64())
+        .filter(|v| v.is_finite())
+        .reduce(f64::max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

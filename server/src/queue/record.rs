@@ -140,6 +140,18 @@ async fn list_files(
     queue::notify(pool, queue::CHANNEL_EVENT, &fence.job_id.to_string()).await
 }
 
+/// Stores the finished run's key result (see `Job::key_metric`).
+pub async fn key_metric(pool: &PgPool, fence: &Fence, value: f64) -> Result<()> {
+    let sql =
+        format!("update job set key_metric = $4, updated_at = now() where id = $1 and {FENCE}");
+    sqlx::query(&sql)
+        .bind_fence(fence)
+        .bind(value)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// Notes on the attempt which checkpoint step it resumed from.
 pub async fn resumed_from(pool: &PgPool, fence: &Fence, step: i64) -> Result<()> {
     sqlx::query(

@@ -343,10 +343,16 @@ impl Attempt<'_> {
 /// Lists a finished run's result files (a comparison's report, a fine-tuning history).
 async fn record_results(pool: &PgPool, artifacts: &Path, fence: &Fence, dir: &Path) -> Result<()> {
     let d: PathBuf = dir.to_path_buf();
-    let files = tokio::task::spawn_blocking(move || crate::jobs::compare::report_files(&d))
-        .await
-        .map_err(|e| Error::Internal(format!("listing results: {e}")))??;
-    record::report_files(pool, artifacts, fence, &files).await
+    let (files, key) = tokio::task::spawn_blocking(move || {
+        crate::jobs::compare::report_files(&d).map(|f| (f, crate::jobs::compare::key_metric(&d)))
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("listing results: {e}")))??;
+    record::report_files(pool, artifacts, fence, &files).await?;
+    match key {
+        Some(v) => record::key_metric(pool, fence, v).await,
+        None => Ok(()),
+    }
 }
 
 /// A trainer error as the job's owner should read it.

@@ -75,6 +75,18 @@ pub(crate) fn finetune_job(train_dir: &str, model: Option<Value>) -> Value {
     v
 }
 
+/// A page as the admin sees it.
+async fn html_of(api: &axum::Router, pool: &sqlx::PgPool, uri: &str) -> String {
+    let cookie = admin_session(pool).await;
+    let req = Request::get(uri)
+        .header(header::COOKIE, format!("ifp_session={cookie}"))
+        .body(Body::empty())
+        .unwrap();
+    let resp = api.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "{uri}");
+    String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned()
+}
+
 /// A browser session of the admin (the cookie value).
 async fn admin_session(pool: &sqlx::PgPool) -> String {
     let admin = ifp_server::tokens::Caller {
@@ -249,6 +261,17 @@ async fn a_tiny_comparison_runs_and_reports() {
         let psnr = a["test"]["psnr"]["mean"].as_f64().unwrap();
         assert!(psnr.is_finite() && psnr > 10.0, "{a}");
     }
+    // The job's key result is the paired IFP - scratch difference, shown in the jobs list.
+    let (_, b) = call(&api, "GET", &format!("/api/v1/jobs/{id}"), None).await;
+    let key = serde_json::from_str::<Value>(&b).unwrap()["key_metric"].as_f64();
+    let delta = report["deltas"][0]["diff"]["psnr"]["mean"].as_f64();
+    assert_eq!(report["deltas"][0]["arm"], "ifp");
+    assert!(key.is_some() && key == delta, "{key:?} vs {delta:?}");
+    let list = html_of(&api, &pool, "/").await;
+    assert!(
+        list.contains(&format!("{:+.2} dB", delta.unwrap())),
+        "{list}"
+    );
 
     // The job page shows the report.
     let cookie = admin_session(&pool).await;
@@ -453,6 +476,16 @@ async fn a_finetune_job_starts_from_a_finished_pretraining_job() {
     .await;
     let history: Vec<Value> = serde_json::from_str(&history).unwrap();
     assert_eq!(history.len(), 2, "validated at steps 2 and 4");
+    // The job's key result is its best validation PSNR, shown in the jobs list.
+    let best = history
+        .iter()
+        .map(|p| p["psnr"].as_f64().unwrap())
+        .fold(f64::MIN, f64::max);
+    let (_, b) = call(&api, "GET", &format!("/api/v1/jobs/{id}"), None).await;
+    let key = serde_json::from_str::<Value>(&b).unwrap()["key_metric"].as_f64();
+    assert_eq!(key, Some(best));
+    let list = html_of(&api, &pool, "/").await;
+    assert!(list.contains(&format!("{best:.2} dB")), "{list}");
 
     // Lineage: the initial job is the fine-tuning job's parent (issue 17).
     assert_eq!(job["parent_id"], pre_id.as_str());

@@ -38,6 +38,26 @@ pub struct Row {
     /// Running time so far (or in all, once ended); empty before it starts.
     pub duration: String,
     pub attempt: String,
+    /// The finished job's key result (final loss, best validation PSNR, IFP - scratch).
+    pub result: String,
+    /// What `result` is, for its tooltip.
+    pub result_title: &'static str,
+}
+
+/// A job's key result as the list shows it, and what it is.
+fn key_result(j: &crate::db::rows::Job) -> (String, &'static str) {
+    use crate::db::values::{JobKind, JobStatus};
+    match (j.kind, j.key_metric, j.loss) {
+        (JobKind::Pretrain, _, Some(l)) if j.status == JobStatus::Succeeded => {
+            (fmt::sig4(l), "final loss")
+        }
+        (JobKind::Finetune, Some(v), _) => (format!("{v:.2} dB"), "best validation PSNR"),
+        (JobKind::Compare, Some(v), _) => (
+            format!("{v:+.2} dB"),
+            "test PSNR of IFP minus scratch (paired mean)",
+        ),
+        _ => ("—".into(), "no result yet"),
+    }
 }
 
 #[derive(Template)]
@@ -215,7 +235,10 @@ async fn rows_for(state: &AppState, viewer: &Viewer, f: &Filter) -> PageResult<(
                 .filter(|(id, _)| *id == j.id)
                 .map(|(_, l)| *l)
                 .collect();
+            let (result, result_title) = key_result(&j);
             Row {
+                result,
+                result_title,
                 id: j.id,
                 percent: format!("{:.0}", 100.0 * j.step as f64 / j.total_steps.max(1) as f64),
                 loss: j.loss.map(fmt::sig4).unwrap_or_else(|| "—".into()),
