@@ -1,5 +1,6 @@
 //! `ifp eval`: score a fine-tuned model file on a folder of test images (PSNR/SSIM, RGB and
-//! Y, per image and mean with standard error), optionally writing the numbers as JSON.
+//! Y, per image and mean with standard error), optionally writing the numbers as JSON and the
+//! restored images as PNGs.
 
 use std::path::PathBuf;
 
@@ -32,6 +33,9 @@ pub struct EvalArgs {
     /// Also write the per-image scores as JSON here.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Also write each restored image here, as `<image name>.png` (created if missing).
+    #[arg(long, value_name = "DIR")]
+    save_outputs: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
     device: String,
 }
@@ -49,6 +53,14 @@ pub fn run(a: EvalArgs) -> Result<(), Failure> {
             a.data.display()
         )));
     }
+    if let Some(d) = &a.save_outputs {
+        if d.exists() && !d.is_dir() {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "--save-outputs {}: exists and is not a folder",
+                d.display()
+            )));
+        }
+    }
     if let Some(t) = a.tile {
         if t < 48 {
             return Err(Failure::usage(anyhow::anyhow!(
@@ -64,6 +76,7 @@ pub fn run(a: EvalArgs) -> Result<(), Failure> {
         blur_sigma: a.blur,
         max_images: a.max_images,
         tile: a.tile,
+        save_outputs: a.save_outputs.as_deref(),
     };
     let scores = evaluate_weights(&req, &device).map_err(classify)?;
     println!(

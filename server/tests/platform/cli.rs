@@ -290,3 +290,40 @@ async fn token_cli_creates_lists_and_revokes() {
         assert!(stderr(&o).contains(says), "{args}: {}", stderr(&o));
     }
 }
+
+/// Issue 17: `ifp eval --save-outputs DIR` writes each restored image, full size, named after
+/// its test image; a file in the way is refused before anything runs.
+#[test]
+fn eval_saves_the_restored_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let (run, outputs) = (dir.path().join("run"), dir.path().join("restored"));
+    let train = common::datasets().join("clean/CBSD68");
+    let o = ifp(&argv(
+        "finetune --model tiny --train {} --sigma 25 --crop 24 --batch 2 --steps 2 --save-freq 2 --out {}",
+        &[&train, &run],
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let weights = run.join("model-000002.safetensors");
+    let kodak = common::datasets().join("clean/Kodak24");
+    let o = ifp(&argv(
+        "eval --weights {} --data {} --max-images 2 --save-outputs {}",
+        &[&weights, &kodak, &outputs],
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    for name in ["kodim01.png", "kodim02.png"] {
+        use image::GenericImageView;
+        let saved = image::open(outputs.join(name)).expect("a restored image");
+        let target = image::open(kodak.join(name)).unwrap();
+        assert_eq!(saved.dimensions(), target.dimensions(), "{name}");
+    }
+    assert_eq!(std::fs::read_dir(&outputs).unwrap().count(), 2);
+
+    let in_the_way = dir.path().join("file");
+    std::fs::write(&in_the_way, "x").unwrap();
+    let o = ifp(&argv(
+        "eval --weights {} --data {} --save-outputs {}",
+        &[&weights, &kodak, &in_the_way],
+    ));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("is not a folder"), "{}", stderr(&o));
+}

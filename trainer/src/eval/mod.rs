@@ -138,8 +138,25 @@ pub fn evaluate_keeping(
     tile: Option<usize>,
     keep: usize,
 ) -> Result<(Vec<ImageScore>, Vec<Image>)> {
-    let device = net.device()?;
     let mut kept = Vec::new();
+    let scores = evaluate_each(net, items, tile, |i, _, out| {
+        if i < keep {
+            kept.push(out.clone());
+        }
+        Ok(())
+    })?;
+    Ok((scores, kept))
+}
+
+/// Restores and scores every item, handing each restoration to `each` (its index, the item,
+/// the restored image) as it is made, so callers can save them without holding them all.
+pub fn evaluate_each(
+    net: &impl Restorer,
+    items: &[EvalItem],
+    tile: Option<usize>,
+    mut each: impl FnMut(usize, &EvalItem, &Image) -> Result<()>,
+) -> Result<Vec<ImageScore>> {
+    let device = net.device()?;
     let mut scores = Vec::with_capacity(items.len());
     for (i, it) in items.iter().enumerate() {
         let out = restore(net, &it.input, tile, &device)?;
@@ -147,11 +164,9 @@ pub fn evaluate_keeping(
             name: it.name.clone(),
             scores: metrics::score(&out, &it.target)?,
         });
-        if i < keep {
-            kept.push(out);
-        }
+        each(i, it, &out)?;
     }
-    Ok((scores, kept))
+    Ok(scores)
 }
 
 /// Means of each score over images.

@@ -52,6 +52,8 @@ pub struct EvalRequest<'a> {
     pub blur_sigma: Option<f64>,
     pub max_images: usize,
     pub tile: Option<usize>,
+    /// Write each restored image here as `<image name stem>.png` (8-bit RGB).
+    pub save_outputs: Option<&'a Path>,
 }
 
 /// Loads the network and the images, and scores every image.
@@ -69,5 +71,13 @@ pub fn evaluate_weights(req: &EvalRequest<'_>, device: &Device) -> Result<Vec<Im
         deg.blur_sigma = s;
     }
     let items = data::load_eval(&entries, &deg, cfg.seed, 0)?;
-    evaluate(&net, &items, req.tile)
+    let Some(out) = req.save_outputs else {
+        return evaluate(&net, &items, req.tile);
+    };
+    std::fs::create_dir_all(out).map_err(TrainerError::io(out))?;
+    crate::eval::evaluate_each(&net, &items, req.tile, |_, item, restored| {
+        let name = Path::new(&item.name).with_extension("png");
+        let path = out.join(name.file_name().unwrap_or(name.as_os_str()));
+        Ok(restored.save_png(&path)?)
+    })
 }

@@ -131,6 +131,7 @@ fn eval_scores_a_checkpoint() {
         blur_sigma: None,
         max_images: 0,
         tile: None,
+        save_outputs: None,
     };
     let whole = evaluate_weights(&req, &Device::Cpu).expect("eval");
     assert_eq!(whole.len(), 2);
@@ -149,6 +150,28 @@ fn eval_scores_a_checkpoint() {
     .expect("tiled eval");
     for (w, t) in whole.iter().zip(&tiled) {
         assert!((w.scores.psnr - t.scores.psnr).abs() < 1.0, "{w:?} {t:?}");
+    }
+    // Saved outputs are the restorations: scored against the targets they give the reported
+    // PSNR, up to 8-bit rounding (the noisy input would score differently).
+    let outputs = tmp.path().join("restored");
+    let saved = evaluate_weights(
+        &EvalRequest {
+            save_outputs: Some(&outputs),
+            ..req
+        },
+        &Device::Cpu,
+    )
+    .expect("eval with outputs");
+    let targets = ifp_trainer::finetune::data::list_set(&test).expect("test set");
+    for (s, entry) in saved.iter().zip(&targets) {
+        let png = outputs.join(std::path::Path::new(&s.name).with_extension("png"));
+        let load = |p: &std::path::Path| {
+            let rgb = image::open(p).expect("an image").to_rgb8();
+            ifp_trainer::data::image::Image::from_rgb8(&rgb)
+        };
+        let (restored, target) = (load(&png), load(&entry.target));
+        let again = ifp_trainer::eval::metrics::score(&restored, &target).expect("score");
+        assert!((again.psnr - s.scores.psnr).abs() < 0.1, "{s:?}: {again:?}");
     }
     // A pre-training checkpoint is not a fine-tuned model.
     let bad = EvalRequest {
