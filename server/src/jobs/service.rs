@@ -370,3 +370,58 @@ pub async fn lineage(
     .await?;
     Ok((parent, children))
 }
+
+/// What the new-job form tells a user before they submit a pre-training run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Estimate {
+    /// The run's estimated peak memory (`ifp_trainer::memory`).
+    pub peak_bytes: u64,
+    /// The memory of the largest live worker that may run it, if any worker reported one.
+    pub largest_worker: Option<u64>,
+    /// Whether admission control would refuse it for memory.
+    pub refused: bool,
+    /// Expected training time in seconds: the run's images divided by the median images/s
+    /// that finished runs with the same network, crop size, batch size and device class
+    /// logged (the last 20 of them); `None` without such a run.
+    pub seconds: Option<f64>,
+    /// How many finished runs the duration is based on.
+    pub runs: i64,
+}
+
+/// The estimate of a pre-training run's peak memory and duration.
+pub async fn estimate(pool: &PgPool, cfg: &ifp_trainer::Config) -> Result<Estimate> {
+    let spec = JobSpec::Pretrain(Box::new(cfg.clone()));
+    let (peak_bytes, _) = spec.peak_memory();
+    let class = spec.device_class();
+    let largest_worker = queue::largest_worker_memory(pool, class)
+        .await?
+        .and_then(|b| u64::try_from(b).ok());
+    let refused =
+        largest_worker.is_some_and(|have| peak_bytes as f64 > MEMORY_HEADROOM * have as f64);
+    let (ips, runs): (Option<f64>, i64) = sqlx::query_as(
+        "with peer as (
+             select id from job
+             where kind = 'pretrain' and status = 'succeeded' and device_class = $4
+               and config -> 'MODEL' = $1 and config #> '{DATA,IMG_SIZE}' = $2
+               and config #> '{DATA,BATCH_SIZE}' = $3
+             order by finished_at desc limit 20)
+         select percentile_cont(0.5) within group (order by m.images_per_sec),
+                count(distinct m.job_id)
+         from metric m join peer p on p.id = m.job_id
+         where m.images_per_sec > 0",
+    )
+    .bind(serde_json::to_value(&cfg.model).map_err(|e| Error::Internal(e.to_string()))?)
+    .bind(serde_json::json!(cfg.data.img_size))
+    .bind(serde_json::json!(cfg.data.batch_size))
+    .bind(class.as_str())
+    .fetch_one(pool)
+    .await?;
+    let images = cfg.total_steps() as f64 * cfg.data.batch_size as f64;
+    Ok(Estimate {
+        peak_bytes,
+        largest_worker,
+        refused,
+        seconds: ips.filter(|v| *v > 0.0).map(|v| images / v),
+        runs,
+    })
+}

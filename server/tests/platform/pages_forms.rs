@@ -344,3 +344,96 @@ async fn the_form_takes_the_uformer_preset() {
     assert_eq!(job.config["MODEL"]["UFORMER"]["IMAGE_SIZE"], 128);
     assert_eq!(job.total_steps, 3);
 }
+
+/// Issue 16: the form shows the run's estimated peak memory against the largest live worker
+/// and, once a run like it has finished, its expected duration from that run's speed.
+#[tokio::test]
+async fn the_form_shows_the_memory_and_duration_estimate() {
+    use ifp_server::queue::{self as q, WorkerDevice};
+    let site = setup().await;
+    let (cookie, _) = site.sign_in(&site.alice).await;
+    let tiny = ifp_trainer::config::preset("tiny").unwrap();
+    let peak = ifp_trainer::memory::human(ifp_trainer::memory::pretrain_peak_bytes(&tiny));
+
+    let form = site.get("/jobs/new", Some(&cookie)).await;
+    assert!(
+        form.body.contains(&format!("Peak memory about {peak}")),
+        "{}",
+        form.body
+    );
+    assert!(
+        form.body.contains("no live worker has reported"),
+        "{}",
+        form.body
+    );
+    assert!(
+        form.body.contains("No expected duration yet"),
+        "{}",
+        form.body
+    );
+
+    let worker = |name: &str, memory: i64| WorkerDevice {
+        class: ifp_trainer::config::DeviceClass::Cpu,
+        name: Some(name.into()),
+        memory: Some(memory),
+    };
+    q::register_worker(&site.pool, "w1", &worker("w1", 8 << 30))
+        .await
+        .unwrap();
+    // A tiny run like the form's finishes at 50 images/s.
+    let body = serde_json::json!({"name": "done", "preset": "tiny"});
+    let req = Request::post("/api/v1/jobs")
+        .header(header::AUTHORIZATION, format!("Bearer {}", site.alice))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    assert_eq!(site.send(req).await.status, StatusCode::CREATED);
+    let c = q::claim(&site.pool, "w1", std::time::Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let rows: Vec<ifp_server::db::rows::Metric> = (1..=3)
+        .map(|s| ifp_server::db::rows::Metric {
+            step: s,
+            attempt: 1,
+            loss: 0.5,
+            lr: 1e-3,
+            grad_norm: 1.0,
+            images_per_sec: 50.0,
+        })
+        .collect();
+    ifp_server::queue::record::metrics(&site.pool, &c.fence, &rows)
+        .await
+        .unwrap();
+    assert!(q::finish(&site.pool, &c.fence, &q::Outcome::Succeeded)
+        .await
+        .unwrap());
+
+    let form = site.get("/jobs/new", Some(&cookie)).await;
+    let expected = ifp_server::http::views::fmt::duration(
+        tiny.total_steps() as f64 * tiny.data.batch_size as f64 / 50.0,
+    );
+    assert!(
+        form.body.contains("the largest live worker has 8.0 GiB"),
+        "{}",
+        form.body
+    );
+    assert!(
+        form.body.contains(&format!(
+            "Training takes about {expected} at the median speed of 1 finished run with"
+        )),
+        "{}",
+        form.body
+    );
+    // Against a worker too small for it, the form says the run would be refused.
+    sqlx::query("update worker set memory_bytes = 1048576")
+        .execute(&site.pool)
+        .await
+        .unwrap();
+    let form = site.get("/jobs/new", Some(&cookie)).await;
+    assert!(
+        form.body.contains("so this run would be refused"),
+        "{}",
+        form.body
+    );
+}

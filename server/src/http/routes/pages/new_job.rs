@@ -75,6 +75,8 @@ struct NewJobPage {
     errors: Errors,
     notice: Option<String>,
     preview: Option<String>,
+    /// Peak memory and expected duration, in words.
+    estimate: Option<String>,
     captions: [&'static str; 4],
 }
 
@@ -111,14 +113,14 @@ pub async fn show(
         noise_source: "generate".into(),
         ..Default::default()
     };
-    let preview = preview_data_uri(&state, &viewer, &base).await.ok();
+    let shown = Shown::of(&state, &viewer, &base).await;
     sub.action = "load".into();
     Ok(page(
         &viewer,
         sub,
         Errors::new(),
         None,
-        preview,
+        shown,
         StatusCode::OK,
     ))
 }
@@ -161,13 +163,13 @@ async fn clone_of(state: &AppState, viewer: &Viewer, from: &str) -> PageResult<R
          submit; the new job links back to it.",
         job.name
     );
-    let preview = preview_data_uri(state, viewer, &cfg).await.ok();
+    let shown = Shown::of(state, viewer, &cfg).await;
     Ok(page(
         viewer,
         sub,
         Errors::new(),
         Some(notice),
-        preview,
+        shown,
         StatusCode::OK,
     ))
 }
@@ -221,15 +223,13 @@ pub async fn submit(
                 format!("the `{}` preset", sub.preset)
             }
         );
-        let preview = preview_data_uri(&state, &viewer, &with_noise(&base, &sub))
-            .await
-            .ok();
+        let shown = Shown::of(&state, &viewer, &with_noise(&base, &sub)).await;
         return Ok(page(
             &viewer,
             sub,
             errors,
             Some(notice),
-            preview,
+            shown,
             StatusCode::OK,
         ));
     }
@@ -249,7 +249,11 @@ pub async fn submit(
                 None
             }
         };
-        return Ok(page(&viewer, sub, errors, None, preview, StatusCode::OK));
+        let shown = Shown {
+            preview,
+            estimate: estimate_text(&state, &cfg).await,
+        };
+        return Ok(page(&viewer, sub, errors, None, shown, StatusCode::OK));
     }
     let priority = match sub.priority.trim().parse::<i32>() {
         Ok(p) => p,
@@ -336,7 +340,7 @@ fn invalid(viewer: &Viewer, sub: Submitted, errors: Errors) -> Response {
         sub,
         errors,
         None,
-        None,
+        Shown::default(),
         StatusCode::UNPROCESSABLE_ENTITY,
     )
 }
@@ -515,12 +519,71 @@ async fn preview_data_uri(
     ))
 }
 
+/// What the form shows about a config besides its fields: the preview image and the estimate
+/// of the run's peak memory and duration.
+#[derive(Default)]
+struct Shown {
+    preview: Option<String>,
+    estimate: Option<String>,
+}
+
+impl Shown {
+    async fn of(state: &AppState, viewer: &Viewer, cfg: &Config) -> Shown {
+        Shown {
+            preview: preview_data_uri(state, viewer, cfg).await.ok(),
+            estimate: estimate_text(state, cfg).await,
+        }
+    }
+}
+
+/// The estimate in words, or `None` if the database cannot say.
+async fn estimate_text(state: &AppState, cfg: &Config) -> Option<String> {
+    use ifp_trainer::memory::human;
+    let e = match crate::jobs::service::estimate(&state.pool, cfg).await {
+        Ok(e) => e,
+        Err(err) => {
+            tracing::warn!("estimating a run: {err}");
+            return None;
+        }
+    };
+    let memory = match e.largest_worker {
+        Some(have) if e.refused => format!(
+            "Peak memory about {}: more than 90% of the {} of the largest live worker, so this \
+             run would be refused; lower the batch size or the crop size.",
+            human(e.peak_bytes),
+            human(have)
+        ),
+        Some(have) => format!(
+            "Peak memory about {} (the largest live worker has {}).",
+            human(e.peak_bytes),
+            human(have)
+        ),
+        None => format!(
+            "Peak memory about {} (no live worker has reported its memory).",
+            human(e.peak_bytes)
+        ),
+    };
+    let duration = match e.seconds {
+        Some(s) => format!(
+            " Training takes about {} at the median speed of {} finished run{} with this \
+             network, crop size and batch size.",
+            crate::http::views::fmt::duration(s),
+            e.runs,
+            if e.runs == 1 { "" } else { "s" }
+        ),
+        None => " No expected duration yet: no finished run has this network, crop size and \
+                  batch size."
+            .to_string(),
+    };
+    Some(memory + &duration)
+}
+
 fn page(
     viewer: &Viewer,
     sub: Submitted,
     errors: Errors,
     notice: Option<String>,
-    preview: Option<String>,
+    shown: Shown,
     status: StatusCode,
 ) -> Response {
     let fields = FIELDS
@@ -559,7 +622,8 @@ fn page(
         fields,
         errors,
         notice,
-        preview,
+        preview: shown.preview,
+        estimate: shown.estimate,
         captions: ifp_trainer::preview::CAPTIONS,
     };
     (status, render(&p)).into_response()
