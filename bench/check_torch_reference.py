@@ -9,7 +9,7 @@
   respect to the input and every parameter (`grad.*`).
 * corruption, freq_loss, ifp_mask: the corruption transforms, the four losses (values and
   d loss / d pred) and the masks.
-* uformer_tiny, uformer_tiny_shift: the same for the Uformer of bench/torch_uformer.py (strict
+* uformer_tiny, uformer_tiny_shift: the same for the Uformer of web/static/ifp_models.py (strict
   load including the relative_position_index buffers; output, the five encoder token tensors,
   input and parameter gradients), eval mode.
 * padding: a 30x26 input must give a 30x26 output equal to running the padded input and cropping.
@@ -107,7 +107,7 @@ def check_uformer(gdir, name):
     output, the five encoder token tensors, grad.input and every parameter gradient, f64 and
     f32, in eval mode (DropPath inactive). Also checks the drop-path rates of the paper network
     against the reference construction (linspace(0, 0.1, 19), bottleneck 0.1, decoder reversed)."""
-    import torch_uformer as tu
+    import ifp_models as tu  # on the path torch_ifp set
 
     g = load_file(os.path.join(gdir, f"{name}.safetensors"))
     cfg = ti.load_config(os.path.join(gdir, "configs", f"{name}.yaml"))

@@ -19,7 +19,7 @@ non-square ones, and three Restormer configs:
 
 (the two extra configs are written to the work directory, under /tmp by default).
 
-Uformer (`--family uformer`; bench/torch_uformer.py): the golden `uformer_tiny` (window 4, depth 1)
+Uformer (`--family uformer`; web/static/ifp_models.py): the golden `uformer_tiny` (window 4, depth 1)
 and `uformer_tiny_shift` (shifted windows) configs, plus `uf_win2` (window 2, odd depths),
 `uf_win6` (window 6 / shift 3 on 96x96), `uf_dim16` (EMBED_DIM 16, window 8) and `uf_paper128`
 (the uformer-paper network at 128x128); batch 1..3, inputs equal to IMAGE_SIZE and twice it
@@ -119,7 +119,7 @@ CASES = [
     ("biasfree_nb", 29, 1, 64, 48),
 ]
 
-# Uformer (bench/torch_uformer.py). Square sides only (the reference recovers the side as
+# Uformer (web/static/ifp_models.py). Square sides only (the reference recovers the side as
 # int(sqrt(tokens))); window sizes are fixed at construction from IMAGE_SIZE, so running a
 # larger input than IMAGE_SIZE is allowed when every level still tiles.
 UF_TINY = os.path.join(GOLDEN, "configs", "uformer_tiny.yaml")

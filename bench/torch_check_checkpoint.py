@@ -6,7 +6,7 @@
 
 Builds the Restormer + MSRResNet-head network (MODEL.RESTORMER.*, MODEL.DECODER.{IN_NC, OUT_NC,
 NF (default 64), UPSCALE}) or the Uformer encoder + decoder (MODEL.UFORMER.*, bench/
-torch_uformer.py; the relative_position_index buffers are part of the strict load) from a
+web/static/ifp_models.py; the relative_position_index buffers are part of the strict load) from a
 reference-schema config, loads W with
 load_state_dict(strict=True) (on failure: prints the error, exit 1), runs the forward pass on
 tensor `input` of IN (float64 by default, from the stored float32 values) and compares it with

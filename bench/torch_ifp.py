@@ -1,14 +1,14 @@
 """PyTorch restatement of the IFP pre-training step (Restormer backbone + MSRResNet head, or the
-Uformer encoder + decoder of bench/torch_uformer.py).
+Uformer encoder + decoder; the networks live in web/static/ifp_models.py).
 
 Written for this project from the method description (ARCHITECTURE.md, "The method: what the trainer computes");
 parameter names are those of the reference state_dict (`encoder.*`, `decoder.*`) so that
 `state_dict()` loads the golden files and the Rust checkpoints with `strict=True`.
 
 Contents
-  * config:        load_config() reads the reference YAML schema (yacs-like literal decoding)
-  * network:       RestormerBackbone, MSRResNetHead, IFPNet, build_model() (MODEL.TYPE
-                   restormer, or uformer via torch_uformer.build_uformer)
+  * config, network (from ifp_models): load_config() reads the reference YAML schema;
+                   RestormerBackbone, MSRResNetHead, IFPNet, build_model() (MODEL.TYPE
+                   restormer or uformer)
   * data:          make_noise_image(), CropSampler (RandomResizedCrop + flip, PIL bicubic)
   * mask:          draw_radii(), ifp_mask()
   * corruption:    frequency_transform(), frequency_m_transform(), normalize_img()
@@ -25,7 +25,6 @@ lr(0) = WARMUP_LR before the first step).
 """
 from __future__ import annotations
 
-import ast
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -38,314 +37,17 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # ----------------------------------------------------------------------------------------------
-# Config
+# Config and networks: the module the platform serves (web/static/ifp_models.py), one home for
+# the PyTorch Restormer, Uformer and fine-tuning networks.
 # ----------------------------------------------------------------------------------------------
 
-_DEFAULTS = {
-    "MODEL": {
-        "TYPE": "restormer",
-        "RECOVER_TARGET_TYPE": "normal",
-        "RESTORMER": {
-            "INP_CHANNELS": 3, "OUT_CHANNELS": 64, "DIM": 48, "NUM_BLOCKS": [4, 6, 6, 8],
-            "NUM_REFINEMENT_BLOCKS": 4, "HEADS": [1, 2, 4, 8], "FFN_EXPANSION_FACTOR": 2.66,
-            "BIAS": False, "LAYERNORM_TYPE": "WithBias", "DUAL_PIXEL_TASK": False,
-            "GLOBAL_RESIDUAL": False, "PATCH_SIZE": 1,
-        },
-        "DECODER": {"IN_NC": 180, "OUT_NC": 3, "UPSCALE": 1, "NF": 64},
-    },
-    "DATA": {"BATCH_SIZE": 128, "IMG_SIZE": 224, "MIN_CROP_SCALE": 0.2, "FILTER_TYPE": "IFP",
-             "SAMPLE_RATIO": 0.5, "MASK_RADIUS1": 16, "MASK_RADIUS2": 999},
-    "TRAIN": {"EPOCHS": 300, "WARMUP_EPOCHS": 20, "WEIGHT_DECAY": 0.05, "BASE_LR": 3e-4,
-              "WARMUP_LR": 2.5e-7, "MIN_LR": 2.5e-6, "CLIP_GRAD": 3.0, "ACCUMULATION_STEPS": 1,
-              "OPTIMIZER": {"NAME": "adamw", "EPS": 1e-8, "BETAS": (0.9, 0.999)}},
-}
+import os as _os
+import sys as _sys
 
-
-def _decode(v):
-    # yacs' _decode_cfg_value: strings that are Python literals become literals
-    # (PyYAML reads `3e-4` and `(0.9, 0.95)` as strings).
-    if isinstance(v, dict):
-        return {k: _decode(x) for k, x in v.items()}
-    if isinstance(v, str):
-        try:
-            return ast.literal_eval(v)
-        except (ValueError, SyntaxError):
-            return v
-    return v
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def load_config(path: str) -> dict:
-    """Reference-schema YAML merged over the reference defaults (config.py) that matter here.
-    Unknown keys are kept (this is a benchmark helper, not the validating loader)."""
-    import yaml
-
-    with open(path) as f:
-        raw = yaml.safe_load(f) or {}
-    import copy
-
-    return _merge(copy.deepcopy(_DEFAULTS), _decode(raw))
-
-
-# ----------------------------------------------------------------------------------------------
-# Network: Restormer backbone (reference parameter names)
-# ----------------------------------------------------------------------------------------------
-
-
-class _LNBody(nn.Module):
-    """Per-pixel LayerNorm over channels; weights live at `<norm>.body.weight/bias`."""
-
-    def __init__(self, dim: int, with_bias: bool):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        if with_bias:
-            self.bias = nn.Parameter(torch.zeros(dim))
-        else:
-            self.register_parameter("bias", None)
-
-    def forward(self, x):  # x: (B, HW, C)
-        var = x.var(-1, keepdim=True, unbiased=False)
-        if self.bias is None:  # BiasFree: no mean subtraction in the numerator
-            return x / torch.sqrt(var + 1e-5) * self.weight
-        mu = x.mean(-1, keepdim=True)
-        return (x - mu) / torch.sqrt(var + 1e-5) * self.weight + self.bias
-
-
-class ChannelLayerNorm(nn.Module):
-    def __init__(self, dim: int, ln_type: str):
-        super().__init__()
-        self.body = _LNBody(dim, with_bias=(ln_type != "BiasFree"))
-
-    def forward(self, x):
-        b, c, h, w = x.shape
-        y = self.body(x.flatten(2).transpose(1, 2))  # (B, HW, C)
-        return y.transpose(1, 2).reshape(b, c, h, w)
-
-
-class GDFN(nn.Module):
-    def __init__(self, dim: int, expansion: float, bias: bool):
-        super().__init__()
-        hidden = int(dim * expansion)
-        self.project_in = nn.Conv2d(dim, hidden * 2, 1, bias=bias)
-        self.dwconv = nn.Conv2d(hidden * 2, hidden * 2, 3, 1, 1, groups=hidden * 2, bias=bias)
-        self.project_out = nn.Conv2d(hidden, dim, 1, bias=bias)
-
-    def forward(self, x):
-        a, g = self.dwconv(self.project_in(x)).chunk(2, dim=1)
-        return self.project_out(F.gelu(a) * g)
-
-
-class MDTA(nn.Module):
-    """Channel ("transposed") attention."""
-
-    def __init__(self, dim: int, heads: int, bias: bool):
-        super().__init__()
-        self.num_heads = heads
-        self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
-        self.qkv = nn.Conv2d(dim, dim * 3, 1, bias=bias)
-        self.qkv_dwconv = nn.Conv2d(dim * 3, dim * 3, 3, 1, 1, groups=dim * 3, bias=bias)
-        self.project_out = nn.Conv2d(dim, dim, 1, bias=bias)
-
-    def forward(self, x):
-        b, c, h, w = x.shape
-        q, k, v = self.qkv_dwconv(self.qkv(x)).chunk(3, dim=1)
-        shp = (b, self.num_heads, c // self.num_heads, h * w)
-        q = F.normalize(q.reshape(shp), dim=-1)
-        k = F.normalize(k.reshape(shp), dim=-1)
-        v = v.reshape(shp)
-        attn = torch.softmax((q @ k.transpose(-2, -1)) * self.temperature, dim=-1)
-        return self.project_out((attn @ v).reshape(b, c, h, w))
-
-
-class TransformerBlock(nn.Module):
-    def __init__(self, dim, heads, expansion, bias, ln_type):
-        super().__init__()
-        self.norm1 = ChannelLayerNorm(dim, ln_type)
-        self.attn = MDTA(dim, heads, bias)
-        self.norm2 = ChannelLayerNorm(dim, ln_type)
-        self.ffn = GDFN(dim, expansion, bias)
-
-    def forward(self, x):
-        x = x + self.attn(self.norm1(x))
-        return x + self.ffn(self.norm2(x))
-
-
-class _PatchEmbed(nn.Module):
-    def __init__(self, cin, dim):
-        super().__init__()
-        self.proj = nn.Conv2d(cin, dim, 3, 1, 1, bias=False)
-
-    def forward(self, x):
-        return self.proj(x)
-
-
-class _Resample(nn.Module):
-    """Downsample: conv3x3 C->C/2 + PixelUnshuffle(2); Upsample: conv3x3 C->2C + PixelShuffle(2)."""
-
-    def __init__(self, c, down: bool):
-        super().__init__()
-        if down:
-            self.body = nn.Sequential(nn.Conv2d(c, c // 2, 3, 1, 1, bias=False), nn.PixelUnshuffle(2))
-        else:
-            self.body = nn.Sequential(nn.Conv2d(c, c * 2, 3, 1, 1, bias=False), nn.PixelShuffle(2))
-
-    def forward(self, x):
-        return self.body(x)
-
-
-class RestormerBackbone(nn.Module):
-    def __init__(self, inp_channels=3, out_channels=64, dim=48, num_blocks=(4, 6, 6, 8),
-                 num_refinement_blocks=4, heads=(1, 2, 4, 8), ffn_expansion_factor=2.66,
-                 bias=False, layernorm_type="WithBias", global_residual=False,
-                 dual_pixel_task=False):
-        super().__init__()
-        self.global_residual = global_residual
-        self.dual_pixel_task = dual_pixel_task
-
-        def blocks(d, n, h):
-            return nn.Sequential(*[TransformerBlock(d, h, ffn_expansion_factor, bias, layernorm_type)
-                                   for _ in range(n)])
-
-        d1, d2, d3, d4 = dim, dim * 2, dim * 4, dim * 8
-        # registration order = reference order (named_parameters / optimiser group order)
-        self.patch_embed = _PatchEmbed(inp_channels, d1)
-        self.encoder_level1 = blocks(d1, num_blocks[0], heads[0])
-        self.down1_2 = _Resample(d1, down=True)
-        self.encoder_level2 = blocks(d2, num_blocks[1], heads[1])
-        self.down2_3 = _Resample(d2, down=True)
-        self.encoder_level3 = blocks(d3, num_blocks[2], heads[2])
-        self.down3_4 = _Resample(d3, down=True)
-        self.latent = blocks(d4, num_blocks[3], heads[3])
-        self.up4_3 = _Resample(d4, down=False)
-        self.reduce_chan_level3 = nn.Conv2d(d4, d3, 1, bias=bias)
-        self.decoder_level3 = blocks(d3, num_blocks[2], heads[2])
-        self.up3_2 = _Resample(d3, down=False)
-        self.reduce_chan_level2 = nn.Conv2d(d3, d2, 1, bias=bias)
-        self.decoder_level2 = blocks(d2, num_blocks[1], heads[1])
-        self.up2_1 = _Resample(d2, down=False)
-        self.decoder_level1 = blocks(d2, num_blocks[0], heads[0])
-        self.refinement = blocks(d2, num_refinement_blocks, heads[0])
-        if dual_pixel_task:
-            self.skip_conv = nn.Conv2d(d1, d2, 1, bias=bias)
-        self.output = nn.Conv2d(d2, out_channels, 3, 1, 1, bias=bias)
-
-    @staticmethod
-    def pad8(x):
-        h, w = x.shape[-2:]
-        ph, pw = (8 - h % 8) % 8, (8 - w % 8) % 8
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph), mode="reflect")
-        return x
-
-    def forward(self, inp):
-        H, W = inp.shape[-2:]
-        x0 = self.pad8(inp)
-        e1_in = self.patch_embed(x0)
-        e1 = self.encoder_level1(e1_in)
-        e2 = self.encoder_level2(self.down1_2(e1))
-        e3 = self.encoder_level3(self.down2_3(e2))
-        lat = self.latent(self.down3_4(e3))
-        d3 = self.decoder_level3(self.reduce_chan_level3(torch.cat([self.up4_3(lat), e3], 1)))
-        d2 = self.decoder_level2(self.reduce_chan_level2(torch.cat([self.up3_2(d3), e2], 1)))
-        d1 = self.decoder_level1(torch.cat([self.up2_1(d2), e1], 1))
-        d1 = self.refinement(d1)
-        if self.dual_pixel_task:
-            out = self.output(d1 + self.skip_conv(e1_in))
-        elif self.global_residual:
-            out = self.output(d1) + x0
-        else:
-            out = self.output(d1)
-        return out[:, :, :H, :W]
-
-
-# ----------------------------------------------------------------------------------------------
-# Network: MSRResNet head
-# ----------------------------------------------------------------------------------------------
-
-
-class _ResBlock(nn.Module):
-    def __init__(self, nf):
-        super().__init__()
-        self.conv1 = nn.Conv2d(nf, nf, 3, 1, 1, bias=True)
-        self.conv2 = nn.Conv2d(nf, nf, 3, 1, 1, bias=True)
-
-    def forward(self, x):
-        return x + self.conv2(F.relu(self.conv1(x)))
-
-
-class MSRResNetHead(nn.Module):
-    def __init__(self, in_c=64, out_c=3, nf=64, scale=1):
-        super().__init__()
-        self.upscale = scale
-        self.conv_first = nn.Conv2d(in_c, nf, 3, 1, 1, bias=True)
-        self.basic_block1 = _ResBlock(nf)
-        self.basic_block2 = _ResBlock(nf)
-        self.basic_block3 = _ResBlock(nf)
-        self.basic_block4 = _ResBlock(nf)
-        if scale in (2, 3):
-            self.upconv1 = nn.Conv2d(nf, nf * scale * scale, 3, 1, 1, bias=True)
-            self.pixel_shuffle = nn.PixelShuffle(scale)
-        elif scale == 4:
-            self.upconv1 = nn.Conv2d(nf, nf * 4, 3, 1, 1, bias=True)
-            self.upconv2 = nn.Conv2d(nf, nf * 4, 3, 1, 1, bias=True)
-            self.pixel_shuffle = nn.PixelShuffle(2)
-        self.HRconv = nn.Conv2d(nf, nf, 3, 1, 1, bias=True)
-        self.conv_last = nn.Conv2d(nf, out_c, 3, 1, 1, bias=True)
-
-    def forward(self, x):
-        lrelu = lambda t: F.leaky_relu(t, 0.1)  # noqa: E731
-        out = lrelu(self.conv_first(x))
-        out = self.basic_block4(self.basic_block3(self.basic_block2(self.basic_block1(out))))
-        if self.upscale == 4:
-            out = lrelu(self.pixel_shuffle(self.upconv1(out)))
-            out = lrelu(self.pixel_shuffle(self.upconv2(out)))
-        elif self.upscale in (2, 3):
-            out = lrelu(self.pixel_shuffle(self.upconv1(out)))
-        return self.conv_last(lrelu(self.HRconv(out)))
-
-
-class IFPNet(nn.Module):
-    def __init__(self, encoder: nn.Module, decoder: nn.Module):
-        super().__init__()
-        self.encoder = encoder
-        self.decoder = decoder
-
-    def forward(self, x):
-        return self.decoder(self.encoder(x))
-
-
-def build_model(cfg: dict) -> IFPNet:
-    m = cfg["MODEL"]
-    kind = str(m.get("TYPE", "restormer")).lower()
-    if kind == "uformer":
-        # Uformer encoder + decoder (bench/torch_uformer.py); MODEL.UFORMER.DROP_PATH_RATE is an
-        # extension key, default the reference constructors' 0.1 (IFP never passes one).
-        import torch_uformer as tu
-
-        u = m.get("UFORMER") or {}
-        enc, dec = tu.build_uformer(u, float(u.get("DROP_PATH_RATE", tu.DEFAULT_DROP_PATH_RATE)))
-        return IFPNet(enc, dec)
-    if kind != "restormer":
-        raise NotImplementedError(f"torch_ifp builds restormer and uformer networks, not {kind!r}")
-    r, d = m["RESTORMER"], m["DECODER"]
-    enc = RestormerBackbone(
-        inp_channels=r["INP_CHANNELS"], out_channels=r["OUT_CHANNELS"], dim=r["DIM"],
-        num_blocks=list(r["NUM_BLOCKS"]), num_refinement_blocks=r["NUM_REFINEMENT_BLOCKS"],
-        heads=list(r["HEADS"]), ffn_expansion_factor=r["FFN_EXPANSION_FACTOR"], bias=bool(r["BIAS"]),
-        layernorm_type=r["LAYERNORM_TYPE"], global_residual=bool(r["GLOBAL_RESIDUAL"]),
-        dual_pixel_task=bool(r["DUAL_PIXEL_TASK"]))
-    dec = MSRResNetHead(in_c=d["IN_NC"], out_c=d["OUT_NC"], nf=d.get("NF", 64), scale=d.get("UPSCALE", 1))
-    return IFPNet(enc, dec)
-
+_sys.path.insert(0, _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "..", "web", "static"))
+from ifp_models import (  # noqa: E402,F401
+    IFPNet, MSRResNetHead, RestormerBackbone, build_model, load_config,
+)
 
 # ----------------------------------------------------------------------------------------------
 # Data: noise image, RandomResizedCrop + flip

@@ -428,6 +428,9 @@ async fn job_page_shows_progress_checkpoints_and_cancels_with_a_token() {
         "<polyline",
         "Cancel job",
         "IMG_SIZE: 16",
+        // The snippet that loads the newest model file in PyTorch.
+        "ifp_models.load(\"model-000003.safetensors\")",
+        "href=\"/static/ifp_models.py\"",
     ] {
         assert!(page.body.contains(needle), "missing {needle}");
     }

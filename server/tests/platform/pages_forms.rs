@@ -281,6 +281,20 @@ async fn static_assets_are_embedded_and_versioned() {
         .unwrap()
         .contains("immutable"));
     assert!(css.body.contains("prefers-color-scheme"));
+    // The PyTorch module the job pages' snippet imports, byte for byte the repository's.
+    let py = site.get("/static/ifp_models.py", None).await;
+    assert_eq!(py.status, StatusCode::OK);
+    assert_eq!(
+        py.headers[header::CONTENT_TYPE],
+        "text/x-python; charset=utf-8"
+    );
+    let repo = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../web/static/ifp_models.py"
+    ))
+    .unwrap();
+    assert_eq!(py.body, repo);
+    assert!(py.body.contains("def load(path"));
     let js = site.get("/static/app.js", None).await;
     assert_eq!(js.headers[header::CACHE_CONTROL], "no-cache");
     assert_eq!(

@@ -1,4 +1,4 @@
-//! The stylesheet, script and icon, embedded in the binary from `web/static` so a single file
+//! The stylesheet, script, icon and the PyTorch model module, embedded in the binary from `web/static` so a single file
 //! runs anywhere. Pages link them with `?v=<content hash>`, so browsers may cache them forever
 //! and still get a new version after an upgrade.
 
@@ -28,6 +28,12 @@ const FILES: &[(&str, &str, &[u8])] = &[
         "favicon.svg",
         "image/svg+xml",
         include_bytes!("../../../../../web/static/favicon.svg"),
+    ),
+    // The networks in PyTorch, so a downloaded checkpoint loads with one import.
+    (
+        "ifp_models.py",
+        "text/x-python; charset=utf-8",
+        include_bytes!("../../../../../web/static/ifp_models.py"),
     ),
 ];
 

@@ -111,6 +111,10 @@ pub struct JobView {
     pub phases: Option<String>,
     /// What a requested cancel does or did (a run can finish before the request reaches it).
     pub cancel_note: Option<&'static str>,
+    /// The newest model file's name, for the snippet that loads it in PyTorch.
+    pub newest_model: Option<String>,
+    /// A fine-tuning job: its model restores images (the snippet shows how).
+    pub restores: bool,
     pub report: Option<ReportView>,
     pub validation: Option<ValidationView>,
 }
@@ -244,6 +248,13 @@ async fn view(state: &AppState, job: Job, log_scale: bool) -> PageResult<JobView
             url: format!("{base}/samples/{}", f.step),
         })
         .collect();
+    // The newest model file, for the "load it in PyTorch" snippet. A comparison lists the
+    // pre-training's and both arms' files, so it names none.
+    let newest_model = files
+        .iter()
+        .filter(|f| f.kind == CheckpointKind::Model && job.kind != JobKind::Compare)
+        .max_by_key(|f| f.step)
+        .map(|f| f.name.clone());
     let file_rows = files
         .iter()
         .filter(|f| matches!(f.kind, CheckpointKind::Model | CheckpointKind::State))
@@ -321,6 +332,8 @@ async fn view(state: &AppState, job: Job, log_scale: bool) -> PageResult<JobView
         _ => None,
     };
     Ok(JobView {
+        restores: job.kind == JobKind::Finetune,
+        newest_model,
         validation,
         phases,
         cancel_note,
