@@ -15,7 +15,7 @@ use super::{render, Layout, PageResult, Viewer};
 use crate::db::rows::{CheckpointFile, Job};
 use crate::db::values::{CheckpointKind, JobKind, JobStatus};
 use crate::http::state::AppState;
-use crate::http::views::{chart, fmt};
+use crate::http::views::{chart, config, fmt};
 use crate::jobs::compare::CompareJob;
 use crate::jobs::service::{self, visible_job};
 use crate::queue;
@@ -153,7 +153,7 @@ pub async fn show(
     Query(s): Query<Scale>,
 ) -> PageResult<Response> {
     let job = visible_job(&state.pool, &viewer.caller, &id).await?;
-    let config_yaml = serde_norway::to_string(&job.config).unwrap_or_default();
+    let config_yaml = serde_norway::to_string(&config::applicable(&job.config)).unwrap_or_default();
     let (parent, children) = service::lineage(&state.pool, &viewer.caller, &job).await?;
     let can_clone = job.kind != JobKind::Compare;
     let can_finetune = job.kind == JobKind::Pretrain && job.status == JobStatus::Succeeded;
