@@ -41,9 +41,24 @@ pub struct CompareArgs {
     /// Where to train: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Run the comparison with N fine-tuning seeds (SEED, SEED+1, ...), each into
+    /// OUT/seed-S/, and report means over seeds with 95% confidence intervals, the paired
+    /// difference per seed and how many seeds favour IFP (seeds.json, seeds.csv).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=20))]
+    seeds: u64,
+    /// With --seeds: pre-train once per seed with that seed too, instead of sharing one
+    /// pre-training (needs --pretrain).
+    #[arg(long)]
+    vary_pretrain_seed: bool,
 }
 
 pub fn run(a: CompareArgs) -> Result<(), Failure> {
+    if a.vary_pretrain_seed && (a.pretrain.is_none() || a.seeds < 2) {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--vary-pretrain-seed needs --pretrain (a pre-training to run per seed) and --seeds \
+             of 2 or more"
+        )));
+    }
     let (mut ft, model_stated) = a.task.config()?;
     let pretrain = match (&a.pretrain, &a.pretrained) {
         (_, Some(p)) => {
@@ -118,7 +133,7 @@ pub fn run(a: CompareArgs) -> Result<(), Failure> {
         .print_freq
         .max(spec.finetune.save_freq / 2)
         .max(1);
-    let report = compare::compare(&spec, &a.out, &device, |ev| {
+    let print = |ev: CompareEvent<'_>| {
         match ev {
             CompareEvent::Pretrain(Event::Started {
                 total_steps,
@@ -143,8 +158,34 @@ pub fn run(a: CompareArgs) -> Result<(), Failure> {
             )),
         }
         Control::Continue
-    })
-    .map_err(classify)?;
+    };
+    if a.seeds > 1 {
+        let seeds: Vec<u64> = (0..a.seeds).map(|k| spec.finetune.seed + k).collect();
+        let (reports, summary) = ifp_trainer::finetune::seeds::compare_seeds(
+            &spec,
+            &seeds,
+            a.vary_pretrain_seed,
+            &a.out,
+            &device,
+            |seed, ev| {
+                if let CompareEvent::Evaluated { .. } = ev {
+                    say(&format!("[seed {seed}]"));
+                }
+                print(ev)
+            },
+        )
+        .map_err(classify)?;
+        for (seed, r) in seeds.iter().zip(&reports) {
+            println!("seed {seed}:\n{}", compare::table(r));
+        }
+        println!("{}", ifp_trainer::finetune::seeds::seeds_table(&summary));
+        println!(
+            "wrote {0}/seeds.json, seeds.csv and one comparison per seed in {0}/seed-S/",
+            a.out.display()
+        );
+        return Ok(());
+    }
+    let report = compare::compare(&spec, &a.out, &device, print).map_err(classify)?;
     println!("{}", compare::table(&report));
     println!(
         "wrote {}/report.json, per_image.csv, val_curve.csv",

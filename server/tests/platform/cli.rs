@@ -327,3 +327,51 @@ fn eval_saves_the_restored_images() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("is not a folder"), "{}", stderr(&o));
 }
+
+/// Issue 18: `ifp compare --seeds 2` runs one comparison per seed, shares the pre-training,
+/// prints the summary with confidence intervals and writes seeds.json / seeds.csv.
+#[test]
+fn compare_over_two_seeds_summarises_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cmp");
+    let train = common::datasets().join("clean/CBSD68");
+    let o = ifp(&argv(
+        "compare --pretrain tiny --pretrain-steps 2 --train {} --sigma 25 --crop 24 --batch 2 \
+         --steps 2 --save-freq 2 --val-images 1 --val-crop 32 --max-test-images 2 --showcase 0 \
+         --seed 3 --seeds 2 --out {}",
+        &[&train, &out],
+    ));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}\n{stdout}", stderr(&o));
+    assert!(stdout.contains("2 seeds (3, 4)"), "{stdout}");
+    assert!(stdout.contains("95% confidence intervals"), "{stdout}");
+    assert!(stdout.contains("of 2 seeds and"), "{stdout}");
+    for f in [
+        "seeds.json",
+        "seeds.csv",
+        "seed-3/report.json",
+        "seed-4/report.json",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    assert!(out.join("seed-3/pretrain").is_dir() && !out.join("seed-4/pretrain").exists());
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("seeds.json")).unwrap()).unwrap();
+    assert_eq!(v["seeds"], serde_json::json!([3, 4]));
+    assert_eq!(
+        v["deltas"][0]["psnr"]["per_seed"].as_array().unwrap().len(),
+        2
+    );
+
+    // --vary-pretrain-seed needs a pre-training to vary.
+    let o = ifp(&argv(
+        "compare --pretrained {} --train {} --sigma 25 --seeds 2 --vary-pretrain-seed --out {}",
+        &[
+            &out.join("seed-3/pretrain/model-000002.safetensors"),
+            &train,
+            &out,
+        ],
+    ));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--pretrain"), "{}", stderr(&o));
+}

@@ -436,8 +436,14 @@ async fn job_page_shows_progress_checkpoints_and_cancels_with_a_token() {
     }
     // The config shows what applies to this Restormer run of a fixed number of steps.
     let config = &page.body[page.body.find("<h2>Config</h2>").unwrap()..];
-    assert!(config.contains("RESTORMER:") && config.contains("STEPS: 4"), "{config}");
-    assert!(!config.contains("UFORMER:") && !config.contains(" EPOCHS:"), "{config}");
+    assert!(
+        config.contains("RESTORMER:") && config.contains("STEPS: 4"),
+        "{config}"
+    );
+    assert!(
+        !config.contains("UFORMER:") && !config.contains(" EPOCHS:"),
+        "{config}"
+    );
     let live = site
         .get(&format!("/jobs/{id}/live?scale=log"), Some(&cookie))
         .await;

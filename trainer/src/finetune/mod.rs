@@ -15,6 +15,7 @@ pub mod config;
 pub mod data;
 pub mod evaluate;
 pub mod net;
+pub mod seeds;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

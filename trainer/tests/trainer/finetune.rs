@@ -294,3 +294,71 @@ fn tiny_compare_writes_json_and_csv() {
         .starts_with("showcase-")));
     eprintln!("{}", ifp_trainer::finetune::compare::table(&report));
 }
+
+/// Issue 18: a comparison over two seeds shares one pre-training, runs each seed's arms, and
+/// summarises them: per-seed means and differences equal to the seeds' own reports, counts of
+/// seeds and images favouring IFP, files beside them.
+#[test]
+fn a_two_seed_compare_summarises_the_seeds() {
+    use ifp_trainer::finetune::seeds::compare_seeds;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let train = few_clean(tmp.path(), 5);
+    let mut ft = tiny_task(&train, 2, 2);
+    ft.data.test_dir = Some(small_test_set(tmp.path(), 2, 48));
+    let mut pre = Config::load("tiny").expect("tiny");
+    pre.data.img_size = 16;
+    pre.train.steps = Some(2);
+    pre.train.warmup_epochs = 1;
+    pre.validate().expect("valid");
+    let spec = CompareSpec {
+        finetune: ft,
+        pretrain: Pretrain::Run(Box::new(pre)),
+        extra_arm: None,
+        tile: None,
+        showcase: 0,
+    };
+    let out = tmp.path().join("seeds");
+    let (reports, summary) = compare_seeds(&spec, &[7, 8], false, &out, &Device::Cpu, |_, _| {
+        Control::Continue
+    })
+    .expect("two seeds");
+    assert_eq!(summary.seeds, [7, 8]);
+    // One pre-training, in the first seed's folder; the second reuses its weights.
+    assert!(out.join("seed-7/pretrain").is_dir());
+    assert!(!out.join("seed-8/pretrain").exists());
+    assert_eq!(reports[1].pretrain.weights, reports[0].pretrain.weights);
+    // Different fine-tuning seeds give different runs.
+    assert_ne!(
+        reports[0].arms[1].test.psnr.mean,
+        reports[1].arms[1].test.psnr.mean
+    );
+    let d = &summary.deltas[0];
+    assert_eq!((d.arm.as_str(), d.baseline.as_str()), ("ifp", "scratch"));
+    let per_seed: Vec<f64> = reports.iter().map(|r| r.deltas[0].diff.psnr.mean).collect();
+    assert_eq!(d.psnr.per_seed, per_seed);
+    assert!((d.psnr.mean - (per_seed[0] + per_seed[1]) / 2.0).abs() < 1e-12);
+    assert!(d.psnr.ci95.is_some());
+    assert_eq!(
+        d.seeds_favouring,
+        per_seed.iter().filter(|&&x| x > 0.0).count()
+    );
+    assert_eq!(d.per_image.len(), 2);
+    assert_eq!(
+        summary.arms[0].psnr.per_seed,
+        reports
+            .iter()
+            .map(|r| r.arms[0].test.psnr.mean)
+            .collect::<Vec<_>>()
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("seeds.json")).expect("json"))
+            .expect("parse");
+    assert_eq!(json["deltas"][0]["seeds_favouring"], d.seeds_favouring);
+    let csv = std::fs::read_to_string(out.join("seeds.csv")).expect("csv");
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(
+        csv.starts_with("seed,ifp_psnr,ifp_ssim,scratch_psnr"),
+        "{csv}"
+    );
+    eprintln!("{}", ifp_trainer::finetune::seeds::seeds_table(&summary));
+}
