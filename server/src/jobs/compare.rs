@@ -1,17 +1,19 @@
 //! The `compare` job kind, "does IFP help here?" on the platform: IFP pre-training, then the
 //! same fine-tuning from the IFP encoder and from scratch, both scored on the same test images
-//! (`ifp_trainer::finetune::compare`). The job's stored config is
-//! `{"PRETRAIN": <pre-training config>, "FINETUNE": <fine-tuning config>, "SHOWCASE": n}`.
+//! (`ifp_trainer::finetune::compare`), once per fine-tuning seed (`finetune::seeds`) when
+//! `SEEDS` > 1. The job's stored config is `{"PRETRAIN": <pre-training config>, "FINETUNE":
+//! <fine-tuning config>, "SHOWCASE": n, "SEEDS": n}`.
 //!
 //! Fine-tuning data lives on the server: `FINETUNE.DATA.TRAIN_DIR` and `TEST_DIR` are folders
 //! relative to the server's datasets folder (`IFP_DATASETS_DIR`), never arbitrary paths.
 //! Progress counts one step axis across the phases: pre-training steps, then the IFP arm's,
-//! then the scratch arm's.
+//! then the scratch arm's (for each seed in turn; one pre-training is shared).
 
 use std::path::Path;
 
 use ifp_trainer::checkpoint::WrittenFile;
 use ifp_trainer::finetune::compare::{self, CompareEvent, CompareSpec, Pretrain};
+use ifp_trainer::finetune::seeds;
 use ifp_trainer::finetune::FinetuneConfig;
 use ifp_trainer::{Config, Control, Progress};
 use serde_json::{json, Value};
@@ -22,6 +24,8 @@ use crate::jobs::datasets;
 
 /// Showcase images at most.
 pub const MAX_SHOWCASE: usize = 10;
+/// Fine-tuning seeds at most: each seed runs both arms again.
+pub const MAX_SEEDS: usize = 10;
 /// The fine-tuning arms in the order they run.
 pub const ARMS: [&str; 2] = ["ifp", "scratch"];
 
@@ -31,6 +35,8 @@ pub struct CompareJob {
     pub pretrain: Config,
     pub finetune: FinetuneConfig,
     pub showcase: usize,
+    /// Fine-tuning seeds `FINETUNE.SEED`, `+1`, ...: 1 runs one comparison.
+    pub seeds: usize,
 }
 
 impl CompareJob {
@@ -61,12 +67,26 @@ impl CompareJob {
             pretrain,
             finetune,
             showcase,
+            seeds: 1,
         })
+    }
+
+    /// The same comparison over `seeds` fine-tuning seeds (1 to [`MAX_SEEDS`]).
+    pub fn with_seeds(mut self, seeds: usize) -> Result<Self> {
+        if !(1..=MAX_SEEDS).contains(&seeds) {
+            return Err(Error::invalid(
+                Some("seeds"),
+                format!("{seeds} is outside 1 to {MAX_SEEDS}"),
+            ));
+        }
+        self.seeds = seeds;
+        Ok(self)
     }
 
     /// The config stored with the job.
     pub fn to_value(&self) -> Value {
-        json!({"PRETRAIN": self.pretrain, "FINETUNE": self.finetune, "SHOWCASE": self.showcase})
+        json!({"PRETRAIN": self.pretrain, "FINETUNE": self.finetune, "SHOWCASE": self.showcase,
+               "SEEDS": self.seeds})
     }
 
     /// Reads a stored config back.
@@ -75,15 +95,18 @@ impl CompareJob {
             .map_err(|e| format!("PRETRAIN: {e}"))?;
         let finetune = super::finetune::stored_finetune(v)?;
         let showcase = v.get("SHOWCASE").and_then(Value::as_u64).unwrap_or(3) as usize;
+        // Jobs stored before seeds existed ran one.
+        let seeds = v.get("SEEDS").and_then(Value::as_u64).unwrap_or(1) as usize;
         Ok(CompareJob {
             pretrain,
             finetune,
             showcase,
+            seeds,
         })
     }
 
     pub fn total_steps(&self) -> usize {
-        self.pretrain.total_steps() + ARMS.len() * self.finetune.total_steps()
+        self.pretrain.total_steps() + self.seeds * ARMS.len() * self.finetune.total_steps()
     }
 
     /// Points the data folders at this machine's datasets folder.
@@ -109,15 +132,16 @@ impl CompareJob {
             tile: None,
             showcase: self.showcase,
         };
-        let result = compare::compare(&spec, dir, device, |ev| {
+        // The step axis: pre-training, then each seed's arms in turn (`k`: the seed's index).
+        let mut on_event = |k: usize, ev: CompareEvent<'_>| {
             match ev {
                 CompareEvent::Pretrain(ifp_trainer::Event::Step(p)) => on_step(p.step, p),
                 CompareEvent::Finetune {
                     arm,
                     event: ifp_trainer::finetune::Event::Step(p),
                 } => {
-                    let k = ARMS.iter().position(|a| *a == arm).unwrap_or(0);
-                    on_step(pre + k * ft + p.step, p);
+                    let a = ARMS.iter().position(|x| *x == arm).unwrap_or(0);
+                    on_step(pre + (k * ARMS.len() + a) * ft + p.step, p);
                 }
                 _ => {}
             }
@@ -126,7 +150,17 @@ impl CompareJob {
             } else {
                 Control::Continue
             }
-        });
+        };
+        let result = if self.seeds > 1 {
+            let first = self.finetune.seed;
+            let seeds: Vec<u64> = (0..self.seeds as u64).map(|k| first + k).collect();
+            seeds::compare_seeds(&spec, &seeds, false, dir, device, |seed, ev| {
+                on_event((seed - first) as usize, ev)
+            })
+            .map(|_| ())
+        } else {
+            compare::compare(&spec, dir, device, |ev| on_event(0, ev)).map(|_| ())
+        };
         match result {
             Ok(_) => Ok(false),
             // `compare` turns a stop into an error; the caller asked for it.
@@ -146,7 +180,12 @@ pub fn report_files(dir: &Path) -> Result<Vec<WrittenFile>> {
         let name = e.file_name().to_string_lossy().into_owned();
         let wanted = matches!(
             name.as_str(),
-            "report.json" | "per_image.csv" | "val_curve.csv" | "history.json"
+            "report.json"
+                | "per_image.csv"
+                | "val_curve.csv"
+                | "history.json"
+                | "seeds.json"
+                | "seeds.csv"
         ) || (name.starts_with("showcase-") && name.ends_with(".png"));
         if wanted && path.is_file() {
             let bytes =
@@ -164,11 +203,16 @@ pub fn report_files(dir: &Path) -> Result<Vec<WrittenFile>> {
 
 /// The key result in a finished run's result folder: the best validation PSNR in
 /// `history.json` (fine-tuning), or the IFP arm's mean paired test-PSNR difference against
-/// scratch in `report.json` (comparison). `None` if neither file has it.
+/// scratch in `report.json` (comparison; over seeds, their mean in `seeds.json`). `None` if no
+/// file has it.
 pub fn key_metric(dir: &Path) -> Option<f64> {
     let json = |name: &str| -> Option<Value> {
         serde_json::from_slice(&std::fs::read(dir.join(name)).ok()?).ok()
     };
+    if let Some(r) = json("seeds.json") {
+        return r["deltas"].as_array()?.iter().find(|d| d["arm"] == "ifp")?["psnr"]["mean"]
+            .as_f64();
+    }
     if let Some(r) = json("report.json") {
         return r["deltas"].as_array()?.iter().find(|d| d["arm"] == "ifp")?["diff"]["psnr"]["mean"]
             .as_f64();

@@ -1,7 +1,8 @@
 //! Resuming a job in a new attempt: the checkpoints of its earlier attempts are linked into the
 //! new attempt's folder, where the trainer finds them and continues. A run folder is the attempt
 //! folder itself (pre-training, fine-tuning) or one of its subfolders (a comparison's
-//! `pretrain/`, `ifp/` and `scratch/` phases); each is seeded from the earlier attempt that got
+//! `pretrain/`, `ifp/` and `scratch/` phases, under `seed-S/` for each seed of a comparison
+//! over seeds); each is seeded from the earlier attempt that got
 //! furthest in it, so a rescued comparison resumes in the phase it reached, and finished phases
 //! are not run again. Every verified checkpoint is linked, not only the newest: a fine-tuning
 //! run's best checkpoint (by validation) can be an older one, and its history goes with it.
@@ -23,14 +24,23 @@ pub fn seed_from_previous(artifacts: &Path, fence: &Fence, dir: &Path) -> Result
         .map(|a| attempt_dir(artifacts, fence.job_id, a))
         .filter(|d| d.is_dir())
         .collect();
-    // "" is the attempt folder itself.
+    // "" is the attempt folder itself; run folders sit one level below it (a comparison's
+    // phases) or two (a comparison over seeds: `seed-S/<phase>`).
     let mut runs: BTreeSet<PathBuf> = BTreeSet::from([PathBuf::new()]);
-    for d in &earlier {
+    let subfolders = |d: &Path| -> Result<Vec<PathBuf>> {
         let entries = std::fs::read_dir(d).map_err(Error::io(format!("read {}", d.display())))?;
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                runs.insert(PathBuf::from(e.file_name()));
+        Ok(entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| PathBuf::from(e.file_name()))
+            .collect())
+    };
+    for d in &earlier {
+        for rel in subfolders(d)? {
+            for inner in subfolders(&d.join(&rel))? {
+                runs.insert(rel.join(inner));
             }
+            runs.insert(rel);
         }
     }
     let mut resumed: Option<usize> = None;

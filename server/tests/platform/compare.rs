@@ -335,7 +335,7 @@ async fn the_compare_form_submits_and_shows_errors_in_place() {
     assert!(html.contains("clean/CBSD68") && html.contains("rain/Rain100H"));
     assert!(!html.contains("has no datasets folder"));
 
-    let post = |yaml: &str| {
+    let post_seeds = |yaml: &str, seeds: &str| {
         let form = serde_urlencoded::to_string([
             ("csrf", csrf.as_str()),
             ("name", "form comparison"),
@@ -343,6 +343,7 @@ async fn the_compare_form_submits_and_shows_errors_in_place() {
             ("pretrain_steps", "5"),
             ("finetune_yaml", yaml),
             ("showcase", "1"),
+            ("seeds", seeds),
             ("priority", "0"),
         ])
         .unwrap();
@@ -352,6 +353,7 @@ async fn the_compare_form_submits_and_shows_errors_in_place() {
             .body(Body::from(form))
             .unwrap()
     };
+    let post = |yaml: &str| post_seeds(yaml, "1");
     let (s, _, html) = send(post("DATA: {TRAIN_DIR: clean/nothing-here}")).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(html.contains("no folder `clean/nothing-here`"), "{html}");
@@ -367,6 +369,16 @@ async fn the_compare_form_submits_and_shows_errors_in_place() {
         .unwrap();
     let job = ifp_server::queue::get(&pool, id).await.unwrap().unwrap();
     assert_eq!((job.kind.as_str(), job.total_steps), ("compare", 5 + 2 * 3));
+    // Seeds: refused in place when out of range, and each seed adds both arms.
+    let yaml = "DATA: {TRAIN_DIR: rain/Rain100H}\nTRAIN: {STEPS: 3}\n";
+    let (s, _, html) = send(post_seeds(yaml, "11")).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(html.contains("11 is outside 1 to 10"), "{html}");
+    let (s, location, _) = send(post_seeds(yaml, "3")).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    let id: uuid::Uuid = location.unwrap()[6..].parse().unwrap();
+    let job = ifp_server::queue::get(&pool, id).await.unwrap().unwrap();
+    assert_eq!(job.total_steps, 5 + 3 * 2 * 3);
 }
 
 #[tokio::test]
@@ -577,4 +589,75 @@ async fn a_finetune_job_starts_from_a_finished_pretraining_job() {
         clone.config["FINETUNE"]["DATA"],
         stored.config["FINETUNE"]["DATA"]
     );
+}
+
+/// Issue 18: a comparison over two seeds through a real worker: one step axis over the shared
+/// pre-training and both seeds' arms, seeds.json listed, the key result its mean difference,
+/// the page's summary with intervals and the seeds favouring IFP. Bad seed counts are 422.
+#[tokio::test]
+async fn a_comparison_over_two_seeds_runs_and_summarises() {
+    let pool = common::fresh_pool().await;
+    let artifacts = tempfile::tempdir().unwrap();
+    let mut state = AppState::new(pool.clone(), artifacts.path(), Some(ADMIN));
+    state.datasets = Some(common::datasets());
+    let api = app(state);
+    let body = |seeds: Value| {
+        json!({"kind": "compare", "name": "seeds", "config": pretrain(),
+               "finetune": finetune("clean/CBSD68"), "showcase": 0, "seeds": seeds})
+    };
+    for bad in [json!(0), json!(11)] {
+        let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(body(bad))).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+        assert!(b.contains("\"key_path\":\"seeds\""), "{b}");
+    }
+    let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(body(json!(2)))).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let job: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(job["total_steps"], 6 + 2 * 2 * 4);
+    assert_eq!(job["config"]["SEEDS"], 2);
+    let id = job["id"].as_str().unwrap().to_string();
+
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let mut cfg = WorkerConfig::new("w-seeds", artifacts.path());
+    cfg.poll_interval = Duration::from_millis(300);
+    cfg.datasets = Some(common::datasets());
+    tokio::spawn(worker::run(pool.clone(), cfg, rx));
+    let t0 = Instant::now();
+    let job = loop {
+        let (_, b) = call(&api, "GET", &format!("/api/v1/jobs/{id}"), None).await;
+        let j: Value = serde_json::from_str(&b).unwrap();
+        if !matches!(j["status"].as_str(), Some("queued" | "running")) {
+            break j;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(400), "timed out: {j}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let _ = stop.send(true);
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["step"], 22);
+
+    let (s, seeds) = call(
+        &api,
+        "GET",
+        &format!("/api/v1/jobs/{id}/checkpoints/seeds.json"),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{seeds}");
+    let seeds: Value = serde_json::from_str(&seeds).unwrap();
+    assert_eq!(seeds["seeds"], json!([0, 1]));
+    let d = &seeds["deltas"][0];
+    assert_eq!(d["psnr"]["per_seed"].as_array().unwrap().len(), 2);
+    assert_eq!(job["key_metric"].as_f64(), d["psnr"]["mean"].as_f64());
+
+    let page = html_of(&api, &pool, &format!("/jobs/{id}")).await;
+    for needle in [
+        "Over seeds",
+        "2 seeds (0, 1), 2 test images",
+        "95% confidence intervals",
+        "of 2 seeds and",
+        "seeds.csv",
+    ] {
+        assert!(page.contains(needle), "missing {needle}");
+    }
 }

@@ -51,6 +51,10 @@ pub struct CreateJob {
     pub finetune_yaml: Option<String>,
     /// For `compare`: test images rendered side by side with every arm (default 3, at most 10).
     pub showcase: Option<usize>,
+    /// For `compare`: fine-tuning seeds (`FINETUNE.SEED`, +1, ...; default 1, at most 10). With
+    /// more than one, each seed runs both arms and `seeds.json` reports means over seeds with
+    /// 95% confidence intervals and how many seeds favour IFP.
+    pub seeds: Option<usize>,
     /// For `finetune`: a succeeded pre-training job of yours whose newest model file is the
     /// initial encoder (its network is used); absent = from scratch.
     pub init_job: Option<Uuid>,
@@ -132,6 +136,12 @@ pub async fn create(
             )
         })?,
     };
+    if kind == JobKind::Finetune && body.seeds.is_some() {
+        return Err(Error::invalid(
+            Some("seeds"),
+            "`seeds` belongs to `\"kind\": \"compare\"` jobs",
+        ));
+    }
     if kind != JobKind::Finetune && body.init_job.is_some() {
         return Err(Error::invalid(
             Some("init_job"),
@@ -170,22 +180,25 @@ pub async fn create(
                 state.datasets.as_deref(),
             )?))
         }
-        JobKind::Pretrain if finetune_given || body.showcase.is_some() => {
+        JobKind::Pretrain if finetune_given || body.showcase.is_some() || body.seeds.is_some() => {
             return Err(Error::invalid(
                 Some("kind"),
-                "`finetune`, `finetune_yaml` and `showcase` belong to `\"kind\": \"compare\"` jobs",
+                "`finetune`, `finetune_yaml`, `showcase` and `seeds` belong to `\"kind\": \"compare\"` jobs",
             ))
         }
         JobKind::Pretrain => JobSpec::Pretrain(Box::new(parse_config(&body)?)),
         JobKind::Compare => {
             let cfg = parse_config(&body)?;
             let (ft, _) = parse_finetune(&body)?;
-            JobSpec::Compare(Box::new(CompareJob::new(
-                cfg,
-                ft,
-                body.showcase.unwrap_or(3),
-                state.datasets.as_deref(),
-            )?))
+            JobSpec::Compare(Box::new(
+                CompareJob::new(
+                    cfg,
+                    ft,
+                    body.showcase.unwrap_or(3),
+                    state.datasets.as_deref(),
+                )?
+                .with_seeds(body.seeds.unwrap_or(1))?,
+            ))
         }
     };
     let job = service::submit(&state.pool, &state.artifacts, submission, &spec).await?;

@@ -13,7 +13,7 @@ use super::form::Errors;
 use super::{render, Layout, PageResult, Viewer};
 use crate::error::Error;
 use crate::http::state::AppState;
-use crate::jobs::compare::{CompareJob, MAX_SHOWCASE};
+use crate::jobs::compare::{CompareJob, MAX_SEEDS, MAX_SHOWCASE};
 use crate::jobs::spec::JobSpec;
 
 /// The training settings both examples share, after their `DATA` folders.
@@ -85,6 +85,8 @@ struct ComparePage {
     finetune_yaml: String,
     showcase: String,
     max_showcase: usize,
+    seeds: String,
+    max_seeds: usize,
     priority: String,
     examples: [(&'static str, &'static str); 2],
     datasets: Option<String>,
@@ -105,6 +107,9 @@ pub struct CompareForm {
     pretrain_steps: String,
     finetune_yaml: String,
     showcase: String,
+    /// Fine-tuning seeds; absent in forms saved before it existed.
+    #[serde(default)]
+    seeds: String,
     priority: String,
 }
 
@@ -142,6 +147,11 @@ pub async fn submit_form(
     };
     let steps = number("pretrain_steps", &f.pretrain_steps, &mut errors);
     let showcase = number("showcase", &f.showcase, &mut errors);
+    let seeds = if f.seeds.trim().is_empty() {
+        Some(1)
+    } else {
+        number("seeds", &f.seeds, &mut errors)
+    };
     let priority = number("priority", &f.priority, &mut errors);
     let mut pretrain =
         ifp_trainer::config::preset(&f.preset).filter(|_| PRESETS.contains(&f.preset.as_str()));
@@ -165,9 +175,14 @@ pub async fn submit_form(
             None
         }
     };
-    let (Some(pretrain), Some(finetune), Some(showcase), Some(priority), true) =
-        (pretrain, finetune, showcase, priority, errors.is_empty())
-    else {
+    let (Some(pretrain), Some(finetune), Some(showcase), Some(seeds), Some(priority), true) = (
+        pretrain,
+        finetune,
+        showcase,
+        seeds,
+        priority,
+        errors.is_empty(),
+    ) else {
         return Ok(page(
             &state,
             &viewer,
@@ -182,6 +197,7 @@ pub async fn submit_form(
         usize::try_from(showcase).unwrap_or(usize::MAX),
         state.datasets.as_deref(),
     )
+    .and_then(|job| job.with_seeds(usize::try_from(seeds).unwrap_or(0)))
     .map(|job| (job, i32::try_from(priority).unwrap_or(i32::MAX)));
     let result = match job {
         Ok((job, priority)) => {
@@ -195,7 +211,7 @@ pub async fn submit_form(
         Err(Error::Invalid { key_path, message }) => {
             let field = match key_path.as_deref() {
                 Some(k) if k.starts_with("FINETUNE") || k == "finetune" => "finetune_yaml",
-                Some(k @ ("name" | "priority" | "showcase")) => k,
+                Some(k @ ("name" | "priority" | "showcase" | "seeds")) => k,
                 _ => "form",
             };
             errors.insert(field.into(), message);
@@ -227,6 +243,12 @@ fn page(
         finetune_yaml: f.finetune_yaml,
         showcase: f.showcase,
         max_showcase: MAX_SHOWCASE,
+        seeds: if f.seeds.is_empty() {
+            "1".into()
+        } else {
+            f.seeds
+        },
+        max_seeds: MAX_SEEDS,
         priority: f.priority,
         examples: [
             ("Denoising (CBSD68 → Kodak24)", DENOISE),

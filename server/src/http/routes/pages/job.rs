@@ -116,6 +116,8 @@ pub struct JobView {
     /// A fine-tuning job: its model restores images (the snippet shows how).
     pub restores: bool,
     pub report: Option<ReportView>,
+    /// A comparison over several seeds: what the seeds say together.
+    pub seeds: Option<super::seeds_view::SeedsView>,
     pub validation: Option<ValidationView>,
 }
 
@@ -313,6 +315,13 @@ async fn view(state: &AppState, job: Job, log_scale: bool) -> PageResult<JobView
         Some(f) => read_report(state, f, &files, &base).await,
         None => None,
     };
+    let seeds = match files
+        .iter()
+        .find(|f| f.kind == CheckpointKind::Report && f.name == "seeds.json")
+    {
+        Some(f) => super::seeds_view::read_seeds(state, f, &files, &base).await,
+        None => None,
+    };
     let validation = match files
         .iter()
         .find(|f| f.kind == CheckpointKind::Report && f.name == "history.json")
@@ -332,6 +341,7 @@ async fn view(state: &AppState, job: Job, log_scale: bool) -> PageResult<JobView
         _ => None,
     };
     Ok(JobView {
+        seeds,
         restores: job.kind == JobKind::Finetune,
         newest_model,
         validation,
@@ -493,7 +503,7 @@ async fn read_history(
 
 /// A listed JSON result file of the job, parsed; `None` if it is gone or unreadable (the page
 /// then still lists the files).
-async fn read_json<T: serde::de::DeserializeOwned>(
+pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
     state: &AppState,
     file: &CheckpointFile,
 ) -> Option<T> {

@@ -10,6 +10,7 @@ pub mod form;
 mod job;
 mod jobs;
 mod new_job;
+mod seeds_view;
 
 use askama::Template;
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
