@@ -22,7 +22,7 @@ use crate::queue::{self, DEFAULT_MAX_ATTEMPTS};
 use crate::tokens::Caller;
 
 /// `POST /jobs` body: the config as JSON (`config`) or as YAML text (`config_yaml`).
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateJob {
     /// Default `job`; 1 to 200 characters, no control characters.
@@ -166,7 +166,7 @@ pub async fn create(
                      `init_job` or the fine-tuning config's MODEL",
                 ));
             }
-            let (ft, model_stated) = parse_finetune(&body)?;
+            let (ft, model_stated) = off_thread(&body, parse_finetune).await?;
             let init = match body.init_job {
                 Some(id) => Some(
                     service::init_from_job(&state.pool, &submission.owner, &id.to_string()).await?,
@@ -186,10 +186,10 @@ pub async fn create(
                 "`finetune`, `finetune_yaml`, `showcase` and `seeds` belong to `\"kind\": \"compare\"` jobs",
             ))
         }
-        JobKind::Pretrain => JobSpec::Pretrain(Box::new(parse_config(&body)?)),
+        JobKind::Pretrain => JobSpec::Pretrain(Box::new(off_thread(&body, parse_config).await?)),
         JobKind::Compare => {
-            let cfg = parse_config(&body)?;
-            let (ft, _) = parse_finetune(&body)?;
+            let cfg = off_thread(&body, parse_config).await?;
+            let (ft, _) = off_thread(&body, parse_finetune).await?;
             JobSpec::Compare(Box::new(
                 CompareJob::new(
                     cfg,
@@ -203,6 +203,19 @@ pub async fn create(
     };
     let job = service::submit(&state.pool, &state.artifacts, submission, &spec).await?;
     Ok((StatusCode::CREATED, Json(job)))
+}
+
+/// Runs a config parser on a blocking thread: a submission's YAML or JSON (up to the 1 MiB body
+/// limit) is parsed and validated there, so a burst of large configs cannot stall the async
+/// threads that answer every other request.
+async fn off_thread<T: Send + 'static>(
+    body: &CreateJob,
+    parse: fn(&CreateJob) -> Result<T>,
+) -> Result<T> {
+    let body = body.clone();
+    tokio::task::spawn_blocking(move || parse(&body))
+        .await
+        .map_err(|e| Error::Internal(format!("parsing a config: {e}")))?
 }
 
 /// The fine-tuning config of a `finetune` or `compare` submission, and whether it states the
