@@ -371,6 +371,26 @@ async fn the_compare_form_submits_and_shows_errors_in_place() {
     assert_eq!((job.kind.as_str(), job.total_steps), ("compare", 5 + 2 * 3));
     // Seeds: refused in place when out of range, and each seed adds both arms.
     let yaml = "DATA: {TRAIN_DIR: rain/Rain100H}\nTRAIN: {STEPS: 3}\n";
+    // The deblurring example, as the page shows it, is a valid comparison.
+    let (_, _, page) = send(
+        Request::get("/jobs/new/compare")
+            .header(header::COOKIE, format!("ifp_session={cookie}"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    let at = page
+        .find("Example: Deblurring (synthetic blur, CBSD68 → Kodak24)</summary><pre class=\"config\">")
+        .expect("the deblurring example");
+    let example = &page[at..];
+    let example = &example[example.find("<pre class=\"config\">").unwrap() + 20..];
+    let example = &example[..example.find("</pre>").unwrap()];
+    assert!(example.contains("BLUR_SIGMA: 1.6"), "{example}");
+    let (s, location, html) = send(post(example)).await;
+    assert_eq!(s, StatusCode::SEE_OTHER, "{html}");
+    let id: uuid::Uuid = location.unwrap()[6..].parse().unwrap();
+    let job = ifp_server::queue::get(&pool, id).await.unwrap().unwrap();
+    assert_eq!(job.config["FINETUNE"]["DATA"]["BLUR_SIGMA"], 1.6);
     let (s, _, html) = send(post_seeds(yaml, "11")).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(html.contains("11 is outside 1 to 10"), "{html}");

@@ -16,11 +16,12 @@ use crate::http::state::AppState;
 use crate::jobs::compare::{CompareJob, MAX_SEEDS, MAX_SHOWCASE};
 use crate::jobs::spec::JobSpec;
 
-/// The training settings both examples share, after their `DATA` folders.
+/// The training settings the examples share, after their `DATA` folders. The first line keeps
+/// its indentation (it continues the `DATA` block), so it starts on the quote's line: a `\`
+/// line continuation would strip it.
 macro_rules! example_tail {
     () => {
-        "\
-  CROP: 40
+        "  CROP: 40
   BATCH_SIZE: 8
   VAL_IMAGES: 4
 TRAIN:
@@ -72,6 +73,19 @@ DATA:
 );
 
 /// Pre-training presets a comparison can start from (fine-tuning takes Restormer encoders).
+pub(super) const DEBLUR: &str = concat!(
+    "\
+# Deblurring: Gaussian blur of 1.6 pixels, then light noise (sigma 2), on CBSD68 crops; test on
+# Kodak24. Synthetic, because the datasets folder holds only two GoPro pairs (blur/).
+DATA:
+  TRAIN_DIR: clean/CBSD68
+  TEST_DIR: clean/Kodak24
+  BLUR_SIGMA: 1.6
+  NOISE_SIGMA: 2
+",
+    example_tail!()
+);
+
 const PRESETS: [&str; 2] = ["tiny", "restormer-paper"];
 
 #[derive(Template)]
@@ -88,7 +102,7 @@ struct ComparePage {
     seeds: String,
     max_seeds: usize,
     priority: String,
-    examples: [(&'static str, &'static str); 2],
+    examples: [(&'static str, &'static str); 3],
     datasets: Option<String>,
     errors: Errors,
 }
@@ -253,9 +267,32 @@ fn page(
         examples: [
             ("Denoising (CBSD68 → Kodak24)", DENOISE),
             ("Deraining (Rain100H)", DERAIN),
+            ("Deblurring (synthetic blur, CBSD68 → Kodak24)", DEBLUR),
         ],
         datasets: state.datasets.as_ref().map(|d| d.display().to_string()),
         errors,
     };
     (status, render(&p)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use ifp_trainer::finetune::FinetuneConfig;
+
+    #[test]
+    fn every_example_is_a_valid_config_with_the_shared_settings() {
+        for (name, text) in [
+            ("denoise", super::DENOISE),
+            ("derain", super::DERAIN),
+            ("deblur", super::DEBLUR),
+            ("finetune denoise", super::FINETUNE_DENOISE),
+        ] {
+            let c = FinetuneConfig::from_yaml(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(
+                (c.data.crop, c.data.batch_size, c.train.steps),
+                (40, 8, Some(500)),
+                "{name}"
+            );
+        }
+    }
 }
