@@ -321,6 +321,11 @@ async fn sign_in_submit_watch_and_download_in_chromium() {
     assert!(text_of(&c, "#job-step").await.starts_with("60 / 60"));
     // The stream has ended; let the last fragment refresh land before reading the page.
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The succeeded pre-training offers its encoder without a reload (issue 17: lineage).
+    let finetune_link = format!("a[href='/jobs/new/finetune?init={id}']");
+    c.find(Locator::Css(&finetune_link))
+        .await
+        .expect("Fine-tune this appears when the job succeeds");
     let points = c
         .execute(
             "return document.querySelector('svg.chart polyline').getAttribute('points')",

@@ -119,6 +119,7 @@ pub struct JobView {
     /// A comparison over several seeds: what the seeds say together.
     pub seeds: Option<super::seeds_view::SeedsView>,
     pub validation: Option<ValidationView>,
+    pub lineage: Lineage,
 }
 
 #[derive(Template)]
@@ -127,12 +128,17 @@ struct JobPage {
     layout: Layout,
     v: JobView,
     config_yaml: String,
-    parent: Option<service::JobLink>,
-    children: Vec<service::JobLink>,
+}
+
+/// Re-runs and lineage: part of the live fragment, so *Fine-tune this* appears when the run
+/// succeeds and new children appear as they are submitted.
+pub struct Lineage {
+    pub parent: Option<service::JobLink>,
+    pub children: Vec<service::JobLink>,
     /// Comparisons have no clone yet: their form starts from a preset.
-    can_clone: bool,
+    pub can_clone: bool,
     /// A succeeded pre-training job offers its encoder to a fine-tuning job.
-    can_finetune: bool,
+    pub can_finetune: bool,
 }
 
 #[derive(Template)]
@@ -156,18 +162,11 @@ pub async fn show(
 ) -> PageResult<Response> {
     let job = visible_job(&state.pool, &viewer.caller, &id).await?;
     let config_yaml = serde_norway::to_string(&config::applicable(&job.config)).unwrap_or_default();
-    let (parent, children) = service::lineage(&state.pool, &viewer.caller, &job).await?;
-    let can_clone = job.kind != JobKind::Compare;
-    let can_finetune = job.kind == JobKind::Pretrain && job.status == JobStatus::Succeeded;
-    let v = view(&state, job, s.scale.as_deref() == Some("log")).await?;
+    let v = view(&state, &viewer, job, s.scale.as_deref() == Some("log")).await?;
     Ok(render(&JobPage {
         layout: Layout::new(format!("{} · job", v.job.name), Some(&viewer)),
         v,
         config_yaml,
-        parent,
-        children,
-        can_clone,
-        can_finetune,
     }))
 }
 
@@ -179,7 +178,7 @@ pub async fn live(
     Query(s): Query<Scale>,
 ) -> PageResult<Response> {
     let job = visible_job(&state.pool, &viewer.caller, &id).await?;
-    let v = view(&state, job, s.scale.as_deref() == Some("log")).await?;
+    let v = view(&state, &viewer, job, s.scale.as_deref() == Some("log")).await?;
     Ok(render(&LiveFragment {
         layout: Layout::new("", Some(&viewer)),
         v,
@@ -205,7 +204,14 @@ pub async fn cancel(
     Ok(Redirect::to(&format!("/jobs/{}", job.id)).into_response())
 }
 
-async fn view(state: &AppState, job: Job, log_scale: bool) -> PageResult<JobView> {
+async fn view(state: &AppState, viewer: &Viewer, job: Job, log_scale: bool) -> PageResult<JobView> {
+    let (parent, children) = service::lineage(&state.pool, &viewer.caller, &job).await?;
+    let lineage = Lineage {
+        parent,
+        children,
+        can_clone: job.kind != JobKind::Compare,
+        can_finetune: job.kind == JobKind::Pretrain && job.status == JobStatus::Succeeded,
+    };
     let attempts = queue::attempts(&state.pool, job.id).await?;
     let mut files = service::checkpoints(&state.pool, job.id).await?;
     // Newest first.
@@ -341,6 +347,7 @@ async fn view(state: &AppState, job: Job, log_scale: bool) -> PageResult<JobView
         _ => None,
     };
     Ok(JobView {
+        lineage,
         seeds,
         restores: job.kind == JobKind::Finetune,
         newest_model,
