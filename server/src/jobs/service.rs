@@ -284,18 +284,47 @@ pub async fn list(
 /// for the in-process workers of `ifp serve`, the server's and its database's.
 const MEMORY_HEADROOM: f64 = 0.9;
 
+/// A run's estimated peak memory against the largest live worker that may run it: what
+/// admission control refuses and what the new-job form shows, from one computation.
+struct MemoryFit {
+    need: u64,
+    /// The key that most directly lowers `need`.
+    key: &'static str,
+    class: DeviceClass,
+    /// `None` when no live worker of the class has reported its memory.
+    have: Option<u64>,
+}
+
+impl MemoryFit {
+    async fn of(pool: &PgPool, spec: &JobSpec) -> Result<MemoryFit> {
+        let (need, key) = spec.peak_memory();
+        let class = spec.device_class();
+        let have = queue::largest_worker_memory(pool, class)
+            .await?
+            .map(|b| u64::try_from(b).unwrap_or(0));
+        Ok(MemoryFit {
+            need,
+            key,
+            class,
+            have,
+        })
+    }
+
+    /// More than the headroom of the largest worker; never without a worker to compare with.
+    fn refused(&self) -> bool {
+        self.have
+            .is_some_and(|have| self.need as f64 > MEMORY_HEADROOM * have as f64)
+    }
+}
+
 /// Refuses a run whose estimated peak memory exceeds what any live worker of its device class
 /// has. Without a registered worker there is nothing to check against: the job waits for one.
 async fn check_memory(pool: &PgPool, spec: &JobSpec) -> Result<()> {
-    let (need, key) = spec.peak_memory();
-    let class = spec.device_class();
-    let Some(have) = queue::largest_worker_memory(pool, class).await? else {
-        return Ok(());
-    };
-    let have = u64::try_from(have).unwrap_or(0);
-    if need as f64 > MEMORY_HEADROOM * have as f64 {
+    let fit = MemoryFit::of(pool, spec).await?;
+    if let (true, Some(have)) = (fit.refused(), fit.have) {
+        let (need, key) = (fit.need, fit.key);
         let human = ifp_trainer::memory::human;
-        let which = match class {
+        let which = match fit.class {
             DeviceClass::Any => String::new(),
             c => format!("{} ", c.as_str()),
         };
@@ -390,14 +419,7 @@ pub struct Estimate {
 
 /// The estimate of a pre-training run's peak memory and duration.
 pub async fn estimate(pool: &PgPool, cfg: &ifp_trainer::Config) -> Result<Estimate> {
-    let spec = JobSpec::Pretrain(Box::new(cfg.clone()));
-    let (peak_bytes, _) = spec.peak_memory();
-    let class = spec.device_class();
-    let largest_worker = queue::largest_worker_memory(pool, class)
-        .await?
-        .and_then(|b| u64::try_from(b).ok());
-    let refused =
-        largest_worker.is_some_and(|have| peak_bytes as f64 > MEMORY_HEADROOM * have as f64);
+    let fit = MemoryFit::of(pool, &JobSpec::Pretrain(Box::new(cfg.clone()))).await?;
     let (ips, runs): (Option<f64>, i64) = sqlx::query_as(
         "with peer as (
              select id from job
@@ -413,14 +435,14 @@ pub async fn estimate(pool: &PgPool, cfg: &ifp_trainer::Config) -> Result<Estima
     .bind(serde_json::to_value(&cfg.model).map_err(|e| Error::Internal(e.to_string()))?)
     .bind(serde_json::json!(cfg.data.img_size))
     .bind(serde_json::json!(cfg.data.batch_size))
-    .bind(class.as_str())
+    .bind(fit.class.as_str())
     .fetch_one(pool)
     .await?;
     let images = cfg.total_steps() as f64 * cfg.data.batch_size as f64;
     Ok(Estimate {
-        peak_bytes,
-        largest_worker,
-        refused,
+        peak_bytes: fit.need,
+        largest_worker: fit.have,
+        refused: fit.refused(),
         seconds: ips.filter(|v| *v > 0.0).map(|v| images / v),
         runs,
     })

@@ -56,7 +56,6 @@ impl JobSpec {
         }
     }
 
-    /// The workers that may claim it (`TRAIN.DEVICE` of the config that trains first).
     /// The run's estimated peak memory in bytes, and the key that most directly lowers it.
     pub fn peak_memory(&self) -> (u64, &'static str) {
         use ifp_trainer::memory::{finetune_peak_bytes, pretrain_peak_bytes};
@@ -77,6 +76,7 @@ impl JobSpec {
         }
     }
 
+    /// The workers that may claim it (`TRAIN.DEVICE` of the config that trains first).
     pub fn device_class(&self) -> DeviceClass {
         match self {
             JobSpec::Pretrain(c) => c.train.device,

@@ -184,6 +184,34 @@ pub(crate) async fn submit_tiny_comparison(
     (api, serde_json::from_str(&b).unwrap())
 }
 
+/// Runs job `id` with one worker slot (datasets from `../shared/data`) until it leaves
+/// `queued`/`running` (at most 400 s); returns the job as the API shows it.
+async fn run_to_end(
+    api: &Router,
+    pool: &sqlx::PgPool,
+    artifacts: &std::path::Path,
+    worker_id: &str,
+    id: &str,
+) -> Value {
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let mut cfg = WorkerConfig::new(worker_id, artifacts);
+    cfg.poll_interval = Duration::from_millis(300);
+    cfg.datasets = Some(common::datasets());
+    tokio::spawn(worker::run(pool.clone(), cfg, rx));
+    let t0 = Instant::now();
+    let job = loop {
+        let (_, b) = call(api, "GET", &format!("/api/v1/jobs/{id}"), None).await;
+        let j: Value = serde_json::from_str(&b).unwrap();
+        if !matches!(j["status"].as_str(), Some("queued" | "running")) {
+            break j;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(400), "timed out: {j}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let _ = stop.send(true);
+    job
+}
+
 #[tokio::test]
 async fn a_tiny_comparison_runs_and_reports() {
     let pool = common::fresh_pool().await;
@@ -193,22 +221,7 @@ async fn a_tiny_comparison_runs_and_reports() {
     assert_eq!(job["total_steps"], 6 + 2 * 4);
     let id = job["id"].as_str().unwrap().to_string();
 
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let mut cfg = WorkerConfig::new("w-compare", artifacts.path());
-    cfg.poll_interval = Duration::from_millis(300);
-    cfg.datasets = Some(common::datasets());
-    tokio::spawn(worker::run(pool.clone(), cfg, rx));
-    let t0 = Instant::now();
-    let job = loop {
-        let (_, b) = call(&api, "GET", &format!("/api/v1/jobs/{id}"), None).await;
-        let j: Value = serde_json::from_str(&b).unwrap();
-        if !matches!(j["status"].as_str(), Some("queued" | "running")) {
-            break j;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(400), "timed out: {j}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
-    let _ = stop.send(true);
+    let job = run_to_end(&api, &pool, artifacts.path(), "w-compare", &id).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["step"], 14);
 
@@ -637,22 +650,7 @@ async fn a_comparison_over_two_seeds_runs_and_summarises() {
     assert_eq!(job["config"]["SEEDS"], 2);
     let id = job["id"].as_str().unwrap().to_string();
 
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let mut cfg = WorkerConfig::new("w-seeds", artifacts.path());
-    cfg.poll_interval = Duration::from_millis(300);
-    cfg.datasets = Some(common::datasets());
-    tokio::spawn(worker::run(pool.clone(), cfg, rx));
-    let t0 = Instant::now();
-    let job = loop {
-        let (_, b) = call(&api, "GET", &format!("/api/v1/jobs/{id}"), None).await;
-        let j: Value = serde_json::from_str(&b).unwrap();
-        if !matches!(j["status"].as_str(), Some("queued" | "running")) {
-            break j;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(400), "timed out: {j}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
-    let _ = stop.send(true);
+    let job = run_to_end(&api, &pool, artifacts.path(), "w-seeds", &id).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["step"], 22);
 

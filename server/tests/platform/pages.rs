@@ -143,6 +143,20 @@ impl Site {
         self.send(req).await
     }
 
+    /// [`Site::post_multipart`] of owned text fields (a form as a test assembles it).
+    pub(crate) async fn post_fields(
+        &self,
+        uri: &str,
+        cookie: &str,
+        fields: &[(String, String)],
+    ) -> Resp {
+        let refs: Vec<(&str, &str)> = fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.post_multipart(uri, cookie, &refs, &[]).await
+    }
+
     /// Signs in with `token`; returns the session cookie (`name=value`) and the CSRF token.
     pub(crate) async fn sign_in(&self, token: &str) -> (String, String) {
         let page = self.get("/signin", None).await;
@@ -635,11 +649,7 @@ async fn clone_refills_the_form_and_links_parent_and_child() {
     ] {
         fields.push((k.into(), v));
     }
-    let refs: Vec<(&str, &str)> = fields
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let r = site.post_multipart("/jobs/new", &cookie, &refs, &[]).await;
+    let r = site.post_fields("/jobs/new", &cookie, &fields).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
     let clone: uuid::Uuid = r.location().trim_start_matches("/jobs/").parse().unwrap();
     let job = queue::get(&site.pool, clone).await.unwrap().unwrap();

@@ -168,11 +168,7 @@ async fn yaml_and_noise_image_uploads() {
     ] {
         fields.push((k.into(), v.into()));
     }
-    let refs: Vec<(&str, &str)> = fields
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let r = site.post_multipart("/jobs/new", &cookie, &refs, &[]).await;
+    let r = site.post_fields("/jobs/new", &cookie, &fields).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
     let id: uuid::Uuid = r.location().trim_start_matches("/jobs/").parse().unwrap();
     let job = queue::get(&site.pool, id).await.unwrap().unwrap();
@@ -184,12 +180,8 @@ async fn yaml_and_noise_image_uploads() {
     // The preview endpoint answers with a PNG.
     let mut preview = fields.clone();
     preview.iter_mut().find(|(k, _)| k == "action").unwrap().1 = "preview".into();
-    let refs: Vec<(&str, &str)> = preview
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
     let r = site
-        .post_multipart("/jobs/new/preview", &cookie, &refs, &[])
+        .post_fields("/jobs/new/preview", &cookie, &preview)
         .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.headers[header::CONTENT_TYPE], "image/png");

@@ -251,24 +251,30 @@ fn a_config_states_its_network_only_with_a_model_tree() {
     assert!(!FinetuneConfig::names_model(""));
 }
 
-#[test]
-fn tiny_compare_writes_json_and_csv() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let train = few_clean(tmp.path(), 5);
-    let mut ft = tiny_task(&train, 4, 2);
-    ft.data.test_dir = Some(small_test_set(tmp.path(), 1, 64));
+/// A tiny comparison under `dir`: `steps` of 16x16 pre-training and of fine-tuning (saving
+/// every 2) on five clean images, scored on `test.0` test images of side `test.1`.
+fn tiny_compare(dir: &Path, steps: usize, test: (usize, usize), showcase: usize) -> CompareSpec {
+    let train = few_clean(dir, 5);
+    let mut ft = tiny_task(&train, steps, 2);
+    ft.data.test_dir = Some(small_test_set(dir, test.0, test.1));
     let mut pre = Config::load("tiny").expect("tiny");
     pre.data.img_size = 16;
-    pre.train.steps = Some(4);
+    pre.train.steps = Some(steps);
     pre.train.warmup_epochs = 1;
     pre.validate().expect("valid");
-    let spec = CompareSpec {
+    CompareSpec {
         finetune: ft,
         pretrain: Pretrain::Run(Box::new(pre)),
         extra_arm: None,
         tile: None,
-        showcase: 1,
-    };
+        showcase,
+    }
+}
+
+#[test]
+fn tiny_compare_writes_json_and_csv() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let spec = tiny_compare(tmp.path(), 4, (1, 64), 1);
     let out = tmp.path().join("cmp");
     let report = compare(&spec, &out, &Device::Cpu, |_| Control::Continue).expect("compare");
     assert_eq!(report.arms.len(), 2);
@@ -302,21 +308,7 @@ fn tiny_compare_writes_json_and_csv() {
 fn a_two_seed_compare_summarises_the_seeds() {
     use ifp_trainer::finetune::seeds::compare_seeds;
     let tmp = tempfile::tempdir().expect("tempdir");
-    let train = few_clean(tmp.path(), 5);
-    let mut ft = tiny_task(&train, 2, 2);
-    ft.data.test_dir = Some(small_test_set(tmp.path(), 2, 48));
-    let mut pre = Config::load("tiny").expect("tiny");
-    pre.data.img_size = 16;
-    pre.train.steps = Some(2);
-    pre.train.warmup_epochs = 1;
-    pre.validate().expect("valid");
-    let spec = CompareSpec {
-        finetune: ft,
-        pretrain: Pretrain::Run(Box::new(pre)),
-        extra_arm: None,
-        tile: None,
-        showcase: 0,
-    };
+    let spec = tiny_compare(tmp.path(), 2, (2, 48), 0);
     let out = tmp.path().join("seeds");
     let (reports, summary) = compare_seeds(&spec, &[7, 8], false, &out, &Device::Cpu, |_, _| {
         Control::Continue
