@@ -375,3 +375,41 @@ fn compare_over_two_seeds_summarises_them() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--pretrain"), "{}", stderr(&o));
 }
+
+/// The flags added for issues 16 and 18 refuse out-of-range values before anything starts,
+/// naming the flag and the value.
+#[test]
+fn new_flags_refuse_out_of_range_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cases = [
+        (
+            argv("serve --max-connections 0 --data-dir {}", &[&data]),
+            "'--max-connections <MAX_CONNECTIONS>': 0 is not in 1..=100000",
+        ),
+        (
+            argv("serve --header-timeout-secs 0 --data-dir {}", &[&data]),
+            "'--header-timeout-secs <HEADER_TIMEOUT_SECS>': 0 is not in 1..=600",
+        ),
+        (
+            argv(
+                "compare --pretrain tiny --train {} --seeds 0 --out {}",
+                &[&data, &data],
+            ),
+            "'--seeds <N>': 0 is not in 1..=20",
+        ),
+        (
+            argv(
+                "compare --pretrain tiny --train {} --seeds 21 --out {}",
+                &[&data, &data],
+            ),
+            "'--seeds <N>': 21 is not in 1..=20",
+        ),
+    ];
+    for (args, needle) in cases {
+        let o = ifp(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    }
+    assert!(!data.exists(), "nothing was started");
+}

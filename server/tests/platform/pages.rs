@@ -649,6 +649,12 @@ async fn clone_refills_the_form_and_links_parent_and_child() {
     ] {
         fields.push((k.into(), v));
     }
+    // A parent that is not a job id is refused on the form, saying so.
+    let mut forged = fields.clone();
+    forged.iter_mut().find(|(k, _)| k == "parent").unwrap().1 = "not-a-job".into();
+    let r = site.post_fields("/jobs/new", &cookie, &forged).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.body.contains("`not-a-job` is not a job id"), "{}", r.body);
     let r = site.post_fields("/jobs/new", &cookie, &fields).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
     let clone: uuid::Uuid = r.location().trim_start_matches("/jobs/").parse().unwrap();
