@@ -9,7 +9,11 @@
 2. `ifp finetune --model tiny ... --steps 2`: load model-000002 (a FinetuneNet), restore the
    first Rain100H input, compare with the PNG `ifp eval --save-outputs` wrote for it (8-bit:
    at most 1 level apart, mean under 0.05 levels).
-Exit 0 when both hold, 1 otherwise.
+3. The same with `--model tiny-uformer` (a UformerFinetuneNet: encoder and decoder; the
+   481x321 image is padded to a square the windows tile, then cropped back).
+Exit 0 when all hold, 1 otherwise. The test suite runs this script (server test
+`pytorch_loads_checkpoints`) when IFP_TORCH_PYTHON names a Python with the packages of
+bench/requirements.txt; `.ci/run` sets that up.
 """
 import argparse
 import os
@@ -58,28 +62,34 @@ def main():
         print(f"{'ok ' if good else 'FAIL'} pre-training: {type(net).__name__}, strict load, "
               f"forward rel_l2 {rel:.2e} vs ifp forward")
 
-        ft = os.path.join(tmp, "ft")
-        run(a.ifp, "finetune", "--model", "tiny", "--train", os.path.join(a.data, "clean", "CBSD68"),
-            "--sigma", "25", "--crop", "24", "--batch", "2", "--steps", "2", "--save-freq", "2",
-            "--out", ft)
-        w = os.path.join(ft, "model-000002.safetensors")
-        net = ifp_models.load(w)
         rain = os.path.join(a.data, "rain", "Rain100H")
-        outs = os.path.join(tmp, "restored")
-        run(a.ifp, "eval", "--weights", w, "--data", rain, "--max-images", "1", "--save-outputs", outs)
-        name = sorted(os.listdir(os.path.join(rain, "input")))[0]
-        img = np.asarray(Image.open(os.path.join(rain, "input", name)).convert("RGB"), np.float32) / 255
-        with torch.no_grad():
-            y = net(torch.from_numpy(img).permute(2, 0, 1)[None]).clamp(0, 1)[0]
-        mine = (y.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.int32)
-        theirs = np.asarray(Image.open(os.path.join(outs, os.path.splitext(name)[0] + ".png")), np.int32)
-        diff = np.abs(mine - theirs)
-        good = mine.shape == theirs.shape and diff.max() <= 1 and diff.mean() < 0.05
-        ok &= good
-        print(f"{'ok ' if good else 'FAIL'} fine-tuning: {type(net).__name__}, strict load, "
-              f"{name} {mine.shape}: max |diff| {diff.max()} levels, mean {diff.mean():.4f} "
-              f"vs ifp eval --save-outputs")
+        clean = os.path.join(a.data, "clean", "CBSD68")
+        for model, crop in (("tiny", "24"), ("tiny-uformer", "32")):
+            ft = os.path.join(tmp, "ft-" + model)
+            run(a.ifp, "finetune", "--model", model, "--train", clean, "--sigma", "25", "--crop", crop,
+                "--batch", "2", "--steps", "2", "--save-freq", "2", "--out", ft)
+            ok &= check_finetuned(a.ifp, os.path.join(ft, "model-000002.safetensors"), rain,
+                                  os.path.join(ft, "restored"))
     sys.exit(0 if ok else 1)
+
+
+def check_finetuned(ifp, w, data, outs):
+    """Loads a fine-tuned model file strictly and restores the first image of `data` (Rain100H:
+    not square, so a Uformer pads) as `ifp eval --save-outputs` does."""
+    net = ifp_models.load(w)
+    run(ifp, "eval", "--weights", w, "--data", data, "--max-images", "1", "--save-outputs", outs)
+    name = sorted(os.listdir(os.path.join(data, "input")))[0]
+    img = np.asarray(Image.open(os.path.join(data, "input", name)).convert("RGB"), np.float32) / 255
+    with torch.no_grad():
+        y = net(torch.from_numpy(img).permute(2, 0, 1)[None]).clamp(0, 1)[0]
+    mine = (y.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.int32)
+    theirs = np.asarray(Image.open(os.path.join(outs, os.path.splitext(name)[0] + ".png")), np.int32)
+    diff = np.abs(mine - theirs)
+    good = mine.shape == theirs.shape and diff.max() <= 1 and diff.mean() < 0.05
+    print(f"{'ok ' if good else 'FAIL'} fine-tuning: {type(net).__name__}, strict load, "
+          f"{name} {mine.shape}: max |diff| {diff.max()} levels, mean {diff.mean():.4f} "
+          f"vs ifp eval --save-outputs")
+    return good
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ Downloaded from an IFP platform server (`/static/ifp_models.py`) or taken from i
     import ifp_models
     net = ifp_models.load("model-000500.safetensors")   # strict=True; eval mode, float32
 
-A fine-tuning checkpoint (`ifp finetune`, `finetune` and `compare` jobs: `encoder.*` +
-`head.conv.*`) gives a `FinetuneNet` that restores images in [0, 1]:
+A fine-tuning checkpoint (`ifp finetune`, `finetune` and `compare` jobs) gives a network that
+restores images in [0, 1]: a `FinetuneNet` (Restormer `encoder.*` + `head.conv.*`) or a
+`UformerFinetuneNet` (the whole Uformer, `encoder.*` + `decoder.*`):
 
     import numpy as np, torch
     from PIL import Image
@@ -30,7 +31,8 @@ Contents
   * Restormer:  RestormerBackbone, MSRResNetHead, IFPNet, build_model()
   * Uformer:    UformerEncoder, UformerDecoder, build_uformer() (encoder returning five token
                 tensors, decoder with skips and modulators, shifted windows, stochastic depth)
-  * fine-tuning: FinetuneNet (encoder + one 3x3 convolution head, residual by default)
+  * fine-tuning: FinetuneNet (Restormer encoder + one 3x3 convolution head, residual by
+                default), UformerFinetuneNet (encoder + decoder, residual by default)
   * load(path): any `ifp` model file, strictly
 """
 from __future__ import annotations
@@ -706,6 +708,46 @@ class FinetuneNet(nn.Module):
         return y + degraded if self.residual else y
 
 
+def uformer_fits(img_size: int, win_size: int, s: int) -> bool:
+    """Whether a square input of side `s` runs through a Uformer built for `img_size`: the four
+    halvings are exact and every level is tiled by its window (the configured one, or the whole
+    level where the network's level is no larger)."""
+    return s > 0 and s % 16 == 0 and all((s >> lvl) % min(win_size, img_size >> lvl) == 0
+                                         for lvl in range(5))
+
+
+def uformer_padded_side(img_size: int, win_size: int, h: int, w: int) -> int:
+    """The smallest square side >= h and w that `uformer_fits`: what inputs are padded to."""
+    s = max(h, w, 1)
+    s += (-s) % 16
+    while not uformer_fits(img_size, win_size, s):
+        s += 16
+    return s
+
+
+class UformerFinetuneNet(nn.Module):
+    """The Uformer fine-tuning network: the whole pre-trained Uformer, encoder (`encoder.*`) and
+    decoder (`decoder.*`). Input and output are images in [0, 1]. The network sees the
+    ImageNet-normalised input, zero-padded at the bottom and right to a square its windows tile;
+    its output, cropped back, is a residual in that normalised space (`x + y`, as in the Uformer
+    paper): restored = degraded + std * y. Without `residual`, restored = mean + std * y."""
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, img_size: int, win_size: int,
+                 residual: bool = True):
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+        self.img_size, self.win_size, self.residual = img_size, win_size, residual
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, degraded: torch.Tensor) -> torch.Tensor:
+        h, w = degraded.shape[-2:]
+        s = uformer_padded_side(self.img_size, self.win_size, h, w)
+        x = F.pad((degraded - self.mean) / self.std, (0, s - w, 0, s - h))
+        y = self.decoder(self.encoder(x))[..., :h, :w] * self.std
+        return degraded + y if self.residual else y + self.mean
+
+
 def config_from_yaml(text: str) -> dict:
     """A config YAML (reference schema) merged over the reference defaults."""
     import copy
@@ -715,13 +757,18 @@ def config_from_yaml(text: str) -> dict:
     return _merge(copy.deepcopy(_DEFAULTS), _decode(yaml.safe_load(text) or {}))
 
 
-def build_finetune(cfg: dict) -> FinetuneNet:
-    """The fine-tuning network of a fine-tuning config (its MODEL and HEAD trees)."""
+def build_finetune(cfg: dict) -> nn.Module:
+    """The fine-tuning network of a fine-tuning config (its MODEL and HEAD trees): a
+    `FinetuneNet` (Restormer) or a `UformerFinetuneNet`."""
     m = _merge(_DEFAULTS["MODEL"], _decode(cfg.get("MODEL") or {}))
-    if str(m.get("TYPE", "restormer")).lower() != "restormer":
-        raise NotImplementedError("fine-tuning networks have a Restormer encoder")
-    encoder = build_model({"MODEL": m}).encoder
     residual = bool((cfg.get("HEAD") or {}).get("RESIDUAL", True))
+    if str(m.get("TYPE", "restormer")).lower() == "uformer":
+        u = m.get("UFORMER") or {}
+        rate = float(u.get("DROP_PATH_RATE", DEFAULT_DROP_PATH_RATE))
+        encoder, decoder = build_uformer(u, rate)
+        return UformerFinetuneNet(encoder, decoder, int(u.get("IMAGE_SIZE", 256)),
+                                  int(u.get("WIN_SIZE", 8)), residual)
+    encoder = build_model({"MODEL": m}).encoder
     return FinetuneNet(encoder, int(m["RESTORMER"]["OUT_CHANNELS"]), residual)
 
 
@@ -738,7 +785,8 @@ def load(path: str, device: str = "cpu") -> nn.Module:
         raise ValueError(f"{path}: no `ifp_config` metadata (not an ifp model file)")
     cfg = _decode(yaml.safe_load(meta["ifp_config"]) or {})
     weights = load_file(path, device=device)
-    if any(k.startswith("head.") for k in weights):
+    # Fine-tuning configs have a HEAD tree (and their Restormer files `head.*` tensors).
+    if "HEAD" in cfg or any(k.startswith("head.") for k in weights):
         net = build_finetune(cfg)
     else:
         net = build_model(_merge(_DEFAULTS, cfg))

@@ -93,9 +93,9 @@ pub fn run(a: CompareArgs) -> Result<(), Failure> {
             }
             if a.task.model.is_none() {
                 ft.model = cfg.model.clone();
-            } else if ft.model.restormer != cfg.model.restormer {
+            } else if !ft.model.same_backbone(&cfg.model) {
                 return Err(Failure::usage(anyhow::anyhow!(
-                    "--model and --pretrain describe different encoders; give one of them"
+                    "--model and --pretrain describe different networks; give one of them"
                 )));
             }
             Pretrain::Run(Box::new(cfg))

@@ -1,5 +1,6 @@
-//! `ifp finetune`: fine-tune a pre-trained (or fresh) encoder with a one-convolution head on a
-//! restoration data set, validating and checkpointing as it goes (`--resume` continues).
+//! `ifp finetune`: fine-tune a pre-trained (or fresh) network on a restoration data set (a
+//! Restormer encoder with a one-convolution head, or a whole Uformer), validating and
+//! checkpointing as it goes (`--resume` continues).
 
 use std::path::PathBuf;
 
@@ -15,7 +16,8 @@ pub struct TaskArgs {
     /// A fine-tuning config (YAML, the `FinetuneConfig` schema); the flags below override it.
     #[arg(long, value_name = "FILE")]
     pub ft_config: Option<PathBuf>,
-    /// Pre-training config or preset whose MODEL tree describes the encoder (e.g. tiny);
+    /// Pre-training config or preset whose MODEL tree describes the network (e.g. tiny,
+    /// tiny-uformer);
     /// defaults to the config stored beside the initial weights (`ifp finetune` needs one of them).
     #[arg(long, value_name = "FILE|PRESET")]
     pub model: Option<String>,
@@ -145,8 +147,9 @@ fn set<T>(slot: &mut T, v: Option<T>) {
 pub struct FinetuneArgs {
     #[command(flatten)]
     task: TaskArgs,
-    /// Encoder weights: a pre-training or fine-tuning model file, or reference-named PyTorch
-    /// weights (safetensors). Without it the encoder starts from scratch.
+    /// Initial weights: a pre-training or fine-tuning model file, or reference-named PyTorch
+    /// weights (safetensors). Restormer takes the encoder from it (the head is new); Uformer takes
+    /// encoder and decoder. Without it the network starts from scratch.
     #[arg(long, value_name = "W.safetensors")]
     init: Option<PathBuf>,
     /// Output folder for checkpoints and history.json.

@@ -42,7 +42,8 @@ enum Command {
     Worker(worker::WorkerArgs),
     /// Manage API tokens.
     Token(token::TokenArgs),
-    /// Fine-tune an encoder (IFP-pre-trained or from scratch) with a 3x3-conv task head.
+    /// Fine-tune a network (IFP-pre-trained or from scratch): a Restormer encoder with a
+    /// 3x3-conv task head, or a whole Uformer (encoder and decoder).
     Finetune(finetune::FinetuneArgs),
     /// Score a fine-tuned model on test images (PSNR/SSIM, RGB and Y, per image).
     Eval(eval::EvalArgs),

@@ -24,15 +24,17 @@ pub fn root(datasets: Option<&Path>) -> Result<&Path> {
 pub const WORKER_HAS_NONE: &str =
     "this worker has no datasets folder for fine-tuning data (set IFP_DATASETS_DIR)";
 
-/// Checks what every fine-tuning job needs: a Restormer encoder, data folders that exist under
-/// `root`, and a degradation that fits them (clean images need one, paired ones take none).
+/// Checks what every fine-tuning job needs: a config that is valid with the network it ends up
+/// with (a comparison takes its pre-training's, and a Uformer needs crops its windows tile),
+/// data folders that exist under `root`, and a degradation that fits them (clean images need
+/// one, paired ones take none).
 pub fn check_task(ft: &FinetuneConfig, root: &Path) -> Result<()> {
-    if ft.model.kind != ifp_trainer::config::ModelType::Restormer {
-        return Err(Error::invalid(
-            Some("MODEL.TYPE"),
-            "fine-tuning takes a Restormer encoder; Uformer fine-tuning is not supported yet",
-        ));
-    }
+    ft.validate().map_err(|e| match e {
+        ConfigError::Invalid { path, message } => {
+            Error::invalid(Some(&format!("FINETUNE.{path}")), message)
+        }
+        other => Error::invalid(Some("finetune"), other.to_string()),
+    })?;
     check_folder(root, "FINETUNE.DATA.TRAIN_DIR", &ft.data.train_dir)?;
     if let Some(t) = &ft.data.test_dir {
         check_folder(root, "FINETUNE.DATA.TEST_DIR", t)?;

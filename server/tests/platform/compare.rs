@@ -186,7 +186,7 @@ pub(crate) async fn submit_tiny_comparison(
 
 /// Runs job `id` with one worker slot (datasets from `../shared/data`) until it leaves
 /// `queued`/`running` (at most 400 s); returns the job as the API shows it.
-async fn run_to_end(
+pub(crate) async fn run_to_end(
     api: &Router,
     pool: &sqlx::PgPool,
     artifacts: &std::path::Path,

@@ -169,3 +169,89 @@ fn cli_train_bench_and_forward_take_a_uformer_config() {
     ));
     common::bench_median_ms(&o);
 }
+
+/// Issue 18 on the platform: a `compare` job on the tiny Uformer (IFP pre-training, both arms
+/// fine-tuning the whole Uformer) runs through a real worker and reports; a `finetune` job on
+/// a Uformer writes checkpoints with the reference Uformer's keys; a crop its windows cannot
+/// tile is refused naming the key.
+#[tokio::test]
+async fn uformer_compare_and_finetune_jobs_run() {
+    use crate::compare::{call, finetune, finetune_job, run_to_end, ADMIN};
+    use axum::http::StatusCode;
+    use ifp_server::{app, AppState};
+    use serde_json::{json, Value};
+
+    let pool = common::fresh_pool().await;
+    let artifacts = tempfile::tempdir().unwrap();
+    let mut state = AppState::new(pool.clone(), artifacts.path(), Some(ADMIN));
+    state.datasets = Some(common::datasets());
+    let api = app(state);
+    let pre = ifp_trainer::Config::from_yaml(&tiny_uformer_yaml(4)).expect("config");
+    let pre = serde_json::to_value(&pre).unwrap();
+    let mut ft = finetune("clean/CBSD68");
+    ft["DATA"]["MAX_TEST_IMAGES"] = json!(1);
+
+    let (s, b) = call(
+        &api,
+        "POST",
+        "/api/v1/jobs",
+        Some(json!({"kind": "compare", "config": pre, "finetune": ft})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "CROP 16: {b}");
+    assert!(
+        b.contains("FINETUNE.DATA.CROP") && b.contains("32 does"),
+        "{b}"
+    );
+
+    ft["DATA"]["CROP"] = json!(32);
+    let body = json!({"kind": "compare", "name": "uformer", "config": pre, "finetune": ft});
+    let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let id = serde_json::from_str::<Value>(&b).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job = run_to_end(&api, &pool, artifacts.path(), "w-uf-cmp", &id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["step"], 4 + 2 * 4);
+    let (_, b) = call(
+        &api,
+        "GET",
+        &format!("/api/v1/jobs/{id}/checkpoints/report.json"),
+        None,
+    )
+    .await;
+    let report: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(report["config"]["MODEL"]["TYPE"], "uformer");
+    assert_eq!(report["arms"].as_array().map(Vec::len), Some(2));
+    assert!(report["deltas"][0]["diff"]["psnr"]["mean"].is_number());
+
+    // A finetune job on a Uformer, from scratch: its checkpoints carry the reference's names.
+    let mut ftj = finetune_job("clean/CBSD68", Some(pre["MODEL"].clone()));
+    ftj["DATA"]["CROP"] = json!(32);
+    let body = json!({"kind": "finetune", "name": "uformer-ft", "finetune": ftj});
+    let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let id = serde_json::from_str::<Value>(&b).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job = run_to_end(&api, &pool, artifacts.path(), "w-uf-ft", &id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let path: String = sqlx::query_scalar(
+        "select path from checkpoint where job_id = $1::uuid and kind = 'model' \
+         order by step desc limit 1",
+    )
+    .bind(&id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let ck = candle_core::safetensors::load(artifacts.path().join(&path), &Device::Cpu)
+        .expect("checkpoint");
+    let got: BTreeSet<(String, Vec<usize>)> = ck
+        .iter()
+        .map(|(k, t)| (k.clone(), t.dims().to_vec()))
+        .collect();
+    assert_eq!(got, golden_keys(), "fine-tuned Uformer keys and shapes");
+}

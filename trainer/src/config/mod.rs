@@ -66,6 +66,11 @@ pub const PRESETS: &[Preset] = &[
         yaml: include_str!("../../../presets/tiny.yaml"),
     },
     Preset {
+        name: "tiny-uformer",
+        description: "a tiny Uformer at 32x32 (the golden test network's size)",
+        yaml: include_str!("../../../presets/tiny-uformer.yaml"),
+    },
+    Preset {
         name: "restormer-paper",
         description: "the reference Restormer config (224x224, 60000 steps)",
         yaml: include_str!("../../../presets/restormer-paper.yaml"),
@@ -211,6 +216,20 @@ pub struct ModelConfig {
     pub restormer: RestormerConfig,
     pub decoder: DecoderConfig,
     pub uformer: UformerConfig,
+}
+
+impl ModelConfig {
+    /// Whether the two configs build the same backbone, so weights pre-trained with one
+    /// initialise fine-tuning with the other: same `TYPE` and the same `RESTORMER` (encoder) or
+    /// `UFORMER` tree (encoder and decoder, which Uformer fine-tunes too). Training-only settings
+    /// such as the loss target do not matter.
+    pub fn same_backbone(&self, other: &ModelConfig) -> bool {
+        self.kind == other.kind
+            && match self.kind {
+                ModelType::Restormer => self.restormer == other.restormer,
+                ModelType::Uformer => self.uformer == other.uformer,
+            }
+    }
 }
 
 impl Default for ModelConfig {

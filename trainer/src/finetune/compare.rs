@@ -1,4 +1,4 @@
-//! "Does IFP help here?": one submission fine-tunes the same encoder architecture from IFP
+//! "Does IFP help here?": one submission fine-tunes the same network from IFP
 //! pre-training and from scratch (optionally also from a given checkpoint) with identical
 //! config, budget, seeds, crops, noise and head initialisation, then scores each arm's best
 //! checkpoint (by validation PSNR) on the same test images and reports means with standard
@@ -145,9 +145,11 @@ pub fn compare(
             seconds: None,
         },
         Pretrain::Run(cfg) => {
-            if cfg.model.restormer != spec.finetune.model.restormer {
+            if !cfg.model.same_backbone(&spec.finetune.model) {
                 return Err(TrainerError::Unsupported(
-                    "the pre-training MODEL.RESTORMER differs from the fine-tuning one".into(),
+                    "the pre-training MODEL (TYPE and its RESTORMER or UFORMER tree) differs \
+                     from the fine-tuning one"
+                        .into(),
                 ));
             }
             let dir = out.join("pretrain");

@@ -1,4 +1,4 @@
-//! The fine-tuning run configuration: the pre-training schema's `MODEL` tree (the encoder to
+//! The fine-tuning run configuration: the pre-training schema's `MODEL` tree (the network to
 //! build) and `TRAIN` tree (optimiser and schedule), plus the task's data and head. Same
 //! conventions as `config`: upper-case keys, unknown keys are errors naming the key path.
 //!
@@ -17,10 +17,11 @@ use crate::config::{ConfigError, ModelConfig, OptimizerConfig, TrainConfig};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "SCREAMING_SNAKE_CASE", default)]
 pub struct FinetuneConfig {
-    /// The network: only `MODEL.RESTORMER` is used (the encoder); must match the weights.
+    /// The network (`MODEL.TYPE` and its `RESTORMER` or `UFORMER` tree); must match the weights.
     pub model: ModelConfig,
-    /// Encoder weights (a pre-training or fine-tuning model file, or reference-named PyTorch
-    /// weights; only `encoder.*` is kept); absent = from scratch, seeded by `SEED`.
+    /// Initial weights (a pre-training or fine-tuning model file, or reference-named PyTorch
+    /// weights): Restormer keeps only `encoder.*`, Uformer `encoder.*` and `decoder.*`; absent =
+    /// from scratch, seeded by `SEED`.
     pub init: Option<PathBuf>,
     pub head: HeadConfig,
     pub data: TaskData,
@@ -189,22 +190,41 @@ impl FinetuneConfig {
                 message,
             })
         };
-        if self.model.kind != crate::config::ModelType::Restormer {
-            return bad(
-                "MODEL.TYPE",
-                "fine-tuning supports restormer only (a Uformer task head is not implemented)"
-                    .into(),
-            );
-        }
         let mut pre = crate::Config {
             model: self.model.clone(),
             ..Default::default()
         };
         pre.model.decoder.in_nc = pre.model.restormer.out_channels;
-        pre.validate()?;
+        // A fine-tuning config has no DATA.IMG_SIZE: Uformer's size is its IMAGE_SIZE alone.
+        pre.data.img_size = pre.model.uformer.image_size;
+        pre.validate().map_err(|e| match e {
+            ConfigError::Invalid { path, message } if path == "DATA.IMG_SIZE" => {
+                ConfigError::Invalid {
+                    path: "MODEL.UFORMER.IMAGE_SIZE".into(),
+                    message,
+                }
+            }
+            e => e,
+        })?;
         let d = &self.data;
         if d.crop < 8 {
             return bad("DATA.CROP", format!("{} is below 8", d.crop));
+        }
+        if self.model.kind == crate::config::ModelType::Uformer
+            && !crate::models::uformer::fits(&self.model.uformer, d.crop)
+        {
+            let u = &self.model.uformer;
+            let hint = crate::models::uformer::padded_side(u, d.crop, d.crop)
+                .map(|s| format!("; {s} does"))
+                .unwrap_or_default();
+            return bad(
+                "DATA.CROP",
+                format!(
+                    "{} does not fit the Uformer (IMAGE_SIZE {}, WIN_SIZE {}): the network's \
+                     windows must tile every level of a training crop{hint}",
+                    d.crop, u.image_size, u.win_size
+                ),
+            );
         }
         if d.batch_size == 0 {
             return bad("DATA.BATCH_SIZE", "must be at least 1, got 0".into());

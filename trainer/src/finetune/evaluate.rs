@@ -30,8 +30,9 @@ pub fn load_finetuned(path: &Path, device: &Device) -> Result<(FinetuneConfig, F
         bad("its config is not a fine-tuning config (a pre-training checkpoint? fine-tune it first)".into())
     })?;
     let weights = load_all(path, device)?;
-    if !weights.keys().any(|k| k.starts_with("head.")) {
-        return Err(bad("no `head.*` tensors: not a fine-tuned model".into()));
+    let head = FinetuneNet::head_prefix(&cfg.model);
+    if !weights.keys().any(|k| k.starts_with(head)) {
+        return Err(bad(format!("no `{head}*` tensors: not a fine-tuned model")));
     }
     let net = FinetuneNet::new(
         &cfg.model,

@@ -1,14 +1,16 @@
-//! Downstream fine-tuning (issue 8): the pre-trained encoder plus a one-convolution task head
-//! (`net`), trained with L1 on crops of a restoration data set (`data`), with the pre-training
-//! machinery reused as is: `optim::AdamW` (decay / no-decay groups), `optim::LrSchedule`
-//! (warmup + cosine, unscaled rates), `optim::clip_grad_norm`, `checkpoint`'s atomic, verified
-//! model and state files, exact resumption, and `train::Progress`/`Control` for the callback.
+//! Downstream fine-tuning: the pre-trained network (`net`: Restormer's encoder plus a
+//! one-convolution task head, or Uformer's encoder and decoder end to end), trained with L1 on
+//! crops of a restoration data set (`data`), with the pre-training machinery reused as is:
+//! `optim::AdamW` (decay / no-decay groups), `optim::LrSchedule` (warmup + cosine, unscaled
+//! rates), `optim::clip_grad_norm`, `checkpoint`'s atomic, verified model and state files, exact
+//! resumption, and `train::Progress`/`Control` for the callback.
 //!
 //! Every `SAVE_FREQ` steps (and at the end) the run validates on its held-out images and writes
-//! `model-SSSSSS.safetensors` (`encoder.*`, `head.conv.*`), `state-SSSSSS.safetensors` (the
-//! `TrainingState`'s `sampler.crop`/`sampler.mask` hold the crop and noise streams),
-//! `sample-SSSSSS.png` (degraded | restored | target) and `history.json` (validation scores per
-//! checkpoint; the best checkpoint is the one with the highest validation PSNR).
+//! `model-SSSSSS.safetensors` (`encoder.*` with `head.conv.*` or `decoder.*`),
+//! `state-SSSSSS.safetensors` (the `TrainingState`'s `sampler.crop`/`sampler.mask` hold the crop
+//! and noise streams; Uformer's stochastic depth is drawn from the seed and the step, so it needs
+//! no state), `sample-SSSSSS.png` (degraded | restored | target) and `history.json` (validation
+//! scores per checkpoint; the best checkpoint is the one with the highest validation PSNR).
 
 pub mod compare;
 pub mod config;
@@ -26,6 +28,8 @@ use serde::{Deserialize, Serialize};
 pub use config::{FinetuneConfig, HeadConfig, TaskData};
 pub use net::FinetuneNet;
 
+use crate::config::ModelType;
+use crate::models::uformer::DropPathRng;
 use crate::models::WeightSource;
 
 use crate::batch::SamplerState;
@@ -39,6 +43,7 @@ use crate::train::{Control, Progress, StepStats, TrainOptions};
 
 const ENCODER_STREAM: u64 = 0xF17E_0E4C;
 const HEAD_STREAM: u64 = 0xF17E_4EAD;
+const DROP_PATH_STREAM: u64 = 0xF17E_D807;
 
 /// Validation scores of one checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -124,17 +129,21 @@ pub struct Finetuner {
 impl Finetuner {
     /// A fresh run: encoder from `cfg.init` (or seeded), new head, data loaded and split.
     pub fn new(cfg: &FinetuneConfig, device: &Device) -> Result<Self> {
-        let enc = match &cfg.init {
-            Some(p) => WeightSource::Tensors(net::load_all(p, device)?),
-            None => WeightSource::Init(cfg.seed ^ ENCODER_STREAM),
+        let fresh_head = WeightSource::Init(cfg.seed ^ HEAD_STREAM);
+        let (enc, head) = match &cfg.init {
+            // Uformer fine-tunes its pre-trained decoder too; Restormer's head is always new.
+            Some(p) => {
+                let w = net::load_all(p, device)?;
+                match cfg.model.kind {
+                    ModelType::Uformer => {
+                        (WeightSource::Tensors(w.clone()), WeightSource::Tensors(w))
+                    }
+                    ModelType::Restormer => (WeightSource::Tensors(w), fresh_head),
+                }
+            }
+            None => (WeightSource::Init(cfg.seed ^ ENCODER_STREAM), fresh_head),
         };
-        let net = FinetuneNet::new(
-            &cfg.model,
-            enc,
-            WeightSource::Init(cfg.seed ^ HEAD_STREAM),
-            cfg.head.residual,
-            device,
-        )?;
+        let net = FinetuneNet::new(&cfg.model, enc, head, cfg.head.residual, device)?;
         Self::with_network(cfg, device, net)
     }
 
@@ -189,7 +198,8 @@ impl Finetuner {
             .data
             .next_batch(self.cfg.data.batch_size, &self.device)?;
         let t1 = Instant::now();
-        let pred = self.net.forward(&batch.input)?;
+        let mut drop_rng = DropPathRng::for_step(self.cfg.seed ^ DROP_PATH_STREAM, k as u64);
+        let pred = self.net.forward_t(&batch.input, Some(&mut drop_rng))?;
         let loss = (&pred - &batch.target)?.abs()?.mean_all()?;
         let vars: Vec<_> = self.net.vars()?.into_iter().map(|(_, v)| v).collect();
         let lr = self.sched.lr_for_step(k);

@@ -1,32 +1,55 @@
-//! The fine-tuning network, DegAE style: the pre-training encoder (Restormer backbone,
-//! `encoder.*`) followed by a task head of ONE 3x3 convolution from the encoder's
-//! `OUT_CHANNELS` to RGB (`head.conv.weight` (3, OUT_CHANNELS, 3, 3), `head.conv.bias` (3)),
-//! which replaces the SRResNet reconstruction decoder of pre-training.
+//! The fine-tuning networks of both backbones. Input and output are images in [0, 1]; the
+//! network sees the ImageNet-normalised degraded image, as it did during pre-training.
 //!
-//! The encoder sees the ImageNet-normalised degraded image, as it did during pre-training. The
-//! head's output is in [0, 1] image space and, with `residual` (the default), is added to the
-//! degraded input: a one-convolution head cannot learn the identity quickly, and short
-//! fine-tuning budgets would otherwise measure how fast each arm learns to copy its input.
+//! - **Restormer**, DegAE style: the pre-training encoder (`encoder.*`) followed by a task head
+//!   of ONE 3x3 convolution from the encoder's `OUT_CHANNELS` to RGB (`head.conv.weight`
+//!   (3, OUT_CHANNELS, 3, 3), `head.conv.bias` (3)), which replaces the SRResNet reconstruction
+//!   decoder of pre-training. With `residual` (the default) the head's output, in image space, is
+//!   added to the degraded input: a one-convolution head cannot learn the identity quickly, and
+//!   short fine-tuning budgets would otherwise measure how fast each arm learns to copy its input.
+//! - **Uformer** (Wang et al., CVPR 2022), as IFP pre-trains and fine-tunes it: the whole
+//!   pre-trained network, encoder (`encoder.*`) and decoder (`decoder.*`), trained end to end
+//!   with the reference's names. Its output is a residual as in the Uformer paper (`x + y`), taken
+//!   in the normalised space the network was pre-trained in: `restored = degraded + std * y`.
+//!   Without `residual` the output is `y` de-normalised. The network only takes square inputs
+//!   whose every level is tiled by its windows, so other images are zero-padded (in normalised
+//!   space, i.e. with the mean colour) at the bottom and right to the next side that fits, and
+//!   the output cropped back; Uformer's own test code pads to a square the same way.
 
 use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{DType, Device, Module, Tensor, Var};
 
-use crate::config::{ModelConfig, ModelType};
+use crate::config::{ModelConfig, ModelType, UformerConfig};
 use crate::error::{Result, TrainerError};
 use crate::models::layers::Conv2d;
 use crate::models::restormer::Restormer;
+use crate::models::uformer::{self, DropPathRng, UformerDecoder, UformerEncoder};
 use crate::models::{ParamStore, WeightSource};
 
 /// ImageNet statistics: the pre-training normalises its input with them, so a fine-tuned
-/// encoder must see inputs normalised the same way.
+/// network must see inputs normalised the same way.
 const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 const STD: [f32; 3] = [0.229, 0.224, 0.225];
 
-/// Encoder + one-convolution head.
+/// The backbone and what follows it, per `MODEL.TYPE`.
+enum Body {
+    /// Encoder + one-convolution head (`head.conv.*`).
+    Restormer {
+        encoder: Box<Restormer>,
+        head: Conv2d,
+    },
+    /// The pre-training network itself, encoder + decoder (`decoder.*`).
+    Uformer {
+        cfg: Box<UformerConfig>,
+        encoder: Box<UformerEncoder>,
+        decoder: UformerDecoder,
+    },
+}
+
+/// A fine-tuning network: backbone, then head (Restormer) or decoder (Uformer).
 pub struct FinetuneNet {
-    encoder: Restormer,
-    head: Conv2d,
+    body: Body,
     residual: bool,
     encoder_params: ParamStore,
     head_params: ParamStore,
@@ -47,9 +70,36 @@ fn keep_prefix(t: HashMap<String, Tensor>, prefix: &str) -> HashMap<String, Tens
         .collect()
 }
 
+/// The part of `src` under `prefix`; loaded weights must hold some (`what` names the part).
+fn part(src: WeightSource, prefix: &str, what: &str) -> Result<WeightSource> {
+    match src {
+        WeightSource::Init(s) => Ok(WeightSource::Init(s)),
+        WeightSource::Tensors(t) => {
+            let t = keep_prefix(t, prefix);
+            if t.is_empty() {
+                return Err(TrainerError::Unsupported(format!(
+                    "the initial weights hold no `{prefix}*` tensors (the {what})"
+                )));
+            }
+            Ok(WeightSource::Tensors(t))
+        }
+    }
+}
+
 impl FinetuneNet {
-    /// Builds the network on `device` (float32). The encoder config must be a Restormer one:
-    /// Uformer's encoder hands token tensors and skips to its decoder, not one feature map.
+    /// What follows the backbone for `model`: its tensors' prefix (`head.` for Restormer's new
+    /// convolution, `decoder.` for Uformer's pre-trained decoder). A fine-tuning run starting from
+    /// a pre-training checkpoint loads this part from it when it is `decoder.`.
+    pub fn head_prefix(model: &ModelConfig) -> &'static str {
+        match model.kind {
+            ModelType::Restormer => "head.",
+            ModelType::Uformer => "decoder.",
+        }
+    }
+
+    /// Builds the network on `device` (float32): the backbone's weights from `encoder`, the
+    /// head's (Restormer) or decoder's (Uformer) from `head`. Loaded weights are strict: every
+    /// tensor under the part's prefix must be used.
     pub fn new(
         model: &ModelConfig,
         encoder: WeightSource,
@@ -57,36 +107,51 @@ impl FinetuneNet {
         residual: bool,
         device: &Device,
     ) -> Result<Self> {
-        if model.kind != ModelType::Restormer {
-            return Err(TrainerError::Unsupported(
-                "fine-tuning supports MODEL.TYPE restormer only (a Uformer task head is not \
-                 implemented)"
-                    .into(),
-            ));
-        }
-        let enc_src = match encoder {
-            WeightSource::Init(s) => WeightSource::Init(s),
-            WeightSource::Tensors(t) => {
-                let t = keep_prefix(t, "encoder.");
-                if t.is_empty() {
-                    return Err(TrainerError::Unsupported(
-                        "the initial weights hold no `encoder.*` tensors".into(),
-                    ));
-                }
-                WeightSource::Tensors(t)
-            }
-        };
-        let head_src = match head {
-            WeightSource::Init(s) => WeightSource::Init(s),
-            WeightSource::Tensors(t) => WeightSource::Tensors(keep_prefix(t, "head.")),
-        };
+        let enc_src = part(encoder, "encoder.", "encoder")?;
+        let head_src = part(head, Self::head_prefix(model), "head")?;
         let (enc_loaded, head_loaded) = (
             matches!(enc_src, WeightSource::Tensors(_)),
             matches!(head_src, WeightSource::Tensors(_)),
         );
         let encoder_params = store(enc_src, device);
         let head_params = store(head_src, device);
-        let enc = Restormer::new(&model.restormer, encoder_params.var_builder().pp("encoder"))?;
+        let body = match model.kind {
+            ModelType::Restormer => Self::restormer(model, &encoder_params, &head_params)?,
+            ModelType::Uformer => {
+                let u = &model.uformer;
+                let encoder = UformerEncoder::new(u, encoder_params.var_builder().pp("encoder"))?;
+                let decoder = UformerDecoder::new(u, head_params.var_builder().pp("decoder"))?;
+                for (name, value) in encoder.buffers() {
+                    encoder_params.register_buffer(&name, &value)?;
+                }
+                for (name, value) in decoder.buffers() {
+                    head_params.register_buffer(&name, &value)?;
+                }
+                Body::Uformer {
+                    cfg: Box::new(u.clone()),
+                    encoder: Box::new(encoder),
+                    decoder,
+                }
+            }
+        };
+        if enc_loaded {
+            crate::models::check_all_used(&encoder_params, "encoder")?;
+        }
+        if head_loaded {
+            crate::models::check_all_used(&head_params, "head")?;
+        }
+        Ok(FinetuneNet {
+            body,
+            residual,
+            encoder_params,
+            head_params,
+            mean: Tensor::from_slice(&MEAN, (1, 3, 1, 1), device)?,
+            std: Tensor::from_slice(&STD, (1, 3, 1, 1), device)?,
+        })
+    }
+
+    fn restormer(model: &ModelConfig, enc: &ParamStore, head: &ParamStore) -> Result<Body> {
+        let encoder = Restormer::new(&model.restormer, enc.var_builder().pp("encoder"))?;
         // BasicSR's `initialize_weights(scale=0.1)`, as the pre-training head: with the
         // residual, the network starts close to the identity instead of adding a random image.
         let c = model.restormer.out_channels;
@@ -101,47 +166,73 @@ impl FinetuneNet {
                 stdev: std,
             },
             candle_nn::Init::Const(0.0),
-            head_params.var_builder().pp("head").pp("conv"),
+            head.var_builder().pp("head").pp("conv"),
         )?;
-        if enc_loaded {
-            crate::models::check_all_used(&encoder_params, "encoder")?;
-        }
-        if head_loaded {
-            crate::models::check_all_used(&head_params, "head")?;
-        }
-        Ok(FinetuneNet {
-            encoder: enc,
+        Ok(Body::Restormer {
+            encoder: Box::new(encoder),
             head: conv,
-            residual,
-            encoder_params,
-            head_params,
-            mean: Tensor::from_slice(&MEAN, (1, 3, 1, 1), device)?,
-            std: Tensor::from_slice(&STD, (1, 3, 1, 1), device)?,
         })
     }
 
     /// Restores a degraded batch: (B, 3, H, W) in [0, 1] -> (B, 3, H, W), any H and W (the
-    /// encoder reflect-pads to a multiple of 8 and crops back).
+    /// Restormer encoder reflect-pads to a multiple of 8, Uformer's input is zero-padded to a
+    /// square that fits; both crop back). Eval mode.
     pub fn forward(&self, degraded: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_t(degraded, None)
+    }
+
+    /// `forward`; with `rng`, in training mode (Uformer's stochastic depth draws from it).
+    pub fn forward_t(
+        &self,
+        degraded: &Tensor,
+        rng: Option<&mut DropPathRng>,
+    ) -> candle_core::Result<Tensor> {
         let x = degraded
             .broadcast_sub(&self.mean)?
             .broadcast_div(&self.std)?;
-        let y = self.head.forward(&self.encoder.forward(&x)?)?;
-        if self.residual {
-            y + degraded
-        } else {
-            Ok(y)
+        match &self.body {
+            Body::Restormer { encoder, head } => {
+                let y = head.forward(&encoder.forward(&x)?)?;
+                if self.residual {
+                    y + degraded
+                } else {
+                    Ok(y)
+                }
+            }
+            Body::Uformer {
+                cfg,
+                encoder,
+                decoder,
+            } => {
+                let (_, _, h, w) = x.dims4()?;
+                let s = uformer::padded_side(cfg, h, w).map_err(candle_core::Error::wrap)?;
+                let xp = x.pad_with_zeros(2, 0, s - h)?.pad_with_zeros(3, 0, s - w)?;
+                let mut rng = rng;
+                let tokens = encoder.forward_t(&xp, rng.as_deref_mut())?;
+                let y = decoder.forward_t(&tokens, rng)?;
+                let y = y
+                    .narrow(2, 0, h)?
+                    .narrow(3, 0, w)?
+                    .broadcast_mul(&self.std)?;
+                if self.residual {
+                    y + degraded
+                } else {
+                    y.broadcast_add(&self.mean)
+                }
+            }
         }
     }
 
-    /// Every trainable parameter: encoder first, then head.
+    /// Every trainable parameter: encoder first, then head (or decoder).
     pub fn vars(&self) -> Result<Vec<(String, Var)>> {
         let mut v = self.encoder_params.vars()?;
         v.extend(self.head_params.vars()?);
         Ok(v)
     }
 
-    /// `encoder.*` and `head.conv.*` tensors (what a fine-tuning model file holds).
+    /// What a fine-tuning model file holds: `encoder.*` and `head.conv.*` (Restormer), or
+    /// `encoder.*` and `decoder.*` with their buffers (Uformer; the pre-training checkpoint's
+    /// names, so the reference's Uformer loads it strictly).
     pub fn state_dict(&self) -> Result<BTreeMap<String, Tensor>> {
         let mut t = self.encoder_params.tensors()?;
         t.extend(self.head_params.tensors()?);

@@ -14,7 +14,7 @@ use ifp_trainer::finetune::{self, data, Event, FinetuneConfig};
 use ifp_trainer::{Config, Control};
 
 /// `n` CBSD68 images copied into `dir` (a small, fast-loading clean set).
-fn few_clean(dir: &Path, n: usize) -> PathBuf {
+pub(crate) fn few_clean(dir: &Path, n: usize) -> PathBuf {
     let src = common::data_dir().join("clean/CBSD68");
     let out = dir.join("clean");
     std::fs::create_dir_all(&out).expect("mkdir");
@@ -26,7 +26,7 @@ fn few_clean(dir: &Path, n: usize) -> PathBuf {
 }
 
 /// Centre `size` x `size` crops of the first `n` Kodak24 images, as PNGs in `dir/test`.
-fn small_test_set(dir: &Path, n: usize, size: usize) -> PathBuf {
+pub(crate) fn small_test_set(dir: &Path, n: usize, size: usize) -> PathBuf {
     let out = dir.join("test");
     std::fs::create_dir_all(&out).expect("mkdir");
     let entries = data::list_set(&common::data_dir().join("clean/Kodak24")).expect("Kodak24");

@@ -2,7 +2,7 @@
 //! golden vectors (`restormer_golden`, `uformer_golden`, `loss_golden`, `data_golden`,
 //! `optim_torch`, `eval_metrics`), the fused kernels against their composed versions (`kernels`,
 //! `fallback`, `amp`), configs (`config_files`), and training and fine-tuning end to end
-//! (`train_loop`, `finetune`). `IFP_TEST_DEVICE=cuda` runs the parity modules on a GPU.
+//! (`train_loop`, `finetune`, `finetune_uformer`). `IFP_TEST_DEVICE=cuda` runs the parity modules on a GPU.
 
 // Helpers here are not `#[test]` functions, but a panic is how a test reports failure.
 #![allow(dead_code, clippy::unwrap_used)]
@@ -15,6 +15,7 @@ mod data_golden;
 mod eval_metrics;
 mod fallback;
 mod finetune;
+mod finetune_uformer;
 mod kernels;
 mod loss_golden;
 mod memory;

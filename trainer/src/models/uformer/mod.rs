@@ -82,6 +82,40 @@ fn check_input(cfg: &UformerConfig, h: usize, w: usize) -> Result<()> {
     Ok(())
 }
 
+/// The window of level `level` (0-3 and the bottleneck 4; decoder level k works at level 3-k):
+/// the configured one, or the whole level when the network's level is no larger (the reference
+/// builds each block for `IMAGE_SIZE`, so this does not change with the input).
+fn level_window(cfg: &UformerConfig, level: usize) -> usize {
+    cfg.win_size.min(cfg.image_size >> level)
+}
+
+/// Whether a square input of side `s` runs through the network of `cfg`: the four halvings are
+/// exact and every level is tiled by its windows.
+pub fn fits(cfg: &UformerConfig, s: usize) -> bool {
+    s > 0
+        && s.is_multiple_of(16)
+        && (0..=4).all(|l| {
+            let w = level_window(cfg, l);
+            w > 0 && (s >> l).is_multiple_of(w)
+        })
+}
+
+/// The smallest square side no smaller than `h` and `w` that `fits`, which an `h x w` image is
+/// padded to. Any multiple of `IMAGE_SIZE` that is a multiple of 16 fits, so the search ends.
+pub fn padded_side(cfg: &UformerConfig, h: usize, w: usize) -> Result<usize> {
+    let start = h.max(w).max(1).next_multiple_of(16);
+    let bound = start + 16 * cfg.image_size.max(cfg.win_size).max(1);
+    (start..=bound)
+        .step_by(16)
+        .find(|&s| fits(cfg, s))
+        .ok_or_else(|| {
+            err(format!(
+                "no square side from {start} to {bound} fits a Uformer with IMAGE_SIZE {} and                  WIN_SIZE {}",
+                cfg.image_size, cfg.win_size
+            ))
+        })
+}
+
 /// The Uformer encoder: image (B, 3, H, W) -> five token tensors, levels 0-3 and bottleneck,
 /// `(B, (H/2^k)^2, EMBED_DIM*2^k)`.
 pub struct UformerEncoder {
@@ -238,5 +272,28 @@ impl UformerDecoder {
     /// The `relative_position_index` buffers, full names.
     pub fn buffers(&self) -> Vec<(String, Tensor)> {
         self.layers.iter().flat_map(Layer::buffers).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padded_side_is_the_next_square_every_level_tiles() {
+        let paper = UformerConfig::default(); // IMAGE_SIZE 256, WIN_SIZE 8
+        assert!(fits(&paper, 256) && fits(&paper, 128) && fits(&paper, 768));
+        assert!(!fits(&paper, 120) && !fits(&paper, 0));
+        // Kodak's 768x512 pads to 768x768; 16 * 8 = 128 is the smallest side every level tiles.
+        assert_eq!(padded_side(&paper, 768, 512).unwrap(), 768);
+        assert_eq!(padded_side(&paper, 100, 20).unwrap(), 128);
+        let tiny = UformerConfig {
+            image_size: 64,
+            ..UformerConfig::default()
+        };
+        // Its bottleneck window is the whole 4x4 level, so inputs need a side divisible by 64.
+        assert!(!fits(&tiny, 48) && fits(&tiny, 64) && fits(&tiny, 128));
+        assert_eq!(padded_side(&tiny, 40, 40).unwrap(), 64);
+        assert_eq!(padded_side(&tiny, 65, 3).unwrap(), 128);
     }
 }

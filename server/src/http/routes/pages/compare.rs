@@ -21,7 +21,7 @@ use crate::jobs::spec::JobSpec;
 /// line continuation would strip it.
 macro_rules! example_tail {
     () => {
-        "  CROP: 40
+        "  CROP: 40  # a Uformer takes sides its windows tile: 32 or 64 for tiny-uformer
   BATCH_SIZE: 8
   VAL_IMAGES: 4
 TRAIN:
@@ -72,7 +72,6 @@ DATA:
     example_tail!()
 );
 
-/// Pre-training presets a comparison can start from (fine-tuning takes Restormer encoders).
 pub(super) const DEBLUR: &str = concat!(
     "\
 # Deblurring: Gaussian blur of 1.6 pixels, then light noise (sigma 2), on CBSD68 crops; test on
@@ -86,7 +85,8 @@ DATA:
     example_tail!()
 );
 
-const PRESETS: [&str; 2] = ["tiny", "restormer-paper"];
+/// Pre-training presets a comparison can start from (both backbones fine-tune).
+const PRESETS: [&str; 4] = ["tiny", "tiny-uformer", "restormer-paper", "uformer-paper"];
 
 #[derive(Template)]
 #[template(path = "new_compare.html")]
