@@ -1,15 +1,18 @@
-//! The `compare` job kind, "does IFP help here?" on the platform: IFP pre-training, then the
-//! same fine-tuning from the IFP encoder and from scratch, both scored on the same test images
-//! (`ifp_trainer::finetune::compare`), once per fine-tuning seed (`finetune::seeds`) when
-//! `SEEDS` > 1. The job's stored config is `{"PRETRAIN": <pre-training config>, "FINETUNE":
-//! <fine-tuning config>, "SHOWCASE": n, "SEEDS": n}`.
+//! The `compare` job kind, "does IFP help here?" on the platform: IFP pre-training (or the
+//! weights of a finished pre-training job), then the same fine-tuning from the IFP weights and
+//! from scratch (and optionally from another finished pre-training job's weights), all scored
+//! on the same test images (`ifp_trainer::finetune::compare`), once per fine-tuning seed
+//! (`finetune::seeds`) when `SEEDS` > 1. The job's stored config is `{"PRETRAIN": <pre-training
+//! config>, "FINETUNE": <fine-tuning config>, "SHOWCASE": n, "SEEDS": n}`, plus `"PRETRAINED"`
+//! and `"EXTRA_ARM"` (model files relative to the artifact store) when it starts from jobs.
 //!
 //! Fine-tuning data lives on the server: `FINETUNE.DATA.TRAIN_DIR` and `TEST_DIR` are folders
 //! relative to the server's datasets folder (`IFP_DATASETS_DIR`), never arbitrary paths.
-//! Progress counts one step axis across the phases: pre-training steps, then the IFP arm's,
-//! then the scratch arm's (for each seed in turn; one pre-training is shared).
+//! Progress counts one step axis across the phases: pre-training steps (if it runs), then each
+//! arm's (for each seed in turn; one pre-training is shared). A finished comparison lists the
+//! models it made (`model_files`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ifp_trainer::checkpoint::WrittenFile;
 use ifp_trainer::finetune::compare::{self, CompareEvent, CompareSpec, Pretrain};
@@ -26,18 +29,29 @@ use crate::jobs::datasets;
 pub const MAX_SHOWCASE: usize = 10;
 /// Fine-tuning seeds at most: each seed runs both arms again.
 pub const MAX_SEEDS: usize = 10;
-/// The fine-tuning arms in the order they run.
-pub const ARMS: [&str; 2] = ["ifp", "scratch"];
+/// The fine-tuning arms in the order they run; the third runs only with an extra arm.
+pub const ARMS: [&str; 3] = ["ifp", "scratch", "checkpoint"];
 
 /// A validated comparison.
 #[derive(Debug, Clone)]
 pub struct CompareJob {
+    /// The pre-training config: run first, or (with `pretrained`) the config of the finished
+    /// pre-training job whose weights the IFP arm starts from.
     pub pretrain: Config,
     pub finetune: FinetuneConfig,
     pub showcase: usize,
     /// Fine-tuning seeds `FINETUNE.SEED`, `+1`, ...: 1 runs one comparison.
     pub seeds: usize,
+    /// The IFP arm's weights from a finished pre-training job (relative to the artifact store;
+    /// absolute once resolved on a worker) instead of pre-training here.
+    pub pretrained: Option<PathBuf>,
+    /// A third arm's initial weights, another finished pre-training job's model file.
+    pub extra_arm: Option<PathBuf>,
 }
+
+/// A finished pre-training job's model file (relative to the artifact store) and its config:
+/// where a comparison's IFP arm, or its extra arm, starts from.
+pub type Pretrained = (String, Config);
 
 impl CompareJob {
     /// Checks a submission. The network is the pre-training's (`MODEL` of `pretrain` replaces
@@ -68,7 +82,36 @@ impl CompareJob {
             finetune,
             showcase,
             seeds: 1,
+            pretrained: None,
+            extra_arm: None,
         })
+    }
+
+    /// A comparison whose IFP arm starts from a finished pre-training job (`init_job`) instead
+    /// of pre-training here: its network and config are that job's.
+    pub fn from_pretrained(
+        (path, pretrain): Pretrained,
+        finetune: FinetuneConfig,
+        showcase: usize,
+        datasets: Option<&Path>,
+    ) -> Result<Self> {
+        let mut job = Self::new(pretrain, finetune, showcase, datasets)?;
+        job.pretrained = Some(path.into());
+        Ok(job)
+    }
+
+    /// Adds a third arm starting from another finished pre-training job (`extra_arm_job`),
+    /// which must have the same network.
+    pub fn with_extra_arm(mut self, (path, cfg): Pretrained) -> Result<Self> {
+        if !cfg.model.same_backbone(&self.finetune.model) {
+            return Err(Error::invalid(
+                Some("extra_arm_job"),
+                "its network differs from the comparison's (MODEL.TYPE and its RESTORMER or \
+                 UFORMER tree must match)",
+            ));
+        }
+        self.extra_arm = Some(path.into());
+        Ok(self)
     }
 
     /// The same comparison over `seeds` fine-tuning seeds (1 to [`MAX_SEEDS`]).
@@ -85,8 +128,15 @@ impl CompareJob {
 
     /// The config stored with the job.
     pub fn to_value(&self) -> Value {
-        json!({"PRETRAIN": self.pretrain, "FINETUNE": self.finetune, "SHOWCASE": self.showcase,
-               "SEEDS": self.seeds})
+        let mut v = json!({"PRETRAIN": self.pretrain, "FINETUNE": self.finetune,
+                           "SHOWCASE": self.showcase, "SEEDS": self.seeds});
+        if let Some(p) = &self.pretrained {
+            v["PRETRAINED"] = json!(p);
+        }
+        if let Some(p) = &self.extra_arm {
+            v["EXTRA_ARM"] = json!(p);
+        }
+        v
     }
 
     /// Reads a stored config back.
@@ -97,21 +147,85 @@ impl CompareJob {
         let showcase = v.get("SHOWCASE").and_then(Value::as_u64).unwrap_or(3) as usize;
         // Jobs stored before seeds existed ran one.
         let seeds = v.get("SEEDS").and_then(Value::as_u64).unwrap_or(1) as usize;
+        let path = |k: &str| v.get(k).and_then(Value::as_str).map(PathBuf::from);
         Ok(CompareJob {
             pretrain,
             finetune,
             showcase,
             seeds,
+            pretrained: path("PRETRAINED"),
+            extra_arm: path("EXTRA_ARM"),
         })
     }
 
-    pub fn total_steps(&self) -> usize {
-        self.pretrain.total_steps() + self.seeds * ARMS.len() * self.finetune.total_steps()
+    /// Pre-training steps run by this job (none when it starts from a finished one).
+    pub fn pretrain_steps(&self) -> usize {
+        if self.pretrained.is_some() {
+            0
+        } else {
+            self.pretrain.total_steps()
+        }
     }
 
-    /// Points the data folders at this machine's datasets folder.
-    pub fn resolve(&mut self, datasets: &Path) {
+    /// The fine-tuning arms, in the order each seed runs them.
+    pub fn arms(&self) -> &'static [&'static str] {
+        if self.extra_arm.is_some() {
+            &ARMS
+        } else {
+            &ARMS[..2]
+        }
+    }
+
+    pub fn total_steps(&self) -> usize {
+        self.pretrain_steps() + self.seeds * self.arms().len() * self.finetune.total_steps()
+    }
+
+    /// Which steps of the job's step axis are which phase, for the job page.
+    pub fn phases(&self) -> String {
+        let (p, f) = (self.pretrain_steps(), self.finetune.total_steps());
+        let mut parts = Vec::new();
+        if p > 0 {
+            parts.push(format!("steps 1–{p}: IFP pre-training"));
+        }
+        let arm_label = |a: &str| match a {
+            "ifp" => "fine-tuning from the IFP weights",
+            "scratch" => "fine-tuning from scratch",
+            _ => "fine-tuning from the extra arm's weights",
+        };
+        let mut at = p;
+        for k in 0..self.seeds {
+            for a in self.arms() {
+                let seed = if self.seeds > 1 {
+                    format!(" (seed {})", self.finetune.seed + k as u64)
+                } else {
+                    String::new()
+                };
+                parts.push(format!("{}–{}: {}{seed}", at + 1, at + f, arm_label(a)));
+                at += f;
+            }
+        }
+        let mut s = parts.join(" · ");
+        if let Some(first) = s.get(..1) {
+            s = first.to_uppercase() + &s[1..];
+        }
+        if p > 0 {
+            s.push_str(". The loss is the pre-training loss, then L1.");
+        } else {
+            s.push_str(". The IFP weights come from a finished pre-training job; the loss is L1.");
+        }
+        s
+    }
+
+    /// Points the data folders at this machine's datasets folder and the weights files at its
+    /// artifact store.
+    pub fn resolve(&mut self, artifacts: &Path, datasets: &Path) {
         datasets::resolve(&mut self.finetune, datasets);
+        for p in [&mut self.pretrained, &mut self.extra_arm]
+            .into_iter()
+            .flatten()
+        {
+            *p = artifacts.join(&*p);
+        }
     }
 
     /// Runs the comparison into `dir`, reporting each step on the job's step axis. Returns
@@ -123,12 +237,16 @@ impl CompareJob {
         mut on_step: impl FnMut(usize, &Progress),
         stop: impl Fn() -> bool,
     ) -> ifp_trainer::Result<bool> {
-        let pre = self.pretrain.total_steps();
+        let pre = self.pretrain_steps();
         let ft = self.finetune.total_steps();
+        let arms = self.arms();
         let spec = CompareSpec {
             finetune: self.finetune.clone(),
-            pretrain: Pretrain::Run(Box::new(self.pretrain.clone())),
-            extra_arm: None,
+            pretrain: match &self.pretrained {
+                Some(p) => Pretrain::Weights(p.clone()),
+                None => Pretrain::Run(Box::new(self.pretrain.clone())),
+            },
+            extra_arm: self.extra_arm.clone(),
             tile: None,
             showcase: self.showcase,
         };
@@ -140,8 +258,8 @@ impl CompareJob {
                     arm,
                     event: ifp_trainer::finetune::Event::Step(p),
                 } => {
-                    let a = ARMS.iter().position(|x| *x == arm).unwrap_or(0);
-                    on_step(pre + (k * ARMS.len() + a) * ft + p.step, p);
+                    let a = arms.iter().position(|x| *x == arm).unwrap_or(0);
+                    on_step(pre + (k * arms.len() + a) * ft + p.step, p);
                 }
                 _ => {}
             }
@@ -198,6 +316,74 @@ pub fn report_files(dir: &Path) -> Result<Vec<WrittenFile>> {
         }
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+/// The models a finished comparison in `dir` made, each with the name it is listed under: the
+/// IFP pre-training it ran (`pretrain-model-SSSSSS.safetensors`) and every arm's best
+/// checkpoint (`<arm>-best-model-SSSSSS.safetensors`; `seed-S-` in front over several seeds).
+/// The files stay where the run wrote them; weights a comparison started from (a finished
+/// pre-training job's) belong to that job and are not listed again.
+pub fn model_files(dir: &Path) -> Result<Vec<(String, WrittenFile)>> {
+    let read = |p: &Path| -> Result<Value> {
+        let bytes = std::fs::read(p).map_err(Error::io(format!("read {}", p.display())))?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Internal(format!("{}: {e}", p.display())))
+    };
+    // One report, or one per seed folder (`seed-S/report.json`).
+    let mut reports = Vec::new();
+    if dir.join("report.json").is_file() {
+        reports.push((String::new(), dir.to_path_buf()));
+    } else {
+        let entries =
+            std::fs::read_dir(dir).map_err(Error::io(format!("read {}", dir.display())))?;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("seed-") && e.path().join("report.json").is_file() {
+                reports.push((format!("{name}-"), e.path()));
+            }
+        }
+        reports.sort();
+    }
+    let mut out: Vec<(String, WrittenFile)> = Vec::new();
+    let mut add = |name: String, path: PathBuf| -> Result<()> {
+        if out.iter().any(|(_, f)| f.path == path) || !path.is_file() {
+            return Ok(());
+        }
+        let bytes = std::fs::metadata(&path)
+            .map_err(Error::io(format!("stat {}", path.display())))?
+            .len();
+        let id = ifp_trainer::checkpoint::content_id(&path);
+        let sha256 = id.strip_prefix("sha256:").unwrap_or(&id).to_string();
+        out.push((
+            name,
+            WrittenFile {
+                bytes,
+                sha256,
+                path,
+            },
+        ));
+        Ok(())
+    };
+    for (prefix, rdir) in &reports {
+        let r = read(&rdir.join("report.json"))?;
+        // Pre-training ran here when the report counts its steps.
+        if r["pretrain"]["steps"].is_u64() {
+            if let Some(w) = r["pretrain"]["weights"].as_str().map(PathBuf::from) {
+                let file = w.file_name().map(|n| n.to_string_lossy().into_owned());
+                if let Some(file) = file {
+                    add(format!("pretrain-{file}"), w)?;
+                }
+            }
+        }
+        for arm in r["arms"].as_array().into_iter().flatten() {
+            let (Some(name), Some(step)) = (arm["name"].as_str(), arm["best_step"].as_u64()) else {
+                continue;
+            };
+            let path = ifp_trainer::checkpoint::model_path(&rdir.join(name), step as usize);
+            let file = format!("model-{step:06}.safetensors");
+            add(format!("{prefix}{name}-best-{file}"), path)?;
+        }
+    }
     Ok(out)
 }
 

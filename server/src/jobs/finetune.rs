@@ -1,6 +1,6 @@
-//! The `finetune` job kind: one fine-tuning run (`ifp_trainer::finetune`), its encoder taken
-//! from a finished pre-training job of the same user (its newest model file) or drawn from the
-//! seed. The stored config is `{"FINETUNE": <fine-tuning config>}` with `INIT`, when set,
+//! The `finetune` job kind: one fine-tuning run (`ifp_trainer::finetune`), its initial weights
+//! taken from a finished pre-training job of the same user (its newest model file) or drawn
+//! from the seed. The stored config is `{"FINETUNE": <fine-tuning config>}` with `INIT`, when set,
 //! relative to the artifact store; data folders are relative to the datasets folder, as for
 //! `compare` jobs. The job lists its checkpoints and, at the end, `history.json` (validation
 //! PSNR/SSIM by step; the best checkpoint is the one with the highest validation PSNR).
@@ -61,9 +61,7 @@ impl FinetuneJob {
         }
         match init {
             Some((path, model)) => {
-                let same = model.kind == finetune.model.kind
-                    && model.restormer == finetune.model.restormer;
-                if model_stated && !same {
+                if model_stated && !model.same_backbone(&finetune.model) {
                     return Err(Error::invalid(
                         Some("FINETUNE.MODEL"),
                         "differs from the initial job's network: leave MODEL out to inherit it",

@@ -200,15 +200,17 @@ pub async fn sample(pool: &PgPool, job: Uuid, step: i64) -> Result<Option<Checkp
         .await?)
 }
 
-/// The initial encoder of a fine-tuning job: the newest model file of a succeeded pre-training
-/// job the caller owns (relative to the artifact store), and that job's network. Fine-tuning
-/// starts from one's own pre-training, admins included.
-pub async fn init_from_job(
+/// Weights to start from: the newest model file of a succeeded pre-training job the caller
+/// owns (relative to the artifact store), and that job's config (its network). Fine-tuning and
+/// comparisons start from one's own pre-training, admins included. `key` names the field in
+/// errors (`init_job`, `extra_arm_job`).
+pub async fn pretrained_job(
     pool: &PgPool,
     owner: &str,
     id: &str,
-) -> Result<(String, ifp_trainer::config::ModelConfig)> {
-    let not_usable = |why: &str| Error::invalid(Some("init_job"), format!("job {id}: {why}"));
+    key: &str,
+) -> Result<(String, ifp_trainer::Config)> {
+    let not_usable = |why: &str| Error::invalid(Some(key), format!("job {id}: {why}"));
     let me = Caller {
         name: owner.to_string(),
         is_admin: false,
@@ -230,7 +232,7 @@ pub async fn init_from_job(
     let path = path.ok_or_else(|| not_usable("it has no model file"))?;
     let cfg = ifp_trainer::Config::from_value(job.config)
         .map_err(|e| not_usable(&format!("its config no longer parses: {e}")))?;
-    Ok((path, cfg.model))
+    Ok((path, cfg))
 }
 
 /// The caller's succeeded pre-training jobs, newest first: what a fine-tuning job may start

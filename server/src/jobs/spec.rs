@@ -135,7 +135,7 @@ impl JobSpec {
                 j.resolve(artifacts, datasets.ok_or(datasets::WORKER_HAS_NONE)?);
             }
             JobSpec::Compare(j) => {
-                j.resolve(datasets.ok_or(datasets::WORKER_HAS_NONE)?);
+                j.resolve(artifacts, datasets.ok_or(datasets::WORKER_HAS_NONE)?);
                 uploads::resolve(artifacts, &mut j.pretrain);
             }
         }

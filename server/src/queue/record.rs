@@ -68,11 +68,11 @@ pub async fn checkpoint(
     ck: &Checkpoint,
 ) -> Result<()> {
     let mut files = vec![
-        (CheckpointKind::Model, &ck.model),
-        (CheckpointKind::State, &ck.state),
+        (CheckpointKind::Model, file_name(&ck.model)?, &ck.model),
+        (CheckpointKind::State, file_name(&ck.state)?, &ck.state),
     ];
     if let Some(s) = &ck.sample {
-        files.push((CheckpointKind::Sample, s));
+        files.push((CheckpointKind::Sample, file_name(s)?, s));
     }
     list_files(pool, artifacts, fence, Some(ck.step as i64), &files).await
 }
@@ -84,32 +84,57 @@ pub async fn report_files(
     fence: &Fence,
     files: &[WrittenFile],
 ) -> Result<()> {
-    let files: Vec<_> = files.iter().map(|f| (CheckpointKind::Report, f)).collect();
+    let files = files
+        .iter()
+        .map(|f| Ok((CheckpointKind::Report, file_name(f)?, f)))
+        .collect::<Result<Vec<_>>>()?;
     list_files(pool, artifacts, fence, None, &files).await
 }
 
-/// Lists `files` (paths relative to the artifact root) at `step`, or at the job's last step,
-/// in one fenced statement; a file listed before under the same name is replaced.
+/// Lists the models a finished comparison made (kind `model`, at the job's last step), each
+/// under the name given with it: several of its runs wrote a `model-000500.safetensors`.
+pub async fn named_models(
+    pool: &PgPool,
+    artifacts: &Path,
+    fence: &Fence,
+    files: &[(String, WrittenFile)],
+) -> Result<()> {
+    let files: Vec<_> = files
+        .iter()
+        .map(|(n, f)| (CheckpointKind::Model, n.clone(), f))
+        .collect();
+    list_files(pool, artifacts, fence, None, &files).await
+}
+
+fn file_name(f: &WrittenFile) -> Result<String> {
+    f.path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_string)
+        .ok_or_else(|| Error::Internal(format!("bad file path {}", f.path.display())))
+}
+
+/// Lists `files` (kind, listed name, file; paths relative to the artifact root) at `step`, or
+/// at the job's last step, in one fenced statement; a file listed before under the same name
+/// is replaced.
 async fn list_files(
     pool: &PgPool,
     artifacts: &Path,
     fence: &Fence,
     step: Option<i64>,
-    files: &[(CheckpointKind, &WrittenFile)],
+    files: &[(CheckpointKind, String, &WrittenFile)],
 ) -> Result<()> {
+    if files.is_empty() {
+        return Ok(());
+    }
     let mut names = vec![];
     let mut kinds = vec![];
     let mut bytes = vec![];
     let mut shas = vec![];
     let mut paths = vec![];
-    for (kind, f) in files {
-        let name = f
-            .path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| Error::Internal(format!("bad file path {}", f.path.display())))?;
+    for (kind, name, f) in files {
         let rel = f.path.strip_prefix(artifacts).unwrap_or(&f.path);
-        names.push(name.to_string());
+        names.push(name.clone());
         kinds.push(kind.as_str());
         bytes.push(f.bytes as i64);
         shas.push(f.sha256.clone());

@@ -340,15 +340,22 @@ impl Attempt<'_> {
     }
 }
 
-/// Lists a finished run's result files (a comparison's report, a fine-tuning history).
+/// Lists a finished run's result files (a comparison's report, a fine-tuning history) and the
+/// models a comparison made.
 async fn record_results(pool: &PgPool, artifacts: &Path, fence: &Fence, dir: &Path) -> Result<()> {
     let d: PathBuf = dir.to_path_buf();
-    let (files, key) = tokio::task::spawn_blocking(move || {
-        crate::jobs::compare::report_files(&d).map(|f| (f, crate::jobs::compare::key_metric(&d)))
+    let (files, models, key) = tokio::task::spawn_blocking(move || {
+        use crate::jobs::compare;
+        Ok::<_, Error>((
+            compare::report_files(&d)?,
+            compare::model_files(&d)?,
+            compare::key_metric(&d),
+        ))
     })
     .await
     .map_err(|e| Error::Internal(format!("listing results: {e}")))??;
     record::report_files(pool, artifacts, fence, &files).await?;
+    record::named_models(pool, artifacts, fence, &models).await?;
     match key {
         Some(v) => record::key_metric(pool, fence, v).await,
         None => Ok(()),

@@ -76,7 +76,7 @@ pub(crate) fn finetune_job(train_dir: &str, model: Option<Value>) -> Value {
 }
 
 /// A page as the admin sees it.
-async fn html_of(api: &axum::Router, pool: &sqlx::PgPool, uri: &str) -> String {
+pub(crate) async fn html_of(api: &axum::Router, pool: &sqlx::PgPool, uri: &str) -> String {
     let cookie = admin_session(pool).await;
     let req = Request::get(uri)
         .header(header::COOKIE, format!("ifp_session={cookie}"))
@@ -88,7 +88,7 @@ async fn html_of(api: &axum::Router, pool: &sqlx::PgPool, uri: &str) -> String {
 }
 
 /// A browser session of the admin (the cookie value).
-async fn admin_session(pool: &sqlx::PgPool) -> String {
+pub(crate) async fn admin_session(pool: &sqlx::PgPool) -> String {
     let admin = ifp_server::tokens::Caller {
         name: "admin".into(),
         is_admin: true,
@@ -252,6 +252,20 @@ async fn a_tiny_comparison_runs_and_reports() {
             .filter(|n| n.starts_with("showcase-"))
             .count(),
         2
+    );
+    // Issue 17: the comparison keeps its models, the pre-training and each arm's best.
+    let mut models: Vec<&str> = files
+        .iter()
+        .filter(|f| f["kind"] == "model")
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    models.sort();
+    assert_eq!(models.len(), 3, "{models:?}");
+    assert_eq!(models[1], "pretrain-model-000006.safetensors", "{models:?}");
+    assert!(models[0].starts_with("ifp-best-model-0000"), "{models:?}");
+    assert!(
+        models[2].starts_with("scratch-best-model-0000"),
+        "{models:?}"
     );
     let (s, report) = call(
         &api,

@@ -40,8 +40,9 @@ pub struct CreateJob {
     /// Attempts before a job whose workers keep dying fails (default 3): 1 to 5, or 1 to 20
     /// for admins.
     pub max_attempts: Option<i32>,
-    /// `pretrain` (default) or `compare`: pre-train with the config above, then fine-tune
-    /// from the IFP encoder and from scratch with `finetune`, and score both on its test set.
+    /// `pretrain` (default), `finetune` (one fine-tuning run of `finetune`) or `compare`:
+    /// pre-train with the config above (or take `init_job`'s weights), then fine-tune from the
+    /// IFP weights and from scratch with `finetune`, and score both on its test set.
     pub kind: Option<String>,
     /// For `compare`: the fine-tuning config (`ifp finetune --ft-config` schema; data folders
     /// relative to the server's datasets folder; `MODEL` is taken from the pre-training).
@@ -55,9 +56,14 @@ pub struct CreateJob {
     /// more than one, each seed runs both arms and `seeds.json` reports means over seeds with
     /// 95% confidence intervals and how many seeds favour IFP.
     pub seeds: Option<usize>,
-    /// For `finetune`: a succeeded pre-training job of yours whose newest model file is the
-    /// initial encoder (its network is used); absent = from scratch.
+    /// For `finetune`: a succeeded pre-training job of yours whose newest model file gives the
+    /// initial weights (its network is used); absent = from scratch. For `compare`: start the
+    /// IFP arm from that job's model file instead of pre-training again (no `config`/`preset`:
+    /// its config and network are used).
     pub init_job: Option<Uuid>,
+    /// For `compare`: a third fine-tuning arm (`checkpoint`) starting from another succeeded
+    /// pre-training job of yours with the same network.
+    pub extra_arm_job: Option<Uuid>,
     /// The job this one is derived from (e.g. the one it was cloned from), shown as its
     /// parent; it must be yours. A `finetune` job's `init_job` is its parent by default.
     pub parent: Option<Uuid>,
@@ -142,10 +148,16 @@ pub async fn create(
             "`seeds` belongs to `\"kind\": \"compare\"` jobs",
         ));
     }
-    if kind != JobKind::Finetune && body.init_job.is_some() {
+    if kind == JobKind::Pretrain && body.init_job.is_some() {
         return Err(Error::invalid(
             Some("init_job"),
-            "`init_job` belongs to `\"kind\": \"finetune\"` jobs",
+            "`init_job` belongs to `\"kind\": \"finetune\"` and `\"compare\"` jobs",
+        ));
+    }
+    if kind != JobKind::Compare && body.extra_arm_job.is_some() {
+        return Err(Error::invalid(
+            Some("extra_arm_job"),
+            "`extra_arm_job` belongs to `\"kind\": \"compare\"` jobs",
         ));
     }
     let submission = Submission {
@@ -168,9 +180,16 @@ pub async fn create(
             }
             let (ft, model_stated) = off_thread(&body, parse_finetune).await?;
             let init = match body.init_job {
-                Some(id) => Some(
-                    service::init_from_job(&state.pool, &submission.owner, &id.to_string()).await?,
-                ),
+                Some(id) => {
+                    let (path, cfg) = service::pretrained_job(
+                        &state.pool,
+                        &submission.owner,
+                        &id.to_string(),
+                        "init_job",
+                    )
+                    .await?;
+                    Some((path, cfg.model))
+                }
                 None => None,
             };
             JobSpec::Finetune(Box::new(FinetuneJob::new(
@@ -188,17 +207,39 @@ pub async fn create(
         }
         JobKind::Pretrain => JobSpec::Pretrain(Box::new(off_thread(&body, parse_config).await?)),
         JobKind::Compare => {
-            let cfg = off_thread(&body, parse_config).await?;
             let (ft, _) = off_thread(&body, parse_finetune).await?;
-            JobSpec::Compare(Box::new(
-                CompareJob::new(
-                    cfg,
-                    ft,
-                    body.showcase.unwrap_or(3),
-                    state.datasets.as_deref(),
-                )?
-                .with_seeds(body.seeds.unwrap_or(1))?,
-            ))
+            let showcase = body.showcase.unwrap_or(3);
+            let datasets = state.datasets.as_deref();
+            let owner = &submission.owner;
+            let job = match body.init_job {
+                Some(id) => {
+                    if body.config.is_some() || body.config_yaml.is_some() || body.preset.is_some()
+                    {
+                        return Err(Error::invalid(
+                            Some("config"),
+                            "a comparison that starts from `init_job` runs no pre-training: \
+                             leave out `config`, `config_yaml` and `preset` (the job's network \
+                             is used)",
+                        ));
+                    }
+                    let pre =
+                        service::pretrained_job(&state.pool, owner, &id.to_string(), "init_job")
+                            .await?;
+                    CompareJob::from_pretrained(pre, ft, showcase, datasets)?
+                }
+                None => {
+                    let cfg = off_thread(&body, parse_config).await?;
+                    CompareJob::new(cfg, ft, showcase, datasets)?
+                }
+            };
+            let job = match body.extra_arm_job {
+                Some(id) => job.with_extra_arm(
+                    service::pretrained_job(&state.pool, owner, &id.to_string(), "extra_arm_job")
+                        .await?,
+                )?,
+                None => job,
+            };
+            JobSpec::Compare(Box::new(job.with_seeds(body.seeds.unwrap_or(1))?))
         }
     };
     let job = service::submit(&state.pool, &state.artifacts, submission, &spec).await?;

@@ -1,19 +1,22 @@
 //! `/jobs/new/compare`: the form of a `compare` job ("does IFP help here?"): a pre-training
-//! preset and its length, a fine-tuning config in YAML (data folders relative to the server's
-//! datasets folder), how many test images to show side by side.
+//! preset and its length, or one of the user's finished pre-training jobs to start from; an
+//! optional extra arm from another; a fine-tuning config in YAML (data folders relative to the
+//! server's datasets folder); how many test images to show side by side.
 
 use askama::Template;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use serde::Deserialize;
 
+use super::finetune::InitChoice;
 use super::form::Errors;
 use super::{render, Layout, PageResult, Viewer};
 use crate::error::Error;
 use crate::http::state::AppState;
 use crate::jobs::compare::{CompareJob, MAX_SEEDS, MAX_SHOWCASE};
+use crate::jobs::service;
 use crate::jobs::spec::JobSpec;
 
 /// The training settings the examples share, after their `DATA` folders. The first line keeps
@@ -102,6 +105,10 @@ struct ComparePage {
     seeds: String,
     max_seeds: usize,
     priority: String,
+    /// The user's succeeded pre-training jobs, for *Start from* and *Extra arm*.
+    choices: Vec<InitChoice>,
+    init_job: String,
+    extra_arm_job: String,
     examples: [(&'static str, &'static str); 3],
     datasets: Option<String>,
     errors: Errors,
@@ -110,6 +117,14 @@ struct ComparePage {
 impl ComparePage {
     fn is_preset(&self, p: &str) -> bool {
         self.preset == p
+    }
+
+    fn is_init(&self, id: &str) -> bool {
+        self.init_job == id
+    }
+
+    fn is_extra(&self, id: &str) -> bool {
+        self.extra_arm_job == id
     }
 }
 
@@ -125,11 +140,28 @@ pub struct CompareForm {
     #[serde(default)]
     seeds: String,
     priority: String,
+    /// A succeeded pre-training job of the user's to start the IFP arm from (empty: pre-train
+    /// with the preset); absent in forms saved before it existed.
+    #[serde(default)]
+    init_job: String,
+    /// Another such job, the start of a third arm (empty: none).
+    #[serde(default)]
+    extra_arm_job: String,
 }
 
-/// `GET /jobs/new/compare`.
-pub async fn show(State(state): State<AppState>, viewer: Viewer) -> Response {
-    let f = CompareForm {
+#[derive(Deserialize)]
+pub struct ShowParams {
+    /// Start from this finished pre-training job ("Compare from this").
+    init: Option<String>,
+}
+
+/// `GET /jobs/new/compare[?init=JOB]`.
+pub async fn show(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Query(q): Query<ShowParams>,
+) -> PageResult<Response> {
+    let mut f = CompareForm {
         name: "does IFP help: denoising".into(),
         preset: "tiny".into(),
         pretrain_steps: "400".into(),
@@ -138,7 +170,44 @@ pub async fn show(State(state): State<AppState>, viewer: Viewer) -> Response {
         priority: "0".into(),
         ..Default::default()
     };
-    page(&state, &viewer, f, Errors::new(), StatusCode::OK)
+    if let Some(init) = q.init {
+        let job = service::visible_job(&state.pool, &viewer.caller, &init).await?;
+        f.name = format!(
+            "does IFP help: {}",
+            job.name.chars().take(180).collect::<String>()
+        );
+        f.init_job = job.id.to_string();
+    }
+    let choices = super::finetune::choices(&state, &viewer).await?;
+    Ok(page(
+        &state,
+        &viewer,
+        f,
+        choices,
+        Errors::new(),
+        StatusCode::OK,
+    ))
+}
+
+/// A form's job choice (`init_job`, `extra_arm_job`): none, or a finished pre-training job of
+/// the viewer's, with its model file and config.
+async fn chosen(
+    state: &AppState,
+    viewer: &Viewer,
+    field: &str,
+    raw: &str,
+) -> Result<Option<crate::jobs::compare::Pretrained>, Error> {
+    match raw.trim() {
+        "" => Ok(None),
+        id => {
+            let id: uuid::Uuid = id
+                .parse()
+                .map_err(|_| Error::invalid(Some(field), "choose a job from the list"))?;
+            service::pretrained_job(&state.pool, &viewer.caller.name, &id.to_string(), field)
+                .await
+                .map(Some)
+        }
+    }
 }
 
 /// `POST /jobs/new/compare`.
@@ -167,9 +236,10 @@ pub async fn submit_form(
         number("seeds", &f.seeds, &mut errors)
     };
     let priority = number("priority", &f.priority, &mut errors);
+    let from_job = !f.init_job.trim().is_empty();
     let mut pretrain =
         ifp_trainer::config::preset(&f.preset).filter(|_| PRESETS.contains(&f.preset.as_str()));
-    if pretrain.is_none() {
+    if pretrain.is_none() && !from_job {
         errors.insert(
             "preset".into(),
             format!("choose one of {}", PRESETS.join(", ")),
@@ -177,7 +247,7 @@ pub async fn submit_form(
     }
     match (steps, pretrain.as_mut()) {
         (Some(s), Some(p)) if s >= 1 => p.train.steps = Some(s as usize),
-        (Some(_), _) => {
+        (Some(_), _) if !from_job => {
             errors.insert("pretrain_steps".into(), "at least 1".into());
         }
         _ => {}
@@ -190,49 +260,58 @@ pub async fn submit_form(
         }
     };
     let (Some(pretrain), Some(finetune), Some(showcase), Some(seeds), Some(priority), true) = (
-        pretrain,
+        pretrain.or_else(|| from_job.then(ifp_trainer::Config::default)),
         finetune,
         showcase,
         seeds,
         priority,
         errors.is_empty(),
     ) else {
+        let choices = super::finetune::choices(&state, &viewer).await?;
         return Ok(page(
             &state,
             &viewer,
             f,
+            choices,
             errors,
             StatusCode::UNPROCESSABLE_ENTITY,
         ));
     };
-    let job = CompareJob::new(
-        pretrain,
-        finetune,
-        usize::try_from(showcase).unwrap_or(usize::MAX),
-        state.datasets.as_deref(),
-    )
-    .and_then(|job| job.with_seeds(usize::try_from(seeds).unwrap_or(0)))
-    .map(|job| (job, i32::try_from(priority).unwrap_or(i32::MAX)));
-    let result = match job {
-        Ok((job, priority)) => {
-            let spec = JobSpec::Compare(Box::new(job));
-            viewer.submit(&state, &f.name, priority, None, spec).await
-        }
-        Err(e) => Err(e),
-    };
+    let showcase = usize::try_from(showcase).unwrap_or(usize::MAX);
+    let datasets = state.datasets.as_deref();
+    let result = async {
+        let job = match chosen(&state, &viewer, "init_job", &f.init_job).await? {
+            Some(pre) => CompareJob::from_pretrained(pre, finetune, showcase, datasets)?,
+            None => CompareJob::new(pretrain, finetune, showcase, datasets)?,
+        };
+        let job = match chosen(&state, &viewer, "extra_arm_job", &f.extra_arm_job).await? {
+            Some(extra) => job.with_extra_arm(extra)?,
+            None => job,
+        };
+        let job = job.with_seeds(usize::try_from(seeds).unwrap_or(0))?;
+        let parent = f.init_job.trim().parse().ok();
+        let priority = i32::try_from(priority).unwrap_or(i32::MAX);
+        let spec = JobSpec::Compare(Box::new(job));
+        viewer.submit(&state, &f.name, priority, parent, spec).await
+    }
+    .await;
     match result {
         Ok(job) => Ok(Redirect::to(&format!("/jobs/{}", job.id)).into_response()),
         Err(Error::Invalid { key_path, message }) => {
             let field = match key_path.as_deref() {
                 Some(k) if k.starts_with("FINETUNE") || k == "finetune" => "finetune_yaml",
-                Some(k @ ("name" | "priority" | "showcase" | "seeds")) => k,
+                Some(
+                    k @ ("name" | "priority" | "showcase" | "seeds" | "init_job" | "extra_arm_job"),
+                ) => k,
                 _ => "form",
             };
             errors.insert(field.into(), message);
+            let choices = super::finetune::choices(&state, &viewer).await?;
             Ok(page(
                 &state,
                 &viewer,
                 f,
+                choices,
                 errors,
                 StatusCode::UNPROCESSABLE_ENTITY,
             ))
@@ -245,6 +324,7 @@ fn page(
     state: &AppState,
     viewer: &Viewer,
     f: CompareForm,
+    choices: Vec<InitChoice>,
     errors: Errors,
     status: StatusCode,
 ) -> Response {
@@ -264,6 +344,9 @@ fn page(
         },
         max_seeds: MAX_SEEDS,
         priority: f.priority,
+        choices,
+        init_job: f.init_job,
+        extra_arm_job: f.extra_arm_job,
         examples: [
             ("Denoising (CBSD68 → Kodak24)", DENOISE),
             ("Deraining (Rain100H)", DERAIN),

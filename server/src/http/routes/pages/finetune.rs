@@ -151,10 +151,14 @@ pub async fn submit_form(
                 let id: Uuid = id
                     .parse()
                     .map_err(|_| Error::invalid(Some("init_job"), "choose a job from the list"))?;
-                Some(
-                    service::init_from_job(&state.pool, &viewer.caller.name, &id.to_string())
-                        .await?,
+                let (path, cfg) = service::pretrained_job(
+                    &state.pool,
+                    &viewer.caller.name,
+                    &id.to_string(),
+                    "init_job",
                 )
+                .await?;
+                Some((path, cfg.model))
             }
         };
         let stated = ifp_trainer::finetune::FinetuneConfig::names_model(&f.finetune_yaml);
@@ -191,7 +195,7 @@ pub async fn submit_form(
 }
 
 /// The user's succeeded pre-training jobs, newest first.
-async fn choices(state: &AppState, viewer: &Viewer) -> Result<Vec<InitChoice>, Error> {
+pub(super) async fn choices(state: &AppState, viewer: &Viewer) -> Result<Vec<InitChoice>, Error> {
     let rows = service::pretrained_of(&state.pool, &viewer.caller.name, 50).await?;
     Ok(rows
         .into_iter()

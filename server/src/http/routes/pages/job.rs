@@ -303,17 +303,7 @@ async fn view(state: &AppState, viewer: &Viewer, job: Job, log_scale: bool) -> P
     let phases = (job.kind == JobKind::Compare)
         .then(|| CompareJob::from_value(&job.config).ok())
         .flatten()
-        .map(|c| {
-            let (p, f) = (c.pretrain.total_steps(), c.finetune.total_steps());
-            format!(
-                "Steps 1–{p}: IFP pre-training · {}–{}: fine-tuning from the IFP encoder · \
-                 {}–{}: fine-tuning from scratch. The loss is the pre-training loss, then L1.",
-                p + 1,
-                p + f,
-                p + f + 1,
-                p + 2 * f
-            )
-        });
+        .map(|c| c.phases());
     let report = match files
         .iter()
         .find(|f| f.kind == CheckpointKind::Report && f.name == "report.json")

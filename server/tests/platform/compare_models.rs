@@ -1,0 +1,223 @@
+//! Issue 17, item 1: a comparison's models are kept and reusable. A `compare` job can start
+//! from a finished pre-training job (`init_job`) instead of pre-training again and take a third
+//! arm from another (`extra_arm_job`); when it finishes it lists each arm's best checkpoint as a
+//! model file that downloads and loads. The comparison form offers the same (*Start from*,
+//! *Extra arm*, and *Compare from this* on a pre-training job's page). What cannot work is
+//! refused naming the field.
+
+use crate::common;
+use crate::compare::{admin_session, call, finetune, html_of, pretrain, run_to_end, ADMIN};
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use http_body_util::BodyExt;
+use ifp_server::{app, AppState};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+#[tokio::test]
+async fn a_comparison_starts_from_finished_jobs_and_keeps_its_models() {
+    let pool = common::fresh_pool().await;
+    let artifacts = tempfile::tempdir().unwrap();
+    let mut state = AppState::new(pool.clone(), artifacts.path(), Some(ADMIN));
+    state.datasets = Some(common::datasets());
+    let api = app(state);
+    let submit = |body: Value| {
+        let api = api.clone();
+        async move {
+            let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(body)).await;
+            (
+                s,
+                serde_json::from_str::<Value>(&b).unwrap_or(Value::String(b)),
+            )
+        }
+    };
+
+    // Two finished pre-training jobs: the IFP weights and the extra arm's.
+    let mut ids = Vec::new();
+    for seed in [0, 1] {
+        let mut cfg = pretrain();
+        cfg["SEED"] = json!(seed);
+        let (s, job) = submit(json!({"name": format!("pre-{seed}"), "config": cfg})).await;
+        assert_eq!(s, StatusCode::CREATED, "{job}");
+        let id = job["id"].as_str().unwrap().to_string();
+        let done = run_to_end(&api, &pool, artifacts.path(), &format!("w-pre-{seed}"), &id).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        ids.push(id);
+    }
+    let (pre, other) = (ids[0].clone(), ids[1].clone());
+
+    // Refused, naming the field: a pre-training config beside init_job, an unknown extra arm,
+    // extra_arm_job on another kind.
+    for (body, key) in [
+        (
+            json!({"kind": "compare", "init_job": pre, "preset": "tiny",
+                   "finetune": finetune("clean/CBSD68")}),
+            "config",
+        ),
+        (
+            json!({"kind": "compare", "init_job": pre, "finetune": finetune("clean/CBSD68"),
+                   "extra_arm_job": uuid::Uuid::new_v4()}),
+            "extra_arm_job",
+        ),
+        (
+            json!({"config": pretrain(), "extra_arm_job": other}),
+            "extra_arm_job",
+        ),
+    ] {
+        let (s, b) = submit(body.clone()).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {b}");
+        assert_eq!(b["key_path"], key, "{body}: {b}");
+    }
+
+    let (s, job) = submit(
+        json!({"kind": "compare", "name": "from-jobs", "init_job": pre,
+                                 "extra_arm_job": other, "finetune": finetune("clean/CBSD68")}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{job}");
+    // No pre-training: three arms of 4 steps; the pre-training job is the parent.
+    assert_eq!(job["total_steps"], 3 * 4);
+    assert_eq!(job["parent_id"], json!(pre));
+    let id = job["id"].as_str().unwrap().to_string();
+    let done = run_to_end(&api, &pool, artifacts.path(), "w-cmp", &id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["step"], 12);
+
+    let (_, b) = call(
+        &api,
+        "GET",
+        &format!("/api/v1/jobs/{id}/checkpoints/report.json"),
+        None,
+    )
+    .await;
+    let report: Value = serde_json::from_str(&b).unwrap();
+    let arms: Vec<&str> = report["arms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(arms, ["ifp", "scratch", "checkpoint"]);
+    assert_eq!(report["deltas"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        report["pretrain"]["steps"],
+        Value::Null,
+        "no pre-training ran"
+    );
+
+    // Each arm's best checkpoint is listed and downloads; the pre-training job's file is not
+    // listed again here.
+    let (_, b) = call(&api, "GET", &format!("/api/v1/jobs/{id}/checkpoints"), None).await;
+    let files: Vec<Value> = serde_json::from_str(&b).unwrap();
+    let models: Vec<&Value> = files.iter().filter(|f| f["kind"] == "model").collect();
+    assert_eq!(models.len(), 3, "{files:?}");
+    for (arm, m) in ["ifp", "scratch", "checkpoint"].iter().zip(&models) {
+        let name = m["name"].as_str().unwrap();
+        let best = report["arms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == *arm)
+            .unwrap()["best_step"]
+            .as_u64()
+            .unwrap();
+        let want = format!("{arm}-best-model-{best:06}.safetensors");
+        assert!(
+            models.iter().any(|m| m["name"] == want),
+            "{want} in {models:?}"
+        );
+        let req = Request::get(format!("/api/v1/jobs/{id}/checkpoints/{name}"))
+            .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+            .body(Body::empty())
+            .unwrap();
+        let resp = api.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{name}");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len() as u64, m["bytes"].as_u64().unwrap(), "{name}");
+        let t = candle_core::safetensors::load_buffer(&body, &candle_core::Device::Cpu)
+            .expect("a model file");
+        assert!(t.contains_key("head.conv.weight"), "{name}");
+    }
+
+    // The job page says which steps are which arm.
+    let page = html_of(&api, &pool, &format!("/jobs/{id}")).await;
+    assert!(
+        page.contains("fine-tuning from the extra arm") && !page.contains("IFP pre-training ·"),
+        "{page}"
+    );
+
+    // The form: *Compare from this* preselects the job; a bad extra arm is refused in place;
+    // a valid choice submits a comparison without pre-training, parented to the job.
+    let page = html_of(&api, &pool, &format!("/jobs/{pre}")).await;
+    assert!(
+        page.contains(&format!("/jobs/new/compare?init={pre}")),
+        "Compare from this"
+    );
+    let form = html_of(&api, &pool, &format!("/jobs/new/compare?init={pre}")).await;
+    assert!(
+        form.contains(&format!("<option value=\"{pre}\" selected>")),
+        "{form}"
+    );
+    let cookie = admin_session(&pool).await;
+    let csrf =
+        ifp_server::http::session::lookup(&pool, Some(&ifp_server::tokens::hash(ADMIN)), &cookie)
+            .await
+            .unwrap()
+            .unwrap()
+            .csrf;
+    let post = |extra: String| {
+        let api = api.clone();
+        let (cookie, csrf, pre) = (cookie.clone(), csrf.clone(), pre.clone());
+        async move {
+            let yaml = "DATA: {TRAIN_DIR: rain/Rain100H}\nTRAIN: {STEPS: 3}\n";
+            let form = serde_urlencoded::to_string([
+                ("csrf", csrf.as_str()),
+                ("name", "form comparison"),
+                ("init_job", pre.as_str()),
+                ("extra_arm_job", extra.as_str()),
+                ("preset", "tiny"),
+                ("pretrain_steps", "5"),
+                ("finetune_yaml", yaml),
+                ("showcase", "1"),
+                ("seeds", "1"),
+                ("priority", "0"),
+            ])
+            .unwrap();
+            let req = Request::post("/jobs/new/compare")
+                .header(header::COOKIE, format!("ifp_session={cookie}"))
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(form))
+                .unwrap();
+            let resp = api.oneshot(req).await.unwrap();
+            let status = resp.status();
+            let location = resp
+                .headers()
+                .get(header::LOCATION)
+                .map(|v| v.to_str().unwrap().to_string());
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                location,
+                String::from_utf8_lossy(&body).into_owned(),
+            )
+        }
+    };
+    let (s, _, html) = post(id.clone()).await;
+    assert_eq!(
+        s,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a compare job is no extra arm"
+    );
+    assert!(html.contains("not a succeeded pre-training job"), "{html}");
+    let (s, location, html) = post(other.clone()).await;
+    assert_eq!(s, StatusCode::SEE_OTHER, "{html}");
+    let new: uuid::Uuid = location.unwrap()[6..].parse().unwrap();
+    let job = ifp_server::queue::get(&pool, new).await.unwrap().unwrap();
+    assert_eq!(job.total_steps, 3 * 3, "no pre-training, three arms");
+    assert_eq!(job.parent_id.map(|p| p.to_string()), Some(pre.clone()));
+    assert!(job.config["PRETRAINED"]
+        .as_str()
+        .unwrap()
+        .ends_with(".safetensors"));
+}
