@@ -132,7 +132,9 @@ pub fn spawn_rescuer(
     })
 }
 
-/// Starts `count` worker slots on this process.
+/// Starts `count` worker slots on this process; with `train_process` (the `ifp` executable),
+/// each attempt runs in a process of its own.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn_workers(
     pool: &PgPool,
     count: usize,
@@ -140,6 +142,7 @@ pub fn spawn_workers(
     lease: Duration,
     device: &candle_core::Device,
     datasets: Option<&Path>,
+    train_process: Option<&Path>,
     shutdown: &watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
     (0..count)
@@ -148,6 +151,7 @@ pub fn spawn_workers(
             cfg.lease = lease;
             cfg.device = device.clone();
             cfg.datasets = datasets.map(Path::to_path_buf);
+            cfg.train_process = train_process.map(Path::to_path_buf);
             tokio::spawn(worker::run(pool.clone(), cfg, shutdown.clone()))
         })
         .collect()

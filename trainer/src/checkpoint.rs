@@ -40,7 +40,7 @@ pub struct TrainingState {
 }
 
 /// One file written for a checkpoint.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WrittenFile {
     pub path: PathBuf,
     pub bytes: u64,
@@ -48,7 +48,7 @@ pub struct WrittenFile {
 }
 
 /// The files of one checkpoint.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub step: usize,
     pub model: WrittenFile,

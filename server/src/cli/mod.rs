@@ -49,6 +49,10 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Does IFP help here? Fine-tune from IFP and from scratch with the same budget and compare.
     Compare(compare::CompareArgs),
+    /// One training attempt, run by a worker in a process of its own (JSON lines on stdin and
+    /// stdout; not for direct use).
+    #[command(hide = true)]
+    Attempt,
 }
 
 /// An error and the exit code it deserves.
@@ -114,6 +118,8 @@ pub fn run() -> ExitCode {
         Command::Finetune(a) => finetune::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Compare(a) => compare::run(a),
+        Command::Attempt => ifp_server::worker::process::child_main()
+            .map_err(|e| Failure::usage(anyhow::anyhow!("ifp attempt: {e}"))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -31,6 +31,12 @@ pub struct SlotArgs {
     /// are relative to it); without it, those jobs are refused.
     #[arg(long, env = "IFP_DATASETS_DIR", value_name = "DIR")]
     pub datasets_dir: Option<PathBuf>,
+    /// Run each training attempt on a thread of this process instead of in a process of its
+    /// own (`ifp attempt`). By default a CPU worker isolates attempts, so one that runs out of
+    /// memory or crashes fails alone; CUDA workers train in-process until the isolated path has
+    /// been checked on a GPU.
+    #[arg(long, env = "IFP_ATTEMPTS_IN_PROCESS")]
+    pub attempts_in_process: bool,
 }
 
 impl SlotArgs {
@@ -44,6 +50,17 @@ impl SlotArgs {
         shutdown: &watch::Receiver<bool>,
     ) -> Vec<JoinHandle<()>> {
         let lease = Duration::from_secs(self.lease_secs);
+        let exe = if self.attempts_in_process || !device.is_cpu() {
+            None
+        } else {
+            match std::env::current_exe() {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot find this executable; attempts run in-process");
+                    None
+                }
+            }
+        };
         platform::spawn_workers(
             pool,
             self.workers,
@@ -51,6 +68,7 @@ impl SlotArgs {
             lease,
             device,
             datasets,
+            exe.as_deref(),
             shutdown,
         )
     }

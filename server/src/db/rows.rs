@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use ifp_trainer::config::DeviceClass;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::values::{AttemptOutcome, CheckpointKind, JobKind, JobStatus};
@@ -54,7 +54,7 @@ pub struct Job {
 }
 
 /// One logged training step.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Metric {
     pub step: i64,
     pub attempt: i32,

@@ -1,5 +1,6 @@
 //! One attempt at a claimed job: prepare it (read its spec by the stored kind, seed the attempt
-//! folder from earlier attempts), run the trainer on a blocking thread, keep the database up to
+//! folder from earlier attempts), run the trainer in its own process (`process`) or on a blocking
+//! thread, keep the database up to
 //! date from the async side (heartbeats every lease/3, batched metrics, checkpoints), stop the
 //! trainer between steps on cancel, lease loss or shutdown, and record how it ended.
 
@@ -22,8 +23,8 @@ use crate::jobs::spec::{JobSpec, Report};
 use crate::queue::record;
 use crate::queue::{self, Claimed, Fence, Outcome};
 
-/// What the trainer thread tells the async side.
-enum Msg {
+/// What the trainer (thread or process) tells the async side.
+pub(super) enum Msg {
     Step(Metric),
     Checkpoint(Box<Checkpoint>),
 }
@@ -70,7 +71,22 @@ pub(super) async fn run_job(
         device: wcfg.device.clone(),
         resume: true,
     };
-    let trainer = spawn_trainer(spec, opts, fence.attempt, attempt.stop.clone(), tx);
+    let stop = attempt.stop.clone();
+    let trainer = match &wcfg.train_process {
+        Some(exe) => {
+            let req = super::process::Request {
+                kind: job.kind,
+                config: job.config.clone(),
+                artifacts: wcfg.artifacts.clone(),
+                datasets: wcfg.datasets.clone(),
+                out_dir: dir.clone(),
+                device: super::process::device_name(&wcfg.device),
+                attempt: fence.attempt,
+            };
+            super::process::spawn(exe, req, stop, tx)
+        }
+        None => spawn_trainer(spec, opts, fence.attempt, stop, tx),
+    };
     let result = attempt.supervise(trainer, rx, listener, shutdown).await;
     attempt.conclude(result, writes_results, &dir).await
 }
@@ -134,14 +150,7 @@ fn spawn_trainer(
             &opts,
             // A send fails only once the async side has gone; training stops then anyway.
             |r| {
-                let _ = tx.send(match r {
-                    Report::Step(step, p) => {
-                        let mut row = Metric::from_progress(p, attempt);
-                        row.step = step as i64;
-                        Msg::Step(row)
-                    }
-                    Report::Checkpoint(c) => Msg::Checkpoint(Box::new(c.clone())),
-                });
+                let _ = tx.send(message(r, attempt));
             },
             || stop.load(Ordering::SeqCst),
         )
@@ -362,8 +371,20 @@ async fn record_results(pool: &PgPool, artifacts: &Path, fence: &Fence, dir: &Pa
     }
 }
 
+/// A trainer report as the async side takes it.
+pub(super) fn message(r: Report<'_>, attempt: i32) -> Msg {
+    match r {
+        Report::Step(step, p) => {
+            let mut row = Metric::from_progress(p, attempt);
+            row.step = step as i64;
+            Msg::Step(row)
+        }
+        Report::Checkpoint(c) => Msg::Checkpoint(Box::new(c.clone())),
+    }
+}
+
 /// A trainer error as the job's owner should read it.
-fn describe(e: &ifp_trainer::TrainerError) -> String {
+pub(super) fn describe(e: &ifp_trainer::TrainerError) -> String {
     match e {
         ifp_trainer::TrainerError::Io { source, .. }
             if source.raw_os_error() == Some(libc::ENOSPC) =>

@@ -4,6 +4,7 @@
 
 mod attempt;
 pub mod device;
+pub mod process;
 mod seed;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +30,10 @@ pub struct WorkerConfig {
     pub device: candle_core::Device,
     /// Where `compare` jobs' fine-tuning data folders are (`IFP_DATASETS_DIR`).
     pub datasets: Option<PathBuf>,
+    /// The `ifp` executable each attempt runs in (`ifp attempt`, see `process`), so a crash or
+    /// an out-of-memory kill ends the attempt and not this process; `None`: attempts run on a
+    /// thread of this process.
+    pub train_process: Option<PathBuf>,
 }
 
 impl WorkerConfig {
@@ -40,6 +45,7 @@ impl WorkerConfig {
             poll_interval: Duration::from_secs(5),
             device: candle_core::Device::Cpu,
             datasets: None,
+            train_process: None,
         }
     }
 }

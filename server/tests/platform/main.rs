@@ -23,3 +23,4 @@ mod queue;
 mod serve;
 mod uformer;
 mod worker;
+mod worker_process;

@@ -32,7 +32,7 @@ fn tiny_keeping(steps: usize, save_freq: usize, keep: usize) -> serde_json::Valu
     v
 }
 
-async fn submit(pool: &PgPool, steps: usize, save_freq: usize) -> Job {
+pub(crate) async fn submit(pool: &PgPool, steps: usize, save_freq: usize) -> Job {
     submit_config(pool, steps, tiny(steps, save_freq)).await
 }
 

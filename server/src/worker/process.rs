@@ -1,0 +1,260 @@
+//! Each training attempt in its own process: the worker starts the same `ifp` binary as
+//! `ifp attempt` and supervises it, so an attempt that runs out of memory or crashes ends that
+//! attempt, with a reason the job page shows, and never the server or the worker around it.
+//!
+//! The protocol is JSON lines on the child's standard streams. The worker writes one
+//! [`Request`] line to its stdin, then `stop` when the attempt must stop (cancel, lost lease,
+//! shutdown); stdin closing (the worker died) stops it too. The child writes one [`Line`] per
+//! step and checkpoint, then `Done` or `Failed`. A child that ends without either crashed: the
+//! exit code or signal and the last lines of its stderr become the attempt's error. Such a
+//! failure is recorded as final, not retried: a run that ran out of memory at a config runs
+//! out again at the same config.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::attempt::{describe, message, Msg};
+use crate::db::values::JobKind;
+use crate::jobs::spec::JobSpec;
+use ifp_trainer::{TrainOptions, TrainerError};
+
+/// What the child runs: the job as stored, resolved in the child against the same folders.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Request {
+    pub kind: JobKind,
+    pub config: Value,
+    pub artifacts: PathBuf,
+    pub datasets: Option<PathBuf>,
+    pub out_dir: PathBuf,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    pub attempt: i32,
+}
+
+/// One line the child writes.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Line {
+    Step(crate::db::rows::Metric),
+    Checkpoint(ifp_trainer::checkpoint::Checkpoint),
+    /// The run ended; `stopped`: on request, before its last step.
+    Done {
+        stopped: bool,
+    },
+    /// The run failed with this reason (as its owner should read it).
+    Failed(String),
+}
+
+/// How much of the child's stderr is kept for a crash report.
+const STDERR_TAIL: usize = 4096;
+
+/// The `device` string of a candle device.
+pub fn device_name(d: &candle_core::Device) -> String {
+    match d.location() {
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        _ => "cpu".into(),
+    }
+}
+
+/// Starts `exe attempt` on `req` and follows it: its lines go to `tx`, `stop` turning true is
+/// passed on. Resolves to what the run returned (`Ok(true)`: stopped on request), or to an
+/// error saying how the process ended.
+pub(super) fn spawn(
+    exe: &Path,
+    req: Request,
+    stop: Arc<AtomicBool>,
+    tx: mpsc::UnboundedSender<Msg>,
+) -> JoinHandle<ifp_trainer::Result<bool>> {
+    let exe = exe.to_path_buf();
+    tokio::spawn(async move {
+        let fail = |m: String| Err(TrainerError::Unsupported(m));
+        let mut child = match tokio::process::Command::new(&exe)
+            .arg("attempt")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => return fail(format!("cannot start the training process: {e}")),
+        };
+        let (Some(mut stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return fail("the training process has no standard streams".into());
+        };
+        let mut line = match serde_json::to_string(&req) {
+            Ok(l) => l,
+            Err(e) => return fail(format!("cannot encode the attempt: {e}")),
+        };
+        line.push('\n');
+        if let Err(e) = stdin.write_all(line.as_bytes()).await {
+            return fail(format!("cannot start the training process: {e}"));
+        }
+        let tail = tokio::spawn(async move {
+            let mut tail = String::new();
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                tracing::debug!(target: "ifp::attempt", "{l}");
+                tail.push_str(&l);
+                tail.push('\n');
+                if tail.len() > 2 * STDERR_TAIL {
+                    let cut = tail.len() - STDERR_TAIL;
+                    let cut = (cut..tail.len()).find(|&i| tail.is_char_boundary(i));
+                    tail.drain(..cut.unwrap_or(0));
+                }
+            }
+            tail
+        });
+        let mut out = BufReader::new(stdout).lines();
+        let mut poll = tokio::time::interval(Duration::from_millis(200));
+        let mut stop_sent = false;
+        let mut result: Option<ifp_trainer::Result<bool>> = None;
+        loop {
+            tokio::select! {
+                l = out.next_line() => match l {
+                    Ok(Some(l)) => match serde_json::from_str::<Line>(&l) {
+                        Ok(Line::Step(m)) => { let _ = tx.send(Msg::Step(m)); }
+                        Ok(Line::Checkpoint(c)) => { let _ = tx.send(Msg::Checkpoint(Box::new(c))); }
+                        Ok(Line::Done { stopped }) => result = Some(Ok(stopped)),
+                        Ok(Line::Failed(m)) => result = Some(fail(m)),
+                        Err(_) => tracing::warn!(line = %l, "unreadable line from the training process"),
+                    },
+                    _ => break,
+                },
+                _ = poll.tick() => {
+                    if !stop_sent && stop.load(Ordering::SeqCst) {
+                        stop_sent = stdin.write_all(b"stop\n").await.is_ok();
+                    }
+                }
+            }
+        }
+        drop(stdin);
+        let status = child.wait().await;
+        let tail = tail.await.unwrap_or_default();
+        if let Some(r) = result {
+            return r;
+        }
+        fail(crashed(status, &tail))
+    })
+}
+
+/// The error of a child that ended without saying how its run ended.
+fn crashed(status: std::io::Result<std::process::ExitStatus>, tail: &str) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let how = match status {
+        Ok(s) => match (s.signal(), s.code()) {
+            (Some(9), _) => "was killed (SIGKILL; the kernel's out-of-memory killer does this \
+                             when the machine runs out of memory)"
+                .to_string(),
+            (Some(6), _) if tail.contains("memory allocation") => {
+                "ran out of memory (an allocation failed)".to_string()
+            }
+            (Some(sig), _) => format!("was killed by signal {sig}"),
+            (None, Some(code)) => format!("exited with code {code}"),
+            (None, None) => "ended".to_string(),
+        },
+        Err(e) => format!("could not be waited for ({e})"),
+    };
+    let last: Vec<&str> = tail.lines().rev().take(3).collect();
+    let last: Vec<&str> = last.into_iter().rev().collect();
+    if last.is_empty() {
+        format!("the training process {how}")
+    } else {
+        format!(
+            "the training process {how}; its last output: {}",
+            last.join(" | ")
+        )
+    }
+}
+
+/// `ifp attempt`: the child side. Reads the request, runs it, writes its lines; stops at the
+/// next step on `stop` or when stdin closes. Returns an error only when it cannot even report.
+pub fn child_main() -> std::io::Result<()> {
+    let stdin = std::io::stdin();
+    let mut first = String::new();
+    stdin.lock().read_line(&mut first)?;
+    let out = std::sync::Mutex::new(std::io::stdout());
+    let emit = |l: &Line| {
+        if let (Ok(s), Ok(mut o)) = (serde_json::to_string(l), out.lock()) {
+            let _ = writeln!(o, "{s}");
+            let _ = o.flush();
+        }
+    };
+    let req: Request = match serde_json::from_str(&first) {
+        Ok(r) => r,
+        Err(e) => {
+            emit(&Line::Failed(format!("unreadable attempt request: {e}")));
+            return Ok(());
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        // `stop`, or the worker gone (EOF): stop at the next step.
+        for l in std::io::stdin().lock().lines() {
+            match l {
+                Ok(l) if l.trim() == "stop" => break,
+                Ok(_) => continue,
+                Err(_) => break,
+            }
+        }
+        flag.store(true, Ordering::SeqCst);
+    });
+    let spec = JobSpec::from_stored(req.kind, &req.config).and_then(|mut s| {
+        s.resolve(&req.artifacts, req.datasets.as_deref())
+            .map(|()| s)
+    });
+    let spec = match spec {
+        Ok(s) => s,
+        Err(e) => {
+            emit(&Line::Failed(format!("invalid config: {e}")));
+            return Ok(());
+        }
+    };
+    let device = match req.device.strip_prefix("cuda:").map(str::parse::<usize>) {
+        None => Ok(candle_core::Device::Cpu),
+        Some(Ok(n)) => candle_core::Device::new_cuda(n),
+        Some(Err(e)) => Err(candle_core::Error::Msg(format!(
+            "device {}: {e}",
+            req.device
+        ))),
+    };
+    let device = match device {
+        Ok(d) => d,
+        Err(e) => {
+            emit(&Line::Failed(format!("cannot open {}: {e}", req.device)));
+            return Ok(());
+        }
+    };
+    let opts = TrainOptions {
+        out_dir: req.out_dir.clone(),
+        device,
+        resume: true,
+    };
+    let attempt = req.attempt;
+    let result = spec.run(
+        &opts,
+        |r| {
+            emit(&match message(r, attempt) {
+                Msg::Step(m) => Line::Step(m),
+                Msg::Checkpoint(c) => Line::Checkpoint(*c),
+            })
+        },
+        || stop.load(Ordering::SeqCst),
+    );
+    emit(&match result {
+        Ok(stopped) => Line::Done { stopped },
+        Err(e) => Line::Failed(describe(&e)),
+    });
+    Ok(())
+}
