@@ -25,7 +25,12 @@ function liveJobList(tbody) {
     if (document.visibilityState === "visible") {
       try {
         const html = await fetchText(tbody.dataset.live);
-        if (html !== null && html !== last) { tbody.innerHTML = html; last = html; }
+        if (html !== null && html !== last) {
+          // Keep the rows ticked for "Compare selected" across the refresh.
+          const ticked = new Set([...tbody.querySelectorAll("input[name=ids]:checked")].map((c) => c.value));
+          tbody.innerHTML = html; last = html;
+          tbody.querySelectorAll("input[name=ids]").forEach((c) => { c.checked = ticked.has(c.value); });
+        }
       } catch (e) { /* the next tick retries */ }
     }
     const active = tbody.querySelector('tr[data-status="running"], tr[data-status="queued"]');

@@ -221,3 +221,82 @@ async fn a_comparison_starts_from_finished_jobs_and_keeps_its_models() {
         .unwrap()
         .ends_with(".safetensors"));
 }
+
+/// Issue 17, item 2: the runs view. Two finished jobs of different settings, selected in the
+/// jobs list, overlaid (one line each), their results in one table and the differing settings
+/// marked; the URL is the selection; bad selections are refused naming `ids`.
+#[tokio::test]
+async fn the_runs_view_overlays_jobs_and_marks_differing_settings() {
+    let pool = common::fresh_pool().await;
+    let artifacts = tempfile::tempdir().unwrap();
+    let api = app(AppState::new(pool.clone(), artifacts.path(), Some(ADMIN)));
+    let mut ids = Vec::new();
+    for (seed, lr) in [(0, 0.128), (1, 0.256)] {
+        let mut cfg = pretrain();
+        cfg["SEED"] = json!(seed);
+        cfg["TRAIN"]["BASE_LR"] = json!(lr);
+        let body = json!({"name": format!("run-{seed}"), "config": cfg});
+        let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(body)).await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        let id = serde_json::from_str::<Value>(&b).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let done = run_to_end(&api, &pool, artifacts.path(), &format!("w-run-{seed}"), &id).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        ids.push(id);
+    }
+    // The list offers the selection.
+    let list = html_of(&api, &pool, "/").await;
+    assert!(list.contains("id=\"runs-form\"") && list.contains("action=\"/runs\""));
+    for id in &ids {
+        assert!(
+            list.contains(&format!("name=\"ids\" value=\"{id}\"")),
+            "{list}"
+        );
+    }
+    let page = html_of(&api, &pool, &format!("/runs?ids={}&ids={}", ids[0], ids[1])).await;
+    for name in ["run-0", "run-1"] {
+        assert!(page.contains(name), "{name}");
+    }
+    // One line per run on the loss and learning-rate charts.
+    assert_eq!(page.matches("class=\"line s0\"").count(), 2, "loss and LR");
+    assert_eq!(page.matches("class=\"line s1\"").count(), 2, "loss and LR");
+    // The settings that differ are marked and listed first; shared ones are folded away.
+    let differs: Vec<&str> = page
+        .split("<tr class=\"differs\"><th scope=\"row\">")
+        .skip(1)
+        .map(|r| &r[..r.find('<').unwrap()])
+        .collect();
+    assert_eq!(differs, ["SEED", "TRAIN.BASE_LR"], "{page}");
+    assert!(page.contains("Settings they share"));
+    // The shareable URL holds the selection.
+    assert!(page.contains(&format!("/runs?ids={},{}", ids[0], ids[1])));
+    let again = html_of(&api, &pool, &format!("/runs?ids={},{}", ids[0], ids[1])).await;
+    assert_eq!(again.matches("class=\"line s1\"").count(), 2);
+
+    // Refused: no selection, an unknown parameter, a job that is not there.
+    let cookie = admin_session(&pool).await;
+    for (uri, status) in [
+        ("/runs".to_string(), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            format!("/runs?id={}", ids[0]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/runs?ids=nope".to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            format!("/runs?ids={}", uuid::Uuid::new_v4()),
+            StatusCode::NOT_FOUND,
+        ),
+    ] {
+        let req = Request::get(&uri)
+            .header(header::COOKIE, format!("ifp_session={cookie}"))
+            .body(Body::empty())
+            .unwrap();
+        let resp = api.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), status, "{uri}");
+    }
+}

@@ -45,7 +45,7 @@ pub struct Row {
 }
 
 /// A job's key result as the list shows it, and what it is.
-fn key_result(j: &crate::db::rows::Job) -> (String, &'static str) {
+pub(super) fn key_result(j: &crate::db::rows::Job) -> (String, &'static str) {
     use crate::db::values::{JobKind, JobStatus};
     match (j.kind, j.key_metric, j.loss) {
         (JobKind::Pretrain, _, Some(l)) if j.status == JobStatus::Succeeded => {

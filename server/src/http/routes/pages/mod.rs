@@ -10,6 +10,7 @@ pub mod form;
 mod job;
 mod jobs;
 mod new_job;
+mod runs;
 mod seeds_view;
 
 use askama::Template;
@@ -211,6 +212,7 @@ pub fn router(gate: &crate::http::gate::Gate) -> Router<AppState> {
                 .post(finetune::submit_form)
                 .route_layer(gate()),
         )
+        .route("/runs", get(runs::show))
         .route("/jobs/{id}", get(job::show))
         .route("/jobs/{id}/live", get(job::live))
         .route("/jobs/{id}/cancel", post(job::cancel))
