@@ -180,6 +180,35 @@ impl CompareJob {
         self.pretrain_steps() + self.seeds * self.arms().len() * self.finetune.total_steps()
     }
 
+    /// The phases of the job's step axis in order: pre-training (if it runs here), then each
+    /// seed's arms (`arm`: index into [`CompareJob::arms`]).
+    pub fn step_phases(&self) -> Vec<super::spec::StepPhase> {
+        use super::spec::StepPhase;
+        let (p, f) = (self.pretrain_steps(), self.finetune.total_steps());
+        let mut out = Vec::new();
+        if p > 0 {
+            out.push(StepPhase {
+                start: 0,
+                steps: p,
+                batch: self.pretrain.data.batch_size,
+                arm: None,
+            });
+        }
+        let mut at = p;
+        for _ in 0..self.seeds {
+            for a in 0..self.arms().len() {
+                out.push(StepPhase {
+                    start: at,
+                    steps: f,
+                    batch: self.finetune.data.batch_size,
+                    arm: Some(a),
+                });
+                at += f;
+            }
+        }
+        out
+    }
+
     /// Which steps of the job's step axis are which phase, for the job page.
     pub fn phases(&self) -> String {
         let (p, f) = (self.pretrain_steps(), self.finetune.total_steps());

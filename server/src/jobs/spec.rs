@@ -38,7 +38,35 @@ pub enum Report<'a> {
     Checkpoint(&'a Checkpoint),
 }
 
+/// A stretch of a job's step axis trained alike: steps `start + 1 ..= start + steps`, with
+/// `batch` images a step; `arm` is the comparison arm it fine-tunes (an index into
+/// `CompareJob::arms`), `None` for pre-training or a single fine-tuning run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepPhase {
+    pub start: usize,
+    pub steps: usize,
+    pub batch: usize,
+    pub arm: Option<usize>,
+}
+
 impl JobSpec {
+    /// The phases of its step axis (one, except for a comparison).
+    pub fn step_phases(&self) -> Vec<StepPhase> {
+        let one = |steps, batch| {
+            vec![StepPhase {
+                start: 0,
+                steps,
+                batch,
+                arm: None,
+            }]
+        };
+        match self {
+            JobSpec::Pretrain(c) => one(c.total_steps(), c.data.batch_size),
+            JobSpec::Finetune(j) => one(j.total_steps(), j.finetune.data.batch_size),
+            JobSpec::Compare(j) => j.step_phases(),
+        }
+    }
+
     pub fn kind(&self) -> JobKind {
         match self {
             JobSpec::Pretrain(_) => JobKind::Pretrain,

@@ -317,6 +317,11 @@ async fn a_tiny_comparison_runs_and_reports() {
         "showcase-",
         "line s1",
         "IFP pre-training",
+        // Issue 17: the pre-training loss has its own chart; the arms share a fine-tuning axis.
+        "Pre-training loss (Fourier) by pre-training step",
+        "Fine-tuning loss (L1) by fine-tuning step",
+        // A finished job shows its run-average throughput.
+        "(run average)",
     ] {
         assert!(html.contains(needle), "missing {needle}");
     }

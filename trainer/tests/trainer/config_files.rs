@@ -51,7 +51,20 @@ fn golden_configs_load_unchanged() {
 #[test]
 fn presets_are_the_reference_configs() {
     let names: Vec<_> = PRESETS.iter().map(|p| p.name).collect();
-    assert_eq!(names, ["tiny", "restormer-paper", "uformer-paper"]);
+    assert_eq!(
+        names,
+        ["tiny", "tiny-uformer", "restormer-paper", "uformer-paper"]
+    );
+    // tiny-uformer is the golden test network.
+    let tiny = Config::load("tiny-uformer").expect("preset");
+    let golden = Config::load(
+        common::golden_dir()
+            .join("configs/uformer_tiny.yaml")
+            .to_str()
+            .expect("p"),
+    )
+    .expect("golden config");
+    assert_eq!(tiny.model.uformer, golden.model.uformer);
     let paper = Config::load("restormer-paper").expect("preset");
     let reference = Config::load(
         shared()

@@ -13,6 +13,8 @@ const TOP: f64 = 12.0;
 const BOTTOM: f64 = 30.0;
 /// More points than pixels only cost bytes.
 const MAX_POINTS: usize = 640;
+/// Hover targets per line.
+const HOVER_POINTS: usize = 40;
 
 /// A line chart of `(x, y)` points over `0..=x_max`, with a log-scaled y axis when `log_y`
 /// (points with y <= 0 are then left out). `label` names the series for screen readers.
@@ -27,9 +29,23 @@ pub fn multi_line_chart(
     log_y: bool,
     label: &str,
 ) -> String {
-    let series: Vec<Vec<(f64, f64)>> = series
+    let styled: Vec<(usize, Vec<(f64, f64)>)> = series.iter().cloned().enumerate().collect();
+    styled_line_chart(&styled, x_max, log_y, label)
+}
+
+/// Several series on shared axes, each with its line style: `(style, points)` is drawn with
+/// the classes `line s<style>`, so several lines can share one style (e.g. one arm over seeds).
+/// Each line carries a few hover targets whose tooltip gives the step and value.
+pub fn styled_line_chart(
+    styled: &[(usize, Vec<(f64, f64)>)],
+    x_max: f64,
+    log_y: bool,
+    label: &str,
+) -> String {
+    let styles: Vec<usize> = styled.iter().map(|(s, _)| *s).collect();
+    let series: Vec<Vec<(f64, f64)>> = styled
         .iter()
-        .map(|pts| {
+        .map(|(_, pts)| {
             let kept: Vec<(f64, f64)> = pts
                 .iter()
                 .copied()
@@ -81,12 +97,17 @@ pub fn multi_line_chart(
     };
     let px = |x: f64| LEFT + x / x_hi * (W - LEFT - RIGHT);
     let py = |v: f64| TOP + (hi - v) / (hi - lo) * (H - TOP - BOTTOM);
+    let y_step = if y_ticks.len() > 1 {
+        y_ticks[1] - y_ticks[0]
+    } else {
+        1.0
+    };
     for t in &y_ticks {
         let y = py(*t);
         let text = if log_y {
             format!("1e{}", *t as i32)
         } else {
-            tick_label(*t)
+            tick_label(*t, y_step)
         };
         let _ = write!(
             s,
@@ -104,7 +125,7 @@ pub fn multi_line_chart(
             r#"<text class="tick" x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
             px(x),
             H - 10.0,
-            tick_label(x)
+            tick_label(x, x_step)
         );
         x += x_step;
     }
@@ -113,12 +134,25 @@ pub fn multi_line_chart(
         r#"<line class="axis" x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{}"/>"#,
         H - BOTTOM
     );
-    for (i, pts) in series.iter().enumerate() {
+    for (pts, i) in series.iter().zip(&styles) {
         let _ = write!(s, r#"<polyline class="line s{i}" fill="none" points=""#);
         for (x, y) in pts {
             let _ = write!(s, "{:.1},{:.1} ", px(*x), py(tf(*y)));
         }
         s.push_str(r#""/>"#);
+    }
+    // Hover targets: the browser shows each circle's title as a tooltip (no script needed).
+    for pts in &series {
+        for (x, y) in thin(pts, HOVER_POINTS) {
+            let _ = write!(
+                s,
+                r#"<circle class="pt" cx="{:.1}" cy="{:.1}" r="5"><title>step {}: {}</title></circle>"#,
+                px(x),
+                py(tf(y)),
+                x,
+                crate::http::views::fmt::sig4(y)
+            );
+        }
     }
     s.push_str("</svg>");
     s
@@ -184,23 +218,32 @@ fn nice_step(raw: f64) -> f64 {
     nice * mag
 }
 
-fn tick_label(v: f64) -> String {
+/// A tick's label, with as many digits as the tick spacing `step` needs, so neighbouring ticks
+/// never read the same (1e-4 and 1.5e-4 were both "1e-4" once).
+fn tick_label(v: f64, step: f64) -> String {
     let a = v.abs();
+    let step = step.abs().max(f64::MIN_POSITIVE);
+    let step_exp = step.log10().floor() as i32;
     if a == 0.0 {
         "0".into()
     } else if a >= 1e4 {
-        format!("{}k", trim(v / 1e3))
+        let decimals = (3 - step_exp).max(0) as usize;
+        format!("{}k", trim(v / 1e3, decimals))
     } else if a < 1e-2 {
-        format!("{v:.0e}")
+        let digits = (a.log10().floor() as i32 - step_exp).max(0) as usize;
+        format!("{v:.digits$e}")
     } else {
-        trim(v)
+        trim(v, (-step_exp).max(0) as usize)
     }
 }
 
-fn trim(v: f64) -> String {
-    let s = format!("{v:.4}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    s.to_string()
+/// `v` with at most `decimals` decimals, trailing zeros dropped.
+fn trim(v: f64, decimals: usize) -> String {
+    let s = format!("{v:.decimals$}");
+    if !s.contains('.') {
+        return s;
+    }
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 fn escape(s: &str) -> String {
@@ -213,6 +256,38 @@ fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn neighbouring_ticks_never_read_the_same() {
+        for (lo, hi) in [
+            (1e-4, 2e-4),
+            (1.0e-4, 1.2e-4),
+            (0.0101, 0.0103),
+            (0.5, 0.51),
+            (1e4, 1.2e4),
+        ] {
+            let pts = [(0.0, lo), (10.0, hi)];
+            let svg = line_chart(&pts, 10.0, false, "x");
+            let labels: Vec<&str> = svg
+                .split(r#"text-anchor="end">"#)
+                .skip(1)
+                .map(|t| &t[..t.find('<').unwrap_or(0)])
+                .collect();
+            assert!(labels.len() >= 2, "{labels:?}");
+            for w in labels.windows(2) {
+                assert_ne!(w[0], w[1], "{lo}..{hi}: {labels:?}");
+            }
+        }
+        assert_eq!(tick_label(1.5e-4, 5e-5), "1.5e-4");
+        assert_eq!(tick_label(0.25, 0.05), "0.25");
+        assert_eq!(tick_label(12000.0, 1000.0), "12k");
+    }
+
+    #[test]
+    fn points_have_hover_titles() {
+        let svg = line_chart(&[(1.0, 0.5), (2.0, 0.25)], 2.0, false, "loss");
+        assert!(svg.contains("<title>step 2: 0.2500</title>"), "{svg}");
+    }
 
     #[test]
     fn empty_chart_says_so() {

@@ -103,6 +103,10 @@ pub struct JobView {
     pub log_scale: bool,
     pub loss_chart: String,
     pub lr_chart: String,
+    /// A comparison's pre-training loss alone (when it pre-trains).
+    pub pretrain_loss_chart: Option<String>,
+    /// A comparison's arms' L1 on one fine-tuning step axis.
+    pub arms_loss_chart: Option<String>,
     pub attempts: Vec<AttemptRow>,
     pub files: Vec<FileRow>,
     pub samples: Vec<SampleRow>,
@@ -224,17 +228,14 @@ async fn view(state: &AppState, viewer: &Viewer, job: Job, log_scale: bool) -> P
     .await?;
 
     let active = job.status.is_active();
-    let last = metrics.last().copied();
-    let batch = job
-        .config
-        .pointer("/DATA/BATCH_SIZE")
-        .and_then(|v| v.as_f64())
-        .unwrap_or(1.0);
-    let eta = match last {
-        Some((_, _, _, ips)) if job.status == JobStatus::Running && ips > 0.0 => {
-            fmt::duration((job.total_steps - job.step).max(0) as f64 * batch / ips)
-        }
-        _ => "—".into(),
+    let step_phases = super::curves::phases(&job);
+    let eta = super::curves::eta(&job, &step_phases, &metrics);
+    let images_per_sec = super::curves::throughput(&job, &metrics);
+    let (pretrain_loss_chart, arms_loss_chart) = if job.kind == JobKind::Compare {
+        let (pre, arms) = super::curves::compare_losses(&step_phases, &metrics, log_scale);
+        (pre, Some(arms))
+    } else {
+        (None, None)
     };
     let elapsed = match (job.started_at, job.finished_at) {
         (Some(s), Some(f)) => fmt::duration((f - s).num_milliseconds() as f64 / 1e3),
@@ -351,9 +352,9 @@ async fn view(state: &AppState, viewer: &Viewer, job: Job, log_scale: bool) -> P
         ),
         loss: job.loss.map(fmt::sig4).unwrap_or_else(|| "—".into()),
         eta,
-        images_per_sec: last
-            .map(|m| format!("{:.1}", m.3))
-            .unwrap_or_else(|| "—".into()),
+        images_per_sec,
+        pretrain_loss_chart,
+        arms_loss_chart,
         elapsed,
         log_scale,
         loss_chart: chart::line_chart(&loss_pts, x_max, log_scale, "training loss by step"),

@@ -5,6 +5,7 @@
 mod assets;
 mod auth;
 mod compare;
+mod curves;
 mod finetune;
 pub mod form;
 mod job;

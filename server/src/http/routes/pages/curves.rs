@@ -1,0 +1,167 @@
+//! The job page's training curves and timing, which depend on the job's phases: the ETA over
+//! every phase still to run, the throughput (the latest while it runs, the run's average once
+//! it has ended), and for a comparison the pre-training loss on its own chart and the arms'
+//! fine-tuning losses overlaid on one fine-tuning step axis (the Fourier loss and L1 do not
+//! share a scale).
+
+use crate::db::rows::Job;
+use crate::db::values::JobStatus;
+use crate::http::views::{chart, fmt};
+use crate::jobs::spec::{JobSpec, StepPhase};
+
+/// Metrics rows as the page reads them: (step, loss, lr, images/s).
+pub type MetricRow = (i64, f64, f64, f64);
+
+/// Images/s the ETA extrapolates from: the mean of the latest steps (one step is noisy).
+const RATE_WINDOW: usize = 20;
+
+/// The job's phases, or one phase of its whole axis when its config no longer reads.
+pub fn phases(job: &Job) -> Vec<StepPhase> {
+    JobSpec::from_stored(job.kind, &job.config)
+        .map(|s| s.step_phases())
+        .unwrap_or_else(|_| {
+            vec![StepPhase {
+                start: 0,
+                steps: job.total_steps.max(0) as usize,
+                batch: 1,
+                arm: None,
+            }]
+        })
+}
+
+/// Time left: the images every remaining step of every phase still has to train, at the
+/// recent images/s. Phases train different crops and batches, so across phases this is an
+/// estimate; within one it is the usual steps times seconds per step.
+pub fn eta(job: &Job, phases: &[StepPhase], metrics: &[MetricRow]) -> String {
+    let recent: Vec<f64> = metrics
+        .iter()
+        .rev()
+        .take(RATE_WINDOW)
+        .map(|m| m.3)
+        .filter(|r| *r > 0.0)
+        .collect();
+    if job.status != JobStatus::Running || recent.is_empty() {
+        return "—".into();
+    }
+    let rate = recent.iter().sum::<f64>() / recent.len() as f64;
+    let images = remaining_images(phases, job.step.max(0) as usize);
+    fmt::duration(images as f64 / rate)
+}
+
+/// The images the steps after `done` train, over every phase.
+fn remaining_images(phases: &[StepPhase], done: usize) -> usize {
+    phases
+        .iter()
+        .map(|p| (p.start + p.steps).saturating_sub(done.max(p.start)) * p.batch)
+        .sum()
+}
+
+/// Images/s: the latest while the job runs, the mean over the run once it has ended.
+pub fn throughput(job: &Job, metrics: &[MetricRow]) -> String {
+    let rates: Vec<f64> = metrics.iter().map(|m| m.3).filter(|r| *r > 0.0).collect();
+    match rates.last() {
+        None => "—".into(),
+        Some(r) if job.status.is_active() => format!("{r:.1}"),
+        Some(_) => format!(
+            "{:.1} (run average)",
+            rates.iter().sum::<f64>() / rates.len() as f64
+        ),
+    }
+}
+
+/// A comparison's loss charts: the pre-training loss by pre-training step (`None` when it
+/// starts from a finished job) and every arm's L1 by fine-tuning step, one line style per arm
+/// (each seed's run of an arm is one more line in that style).
+pub fn compare_losses(
+    phases: &[StepPhase],
+    metrics: &[MetricRow],
+    log_y: bool,
+) -> (Option<String>, String) {
+    let mut pre = Vec::new();
+    let mut arms: Vec<(usize, Vec<(f64, f64)>)> = Vec::new();
+    let mut ft_max = 1.0f64;
+    for p in phases {
+        let lo = p.start as i64;
+        let hi = (p.start + p.steps) as i64;
+        let pts: Vec<(f64, f64)> = metrics
+            .iter()
+            .filter(|m| m.0 > lo && m.0 <= hi)
+            .map(|m| ((m.0 - lo) as f64, m.1))
+            .collect();
+        match p.arm {
+            None => pre.extend(pts),
+            Some(a) => {
+                ft_max = ft_max.max(p.steps as f64);
+                arms.push((a, pts));
+            }
+        }
+    }
+    let pre_steps = phases
+        .iter()
+        .filter(|p| p.arm.is_none())
+        .map(|p| p.steps as f64)
+        .sum::<f64>();
+    let pre_chart = (pre_steps > 0.0).then(|| {
+        chart::line_chart(
+            &pre,
+            pre_steps,
+            log_y,
+            "pre-training loss (Fourier) by pre-training step",
+        )
+    });
+    let arms_chart = chart::styled_line_chart(
+        &arms,
+        ft_max,
+        log_y,
+        "fine-tuning L1 loss by fine-tuning step, one line style per arm",
+    );
+    (pre_chart, arms_chart)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phase(start: usize, steps: usize, batch: usize, arm: Option<usize>) -> StepPhase {
+        StepPhase {
+            start,
+            steps,
+            batch,
+            arm,
+        }
+    }
+
+    #[test]
+    fn the_eta_counts_every_phase_left() {
+        // 400 pre-training steps of 4 images, then two arms of 500 steps of 8.
+        let phases = [
+            phase(0, 400, 4, None),
+            phase(400, 500, 8, Some(0)),
+            phase(900, 500, 8, Some(1)),
+        ];
+        assert_eq!(remaining_images(&phases, 100), 300 * 4 + 2 * 500 * 8);
+        assert_eq!(remaining_images(&phases, 650), 250 * 8 + 500 * 8);
+        assert_eq!(remaining_images(&phases, 1400), 0);
+    }
+
+    #[test]
+    fn arms_share_one_fine_tuning_axis() {
+        // 2 pre-training steps, then two arms of 3 steps each.
+        let phases = [
+            phase(0, 2, 4, None),
+            phase(2, 3, 8, Some(0)),
+            phase(5, 3, 8, Some(1)),
+        ];
+        let metrics: Vec<MetricRow> = (1..=8).map(|s| (s, s as f64, 1e-3, 10.0)).collect();
+        let (pre, arms) = compare_losses(&phases, &metrics, false);
+        let pre = pre.expect("pre-training ran");
+        assert_eq!(pre.matches("<polyline").count(), 1);
+        // Both arms start at fine-tuning step 1: the scratch arm's first point is step 6's loss.
+        assert!(arms.contains("<title>step 1: 3.000</title>"), "{arms}");
+        assert!(arms.contains("<title>step 1: 6.000</title>"), "{arms}");
+        assert!(arms.contains(r#"class="line s0""#) && arms.contains(r#"class="line s1""#));
+        // No pre-training (started from a finished job): no chart for it.
+        let (pre, _) = compare_losses(&phases[1..], &metrics, false);
+        assert!(pre.is_none());
+    }
+}
