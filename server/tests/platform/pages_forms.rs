@@ -19,6 +19,19 @@ async fn new_job_form_previews_validates_and_submits() {
     );
     assert_eq!(page.input("loaded_from"), "preset:tiny");
     assert!(page.body.contains("restormer-paper"));
+    // Issue 17: the learning rate the run steps at (0.128 x 4 / 512), and what the mask and
+    // loss settings mean, where they are set.
+    assert!(
+        page.body.contains("with batch 4 the run steps at 1.00e-3"),
+        "effective LR"
+    );
+    for needle in [
+        "What the mask and loss settings mean",
+        "<code>m_m_masked</code>:",
+        "MASK_MODE",
+    ] {
+        assert!(page.body.contains(needle), "{needle}");
+    }
 
     let mut values: Vec<(String, String)> = ifp_server::http::routes::pages::form::values_of(
         &ifp_trainer::config::preset("tiny").unwrap(),

@@ -45,7 +45,7 @@ struct Submitted {
 pub struct FieldView {
     pub name: &'static str,
     pub label: &'static str,
-    pub hint: &'static str,
+    pub hint: String,
     pub options: &'static [&'static str],
     pub step: &'static str,
     pub value: String,
@@ -591,7 +591,11 @@ fn page(
         .map(|f| FieldView {
             name: f.name,
             label: f.label,
-            hint: f.hint,
+            hint: if f.name == "base_lr" {
+                effective_lr_hint(f.hint, &sub.values)
+            } else {
+                f.hint.to_string()
+            },
             options: match f.kind {
                 Kind::Choice(o) => o,
                 _ => &[],
@@ -627,4 +631,18 @@ fn page(
         captions: ifp_trainer::preview::CAPTIONS,
     };
     (status, render(&p)).into_response()
+}
+
+/// The learning-rate hint with the rate the run will actually use: the reference scales
+/// `TRAIN.BASE_LR` by `DATA.BATCH_SIZE / 512`, so the field's value is not the step size.
+fn effective_lr_hint(hint: &str, values: &super::form::Values) -> String {
+    let num = |k: &str| values.get(k).and_then(|v| v.trim().parse::<f64>().ok());
+    match (num("base_lr"), num("batch_size")) {
+        (Some(lr), Some(b)) if lr.is_finite() && b > 0.0 => format!(
+            "{hint}: with batch {b} the run steps at {:.2e} (warm-up and cosine decay from \
+             there)",
+            lr * b / 512.0
+        ),
+        _ => hint.to_string(),
+    }
 }
