@@ -24,6 +24,60 @@ pub fn root(datasets: Option<&Path>) -> Result<&Path> {
 pub const WORKER_HAS_NONE: &str =
     "this worker has no datasets folder for fine-tuning data (set IFP_DATASETS_DIR)";
 
+/// A data set found in the datasets folder, for the forms' pickers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Known {
+    /// Relative to the datasets folder, `/`-separated (what a config's `TRAIN_DIR` names).
+    pub path: String,
+    /// `input/` + `target/` pairs; otherwise clean images that need a synthetic degradation.
+    pub paired: bool,
+    pub images: usize,
+}
+
+/// The data sets in the top two levels of `root` (e.g. `clean/CBSD68`, `rain/Rain100H`), in
+/// name order: folders of images or of `input/`+`target/` pairs. Symbolic links are not
+/// followed, as fine-tuning data must lie inside the folder.
+pub fn known(root: &Path) -> Vec<Known> {
+    fn dirs(d: &Path) -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+        v.sort();
+        v
+    }
+    let mut out = Vec::new();
+    let mut visit = |d: &Path| -> bool {
+        let Ok(entries) = ifp_trainer::finetune::data::list_set(d) else {
+            return false;
+        };
+        let Ok(rel) = d.strip_prefix(root) else {
+            return false;
+        };
+        out.push(Known {
+            path: rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join("/"),
+            paired: ifp_trainer::finetune::data::is_paired(d),
+            images: entries.len(),
+        });
+        true
+    };
+    for top in dirs(root) {
+        if !visit(&top) {
+            for sub in dirs(&top) {
+                visit(&sub);
+            }
+        }
+    }
+    out
+}
+
 /// Checks what every fine-tuning job needs: a config that is valid with the network it ends up
 /// with (a comparison takes its pre-training's, and a Uformer needs crops its windows tile),
 /// data folders that exist under `root`, and a degradation that fits them (clean images need
@@ -96,6 +150,28 @@ fn check_folder(root: &Path, key: &str, rel: &Path) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod known_tests {
+    #[test]
+    fn data_sets_two_levels_down_are_found_with_their_kind() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let png = |p: &std::path::Path| {
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            image::RgbImage::new(4, 4).save(p).expect("png");
+        };
+        png(&root.path().join("clean/set/a.png"));
+        png(&root.path().join("rain/pairs/input/1.png"));
+        png(&root.path().join("rain/pairs/target/1.png"));
+        std::fs::create_dir_all(root.path().join("empty/nothing")).expect("mkdir");
+        let found = super::known(root.path());
+        let got: Vec<(&str, bool, usize)> = found
+            .iter()
+            .map(|k| (k.path.as_str(), k.paired, k.images))
+            .collect();
+        assert_eq!(got, [("clean/set", false, 1), ("rain/pairs", true, 1)]);
+    }
 }
 
 #[cfg(test)]

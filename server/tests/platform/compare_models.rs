@@ -300,3 +300,74 @@ async fn the_runs_view_overlays_jobs_and_marks_differing_settings() {
         assert_eq!(resp.status(), status, "{uri}");
     }
 }
+
+/// Issue 17, item 10: the fine-tune form lists the data sets the server knows (with their
+/// kind) and the chosen one replaces the YAML's TRAIN_DIR; its examples include deblurring.
+#[tokio::test]
+async fn the_finetune_form_picks_a_data_set() {
+    let pool = common::fresh_pool().await;
+    let artifacts = tempfile::tempdir().unwrap();
+    let mut state = AppState::new(pool.clone(), artifacts.path(), Some(ADMIN));
+    state.datasets = Some(common::datasets());
+    let api = app(state);
+    let form = html_of(&api, &pool, "/jobs/new/finetune").await;
+    for needle in [
+        "<option value=\"clean/CBSD68\">clean/CBSD68 (68 clean images",
+        "<option value=\"rain/Rain100H\">rain/Rain100H (100 pairs",
+        "Example: Deblurring (synthetic blur on CBSD68)",
+        "BLUR_SIGMA: 1.6",
+    ] {
+        assert!(form.contains(needle), "missing {needle}");
+    }
+    let cookie = admin_session(&pool).await;
+    let csrf =
+        ifp_server::http::session::lookup(&pool, Some(&ifp_server::tokens::hash(ADMIN)), &cookie)
+            .await
+            .unwrap()
+            .unwrap()
+            .csrf;
+    let post = |train_dir: &'static str, yaml: String| {
+        let (api, cookie, csrf) = (api.clone(), cookie.clone(), csrf.clone());
+        async move {
+            let form = serde_urlencoded::to_string([
+                ("csrf", csrf.as_str()),
+                ("name", "picked"),
+                ("init_job", ""),
+                ("train_dir", train_dir),
+                ("finetune_yaml", yaml.as_str()),
+                ("priority", "0"),
+            ])
+            .unwrap();
+            let req = Request::post("/jobs/new/finetune")
+                .header(header::COOKIE, format!("ifp_session={cookie}"))
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(form))
+                .unwrap();
+            let resp = api.oneshot(req).await.unwrap();
+            let status = resp.status();
+            let location = resp
+                .headers()
+                .get(header::LOCATION)
+                .map(|v| v.to_str().unwrap().to_string());
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                location,
+                String::from_utf8_lossy(&body).into_owned(),
+            )
+        }
+    };
+    let tiny = serde_json::to_string(&ifp_trainer::config::preset("tiny").unwrap().model).unwrap();
+    // The YAML names clean CBSD68 with noise; picking the paired Rain100H replaces it, and
+    // the noise is then refused (the pairs are already degraded), naming the key.
+    let yaml = format!("MODEL: {tiny}\nDATA: {{TRAIN_DIR: clean/CBSD68, NOISE_SIGMA: 25}}\n");
+    let (s, _, html) = post("rain/Rain100H", yaml).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(html.contains("NOISE_SIGMA"), "{html}");
+    let yaml = format!("MODEL: {tiny}\nDATA: {{TRAIN_DIR: clean/CBSD68}}\nTRAIN: {{STEPS: 3}}\n");
+    let (s, location, html) = post("rain/Rain100H", yaml).await;
+    assert_eq!(s, StatusCode::SEE_OTHER, "{html}");
+    let id: uuid::Uuid = location.unwrap()[6..].parse().unwrap();
+    let job = ifp_server::queue::get(&pool, id).await.unwrap().unwrap();
+    assert_eq!(job.config["FINETUNE"]["DATA"]["TRAIN_DIR"], "rain/Rain100H");
+}

@@ -65,12 +65,25 @@ DATA:
 );
 
 /// Deraining on Rain100H, every 5th pair held out for testing.
-const DERAIN: &str = concat!(
+pub(super) const DERAIN: &str = concat!(
     "\
 # Deraining: Rain100H pairs (input/ and target/), every 5th pair (name order) is a test pair.
 DATA:
   TRAIN_DIR: rain/Rain100H
   SPLIT_EVERY: 5
+",
+    example_tail!()
+);
+
+/// The fine-tune form's deblurring example: the comparison's, without its test set.
+pub(super) const FINETUNE_DEBLUR: &str = concat!(
+    "\
+# Deblurring: Gaussian blur of 1.6 pixels, then light noise (sigma 2), on CBSD68 crops (every
+# 5th image is held out). Synthetic, because the datasets folder holds only two GoPro pairs.
+DATA:
+  TRAIN_DIR: clean/CBSD68
+  BLUR_SIGMA: 1.6
+  NOISE_SIGMA: 2
 ",
     example_tail!()
 );
@@ -369,6 +382,7 @@ mod tests {
             ("derain", super::DERAIN),
             ("deblur", super::DEBLUR),
             ("finetune denoise", super::FINETUNE_DENOISE),
+            ("finetune deblur", super::FINETUNE_DEBLUR),
         ] {
             let c = FinetuneConfig::from_yaml(text).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(

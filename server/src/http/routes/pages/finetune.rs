@@ -33,10 +33,18 @@ struct FinetunePage {
     priority: String,
     parent: String,
     datasets: Option<String>,
+    /// The data sets in the datasets folder, for the *Training data* picker.
+    known: Vec<crate::jobs::datasets::Known>,
+    train_dir: String,
+    examples: [(&'static str, &'static str); 3],
     errors: Errors,
 }
 
 impl FinetunePage {
+    fn is_train_dir(&self, path: &str) -> bool {
+        self.train_dir == path
+    }
+
     fn is_init(&self, id: &str) -> bool {
         self.init_job == id
     }
@@ -52,6 +60,9 @@ pub struct FinetuneForm {
     /// The job this one is cloned from (its id), recorded as the new job's parent.
     #[serde(default)]
     parent: String,
+    /// A data set of the datasets folder; replaces the YAML's `DATA.TRAIN_DIR` (empty: keep it).
+    #[serde(default)]
+    train_dir: String,
 }
 
 #[derive(Deserialize)]
@@ -128,7 +139,12 @@ pub async fn submit_form(
         );
     }
     let ft = match ifp_trainer::finetune::FinetuneConfig::from_yaml(&f.finetune_yaml) {
-        Ok(c) => Some(c),
+        Ok(mut c) => {
+            if !f.train_dir.trim().is_empty() {
+                c.data.train_dir = f.train_dir.trim().into();
+            }
+            Some(c)
+        }
         Err(e) => {
             errors.insert("finetune_yaml".into(), e.to_string());
             None
@@ -223,6 +239,24 @@ fn page(
         priority: f.priority,
         parent: f.parent,
         datasets: state.datasets.as_ref().map(|d| d.display().to_string()),
+        // A few directory listings of a local folder: cheap enough to do here.
+        known: state
+            .datasets
+            .as_deref()
+            .map(crate::jobs::datasets::known)
+            .unwrap_or_default(),
+        train_dir: f.train_dir,
+        examples: [
+            (
+                "Denoising (CBSD68, sigma 25)",
+                super::compare::FINETUNE_DENOISE,
+            ),
+            ("Deraining (Rain100H pairs)", super::compare::DERAIN),
+            (
+                "Deblurring (synthetic blur on CBSD68)",
+                super::compare::FINETUNE_DEBLUR,
+            ),
+        ],
         errors,
     };
     (status, render(&p)).into_response()
