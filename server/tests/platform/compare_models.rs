@@ -15,6 +15,44 @@ use ifp_server::{app, AppState};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
+/// The admin's browser session: (cookie value, CSRF token).
+async fn admin_form_session(pool: &sqlx::PgPool) -> (String, String) {
+    let cookie = admin_session(pool).await;
+    let csrf =
+        ifp_server::http::session::lookup(pool, Some(&ifp_server::tokens::hash(ADMIN)), &cookie)
+            .await
+            .unwrap()
+            .unwrap()
+            .csrf;
+    (cookie, csrf)
+}
+
+/// Posts a form as the admin's browser does: (status, Location, body).
+async fn post_form(
+    api: &axum::Router,
+    cookie: &str,
+    uri: &str,
+    fields: &[(&str, &str)],
+) -> (StatusCode, Option<String>, String) {
+    let req = Request::post(uri)
+        .header(header::COOKIE, format!("ifp_session={cookie}"))
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(serde_urlencoded::to_string(fields).unwrap()))
+        .unwrap();
+    let resp = api.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let location = resp
+        .headers()
+        .get(header::LOCATION)
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        location,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
 #[tokio::test]
 async fn a_comparison_starts_from_finished_jobs_and_keeps_its_models() {
     let pool = common::fresh_pool().await;
@@ -159,19 +197,12 @@ async fn a_comparison_starts_from_finished_jobs_and_keeps_its_models() {
         form.contains(&format!("<option value=\"{pre}\" selected>")),
         "{form}"
     );
-    let cookie = admin_session(&pool).await;
-    let csrf =
-        ifp_server::http::session::lookup(&pool, Some(&ifp_server::tokens::hash(ADMIN)), &cookie)
-            .await
-            .unwrap()
-            .unwrap()
-            .csrf;
+    let (cookie, csrf) = admin_form_session(&pool).await;
+    let yaml = "DATA: {TRAIN_DIR: rain/Rain100H}\nTRAIN: {STEPS: 3}\n";
     let post = |extra: String| {
-        let api = api.clone();
-        let (cookie, csrf, pre) = (cookie.clone(), csrf.clone(), pre.clone());
+        let (api, cookie, csrf, pre) = (api.clone(), cookie.clone(), csrf.clone(), pre.clone());
         async move {
-            let yaml = "DATA: {TRAIN_DIR: rain/Rain100H}\nTRAIN: {STEPS: 3}\n";
-            let form = serde_urlencoded::to_string([
+            let fields = [
                 ("csrf", csrf.as_str()),
                 ("name", "form comparison"),
                 ("init_job", pre.as_str()),
@@ -182,25 +213,8 @@ async fn a_comparison_starts_from_finished_jobs_and_keeps_its_models() {
                 ("showcase", "1"),
                 ("seeds", "1"),
                 ("priority", "0"),
-            ])
-            .unwrap();
-            let req = Request::post("/jobs/new/compare")
-                .header(header::COOKIE, format!("ifp_session={cookie}"))
-                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .body(Body::from(form))
-                .unwrap();
-            let resp = api.oneshot(req).await.unwrap();
-            let status = resp.status();
-            let location = resp
-                .headers()
-                .get(header::LOCATION)
-                .map(|v| v.to_str().unwrap().to_string());
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
-            (
-                status,
-                location,
-                String::from_utf8_lossy(&body).into_owned(),
-            )
+            ];
+            post_form(&api, &cookie, "/jobs/new/compare", &fields).await
         }
     };
     let (s, _, html) = post(id.clone()).await;
@@ -319,42 +333,19 @@ async fn the_finetune_form_picks_a_data_set() {
     ] {
         assert!(form.contains(needle), "missing {needle}");
     }
-    let cookie = admin_session(&pool).await;
-    let csrf =
-        ifp_server::http::session::lookup(&pool, Some(&ifp_server::tokens::hash(ADMIN)), &cookie)
-            .await
-            .unwrap()
-            .unwrap()
-            .csrf;
+    let (cookie, csrf) = admin_form_session(&pool).await;
     let post = |train_dir: &'static str, yaml: String| {
         let (api, cookie, csrf) = (api.clone(), cookie.clone(), csrf.clone());
         async move {
-            let form = serde_urlencoded::to_string([
+            let fields = [
                 ("csrf", csrf.as_str()),
                 ("name", "picked"),
                 ("init_job", ""),
                 ("train_dir", train_dir),
                 ("finetune_yaml", yaml.as_str()),
                 ("priority", "0"),
-            ])
-            .unwrap();
-            let req = Request::post("/jobs/new/finetune")
-                .header(header::COOKIE, format!("ifp_session={cookie}"))
-                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .body(Body::from(form))
-                .unwrap();
-            let resp = api.oneshot(req).await.unwrap();
-            let status = resp.status();
-            let location = resp
-                .headers()
-                .get(header::LOCATION)
-                .map(|v| v.to_str().unwrap().to_string());
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
-            (
-                status,
-                location,
-                String::from_utf8_lossy(&body).into_owned(),
-            )
+            ];
+            post_form(&api, &cookie, "/jobs/new/finetune", &fields).await
         }
     };
     let tiny = serde_json::to_string(&ifp_trainer::config::preset("tiny").unwrap().model).unwrap();
