@@ -165,6 +165,21 @@ async fn list_files(
     queue::notify(pool, queue::CHANNEL_EVENT, &fence.job_id.to_string()).await
 }
 
+/// Stores one sample of the training process's CPU use and resident memory.
+pub async fn usage(pool: &PgPool, fence: &Fence, cpu_percent: f64, rss_bytes: u64) -> Result<()> {
+    let sql = format!(
+        "insert into usage_sample (job_id, attempt, cpu_percent, rss_bytes)
+         select $1, $2, $4, $5 where {FENCE}"
+    );
+    sqlx::query(&sql)
+        .bind_fence(fence)
+        .bind(cpu_percent)
+        .bind(i64::try_from(rss_bytes).unwrap_or(i64::MAX))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// Stores the finished run's key result (see `Job::key_metric`).
 pub async fn key_metric(pool: &PgPool, fence: &Fence, value: f64) -> Result<()> {
     let sql =

@@ -27,6 +27,11 @@ use crate::queue::{self, Claimed, Fence, Outcome};
 pub(super) enum Msg {
     Step(Metric),
     Checkpoint(Box<Checkpoint>),
+    /// The training process's CPU use (percent of a core) and resident bytes.
+    Usage {
+        cpu_percent: f64,
+        rss_bytes: u64,
+    },
 }
 
 /// Why the trainer was asked to stop.
@@ -83,7 +88,7 @@ pub(super) async fn run_job(
                 device: super::process::device_name(&wcfg.device),
                 attempt: fence.attempt,
             };
-            super::process::spawn(exe, req, stop, tx)
+            super::process::spawn(exe, req, wcfg.usage_every, stop, tx)
         }
         None => spawn_trainer(spec, opts, fence.attempt, stop, tx),
     };
@@ -277,6 +282,15 @@ impl Attempt<'_> {
             Msg::Step(m) => {
                 self.progress = (m.step, Some(m.loss));
                 self.pending.push(m);
+            }
+            Msg::Usage {
+                cpu_percent,
+                rss_bytes,
+            } => {
+                if let Err(e) = record::usage(self.pool, &self.fence, cpu_percent, rss_bytes).await
+                {
+                    tracing::warn!(job = %self.fence.job_id, error = %e, "recording usage");
+                }
             }
             Msg::Checkpoint(c) => {
                 self.flush().await;

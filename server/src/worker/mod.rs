@@ -6,6 +6,7 @@ mod attempt;
 pub mod device;
 pub mod process;
 mod seed;
+pub mod usage;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -34,6 +35,8 @@ pub struct WorkerConfig {
     /// an out-of-memory kill ends the attempt and not this process; `None`: attempts run on a
     /// thread of this process.
     pub train_process: Option<PathBuf>,
+    /// How often the training process's CPU and memory are sampled (`usage`).
+    pub usage_every: Duration,
 }
 
 impl WorkerConfig {
@@ -46,6 +49,7 @@ impl WorkerConfig {
             device: candle_core::Device::Cpu,
             datasets: None,
             train_process: None,
+            usage_every: Duration::from_secs(5),
         }
     }
 }

@@ -8,7 +8,8 @@
 //! step and checkpoint, then `Done` or `Failed`. A child that ends without either crashed: the
 //! exit code or signal and the last lines of its stderr become the attempt's error. Such a
 //! failure is recorded as final, not retried: a run that ran out of memory at a config runs
-//! out again at the same config.
+//! out again at the same config. While it runs, the worker samples the process's CPU and
+//! memory (`usage`) into `usage_sample`.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -70,6 +71,7 @@ pub fn device_name(d: &candle_core::Device) -> String {
 pub(super) fn spawn(
     exe: &Path,
     req: Request,
+    usage_every: Duration,
     stop: Arc<AtomicBool>,
     tx: mpsc::UnboundedSender<Msg>,
 ) -> JoinHandle<ifp_trainer::Result<bool>> {
@@ -116,6 +118,10 @@ pub(super) fn spawn(
             tail
         });
         let mut out = BufReader::new(stdout).lines();
+        let pid = child.id();
+        let mut last = pid.and_then(super::usage::read);
+        let mut sample = tokio::time::interval(usage_every);
+        sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut poll = tokio::time::interval(Duration::from_millis(200));
         let mut stop_sent = false;
         let mut result: Option<ifp_trainer::Result<bool>> = None;
@@ -135,6 +141,16 @@ pub(super) fn spawn(
                     if !stop_sent && stop.load(Ordering::SeqCst) {
                         stop_sent = stdin.write_all(b"stop\n").await.is_ok();
                     }
+                }
+                _ = sample.tick() => {
+                    let now = pid.and_then(super::usage::read);
+                    if let (Some(a), Some(b)) = (last, now) {
+                        let _ = tx.send(Msg::Usage {
+                            cpu_percent: super::usage::cpu_percent(&a, &b),
+                            rss_bytes: b.rss_bytes,
+                        });
+                    }
+                    last = now.or(last);
                 }
             }
         }
@@ -244,11 +260,10 @@ pub fn child_main() -> std::io::Result<()> {
     let attempt = req.attempt;
     let result = spec.run(
         &opts,
-        |r| {
-            emit(&match message(r, attempt) {
-                Msg::Step(m) => Line::Step(m),
-                Msg::Checkpoint(c) => Line::Checkpoint(*c),
-            })
+        |r| match message(r, attempt) {
+            Msg::Step(m) => emit(&Line::Step(m)),
+            Msg::Checkpoint(c) => emit(&Line::Checkpoint(*c)),
+            Msg::Usage { .. } => {}
         },
         || stop.load(Ordering::SeqCst),
     );

@@ -42,6 +42,7 @@ async fn attempts_run_in_their_own_process_and_a_killed_one_fails_alone() {
     cfg.lease = Duration::from_secs(3);
     cfg.poll_interval = Duration::from_millis(300);
     cfg.train_process = Some(env!("CARGO_BIN_EXE_ifp").into());
+    cfg.usage_every = Duration::from_millis(200);
     tokio::spawn(worker::run(pool.clone(), cfg, rx));
 
     // A job runs to the end in its process: every step's metric, its checkpoints listed.
@@ -64,6 +65,31 @@ async fn attempts_run_in_their_own_process_and_a_killed_one_fails_alone() {
     assert_eq!(
         models,
         ["model-000003.safetensors", "model-000006.safetensors"]
+    );
+
+    // Issue 17, item 9: the worker sampled the process's CPU and memory while it trained.
+    let (samples, max_rss): (i64, Option<i64>) = sqlx::query_as(
+        "select count(*), max(rss_bytes) from usage_sample where job_id = $1 and attempt = 1",
+    )
+    .bind(job.id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(samples >= 1, "no usage samples");
+    assert!(
+        max_rss.unwrap_or(0) > 10 << 20,
+        "{max_rss:?} bytes resident"
+    );
+
+    let site = ifp_server::app(ifp_server::AppState::new(
+        pool.clone(),
+        artifacts.path(),
+        Some(crate::compare::ADMIN),
+    ));
+    let page = crate::compare::html_of(&site, &pool, &format!("/jobs/{}", job.id)).await;
+    assert!(
+        page.contains("Training process memory (MiB, resident)"),
+        "{page}"
     );
 
     // A long job whose process is killed (SIGKILL, what the OOM killer sends) fails with a
@@ -91,6 +117,32 @@ async fn attempts_run_in_their_own_process_and_a_killed_one_fails_alone() {
     // The same worker takes the next job, and a cancel reaches the training process.
     let next = submit(&pool, 100_000, 1000).await;
     common::wait_for(&pool, next.id, "the next job to run", |j| j.step >= 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // While it runs, /metrics adds up the training processes' latest samples.
+    let api = ifp_server::app(ifp_server::AppState::new(
+        pool.clone(),
+        artifacts.path(),
+        None,
+    ));
+    let resp = tower::ServiceExt::oneshot(
+        api,
+        axum::http::Request::get("/metrics")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    let rss: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ifp_training_resident_bytes "))
+        .and_then(|v| v.parse().ok())
+        .expect("the gauge");
+    assert!(rss > 10e6, "{text}");
     queue::cancel(&pool, next.id).await.unwrap();
     let ended = common::wait_for(&pool, next.id, "the cancel", |j| !j.status.is_active()).await;
     assert_eq!(ended.status, JobStatus::Cancelled, "{:?}", ended.error);

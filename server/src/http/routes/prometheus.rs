@@ -1,5 +1,6 @@
 //! `GET /metrics`: Prometheus text format. Jobs by status, the oldest queued job's wait, steps
-//! logged per second over the last minute, and an HTTP latency histogram per route. No auth:
+//! logged per second over the last minute, the training processes' CPU and memory, and an HTTP
+//! latency histogram per route. No auth:
 //! nothing here names a user, a job or a secret.
 
 use std::fmt::Write;
@@ -74,6 +75,25 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response> {
         "ifp_training_steps_per_second {}",
         steps_last_minute as f64 / 60.0
     );
+    // The latest sample of each training process heard from in the last minute.
+    let (cpu, rss): (Option<f64>, Option<f64>) = sqlx::query_as(
+        "select sum(cpu_percent), sum(rss_bytes)::float8 from (
+             select distinct on (job_id, attempt) cpu_percent, rss_bytes from usage_sample
+             where created_at > now() - interval '60 seconds'
+             order by job_id, attempt, created_at desc) latest",
+    )
+    .fetch_one(&state.pool)
+    .await?;
+    out.push_str(
+        "# HELP ifp_training_cpu_percent CPU use of all training processes, in percent of one \
+         core (latest samples).\n# TYPE ifp_training_cpu_percent gauge\n",
+    );
+    let _ = writeln!(out, "ifp_training_cpu_percent {}", cpu.unwrap_or(0.0));
+    out.push_str(
+        "# HELP ifp_training_resident_bytes Resident memory of all training processes (latest \
+         samples).\n# TYPE ifp_training_resident_bytes gauge\n",
+    );
+    let _ = writeln!(out, "ifp_training_resident_bytes {}", rss.unwrap_or(0.0));
     state.http_metrics.render(&mut out);
     Ok((
         [(

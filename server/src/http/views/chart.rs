@@ -30,17 +30,19 @@ pub fn multi_line_chart(
     label: &str,
 ) -> String {
     let styled: Vec<(usize, Vec<(f64, f64)>)> = series.iter().cloned().enumerate().collect();
-    styled_line_chart(&styled, x_max, log_y, label)
+    styled_line_chart(&styled, x_max, log_y, label, "step")
 }
 
 /// Several series on shared axes, each with its line style: `(style, points)` is drawn with
 /// the classes `line s<style>`, so several lines can share one style (e.g. one arm over seeds).
-/// Each line carries a few hover targets whose tooltip gives the step and value.
+/// Each line carries a few hover targets whose tooltip gives the x value (named `x_name`:
+/// `step`, `second`) and the y value.
 pub fn styled_line_chart(
     styled: &[(usize, Vec<(f64, f64)>)],
     x_max: f64,
     log_y: bool,
     label: &str,
+    x_name: &str,
 ) -> String {
     let styles: Vec<usize> = styled.iter().map(|(s, _)| *s).collect();
     let series: Vec<Vec<(f64, f64)>> = styled
@@ -146,7 +148,7 @@ pub fn styled_line_chart(
         for (x, y) in thin(pts, HOVER_POINTS) {
             let _ = write!(
                 s,
-                r#"<circle class="pt" cx="{:.1}" cy="{:.1}" r="5"><title>step {}: {}</title></circle>"#,
+                r#"<circle class="pt" cx="{:.1}" cy="{:.1}" r="5"><title>{x_name} {}: {}</title></circle>"#,
                 px(x),
                 py(tf(y)),
                 x,

@@ -1,8 +1,8 @@
 //! The job page's training curves and timing, which depend on the job's phases: the ETA over
 //! every phase still to run, the throughput (the latest while it runs, the run's average once
-//! it has ended), and for a comparison the pre-training loss on its own chart and the arms'
+//! it has ended), for a comparison the pre-training loss on its own chart and the arms'
 //! fine-tuning losses overlaid on one fine-tuning step axis (the Fourier loss and L1 do not
-//! share a scale).
+//! share a scale), and the training process's CPU and memory over time.
 
 use crate::db::rows::Job;
 use crate::db::values::JobStatus;
@@ -114,8 +114,50 @@ pub fn compare_losses(
         ft_max,
         log_y,
         "fine-tuning L1 loss by fine-tuning step, one line style per arm",
+        "step",
     );
     (pre_chart, arms_chart)
+}
+
+/// Usage samples as the page reads them: (attempt, seconds since the epoch, CPU %, bytes).
+pub type UsageRow = (i32, f64, f64, i64);
+
+/// The training process's CPU use (percent of one core) and resident memory (MiB) over the
+/// job's time, one line style per attempt; `None` before the first sample (and for attempts
+/// that trained in the worker's own process, which are not sampled).
+pub fn usage_charts(rows: &[UsageRow]) -> Option<(String, String)> {
+    let t0 = rows.first()?.1;
+    let mut cpu: Vec<(usize, Vec<(f64, f64)>)> = Vec::new();
+    let mut mem: Vec<(usize, Vec<(f64, f64)>)> = Vec::new();
+    for &(attempt, at, pct, bytes) in rows {
+        let style = (attempt.max(1) - 1) as usize % super::runs::MAX_RUNS;
+        if cpu.last().is_none_or(|(s, _)| *s != style) {
+            cpu.push((style, Vec::new()));
+            mem.push((style, Vec::new()));
+        }
+        let x = at - t0;
+        if let (Some((_, c)), Some((_, m))) = (cpu.last_mut(), mem.last_mut()) {
+            c.push((x, pct));
+            m.push((x, bytes as f64 / (1 << 20) as f64));
+        }
+    }
+    let x_max = rows.last().map_or(1.0, |r| r.1 - t0).max(1.0);
+    Some((
+        chart::styled_line_chart(
+            &cpu,
+            x_max,
+            false,
+            "training process CPU use (% of one core) by second",
+            "second",
+        ),
+        chart::styled_line_chart(
+            &mem,
+            x_max,
+            false,
+            "training process resident memory (MiB) by second",
+            "second",
+        ),
+    ))
 }
 
 #[cfg(test)]
@@ -129,6 +171,20 @@ mod tests {
             batch,
             arm,
         }
+    }
+
+    #[test]
+    fn usage_is_drawn_per_attempt_over_the_job_s_time() {
+        assert!(usage_charts(&[]).is_none());
+        let rows = [
+            (1, 100.0, 180.0, 300 << 20),
+            (1, 105.0, 190.0, 310 << 20),
+            (2, 200.0, 150.0, 200 << 20),
+        ];
+        let (cpu, mem) = usage_charts(&rows).expect("charts");
+        assert!(cpu.contains("<title>second 5: 190.0</title>"), "{cpu}");
+        assert!(mem.contains("<title>second 100: 200.0</title>"), "{mem}");
+        assert!(mem.contains(r#"class="line s0""#) && mem.contains(r#"class="line s1""#));
     }
 
     #[test]

@@ -107,6 +107,8 @@ pub struct JobView {
     pub pretrain_loss_chart: Option<String>,
     /// A comparison's arms' L1 on one fine-tuning step axis.
     pub arms_loss_chart: Option<String>,
+    /// The training process's CPU and memory charts (attempts run in their own process).
+    pub usage_charts: Option<(String, String)>,
     pub attempts: Vec<AttemptRow>,
     pub files: Vec<FileRow>,
     pub samples: Vec<SampleRow>,
@@ -227,6 +229,14 @@ async fn view(state: &AppState, viewer: &Viewer, job: Job, log_scale: bool) -> P
     .fetch_all(&state.pool)
     .await?;
 
+    let usage: Vec<super::curves::UsageRow> = sqlx::query_as(
+        "select attempt, extract(epoch from created_at)::float8, cpu_percent, rss_bytes
+         from usage_sample where job_id = $1 order by created_at",
+    )
+    .bind(job.id)
+    .fetch_all(&state.pool)
+    .await?;
+    let usage_charts = super::curves::usage_charts(&usage);
     let active = job.status.is_active();
     let step_phases = super::curves::phases(&job);
     let eta = super::curves::eta(&job, &step_phases, &metrics);
@@ -355,6 +365,7 @@ async fn view(state: &AppState, viewer: &Viewer, job: Job, log_scale: bool) -> P
         images_per_sec,
         pretrain_loss_chart,
         arms_loss_chart,
+        usage_charts,
         elapsed,
         log_scale,
         loss_chart: chart::line_chart(&loss_pts, x_max, log_scale, "training loss by step"),

@@ -11,7 +11,7 @@ pub mod form;
 mod job;
 mod jobs;
 mod new_job;
-mod runs;
+pub(super) mod runs;
 mod seeds_view;
 
 use askama::Template;
