@@ -401,6 +401,23 @@ async fn the_compare_form_submits_and_shows_errors_in_place() {
         .unwrap();
     let job = ifp_server::queue::get(&pool, id).await.unwrap().unwrap();
     assert_eq!((job.kind.as_str(), job.total_steps), ("compare", 5 + 2 * 3));
+    // Its clone's form: the same preset and pre-training steps, the job as the parent.
+    let (s, _, clone) = send(
+        Request::get(format!("/jobs/new/compare?from={id}"))
+            .header(header::COOKIE, format!("ifp_session={cookie}"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    for needle in [
+        "<option value=\"tiny\" selected>".to_string(),
+        "name=\"pretrain_steps\" type=\"number\" min=\"1\" step=\"1\" value=\"5\"".to_string(),
+        format!("name=\"parent\" value=\"{id}\""),
+        "form comparison (clone)".to_string(),
+    ] {
+        assert!(clone.contains(&needle), "clone form: missing {needle}");
+    }
     // Seeds: refused in place when out of range, and each seed adds both arms.
     let yaml = "DATA: {TRAIN_DIR: rain/Rain100H}\nTRAIN: {STEPS: 3}\n";
     // The deblurring example, as the page shows it, is a valid comparison.
@@ -557,6 +574,11 @@ async fn a_finetune_job_starts_from_a_finished_pretraining_job() {
     let selected = format!("<option value=\"{pre_id}\" selected>");
     for (uri, needle) in [
         (format!("/jobs/{id}"), "Best validation PSNR".to_string()),
+        // A fine-tuning strip has three tiles, and its caption says which.
+        (
+            format!("/jobs/{id}"),
+            "· degraded | restored | target".to_string(),
+        ),
         ("/jobs/new/finetune".to_string(), pre_id[..8].to_string()),
         (
             format!("/jobs/{id}"),

@@ -185,6 +185,21 @@ async fn a_comparison_starts_from_finished_jobs_and_keeps_its_models() {
         "{page}"
     );
 
+    // *Clone* on a comparison: its form holds the same start, extra arm and settings, and
+    // the comparison as the parent.
+    let page = html_of(&api, &pool, &format!("/jobs/{id}")).await;
+    assert!(page.contains(&format!("/jobs/new?from={id}")), "Clone");
+    let clone = html_of(&api, &pool, &format!("/jobs/new/compare?from={id}")).await;
+    for needle in [
+        "from-jobs (clone)".to_string(),
+        format!("name=\"parent\" value=\"{id}\""),
+        format!("<option value=\"{pre}\" selected>"),
+        format!("<option value=\"{other}\" selected>"),
+        "TRAIN_DIR: clean/CBSD68".to_string(),
+    ] {
+        assert!(clone.contains(&needle), "clone form: missing {needle}");
+    }
+
     // The form: *Compare from this* preselects the job; a bad extra arm is refused in place;
     // a valid choice submits a comparison without pre-training, parented to the job.
     let page = html_of(&api, &pool, &format!("/jobs/{pre}")).await;

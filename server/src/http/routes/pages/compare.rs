@@ -122,6 +122,7 @@ struct ComparePage {
     choices: Vec<InitChoice>,
     init_job: String,
     extra_arm_job: String,
+    parent: String,
     examples: [(&'static str, &'static str); 3],
     datasets: Option<String>,
     errors: Errors,
@@ -160,15 +161,20 @@ pub struct CompareForm {
     /// Another such job, the start of a third arm (empty: none).
     #[serde(default)]
     extra_arm_job: String,
+    /// The comparison this one clones (its id), recorded as the new job's parent.
+    #[serde(default)]
+    parent: String,
 }
 
 #[derive(Deserialize)]
 pub struct ShowParams {
     /// Start from this finished pre-training job ("Compare from this").
     init: Option<String>,
+    /// Clone this comparison.
+    from: Option<String>,
 }
 
-/// `GET /jobs/new/compare[?init=JOB]`.
+/// `GET /jobs/new/compare[?init=JOB | ?from=JOB]`.
 pub async fn show(
     State(state): State<AppState>,
     viewer: Viewer,
@@ -191,15 +197,62 @@ pub async fn show(
         );
         f.init_job = job.id.to_string();
     }
+    let mut errors = Errors::new();
+    if let Some(from) = q.from {
+        let job = service::visible_job(&state.pool, &viewer.caller, &from).await?;
+        if let Some(e) = clone_into(&mut f, &job)? {
+            errors.insert("preset".into(), e);
+        }
+    }
     let choices = super::finetune::choices(&state, &viewer).await?;
-    Ok(page(
-        &state,
-        &viewer,
-        f,
-        choices,
-        Errors::new(),
-        StatusCode::OK,
-    ))
+    Ok(page(&state, &viewer, f, choices, errors, StatusCode::OK))
+}
+
+/// Fills the form from a comparison to clone: its name marked as a clone, the same start (the
+/// pre-training job it started from, or the preset its pre-training was, with its steps),
+/// extra arm, fine-tuning YAML, showcase, seeds and priority, and the job as the parent.
+/// Returns what the form cannot carry over (a pre-training config that is no preset).
+fn clone_into(f: &mut CompareForm, job: &crate::db::rows::Job) -> Result<Option<String>, Error> {
+    let c = CompareJob::from_value(&job.config)
+        .map_err(|e| Error::Internal(format!("job {}: stored config: {e}", job.id)))?;
+    // A model file's path starts with the id of the job that wrote it.
+    let job_of = |p: &std::path::Path| {
+        p.components()
+            .next()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .filter(|s| s.parse::<uuid::Uuid>().is_ok())
+            .unwrap_or_default()
+    };
+    f.name = super::new_job::clone_name(&job.name);
+    f.parent = job.id.to_string();
+    f.priority = job.priority.to_string();
+    f.showcase = c.showcase.to_string();
+    f.seeds = c.seeds.to_string();
+    f.init_job = c.pretrained.as_deref().map(job_of).unwrap_or_default();
+    f.extra_arm_job = c.extra_arm.as_deref().map(job_of).unwrap_or_default();
+    let mut ft = c.finetune.clone();
+    ft.init = None;
+    f.finetune_yaml = ft.to_yaml();
+    f.pretrain_steps = c.pretrain.total_steps().to_string();
+    let preset = PRESETS.iter().find(|p| {
+        ifp_trainer::config::preset(p).is_some_and(|mut cfg| {
+            cfg.train.steps = c.pretrain.train.steps;
+            cfg.train.epochs = c.pretrain.train.epochs;
+            cfg == c.pretrain
+        })
+    });
+    match preset {
+        Some(p) => f.preset = (*p).to_string(),
+        None if c.pretrained.is_none() => {
+            return Ok(Some(format!(
+                "the cloned comparison pre-trained with a config that is none of these presets \
+                 (network {:?}); choose one, or submit the clone over the API with its config",
+                c.pretrain.model.kind
+            )))
+        }
+        None => {}
+    }
+    Ok(None)
 }
 
 /// A form's job choice (`init_job`, `extra_arm_job`): none, or a finished pre-training job of
@@ -302,7 +355,9 @@ pub async fn submit_form(
             None => job,
         };
         let job = job.with_seeds(usize::try_from(seeds).unwrap_or(0))?;
-        let parent = f.init_job.trim().parse().ok();
+        let parent = super::new_job::parent_of(&f.parent)
+            .map_err(|e| Error::invalid(Some("form"), e))?
+            .or(f.init_job.trim().parse().ok());
         let priority = i32::try_from(priority).unwrap_or(i32::MAX);
         let spec = JobSpec::Compare(Box::new(job));
         viewer.submit(&state, &f.name, priority, parent, spec).await
@@ -360,6 +415,7 @@ fn page(
         choices,
         init_job: f.init_job,
         extra_arm_job: f.extra_arm_job,
+        parent: f.parent,
         examples: [
             ("Denoising (CBSD68 → Kodak24)", DENOISE),
             ("Deraining (Rain100H)", DERAIN),

@@ -112,6 +112,8 @@ pub struct JobView {
     pub attempts: Vec<AttemptRow>,
     pub files: Vec<FileRow>,
     pub samples: Vec<SampleRow>,
+    /// What the sample strips' tiles are, left to right (they differ by job kind).
+    pub sample_tiles: &'static str,
     pub active: bool,
     /// For a comparison: which steps belong to which phase.
     pub phases: Option<String>,
@@ -215,7 +217,7 @@ async fn view(state: &AppState, viewer: &Viewer, job: Job, log_scale: bool) -> P
     let lineage = Lineage {
         parent,
         children,
-        can_clone: job.kind != JobKind::Compare,
+        can_clone: true,
         can_finetune: job.kind == JobKind::Pretrain && job.status == JobStatus::Succeeded,
     };
     let attempts = queue::attempts(&state.pool, job.id).await?;
@@ -373,6 +375,10 @@ async fn view(state: &AppState, viewer: &Viewer, job: Job, log_scale: bool) -> P
         attempts,
         files: file_rows,
         samples,
+        sample_tiles: match job.kind {
+            JobKind::Pretrain => "input | corrupted | reconstruction | target",
+            JobKind::Finetune | JobKind::Compare => "degraded | restored | target",
+        },
         active,
         job,
     })
