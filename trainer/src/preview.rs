@@ -25,30 +25,67 @@ pub const CAPTIONS: [&str; 4] = [
     "corrupted input",
 ];
 
-/// The four tiles side by side (`CAPTIONS` order), as one RGB image in [0, 1].
+/// The four tiles side by side (`CAPTIONS` order), as one RGB image in [0, 1]. An MFM run draws
+/// each crop low-pass or high-pass at random, so its preview shows one draw of each, low-pass
+/// on top (the second row leaves the noise tile blank); IFP shows one draw.
 pub fn render(cfg: &Config) -> Result<Image> {
     let cfg = &bounded(cfg);
     let noise = noise_image(cfg)?;
     let mut sampler = Sampler::from_config(cfg)?;
-    let batch = sampler.next_batch(1, &Device::Cpu)?;
     let s = cfg.data.img_size;
-    let mask: Vec<f32> = batch.mask.flatten_all()?.to_vec1()?;
-    let mut mask_rgb = Vec::with_capacity(3 * s * s);
-    for _ in 0..3 {
-        mask_rgb.extend_from_slice(&mask);
+    let mut examples = Vec::new();
+    if cfg.data.filter_type.eq_ignore_ascii_case("MFM") {
+        // The first low-pass and the first high-pass draw (the mask keeps the centre, zero
+        // frequency, only when it is low-pass); SAMPLE_RATIO 0 or 1 only ever draws one kind.
+        let (mut low, mut high) = (None, None);
+        for _ in 0..64 {
+            let b = sampler.next_batch(1, &Device::Cpu)?;
+            let m: Vec<f32> = b.mask.flatten_all()?.to_vec1()?;
+            let slot = if m[(s / 2) * s + s / 2] > 0.5 {
+                &mut low
+            } else {
+                &mut high
+            };
+            if slot.is_none() {
+                *slot = Some((b, m));
+            }
+            if low.is_some() && high.is_some() {
+                break;
+            }
+        }
+        examples.extend(low);
+        examples.extend(high);
+    } else {
+        let b = sampler.next_batch(1, &Device::Cpu)?;
+        let m: Vec<f32> = b.mask.flatten_all()?.to_vec1()?;
+        examples.push((b, m));
     }
-    let mask = Image::new(s, s, mask_rgb)?;
-    let tiles = [
-        fit(&noise, true),
-        fit(&batch.first_clean, false),
-        fit(&mask, false),
-        fit(&batch.first_corrupted, false),
-    ];
-    let cells: Vec<Image> = tiles
-        .iter()
-        .map(|t| panels::centred(t, TILE, TILE))
-        .collect();
-    Ok(panels::row(&cells.iter().collect::<Vec<_>>(), GAP))
+    let blank = Image::filled(TILE, TILE, 1.0);
+    let mut rows = Vec::new();
+    for (i, (batch, mask)) in examples.iter().enumerate() {
+        let mut mask_rgb = Vec::with_capacity(3 * s * s);
+        for _ in 0..3 {
+            mask_rgb.extend_from_slice(mask);
+        }
+        let mask = Image::new(s, s, mask_rgb)?;
+        let first = if i == 0 {
+            fit(&noise, true)
+        } else {
+            blank.clone()
+        };
+        let tiles = [
+            first,
+            fit(&batch.first_clean, false),
+            fit(&mask, false),
+            fit(&batch.first_corrupted, false),
+        ];
+        let cells: Vec<Image> = tiles
+            .iter()
+            .map(|t| panels::centred(t, TILE, TILE))
+            .collect();
+        rows.push(panels::row(&cells.iter().collect::<Vec<_>>(), GAP));
+    }
+    Ok(panels::column(&rows.iter().collect::<Vec<_>>(), GAP))
 }
 
 /// The config the preview draws from. The web process renders a preview on every form change,
@@ -99,6 +136,26 @@ mod tests {
                 .collect()
         };
         assert_ne!(tile(1), tile(3));
+    }
+
+    #[test]
+    fn an_mfm_preview_shows_a_low_pass_and_a_high_pass_draw() {
+        let mut cfg = crate::config::preset("tiny").expect("tiny preset");
+        cfg.data.filter_type = "MFM".into();
+        cfg.data.sample_ratio = 0.5;
+        let img = render(&cfg).expect("preview");
+        assert_eq!(
+            (img.width, img.height),
+            (4 * TILE + 3 * GAP, 2 * TILE + GAP)
+        );
+        // The mask tiles' centre pixels: kept (white) on top, removed (black) below.
+        let x = 2 * (TILE + GAP) + TILE / 2;
+        let at = |y: usize| img.data[y * img.width + x];
+        assert_eq!(at(TILE / 2), 1.0, "low-pass on top keeps the centre");
+        assert_eq!(at(TILE + GAP + TILE / 2), 0.0, "high-pass below removes it");
+        // With SAMPLE_RATIO 1 every draw is low-pass: one row.
+        cfg.data.sample_ratio = 1.0;
+        assert_eq!(render(&cfg).expect("preview").height, TILE);
     }
 
     #[test]

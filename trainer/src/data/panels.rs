@@ -30,6 +30,27 @@ pub fn row(panels: &[&Image], gap: usize) -> Image {
     out
 }
 
+/// `panels` top to bottom on white, `gap` pixels apart, each at the left of the widest.
+pub fn column(panels: &[&Image], gap: usize) -> Image {
+    let w = panels.iter().map(|p| p.width).max().unwrap_or(0);
+    let height =
+        panels.iter().map(|p| p.height).sum::<usize>() + gap * panels.len().saturating_sub(1);
+    let mut out = Image::filled(w, height, 1.0);
+    let mut y0 = 0;
+    for p in panels {
+        for c in 0..CHANNELS {
+            let plane = p.plane(c);
+            for y in 0..p.height {
+                let dst = c * w * height + (y0 + y) * w;
+                out.data[dst..dst + p.width]
+                    .copy_from_slice(&plane[y * p.width..(y + 1) * p.width]);
+            }
+        }
+        y0 += p.height + gap;
+    }
+    out
+}
+
 /// `img` scaled to `w` x `h` by nearest neighbour, so small crops and masks stay crisp.
 pub fn scale_nearest(img: &Image, w: usize, h: usize) -> Image {
     let mut data = Vec::with_capacity(CHANNELS * w * h);
