@@ -178,7 +178,8 @@ impl driver::SameRun for Config {
     }
 }
 
-/// input | corrupted | reconstruction | target of the batch's first sample, in [0, 1],
+/// input | corrupted | reconstruction | target of the batch's first sample, each tile
+/// contrast-stretched to its own range (noise and its reconstruction span little of [0, 1]),
 /// enlarged (nearest neighbour) so small crops stay visible.
 fn sample_strip(batch: &Batch, pred: &Tensor) -> Result<Image> {
     let s = batch.first_clean.width;
@@ -203,7 +204,7 @@ fn sample_strip(batch: &Batch, pred: &Tensor) -> Result<Image> {
         &tgt[..],
     ]
     .into_iter()
-    .map(|d| panels::scale_nearest(&as_image(d), s * zoom, s * zoom))
+    .map(|d| panels::scale_nearest(&panels::stretch(&as_image(d)), s * zoom, s * zoom))
     .collect();
     Ok(panels::row(&tiles.iter().collect::<Vec<_>>(), 2))
 }

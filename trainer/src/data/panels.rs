@@ -51,6 +51,28 @@ pub fn column(panels: &[&Image], gap: usize) -> Image {
     out
 }
 
+/// `img` contrast-stretched: its values mapped linearly so the smallest is 0 and the largest 1,
+/// one range for all channels so colours keep their balance. Noise reconstructions span a
+/// narrow range and look like flat grey squares otherwise. A flat image is left as it is.
+pub fn stretch(img: &Image) -> Image {
+    let (lo, hi) = img
+        .data
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| {
+            (a.min(*v), b.max(*v))
+        });
+    // Also a tile with no finite value (lo > hi): nothing to stretch.
+    if hi - lo <= 1e-6 || !lo.is_finite() {
+        return img.clone();
+    }
+    Image {
+        width: img.width,
+        height: img.height,
+        data: img.data.iter().map(|v| (v - lo) / (hi - lo)).collect(),
+    }
+}
+
 /// `img` scaled to `w` x `h` by nearest neighbour, so small crops and masks stay crisp.
 pub fn scale_nearest(img: &Image, w: usize, h: usize) -> Image {
     let mut data = Vec::with_capacity(CHANNELS * w * h);
@@ -88,6 +110,28 @@ pub fn centred(img: &Image, w: usize, h: usize) -> Image {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stretch_spans_zero_to_one_and_leaves_flat_images() {
+        let img = Image {
+            width: 2,
+            height: 1,
+            data: vec![0.4, 0.5, 0.45, 0.45, 0.42, 0.48],
+        };
+        let s = stretch(&img);
+        let (lo, hi) = s
+            .data
+            .iter()
+            .fold((1f32, 0f32), |(a, b), v| (a.min(*v), b.max(*v)));
+        assert!(
+            (lo - 0.0).abs() < 1e-6 && (hi - 1.0).abs() < 1e-6,
+            "{:?}",
+            s.data
+        );
+        assert!((s.data[2] - 0.5).abs() < 1e-5, "one range for all channels");
+        let flat = Image::filled(2, 2, 0.3);
+        assert_eq!(stretch(&flat), flat);
+    }
 
     #[test]
     fn panels_sit_side_by_side_on_white() {

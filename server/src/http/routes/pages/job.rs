@@ -376,7 +376,10 @@ async fn view(state: &AppState, viewer: &Viewer, job: Job, log_scale: bool) -> P
         files: file_rows,
         samples,
         sample_tiles: match job.kind {
-            JobKind::Pretrain => "input | corrupted | reconstruction | target",
+            JobKind::Pretrain => {
+                "input | corrupted | reconstruction | target, each tile contrast-stretched to \
+                 its own range"
+            }
             JobKind::Finetune | JobKind::Compare => "degraded | restored | target",
         },
         active,
