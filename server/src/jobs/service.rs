@@ -200,6 +200,17 @@ pub async fn sample(pool: &PgPool, job: Uuid, step: i64) -> Result<Option<Checkp
         .await?)
 }
 
+/// A job's logged steps, oldest first: (step, loss, learning rate, images/s), what its charts
+/// and timings are drawn from.
+pub async fn metric_rows(pool: &PgPool, job: Uuid) -> Result<Vec<(i64, f64, f64, f64)>> {
+    Ok(sqlx::query_as(
+        "select step, loss, lr, images_per_sec from metric where job_id = $1 order by step",
+    )
+    .bind(job)
+    .fetch_all(pool)
+    .await?)
+}
+
 /// Weights to start from: the newest model file of a succeeded pre-training job the caller
 /// owns (relative to the artifact store), and that job's config (its network). Fine-tuning and
 /// comparisons start from one's own pre-training, admins included. `key` names the field in

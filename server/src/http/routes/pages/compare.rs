@@ -166,19 +166,11 @@ pub struct CompareForm {
     parent: String,
 }
 
-#[derive(Deserialize)]
-pub struct ShowParams {
-    /// Start from this finished pre-training job ("Compare from this").
-    init: Option<String>,
-    /// Clone this comparison.
-    from: Option<String>,
-}
-
 /// `GET /jobs/new/compare[?init=JOB | ?from=JOB]`.
 pub async fn show(
     State(state): State<AppState>,
     viewer: Viewer,
-    Query(q): Query<ShowParams>,
+    Query(q): Query<super::finetune::ShowParams>,
 ) -> PageResult<Response> {
     let mut f = CompareForm {
         name: "does IFP help: denoising".into(),

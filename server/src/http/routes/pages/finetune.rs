@@ -65,12 +65,13 @@ pub struct FinetuneForm {
     train_dir: String,
 }
 
+/// The query of the fine-tuning and comparison forms.
 #[derive(Deserialize)]
 pub struct ShowParams {
-    /// Start from this pre-training job's encoder ("Fine-tune this").
-    init: Option<String>,
-    /// Clone this fine-tuning job.
-    from: Option<String>,
+    /// Start from this finished pre-training job ("Fine-tune this", "Compare from this").
+    pub(super) init: Option<String>,
+    /// Clone this job (of the form's kind).
+    pub(super) from: Option<String>,
 }
 
 /// `GET /jobs/new/finetune[?init=JOB | ?from=JOB]`.

@@ -224,12 +224,7 @@ async fn view(state: &AppState, viewer: &Viewer, job: Job, log_scale: bool) -> P
     let mut files = service::checkpoints(&state.pool, job.id).await?;
     // Newest first.
     files.sort_by(|a, b| b.step.cmp(&a.step).then_with(|| a.name.cmp(&b.name)));
-    let metrics: Vec<(i64, f64, f64, f64)> = sqlx::query_as(
-        "select step, loss, lr, images_per_sec from metric where job_id = $1 order by step",
-    )
-    .bind(job.id)
-    .fetch_all(&state.pool)
-    .await?;
+    let metrics = service::metric_rows(&state.pool, job.id).await?;
 
     let usage: Vec<super::curves::UsageRow> = sqlx::query_as(
         "select attempt, extract(epoch from created_at)::float8, cpu_percent, rss_bytes

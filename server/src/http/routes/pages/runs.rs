@@ -132,13 +132,7 @@ pub async fn show(
     let mut runs = Vec::new();
     let mut x_max = 1.0f64;
     for (i, job) in jobs.iter().enumerate() {
-        let metrics: Vec<(i64, f64, f64, f64)> = sqlx::query_as(
-            "select step, loss, lr, images_per_sec from metric where job_id = $1 order by step",
-        )
-        .bind(job.id)
-        .fetch_all(&state.pool)
-        .await
-        .map_err(Error::from)?;
+        let metrics = service::metric_rows(&state.pool, job.id).await?;
         x_max = x_max.max(job.total_steps as f64);
         loss.push(metrics.iter().map(|m| (m.0 as f64, m.1)).collect());
         lr.push(metrics.iter().map(|m| (m.0 as f64, m.2)).collect());
