@@ -43,6 +43,40 @@ pub(crate) async fn call(
     (status, String::from_utf8_lossy(&bytes).into_owned())
 }
 
+/// Sends `req` to the app: (status, `Location`, body as text).
+pub(crate) async fn send(app: &Router, req: Request<Body>) -> (StatusCode, Option<String>, String) {
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let location = resp
+        .headers()
+        .get(header::LOCATION)
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        location,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// Submits `body` over the API as the admin; it must be accepted. Returns the new job's id.
+pub(crate) async fn submit_ok(app: &Router, body: Value) -> String {
+    let (s, b) = call(app, "POST", "/api/v1/jobs", Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    serde_json::from_str::<Value>(&b).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A finished comparison's `report.json`.
+pub(crate) async fn report_of(app: &Router, id: &str) -> Value {
+    let uri = format!("/api/v1/jobs/{id}/checkpoints/report.json");
+    let (s, b) = call(app, "GET", &uri, None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    serde_json::from_str(&b).unwrap()
+}
+
 pub(crate) fn pretrain() -> Value {
     let mut cfg = ifp_trainer::config::preset("tiny").unwrap();
     cfg.data.img_size = 16;
@@ -267,15 +301,7 @@ async fn a_tiny_comparison_runs_and_reports() {
         models[2].starts_with("scratch-best-model-0000"),
         "{models:?}"
     );
-    let (s, report) = call(
-        &api,
-        "GET",
-        &format!("/api/v1/jobs/{id}/checkpoints/report.json"),
-        None,
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK);
-    let report: Value = serde_json::from_str(&report).unwrap();
+    let report = report_of(&api, &id).await;
     let arms: Vec<&str> = report["arms"]
         .as_array()
         .unwrap()
@@ -343,20 +369,7 @@ async fn the_compare_form_submits_and_shows_errors_in_place() {
             .csrf;
     let send = |req: Request<Body>| {
         let site = site.clone();
-        async move {
-            let resp = site.oneshot(req).await.unwrap();
-            let status = resp.status();
-            let location = resp
-                .headers()
-                .get(header::LOCATION)
-                .map(|v| v.to_str().unwrap().to_string());
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
-            (
-                status,
-                location,
-                String::from_utf8_lossy(&body).into_owned(),
-            )
-        }
+        async move { send(&site, req).await }
     };
     let req = Request::get("/jobs/new/compare")
         .header(header::COOKIE, format!("ifp_session={cookie}"))

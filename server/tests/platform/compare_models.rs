@@ -6,7 +6,9 @@
 //! refused naming the field.
 
 use crate::common;
-use crate::compare::{admin_session, call, finetune, html_of, pretrain, run_to_end, ADMIN};
+use crate::compare::{
+    admin_session, call, finetune, html_of, pretrain, report_of, run_to_end, send, ADMIN,
+};
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
@@ -39,18 +41,7 @@ async fn post_form(
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .body(Body::from(serde_urlencoded::to_string(fields).unwrap()))
         .unwrap();
-    let resp = api.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let location = resp
-        .headers()
-        .get(header::LOCATION)
-        .map(|v| v.to_str().unwrap().to_string());
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        location,
-        String::from_utf8_lossy(&body).into_owned(),
-    )
+    send(api, req).await
 }
 
 #[tokio::test]
@@ -122,14 +113,7 @@ async fn a_comparison_starts_from_finished_jobs_and_keeps_its_models() {
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["step"], 12);
 
-    let (_, b) = call(
-        &api,
-        "GET",
-        &format!("/api/v1/jobs/{id}/checkpoints/report.json"),
-        None,
-    )
-    .await;
-    let report: Value = serde_json::from_str(&b).unwrap();
+    let report = report_of(&api, &id).await;
     let arms: Vec<&str> = report["arms"]
         .as_array()
         .unwrap()

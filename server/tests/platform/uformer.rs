@@ -176,10 +176,10 @@ fn cli_train_bench_and_forward_take_a_uformer_config() {
 /// tile is refused naming the key.
 #[tokio::test]
 async fn uformer_compare_and_finetune_jobs_run() {
-    use crate::compare::{call, finetune, finetune_job, run_to_end, ADMIN};
+    use crate::compare::{call, finetune, finetune_job, report_of, run_to_end, submit_ok, ADMIN};
     use axum::http::StatusCode;
     use ifp_server::{app, AppState};
-    use serde_json::{json, Value};
+    use serde_json::json;
 
     let pool = common::fresh_pool().await;
     let artifacts = tempfile::tempdir().unwrap();
@@ -206,23 +206,11 @@ async fn uformer_compare_and_finetune_jobs_run() {
 
     ft["DATA"]["CROP"] = json!(32);
     let body = json!({"kind": "compare", "name": "uformer", "config": pre, "finetune": ft});
-    let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(body)).await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
-    let id = serde_json::from_str::<Value>(&b).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = submit_ok(&api, body).await;
     let job = run_to_end(&api, &pool, artifacts.path(), "w-uf-cmp", &id).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["step"], 4 + 2 * 4);
-    let (_, b) = call(
-        &api,
-        "GET",
-        &format!("/api/v1/jobs/{id}/checkpoints/report.json"),
-        None,
-    )
-    .await;
-    let report: Value = serde_json::from_str(&b).unwrap();
+    let report = report_of(&api, &id).await;
     assert_eq!(report["config"]["MODEL"]["TYPE"], "uformer");
     assert_eq!(report["arms"].as_array().map(Vec::len), Some(2));
     assert!(report["deltas"][0]["diff"]["psnr"]["mean"].is_number());
@@ -231,12 +219,7 @@ async fn uformer_compare_and_finetune_jobs_run() {
     let mut ftj = finetune_job("clean/CBSD68", Some(pre["MODEL"].clone()));
     ftj["DATA"]["CROP"] = json!(32);
     let body = json!({"kind": "finetune", "name": "uformer-ft", "finetune": ftj});
-    let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(body)).await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
-    let id = serde_json::from_str::<Value>(&b).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = submit_ok(&api, body).await;
     let job = run_to_end(&api, &pool, artifacts.path(), "w-uf-ft", &id).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     let path: String = sqlx::query_scalar(

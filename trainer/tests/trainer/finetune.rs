@@ -61,22 +61,24 @@ fn tiny_task(train_dir: &Path, steps: usize, save_freq: usize) -> FinetuneConfig
     c
 }
 
+/// Fine-tunes `cfg` into `dir` from the start: every step's loss and the summary.
+pub(crate) fn losses_of(cfg: &FinetuneConfig, dir: &Path) -> (Vec<f64>, finetune::FinetuneSummary) {
+    let mut losses = Vec::new();
+    let s = finetune::finetune(cfg, &common::cpu_run(dir, false), |ev| {
+        if let Event::Step(p) = ev {
+            losses.push(p.loss);
+        }
+        Control::Continue
+    })
+    .expect("fine-tuning");
+    (losses, s)
+}
+
 #[test]
 fn l1_loss_falls_on_a_tiny_config() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cfg = tiny_task(&few_clean(tmp.path(), 5), 30, 30);
-    let mut losses = Vec::new();
-    let s = finetune::finetune(
-        &cfg,
-        &common::cpu_run(&tmp.path().join("run"), false),
-        |ev| {
-            if let Event::Step(p) = ev {
-                losses.push(p.loss);
-            }
-            Control::Continue
-        },
-    )
-    .expect("fine-tuning");
+    let (losses, s) = losses_of(&cfg, &tmp.path().join("run"));
     let head: f64 = losses[..5].iter().sum::<f64>() / 5.0;
     let tail: f64 = losses[25..].iter().sum::<f64>() / 5.0;
     eprintln!("L1 of steps 1-5 {head:.5}, of steps 26-30 {tail:.5}");

@@ -10,7 +10,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 
 use crate::common;
-use crate::finetune::{few_clean, small_test_set};
+use crate::finetune::{few_clean, losses_of, small_test_set};
 use ifp_trainer::checkpoint::{model_path, state_path};
 use ifp_trainer::finetune::compare::{compare, CompareSpec, Pretrain};
 use ifp_trainer::finetune::{self, net, Event, FinetuneConfig, FinetuneNet};
@@ -46,18 +46,7 @@ fn uformer_l1_loss_falls() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut cfg = uformer_task(&few_clean(tmp.path(), 5), 60, 60);
     cfg.train.base_lr = 5e-3;
-    let mut losses = Vec::new();
-    let s = finetune::finetune(
-        &cfg,
-        &common::cpu_run(&tmp.path().join("run"), false),
-        |ev| {
-            if let Event::Step(p) = ev {
-                losses.push(p.loss);
-            }
-            Control::Continue
-        },
-    )
-    .expect("fine-tuning");
+    let (losses, s) = losses_of(&cfg, &tmp.path().join("run"));
     let head: f64 = losses[..5].iter().sum::<f64>() / 5.0;
     let tail: f64 = losses[55..].iter().sum::<f64>() / 5.0;
     eprintln!("Uformer L1 of steps 1-5 {head:.5}, of steps 56-60 {tail:.5}");
