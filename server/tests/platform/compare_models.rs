@@ -197,6 +197,25 @@ async fn a_comparison_starts_from_finished_jobs_and_keeps_its_models() {
         "{form}"
     );
     let (cookie, csrf) = admin_form_session(&pool).await;
+    // A clone URL naming a job of another kind goes to that kind's form (it was a 500).
+    for (uri, to) in [
+        (
+            format!("/jobs/new/compare?from={pre}"),
+            format!("/jobs/new?from={pre}"),
+        ),
+        (
+            format!("/jobs/new/finetune?from={id}"),
+            format!("/jobs/new?from={id}"),
+        ),
+    ] {
+        let req = Request::get(&uri)
+            .header(header::COOKIE, format!("ifp_session={cookie}"))
+            .body(Body::empty())
+            .unwrap();
+        let (s, location, _) = send(&api, req).await;
+        assert_eq!((s, location), (StatusCode::SEE_OTHER, Some(to)), "{uri}");
+    }
+
     let yaml = "DATA: {TRAIN_DIR: rain/Rain100H}\nTRAIN: {STEPS: 3}\n";
     let post = |extra: String| {
         let (api, cookie, csrf, pre) = (api.clone(), cookie.clone(), csrf.clone(), pre.clone());

@@ -192,6 +192,10 @@ pub async fn show(
     let mut errors = Errors::new();
     if let Some(from) = q.from {
         let job = service::visible_job(&state.pool, &viewer.caller, &from).await?;
+        if job.kind != crate::db::values::JobKind::Compare {
+            // Each kind's clone has its own form; the new-job page sends it there.
+            return Ok(Redirect::to(&format!("/jobs/new?from={}", job.id)).into_response());
+        }
         if let Some(e) = clone_into(&mut f, &job)? {
             errors.insert("preset".into(), e);
         }

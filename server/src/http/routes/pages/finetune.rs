@@ -97,6 +97,10 @@ pub async fn show(
         f.init_job = job.id.to_string();
     } else if let Some(from) = q.from {
         let job = service::visible_job(&state.pool, &viewer.caller, &from).await?;
+        if job.kind != crate::db::values::JobKind::Finetune {
+            // Each kind's clone has its own form; the new-job page sends it there.
+            return Ok(Redirect::to(&format!("/jobs/new?from={}", job.id)).into_response());
+        }
         let mut ft = crate::jobs::finetune::stored_finetune(&job.config)
             .map_err(|e| Error::Internal(format!("job {}: stored config: {e}", job.id)))?;
         // The stored INIT is the initial job's model file; the form names that job instead
