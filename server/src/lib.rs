@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod platform;
 pub mod queue;
 pub mod tokens;
+pub mod webhook;
 pub mod worker;
 
 pub use error::{Error, Result};

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use ifp_server::http::listen::{self, Limits};
 use ifp_server::platform::{self, RESCUE_INTERVAL};
+use ifp_server::webhook::Webhook;
 use ifp_server::{app, AppState};
 use tokio::sync::watch;
 
@@ -33,6 +34,14 @@ pub struct ServeArgs {
     /// Seconds a client may take to send a request's headers before its connection is closed.
     #[arg(long, env = "IFP_HEADER_TIMEOUT_SECS", default_value_t = Limits::default().header_read_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..=600))]
     header_timeout_secs: u64,
+    /// URL to POST a JSON summary of each job to when it ends (succeeded, failed or cancelled);
+    /// its `text` field makes it a Slack or Mattermost message as it is.
+    #[arg(long, env = "IFP_WEBHOOK_URL", hide_env_values = true)]
+    webhook_url: Option<String>,
+    /// The server's address as users reach it, for the job links in webhook messages
+    /// [default: http:// and the listening address].
+    #[arg(long, env = "IFP_PUBLIC_URL")]
+    public_url: Option<String>,
 }
 
 pub fn run(a: ServeArgs) -> Result<(), Failure> {
@@ -47,6 +56,12 @@ pub fn run(a: ServeArgs) -> Result<(), Failure> {
 async fn serve(a: ServeArgs, device: candle_core::Device) -> Result<(), Failure> {
     // Checked before anything starts, so a typo costs no database start-up.
     let datasets = datasets_dir(a.slots.datasets_dir.as_deref())?;
+    let webhook = a
+        .webhook_url
+        .as_deref()
+        .map(Webhook::new)
+        .transpose()
+        .map_err(Failure::usage)?;
     let env_token = std::env::var("IFP_ADMIN_TOKEN").ok();
     platform::check_admin_token(env_token.as_deref())
         .map_err(|e| Failure::usage(anyhow::anyhow!("{e}")))?;
@@ -82,6 +97,7 @@ async fn serve(a: ServeArgs, device: candle_core::Device) -> Result<(), Failure>
         .with_context(|| format!("cannot listen on {}", a.bind))
         .map_err(Failure::usage)?;
     let addr = listener.local_addr().map_err(Failure::runtime)?;
+    let public_url = a.public_url.unwrap_or_else(|| format!("http://{addr}"));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let rescuer = platform::spawn_rescuer(
@@ -127,6 +143,15 @@ async fn serve(a: ServeArgs, device: candle_core::Device) -> Result<(), Failure>
         state.job_changed.clone(),
         stop_rx.clone(),
     );
+    let notifier = webhook.map(|hook| {
+        println!("webhook: each job's end is POSTed to IFP_WEBHOOK_URL");
+        ifp_server::webhook::spawn(
+            db.pool.clone(),
+            hook.linking_to(&public_url),
+            state.job_changed.subscribe(),
+            stop_rx.clone(),
+        )
+    });
     let closing = state.closing.clone();
     let limits = Limits {
         max_connections: a.max_connections,
@@ -144,6 +169,9 @@ async fn serve(a: ServeArgs, device: candle_core::Device) -> Result<(), Failure>
     }
     let _ = rescuer.await;
     let _ = hub.await;
+    if let Some(n) = notifier {
+        let _ = n.await;
+    }
     db.pool.close().await;
     if let Some(cluster) = db.cluster {
         // pg_ctl waits for PostgreSQL to stop: off the async threads.

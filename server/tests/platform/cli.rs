@@ -65,6 +65,10 @@ fn bad_inputs_exit_2_with_one_line() {
             "IFP_DATASETS_DIR /nonexistent/data",
         ),
         (
+            argv("serve --data-dir {} --webhook-url hooks.example/x", &[out]),
+            "IFP_WEBHOOK_URL \"hooks.example/x\" is not an absolute URL",
+        ),
+        (
             argv("worker --database-url postgres://nobody@127.0.0.1:1/none --data-dir {} --datasets-dir {}", &[out, nowhere]),
             "IFP_DATASETS_DIR /nonexistent/data",
         ),

@@ -22,5 +22,6 @@ mod pg;
 mod queue;
 mod serve;
 mod uformer;
+mod webhook;
 mod worker;
 mod worker_process;
