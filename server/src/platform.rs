@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use crate::db::pg::PgCluster;
 use crate::error::{Error, Result};
 use crate::queue;
-use crate::worker::{self, WorkerConfig};
+use crate::worker::{self, TrainProcess, WorkerConfig};
 
 /// How often each process runs the rescuer.
 pub const RESCUE_INTERVAL: Duration = Duration::from_secs(15);
@@ -132,8 +132,8 @@ pub fn spawn_rescuer(
     })
 }
 
-/// Starts `count` worker slots on this process; with `train_process` (the `ifp` executable),
-/// each attempt runs in a process of its own.
+/// Starts `count` worker slots on this process; with `train_process`, each attempt runs in a
+/// process of its own.
 #[allow(clippy::too_many_arguments)]
 pub fn spawn_workers(
     pool: &PgPool,
@@ -142,7 +142,7 @@ pub fn spawn_workers(
     lease: Duration,
     device: &candle_core::Device,
     datasets: Option<&Path>,
-    train_process: Option<&Path>,
+    train_process: Option<&TrainProcess>,
     shutdown: &watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
     (0..count)
@@ -151,7 +151,7 @@ pub fn spawn_workers(
             cfg.lease = lease;
             cfg.device = device.clone();
             cfg.datasets = datasets.map(Path::to_path_buf);
-            cfg.train_process = train_process.map(Path::to_path_buf);
+            cfg.train_process = train_process.cloned();
             tokio::spawn(worker::run(pool.clone(), cfg, shutdown.clone()))
         })
         .collect()

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 use ifp_server::platform;
+use ifp_server::worker::TrainProcess;
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -37,6 +38,12 @@ pub struct SlotArgs {
     /// been checked on a GPU.
     #[arg(long, env = "IFP_ATTEMPTS_IN_PROCESS")]
     pub attempts_in_process: bool,
+    /// The most memory one training process may allocate, in MiB; past it the attempt fails
+    /// with "ran out of memory", and admission control refuses jobs estimated above it
+    /// [default: this machine's memory divided by --workers]. 0: no limit. Attempts that run
+    /// in-process (CUDA, --attempts-in-process) are not limited.
+    #[arg(long, env = "IFP_ATTEMPT_MEMORY_MIB", value_name = "MIB")]
+    pub attempt_memory_mib: Option<u64>,
 }
 
 impl SlotArgs {
@@ -61,6 +68,17 @@ impl SlotArgs {
                 }
             }
         };
+        let process = exe.map(|exe| match self.attempt_memory_mib {
+            None => TrainProcess::sharing_memory(exe, self.workers),
+            Some(0) => TrainProcess {
+                exe,
+                memory_limit: None,
+            },
+            Some(mib) => TrainProcess {
+                exe,
+                memory_limit: Some(mib.saturating_mul(1 << 20)),
+            },
+        });
         platform::spawn_workers(
             pool,
             self.workers,
@@ -68,7 +86,7 @@ impl SlotArgs {
             lease,
             device,
             datasets,
-            exe.as_deref(),
+            process.as_ref(),
             shutdown,
         )
     }

@@ -78,7 +78,7 @@ pub(super) async fn run_job(
     };
     let stop = attempt.stop.clone();
     let trainer = match &wcfg.train_process {
-        Some(exe) => {
+        Some(process) => {
             let req = super::process::Request {
                 kind: job.kind,
                 config: job.config.clone(),
@@ -87,8 +87,9 @@ pub(super) async fn run_job(
                 out_dir: dir.clone(),
                 device: super::process::device_name(&wcfg.device),
                 attempt: fence.attempt,
+                memory_limit: process.memory_limit,
             };
-            super::process::spawn(exe, req, wcfg.usage_every, stop, tx)
+            super::process::spawn(&process.exe, req, wcfg.usage_every, stop, tx)
         }
         None => spawn_trainer(spec, opts, fence.attempt, stop, tx),
     };

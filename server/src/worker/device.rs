@@ -61,7 +61,7 @@ fn cpu_name() -> Option<String> {
 }
 
 /// `MemTotal` of /proc/meminfo in bytes.
-fn ram_bytes() -> Option<i64> {
+pub fn ram_bytes() -> Option<i64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kib: i64 = info
         .lines()

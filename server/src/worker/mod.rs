@@ -31,10 +31,10 @@ pub struct WorkerConfig {
     pub device: candle_core::Device,
     /// Where `compare` jobs' fine-tuning data folders are (`IFP_DATASETS_DIR`).
     pub datasets: Option<PathBuf>,
-    /// The `ifp` executable each attempt runs in (`ifp attempt`, see `process`), so a crash or
-    /// an out-of-memory kill ends the attempt and not this process; `None`: attempts run on a
+    /// The process each attempt runs in (`ifp attempt`, see `process`), so a crash or an
+    /// out-of-memory kill ends the attempt and not this process; `None`: attempts run on a
     /// thread of this process.
-    pub train_process: Option<PathBuf>,
+    pub train_process: Option<TrainProcess>,
     /// How often the training process's CPU and memory are sampled (`usage`).
     pub usage_every: Duration,
 }
@@ -50,6 +50,30 @@ impl WorkerConfig {
             datasets: None,
             train_process: None,
             usage_every: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How attempts run in a process of their own.
+#[derive(Debug, Clone)]
+pub struct TrainProcess {
+    /// The `ifp` executable, started as `ifp attempt`.
+    pub exe: PathBuf,
+    /// The most memory (bytes) the process may allocate: its data limit (`RLIMIT_DATA`), so an
+    /// attempt that asks for more fails at that allocation with "ran out of memory" instead of
+    /// driving the machine into the kernel's out-of-memory killer, which may pick the server or
+    /// the database. The worker registers this as its memory, so admission control refuses
+    /// jobs whose estimate does not fit. `None`: no limit.
+    pub memory_limit: Option<u64>,
+}
+
+impl TrainProcess {
+    /// `exe` with each of `slots` attempts limited to an equal share of this machine's memory.
+    pub fn sharing_memory(exe: PathBuf, slots: usize) -> TrainProcess {
+        let total = device::ram_bytes().and_then(|b| u64::try_from(b).ok());
+        TrainProcess {
+            exe,
+            memory_limit: total.map(|t| t / slots.max(1) as u64),
         }
     }
 }
@@ -83,7 +107,12 @@ pub async fn run(pool: PgPool, cfg: WorkerConfig, mut shutdown: watch::Receiver<
             None
         }
     };
-    let me = crate::worker::device::describe(&cfg.device);
+    let mut me = crate::worker::device::describe(&cfg.device);
+    if let Some(limit) = cfg.train_process.as_ref().and_then(|p| p.memory_limit) {
+        // What one attempt may use is what admission control must check against.
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        me.memory = Some(me.memory.map_or(limit, |m| m.min(limit)));
+    }
     tracing::info!(worker = %cfg.worker_id, device = %me.class, name = ?me.name, "worker started");
     let mut registered: Option<std::time::Instant> = None;
     while !*shutdown.borrow() {

@@ -39,6 +39,9 @@ pub struct Request {
     /// `cpu` or `cuda:N`.
     pub device: String,
     pub attempt: i32,
+    /// The process's data limit in bytes (`TrainProcess::memory_limit`).
+    #[serde(default)]
+    pub memory_limit: Option<u64>,
 }
 
 /// One line the child writes.
@@ -76,6 +79,7 @@ pub(super) fn spawn(
     tx: mpsc::UnboundedSender<Msg>,
 ) -> JoinHandle<ifp_trainer::Result<bool>> {
     let exe = exe.to_path_buf();
+    let limit = req.memory_limit;
     tokio::spawn(async move {
         let fail = |m: String| Err(TrainerError::Unsupported(m));
         let mut child = match tokio::process::Command::new(&exe)
@@ -104,9 +108,20 @@ pub(super) fn spawn(
         }
         let tail = tokio::spawn(async move {
             let mut tail = String::new();
+            // The first panic's two lines (where, then what): a backtrace after them can push
+            // them out of the tail.
+            let mut panic: Option<String> = None;
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(l)) = lines.next_line().await {
                 tracing::debug!(target: "ifp::attempt", "{l}");
+                match &mut panic {
+                    None if l.contains("panicked at") => panic = Some(l.clone()),
+                    Some(p) if !p.contains('\n') => {
+                        p.push('\n');
+                        p.push_str(&l);
+                    }
+                    _ => {}
+                }
                 tail.push_str(&l);
                 tail.push('\n');
                 if tail.len() > 2 * STDERR_TAIL {
@@ -115,7 +130,10 @@ pub(super) fn spawn(
                     tail.drain(..cut.unwrap_or(0));
                 }
             }
-            tail
+            match panic {
+                Some(p) => format!("{tail}{p}\n"),
+                None => tail,
+            }
         });
         let mut out = BufReader::new(stdout).lines();
         let pid = child.id();
@@ -160,29 +178,52 @@ pub(super) fn spawn(
         if let Some(r) = result {
             return r;
         }
-        fail(crashed(status, &tail))
+        fail(crashed(status, &tail, limit))
     })
 }
 
-/// The error of a child that ended without saying how its run ended.
-fn crashed(status: std::io::Result<std::process::ExitStatus>, tail: &str) -> String {
+/// The error of a child that ended without saying how its run ended; `limit`: its memory
+/// limit in bytes.
+fn crashed(
+    status: std::io::Result<std::process::ExitStatus>,
+    tail: &str,
+    limit: Option<u64>,
+) -> String {
     use std::os::unix::process::ExitStatusExt;
+    // Past the limit an allocation fails (Rust aborts), or a thread cannot get its stack
+    // (EAGAIN, and the library that spawns it panics).
+    let allocation_failed = tail.contains("memory allocation of");
+    let no_thread = tail.contains("Resource temporarily unavailable");
     let how = match status {
-        Ok(s) => match (s.signal(), s.code()) {
-            (Some(9), _) => "was killed (SIGKILL; the kernel's out-of-memory killer does this \
+        Ok(s) => match (s.signal(), s.code(), limit) {
+            (Some(6), _, Some(l)) | (None, Some(101), Some(l))
+                if allocation_failed || no_thread =>
+            {
+                format!(
+                    "ran out of memory: it needed more than its limit of {} MiB \
+                     (IFP_ATTEMPT_MEMORY_MIB)",
+                    l >> 20
+                )
+            }
+            (Some(9), ..) => "was killed (SIGKILL; the kernel's out-of-memory killer does this \
                              when the machine runs out of memory)"
                 .to_string(),
-            (Some(6), _) if tail.contains("memory allocation") => {
+            (Some(6), ..) if allocation_failed => {
                 "ran out of memory (an allocation failed)".to_string()
             }
-            (Some(sig), _) => format!("was killed by signal {sig}"),
-            (None, Some(code)) => format!("exited with code {code}"),
-            (None, None) => "ended".to_string(),
+
+            (Some(sig), ..) => format!("was killed by signal {sig}"),
+            (None, Some(code), _) => format!("exited with code {code}"),
+            (None, None, _) => "ended".to_string(),
         },
         Err(e) => format!("could not be waited for ({e})"),
     };
-    let last: Vec<&str> = tail.lines().rev().take(3).collect();
-    let last: Vec<&str> = last.into_iter().rev().collect();
+    // A panic's own two lines (where, then what) say more than the backtrace after them.
+    let lines: Vec<&str> = tail.lines().collect();
+    let last: Vec<&str> = match lines.iter().position(|l| l.contains("panicked at")) {
+        Some(i) => lines[i..].iter().take(2).copied().collect(),
+        None => lines.iter().rev().take(3).rev().copied().collect(),
+    };
     if last.is_empty() {
         format!("the training process {how}")
     } else {
@@ -190,6 +231,22 @@ fn crashed(status: std::io::Result<std::process::ExitStatus>, tail: &str) -> Str
             "the training process {how}; its last output: {}",
             last.join(" | ")
         )
+    }
+}
+
+/// Caps this process's data segment (heap and private mappings, which is where tensors live) at
+/// `bytes`: past it an allocation fails, and Rust aborts with "memory allocation of N bytes
+/// failed", which `crashed` reports as running out of memory.
+fn limit_memory(bytes: u64) -> std::io::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: bytes,
+    };
+    // SAFETY: setrlimit reads the struct we pass and touches no memory of ours.
+    if unsafe { libc::setrlimit(libc::RLIMIT_DATA, &limit) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -226,6 +283,14 @@ pub fn child_main() -> std::io::Result<()> {
         }
         flag.store(true, Ordering::SeqCst);
     });
+    if let Some(limit) = req.memory_limit {
+        if let Err(e) = limit_memory(limit) {
+            emit(&Line::Failed(format!(
+                "cannot limit the training process's memory to {limit} bytes: {e}"
+            )));
+            return Ok(());
+        }
+    }
     let spec = JobSpec::from_stored(req.kind, &req.config).and_then(|mut s| {
         s.resolve(&req.artifacts, req.datasets.as_deref())
             .map(|()| s)
@@ -272,4 +337,39 @@ pub fn child_main() -> std::io::Result<()> {
         Err(e) => Line::Failed(describe(&e)),
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
+    use super::crashed;
+
+    #[test]
+    fn crash_reports_say_what_happened() {
+        let abort = || Ok(ExitStatus::from_raw(6));
+        let panic = || Ok(ExitStatus::from_raw(101 << 8));
+        let oom = "memory allocation of 294912 bytes failed\n";
+        assert_eq!(
+            crashed(abort(), oom, Some(64 << 20)),
+            "the training process ran out of memory: it needed more than its limit of 64 MiB \
+             (IFP_ATTEMPT_MEMORY_MIB); its last output: memory allocation of 294912 bytes failed"
+        );
+        assert!(crashed(abort(), oom, None).contains("ran out of memory (an allocation failed)"));
+        // A thread that cannot get its stack under the limit panics in the library that
+        // started it; the panic's own lines are kept however long the backtrace after them.
+        let spawn = "thread 'main' panicked at src/utils.rs:206:22:\n\
+                     failed to spawn worker: Os { code: 11, message: \"Resource temporarily unavailable\" }\n\
+                     stack backtrace:\n   0: frame\n   1: frame\n   2: frame\n";
+        let why = crashed(panic(), spawn, Some(32 << 20));
+        assert!(why.contains("limit of 32 MiB"), "{why}");
+        assert!(why.ends_with("panicked at src/utils.rs:206:22: | failed to spawn worker: Os { code: 11, message: \"Resource temporarily unavailable\" }"), "{why}");
+        let why = crashed(panic(), spawn, None);
+        assert!(
+            why.starts_with("the training process exited with code 101"),
+            "{why}"
+        );
+        assert!(crashed(Ok(ExitStatus::from_raw(9)), "", None).contains("SIGKILL"));
+    }
 }

@@ -1,7 +1,9 @@
 //! Issue 16, item 2: each training attempt in its own process (`ifp attempt`). A job runs there
 //! as it does in-process (metrics, checkpoints, success); a cancel reaches it; an attempt whose
 //! process is killed, as the kernel's out-of-memory killer would, fails alone with a reason
-//! the job page shows, is not retried, and the same worker goes on to the next job.
+//! the job page shows, is not retried, and the same worker goes on to the next job. A process
+//! over its memory limit fails at the allocation with "ran out of memory", and the worker
+//! registers that limit as its memory for admission control.
 
 use crate::common;
 use crate::worker::submit;
@@ -10,7 +12,7 @@ use std::time::Duration;
 
 use ifp_server::db::values::{AttemptOutcome, JobStatus};
 use ifp_server::queue;
-use ifp_server::worker::{self, WorkerConfig};
+use ifp_server::worker::{self, TrainProcess, WorkerConfig};
 
 /// The training processes this test process started (children of its worker), by pid.
 fn attempt_processes() -> Vec<i32> {
@@ -41,7 +43,10 @@ async fn attempts_run_in_their_own_process_and_a_killed_one_fails_alone() {
     let mut cfg = WorkerConfig::new("w-process", artifacts.path());
     cfg.lease = Duration::from_secs(3);
     cfg.poll_interval = Duration::from_millis(300);
-    cfg.train_process = Some(env!("CARGO_BIN_EXE_ifp").into());
+    cfg.train_process = Some(TrainProcess {
+        exe: env!("CARGO_BIN_EXE_ifp").into(),
+        memory_limit: None,
+    });
     cfg.usage_every = Duration::from_millis(200);
     tokio::spawn(worker::run(pool.clone(), cfg, rx));
 
@@ -154,5 +159,43 @@ async fn attempts_run_in_their_own_process_and_a_killed_one_fails_alone() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(attempt_processes().is_empty());
+    stop.send(true).unwrap();
+}
+
+#[tokio::test]
+async fn an_attempt_over_its_memory_limit_fails_alone_and_the_limit_is_registered() {
+    let pool = common::fresh_pool().await;
+    let artifacts = tempfile::tempdir().unwrap();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let mut cfg = WorkerConfig::new("w-limited", artifacts.path());
+    cfg.poll_interval = Duration::from_millis(300);
+    // The tiny preset trains in about 110 MB; 32 MiB cannot hold it.
+    let limit = 32u64 << 20;
+    cfg.train_process = Some(TrainProcess {
+        exe: env!("CARGO_BIN_EXE_ifp").into(),
+        memory_limit: Some(limit),
+    });
+    tokio::spawn(worker::run(pool.clone(), cfg, rx));
+
+    let job = submit(&pool, 6, 3).await;
+    let failed = common::wait_for(&pool, job.id, "the failure", |j| !j.status.is_active()).await;
+    assert_eq!(failed.status, JobStatus::Failed);
+    let why = failed.error.clone().unwrap_or_default();
+    assert!(
+        why.contains("ran out of memory: it needed more than its limit of 32 MiB"),
+        "{why}"
+    );
+    assert_eq!(
+        queue::attempts(&pool, job.id).await.unwrap().len(),
+        1,
+        "not retried"
+    );
+
+    let registered: Option<i64> =
+        sqlx::query_scalar("select memory_bytes from worker where id = 'w-limited'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(registered, Some(limit as i64));
     stop.send(true).unwrap();
 }
