@@ -178,9 +178,11 @@ impl driver::SameRun for Config {
     }
 }
 
-/// input | corrupted | reconstruction | target of the batch's first sample, each tile
-/// contrast-stretched to its own range (noise and its reconstruction span little of [0, 1]),
-/// enlarged (nearest neighbour) so small crops stay visible.
+/// The batch's first sample as two rows. Top: input | corrupted | reconstruction | target, each
+/// tile contrast-stretched to its own range (noise and its reconstruction span little of
+/// [0, 1]), then the error map `|reconstruction - target|`. Bottom: the log-magnitude spectrum
+/// of each tile above, with the frequencies the mask removed tinted red: the pretext task is to
+/// bring those back. Tiles are enlarged (nearest neighbour) so small crops stay visible.
 fn sample_strip(batch: &Batch, pred: &Tensor) -> Result<Image> {
     let s = batch.first_clean.width;
     let mut rec: Vec<f32> = pred
@@ -191,22 +193,46 @@ fn sample_strip(batch: &Batch, pred: &Tensor) -> Result<Image> {
     crate::data::corrupt::denormalize_imagenet(&mut rec, 3, s * s)?;
     let mut tgt: Vec<f32> = batch.target.get(0)?.flatten_all()?.to_vec1()?;
     crate::data::corrupt::denormalize_imagenet(&mut tgt, 3, s * s)?;
+    let mask: Vec<f32> = batch
+        .mask
+        .get(0)?
+        .flatten_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1()?;
     let zoom = (128 / s).max(1);
+    let big = |img: &Image| panels::scale_nearest(img, s * zoom, s * zoom);
     let as_image = |data: &[f32]| Image {
         width: s,
         height: s,
         data: data.to_vec(),
     };
-    let tiles: Vec<Image> = [
+    let mut images: Vec<Image> = [
         &batch.first_clean.data[..],
         &batch.first_corrupted.data[..],
         &rec[..],
         &tgt[..],
     ]
     .into_iter()
-    .map(|d| panels::scale_nearest(&panels::stretch(&as_image(d)), s * zoom, s * zoom))
+    .map(as_image)
     .collect();
-    Ok(panels::row(&tiles.iter().collect::<Vec<_>>(), 2))
+    images.push(panels::error_map(&images[2], &images[3]));
+    let mut top: Vec<Image> = images[..4]
+        .iter()
+        .map(|i| big(&panels::stretch(i)))
+        .collect();
+    top.push(big(&images[4]));
+    // The spectrum of the signed error, which the loss measures on the removed frequencies.
+    let error: Vec<f32> = rec.iter().zip(&tgt).map(|(r, t)| r - t).collect();
+    images[4] = as_image(&error);
+    let bottom: Vec<Image> = images
+        .iter()
+        .map(|i| big(&panels::spectrum(i, Some(&mask))))
+        .collect();
+    let rows = [
+        panels::row(&top.iter().collect::<Vec<_>>(), 2),
+        panels::row(&bottom.iter().collect::<Vec<_>>(), 2),
+    ];
+    Ok(panels::column(&rows.iter().collect::<Vec<_>>(), 2))
 }
 
 /// Pre-training as the driver steps it.

@@ -592,6 +592,15 @@ async fn a_finetune_job_starts_from_a_finished_pretraining_job() {
             format!("/jobs/{id}"),
             "· degraded | restored | target".to_string(),
         ),
+        // A pre-training strip's caption names its five tiles and the spectra row.
+        (
+            format!("/jobs/{pre_id}"),
+            "· input | corrupted | reconstruction | target".to_string(),
+        ),
+        (
+            format!("/jobs/{pre_id}"),
+            "the frequencies the mask removed tinted red".to_string(),
+        ),
         ("/jobs/new/finetune".to_string(), pre_id[..8].to_string()),
         (
             format!("/jobs/{id}"),

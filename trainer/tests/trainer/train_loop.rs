@@ -72,11 +72,25 @@ fn checkpoints_are_complete_and_loadable() {
     let w = load_weights(&model_path(dir.path(), 4), &Device::Cpu).expect("weights");
     let net = Network::build(&cfg, WeightSource::Tensors(w), &Device::Cpu).expect("strict load");
     assert_eq!(net.vars().expect("vars").len(), 131);
-    let png = image::open(sample_path(dir.path(), 4)).expect("sample png");
-    assert!(
-        png.width() > 4 * png.height() - 10,
-        "a strip of four panels"
+    // Two rows of five tiles, 2 px apart: input | corrupted | reconstruction | target | error,
+    // and their spectra below with the removed frequencies tinted red.
+    let png = image::open(sample_path(dir.path(), 4))
+        .expect("sample png")
+        .to_rgb8();
+    let tile = (png.height() - 2) / 2;
+    assert_eq!(
+        (png.width(), png.height()),
+        (5 * tile + 8, 2 * tile + 2),
+        "two rows of five tiles"
     );
+    let red = (0..png.width())
+        .flat_map(|x| (tile + 2..png.height()).map(move |y| (x, y)))
+        .filter(|&(x, y)| {
+            let [r, g, b] = png.get_pixel(x, y).0;
+            r >= 128 && g < r / 2 && b < r / 2
+        })
+        .count();
+    assert!(red > 100, "the spectra show the mask: {red} red pixels");
     assert_eq!(checkpoint::latest_complete(dir.path()), Some(4));
 }
 

@@ -76,7 +76,8 @@ pub async fn download(
 }
 
 /// `GET /jobs/{id}/samples/{step}`: the PNG written with the checkpoint of that step
-/// (input | corrupted | reconstruction | target).
+/// (pre-training: input | corrupted | reconstruction | target | error over their spectra;
+/// fine-tuning: degraded | restored | target).
 #[utoipa::path(get, path = "/api/v1/jobs/{id}/samples/{step}", tag = "checkpoints",
     params(("id" = uuid::Uuid, Path, description = "Job id"), ("step" = i64, Path)),
     security(("bearer" = [])),

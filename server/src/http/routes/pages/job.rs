@@ -372,8 +372,10 @@ async fn view(state: &AppState, viewer: &Viewer, job: Job, log_scale: bool) -> P
         samples,
         sample_tiles: match job.kind {
             JobKind::Pretrain => {
-                "input | corrupted | reconstruction | target, each tile contrast-stretched to \
-                 its own range"
+                "input | corrupted | reconstruction | target (each tile contrast-stretched to \
+                 its own range) | error |reconstruction - target| (black: none, white: the \
+                 largest); below, their log-magnitude spectra (zero frequency at the centre) \
+                 with the frequencies the mask removed tinted red"
             }
             JobKind::Finetune | JobKind::Compare => "degraded | restored | target",
         },
