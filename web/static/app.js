@@ -1,7 +1,7 @@
 // IFP platform: live updates for the server-rendered pages. Every page works without this
-// script; with it, the jobs list and the job page refresh themselves, and the new-job form's
-// preview follows its fields. The server renders every fragment, so this file only fetches
-// and swaps HTML.
+// script; with it, the jobs list and the job page refresh themselves, the new-job form's
+// preview follows its fields, and charts become interactive (uPlot, vendored in
+// web/static/vendor). The server renders every fragment and every chart's data.
 "use strict";
 
 const FINAL = ["succeeded", "failed", "cancelled"];
@@ -50,7 +50,7 @@ function liveJobPage(box) {
     busy = true;
     try {
       const html = await fetchText(url);
-      if (html !== null) box.innerHTML = html;
+      if (html !== null) { box.innerHTML = html; mountCharts(box); }
     } catch (e) { /* keep the old content */ }
     busy = false;
     if (again) { again = false; refresh(); }
@@ -74,6 +74,98 @@ function liveJobPage(box) {
     const poll = async () => { await refresh(); if (!FINAL.includes(statusNow().trim())) setTimeout(poll, 3000); };
     setTimeout(poll, 3000);
   }
+}
+
+// Interactive charts. Every server-drawn chart carries its data (`data-chart` on its box);
+// with uPlot loaded, it is redrawn as a canvas chart with the values under the cursor, zoom
+// (drag across; double-click resets), legend entries that hide and show their line, and an
+// exponential-moving-average smoothing slider. The SVG stays for readers without JavaScript.
+// What the reader set (zoom, hidden lines, smoothing) survives the live page's refreshes,
+// keyed by the chart's title.
+const chartState = new Map();
+
+function smooth(ys, weight) {
+  if (!weight) return ys;
+  // TensorBoard's debiased EMA: early points are not pulled towards zero.
+  let last = 0, n = 0;
+  return ys.map((y) => {
+    if (y === null || !Number.isFinite(y)) return y;
+    last = last * weight + (1 - weight) * y; n += 1;
+    return last / (1 - Math.pow(weight, n));
+  });
+}
+
+function seriesNames(box, count) {
+  const caption = box.closest("figure")?.querySelector("figcaption");
+  return Array.from({ length: count }, (_, i) => caption?.querySelector(`span.s${i}`)?.textContent.trim() || null);
+}
+
+function mountChart(box) {
+  if (!window.uPlot || box.dataset.mounted) return;
+  let data;
+  try { data = JSON.parse(box.dataset.chart); } catch (e) { return; }
+  const svg = box.querySelector("svg");
+  const key = svg?.getAttribute("aria-label") || "";
+  const state = chartState.get(key) || { smoothing: 0, hidden: new Set(), x: null };
+  chartState.set(key, state);
+  const names = seriesNames(box, 8);
+  const looks = data.series.map((s) => {
+    const line = svg?.querySelector(`polyline.line.s${s.style}`);
+    const cs = line ? getComputedStyle(line) : null;
+    const dash = cs && cs.strokeDasharray !== "none" ? cs.strokeDasharray.split(/[ ,]+/).map(parseFloat).filter(Number.isFinite) : [];
+    return { stroke: cs ? cs.stroke : "#1d4ed8", dash };
+  });
+  const raw = uPlot.join(data.series.map((s) => [s.points.map((p) => p[0]), s.points.map((p) => p[1])]));
+  const shown = () => [raw[0], ...raw.slice(1).map((ys) => smooth(ys, state.smoothing))];
+  const fmt = (v) => (v === null || v === undefined ? "—" : Math.abs(v) >= 1e4 || (v !== 0 && Math.abs(v) < 1e-3) ? v.toExponential(1) : +v.toPrecision(4));
+  const plot = document.createElement("div");
+  plot.className = "uplot-box";
+  const controls = document.createElement("div");
+  controls.className = "chart-controls";
+  controls.innerHTML = '<label>Smoothing <input type="range" min="0" max="0.99" step="0.01"></label> <output></output> <span class="hint">drag to zoom, double-click to reset, click a legend entry to hide its line</span>';
+  const slider = controls.querySelector("input"), out = controls.querySelector("output");
+  slider.value = state.smoothing; out.textContent = state.smoothing.toFixed(2);
+  box.append(controls, plot);
+  const opts = {
+    width: Math.max(plot.clientWidth || box.clientWidth || 600, 200),
+    height: 220,
+    scales: { x: { time: false }, y: data.log ? { distr: 3 } : {} },
+    axes: [
+      { label: data.x, stroke: getComputedStyle(box).color },
+      { label: data.y, stroke: getComputedStyle(box).color, size: 64, values: (u, vals) => vals.map(fmt) },
+    ],
+    legend: { live: true },
+    cursor: { drag: { x: true, y: false } },
+    series: [
+      { label: data.x, value: (u, v) => (v === null ? "—" : +v.toPrecision(6)) },
+      ...data.series.map((s, i) => ({
+        label: names[s.style] || (data.series.length === 1 ? data.y : `series ${i + 1}`),
+        stroke: looks[i].stroke, dash: looks[i].dash, width: 2, spanGaps: true,
+        points: { show: false }, show: !state.hidden.has(i), value: (u, v) => fmt(v),
+      })),
+    ],
+    hooks: {
+      setSeries: [(u, i, o) => { if (i) (o.show ? state.hidden.delete(i - 1) : state.hidden.add(i - 1)); }],
+      setScale: [(u, k) => {
+        if (k !== "x") return;
+        const full = u.data[0].length && u.scales.x.min <= u.data[0][0] && u.scales.x.max >= u.data[0][u.data[0].length - 1];
+        state.x = full ? null : [u.scales.x.min, u.scales.x.max];
+      }],
+    },
+  };
+  const u = new uPlot(opts, shown(), plot);
+  if (state.x) u.setScale("x", { min: state.x[0], max: state.x[1] });
+  slider.addEventListener("input", () => {
+    state.smoothing = +slider.value; out.textContent = state.smoothing.toFixed(2);
+    u.setData(shown(), false); u.redraw();
+  });
+  new ResizeObserver(() => { const w = box.clientWidth; if (w > 0 && Math.abs(w - u.width) > 2) u.setSize({ width: w, height: 220 }); }).observe(box);
+  box.dataset.mounted = "1";
+  box.classList.add("interactive");
+}
+
+function mountCharts(root) {
+  root.querySelectorAll(".chart-box[data-chart]").forEach(mountChart);
 }
 
 // The new-job form: picking a preset loads its values; the preview follows the fields.
@@ -119,6 +211,7 @@ function newJobForm(form) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  mountCharts(document);
   const rows = document.querySelector("#job-rows[data-live]");
   if (rows) liveJobList(rows);
   const live = document.querySelector("#live[data-live]");

@@ -1,6 +1,9 @@
 //! Line charts and sparklines as inline SVG, drawn on the server: one renderer serves the page
 //! without JavaScript and its live updates (the page's script swaps in fresh server-rendered
-//! fragments), so no charting library is shipped. Colours come from the stylesheet's classes.
+//! fragments). Colours come from the stylesheet's classes. Each chart also carries its data as
+//! JSON (`data-chart` on its box), from which the page's script draws the interactive version
+//! (zoom, legend toggles, smoothing, values under the cursor) with the vendored uPlot; the SVG
+//! stays the no-JavaScript view.
 
 use std::fmt::Write;
 
@@ -10,7 +13,7 @@ const H: f64 = 220.0;
 const LEFT: f64 = 64.0;
 const RIGHT: f64 = 14.0;
 const TOP: f64 = 12.0;
-const BOTTOM: f64 = 30.0;
+const BOTTOM: f64 = 44.0;
 /// More points than pixels only cost bytes.
 const MAX_POINTS: usize = 640;
 /// Hover targets per line.
@@ -57,7 +60,26 @@ pub fn styled_line_chart(
         })
         .collect();
     let all: Vec<(f64, f64)> = series.iter().flatten().copied().collect();
+    let (x_title, y_title) = axis_titles(label, x_name);
     let mut s = String::new();
+    if !all.is_empty() {
+        let data = serde_json::json!({
+            "log": log_y,
+            "x": x_title,
+            "y": y_title,
+            "series": series.iter().zip(&styles).map(|(pts, style)| serde_json::json!({
+                "style": style,
+                "points": pts.iter().map(|(x, y)| [*x, *y]).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        });
+        let _ = write!(
+            s,
+            r#"<div class="chart-box" data-chart="{}">"#,
+            escape(&data.to_string())
+        );
+    } else {
+        s.push_str(r#"<div class="chart-box">"#);
+    }
     let _ = write!(
         s,
         r#"<svg class="chart" viewBox="0 0 {W} {H}" role="img" aria-label="{}" preserveAspectRatio="none"><title>{}</title>"#,
@@ -67,7 +89,7 @@ pub fn styled_line_chart(
     if all.is_empty() {
         let _ = write!(
             s,
-            r#"<text class="empty" x="{}" y="{}" text-anchor="middle">No data yet</text></svg>"#,
+            r#"<text class="empty" x="{}" y="{}" text-anchor="middle">No data yet</text></svg></div>"#,
             W / 2.0,
             H / 2.0
         );
@@ -126,7 +148,7 @@ pub fn styled_line_chart(
             s,
             r#"<text class="tick" x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
             px(x),
-            H - 10.0,
+            H - BOTTOM + 16.0,
             tick_label(x, x_step)
         );
         x += x_step;
@@ -135,6 +157,15 @@ pub fn styled_line_chart(
         s,
         r#"<line class="axis" x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{}"/>"#,
         H - BOTTOM
+    );
+    let _ = write!(
+        s,
+        r#"<text class="axis-title" x="{:.1}" y="{}" text-anchor="middle">{}</text><text class="axis-title" transform="translate(12 {:.1}) rotate(-90)" text-anchor="middle">{}</text>"#,
+        (LEFT + W - RIGHT) / 2.0,
+        H - 6.0,
+        escape(&x_title),
+        (TOP + H - BOTTOM) / 2.0,
+        escape(&y_title)
     );
     for (pts, i) in series.iter().zip(&styles) {
         let _ = write!(s, r#"<polyline class="line s{i}" fill="none" points=""#);
@@ -156,8 +187,21 @@ pub fn styled_line_chart(
             );
         }
     }
-    s.push_str("</svg>");
+    s.push_str("</svg></div>");
     s
+}
+
+/// The axis titles a chart's label implies: labels read "<y> by <x>[, or: more]", e.g.
+/// "validation PSNR (dB) by fine-tuning step, one line per arm"; without " by ", the y title
+/// is the whole label and the x title is `x_name`.
+fn axis_titles(label: &str, x_name: &str) -> (String, String) {
+    match label.split_once(" by ") {
+        Some((y, x)) => {
+            let x = x.split([',', ':']).next().unwrap_or(x_name).trim();
+            (x.to_string(), y.trim().to_string())
+        }
+        None => (x_name.to_string(), label.to_string()),
+    }
 }
 
 /// A small trend line of `values` (oldest first), for the jobs list.
@@ -339,6 +383,41 @@ mod tests {
         let svg = multi_line_chart(&[a, b], 3.0, false, "val PSNR");
         assert!(svg.contains("line s0") && svg.contains("line s1"));
         assert_eq!(svg.matches("<polyline").count(), 2);
+    }
+
+    #[test]
+    fn charts_carry_axis_titles_and_their_data_for_the_script() {
+        let svg = styled_line_chart(
+            &[(1, vec![(1.0, 0.5), (2.0, 0.25)])],
+            2.0,
+            true,
+            "validation PSNR (dB) by fine-tuning step, one line per arm",
+            "step",
+        );
+        assert!(svg.contains(">fine-tuning step</text>"), "{svg}");
+        assert!(
+            svg.contains("rotate(-90)\" text-anchor=\"middle\">validation PSNR (dB)</text>"),
+            "{svg}"
+        );
+        let attr = svg
+            .split("data-chart=\"")
+            .nth(1)
+            .and_then(|a| a.split('"').next())
+            .expect("data-chart");
+        let json = attr.replace("&quot;", "\"").replace("&amp;", "&");
+        let data: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+        assert_eq!(
+            data,
+            serde_json::json!({"log": true, "x": "fine-tuning step", "y": "validation PSNR (dB)",
+                "series": [{"style": 1, "points": [[1.0, 0.5], [2.0, 0.25]]}]})
+        );
+        assert_eq!(axis_titles("training loss by step: a, b", "step").0, "step");
+        assert_eq!(
+            axis_titles("loss", "second"),
+            ("second".into(), "loss".into())
+        );
+        // Nothing to draw: no data for the script either.
+        assert!(!line_chart(&[], 1.0, false, "loss").contains("data-chart"));
     }
 
     #[test]

@@ -29,6 +29,23 @@ const FILES: &[(&str, &str, &[u8])] = &[
         "image/svg+xml",
         include_bytes!("../../../../../web/static/favicon.svg"),
     ),
+    // uPlot (MIT, web/static/vendor/uPlot.LICENSE), the charting library the pages' script
+    // draws interactive charts with; `web/vendor.sh` fetches and checks it.
+    (
+        "uPlot.iife.min.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../../../../web/static/vendor/uPlot.iife.min.js"),
+    ),
+    (
+        "uPlot.min.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../../../../../web/static/vendor/uPlot.min.css"),
+    ),
+    (
+        "uPlot.LICENSE",
+        "text/plain; charset=utf-8",
+        include_bytes!("../../../../../web/static/vendor/uPlot.LICENSE"),
+    ),
     // The networks in PyTorch, so a downloaded checkpoint loads with one import.
     (
         "ifp_models.py",

@@ -139,11 +139,12 @@ pub fn fingerprint_preset(name: &str) -> String {
     format!("preset:{name}")
 }
 
+/// Line endings do not count: browsers send a textarea's lines ending in CRLF whatever the page
+/// held, and a clone's form must not read that as a new YAML (which would reload the fields
+/// over the user's edits).
 pub fn fingerprint_yaml(text: &str) -> String {
-    format!(
-        "yaml:{}",
-        hex::encode(Sha256::digest(text.trim().as_bytes()))
-    )
+    let text = text.trim().replace("\r\n", "\n");
+    format!("yaml:{}", hex::encode(Sha256::digest(text.as_bytes())))
 }
 
 /// `A.B.C` -> `/A/B/C`.
@@ -173,6 +174,19 @@ mod tests {
 
     fn tiny() -> Config {
         ifp_trainer::config::preset("tiny").expect("tiny")
+    }
+
+    #[test]
+    fn a_yaml_sent_back_with_crlf_lines_is_the_same_base() {
+        let yaml = "MODEL:\n  TYPE: restormer\n";
+        assert_eq!(
+            fingerprint_yaml(yaml),
+            fingerprint_yaml("MODEL:\r\n  TYPE: restormer\r\n")
+        );
+        assert_ne!(
+            fingerprint_yaml(yaml),
+            fingerprint_yaml("MODEL:\n  TYPE: uformer\n")
+        );
     }
 
     #[test]
