@@ -402,6 +402,11 @@ async fn queue_limits_control_characters_aliases_sizes_and_non_finite_numbers_ar
         (json!({"config_yaml": TINY, "name": "two\nlines"}), "name"),
         (json!({"config_yaml": nan_lr}), "TRAIN.BASE_LR"),
         (json!({"config_yaml": inf_clip}), "TRAIN.CLIP_GRAD"),
+        // An optional key's infinity once read as "not set" and the job was queued (201).
+        (
+            json!({"config_yaml": "TRAIN:\n  STEPS: .inf\n"}),
+            "TRAIN.STEPS",
+        ),
         (json!({"config_yaml": nul_tag}), "TAG"),
         (
             json!({"config_yaml": "a: &a [x, x]\nTAG: *a\n"}),

@@ -81,6 +81,13 @@ fn impossible_values_name_path_and_value() {
             "TRAIN.OPTIMIZER.BETAS",
             "TRAIN.OPTIMIZER.BETAS",
         ),
+        // Optional keys too: JSON has no infinity, so these once became `null` ("not set") and
+        // the run took the default (found by bench/fuzz/http_fuzz.py).
+        ("TRAIN:\n  STEPS: .inf\n", "TRAIN.STEPS", "finite number, got inf"),
+        ("MODEL:\n  BATCH_SIZE: .inf\n", "MODEL.BATCH_SIZE", "finite"),
+        ("DATA:\n  NOISE_IMAGE: .inf\n", "DATA.NOISE_IMAGE", "finite"),
+        ("TAG: .nan\n", "TAG", "finite number, got NaN"),
+        ("SEED: -.inf\n", "SEED", "finite"),
         // A number too large for a float reads as infinity; the finiteness check names it.
         ("TRAIN:\n  CLIP_GRAD: 1e999\n", "TRAIN.CLIP_GRAD", "finite"),
         ("TRAIN:\n  BASE_LR: \"-1e999\"\n", "TRAIN.BASE_LR", "finite"),

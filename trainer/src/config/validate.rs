@@ -410,7 +410,8 @@ pub(crate) fn check_finite<T: serde::Serialize>(cfg: &T) -> Result<(), ConfigErr
     }
 }
 
-fn first_non_finite(v: &serde_norway::Value, path: String) -> Option<(String, f64)> {
+/// The first number in `v` that is not finite, with its dotted key path under `path`.
+pub(crate) fn first_non_finite(v: &serde_norway::Value, path: String) -> Option<(String, f64)> {
     use serde_norway::Value;
     match v {
         Value::Number(n) => n.as_f64().filter(|x| !x.is_finite()).map(|x| (path, x)),
