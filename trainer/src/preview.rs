@@ -15,6 +15,10 @@ use crate::error::Result;
 pub const TILE: usize = 160;
 /// The largest side of a generated noise image in the preview.
 pub const PREVIEW_SIDE: usize = 1024;
+/// The largest training crop the preview draws; a larger `DATA.IMG_SIZE` is drawn at this side
+/// with the MFM radii scaled alike (IFP's rings scale with the side by themselves), so the
+/// picture keeps its proportions and a 4096-pixel crop costs the web process nothing.
+pub const PREVIEW_CROP: usize = 256;
 /// White space between tiles.
 const GAP: usize = 6;
 /// The tiles, left to right.
@@ -90,11 +94,18 @@ pub fn render(cfg: &Config) -> Result<Image> {
 
 /// The config the preview draws from. The web process renders a preview on every form change,
 /// so a generated noise image is drawn at most [`PREVIEW_SIDE`] a side (same statistics and
-/// seed; the run itself uses the full size): a huge `NOISE.WIDTH` costs the preview nothing.
+/// seed; the run itself uses the full size) and the crop at most [`PREVIEW_CROP`]: a huge
+/// `NOISE.WIDTH` or `IMG_SIZE` costs the preview nothing.
 fn bounded(cfg: &Config) -> Config {
     let mut cfg = cfg.clone();
     cfg.data.noise.width = cfg.data.noise.width.min(PREVIEW_SIDE);
     cfg.data.noise.height = cfg.data.noise.height.min(PREVIEW_SIDE);
+    if cfg.data.img_size > PREVIEW_CROP {
+        let scale = PREVIEW_CROP as f64 / cfg.data.img_size as f64;
+        cfg.data.img_size = PREVIEW_CROP;
+        cfg.data.mask_radius1 *= scale;
+        cfg.data.mask_radius2 *= scale;
+    }
     cfg
 }
 
@@ -113,6 +124,26 @@ fn fit(img: &Image, smooth: bool) -> Image {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_crop_is_previewed_at_a_bounded_side_in_proportion() {
+        let mut cfg = crate::config::preset("tiny").expect("tiny preset");
+        cfg.data.img_size = 4096;
+        cfg.data.batch_size = 1000;
+        cfg.data.mask_radius1 = 512.0;
+        let b = bounded(&cfg);
+        assert_eq!(b.data.img_size, PREVIEW_CROP);
+        assert_eq!(b.data.mask_radius1, 32.0);
+        let img = render(&cfg).expect("preview");
+        assert_eq!((img.width, img.height), (4 * TILE + 3 * GAP, TILE));
+        // Small crops are drawn as the run draws them.
+        assert_eq!(
+            bounded(&crate::config::preset("tiny").expect("tiny"))
+                .data
+                .img_size,
+            32
+        );
+    }
 
     #[test]
     fn tiny_preset_preview_has_four_tiles_and_a_binary_mask() {
