@@ -195,7 +195,7 @@ pub struct Uploaded {
 }
 
 #[utoipa::path(post, path = "/api/v1/uploads", tag = "uploads",
-    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+    request_body(content = crate::http::routes::openapi::Binary, content_type = "application/octet-stream",
         description = "A PNG or JPEG noise image (at most 32 MiB, 16384 px a side, 16 MP in all)"),
     security(("bearer" = [])),
     responses(

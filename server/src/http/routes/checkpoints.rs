@@ -16,6 +16,7 @@ use tower_http::services::ServeFile;
 
 use crate::db::rows::CheckpointFile;
 use crate::error::{Error, ErrorBody, Result};
+use crate::http::routes::openapi::Binary;
 use crate::http::state::AppState;
 use crate::jobs::service::{self, visible_job};
 use crate::tokens::Caller;
@@ -56,7 +57,11 @@ pub async fn list(
         ("name" = String, Path, description = "A name from the checkpoint list")),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The file; `ETag` is its SHA-256", content_type = "application/octet-stream"),
+        (status = 200, description = "The file; `ETag` is its SHA-256. Its type follows its name: \
+            model and state files are binary safetensors, sample strips and showcases PNG, reports \
+            JSON or CSV", content(
+            (Binary = "application/octet-stream"), (Binary = "image/png"),
+            (Binary = "application/json"), (Binary = "text/csv"))),
         (status = 206, description = "The requested `Range`"),
         (status = 304, description = "`If-None-Match` matched"),
         (status = 401, body = ErrorBody),

@@ -293,7 +293,10 @@ pub struct ListParams {
     /// Only jobs whose name contains this text (any case; at most 200 characters).
     pub name: Option<String>,
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
+    /// Jobs to skip (default 0).
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
 }
 
@@ -395,6 +398,8 @@ pub async fn cancel(
 pub struct MetricParams {
     /// Only steps after this one (for incremental polling).
     pub after: Option<i64>,
+    /// The most steps returned, 1 to 100000 (default 10000).
+    #[param(minimum = 1, maximum = 100000)]
     pub limit: Option<i64>,
 }
 

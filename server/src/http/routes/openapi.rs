@@ -18,11 +18,17 @@ use super::{checkpoints, events, health, jobs, prometheus};
     components(schemas(
         crate::db::rows::Job, crate::db::rows::Metric, crate::db::rows::CheckpointFile,
         crate::error::ErrorBody, jobs::CreateJob, jobs::JobList, jobs::JobDetail, crate::db::rows::Attempt, checkpoints::CheckpointEntry,
-        crate::jobs::uploads::Uploaded,
+        crate::jobs::uploads::Uploaded, Binary,
     )),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;
+
+/// Raw bytes (a file's content), as the description spells a binary body: a string in the
+/// `binary` format.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct Binary(pub Vec<u8>);
 
 struct BearerAuth;
 
