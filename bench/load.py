@@ -33,7 +33,8 @@ Run (a server with one CPU worker; this script does not start one unless --start
   $P bench/load.py ... --phases burst,after  # a subset
 Options: --ifp-bin (for --start; default /var/tmp/ifp-target/release/ifp), --port (18581),
   --sse, --sse-secs, --slow, --idle, --header-timeout (the server's, default 10),
-  --max-connections (the server's, default 512), --burst-clients, --burst-rounds, --json FILE.
+  --max-connections (the server's, default 512), --burst-clients, --burst-rounds,
+  --burst-only REGEX (e.g. '^(submit|upload):' for a burst without previews), --json FILE.
 
 Prints one line per phase while it runs, then a summary table: per phase, requests by status,
 /healthz median / p99 / max latency and failed probes, the server's largest VmRSS sampled and
@@ -107,15 +108,21 @@ def proc_status(pid):
 
 
 def children_rss(pid):
-    """Total VmRSS (MB) of pid's direct children (the training processes)."""
+    """Total VmRSS (MB) of pid's direct children (the training processes), over all its threads
+    (a child belongs to the thread that spawned it)."""
     total = 0.0
     try:
-        kids = open(f"/proc/{pid}/task/{pid}/children").read().split()
+        tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return 0.0
-    for k in kids:
-        rss, _ = proc_status(int(k))
-        total += rss or 0.0
+    for tid in tids:
+        try:
+            kids = open(f"/proc/{pid}/task/{tid}/children").read().split()
+        except OSError:
+            continue
+        for k in kids:
+            rss, _ = proc_status(int(k))
+            total += rss or 0.0
     return total
 
 
@@ -455,12 +462,14 @@ def preview_forms():
             ("preview-uformer-2048", dict(big, backbone="uformer"))]
 
 
-def phase_burst(s, clients, rounds):
+def phase_burst(s, clients, rounds, only=None):
     browser = Browser(s).sign_in()
     subs, ups, prevs = hostile_submissions(), hostile_uploads(), preview_forms()
     # Each client cycles through every kind of request, starting at a different place.
     kinds = ([("submit",) + x for x in subs] + [("upload",) + x for x in ups]
              + [("preview",) + x for x in prevs])
+    if only:
+        kinds = [k for k in kinds if re.search(only, f"{k[0]}:{k[1]}")]
     results = {}  # label -> {status: count}
     latencies = {}
     accepted = []
@@ -589,6 +598,7 @@ def main():
     ap.add_argument("--max-connections", type=int, default=512)
     ap.add_argument("--burst-clients", type=int, default=48)
     ap.add_argument("--burst-rounds", type=int, default=3)
+    ap.add_argument("--burst-only", metavar="REGEX", help="only the burst requests whose kind:label matches")
     ap.add_argument("--after-timeout", type=float, default=600)
     ap.add_argument("--json", help="write every figure to this file")
     args = ap.parse_args()
@@ -636,7 +646,7 @@ def main():
                 continue
             elif ph == "burst":
                 sampler.set_phase("burst")
-                r = phase_burst(s, args.burst_clients, args.burst_rounds)
+                r = phase_burst(s, args.burst_clients, args.burst_rounds, args.burst_only)
                 if r["5xx_bodies"]:
                     problems.append(f"burst: 5xx other than 503 busy: {r['5xx_bodies']}")
             elif ph == "after":
