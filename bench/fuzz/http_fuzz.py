@@ -26,7 +26,7 @@ towards new validation branches.
 
 A crash is: a 5xx other than 503 `busy`; a connection reset or no answer in 60 s; an error body
 that is not JSON `{"error", "message", ...}`; the server process gone; /healthz failing after a
-case. Crashing inputs go to OUT/crashes/<target>-<n>.bin with a .txt note (status, body).
+case; and (a wrong answer rather than a crash) a 201 for a YAML config with a `.inf`/`.nan` value. Crashing inputs go to OUT/crashes/<target>-<n>.bin with a .txt note (status, body).
 Accepted jobs (201) are cancelled at once. Run it against a server with no worker slots.
 
 Run:
@@ -350,6 +350,9 @@ class Target:
         self.lock = threading.Lock()
 
 
+NON_FINITE = re.compile(r"(?im)^[^#\n]*:\s*[-+]?\.(inf|nan)\s*(#.*)?$")
+
+
 def answer_signature(status, body):
     try:
         d = json.loads(body)
@@ -357,6 +360,8 @@ def answer_signature(status, body):
         kp = d.get("key_path", "") if isinstance(d, dict) else ""
     except ValueError:
         msg, kp = body[:80].decode(errors="replace"), ""
+    # Quoted parts echo the input (key names, values): blank them so that one branch is one answer.
+    msg = re.sub(r"`[^`]*`|\"[^\"]*\"|'[^']*'", "Q", msg)
     msg = re.sub(r"\d+(\.\d+)?(e[+-]?\d+)?", "N", msg)[:60]
     return f"{status}|{kp}|{msg}"
 
@@ -451,6 +456,10 @@ class Fuzzer:
             self.record_crash(t, payload, f"HTTP {st}: {resp[:500]!r}")
         elif st >= 400 and st != 503 and not well_formed_error(resp):
             self.record_crash(t, payload, f"HTTP {st} with a body that is not the error JSON: {resp[:300]!r}")
+        if st == 201 and t.name == "yaml" and NON_FINITE.search(child[1]):
+            # Not a crash but a wrong answer: a non-finite number must be refused (issue 16,
+            # "finite numbers only"), not accepted as something else.
+            self.record_crash(t, payload, "201 for a config with a non-finite value (.inf/.nan)")
         if st == 201 and t.name == "yaml":
             try:
                 job = json.loads(resp)["id"]
