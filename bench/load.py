@@ -30,8 +30,10 @@ Run (a server with one CPU worker; this script does not start one unless --start
   P=/var/tmp/ifp-campaign-venv/bin/python   # or any python3
   $P bench/load.py --url http://127.0.0.1:8080 --token "$(cat ifp-data/admin-token)" --pid PID
   $P bench/load.py --start /tmp/ifp-load     # starts `ifp serve --workers 1` itself there
+  $P bench/load.py --start /tmp/ifp-burst --workers 0 --phases baseline,burst --burst-only '^preview:'
+                                             # one kind of burst alone, with nothing training
   $P bench/load.py ... --phases burst,after  # a subset
-Options: --ifp-bin (for --start; default /var/tmp/ifp-target/release/ifp), --port (18581),
+Options: --ifp-bin, --workers (for --start; default /var/tmp/ifp-target/release/ifp, 1), --port (18581),
   --sse, --sse-secs, --slow, --idle, --header-timeout (the server's, default 10),
   --max-connections (the server's, default 512), --burst-clients, --burst-rounds,
   --burst-only REGEX (e.g. '^(submit|upload):' for a burst without previews), --json FILE.
@@ -557,7 +559,7 @@ def start_server(args):
     os.makedirs(data, exist_ok=True)
     log = open(os.path.join(data, "serve.log"), "w")
     cmd = [args.ifp_bin, "serve", "--data-dir", os.path.join(data, "data"),
-           "--bind", f"127.0.0.1:{args.port}", "--workers", "1",
+           "--bind", f"127.0.0.1:{args.port}", "--workers", str(args.workers),
            "--max-connections", str(args.max_connections),
            "--header-timeout-secs", str(args.header_timeout)]
     p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -589,6 +591,9 @@ def main():
     ap.add_argument("--start", metavar="DIR", help="start `ifp serve --workers 1` in DIR")
     ap.add_argument("--ifp-bin", default="/var/tmp/ifp-target/release/ifp")
     ap.add_argument("--port", type=int, default=18581)
+    ap.add_argument("--workers", type=int, default=1,
+                    help="worker slots of the --start server (0: API only, for a burst's own memory; "
+                         "the sse and after phases need one)")
     ap.add_argument("--phases", default="baseline,sse,slow,burst,after")
     ap.add_argument("--sse", type=int, default=300)
     ap.add_argument("--sse-secs", type=float, default=240)
