@@ -20,13 +20,13 @@
 #   4. Stops what it started (server, worker, PostgreSQL).
 #
 # Run (from the repository root):
-#   bench/schemathesis.sh                      # ~4,000-8,000 cases, a few minutes
-#   N=400 bench/schemathesis.sh                # more cases per operation
+#   bench/schemathesis.sh                      # N=600: ~10,000 cases, ~9 min on 2 busy cores
+#   N=100 bench/schemathesis.sh                # a quicker pass (~1,500 cases)
 #   CHECKS=all bench/schemathesis.sh           # every schemathesis check (also positive/negative
 #                                              # data acceptance: schema precision, not crashes)
 #   IFP_URL=http://127.0.0.1:8080 IFP_TOKEN=$(cat ifp-data/admin-token) bench/schemathesis.sh
 # Env: IFP_BIN (default /var/tmp/ifp-target/release/ifp), WORK (default /tmp/ifp-schemathesis),
-#   PORT (18481), N (200), SEED (1), WORKERS (schemathesis concurrency, 2), MAX_TIME (seconds,
+#   PORT (18481), N (600), SEED (1), WORKERS (schemathesis concurrency, 2), MAX_TIME (seconds,
 #   unset = until N cases each), TRAINED (1), CHECKS.
 #
 # Prints schemathesis's own report, then one line
@@ -42,7 +42,7 @@ VENV=${IFP_CAMPAIGN_VENV:-/var/tmp/ifp-campaign-venv}
 IFP_BIN=${IFP_BIN:-/var/tmp/ifp-target/release/ifp}
 WORK=${WORK:-/tmp/ifp-schemathesis}
 PORT=${PORT:-18481}
-N=${N:-200}
+N=${N:-600}
 SEED=${SEED:-1}
 WORKERS=${WORKERS:-2}
 TRAINED=${TRAINED:-1}
