@@ -196,6 +196,7 @@ MAXT=()
 if [ -n "${MAX_TIME:-}" ]; then MAXT=(--max-time "$MAX_TIME"); fi
 echo "== schemathesis $("$VENV/bin/schemathesis" --version | awk '{print $NF}') against $URL/openapi.json: N=$N per operation and phase, seed $SEED, checks $CHECKS"
 START=$(date +%s)
+cd "$WORK"   # schemathesis keeps a cache folder (.schemathesis/) in the current directory
 set +e
 nice -n 5 "$VENV/bin/schemathesis" --config-file "$WORK/schemathesis.toml" run "$URL/openapi.json" \
     -H "Authorization: Bearer $TOKEN" \
