@@ -125,7 +125,7 @@ pub async fn submit(pool: &PgPool, artifacts: &Path, s: Submission, spec: &JobSp
             .await
             .map_err(|_| Error::invalid(Some("parent"), format!("no job {parent} of yours")))?;
     }
-    check_memory(pool, spec).await?;
+    let memory_need = check_memory(pool, spec).await?;
     let total_steps = i64::try_from(spec.total_steps()).unwrap_or(0);
     if total_steps == 0 {
         return Err(Error::invalid(
@@ -153,6 +153,7 @@ pub async fn submit(pool: &PgPool, artifacts: &Path, s: Submission, spec: &JobSp
             max_attempts: s.max_attempts,
             device_class: spec.device_class(),
             parent_id: s.parent,
+            memory_need: i64::try_from(memory_need).ok(),
         },
     )
     .await
@@ -293,10 +294,6 @@ pub async fn list(
         .await?)
 }
 
-/// Share of a worker's memory a run may plan to use: the rest is the operating system's and,
-/// for the in-process workers of `ifp serve`, the server's and its database's.
-const MEMORY_HEADROOM: f64 = 0.9;
-
 /// A run's estimated peak memory against the largest live worker that may run it: what
 /// admission control refuses and what the new-job form shows, from one computation.
 struct MemoryFit {
@@ -326,13 +323,14 @@ impl MemoryFit {
     /// More than the headroom of the largest worker; never without a worker to compare with.
     fn refused(&self) -> bool {
         self.have
-            .is_some_and(|have| self.need as f64 > MEMORY_HEADROOM * have as f64)
+            .is_some_and(|have| self.need as f64 > queue::MEMORY_HEADROOM * have as f64)
     }
 }
 
 /// Refuses a run whose estimated peak memory exceeds what any live worker of its device class
-/// has. Without a registered worker there is nothing to check against: the job waits for one.
-async fn check_memory(pool: &PgPool, spec: &JobSpec) -> Result<()> {
+/// has, or returns the estimate, which is stored with the job. Without a registered worker
+/// there is nothing to check against: the job waits for a worker it fits (`queue::claim_on`).
+async fn check_memory(pool: &PgPool, spec: &JobSpec) -> Result<u64> {
     let fit = MemoryFit::of(pool, spec).await?;
     if let (true, Some(have)) = (fit.refused(), fit.have) {
         let (need, key) = (fit.need, fit.key);
@@ -352,7 +350,7 @@ async fn check_memory(pool: &PgPool, spec: &JobSpec) -> Result<()> {
             ),
         ));
     }
-    Ok(())
+    Ok(fit.need)
 }
 
 /// Which jobs a list shows: by status, and by a part of the name (any case).

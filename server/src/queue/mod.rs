@@ -42,7 +42,13 @@ pub struct NewJob {
     pub device_class: DeviceClass,
     /// The job it was derived from, if any.
     pub parent_id: Option<Uuid>,
+    /// The run's estimated peak memory in bytes: only workers it fits in claim it.
+    pub memory_need: Option<i64>,
 }
+
+/// Share of a worker's memory a run may plan to use: the rest is the operating system's and,
+/// for the in-process workers of `ifp serve`, the server's and its database's.
+pub const MEMORY_HEADROOM: f64 = 0.9;
 
 /// What a worker trains on: decides which jobs it may claim and is recorded on each attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,8 +150,8 @@ pub async fn enqueue(pool: &PgPool, job: &NewJob) -> Result<Job> {
     let sql = format!(
         "insert into job
              (id, name, owner, priority, config, total_steps, max_attempts, device_class, kind,
-              parent_id)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) returning {JOB_COLUMNS}"
+              parent_id, memory_need)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) returning {JOB_COLUMNS}"
     );
     let row: Job = sqlx::query_as(&sql)
         .bind(Uuid::new_v4())
@@ -158,6 +164,7 @@ pub async fn enqueue(pool: &PgPool, job: &NewJob) -> Result<Job> {
         .bind(job.device_class.as_str())
         .bind(job.kind)
         .bind(job.parent_id)
+        .bind(job.memory_need)
         .fetch_one(pool)
         .await?;
     notify(pool, CHANNEL_QUEUED, &row.id.to_string()).await?;
@@ -218,6 +225,8 @@ pub async fn claim_on(
         "with next as (
              select id from job
              where status = 'queued' and device_class in ('any', $3)
+               -- Only what fits: a job too big for this worker waits for one it fits.
+               and (memory_need is null or $5::bigint is null or memory_need <= $6 * $5)
              order by priority desc, created_at, id
              for update skip locked
              limit 1
@@ -239,6 +248,7 @@ pub async fn claim_on(
     .bind(device.class.as_str())
     .bind(&device.name)
     .bind(device.memory)
+    .bind(MEMORY_HEADROOM)
     .fetch_optional(pool)
     .await?;
     Ok(row.map(

@@ -25,6 +25,7 @@ fn job(name: &str, priority: i32) -> NewJob {
         max_attempts: 3,
         device_class: DeviceClass::Any,
         parent_id: None,
+        memory_need: None,
     }
 }
 
@@ -32,6 +33,7 @@ fn job_on(name: &str, device_class: DeviceClass) -> NewJob {
     NewJob {
         device_class,
         parent_id: None,
+        memory_need: None,
         ..job(name, 0)
     }
 }
@@ -412,4 +414,44 @@ async fn a_claim_returns_the_kind_stored_with_the_job() {
         let c = queue::claim(&pool, "w", LEASE).await.unwrap().unwrap();
         assert_eq!((c.fence.job_id, c.kind), (j.id, kind));
     }
+}
+
+/// Issue 16: a job queued while no worker was live skipped admission's memory check; a worker
+/// now claims only jobs whose estimate fits its memory, so the job waits for one it fits.
+#[tokio::test]
+async fn a_worker_claims_only_jobs_that_fit_its_memory() {
+    let pool = common::fresh_pool().await;
+    let big = queue::enqueue(
+        &pool,
+        &NewJob {
+            memory_need: Some(6 << 30),
+            ..job("big", 5)
+        },
+    )
+    .await
+    .unwrap();
+    let small = queue::enqueue(&pool, &job("small", 0)).await.unwrap();
+    let worker = |memory: Option<i64>| WorkerDevice {
+        class: DeviceClass::Cpu,
+        name: None,
+        memory,
+    };
+    // 6 GiB is more than 90% of 4 GiB: the small job goes first despite its lower priority,
+    // and then nothing is left for this worker.
+    let c = queue::claim_on(&pool, "w4", LEASE, &worker(Some(4 << 30)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.fence.job_id, small.id);
+    assert!(queue::claim_on(&pool, "w4", LEASE, &worker(Some(4 << 30)))
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(status(&pool, big.id).await, JobStatus::Queued);
+    // A worker it fits takes it.
+    let c = queue::claim_on(&pool, "w16", LEASE, &worker(Some(16 << 30)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.fence.job_id, big.id);
 }

@@ -75,6 +75,7 @@ async fn a_tiny_uformer_job_trains_with_a_falling_loss() {
             kind: ifp_server::db::values::JobKind::Pretrain,
             device_class: ifp_trainer::config::DeviceClass::Any,
             parent_id: None,
+            memory_need: None,
             name: "tiny-uformer".into(),
             owner: "alice".into(),
             priority: 0,

@@ -63,6 +63,7 @@ async fn job(pool: &PgPool, name: &str, outcome: Option<Outcome>) -> Uuid {
             max_attempts: 3,
             device_class: DeviceClass::Any,
             parent_id: None,
+            memory_need: None,
         },
     )
     .await

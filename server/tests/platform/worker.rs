@@ -49,6 +49,7 @@ async fn submit_config(pool: &PgPool, steps: usize, config: serde_json::Value) -
             max_attempts: 3,
             device_class: DeviceClass::Any,
             parent_id: None,
+            memory_need: None,
         },
     )
     .await
