@@ -14,7 +14,8 @@ use uuid::Uuid;
 
 const LEASE: Duration = Duration::from_secs(30);
 
-fn job(name: &str, priority: i32) -> NewJob {
+/// A tiny pre-training job of alice's with 10 steps.
+pub(crate) fn job(name: &str, priority: i32) -> NewJob {
     NewJob {
         kind: JobKind::Pretrain,
         name: name.into(),

@@ -12,10 +12,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use ifp_server::db::values::JobKind;
-use ifp_server::queue::{self, NewJob, Outcome};
+use ifp_server::queue::{self, Outcome};
 use ifp_server::webhook::{self, Webhook};
-use ifp_trainer::config::DeviceClass;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -51,24 +49,10 @@ async fn receive(State(r): State<Receiver>, Json(body): Json<serde_json::Value>)
 
 /// Queues a job and, with `outcome`, runs it to that end through the queue protocol.
 async fn job(pool: &PgPool, name: &str, outcome: Option<Outcome>) -> Uuid {
-    let id = queue::enqueue(
-        pool,
-        &NewJob {
-            kind: JobKind::Pretrain,
-            name: name.into(),
-            owner: "alice".into(),
-            priority: 0,
-            config: serde_json::json!({}),
-            total_steps: 10,
-            max_attempts: 3,
-            device_class: DeviceClass::Any,
-            parent_id: None,
-            memory_need: None,
-        },
-    )
-    .await
-    .unwrap()
-    .id;
+    let id = queue::enqueue(pool, &crate::queue::job(name, 0))
+        .await
+        .unwrap()
+        .id;
     if let Some(outcome) = outcome {
         let c = queue::claim(pool, "w1", Duration::from_secs(30))
             .await
