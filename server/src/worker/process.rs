@@ -190,9 +190,10 @@ fn crashed(
     limit: Option<u64>,
 ) -> String {
     use std::os::unix::process::ExitStatusExt;
-    // Past the limit an allocation fails (Rust aborts), or a thread cannot get its stack
-    // (EAGAIN, and the library that spawns it panics).
-    let allocation_failed = tail.contains("memory allocation of");
+    // Past the limit an allocation fails (Rust aborts), a new thread cannot map its signal
+    // stack (ENOMEM, Rust aborts) or its stack (EAGAIN, and the library that spawns it panics).
+    let allocation_failed =
+        tail.contains("memory allocation of") || tail.contains("Cannot allocate memory");
     let no_thread = tail.contains("Resource temporarily unavailable");
     let how = match status {
         Ok(s) => match (s.signal(), s.code(), limit) {
@@ -334,9 +335,24 @@ pub fn child_main() -> std::io::Result<()> {
     );
     emit(&match result {
         Ok(stopped) => Line::Done { stopped },
-        Err(e) => Line::Failed(describe(&e)),
+        Err(e) => Line::Failed(over_limit(&describe(&e), req.memory_limit)),
     });
     Ok(())
+}
+
+/// A run's error as its owner should read it: an allocation refused under the process's
+/// memory limit says so.
+fn over_limit(error: &str, limit: Option<u64>) -> String {
+    match limit {
+        Some(l) if error.contains("Cannot allocate memory") || error.contains("out of memory") => {
+            format!(
+                "ran out of memory: it needed more than its limit of {} MiB \
+                 (IFP_ATTEMPT_MEMORY_MIB): {error}",
+                l >> 20
+            )
+        }
+        _ => error.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -357,6 +373,9 @@ mod tests {
              (IFP_ATTEMPT_MEMORY_MIB); its last output: memory allocation of 294912 bytes failed"
         );
         assert!(crashed(abort(), oom, None).contains("ran out of memory (an allocation failed)"));
+        let no_signal_stack = "thread '<unnamed>' panicked at library/std/src/sys/pal/unix/stack_overflow.rs:236:13:\n\
+                               failed to allocate an alternative stack: Cannot allocate memory (os error 12)\n";
+        assert!(crashed(abort(), no_signal_stack, Some(32 << 20)).contains("limit of 32 MiB"));
         // A thread that cannot get its stack under the limit panics in the library that
         // started it; the panic's own lines are kept however long the backtrace after them.
         let spawn = "thread 'main' panicked at src/utils.rs:206:22:\n\
@@ -371,5 +390,9 @@ mod tests {
             "{why}"
         );
         assert!(crashed(Ok(ExitStatus::from_raw(9)), "", None).contains("SIGKILL"));
+        // An allocation refused inside a run that reports it as an error says so too.
+        let e = "alloc: Cannot allocate memory (os error 12)";
+        assert!(super::over_limit(e, Some(32 << 20)).starts_with("ran out of memory: it needed"));
+        assert_eq!(super::over_limit(e, None), e);
     }
 }
