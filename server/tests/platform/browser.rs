@@ -504,7 +504,24 @@ async fn sign_in_submit_watch_and_download_in_chromium() {
         .for_element(Locator::Css(&format!("a[href='/jobs/{id}']")))
         .await
         .expect("the comparison links to the pre-training job");
-    click(&c, Locator::Css("button.danger"), "Cancel job").await;
+    // The running job's page swaps its live fragment in on every event: find and click the
+    // button in one script call, so the element cannot go stale in between.
+    let t0 = Instant::now();
+    while c
+        .execute(
+            "const b = document.querySelector('button.danger'); if (b) b.click(); return !!b",
+            vec![],
+        )
+        .await
+        .expect("Cancel job")
+        != json!(true)
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no Cancel job button"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let t0 = Instant::now();
     while status_of(&c).await != "cancelled" {
         assert!(
