@@ -28,8 +28,14 @@ impl Server {
     }
 
     fn start_with(data: &Path, workers: usize) -> Server {
+        Self::start_env(data, workers, &[])
+    }
+
+    /// `ifp serve` with `workers` slots and the extra environment `env`.
+    fn start_env(data: &Path, workers: usize, env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ifp"))
             .args(["serve", "--bind", "127.0.0.1:0"])
+            .envs(env.iter().copied())
             .env("IFP_DATA_DIR", data)
             .env("IFP_WORKERS", workers.to_string())
             .env("IFP_ADMIN_TOKEN", TOKEN)
@@ -198,6 +204,48 @@ fn tiny_job(steps: u64, save_freq: u64) -> Value {
     cfg["TRAIN"]["STEPS"] = json!(steps);
     cfg["SAVE_FREQ"] = json!(save_freq);
     json!({"name": "tiny", "config": cfg})
+}
+
+/// Issue 17, item 9: `IFP_WEBHOOK_URL` reaches the notifier, which POSTs the job's end with a
+/// link to its page on this server.
+#[test]
+fn serve_posts_each_ended_job_to_its_webhook() {
+    let hook = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", hook.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        for conn in hook.incoming().flatten() {
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let (mut line, mut len) = (String::new(), 0usize);
+            while r.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            let mut w = conn;
+            let _ = w.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+            let _ = tx.send(body);
+        }
+    });
+    let tmp = common::open_tempdir("ifp-webhook-");
+    let server = Server::start_env(&tmp.path().join("data"), 1, &[("IFP_WEBHOOK_URL", &url)]);
+    let job = server.json("POST", "/api/v1/jobs", Some(&tiny_job(4, 4)));
+    let id = job["id"].as_str().unwrap().to_string();
+    let body = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("a webhook POST when the job ends");
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["job"]["id"], id.as_str(), "{v}");
+    assert_eq!(v["job"]["status"], "succeeded", "{v}");
+    assert_eq!(
+        v["job"]["url"],
+        format!("http://{}/jobs/{id}", server.addr).as_str()
+    );
+    // Delivered once: nothing more arrives while the server keeps running.
+    assert!(rx.recv_timeout(Duration::from_secs(7)).is_err());
 }
 
 #[test]
