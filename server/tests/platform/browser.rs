@@ -131,7 +131,7 @@ async fn shoot(c: &Client, dir: &Path, name: &str) {
 }
 
 /// A whole-page screenshot: the window grows to the document's height first.
-async fn shoot_full(c: &Client, dir: &Path, name: &str, width: u32) {
+pub(crate) async fn shoot_full(c: &Client, dir: &Path, name: &str, width: u32) {
     let h = c
         .execute("return document.documentElement.scrollHeight", vec![])
         .await
@@ -147,7 +147,7 @@ async fn shoot_full(c: &Client, dir: &Path, name: &str, width: u32) {
 }
 
 /// The text of the first element matching `css`, read in one script call (see `status_of`).
-async fn text_of(c: &Client, css: &str) -> String {
+pub(crate) async fn text_of(c: &Client, css: &str) -> String {
     c.execute(
         "const e = document.querySelector(arguments[0]); return e ? e.innerText : null",
         vec![json!(css)],
@@ -160,7 +160,7 @@ async fn text_of(c: &Client, css: &str) -> String {
 }
 
 /// Clicks the element `loc` finds (`what` names it in a failure).
-async fn click(c: &Client, loc: Locator<'_>, what: &str) {
+pub(crate) async fn click(c: &Client, loc: Locator<'_>, what: &str) {
     let e = c.find(loc).await.unwrap_or_else(|e| panic!("{what}: {e}"));
     e.click()
         .await
@@ -381,155 +381,8 @@ async fn sign_in_submit_watch_and_download_in_chromium() {
     let on_disk = std::fs::read_to_string(&sidecars[0]).expect("sidecar");
     assert!(on_disk.starts_with(&expected), "{on_disk}");
 
-    // Issue 17, item 7: uPlot redraws the charts; a legend entry hides its line, and each
-    // chart has a smoothing slider.
-    c.goto(&format!("{base}/jobs/{id}"))
-        .await
-        .expect("job page");
-    c.wait()
-        .for_element(Locator::Css(".chart-box.interactive .uplot canvas"))
-        .await
-        .expect("an interactive chart");
-    let hidden = c
-        .execute(
-            "const row = document.querySelector('.chart-box.interactive .u-legend .u-series:nth-child(2)');
-             row.querySelector('th').click(); return row.classList.contains('u-off')",
-            vec![],
-        )
-        .await
-        .expect("legend toggle");
-    assert_eq!(hidden, json!(true), "a legend click hides its line");
-    assert!(
-        c.find_all(Locator::Css(".chart-controls input[type=range]"))
-            .await
-            .expect("sliders")
-            .len()
-            >= 2
-    );
-    shoot_full(&c, &shots, "job-interactive.png", 1280).await;
-
-    // Issue 17, item 3: Clone fills the form with the job's settings; the clone links back.
-    click(&c, Locator::LinkText("Clone"), "Clone").await;
-    c.wait()
-        .for_element(Locator::Id("submit-job"))
-        .await
-        .expect("the cloned form");
-    let name = c
-        .find(Locator::Id("f-name"))
-        .await
-        .expect("name field")
-        .prop("value")
-        .await
-        .expect("name value");
-    assert_eq!(name.as_deref(), Some("e2e tiny (clone)"));
-    let form = c.form(Locator::Id("new-job")).await.expect("form");
-    form.set_by_name("steps", "30").await.expect("steps");
-    click(&c, Locator::Id("submit-job"), "submit the clone").await;
-    if c.wait()
-        .for_element(Locator::Css(&format!("a[href='/jobs/{id}']")))
-        .await
-        .is_err()
-    {
-        shoot_full(&c, &shots, "clone-failed.png", 1280).await;
-        panic!(
-            "the clone does not link to its parent: {}",
-            text_of(&c, "main").await
-        );
-    }
-    let clone_url = c.current_url().await.expect("url");
-    let clone = clone_url.path().trim_start_matches("/jobs/").to_string();
-    let t0 = Instant::now();
-    while status_of(&c).await != "succeeded" {
-        assert!(
-            t0.elapsed() < Duration::from_secs(300),
-            "the clone did not succeed"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-
-    // Issue 17, item 2: tick both jobs in the list and compare them.
-    c.goto(&base).await.expect("jobs list");
-    for job in [&id, &clone] {
-        c.find(Locator::Css(&format!("input[name=ids][value='{job}']")))
-            .await
-            .expect("row checkbox")
-            .click()
-            .await
-            .expect("tick");
-    }
-    click(&c, Locator::Css("#runs-form button"), "Compare selected").await;
-    c.wait()
-        .for_element(Locator::Css(".chart-box.interactive .uplot canvas"))
-        .await
-        .expect("the runs view's charts");
-    let runs_url = c.current_url().await.expect("url");
-    assert_eq!(runs_url.path(), "/runs");
-    let legend = text_of(&c, ".chart-box.interactive .u-legend")
-        .await
-        .to_lowercase();
-    assert!(
-        legend.contains("e2e tiny") && legend.contains("e2e tiny (clone)"),
-        "{legend}"
-    );
-    assert!(
-        text_of(&c, "tr.differs").await.contains("STEPS"),
-        "the differing setting is marked"
-    );
-    shoot_full(&c, &shots, "runs.png", 1280).await;
-
-    // Issue 17, item 1: a comparison that starts from the finished pre-training job.
-    c.goto(&format!("{base}/jobs/{id}"))
-        .await
-        .expect("job page");
-    click(
-        &c,
-        Locator::LinkText("Compare from this"),
-        "Compare from this",
-    )
-    .await;
-    c.wait()
-        .for_element(Locator::Css(&format!(
-            "#c-init option[value='{id}'][selected]"
-        )))
-        .await
-        .expect("the form starts from this job");
-    shoot_full(&c, &shots, "compare-from.png", 1280).await;
-    click(
-        &c,
-        Locator::Css("form.new-job button.primary"),
-        "Run the comparison",
-    )
-    .await;
-    c.wait()
-        .for_element(Locator::Css(&format!("a[href='/jobs/{id}']")))
-        .await
-        .expect("the comparison links to the pre-training job");
-    // The running job's page swaps its live fragment in on every event: find and click the
-    // button in one script call, so the element cannot go stale in between.
-    let t0 = Instant::now();
-    while c
-        .execute(
-            "const b = document.querySelector('button.danger'); if (b) b.click(); return !!b",
-            vec![],
-        )
-        .await
-        .expect("Cancel job")
-        != json!(true)
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "no Cancel job button"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let t0 = Instant::now();
-    while status_of(&c).await != "cancelled" {
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "the comparison was not cancelled"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    // Issue 17: interactive charts, clone, compare runs, compare from this job.
+    crate::browser_tracking::clone_compare_and_compare_from(&c, &base, &id, &shots).await;
 
     // The jobs list shows it finished, on a laptop and on a phone.
     c.goto(&base).await.expect("jobs list");
@@ -549,7 +402,7 @@ async fn sign_in_submit_watch_and_download_in_chromium() {
 
 /// The job's status as the page's badge holds it (its text, not its upper-cased rendering),
 /// read in one script call: the live updates replace elements between WebDriver calls.
-async fn status_of(c: &Client) -> String {
+pub(crate) async fn status_of(c: &Client) -> String {
     c.execute(
         "const e = document.getElementById('job-status'); return e ? e.textContent.trim() : ''",
         vec![],

@@ -11,6 +11,7 @@ mod common;
 mod api;
 mod api_results;
 mod browser;
+mod browser_tracking;
 mod cli;
 mod compare;
 mod compare_models;

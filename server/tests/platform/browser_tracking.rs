@@ -1,0 +1,165 @@
+//! The experiment-tracking part of the browser test (issue 17), run on the browser test's
+//! finished pre-training job: interactive charts (a legend entry hides its line, smoothing
+//! sliders), *Clone* with an edited field, *Compare selected* on the jobs list and the runs
+//! view, and a comparison started with *Compare from this*, then cancelled from its page.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, Locator};
+use serde_json::json;
+
+use crate::browser::{click, shoot_full, status_of, text_of};
+
+/// Drives the tracking pages from the job page of `id`, a succeeded pre-training job.
+pub(crate) async fn clone_compare_and_compare_from(c: &Client, base: &str, id: &str, shots: &Path) {
+    // Issue 17, item 7: uPlot redraws the charts; a legend entry hides its line, and each
+    // chart has a smoothing slider.
+    c.goto(&format!("{base}/jobs/{id}"))
+        .await
+        .expect("job page");
+    c.wait()
+        .for_element(Locator::Css(".chart-box.interactive .uplot canvas"))
+        .await
+        .expect("an interactive chart");
+    let hidden = c
+        .execute(
+            "const row = document.querySelector('.chart-box.interactive .u-legend .u-series:nth-child(2)');
+             row.querySelector('th').click(); return row.classList.contains('u-off')",
+            vec![],
+        )
+        .await
+        .expect("legend toggle");
+    assert_eq!(hidden, json!(true), "a legend click hides its line");
+    assert!(
+        c.find_all(Locator::Css(".chart-controls input[type=range]"))
+            .await
+            .expect("sliders")
+            .len()
+            >= 2
+    );
+    shoot_full(c, shots, "job-interactive.png", 1280).await;
+
+    // Issue 17, item 3: Clone fills the form with the job's settings; the clone links back.
+    click(c, Locator::LinkText("Clone"), "Clone").await;
+    c.wait()
+        .for_element(Locator::Id("submit-job"))
+        .await
+        .expect("the cloned form");
+    let name = c
+        .find(Locator::Id("f-name"))
+        .await
+        .expect("name field")
+        .prop("value")
+        .await
+        .expect("name value");
+    assert_eq!(name.as_deref(), Some("e2e tiny (clone)"));
+    let form = c.form(Locator::Id("new-job")).await.expect("form");
+    form.set_by_name("steps", "30").await.expect("steps");
+    click(c, Locator::Id("submit-job"), "submit the clone").await;
+    if c.wait()
+        .for_element(Locator::Css(&format!("a[href='/jobs/{id}']")))
+        .await
+        .is_err()
+    {
+        shoot_full(c, shots, "clone-failed.png", 1280).await;
+        panic!(
+            "the clone does not link to its parent: {}",
+            text_of(c, "main").await
+        );
+    }
+    let clone_url = c.current_url().await.expect("url");
+    let clone = clone_url.path().trim_start_matches("/jobs/").to_string();
+    let t0 = Instant::now();
+    while status_of(c).await != "succeeded" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "the clone did not succeed"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // Issue 17, item 2: tick both jobs in the list and compare them.
+    c.goto(base).await.expect("jobs list");
+    for job in [id, clone.as_str()] {
+        c.find(Locator::Css(&format!("input[name=ids][value='{job}']")))
+            .await
+            .expect("row checkbox")
+            .click()
+            .await
+            .expect("tick");
+    }
+    click(c, Locator::Css("#runs-form button"), "Compare selected").await;
+    c.wait()
+        .for_element(Locator::Css(".chart-box.interactive .uplot canvas"))
+        .await
+        .expect("the runs view's charts");
+    let runs_url = c.current_url().await.expect("url");
+    assert_eq!(runs_url.path(), "/runs");
+    let legend = text_of(c, ".chart-box.interactive .u-legend")
+        .await
+        .to_lowercase();
+    assert!(
+        legend.contains("e2e tiny") && legend.contains("e2e tiny (clone)"),
+        "{legend}"
+    );
+    assert!(
+        text_of(c, "tr.differs").await.contains("STEPS"),
+        "the differing setting is marked"
+    );
+    shoot_full(c, shots, "runs.png", 1280).await;
+
+    // Issue 17, item 1: a comparison that starts from the finished pre-training job.
+    c.goto(&format!("{base}/jobs/{id}"))
+        .await
+        .expect("job page");
+    click(
+        c,
+        Locator::LinkText("Compare from this"),
+        "Compare from this",
+    )
+    .await;
+    c.wait()
+        .for_element(Locator::Css(&format!(
+            "#c-init option[value='{id}'][selected]"
+        )))
+        .await
+        .expect("the form starts from this job");
+    shoot_full(c, shots, "compare-from.png", 1280).await;
+    click(
+        c,
+        Locator::Css("form.new-job button.primary"),
+        "Run the comparison",
+    )
+    .await;
+    c.wait()
+        .for_element(Locator::Css(&format!("a[href='/jobs/{id}']")))
+        .await
+        .expect("the comparison links to the pre-training job");
+    // The running job's page swaps its live fragment in on every event: find and click the
+    // button in one script call, so the element cannot go stale in between.
+    let t0 = Instant::now();
+    while c
+        .execute(
+            "const b = document.querySelector('button.danger'); if (b) b.click(); return !!b",
+            vec![],
+        )
+        .await
+        .expect("Cancel job")
+        != json!(true)
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no Cancel job button"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let t0 = Instant::now();
+    while status_of(c).await != "cancelled" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the comparison was not cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
