@@ -11,6 +11,7 @@ pub mod form;
 mod job;
 mod jobs;
 mod new_job;
+mod results;
 pub(super) mod runs;
 mod seeds_view;
 

@@ -237,12 +237,12 @@ async fn validation(state: &AppState, job: &Job) -> Result<Vec<(String, Vec<(f64
             .collect()
     };
     if let Some(f) = report("history.json") {
-        if let Some(v) = super::job::read_json::<Value>(state, f).await {
+        if let Some(v) = super::results::read_json::<Value>(state, f).await {
             return Ok(vec![(job.name.clone(), points(&v))]);
         }
     }
     if let Some(f) = report("report.json") {
-        if let Some(r) = super::job::read_json::<Value>(state, f).await {
+        if let Some(r) = super::results::read_json::<Value>(state, f).await {
             return Ok(r["arms"]
                 .as_array()
                 .into_iter()

@@ -1,7 +1,7 @@
 //! The job page's summary of a comparison over several seeds (`seeds.json`): each arm's mean
 //! test scores with 95% confidence intervals, and what the seeds say about IFP - scratch.
 
-use super::job::{read_json, FileLink};
+use super::results::{read_json, FileLink};
 use crate::db::rows::CheckpointFile;
 use crate::http::state::AppState;
 
