@@ -201,31 +201,21 @@ fn sample_strip(batch: &Batch, pred: &Tensor) -> Result<Image> {
         .to_vec1()?;
     let zoom = (128 / s).max(1);
     let big = |img: &Image| panels::scale_nearest(img, s * zoom, s * zoom);
-    let as_image = |data: &[f32]| Image {
+    let as_image = |data: Vec<f32>| Image {
         width: s,
         height: s,
-        data: data.to_vec(),
+        data,
     };
-    let mut images: Vec<Image> = [
-        &batch.first_clean.data[..],
-        &batch.first_corrupted.data[..],
-        &rec[..],
-        &tgt[..],
-    ]
-    .into_iter()
-    .map(as_image)
-    .collect();
-    images.push(panels::error_map(&images[2], &images[3]));
-    let mut top: Vec<Image> = images[..4]
-        .iter()
-        .map(|i| big(&panels::stretch(i)))
-        .collect();
-    top.push(big(&images[4]));
-    // The spectrum of the signed error, which the loss measures on the removed frequencies.
-    let error: Vec<f32> = rec.iter().zip(&tgt).map(|(r, t)| r - t).collect();
-    images[4] = as_image(&error);
-    let bottom: Vec<Image> = images
-        .iter()
+    // The spectrum row shows the signed error, which the loss measures on the removed
+    // frequencies; the top row its magnitude.
+    let error = as_image(rec.iter().zip(&tgt).map(|(r, t)| r - t).collect());
+    let (rec, tgt) = (as_image(rec), as_image(tgt));
+    let tiles = [&batch.first_clean, &batch.first_corrupted, &rec, &tgt];
+    let mut top: Vec<Image> = tiles.iter().map(|i| big(&panels::stretch(i))).collect();
+    top.push(big(&panels::error_map(&rec, &tgt)));
+    let bottom: Vec<Image> = tiles
+        .into_iter()
+        .chain([&error])
         .map(|i| big(&panels::spectrum(i, Some(&mask))))
         .collect();
     let rows = [

@@ -200,11 +200,7 @@ fn crashed(
             (Some(6), _, Some(l)) | (None, Some(101), Some(l))
                 if allocation_failed || no_thread =>
             {
-                format!(
-                    "ran out of memory: it needed more than its limit of {} MiB \
-                     (IFP_ATTEMPT_MEMORY_MIB)",
-                    l >> 20
-                )
+                over_limit_reason(l)
             }
             (Some(9), ..) => "was killed (SIGKILL; the kernel's out-of-memory killer does this \
                              when the machine runs out of memory)"
@@ -345,14 +341,18 @@ pub fn child_main() -> std::io::Result<()> {
 fn over_limit(error: &str, limit: Option<u64>) -> String {
     match limit {
         Some(l) if error.contains("Cannot allocate memory") || error.contains("out of memory") => {
-            format!(
-                "ran out of memory: it needed more than its limit of {} MiB \
-                 (IFP_ATTEMPT_MEMORY_MIB): {error}",
-                l >> 20
-            )
+            format!("{}: {error}", over_limit_reason(l))
         }
         _ => error.to_string(),
     }
+}
+
+/// Why an attempt ended that needed more memory than its limit of `bytes`.
+fn over_limit_reason(bytes: u64) -> String {
+    format!(
+        "ran out of memory: it needed more than its limit of {} MiB (IFP_ATTEMPT_MEMORY_MIB)",
+        bytes >> 20
+    )
 }
 
 #[cfg(test)]

@@ -70,14 +70,7 @@ pub(crate) async fn clone_compare_and_compare_from(c: &Client, base: &str, id: &
     }
     let clone_url = c.current_url().await.expect("url");
     let clone = clone_url.path().trim_start_matches("/jobs/").to_string();
-    let t0 = Instant::now();
-    while status_of(c).await != "succeeded" {
-        assert!(
-            t0.elapsed() < Duration::from_secs(300),
-            "the clone did not succeed"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_status(c, "succeeded", 300, "the clone did not succeed").await;
 
     // Issue 17, item 2: tick both jobs in the list and compare them.
     c.goto(base).await.expect("jobs list");
@@ -154,12 +147,14 @@ pub(crate) async fn clone_compare_and_compare_from(c: &Client, base: &str, id: &
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    wait_status(c, "cancelled", 120, "the comparison was not cancelled").await;
+}
+
+/// Waits until the page's status badge reads `status`, for at most `secs` seconds.
+async fn wait_status(c: &Client, status: &str, secs: u64, failure: &str) {
     let t0 = Instant::now();
-    while status_of(c).await != "cancelled" {
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "the comparison was not cancelled"
-        );
+    while status_of(c).await != status {
+        assert!(t0.elapsed() < Duration::from_secs(secs), "{failure}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }

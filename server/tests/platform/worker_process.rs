@@ -35,18 +35,28 @@ fn attempt_processes() -> Vec<i32> {
     out
 }
 
+/// A worker that runs each attempt in its own `ifp attempt` process, limited to `memory_limit`.
+fn process_worker(
+    id: &str,
+    artifacts: &std::path::Path,
+    memory_limit: Option<u64>,
+) -> WorkerConfig {
+    let mut cfg = WorkerConfig::new(id, artifacts);
+    cfg.poll_interval = Duration::from_millis(300);
+    cfg.train_process = Some(TrainProcess {
+        exe: env!("CARGO_BIN_EXE_ifp").into(),
+        memory_limit,
+    });
+    cfg
+}
+
 #[tokio::test]
 async fn attempts_run_in_their_own_process_and_a_killed_one_fails_alone() {
     let pool = common::fresh_pool().await;
     let artifacts = tempfile::tempdir().unwrap();
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let mut cfg = WorkerConfig::new("w-process", artifacts.path());
+    let mut cfg = process_worker("w-process", artifacts.path(), None);
     cfg.lease = Duration::from_secs(3);
-    cfg.poll_interval = Duration::from_millis(300);
-    cfg.train_process = Some(TrainProcess {
-        exe: env!("CARGO_BIN_EXE_ifp").into(),
-        memory_limit: None,
-    });
     cfg.usage_every = Duration::from_millis(200);
     tokio::spawn(worker::run(pool.clone(), cfg, rx));
 
@@ -167,14 +177,9 @@ async fn an_attempt_over_its_memory_limit_fails_alone_and_the_limit_is_registere
     let pool = common::fresh_pool().await;
     let artifacts = tempfile::tempdir().unwrap();
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let mut cfg = WorkerConfig::new("w-limited", artifacts.path());
-    cfg.poll_interval = Duration::from_millis(300);
     // The tiny preset trains in about 110 MB; 32 MiB cannot hold it.
     let limit = 32u64 << 20;
-    cfg.train_process = Some(TrainProcess {
-        exe: env!("CARGO_BIN_EXE_ifp").into(),
-        memory_limit: Some(limit),
-    });
+    let cfg = process_worker("w-limited", artifacts.path(), Some(limit));
     tokio::spawn(worker::run(pool.clone(), cfg, rx));
 
     let job = submit(&pool, 6, 3).await;
