@@ -46,6 +46,10 @@ pub enum WebhookError {
     BadUrl { url: String, reason: String },
     #[error("IFP_WEBHOOK_URL {0:?} must use http or https")]
     Scheme(String),
+    #[error(
+        "IFP_PUBLIC_URL {0:?} is not an absolute http or https URL (e.g. https://ifp.example.org)"
+    )]
+    PublicUrl(String),
     #[error("cannot build the webhook's HTTP client: {0}")]
     Client(String),
 }
@@ -73,6 +77,14 @@ impl Webhook {
             public_url: "http://localhost:8080".into(),
             client,
         })
+    }
+
+    /// Checks `IFP_PUBLIC_URL`, the server's address as users reach it.
+    pub fn check_public_url(url: &str) -> Result<(), WebhookError> {
+        match reqwest::Url::parse(url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(()),
+            _ => Err(WebhookError::PublicUrl(url.into())),
+        }
     }
 
     /// The same webhook, with job links under `public_url` (the server as users reach it).
@@ -231,6 +243,14 @@ mod tests {
         let e = Webhook::new("ftp://hooks.example/x").unwrap_err();
         assert!(e.to_string().contains("http or https"), "{e}");
         assert!(Webhook::new("https://hooks.example/x").is_ok());
+        assert!(Webhook::check_public_url("https://ifp.example.org/").is_ok());
+        for bad in ["ifp.example.org", "ftp://ifp.example.org", "http://"] {
+            let e = Webhook::check_public_url(bad).unwrap_err();
+            assert!(
+                e.to_string().contains(&format!("IFP_PUBLIC_URL {bad:?}")),
+                "{e}"
+            );
+        }
     }
 
     fn ended(status: JobStatus, kind: JobKind) -> EndedJob {

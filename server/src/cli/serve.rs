@@ -62,6 +62,9 @@ async fn serve(a: ServeArgs, device: candle_core::Device) -> Result<(), Failure>
         .map(Webhook::new)
         .transpose()
         .map_err(Failure::usage)?;
+    if let Some(u) = &a.public_url {
+        Webhook::check_public_url(u).map_err(Failure::usage)?;
+    }
     let env_token = std::env::var("IFP_ADMIN_TOKEN").ok();
     platform::check_admin_token(env_token.as_deref())
         .map_err(|e| Failure::usage(anyhow::anyhow!("{e}")))?;

@@ -42,8 +42,25 @@ pub struct SlotArgs {
     /// with "ran out of memory", and admission control refuses jobs estimated above it
     /// [default: this machine's memory divided by --workers]. 0: no limit. Attempts that run
     /// in-process (CUDA, --attempts-in-process) are not limited.
-    #[arg(long, env = "IFP_ATTEMPT_MEMORY_MIB", value_name = "MIB")]
+    #[arg(long, env = "IFP_ATTEMPT_MEMORY_MIB", value_name = "MIB", value_parser = attempt_memory_mib)]
     pub attempt_memory_mib: Option<u64>,
+}
+
+/// The smallest limit a training process can start under (the tiny preset needs about 110 MB).
+const MIN_ATTEMPT_MEMORY_MIB: u64 = 256;
+
+/// `--attempt-memory-mib`: 0 (no limit) or at least [`MIN_ATTEMPT_MEMORY_MIB`].
+fn attempt_memory_mib(s: &str) -> Result<u64, String> {
+    let mib: u64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number of MiB"))?;
+    if mib != 0 && mib < MIN_ATTEMPT_MEMORY_MIB {
+        return Err(format!(
+            "{mib} MiB is too little for any training run: give at least \
+             {MIN_ATTEMPT_MEMORY_MIB}, or 0 for no limit"
+        ));
+    }
+    Ok(mib)
 }
 
 impl SlotArgs {

@@ -65,6 +65,10 @@ fn bad_inputs_exit_2_with_one_line() {
             "IFP_DATASETS_DIR /nonexistent/data",
         ),
         (
+            argv("serve --data-dir {} --public-url ifp.example.org", &[out]),
+            "IFP_PUBLIC_URL \"ifp.example.org\" is not an absolute http or https URL",
+        ),
+        (
             argv("serve --data-dir {} --webhook-url hooks.example/x", &[out]),
             "IFP_WEBHOOK_URL \"hooks.example/x\" is not an absolute URL",
         ),
@@ -394,6 +398,14 @@ fn new_flags_refuse_out_of_range_values() {
         (
             argv("serve --header-timeout-secs 0 --data-dir {}", &[&data]),
             "'--header-timeout-secs <HEADER_TIMEOUT_SECS>': 0 is not in 1..=600",
+        ),
+        (
+            argv("serve --attempt-memory-mib 10 --data-dir {}", &[&data]),
+            "10 MiB is too little for any training run: give at least 256, or 0 for no limit",
+        ),
+        (
+            argv("worker --attempt-memory-mib lots --data-dir {}", &[&data]),
+            "\"lots\" is not a whole number of MiB",
         ),
         (
             argv(
