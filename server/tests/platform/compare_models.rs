@@ -205,7 +205,7 @@ async fn a_comparison_starts_from_finished_jobs_and_keeps_its_models() {
         ),
         (
             format!("/jobs/new/finetune?from={id}"),
-            format!("/jobs/new?from={id}"),
+            format!("/jobs/new/compare?from={id}"),
         ),
     ] {
         let req = Request::get(&uri)

@@ -10,96 +10,16 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use serde::Deserialize;
 
-use super::finetune::InitChoice;
+use super::examples::{DEBLUR, DENOISE, DERAIN};
 use super::form::Errors;
+use super::submission::{self, InitChoice, ShowParams};
 use super::{render, Layout, PageResult, Viewer};
+use crate::db::values::JobKind;
 use crate::error::Error;
 use crate::http::state::AppState;
 use crate::jobs::compare::{CompareJob, MAX_SEEDS, MAX_SHOWCASE};
 use crate::jobs::service;
 use crate::jobs::spec::JobSpec;
-
-/// The training settings the examples share, after their `DATA` folders. The first line keeps
-/// its indentation (it continues the `DATA` block), so it starts on the quote's line: a `\`
-/// line continuation would strip it.
-macro_rules! example_tail {
-    () => {
-        "  CROP: 40  # a Uformer takes sides its windows tile: 32 or 64 for tiny-uformer
-  BATCH_SIZE: 8
-  VAL_IMAGES: 4
-TRAIN:
-  STEPS: 500
-  WARMUP_EPOCHS: 50
-  BASE_LR: 1.0e-3
-SAVE_FREQ: 100
-SEED: 0
-"
-    };
-}
-
-/// The fine-tuning config the form starts with: sigma-25 denoising, CBSD68 crops, Kodak24 test.
-pub(super) const DENOISE: &str = concat!(
-    "\
-# Denoising, sigma 25: train on CBSD68 crops, test on Kodak24.
-# Folders are relative to the server's datasets folder.
-DATA:
-  TRAIN_DIR: clean/CBSD68
-  TEST_DIR: clean/Kodak24
-  NOISE_SIGMA: 25
-",
-    example_tail!()
-);
-
-/// The fine-tune form's example: the same denoising task without a test set (a finetune job
-/// picks its best checkpoint on validation images and scores no test set).
-pub(super) const FINETUNE_DENOISE: &str = concat!(
-    "\
-# Denoising, sigma 25, on CBSD68 crops (every 5th image is held out, as in a comparison).
-# Folders are relative to the server's datasets folder. Without a pre-training job to start
-# from, add the network's MODEL tree.
-DATA:
-  TRAIN_DIR: clean/CBSD68
-  NOISE_SIGMA: 25
-",
-    example_tail!()
-);
-
-/// Deraining on Rain100H, every 5th pair held out for testing.
-pub(super) const DERAIN: &str = concat!(
-    "\
-# Deraining: Rain100H pairs (input/ and target/), every 5th pair (name order) is a test pair.
-DATA:
-  TRAIN_DIR: rain/Rain100H
-  SPLIT_EVERY: 5
-",
-    example_tail!()
-);
-
-/// The fine-tune form's deblurring example: the comparison's, without its test set.
-pub(super) const FINETUNE_DEBLUR: &str = concat!(
-    "\
-# Deblurring: Gaussian blur of 1.6 pixels, then light noise (sigma 2), on CBSD68 crops (every
-# 5th image is held out). Synthetic, because the datasets folder holds only two GoPro pairs.
-DATA:
-  TRAIN_DIR: clean/CBSD68
-  BLUR_SIGMA: 1.6
-  NOISE_SIGMA: 2
-",
-    example_tail!()
-);
-
-pub(super) const DEBLUR: &str = concat!(
-    "\
-# Deblurring: Gaussian blur of 1.6 pixels, then light noise (sigma 2), on CBSD68 crops; test on
-# Kodak24. Synthetic, because the datasets folder holds only two GoPro pairs (blur/).
-DATA:
-  TRAIN_DIR: clean/CBSD68
-  TEST_DIR: clean/Kodak24
-  BLUR_SIGMA: 1.6
-  NOISE_SIGMA: 2
-",
-    example_tail!()
-);
 
 /// Pre-training presets a comparison can start from (both backbones fine-tune).
 const PRESETS: [&str; 4] = ["tiny", "tiny-uformer", "restormer-paper", "uformer-paper"];
@@ -170,7 +90,7 @@ pub struct CompareForm {
 pub async fn show(
     State(state): State<AppState>,
     viewer: Viewer,
-    Query(q): Query<super::finetune::ShowParams>,
+    Query(q): Query<ShowParams>,
 ) -> PageResult<Response> {
     let mut f = CompareForm {
         name: "does IFP help: denoising".into(),
@@ -183,24 +103,20 @@ pub async fn show(
     };
     if let Some(init) = q.init {
         let job = service::visible_job(&state.pool, &viewer.caller, &init).await?;
-        f.name = format!(
-            "does IFP help: {}",
-            job.name.chars().take(180).collect::<String>()
-        );
+        f.name = submission::started_from_name("does IFP help", &job.name);
         f.init_job = job.id.to_string();
     }
     let mut errors = Errors::new();
     if let Some(from) = q.from {
         let job = service::visible_job(&state.pool, &viewer.caller, &from).await?;
-        if job.kind != crate::db::values::JobKind::Compare {
-            // Each kind's clone has its own form; the new-job page sends it there.
-            return Ok(Redirect::to(&format!("/jobs/new?from={}", job.id)).into_response());
+        if let Some(elsewhere) = submission::to_own_form(&job, JobKind::Compare) {
+            return Ok(elsewhere);
         }
         if let Some(e) = clone_into(&mut f, &job)? {
             errors.insert("preset".into(), e);
         }
     }
-    let choices = super::finetune::choices(&state, &viewer).await?;
+    let choices = submission::choices(&state, &viewer).await?;
     Ok(page(&state, &viewer, f, choices, errors, StatusCode::OK))
 }
 
@@ -219,7 +135,7 @@ fn clone_into(f: &mut CompareForm, job: &crate::db::rows::Job) -> Result<Option<
             .filter(|s| s.parse::<uuid::Uuid>().is_ok())
             .unwrap_or_default()
     };
-    f.name = super::new_job::clone_name(&job.name);
+    f.name = submission::clone_name(&job.name);
     f.parent = job.id.to_string();
     f.priority = job.priority.to_string();
     f.showcase = c.showcase.to_string();
@@ -251,27 +167,6 @@ fn clone_into(f: &mut CompareForm, job: &crate::db::rows::Job) -> Result<Option<
     Ok(None)
 }
 
-/// A form's job choice (`init_job`, `extra_arm_job`): none, or a finished pre-training job of
-/// the viewer's, with its model file and config.
-async fn chosen(
-    state: &AppState,
-    viewer: &Viewer,
-    field: &str,
-    raw: &str,
-) -> Result<Option<crate::jobs::compare::Pretrained>, Error> {
-    match raw.trim() {
-        "" => Ok(None),
-        id => {
-            let id: uuid::Uuid = id
-                .parse()
-                .map_err(|_| Error::invalid(Some(field), "choose a job from the list"))?;
-            service::pretrained_job(&state.pool, &viewer.caller.name, &id.to_string(), field)
-                .await
-                .map(Some)
-        }
-    }
-}
-
 /// `POST /jobs/new/compare`.
 pub async fn submit_form(
     State(state): State<AppState>,
@@ -281,15 +176,7 @@ pub async fn submit_form(
 ) -> PageResult<Response> {
     viewer.check_form(&headers, &f.csrf)?;
     let mut errors = Errors::new();
-    let number = |field: &str, raw: &str, errors: &mut Errors| -> Option<i64> {
-        raw.trim().parse::<i64>().map_or_else(
-            |_| {
-                errors.insert(field.into(), format!("`{raw}` is not a whole number"));
-                None
-            },
-            Some,
-        )
-    };
+    let number = submission::whole_number;
     let steps = number("pretrain_steps", &f.pretrain_steps, &mut errors);
     let showcase = number("showcase", &f.showcase, &mut errors);
     let seeds = if f.seeds.trim().is_empty() {
@@ -329,7 +216,7 @@ pub async fn submit_form(
         priority,
         errors.is_empty(),
     ) else {
-        let choices = super::finetune::choices(&state, &viewer).await?;
+        let choices = submission::choices(&state, &viewer).await?;
         return Ok(page(
             &state,
             &viewer,
@@ -342,18 +229,17 @@ pub async fn submit_form(
     let showcase = usize::try_from(showcase).unwrap_or(usize::MAX);
     let datasets = state.datasets.as_deref();
     let result = async {
-        let job = match chosen(&state, &viewer, "init_job", &f.init_job).await? {
+        let job = match submission::chosen(&state, &viewer, "init_job", &f.init_job).await? {
             Some(pre) => CompareJob::from_pretrained(pre, finetune, showcase, datasets)?,
             None => CompareJob::new(pretrain, finetune, showcase, datasets)?,
         };
-        let job = match chosen(&state, &viewer, "extra_arm_job", &f.extra_arm_job).await? {
-            Some(extra) => job.with_extra_arm(extra)?,
-            None => job,
-        };
+        let job =
+            match submission::chosen(&state, &viewer, "extra_arm_job", &f.extra_arm_job).await? {
+                Some(extra) => job.with_extra_arm(extra)?,
+                None => job,
+            };
         let job = job.with_seeds(usize::try_from(seeds).unwrap_or(0))?;
-        let parent = super::new_job::parent_of(&f.parent)
-            .map_err(|e| Error::invalid(Some("form"), e))?
-            .or(f.init_job.trim().parse().ok());
+        let parent = submission::parent_or_start(&f.parent, &f.init_job)?;
         let priority = i32::try_from(priority).unwrap_or(i32::MAX);
         let spec = JobSpec::Compare(Box::new(job));
         viewer.submit(&state, &f.name, priority, parent, spec).await
@@ -362,15 +248,20 @@ pub async fn submit_form(
     match result {
         Ok(job) => Ok(Redirect::to(&format!("/jobs/{}", job.id)).into_response()),
         Err(Error::Invalid { key_path, message }) => {
-            let field = match key_path.as_deref() {
-                Some(k) if k.starts_with("FINETUNE") || k == "finetune" => "finetune_yaml",
-                Some(
-                    k @ ("name" | "priority" | "showcase" | "seeds" | "init_job" | "extra_arm_job"),
-                ) => k,
-                _ => "form",
-            };
-            errors.insert(field.into(), message);
-            let choices = super::finetune::choices(&state, &viewer).await?;
+            let field = submission::field_of(
+                key_path.as_deref(),
+                &[
+                    "name",
+                    "priority",
+                    "showcase",
+                    "seeds",
+                    "init_job",
+                    "extra_arm_job",
+                ],
+                submission::finetune_key,
+            );
+            errors.insert(field, message);
+            let choices = submission::choices(&state, &viewer).await?;
             Ok(page(
                 &state,
                 &viewer,
@@ -421,27 +312,4 @@ fn page(
         errors,
     };
     (status, render(&p)).into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use ifp_trainer::finetune::FinetuneConfig;
-
-    #[test]
-    fn every_example_is_a_valid_config_with_the_shared_settings() {
-        for (name, text) in [
-            ("denoise", super::DENOISE),
-            ("derain", super::DERAIN),
-            ("deblur", super::DEBLUR),
-            ("finetune denoise", super::FINETUNE_DENOISE),
-            ("finetune deblur", super::FINETUNE_DEBLUR),
-        ] {
-            let c = FinetuneConfig::from_yaml(text).unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert_eq!(
-                (c.data.crop, c.data.batch_size, c.train.steps),
-                (40, 8, Some(500)),
-                "{name}"
-            );
-        }
-    }
 }

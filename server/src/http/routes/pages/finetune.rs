@@ -7,20 +7,17 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use serde::Deserialize;
-use uuid::Uuid;
 
+use super::examples;
 use super::form::Errors;
+use super::submission::{self, InitChoice, ShowParams};
 use super::{render, Layout, PageResult, Viewer};
+use crate::db::values::JobKind;
 use crate::error::Error;
 use crate::http::state::AppState;
 use crate::jobs::finetune::FinetuneJob;
-use crate::jobs::service::{self};
+use crate::jobs::service;
 use crate::jobs::spec::JobSpec;
-
-pub struct InitChoice {
-    pub id: String,
-    pub label: String,
-}
 
 #[derive(Template)]
 #[template(path = "new_finetune.html")]
@@ -65,41 +62,28 @@ pub struct FinetuneForm {
     train_dir: String,
 }
 
-/// The query of the fine-tuning and comparison forms.
-#[derive(Deserialize)]
-pub struct ShowParams {
-    /// Start from this finished pre-training job ("Fine-tune this", "Compare from this").
-    pub(super) init: Option<String>,
-    /// Clone this job (of the form's kind).
-    pub(super) from: Option<String>,
-}
-
 /// `GET /jobs/new/finetune[?init=JOB | ?from=JOB]`.
 pub async fn show(
     State(state): State<AppState>,
     viewer: Viewer,
     Query(q): Query<ShowParams>,
 ) -> PageResult<Response> {
-    let choices = choices(&state, &viewer).await?;
+    let choices = submission::choices(&state, &viewer).await?;
     let mut f = FinetuneForm {
         name: "fine-tune: denoising".into(),
         init_job: choices.first().map(|c| c.id.clone()).unwrap_or_default(),
-        finetune_yaml: super::compare::FINETUNE_DENOISE.into(),
+        finetune_yaml: examples::FINETUNE_DENOISE.into(),
         priority: "0".into(),
         ..Default::default()
     };
     if let Some(init) = q.init {
         let job = service::visible_job(&state.pool, &viewer.caller, &init).await?;
-        f.name = format!(
-            "fine-tune: {}",
-            job.name.chars().take(180).collect::<String>()
-        );
+        f.name = submission::started_from_name("fine-tune", &job.name);
         f.init_job = job.id.to_string();
     } else if let Some(from) = q.from {
         let job = service::visible_job(&state.pool, &viewer.caller, &from).await?;
-        if job.kind != crate::db::values::JobKind::Finetune {
-            // Each kind's clone has its own form; the new-job page sends it there.
-            return Ok(Redirect::to(&format!("/jobs/new?from={}", job.id)).into_response());
+        if let Some(elsewhere) = submission::to_own_form(&job, JobKind::Finetune) {
+            return Ok(elsewhere);
         }
         let mut ft = crate::jobs::finetune::stored_finetune(&job.config)
             .map_err(|e| Error::Internal(format!("job {}: stored config: {e}", job.id)))?;
@@ -112,7 +96,7 @@ pub async fn show(
         };
         f.finetune_yaml = serde_norway::to_string(&ft)
             .map_err(|e| Error::Internal(format!("job {}: config to YAML: {e}", job.id)))?;
-        f.name = super::new_job::clone_name(&job.name);
+        f.name = submission::clone_name(&job.name);
         f.priority = job.priority.to_string();
         f.parent = job.id.to_string();
     }
@@ -134,15 +118,9 @@ pub async fn submit_form(
     Form(f): Form<FinetuneForm>,
 ) -> PageResult<Response> {
     viewer.check_form(&headers, &f.csrf)?;
-    let choices = choices(&state, &viewer).await?;
+    let choices = submission::choices(&state, &viewer).await?;
     let mut errors = Errors::new();
-    let priority = f.priority.trim().parse::<i32>().ok();
-    if priority.is_none() {
-        errors.insert(
-            "priority".into(),
-            format!("`{}` is not a whole number", f.priority),
-        );
-    }
+    let priority = submission::whole_number("priority", &f.priority, &mut errors);
     let ft = match ifp_trainer::finetune::FinetuneConfig::from_yaml(&f.finetune_yaml) {
         Ok(mut c) => {
             if !f.train_dir.trim().is_empty() {
@@ -165,43 +143,27 @@ pub async fn submit_form(
             StatusCode::UNPROCESSABLE_ENTITY,
         ));
     };
+    let priority = i32::try_from(priority).unwrap_or(i32::MAX);
     let result = async {
-        let init = match f.init_job.trim() {
-            "" => None,
-            id => {
-                let id: Uuid = id
-                    .parse()
-                    .map_err(|_| Error::invalid(Some("init_job"), "choose a job from the list"))?;
-                let (path, cfg) = service::pretrained_job(
-                    &state.pool,
-                    &viewer.caller.name,
-                    &id.to_string(),
-                    "init_job",
-                )
-                .await?;
-                Some((path, cfg.model))
-            }
-        };
+        let init = submission::chosen(&state, &viewer, "init_job", &f.init_job)
+            .await?
+            .map(|(path, cfg)| (path, cfg.model));
         let stated = ifp_trainer::finetune::FinetuneConfig::names_model(&f.finetune_yaml);
         let job = FinetuneJob::new(ft, stated, init, state.datasets.as_deref())?;
         let spec = JobSpec::Finetune(Box::new(job));
-        let parent = super::new_job::parent_of(&f.parent)
-            .map_err(|e| Error::invalid(Some("form"), e))?
-            .or(f.init_job.trim().parse().ok());
+        let parent = submission::parent_or_start(&f.parent, &f.init_job)?;
         viewer.submit(&state, &f.name, priority, parent, spec).await
     }
     .await;
     match result {
         Ok(job) => Ok(Redirect::to(&format!("/jobs/{}", job.id)).into_response()),
         Err(Error::Invalid { key_path, message }) => {
-            let field = match key_path.as_deref() {
-                Some(k) if k.starts_with("FINETUNE") || k == "finetune" || k == "MODEL.TYPE" => {
-                    "finetune_yaml"
-                }
-                Some(k @ ("name" | "priority" | "init_job")) => k,
-                _ => "form",
-            };
-            errors.insert(field.into(), message);
+            let field = submission::field_of(
+                key_path.as_deref(),
+                &["name", "priority", "init_job"],
+                |k| submission::finetune_key(k) || k == "MODEL.TYPE",
+            );
+            errors.insert(field, message);
             Ok(page(
                 &state,
                 &viewer,
@@ -213,18 +175,6 @@ pub async fn submit_form(
         }
         Err(e) => Err(e.into()),
     }
-}
-
-/// The user's succeeded pre-training jobs, newest first.
-pub(super) async fn choices(state: &AppState, viewer: &Viewer) -> Result<Vec<InitChoice>, Error> {
-    let rows = service::pretrained_of(&state.pool, &viewer.caller.name, 50).await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, name, steps)| InitChoice {
-            id: id.to_string(),
-            label: format!("{name} ({steps} steps, {})", &id.to_string()[..8]),
-        })
-        .collect())
 }
 
 fn page(
@@ -252,14 +202,11 @@ fn page(
             .unwrap_or_default(),
         train_dir: f.train_dir,
         examples: [
-            (
-                "Denoising (CBSD68, sigma 25)",
-                super::compare::FINETUNE_DENOISE,
-            ),
-            ("Deraining (Rain100H pairs)", super::compare::DERAIN),
+            ("Denoising (CBSD68, sigma 25)", examples::FINETUNE_DENOISE),
+            ("Deraining (Rain100H pairs)", examples::DERAIN),
             (
                 "Deblurring (synthetic blur on CBSD68)",
-                super::compare::FINETUNE_DEBLUR,
+                examples::FINETUNE_DEBLUR,
             ),
         ],
         errors,

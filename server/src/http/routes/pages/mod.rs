@@ -6,6 +6,7 @@ mod assets;
 mod auth;
 mod compare;
 mod curves;
+mod examples;
 mod finetune;
 pub mod form;
 mod job;
@@ -14,6 +15,7 @@ mod new_job;
 mod results;
 pub(super) mod runs;
 mod seeds_view;
+mod submission;
 
 use askama::Template;
 use axum::extract::{DefaultBodyLimit, FromRequestParts};

@@ -4,43 +4,28 @@
 //! the preview follows the fields as they change (`POST /jobs/new/preview`).
 
 use askama::Template;
-use axum::body::Bytes;
 use axum::extract::{Multipart, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use base64::Engine;
 use ifp_trainer::Config;
 use serde::Deserialize;
 
-use super::form::{self, Errors, Kind, Values, FIELDS};
+mod posted;
+mod shown;
+
+use posted::{
+    base_config, build, field_for_key, fingerprint, read_form, store_noise_upload, with_noise,
+    Submitted,
+};
+use shown::{estimate_text, preview_data_uri, preview_png, Shown};
+
+use super::form::{self, Errors, Kind, FIELDS};
+use super::submission;
 use super::{render, Layout, PageResult, Viewer};
+use crate::db::values::JobKind;
 use crate::error::Error;
 use crate::http::state::AppState;
 use crate::jobs::spec::JobSpec;
-
-/// What the form posted.
-#[derive(Default)]
-struct Submitted {
-    csrf: String,
-    /// `submit`, `load` (refill the fields from the base) or `preview`.
-    action: String,
-    name: String,
-    /// `preset` or `yaml`.
-    source: String,
-    preset: String,
-    config_yaml: String,
-    config_file: Option<String>,
-    loaded_from: String,
-    values: Values,
-    priority: String,
-    /// `generate` or `upload`.
-    noise_source: String,
-    /// The stored upload the form already refers to (`uploads/<sha256>.<ext>`).
-    noise_upload: String,
-    noise_file: Option<Bytes>,
-    /// The job this one is cloned from (its id), recorded as the new job's parent.
-    parent: String,
-}
 
 pub struct FieldView {
     pub name: &'static str,
@@ -129,20 +114,14 @@ pub async fn show(
 /// kept), its name marked as a clone, and the job as the new one's parent.
 async fn clone_of(state: &AppState, viewer: &Viewer, from: &str) -> PageResult<Response> {
     let job = crate::jobs::service::visible_job(&state.pool, &viewer.caller, from).await?;
-    match job.kind {
-        crate::db::values::JobKind::Pretrain => {}
-        crate::db::values::JobKind::Finetune => {
-            return Ok(Redirect::to(&format!("/jobs/new/finetune?from={}", job.id)).into_response())
-        }
-        crate::db::values::JobKind::Compare => {
-            return Ok(Redirect::to(&format!("/jobs/new/compare?from={}", job.id)).into_response())
-        }
+    if let Some(elsewhere) = submission::to_own_form(&job, JobKind::Pretrain) {
+        return Ok(elsewhere);
     }
     let cfg = Config::from_value(job.config.clone())
         .map_err(|e| Error::Internal(format!("job {}: stored config: {e}", job.id)))?;
     let yaml = cfg.to_yaml();
     let mut sub = Submitted {
-        name: clone_name(&job.name),
+        name: submission::clone_name(&job.name),
         source: "yaml".into(),
         loaded_from: form::fingerprint_yaml(&yaml),
         values: form::values_of(&cfg),
@@ -172,23 +151,6 @@ async fn clone_of(state: &AppState, viewer: &Viewer, from: &str) -> PageResult<R
         shown,
         StatusCode::OK,
     ))
-}
-
-/// `NAME (clone)`, kept within the 200 characters a name may have.
-pub(super) fn clone_name(name: &str) -> String {
-    let base: String = name.chars().take(192).collect();
-    format!("{base} (clone)")
-}
-
-/// The `parent` a form carries: empty for none, else a job id.
-pub(super) fn parent_of(raw: &str) -> Result<Option<uuid::Uuid>, String> {
-    match raw.trim() {
-        "" => Ok(None),
-        id => id
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("`{id}` is not a job id; open Clone from the job's page again")),
-    }
 }
 
 /// `POST /jobs/new`.
@@ -255,17 +217,11 @@ pub async fn submit(
         };
         return Ok(page(&viewer, sub, errors, None, shown, StatusCode::OK));
     }
-    let priority = match sub.priority.trim().parse::<i32>() {
-        Ok(p) => p,
-        Err(_) => {
-            errors.insert(
-                "priority".into(),
-                format!("`{}` is not a whole number", sub.priority),
-            );
-            return Ok(invalid(&viewer, sub, errors));
-        }
+    let Some(priority) = submission::whole_number("priority", &sub.priority, &mut errors) else {
+        return Ok(invalid(&viewer, sub, errors));
     };
-    let parent = match parent_of(&sub.parent) {
+    let priority = i32::try_from(priority).unwrap_or(i32::MAX);
+    let parent = match submission::parent_of(&sub.parent) {
         Ok(p) => p,
         Err(e) => {
             errors.insert("form".into(), e);
@@ -345,237 +301,18 @@ fn invalid(viewer: &Viewer, sub: Submitted, errors: Errors) -> Response {
     )
 }
 
-async fn read_form(mut mp: Multipart) -> Result<Submitted, Error> {
-    let mut s = Submitted::default();
-    let bad = |e: axum::extract::multipart::MultipartError| Error::Status {
-        status: e.status(),
-        message: e.body_text(),
-    };
-    while let Some(field) = mp.next_field().await.map_err(bad)? {
-        let name = field.name().unwrap_or_default().to_string();
-        match name.as_str() {
-            "config_file" => {
-                let bytes = field.bytes().await.map_err(bad)?;
-                if !bytes.is_empty() {
-                    let text = String::from_utf8(bytes.to_vec()).map_err(|_| {
-                        Error::invalid(Some("config_yaml"), "the config file is not UTF-8 text")
-                    })?;
-                    s.config_file = Some(text);
-                }
-            }
-            "noise_file" => {
-                let bytes = field.bytes().await.map_err(bad)?;
-                if !bytes.is_empty() {
-                    s.noise_file = Some(bytes);
-                }
-            }
-            _ => {
-                let text = field.text().await.map_err(bad)?;
-                match name.as_str() {
-                    "csrf" => s.csrf = text,
-                    "action" => s.action = text,
-                    "name" => s.name = text,
-                    "source" => s.source = text,
-                    "preset" => s.preset = text,
-                    "config_yaml" => s.config_yaml = text,
-                    "loaded_from" => s.loaded_from = text,
-                    "priority" => s.priority = text,
-                    "noise_source" => s.noise_source = text,
-                    "noise_upload" => s.noise_upload = text,
-                    "parent" => s.parent = text,
-                    other => {
-                        if let Some(f) = FIELDS.iter().find(|f| f.name == other) {
-                            s.values.insert(f.name, text);
-                        }
-                    }
-                }
-            }
-        }
-    }
-    if s.source != "yaml" {
-        s.source = "preset".into();
-    }
-    if s.noise_source != "upload" {
-        s.noise_source = "generate".into();
-    }
-    Ok(s)
-}
-
-/// Stores a newly uploaded noise image and makes the form refer to it.
-async fn store_noise_upload(
-    state: &AppState,
-    viewer: &Viewer,
-    sub: &mut Submitted,
-    errors: &mut Errors,
-) {
-    let Some(bytes) = sub.noise_file.take() else {
-        return;
-    };
-    match crate::jobs::uploads::save(&state.pool, &state.artifacts, &viewer.caller.name, bytes)
-        .await
-    {
-        Ok(r) => {
-            sub.noise_upload = r;
-            sub.noise_source = "upload".into();
-        }
-        Err(e) => {
-            errors.insert("noise_file".into(), e.public().2);
-        }
-    }
-}
-
-/// The chosen base config: a preset, or the YAML (an uploaded file replaces the text box).
-fn base_config(sub: &mut Submitted) -> Result<Config, Errors> {
-    let mut errors = Errors::new();
-    if sub.source == "yaml" {
-        if let Some(text) = sub.config_file.take() {
-            sub.config_yaml = text;
-        }
-        if sub.config_yaml.trim().is_empty() {
-            errors.insert(
-                "config_yaml".into(),
-                "paste a config or choose a YAML file".into(),
-            );
-            return Err(errors);
-        }
-        Config::from_yaml(&sub.config_yaml).map_err(|e| {
-            errors.insert("config_yaml".into(), e.to_string());
-            errors
-        })
-    } else {
-        match ifp_trainer::config::preset(&sub.preset) {
-            Some(c) => Ok(c),
-            None => {
-                errors.insert("preset".into(), format!("unknown preset `{}`", sub.preset));
-                Err(errors)
-            }
-        }
-    }
-}
-
-fn fingerprint(sub: &Submitted) -> String {
-    if sub.source == "yaml" {
-        form::fingerprint_yaml(&sub.config_yaml)
-    } else {
-        form::fingerprint_preset(&sub.preset)
-    }
-}
-
-/// The base with the form's fields and noise choice applied.
-fn build(base: &Config, sub: &Submitted) -> Result<Config, Errors> {
-    let cfg = form::apply(base, &sub.values)?;
-    if sub.noise_source == "upload" && sub.noise_upload.is_empty() {
-        let mut e = Errors::new();
-        e.insert("noise_file".into(), "choose a PNG or JPEG file".into());
-        return Err(e);
-    }
-    Ok(with_noise(&cfg, sub))
-}
-
-fn with_noise(cfg: &Config, sub: &Submitted) -> Config {
-    let mut cfg = cfg.clone();
-    cfg.data.noise_image = (sub.noise_source == "upload" && !sub.noise_upload.is_empty())
-        .then(|| sub.noise_upload.clone().into());
-    cfg
-}
-
-/// The form field a config key belongs to (`form` for keys without one).
-fn field_for_key(key: Option<&str>) -> String {
-    match key {
-        Some("DATA.NOISE_IMAGE") => "noise_file".into(),
-        Some(k @ ("name" | "priority")) => k.into(),
-        Some(k) => FIELDS
-            .iter()
-            .find(|f| f.key == k)
-            .map_or("form".to_string(), |f| f.name.to_string()),
-        None => "form".into(),
-    }
-}
-
-async fn preview_png(state: &AppState, viewer: &Viewer, cfg: &Config) -> Result<Vec<u8>, String> {
-    crate::jobs::uploads::check(&state.pool, &state.artifacts, &viewer.caller, cfg)
-        .await
-        .map_err(|e| e.public().2)?;
-    let mut cfg = cfg.clone();
-    crate::jobs::uploads::resolve(&state.artifacts, &mut cfg);
-    tokio::task::spawn_blocking(move || {
-        let img = ifp_trainer::preview::render(&cfg)?;
-        ifp_trainer::checkpoint::png_bytes(&img)
-    })
-    .await
-    .map_err(|e| format!("preview: {e}"))?
-    .map_err(|e| e.to_string())
-}
-
-async fn preview_data_uri(
-    state: &AppState,
-    viewer: &Viewer,
-    cfg: &Config,
-) -> Result<String, String> {
-    let png = preview_png(state, viewer, cfg).await?;
-    Ok(format!(
-        "data:image/png;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(png)
-    ))
-}
-
-/// What the form shows about a config besides its fields: the preview image and the estimate
-/// of the run's peak memory and duration.
-#[derive(Default)]
-struct Shown {
-    preview: Option<String>,
-    estimate: Option<String>,
-}
-
-impl Shown {
-    async fn of(state: &AppState, viewer: &Viewer, cfg: &Config) -> Shown {
-        Shown {
-            preview: preview_data_uri(state, viewer, cfg).await.ok(),
-            estimate: estimate_text(state, cfg).await,
-        }
-    }
-}
-
-/// The estimate in words, or `None` if the database cannot say.
-async fn estimate_text(state: &AppState, cfg: &Config) -> Option<String> {
-    use ifp_trainer::memory::human;
-    let e = match crate::jobs::service::estimate(&state.pool, cfg).await {
-        Ok(e) => e,
-        Err(err) => {
-            tracing::warn!("estimating a run: {err}");
-            return None;
-        }
-    };
-    let memory = match e.largest_worker {
-        Some(have) if e.refused => format!(
-            "Peak memory about {}: more than 90% of the {} of the largest live worker, so this \
-             run would be refused; lower the batch size or the crop size.",
-            human(e.peak_bytes),
-            human(have)
+/// The learning-rate hint with the rate the run will actually use: the reference scales
+/// `TRAIN.BASE_LR` by `DATA.BATCH_SIZE / 512`, so the field's value is not the step size.
+fn effective_lr_hint(hint: &str, values: &super::form::Values) -> String {
+    let num = |k: &str| values.get(k).and_then(|v| v.trim().parse::<f64>().ok());
+    match (num("base_lr"), num("batch_size")) {
+        (Some(lr), Some(b)) if lr.is_finite() && b > 0.0 => format!(
+            "{hint}: with batch {b} the run steps at {:.2e} (warm-up and cosine decay from \
+             there)",
+            lr * b / 512.0
         ),
-        Some(have) => format!(
-            "Peak memory about {} (the largest live worker has {}).",
-            human(e.peak_bytes),
-            human(have)
-        ),
-        None => format!(
-            "Peak memory about {} (no live worker has reported its memory).",
-            human(e.peak_bytes)
-        ),
-    };
-    let duration = match e.seconds {
-        Some(s) => format!(
-            " Training takes about {} at the median speed of {} finished run{} with this \
-             network, crop size and batch size.",
-            crate::http::views::fmt::duration(s),
-            e.runs,
-            if e.runs == 1 { "" } else { "s" }
-        ),
-        None => " No expected duration yet: no finished run has this network, crop size and \
-                  batch size."
-            .to_string(),
-    };
-    Some(memory + &duration)
+        _ => hint.to_string(),
+    }
 }
 
 fn page(
@@ -631,18 +368,4 @@ fn page(
         captions: ifp_trainer::preview::CAPTIONS,
     };
     (status, render(&p)).into_response()
-}
-
-/// The learning-rate hint with the rate the run will actually use: the reference scales
-/// `TRAIN.BASE_LR` by `DATA.BATCH_SIZE / 512`, so the field's value is not the step size.
-fn effective_lr_hint(hint: &str, values: &super::form::Values) -> String {
-    let num = |k: &str| values.get(k).and_then(|v| v.trim().parse::<f64>().ok());
-    match (num("base_lr"), num("batch_size")) {
-        (Some(lr), Some(b)) if lr.is_finite() && b > 0.0 => format!(
-            "{hint}: with batch {b} the run steps at {:.2e} (warm-up and cosine decay from \
-             there)",
-            lr * b / 512.0
-        ),
-        _ => hint.to_string(),
-    }
 }

@@ -1,0 +1,107 @@
+//! The fine-tuning configs the fine-tuning and comparison forms offer as examples (denoising,
+//! deraining, deblurring), each a valid config over the server's datasets folder.
+
+/// The training settings the examples share, after their `DATA` folders. The first line keeps
+/// its indentation (it continues the `DATA` block), so it starts on the quote's line: a `\`
+/// line continuation would strip it.
+macro_rules! example_tail {
+    () => {
+        "  CROP: 40  # a Uformer takes sides its windows tile: 32 or 64 for tiny-uformer
+  BATCH_SIZE: 8
+  VAL_IMAGES: 4
+TRAIN:
+  STEPS: 500
+  WARMUP_EPOCHS: 50
+  BASE_LR: 1.0e-3
+SAVE_FREQ: 100
+SEED: 0
+"
+    };
+}
+
+/// The fine-tuning config the form starts with: sigma-25 denoising, CBSD68 crops, Kodak24 test.
+pub(super) const DENOISE: &str = concat!(
+    "\
+# Denoising, sigma 25: train on CBSD68 crops, test on Kodak24.
+# Folders are relative to the server's datasets folder.
+DATA:
+  TRAIN_DIR: clean/CBSD68
+  TEST_DIR: clean/Kodak24
+  NOISE_SIGMA: 25
+",
+    example_tail!()
+);
+
+/// The fine-tune form's example: the same denoising task without a test set (a finetune job
+/// picks its best checkpoint on validation images and scores no test set).
+pub(super) const FINETUNE_DENOISE: &str = concat!(
+    "\
+# Denoising, sigma 25, on CBSD68 crops (every 5th image is held out, as in a comparison).
+# Folders are relative to the server's datasets folder. Without a pre-training job to start
+# from, add the network's MODEL tree.
+DATA:
+  TRAIN_DIR: clean/CBSD68
+  NOISE_SIGMA: 25
+",
+    example_tail!()
+);
+
+/// Deraining on Rain100H, every 5th pair held out for testing.
+pub(super) const DERAIN: &str = concat!(
+    "\
+# Deraining: Rain100H pairs (input/ and target/), every 5th pair (name order) is a test pair.
+DATA:
+  TRAIN_DIR: rain/Rain100H
+  SPLIT_EVERY: 5
+",
+    example_tail!()
+);
+
+/// The fine-tune form's deblurring example: the comparison's, without its test set.
+pub(super) const FINETUNE_DEBLUR: &str = concat!(
+    "\
+# Deblurring: Gaussian blur of 1.6 pixels, then light noise (sigma 2), on CBSD68 crops (every
+# 5th image is held out). Synthetic, because the datasets folder holds only two GoPro pairs.
+DATA:
+  TRAIN_DIR: clean/CBSD68
+  BLUR_SIGMA: 1.6
+  NOISE_SIGMA: 2
+",
+    example_tail!()
+);
+
+pub(super) const DEBLUR: &str = concat!(
+    "\
+# Deblurring: Gaussian blur of 1.6 pixels, then light noise (sigma 2), on CBSD68 crops; test on
+# Kodak24. Synthetic, because the datasets folder holds only two GoPro pairs (blur/).
+DATA:
+  TRAIN_DIR: clean/CBSD68
+  TEST_DIR: clean/Kodak24
+  BLUR_SIGMA: 1.6
+  NOISE_SIGMA: 2
+",
+    example_tail!()
+);
+
+#[cfg(test)]
+mod tests {
+    use ifp_trainer::finetune::FinetuneConfig;
+
+    #[test]
+    fn every_example_is_a_valid_config_with_the_shared_settings() {
+        for (name, text) in [
+            ("denoise", super::DENOISE),
+            ("derain", super::DERAIN),
+            ("deblur", super::DEBLUR),
+            ("finetune denoise", super::FINETUNE_DENOISE),
+            ("finetune deblur", super::FINETUNE_DEBLUR),
+        ] {
+            let c = FinetuneConfig::from_yaml(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(
+                (c.data.crop, c.data.batch_size, c.train.steps),
+                (40, 8, Some(500)),
+                "{name}"
+            );
+        }
+    }
+}

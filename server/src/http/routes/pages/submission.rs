@@ -1,0 +1,168 @@
+//! What the three new-job forms (pre-training, fine-tuning, comparison) share: a clone's name
+//! and parent, whole-number fields, the choice of one of the user's finished pre-training jobs,
+//! sending a clone to the form of its kind, and which field a refused submission's error
+//! belongs to. Each form keeps only what is its own.
+
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::form::Errors;
+use super::Viewer;
+use crate::db::rows::Job;
+use crate::db::values::JobKind;
+use crate::error::Error;
+use crate::http::state::AppState;
+use crate::jobs::compare::Pretrained;
+use crate::jobs::service;
+
+/// The query of the fine-tuning and comparison forms.
+#[derive(Deserialize)]
+pub struct ShowParams {
+    /// Start from this finished pre-training job ("Fine-tune this", "Compare from this").
+    pub init: Option<String>,
+    /// Clone this job (of the form's kind).
+    pub from: Option<String>,
+}
+
+/// One of the user's succeeded pre-training jobs, as a `<select>` offers it.
+pub struct InitChoice {
+    pub id: String,
+    pub label: String,
+}
+
+/// The user's succeeded pre-training jobs, newest first.
+pub async fn choices(state: &AppState, viewer: &Viewer) -> Result<Vec<InitChoice>, Error> {
+    let rows = service::pretrained_of(&state.pool, &viewer.caller.name, 50).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, name, steps)| InitChoice {
+            id: id.to_string(),
+            label: format!("{name} ({steps} steps, {})", &id.to_string()[..8]),
+        })
+        .collect())
+}
+
+/// A form's job choice (`init_job`, `extra_arm_job`): none, or a finished pre-training job of
+/// the viewer's, with its model file and config. An error names `field`.
+pub async fn chosen(
+    state: &AppState,
+    viewer: &Viewer,
+    field: &str,
+    raw: &str,
+) -> Result<Option<Pretrained>, Error> {
+    match raw.trim() {
+        "" => Ok(None),
+        id => {
+            let id: Uuid = id
+                .parse()
+                .map_err(|_| Error::invalid(Some(field), "choose a job from the list"))?;
+            service::pretrained_job(&state.pool, &viewer.caller.name, &id.to_string(), field)
+                .await
+                .map(Some)
+        }
+    }
+}
+
+/// The form a job of `kind` is submitted (and cloned) with.
+pub fn form_of(kind: JobKind) -> &'static str {
+    match kind {
+        JobKind::Pretrain => "/jobs/new",
+        JobKind::Finetune => "/jobs/new/finetune",
+        JobKind::Compare => "/jobs/new/compare",
+    }
+}
+
+/// A clone asked of the form for `kind` but naming a job of another kind goes to that kind's
+/// form; `None` when the job is of this form's kind.
+pub fn to_own_form(job: &Job, kind: JobKind) -> Option<Response> {
+    (job.kind != kind)
+        .then(|| Redirect::to(&format!("{}?from={}", form_of(job.kind), job.id)).into_response())
+}
+
+/// `NAME (clone)`, kept within the 200 characters a name may have.
+pub fn clone_name(name: &str) -> String {
+    let base: String = name.chars().take(192).collect();
+    format!("{base} (clone)")
+}
+
+/// `PREFIX: NAME` for a job started from the finished job `name` ("Fine-tune this"), kept
+/// within the 200 characters a name may have.
+pub fn started_from_name(prefix: &str, name: &str) -> String {
+    format!("{prefix}: {}", name.chars().take(180).collect::<String>())
+}
+
+/// The `parent` a form carries: empty for none, else a job id.
+pub fn parent_of(raw: &str) -> Result<Option<Uuid>, String> {
+    match raw.trim() {
+        "" => Ok(None),
+        id => id
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("`{id}` is not a job id; open Clone from the job's page again")),
+    }
+}
+
+/// The new job's parent: the job it clones, else the pre-training job it starts from.
+pub fn parent_or_start(parent: &str, init_job: &str) -> Result<Option<Uuid>, Error> {
+    Ok(parent_of(parent)
+        .map_err(|e| Error::invalid(Some("form"), e))?
+        .or(init_job.trim().parse().ok()))
+}
+
+/// A whole-number field's value, or `None` with the field's error recorded.
+pub fn whole_number(field: &str, raw: &str, errors: &mut Errors) -> Option<i64> {
+    let n = raw.trim().parse::<i64>().ok();
+    if n.is_none() {
+        errors.insert(field.into(), format!("`{raw}` is not a whole number"));
+    }
+    n
+}
+
+/// The field a refused submission's error belongs to: the field named by its key, the YAML box
+/// for the keys `in_yaml` claims, else the form as a whole.
+pub fn field_of(key: Option<&str>, fields: &[&str], in_yaml: fn(&str) -> bool) -> String {
+    match key {
+        Some(k) if fields.contains(&k) => k.into(),
+        Some(k) if in_yaml(k) => "finetune_yaml".into(),
+        _ => "form".into(),
+    }
+}
+
+/// Keys of a fine-tuning config, which the forms edit as YAML.
+pub fn finetune_key(k: &str) -> bool {
+    k.starts_with("FINETUNE") || k == "finetune"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_stay_within_the_limit_and_errors_find_their_field() {
+        let long = "é".repeat(300);
+        assert_eq!(clone_name(&long).chars().count(), 200);
+        assert_eq!(started_from_name("fine-tune", &long).chars().count(), 191);
+        assert_eq!(clone_name("a"), "a (clone)");
+        let mut errors = Errors::new();
+        assert_eq!(whole_number("seeds", " 7 ", &mut errors), Some(7));
+        assert_eq!(whole_number("seeds", "7.5", &mut errors), None);
+        assert_eq!(errors["seeds"], "`7.5` is not a whole number");
+        let fields = ["name", "priority"];
+        assert_eq!(
+            field_of(Some("priority"), &fields, finetune_key),
+            "priority"
+        );
+        assert_eq!(
+            field_of(Some("FINETUNE.DATA.CROP"), &fields, finetune_key),
+            "finetune_yaml"
+        );
+        assert_eq!(field_of(Some("MODEL.TYPE"), &fields, finetune_key), "form");
+        assert_eq!(field_of(None, &fields, finetune_key), "form");
+        assert!(parent_of("x").is_err());
+        assert_eq!(parent_of(" ").ok(), Some(None));
+        let id = Uuid::new_v4();
+        assert_eq!(parent_or_start("", &id.to_string()).ok(), Some(Some(id)));
+        assert_eq!(form_of(JobKind::Compare), "/jobs/new/compare");
+    }
+}
