@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 use candle_core::{Device, Tensor, Var};
 
 use crate::checkpoint::{self, Checkpoint, TrainingState};
+use crate::config::TrainConfig;
+use crate::data::image::Image;
 use crate::error::{Result, TrainerError};
-use crate::optim::{clip_grad_norm, AdamW};
-use crate::train::{Control, PhaseTimes, Progress, StepStats, TrainOptions};
+use crate::optim::{clip_grad_norm, AdamW, LrSchedule};
+use crate::train::{Control, PhaseTimes, Progress, Started, StepStats, TrainOptions};
 
 /// One kind of training run, as the driver steps it.
 pub trait Run {
@@ -21,6 +23,8 @@ pub trait Run {
 
     /// Steps completed.
     fn step(&self) -> usize;
+    /// Trainable scalars of the network.
+    fn parameters(&self) -> Result<usize>;
     /// One optimiser step.
     fn train_step(&mut self) -> Result<StepStats>;
     /// Writes the checkpoint of the current step into `dir`.
@@ -50,10 +54,8 @@ impl Cadence {
 
 /// What the driver tells its caller.
 pub enum Tick<'a, N> {
-    /// About to train, from this step (after a resume, the checkpoint's).
-    Started {
-        start_step: usize,
-    },
+    /// About to train.
+    Started(Started),
     Step(&'a Progress),
     Checkpoint(&'a Checkpoint, &'a N),
 }
@@ -87,9 +89,11 @@ pub fn drive<R: Run>(
             resumed_from = Some(step);
         }
     }
-    on_tick(Tick::Started {
+    on_tick(Tick::Started(Started {
         start_step: run.step(),
-    });
+        total_steps: total,
+        parameters: run.parameters()?,
+    }));
     let mut out = RunSummary {
         steps_done: run.step(),
         final_loss: None,
@@ -146,68 +150,110 @@ impl EtaClock {
     }
 }
 
-/// One optimiser step's outcome, with when its phases ended.
-pub struct Optimised {
-    pub loss: f64,
-    pub grad_norm: f64,
-    /// The loss was read back (the end of the forward phase).
-    pub forward_done: Instant,
-    /// The gradients were computed.
-    pub backward_done: Instant,
+/// When a step started and when its batch was ready: the data phase of its phase times.
+#[derive(Debug, Clone, Copy)]
+pub struct StepTimer {
+    started: Instant,
+    data_done: Instant,
 }
 
-impl Optimised {
-    /// The step's figures at learning rate `lr`, for a step that started at `started` and had
-    /// its batch at `data_done`.
-    pub fn stats(&self, lr: f64, started: Instant, data_done: Instant) -> StepStats {
-        StepStats {
-            loss: self.loss,
-            lr,
-            grad_norm: self.grad_norm,
-            phases: PhaseTimes {
-                data: data_done - started,
-                forward: self.forward_done - data_done,
-                backward: self.backward_done - self.forward_done,
-                optimizer: self.backward_done.elapsed(),
-            },
-        }
-    }
+/// Draws a step's batch with `next_batch`, timing it as the step's data phase.
+pub fn timed_batch<B>(next_batch: impl FnOnce() -> Result<B>) -> Result<(B, StepTimer)> {
+    let started = Instant::now();
+    let batch = next_batch()?;
+    let timer = StepTimer {
+        started,
+        data_done: Instant::now(),
+    };
+    Ok((batch, timer))
 }
 
-/// Backward, clipping by global norm and the AdamW update for step `step` (0-based) at `lr`,
-/// refusing a non-finite loss or gradient norm before anything is updated.
-pub fn optimiser_step(
-    loss: &Tensor,
-    vars: &[Var],
+/// The optimiser side of every kind of run: AdamW over the network's parameters (with the
+/// reference's no-decay group), the learning-rate schedule and the clipping norm. It steps, and
+/// its moments are saved with each checkpoint and restored on a resume.
+pub struct Optimiser {
+    adamw: AdamW,
+    /// The parameters in AdamW's order, for the global gradient norm.
+    vars: Vec<Var>,
+    sched: LrSchedule,
     clip: f64,
-    opt: &mut AdamW,
-    lr: f64,
-    step: usize,
-) -> Result<Optimised> {
-    let loss_v = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-    let forward_done = Instant::now();
-    if !loss_v.is_finite() {
-        return Err(TrainerError::NonFinite {
-            step: step + 1,
-            what: format!("the loss ({loss_v})"),
-        });
+}
+
+impl Optimiser {
+    /// AdamW as `t` configures it over the network's named parameters `vars`, stepping at the
+    /// rates of `sched`.
+    pub fn new(vars: Vec<(String, Var)>, t: &TrainConfig, sched: LrSchedule) -> Result<Self> {
+        let plain = vars.iter().map(|(_, v)| v.clone()).collect();
+        Ok(Optimiser {
+            adamw: AdamW::new(vars, t.weight_decay, t.optimizer.betas, t.optimizer.eps)?,
+            vars: plain,
+            sched,
+            clip: t.clip_grad,
+        })
     }
-    let mut grads = loss.backward()?;
-    let backward_done = Instant::now();
-    let grad_norm = clip_grad_norm(&mut grads, vars, clip)?;
-    if !grad_norm.is_finite() {
-        return Err(TrainerError::NonFinite {
-            step: step + 1,
-            what: format!("the gradient norm ({grad_norm})"),
-        });
+
+    /// Optimiser step `k` (0-based) on `loss`: backward, clipping by global norm and the AdamW
+    /// update at the scheduled rate, refusing a non-finite loss or gradient norm before
+    /// anything is updated. The figures' phases are timed from `timer`.
+    pub fn step(&mut self, loss: &Tensor, k: usize, timer: StepTimer) -> Result<StepStats> {
+        let loss_v = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        let forward_done = Instant::now();
+        if !loss_v.is_finite() {
+            return Err(TrainerError::NonFinite {
+                step: k + 1,
+                what: format!("the loss ({loss_v})"),
+            });
+        }
+        let mut grads = loss.backward()?;
+        let backward_done = Instant::now();
+        let grad_norm = clip_grad_norm(&mut grads, &self.vars, self.clip)?;
+        if !grad_norm.is_finite() {
+            return Err(TrainerError::NonFinite {
+                step: k + 1,
+                what: format!("the gradient norm ({grad_norm})"),
+            });
+        }
+        let lr = self.sched.lr_for_step(k);
+        self.adamw.step(&grads, lr)?;
+        Ok(StepStats {
+            loss: loss_v,
+            lr,
+            grad_norm,
+            phases: PhaseTimes {
+                data: timer.data_done - timer.started,
+                forward: forward_done - timer.data_done,
+                backward: backward_done - forward_done,
+                optimizer: backward_done.elapsed(),
+            },
+        })
     }
-    opt.step(&grads, lr)?;
-    Ok(Optimised {
-        loss: loss_v,
-        grad_norm,
-        forward_done,
-        backward_done,
-    })
+
+    /// Writes the checkpoint of a run into `dir`: the network's `weights`, these moments, the
+    /// training `state` and the sample strip.
+    pub fn write_checkpoint(
+        &self,
+        dir: &Path,
+        weights: &BTreeMap<String, Tensor>,
+        state: &TrainingState,
+        sample: Option<&Image>,
+    ) -> Result<Checkpoint> {
+        checkpoint::write(
+            dir,
+            &checkpoint::Contents {
+                weights,
+                optimizer: &self.adamw.state_tensors(),
+                state,
+                sample,
+            },
+        )
+    }
+
+    /// Continues from a checkpoint's `saved` state at `step`: its moments restored, its
+    /// training state returned.
+    pub fn resume(&mut self, saved: SavedState, step: usize) -> Result<TrainingState> {
+        self.adamw.load_state(&saved.moments, step)?;
+        Ok(saved.state)
+    }
 }
 
 /// A run's configuration as a resume compares it: a resumed run must be the same run.
@@ -219,14 +265,21 @@ pub trait SameRun: Sized {
     fn same_run_form(&self) -> String;
 }
 
-/// The optimiser moments and training state of the checkpoint at `step` in `dir`, checked to
-/// be that step's and written by the same run as `cfg`.
+/// What a checkpoint's state file holds: the optimiser moments and the training state.
+pub struct SavedState {
+    moments: BTreeMap<String, Tensor>,
+    state: TrainingState,
+}
+
+/// The saved state of the checkpoint at `step` in `dir`, checked to be that step's and written
+/// by the same run as `cfg`. A resume reads it before anything else, so a changed config is
+/// named as such rather than failing on the network's shapes.
 pub fn load_state_for_resume<C: SameRun>(
     dir: &Path,
     step: usize,
     device: &Device,
     cfg: &C,
-) -> Result<(BTreeMap<String, Tensor>, TrainingState)> {
+) -> Result<SavedState> {
     let path = checkpoint::state_path(dir, step);
     let now = cfg.same_run_form();
     let (opt_state, state) = checkpoint::load_state(&path, device)?;
@@ -255,5 +308,8 @@ pub fn load_state_for_resume<C: SameRun>(
             path.display()
         )));
     }
-    Ok((opt_state, state))
+    Ok(SavedState {
+        moments: opt_state,
+        state,
+    })
 }

@@ -3,7 +3,7 @@
 //! at the end, and resume exactly from the newest complete checkpoint.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use candle_core::{Device, Tensor};
 
@@ -17,7 +17,7 @@ use crate::error::Result;
 use crate::loss::FreqLoss;
 use crate::models::uformer::DropPathRng;
 use crate::models::{load_weights, Network, WeightSource};
-use crate::optim::{AdamW, LrSchedule};
+use crate::optim::LrSchedule;
 
 const INIT_STREAM: u64 = 0x1F9_1417;
 /// Stochastic depth (Uformer): one ChaCha stream per optimiser step of this seed, so a resumed
@@ -39,14 +39,20 @@ pub struct Progress {
     pub eta: Duration,
 }
 
+/// What a run says as it starts training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Started {
+    /// The step it trains from (after a resume, the checkpoint's).
+    pub start_step: usize,
+    pub total_steps: usize,
+    /// Trainable scalars.
+    pub parameters: usize,
+}
+
 /// What the loop reports.
 #[derive(Debug)]
 pub enum Event<'a> {
-    Started {
-        start_step: usize,
-        total_steps: usize,
-        parameters: usize,
-    },
+    Started(Started),
     Step(&'a Progress),
     Checkpoint(&'a Checkpoint),
 }
@@ -94,9 +100,8 @@ pub struct Trainer {
     cfg: Config,
     device: Device,
     net: Network,
-    opt: AdamW,
+    optimiser: driver::Optimiser,
     sampler: Sampler,
-    sched: LrSchedule,
     loss: FreqLoss,
     step: usize,
     last: Option<(Batch, Tensor)>,
@@ -110,22 +115,15 @@ impl Trainer {
     }
 
     fn with_network(cfg: &Config, device: &Device, net: Network) -> Result<Self> {
-        let t = &cfg.train;
-        let opt = AdamW::new(
-            net.vars()?,
-            t.weight_decay,
-            t.optimizer.betas,
-            t.optimizer.eps,
-        )?;
+        let sched = LrSchedule::from_config(&cfg.train, cfg.data.batch_size);
         let kind = cfg.model.recover_target_type;
         Ok(Trainer {
             loss: FreqLoss::new(kind, cfg.data.img_size, 3, device)?,
             sampler: Sampler::from_config(cfg)?,
-            sched: LrSchedule::from_config(t, cfg.data.batch_size),
+            optimiser: driver::Optimiser::new(net.vars()?, &cfg.train, sched)?,
             cfg: cfg.clone(),
             device: device.clone(),
             net,
-            opt,
             step: 0,
             last: None,
         })
@@ -142,21 +140,15 @@ impl Trainer {
 
     fn step_once(&mut self) -> Result<StepStats> {
         let k = self.step;
-        let t0 = Instant::now();
-        let batch = self
-            .sampler
-            .next_batch(self.cfg.data.batch_size, &self.device)?;
-        let t1 = Instant::now();
+        let (sampler, size) = (&mut self.sampler, self.cfg.data.batch_size);
+        let (batch, timer) = driver::timed_batch(|| sampler.next_batch(size, &self.device))?;
         let mut drop_rng = DropPathRng::for_step(self.cfg.seed ^ DROP_PATH_STREAM, k as u64);
         let pred = self.net.forward_train(&batch.input, &mut drop_rng)?;
         let loss = self.loss.forward(&pred, &batch.target, &batch.mask)?;
-        let vars: Vec<_> = self.net.vars()?.into_iter().map(|(_, v)| v).collect();
-        let lr = self.sched.lr_for_step(k);
-        let clip = self.cfg.train.clip_grad;
-        let o = driver::optimiser_step(&loss, &vars, clip, &mut self.opt, lr, k)?;
+        let stats = self.optimiser.step(&loss, k, timer)?;
         self.step += 1;
         self.last = Some((batch, pred.detach()));
-        Ok(o.stats(lr, t0, t1))
+        Ok(stats)
     }
 }
 
@@ -233,6 +225,10 @@ impl driver::Run for Trainer {
         self.step
     }
 
+    fn parameters(&self) -> Result<usize> {
+        self.net.num_parameters()
+    }
+
     /// One optimiser step.
     fn train_step(&mut self) -> Result<StepStats> {
         crate::threads::on_workers(|| self.step_once())
@@ -251,25 +247,20 @@ impl driver::Run for Trainer {
             Some((batch, pred)) => Some(sample_strip(batch, pred)?),
             None => None,
         };
-        let ck = checkpoint::write(
-            dir,
-            &checkpoint::Contents {
-                weights: &self.net.state_dict()?,
-                optimizer: &self.opt.state_tensors(),
-                state: &state,
-                sample: strip.as_ref(),
-            },
-        )?;
+        let weights = self.net.state_dict()?;
+        let ck = self
+            .optimiser
+            .write_checkpoint(dir, &weights, &state, strip.as_ref())?;
         Ok((ck, ()))
     }
 
     /// Restores weights, optimiser, data streams and step from the checkpoint at `step` in `dir`.
     fn restore(&mut self, dir: &Path, step: usize) -> Result<()> {
+        let saved = driver::load_state_for_resume(dir, step, &self.device, &self.cfg)?;
         let weights = load_weights(&checkpoint::model_path(dir, step), &self.device)?;
         let net = Network::build(&self.cfg, WeightSource::Tensors(weights), &self.device)?;
-        let (opt_state, state) = driver::load_state_for_resume(dir, step, &self.device, &self.cfg)?;
         let mut fresh = Self::with_network(&self.cfg, &self.device, net)?;
-        fresh.opt.load_state(&opt_state, step)?;
+        let state = fresh.optimiser.resume(saved, step)?;
         fresh.sampler.restore(state.sampler);
         fresh.step = step;
         *self = fresh;
@@ -284,15 +275,9 @@ pub fn train(
     mut on_event: impl FnMut(Event<'_>) -> Control,
 ) -> Result<TrainSummary> {
     let mut trainer = Trainer::new(cfg, &opts.device)?;
-    let total = cfg.total_steps();
-    let parameters = trainer.network().num_parameters()?;
-    let cadence = driver::Cadence::new(total, cfg.data.batch_size, cfg.save_freq);
+    let cadence = driver::Cadence::new(cfg.total_steps(), cfg.data.batch_size, cfg.save_freq);
     driver::drive(&mut trainer, cadence, opts, |tick| match tick {
-        driver::Tick::Started { start_step } => on_event(Event::Started {
-            start_step,
-            total_steps: total,
-            parameters,
-        }),
+        driver::Tick::Started(s) => on_event(Event::Started(s)),
         driver::Tick::Step(p) => on_event(Event::Step(p)),
         driver::Tick::Checkpoint(ck, ()) => on_event(Event::Checkpoint(ck)),
     })

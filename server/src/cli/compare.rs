@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use ifp_trainer::finetune::compare::{self, CompareEvent, CompareSpec, Pretrain};
+use ifp_trainer::train::Started;
 use ifp_trainer::{Control, Event};
 
 use super::finetune::{print_event, say, TaskArgs};
@@ -135,11 +136,11 @@ pub fn run(a: CompareArgs) -> Result<(), Failure> {
         .max(1);
     let print = |ev: CompareEvent<'_>| {
         match ev {
-            CompareEvent::Pretrain(Event::Started {
+            CompareEvent::Pretrain(Event::Started(Started {
                 total_steps,
                 start_step,
                 ..
-            }) => say(&format!(
+            })) => say(&format!(
                 "[pretrain] IFP pre-training for {total_steps} steps (from step {start_step})"
             )),
             CompareEvent::Pretrain(Event::Step(p)) => {

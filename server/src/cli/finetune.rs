@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use ifp_trainer::finetune::{self, Event, FinetuneConfig};
+use ifp_trainer::train::Started;
 use ifp_trainer::Control;
 
 use super::{classify, load_config, parse_device, run_options, Failure};
@@ -172,9 +173,12 @@ pub fn say(line: &str) {
 pub fn print_event(prefix: &str, print_freq: usize, ev: &Event<'_>) {
     match ev {
         Event::Started {
-            start_step,
-            total_steps,
-            parameters,
+            run:
+                Started {
+                    start_step,
+                    total_steps,
+                    parameters,
+                },
             train_images,
             val_images,
         } => say(&format!(

@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::Args;
+use ifp_trainer::train::Started;
 use ifp_trainer::{train, Control, Event};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -59,11 +60,11 @@ pub fn run(a: TrainArgs) -> Result<(), Failure> {
     let print_freq = cfg.print_freq;
     let summary = train(&cfg, &opts, |ev| {
         match ev {
-            Event::Started {
+            Event::Started(Started {
                 start_step,
                 total_steps,
                 parameters,
-            } => {
+            }) => {
                 pb.set_position(start_step as u64);
                 say(format!(
                     "training {} ({parameters} parameters) for {total_steps} steps{} into {}",

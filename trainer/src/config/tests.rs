@@ -82,7 +82,7 @@ fn impossible_values_name_path_and_value() {
             "TRAIN.OPTIMIZER.BETAS",
         ),
         // Optional keys too: JSON has no infinity, so these once became `null` ("not set") and
-        // the run took the default (found by bench/fuzz/http_fuzz.py).
+        // the run took the default (found by bench/http_fuzz.py).
         ("TRAIN:\n  STEPS: .inf\n", "TRAIN.STEPS", "finite number, got inf"),
         ("MODEL:\n  BATCH_SIZE: .inf\n", "MODEL.BATCH_SIZE", "finite"),
         ("DATA:\n  NOISE_IMAGE: .inf\n", "DATA.NOISE_IMAGE", "finite"),

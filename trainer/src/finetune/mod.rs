@@ -20,7 +20,6 @@ pub mod net;
 pub mod seeds;
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -38,8 +37,8 @@ use crate::data::image::Image;
 use crate::driver;
 use crate::error::{Result, TrainerError};
 use crate::eval::{self, metrics::Scores};
-use crate::optim::{AdamW, LrSchedule};
-use crate::train::{Control, Progress, StepStats, TrainOptions};
+use crate::optim::LrSchedule;
+use crate::train::{Control, Progress, Started, StepStats, TrainOptions};
 
 const ENCODER_STREAM: u64 = 0xF17E_0E4C;
 const HEAD_STREAM: u64 = 0xF17E_4EAD;
@@ -59,9 +58,7 @@ pub struct ValPoint {
 #[derive(Debug)]
 pub enum Event<'a> {
     Started {
-        start_step: usize,
-        total_steps: usize,
-        parameters: usize,
+        run: Started,
         train_images: usize,
         val_images: usize,
     },
@@ -115,8 +112,7 @@ pub struct Finetuner {
     cfg: FinetuneConfig,
     device: Device,
     net: FinetuneNet,
-    opt: AdamW,
-    sched: LrSchedule,
+    optimiser: driver::Optimiser,
     data: data::TrainSet,
     val: Vec<data::EvalItem>,
     step: usize,
@@ -149,28 +145,23 @@ impl Finetuner {
 
     fn with_network(cfg: &FinetuneConfig, device: &Device, net: FinetuneNet) -> Result<Self> {
         let t = &cfg.train;
-        let opt = AdamW::new(
-            net.vars()?,
-            t.weight_decay,
-            t.optimizer.betas,
-            t.optimizer.eps,
-        )?;
+        // Fine-tuning rates are used as written: no scaling by batch size.
+        let sched = LrSchedule {
+            base_lr: t.base_lr,
+            warmup_lr: t.warmup_lr,
+            min_lr: t.min_lr,
+            warmup_steps: t.warmup_epochs,
+            total_steps: t.total_steps(),
+        };
         let (train, val, _) = data::split(&cfg.data)?;
         let deg = cfg.data.degradation();
         Ok(Finetuner {
-            sched: LrSchedule {
-                base_lr: t.base_lr,
-                warmup_lr: t.warmup_lr,
-                min_lr: t.min_lr,
-                warmup_steps: t.warmup_epochs,
-                total_steps: t.total_steps(),
-            },
+            optimiser: driver::Optimiser::new(net.vars()?, t, sched)?,
             data: data::TrainSet::new(&train, &cfg.data, cfg.seed)?,
             val: data::load_eval(&val, &deg, cfg.seed, cfg.data.val_crop)?,
             cfg: cfg.clone(),
             device: device.clone(),
             net,
-            opt,
             step: 0,
             history: Vec::new(),
             loss_sum: 0.0,
@@ -193,23 +184,17 @@ impl Finetuner {
 
     fn step_once(&mut self) -> Result<StepStats> {
         let k = self.step;
-        let t0 = Instant::now();
-        let batch = self
-            .data
-            .next_batch(self.cfg.data.batch_size, &self.device)?;
-        let t1 = Instant::now();
+        let (data, size) = (&mut self.data, self.cfg.data.batch_size);
+        let (batch, timer) = driver::timed_batch(|| data.next_batch(size, &self.device))?;
         let mut drop_rng = DropPathRng::for_step(self.cfg.seed ^ DROP_PATH_STREAM, k as u64);
         let pred = self.net.forward_t(&batch.input, Some(&mut drop_rng))?;
         let loss = (&pred - &batch.target)?.abs()?.mean_all()?;
-        let vars: Vec<_> = self.net.vars()?.into_iter().map(|(_, v)| v).collect();
-        let lr = self.sched.lr_for_step(k);
-        let clip = self.cfg.train.clip_grad;
-        let o = driver::optimiser_step(&loss, &vars, clip, &mut self.opt, lr, k)?;
+        let stats = self.optimiser.step(&loss, k, timer)?;
         self.step += 1;
-        self.loss_sum += o.loss;
+        self.loss_sum += stats.loss;
         self.loss_n += 1;
         self.last = Some((batch.first_input, batch.first_target, pred.get(0)?.detach()));
-        Ok(o.stats(lr, t0, t1))
+        Ok(stats)
     }
 
     /// Mean scores on the validation images (whole images or their centre crops).
@@ -257,6 +242,10 @@ impl driver::Run for Finetuner {
         self.step
     }
 
+    fn parameters(&self) -> Result<usize> {
+        self.net.num_parameters()
+    }
+
     /// One optimiser step of L1 loss on a fresh batch.
     fn train_step(&mut self) -> Result<StepStats> {
         crate::threads::on_workers(|| self.step_once())
@@ -282,15 +271,10 @@ impl driver::Run for Finetuner {
             )),
             None => None,
         };
-        let ck = checkpoint::write(
-            dir,
-            &checkpoint::Contents {
-                weights: &self.net.state_dict()?,
-                optimizer: &self.opt.state_tensors(),
-                state: &state,
-                sample: strip.as_ref(),
-            },
-        )?;
+        let weights = self.net.state_dict()?;
+        let ck = self
+            .optimiser
+            .write_checkpoint(dir, &weights, &state, strip.as_ref())?;
         let json = serde_json::to_vec_pretty(&self.history)
             .map_err(|e| TrainerError::Unsupported(format!("cannot encode history: {e}")))?;
         checkpoint::write_atomic(&history_path(dir), &json)?;
@@ -299,7 +283,7 @@ impl driver::Run for Finetuner {
 
     /// Restores weights, optimiser, data streams, step and history from `dir` at `step`.
     fn restore(&mut self, dir: &Path, step: usize) -> Result<()> {
-        let (opt_state, state) = driver::load_state_for_resume(dir, step, &self.device, &self.cfg)?;
+        let saved = driver::load_state_for_resume(dir, step, &self.device, &self.cfg)?;
         let weights = net::load_all(&checkpoint::model_path(dir, step), &self.device)?;
         let net = FinetuneNet::new(
             &self.cfg.model,
@@ -309,7 +293,7 @@ impl driver::Run for Finetuner {
             &self.device,
         )?;
         let mut fresh = Self::with_network(&self.cfg, &self.device, net)?;
-        fresh.opt.load_state(&opt_state, step)?;
+        let state = fresh.optimiser.resume(saved, step)?;
         fresh.data.restore(state.sampler.crop, state.sampler.mask);
         fresh.step = step;
         fresh.history = read_history(dir)?
@@ -329,15 +313,11 @@ pub fn finetune(
     mut on_event: impl FnMut(Event<'_>) -> Control,
 ) -> Result<FinetuneSummary> {
     let mut ft = Finetuner::new(cfg, &opts.device)?;
-    let total = cfg.total_steps();
-    let parameters = ft.network().num_parameters()?;
     let (train_images, val_images) = (ft.data.len(), ft.val.len());
-    let cadence = driver::Cadence::new(total, cfg.data.batch_size, cfg.save_freq);
+    let cadence = driver::Cadence::new(cfg.total_steps(), cfg.data.batch_size, cfg.save_freq);
     let run = driver::drive(&mut ft, cadence, opts, |tick| match tick {
-        driver::Tick::Started { start_step } => on_event(Event::Started {
-            start_step,
-            total_steps: total,
-            parameters,
+        driver::Tick::Started(run) => on_event(Event::Started {
+            run,
             train_images,
             val_images,
         }),
