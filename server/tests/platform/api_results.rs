@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use tower::ServiceExt;
 
-use super::api::{setup, Api, ADMIN};
+use super::api_support::{setup, Api, ADMIN};
 
 /// Gives job `id` a fake finished attempt with one metric row and a checkpoint file on disk.
 async fn fake_progress(api: &Api, body: &[u8]) -> (uuid::Uuid, String) {

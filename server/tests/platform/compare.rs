@@ -3,134 +3,20 @@
 //! scratch arms), its report listed and shown on the job page; and what is refused.
 
 use crate::common;
+use crate::compare_support::{
+    admin_session, api_with_datasets, call, finetune, finetune_job, html_of, pretrain, report_of,
+    run_to_end, send, submit_tiny_comparison, ADMIN,
+};
 
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use axum::Router;
 use http_body_util::BodyExt;
 use ifp_server::worker::{self, WorkerConfig};
 use ifp_server::{app, AppState};
 use serde_json::{json, Value};
 use tower::ServiceExt;
-
-pub(crate) const ADMIN: &str = "admin-secret";
-
-pub(crate) async fn call(
-    app: &Router,
-    method: &str,
-    uri: &str,
-    body: Option<Value>,
-) -> (StatusCode, String) {
-    let mut b = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"));
-    let req = match body {
-        Some(v) => b
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(v.to_string()))
-            .unwrap(),
-        None => {
-            b = b.header(header::ACCEPT, "*/*");
-            b.body(Body::empty()).unwrap()
-        }
-    };
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&bytes).into_owned())
-}
-
-/// Sends `req` to the app: (status, `Location`, body as text).
-pub(crate) async fn send(app: &Router, req: Request<Body>) -> (StatusCode, Option<String>, String) {
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let location = resp
-        .headers()
-        .get(header::LOCATION)
-        .map(|v| v.to_str().unwrap().to_string());
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        location,
-        String::from_utf8_lossy(&body).into_owned(),
-    )
-}
-
-/// Submits `body` over the API as the admin; it must be accepted. Returns the new job's id.
-pub(crate) async fn submit_ok(app: &Router, body: Value) -> String {
-    let (s, b) = call(app, "POST", "/api/v1/jobs", Some(body)).await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
-    serde_json::from_str::<Value>(&b).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-/// A finished comparison's `report.json`.
-pub(crate) async fn report_of(app: &Router, id: &str) -> Value {
-    let uri = format!("/api/v1/jobs/{id}/checkpoints/report.json");
-    let (s, b) = call(app, "GET", &uri, None).await;
-    assert_eq!(s, StatusCode::OK, "{b}");
-    serde_json::from_str(&b).unwrap()
-}
-
-pub(crate) fn pretrain() -> Value {
-    let mut cfg = ifp_trainer::config::preset("tiny").unwrap();
-    cfg.data.img_size = 16;
-    cfg.train.steps = Some(6);
-    cfg.save_freq = 3;
-    serde_json::to_value(&cfg).unwrap()
-}
-
-pub(crate) fn finetune(train_dir: &str) -> Value {
-    json!({
-        "DATA": {"TRAIN_DIR": train_dir, "TEST_DIR": "clean/Kodak24", "NOISE_SIGMA": 25,
-                 "CROP": 16, "BATCH_SIZE": 2, "VAL_IMAGES": 1, "VAL_CROP": 32,
-                 "MAX_TEST_IMAGES": 2},
-        "TRAIN": {"STEPS": 4, "WARMUP_EPOCHS": 1, "BASE_LR": 1e-3},
-        "SAVE_FREQ": 2,
-        "SEED": 0
-    })
-}
-
-/// A `finetune` job's fine-tuning config: [`finetune`] without the test-set keys, which only a
-/// comparison uses (a finetune job refuses them).
-pub(crate) fn finetune_job(train_dir: &str, model: Option<Value>) -> Value {
-    let mut v = finetune(train_dir);
-    let data = v["DATA"].as_object_mut().unwrap();
-    data.remove("TEST_DIR");
-    data.remove("MAX_TEST_IMAGES");
-    if let Some(m) = model {
-        v["MODEL"] = m;
-    }
-    v
-}
-
-/// A page as the admin sees it.
-pub(crate) async fn html_of(api: &axum::Router, pool: &sqlx::PgPool, uri: &str) -> String {
-    let cookie = admin_session(pool).await;
-    let req = Request::get(uri)
-        .header(header::COOKIE, format!("ifp_session={cookie}"))
-        .body(Body::empty())
-        .unwrap();
-    let resp = api.clone().oneshot(req).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK, "{uri}");
-    String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned()
-}
-
-/// A browser session of the admin (the cookie value).
-pub(crate) async fn admin_session(pool: &sqlx::PgPool) -> String {
-    let admin = ifp_server::tokens::Caller {
-        name: "admin".into(),
-        is_admin: true,
-    };
-    ifp_server::http::session::create(pool, &admin, &ifp_server::tokens::hash(ADMIN))
-        .await
-        .unwrap()
-}
 
 #[tokio::test]
 async fn compare_submissions_are_checked() {
@@ -199,51 +85,6 @@ async fn compare_submissions_are_checked() {
             "{bad}: {b}"
         );
     }
-}
-
-/// The API (with the test images as its datasets folder) and a tiny comparison submitted
-/// through it with `showcase` images: (api, the job as returned).
-pub(crate) async fn submit_tiny_comparison(
-    pool: &sqlx::PgPool,
-    artifacts: &std::path::Path,
-    showcase: usize,
-) -> (Router, Value) {
-    let mut state = AppState::new(pool.clone(), artifacts, Some(ADMIN));
-    state.datasets = Some(common::datasets());
-    let api = app(state);
-    let body = json!({"kind": "compare", "name": "cmp", "config": pretrain(),
-                      "finetune": finetune("clean/CBSD68"), "showcase": showcase});
-    let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(body)).await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
-    (api, serde_json::from_str(&b).unwrap())
-}
-
-/// Runs job `id` with one worker slot (datasets from `../shared/data`) until it leaves
-/// `queued`/`running` (at most 400 s); returns the job as the API shows it.
-pub(crate) async fn run_to_end(
-    api: &Router,
-    pool: &sqlx::PgPool,
-    artifacts: &std::path::Path,
-    worker_id: &str,
-    id: &str,
-) -> Value {
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let mut cfg = WorkerConfig::new(worker_id, artifacts);
-    cfg.poll_interval = Duration::from_millis(300);
-    cfg.datasets = Some(common::datasets());
-    tokio::spawn(worker::run(pool.clone(), cfg, rx));
-    let t0 = Instant::now();
-    let job = loop {
-        let (_, b) = call(api, "GET", &format!("/api/v1/jobs/{id}"), None).await;
-        let j: Value = serde_json::from_str(&b).unwrap();
-        if !matches!(j["status"].as_str(), Some("queued" | "running")) {
-            break j;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(400), "timed out: {j}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
-    let _ = stop.send(true);
-    job
 }
 
 #[tokio::test]
@@ -355,11 +196,7 @@ async fn a_tiny_comparison_runs_and_reports() {
 
 #[tokio::test]
 async fn the_compare_form_submits_and_shows_errors_in_place() {
-    let pool = common::fresh_pool().await;
-    let artifacts = tempfile::tempdir().unwrap();
-    let mut state = AppState::new(pool.clone(), artifacts.path(), Some(ADMIN));
-    state.datasets = Some(common::datasets());
-    let site = app(state);
+    let (pool, _artifacts, site) = api_with_datasets().await;
     let cookie = admin_session(&pool).await;
     let csrf =
         ifp_server::http::session::lookup(&pool, Some(&ifp_server::tokens::hash(ADMIN)), &cookie)
@@ -465,11 +302,7 @@ async fn the_compare_form_submits_and_shows_errors_in_place() {
 
 #[tokio::test]
 async fn a_finetune_job_starts_from_a_finished_pretraining_job() {
-    let pool = common::fresh_pool().await;
-    let artifacts = tempfile::tempdir().unwrap();
-    let mut state = AppState::new(pool.clone(), artifacts.path(), Some(ADMIN));
-    state.datasets = Some(common::datasets());
-    let api = app(state);
+    let (pool, artifacts, api) = api_with_datasets().await;
     let (stop, rx) = tokio::sync::watch::channel(false);
     let mut cfg = WorkerConfig::new("w-finetune", artifacts.path());
     cfg.poll_interval = Duration::from_millis(300);
@@ -685,60 +518,4 @@ async fn a_finetune_job_starts_from_a_finished_pretraining_job() {
         clone.config["FINETUNE"]["DATA"],
         stored.config["FINETUNE"]["DATA"]
     );
-}
-
-/// Issue 18: a comparison over two seeds through a real worker: one step axis over the shared
-/// pre-training and both seeds' arms, seeds.json listed, the key result its mean difference,
-/// the page's summary with intervals and the seeds favouring IFP. Bad seed counts are 422.
-#[tokio::test]
-async fn a_comparison_over_two_seeds_runs_and_summarises() {
-    let pool = common::fresh_pool().await;
-    let artifacts = tempfile::tempdir().unwrap();
-    let mut state = AppState::new(pool.clone(), artifacts.path(), Some(ADMIN));
-    state.datasets = Some(common::datasets());
-    let api = app(state);
-    let body = |seeds: Value| {
-        json!({"kind": "compare", "name": "seeds", "config": pretrain(),
-               "finetune": finetune("clean/CBSD68"), "showcase": 0, "seeds": seeds})
-    };
-    for bad in [json!(0), json!(11)] {
-        let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(body(bad))).await;
-        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
-        assert!(b.contains("\"key_path\":\"seeds\""), "{b}");
-    }
-    let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(body(json!(2)))).await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
-    let job: Value = serde_json::from_str(&b).unwrap();
-    assert_eq!(job["total_steps"], 6 + 2 * 2 * 4);
-    assert_eq!(job["config"]["SEEDS"], 2);
-    let id = job["id"].as_str().unwrap().to_string();
-
-    let job = run_to_end(&api, &pool, artifacts.path(), "w-seeds", &id).await;
-    assert_eq!(job["status"], "succeeded", "{job}");
-    assert_eq!(job["step"], 22);
-
-    let (s, seeds) = call(
-        &api,
-        "GET",
-        &format!("/api/v1/jobs/{id}/checkpoints/seeds.json"),
-        None,
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK, "{seeds}");
-    let seeds: Value = serde_json::from_str(&seeds).unwrap();
-    assert_eq!(seeds["seeds"], json!([0, 1]));
-    let d = &seeds["deltas"][0];
-    assert_eq!(d["psnr"]["per_seed"].as_array().unwrap().len(), 2);
-    assert_eq!(job["key_metric"].as_f64(), d["psnr"]["mean"].as_f64());
-
-    let page = html_of(&api, &pool, &format!("/jobs/{id}")).await;
-    for needle in [
-        "Over seeds",
-        "2 seeds (0, 1), 2 test images",
-        "95% confidence intervals",
-        "of 2 seeds and",
-        "seeds.csv",
-    ] {
-        assert!(page.contains(needle), "missing {needle}");
-    }
 }

@@ -3,11 +3,12 @@
 //! arm from another (`extra_arm_job`); when it finishes it lists each arm's best checkpoint as a
 //! model file that downloads and loads. The comparison form offers the same (*Start from*,
 //! *Extra arm*, and *Compare from this* on a pre-training job's page). What cannot work is
-//! refused naming the field.
+//! refused naming the field. A comparison over several seeds summarises them.
 
 use crate::common;
-use crate::compare::{
-    admin_session, call, finetune, html_of, pretrain, report_of, run_to_end, send, ADMIN,
+use crate::compare_support::{
+    admin_session, api_with_datasets, call, finetune, html_of, pretrain, report_of, run_to_end,
+    send, ADMIN,
 };
 
 use axum::body::Body;
@@ -46,11 +47,7 @@ async fn post_form(
 
 #[tokio::test]
 async fn a_comparison_starts_from_finished_jobs_and_keeps_its_models() {
-    let pool = common::fresh_pool().await;
-    let artifacts = tempfile::tempdir().unwrap();
-    let mut state = AppState::new(pool.clone(), artifacts.path(), Some(ADMIN));
-    state.datasets = Some(common::datasets());
-    let api = app(state);
+    let (pool, artifacts, api) = api_with_datasets().await;
     let submit = |body: Value| {
         let api = api.clone();
         async move {
@@ -337,11 +334,7 @@ async fn the_runs_view_overlays_jobs_and_marks_differing_settings() {
 /// kind) and the chosen one replaces the YAML's TRAIN_DIR; its examples include deblurring.
 #[tokio::test]
 async fn the_finetune_form_picks_a_data_set() {
-    let pool = common::fresh_pool().await;
-    let artifacts = tempfile::tempdir().unwrap();
-    let mut state = AppState::new(pool.clone(), artifacts.path(), Some(ADMIN));
-    state.datasets = Some(common::datasets());
-    let api = app(state);
+    let (pool, _artifacts, api) = api_with_datasets().await;
     let form = html_of(&api, &pool, "/jobs/new/finetune").await;
     for needle in [
         "<option value=\"clean/CBSD68\">clean/CBSD68 (68 clean images",
@@ -379,4 +372,56 @@ async fn the_finetune_form_picks_a_data_set() {
     let id: uuid::Uuid = location.unwrap()[6..].parse().unwrap();
     let job = ifp_server::queue::get(&pool, id).await.unwrap().unwrap();
     assert_eq!(job.config["FINETUNE"]["DATA"]["TRAIN_DIR"], "rain/Rain100H");
+}
+
+/// Issue 18: a comparison over two seeds through a real worker: one step axis over the shared
+/// pre-training and both seeds' arms, seeds.json listed, the key result its mean difference,
+/// the page's summary with intervals and the seeds favouring IFP. Bad seed counts are 422.
+#[tokio::test]
+async fn a_comparison_over_two_seeds_runs_and_summarises() {
+    let (pool, artifacts, api) = api_with_datasets().await;
+    let body = |seeds: Value| {
+        json!({"kind": "compare", "name": "seeds", "config": pretrain(),
+               "finetune": finetune("clean/CBSD68"), "showcase": 0, "seeds": seeds})
+    };
+    for bad in [json!(0), json!(11)] {
+        let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(body(bad))).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+        assert!(b.contains("\"key_path\":\"seeds\""), "{b}");
+    }
+    let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(body(json!(2)))).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let job: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(job["total_steps"], 6 + 2 * 2 * 4);
+    assert_eq!(job["config"]["SEEDS"], 2);
+    let id = job["id"].as_str().unwrap().to_string();
+
+    let job = run_to_end(&api, &pool, artifacts.path(), "w-seeds", &id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["step"], 22);
+
+    let (s, seeds) = call(
+        &api,
+        "GET",
+        &format!("/api/v1/jobs/{id}/checkpoints/seeds.json"),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{seeds}");
+    let seeds: Value = serde_json::from_str(&seeds).unwrap();
+    assert_eq!(seeds["seeds"], json!([0, 1]));
+    let d = &seeds["deltas"][0];
+    assert_eq!(d["psnr"]["per_seed"].as_array().unwrap().len(), 2);
+    assert_eq!(job["key_metric"].as_f64(), d["psnr"]["mean"].as_f64());
+
+    let page = html_of(&api, &pool, &format!("/jobs/{id}")).await;
+    for needle in [
+        "Over seeds",
+        "2 seeds (0, 1), 2 test images",
+        "95% confidence intervals",
+        "of 2 seeds and",
+        "seeds.csv",
+    ] {
+        assert!(page.contains(needle), "missing {needle}");
+    }
 }

@@ -12,7 +12,7 @@ use ifp_server::jobs::spec::{JobSpec, Report};
 use ifp_server::worker::{self, WorkerConfig};
 use serde_json::{json, Value};
 
-use super::compare::submit_tiny_comparison;
+use super::compare_support::submit_tiny_comparison;
 
 /// A comparison whose worker dies in the IFP arm resumes there on the next attempt (the
 /// pre-training is not run again) and ends with the results of an uninterrupted run.

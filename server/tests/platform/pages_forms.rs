@@ -5,7 +5,7 @@ use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use ifp_server::queue;
 
-use super::pages::{setup, ADMIN};
+use super::site::{setup, ADMIN};
 
 #[tokio::test]
 async fn new_job_form_previews_validates_and_submits() {

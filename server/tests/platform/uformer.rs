@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
 use candle_core::{DType, Device};
@@ -112,22 +112,13 @@ async fn a_tiny_uformer_job_trains_with_a_falling_loss() {
 
     // The final model checkpoint holds exactly the reference Uformer's state_dict keys and
     // shapes (what PyTorch's load_state_dict(strict=True) needs), buffers as int64.
-    let (name, path): (String, String) = sqlx::query_as(
-        "select name, path from checkpoint where job_id = $1 and kind = 'model' \
-         order by step desc limit 1",
-    )
-    .bind(job.id)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let (name, ck) = newest_model(&pool, artifacts.path(), &job.id.to_string()).await;
     assert_eq!(name, format!("model-{STEPS:06}.safetensors"));
-    let ck = candle_core::safetensors::load(artifacts.path().join(&path), &Device::Cpu)
-        .expect("checkpoint");
-    let got: BTreeSet<(String, Vec<usize>)> = ck
-        .iter()
-        .map(|(k, t)| (k.clone(), t.dims().to_vec()))
-        .collect();
-    assert_eq!(got, golden_keys(), "checkpoint keys and shapes");
+    assert_eq!(
+        keys_and_shapes(&ck),
+        golden_keys(),
+        "checkpoint keys and shapes"
+    );
     for (k, t) in &ck {
         let want = if k.ends_with("relative_position_index") {
             DType::I64
@@ -177,16 +168,14 @@ fn cli_train_bench_and_forward_take_a_uformer_config() {
 /// tile is refused naming the key.
 #[tokio::test]
 async fn uformer_compare_and_finetune_jobs_run() {
-    use crate::compare::{call, finetune, finetune_job, report_of, run_to_end, submit_ok, ADMIN};
+    use crate::compare_support::{
+        api_with_datasets, call, finetune, finetune_job, report_of, run_to_end, submit_ok,
+    };
     use axum::http::StatusCode;
-    use ifp_server::{app, AppState};
+
     use serde_json::json;
 
-    let pool = common::fresh_pool().await;
-    let artifacts = tempfile::tempdir().unwrap();
-    let mut state = AppState::new(pool.clone(), artifacts.path(), Some(ADMIN));
-    state.datasets = Some(common::datasets());
-    let api = app(state);
+    let (pool, artifacts, api) = api_with_datasets().await;
     let pre = ifp_trainer::Config::from_yaml(&tiny_uformer_yaml(4)).expect("config");
     let pre = serde_json::to_value(&pre).unwrap();
     let mut ft = finetune("clean/CBSD68");
@@ -223,19 +212,35 @@ async fn uformer_compare_and_finetune_jobs_run() {
     let id = submit_ok(&api, body).await;
     let job = run_to_end(&api, &pool, artifacts.path(), "w-uf-ft", &id).await;
     assert_eq!(job["status"], "succeeded", "{job}");
-    let path: String = sqlx::query_scalar(
-        "select path from checkpoint where job_id = $1::uuid and kind = 'model' \
+    let (_, ck) = newest_model(&pool, artifacts.path(), &id).await;
+    assert_eq!(
+        keys_and_shapes(&ck),
+        golden_keys(),
+        "fine-tuned Uformer keys and shapes"
+    );
+}
+
+/// The name and tensors of job `id`'s newest model checkpoint.
+async fn newest_model(
+    pool: &sqlx::PgPool,
+    artifacts: &std::path::Path,
+    id: &str,
+) -> (String, HashMap<String, candle_core::Tensor>) {
+    let (name, path): (String, String) = sqlx::query_as(
+        "select name, path from checkpoint where job_id = $1::uuid and kind = 'model' \
          order by step desc limit 1",
     )
-    .bind(&id)
-    .fetch_one(&pool)
+    .bind(id)
+    .fetch_one(pool)
     .await
     .unwrap();
-    let ck = candle_core::safetensors::load(artifacts.path().join(&path), &Device::Cpu)
-        .expect("checkpoint");
-    let got: BTreeSet<(String, Vec<usize>)> = ck
-        .iter()
+    let ck =
+        candle_core::safetensors::load(artifacts.join(&path), &Device::Cpu).expect("checkpoint");
+    (name, ck)
+}
+
+fn keys_and_shapes(ck: &HashMap<String, candle_core::Tensor>) -> BTreeSet<(String, Vec<usize>)> {
+    ck.iter()
         .map(|(k, t)| (k.clone(), t.dims().to_vec()))
-        .collect();
-    assert_eq!(got, golden_keys(), "fine-tuned Uformer keys and shapes");
+        .collect()
 }

@@ -99,9 +99,9 @@ async fn attempts_run_in_their_own_process_and_a_killed_one_fails_alone() {
     let site = ifp_server::app(ifp_server::AppState::new(
         pool.clone(),
         artifacts.path(),
-        Some(crate::compare::ADMIN),
+        Some(crate::compare_support::ADMIN),
     ));
-    let page = crate::compare::html_of(&site, &pool, &format!("/jobs/{}", job.id)).await;
+    let page = crate::compare_support::html_of(&site, &pool, &format!("/jobs/{}", job.id)).await;
     assert!(
         page.contains("Training process memory (MiB, resident)"),
         "{page}"

@@ -241,3 +241,9 @@ pub async fn resumed_in_attempt_2(pool: &sqlx::PgPool, id: uuid::Uuid) -> Option
         .await
         .expect("attempt 2")
 }
+
+/// The admin token every test server is started with.
+pub const ADMIN: &str = "admin-secret";
+
+/// A pre-training config small enough to train in a moment.
+pub const TINY: &str = "MODEL: {TYPE: restormer}\nDATA: {IMG_SIZE: 16}\nTRAIN: {STEPS: 4}\n";
