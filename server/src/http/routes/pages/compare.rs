@@ -6,7 +6,7 @@
 use askama::Template;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use axum::Form;
 use serde::Deserialize;
 
@@ -44,6 +44,8 @@ struct ComparePage {
     extra_arm_job: String,
     parent: String,
     examples: [(&'static str, &'static str); 3],
+    /// Whether the config may name a test set (`DATA.TEST_DIR`): a comparison scores one.
+    test_set: bool,
     datasets: Option<String>,
     errors: Errors,
 }
@@ -102,9 +104,8 @@ pub async fn show(
         ..Default::default()
     };
     if let Some(init) = q.init {
-        let job = service::visible_job(&state.pool, &viewer.caller, &init).await?;
-        f.name = submission::started_from_name("does IFP help", &job.name);
-        f.init_job = job.id.to_string();
+        (f.name, f.init_job) =
+            submission::started_from(&state, &viewer, &init, "does IFP help").await?;
     }
     let mut errors = Errors::new();
     if let Some(from) = q.from {
@@ -175,6 +176,17 @@ pub async fn submit_form(
     Form(f): Form<CompareForm>,
 ) -> PageResult<Response> {
     viewer.check_form(&headers, &f.csrf)?;
+    let choices = submission::choices(&state, &viewer).await?;
+    let again = |f, errors| {
+        page(
+            &state,
+            &viewer,
+            f,
+            choices,
+            errors,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+    };
     let mut errors = Errors::new();
     let number = submission::whole_number;
     let steps = number("pretrain_steps", &f.pretrain_steps, &mut errors);
@@ -216,15 +228,7 @@ pub async fn submit_form(
         priority,
         errors.is_empty(),
     ) else {
-        let choices = submission::choices(&state, &viewer).await?;
-        return Ok(page(
-            &state,
-            &viewer,
-            f,
-            choices,
-            errors,
-            StatusCode::UNPROCESSABLE_ENTITY,
-        ));
+        return Ok(again(f, errors));
     };
     let showcase = usize::try_from(showcase).unwrap_or(usize::MAX);
     let datasets = state.datasets.as_deref();
@@ -245,34 +249,18 @@ pub async fn submit_form(
         viewer.submit(&state, &f.name, priority, parent, spec).await
     }
     .await;
-    match result {
-        Ok(job) => Ok(Redirect::to(&format!("/jobs/{}", job.id)).into_response()),
-        Err(Error::Invalid { key_path, message }) => {
-            let field = submission::field_of(
-                key_path.as_deref(),
-                &[
-                    "name",
-                    "priority",
-                    "showcase",
-                    "seeds",
-                    "init_job",
-                    "extra_arm_job",
-                ],
-                submission::finetune_key,
-            );
-            errors.insert(field, message);
-            let choices = submission::choices(&state, &viewer).await?;
-            Ok(page(
-                &state,
-                &viewer,
-                f,
-                choices,
-                errors,
-                StatusCode::UNPROCESSABLE_ENTITY,
-            ))
-        }
-        Err(e) => Err(e.into()),
-    }
+    let field = |key: Option<&str>| {
+        let fields = [
+            "name",
+            "priority",
+            "showcase",
+            "seeds",
+            "init_job",
+            "extra_arm_job",
+        ];
+        submission::field_of(key, &fields, submission::finetune_key)
+    };
+    submission::outcome(result, errors, field, |errors| again(f, errors))
 }
 
 fn page(
@@ -303,6 +291,7 @@ fn page(
         init_job: f.init_job,
         extra_arm_job: f.extra_arm_job,
         parent: f.parent,
+        test_set: true,
         examples: [
             ("Denoising (CBSD68 → Kodak24)", DENOISE),
             ("Deraining (Rain100H)", DERAIN),

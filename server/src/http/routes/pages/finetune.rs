@@ -4,7 +4,7 @@
 use askama::Template;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use axum::Form;
 use serde::Deserialize;
 
@@ -34,6 +34,8 @@ struct FinetunePage {
     known: Vec<crate::jobs::datasets::Known>,
     train_dir: String,
     examples: [(&'static str, &'static str); 3],
+    /// Whether the config may name a test set (`DATA.TEST_DIR`): a comparison scores one.
+    test_set: bool,
     errors: Errors,
 }
 
@@ -77,9 +79,8 @@ pub async fn show(
         ..Default::default()
     };
     if let Some(init) = q.init {
-        let job = service::visible_job(&state.pool, &viewer.caller, &init).await?;
-        f.name = submission::started_from_name("fine-tune", &job.name);
-        f.init_job = job.id.to_string();
+        (f.name, f.init_job) =
+            submission::started_from(&state, &viewer, &init, "fine-tune").await?;
     } else if let Some(from) = q.from {
         let job = service::visible_job(&state.pool, &viewer.caller, &from).await?;
         if let Some(elsewhere) = submission::to_own_form(&job, JobKind::Finetune) {
@@ -133,15 +134,18 @@ pub async fn submit_form(
             None
         }
     };
-    let (Some(ft), Some(priority), true) = (ft, priority, errors.is_empty()) else {
-        return Ok(page(
+    let again = |f, errors| {
+        page(
             &state,
             &viewer,
             f,
             choices,
             errors,
             StatusCode::UNPROCESSABLE_ENTITY,
-        ));
+        )
+    };
+    let (Some(ft), Some(priority), true) = (ft, priority, errors.is_empty()) else {
+        return Ok(again(f, errors));
     };
     let priority = i32::try_from(priority).unwrap_or(i32::MAX);
     let result = async {
@@ -155,26 +159,11 @@ pub async fn submit_form(
         viewer.submit(&state, &f.name, priority, parent, spec).await
     }
     .await;
-    match result {
-        Ok(job) => Ok(Redirect::to(&format!("/jobs/{}", job.id)).into_response()),
-        Err(Error::Invalid { key_path, message }) => {
-            let field = submission::field_of(
-                key_path.as_deref(),
-                &["name", "priority", "init_job"],
-                |k| submission::finetune_key(k) || k == "MODEL.TYPE",
-            );
-            errors.insert(field, message);
-            Ok(page(
-                &state,
-                &viewer,
-                f,
-                choices,
-                errors,
-                StatusCode::UNPROCESSABLE_ENTITY,
-            ))
-        }
-        Err(e) => Err(e.into()),
-    }
+    let field = |key: Option<&str>| {
+        let in_yaml = |k: &str| submission::finetune_key(k) || k == "MODEL.TYPE";
+        submission::field_of(key, &["name", "priority", "init_job"], in_yaml)
+    };
+    submission::outcome(result, errors, field, |errors| again(f, errors))
 }
 
 fn page(
@@ -201,6 +190,7 @@ fn page(
             .map(crate::jobs::datasets::known)
             .unwrap_or_default(),
         train_dir: f.train_dir,
+        test_set: false,
         examples: [
             ("Denoising (CBSD68, sigma 25)", examples::FINETUNE_DENOISE),
             ("Deraining (Rain100H pairs)", examples::DERAIN),

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::form::Errors;
-use super::Viewer;
+use super::{PageResult, Viewer};
 use crate::db::rows::Job;
 use crate::db::values::JobKind;
 use crate::error::Error;
@@ -127,6 +127,37 @@ pub fn field_of(key: Option<&str>, fields: &[&str], in_yaml: fn(&str) -> bool) -
         Some(k) if in_yaml(k) => "finetune_yaml".into(),
         _ => "form".into(),
     }
+}
+
+/// Where a form's submission ends: the new job's page, or the form again (`again`, a 422) with
+/// a refused value's message beside the field `field` names for its key; any other error goes
+/// to the error page.
+pub fn outcome(
+    result: Result<Job, Error>,
+    mut errors: Errors,
+    field: impl FnOnce(Option<&str>) -> String,
+    again: impl FnOnce(Errors) -> Response,
+) -> PageResult<Response> {
+    match result {
+        Ok(job) => Ok(Redirect::to(&format!("/jobs/{}", job.id)).into_response()),
+        Err(Error::Invalid { key_path, message }) => {
+            errors.insert(field(key_path.as_deref()), message);
+            Ok(again(errors))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The name and `init_job` of a form started from the finished job `id` ("Fine-tune this",
+/// "Compare from this"), the name starting with `prefix`.
+pub async fn started_from(
+    state: &AppState,
+    viewer: &Viewer,
+    id: &str,
+    prefix: &str,
+) -> Result<(String, String), Error> {
+    let job = service::visible_job(&state.pool, &viewer.caller, id).await?;
+    Ok((started_from_name(prefix, &job.name), job.id.to_string()))
 }
 
 /// Keys of a fine-tuning config, which the forms edit as YAML.

@@ -6,7 +6,7 @@
 use askama::Template;
 use axum::extract::{Multipart, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use ifp_trainer::Config;
 use serde::Deserialize;
 
@@ -229,17 +229,12 @@ pub async fn submit(
         }
     };
     let spec = JobSpec::Pretrain(Box::new(cfg));
-    match viewer
+    let result = viewer
         .submit(&state, &sub.name, priority, parent, spec)
-        .await
-    {
-        Ok(job) => Ok(Redirect::to(&format!("/jobs/{}", job.id)).into_response()),
-        Err(Error::Invalid { key_path, message }) => {
-            errors.insert(field_for_key(key_path.as_deref()), message);
-            Ok(invalid(&viewer, sub, errors))
-        }
-        Err(e) => Err(e.into()),
-    }
+        .await;
+    submission::outcome(result, errors, field_for_key, |errors| {
+        invalid(&viewer, sub, errors)
+    })
 }
 
 /// `POST /jobs/new/preview`: the preview PNG of the form as it stands (for the page's script),
