@@ -25,7 +25,7 @@ pub trait Run {
     fn step(&self) -> usize;
     /// Trainable scalars of the network.
     fn parameters(&self) -> Result<usize>;
-    /// One optimiser step.
+    /// One optimiser step; callers go through [`step`], which runs it on the worker pool.
     fn train_step(&mut self) -> Result<StepStats>;
     /// Writes the checkpoint of the current step into `dir`.
     fn save_checkpoint(&mut self, dir: &Path) -> Result<(Checkpoint, Self::Note)>;
@@ -74,7 +74,7 @@ pub struct RunSummary {
 /// Runs `run` to `cadence.total_steps` in `opts.out_dir`, resuming from its newest complete checkpoint
 /// when `opts.resume`. `on_tick` answers each step with go on or stop; a stop writes a checkpoint
 /// first, so nothing is lost.
-pub fn drive<R: Run>(
+pub fn drive<R: Run + Send>(
     run: &mut R,
     cadence: Cadence,
     opts: &TrainOptions,
@@ -104,7 +104,7 @@ pub fn drive<R: Run>(
     let mut clock = EtaClock::default();
     while run.step() < total {
         let t0 = Instant::now();
-        let stats = run.train_step()?;
+        let stats = step(run)?;
         let dt = t0.elapsed();
         let done = run.step();
         let progress = Progress {
@@ -131,6 +131,12 @@ pub fn drive<R: Run>(
         }
     }
     Ok(out)
+}
+
+/// One optimiser step of `run`, on the worker pool so that the step's kernels have every
+/// worker, the calling one included (see `threads`).
+pub fn step<R: Run + Send>(run: &mut R) -> Result<StepStats> {
+    crate::threads::on_workers(|| run.train_step())
 }
 
 /// Estimates the time left from step times. An exponential average of the step time keeps

@@ -137,19 +137,6 @@ impl Trainer {
     pub fn network(&self) -> &Network {
         &self.net
     }
-
-    fn step_once(&mut self) -> Result<StepStats> {
-        let k = self.step;
-        let (sampler, size) = (&mut self.sampler, self.cfg.data.batch_size);
-        let (batch, timer) = driver::timed_batch(|| sampler.next_batch(size, &self.device))?;
-        let mut drop_rng = DropPathRng::for_step(self.cfg.seed ^ DROP_PATH_STREAM, k as u64);
-        let pred = self.net.forward_train(&batch.input, &mut drop_rng)?;
-        let loss = self.loss.forward(&pred, &batch.target, &batch.mask)?;
-        let stats = self.optimiser.step(&loss, k, timer)?;
-        self.step += 1;
-        self.last = Some((batch, pred.detach()));
-        Ok(stats)
-    }
 }
 
 /// Only the length (`TRAIN.STEPS`/`EPOCHS`), the logging/saving frequencies and the retention
@@ -231,7 +218,16 @@ impl driver::Run for Trainer {
 
     /// One optimiser step.
     fn train_step(&mut self) -> Result<StepStats> {
-        crate::threads::on_workers(|| self.step_once())
+        let k = self.step;
+        let (sampler, size) = (&mut self.sampler, self.cfg.data.batch_size);
+        let (batch, timer) = driver::timed_batch(|| sampler.next_batch(size, &self.device))?;
+        let mut drop_rng = DropPathRng::for_step(self.cfg.seed ^ DROP_PATH_STREAM, k as u64);
+        let pred = self.net.forward_train(&batch.input, &mut drop_rng)?;
+        let loss = self.loss.forward(&pred, &batch.target, &batch.mask)?;
+        let stats = self.optimiser.step(&loss, k, timer)?;
+        self.step += 1;
+        self.last = Some((batch, pred.detach()));
+        Ok(stats)
     }
 
     /// Writes the checkpoint of the current step into `dir`.

@@ -2,7 +2,6 @@
 
 use clap::Args;
 use ifp_trainer::config::{Amp, ModelType};
-use ifp_trainer::driver::Run;
 use ifp_trainer::Trainer;
 
 use super::{classify, load_config, parse_device, Failure};
@@ -73,12 +72,12 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
         candle_core::utils::get_num_threads()
     );
     for _ in 0..2 {
-        trainer.train_step().map_err(classify)?;
+        ifp_trainer::driver::step(&mut trainer).map_err(classify)?;
     }
     let mut times = Vec::with_capacity(a.steps);
     for i in 0..a.steps {
         let t0 = std::time::Instant::now();
-        let s = trainer.train_step().map_err(classify)?;
+        let s = ifp_trainer::driver::step(&mut trainer).map_err(classify)?;
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         let p = s.phases;
         let f = |d: std::time::Duration| d.as_secs_f64() * 1e3;

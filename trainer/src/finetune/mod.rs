@@ -182,21 +182,6 @@ impl Finetuner {
         &self.history
     }
 
-    fn step_once(&mut self) -> Result<StepStats> {
-        let k = self.step;
-        let (data, size) = (&mut self.data, self.cfg.data.batch_size);
-        let (batch, timer) = driver::timed_batch(|| data.next_batch(size, &self.device))?;
-        let mut drop_rng = DropPathRng::for_step(self.cfg.seed ^ DROP_PATH_STREAM, k as u64);
-        let pred = self.net.forward_t(&batch.input, Some(&mut drop_rng))?;
-        let loss = (&pred - &batch.target)?.abs()?.mean_all()?;
-        let stats = self.optimiser.step(&loss, k, timer)?;
-        self.step += 1;
-        self.loss_sum += stats.loss;
-        self.loss_n += 1;
-        self.last = Some((batch.first_input, batch.first_target, pred.get(0)?.detach()));
-        Ok(stats)
-    }
-
     /// Mean scores on the validation images (whole images or their centre crops).
     pub fn validate(&mut self) -> Result<ValPoint> {
         let scores = eval::evaluate(&self.net, &self.val, None)?;
@@ -248,7 +233,18 @@ impl driver::Run for Finetuner {
 
     /// One optimiser step of L1 loss on a fresh batch.
     fn train_step(&mut self) -> Result<StepStats> {
-        crate::threads::on_workers(|| self.step_once())
+        let k = self.step;
+        let (data, size) = (&mut self.data, self.cfg.data.batch_size);
+        let (batch, timer) = driver::timed_batch(|| data.next_batch(size, &self.device))?;
+        let mut drop_rng = DropPathRng::for_step(self.cfg.seed ^ DROP_PATH_STREAM, k as u64);
+        let pred = self.net.forward_t(&batch.input, Some(&mut drop_rng))?;
+        let loss = (&pred - &batch.target)?.abs()?.mean_all()?;
+        let stats = self.optimiser.step(&loss, k, timer)?;
+        self.step += 1;
+        self.loss_sum += stats.loss;
+        self.loss_n += 1;
+        self.last = Some((batch.first_input, batch.first_target, pred.get(0)?.detach()));
+        Ok(stats)
     }
 
     /// Validates, then writes the checkpoint of the current step and the history into `dir`.
