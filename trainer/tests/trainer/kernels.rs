@@ -211,6 +211,19 @@ fn rand_var(lo: f32, hi: f32, shape: impl Into<Shape>) -> Var {
     Var::from_tensor(&Tensor::rand(lo, hi, shape, &Device::Cpu).expect("rand")).expect("var")
 }
 
+/// Tolerances (values, gradients) of a kernel against its composed version, relative L2.
+/// Same arithmetic in another order: float32 rounding only.
+const EXACT: (f64, f64) = (1e-6, 1e-5);
+/// The temperature's gradient is one sum over cancelling terms per head.
+const ATTENTION: (f64, f64) = (1e-5, 1e-3);
+/// The kernel's erf (PyTorch's vectorised-GELU approximation) is within 5e-7 of candle's exact
+/// one: relative to a tensor's size that is ~1e-6, but a lone value near a zero of gelu or
+/// gelu' can be off by far more in relative terms, so every shape has dozens of values and the
+/// tolerances sit above that error, far below a wrong formula.
+const GELU: (f64, f64) = (1e-5, 1e-4);
+/// The composed version sums the bias gradient in float32, the kernel in f64.
+const BIAS_SUM: (f64, f64) = (1e-5, 1e-4);
+
 /// Values and the gradients of every input of `fast` and `slow` (the same function) under a
 /// random probe of the output.
 fn compare_with_grads(
@@ -218,8 +231,7 @@ fn compare_with_grads(
     inputs: &[&Var],
     fast: impl Fn() -> Tensor,
     slow: impl Fn() -> Tensor,
-    tol_values: f64,
-    tol_grads: f64,
+    (tol_values, tol_grads): (f64, f64),
 ) {
     let (f, s) = (fast(), slow());
     let e = rel(&f, &s);
@@ -263,9 +275,7 @@ fn channel_attention_kernel_matches_composed() {
             &[&qkv, &t],
             || kernels::channel_attention(qkv.as_tensor(), t.as_tensor(), heads).expect("fast"),
             || channel_attention_composed(qkv.as_tensor(), t.as_tensor(), heads).expect("slow"),
-            1e-5,
-            // The temperature's gradient is one sum over cancelling terms per head.
-            1e-3,
+            ATTENTION,
         );
     }
 }
@@ -273,10 +283,7 @@ fn channel_attention_kernel_matches_composed() {
 #[test]
 fn gelu_gate_kernel_matches_composed() {
     use ifp_trainer::kernels::gelu_gate_composed;
-    // The kernel's erf (PyTorch's vectorised-GELU approximation) is within 5e-7 of candle's
-    // exact one: relative to a tensor's size that is ~1e-6, but a lone value near a zero of
-    // gelu or gelu' can be off by far more in relative terms, so every shape has dozens of
-    // values and the tolerances sit above that error (1e-5, 1e-4), far below a wrong formula.
+    // Dozens of values per shape (see `GELU`).
     for &(b, c2, h, w) in &[
         (1, 2, 3, 5),
         (2, 6, 5, 7),
@@ -289,8 +296,7 @@ fn gelu_gate_kernel_matches_composed() {
             &[&x],
             || kernels::gelu_gate(x.as_tensor()).expect("fast"),
             || gelu_gate_composed(x.as_tensor()).expect("slow"),
-            1e-5,
-            1e-4,
+            GELU,
         );
     }
 }
@@ -319,8 +325,7 @@ fn bias_act_kernel_matches_composed() {
                 &[&x, &bias],
                 || kernels::bias_act(x.as_tensor(), bias.as_tensor(), act).expect("fast"),
                 composed,
-                1e-6,
-                1e-5,
+                EXACT,
             );
         }
     }
@@ -357,9 +362,7 @@ fn depthwise_channel_attention_kernel_matches_composed() {
                     .and_then(|y| channel_attention_composed(&y, t.as_tensor(), heads))
                     .expect("slow")
             },
-            1e-5,
-            // The temperature's gradient is one sum over cancelling terms per head.
-            1e-3,
+            ATTENTION,
         );
     }
 }
@@ -386,9 +389,7 @@ fn depthwise_gelu_gate_kernel_matches_composed() {
                     .and_then(|y| gelu_gate_composed(&y))
                     .expect("slow")
             },
-            // The gate's erf approximation, as in `gelu_gate_kernel_matches_composed`.
-            1e-5,
-            1e-4,
+            GELU,
         );
     }
 }
@@ -420,8 +421,7 @@ fn dense_conv_kernel_matches_composed() {
             &[&x, &wt],
             || kernels::conv_dense(x.as_tensor(), wt.as_tensor(), k).expect("fast"),
             composed,
-            1e-6,
-            1e-5,
+            EXACT,
         );
         // The same convolution added to a residual, as one op.
         let r = randn_var(0f32, 1.0, (b, o, h, w));
@@ -433,8 +433,7 @@ fn dense_conv_kernel_matches_composed() {
                     .expect("fast")
             },
             || (r.as_tensor() + composed()).expect("slow"),
-            1e-6,
-            1e-5,
+            EXACT,
         );
         // ... and with a bias (summed in another order than the reference: a lone output
         // value where r and the convolution cancel has a large relative error, so only outputs
@@ -458,9 +457,7 @@ fn dense_conv_kernel_matches_composed() {
                     .and_then(|y| r.as_tensor() + y)
                     .expect("slow")
             },
-            1e-5,
-            // The reference sums the bias gradient in float32, the kernel in f64.
-            1e-4,
+            BIAS_SUM,
         );
     }
 }
