@@ -4,8 +4,8 @@
 
 use crate::common;
 use crate::compare_support::{
-    admin_session, api_with_datasets, call, finetune, finetune_job, html_of, pretrain, report_of,
-    run_to_end, send, submit_tiny_comparison, ADMIN,
+    admin_form_session, admin_session, api_with_datasets, arm_names, call, finetune, finetune_job,
+    html_of, pretrain, report_of, run_to_end, send, submit_tiny_comparison, ADMIN,
 };
 
 use std::time::{Duration, Instant};
@@ -143,13 +143,7 @@ async fn a_tiny_comparison_runs_and_reports() {
         "{models:?}"
     );
     let report = report_of(&api, &id).await;
-    let arms: Vec<&str> = report["arms"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(arms, ["ifp", "scratch"]);
+    assert_eq!(arm_names(&report), ["ifp", "scratch"]);
     assert_eq!(report["test_images"], 2);
     for a in report["arms"].as_array().unwrap() {
         let psnr = a["test"]["psnr"]["mean"].as_f64().unwrap();
@@ -197,13 +191,7 @@ async fn a_tiny_comparison_runs_and_reports() {
 #[tokio::test]
 async fn the_compare_form_submits_and_shows_errors_in_place() {
     let (pool, _artifacts, site) = api_with_datasets().await;
-    let cookie = admin_session(&pool).await;
-    let csrf =
-        ifp_server::http::session::lookup(&pool, Some(&ifp_server::tokens::hash(ADMIN)), &cookie)
-            .await
-            .unwrap()
-            .unwrap()
-            .csrf;
+    let (cookie, csrf) = admin_form_session(&pool).await;
     let send = |req: Request<Body>| {
         let site = site.clone();
         async move { send(&site, req).await }
@@ -416,7 +404,7 @@ async fn a_finetune_job_starts_from_a_finished_pretraining_job() {
 
     // Lineage: the initial job is the fine-tuning job's parent (issue 17).
     assert_eq!(job["parent_id"], pre_id.as_str());
-    let cookie = admin_session(&pool).await;
+    let (cookie, csrf) = admin_form_session(&pool).await;
     let selected = format!("<option value=\"{pre_id}\" selected>");
     for (uri, needle) in [
         (format!("/jobs/{id}"), "Best validation PSNR".to_string()),
@@ -475,12 +463,6 @@ async fn a_finetune_job_starts_from_a_finished_pretraining_job() {
     }
 
     // Submitting the clone as the form holds it queues the same fine-tuning, linked back.
-    let csrf =
-        ifp_server::http::session::lookup(&pool, Some(&ifp_server::tokens::hash(ADMIN)), &cookie)
-            .await
-            .unwrap()
-            .unwrap()
-            .csrf;
     let stored = ifp_server::queue::get(&pool, id.parse().unwrap())
         .await
         .unwrap()

@@ -7,8 +7,8 @@
 
 use crate::common;
 use crate::compare_support::{
-    admin_session, api_with_datasets, call, finetune, html_of, pretrain, report_of, run_to_end,
-    send, ADMIN,
+    admin_form_session, admin_session, api_with_datasets, arm_names, call, finetune, html_of,
+    pretrain, report_of, run_to_end, send, ADMIN,
 };
 
 use axum::body::Body;
@@ -17,18 +17,6 @@ use http_body_util::BodyExt;
 use ifp_server::{app, AppState};
 use serde_json::{json, Value};
 use tower::ServiceExt;
-
-/// The admin's browser session: (cookie value, CSRF token).
-async fn admin_form_session(pool: &sqlx::PgPool) -> (String, String) {
-    let cookie = admin_session(pool).await;
-    let csrf =
-        ifp_server::http::session::lookup(pool, Some(&ifp_server::tokens::hash(ADMIN)), &cookie)
-            .await
-            .unwrap()
-            .unwrap()
-            .csrf;
-    (cookie, csrf)
-}
 
 /// Posts a form as the admin's browser does: (status, Location, body).
 async fn post_form(
@@ -111,13 +99,7 @@ async fn a_comparison_starts_from_finished_jobs_and_keeps_its_models() {
     assert_eq!(done["step"], 12);
 
     let report = report_of(&api, &id).await;
-    let arms: Vec<&str> = report["arms"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(arms, ["ifp", "scratch", "checkpoint"]);
+    assert_eq!(arm_names(&report), ["ifp", "scratch", "checkpoint"]);
     assert_eq!(report["deltas"].as_array().map(Vec::len), Some(2));
     assert_eq!(
         report["pretrain"]["steps"],

@@ -186,3 +186,25 @@ pub(crate) async fn run_to_end(
     let _ = stop.send(true);
     job
 }
+
+/// The admin's browser session: (cookie value, CSRF token).
+pub(crate) async fn admin_form_session(pool: &sqlx::PgPool) -> (String, String) {
+    let cookie = admin_session(pool).await;
+    let csrf =
+        ifp_server::http::session::lookup(pool, Some(&ifp_server::tokens::hash(ADMIN)), &cookie)
+            .await
+            .unwrap()
+            .unwrap()
+            .csrf;
+    (cookie, csrf)
+}
+
+/// The names of a comparison report's arms, in order.
+pub(crate) fn arm_names(report: &Value) -> Vec<String> {
+    report["arms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap().to_string())
+        .collect()
+}

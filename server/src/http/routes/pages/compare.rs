@@ -50,20 +50,6 @@ struct ComparePage {
     errors: Errors,
 }
 
-impl ComparePage {
-    fn is_preset(&self, p: &str) -> bool {
-        self.preset == p
-    }
-
-    fn is_init(&self, id: &str) -> bool {
-        self.init_job == id
-    }
-
-    fn is_extra(&self, id: &str) -> bool {
-        self.extra_arm_job == id
-    }
-}
-
 #[derive(Deserialize, Default)]
 pub struct CompareForm {
     csrf: String,

@@ -39,16 +39,6 @@ struct FinetunePage {
     errors: Errors,
 }
 
-impl FinetunePage {
-    fn is_train_dir(&self, path: &str) -> bool {
-        self.train_dir == path
-    }
-
-    fn is_init(&self, id: &str) -> bool {
-        self.init_job == id
-    }
-}
-
 #[derive(Deserialize, Default)]
 pub struct FinetuneForm {
     csrf: String,
