@@ -27,9 +27,9 @@ and `uformer_tiny_shift` (shifted windows) configs, plus `uf_win2` (window 2, od
 tiles work in the reference; three such inputs (non-square, 48x48 on window 4, 64x64 on window
 6) must be refused by both the torch restatement and `ifp forward` (with a message naming the
 rule). Weights: the same scheme, with `relative_position_bias_table` and `modulator.weight`
-drawn 0.2 N(0,1) as in the golden README.
+drawn 0.2 N(0,1), as when the golden vectors were made.
 
-Weights follow the golden README's init scheme (so outputs are O(1) and the attention softmaxes
+Weights follow the scheme the golden vectors were made with (so outputs are O(1) and the attention softmaxes
 are not saturated): torch.manual_seed(seed), one float64 draw per parameter in
 encoder.named_parameters() then decoder.named_parameters() order, rounded to float32:
 `temperature` U[0.5,1.5); `*bias` 0.05 N(0,1); other 1-D 1 + 0.2 N(0,1); other weights
@@ -182,7 +182,8 @@ UFORMER_REJECT = [
 
 
 def golden_init_(model: ti.IFPNet, seed: int) -> None:
-    """The golden README's parameter initialisation (float64 draws rounded to float32)."""
+    """The golden vectors' parameter initialisation (float64 draws rounded to float32), spelt out
+    in the module docstring."""
     torch.manual_seed(seed)
     named = [("encoder." + n, p) for n, p in model.encoder.named_parameters()]
     named += [("decoder." + n, p) for n, p in model.decoder.named_parameters()]

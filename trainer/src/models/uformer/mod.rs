@@ -7,7 +7,8 @@
 //! names are those of the reference state_dict (`encoderlayer_0.blocks.0.attn.qkv.to_q.weight`,
 //! `decoderlayer_0.blocks.0.modulator.weight`, `conv.blocks.0.attn.relative_position_index`...).
 //!
-//! Reference behaviour kept on purpose (golden README, section 2): no global residual; the
+//! Reference behaviour kept on purpose (the golden vectors come from the reference code, and
+//! checkpoints must load there): no global residual; the
 //! encoder ignores `modulator=True`, the decoder runs with `shift_flag=False`; a level no larger
 //! than the window uses one window of its own size and no shift; shifted windows mask pairs from
 //! different regions with -100 (not -inf); the decoder modulator always has `WIN_SIZE^2` rows;
