@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA trainer on a GPU machine, in one command (issue 6): golden parity on CUDA, the tiny
-# preset trained for 50 steps, and the paper Restormer at 224x224 against PyTorch eager.
+# preset trained for 50 steps, the paper Restormer at 224x224 against PyTorch eager, training
+# attempts in processes of their own as a worker runs them (with a memory limit, and killed),
+# and a tiny Uformer fine-tuned on the device (loss, bit-exact resume, scores against the CPU).
 # Builds nothing: the GPU machine may have no compiler and no internet.
 #
 #   bench/gpu-check.sh prepare [DIR]   # on the BUILD machine: build ifp and the parity test
@@ -10,15 +12,19 @@
 #   bench/gpu-check.sh                 # on the GPU machine: run everything, print the table
 #   bench/gpu-check.sh --dry-cpu       # the same on the CPU at toy sizes (tests this script)
 #
-# Env: BIN_DIR (where `prepare` put ifp + test binaries; default bench/gpu-bin, else the CUDA
-# target dir), IFP_BIN, GOLDEN (golden vectors; default ../shared/golden, /work/shared/golden),
+# Env: BIN_DIR (where `prepare` put ifp + test binaries and a few fine-tuning images; default
+# bench/gpu-bin, else the CUDA target dir), IFP_BIN, GOLDEN (golden vectors; default
+# ../shared/golden, /work/shared/golden), FT_DATA (fine-tuning images; default
+# BIN_DIR/data/CBSD68-10, else the first ten of ../shared/data/clean/CBSD68),
 # PY (python with torch; default python3), BATCH (crops per step, 2: safe for memory), SIZE
 # (224), STEPS (timed steps, 10), OUT (logs; default a new /tmp/ifp-gpu-check.XXXXXX),
 # PEAK_F32_TFLOPS / PEAK_BF16_TFLOPS (MFU denominators; default from the GPU's name).
 #
-# Limits (each stage has a timeout so the whole run stays under 8 minutes, 475 s at worst): each
-# of the five parity modules 40 s, training 45 s, FLOP count 30 s, each of the four
-# benchmark runs 50 s. Exit 1 if a parity test or the training fails.
+# Limits (each stage has a timeout so the whole run stays under 10 minutes, 595 s at worst):
+# each of the five parity modules 40 s, training 45 s, FLOP count 30 s, each of the four
+# benchmark runs 50 s, each of the four training attempts 20 s (the killed one 5 s), the two
+# fine-tuning runs 30 s each, the two evaluations 30 s each. Exit 1 if a parity test, the
+# training, an attempt or a fine-tuning check fails.
 #
 # MFU = model FLOPs per step (forward + backward matrix products and convolutions, 2 FLOPs per
 # multiply-add, counted by torch_gpu_bench.py --flops-only: torch.utils.flop_counter with its
@@ -60,7 +66,10 @@ for line in open(path):
         shutil.copy(m["executable"], f"{dest}/{m['target']['name']}")
 EOF
     rm -f "$json"
-    strip "$dest"/* 2>/dev/null || true
+    strip "$dest/ifp" "$dest/$TEST_BIN" 2>/dev/null || true
+    # A few clean images for the fine-tuning check (2.6 MB): the GPU machine has no data sets.
+    mkdir -p "$dest/data/CBSD68-10"
+    ls "$ROOT/../shared/data/clean/CBSD68/"*.png | sort -V | head -n 10 | xargs -I{} cp {} "$dest/data/CBSD68-10/"
     # Each stripped binary is ~55-65 MB, mostly the same candle PTX text. One xz stream with a
     # dictionary larger than a binary stores that text once, small enough to carry to a GPU
     # machine whose transfer size is limited. Takes ~2 minutes on one core; unpacking needs
@@ -211,6 +220,123 @@ for name, ms, mem, rc, r in (("ifp (candle)", ims, imem, irc, fmt(ratio, ".2f"))
     print(f"| {name}{note} | {amp} | {fmt(ms, '.1f')} | {fmt(ips(ms), '.2f')} | {r} | {mem} | {fmt(100 * mfu(ms), '.1f', '%')} |")
 EOF
 done
+
+# --- 4. training attempts in processes of their own --------------------------------------------
+# What a worker does with each attempt (`ifp attempt`, JSON lines on its standard streams), driven
+# here without PostgreSQL: the supervision around it is the same on every device and is tested
+# on the CPU; what only a GPU can show is that the process trains there, under a memory limit
+# (RLIMIT_DATA beside the CUDA driver's mappings), and that a SIGKILL leaves the device usable.
+ADEV=$DEV
+[[ $ADEV == cuda ]] && ADEV=cuda:0
+# attempt_start NAME STEPS LIMIT: starts an attempt of a tiny Restormer (LIMIT bytes, or null);
+# its stdin stays open on fd 3, as a worker's does, until attempt_end.
+attempt_start() {
+    local dir="$OUT/attempt-$1"
+    mkdir -p "$dir" && rm -f "$dir/in" && mkfifo "$dir/in"
+    "$IFP_BIN" attempt <"$dir/in" >"$dir/out" 2>"$dir/err" &
+    ATTEMPT_PID=$!
+    exec 3>"$dir/in"
+    local cfg='{"MODEL":{"TYPE":"restormer","RESTORMER":{"OUT_CHANNELS":16,"DIM":8,"NUM_BLOCKS":[1,1,1,2],"NUM_REFINEMENT_BLOCKS":1,"HEADS":[1,2,4,8]},"DECODER":{"IN_NC":16,"NF":16}},"DATA":{"IMG_SIZE":32,"BATCH_SIZE":4},"TRAIN":{"STEPS":'"$2"',"BASE_LR":0.128},"SAVE_FREQ":'"$2"'}'
+    printf '{"kind":"pretrain","config":%s,"artifacts":"%s","datasets":null,"out_dir":"%s/run","device":"%s","attempt":1,"memory_limit":%s}\n' \
+        "$cfg" "$dir" "$dir" "$ADEV" "$3" >&3
+}
+# attempt_end SECONDS: waits that long at most (then SIGKILL), closes stdin; returns the exit code.
+attempt_end() {
+    local t=$((SECONDS + $1))
+    while kill -0 "$ATTEMPT_PID" 2>/dev/null && ((SECONDS < t)); do sleep 0.2; done
+    kill -0 "$ATTEMPT_PID" 2>/dev/null && kill -9 "$ATTEMPT_PID"
+    wait "$ATTEMPT_PID"
+    local rc=$?
+    exec 3>&-
+    return $rc
+}
+# attempt_check NAME RC: ok when the attempt exited 0 with `Done` (not stopped) as its last line.
+attempt_check() {
+    local last
+    last="$(tail -n1 "$OUT/attempt-$1/out" 2>/dev/null | cut -c1-200)"
+    if [[ $2 == 0 && $last == '{"Done":{"stopped":false}}' ]]; then
+        echo "- $1: ok ($(grep -c '"Step"' "$OUT/attempt-$1/out") steps in its own process)"
+    else
+        echo "- $1: FAILED (rc $2; last line: ${last:-none}; stderr: $(tail -n2 "$OUT/attempt-$1/err" | tr '\n' ' '))"
+        fail=1
+    fi
+}
+gpu_used() { [[ $DEV == cuda ]] && nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 | head -n1 || echo n/a; }
+echo "## attempts: \`ifp attempt\` on $ADEV, as a worker runs them"
+attempt_start plain 20 null
+attempt_end 20
+attempt_check plain $?
+attempt_start limited 20 $((4096 << 20))
+attempt_end 20
+attempt_check limited $?
+echo "  (limited: RLIMIT_DATA 4096 MiB, as \`--attempt-memory-mib 4096\` sets it)"
+used_before="$(gpu_used)"
+attempt_start killed 100000 null
+t=$((SECONDS + 20))
+until grep -q '"Step"' "$OUT/attempt-killed/out" 2>/dev/null || ((SECONDS >= t)); do sleep 0.2; done
+kill -9 "$ATTEMPT_PID" 2>/dev/null
+attempt_end 5
+rc=$?
+sleep 1
+if [[ $rc == 137 ]] && grep -q '"Step"' "$OUT/attempt-killed/out"; then
+    echo "- killed: ok (SIGKILL mid-run, exit 137; GPU memory used before $used_before MiB, after $(gpu_used) MiB)"
+else
+    echo "- killed: FAILED (rc $rc, expected 137 after a first step)"; fail=1
+fi
+attempt_start after-kill 20 null
+attempt_end 20
+attempt_check after-kill $?
+
+# --- 5. a tiny Uformer fine-tuned on the device ------------------------------------------------
+if [[ -z "${FT_DATA:-}" ]]; then
+    FT_DATA="$BIN_DIR/data/CBSD68-10"
+    if [[ ! -d "$FT_DATA" && -d "$ROOT/../shared/data/clean/CBSD68" ]]; then
+        FT_DATA="$OUT/CBSD68-10" && mkdir -p "$FT_DATA"
+        ls "$ROOT/../shared/data/clean/CBSD68/"*.png | sort -V | head -n 10 | xargs -I{} cp {} "$FT_DATA/"
+    fi
+fi
+echo "## fine-tune: tiny Uformer, sigma 25, 60 steps on $DEV ($FT_DATA)"
+ft() {
+    timeout 30 "$IFP_BIN" finetune --model tiny-uformer --train "$FT_DATA" --sigma 25 --crop 32 --batch 4 \
+        --steps 60 --lr 2e-3 --save-freq 30 --val-images 2 --val-crop 64 --device "$DEV" --out "$@"
+}
+ft "$OUT/uf" >"$OUT/ft.log" 2>&1
+rc=$?
+psnr() { awk -v s="validation step $1:" 'index($0, s) == 1 {print $5}' "$OUT/ft.log"; }
+p30="$(psnr 30)" p60="$(psnr 60)"
+if ((rc)) || [[ -z $p30 || -z $p60 ]]; then
+    echo "- run: FAILED (rc $rc): $(tail -n2 "$OUT/ft.log" | tr '\n' ' ')"; fail=1
+elif awk -v a="$p30" -v b="$p60" 'BEGIN {exit !(b > a)}'; then
+    echo "- run: ok, validation PSNR $p30 dB at step 30, $p60 dB at step 60; $(grep '^step *60/' "$OUT/ft.log")"
+else
+    echo "- run: FAILED, validation PSNR did not rise ($p30 -> $p60 dB)"; fail=1
+fi
+# Resume: the run's folder without its last checkpoint, continued, must end byte for byte equal.
+mkdir -p "$OUT/uf-resumed" && cp "$OUT/uf/"* "$OUT/uf-resumed/" 2>/dev/null
+rm -f "$OUT/uf-resumed/"*-000060.*
+ft "$OUT/uf-resumed" --resume >"$OUT/ft-resume.log" 2>&1
+rc=$?
+same=0
+for f in model-000060.safetensors state-000060.safetensors history.json; do
+    cmp -s "$OUT/uf/$f" "$OUT/uf-resumed/$f" && same=$((same + 1))
+done
+if ((rc == 0 && same == 3)); then
+    echo "- resume from step 30: ok, model, state and history byte-identical to the uninterrupted run"
+else
+    echo "- resume from step 30: FAILED (rc $rc, $same of 3 files identical; $OUT/ft-resume.log)"; fail=1
+fi
+# Scores: the same model on the same two images, on the device and on the CPU.
+for d in "$DEV" cpu; do
+    timeout 30 "$IFP_BIN" eval --weights "$OUT/uf/model-000060.safetensors" --data "$FT_DATA" --sigma 25 \
+        --max-images 2 --device "$d" --json "$OUT/eval-$d.json" >"$OUT/eval-$d.log" 2>&1 || true
+done
+mean_psnr() { awk -F': ' '/"psnr"/ {gsub(",", "", $2); s += $2; n++} END {if (n) printf "%.4f", s / n}' "$1" 2>/dev/null; }
+e_dev="$(mean_psnr "$OUT/eval-$DEV.json")" e_cpu="$(mean_psnr "$OUT/eval-cpu.json")"
+if [[ -n $e_dev && -n $e_cpu ]] && awk -v a="$e_dev" -v b="$e_cpu" 'BEGIN {d = a - b; exit !(d < 0.01 && d > -0.01)}'; then
+    echo "- eval: ok, mean PSNR $e_dev dB on $DEV, $e_cpu dB on the CPU (2 images, within 0.01 dB)"
+else
+    echo "- eval: FAILED ($DEV: ${e_dev:-none} dB, cpu: ${e_cpu:-none} dB; $OUT/eval-*.log)"; fail=1
+fi
 echo
 echo "MFU peaks: f32 ${PEAK_F32_TFLOPS} TFLOPS, bf16 ${PEAK_BF16_TFLOPS} TFLOPS (${GPU_NAME:-?}); logs in $OUT; total $((SECONDS - t_start)) s"
 exit $fail
