@@ -127,9 +127,9 @@ pub async fn show(
     Path(id): Path<String>,
     Query(s): Query<Scale>,
 ) -> PageResult<Response> {
-    let job = visible_job(&state.pool, &viewer.caller, &id).await?;
-    let config_yaml = serde_norway::to_string(&config::applicable(&job.config)).unwrap_or_default();
-    let v = view(&state, &viewer, job, s.scale.as_deref() == Some("log")).await?;
+    let v = view(&state, &viewer, &id, &s).await?;
+    let config_yaml =
+        serde_norway::to_string(&config::applicable(&v.job.config)).unwrap_or_default();
     Ok(render(&JobPage {
         layout: Layout::new(format!("{} · job", v.job.name), Some(&viewer)),
         v,
@@ -144,8 +144,7 @@ pub async fn live(
     Path(id): Path<String>,
     Query(s): Query<Scale>,
 ) -> PageResult<Response> {
-    let job = visible_job(&state.pool, &viewer.caller, &id).await?;
-    let v = view(&state, &viewer, job, s.scale.as_deref() == Some("log")).await?;
+    let v = view(&state, &viewer, &id, &s).await?;
     Ok(render(&LiveFragment {
         layout: Layout::new("", Some(&viewer)),
         v,
@@ -171,7 +170,10 @@ pub async fn cancel(
     Ok(Redirect::to(&format!("/jobs/{}", job.id)).into_response())
 }
 
-async fn view(state: &AppState, viewer: &Viewer, job: Job, log_scale: bool) -> PageResult<JobView> {
+/// What the job page and its live part show of the job `id` (404 unless the viewer may see it).
+async fn view(state: &AppState, viewer: &Viewer, id: &str, s: &Scale) -> PageResult<JobView> {
+    let job = visible_job(&state.pool, &viewer.caller, id).await?;
+    let log_scale = s.scale.as_deref() == Some("log");
     let (parent, children) = service::lineage(&state.pool, &viewer.caller, &job).await?;
     let lineage = Lineage {
         parent,
