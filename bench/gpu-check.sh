@@ -69,7 +69,7 @@ EOF
     strip "$dest/ifp" "$dest/$TEST_BIN" 2>/dev/null || true
     # A few clean images for the fine-tuning check (2.6 MB): the GPU machine has no data sets.
     mkdir -p "$dest/data/CBSD68-10"
-    ls "$ROOT/../shared/data/clean/CBSD68/"*.png | sort -V | head -n 10 | xargs -I{} cp {} "$dest/data/CBSD68-10/"
+    ls "$ROOT/../shared/data/clean/CBSD68/"*.png | sort -V | head -n 10 | xargs install -m 644 -t "$dest/data/CBSD68-10"
     # Each stripped binary is ~55-65 MB, mostly the same candle PTX text. One xz stream with a
     # dictionary larger than a binary stores that text once, small enough to carry to a GPU
     # machine whose transfer size is limited. Takes ~2 minutes on one core; unpacking needs
@@ -292,7 +292,7 @@ if [[ -z "${FT_DATA:-}" ]]; then
     FT_DATA="$BIN_DIR/data/CBSD68-10"
     if [[ ! -d "$FT_DATA" && -d "$ROOT/../shared/data/clean/CBSD68" ]]; then
         FT_DATA="$OUT/CBSD68-10" && mkdir -p "$FT_DATA"
-        ls "$ROOT/../shared/data/clean/CBSD68/"*.png | sort -V | head -n 10 | xargs -I{} cp {} "$FT_DATA/"
+        ls "$ROOT/../shared/data/clean/CBSD68/"*.png | sort -V | head -n 10 | xargs install -m 644 -t "$FT_DATA"
     fi
 fi
 echo "## fine-tune: tiny Uformer, sigma 25, 60 steps on $DEV ($FT_DATA)"
