@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::examples::{DEBLUR, DENOISE, DERAIN};
 use super::form::Errors;
-use super::submission::{self, InitChoice, ShowParams};
+use super::submission::{self, InitChoice, ShowParams, REFUSED};
 use super::{render, Layout, PageResult, Viewer};
 use crate::db::values::JobKind;
 use crate::error::Error;
@@ -163,16 +163,7 @@ pub async fn submit_form(
 ) -> PageResult<Response> {
     viewer.check_form(&headers, &f.csrf)?;
     let choices = submission::choices(&state, &viewer).await?;
-    let again = |f, errors| {
-        page(
-            &state,
-            &viewer,
-            f,
-            choices,
-            errors,
-            StatusCode::UNPROCESSABLE_ENTITY,
-        )
-    };
+    let again = |f, errors| page(&state, &viewer, f, choices, errors, REFUSED);
     let mut errors = Errors::new();
     let number = submission::whole_number;
     let steps = number("pretrain_steps", &f.pretrain_steps, &mut errors);

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::examples;
 use super::form::Errors;
-use super::submission::{self, InitChoice, ShowParams};
+use super::submission::{self, InitChoice, ShowParams, REFUSED};
 use super::{render, Layout, PageResult, Viewer};
 use crate::db::values::JobKind;
 use crate::error::Error;
@@ -124,16 +124,7 @@ pub async fn submit_form(
             None
         }
     };
-    let again = |f, errors| {
-        page(
-            &state,
-            &viewer,
-            f,
-            choices,
-            errors,
-            StatusCode::UNPROCESSABLE_ENTITY,
-        )
-    };
+    let again = |f, errors| page(&state, &viewer, f, choices, errors, REFUSED);
     let (Some(ft), Some(priority), true) = (ft, priority, errors.is_empty()) else {
         return Ok(again(f, errors));
     };

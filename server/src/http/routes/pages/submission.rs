@@ -3,6 +3,7 @@
 //! sending a clone to the form of its kind, and which field a refused submission's error
 //! belongs to. Each form keeps only what is its own.
 
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use uuid::Uuid;
@@ -15,6 +16,9 @@ use crate::error::Error;
 use crate::http::state::AppState;
 use crate::jobs::compare::Pretrained;
 use crate::jobs::service;
+
+/// The status of a form sent back with the errors that refused it.
+pub const REFUSED: StatusCode = StatusCode::UNPROCESSABLE_ENTITY;
 
 /// The query of the fine-tuning and comparison forms.
 #[derive(Deserialize)]

@@ -292,7 +292,7 @@ fn invalid(viewer: &Viewer, sub: Submitted, errors: Errors) -> Response {
         errors,
         None,
         Shown::default(),
-        StatusCode::UNPROCESSABLE_ENTITY,
+        submission::REFUSED,
     )
 }
 
