@@ -20,11 +20,13 @@
 # (224), STEPS (timed steps, 10), OUT (logs; default a new /tmp/ifp-gpu-check.XXXXXX),
 # PEAK_F32_TFLOPS / PEAK_BF16_TFLOPS (MFU denominators; default from the GPU's name).
 #
-# Limits (each stage has a timeout so the whole run stays under 10 minutes, 595 s at worst):
-# each of the five parity modules 40 s, training 45 s, FLOP count 30 s, each of the four
-# benchmark runs 50 s, each of the four training attempts 20 s (the killed one 5 s), the two
-# fine-tuning runs 30 s each, the two evaluations 30 s each. Exit 1 if a parity test, the
-# training, an attempt or a fine-tuning check fails.
+# Limits (each stage has a timeout so the whole run stays under 10 minutes, 546 s at worst; the
+# run on an H100 took 105 s for stages 1-3): each of the five parity modules 30 s, training
+# 30 s, FLOP count 30 s, each of the four benchmark runs 40 s, three training attempts 15 s each
+# and the killed one 31 s (20 to its first step, 5 to read the GPU, 5 to end, 1 to settle), the
+# two fine-tuning runs 30 s each, the two evaluations 20 s each. Exit 1 if a parity test, the
+# training, an attempt (or, on CUDA, reading the GPU's use through NVML) or a fine-tuning
+# check fails.
 #
 # MFU = model FLOPs per step (forward + backward matrix products and convolutions, 2 FLOPs per
 # multiply-add, counted by torch_gpu_bench.py --flops-only: torch.utils.flop_counter with its
@@ -88,7 +90,7 @@ STEPS="${STEPS:-10}"
 BENCH_CFG=restormer-paper
 TORCH_CFG="$ROOT/presets/restormer-paper.yaml"
 TRAIN_STEPS=50
-PARITY_TIMEOUT=40
+PARITY_TIMEOUT=30
 if [[ "${1:-}" == --dry-cpu ]]; then
     # Toy sizes on the CPU: checks the script's plumbing, not the GPU (no time limit to keep).
     DEV=cpu BATCH=2 SIZE=32 STEPS=2 TRAIN_STEPS=5 PARITY_TIMEOUT=600
@@ -162,7 +164,7 @@ done
 # --- 2. the tiny preset, 50 steps ------------------------------------------------------------
 echo "## train: tiny preset, $TRAIN_STEPS steps on $DEV"
 t0=$SECONDS
-timeout 45 "$IFP_BIN" train --config tiny --steps "$TRAIN_STEPS" --device "$DEV" --out "$OUT/tiny" >"$OUT/train.log" 2>&1
+timeout 30 "$IFP_BIN" train --config tiny --steps "$TRAIN_STEPS" --device "$DEV" --out "$OUT/tiny" >"$OUT/train.log" 2>&1
 rc=$?
 if ((rc)); then echo "- FAILED (rc $rc): $(tail -n2 "$OUT/train.log" | tr '\n' ' ')"; fail=1; else
     echo "- ok in $((SECONDS - t0)) s; $(grep -iE 'loss' "$OUT/train.log" | tail -n1)"
@@ -195,12 +197,12 @@ echo "|---|---|---|---|---|---|---|"
 for amp in off bf16; do
     peak=$PEAK_F32_TFLOPS
     [[ $amp == bf16 ]] && peak=$PEAK_BF16_TFLOPS
-    peak_mem timeout 50 "$IFP_BIN" bench --config "$BENCH_CFG" --batch "$BATCH" --size "$SIZE" --steps "$STEPS" \
+    peak_mem timeout 40 "$IFP_BIN" bench --config "$BENCH_CFG" --batch "$BATCH" --size "$SIZE" --steps "$STEPS" \
         --device "$DEV" --amp "$amp" >"$OUT/ifp-$amp.log" 2>&1
     ifp_rc=$?
     ifp_mem="$(cat "$OUT/mem")"
     ifp_ms="$(awk '/^step_ms/ {print $2}' "$OUT/ifp-$amp.log")"
-    peak_mem timeout 50 "$PY" "$HERE/torch_gpu_bench.py" --config "$TORCH_CFG" --batch "$BATCH" --size "$SIZE" \
+    peak_mem timeout 40 "$PY" "$HERE/torch_gpu_bench.py" --config "$TORCH_CFG" --batch "$BATCH" --size "$SIZE" \
         --steps "$STEPS" --device "$DEV" --amp "$amp" >"$OUT/torch-$amp.log" 2>&1
     torch_rc=$?
     torch_mem="$(cat "$OUT/mem")"
@@ -264,16 +266,25 @@ attempt_check() {
 gpu_used() { [[ $DEV == cuda ]] && nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 | head -n1 || echo n/a; }
 echo "## attempts: \`ifp attempt\` on $ADEV, as a worker runs them"
 attempt_start plain 20 null
-attempt_end 20
+attempt_end 15
 attempt_check plain $?
 attempt_start limited 20 $((4096 << 20))
-attempt_end 20
+attempt_end 15
 attempt_check limited $?
 echo "  (limited: RLIMIT_DATA 4096 MiB, as \`--attempt-memory-mib 4096\` sets it)"
 used_before="$(gpu_used)"
 attempt_start killed 100000 null
 t=$((SECONDS + 20))
 until grep -q '"Step"' "$OUT/attempt-killed/out" 2>/dev/null || ((SECONDS >= t)); do sleep 0.2; done
+# What a worker samples of the GPU while an attempt trains on it (NVML, issue 17 item 9).
+if [[ $DEV == cuda ]]; then
+    usage_line="$(timeout 5 "$IFP_BIN" gpu-usage 0 2>&1)"
+    if [[ $usage_line =~ \"memory_bytes\":[1-9] ]]; then
+        echo "- gpu-usage: ok, sampled while the attempt trains: $usage_line"
+    else
+        echo "- gpu-usage: FAILED (${usage_line:-no output})"; fail=1
+    fi
+fi
 kill -9 "$ATTEMPT_PID" 2>/dev/null
 attempt_end 5
 rc=$?
@@ -284,7 +295,7 @@ else
     echo "- killed: FAILED (rc $rc, expected 137 after a first step)"; fail=1
 fi
 attempt_start after-kill 20 null
-attempt_end 20
+attempt_end 15
 attempt_check after-kill $?
 
 # --- 5. a tiny Uformer fine-tuned on the device ------------------------------------------------
@@ -327,7 +338,7 @@ else
 fi
 # Scores: the same model on the same two images, on the device and on the CPU.
 for d in "$DEV" cpu; do
-    timeout 30 "$IFP_BIN" eval --weights "$OUT/uf/model-000060.safetensors" --data "$FT_DATA" --sigma 25 \
+    timeout 20 "$IFP_BIN" eval --weights "$OUT/uf/model-000060.safetensors" --data "$FT_DATA" --sigma 25 \
         --max-images 2 --device "$d" --json "$OUT/eval-$d.json" >"$OUT/eval-$d.log" 2>&1 || true
 done
 mean_psnr() { awk -F': ' '/"psnr"/ {gsub(",", "", $2); s += $2; n++} END {if (n) printf "%.4f", s / n}' "$1" 2>/dev/null; }

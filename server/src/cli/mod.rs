@@ -53,6 +53,13 @@ enum Command {
     /// stdout; not for direct use).
     #[command(hide = true)]
     Attempt,
+    /// What a worker samples of GPU INDEX (utilisation, memory in use), as one JSON line; a
+    /// check that the NVIDIA driver's management library can be read (`bench/gpu-check.sh`).
+    #[command(hide = true)]
+    GpuUsage {
+        #[arg(default_value_t = 0)]
+        index: u32,
+    },
 }
 
 /// An error and the exit code it deserves.
@@ -120,6 +127,19 @@ pub fn run() -> ExitCode {
         Command::Compare(a) => compare::run(a),
         Command::Attempt => ifp_server::worker::process::child_main()
             .map_err(|e| Failure::usage(anyhow::anyhow!("ifp attempt: {e}"))),
+        Command::GpuUsage { index } => match ifp_server::worker::gpu_usage::read(index) {
+            Some(r) => {
+                println!(
+                    r#"{{"gpu":{index},"percent":{},"memory_bytes":{}}}"#,
+                    r.percent, r.memory_bytes
+                );
+                Ok(())
+            }
+            None => Err(Failure::usage(anyhow::anyhow!(
+                "no reading of GPU {index}: the NVIDIA driver's management library (NVML) is \
+                 not installed or cannot read that device"
+            ))),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

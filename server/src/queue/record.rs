@@ -165,16 +165,30 @@ async fn list_files(
     queue::notify(pool, queue::CHANNEL_EVENT, &fence.job_id.to_string()).await
 }
 
-/// Stores one sample of the training process's CPU use and resident memory.
-pub async fn usage(pool: &PgPool, fence: &Fence, cpu_percent: f64, rss_bytes: u64) -> Result<()> {
+/// One sample of what a training process uses.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Usage {
+    /// CPU use over the interval before the sample, in percent of one core.
+    pub cpu_percent: f64,
+    pub rss_bytes: u64,
+    /// Its GPU's utilisation (percent) and memory in use, when it trains on one that can be read.
+    pub gpu: Option<(f64, u64)>,
+}
+
+/// Stores one sample of the training process's CPU, memory and GPU use.
+pub async fn usage(pool: &PgPool, fence: &Fence, u: Usage) -> Result<()> {
     let sql = format!(
-        "insert into usage_sample (job_id, attempt, cpu_percent, rss_bytes)
-         select $1, $2, $4, $5 where {FENCE}"
+        "insert into usage_sample (job_id, attempt, cpu_percent, rss_bytes, gpu_percent,
+                                   gpu_memory_bytes)
+         select $1, $2, $4, $5, $6, $7 where {FENCE}"
     );
+    let bytes = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
     sqlx::query(&sql)
         .bind_fence(fence)
-        .bind(cpu_percent)
-        .bind(i64::try_from(rss_bytes).unwrap_or(i64::MAX))
+        .bind(u.cpu_percent)
+        .bind(bytes(u.rss_bytes))
+        .bind(u.gpu.map(|g| g.0))
+        .bind(u.gpu.map(|g| bytes(g.1)))
         .execute(pool)
         .await?;
     Ok(())

@@ -27,11 +27,8 @@ use crate::queue::{self, Claimed, Fence, Outcome};
 pub(super) enum Msg {
     Step(Metric),
     Checkpoint(Box<Checkpoint>),
-    /// The training process's CPU use (percent of a core) and resident bytes.
-    Usage {
-        cpu_percent: f64,
-        rss_bytes: u64,
-    },
+    /// What the training process uses: CPU, resident memory, its GPU.
+    Usage(record::Usage),
 }
 
 /// Why the trainer was asked to stop.
@@ -284,12 +281,8 @@ impl Attempt<'_> {
                 self.progress = (m.step, Some(m.loss));
                 self.pending.push(m);
             }
-            Msg::Usage {
-                cpu_percent,
-                rss_bytes,
-            } => {
-                if let Err(e) = record::usage(self.pool, &self.fence, cpu_percent, rss_bytes).await
-                {
+            Msg::Usage(u) => {
+                if let Err(e) = record::usage(self.pool, &self.fence, u).await {
                     tracing::warn!(job = %self.fence.job_id, error = %e, "recording usage");
                 }
             }

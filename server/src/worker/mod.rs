@@ -4,6 +4,7 @@
 
 mod attempt;
 pub mod device;
+pub mod gpu_usage;
 pub mod process;
 mod seed;
 pub mod usage;

@@ -9,7 +9,7 @@
 //! exit code or signal and the last lines of its stderr become the attempt's error. Such a
 //! failure is recorded as final, not retried: a run that ran out of memory at a config runs
 //! out again at the same config. While it runs, the worker samples the process's CPU and
-//! memory (`usage`) into `usage_sample`.
+//! memory (`usage`), and its GPU's (`gpu_usage`), into `usage_sample`.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 use super::attempt::{describe, message, Msg};
 use crate::db::values::JobKind;
 use crate::jobs::spec::JobSpec;
+use crate::queue::record;
 use ifp_trainer::{TrainOptions, TrainerError};
 
 /// What the child runs: the job as stored, resolved in the child against the same folders.
@@ -80,6 +81,7 @@ pub(super) fn spawn(
 ) -> JoinHandle<ifp_trainer::Result<bool>> {
     let exe = exe.to_path_buf();
     let limit = req.memory_limit;
+    let gpu = super::gpu_usage::index_of(&req.device);
     tokio::spawn(async move {
         let fail = |m: String| Err(TrainerError::Unsupported(m));
         let mut child = match tokio::process::Command::new(&exe)
@@ -163,10 +165,13 @@ pub(super) fn spawn(
                 _ = sample.tick() => {
                     let now = pid.and_then(super::usage::read);
                     if let (Some(a), Some(b)) = (last, now) {
-                        let _ = tx.send(Msg::Usage {
+                        let _ = tx.send(Msg::Usage(record::Usage {
                             cpu_percent: super::usage::cpu_percent(&a, &b),
                             rss_bytes: b.rss_bytes,
-                        });
+                            gpu: gpu
+                                .and_then(super::gpu_usage::read)
+                                .map(|g| (g.percent, g.memory_bytes)),
+                        }));
                     }
                     last = now.or(last);
                 }
@@ -325,7 +330,7 @@ pub fn child_main() -> std::io::Result<()> {
         |r| match message(r, attempt) {
             Msg::Step(m) => emit(&Line::Step(m)),
             Msg::Checkpoint(c) => emit(&Line::Checkpoint(*c)),
-            Msg::Usage { .. } => {}
+            Msg::Usage(_) => {}
         },
         || stop.load(Ordering::SeqCst),
     );

@@ -28,6 +28,7 @@ mod queue;
 mod serve;
 mod site;
 mod uformer;
+mod usage;
 mod webhook;
 mod worker;
 mod worker_process;

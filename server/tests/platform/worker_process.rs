@@ -91,6 +91,14 @@ async fn attempts_run_in_their_own_process_and_a_killed_one_fails_alone() {
     .await
     .unwrap();
     assert!(samples >= 1, "no usage samples");
+    // An attempt on the CPU has no GPU readings (and so no GPU charts).
+    let gpu_samples: i64 =
+        sqlx::query_scalar("select count(gpu_percent) from usage_sample where job_id = $1")
+            .bind(job.id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(gpu_samples, 0);
     assert!(
         max_rss.unwrap_or(0) > 10 << 20,
         "{max_rss:?} bytes resident"

@@ -76,14 +76,17 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response> {
         steps_last_minute as f64 / 60.0
     );
     // The latest sample of each training process heard from in the last minute.
-    let (cpu, rss): (Option<f64>, Option<f64>) = sqlx::query_as(
-        "select sum(cpu_percent), sum(rss_bytes)::float8 from (
-             select distinct on (job_id, attempt) cpu_percent, rss_bytes from usage_sample
+    let (cpu, rss, gpu, gpu_mem): (Option<f64>, Option<f64>, Option<f64>, Option<f64>) =
+        sqlx::query_as(
+            "select sum(cpu_percent), sum(rss_bytes)::float8, sum(gpu_percent),
+                    sum(gpu_memory_bytes)::float8 from (
+             select distinct on (job_id, attempt) cpu_percent, rss_bytes, gpu_percent,
+                    gpu_memory_bytes from usage_sample
              where created_at > now() - interval '60 seconds'
              order by job_id, attempt, created_at desc) latest",
-    )
-    .fetch_one(&state.pool)
-    .await?;
+        )
+        .fetch_one(&state.pool)
+        .await?;
     out.push_str(
         "# HELP ifp_training_cpu_percent CPU use of all training processes, in percent of one \
          core (latest samples).\n# TYPE ifp_training_cpu_percent gauge\n",
@@ -94,6 +97,20 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response> {
          samples).\n# TYPE ifp_training_resident_bytes gauge\n",
     );
     let _ = writeln!(out, "ifp_training_resident_bytes {}", rss.unwrap_or(0.0));
+    out.push_str(
+        "# HELP ifp_training_gpu_percent Utilisation of the GPUs training processes run on, in \
+         percent of one GPU (latest samples).\n# TYPE ifp_training_gpu_percent gauge\n",
+    );
+    let _ = writeln!(out, "ifp_training_gpu_percent {}", gpu.unwrap_or(0.0));
+    out.push_str(
+        "# HELP ifp_training_gpu_memory_bytes Memory in use on the GPUs training processes run \
+         on (latest samples).\n# TYPE ifp_training_gpu_memory_bytes gauge\n",
+    );
+    let _ = writeln!(
+        out,
+        "ifp_training_gpu_memory_bytes {}",
+        gpu_mem.unwrap_or(0.0)
+    );
     state.http_metrics.render(&mut out);
     Ok((
         [(

@@ -119,45 +119,54 @@ pub fn compare_losses(
     (pre_chart, arms_chart)
 }
 
-/// Usage samples as the page reads them: (attempt, seconds since the epoch, CPU %, bytes).
-pub type UsageRow = (i32, f64, f64, i64);
+/// Usage samples as the page reads them: (attempt, seconds since the epoch, CPU %, bytes,
+/// GPU %, GPU bytes; the GPU's are null for attempts on the CPU).
+pub type UsageRow = (i32, f64, f64, i64, Option<f64>, Option<i64>);
 
-/// The training process's CPU use (percent of one core) and resident memory (MiB) over the
-/// job's time, one line style per attempt; `None` before the first sample (and for attempts
-/// that trained in the worker's own process, which are not sampled).
-pub fn usage_charts(rows: &[UsageRow]) -> Option<(String, String)> {
+/// The training process's charts over the job's time, one line style per attempt.
+pub struct UsageCharts {
+    /// CPU use, percent of one core.
+    pub cpu: String,
+    /// Resident memory, MiB.
+    pub mem: String,
+    /// Its GPU's utilisation (percent) and memory in use (MiB), when any sample has them.
+    pub gpu: Option<(String, String)>,
+}
+
+/// The usage charts; `None` before the first sample (and for attempts that trained in the
+/// worker's own process, which are not sampled).
+pub fn usage_charts(rows: &[UsageRow]) -> Option<UsageCharts> {
     let t0 = rows.first()?.1;
-    let mut cpu: Vec<(usize, Vec<(f64, f64)>)> = Vec::new();
-    let mut mem: Vec<(usize, Vec<(f64, f64)>)> = Vec::new();
-    for &(attempt, at, pct, bytes) in rows {
-        let style = (attempt.max(1) - 1) as usize % super::runs::MAX_RUNS;
-        if cpu.last().is_none_or(|(s, _)| *s != style) {
-            cpu.push((style, Vec::new()));
-            mem.push((style, Vec::new()));
-        }
-        let x = at - t0;
-        if let (Some((_, c)), Some((_, m))) = (cpu.last_mut(), mem.last_mut()) {
-            c.push((x, pct));
-            m.push((x, bytes as f64 / (1 << 20) as f64));
-        }
-    }
     let x_max = rows.last().map_or(1.0, |r| r.1 - t0).max(1.0);
-    Some((
-        chart::styled_line_chart(
-            &cpu,
-            x_max,
-            false,
-            "training process CPU use (% of one core) by second",
-            "second",
-        ),
-        chart::styled_line_chart(
-            &mem,
-            x_max,
-            false,
-            "training process resident memory (MiB) by second",
-            "second",
-        ),
-    ))
+    // One value of each row (rows without it are skipped), per attempt's line style.
+    let chart = |value: &dyn Fn(&UsageRow) -> Option<f64>, title: &str| {
+        let mut lines: Vec<(usize, Vec<(f64, f64)>)> = Vec::new();
+        for r in rows {
+            let Some(y) = value(r) else { continue };
+            let style = (r.0.max(1) - 1) as usize % super::runs::MAX_RUNS;
+            if lines.last().is_none_or(|(s, _)| *s != style) {
+                lines.push((style, Vec::new()));
+            }
+            if let Some((_, l)) = lines.last_mut() {
+                l.push((r.1 - t0, y));
+            }
+        }
+        (!lines.is_empty()).then(|| chart::styled_line_chart(&lines, x_max, false, title, "second"))
+    };
+    let mib = |b: i64| b as f64 / (1 << 20) as f64;
+    let cpu = chart(
+        &|r| Some(r.2),
+        "training process CPU use (% of one core) by second",
+    )?;
+    let mem = chart(
+        &|r| Some(mib(r.3)),
+        "training process resident memory (MiB) by second",
+    )?;
+    let gpu = chart(&|r| r.4, "GPU utilisation (%) by second").zip(chart(
+        &|r| r.5.map(mib),
+        "GPU memory in use (MiB) by second",
+    ));
+    Some(UsageCharts { cpu, mem, gpu })
 }
 
 #[cfg(test)]
@@ -177,14 +186,45 @@ mod tests {
     fn usage_is_drawn_per_attempt_over_the_job_s_time() {
         assert!(usage_charts(&[]).is_none());
         let rows = [
-            (1, 100.0, 180.0, 300 << 20),
-            (1, 105.0, 190.0, 310 << 20),
-            (2, 200.0, 150.0, 200 << 20),
+            (1, 100.0, 180.0, 300 << 20, None, None),
+            (1, 105.0, 190.0, 310 << 20, None, None),
+            (2, 200.0, 150.0, 200 << 20, None, None),
         ];
-        let (cpu, mem) = usage_charts(&rows).expect("charts");
-        assert!(cpu.contains("<title>second 5: 190.0</title>"), "{cpu}");
-        assert!(mem.contains("<title>second 100: 200.0</title>"), "{mem}");
-        assert!(mem.contains(r#"class="line s0""#) && mem.contains(r#"class="line s1""#));
+        let c = usage_charts(&rows).expect("charts");
+        assert!(
+            c.cpu.contains("<title>second 5: 190.0</title>"),
+            "{}",
+            c.cpu
+        );
+        assert!(
+            c.mem.contains("<title>second 100: 200.0</title>"),
+            "{}",
+            c.mem
+        );
+        assert!(c.mem.contains(r#"class="line s0""#) && c.mem.contains(r#"class="line s1""#));
+        // CPU attempts have no GPU readings, so no GPU charts.
+        assert!(c.gpu.is_none());
+    }
+
+    /// Issue 17, item 9: an attempt on a GPU also charts the device's utilisation and memory;
+    /// samples without them (an earlier attempt on the CPU) leave gaps, not zeros.
+    #[test]
+    fn gpu_use_is_charted_when_samples_have_it() {
+        let rows = [
+            (1, 100.0, 100.0, 300 << 20, None, None),
+            (2, 110.0, 100.0, 300 << 20, Some(87.0), Some(2048 << 20)),
+            (2, 112.0, 100.0, 300 << 20, Some(93.0), Some(3072 << 20)),
+        ];
+        let (gpu, gpu_mem) = usage_charts(&rows)
+            .expect("charts")
+            .gpu
+            .expect("GPU charts");
+        assert!(gpu.contains("<title>second 12: 93.00</title>"), "{gpu}");
+        assert!(
+            gpu_mem.contains("<title>second 10: 2048</title>"),
+            "{gpu_mem}"
+        );
+        assert!(!gpu.contains("second 0:"), "{gpu}");
     }
 
     #[test]

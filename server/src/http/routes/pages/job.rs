@@ -66,8 +66,8 @@ pub struct JobView {
     pub pretrain_loss_chart: Option<String>,
     /// A comparison's arms' L1 on one fine-tuning step axis.
     pub arms_loss_chart: Option<String>,
-    /// The training process's CPU and memory charts (attempts run in their own process).
-    pub usage_charts: Option<(String, String)>,
+    /// The training process's CPU, memory and GPU charts (attempts run in their own process).
+    pub usage_charts: Option<super::curves::UsageCharts>,
     pub attempts: Vec<AttemptRow>,
     pub files: Vec<FileRow>,
     pub samples: Vec<SampleRow>,
@@ -188,7 +188,8 @@ async fn view(state: &AppState, viewer: &Viewer, id: &str, s: &Scale) -> PageRes
     let metrics = service::metric_rows(&state.pool, job.id).await?;
 
     let usage: Vec<super::curves::UsageRow> = sqlx::query_as(
-        "select attempt, extract(epoch from created_at)::float8, cpu_percent, rss_bytes
+        "select attempt, extract(epoch from created_at)::float8, cpu_percent, rss_bytes,
+                gpu_percent, gpu_memory_bytes
          from usage_sample where job_id = $1 order by created_at",
     )
     .bind(job.id)
