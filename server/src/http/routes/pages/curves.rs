@@ -191,17 +191,10 @@ mod tests {
             (2, 200.0, 150.0, 200 << 20, None, None),
         ];
         let c = usage_charts(&rows).expect("charts");
-        assert!(
-            c.cpu.contains("<title>second 5: 190.0</title>"),
-            "{}",
-            c.cpu
-        );
-        assert!(
-            c.mem.contains("<title>second 100: 200.0</title>"),
-            "{}",
-            c.mem
-        );
-        assert!(c.mem.contains(r#"class="line s0""#) && c.mem.contains(r#"class="line s1""#));
+        let (cpu, mem) = (&c.cpu, &c.mem);
+        assert!(cpu.contains("<title>second 5: 190.0</title>"), "{cpu}");
+        assert!(mem.contains("<title>second 100: 200.0</title>"), "{mem}");
+        assert!(mem.contains(r#"class="line s0""#) && mem.contains(r#"class="line s1""#));
         // CPU attempts have no GPU readings, so no GPU charts.
         assert!(c.gpu.is_none());
     }
