@@ -384,8 +384,8 @@ fn compare_over_two_seeds_summarises_them() {
     assert!(stderr(&o).contains("--pretrain"), "{}", stderr(&o));
 }
 
-/// The flags added for issues 16 and 18 refuse out-of-range values before anything starts,
-/// naming the flag and the value.
+/// The flags and commands added for issues 16, 17 and 18 refuse out-of-range values before
+/// anything starts, naming the flag and the value.
 #[test]
 fn new_flags_refuse_out_of_range_values() {
     let dir = tempfile::tempdir().unwrap();
@@ -420,6 +420,12 @@ fn new_flags_refuse_out_of_range_values() {
                 &[&data, &data],
             ),
             "'--seeds <N>': 21 is not in 1..=20",
+        ),
+        // `ifp gpu-usage` (issue 17): a GPU index, and a GPU that NVML can read.
+        (argv("gpu-usage x", &[]), "invalid value 'x' for '[INDEX]'"),
+        (
+            argv("gpu-usage 4096", &[]),
+            "no reading of GPU 4096: the NVIDIA driver's management library (NVML)",
         ),
     ];
     for (args, needle) in cases {
