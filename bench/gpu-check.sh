@@ -44,6 +44,11 @@ TEST_BIN=trainer
 TESTS=(restormer_golden uformer_golden loss_golden amp kernels)
 
 say() { echo "gpu-check: $*" >&2; }
+# ft_images DIR: the first ten CBSD68 images (natural order), writable, for the fine-tuning stage.
+ft_images() {
+    mkdir -p "$1" &&
+        ls "$ROOT/../shared/data/clean/CBSD68/"*.png | sort -V | head -n 10 | xargs install -m 644 -t "$1"
+}
 
 if [[ "${1:-}" == prepare ]]; then
     dest="${2:-$HERE/gpu-bin}"
@@ -70,8 +75,7 @@ EOF
     rm -f "$json"
     strip "$dest/ifp" "$dest/$TEST_BIN" 2>/dev/null || true
     # A few clean images for the fine-tuning check (2.6 MB): the GPU machine has no data sets.
-    mkdir -p "$dest/data/CBSD68-10"
-    ls "$ROOT/../shared/data/clean/CBSD68/"*.png | sort -V | head -n 10 | xargs install -m 644 -t "$dest/data/CBSD68-10"
+    ft_images "$dest/data/CBSD68-10"
     # Each stripped binary is ~55-65 MB, mostly the same candle PTX text. One xz stream with a
     # dictionary larger than a binary stores that text once, small enough to carry to a GPU
     # machine whose transfer size is limited. Takes ~2 minutes on one core; unpacking needs
@@ -302,8 +306,7 @@ attempt_check after-kill $?
 if [[ -z "${FT_DATA:-}" ]]; then
     FT_DATA="$BIN_DIR/data/CBSD68-10"
     if [[ ! -d "$FT_DATA" && -d "$ROOT/../shared/data/clean/CBSD68" ]]; then
-        FT_DATA="$OUT/CBSD68-10" && mkdir -p "$FT_DATA"
-        ls "$ROOT/../shared/data/clean/CBSD68/"*.png | sort -V | head -n 10 | xargs install -m 644 -t "$FT_DATA"
+        FT_DATA="$OUT/CBSD68-10" && ft_images "$FT_DATA"
     fi
 fi
 echo "## fine-tune: tiny Uformer, sigma 25, 60 steps on $DEV ($FT_DATA)"

@@ -129,10 +129,10 @@ pub fn run() -> ExitCode {
             .map_err(|e| Failure::usage(anyhow::anyhow!("ifp attempt: {e}"))),
         Command::GpuUsage { index } => match ifp_server::worker::gpu_usage::read(index) {
             Some(r) => {
-                println!(
-                    r#"{{"gpu":{index},"percent":{},"memory_bytes":{}}}"#,
-                    r.percent, r.memory_bytes
-                );
+                let line = serde_json::json!({
+                    "gpu": index, "percent": r.percent, "memory_bytes": r.memory_bytes,
+                });
+                println!("{line}");
                 Ok(())
             }
             None => Err(Failure::usage(anyhow::anyhow!(

@@ -165,14 +165,22 @@ async fn list_files(
     queue::notify(pool, queue::CHANNEL_EVENT, &fence.job_id.to_string()).await
 }
 
+/// What a GPU is doing: the share of the last sample period with a kernel running, and the
+/// device memory in use (all processes).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GpuUse {
+    pub percent: f64,
+    pub memory_bytes: u64,
+}
+
 /// One sample of what a training process uses.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Usage {
     /// CPU use over the interval before the sample, in percent of one core.
     pub cpu_percent: f64,
     pub rss_bytes: u64,
-    /// Its GPU's utilisation (percent) and memory in use, when it trains on one that can be read.
-    pub gpu: Option<(f64, u64)>,
+    /// Its GPU's, when it trains on one that can be read.
+    pub gpu: Option<GpuUse>,
 }
 
 /// Stores one sample of the training process's CPU, memory and GPU use.
@@ -187,8 +195,8 @@ pub async fn usage(pool: &PgPool, fence: &Fence, u: Usage) -> Result<()> {
         .bind_fence(fence)
         .bind(u.cpu_percent)
         .bind(bytes(u.rss_bytes))
-        .bind(u.gpu.map(|g| g.0))
-        .bind(u.gpu.map(|g| bytes(g.1)))
+        .bind(u.gpu.map(|g| g.percent))
+        .bind(u.gpu.map(|g| bytes(g.memory_bytes)))
         .execute(pool)
         .await?;
     Ok(())

@@ -11,14 +11,7 @@ use std::sync::OnceLock;
 
 use nvml_wrapper::Nvml;
 
-/// One reading of a GPU.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct GpuReading {
-    /// Percent of the last sample period in which a kernel ran on the device.
-    pub percent: f64,
-    /// Device memory in use, all processes.
-    pub memory_bytes: u64,
-}
+use crate::queue::record::GpuUse;
 
 /// NVML, opened on first use; `None` on a machine without the NVIDIA driver.
 fn nvml() -> Option<&'static Nvml> {
@@ -33,18 +26,14 @@ fn nvml() -> Option<&'static Nvml> {
     .as_ref()
 }
 
-/// The GPU index of an attempt's `device` string (`cuda:N`); `None` for the CPU.
-pub fn index_of(device: &str) -> Option<u32> {
-    device.strip_prefix("cuda:")?.parse().ok()
-}
-
-/// Reads GPU `index` now (a few NVML calls, well under a millisecond each); `None` without NVML
-/// or when the driver cannot say.
-pub fn read(index: u32) -> Option<GpuReading> {
+/// Reads GPU `index` now; `None` without NVML or when the driver cannot say. It blocks: the
+/// first call loads and initialises NVML, which can take a while on a driver without its
+/// persistence daemon.
+pub fn read(index: u32) -> Option<GpuUse> {
     let device = nvml()?.device_by_index(index).ok()?;
     let rates = device.utilization_rates().ok()?;
     let memory = device.memory_info().ok()?;
-    Some(GpuReading {
+    Some(GpuUse {
         percent: f64::from(rates.gpu),
         memory_bytes: memory.used,
     })
@@ -53,14 +42,6 @@ pub fn read(index: u32) -> Option<GpuReading> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_a_cuda_device_has_a_gpu_index() {
-        assert_eq!(index_of("cuda:0"), Some(0));
-        assert_eq!(index_of("cuda:3"), Some(3));
-        assert_eq!(index_of("cpu"), None);
-        assert_eq!(index_of("cuda:x"), None);
-    }
 
     /// Without the NVIDIA driver there is no reading, and asking is harmless; with it, the
     /// reading is a percentage and some memory is in use.

@@ -69,6 +69,12 @@ pub fn device_name(d: &candle_core::Device) -> String {
     }
 }
 
+/// The GPU index of a `device` string (the inverse of [`device_name`]): `None` for the CPU,
+/// an error for a `cuda:` without a number.
+pub fn cuda_index(device: &str) -> Option<Result<u32, std::num::ParseIntError>> {
+    device.strip_prefix("cuda:").map(str::parse)
+}
+
 /// Starts `exe attempt` on `req` and follows it: its lines go to `tx`, `stop` turning true is
 /// passed on. Resolves to what the run returned (`Ok(true)`: stopped on request), or to an
 /// error saying how the process ended.
@@ -81,7 +87,7 @@ pub(super) fn spawn(
 ) -> JoinHandle<ifp_trainer::Result<bool>> {
     let exe = exe.to_path_buf();
     let limit = req.memory_limit;
-    let gpu = super::gpu_usage::index_of(&req.device);
+    let gpu = cuda_index(&req.device).and_then(Result::ok);
     tokio::spawn(async move {
         let fail = |m: String| Err(TrainerError::Unsupported(m));
         let mut child = match tokio::process::Command::new(&exe)
@@ -165,12 +171,18 @@ pub(super) fn spawn(
                 _ = sample.tick() => {
                     let now = pid.and_then(super::usage::read);
                     if let (Some(a), Some(b)) = (last, now) {
+                        // NVML blocks (its first call loads the library): off the runtime threads.
+                        let gpu = match gpu {
+                            Some(i) => tokio::task::spawn_blocking(move || super::gpu_usage::read(i))
+                                .await
+                                .ok()
+                                .flatten(),
+                            None => None,
+                        };
                         let _ = tx.send(Msg::Usage(record::Usage {
                             cpu_percent: super::usage::cpu_percent(&a, &b),
                             rss_bytes: b.rss_bytes,
-                            gpu: gpu
-                                .and_then(super::gpu_usage::read)
-                                .map(|g| (g.percent, g.memory_bytes)),
+                            gpu,
                         }));
                     }
                     last = now.or(last);
@@ -304,9 +316,9 @@ pub fn child_main() -> std::io::Result<()> {
             return Ok(());
         }
     };
-    let device = match req.device.strip_prefix("cuda:").map(str::parse::<usize>) {
+    let device = match cuda_index(&req.device) {
         None => Ok(candle_core::Device::Cpu),
-        Some(Ok(n)) => candle_core::Device::new_cuda(n),
+        Some(Ok(n)) => candle_core::Device::new_cuda(n as usize),
         Some(Err(e)) => Err(candle_core::Error::Msg(format!(
             "device {}: {e}",
             req.device
@@ -365,7 +377,15 @@ mod tests {
     use std::os::unix::process::ExitStatusExt;
     use std::process::ExitStatus;
 
-    use super::crashed;
+    use super::{crashed, cuda_index};
+
+    #[test]
+    fn only_a_cuda_device_has_a_gpu_index() {
+        assert_eq!(cuda_index("cuda:0"), Some(Ok(0)));
+        assert_eq!(cuda_index("cuda:3"), Some(Ok(3)));
+        assert_eq!(cuda_index("cpu"), None);
+        assert!(matches!(cuda_index("cuda:x"), Some(Err(_))));
+    }
 
     #[test]
     fn crash_reports_say_what_happened() {

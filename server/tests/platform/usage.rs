@@ -5,7 +5,7 @@
 use axum::body::Body;
 use axum::http::Request;
 use ifp_server::queue;
-use ifp_server::queue::record::{self, Usage};
+use ifp_server::queue::record::{self, GpuUse, Usage};
 use std::time::Duration;
 
 use super::api_support::setup;
@@ -19,28 +19,13 @@ async fn gpu_use_is_recorded_charted_and_exported_only_when_sampled() {
         .await
         .unwrap()
         .unwrap();
-    let page = |api: &super::api_support::Api| {
-        let (app, pool, uri) = (
-            api.app.clone(),
-            api.pool.clone(),
-            format!("/jobs/{}", c.fence.job_id),
-        );
-        async move { html_of(&app, &pool, &uri).await }
-    };
-    let metrics = |api: &super::api_support::Api| {
-        let api = api.app.clone();
-        async move {
-            let req = Request::get("/metrics").body(Body::empty()).unwrap();
-            let body = tower::ServiceExt::oneshot(api, req)
-                .await
-                .unwrap()
-                .into_body();
-            let bytes = http_body_util::BodyExt::collect(body)
-                .await
-                .unwrap()
-                .to_bytes();
-            String::from_utf8(bytes.to_vec()).unwrap()
-        }
+    let uri = format!("/jobs/{}", c.fence.job_id);
+    let page = || html_of(&api.app, &api.pool, &uri);
+    let metrics = || async {
+        let (_, _, body) = api
+            .raw(Request::get("/metrics").body(Body::empty()).unwrap())
+            .await;
+        String::from_utf8(body).unwrap()
     };
 
     // CPU samples only: CPU and memory charts, no GPU chart, GPU gauges at zero.
@@ -52,30 +37,33 @@ async fn gpu_use_is_recorded_charted_and_exported_only_when_sampled() {
         };
         record::usage(&api.pool, &c.fence, u).await.unwrap();
     }
-    let html = page(&api).await;
+    let html = page().await;
     assert!(
         html.contains("Training process memory (MiB, resident)"),
         "{html}"
     );
     assert!(!html.contains("GPU utilisation"), "{html}");
-    let text = metrics(&api).await;
+    let text = metrics().await;
     assert!(text.contains("\nifp_training_gpu_percent 0\n"), "{text}");
 
     // A sample with its GPU's readings: both GPU charts, and the gauges carry the latest sample.
     let u = Usage {
         cpu_percent: 100.0,
         rss_bytes: 310 << 20,
-        gpu: Some((87.0, 3 << 30)),
+        gpu: Some(GpuUse {
+            percent: 87.0,
+            memory_bytes: 3 << 30,
+        }),
     };
     record::usage(&api.pool, &c.fence, u).await.unwrap();
-    let html = page(&api).await;
+    let html = page().await;
     assert!(html.contains("GPU utilisation (%, whole device)"), "{html}");
     assert!(
         html.contains("GPU memory in use (MiB, whole device)"),
         "{html}"
     );
     assert!(html.contains(": 3072</title>"), "{html}");
-    let text = metrics(&api).await;
+    let text = metrics().await;
     for line in [
         "\nifp_training_gpu_percent 87\n",
         "\nifp_training_gpu_memory_bytes 3221225472\n",

@@ -57,23 +57,17 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response> {
             .map_or(0, |(_, n)| *n);
         let _ = writeln!(out, "ifp_jobs{{status=\"{s}\"}} {n}");
     }
-    out.push_str(
-        "# HELP ifp_queue_oldest_wait_seconds How long the oldest queued job has waited.\n\
-         # TYPE ifp_queue_oldest_wait_seconds gauge\n",
+    gauge(
+        &mut out,
+        "ifp_queue_oldest_wait_seconds",
+        "How long the oldest queued job has waited.",
+        oldest_wait.unwrap_or(0.0),
     );
-    let _ = writeln!(
-        out,
-        "ifp_queue_oldest_wait_seconds {}",
-        oldest_wait.unwrap_or(0.0)
-    );
-    out.push_str(
-        "# HELP ifp_training_steps_per_second Training steps logged per second, all jobs, \
-         over the last minute.\n# TYPE ifp_training_steps_per_second gauge\n",
-    );
-    let _ = writeln!(
-        out,
-        "ifp_training_steps_per_second {}",
-        steps_last_minute as f64 / 60.0
+    gauge(
+        &mut out,
+        "ifp_training_steps_per_second",
+        "Training steps logged per second, all jobs, over the last minute.",
+        steps_last_minute as f64 / 60.0,
     );
     // The latest sample of each training process heard from in the last minute.
     let (cpu, rss, gpu, gpu_mem): (Option<f64>, Option<f64>, Option<f64>, Option<f64>) =
@@ -87,30 +81,31 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response> {
         )
         .fetch_one(&state.pool)
         .await?;
-    out.push_str(
-        "# HELP ifp_training_cpu_percent CPU use of all training processes, in percent of one \
-         core (latest samples).\n# TYPE ifp_training_cpu_percent gauge\n",
-    );
-    let _ = writeln!(out, "ifp_training_cpu_percent {}", cpu.unwrap_or(0.0));
-    out.push_str(
-        "# HELP ifp_training_resident_bytes Resident memory of all training processes (latest \
-         samples).\n# TYPE ifp_training_resident_bytes gauge\n",
-    );
-    let _ = writeln!(out, "ifp_training_resident_bytes {}", rss.unwrap_or(0.0));
-    out.push_str(
-        "# HELP ifp_training_gpu_percent Utilisation of the GPUs training processes run on, in \
-         percent of one GPU (latest samples).\n# TYPE ifp_training_gpu_percent gauge\n",
-    );
-    let _ = writeln!(out, "ifp_training_gpu_percent {}", gpu.unwrap_or(0.0));
-    out.push_str(
-        "# HELP ifp_training_gpu_memory_bytes Memory in use on the GPUs training processes run \
-         on (latest samples).\n# TYPE ifp_training_gpu_memory_bytes gauge\n",
-    );
-    let _ = writeln!(
-        out,
-        "ifp_training_gpu_memory_bytes {}",
-        gpu_mem.unwrap_or(0.0)
-    );
+    for (name, help, value) in [
+        (
+            "ifp_training_cpu_percent",
+            "CPU use of all training processes, in percent of one core (latest samples).",
+            cpu,
+        ),
+        (
+            "ifp_training_resident_bytes",
+            "Resident memory of all training processes (latest samples).",
+            rss,
+        ),
+        (
+            "ifp_training_gpu_percent",
+            "Utilisation of the GPUs training processes run on, in percent of one GPU (latest \
+             samples).",
+            gpu,
+        ),
+        (
+            "ifp_training_gpu_memory_bytes",
+            "Memory in use on the GPUs training processes run on (latest samples).",
+            gpu_mem,
+        ),
+    ] {
+        gauge(&mut out, name, help, value.unwrap_or(0.0));
+    }
     state.http_metrics.render(&mut out);
     Ok((
         [(
@@ -120,4 +115,12 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response> {
         out,
     )
         .into_response())
+}
+
+/// One unlabelled gauge in the text exposition format: its help, its type, its value.
+fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
+    let _ = write!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+    );
 }
