@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 
 use crate::checkpoint::{self, Checkpoint, TrainingState};
 use crate::config::TrainConfig;
 use crate::data::image::Image;
 use crate::error::{Result, TrainerError};
-use crate::optim::{clip_grad_norm, AdamW, LrSchedule};
+use crate::optim::{self, AdamW, LrSchedule};
 use crate::train::{Control, PhaseTimes, Progress, Started, StepStats, TrainOptions};
 
 /// One kind of training run, as the driver steps it.
@@ -187,8 +187,11 @@ pub struct Optimiser {
 
 impl Optimiser {
     /// AdamW as `t` configures it over the network's named parameters `vars`, stepping at the
-    /// rates of `sched`.
+    /// rates of `sched`, on their device readied for training (`kernels::prepare_device`).
     pub fn new(vars: Vec<(String, Var)>, t: &TrainConfig, sched: LrSchedule) -> Result<Self> {
+        if let Some((_, v)) = vars.first() {
+            crate::kernels::prepare_device(v.device())?;
+        }
         let plain = vars.iter().map(|(_, v)| v.clone()).collect();
         Ok(Optimiser {
             adamw: AdamW::new(vars, t.weight_decay, t.optimizer.betas, t.optimizer.eps)?,
@@ -200,19 +203,22 @@ impl Optimiser {
 
     /// Optimiser step `k` (0-based) on `loss`: backward, clipping by global norm and the AdamW
     /// update at the scheduled rate, refusing a non-finite loss or gradient norm before
-    /// anything is updated. The figures' phases are timed from `timer`.
+    /// anything is updated. The loss and the norm are read from the device together, once per
+    /// step (on a GPU, the forward and backward phases' times therefore end at that read). The
+    /// figures' phases are timed from `timer`.
     pub fn step(&mut self, loss: &Tensor, k: usize, timer: StepTimer) -> Result<StepStats> {
-        let loss_v = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         let forward_done = Instant::now();
+        let grads = loss.backward()?;
+        let norm_sq = optim::grad_norm_sq(&grads, &self.vars)?;
+        let read = Tensor::stack(&[loss.to_dtype(DType::F64)?, norm_sq], 0)?.to_vec1::<f64>()?;
+        let backward_done = Instant::now();
+        let (loss_v, grad_norm) = (read[0], read[1].sqrt());
         if !loss_v.is_finite() {
             return Err(TrainerError::NonFinite {
                 step: k + 1,
                 what: format!("the loss ({loss_v})"),
             });
         }
-        let mut grads = loss.backward()?;
-        let backward_done = Instant::now();
-        let grad_norm = clip_grad_norm(&mut grads, &self.vars, self.clip)?;
         if !grad_norm.is_finite() {
             return Err(TrainerError::NonFinite {
                 step: k + 1,
@@ -220,7 +226,8 @@ impl Optimiser {
             });
         }
         let lr = self.sched.lr_for_step(k);
-        self.adamw.step(&grads, lr)?;
+        self.adamw
+            .step(&grads, lr, optim::clip_scale(grad_norm, self.clip))?;
         Ok(StepStats {
             loss: loss_v,
             lr,
@@ -318,4 +325,71 @@ pub fn load_state_for_resume<C: SameRun>(
         moments: opt_state,
         state,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An optimiser over one weight `w` of `n` elements with the given value.
+    fn one_weight(n: usize, value: f32) -> (Var, Optimiser) {
+        let w = Var::from_tensor(&Tensor::full(value, n, &Device::Cpu).expect("w")).expect("var");
+        // No warmup, and a base rate that scales to 0.01 at batch 1: a step visibly moves `w`.
+        let t = TrainConfig {
+            warmup_epochs: 0,
+            base_lr: 5.12,
+            ..TrainConfig::default()
+        };
+        let sched = LrSchedule::from_config(&t, 1);
+        let opt = Optimiser::new(vec![("w".into(), w.clone())], &t, sched).expect("optimiser");
+        (w, opt)
+    }
+
+    /// The step of `opt` on `loss`, and whether it left `w` as it was.
+    fn step_on(opt: &mut Optimiser, w: &Var, loss: &Tensor) -> (Result<StepStats>, bool) {
+        let before: Vec<f32> = w.as_tensor().to_vec1().expect("before");
+        let (_, timer) = timed_batch(|| Ok(())).expect("timer");
+        let out = opt.step(loss, 0, timer);
+        let after: Vec<f32> = w.as_tensor().to_vec1().expect("after");
+        (out, before == after)
+    }
+
+    #[test]
+    fn a_non_finite_gradient_norm_is_refused_before_any_update() {
+        // loss = sum(w * 1e20) is 4e-5, but each squared gradient (1e40) overflows float32.
+        let (w, mut opt) = one_weight(4, 1e-25);
+        let loss = (w.as_tensor() * 1e20)
+            .and_then(|l| l.sum_all())
+            .expect("loss");
+        let (out, unchanged) = step_on(&mut opt, &w, &loss);
+        let err = out.expect_err("an infinite gradient norm").to_string();
+        assert!(
+            err.contains("gradient norm (inf)") && err.contains("step 1"),
+            "{err}"
+        );
+        assert!(unchanged, "no weight moved");
+    }
+
+    #[test]
+    fn a_non_finite_loss_is_refused_before_any_update() {
+        let (w, mut opt) = one_weight(3, 1.0);
+        let loss = (w.as_tensor().sum_all().expect("sum") * f64::NAN).expect("loss");
+        let (out, unchanged) = step_on(&mut opt, &w, &loss);
+        let err = out.expect_err("a NaN loss").to_string();
+        assert!(err.contains("the loss (NaN)"), "{err}");
+        assert!(unchanged, "no weight moved");
+    }
+
+    #[test]
+    fn a_finite_step_reports_its_loss_and_norm_and_moves_the_weights() {
+        let (w, mut opt) = one_weight(4, 0.5);
+        // loss = sum(3 w) = 6: each gradient is 3, so the global norm is 6.
+        let loss = (w.as_tensor() * 3.0)
+            .and_then(|l| l.sum_all())
+            .expect("loss");
+        let (out, unchanged) = step_on(&mut opt, &w, &loss);
+        let stats = out.expect("a finite step");
+        assert_eq!((stats.loss, stats.grad_norm), (6.0, 6.0));
+        assert!(!unchanged, "the weights moved");
+    }
 }

@@ -2,14 +2,16 @@
 //! `main_IFP.py` of IFP/MFM): AdamW with a no-decay group (1-D parameters and biases), learning
 //! rates scaled by `batch / 512`, timm's warmup + cosine schedule per step, and clipping by global
 //! norm. candle's own `AdamW` decays every parameter and keeps its moments private, so the update
-//! is written out here, in the same order of operations as `torch.optim.AdamW` (single-tensor).
+//! is written out (`kernels::adamw_update`), in the same order of operations as
+//! `torch.optim.AdamW` (single-tensor).
 
 use std::collections::BTreeMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Result, Tensor, Var};
+use candle_core::{DType, Result, Tensor, Var};
 
 use crate::config::TrainConfig;
+use crate::kernels::{self, AdamWStep};
 
 /// The reference's linear LR scaling: `lr * batch * world_size / 512` (one process here).
 pub fn lr_scale(batch: usize) -> f64 {
@@ -129,28 +131,27 @@ impl AdamW {
         (self.params.len() - nd, nd)
     }
 
-    /// One update with learning rate `lr`. Parameters without a gradient are left alone (as
-    /// PyTorch skips parameters whose `.grad` is None).
-    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+    /// One update with learning rate `lr`, each gradient first scaled by `grad_scale` when
+    /// clipping applies (see [`clip_scale`]). Parameters without a gradient are left alone (as
+    /// PyTorch skips parameters whose `.grad` is None). Each parameter's update is one
+    /// `kernels::adamw_update`.
+    pub fn step(&mut self, grads: &GradStore, lr: f64, grad_scale: Option<f64>) -> Result<()> {
         self.step += 1;
-        let t = self.step as i32;
-        let bc1 = 1.0 - self.beta1.powi(t);
-        let bc2_sqrt = (1.0 - self.beta2.powi(t)).sqrt();
-        let step_size = lr / bc1;
+        let betas = (self.beta1, self.beta2);
         for p in &mut self.params {
             let Some(g) = grads.get(p.var.as_tensor()) else {
                 continue;
             };
-            let g = g.detach();
-            let mut w = p.var.as_tensor().detach();
-            if p.weight_decay != 0.0 {
-                w = (w * (1.0 - lr * p.weight_decay))?;
-            }
-            // exp_avg.lerp_(grad, 1 - beta1): m + w * (g - m) for weights below 0.5.
-            let m = (&p.exp_avg + ((&g - &p.exp_avg)? * (1.0 - self.beta1))?)?;
-            let v = ((&p.exp_avg_sq * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
-            let denom = ((v.sqrt()? / bc2_sqrt)? + self.eps)?;
-            let w = (w - (m.div(&denom)? * step_size)?)?;
+            let s = AdamWStep::new(
+                self.step as i32,
+                lr,
+                betas,
+                self.eps,
+                p.weight_decay,
+                grad_scale,
+            );
+            let w = p.var.as_tensor().detach();
+            let (w, m, v) = kernels::adamw_update(&w, &g.detach(), &p.exp_avg, &p.exp_avg_sq, &s)?;
             p.var.set(&w)?;
             p.exp_avg = m;
             p.exp_avg_sq = v;
@@ -193,33 +194,32 @@ impl AdamW {
     }
 }
 
-/// `torch.nn.utils.clip_grad_norm_(params, max_norm)`: returns the global 2-norm of the
-/// gradients before clipping and, when it exceeds `max_norm`, scales every gradient by
-/// `max_norm / (norm + 1e-6)`. `max_norm <= 0` only measures.
-pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Result<f64> {
-    let mut sq = 0.0f64;
-    for v in vars {
-        if let Some(g) = grads.get(v.as_tensor()) {
-            // Per-tensor norms first, then the norm of norms, as PyTorch does.
-            let n = g
-                .sqr()?
-                .sum_all()?
-                .to_dtype(candle_core::DType::F64)?
-                .to_scalar::<f64>()?;
-            sq += n;
-        }
+/// The squared global 2-norm of the gradients, as a float64 scalar on their device: per-tensor
+/// sums of squares first, then their sum, as `torch.nn.utils.clip_grad_norm_` takes the norm of
+/// the per-tensor norms. Nothing is read back to the host (one read per step does that).
+pub fn grad_norm_sq(grads: &GradStore, vars: &[Var]) -> Result<Tensor> {
+    let sums = vars
+        .iter()
+        .filter_map(|v| grads.get(v.as_tensor()))
+        .map(|g| g.sqr()?.sum_all()?.to_dtype(DType::F32))
+        .collect::<Result<Vec<_>>>()?;
+    if sums.is_empty() {
+        let device = vars
+            .first()
+            .map_or(candle_core::Device::Cpu, |v| v.device().clone());
+        return Tensor::zeros((), DType::F64, &device);
     }
-    let total = sq.sqrt();
-    if max_norm > 0.0 && total.is_finite() {
-        let coef = max_norm / (total + 1e-6);
-        if coef < 1.0 {
-            for v in vars {
-                if let Some(g) = grads.get(v.as_tensor()) {
-                    let scaled = (g * coef)?;
-                    grads.insert(v.as_tensor(), scaled);
-                }
-            }
-        }
+    Tensor::stack(&sums, 0)?.to_dtype(DType::F64)?.sum_all()
+}
+
+/// The factor `torch.nn.utils.clip_grad_norm_(params, max_norm)` scales every gradient by for
+/// a global norm `norm`: `max_norm / (norm + 1e-6)` when that is below 1, else none. A
+/// `max_norm <= 0` only measures.
+pub fn clip_scale(norm: f64, max_norm: f64) -> Option<f64> {
+    if max_norm > 0.0 && norm.is_finite() {
+        let coef = max_norm / (norm + 1e-6);
+        (coef < 1.0).then_some(coef)
+    } else {
+        None
     }
-    Ok(total)
 }

@@ -43,4 +43,17 @@ mod tests {
             "the caller's own setting is untouched"
         );
     }
+
+    #[test]
+    fn the_cuda_switch_travels_with_the_work() {
+        use crate::kernels::{cuda_fused, set_cuda_fused};
+        let own = cuda_fused();
+        set_cuda_fused(!own);
+        let seen = on_workers(cuda_fused);
+        // Applied on this thread too, a caller's settings are put back afterwards.
+        let back = Settings::current();
+        set_cuda_fused(own);
+        let after = back.apply(cuda_fused);
+        assert_eq!((seen, after, cuda_fused()), (!own, !own, own));
+    }
 }

@@ -2,7 +2,7 @@
 //! one-convolution task head, or Uformer's encoder and decoder end to end), trained with L1 on
 //! crops of a restoration data set (`data`), with the pre-training machinery reused as is:
 //! `optim::AdamW` (decay / no-decay groups), `optim::LrSchedule` (warmup + cosine, unscaled
-//! rates), `optim::clip_grad_norm`, `checkpoint`'s atomic, verified model and state files, exact
+//! rates), `optim::clip_scale`, `checkpoint`'s atomic, verified model and state files, exact
 //! resumption, and `train::Progress`/`Control` for the callback.
 //!
 //! Every `SAVE_FREQ` steps (and at the end) the run validates on its held-out images and writes

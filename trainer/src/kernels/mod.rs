@@ -2,8 +2,9 @@
 //! backward is slow or missing (ARCHITECTURE.md, "Known traps in candle 0.11"): convolutions (`conv`) and the channel LayerNorm
 //! (`norm`), Restormer's channel attention (`attention`) and its GDFN gate (`gate`), a convolution's bias
 //! with its activation (`bias`), and dense k x k convolutions that keep no column matrix
-//! (`dense`). All run on the CPU in float32; the depthwise convolution also runs on CUDA in
-//! float32 and bfloat16 (`cuda`, feature `cuda`). `ops.rs` falls back to composed tensor ops
+//! (`dense`), and the AdamW update (`optim`). All run on the CPU in float32; the depthwise
+//! convolution also runs on CUDA in float32 and bfloat16 (`cuda`, feature `cuda`), and the AdamW
+//! update in float32 where `IFP_CUDA_FUSED=1` allows it (see [`cuda_fused`]). `ops.rs` falls back to composed tensor ops
 //! elsewhere, and the tests compare each kernel with that composed version (values and
 //! gradients).
 
@@ -17,6 +18,7 @@ mod dense;
 mod gate;
 mod math;
 mod norm;
+mod optim;
 pub mod token;
 
 use std::cell::Cell;
@@ -25,6 +27,7 @@ use candle_core::{Result, Tensor, D};
 use multiversion::multiversion;
 
 pub(crate) use conv::f32_slice;
+pub use optim::{adamw_update, adamw_update_composed, AdamWStep};
 
 /// `a . b` in float32 with eight independent partial sums, so the loop vectorises (a single
 /// running sum cannot be reordered by the compiler) and rounds less than one long chain.
@@ -70,6 +73,49 @@ thread_local! {
     /// CUDA (and in bf16), so the tests can compare the two on a CPU-only machine. Per thread,
     /// so a test that turns it off does not change the tests running beside it.
     static ENABLED: Cell<bool> = const { Cell::new(true) };
+    /// Whether the CUDA kernels that have not yet been shown equal to their composed version
+    /// on a GPU run (the fused AdamW update) are used; `IFP_CUDA_FUSED=1` turns them on.
+    static CUDA_FUSED: Cell<bool> = Cell::new(cuda_fused_from_env());
+}
+
+/// `IFP_CUDA_FUSED=1` (read once per process): the not yet GPU-verified CUDA kernels are on.
+fn cuda_fused_from_env() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("IFP_CUDA_FUSED").is_ok_and(|v| v.trim() == "1"))
+}
+
+/// Turns the not yet GPU-verified CUDA kernels on or off for ops built on the calling thread
+/// (the GPU check compares them with the composed path in one process).
+pub fn set_cuda_fused(on: bool) {
+    CUDA_FUSED.with(|e| e.set(on));
+}
+
+/// Whether this thread uses the CUDA kernels that wait for a GPU run (see `set_cuda_fused`).
+pub fn cuda_fused() -> bool {
+    CUDA_FUSED.with(Cell::get)
+}
+
+/// Readies `device` for training: on CUDA, where [`cuda_fused`] is on, its memory pool keeps
+/// the memory a step frees for the next step. Nothing elsewhere.
+pub fn prepare_device(device: &candle_core::Device) -> Result<()> {
+    match device {
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(d) if cuda_fused() => cuda::keep_freed_memory(d),
+        _ => Ok(()),
+    }
+}
+
+/// Whether an op on `x` takes its fused version: float32 on the CPU with the kernels on, or on
+/// CUDA (with the `cuda` feature) when [`cuda_fused`] is on as well.
+pub fn fused_applies(x: &Tensor) -> bool {
+    if !enabled() || x.dtype() != candle_core::DType::F32 {
+        return false;
+    }
+    match x.device() {
+        candle_core::Device::Cpu => true,
+        candle_core::Device::Cuda(_) => cfg!(feature = "cuda") && cuda_fused(),
+        _ => false,
+    }
 }
 
 /// Turns the CPU kernels on or off for ops built on the calling thread (tests of the fallback
@@ -90,6 +136,7 @@ fn enabled() -> bool {
 pub struct Settings {
     low: Option<candle_core::DType>,
     kernels: bool,
+    cuda_fused: bool,
 }
 
 impl Settings {
@@ -98,18 +145,23 @@ impl Settings {
         Settings {
             low: amp::low_dtype(),
             kernels: enabled(),
+            cuda_fused: cuda_fused(),
         }
     }
 
     /// Runs `f` under these settings on this thread, restoring the thread's own afterwards.
     pub fn apply<T>(self, f: impl FnOnce() -> T) -> T {
-        struct Restore(bool);
+        struct Restore(bool, bool);
         impl Drop for Restore {
             fn drop(&mut self) {
                 ENABLED.with(|e| e.set(self.0));
+                CUDA_FUSED.with(|e| e.set(self.1));
             }
         }
-        let _restore = Restore(ENABLED.with(|e| e.replace(self.kernels)));
+        let _restore = Restore(
+            ENABLED.with(|e| e.replace(self.kernels)),
+            CUDA_FUSED.with(|e| e.replace(self.cuda_fused)),
+        );
         amp::autocast(self.low, f)
     }
 }

@@ -1,6 +1,9 @@
 //! The custom kernels against the straightforward candle versions, values and gradients, on
 //! random shapes including odd sizes and sizes smaller than the kernel. The depthwise tests run
-//! on `IFP_TEST_DEVICE` (the CUDA kernels on a GPU machine, `bench/gpu-check.sh`).
+//! on `IFP_TEST_DEVICE` (the CUDA kernels on a GPU machine, `bench/gpu-check.sh`), as does the
+//! AdamW update (`optim`).
+
+mod optim;
 
 use crate::common;
 

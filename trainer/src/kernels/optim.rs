@@ -1,0 +1,202 @@
+//! One AdamW update of one parameter tensor as a single pass: the gradient's clipping scale,
+//! the decoupled weight decay, both moments and the step, where the composed version takes
+//! about ten tensor ops (and as many full-size temporaries) per parameter. The pass rounds in
+//! exactly the composed version's order (each scalar product `x * s + 0`, as candle's `affine`
+//! computes it), so the two give the same bits on the CPU; the CUDA kernel (`cuda/optim.cu`)
+//! does the same sums in the same order.
+
+use candle_core::{DType, Result, Storage, Tensor};
+use rayon::prelude::*;
+
+/// The scalars of one AdamW step, in float32 as the composed version's `affine` ops use them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWStep {
+    /// The clipping factor for the gradient, when clipping applies.
+    pub grad_scale: Option<f32>,
+    /// `1 - lr * weight_decay`, when the parameter is decayed.
+    pub decay: Option<f32>,
+    pub one_minus_beta1: f32,
+    pub beta2: f32,
+    pub one_minus_beta2: f32,
+    /// `1 / sqrt(1 - beta2^t)`.
+    pub inv_bias_correction2: f32,
+    pub eps: f32,
+    /// `lr / (1 - beta1^t)`.
+    pub step_size: f32,
+}
+
+impl AdamWStep {
+    /// The step scalars from the optimiser's float64 settings at step `t` (1-based), cast to
+    /// float32 the way candle casts an `affine` op's factors.
+    pub fn new(
+        t: i32,
+        lr: f64,
+        betas: (f64, f64),
+        eps: f64,
+        weight_decay: f64,
+        grad_scale: Option<f64>,
+    ) -> Self {
+        let bc1 = 1.0 - betas.0.powi(t);
+        let bc2_sqrt = (1.0 - betas.1.powi(t)).sqrt();
+        AdamWStep {
+            grad_scale: grad_scale.map(|c| c as f32),
+            decay: (weight_decay != 0.0).then_some((1.0 - lr * weight_decay) as f32),
+            one_minus_beta1: (1.0 - betas.0) as f32,
+            beta2: betas.1 as f32,
+            one_minus_beta2: (1.0 - betas.1) as f32,
+            inv_bias_correction2: (1.0 / bc2_sqrt) as f32,
+            eps: eps as f32,
+            step_size: (lr / bc1) as f32,
+        }
+    }
+
+    /// One element's update: `(w, g, m, v) -> (w', m', v')`. Each `x * s + 0.0` is candle's
+    /// `affine(s, 0)`; the `+ 0.0` is kept because it turns a `-0.0` product into `+0.0`.
+    #[inline(always)]
+    pub fn apply(&self, w: f32, g: f32, m: f32, v: f32) -> (f32, f32, f32) {
+        let g = match self.grad_scale {
+            Some(c) => g * c + 0.0,
+            None => g,
+        };
+        let w = match self.decay {
+            Some(d) => w * d + 0.0,
+            None => w,
+        };
+        let m = m + ((g - m) * self.one_minus_beta1 + 0.0);
+        let v = (v * self.beta2 + 0.0) + ((g * g) * self.one_minus_beta2 + 0.0);
+        let denom = (v.sqrt() * self.inv_bias_correction2 + 0.0) * 1.0 + self.eps;
+        let w = w - ((m / denom) * self.step_size + 0.0);
+        (w, m, v)
+    }
+}
+
+/// `(w', m', v')` after one AdamW step `s` of the parameter `w` with gradient `g` and moments
+/// `m`, `v` (all one shape): one pass for float32 on the CPU (and on CUDA where
+/// [`super::cuda_fused`] allows), else [`adamw_update_composed`].
+pub fn adamw_update(
+    w: &Tensor,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    s: &AdamWStep,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let all_f32 = [w, g, m, v].iter().all(|t| t.dtype() == DType::F32);
+    let same_shape = [g, m, v].iter().all(|t| t.dims() == w.dims());
+    if !(all_f32 && same_shape && super::fused_applies(w)) {
+        return adamw_update_composed(w, g, m, v, s);
+    }
+    let [w, g, m, v] = [w, g, m, v].map(Tensor::contiguous);
+    let (w, g, m, v) = (w?, g?, m?, v?);
+    let out = {
+        let (ws, wl) = w.storage_and_layout();
+        let (gs, gl) = g.storage_and_layout();
+        let (ms, ml) = m.storage_and_layout();
+        let (vs, vl) = v.storage_and_layout();
+        match (&*ws, &*gs, &*ms, &*vs) {
+            (Storage::Cpu(w), Storage::Cpu(g), Storage::Cpu(m), Storage::Cpu(v)) => {
+                let slice = |st, l| super::f32_slice(st, l, "ifp-adamw");
+                let (w, g, m, v) = (slice(w, wl)?, slice(g, gl)?, slice(m, ml)?, slice(v, vl)?);
+                let [w, m, v] = cpu_update(w, g, m, v, s);
+                Some([w, m, v].map(|x| Storage::Cpu(candle_core::CpuStorage::F32(x))))
+            }
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(w), Storage::Cuda(g), Storage::Cuda(m), Storage::Cuda(v)) => Some(
+                super::cuda::adamw_update([(w, wl), (g, gl), (m, ml), (v, vl)], s)?
+                    .map(Storage::Cuda),
+            ),
+            _ => None,
+        }
+    };
+    let Some(out) = out else {
+        return adamw_update_composed(&w, &g, &m, &v, s);
+    };
+    let [w2, m2, v2] = out.map(|st| {
+        Tensor::from_storage(
+            st,
+            w.shape().clone(),
+            candle_core::op::BackpropOp::none(),
+            false,
+        )
+    });
+    Ok((w2, m2, v2))
+}
+
+/// The update of [`adamw_update`] element by element, split over the worker pool.
+fn cpu_update(w: &[f32], g: &[f32], m: &[f32], v: &[f32], s: &AdamWStep) -> [Vec<f32>; 3] {
+    const CHUNK: usize = 1 << 14;
+    let n = w.len();
+    let (mut w2, mut m2, mut v2) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    (
+        w2.par_chunks_mut(CHUNK),
+        m2.par_chunks_mut(CHUNK),
+        v2.par_chunks_mut(CHUNK),
+    )
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(c, (wo, mo, vo))| {
+            let at = c * CHUNK;
+            for i in 0..wo.len() {
+                let j = at + i;
+                (wo[i], mo[i], vo[i]) = s.apply(w[j], g[j], m[j], v[j]);
+            }
+        });
+    [w2, m2, v2]
+}
+
+/// [`adamw_update`] from tensor ops (any device and dtype), in `torch.optim.AdamW`'s order of
+/// operations (single-tensor): the composed version, and the test oracle of the fused one.
+pub fn adamw_update_composed(
+    w: &Tensor,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    s: &AdamWStep,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let g = match s.grad_scale {
+        Some(c) => (g * c as f64)?,
+        None => g.clone(),
+    };
+    let w = match s.decay {
+        Some(d) => (w * d as f64)?,
+        None => w.clone(),
+    };
+    // exp_avg.lerp_(grad, 1 - beta1): m + w * (g - m) for weights below 0.5.
+    let m = (m + ((&g - m)? * s.one_minus_beta1 as f64)?)?;
+    let v = ((v * s.beta2 as f64)? + (g.sqr()? * s.one_minus_beta2 as f64)?)?;
+    let denom = ((v.sqrt()? * s.inv_bias_correction2 as f64)? + s.eps as f64)?;
+    let w = (w - (m.div(&denom)? * s.step_size as f64)?)?;
+    Ok((w, m, v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn rand(n: usize, seed: f32) -> Tensor {
+        let data: Vec<f32> = (0..n).map(|i| (i as f32 * seed).sin()).collect();
+        Tensor::from_vec(data, n, &Device::Cpu).expect("tensor")
+    }
+
+    #[test]
+    fn the_fused_update_keeps_the_parameter_shape() {
+        let shape = (3, 4, 5);
+        let w = rand(60, 0.7).reshape(shape).expect("w");
+        let g = rand(60, 1.3).reshape(shape).expect("g");
+        let z = w.zeros_like().expect("z");
+        let s = AdamWStep::new(1, 1e-3, (0.9, 0.999), 1e-8, 0.0, None);
+        let (w2, m2, v2) = adamw_update(&w, &g, &z, &z, &s).expect("fused");
+        let (wc, _, _) = adamw_update_composed(&w, &g, &z, &z, &s).expect("composed");
+        for t in [&w2, &m2, &v2] {
+            assert_eq!(t.dims(), &[3, 4, 5]);
+        }
+        let same = w2
+            .eq(&wc)
+            .and_then(|e| e.to_dtype(DType::F32)?.mean_all()?.to_scalar::<f32>());
+        assert_eq!(
+            same.expect("compare"),
+            1.0,
+            "the same update as the composed one"
+        );
+    }
+}

@@ -1,0 +1,83 @@
+//! The one-pass AdamW update against the composed one on `IFP_TEST_DEVICE`: the same numbers,
+//! element for element, over steps with and without clipping and weight decay. On CUDA this
+//! is the check that must pass before `IFP_CUDA_FUSED` can become the default there.
+
+use candle_core::{DType, Device, Tensor};
+use ifp_trainer::kernels::{self, adamw_update, adamw_update_composed, AdamWStep};
+
+use crate::common;
+
+/// A fixed pseudo-random draw in [-scale/2, scale/2) (xorshift), the same on every run.
+fn draw(n: usize, seed: u64, scale: f32, dev: &Device) -> Tensor {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let data: Vec<f32> = (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
+        })
+        .collect();
+    Tensor::from_vec(data, n, dev).expect("tensor")
+}
+
+/// Elements where `a` and `b` differ as numbers (so -0 equals +0), with the first of them.
+fn differences(a: &Tensor, b: &Tensor) -> (usize, Option<(usize, f32, f32)>) {
+    let a: Vec<f32> = a.flatten_all().and_then(|t| t.to_vec1()).expect("a");
+    let b: Vec<f32> = b.flatten_all().and_then(|t| t.to_vec1()).expect("b");
+    let mut diff = a.iter().zip(&b).enumerate().filter(|(_, (x, y))| x != y);
+    let first = diff.next().map(|(i, (x, y))| (i, *x, *y));
+    (first.map_or(0, |_| 1) + diff.count(), first)
+}
+
+#[test]
+fn adamw_update_matches_composed() {
+    /// Puts this thread's switch back as it was, however the test ends.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            kernels::set_cuda_fused(self.0);
+        }
+    }
+    let _restore = Restore(kernels::cuda_fused());
+    kernels::set_cuda_fused(true);
+    let dev = common::test_device();
+    // Several blocks and parallel chunks, with a ragged end.
+    let n = 70_001;
+    let w0 = draw(n, 1, 2.0, &dev);
+    let zeros = Tensor::zeros(n, DType::F32, &dev).expect("zeros");
+    assert!(
+        kernels::fused_applies(&w0),
+        "the one-pass update applies on {dev:?}"
+    );
+    let (mut w, mut m, mut v) = (w0.clone(), zeros.clone(), zeros.clone());
+    let (mut wc, mut mc, mut vc) = (w0.clone(), zeros.clone(), zeros);
+    for t in 1..=4 {
+        // Gradients with exact zeros (clamped halves cancel at t = 2), clipping on even steps,
+        // no decay at step 3 (the no-decay group).
+        let g = (draw(n, 10 + t as u64, 1.0, &dev) * (t as f64 - 2.0))
+            .and_then(|g| g.clamp(-0.3f32, 0.3f32))
+            .expect("g");
+        let clip = (t % 2 == 0).then_some(0.37);
+        let decay = if t == 3 { 0.0 } else { 0.05 };
+        let s = AdamWStep::new(t, 3e-4, (0.9, 0.95), 1e-8, decay, clip);
+        (w, m, v) = adamw_update(&w, &g, &m, &v, &s).expect("fused");
+        (wc, mc, vc) = adamw_update_composed(&wc, &g, &mc, &vc, &s).expect("composed");
+        for (what, a, b) in [
+            ("weights", &w, &wc),
+            ("exp_avg", &m, &mc),
+            ("exp_avg_sq", &v, &vc),
+        ] {
+            let (count, first) = differences(a, b);
+            assert_eq!(
+                count, 0,
+                "{what} after step {t} on {dev:?}: first difference {first:?}"
+            );
+        }
+    }
+    let moved = (&w - &w0)
+        .and_then(|d| d.abs()?.max(0)?.to_scalar::<f32>())
+        .expect("max");
+    eprintln!("adamw update on {dev:?}: 4 steps of {n} elements equal to the composed update; largest weight change {moved:e}");
+    assert!(moved > 0.0, "the updates changed the weights");
+}
