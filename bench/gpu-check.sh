@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The CUDA trainer on a GPU machine, in one command (issue 6): golden parity on CUDA, the tiny
-# preset trained for 50 steps, the paper Restormer at 224x224 against PyTorch eager, training
+# preset trained for 50 steps, the paper Restormer at 224x224 against PyTorch eager (and with
+# IFP_CUDA_FUSED=1, the kernels that wait for this run: the fused AdamW update), training
 # attempts in processes of their own as a worker runs them (with a memory limit, and killed),
 # and a tiny Uformer fine-tuned on the device (loss, bit-exact resume, scores against the CPU).
 # Builds nothing: the GPU machine may have no compiler and no internet.
@@ -20,9 +21,10 @@
 # (224), STEPS (timed steps, 10), OUT (logs; default a new /tmp/ifp-gpu-check.XXXXXX),
 # PEAK_F32_TFLOPS / PEAK_BF16_TFLOPS (MFU denominators; default from the GPU's name).
 #
-# Limits (each stage has a timeout so the whole run stays under 10 minutes, 546 s at worst; the
+# Limits (each stage has a timeout so the whole run stays under 10 minutes, 586 s at worst; the
 # run on an H100 took 105 s for stages 1-3): each of the five parity modules 30 s, training
-# 30 s, FLOP count 30 s, each of the four benchmark runs 40 s, three training attempts 15 s each
+# 30 s, FLOP count 30 s, each of the four ifp benchmark runs 30 s and the two PyTorch ones 40 s
+# (150 + 30 + 30 + 200 for stages 1-3), three training attempts 15 s each
 # and the killed one 31 s (20 to its first step, 5 to read the GPU, 5 to end, 1 to settle), the
 # two fine-tuning runs 30 s each, the two evaluations 20 s each. Exit 1 if a parity test, the
 # training, an attempt (or, on CUDA, reading the GPU's use through NVML) or a fine-tuning
@@ -162,7 +164,7 @@ for t in "${TESTS[@]}"; do
     verdict=$([[ $rc == 0 ]] && echo ok || echo "FAILED (rc $rc, $OUT/$t.log)")
     ((rc)) && fail=1
     echo "- $t: $verdict"
-    grep -E 'rel L2|bf16 AMP|mean loss|depthwise kernel' "$OUT/$t.log" | sed 's/^/    /'
+    grep -E 'rel L2|bf16 AMP|mean loss|depthwise kernel|adamw update' "$OUT/$t.log" | sed 's/^/    /'
 done
 
 # --- 2. the tiny preset, 50 steps ------------------------------------------------------------
@@ -201,26 +203,35 @@ echo "|---|---|---|---|---|---|---|"
 for amp in off bf16; do
     peak=$PEAK_F32_TFLOPS
     [[ $amp == bf16 ]] && peak=$PEAK_BF16_TFLOPS
-    peak_mem timeout 40 "$IFP_BIN" bench --config "$BENCH_CFG" --batch "$BATCH" --size "$SIZE" --steps "$STEPS" \
+    peak_mem timeout 30 "$IFP_BIN" bench --config "$BENCH_CFG" --batch "$BATCH" --size "$SIZE" --steps "$STEPS" \
         --device "$DEV" --amp "$amp" >"$OUT/ifp-$amp.log" 2>&1
     ifp_rc=$?
     ifp_mem="$(cat "$OUT/mem")"
     ifp_ms="$(awk '/^step_ms/ {print $2}' "$OUT/ifp-$amp.log")"
+    # The same with the CUDA kernels that wait for this run to be shown equal (IFP_CUDA_FUSED:
+    # the one-pass AdamW update, and a memory pool that keeps freed memory).
+    IFP_CUDA_FUSED=1 peak_mem timeout 30 "$IFP_BIN" bench --config "$BENCH_CFG" --batch "$BATCH" --size "$SIZE" \
+        --steps "$STEPS" --device "$DEV" --amp "$amp" >"$OUT/ifp-fused-$amp.log" 2>&1
+    fused_rc=$?
+    fused_mem="$(cat "$OUT/mem")"
+    fused_ms="$(awk '/^step_ms/ {print $2}' "$OUT/ifp-fused-$amp.log")"
     peak_mem timeout 40 "$PY" "$HERE/torch_gpu_bench.py" --config "$TORCH_CFG" --batch "$BATCH" --size "$SIZE" \
         --steps "$STEPS" --device "$DEV" --amp "$amp" >"$OUT/torch-$amp.log" 2>&1
     torch_rc=$?
     torch_mem="$(cat "$OUT/mem")"
     torch_ms="$(awk '/^step_ms/ {print $2}' "$OUT/torch-$amp.log")"
-    "$PY" - "$amp" "${ifp_ms:-nan}" "${torch_ms:-nan}" "$ifp_mem" "$torch_mem" "${flops:-nan}" "$peak" "$BATCH" \
-        "$ifp_rc" "$torch_rc" <<'EOF'
+    "$PY" - "$amp" "${ifp_ms:-nan}" "${fused_ms:-nan}" "${torch_ms:-nan}" "$ifp_mem" "$fused_mem" "$torch_mem" \
+        "${flops:-nan}" "$peak" "$BATCH" "$ifp_rc" "$fused_rc" "$torch_rc" <<'EOF'
 import math, sys
-amp, ims, tms, imem, tmem, flops, peak, batch, irc, trc = sys.argv[1:]
-ims, tms, flops, peak, batch = float(ims), float(tms), float(flops), float(peak), int(batch)
+amp, ims, fms, tms, imem, fmem, tmem, flops, peak, batch, irc, frc, trc = sys.argv[1:]
+ims, fms, tms, flops, peak, batch = float(ims), float(fms), float(tms), float(flops), float(peak), int(batch)
 def ips(ms): return batch * 1e3 / ms if ms == ms and ms > 0 else float("nan")
 def mfu(ms): return flops / (ms / 1e3) / (peak * 1e12) if peak > 0 and ms == ms and ms > 0 else float("nan")
-ratio = ips(ims) / ips(tms) if ips(tms) == ips(tms) and ips(tms) > 0 else float("nan")
+def ratio(ms): return ips(ms) / ips(tms) if ips(tms) == ips(tms) and ips(tms) > 0 else float("nan")
 def fmt(v, f, unit=""): return "n/a" if isinstance(v, float) and math.isnan(v) else format(v, f) + unit
-for name, ms, mem, rc, r in (("ifp (candle)", ims, imem, irc, fmt(ratio, ".2f")), ("torch eager", tms, tmem, trc, "1.00")):
+for name, ms, mem, rc, r in (("ifp (candle)", ims, imem, irc, fmt(ratio(ims), ".2f")),
+                             ("ifp IFP_CUDA_FUSED=1", fms, fmem, frc, fmt(ratio(fms), ".2f")),
+                             ("torch eager", tms, tmem, trc, "1.00")):
     note = "" if rc == "0" else f" (rc {rc})"
     mem = "n/a" if mem == "nan" else mem
     print(f"| {name}{note} | {amp} | {fmt(ms, '.1f')} | {fmt(ips(ms), '.2f')} | {r} | {mem} | {fmt(100 * mfu(ms), '.1f', '%')} |")
