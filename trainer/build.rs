@@ -7,7 +7,7 @@ use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: &[&str] = &["depthwise", "optim"];
+const KERNELS: &[&str] = &["depthwise", "gate", "optim"];
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
@@ -29,6 +29,8 @@ fn main() {
         .and_then(|c| c.trim().parse::<u32>().ok())
         .unwrap_or(80)
         .max(80);
+    // Included by the kernels that read float32 or bfloat16.
+    println!("cargo::rerun-if-changed=src/kernels/cuda/dtype.cuh");
     for name in KERNELS {
         let src = format!("src/kernels/cuda/{name}.cu");
         println!("cargo::rerun-if-changed={src}");

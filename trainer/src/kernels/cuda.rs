@@ -1,7 +1,8 @@
 //! CUDA launches of the trainer's own kernels (`cuda/*.cu`, compiled to PTX by build.rs): the
-//! depthwise convolution and its two gradients, float32 and bfloat16, and the one-pass AdamW
-//! update (float32; used only where `kernels::cuda_fused` is on until a GPU run shows it equal
-//! to the composed update). Without the depthwise kernels the composed fallback keeps 17
+//! depthwise convolution and its two gradients, float32 and bfloat16; and, used only where
+//! `kernels::cuda_fused` is on until a GPU run shows them equal to their composed versions, the
+//! GDFN's GELU gate and its gradient (float32 and bfloat16) and the one-pass AdamW update
+//! (float32). Without the depthwise kernels the composed fallback keeps 17
 //! full-size intermediates per depthwise convolution alive for the backward pass, which runs the
 //! paper Restormer at 224x224 out of GPU memory.
 
@@ -16,6 +17,8 @@ use super::AdamWStep;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/depthwise.ptx"));
 const MODULE: &str = "ifp_depthwise";
+const GATE_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/gate.ptx"));
+const GATE_MODULE: &str = "ifp_gate";
 const OPTIM_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/optim.ptx"));
 const OPTIM_MODULE: &str = "ifp_optim";
 /// Threads per block of the weight-gradient kernel (its shared reduction buffer's size).
@@ -276,4 +279,95 @@ pub(super) fn keep_freed_memory(dev: &CudaDevice) -> Result<()> {
         .w()?;
     }
     Ok(())
+}
+
+/// The GDFN gate `gelu(x1) * x2` of the channel halves of x (B, 2h, H, W) -> (B, h, H, W),
+/// float32 or bfloat16 (computed in float32).
+pub(super) fn gelu_gate(x: &CudaStorage, lx: &Layout) -> Result<(CudaStorage, Shape)> {
+    let (b, c2, h, w) = lx.shape().dims4()?;
+    let half = c2 / 2 * h * w;
+    let dev = x.device().clone();
+    fn run<T: DeviceRepr>(
+        dev: &CudaDevice,
+        name: &str,
+        x: CudaView<T>,
+        total: usize,
+        half: usize,
+    ) -> Result<CudaSlice<T>> {
+        let f = dev.get_or_load_custom_func(name, GATE_MODULE, GATE_PTX)?;
+        // SAFETY: every element is written by the kernel.
+        let y = unsafe { dev.alloc::<T>(total)? };
+        let (total64, half64) = (total as i64, half as i64);
+        let mut args = f.builder();
+        args.arg(&x).arg(&y).arg(&total64).arg(&half64);
+        // SAFETY: argument types and order match ifp_gate_fwd_* in gate.cu.
+        unsafe { args.launch(grid(total, 256)) }.w()?;
+        Ok(y)
+    }
+    let total = b * half;
+    let slice = match &x.slice {
+        CudaStorageSlice::F32(xs) => {
+            let xv = view(xs, lx, "gelu gate")?;
+            CudaStorageSlice::F32(run(&dev, "ifp_gate_fwd_f32", xv, total, half)?)
+        }
+        CudaStorageSlice::BF16(xs) => {
+            let xv = view(xs, lx, "gelu gate")?;
+            CudaStorageSlice::BF16(run(&dev, "ifp_gate_fwd_bf16", xv, total, half)?)
+        }
+        _ => return Err(err("gelu gate")),
+    };
+    Ok((
+        CudaStorage { slice, device: dev },
+        Shape::from((b, c2 / 2, h, w)),
+    ))
+}
+
+/// The gradient (B, 2h, H, W) of [`gelu_gate`] at x from the output gradient dy (B, h, H, W).
+pub(super) fn gelu_gate_backward(
+    x: &CudaStorage,
+    lx: &Layout,
+    dy: &CudaStorage,
+    ldy: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let (b, c2, h, w) = lx.shape().dims4()?;
+    let half = c2 / 2 * h * w;
+    let dev = x.device().clone();
+    fn run<T: DeviceRepr>(
+        dev: &CudaDevice,
+        name: &str,
+        x: CudaView<T>,
+        dy: CudaView<T>,
+        total: usize,
+        half: usize,
+    ) -> Result<CudaSlice<T>> {
+        let f = dev.get_or_load_custom_func(name, GATE_MODULE, GATE_PTX)?;
+        // SAFETY: the kernel writes both halves of every image, every element.
+        let dx = unsafe { dev.alloc::<T>(2 * total)? };
+        let (total64, half64) = (total as i64, half as i64);
+        let mut args = f.builder();
+        args.arg(&x).arg(&dy).arg(&dx).arg(&total64).arg(&half64);
+        // SAFETY: argument types and order match ifp_gate_bwd_* in gate.cu.
+        unsafe { args.launch(grid(total, 256)) }.w()?;
+        Ok(dx)
+    }
+    let total = b * half;
+    if ldy.shape().elem_count() != total {
+        return Err(candle_core::Error::Msg(format!(
+            "gelu gate backward: output gradient {:?} for input {:?}",
+            ldy.shape(),
+            lx.shape()
+        )));
+    }
+    let slice = match (&x.slice, &dy.slice) {
+        (CudaStorageSlice::F32(xs), CudaStorageSlice::F32(gs)) => {
+            let (xv, gv) = (view(xs, lx, "gelu gate")?, view(gs, ldy, "gelu gate")?);
+            CudaStorageSlice::F32(run(&dev, "ifp_gate_bwd_f32", xv, gv, total, half)?)
+        }
+        (CudaStorageSlice::BF16(xs), CudaStorageSlice::BF16(gs)) => {
+            let (xv, gv) = (view(xs, lx, "gelu gate")?, view(gs, ldy, "gelu gate")?);
+            CudaStorageSlice::BF16(run(&dev, "ifp_gate_bwd_bf16", xv, gv, total, half)?)
+        }
+        _ => return Err(err("gelu gate backward")),
+    };
+    Ok((CudaStorage { slice, device: dev }, lx.shape().clone()))
 }

@@ -2,7 +2,8 @@
 //! two channel halves of x (B, 2h, H, W). Composed, it is two narrows (whose backward pads and
 //! concatenates), an erf GELU (whose candle backward is about ten full-size ops) and a product.
 //! Backward: `dx1 = dy * x2 * (Phi(x1) + x1 phi(x1))`, `dx2 = dy * gelu(x1)`, written straight
-//! into one (B, 2h, H, W) buffer.
+//! into one (B, 2h, H, W) buffer. The gate (not the depthwise-fused one) also runs on CUDA
+//! (`cuda/gate.cu`, float32 and bfloat16) where `kernels::cuda_fused` allows.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use multiversion::multiversion;
@@ -99,6 +100,16 @@ impl CustomOp1 for GeluGate {
         Ok((CpuStorage::F32(out), Shape::from((b, h, hh, ww))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        dims(l)?;
+        super::cuda::gelu_gate(s, l)
+    }
+
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(x.apply_op2_no_bwd(
             &grad.contiguous()?,
@@ -126,6 +137,18 @@ impl CustomOp2 for GeluGateBackward {
         let dy = f32_slice(s2, l2, self.name())?;
         let out = gate_backward(x, dy, b, h * hw);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        dims(l1)?;
+        super::cuda::gelu_gate_backward(s1, l1, s2, l2)
     }
 }
 

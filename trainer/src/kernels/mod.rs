@@ -1,12 +1,13 @@
 //! Kernels as candle custom ops with their own backward, for the operations whose candle 0.11
-//! backward is slow or missing (ARCHITECTURE.md, "Known traps in candle 0.11"): convolutions (`conv`) and the channel LayerNorm
-//! (`norm`), Restormer's channel attention (`attention`) and its GDFN gate (`gate`), a convolution's bias
-//! with its activation (`bias`), and dense k x k convolutions that keep no column matrix
-//! (`dense`), and the AdamW update (`optim`). All run on the CPU in float32; the depthwise
-//! convolution also runs on CUDA in float32 and bfloat16 (`cuda`, feature `cuda`), and the AdamW
-//! update in float32 where `IFP_CUDA_FUSED=1` allows it (see [`cuda_fused`]). `ops.rs` falls back to composed tensor ops
-//! elsewhere, and the tests compare each kernel with that composed version (values and
-//! gradients).
+//! backward is slow or missing (ARCHITECTURE.md, "Known traps in candle 0.11"): convolutions
+//! (`conv`) and the channel LayerNorm (`norm`), Restormer's channel attention (`attention`) and
+//! its GDFN gate (`gate`), a convolution's bias with its activation (`bias`), dense k x k
+//! convolutions that keep no column matrix (`dense`), and the AdamW update (`optim`). All run
+//! on the CPU in float32. On CUDA (`cuda`, feature `cuda`) the depthwise convolution runs in
+//! float32 and bfloat16; the GELU gate (float32 and bfloat16) and the AdamW update (float32)
+//! run only where `IFP_CUDA_FUSED=1` allows it (`switch`, [`cuda_fused`]). Each public function
+//! here falls back to composed tensor ops elsewhere, and the tests compare each kernel with that
+//! composed version (values and gradients).
 
 pub mod amp;
 mod attention;
@@ -19,15 +20,18 @@ mod gate;
 mod math;
 mod norm;
 mod optim;
+mod switch;
 pub mod token;
-
-use std::cell::Cell;
 
 use candle_core::{Result, Tensor, D};
 use multiversion::multiversion;
 
 pub(crate) use conv::f32_slice;
 pub use optim::{adamw_update, adamw_update_composed, AdamWStep};
+use switch::enabled;
+pub use switch::{
+    applicable, cuda_fused, fused_applies, prepare_device, set_cuda_fused, set_enabled, Settings,
+};
 
 /// `a . b` in float32 with eight independent partial sums, so the loop vectorises (a single
 /// running sum cannot be reordered by the compiler) and rounds less than one long chain.
@@ -66,109 +70,6 @@ pub(crate) fn unpack(packed: &Tensor, shapes: &[&candle_core::Shape]) -> Result<
             t
         })
         .collect()
-}
-
-thread_local! {
-    /// Off: every op this thread builds takes its composed fallback, the path that runs on
-    /// CUDA (and in bf16), so the tests can compare the two on a CPU-only machine. Per thread,
-    /// so a test that turns it off does not change the tests running beside it.
-    static ENABLED: Cell<bool> = const { Cell::new(true) };
-    /// Whether the CUDA kernels that have not yet been shown equal to their composed version
-    /// on a GPU run (the fused AdamW update) are used; `IFP_CUDA_FUSED=1` turns them on.
-    static CUDA_FUSED: Cell<bool> = Cell::new(cuda_fused_from_env());
-}
-
-/// `IFP_CUDA_FUSED=1` (read once per process): the not yet GPU-verified CUDA kernels are on.
-fn cuda_fused_from_env() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("IFP_CUDA_FUSED").is_ok_and(|v| v.trim() == "1"))
-}
-
-/// Turns the not yet GPU-verified CUDA kernels on or off for ops built on the calling thread
-/// (the GPU check compares them with the composed path in one process).
-pub fn set_cuda_fused(on: bool) {
-    CUDA_FUSED.with(|e| e.set(on));
-}
-
-/// Whether this thread uses the CUDA kernels that wait for a GPU run (see `set_cuda_fused`).
-pub fn cuda_fused() -> bool {
-    CUDA_FUSED.with(Cell::get)
-}
-
-/// Readies `device` for training: on CUDA, where [`cuda_fused`] is on, its memory pool keeps
-/// the memory a step frees for the next step. Nothing elsewhere.
-pub fn prepare_device(device: &candle_core::Device) -> Result<()> {
-    match device {
-        #[cfg(feature = "cuda")]
-        candle_core::Device::Cuda(d) if cuda_fused() => cuda::keep_freed_memory(d),
-        _ => Ok(()),
-    }
-}
-
-/// Whether an op on `x` takes its fused version: float32 on the CPU with the kernels on, or on
-/// CUDA (with the `cuda` feature) when [`cuda_fused`] is on as well.
-pub fn fused_applies(x: &Tensor) -> bool {
-    if !enabled() || x.dtype() != candle_core::DType::F32 {
-        return false;
-    }
-    match x.device() {
-        candle_core::Device::Cpu => true,
-        candle_core::Device::Cuda(_) => cfg!(feature = "cuda") && cuda_fused(),
-        _ => false,
-    }
-}
-
-/// Turns the CPU kernels on or off for ops built on the calling thread (tests of the fallback
-/// path); the choice is made when an op is built, on the thread that runs the model.
-pub fn set_enabled(on: bool) {
-    ENABLED.with(|e| e.set(on));
-}
-
-fn enabled() -> bool {
-    ENABLED.with(Cell::get)
-}
-
-/// The per-thread settings that ops are built under: the autocast dtype and the kernel switch.
-/// They must travel with work handed to another thread: a rayon worker that runs a step or a
-/// forward may have stolen it while waiting inside another job's work, under that job's
-/// settings (say, another run's bf16 autocast).
-#[derive(Debug, Clone, Copy)]
-pub struct Settings {
-    low: Option<candle_core::DType>,
-    kernels: bool,
-    cuda_fused: bool,
-}
-
-impl Settings {
-    /// This thread's settings.
-    pub fn current() -> Self {
-        Settings {
-            low: amp::low_dtype(),
-            kernels: enabled(),
-            cuda_fused: cuda_fused(),
-        }
-    }
-
-    /// Runs `f` under these settings on this thread, restoring the thread's own afterwards.
-    pub fn apply<T>(self, f: impl FnOnce() -> T) -> T {
-        struct Restore(bool, bool);
-        impl Drop for Restore {
-            fn drop(&mut self) {
-                ENABLED.with(|e| e.set(self.0));
-                CUDA_FUSED.with(|e| e.set(self.1));
-            }
-        }
-        let _restore = Restore(
-            ENABLED.with(|e| e.replace(self.kernels)),
-            CUDA_FUSED.with(|e| e.replace(self.cuda_fused)),
-        );
-        amp::autocast(self.low, f)
-    }
-}
-
-/// Whether the fast kernels apply to this tensor.
-pub fn applicable(x: &Tensor) -> bool {
-    enabled() && x.device().is_cpu() && x.dtype() == candle_core::DType::F32
 }
 
 /// (B, C, H, W) -> (B, C*k*k, H*W), zero padding k/2: the CPU op for float32 CPU tensors,
@@ -348,10 +249,25 @@ pub fn depthwise_channel_attention(
     )
 }
 
-/// `gelu(x1) * x2` of the two channel halves of x (B, 2h, H, W) -> (B, h, H, W): the CPU
-/// kernel for float32 CPU tensors, else [`gelu_gate_composed`].
+/// Whether [`gelu_gate`] runs a kernel for x: float32 on the CPU; with the `cuda` feature and
+/// [`cuda_fused`] on, float32 or bfloat16 on CUDA.
+pub fn gelu_gate_applicable(x: &Tensor) -> bool {
+    if x.device().is_cuda() {
+        return cfg!(feature = "cuda")
+            && enabled()
+            && cuda_fused()
+            && matches!(
+                x.dtype(),
+                candle_core::DType::F32 | candle_core::DType::BF16
+            );
+    }
+    applicable(x)
+}
+
+/// `gelu(x1) * x2` of the two channel halves of x (B, 2h, H, W) -> (B, h, H, W): the CPU or
+/// CUDA kernel where [`gelu_gate_applicable`], else [`gelu_gate_composed`].
 pub fn gelu_gate(x: &Tensor) -> Result<Tensor> {
-    if !applicable(x) {
+    if !gelu_gate_applicable(x) {
         return gelu_gate_composed(x);
     }
     x.contiguous()?.apply_op1(gate::GeluGate)

@@ -1,7 +1,8 @@
 //! The trainer's integration tests, one binary (candle links once): parity with the PyTorch
 //! golden vectors (`restormer_golden`, `uformer_golden`, `loss_golden`, `data_golden`,
 //! `optim_torch`, `eval_metrics`), the fused kernels against their composed versions (`kernels`,
-//! `fallback`, `amp`), configs (`config_files`), and training and fine-tuning end to end
+//! `fallback`, `amp`), the CUDA kernels that wait for a GPU run, emulated on the CPU
+//! (`cuda_emul`), configs (`config_files`), and training and fine-tuning end to end
 //! (`train_loop`, `finetune`, `finetune_uformer`). `IFP_TEST_DEVICE=cuda` runs the parity modules on a GPU.
 
 // Helpers here are not `#[test]` functions, but a panic is how a test reports failure.
@@ -11,6 +12,7 @@ mod common;
 
 mod amp;
 mod config_files;
+mod cuda_emul;
 mod data_golden;
 mod eval_metrics;
 mod fallback;

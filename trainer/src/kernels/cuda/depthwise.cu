@@ -3,16 +3,9 @@
 // trainer/build.rs with the `cuda` feature; launched from kernels/cuda.rs.
 //
 // Layouts: x, y, g (B, C, H, W) contiguous; w (C, 1, k, k) contiguous.
-#include <cuda_bf16.h>
 #include <stdint.h>
 
-__device__ __forceinline__ float to_f(float v) { return v; }
-__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T from_f(float v);
-template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) {
-    return __float2bfloat16(v);
-}
+#include "dtype.cuh"
 
 // y[n,c,i,j] = sum_{a,b} w[c,a,b] * x[n,c,i+s*(a-p),j+s*(b-p)] with s = 1 (forward) or s = -1
 // (the input gradient: the same sum with the taps mirrored). One thread per output element.

@@ -1,8 +1,9 @@
 //! The custom kernels against the straightforward candle versions, values and gradients, on
 //! random shapes including odd sizes and sizes smaller than the kernel. The depthwise tests run
-//! on `IFP_TEST_DEVICE` (the CUDA kernels on a GPU machine, `bench/gpu-check.sh`), as does the
-//! AdamW update (`optim`).
+//! on `IFP_TEST_DEVICE` (the CUDA kernels on a GPU machine, `bench/gpu-check.sh`), as do the
+//! GDFN gate (`gate`) and the AdamW update (`optim`).
 
+mod gate;
 mod optim;
 
 use crate::common;
@@ -214,6 +215,24 @@ fn rand_var(lo: f32, hi: f32, shape: impl Into<Shape>) -> Var {
     Var::from_tensor(&Tensor::rand(lo, hi, shape, &Device::Cpu).expect("rand")).expect("var")
 }
 
+/// Turns this thread's CUDA switch on (`kernels::set_cuda_fused`, for the kernels that wait for
+/// a GPU run) while it lives, and puts it back as it was, however the test ends.
+pub(super) struct CudaKernelsOn(bool);
+
+impl CudaKernelsOn {
+    pub(super) fn new() -> Self {
+        let before = kernels::cuda_fused();
+        kernels::set_cuda_fused(true);
+        CudaKernelsOn(before)
+    }
+}
+
+impl Drop for CudaKernelsOn {
+    fn drop(&mut self) {
+        kernels::set_cuda_fused(self.0);
+    }
+}
+
 /// Tolerances (values, gradients) of a kernel against its composed version, relative L2.
 /// Same arithmetic in another order: float32 rounding only.
 const EXACT: (f64, f64) = (1e-6, 1e-5);
@@ -279,27 +298,6 @@ fn channel_attention_kernel_matches_composed() {
             || kernels::channel_attention(qkv.as_tensor(), t.as_tensor(), heads).expect("fast"),
             || channel_attention_composed(qkv.as_tensor(), t.as_tensor(), heads).expect("slow"),
             ATTENTION,
-        );
-    }
-}
-
-#[test]
-fn gelu_gate_kernel_matches_composed() {
-    use ifp_trainer::kernels::gelu_gate_composed;
-    // Dozens of values per shape (see `GELU`).
-    for &(b, c2, h, w) in &[
-        (1, 2, 3, 5),
-        (2, 6, 5, 7),
-        (3, 84, 9, 13),
-        (1, 10, 128, 130),
-    ] {
-        let x = randn_var(0f32, 2.0, (b, c2, h, w));
-        compare_with_grads(
-            &format!("gelu gate b{b} c{c2} {h}x{w}"),
-            &[&x],
-            || kernels::gelu_gate(x.as_tensor()).expect("fast"),
-            || gelu_gate_composed(x.as_tensor()).expect("slow"),
-            GELU,
         );
     }
 }

@@ -5,6 +5,7 @@
 use candle_core::{DType, Device, Tensor};
 use ifp_trainer::kernels::{self, adamw_update, adamw_update_composed, AdamWStep};
 
+use super::CudaKernelsOn;
 use crate::common;
 
 /// A fixed pseudo-random draw in [-scale/2, scale/2) (xorshift), the same on every run.
@@ -32,19 +33,12 @@ fn differences(a: &Tensor, b: &Tensor) -> (usize, Option<(usize, f32, f32)>) {
 
 #[test]
 fn adamw_update_matches_composed() {
-    /// Puts this thread's switch back as it was, however the test ends.
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            kernels::set_cuda_fused(self.0);
-        }
-    }
-    let _restore = Restore(kernels::cuda_fused());
-    kernels::set_cuda_fused(true);
+    let _on = CudaKernelsOn::new();
     let dev = common::test_device();
     // Several blocks and parallel chunks, with a ragged end.
     let n = 70_001;
-    let w0 = draw(n, 1, 2.0, &dev);
+    // Weights as small as an update, so that every rounding of the update shows in them.
+    let w0 = draw(n, 1, 2e-4, &dev);
     let zeros = Tensor::zeros(n, DType::F32, &dev).expect("zeros");
     assert!(
         kernels::fused_applies(&w0),

@@ -1,0 +1,112 @@
+//! Which version of an op runs: the per-thread switches (the CPU kernels on or off; the CUDA
+//! kernels that wait for a GPU run, `IFP_CUDA_FUSED=1`), the settings that carry them (and the
+//! autocast dtype) to the thread that builds an op, and the applicability checks built on them.
+
+use std::cell::Cell;
+
+use candle_core::{Result, Tensor};
+
+use super::amp;
+
+thread_local! {
+    /// Off: every op this thread builds takes its composed fallback, the path that runs on
+    /// CUDA (and in bf16), so the tests can compare the two on a CPU-only machine. Per thread,
+    /// so a test that turns it off does not change the tests running beside it.
+    static ENABLED: Cell<bool> = const { Cell::new(true) };
+    /// Whether the CUDA kernels that have not yet been shown equal to their composed version
+    /// on a GPU run (the fused AdamW update) are used; `IFP_CUDA_FUSED=1` turns them on.
+    static CUDA_FUSED: Cell<bool> = Cell::new(cuda_fused_from_env());
+}
+
+/// `IFP_CUDA_FUSED=1` (read once per process): the not yet GPU-verified CUDA kernels are on.
+fn cuda_fused_from_env() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("IFP_CUDA_FUSED").is_ok_and(|v| v.trim() == "1"))
+}
+
+/// Turns the not yet GPU-verified CUDA kernels on or off for ops built on the calling thread
+/// (the GPU check compares them with the composed path in one process).
+pub fn set_cuda_fused(on: bool) {
+    CUDA_FUSED.with(|e| e.set(on));
+}
+
+/// Whether this thread uses the CUDA kernels that wait for a GPU run (see `set_cuda_fused`).
+pub fn cuda_fused() -> bool {
+    CUDA_FUSED.with(Cell::get)
+}
+
+/// Readies `device` for training: on CUDA, where [`cuda_fused`] is on, its memory pool keeps
+/// the memory a step frees for the next step. Nothing elsewhere.
+pub fn prepare_device(device: &candle_core::Device) -> Result<()> {
+    match device {
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(d) if cuda_fused() => super::cuda::keep_freed_memory(d),
+        _ => Ok(()),
+    }
+}
+
+/// Whether an op on `x` takes its fused version: float32 on the CPU with the kernels on, or on
+/// CUDA (with the `cuda` feature) when [`cuda_fused`] is on as well.
+pub fn fused_applies(x: &Tensor) -> bool {
+    if !enabled() || x.dtype() != candle_core::DType::F32 {
+        return false;
+    }
+    match x.device() {
+        candle_core::Device::Cpu => true,
+        candle_core::Device::Cuda(_) => cfg!(feature = "cuda") && cuda_fused(),
+        _ => false,
+    }
+}
+
+/// Turns the CPU kernels on or off for ops built on the calling thread (tests of the fallback
+/// path); the choice is made when an op is built, on the thread that runs the model.
+pub fn set_enabled(on: bool) {
+    ENABLED.with(|e| e.set(on));
+}
+
+pub(super) fn enabled() -> bool {
+    ENABLED.with(Cell::get)
+}
+
+/// The per-thread settings that ops are built under: the autocast dtype and the kernel switch.
+/// They must travel with work handed to another thread: a rayon worker that runs a step or a
+/// forward may have stolen it while waiting inside another job's work, under that job's
+/// settings (say, another run's bf16 autocast).
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    low: Option<candle_core::DType>,
+    kernels: bool,
+    cuda_fused: bool,
+}
+
+impl Settings {
+    /// This thread's settings.
+    pub fn current() -> Self {
+        Settings {
+            low: amp::low_dtype(),
+            kernels: enabled(),
+            cuda_fused: cuda_fused(),
+        }
+    }
+
+    /// Runs `f` under these settings on this thread, restoring the thread's own afterwards.
+    pub fn apply<T>(self, f: impl FnOnce() -> T) -> T {
+        struct Restore(bool, bool);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                ENABLED.with(|e| e.set(self.0));
+                CUDA_FUSED.with(|e| e.set(self.1));
+            }
+        }
+        let _restore = Restore(
+            ENABLED.with(|e| e.replace(self.kernels)),
+            CUDA_FUSED.with(|e| e.replace(self.cuda_fused)),
+        );
+        amp::autocast(self.low, f)
+    }
+}
+
+/// Whether the fast kernels apply to this tensor.
+pub fn applicable(x: &Tensor) -> bool {
+    enabled() && x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+}
