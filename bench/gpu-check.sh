@@ -164,7 +164,7 @@ for t in "${TESTS[@]}"; do
     verdict=$([[ $rc == 0 ]] && echo ok || echo "FAILED (rc $rc, $OUT/$t.log)")
     ((rc)) && fail=1
     echo "- $t: $verdict"
-    grep -E 'rel L2|bf16 AMP|mean loss|depthwise kernel|adamw update' "$OUT/$t.log" | sed 's/^/    /'
+    grep -E 'rel L2|bf16 AMP|mean loss|kernel on|adamw update' "$OUT/$t.log" | sed 's/^/    /'
 done
 
 # --- 2. the tiny preset, 50 steps ------------------------------------------------------------

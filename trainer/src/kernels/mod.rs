@@ -152,9 +152,14 @@ pub fn depthwise_composed(x: &Tensor, weight: &Tensor, k: usize) -> Result<Tenso
 
 /// Restormer's channel LayerNorm of (B, C, H, W) over C: `(x - mu) / sqrt(var + 1e-5) * w + b`
 /// (`bias: Some`) or `x / sqrt(var + 1e-5) * w` (BiasFree, `bias: None`).
-/// The CPU kernel for float32 CPU tensors, else [`channel_layer_norm_composed`].
+/// The CPU kernel for float32 CPU tensors (and the CUDA one where [`cuda_fused`]), else
+/// [`channel_layer_norm_composed`].
 pub fn channel_layer_norm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    if !applicable(x) {
+    let float32 = [Some(weight), bias]
+        .into_iter()
+        .flatten()
+        .all(|t| t.dtype() == candle_core::DType::F32);
+    if !(float32 && fused_applies(x)) {
         return channel_layer_norm_composed(x, weight, bias);
     }
     let x = x.contiguous()?;

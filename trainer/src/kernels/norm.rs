@@ -5,6 +5,8 @@
 //! WithBias: `y = (x - mu) * r * w + b`; BiasFree: `y = x * r * w`. With `g = dy * w`:
 //! WithBias `dx = r * (g - mean(g) - xhat * mean(g * xhat))`, `xhat = (x - mu) * r`;
 //! BiasFree `dx = r * g - r^3 * (x - mu) * mean(g * x)`.
+//!
+//! The same op runs on CUDA in float32 (`cuda/norm.cu`) where `kernels::cuda_fused` allows.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use multiversion::multiversion;
@@ -177,6 +179,19 @@ impl CustomOp3 for ChannelNorm {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::channel_norm((s1, l1), (s2, l2), (s3, l3), self.with_bias)
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -276,5 +291,18 @@ impl CustomOp3 for ChannelNormBackward {
             dwb[c + ch] = sb as f32;
         }
         Ok((CpuStorage::F32(out), Shape::from(n + 2 * c)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::channel_norm_backward((s1, l1), (s2, l2), (s3, l3), self.with_bias)
     }
 }
