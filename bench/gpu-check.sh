@@ -22,9 +22,10 @@
 # PEAK_F32_TFLOPS / PEAK_BF16_TFLOPS (MFU denominators; default from the GPU's name).
 #
 # Limits (each stage has a timeout so the whole run stays under 10 minutes, 586 s at worst; the
-# run on an H100 took 105 s for stages 1-3): each of the five parity modules 30 s, training
-# 30 s, FLOP count 30 s, each of the four ifp benchmark runs 30 s and the two PyTorch ones 40 s
-# (150 + 30 + 30 + 200 for stages 1-3), three training attempts 15 s each
+# run on an H100 took 105 s for stages 1-3): each of the six parity runs 30 s (the five modules,
+# and restormer_golden again with IFP_CUDA_FUSED=1), training 30 s, FLOP count 20 s, each of
+# the four ifp benchmark runs 25 s and the two PyTorch ones 40 s (180 + 30 + 20 + 180 for
+# stages 1-3), three training attempts 15 s each
 # and the killed one 31 s (20 to its first step, 5 to read the GPU, 5 to end, 1 to settle), the
 # two fine-tuning runs 30 s each, the two evaluations 20 s each. Exit 1 if a parity test, the
 # training, an attempt (or, on CUDA, reading the GPU's use through NVML) or a fine-tuning
@@ -155,11 +156,16 @@ t_start=$SECONDS
 # --- 1. golden parity on the device ----------------------------------------------------------
 echo "## parity on $DEV (f32: output < 1e-4, gradients < 1e-3; bf16: reported)"
 b="$(test_bin "$TEST_BIN")"
-for t in "${TESTS[@]}"; do
+# The Restormer's golden parity once more with IFP_CUDA_FUSED=1: its network and gradients
+# through the kernels that wait for this run (gate, LayerNorm, im2col).
+for t in "${TESTS[@]}" restormer_golden+fused; do
     if [[ -z "$b" ]]; then
         echo "- $t: MISSING test binary (bench/gpu-check.sh prepare)"; fail=1; continue
     fi
-    IFP_TEST_DEVICE="$DEV" timeout "$PARITY_TIMEOUT" "$b" "$t::" --test-threads=1 --nocapture >"$OUT/$t.log" 2>&1
+    fused=0
+    [[ "$t" == *+fused ]] && fused=1
+    IFP_CUDA_FUSED=$fused IFP_TEST_DEVICE="$DEV" timeout "$PARITY_TIMEOUT" "$b" "${t%+fused}::" \
+        --test-threads=1 --nocapture >"$OUT/$t.log" 2>&1
     rc=$?
     verdict=$([[ $rc == 0 ]] && echo ok || echo "FAILED (rc $rc, $OUT/$t.log)")
     ((rc)) && fail=1
@@ -195,7 +201,7 @@ peak_mem() {
     echo $((peak > base ? peak - base : 0)) >"$OUT/mem"
     return $rc
 }
-flops="$(timeout 30 "$PY" "$HERE/torch_gpu_bench.py" --config "$TORCH_CFG" --batch "$BATCH" --size "$SIZE" --device "$DEV" --flops-only 2>"$OUT/flops.err" | awk '/^model_flops/ {print $2}')"
+flops="$(timeout 20 "$PY" "$HERE/torch_gpu_bench.py" --config "$TORCH_CFG" --batch "$BATCH" --size "$SIZE" --device "$DEV" --flops-only 2>"$OUT/flops.err" | awk '/^model_flops/ {print $2}')"
 echo "## bench: $BENCH_CFG, batch $BATCH, ${SIZE}x$SIZE, $STEPS timed steps (+2 warm-up), $DEV; model FLOPs/step ${flops:-?} (flop_counter, weight gradients divided by groups)"
 echo
 echo "| impl | amp | step ms | images/s | ifp/torch | peak GPU mem MiB | MFU |"
@@ -203,14 +209,14 @@ echo "|---|---|---|---|---|---|---|"
 for amp in off bf16; do
     peak=$PEAK_F32_TFLOPS
     [[ $amp == bf16 ]] && peak=$PEAK_BF16_TFLOPS
-    peak_mem timeout 30 "$IFP_BIN" bench --config "$BENCH_CFG" --batch "$BATCH" --size "$SIZE" --steps "$STEPS" \
+    peak_mem timeout 25 "$IFP_BIN" bench --config "$BENCH_CFG" --batch "$BATCH" --size "$SIZE" --steps "$STEPS" \
         --device "$DEV" --amp "$amp" >"$OUT/ifp-$amp.log" 2>&1
     ifp_rc=$?
     ifp_mem="$(cat "$OUT/mem")"
     ifp_ms="$(awk '/^step_ms/ {print $2}' "$OUT/ifp-$amp.log")"
     # The same with the CUDA kernels that wait for this run to be shown equal (IFP_CUDA_FUSED:
     # the one-pass AdamW update, and a memory pool that keeps freed memory).
-    IFP_CUDA_FUSED=1 peak_mem timeout 30 "$IFP_BIN" bench --config "$BENCH_CFG" --batch "$BATCH" --size "$SIZE" \
+    IFP_CUDA_FUSED=1 peak_mem timeout 25 "$IFP_BIN" bench --config "$BENCH_CFG" --batch "$BATCH" --size "$SIZE" \
         --steps "$STEPS" --device "$DEV" --amp "$amp" >"$OUT/ifp-fused-$amp.log" 2>&1
     fused_rc=$?
     fused_mem="$(cat "$OUT/mem")"

@@ -1,7 +1,8 @@
 //! Convolution kernels: the im2col gather of a "same" k x k convolution (its backward is a
 //! col2im scatter instead of 2*k*k zero-padded narrows) and the depthwise convolution (backward
 //! as two direct kernels instead of per-tap reductions). Planes are processed in parallel;
-//! inner loops run over contiguous row segments so they vectorise.
+//! inner loops run over contiguous row segments so they vectorise. im2col and col2im also run
+//! on CUDA (`cuda/conv.cu`, float32 and bfloat16) where `kernels::cuda_fused` allows.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use multiversion::multiversion;
@@ -99,6 +100,15 @@ impl CustomOp1 for Im2col {
         Ok((CpuStorage::F32(out), Shape::from((b, c * k * k, hw))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::im2col(s, l, self.k)
+    }
+
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let (_, _, h, w) = arg.dims4()?;
         let g = grad.contiguous()?;
@@ -128,6 +138,15 @@ impl CustomOp1 for Col2im {
             .zip(g.par_chunks(k * k * hw))
             .for_each(|(plane, rows)| col2im_plane(plane, rows, k, h, w));
         Ok((CpuStorage::F32(out), Shape::from((b, c, h, w))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::col2im(s, l, (self.k, self.h, self.w))
     }
 }
 

@@ -1,7 +1,8 @@
 //! CUDA launches of the trainer's own kernels (`cuda/*.cu`, compiled to PTX by build.rs): the
 //! depthwise convolution and its two gradients, float32 and bfloat16; and, used only where
 //! `kernels::cuda_fused` is on until a GPU run shows them equal to their composed versions, the
-//! GDFN's GELU gate and its gradient (float32 and bfloat16), Restormer's channel LayerNorm and
+//! GDFN's GELU gate and its gradient (float32 and bfloat16), the im2col gather of a dense
+//! convolution and its adjoint (float32 and bfloat16, `conv`), Restormer's channel LayerNorm and
 //! its gradients (float32, `norm`) and the one-pass AdamW update (float32). Without the depthwise kernels the composed fallback keeps 17
 //! full-size intermediates per depthwise convolution alive for the backward pass, which runs the
 //! paper Restormer at 224x224 out of GPU memory.
@@ -15,7 +16,9 @@ use candle_core::{CudaDevice, CudaStorage, Layout, Result, Shape};
 
 use super::AdamWStep;
 
+mod conv;
 mod norm;
+pub(super) use conv::{col2im, im2col};
 pub(super) use norm::{channel_norm, channel_norm_backward};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/depthwise.ptx"));

@@ -30,7 +30,8 @@ pub(crate) use conv::f32_slice;
 pub use optim::{adamw_update, adamw_update_composed, AdamWStep};
 use switch::enabled;
 pub use switch::{
-    applicable, cuda_fused, fused_applies, prepare_device, set_cuda_fused, set_enabled, Settings,
+    applicable, cuda_fused, fused_applies, kernel_applies, prepare_device, set_cuda_fused,
+    set_enabled, Settings,
 };
 
 /// `a . b` in float32 with eight independent partial sums, so the loop vectorises (a single
@@ -72,10 +73,16 @@ pub(crate) fn unpack(packed: &Tensor, shapes: &[&candle_core::Shape]) -> Result<
         .collect()
 }
 
-/// (B, C, H, W) -> (B, C*k*k, H*W), zero padding k/2: the CPU op for float32 CPU tensors,
-/// else [`im2col_composed`].
+/// Where [`im2col`] runs a kernel: float32 on the CPU; float32 or bfloat16 on CUDA where
+/// [`cuda_fused`] allows.
+pub fn im2col_applicable(x: &Tensor) -> bool {
+    kernel_applies(x, &[candle_core::DType::F32, candle_core::DType::BF16])
+}
+
+/// (B, C, H, W) -> (B, C*k*k, H*W), zero padding k/2: the CPU or CUDA op where
+/// [`im2col_applicable`], else [`im2col_composed`].
 pub fn im2col(x: &Tensor, k: usize) -> Result<Tensor> {
-    if !applicable(x) {
+    if !im2col_applicable(x) {
         return im2col_composed(x, k);
     }
     x.contiguous()?.apply_op1(conv::Im2col { k })
@@ -257,16 +264,7 @@ pub fn depthwise_channel_attention(
 /// Whether [`gelu_gate`] runs a kernel for x: float32 on the CPU; with the `cuda` feature and
 /// [`cuda_fused`] on, float32 or bfloat16 on CUDA.
 pub fn gelu_gate_applicable(x: &Tensor) -> bool {
-    if x.device().is_cuda() {
-        return cfg!(feature = "cuda")
-            && enabled()
-            && cuda_fused()
-            && matches!(
-                x.dtype(),
-                candle_core::DType::F32 | candle_core::DType::BF16
-            );
-    }
-    applicable(x)
+    kernel_applies(x, &[candle_core::DType::F32, candle_core::DType::BF16])
 }
 
 /// `gelu(x1) * x2` of the two channel halves of x (B, 2h, H, W) -> (B, h, H, W): the CPU or
@@ -344,7 +342,7 @@ pub fn conv_dense_residual(
     residual: &Tensor,
 ) -> Result<Tensor> {
     if !applicable(x) || amp::low_dtype().is_some() {
-        let y = conv_dense_composed(x, weight, k)?;
+        let y = conv_by_columns(x, weight, k, im2col)?;
         let y = match bias {
             Some(b) => bias_act(&y, b, Activation::Identity)?,
             None => y,
@@ -369,10 +367,11 @@ pub fn conv_dense_residual(
 
 /// A dense stride-1 "same" convolution without bias: x (B, C, H, W), weight (O, C, k, k) ->
 /// (B, O, H, W). The CPU op keeps only x for the backward pass (see `dense`); it runs on float32
-/// CPU tensors without autocast, [`conv_dense_composed`] everywhere else.
+/// CPU tensors without autocast; everywhere else it is [`conv_dense_composed`] with the
+/// columns from [`im2col`] (a kernel where [`im2col_applicable`]).
 pub fn conv_dense(x: &Tensor, weight: &Tensor, k: usize) -> Result<Tensor> {
     if !applicable(x) || amp::low_dtype().is_some() {
-        return conv_dense_composed(x, weight, k);
+        return conv_by_columns(x, weight, k, im2col);
     }
     x.contiguous()?
         .apply_op2(&weight.contiguous()?, dense::DenseConv { k })
@@ -381,6 +380,16 @@ pub fn conv_dense(x: &Tensor, weight: &Tensor, k: usize) -> Result<Tensor> {
 /// [`conv_dense`] from tensor ops (any device and dtype; products under autocast): a 1x1
 /// convolution is one matrix product, a k x k one im2col and one.
 pub fn conv_dense_composed(x: &Tensor, weight: &Tensor, k: usize) -> Result<Tensor> {
+    conv_by_columns(x, weight, k, im2col_composed)
+}
+
+/// [`conv_dense_composed`] with the columns of a k x k convolution gathered by `gather`.
+fn conv_by_columns(
+    x: &Tensor,
+    weight: &Tensor,
+    k: usize,
+    gather: fn(&Tensor, usize) -> Result<Tensor>,
+) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
     let o = weight.dim(0)?;
     let y = if k == 1 {
@@ -390,7 +399,7 @@ pub fn conv_dense_composed(x: &Tensor, weight: &Tensor, k: usize) -> Result<Tens
     } else {
         // (B, C*k*k, H*W), gathered in the product's dtype (half the memory under AMP).
         let x = amp::lower(x)?;
-        let cols = im2col_composed(&x, k)?;
+        let cols = gather(&x, k)?;
         let wm = weight.reshape((o, c * k * k))?;
         amp::broadcast_matmul(&wm, &cols)?
     };

@@ -4,7 +4,7 @@
 
 use std::cell::Cell;
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 
 use super::amp;
 
@@ -45,17 +45,24 @@ pub fn prepare_device(device: &candle_core::Device) -> Result<()> {
     }
 }
 
-/// Whether an op on `x` takes its fused version: float32 on the CPU with the kernels on, or on
-/// CUDA (with the `cuda` feature) when [`cuda_fused`] is on as well.
-pub fn fused_applies(x: &Tensor) -> bool {
-    if !enabled() || x.dtype() != candle_core::DType::F32 {
+/// Whether a kernel runs for `x`: float32 on the CPU with the kernels on, or on CUDA (with the
+/// `cuda` feature) in one of `cuda_dtypes` when [`cuda_fused`] is on as well.
+pub fn kernel_applies(x: &Tensor, cuda_dtypes: &[DType]) -> bool {
+    if !enabled() {
         return false;
     }
     match x.device() {
-        candle_core::Device::Cpu => true,
-        candle_core::Device::Cuda(_) => cfg!(feature = "cuda") && cuda_fused(),
+        Device::Cpu => x.dtype() == DType::F32,
+        Device::Cuda(_) => {
+            cfg!(feature = "cuda") && cuda_fused() && cuda_dtypes.contains(&x.dtype())
+        }
         _ => false,
     }
+}
+
+/// Whether an op on `x` takes its fused float32 version (see [`kernel_applies`]).
+pub fn fused_applies(x: &Tensor) -> bool {
+    kernel_applies(x, &[DType::F32])
 }
 
 /// Turns the CPU kernels on or off for ops built on the calling thread (tests of the fallback

@@ -40,14 +40,25 @@ pub(super) const SHAPES: &[(usize, usize, usize, usize, usize)] = &[
     (1, 1, 2, 2, 3),
 ];
 
-#[test]
-fn im2col_kernel_matches_composed() {
+/// im2col (the CPU op, or the CUDA one with the CUDA switch on) against the composed gather on
+/// `IFP_TEST_DEVICE`, in `dtype` on (dtype-rounded) float32 inputs: the columns are a copy, so
+/// they must be equal; the input gradient sums k*k taps (rounded once to `dtype`).
+fn check_im2col(dtype: DType, tol_grad: f64) {
+    let _on = CudaKernelsOn::new();
+    let dev = common::test_device();
     for (i, &(b, c, h, w, k)) in SHAPES.iter().enumerate() {
-        let x = randn_var(0f32, 1.0, (b, c, h, w));
-        let probe = Tensor::randn(0f32, 1.0, (b, c * k * k, h * w), &Device::Cpu).expect("probe");
-        let fast = kernels::im2col(x.as_tensor(), k).expect("fast");
+        let x = Tensor::randn(0f32, 1.0, (b, c, h, w), &dev)
+            .and_then(|t| t.to_dtype(dtype)?.to_dtype(DType::F32))
+            .and_then(|t| Var::from_tensor(&t))
+            .expect("x");
+        let probe = Tensor::randn(0f32, 1.0, (b, c * k * k, h * w), &dev).expect("probe");
+        let low = x.as_tensor().to_dtype(dtype).expect("x");
+        assert!(kernels::im2col_applicable(&low), "{dtype:?} on {dev:?}");
+        let fast = kernels::im2col(&low, k)
+            .and_then(|t| t.to_dtype(DType::F32))
+            .expect("fast");
         let slow = im2col_composed(x.as_tensor(), k).expect("slow");
-        assert!(rel(&fast, &slow) < 1e-7, "shape {i}: values");
+        assert_eq!(rel(&fast, &slow), 0.0, "{dtype:?} shape {i}: values");
         let gf = (fast * &probe)
             .and_then(|t| t.sum_all())
             .and_then(|t| t.backward())
@@ -60,8 +71,26 @@ fn im2col_kernel_matches_composed() {
             gf.get(x.as_tensor()).expect("g"),
             gs.get(x.as_tensor()).expect("g"),
         );
-        assert!(e < 1e-6, "shape {i}: input gradient {e}");
+        assert!(e < tol_grad, "{dtype:?} shape {i}: input gradient {e}");
     }
+    println!("im2col kernel on {dev:?} in {dtype:?} matches the composed float32 version");
+}
+
+#[test]
+fn im2col_kernel_matches_composed() {
+    check_im2col(DType::F32, 1e-6);
+}
+
+/// bf16 has a kernel on CUDA only; the gradient's error is the bf16 rounding of the probe's
+/// gradient and of the sum (2^-9 relative each).
+#[test]
+fn im2col_kernel_bf16_matches_composed() {
+    if common::test_device().is_cpu() {
+        let x = Tensor::zeros((1, 1, 3, 3), DType::BF16, &Device::Cpu).expect("x");
+        assert!(!kernels::im2col_applicable(&x), "no bf16 CPU kernel");
+        return;
+    }
+    check_im2col(DType::BF16, 1e-2);
 }
 
 /// The depthwise kernel (on `IFP_TEST_DEVICE`: the CPU kernel, or the CUDA one run by
