@@ -12,6 +12,11 @@
 #                                      # DIR.tar.xz (~11 MB, unpacked when DIR is absent)
 #   bench/gpu-check.sh                 # on the GPU machine: run everything, print the table
 #   bench/gpu-check.sh --dry-cpu       # the same on the CPU at toy sizes (tests this script)
+#   bench/gpu-check.sh profile [--dry-cpu]   # where a step's time goes (< 7 min): ifp's phases
+#                                      # with the device synchronised (`ifp bench --sync`), with
+#                                      # and without IFP_CUDA_FUSED=1, f32 and bf16; PyTorch's 20
+#                                      # costliest ops (torch.profiler); ifp's 25 costliest CUDA
+#                                      # kernels when nsys is installed
 #
 # Env: BIN_DIR (where `prepare` put ifp + test binaries and a few fine-tuning images; default
 # bench/gpu-bin, else the CUDA target dir), IFP_BIN, GOLDEN (golden vectors; default
@@ -90,6 +95,11 @@ EOF
     exit 0
 fi
 
+MODE=check
+if [[ "${1:-}" == profile ]]; then
+    MODE=profile
+    shift
+fi
 DEV=cuda
 BATCH="${BATCH:-2}"
 SIZE="${SIZE:-224}"
@@ -152,6 +162,47 @@ PEAK_BF16_TFLOPS="${PEAK_BF16_TFLOPS:-$bf16}"
 say "ifp: $IFP_BIN; golden: $GOLDEN; logs: $OUT; device: $DEV"
 fail=0
 t_start=$SECONDS
+
+# --- profile mode: where the time of one step goes ---------------------------------------------
+if [[ $MODE == profile ]]; then
+    echo "## ifp phases, device synchronised after each (median of $STEPS steps; ms)"
+    echo
+    echo "| amp | IFP_CUDA_FUSED | step | data | forward | backward | optimizer |"
+    echo "|---|---|---|---|---|---|---|"
+    for amp in off bf16; do
+        for fused in 0 1; do
+            log="$OUT/phases-$amp-$fused.log"
+            IFP_CUDA_FUSED=$fused timeout 40 "$IFP_BIN" bench --config "$BENCH_CFG" --batch "$BATCH" \
+                --size "$SIZE" --steps "$STEPS" --device "$DEV" --amp "$amp" --sync >"$log" 2>&1 || fail=1
+            "$PY" - "$log" "$amp" "$fused" <<'EOF'
+import re, statistics, sys
+log, amp, fused = sys.argv[1:]
+pat = re.compile(r"^step \d+ ([\d.]+) ms \(data ([\d.]+), forward ([\d.]+), backward ([\d.]+), optimizer ([\d.]+)\)")
+rows = [tuple(map(float, m.groups())) for m in map(pat.match, open(log)) if m]
+cols = [f"{statistics.median(c):.1f}" for c in zip(*rows)] if rows else ["FAILED"] + ["-"] * 4
+print(f"| {amp} | {fused} | " + " | ".join(cols) + " |")
+EOF
+        done
+    done
+    for amp in off bf16; do
+        echo "## PyTorch eager, amp $amp: the 20 ops with the most device time in one step"
+        timeout 60 "$PY" "$HERE/torch_gpu_bench.py" --config "$TORCH_CFG" --batch "$BATCH" --size "$SIZE" \
+            --steps 2 --device "$DEV" --amp "$amp" --profile 20 >"$OUT/torch-profile-$amp.log" 2>&1 || fail=1
+        sed -n '/^----/,$p' "$OUT/torch-profile-$amp.log"
+    done
+    if command -v nsys >/dev/null 2>&1 && [[ "$DEV" == cuda ]]; then
+        echo "## ifp (IFP_CUDA_FUSED=1, amp off): the 25 CUDA kernels with the most time over 5 steps (nsys)"
+        IFP_CUDA_FUSED=1 timeout 90 nsys profile --force-overwrite true -o "$OUT/ifp-nsys" "$IFP_BIN" bench \
+            --config "$BENCH_CFG" --batch "$BATCH" --size "$SIZE" --steps 3 --device "$DEV" >"$OUT/nsys.log" 2>&1 &&
+            timeout 60 nsys stats --report cuda_gpu_kern_sum --format csv "$OUT/ifp-nsys.nsys-rep" 2>/dev/null |
+            head -n 27 || echo "- nsys FAILED ($OUT/nsys.log)"
+    else
+        echo "## nsys: not installed here (or not on CUDA); skipped"
+    fi
+    echo
+    say "profile done in $((SECONDS - t_start)) s; logs in $OUT"
+    exit $fail
+fi
 
 # --- 1. golden parity on the device ----------------------------------------------------------
 echo "## parity on $DEV (f32: output < 1e-4, gradients < 1e-3; bf16: reported)"

@@ -4,7 +4,7 @@ compares `ifp bench --device cuda` with.
 
   python bench/torch_gpu_bench.py --config C.yaml [--batch B] [--size S] [--steps N] [--warmup 2]
                                   [--amp off|bf16] [--device cuda] [--flops-only]
-                                  [--flop-counter fixed|stock]
+                                  [--flop-counter fixed|stock] [--profile N]
 
 The step is `torch_ifp.train_step` (corruption, forward, frequency loss, backward, clipping,
 AdamW with the reference's two parameter groups, timm schedule), as `torch_bench.py` times it on
@@ -15,6 +15,8 @@ the CPU, with the crops sampled on the CPU and copied to the device inside the t
 Output: `step i ms X loss L`, then one summary line
 `step_ms <median> images_per_s <v> peak_alloc_mb <v> peak_reserved_mb <v> model_flops <per step>
 flop_counter <fixed|stock>`; the counter is also named on stderr.
+`--profile N` then runs one more step under `torch.profiler` and prints its N ops with the most
+device time (self time, so nested ops are not counted twice).
 `model_flops` is counted once with `torch.utils.flop_counter` on forward + backward (matrix
 products and convolutions, 2 FLOPs per multiply-add; elementwise ops, FFTs and the optimiser are
 not counted), the numerator of MFU; `--flops-only` prints just that line, with the counter's name
@@ -86,6 +88,8 @@ def main():
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--flops-only", action="store_true")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="after timing, profile one more step and print its N costliest ops")
     ap.add_argument("--flop-counter", choices=sorted(FLOP_COUNTERS), default="fixed",
                     help="fixed (default): groups-aware convolution backward; stock: as torch ships it")
     a = ap.parse_args()
@@ -142,6 +146,16 @@ def main():
     reserved = torch.cuda.max_memory_reserved(dev) / 2**20 if cuda else float("nan")
     print(f"step_ms {med:.2f} images_per_s {a.batch * 1e3 / med:.2f} peak_alloc_mb {alloc:.0f} "
           f"peak_reserved_mb {reserved:.0f} model_flops {flops} flop_counter {a.flop_counter}")
+    if a.profile > 0:
+        from torch.profiler import ProfilerActivity, profile
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profile(activities=acts) as prof:
+            clean = sampler.sample(a.batch).to(dev, non_blocking=True)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.amp == "bf16"):
+                ti.train_step(model, opt, sched, clean, mask, total, kind=kind, clip=clip)
+            sync()
+        key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=a.profile))
 
 
 if __name__ == "__main__":

@@ -183,6 +183,9 @@ pub struct Optimiser {
     vars: Vec<Var>,
     sched: LrSchedule,
     clip: f64,
+    /// Synchronise the device at the ends of the forward pass and of the update, so that the
+    /// phase times are the device's (see [`Optimiser::sync_phases`]).
+    sync: bool,
 }
 
 impl Optimiser {
@@ -198,7 +201,15 @@ impl Optimiser {
             vars: plain,
             sched,
             clip: t.clip_grad,
+            sync: false,
         })
+    }
+
+    /// With `on`, each step waits for the device after the forward pass and after the update,
+    /// so that its forward and optimizer phases are the device's time, not the launches'
+    /// (`ifp bench --sync`). It slows the step: the host can no longer run ahead.
+    pub fn sync_phases(&mut self, on: bool) {
+        self.sync = on;
     }
 
     /// Optimiser step `k` (0-based) on `loss`: backward, clipping by global norm and the AdamW
@@ -207,6 +218,9 @@ impl Optimiser {
     /// step (on a GPU, the forward and backward phases' times therefore end at that read). The
     /// figures' phases are timed from `timer`.
     pub fn step(&mut self, loss: &Tensor, k: usize, timer: StepTimer) -> Result<StepStats> {
+        if self.sync {
+            loss.device().synchronize()?;
+        }
         let forward_done = Instant::now();
         let grads = loss.backward()?;
         let norm_sq = optim::grad_norm_sq(&grads, &self.vars)?;
@@ -228,6 +242,9 @@ impl Optimiser {
         let lr = self.sched.lr_for_step(k);
         self.adamw
             .step(&grads, lr, optim::clip_scale(grad_norm, self.clip))?;
+        if self.sync {
+            loss.device().synchronize()?;
+        }
         Ok(StepStats {
             loss: loss_v,
             lr,

@@ -108,6 +108,11 @@ pub struct Trainer {
 }
 
 impl Trainer {
+    /// Device-synchronised phase times for each step (see `driver::Optimiser::sync_phases`).
+    pub fn sync_phases(&mut self, on: bool) {
+        self.optimiser.sync_phases(on);
+    }
+
     /// A fresh run with weights drawn from `SEED`.
     pub fn new(cfg: &Config, device: &Device) -> Result<Self> {
         let net = Network::build(cfg, WeightSource::Init(cfg.seed ^ INIT_STREAM), device)?;

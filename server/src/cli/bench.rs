@@ -1,4 +1,5 @@
-//! `ifp bench`: median time of full training steps for a config at a given batch and size.
+//! `ifp bench`: median time of full training steps for a config at a given batch and size,
+//! with each step's phases (device-synchronised with `--sync`).
 
 use clap::Args;
 use ifp_trainer::config::{Amp, ModelType};
@@ -26,6 +27,10 @@ pub struct BenchArgs {
     /// Mixed precision: off or bf16 (overrides TRAIN.AMP).
     #[arg(long, value_name = "off|bf16")]
     amp: Option<String>,
+    /// Wait for the device at the end of each phase, so that the phase times are the device's
+    /// (on a GPU the host otherwise runs ahead; slower steps).
+    #[arg(long)]
+    sync: bool,
 }
 
 pub fn run(a: BenchArgs) -> Result<(), Failure> {
@@ -61,6 +66,7 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::usage(anyhow::anyhow!("{e}")))?;
     let device = parse_device(&a.device)?;
     let mut trainer = Trainer::new(&cfg, &device).map_err(classify)?;
+    trainer.sync_phases(a.sync);
     println!(
         "bench {}: batch {} size {} amp {:?} device {:?} params {} threads {}",
         a.config,

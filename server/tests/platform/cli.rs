@@ -183,11 +183,23 @@ fn train_writes_checkpoints_and_resumes() {
 
 #[test]
 fn bench_ends_with_the_median() {
-    let o = ifp(&argv(
-        "bench --config tiny --batch 1 --size 16 --steps 2",
-        &[],
-    ));
-    common::bench_median_ms(&o);
+    // `--sync` (device-synchronised phases) prints the same lines; `gpu-check.sh profile`
+    // reads the phases from them.
+    for flags in ["", " --sync"] {
+        let o = ifp(&argv(
+            &format!("bench --config tiny --batch 1 --size 16 --steps 2{flags}"),
+            &[],
+        ));
+        common::bench_median_ms(&o);
+        let text = String::from_utf8_lossy(&o.stdout);
+        let steps: Vec<&str> = text.lines().filter(|l| l.starts_with("step ")).collect();
+        assert_eq!(steps.len(), 2, "{flags}: {text}");
+        for line in steps {
+            for phase in ["(data ", ", forward ", ", backward ", ", optimizer "] {
+                assert!(line.contains(phase), "{flags}: {line}");
+            }
+        }
+    }
 }
 
 #[test]
