@@ -198,16 +198,24 @@ impl AdamW {
 /// sums of squares first, then their sum, as `torch.nn.utils.clip_grad_norm_` takes the norm of
 /// the per-tensor norms. Nothing is read back to the host (one read per step does that).
 pub fn grad_norm_sq(grads: &GradStore, vars: &[Var]) -> Result<Tensor> {
-    let sums = vars
+    // Each sum in its gradient's dtype, as PyTorch takes each tensor's norm.
+    let mut sums = vars
         .iter()
         .filter_map(|v| grads.get(v.as_tensor()))
-        .map(|g| g.sqr()?.sum_all()?.to_dtype(DType::F32))
+        .map(|g| g.sqr()?.sum_all())
         .collect::<Result<Vec<_>>>()?;
-    if sums.is_empty() {
+    let Some(first) = sums.first().map(Tensor::dtype) else {
         let device = vars
             .first()
             .map_or(candle_core::Device::Cpu, |v| v.device().clone());
         return Tensor::zeros((), DType::F64, &device);
+    };
+    // One cast for the usual case of one dtype; mixed dtypes are widened one by one.
+    if sums.iter().any(|s| s.dtype() != first) {
+        sums = sums
+            .iter()
+            .map(|s| s.to_dtype(DType::F64))
+            .collect::<Result<_>>()?;
     }
     Tensor::stack(&sums, 0)?.to_dtype(DType::F64)?.sum_all()
 }
@@ -221,5 +229,35 @@ pub fn clip_scale(norm: f64, max_norm: f64) -> Option<f64> {
         (coef < 1.0).then_some(coef)
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn the_squared_norm_keeps_float64_gradients_exact() {
+        // 1 + 1e-9 is not a float32: a float64 gradient's square must not pass through one.
+        let a = Var::from_tensor(&Tensor::new(&[1f64, 0.0], &Device::Cpu).expect("a")).expect("a");
+        let b = Var::from_tensor(&Tensor::new(&[0f64], &Device::Cpu).expect("b")).expect("b");
+        let loss = ((a.as_tensor() * (1.0 + 1e-9)).and_then(|t| t.sum_all()))
+            .and_then(|t| t + (b.as_tensor() * 2.0)?.sum_all()?)
+            .expect("loss");
+        let grads = loss.backward().expect("grads");
+        let sq = grad_norm_sq(&grads, &[a, b])
+            .and_then(|t| t.to_scalar::<f64>())
+            .expect("norm");
+        let want = 2.0 * (1.0f64 + 1e-9).powi(2) + 4.0;
+        assert_eq!(sq, want);
+    }
+
+    #[test]
+    fn clipping_scales_only_above_the_limit() {
+        assert_eq!(clip_scale(1.0, 3.0), None);
+        assert_eq!(clip_scale(6.0, 3.0), Some(3.0 / (6.0 + 1e-6)));
+        assert_eq!(clip_scale(6.0, 0.0), None, "max_norm 0 only measures");
+        assert_eq!(clip_scale(f64::INFINITY, 3.0), None);
     }
 }
