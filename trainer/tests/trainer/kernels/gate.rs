@@ -2,10 +2,10 @@
 //! gradient: float32 (the CPU kernel, or the CUDA one with the CUDA switch on), and bfloat16
 //! on CUDA.
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use ifp_trainer::kernels::{self, gelu_gate_composed};
 
-use super::{compare_with_grads, CudaKernelsOn, GELU};
+use super::{compare_with_grads, rounded_var, CudaKernelsOn, GELU};
 use crate::common;
 
 /// Dozens of values per shape (see `GELU`); odd planes, and one image larger than a block.
@@ -21,10 +21,7 @@ fn check_gate(dtype: DType, tol: (f64, f64)) {
     let _on = CudaKernelsOn::new();
     let dev = common::test_device();
     for &(b, c2, h, w) in SHAPES {
-        let x = Tensor::randn(0f32, 2.0, (b, c2, h, w), &dev)
-            .and_then(|t| t.to_dtype(dtype)?.to_dtype(DType::F32))
-            .and_then(|t| Var::from_tensor(&t))
-            .expect("x");
+        let x = rounded_var(dtype, 2.0, (b, c2, h, w), &dev);
         let low = || x.as_tensor().to_dtype(dtype).expect("x");
         assert!(
             kernels::gelu_gate_applicable(&low()),

@@ -40,38 +40,37 @@ pub(super) const SHAPES: &[(usize, usize, usize, usize, usize)] = &[
     (1, 1, 2, 2, 3),
 ];
 
+/// A variable on `dev` of normal values (standard deviation `std`) that `dtype` represents
+/// exactly, so a kernel in `dtype` and the composed float32 version see the same input.
+pub(super) fn rounded_var(dtype: DType, std: f32, shape: impl Into<Shape>, dev: &Device) -> Var {
+    Tensor::randn(0f32, std, shape, dev)
+        .and_then(|t| t.to_dtype(dtype)?.to_dtype(DType::F32))
+        .and_then(|t| Var::from_tensor(&t))
+        .expect("x")
+}
+
 /// im2col (the CPU op, or the CUDA one with the CUDA switch on) against the composed gather on
-/// `IFP_TEST_DEVICE`, in `dtype` on (dtype-rounded) float32 inputs: the columns are a copy, so
-/// they must be equal; the input gradient sums k*k taps (rounded once to `dtype`).
+/// `IFP_TEST_DEVICE`, in `dtype`: the columns are a copy, so they must be equal; the input
+/// gradient sums k*k taps (rounded once to `dtype`).
 fn check_im2col(dtype: DType, tol_grad: f64) {
     let _on = CudaKernelsOn::new();
     let dev = common::test_device();
     for (i, &(b, c, h, w, k)) in SHAPES.iter().enumerate() {
-        let x = Tensor::randn(0f32, 1.0, (b, c, h, w), &dev)
-            .and_then(|t| t.to_dtype(dtype)?.to_dtype(DType::F32))
-            .and_then(|t| Var::from_tensor(&t))
-            .expect("x");
-        let probe = Tensor::randn(0f32, 1.0, (b, c * k * k, h * w), &dev).expect("probe");
-        let low = x.as_tensor().to_dtype(dtype).expect("x");
-        assert!(kernels::im2col_applicable(&low), "{dtype:?} on {dev:?}");
-        let fast = kernels::im2col(&low, k)
-            .and_then(|t| t.to_dtype(DType::F32))
-            .expect("fast");
-        let slow = im2col_composed(x.as_tensor(), k).expect("slow");
-        assert_eq!(rel(&fast, &slow), 0.0, "{dtype:?} shape {i}: values");
-        let gf = (fast * &probe)
-            .and_then(|t| t.sum_all())
-            .and_then(|t| t.backward())
-            .expect("bwd");
-        let gs = (slow * &probe)
-            .and_then(|t| t.sum_all())
-            .and_then(|t| t.backward())
-            .expect("bwd");
-        let e = rel(
-            gf.get(x.as_tensor()).expect("g"),
-            gs.get(x.as_tensor()).expect("g"),
+        let x = rounded_var(dtype, 1.0, (b, c, h, w), &dev);
+        let low = || x.as_tensor().to_dtype(dtype).expect("x");
+        assert!(kernels::im2col_applicable(&low()), "{dtype:?} on {dev:?}");
+        compare_with_grads(
+            &format!("im2col {dtype:?} shape {i}"),
+            &[&x],
+            || {
+                kernels::im2col(&low(), k)
+                    .and_then(|t| t.to_dtype(DType::F32))
+                    .expect("fast")
+            },
+            || im2col_composed(x.as_tensor(), k).expect("slow"),
+            // Equal columns: a relative error below any rounding.
+            (1e-12, tol_grad),
         );
-        assert!(e < tol_grad, "{dtype:?} shape {i}: input gradient {e}");
     }
     println!("im2col kernel on {dev:?} in {dtype:?} matches the composed float32 version");
 }
@@ -101,15 +100,8 @@ fn check_depthwise(dtype: DType, tol_values: f64, tol_grads: f64) {
     // The last shape spans several partial-sum blocks of the CUDA weight gradient.
     let big = [(2, 3, 97, 101, 3)];
     for (i, &(b, c, h, w, k)) in SHAPES.iter().chain(&big).enumerate() {
-        let round = |t: Tensor| t.to_dtype(dtype).and_then(|t| t.to_dtype(DType::F32));
-        let x = Var::from_tensor(
-            &round(Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).expect("x")).expect("x"),
-        )
-        .expect("var");
-        let wt = Var::from_tensor(
-            &round(Tensor::randn(0f32, 1.0, (c, 1, k, k), &dev).expect("w")).expect("w"),
-        )
-        .expect("var");
+        let x = rounded_var(dtype, 1.0, (b, c, h, w), &dev);
+        let wt = rounded_var(dtype, 1.0, (c, 1, k, k), &dev);
         let probe = Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).expect("probe");
         let (xl, wl) = (
             x.as_tensor().to_dtype(dtype).expect("x"),
