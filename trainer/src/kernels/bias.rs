@@ -3,7 +3,8 @@
 //! addition whose backward reduces over batch and pixels with candle's strided sum, and a
 //! LeakyReLU is four graph nodes. Backward: `dx = dy * act'(.)`, read off the output's sign
 //! (positive exactly where the pre-activation is, for slopes >= 0), and `db[c] = sum dx`,
-//! returned together from one pass.
+//! returned together from one pass. Both also run on CUDA in float32 (`cuda/bias.cu`) where
+//! `kernels::cuda_fused` allows.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -46,6 +47,17 @@ impl CustomOp2 for BiasAct {
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::bias_act((s1, l1), (s2, l2), self.slope)
     }
 
     fn bwd(
@@ -106,6 +118,17 @@ impl CustomOp2 for BiasActBackward {
             *v = (0..bn).map(|bi| plane_sums[bi * c + ch]).sum::<f64>() as f32;
         }
         Ok((CpuStorage::F32(out), Shape::from(n + c)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::bias_act_backward((s1, l1), (s2, l2), self.slope)
     }
 }
 

@@ -3,7 +3,8 @@
 //! `kernels::cuda_fused` is on until a GPU run shows them equal to their composed versions, the
 //! GDFN's GELU gate and its gradient (float32 and bfloat16), the im2col gather of a dense
 //! convolution and its adjoint (float32 and bfloat16, `conv`), Restormer's channel LayerNorm and
-//! its gradients (float32, `norm`) and the one-pass AdamW update (float32). Without the depthwise kernels the composed fallback keeps 17
+//! its gradients (float32, `norm`), a convolution's bias with its activation (float32, `bias`)
+//! and the one-pass AdamW update (float32). Without the depthwise kernels the composed fallback keeps 17
 //! full-size intermediates per depthwise convolution alive for the backward pass, which runs the
 //! paper Restormer at 224x224 out of GPU memory.
 
@@ -16,8 +17,10 @@ use candle_core::{CudaDevice, CudaStorage, Layout, Result, Shape};
 
 use super::AdamWStep;
 
+mod bias;
 mod conv;
 mod norm;
+pub(super) use bias::{bias_act, bias_act_backward};
 pub(super) use conv::{col2im, im2col};
 pub(super) use norm::{channel_norm, channel_norm_backward};
 
@@ -44,6 +47,16 @@ fn view<'a, T>(s: &'a CudaSlice<T>, l: &Layout, what: &str) -> Result<CudaView<'
         Some((a, b)) => Ok(s.slice(a..b)),
         None => Err(candle_core::Error::Msg(format!(
             "{what}: needs a contiguous input"
+        ))),
+    }
+}
+
+/// The contiguous float32 elements of a storage, for the kernels that take float32 only.
+fn f32_view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, f32>> {
+    match &s.slice {
+        CudaStorageSlice::F32(x) => view(x, l, what),
+        _ => Err(candle_core::Error::Msg(format!(
+            "{what}: float32 tensors only on CUDA"
         ))),
     }
 }

@@ -4,8 +4,9 @@
 //! its GDFN gate (`gate`), a convolution's bias with its activation (`bias`), dense k x k
 //! convolutions that keep no column matrix (`dense`), and the AdamW update (`optim`). All run
 //! on the CPU in float32. On CUDA (`cuda`, feature `cuda`) the depthwise convolution runs in
-//! float32 and bfloat16; the GELU gate (float32 and bfloat16) and the AdamW update (float32)
-//! run only where `IFP_CUDA_FUSED=1` allows it (`switch`, [`cuda_fused`]). Each public function
+//! float32 and bfloat16; im2col and the GELU gate (float32 and bfloat16), the channel LayerNorm,
+//! the bias with its activation and the AdamW update (float32) run only where
+//! `IFP_CUDA_FUSED=1` allows it (`switch`, [`cuda_fused`]). Each public function
 //! here falls back to composed tensor ops elsewhere, and the tests compare each kernel with that
 //! composed version (values and gradients).
 
@@ -299,10 +300,10 @@ pub enum Activation {
     LeakyRelu(f64),
 }
 
-/// `act(x + b[c])` of x (B, C, H, W) and bias (C): the CPU op for float32 CPU tensors, else the
-/// broadcast sum and [`activation`].
+/// `act(x + b[c])` of x (B, C, H, W) and bias (C): the CPU op for float32 CPU tensors (and the
+/// CUDA one where [`cuda_fused`]), else the broadcast sum and [`activation`].
 pub fn bias_act(x: &Tensor, bias: &Tensor, act: Activation) -> Result<Tensor> {
-    if !applicable(x) {
+    if !(fused_applies(x) && bias.dtype() == candle_core::DType::F32) {
         let c = bias.elem_count();
         return activation(&x.broadcast_add(&bias.reshape((1, c, 1, 1))?)?, act);
     }

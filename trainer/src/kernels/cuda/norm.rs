@@ -7,21 +7,14 @@ use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, PushKernelA
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, Layout, Result, Shape};
 
-use super::{grid, view};
+use super::{f32_view, grid};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/norm.ptx"));
+/// What errors name.
+const WHAT: &str = "channel layer norm";
 const MODULE: &str = "ifp_norm";
 /// Partial sums per channel of the parameter gradients.
 const PARTS: usize = 256;
-
-fn f32_view<'a>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, f32>> {
-    match &s.slice {
-        CudaStorageSlice::F32(x) => view(x, l, "channel layer norm"),
-        _ => Err(candle_core::Error::Msg(
-            "channel layer norm: float32 tensors only on CUDA".into(),
-        )),
-    }
-}
 
 /// (B, C, H*W) of x, checked against the channel count of w.
 fn dims(lx: &Layout, lw: &Layout) -> Result<(i64, i32, i64)> {
@@ -61,7 +54,11 @@ pub(in crate::kernels) fn channel_norm(
 ) -> Result<(CudaStorage, Shape)> {
     let d = dims(lx, lw)?;
     let dev = x.device.clone();
-    let (xv, wv, bv) = (f32_view(x, lx)?, f32_view(w, lw)?, f32_view(bias, lb)?);
+    let (xv, wv, bv) = (
+        f32_view(x, lx, WHAT)?,
+        f32_view(w, lw, WHAT)?,
+        f32_view(bias, lb, WHAT)?,
+    );
     let (mean, rstd) = stats(&dev, &xv, d)?;
     let n = lx.shape().elem_count();
     let f = dev.get_or_load_custom_func("ifp_cln_apply_f32", MODULE, PTX)?;
@@ -100,7 +97,11 @@ pub(in crate::kernels) fn channel_norm_backward(
         )));
     }
     let dev = x.device.clone();
-    let (xv, wv, gv) = (f32_view(x, lx)?, f32_view(w, lw)?, f32_view(dy, ldy)?);
+    let (xv, wv, gv) = (
+        f32_view(x, lx, WHAT)?,
+        f32_view(w, lw, WHAT)?,
+        f32_view(dy, ldy, WHAT)?,
+    );
     let (mean, rstd) = stats(&dev, &xv, d)?;
     let (b, c, hw) = d;
     let wb = i32::from(with_bias);
