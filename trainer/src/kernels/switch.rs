@@ -113,7 +113,7 @@ impl Settings {
     }
 }
 
-/// Whether the fast kernels apply to this tensor.
+/// Whether the CPU-only kernels apply to this tensor: [`kernel_applies`] with no CUDA version.
 pub fn applicable(x: &Tensor) -> bool {
-    enabled() && x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+    kernel_applies(x, &[])
 }

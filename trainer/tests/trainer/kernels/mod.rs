@@ -102,36 +102,22 @@ fn check_depthwise(dtype: DType, tol_values: f64, tol_grads: f64) {
     for (i, &(b, c, h, w, k)) in SHAPES.iter().chain(&big).enumerate() {
         let x = rounded_var(dtype, 1.0, (b, c, h, w), &dev);
         let wt = rounded_var(dtype, 1.0, (c, 1, k, k), &dev);
-        let probe = Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).expect("probe");
-        let (xl, wl) = (
-            x.as_tensor().to_dtype(dtype).expect("x"),
-            wt.as_tensor().to_dtype(dtype).expect("w"),
-        );
+        let low = |v: &Var| v.as_tensor().to_dtype(dtype).expect("low");
         assert!(
-            kernels::depthwise_applicable(&xl, &wl, k),
+            kernels::depthwise_applicable(&low(&x), &low(&wt), k),
             "{dtype:?} on {dev:?}"
         );
-        let fast = kernels::depthwise(&xl, &wl, k)
-            .and_then(|t| t.to_dtype(DType::F32))
-            .expect("fast");
-        let slow = depthwise_composed(x.as_tensor(), wt.as_tensor(), k).expect("slow");
-        let e = rel(&fast, &slow);
-        assert!(e < tol_values, "{dtype:?} shape {i}: values {e}");
-        let gf = (fast * &probe)
-            .and_then(|t| t.sum_all())
-            .and_then(|t| t.backward())
-            .expect("bwd");
-        let gs = (slow * &probe)
-            .and_then(|t| t.sum_all())
-            .and_then(|t| t.backward())
-            .expect("bwd");
-        for (name, v) in [("input", &x), ("weight", &wt)] {
-            let e = rel(
-                gf.get(v.as_tensor()).expect("g"),
-                gs.get(v.as_tensor()).expect("g"),
-            );
-            assert!(e < tol_grads, "{dtype:?} shape {i}: {name} gradient {e}");
-        }
+        compare_with_grads(
+            &format!("depthwise {dtype:?} shape {i}"),
+            &[&x, &wt],
+            || {
+                kernels::depthwise(&low(&x), &low(&wt), k)
+                    .and_then(|t| t.to_dtype(DType::F32))
+                    .expect("fast")
+            },
+            || depthwise_composed(x.as_tensor(), wt.as_tensor(), k).expect("slow"),
+            (tol_values, tol_grads),
+        );
     }
     println!("depthwise kernel on {dev:?} in {dtype:?} matches the composed float32 version");
 }
