@@ -115,7 +115,23 @@ pub fn run() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    let result = match cli.command {
+    // Every command may train, so a switch value it cannot mean stops it before anything runs.
+    let result = match ifp_trainer::kernels::cuda_fused_setting() {
+        Err(e) => Err(Failure::usage(anyhow::anyhow!("{e}"))),
+        Ok(_) => dispatch(cli.command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {}", one_line(&f.error));
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// Runs one command.
+fn dispatch(command: Command) -> Result<(), Failure> {
+    match command {
         Command::Train(a) => train::run(a),
         Command::Forward(a) => forward::run(a),
         Command::Bench(a) => bench::run(a),
@@ -140,13 +156,6 @@ pub fn run() -> ExitCode {
                  not installed or cannot read that device"
             ))),
         },
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(f) => {
-            eprintln!("error: {}", one_line(&f.error));
-            ExitCode::from(f.code)
-        }
     }
 }
 

@@ -203,6 +203,19 @@ fn bench_ends_with_the_median() {
 }
 
 #[test]
+fn a_cuda_switch_value_it_cannot_mean_stops_any_command() {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_ifp"))
+        .args(["bench", "--config", "tiny", "--steps", "1"])
+        .env("IFP_CUDA_FUSED", "yes")
+        .output()
+        .expect("run ifp");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim(), "error: IFP_CUDA_FUSED=\"yes\": expected 0 or 1");
+    assert!(o.stdout.is_empty(), "nothing ran");
+}
+
+#[test]
 fn an_input_too_small_is_one_clear_line() {
     let g = common::golden();
     let dir = tempfile::tempdir().expect("tempdir");

@@ -31,8 +31,8 @@ pub(crate) use conv::f32_slice;
 pub use optim::{adamw_update, adamw_update_composed, AdamWStep};
 use switch::enabled;
 pub use switch::{
-    applicable, cuda_fused, fused_applies, kernel_applies, prepare_device, set_cuda_fused,
-    set_enabled, Settings,
+    applicable, cuda_fused, cuda_fused_setting, fused_applies, kernel_applies, prepare_device,
+    set_cuda_fused, set_enabled, Settings,
 };
 
 /// `a . b` in float32 with eight independent partial sums, so the loop vectorises (a single

@@ -19,9 +19,25 @@ thread_local! {
 }
 
 /// `IFP_CUDA_FUSED=1` (read once per process): the not yet GPU-verified CUDA kernels are on.
+/// A value [`cuda_fused_setting`] refuses counts as off here; `ifp` refuses it at start-up.
 fn cuda_fused_from_env() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("IFP_CUDA_FUSED").is_ok_and(|v| v.trim() == "1"))
+    *ON.get_or_init(|| cuda_fused_setting().unwrap_or(false))
+}
+
+/// The value of `IFP_CUDA_FUSED` (see [`parse_cuda_fused`]).
+pub fn cuda_fused_setting() -> std::result::Result<bool, String> {
+    parse_cuda_fused(std::env::var("IFP_CUDA_FUSED").ok().as_deref())
+}
+
+/// `IFP_CUDA_FUSED`: unset, empty or `0` is off, `1` on; anything else is an error naming the
+/// value (a `true` or `yes` meant as on must not silently leave the kernels off).
+pub fn parse_cuda_fused(value: Option<&str>) -> std::result::Result<bool, String> {
+    match value.map(str::trim) {
+        None | Some("" | "0") => Ok(false),
+        Some("1") => Ok(true),
+        Some(other) => Err(format!("IFP_CUDA_FUSED={other:?}: expected 0 or 1")),
+    }
 }
 
 /// Turns the not yet GPU-verified CUDA kernels on or off for ops built on the calling thread
@@ -116,4 +132,23 @@ impl Settings {
 /// Whether the CPU-only kernels apply to this tensor: [`kernel_applies`] with no CUDA version.
 pub fn applicable(x: &Tensor) -> bool {
     kernel_applies(x, &[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_cuda_fused;
+
+    #[test]
+    fn the_cuda_switch_takes_0_or_1_and_names_anything_else() {
+        for (value, want) in [
+            (None, false),
+            (Some(""), false),
+            (Some("0"), false),
+            (Some(" 1 "), true),
+        ] {
+            assert_eq!(parse_cuda_fused(value), Ok(want), "{value:?}");
+        }
+        let err = parse_cuda_fused(Some("yes")).expect_err("yes");
+        assert_eq!(err, "IFP_CUDA_FUSED=\"yes\": expected 0 or 1");
+    }
 }
