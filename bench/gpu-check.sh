@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA trainer on a GPU machine, in one command (issue 6): golden parity on CUDA, the tiny
 # preset trained for 50 steps, the paper Restormer at 224x224 against PyTorch eager (and with
-# IFP_CUDA_FUSED=1, the kernels that wait for this run: the fused AdamW update), training
+# IFP_CUDA_FUSED=1, the kernels that wait for this run: AdamW, LayerNorms, im2col, the GELU
+# gate, bias + activation and Uformer's token ops; both networks' parity with them), training
 # attempts in processes of their own as a worker runs them (with a memory limit, and killed),
 # and a tiny Uformer fine-tuned on the device (loss, bit-exact resume, scores against the CPU).
 # Builds nothing: the GPU machine may have no compiler and no internet.
@@ -26,10 +27,10 @@
 # (224), STEPS (timed steps, 10), OUT (logs; default a new /tmp/ifp-gpu-check.XXXXXX),
 # PEAK_F32_TFLOPS / PEAK_BF16_TFLOPS (MFU denominators; default from the GPU's name).
 #
-# Limits (each stage has a timeout so the whole run stays under 10 minutes, 586 s at worst; the
-# run on an H100 took 105 s for stages 1-3): each of the six parity runs 30 s (the five modules,
-# and restormer_golden again with IFP_CUDA_FUSED=1), training 30 s, FLOP count 20 s, each of
-# the four ifp benchmark runs 25 s and the two PyTorch ones 40 s (180 + 30 + 20 + 180 for
+# Limits (each stage has a timeout so the whole run stays under 10 minutes, 596 s at worst; the
+# run on an H100 took 105 s for stages 1-3): each of the five parity modules 30 s and both
+# networks' parity again with IFP_CUDA_FUSED=1 40 s, training 30 s, FLOP count 20 s, each of
+# the four ifp benchmark runs 25 s and the two PyTorch ones 40 s (190 + 30 + 20 + 180 for
 # stages 1-3), three training attempts 15 s each
 # and the killed one 31 s (20 to its first step, 5 to read the GPU, 5 to end, 1 to settle), the
 # two fine-tuning runs 30 s each, the two evaluations 20 s each. Exit 1 if a parity test, the
@@ -207,15 +208,16 @@ fi
 # --- 1. golden parity on the device ----------------------------------------------------------
 echo "## parity on $DEV (f32: output < 1e-4, gradients < 1e-3; bf16: reported)"
 b="$(test_bin "$TEST_BIN")"
-# The Restormer's golden parity once more with IFP_CUDA_FUSED=1: its network and gradients
-# through the kernels that wait for this run (gate, LayerNorm, im2col).
-for t in "${TESTS[@]}" restormer_golden+fused; do
+# Both networks' golden parity once more with IFP_CUDA_FUSED=1 (one run, 10 s longer): their
+# outputs and gradients through the kernels that wait for this run (gate, channel LayerNorm,
+# im2col, bias, Uformer's token ops).
+for t in "${TESTS[@]}" golden+fused; do
     if [[ -z "$b" ]]; then
         echo "- $t: MISSING test binary (bench/gpu-check.sh prepare)"; fail=1; continue
     fi
-    fused=0
-    [[ "$t" == *+fused ]] && fused=1
-    IFP_CUDA_FUSED=$fused IFP_TEST_DEVICE="$DEV" timeout "$PARITY_TIMEOUT" "$b" "${t%+fused}::" \
+    fused=0 limit=$PARITY_TIMEOUT filters=("$t::")
+    [[ "$t" == *+fused ]] && fused=1 limit=$((PARITY_TIMEOUT + 10)) filters=(restormer_golden:: uformer_golden::)
+    IFP_CUDA_FUSED=$fused IFP_TEST_DEVICE="$DEV" timeout "$limit" "$b" "${filters[@]}" \
         --test-threads=1 --nocapture >"$OUT/$t.log" 2>&1
     rc=$?
     verdict=$([[ $rc == 0 ]] && echo ok || echo "FAILED (rc $rc, $OUT/$t.log)")

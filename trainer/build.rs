@@ -7,7 +7,15 @@ use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: &[&str] = &["bias", "conv", "depthwise", "gate", "norm", "optim"];
+const KERNELS: &[&str] = &[
+    "bias",
+    "conv",
+    "depthwise",
+    "gate",
+    "norm",
+    "optim",
+    "token",
+];
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");

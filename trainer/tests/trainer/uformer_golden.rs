@@ -328,50 +328,6 @@ fn timing() {
     eprintln!("uformer_tiny batch 2 32x32: forward {f:.2} ms, backward {b:.2} ms");
 }
 
-#[test]
-fn fused_token_kernels_match_composed_ops() {
-    use ifp_trainer::kernels::token as kernels;
-    use ifp_trainer::kernels::token::softmax_last;
-    for (i, shape) in [vec![2, 7, 5], vec![3, 64, 16], vec![1, 4, 3, 9], vec![1, 1]]
-        .into_iter()
-        .enumerate()
-    {
-        let c = *shape.last().expect("dims");
-        let x = Var::from_tensor(&(rand(&shape, i as u64) * 3.0).expect("x")).expect("x");
-        let w = Var::from_tensor(&rand(&[c], 40 + i as u64)).expect("w");
-        let b = Var::from_tensor(&rand(&[c], 50 + i as u64)).expect("b");
-        compare(
-            &format!("layer norm {i}"),
-            &[x.clone(), w, b],
-            |t| kernels::layer_norm(&t[0], &t[1], &t[2]).expect("fast"),
-            |t| kernels::layer_norm_composed(&t[0], &t[1], &t[2]).expect("slow"),
-        );
-        compare(
-            &format!("softmax {i}"),
-            std::slice::from_ref(&x),
-            |t| kernels::softmax(&t[0]).expect("fast"),
-            |t| softmax_last(&t[0]).expect("slow"),
-        );
-        compare(
-            &format!("gelu {i}"),
-            std::slice::from_ref(&x),
-            |t| kernels::gelu(&t[0]).expect("fast"),
-            |t| t[0].gelu_erf().expect("slow"),
-        );
-        // A bias over the last dimension, and one over the last two.
-        let tail = &shape[shape.len().saturating_sub(2)..];
-        for (j, bshape) in [vec![c], tail.to_vec()].into_iter().enumerate() {
-            let b = Var::from_tensor(&rand(&bshape, 60 + i as u64)).expect("b");
-            compare(
-                &format!("add_bias {i}.{j}"),
-                &[x.clone(), b],
-                |t| kernels::add_bias(&t[0], &t[1]).expect("fast"),
-                |t| t[0].broadcast_add(&t[1]).expect("slow"),
-            );
-        }
-    }
-}
-
 /// Training mode (`forward_train`) applies the reference's stochastic depth: the masks are a
 /// function of the stream (same stream, same output; another step, other masks), the output
 /// differs from eval mode, and with `DROP_PATH_RATE: 0` training mode is eval mode bit for bit.

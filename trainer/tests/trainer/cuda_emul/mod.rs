@@ -18,6 +18,7 @@ mod conv;
 mod gate;
 mod norm;
 mod optim;
+mod token;
 
 /// A small grid: 3 blocks of 5 threads, so every thread strides over many elements.
 const GRID: u32 = 3;

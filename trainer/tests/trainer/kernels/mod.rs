@@ -1,11 +1,13 @@
 //! The custom kernels against the straightforward candle versions, values and gradients, on
 //! random shapes including odd sizes and sizes smaller than the kernel. The depthwise tests run
 //! on `IFP_TEST_DEVICE` (the CUDA kernels on a GPU machine, `bench/gpu-check.sh`), as do the
-//! GDFN gate (`gate`), the channel LayerNorm (`norm`) and the AdamW update (`optim`).
+//! GDFN gate (`gate`), the channel LayerNorm (`norm`), the AdamW update (`optim`), Uformer's
+//! token ops (`token`), im2col and the bias with its activation.
 
 mod gate;
 mod norm;
 mod optim;
+mod token;
 
 use crate::common;
 

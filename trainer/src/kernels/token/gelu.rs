@@ -1,0 +1,106 @@
+//! Exact (erf) GELU, as `nn.GELU()`, with its fused backward.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use multiversion::multiversion;
+use rayon::prelude::*;
+
+use super::CHUNK;
+use crate::kernels::math::{erf, exp};
+use crate::kernels::{f32_slice, fused_applies};
+
+struct GeluOp;
+
+impl CustomOp1 for GeluOp {
+    fn name(&self) -> &'static str {
+        "ifp-gelu-erf"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, self.name())?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(o, xs)| gelu_chunk(o, xs));
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::kernels::cuda::token::gelu((s, l))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let dx = arg
+            .contiguous()?
+            .apply_op2_no_bwd(&grad.contiguous()?, &GeluBackward)?;
+        Ok(Some(dx))
+    }
+}
+
+/// (x, dy) -> `dy * (Phi(x) + x * phi(x))`, the exact derivative of `x * Phi(x)`.
+struct GeluBackward;
+
+impl CustomOp2 for GeluBackward {
+    fn name(&self) -> &'static str {
+        "ifp-gelu-erf-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, self.name())?;
+        let dy = f32_slice(s2, l2, self.name())?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
+            .for_each(|(o, (xs, dys))| gelu_backward_chunk(o, xs, dys));
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::kernels::cuda::token::gelu_backward((s1, l1), (s2, l2))
+    }
+}
+
+/// `x Phi(x)` over one chunk.
+#[multiversion(targets("x86_64+avx+avx2+fma"))]
+fn gelu_chunk(o: &mut [f32], xs: &[f32]) {
+    for (a, &v) in o.iter_mut().zip(xs) {
+        *a = 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+    }
+}
+
+/// `dy (Phi(x) + x phi(x))` over one chunk.
+#[multiversion(targets("x86_64+avx+avx2+fma"))]
+fn gelu_backward_chunk(o: &mut [f32], xs: &[f32], dys: &[f32]) {
+    // 1 / sqrt(2 pi)
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    for ((a, &v), &g) in o.iter_mut().zip(xs).zip(dys) {
+        let cdf = 0.5 * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+        let pdf = INV_SQRT_2PI * exp(-0.5 * v * v);
+        *a = g * (cdf + v * pdf);
+    }
+}
+
+/// Exact (erf) GELU, as `nn.GELU()`.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if fused_applies(x) {
+        return x.contiguous()?.apply_op1(GeluOp);
+    }
+    x.gelu_erf()
+}

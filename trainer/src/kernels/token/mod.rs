@@ -1,0 +1,30 @@
+//! Fused ops for Uformer's token path, each a candle custom op with its own backward, one file
+//! per op: LayerNorm over the last dimension (`norm`), softmax over the last dimension
+//! (`softmax`), exact (erf) GELU (`gelu`), and the addition of a tensor repeated over the
+//! leading dimensions (`bias`: biases, the relative position bias, the modulator). Composed from
+//! tensor ops each costs several graph nodes with a full-size buffer per node in the backward
+//! (candle zero-fills every gradient first), and candle reduces a broadcast gradient over
+//! leading dimensions with a slow strided loop; these run on every token of every block.
+//! float32 on the CPU, and on CUDA (`cuda/token.cu`) where `kernels::cuda_fused` allows;
+//! [`layer_norm`], [`softmax`], [`gelu`] and [`add_bias`] fall back to the composed versions
+//! elsewhere, which are also what the tests compare them with. Like the other kernels, the
+//! per-row loops are compiled for AVX2+FMA as well as the baseline and picked at run time, with
+//! the vectorisable `math::erf`/`math::exp`.
+
+mod bias;
+mod gelu;
+mod norm;
+mod softmax;
+
+pub use bias::add_bias;
+pub use gelu::gelu;
+pub use norm::{layer_norm, layer_norm_composed};
+pub use softmax::{softmax, softmax_last};
+
+/// Elements per parallel task: large enough that rayon's dispatch is noise.
+const CHUNK: usize = 16 * 1024;
+
+/// Rows of length `n` per parallel task.
+fn rows_per_task(n: usize) -> usize {
+    (CHUNK / n.max(1)).max(1)
+}
