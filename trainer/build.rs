@@ -13,6 +13,7 @@ const KERNELS: &[&str] = &[
     "depthwise",
     "gate",
     "norm",
+    "normalize",
     "optim",
     "token",
 ];

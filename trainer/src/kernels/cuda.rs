@@ -4,7 +4,8 @@
 //! GDFN's GELU gate and its gradient (float32 and bfloat16), the im2col gather of a dense
 //! convolution and its adjoint (float32 and bfloat16, `conv`), Restormer's channel LayerNorm and
 //! its gradients (float32, `norm`), a convolution's bias with its activation (float32, `bias`),
-//! Uformer's token ops (float32, `token`) and the one-pass AdamW update (float32). Without the
+//! Uformer's token ops (float32, `token`), MDTA's row normalisation (float32, `normalize`) and
+//! the one-pass AdamW update (float32). Without the
 //! depthwise kernels the composed fallback keeps 17 full-size intermediates per depthwise
 //! convolution alive for the backward pass, which runs the paper Restormer at 224x224 out of
 //! GPU memory.
@@ -21,6 +22,7 @@ use super::AdamWStep;
 mod bias;
 mod conv;
 mod norm;
+pub(super) mod normalize;
 pub(super) mod token;
 pub(super) use bias::{bias_act, bias_act_backward};
 pub(super) use conv::{col2im, im2col};

@@ -2,13 +2,14 @@
 //! backward is slow or missing (ARCHITECTURE.md, "Known traps in candle 0.11"): convolutions
 //! (`conv`) and the channel LayerNorm (`norm`), Restormer's channel attention (`attention`) and
 //! its GDFN gate (`gate`), a convolution's bias with its activation (`bias`), dense k x k
-//! convolutions that keep no column matrix (`dense`), and the AdamW update (`optim`). All run
-//! on the CPU in float32. On CUDA (`cuda`, feature `cuda`) the depthwise convolution runs in
-//! float32 and bfloat16; im2col and the GELU gate (float32 and bfloat16), the channel LayerNorm,
-//! the bias with its activation and the AdamW update (float32) run only where
-//! `IFP_CUDA_FUSED=1` allows it (`switch`, [`cuda_fused`]). Each public function
-//! here falls back to composed tensor ops elsewhere, and the tests compare each kernel with that
-//! composed version (values and gradients).
+//! convolutions that keep no column matrix (`dense`), Uformer's token ops (`token`), the row
+//! normalisation of MDTA's queries and keys (`normalize`) and the AdamW update (`optim`). All
+//! run on the CPU in float32. On CUDA (`cuda`, feature `cuda`) the depthwise convolution runs
+//! in float32 and bfloat16; im2col and the GELU gate (float32 and bfloat16), the channel
+//! LayerNorm, the bias with its activation, the token ops, the row normalisation and the AdamW
+//! update (float32) run only where `IFP_CUDA_FUSED=1` allows it (`switch`, [`cuda_fused`]).
+//! Each public function here falls back to composed tensor ops elsewhere, and the tests compare
+//! each kernel with that composed version (values and gradients).
 
 pub mod amp;
 mod attention;
@@ -20,14 +21,16 @@ mod dense;
 mod gate;
 mod math;
 mod norm;
+mod normalize;
 mod optim;
 mod switch;
 pub mod token;
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{Result, Tensor};
 use multiversion::multiversion;
 
 pub(crate) use conv::f32_slice;
+pub use normalize::{l2_normalize_last, l2_normalize_last_composed};
 pub use optim::{adamw_update, adamw_update_composed, AdamWStep};
 use switch::enabled;
 pub use switch::{
@@ -209,6 +212,10 @@ pub fn channel_layer_norm_composed(
 /// The fused op multiplies in float32, so under autocast (and off the CPU) the products take
 /// [`channel_attention_composed`], which runs them in the low dtype as PyTorch does.
 pub fn channel_attention(qkv: &Tensor, temperature: &Tensor, heads: usize) -> Result<Tensor> {
+    if qkv.device().is_cuda() && fused_applies(qkv) {
+        // The products stay cuBLAS's (under autocast too); the normalisations are one op each.
+        return channel_attention_with(qkv, temperature, heads, l2_normalize_last);
+    }
     if !applicable(qkv) || amp::low_dtype().is_some() {
         return channel_attention_composed(qkv, temperature, heads);
     }
@@ -226,24 +233,28 @@ pub fn channel_attention_composed(
     temperature: &Tensor,
     heads: usize,
 ) -> Result<Tensor> {
+    channel_attention_with(qkv, temperature, heads, l2_normalize_last_composed)
+}
+
+/// The channel attention from tensor ops, with `normalize` as `F.normalize(x, dim=-1)`.
+fn channel_attention_with(
+    qkv: &Tensor,
+    temperature: &Tensor,
+    heads: usize,
+    normalize: fn(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
     let (b, c3, h, w) = qkv.dims4()?;
     let c = c3 / 3;
     let ch = c / heads;
     // (B, C, H, W) -> (B, heads, C/heads, H*W)
     let split = |i: usize| qkv.narrow(1, i * c, c)?.reshape((b, heads, ch, h * w));
-    let q = l2_normalize_last(&split(0)?)?;
-    let k = l2_normalize_last(&split(1)?)?;
+    let q = normalize(&split(0)?)?;
+    let k = normalize(&split(1)?)?;
     let v = split(2)?;
     // (B, heads, ch, ch), scaled per head
     let attn = amp::matmul(&q, &k.t()?)?.broadcast_mul(&temperature.unsqueeze(0)?)?;
     let attn = token::softmax_last(&attn)?;
     amp::matmul(&attn, &v.contiguous()?)?.reshape((b, c, h, w))
-}
-
-/// `F.normalize(x, dim=-1)`: `x / max(||x||_2, 1e-12)`.
-fn l2_normalize_last(x: &Tensor) -> Result<Tensor> {
-    let n = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.maximum(1e-12)?;
-    x.broadcast_div(&n)
 }
 
 /// [`channel_attention`] of `depthwise(x, weight)`, with the bias-free depthwise convolution

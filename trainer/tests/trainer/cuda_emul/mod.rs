@@ -17,6 +17,7 @@ mod bias;
 mod conv;
 mod gate;
 mod norm;
+mod normalize;
 mod optim;
 mod token;
 

@@ -216,9 +216,13 @@ fn compare_with_grads(
     }
 }
 
+/// On `IFP_TEST_DEVICE`: the CPU's fused op, or on CUDA (with the CUDA switch on) the
+/// products with the row-normalisation op.
 #[test]
 fn channel_attention_kernel_matches_composed() {
     use ifp_trainer::kernels::channel_attention_composed;
+    let _on = CudaKernelsOn::new();
+    let dev = common::test_device();
     // (batch, channels per part, heads, H, W): one head, several, odd and tiny planes.
     for &(b, c, heads, h, w) in &[
         (1, 1, 1, 1, 1),
@@ -230,8 +234,10 @@ fn channel_attention_kernel_matches_composed() {
         (2, 6, 1, 3, 5),
         (1, 14, 2, 7, 9),
     ] {
-        let qkv = randn_var(0f32, 1.0, (b, 3 * c, h, w));
-        let t = rand_var(0.5f32, 2.0, (heads, 1, 1));
+        let qkv = rounded_var(DType::F32, 1.0, (b, 3 * c, h, w), &dev);
+        let t = Tensor::rand(0.5f32, 2.0, (heads, 1, 1), &dev)
+            .and_then(|t| Var::from_tensor(&t))
+            .expect("t");
         compare_with_grads(
             &format!("attention b{b} c{c} heads{heads} {h}x{w}"),
             &[&qkv, &t],
@@ -240,6 +246,35 @@ fn channel_attention_kernel_matches_composed() {
             ATTENTION,
         );
     }
+}
+
+/// `F.normalize` over the last dimension (the op on the CPU, and on CUDA with the switch on)
+/// against its composed version: MDTA's long rows (H*W), many short ones, and odd lengths (a
+/// row of one has a zero gradient, all rounding, so the shortest is two).
+#[test]
+fn l2_normalize_kernel_matches_composed() {
+    let _on = CudaKernelsOn::new();
+    let dev = common::test_device();
+    for shape in [
+        (1, 1, 1, 2),
+        (2, 1, 48, 4096),
+        (2, 4, 12, 197),
+        (3, 2, 300, 7),
+    ] {
+        let x = rounded_var(DType::F32, 1.0, shape, &dev);
+        assert!(
+            kernels::fused_applies(x.as_tensor()),
+            "the kernel runs on {dev:?}"
+        );
+        compare_with_grads(
+            &format!("l2 normalize {shape:?}"),
+            &[&x],
+            || kernels::l2_normalize_last(x.as_tensor()).expect("fast"),
+            || kernels::l2_normalize_last_composed(x.as_tensor()).expect("slow"),
+            EXACT,
+        );
+    }
+    println!("l2 normalize kernel on {dev:?} matches the composed version");
 }
 
 #[test]
