@@ -211,7 +211,11 @@ fn a_cuda_switch_value_it_cannot_mean_stops_any_command() {
         .expect("run ifp");
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert_eq!(err.trim(), "error: IFP_CUDA_FUSED=\"yes\": expected 0 or 1");
+    assert_eq!(
+        err.trim(),
+        "error: IFP_CUDA_FUSED=\"yes\": expected 0, 1 or a comma-separated list of optim, pool, \
+         gate, norm, im2col, bias, token, normalize"
+    );
     assert!(o.stdout.is_empty(), "nothing ran");
 }
 

@@ -4,7 +4,7 @@
 //! LeakyReLU is four graph nodes. Backward: `dx = dy * act'(.)`, read off the output's sign
 //! (positive exactly where the pre-activation is, for slopes >= 0), and `db[c] = sum dx`,
 //! returned together from one pass. Both also run on CUDA in float32 (`cuda/bias.cu`) where
-//! `kernels::cuda_fused` allows.
+//! `IFP_CUDA_FUSED` turns on `bias`.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;

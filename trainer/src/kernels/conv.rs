@@ -2,7 +2,7 @@
 //! col2im scatter instead of 2*k*k zero-padded narrows) and the depthwise convolution (backward
 //! as two direct kernels instead of per-tap reductions). Planes are processed in parallel;
 //! inner loops run over contiguous row segments so they vectorise. im2col and col2im also run
-//! on CUDA (`cuda/conv.cu`, float32 and bfloat16) where `kernels::cuda_fused` allows.
+//! on CUDA (`cuda/conv.cu`, float32 and bfloat16) where `IFP_CUDA_FUSED` turns on `im2col`.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use multiversion::multiversion;

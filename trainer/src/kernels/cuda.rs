@@ -1,11 +1,11 @@
 //! CUDA launches of the trainer's own kernels (`cuda/*.cu`, compiled to PTX by build.rs): the
 //! depthwise convolution and its two gradients, float32 and bfloat16; and, used only where
-//! `kernels::cuda_fused` is on until a GPU run shows them equal to their composed versions, the
-//! GDFN's GELU gate and its gradient (float32 and bfloat16), the im2col gather of a dense
-//! convolution and its adjoint (float32 and bfloat16, `conv`), Restormer's channel LayerNorm and
-//! its gradients (float32, `norm`), a convolution's bias with its activation (float32, `bias`),
-//! Uformer's token ops (float32, `token`), MDTA's row normalisation (float32, `normalize`) and
-//! the one-pass AdamW update (float32). Without the
+//! `IFP_CUDA_FUSED` names them (`kernels::CudaKernel`) until a GPU run shows them equal to
+//! their composed versions, the GDFN's GELU gate and its gradient (float32 and bfloat16), the
+//! im2col gather of a dense convolution and its adjoint (float32 and bfloat16, `conv`),
+//! Restormer's channel LayerNorm and its gradients (float32, `norm`), a convolution's bias with
+//! its activation (float32, `bias`), Uformer's token ops (float32, `token`), MDTA's row
+//! normalisation (float32, `normalize`) and the one-pass AdamW update (float32). Without the
 //! depthwise kernels the composed fallback keeps 17 full-size intermediates per depthwise
 //! convolution alive for the backward pass, which runs the paper Restormer at 224x224 out of
 //! GPU memory.

@@ -3,7 +3,7 @@
 //! concatenates), an erf GELU (whose candle backward is about ten full-size ops) and a product.
 //! Backward: `dx1 = dy * x2 * (Phi(x1) + x1 phi(x1))`, `dx2 = dy * gelu(x1)`, written straight
 //! into one (B, 2h, H, W) buffer. The gate (not the depthwise-fused one) also runs on CUDA
-//! (`cuda/gate.cu`, float32 and bfloat16) where `kernels::cuda_fused` allows.
+//! (`cuda/gate.cu`, float32 and bfloat16) where `IFP_CUDA_FUSED` turns on `gate`.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use multiversion::multiversion;

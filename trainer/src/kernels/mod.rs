@@ -7,7 +7,7 @@
 //! run on the CPU in float32. On CUDA (`cuda`, feature `cuda`) the depthwise convolution runs
 //! in float32 and bfloat16; im2col and the GELU gate (float32 and bfloat16), the channel
 //! LayerNorm, the bias with its activation, the token ops, the row normalisation and the AdamW
-//! update (float32) run only where `IFP_CUDA_FUSED=1` allows it (`switch`, [`cuda_fused`]).
+//! update (float32) run only where `IFP_CUDA_FUSED` names them (`switch`, [`CudaKernel`]).
 //! Each public function here falls back to composed tensor ops elsewhere, and the tests compare
 //! each kernel with that composed version (values and gradients).
 
@@ -34,8 +34,9 @@ pub use normalize::{l2_normalize_last, l2_normalize_last_composed};
 pub use optim::{adamw_update, adamw_update_composed, AdamWStep};
 use switch::enabled;
 pub use switch::{
-    applicable, cuda_fused, cuda_fused_setting, fused_applies, kernel_applies, prepare_device,
-    set_cuda_fused, set_enabled, Settings,
+    applicable, cuda_fused, cuda_fused_setting, cuda_kernels, fused_applies, kernel_applies,
+    prepare_device, set_cuda_fused, set_cuda_kernels, set_enabled, CudaKernel, CudaKernels,
+    Settings,
 };
 
 /// `a . b` in float32 with eight independent partial sums, so the loop vectorises (a single
@@ -78,9 +79,10 @@ pub(crate) fn unpack(packed: &Tensor, shapes: &[&candle_core::Shape]) -> Result<
 }
 
 /// Where [`im2col`] runs a kernel: float32 on the CPU; float32 or bfloat16 on CUDA where
-/// [`cuda_fused`] allows.
+/// [`CudaKernel::Im2col`] is on.
 pub fn im2col_applicable(x: &Tensor) -> bool {
-    kernel_applies(x, &[candle_core::DType::F32, candle_core::DType::BF16])
+    let dtypes = [candle_core::DType::F32, candle_core::DType::BF16];
+    kernel_applies(x, Some(CudaKernel::Im2col), &dtypes)
 }
 
 /// (B, C, H, W) -> (B, C*k*k, H*W), zero padding k/2: the CPU or CUDA op where
@@ -163,14 +165,14 @@ pub fn depthwise_composed(x: &Tensor, weight: &Tensor, k: usize) -> Result<Tenso
 
 /// Restormer's channel LayerNorm of (B, C, H, W) over C: `(x - mu) / sqrt(var + 1e-5) * w + b`
 /// (`bias: Some`) or `x / sqrt(var + 1e-5) * w` (BiasFree, `bias: None`).
-/// The CPU kernel for float32 CPU tensors (and the CUDA one where [`cuda_fused`]), else
+/// The CPU kernel for float32 CPU tensors (and the CUDA one where [`CudaKernel::Norm`] is on), else
 /// [`channel_layer_norm_composed`].
 pub fn channel_layer_norm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let float32 = [Some(weight), bias]
         .into_iter()
         .flatten()
         .all(|t| t.dtype() == candle_core::DType::F32);
-    if !(float32 && fused_applies(x)) {
+    if !(float32 && fused_applies(x, CudaKernel::Norm)) {
         return channel_layer_norm_composed(x, weight, bias);
     }
     let x = x.contiguous()?;
@@ -212,7 +214,7 @@ pub fn channel_layer_norm_composed(
 /// The fused op multiplies in float32, so under autocast (and off the CPU) the products take
 /// [`channel_attention_composed`], which runs them in the low dtype as PyTorch does.
 pub fn channel_attention(qkv: &Tensor, temperature: &Tensor, heads: usize) -> Result<Tensor> {
-    if qkv.device().is_cuda() && fused_applies(qkv) {
+    if qkv.device().is_cuda() && fused_applies(qkv, CudaKernel::Normalize) {
         // The products stay cuBLAS's (under autocast too); the normalisations are one op each.
         return channel_attention_with(qkv, temperature, heads, l2_normalize_last);
     }
@@ -274,9 +276,10 @@ pub fn depthwise_channel_attention(
 }
 
 /// Whether [`gelu_gate`] runs a kernel for x: float32 on the CPU; with the `cuda` feature and
-/// [`cuda_fused`] on, float32 or bfloat16 on CUDA.
+/// [`CudaKernel::Gate`] on, float32 or bfloat16 on CUDA.
 pub fn gelu_gate_applicable(x: &Tensor) -> bool {
-    kernel_applies(x, &[candle_core::DType::F32, candle_core::DType::BF16])
+    let dtypes = [candle_core::DType::F32, candle_core::DType::BF16];
+    kernel_applies(x, Some(CudaKernel::Gate), &dtypes)
 }
 
 /// `gelu(x1) * x2` of the two channel halves of x (B, 2h, H, W) -> (B, h, H, W): the CPU or
@@ -312,9 +315,9 @@ pub enum Activation {
 }
 
 /// `act(x + b[c])` of x (B, C, H, W) and bias (C): the CPU op for float32 CPU tensors (and the
-/// CUDA one where [`cuda_fused`]), else the broadcast sum and [`activation`].
+/// CUDA one where [`CudaKernel::Bias`] is on), else the broadcast sum and [`activation`].
 pub fn bias_act(x: &Tensor, bias: &Tensor, act: Activation) -> Result<Tensor> {
-    if !(fused_applies(x) && bias.dtype() == candle_core::DType::F32) {
+    if !(fused_applies(x, CudaKernel::Bias) && bias.dtype() == candle_core::DType::F32) {
         let c = bias.elem_count();
         return activation(&x.broadcast_add(&bias.reshape((1, c, 1, 1))?)?, act);
     }

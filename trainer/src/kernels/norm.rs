@@ -6,7 +6,7 @@
 //! WithBias `dx = r * (g - mean(g) - xhat * mean(g * xhat))`, `xhat = (x - mu) * r`;
 //! BiasFree `dx = r * g - r^3 * (x - mu) * mean(g * x)`.
 //!
-//! The same op runs on CUDA in float32 (`cuda/norm.cu`) where `kernels::cuda_fused` allows.
+//! The same op runs on CUDA in float32 (`cuda/norm.cu`) where `IFP_CUDA_FUSED` turns on `norm`.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use multiversion::multiversion;

@@ -6,7 +6,7 @@
 //! Per row of N values: `d = max(|x|, 1e-12)`, `y = x / d`; from `g = dy`,
 //! `dx = g / d - x (g . x) / d^3` (`g / d` where the clamp is active). The row sums are added in
 //! float64, so the result does not depend on how a device splits them. float32; on CUDA
-//! (`cuda/normalize.cu`) where `kernels::cuda_fused` allows.
+//! (`cuda/normalize.cu`) where `IFP_CUDA_FUSED` turns on `normalize`.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
@@ -109,11 +109,12 @@ impl CustomOp2 for L2NormalizeBackward {
     }
 }
 
-/// `F.normalize(x, dim=-1)`: the fused op where [`super::fused_applies`], else
+/// `F.normalize(x, dim=-1)`: the fused op where [`super::fused_applies`] (on CUDA with
+/// [`super::CudaKernel::Normalize`]), else
 /// [`l2_normalize_last_composed`].
 pub fn l2_normalize_last(x: &Tensor) -> Result<Tensor> {
     let n = x.dim(D::Minus1)?;
-    if super::fused_applies(x) && n > 0 {
+    if super::fused_applies(x, super::CudaKernel::Normalize) && n > 0 {
         return x.contiguous()?.apply_op1(L2Normalize { n });
     }
     l2_normalize_last_composed(x)

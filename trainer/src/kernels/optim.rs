@@ -72,7 +72,7 @@ impl AdamWStep {
 
 /// `(w', m', v')` after one AdamW step `s` of the parameter `w` with gradient `g` and moments
 /// `m`, `v` (all one shape): one pass for float32 on the CPU (and on CUDA where
-/// [`super::cuda_fused`] allows), else [`adamw_update_composed`].
+/// [`super::CudaKernel::Optim`] is on), else [`adamw_update_composed`].
 pub fn adamw_update(
     w: &Tensor,
     g: &Tensor,
@@ -82,7 +82,7 @@ pub fn adamw_update(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let all_f32 = [w, g, m, v].iter().all(|t| t.dtype() == DType::F32);
     let same_shape = [g, m, v].iter().all(|t| t.dims() == w.dims());
-    if !(all_f32 && same_shape && super::fused_applies(w)) {
+    if !(all_f32 && same_shape && super::fused_applies(w, super::CudaKernel::Optim)) {
         return adamw_update_composed(w, g, m, v, s);
     }
     let [w, g, m, v] = [w, g, m, v].map(Tensor::contiguous);

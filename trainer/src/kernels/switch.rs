@@ -1,6 +1,7 @@
 //! Which version of an op runs: the per-thread switches (the CPU kernels on or off; the CUDA
-//! kernels that wait for a GPU run, `IFP_CUDA_FUSED=1`), the settings that carry them (and the
-//! autocast dtype) to the thread that builds an op, and the applicability checks built on them.
+//! kernels that wait for a GPU run, `IFP_CUDA_FUSED`, each by name), the settings that carry
+//! them (and the autocast dtype) to the thread that builds an op, and the applicability checks
+//! built on them.
 
 use std::cell::Cell;
 
@@ -8,77 +9,164 @@ use candle_core::{DType, Device, Result, Tensor};
 
 use super::amp;
 
+/// The CUDA kernels (and the memory pool setting) that have not yet been shown equal to their
+/// composed versions on a GPU, each named in `IFP_CUDA_FUSED` by its lower-case name, so that a
+/// GPU run can turn on exactly those it has verified.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::EnumString, strum::IntoStaticStr, strum::VariantArray,
+)]
+#[strum(serialize_all = "lowercase")]
+pub enum CudaKernel {
+    /// The one-pass AdamW update (`cuda/optim.cu`).
+    Optim,
+    /// The memory pool keeps what a step frees (`prepare_device`).
+    Pool,
+    /// The GDFN's GELU gate (`cuda/gate.cu`).
+    Gate,
+    /// Restormer's channel LayerNorm (`cuda/norm.cu`).
+    Norm,
+    /// im2col and col2im of the dense convolutions (`cuda/conv.cu`).
+    Im2col,
+    /// A convolution's bias with its activation (`cuda/bias.cu`).
+    Bias,
+    /// Uformer's token ops (`cuda/token.cu`).
+    Token,
+    /// MDTA's row normalisation (`cuda/normalize.cu`).
+    Normalize,
+}
+
+/// A set of [`CudaKernel`]s, one bit each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CudaKernels(u16);
+
+impl CudaKernels {
+    pub const NONE: CudaKernels = CudaKernels(0);
+    pub const ALL: CudaKernels =
+        CudaKernels((1 << <CudaKernel as strum::VariantArray>::VARIANTS.len()) - 1);
+
+    fn bit(k: CudaKernel) -> u16 {
+        1 << k as u16
+    }
+
+    pub fn contains(self, k: CudaKernel) -> bool {
+        self.0 & Self::bit(k) != 0
+    }
+
+    pub fn with(self, k: CudaKernel) -> Self {
+        CudaKernels(self.0 | Self::bit(k))
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
 thread_local! {
     /// Off: every op this thread builds takes its composed fallback, the path that runs on
     /// CUDA (and in bf16), so the tests can compare the two on a CPU-only machine. Per thread,
     /// so a test that turns it off does not change the tests running beside it.
     static ENABLED: Cell<bool> = const { Cell::new(true) };
-    /// Whether the CUDA kernels that have not yet been shown equal to their composed version
-    /// on a GPU run (the fused AdamW update) are used; `IFP_CUDA_FUSED=1` turns them on.
-    static CUDA_FUSED: Cell<bool> = Cell::new(cuda_fused_from_env());
+    /// The CUDA kernels that have not yet been shown equal to their composed version on a GPU
+    /// run that this thread uses (`IFP_CUDA_FUSED`).
+    static CUDA_FUSED: Cell<CudaKernels> = Cell::new(cuda_fused_from_env());
 }
 
-/// `IFP_CUDA_FUSED=1` (read once per process): the not yet GPU-verified CUDA kernels are on.
-/// A value [`cuda_fused_setting`] refuses counts as off here; `ifp` refuses it at start-up.
-fn cuda_fused_from_env() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| cuda_fused_setting().unwrap_or(false))
+/// `IFP_CUDA_FUSED` (read once per process): the not yet GPU-verified CUDA kernels that are on.
+/// A value [`cuda_fused_setting`] refuses counts as none here; `ifp` refuses it at start-up.
+fn cuda_fused_from_env() -> CudaKernels {
+    static ON: std::sync::OnceLock<CudaKernels> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| cuda_fused_setting().unwrap_or(CudaKernels::NONE))
 }
 
 /// The value of `IFP_CUDA_FUSED` (see [`parse_cuda_fused`]).
-pub fn cuda_fused_setting() -> std::result::Result<bool, String> {
+pub fn cuda_fused_setting() -> std::result::Result<CudaKernels, String> {
     parse_cuda_fused(std::env::var("IFP_CUDA_FUSED").ok().as_deref())
 }
 
-/// `IFP_CUDA_FUSED`: unset, empty or `0` is off, `1` on; anything else is an error naming the
-/// value (a `true` or `yes` meant as on must not silently leave the kernels off).
-pub fn parse_cuda_fused(value: Option<&str>) -> std::result::Result<bool, String> {
+/// `IFP_CUDA_FUSED`: unset, empty or `0` is none, `1` all; otherwise a comma-separated list of
+/// [`CudaKernel`] names (`optim,norm`). Anything else is an error naming the value (a `true` or
+/// `yes` meant as on must not silently leave the kernels off).
+pub fn parse_cuda_fused(value: Option<&str>) -> std::result::Result<CudaKernels, String> {
     match value.map(str::trim) {
-        None | Some("" | "0") => Ok(false),
-        Some("1") => Ok(true),
-        Some(other) => Err(format!("IFP_CUDA_FUSED={other:?}: expected 0 or 1")),
+        None | Some("" | "0") => Ok(CudaKernels::NONE),
+        Some("1") => Ok(CudaKernels::ALL),
+        Some(list) => list.split(',').try_fold(CudaKernels::NONE, |set, name| {
+            name.trim()
+                .parse::<CudaKernel>()
+                .map(|k| set.with(k))
+                .map_err(|_| {
+                    let names: Vec<&str> = <CudaKernel as strum::VariantArray>::VARIANTS
+                        .iter()
+                        .map(|k| k.into())
+                        .collect();
+                    format!(
+                        "IFP_CUDA_FUSED={list:?}: expected 0, 1 or a comma-separated list of {}",
+                        names.join(", ")
+                    )
+                })
+        }),
     }
 }
 
-/// Turns the not yet GPU-verified CUDA kernels on or off for ops built on the calling thread
-/// (the GPU check compares them with the composed path in one process).
+/// Turns all the not yet GPU-verified CUDA kernels on or off for ops built on the calling
+/// thread (the GPU check compares them with the composed path in one process).
 pub fn set_cuda_fused(on: bool) {
-    CUDA_FUSED.with(|e| e.set(on));
+    set_cuda_kernels(if on {
+        CudaKernels::ALL
+    } else {
+        CudaKernels::NONE
+    });
 }
 
-/// Whether this thread uses the CUDA kernels that wait for a GPU run (see `set_cuda_fused`).
-pub fn cuda_fused() -> bool {
+/// Sets exactly which of those kernels ops built on the calling thread use.
+pub fn set_cuda_kernels(set: CudaKernels) {
+    CUDA_FUSED.with(|e| e.set(set));
+}
+
+/// Which of the CUDA kernels that wait for a GPU run this thread uses.
+pub fn cuda_kernels() -> CudaKernels {
     CUDA_FUSED.with(Cell::get)
 }
 
-/// Readies `device` for training: on CUDA, where [`cuda_fused`] is on, its memory pool keeps
-/// the memory a step frees for the next step. Nothing elsewhere.
+/// Whether this thread uses any of the CUDA kernels that wait for a GPU run.
+pub fn cuda_fused() -> bool {
+    !cuda_kernels().is_empty()
+}
+
+/// Readies `device` for training: on CUDA, where [`CudaKernel::Pool`] is on, its memory pool
+/// keeps the memory a step frees for the next step. Nothing elsewhere.
 pub fn prepare_device(device: &candle_core::Device) -> Result<()> {
     match device {
         #[cfg(feature = "cuda")]
-        candle_core::Device::Cuda(d) if cuda_fused() => super::cuda::keep_freed_memory(d),
+        candle_core::Device::Cuda(d) if cuda_kernels().contains(CudaKernel::Pool) => {
+            super::cuda::keep_freed_memory(d)
+        }
         _ => Ok(()),
     }
 }
 
 /// Whether a kernel runs for `x`: float32 on the CPU with the kernels on, or on CUDA (with the
-/// `cuda` feature) in one of `cuda_dtypes` when [`cuda_fused`] is on as well.
-pub fn kernel_applies(x: &Tensor, cuda_dtypes: &[DType]) -> bool {
+/// `cuda` feature) in one of `cuda_dtypes` when `kernel` is among [`cuda_kernels`] as well
+/// (`None`: the kernel has no CUDA version).
+pub fn kernel_applies(x: &Tensor, kernel: Option<CudaKernel>, cuda_dtypes: &[DType]) -> bool {
     if !enabled() {
         return false;
     }
     match x.device() {
         Device::Cpu => x.dtype() == DType::F32,
         Device::Cuda(_) => {
-            cfg!(feature = "cuda") && cuda_fused() && cuda_dtypes.contains(&x.dtype())
+            cfg!(feature = "cuda")
+                && kernel.is_some_and(|k| cuda_kernels().contains(k))
+                && cuda_dtypes.contains(&x.dtype())
         }
         _ => false,
     }
 }
 
-/// Whether an op on `x` takes its fused float32 version (see [`kernel_applies`]).
-pub fn fused_applies(x: &Tensor) -> bool {
-    kernel_applies(x, &[DType::F32])
+/// Whether an op on `x` takes its fused float32 version, `kernel` on CUDA (see
+/// [`kernel_applies`]).
+pub fn fused_applies(x: &Tensor, kernel: CudaKernel) -> bool {
+    kernel_applies(x, Some(kernel), &[DType::F32])
 }
 
 /// Turns the CPU kernels on or off for ops built on the calling thread (tests of the fallback
@@ -99,7 +187,7 @@ pub(super) fn enabled() -> bool {
 pub struct Settings {
     low: Option<candle_core::DType>,
     kernels: bool,
-    cuda_fused: bool,
+    cuda_kernels: CudaKernels,
 }
 
 impl Settings {
@@ -108,13 +196,13 @@ impl Settings {
         Settings {
             low: amp::low_dtype(),
             kernels: enabled(),
-            cuda_fused: cuda_fused(),
+            cuda_kernels: cuda_kernels(),
         }
     }
 
     /// Runs `f` under these settings on this thread, restoring the thread's own afterwards.
     pub fn apply<T>(self, f: impl FnOnce() -> T) -> T {
-        struct Restore(bool, bool);
+        struct Restore(bool, CudaKernels);
         impl Drop for Restore {
             fn drop(&mut self) {
                 ENABLED.with(|e| e.set(self.0));
@@ -123,7 +211,7 @@ impl Settings {
         }
         let _restore = Restore(
             ENABLED.with(|e| e.replace(self.kernels)),
-            CUDA_FUSED.with(|e| e.replace(self.cuda_fused)),
+            CUDA_FUSED.with(|e| e.replace(self.cuda_kernels)),
         );
         amp::autocast(self.low, f)
     }
@@ -131,24 +219,41 @@ impl Settings {
 
 /// Whether the CPU-only kernels apply to this tensor: [`kernel_applies`] with no CUDA version.
 pub fn applicable(x: &Tensor) -> bool {
-    kernel_applies(x, &[])
+    kernel_applies(x, None, &[])
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_cuda_fused;
+    use super::{parse_cuda_fused, CudaKernel, CudaKernels};
 
     #[test]
-    fn the_cuda_switch_takes_0_or_1_and_names_anything_else() {
+    fn the_cuda_switch_takes_0_1_or_kernel_names_and_names_anything_else() {
+        let some = CudaKernels::NONE
+            .with(CudaKernel::Optim)
+            .with(CudaKernel::Im2col);
         for (value, want) in [
-            (None, false),
-            (Some(""), false),
-            (Some("0"), false),
-            (Some(" 1 "), true),
+            (None, CudaKernels::NONE),
+            (Some(""), CudaKernels::NONE),
+            (Some("0"), CudaKernels::NONE),
+            (Some(" 1 "), CudaKernels::ALL),
+            (Some("optim, im2col"), some),
+            (Some("token"), CudaKernels::NONE.with(CudaKernel::Token)),
         ] {
             assert_eq!(parse_cuda_fused(value), Ok(want), "{value:?}");
         }
-        let err = parse_cuda_fused(Some("yes")).expect_err("yes");
-        assert_eq!(err, "IFP_CUDA_FUSED=\"yes\": expected 0 or 1");
+        assert!(some.contains(CudaKernel::Im2col) && !some.contains(CudaKernel::Norm));
+        assert!([CudaKernel::Pool, CudaKernel::Normalize]
+            .iter()
+            .all(|k| CudaKernels::ALL.contains(*k)));
+        let list = "optim, pool, gate, norm, im2col, bias, token, normalize";
+        for bad in ["yes", "norm,true", "norm,"] {
+            let err = parse_cuda_fused(Some(bad)).expect_err(bad);
+            assert_eq!(
+                err,
+                format!(
+                    "IFP_CUDA_FUSED={bad:?}: expected 0, 1 or a comma-separated list of {list}"
+                )
+            );
+        }
     }
 }

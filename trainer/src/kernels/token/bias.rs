@@ -6,7 +6,7 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::rows_per_task;
-use crate::kernels::{f32_slice, fused_applies};
+use crate::kernels::{f32_slice, fused_applies, CudaKernel};
 
 /// `x + b` where `b` matches the trailing dimensions of `x`: x viewed as (R, K), b as (K).
 struct AddBias {
@@ -117,7 +117,8 @@ impl CustomOp1 for ColumnSum {
 pub fn add_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (xd, bd) = (x.dims(), b.dims());
     let suffix = bd.len() <= xd.len() && xd[xd.len() - bd.len()..] == *bd;
-    if fused_applies(x) && b.dtype() == x.dtype() && suffix && b.elem_count() > 0 {
+    if fused_applies(x, CudaKernel::Token) && b.dtype() == x.dtype() && suffix && b.elem_count() > 0
+    {
         let k = b.elem_count();
         return x.contiguous()?.apply_op2(&b.contiguous()?, AddBias { k });
     }

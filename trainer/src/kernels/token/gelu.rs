@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use super::CHUNK;
 use crate::kernels::math::{erf, exp};
-use crate::kernels::{f32_slice, fused_applies};
+use crate::kernels::{f32_slice, fused_applies, CudaKernel};
 
 struct GeluOp;
 
@@ -99,7 +99,7 @@ fn gelu_backward_chunk(o: &mut [f32], xs: &[f32], dys: &[f32]) {
 
 /// Exact (erf) GELU, as `nn.GELU()`.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    if fused_applies(x) {
+    if fused_applies(x, CudaKernel::Token) {
         return x.contiguous()?.apply_op1(GeluOp);
     }
     x.gelu_erf()

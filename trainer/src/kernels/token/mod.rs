@@ -5,7 +5,7 @@
 //! tensor ops each costs several graph nodes with a full-size buffer per node in the backward
 //! (candle zero-fills every gradient first), and candle reduces a broadcast gradient over
 //! leading dimensions with a slow strided loop; these run on every token of every block.
-//! float32 on the CPU, and on CUDA (`cuda/token.cu`) where `kernels::cuda_fused` allows;
+//! float32 on the CPU, and on CUDA (`cuda/token.cu`) where `IFP_CUDA_FUSED` turns on `token`;
 //! [`layer_norm`], [`softmax`], [`gelu`] and [`add_bias`] fall back to the composed versions
 //! elsewhere, which are also what the tests compare them with. Like the other kernels, the
 //! per-row loops are compiled for AVX2+FMA as well as the baseline and picked at run time, with

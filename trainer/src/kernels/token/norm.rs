@@ -5,7 +5,7 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::rows_per_task;
-use crate::kernels::{f32_slice, fused_applies, unpack};
+use crate::kernels::{f32_slice, fused_applies, unpack, CudaKernel};
 
 const EPS: f32 = 1e-5;
 
@@ -170,7 +170,7 @@ impl CustomOp3 for LayerNormBackward {
 
 /// `nn.LayerNorm` over the last dimension of `x`, eps 1e-5.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    if fused_applies(x) && x.dim(D::Minus1)? == weight.elem_count() {
+    if fused_applies(x, CudaKernel::Token) && x.dim(D::Minus1)? == weight.elem_count() {
         return x
             .contiguous()?
             .apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNormOp);

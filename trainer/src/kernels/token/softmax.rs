@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use super::rows_per_task;
 use crate::kernels::math::exp;
-use crate::kernels::{f32_slice, fused_applies};
+use crate::kernels::{f32_slice, fused_applies, CudaKernel};
 
 struct SoftmaxOp {
     n: usize,
@@ -113,7 +113,7 @@ impl CustomOp2 for SoftmaxBackward {
 
 /// Softmax over the last dimension.
 pub fn softmax(x: &Tensor) -> Result<Tensor> {
-    if fused_applies(x) {
+    if fused_applies(x, CudaKernel::Token) {
         let n = x.dim(D::Minus1)?;
         return x.contiguous()?.apply_op1(SoftmaxOp { n });
     }

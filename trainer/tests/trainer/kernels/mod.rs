@@ -155,13 +155,14 @@ fn rand_var(lo: f32, hi: f32, shape: impl Into<Shape>) -> Var {
     Var::from_tensor(&Tensor::rand(lo, hi, shape, &Device::Cpu).expect("rand")).expect("var")
 }
 
-/// Turns this thread's CUDA switch on (`kernels::set_cuda_fused`, for the kernels that wait for
-/// a GPU run) while it lives, and puts it back as it was, however the test ends.
-pub(super) struct CudaKernelsOn(bool);
+/// Turns all of this thread's CUDA kernels that wait for a GPU run on
+/// (`kernels::set_cuda_fused`) while it lives, and puts back the set it had, however the test
+/// ends.
+pub(super) struct CudaKernelsOn(kernels::CudaKernels);
 
 impl CudaKernelsOn {
     pub(super) fn new() -> Self {
-        let before = kernels::cuda_fused();
+        let before = kernels::cuda_kernels();
         kernels::set_cuda_fused(true);
         CudaKernelsOn(before)
     }
@@ -169,7 +170,7 @@ impl CudaKernelsOn {
 
 impl Drop for CudaKernelsOn {
     fn drop(&mut self) {
-        kernels::set_cuda_fused(self.0);
+        kernels::set_cuda_kernels(self.0);
     }
 }
 
@@ -263,7 +264,7 @@ fn l2_normalize_kernel_matches_composed() {
     ] {
         let x = rounded_var(DType::F32, 1.0, shape, &dev);
         assert!(
-            kernels::fused_applies(x.as_tensor()),
+            kernels::fused_applies(x.as_tensor(), kernels::CudaKernel::Normalize),
             "the kernel runs on {dev:?}"
         );
         compare_with_grads(
@@ -288,7 +289,7 @@ fn bias_act_kernel_matches_composed() {
         let x = rounded_var(DType::F32, 1.0, (b, c, h, w), &dev);
         let bias = rounded_var(DType::F32, 1.0, c, &dev);
         assert!(
-            kernels::fused_applies(x.as_tensor()),
+            kernels::fused_applies(x.as_tensor(), kernels::CudaKernel::Bias),
             "the kernel runs on {dev:?}"
         );
         for act in [

@@ -24,7 +24,7 @@ fn channel_layer_norm_kernel_matches_composed() {
                 Var::from_tensor(&Tensor::randn(0f32, 0.2, c, &dev).expect("b")).expect("var");
             let bias_ref = with_bias.then_some(bias.as_tensor());
             assert!(
-                kernels::fused_applies(x.as_tensor()),
+                kernels::fused_applies(x.as_tensor(), kernels::CudaKernel::Norm),
                 "the kernel runs on {dev:?}"
             );
             let probe = Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).expect("probe");

@@ -41,7 +41,7 @@ fn adamw_update_matches_composed() {
     let w0 = draw(n, 1, 2e-4, &dev);
     let zeros = Tensor::zeros(n, DType::F32, &dev).expect("zeros");
     assert!(
-        kernels::fused_applies(&w0),
+        kernels::fused_applies(&w0, kernels::CudaKernel::Optim),
         "the one-pass update applies on {dev:?}"
     );
     let (mut w, mut m, mut v) = (w0.clone(), zeros.clone(), zeros.clone());

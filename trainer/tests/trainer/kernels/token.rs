@@ -35,7 +35,7 @@ fn token_kernels_match_composed() {
         let w = rounded_var(DType::F32, 1.0, c, &dev);
         let b = rounded_var(DType::F32, 1.0, c, &dev);
         assert!(
-            kernels::fused_applies(x.as_tensor()),
+            kernels::fused_applies(x.as_tensor(), kernels::CudaKernel::Token),
             "the kernels run on {dev:?}"
         );
         compare_with_grads(
