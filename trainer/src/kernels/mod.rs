@@ -211,12 +211,15 @@ pub fn channel_layer_norm_composed(
 
 /// Restormer's channel attention from the output of its depthwise convolution: qkv
 /// (B, 3C, H, W) and the per-head temperature (heads, 1, 1) -> (B, C, H, W) (see `attention`).
-/// The fused op multiplies in float32, so under autocast (and off the CPU) the products take
-/// [`channel_attention_composed`], which runs them in the low dtype as PyTorch does.
+/// The fused CPU op multiplies in float32, so under autocast the products take
+/// [`channel_attention_composed`], which runs them in the low dtype as PyTorch does; on CUDA
+/// the same composition runs with the normalisation and softmax kernels where they are on.
 pub fn channel_attention(qkv: &Tensor, temperature: &Tensor, heads: usize) -> Result<Tensor> {
-    if qkv.device().is_cuda() && fused_applies(qkv, CudaKernel::Normalize) {
-        // The products stay cuBLAS's (under autocast too); the normalisations are one op each.
-        return channel_attention_with(qkv, temperature, heads, l2_normalize_last);
+    if qkv.device().is_cuda() {
+        // The products stay cuBLAS's (under autocast too); the normalisations and the softmax
+        // are one op each where `IFP_CUDA_FUSED` turns on `normalize` and `token`.
+        let ops: (UnaryOp, UnaryOp) = (l2_normalize_last, token::softmax);
+        return channel_attention_with(qkv, temperature, heads, ops);
     }
     if !applicable(qkv) || amp::low_dtype().is_some() {
         return channel_attention_composed(qkv, temperature, heads);
@@ -235,15 +238,20 @@ pub fn channel_attention_composed(
     temperature: &Tensor,
     heads: usize,
 ) -> Result<Tensor> {
-    channel_attention_with(qkv, temperature, heads, l2_normalize_last_composed)
+    let ops: (UnaryOp, UnaryOp) = (l2_normalize_last_composed, token::softmax_last);
+    channel_attention_with(qkv, temperature, heads, ops)
 }
 
-/// The channel attention from tensor ops, with `normalize` as `F.normalize(x, dim=-1)`.
+/// A tensor op of one tensor.
+type UnaryOp = fn(&Tensor) -> Result<Tensor>;
+
+/// The channel attention from tensor ops and `(normalize, softmax)`: `F.normalize(x, dim=-1)`
+/// and the softmax over the last dimension.
 fn channel_attention_with(
     qkv: &Tensor,
     temperature: &Tensor,
     heads: usize,
-    normalize: fn(&Tensor) -> Result<Tensor>,
+    (normalize, softmax): (UnaryOp, UnaryOp),
 ) -> Result<Tensor> {
     let (b, c3, h, w) = qkv.dims4()?;
     let c = c3 / 3;
@@ -255,7 +263,7 @@ fn channel_attention_with(
     let v = split(2)?;
     // (B, heads, ch, ch), scaled per head
     let attn = amp::matmul(&q, &k.t()?)?.broadcast_mul(&temperature.unsqueeze(0)?)?;
-    let attn = token::softmax_last(&attn)?;
+    let attn = softmax(&attn)?;
     amp::matmul(&attn, &v.contiguous()?)?.reshape((b, c, h, w))
 }
 
