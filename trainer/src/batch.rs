@@ -2,7 +2,9 @@
 //! the network input (normalised corrupted crop), the target (normalised clean crop) and the
 //! mask tensor the loss needs (ARCHITECTURE.md, "The method"). All randomness comes from seeded
 //! ChaCha streams whose positions are saved in the training state, so a resumed run draws the
-//! same crops.
+//! same crops. A run draws its batches on a thread of its own, one ahead ([`Prefetcher`]).
+
+use std::sync::mpsc;
 
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
@@ -132,6 +134,11 @@ impl Sampler {
 
     /// Draws `n` samples onto `device`.
     pub fn next_batch(&mut self, n: usize, device: &Device) -> Result<Batch> {
+        self.draw(n)?.onto(device)
+    }
+
+    /// Draws `n` samples into host memory.
+    fn draw(&mut self, n: usize) -> Result<HostBatch> {
         let s = self.crop.size;
         let plane = 3 * s * s;
         let mut input = Vec::with_capacity(n * plane);
@@ -155,12 +162,202 @@ impl Sampler {
         }
         let (first_clean, first_corrupted) =
             first.ok_or_else(|| crate::error::TrainerError::Unsupported("empty batch".into()))?;
-        Ok(Batch {
-            input: Tensor::from_vec(input, (n, 3, s, s), device)?,
-            target: Tensor::from_vec(target, (n, 3, s, s), device)?,
-            mask: Tensor::from_vec(masks, (n, 1, s, s), device)?,
+        Ok(HostBatch {
+            n,
+            size: s,
+            input,
+            target,
+            masks,
             first_clean,
             first_corrupted,
         })
+    }
+}
+
+/// A batch in host memory, as the sampler draws it.
+struct HostBatch {
+    n: usize,
+    size: usize,
+    input: Vec<f32>,
+    target: Vec<f32>,
+    masks: Vec<f32>,
+    first_clean: Image,
+    first_corrupted: Image,
+}
+
+impl HostBatch {
+    fn onto(self, device: &Device) -> Result<Batch> {
+        let (n, s) = (self.n, self.size);
+        Ok(Batch {
+            input: Tensor::from_vec(self.input, (n, 3, s, s), device)?,
+            target: Tensor::from_vec(self.target, (n, 3, s, s), device)?,
+            mask: Tensor::from_vec(self.masks, (n, 1, s, s), device)?,
+            first_clean: self.first_clean,
+            first_corrupted: self.first_corrupted,
+        })
+    }
+}
+
+/// What the batch thread is asked to do, in order.
+enum Request {
+    /// Draw a batch of this many samples.
+    Draw(usize),
+    /// Put the sampler's streams here (a resumed run).
+    Restore(SamplerState),
+}
+
+/// A run's batches, drawn on a thread of their own one batch ahead: while a step runs, the next
+/// batch is drawn (on a GPU the host would otherwise draw it while the device waits). The
+/// batches are the sampler's own, in its order; [`Prefetcher::state`] is the sampler's state
+/// after the last batch handed out (what a checkpoint records and a resume restores), not after
+/// the one drawn ahead.
+pub struct Prefetcher {
+    size: usize,
+    state: SamplerState,
+    fixed_radii: Option<Vec<usize>>,
+    /// `None` only while dropping.
+    requests: Option<mpsc::Sender<Request>>,
+    drawn: mpsc::Receiver<Result<(HostBatch, SamplerState)>>,
+    /// Whether a batch has been asked for and not yet handed out.
+    ahead: bool,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Prefetcher {
+    /// Batches of `size` samples from `sampler`, drawn on a new thread.
+    pub fn new(mut sampler: Sampler, size: usize) -> Result<Self> {
+        let (state, fixed_radii) = (
+            sampler.state(),
+            sampler.masks().fixed_radii().map(<[usize]>::to_vec),
+        );
+        let (requests, asked) = mpsc::channel::<Request>();
+        let (send, drawn) = mpsc::channel();
+        let worker = std::thread::Builder::new()
+            .name("ifp-batches".into())
+            .spawn(move || {
+                for request in asked {
+                    let out = match request {
+                        Request::Draw(n) => sampler.draw(n).map(|b| (b, sampler.state())),
+                        Request::Restore(state) => {
+                            sampler.restore(state);
+                            continue;
+                        }
+                    };
+                    if send.send(out).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(crate::error::TrainerError::io("the batch thread"))?;
+        Ok(Prefetcher {
+            size,
+            state,
+            fixed_radii,
+            requests: Some(requests),
+            drawn,
+            ahead: false,
+            worker: Some(worker),
+        })
+    }
+
+    fn ask(&self, request: Request) -> Result<()> {
+        self.requests
+            .as_ref()
+            .and_then(|r| r.send(request).ok())
+            .ok_or_else(stopped)
+    }
+
+    /// The next batch, on `device`; the one after it starts drawing at once.
+    pub fn next(&mut self, device: &Device) -> Result<Batch> {
+        if !self.ahead {
+            self.ask(Request::Draw(self.size))?;
+        }
+        let (batch, state) = self.drawn.recv().map_err(|_| stopped())??;
+        self.state = state;
+        self.ask(Request::Draw(self.size))?;
+        self.ahead = true;
+        batch.onto(device)
+    }
+
+    /// The sampler's streams after the last batch handed out.
+    pub fn state(&self) -> SamplerState {
+        self.state
+    }
+
+    /// The mask generator's fixed radii, if it has them (recorded in checkpoints).
+    pub fn fixed_radii(&self) -> Option<&[usize]> {
+        self.fixed_radii.as_deref()
+    }
+
+    /// Continues from `state` (a resumed run): a batch drawn ahead is dropped.
+    pub fn restore(&mut self, state: SamplerState) -> Result<()> {
+        if self.ahead {
+            self.drawn.recv().map_err(|_| stopped())??;
+            self.ahead = false;
+        }
+        self.ask(Request::Restore(state))?;
+        self.state = state;
+        Ok(())
+    }
+}
+
+impl Drop for Prefetcher {
+    fn drop(&mut self) {
+        // Closing the requests ends the thread after the batch it may be drawing.
+        self.requests = None;
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// The error when the batch thread is gone (it panicked).
+fn stopped() -> crate::error::TrainerError {
+    crate::error::TrainerError::Unsupported("the batch thread stopped".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampler() -> Sampler {
+        let mut cfg = crate::config::preset("tiny").expect("tiny preset");
+        cfg.data.img_size = 16;
+        Sampler::from_config(&cfg).expect("sampler")
+    }
+
+    fn values(b: &Batch) -> Vec<Vec<f32>> {
+        [&b.input, &b.target, &b.mask]
+            .map(|t| t.flatten_all().and_then(|t| t.to_vec1()).expect("values"))
+            .to_vec()
+    }
+
+    /// The prefetched batches are the sampler's own, in order; the recorded state is the one
+    /// after the last batch handed out; a restore with a batch drawn ahead continues from the
+    /// restored state, as the sampler would.
+    #[test]
+    fn prefetched_batches_are_the_samplers_own() {
+        let cpu = Device::Cpu;
+        let mut plain = sampler();
+        let mut ahead = Prefetcher::new(sampler(), 2).expect("prefetcher");
+        let start = ahead.state();
+        assert_eq!(start, plain.state());
+        for k in 0..3 {
+            let want = plain.next_batch(2, &cpu).expect("plain");
+            let got = ahead.next(&cpu).expect("prefetched");
+            assert_eq!(values(&got), values(&want), "batch {k}");
+            assert_eq!(got.first_clean.data, want.first_clean.data, "batch {k}");
+            assert_eq!(ahead.state(), plain.state(), "state after batch {k}");
+        }
+        assert_eq!(ahead.fixed_radii(), plain.masks().fixed_radii());
+        // Back to the start with the fourth batch already drawn ahead.
+        ahead.restore(start).expect("restore");
+        plain.restore(start);
+        assert_eq!(ahead.state(), start);
+        for k in 0..2 {
+            let want = plain.next_batch(2, &cpu).expect("plain");
+            let got = ahead.next(&cpu).expect("prefetched");
+            assert_eq!(values(&got), values(&want), "batch {k} after the restore");
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use candle_core::{Device, Tensor};
 
-use crate::batch::{Batch, Sampler};
+use crate::batch::{Batch, Prefetcher, Sampler};
 use crate::checkpoint::{self, Checkpoint, TrainingState, STATE_VERSION};
 use crate::config::Config;
 use crate::data::image::Image;
@@ -101,7 +101,7 @@ pub struct Trainer {
     device: Device,
     net: Network,
     optimiser: driver::Optimiser,
-    sampler: Sampler,
+    batches: Prefetcher,
     loss: FreqLoss,
     step: usize,
     last: Option<(Batch, Tensor)>,
@@ -124,7 +124,7 @@ impl Trainer {
         let kind = cfg.model.recover_target_type;
         Ok(Trainer {
             loss: FreqLoss::new(kind, cfg.data.img_size, 3, device)?,
-            sampler: Sampler::from_config(cfg)?,
+            batches: Prefetcher::new(Sampler::from_config(cfg)?, cfg.data.batch_size)?,
             optimiser: driver::Optimiser::new(net.vars()?, &cfg.train, sched)?,
             cfg: cfg.clone(),
             device: device.clone(),
@@ -224,8 +224,8 @@ impl driver::Run for Trainer {
     /// One optimiser step.
     fn train_step(&mut self) -> Result<StepStats> {
         let k = self.step;
-        let (sampler, size) = (&mut self.sampler, self.cfg.data.batch_size);
-        let (batch, timer) = driver::timed_batch(|| sampler.next_batch(size, &self.device))?;
+        let (batches, device) = (&mut self.batches, &self.device);
+        let (batch, timer) = driver::timed_batch(|| batches.next(device))?;
         let mut drop_rng = DropPathRng::for_step(self.cfg.seed ^ DROP_PATH_STREAM, k as u64);
         let pred = self.net.forward_train(&batch.input, &mut drop_rng)?;
         let loss = self.loss.forward(&pred, &batch.target, &batch.mask)?;
@@ -240,8 +240,8 @@ impl driver::Run for Trainer {
         let state = TrainingState {
             version: STATE_VERSION,
             step: self.step,
-            sampler: self.sampler.state(),
-            mask_radii: self.sampler.masks().fixed_radii().map(<[usize]>::to_vec),
+            sampler: self.batches.state(),
+            mask_radii: self.batches.fixed_radii().map(<[usize]>::to_vec),
             config_yaml: self.cfg.to_yaml(),
         };
         let strip = match &self.last {
@@ -262,7 +262,7 @@ impl driver::Run for Trainer {
         let net = Network::build(&self.cfg, WeightSource::Tensors(weights), &self.device)?;
         let mut fresh = Self::with_network(&self.cfg, &self.device, net)?;
         let state = fresh.optimiser.resume(saved, step)?;
-        fresh.sampler.restore(state.sampler);
+        fresh.batches.restore(state.sampler)?;
         fresh.step = step;
         *self = fresh;
         Ok(())
