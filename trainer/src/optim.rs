@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Result, Tensor, Var};
+use candle_core::{Result, Tensor, Var};
 
 use crate::config::TrainConfig;
 use crate::kernels::{self, AdamWStep};
@@ -196,28 +196,17 @@ impl AdamW {
 
 /// The squared global 2-norm of the gradients, as a float64 scalar on their device: per-tensor
 /// sums of squares first, then their sum, as `torch.nn.utils.clip_grad_norm_` takes the norm of
-/// the per-tensor norms. Nothing is read back to the host (one read per step does that).
+/// the per-tensor norms (`kernels::squared_norm`). Nothing is read back to the host (one read
+/// per step does that).
 pub fn grad_norm_sq(grads: &GradStore, vars: &[Var]) -> Result<Tensor> {
-    // Each sum in its gradient's dtype, as PyTorch takes each tensor's norm.
-    let mut sums = vars
+    let gs: Vec<&Tensor> = vars
         .iter()
         .filter_map(|v| grads.get(v.as_tensor()))
-        .map(|g| g.sqr()?.sum_all())
-        .collect::<Result<Vec<_>>>()?;
-    let Some(first) = sums.first().map(Tensor::dtype) else {
-        let device = vars
-            .first()
-            .map_or(candle_core::Device::Cpu, |v| v.device().clone());
-        return Tensor::zeros((), DType::F64, &device);
-    };
-    // One cast for the usual case of one dtype; mixed dtypes are widened one by one.
-    if sums.iter().any(|s| s.dtype() != first) {
-        sums = sums
-            .iter()
-            .map(|s| s.to_dtype(DType::F64))
-            .collect::<Result<_>>()?;
-    }
-    Tensor::stack(&sums, 0)?.to_dtype(DType::F64)?.sum_all()
+        .collect();
+    let device = vars
+        .first()
+        .map_or(candle_core::Device::Cpu, |v| v.device().clone());
+    kernels::squared_norm(&gs, &device)
 }
 
 /// The factor `torch.nn.utils.clip_grad_norm_(params, max_norm)` scales every gradient by for

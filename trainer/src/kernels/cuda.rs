@@ -17,23 +17,21 @@ use candle_core::cuda_backend::cudarc::driver::{
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, Layout, Result, Shape};
 
-use super::AdamWStep;
-
 mod bias;
 mod conv;
 mod norm;
 pub(super) mod normalize;
+mod optim;
 pub(super) mod token;
 pub(super) use bias::{bias_act, bias_act_backward};
 pub(super) use conv::{col2im, im2col};
 pub(super) use norm::{channel_norm, channel_norm_backward};
+pub(super) use optim::{adamw_update, squared_norms};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/depthwise.ptx"));
 const MODULE: &str = "ifp_depthwise";
 const GATE_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/gate.ptx"));
 const GATE_MODULE: &str = "ifp_gate";
-const OPTIM_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/optim.ptx"));
-const OPTIM_MODULE: &str = "ifp_optim";
 /// Threads per block of the weight-gradient kernel (its shared reduction buffer's size).
 const WEIGHT_THREADS: u32 = 256;
 /// Largest kernel the weight gradient handles (its per-thread accumulators).
@@ -210,72 +208,6 @@ pub(super) fn depthwise_weight_grad(
         CudaStorage { slice, device: dev },
         Shape::from((c, 1, k, k)),
     ))
-}
-
-/// One AdamW step `s` of a float32 parameter: `[(w), (g), (m), (v)]` (one shape, contiguous)
-/// -> fresh `[w', m', v']`, in one launch.
-pub(super) fn adamw_update(
-    inputs: [(&CudaStorage, &Layout); 4],
-    s: &AdamWStep,
-) -> Result<[CudaStorage; 3]> {
-    let [(w, lw), (g, lg), (m, lm), (v, lv)] = inputs;
-    let what = "adamw update";
-    let (
-        CudaStorageSlice::F32(ws),
-        CudaStorageSlice::F32(gs),
-        CudaStorageSlice::F32(ms),
-        CudaStorageSlice::F32(vs),
-    ) = (&w.slice, &g.slice, &m.slice, &v.slice)
-    else {
-        return Err(candle_core::Error::Msg(format!(
-            "{what}: float32 tensors only"
-        )));
-    };
-    let (wv, gv, mv, vv) = (
-        view(ws, lw, what)?,
-        view(gs, lg, what)?,
-        view(ms, lm, what)?,
-        view(vs, lv, what)?,
-    );
-    let n = wv.len();
-    if [gv.len(), mv.len(), vv.len()] != [n; 3] {
-        return Err(candle_core::Error::Msg(format!(
-            "{what}: parameter, gradient and moments differ in size"
-        )));
-    }
-    let dev = w.device().clone();
-    let f = dev.get_or_load_custom_func("ifp_adamw_f32", OPTIM_MODULE, OPTIM_PTX)?;
-    // SAFETY: the kernel writes every element of the three outputs.
-    let (w2, m2, v2) = unsafe {
-        (
-            dev.alloc::<f32>(n)?,
-            dev.alloc::<f32>(n)?,
-            dev.alloc::<f32>(n)?,
-        )
-    };
-    let n64 = n as i64;
-    let (scale_grad, grad_scale) = (
-        i32::from(s.grad_scale.is_some()),
-        s.grad_scale.unwrap_or(1.0),
-    );
-    let (apply_decay, decay) = (i32::from(s.decay.is_some()), s.decay.unwrap_or(1.0));
-    let mut b = f.builder();
-    b.arg(&wv).arg(&gv).arg(&mv).arg(&vv);
-    b.arg(&w2).arg(&m2).arg(&v2).arg(&n64);
-    b.arg(&scale_grad)
-        .arg(&grad_scale)
-        .arg(&apply_decay)
-        .arg(&decay);
-    b.arg(&s.one_minus_beta1)
-        .arg(&s.beta2)
-        .arg(&s.one_minus_beta2);
-    b.arg(&s.inv_bias_correction2).arg(&s.eps).arg(&s.step_size);
-    // SAFETY: argument types and order match ifp_adamw_f32 in optim.cu.
-    unsafe { b.launch(grid(n, 256)) }.w()?;
-    Ok([w2, m2, v2].map(|x| CudaStorage {
-        slice: CudaStorageSlice::F32(x),
-        device: dev.clone(),
-    }))
 }
 
 /// Raises the release threshold of the device's default memory pool (which cudarc allocates

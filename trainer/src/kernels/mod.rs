@@ -31,7 +31,9 @@ use multiversion::multiversion;
 
 pub(crate) use conv::f32_slice;
 pub use normalize::{l2_normalize_last, l2_normalize_last_composed};
-pub use optim::{adamw_update, adamw_update_composed, AdamWStep};
+pub use optim::{
+    adamw_update, adamw_update_composed, squared_norm, squared_norm_composed, AdamWStep,
+};
 use switch::enabled;
 pub use switch::{
     applicable, cuda_fused, cuda_fused_setting, cuda_kernels, fused_applies, kernel_applies,

@@ -3,9 +3,10 @@
 //! about ten tensor ops (and as many full-size temporaries) per parameter. The pass rounds in
 //! exactly the composed version's order (each scalar product `x * s + 0`, as candle's `affine`
 //! computes it), so the two give the same bits on the CPU; the CUDA kernel (`cuda/optim.cu`)
-//! does the same sums in the same order.
+//! does the same sums in the same order. Also the squared global norm of all the gradients,
+//! which clipping needs, in three CUDA launches instead of about three per tensor.
 
-use candle_core::{DType, Result, Storage, Tensor};
+use candle_core::{DType, Device, Result, Storage, Tensor};
 use rayon::prelude::*;
 
 /// The scalars of one AdamW step, in float32 as the composed version's `affine` ops use them.
@@ -166,6 +167,75 @@ pub fn adamw_update_composed(
     let denom = ((v.sqrt()? * s.inv_bias_correction2 as f64)? + s.eps as f64)?;
     let w = (w - (m.div(&denom)? * s.step_size as f64)?)?;
     Ok((w, m, v))
+}
+
+/// The squared global 2-norm of `tensors` as a float64 scalar on their device, nothing read
+/// back: on CUDA, float32 and with [`super::CudaKernel::Optim`] on, three launches whatever
+/// their number (`cuda/optim.cu`); else [`squared_norm_composed`]. The per-tensor sums are
+/// float64 there and the tensors' dtype here, so the two agree to float32 rounding.
+pub fn squared_norm(tensors: &[&Tensor], device: &Device) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if let Some(t) = cuda_squared_norm(tensors)? {
+        return Ok(t);
+    }
+    squared_norm_composed(tensors, device)
+}
+
+/// [`squared_norm`] on CUDA where it applies (`None` elsewhere).
+#[cfg(feature = "cuda")]
+fn cuda_squared_norm(tensors: &[&Tensor]) -> Result<Option<Tensor>> {
+    let Some(first) = tensors.first() else {
+        return Ok(None);
+    };
+    let Device::Cuda(dev) = first.device() else {
+        return Ok(None);
+    };
+    let applies = super::kernel_applies(first, Some(super::CudaKernel::Optim), &[DType::F32])
+        && tensors.iter().all(|t| {
+            t.dtype() == DType::F32
+                && t.device().same_device(first.device())
+                && t.is_contiguous()
+                && t.elem_count() > 0
+        });
+    if !applies {
+        return Ok(None);
+    }
+    let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
+    let parts = guards
+        .iter()
+        .map(|(s, l)| match &**s {
+            Storage::Cuda(c) => Ok((c, *l)),
+            _ => Err(candle_core::Error::Msg("squared norm: not on CUDA".into())),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let out = super::cuda::squared_norms(dev, &parts)?;
+    Ok(Some(Tensor::from_storage(
+        Storage::Cuda(out),
+        candle_core::Shape::from(()),
+        candle_core::op::BackpropOp::none(),
+        false,
+    )))
+}
+
+/// [`squared_norm`] from tensor ops (any device and dtype): each tensor's sum of squares in its
+/// own dtype (as PyTorch takes each tensor's norm), then their sum in float64. Zero for no
+/// tensors, on `device`.
+pub fn squared_norm_composed(tensors: &[&Tensor], device: &Device) -> Result<Tensor> {
+    let mut sums = tensors
+        .iter()
+        .map(|g| g.sqr()?.sum_all())
+        .collect::<Result<Vec<_>>>()?;
+    let Some(first) = sums.first().map(Tensor::dtype) else {
+        return Tensor::zeros((), DType::F64, device);
+    };
+    // One cast for the usual case of one dtype; mixed dtypes are widened one by one.
+    if sums.iter().any(|s| s.dtype() != first) {
+        sums = sums
+            .iter()
+            .map(|s| s.to_dtype(DType::F64))
+            .collect::<Result<_>>()?;
+    }
+    Tensor::stack(&sums, 0)?.to_dtype(DType::F64)?.sum_all()
 }
 
 #[cfg(test)]

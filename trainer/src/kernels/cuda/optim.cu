@@ -31,3 +31,32 @@ extern "C" __global__ void ifp_adamw_f32(const float* w, const float* g, const f
         v_out[i] = v2;
     }
 }
+
+// The squared 2-norms of T float32 tensors in two launches, whatever T is: tensor i starts at
+// the address ptrs[i] and has lens[i] elements. Thread t = i * J + j adds the squares of
+// elements j, j + J, j + 2J, ... of tensor i (a warp reads adjacent values) in double into
+// partial[t]; then each tensor's J partial sums are added in order. Deterministic.
+extern "C" __global__ void ifp_sumsq_partial_f32(const uint64_t* ptrs, const int64_t* lens,
+                                                 double* partial, int T, int J) {
+    for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < (int64_t)T * J;
+         t += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t i = t / J, j = t - i * J;
+        const float* x = (const float*)ptrs[i];
+        double s = 0.0;
+        for (int64_t e = j; e < lens[i]; e += J) {
+            const double v = (double)x[e];
+            s += v * v;
+        }
+        partial[t] = s;
+    }
+}
+
+// out[r] = the J values of row r of partial (R, J), added in order.
+extern "C" __global__ void ifp_sum_rows_f64(const double* partial, double* out, int64_t R, int J) {
+    for (int64_t r = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; r < R;
+         r += (int64_t)gridDim.x * blockDim.x) {
+        double s = 0.0;
+        for (int j = 0; j < J; ++j) s += partial[r * J + j];
+        out[r] = s;
+    }
+}

@@ -1,4 +1,5 @@
-//! `optim.cu`: the one-pass AdamW update against the CPU update, exactly.
+//! `optim.cu`: the one-pass AdamW update against the CPU update, exactly; the squared norm of
+//! many tensors against float64 sums.
 
 use candle_core::{Device, Tensor};
 use ifp_trainer::kernels::{self, AdamWStep};
@@ -87,4 +88,60 @@ fn the_adamw_kernel_gives_the_cpu_update() {
             }
         }
     }
+}
+
+type SumsqPartial = unsafe extern "C" fn(*const u64, *const i64, *mut f64, i32, i32);
+type SumRows = unsafe extern "C" fn(*const f64, *mut f64, i64, i32);
+
+/// The squared norm of several tensors through a table of their addresses: the float64 sum of
+/// every square, to float64 rounding, and the composed version's float32 per-tensor sums to
+/// float32 rounding.
+#[test]
+fn the_squared_norm_kernels_sum_every_tensor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lib = build("optim", dir.path());
+    // SAFETY: the signatures of these kernels in optim.cu.
+    let (partial, sum_rows) = unsafe {
+        (
+            lib.get::<SumsqPartial>(b"ifp_sumsq_partial_f32")
+                .expect("partial"),
+            lib.get::<SumRows>(b"ifp_sum_rows_f64").expect("sum rows"),
+        )
+    };
+    // One value, fewer values than partial sums, and many per emulated thread.
+    let sizes = [1usize, 3, 40, 1001];
+    let tensors: Vec<Tensor> = sizes
+        .iter()
+        .map(|&n| Tensor::randn(0f32, 1.5, n, &Device::Cpu).expect("t"))
+        .collect();
+    let data: Vec<Vec<f32>> = tensors.iter().map(values).collect();
+    let ptrs: Vec<u64> = data.iter().map(|d| d.as_ptr() as u64).collect();
+    let lens: Vec<i64> = data.iter().map(|d| d.len() as i64).collect();
+    let (t, j) = (sizes.len(), 4usize);
+    let mut part = vec![f64::NAN; t * j];
+    let (mut per, mut out) = (vec![f64::NAN; t], [f64::NAN]);
+    // SAFETY: the table holds live buffers of the lengths given; the outputs have t * j, t and
+    // one element.
+    unsafe {
+        let (pp, perp, op) = (part.as_mut_ptr(), per.as_mut_ptr(), out.as_mut_ptr());
+        let (t32, j32) = (t as i32, j as i32);
+        launch(&lib, || partial(ptrs.as_ptr(), lens.as_ptr(), pp, t32, j32));
+        launch(&lib, || sum_rows(pp, perp, t as i64, j32));
+        launch(&lib, || sum_rows(perp, op, 1, t32));
+    }
+    let exact: f64 = data.iter().flatten().map(|v| (*v as f64).powi(2)).sum();
+    assert!(
+        ((out[0] - exact) / exact).abs() < 1e-14,
+        "{} vs {exact}",
+        out[0]
+    );
+    for (i, d) in data.iter().enumerate() {
+        let want: f64 = d.iter().map(|v| (*v as f64).powi(2)).sum();
+        assert!(((per[i] - want) / want).abs() < 1e-14, "tensor {i}");
+    }
+    let refs: Vec<&Tensor> = tensors.iter().collect();
+    let composed = kernels::squared_norm_composed(&refs, &Device::Cpu)
+        .and_then(|t| t.to_scalar::<f64>())
+        .expect("composed");
+    assert!(((out[0] - composed) / composed).abs() < 1e-6);
 }

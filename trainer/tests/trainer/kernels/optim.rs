@@ -75,3 +75,26 @@ fn adamw_update_matches_composed() {
     eprintln!("adamw update on {dev:?}: 4 steps of {n} elements equal to the composed update; largest weight change {moved:e}");
     assert!(moved > 0.0, "the updates changed the weights");
 }
+
+/// The squared global norm (on CUDA with the switch on: three launches through a table of
+/// addresses) against the composed per-tensor sums, on `IFP_TEST_DEVICE`: tensors of one
+/// value, of fewer values than partial sums, and large ones, and none at all.
+#[test]
+fn squared_norm_matches_composed() {
+    let _on = CudaKernelsOn::new();
+    let dev = common::test_device();
+    let tensors: Vec<Tensor> = [1usize, 7, 300, 70_001, 5]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| draw(n, 40 + i as u64, 3.0, &dev))
+        .collect();
+    let refs: Vec<&Tensor> = tensors.iter().collect();
+    let scalar = |t: Tensor| t.to_scalar::<f64>().expect("scalar");
+    let fast = scalar(kernels::squared_norm(&refs, &dev).expect("fast"));
+    let slow = scalar(kernels::squared_norm_composed(&refs, &dev).expect("slow"));
+    let rel = ((fast - slow) / slow).abs();
+    assert!(rel < 1e-6, "{fast} vs {slow}: {rel}");
+    let none = scalar(kernels::squared_norm(&[], &dev).expect("empty"));
+    assert_eq!(none, 0.0);
+    println!("squared norm kernel on {dev:?} matches the composed version ({rel:.1e})");
+}

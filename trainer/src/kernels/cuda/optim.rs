@@ -1,0 +1,133 @@
+//! CUDA launches of the optimiser's kernels (`optim.cu`), float32: the one-pass AdamW update of
+//! one parameter, and the squared 2-norms of all the gradients in three launches whatever their
+//! number (a table of their addresses goes to the device with them), added in a fixed order.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{DevicePtr, PushKernelArg};
+use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
+use candle_core::{CudaDevice, CudaStorage, Layout, Result};
+
+use super::{grid, view};
+use crate::kernels::AdamWStep;
+
+const OPTIM_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/optim.ptx"));
+const OPTIM_MODULE: &str = "ifp_optim";
+/// Partial sums per tensor of the squared norms.
+const PARTS: usize = 256;
+
+/// One AdamW step `s` of a float32 parameter: `[(w), (g), (m), (v)]` (one shape, contiguous)
+/// -> fresh `[w', m', v']`, in one launch.
+pub(in crate::kernels) fn adamw_update(
+    inputs: [(&CudaStorage, &Layout); 4],
+    s: &AdamWStep,
+) -> Result<[CudaStorage; 3]> {
+    let [(w, lw), (g, lg), (m, lm), (v, lv)] = inputs;
+    let what = "adamw update";
+    let (
+        CudaStorageSlice::F32(ws),
+        CudaStorageSlice::F32(gs),
+        CudaStorageSlice::F32(ms),
+        CudaStorageSlice::F32(vs),
+    ) = (&w.slice, &g.slice, &m.slice, &v.slice)
+    else {
+        return Err(candle_core::Error::Msg(format!(
+            "{what}: float32 tensors only"
+        )));
+    };
+    let (wv, gv, mv, vv) = (
+        view(ws, lw, what)?,
+        view(gs, lg, what)?,
+        view(ms, lm, what)?,
+        view(vs, lv, what)?,
+    );
+    let n = wv.len();
+    if [gv.len(), mv.len(), vv.len()] != [n; 3] {
+        return Err(candle_core::Error::Msg(format!(
+            "{what}: parameter, gradient and moments differ in size"
+        )));
+    }
+    let dev = w.device().clone();
+    let f = dev.get_or_load_custom_func("ifp_adamw_f32", OPTIM_MODULE, OPTIM_PTX)?;
+    // SAFETY: the kernel writes every element of the three outputs.
+    let (w2, m2, v2) = unsafe {
+        (
+            dev.alloc::<f32>(n)?,
+            dev.alloc::<f32>(n)?,
+            dev.alloc::<f32>(n)?,
+        )
+    };
+    let n64 = n as i64;
+    let (scale_grad, grad_scale) = (
+        i32::from(s.grad_scale.is_some()),
+        s.grad_scale.unwrap_or(1.0),
+    );
+    let (apply_decay, decay) = (i32::from(s.decay.is_some()), s.decay.unwrap_or(1.0));
+    let mut b = f.builder();
+    b.arg(&wv).arg(&gv).arg(&mv).arg(&vv);
+    b.arg(&w2).arg(&m2).arg(&v2).arg(&n64);
+    b.arg(&scale_grad)
+        .arg(&grad_scale)
+        .arg(&apply_decay)
+        .arg(&decay);
+    b.arg(&s.one_minus_beta1)
+        .arg(&s.beta2)
+        .arg(&s.one_minus_beta2);
+    b.arg(&s.inv_bias_correction2).arg(&s.eps).arg(&s.step_size);
+    // SAFETY: argument types and order match ifp_adamw_f32 in optim.cu.
+    unsafe { b.launch(grid(n, 256)) }.w()?;
+    Ok([w2, m2, v2].map(|x| CudaStorage {
+        slice: CudaStorageSlice::F32(x),
+        device: dev.clone(),
+    }))
+}
+
+/// The squared 2-norm of all of `parts` (float32, contiguous, on `dev`), as one float64 on the
+/// device: each tensor's sum in double from fixed-order partial sums, then their sum in order.
+pub(in crate::kernels) fn squared_norms(
+    dev: &CudaDevice,
+    parts: &[(&CudaStorage, &Layout)],
+) -> Result<CudaStorage> {
+    const WHAT: &str = "squared norm";
+    let stream = dev.cuda_stream();
+    let mut views = Vec::with_capacity(parts.len());
+    for (s, l) in parts {
+        let CudaStorageSlice::F32(x) = &s.slice else {
+            return Err(candle_core::Error::Msg(format!(
+                "{WHAT}: float32 tensors only"
+            )));
+        };
+        views.push(view(x, l, WHAT)?);
+    }
+    let lens: Vec<i64> = views.iter().map(|v| v.len() as i64).collect();
+    let (ptrs, _in_use): (Vec<u64>, Vec<_>) = views.iter().map(|v| v.device_ptr(&stream)).unzip();
+    let (ptrs, lens) = (dev.clone_htod(&ptrs)?, dev.clone_htod(&lens)?);
+    let (t, j) = (parts.len(), PARTS);
+    // SAFETY: each kernel below writes every element of its output.
+    let (partial, per_tensor, out) = unsafe {
+        (
+            dev.alloc::<f64>(t * j)?,
+            dev.alloc::<f64>(t)?,
+            dev.alloc::<f64>(1)?,
+        )
+    };
+    let (t32, j32) = (t as i32, j as i32);
+    let f = dev.get_or_load_custom_func("ifp_sumsq_partial_f32", OPTIM_MODULE, OPTIM_PTX)?;
+    let mut args = f.builder();
+    args.arg(&ptrs).arg(&lens).arg(&partial).arg(&t32).arg(&j32);
+    // SAFETY: argument types and order match ifp_sumsq_partial_f32 in optim.cu; every address
+    // in the table is a live float32 buffer of its length (the views, held until here).
+    unsafe { args.launch(grid(t * j, 256)) }.w()?;
+    let sum_rows = dev.get_or_load_custom_func("ifp_sum_rows_f64", OPTIM_MODULE, OPTIM_PTX)?;
+    for (from, to, rows, len) in [(&partial, &per_tensor, t, j32), (&per_tensor, &out, 1, t32)] {
+        let rows64 = rows as i64;
+        let mut args = sum_rows.builder();
+        args.arg(from).arg(to).arg(&rows64).arg(&len);
+        // SAFETY: argument types and order match ifp_sum_rows_f64 in optim.cu; `from` holds
+        // rows * len values and `to` rows.
+        unsafe { args.launch(grid(rows, 64)) }.w()?;
+    }
+    Ok(CudaStorage {
+        slice: CudaStorageSlice::F64(out),
+        device: dev.clone(),
+    })
+}
