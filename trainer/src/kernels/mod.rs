@@ -38,7 +38,7 @@ use switch::enabled;
 pub use switch::{
     applicable, cuda_fused, cuda_fused_setting, cuda_kernels, fused_applies, kernel_applies,
     prepare_device, set_cuda_fused, set_cuda_kernels, set_enabled, CudaKernel, CudaKernels,
-    Settings,
+    Settings, GPU_VERIFIED,
 };
 
 /// `a . b` in float32 with eight independent partial sums, so the loop vectorises (a single

@@ -35,6 +35,11 @@ pub enum CudaKernel {
     Normalize,
 }
 
+/// The CUDA kernels on when `IFP_CUDA_FUSED` is unset: those a GPU run has shown equal to
+/// their composed versions (`bench/gpu-check.sh`). None yet: no GPU run has verified them. A
+/// kernel joins this set in the commit that cites the run.
+pub const GPU_VERIFIED: CudaKernels = CudaKernels::NONE;
+
 /// A set of [`CudaKernel`]s, one bit each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CudaKernels(u16);
@@ -83,12 +88,13 @@ pub fn cuda_fused_setting() -> std::result::Result<CudaKernels, String> {
     parse_cuda_fused(std::env::var("IFP_CUDA_FUSED").ok().as_deref())
 }
 
-/// `IFP_CUDA_FUSED`: unset, empty or `0` is none, `1` all; otherwise a comma-separated list of
-/// [`CudaKernel`] names (`optim,norm`). Anything else is an error naming the value (a `true` or
-/// `yes` meant as on must not silently leave the kernels off).
+/// `IFP_CUDA_FUSED`: unset or empty is [`GPU_VERIFIED`], `0` none, `1` all; otherwise a
+/// comma-separated list of [`CudaKernel`] names (`optim,norm`). Anything else is an error naming
+/// the value (a `true` or `yes` meant as on must not silently leave the kernels off).
 pub fn parse_cuda_fused(value: Option<&str>) -> std::result::Result<CudaKernels, String> {
     match value.map(str::trim) {
-        None | Some("" | "0") => Ok(CudaKernels::NONE),
+        None | Some("") => Ok(GPU_VERIFIED),
+        Some("0") => Ok(CudaKernels::NONE),
         Some("1") => Ok(CudaKernels::ALL),
         Some(list) => list.split(',').try_fold(CudaKernels::NONE, |set, name| {
             name.trim()
@@ -224,7 +230,7 @@ pub fn applicable(x: &Tensor) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_cuda_fused, CudaKernel, CudaKernels};
+    use super::{parse_cuda_fused, CudaKernel, CudaKernels, GPU_VERIFIED};
 
     #[test]
     fn the_cuda_switch_takes_0_1_or_kernel_names_and_names_anything_else() {
@@ -232,8 +238,8 @@ mod tests {
             .with(CudaKernel::Optim)
             .with(CudaKernel::Im2col);
         for (value, want) in [
-            (None, CudaKernels::NONE),
-            (Some(""), CudaKernels::NONE),
+            (None, GPU_VERIFIED),
+            (Some(""), GPU_VERIFIED),
             (Some("0"), CudaKernels::NONE),
             (Some(" 1 "), CudaKernels::ALL),
             (Some("optim, im2col"), some),
