@@ -134,22 +134,39 @@ impl AdamW {
     /// One update with learning rate `lr`, each gradient first scaled by `grad_scale` when
     /// clipping applies (see [`clip_scale`]). Parameters without a gradient are left alone (as
     /// PyTorch skips parameters whose `.grad` is None). Each parameter's update is one
-    /// `kernels::adamw_update`.
+    /// `kernels::adamw_update`; on CUDA with the `optim` kernel on, all of them are one launch
+    /// that writes the weights and moments in place (`kernels::adamw_update_in_place`).
     pub fn step(&mut self, grads: &GradStore, lr: f64, grad_scale: Option<f64>) -> Result<()> {
         self.step += 1;
         let betas = (self.beta1, self.beta2);
-        for p in &mut self.params {
-            let Some(g) = grads.get(p.var.as_tensor()) else {
-                continue;
-            };
-            let s = AdamWStep::new(
+        let step_of = |p: &ParamState| {
+            AdamWStep::new(
                 self.step as i32,
                 lr,
                 betas,
                 self.eps,
                 p.weight_decay,
                 grad_scale,
-            );
+            )
+        };
+        // All in one launch, in place, where that applies (CUDA with the `optim` kernel on).
+        let items: Vec<kernels::AdamWItem> = self
+            .params
+            .iter()
+            .filter_map(|p| {
+                let g = grads.get(p.var.as_tensor())?;
+                Some((p.var.as_tensor(), g, &p.exp_avg, &p.exp_avg_sq, step_of(p)))
+            })
+            .collect();
+        if kernels::adamw_update_in_place(&items)? {
+            return Ok(());
+        }
+        drop(items);
+        for p in &mut self.params {
+            let Some(g) = grads.get(p.var.as_tensor()) else {
+                continue;
+            };
+            let s = step_of(p);
             let w = p.var.as_tensor().detach();
             let (w, m, v) = kernels::adamw_update(&w, &g.detach(), &p.exp_avg, &p.exp_avg_sq, &s)?;
             p.var.set(&w)?;

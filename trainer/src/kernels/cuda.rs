@@ -26,7 +26,7 @@ pub(super) mod token;
 pub(super) use bias::{bias_act, bias_act_backward};
 pub(super) use conv::{col2im, im2col};
 pub(super) use norm::{channel_norm, channel_norm_backward};
-pub(super) use optim::{adamw_update, squared_norms};
+pub(super) use optim::{adamw_update, adamw_update_in_place, squared_norms};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/depthwise.ptx"));
 const MODULE: &str = "ifp_depthwise";

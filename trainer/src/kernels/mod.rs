@@ -32,7 +32,8 @@ use multiversion::multiversion;
 pub(crate) use conv::f32_slice;
 pub use normalize::{l2_normalize_last, l2_normalize_last_composed};
 pub use optim::{
-    adamw_update, adamw_update_composed, squared_norm, squared_norm_composed, AdamWStep,
+    adamw_update, adamw_update_composed, adamw_update_in_place, squared_norm,
+    squared_norm_composed, AdamWItem, AdamWStep,
 };
 use switch::enabled;
 pub use switch::{

@@ -122,6 +122,67 @@ pub fn adamw_update(
     Ok((w2, m2, v2))
 }
 
+/// One parameter's AdamW step for [`adamw_update_in_place`]: weights, gradient, both moments
+/// (one shape) and the step's scalars.
+pub type AdamWItem<'a> = (&'a Tensor, &'a Tensor, &'a Tensor, &'a Tensor, AdamWStep);
+
+/// The AdamW steps of many parameters in one launch, written into the weights and moments in
+/// place, where it applies: float32 contiguous CUDA tensors with [`super::CudaKernel::Optim`]
+/// on, the steps differing only in their decay. Each element is what [`adamw_update`] gives.
+/// Returns false, touching nothing, elsewhere (the caller then updates one by one).
+pub fn adamw_update_in_place(items: &[AdamWItem]) -> Result<bool> {
+    #[cfg(feature = "cuda")]
+    {
+        let Some(((w0, ..), s0)) = items.first().map(|i| (i, i.4)) else {
+            return Ok(false);
+        };
+        let Device::Cuda(dev) = w0.device() else {
+            return Ok(false);
+        };
+        let uniform = |s: &AdamWStep| AdamWStep { decay: None, ..*s };
+        let applies = super::kernel_applies(w0, Some(super::CudaKernel::Optim), &[DType::F32])
+            && items.iter().all(|(w, g, m, v, s)| {
+                uniform(s) == uniform(&s0)
+                    && [w, g, m, v].iter().all(|t| {
+                        t.dtype() == DType::F32
+                            && t.device().same_device(w0.device())
+                            && t.is_contiguous()
+                            && t.dims() == w.dims()
+                    })
+            });
+        if !applies {
+            return Ok(false);
+        }
+        let guards: Vec<_> = items
+            .iter()
+            .map(|(w, g, m, v, s)| ([w, g, m, v].map(|t| t.storage_and_layout()), s.decay))
+            .collect();
+        let params = guards
+            .iter()
+            .map(|(tensors, decay)| {
+                let mut parts = Vec::with_capacity(4);
+                for (st, l) in tensors {
+                    match &**st {
+                        Storage::Cuda(c) => parts.push((c, *l)),
+                        _ => return Err(candle_core::Error::Msg("adamw: not on CUDA".into())),
+                    }
+                }
+                let parts: [_; 4] = parts
+                    .try_into()
+                    .map_err(|_| candle_core::Error::Msg("adamw: four tensors".into()))?;
+                Ok((parts, *decay))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        super::cuda::adamw_update_in_place(dev, &params, &s0)?;
+        Ok(true)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = items;
+        Ok(false)
+    }
+}
+
 /// The update of [`adamw_update`] element by element, split over the worker pool.
 fn cpu_update(w: &[f32], g: &[f32], m: &[f32], v: &[f32], s: &AdamWStep) -> [Vec<f32>; 3] {
     const CHUNK: usize = 1 << 14;

@@ -1,6 +1,7 @@
 //! CUDA launches of the optimiser's kernels (`optim.cu`), float32: the one-pass AdamW update of
-//! one parameter, and the squared 2-norms of all the gradients in three launches whatever their
-//! number (a table of their addresses goes to the device with them), added in a fixed order.
+//! one parameter, the update of all of them in one launch (in place), and the squared 2-norms of
+//! all the gradients in three launches whatever their number, added in a fixed order. The
+//! multi-tensor kernels take tables of the tensors' addresses, copied to the device each call.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{DevicePtr, PushKernelArg};
@@ -130,4 +131,85 @@ pub(in crate::kernels) fn squared_norms(
         slice: CudaStorageSlice::F64(out),
         device: dev.clone(),
     })
+}
+
+/// One parameter of the multi-tensor update: `[w, g, m, v]` and its decay (`None`: none).
+pub(in crate::kernels) type Param<'a> = ([(&'a CudaStorage, &'a Layout); 4], Option<f32>);
+
+/// Elements per thread of the multi-tensor update (each parameter gets enough threads).
+const ELEMENTS_PER_THREAD: usize = 16;
+
+/// AdamW steps of many float32 parameters in one launch, in place: each `[w, g, m, v]`
+/// (contiguous, one length, on `dev`) with its decay (`None`: not decayed); `s` holds the
+/// scalars they share (its own decay is ignored). w, m and v are overwritten.
+pub(in crate::kernels) fn adamw_update_in_place(
+    dev: &CudaDevice,
+    params: &[Param],
+    s: &AdamWStep,
+) -> Result<()> {
+    const WHAT: &str = "adamw update";
+    let stream = dev.cuda_stream();
+    let mut tables: [Vec<u64>; 4] = Default::default();
+    let (mut lens, mut first) = (Vec::with_capacity(params.len()), vec![0i64]);
+    let (mut apply_decay, mut decay) = (Vec::new(), Vec::new());
+    let mut views = Vec::with_capacity(4 * params.len());
+    for (tensors, d) in params {
+        let mut n = None;
+        for (s, l) in tensors {
+            let CudaStorageSlice::F32(x) = &s.slice else {
+                return Err(candle_core::Error::Msg(format!(
+                    "{WHAT}: float32 tensors only"
+                )));
+            };
+            let v = view(x, l, WHAT)?;
+            if *n.get_or_insert(v.len()) != v.len() {
+                return Err(candle_core::Error::Msg(format!(
+                    "{WHAT}: parameter, gradient and moments differ in size"
+                )));
+            }
+            views.push(v);
+        }
+        let n = n.unwrap_or(0);
+        lens.push(n as i64);
+        let last = first.last().copied().unwrap_or(0);
+        first.push(last + n.div_ceil(ELEMENTS_PER_THREAD) as i64);
+        apply_decay.push(i32::from(d.is_some()));
+        decay.push(d.unwrap_or(1.0));
+    }
+    // Each address stays valid while its view (and the caller's storage guard) lives.
+    let mut in_use = Vec::with_capacity(views.len());
+    for (k, v) in views.iter().enumerate() {
+        let (ptr, guard) = v.device_ptr(&stream);
+        tables[k % 4].push(ptr);
+        in_use.push(guard);
+    }
+    let [w, g, m, v] = tables.map(|t| dev.clone_htod(&t));
+    let (w, g, m, v) = (w?, g?, m?, v?);
+    let threads = first.last().copied().unwrap_or(0);
+    let (lens, first) = (dev.clone_htod(&lens)?, dev.clone_htod(&first)?);
+    let (apply_decay, decay) = (dev.clone_htod(&apply_decay)?, dev.clone_htod(&decay)?);
+    let t = params.len() as i32;
+    let (scale_grad, grad_scale) = (
+        i32::from(s.grad_scale.is_some()),
+        s.grad_scale.unwrap_or(1.0),
+    );
+    let f = dev.get_or_load_custom_func("ifp_adamw_multi_f32", OPTIM_MODULE, OPTIM_PTX)?;
+    let mut b = f.builder();
+    b.arg(&w).arg(&g).arg(&m).arg(&v);
+    b.arg(&lens)
+        .arg(&first)
+        .arg(&apply_decay)
+        .arg(&decay)
+        .arg(&t);
+    b.arg(&scale_grad).arg(&grad_scale);
+    b.arg(&s.one_minus_beta1)
+        .arg(&s.beta2)
+        .arg(&s.one_minus_beta2);
+    b.arg(&s.inv_bias_correction2).arg(&s.eps).arg(&s.step_size);
+    // SAFETY: argument types and order match ifp_adamw_multi_f32 in optim.cu; every address in
+    // the tables is a live float32 buffer of its parameter's length, and each element is read
+    // and written by one thread only.
+    unsafe { b.launch(grid(threads.max(1) as usize, 256)) }.w()?;
+    drop(in_use);
+    Ok(())
 }

@@ -145,3 +145,115 @@ fn the_squared_norm_kernels_sum_every_tensor() {
         .expect("composed");
     assert!(((out[0] - composed) / composed).abs() < 1e-6);
 }
+
+type AdamWMulti = unsafe extern "C" fn(
+    *const u64,
+    *const u64,
+    *const u64,
+    *const u64,
+    *const i64,
+    *const i64,
+    *const i32,
+    *const f32,
+    i32,
+    i32,
+    f32,
+    f32,
+    f32,
+    f32,
+    f32,
+    f32,
+    f32,
+);
+
+/// The one-launch update of several parameters, in place through tables of addresses, against
+/// the CPU update of each: parameters of one element and of many, decayed and not, with more
+/// threads given to the larger ones (here 4 elements per thread).
+#[test]
+fn the_multi_tensor_adamw_kernel_gives_each_parameters_cpu_update() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lib = build("optim", dir.path());
+    // SAFETY: the signature of ifp_adamw_multi_f32 in optim.cu.
+    let kernel: Symbol<AdamWMulti> =
+        unsafe { lib.get(b"ifp_adamw_multi_f32") }.expect("ifp_adamw_multi_f32");
+    let sizes = [1usize, 37, 203, 2];
+    let decays = [0.0, 0.05, 0.05, 0.0];
+    let draw = |n: usize, std: f32| Tensor::randn(0f32, std, n, &Device::Cpu).expect("draw");
+    let params: Vec<[Tensor; 4]> = sizes
+        .iter()
+        .map(|&n| {
+            let v = draw(n, 0.01).sqr().expect("v");
+            [draw(n, 1e-4), draw(n, 0.1), draw(n, 0.01), v]
+        })
+        .collect();
+    let clip = Some(0.37);
+    let steps: Vec<AdamWStep> = decays
+        .iter()
+        .map(|&d| AdamWStep::new(3, 3e-4, (0.9, 0.95), 1e-8, d, clip))
+        .collect();
+    // Host copies the kernel updates in place: [w, g, m, v] per parameter.
+    let mut data: Vec<[Vec<f32>; 4]> = params.iter().map(|p| p.each_ref().map(values)).collect();
+    let table = |k: usize, data: &mut Vec<[Vec<f32>; 4]>| -> Vec<u64> {
+        data.iter_mut().map(|p| p[k].as_mut_ptr() as u64).collect()
+    };
+    let (w, g, m, v) = (
+        table(0, &mut data),
+        table(1, &mut data),
+        table(2, &mut data),
+        table(3, &mut data),
+    );
+    let lens: Vec<i64> = sizes.iter().map(|&n| n as i64).collect();
+    let mut first = vec![0i64];
+    for &n in &sizes {
+        first.push(first[first.len() - 1] + n.div_ceil(4) as i64);
+    }
+    let apply: Vec<i32> = steps.iter().map(|s| i32::from(s.decay.is_some())).collect();
+    let decay: Vec<f32> = steps.iter().map(|s| s.decay.unwrap_or(1.0)).collect();
+    let s = steps[0];
+    launch(&lib, || {
+        // SAFETY: the tables hold live buffers of their parameters' lengths; first has one
+        // entry more than there are parameters.
+        unsafe {
+            kernel(
+                w.as_ptr(),
+                g.as_ptr(),
+                m.as_ptr(),
+                v.as_ptr(),
+                lens.as_ptr(),
+                first.as_ptr(),
+                apply.as_ptr(),
+                decay.as_ptr(),
+                sizes.len() as i32,
+                1,
+                s.grad_scale.unwrap_or(1.0),
+                s.one_minus_beta1,
+                s.beta2,
+                s.one_minus_beta2,
+                s.inv_bias_correction2,
+                s.eps,
+                s.step_size,
+            )
+        }
+    });
+    for (i, ([w0, g0, m0, v0], st)) in params.iter().zip(&steps).enumerate() {
+        let (w2, m2, v2) = kernels::adamw_update(w0, g0, m0, v0, st).expect("cpu update");
+        for (what, got, want) in [
+            ("weights", &data[i][0], w2),
+            ("exp_avg", &data[i][2], m2),
+            ("exp_avg_sq", &data[i][3], v2),
+        ] {
+            let want = values(&want);
+            if let Some(e) = got.iter().zip(&want).position(|(a, b)| a != b) {
+                panic!(
+                    "parameter {i} {what}: element {e} is {:e} emulated, {:e} on the CPU",
+                    got[e], want[e]
+                );
+            }
+        }
+        assert_eq!(
+            data[i][1],
+            values(g0),
+            "parameter {i}: the gradient is read only"
+        );
+    }
+}
