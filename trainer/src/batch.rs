@@ -210,31 +210,45 @@ enum Request {
 /// batch is drawn (on a GPU the host would otherwise draw it while the device waits). The
 /// batches are the sampler's own, in its order; [`Prefetcher::state`] is the sampler's state
 /// after the last batch handed out (what a checkpoint records and a resume restores), not after
-/// the one drawn ahead.
+/// the one drawn ahead. Where no thread can be started (a process near its memory limit), the
+/// batches are drawn in the step itself, the same ones.
 pub struct Prefetcher {
     size: usize,
     state: SamplerState,
     fixed_radii: Option<Vec<usize>>,
-    /// `None` only while dropping.
-    requests: Option<mpsc::Sender<Request>>,
-    drawn: mpsc::Receiver<Result<(HostBatch, SamplerState)>>,
-    /// Whether a batch has been asked for and not yet handed out.
-    ahead: bool,
-    worker: Option<std::thread::JoinHandle<()>>,
+    source: Source,
+}
+
+/// Where the batches are drawn.
+enum Source {
+    Thread {
+        /// `None` only while dropping.
+        requests: Option<mpsc::Sender<Request>>,
+        drawn: mpsc::Receiver<Result<(HostBatch, SamplerState)>>,
+        /// Whether a batch has been asked for and not yet handed out.
+        ahead: bool,
+        worker: Option<std::thread::JoinHandle<()>>,
+    },
+    Inline(Box<Sampler>),
 }
 
 impl Prefetcher {
-    /// Batches of `size` samples from `sampler`, drawn on a new thread.
-    pub fn new(mut sampler: Sampler, size: usize) -> Result<Self> {
+    /// Batches of `size` samples from `sampler`, drawn on a new thread where one can start.
+    pub fn new(sampler: Sampler, size: usize) -> Result<Self> {
         let (state, fixed_radii) = (
             sampler.state(),
             sampler.masks().fixed_radii().map(<[usize]>::to_vec),
         );
+        // The sampler goes to the thread once it runs, so that it stays here if none can start.
+        let (give, take) = mpsc::channel::<Sampler>();
         let (requests, asked) = mpsc::channel::<Request>();
         let (send, drawn) = mpsc::channel();
-        let worker = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("ifp-batches".into())
             .spawn(move || {
+                let Ok(mut sampler) = take.recv() else {
+                    return;
+                };
                 for request in asked {
                     let out = match request {
                         Request::Draw(n) => sampler.draw(n).map(|b| (b, sampler.state())),
@@ -247,35 +261,68 @@ impl Prefetcher {
                         break;
                     }
                 }
-            })
-            .map_err(crate::error::TrainerError::io("the batch thread"))?;
+            });
+        let source = match spawned {
+            Ok(worker) => {
+                give.send(sampler).map_err(|_| stopped())?;
+                Source::Thread {
+                    requests: Some(requests),
+                    drawn,
+                    ahead: false,
+                    worker: Some(worker),
+                }
+            }
+            Err(_) => return Ok(Self::inline(sampler, size)),
+        };
         Ok(Prefetcher {
             size,
             state,
             fixed_radii,
-            requests: Some(requests),
-            drawn,
-            ahead: false,
-            worker: Some(worker),
+            source,
         })
     }
 
-    fn ask(&self, request: Request) -> Result<()> {
-        self.requests
-            .as_ref()
-            .and_then(|r| r.send(request).ok())
-            .ok_or_else(stopped)
+    /// Batches of `size` samples from `sampler`, drawn in the step itself.
+    fn inline(sampler: Sampler, size: usize) -> Self {
+        Prefetcher {
+            size,
+            state: sampler.state(),
+            fixed_radii: sampler.masks().fixed_radii().map(<[usize]>::to_vec),
+            source: Source::Inline(Box::new(sampler)),
+        }
     }
 
     /// The next batch, on `device`; the one after it starts drawing at once.
     pub fn next(&mut self, device: &Device) -> Result<Batch> {
-        if !self.ahead {
-            self.ask(Request::Draw(self.size))?;
-        }
-        let (batch, state) = self.drawn.recv().map_err(|_| stopped())??;
-        self.state = state;
-        self.ask(Request::Draw(self.size))?;
-        self.ahead = true;
+        let size = self.size;
+        let ask = |requests: &Option<mpsc::Sender<Request>>| {
+            requests
+                .as_ref()
+                .and_then(|r| r.send(Request::Draw(size)).ok())
+                .ok_or_else(stopped)
+        };
+        let batch = match &mut self.source {
+            Source::Inline(sampler) => {
+                let batch = sampler.draw(size)?;
+                self.state = sampler.state();
+                batch
+            }
+            Source::Thread {
+                requests,
+                drawn,
+                ahead,
+                ..
+            } => {
+                if !*ahead {
+                    ask(requests)?;
+                }
+                let (batch, state) = drawn.recv().map_err(|_| stopped())??;
+                self.state = state;
+                ask(requests)?;
+                *ahead = true;
+                batch
+            }
+        };
         batch.onto(device)
     }
 
@@ -291,11 +338,24 @@ impl Prefetcher {
 
     /// Continues from `state` (a resumed run): a batch drawn ahead is dropped.
     pub fn restore(&mut self, state: SamplerState) -> Result<()> {
-        if self.ahead {
-            self.drawn.recv().map_err(|_| stopped())??;
-            self.ahead = false;
+        match &mut self.source {
+            Source::Inline(sampler) => sampler.restore(state),
+            Source::Thread {
+                requests,
+                drawn,
+                ahead,
+                ..
+            } => {
+                if *ahead {
+                    drawn.recv().map_err(|_| stopped())??;
+                    *ahead = false;
+                }
+                requests
+                    .as_ref()
+                    .and_then(|r| r.send(Request::Restore(state)).ok())
+                    .ok_or_else(stopped)?;
+            }
         }
-        self.ask(Request::Restore(state))?;
         self.state = state;
         Ok(())
     }
@@ -303,10 +363,15 @@ impl Prefetcher {
 
 impl Drop for Prefetcher {
     fn drop(&mut self) {
-        // Closing the requests ends the thread after the batch it may be drawing.
-        self.requests = None;
-        if let Some(worker) = self.worker.take() {
-            let _ = worker.join();
+        if let Source::Thread {
+            requests, worker, ..
+        } = &mut self.source
+        {
+            // Closing the requests ends the thread after the batch it may be drawing.
+            *requests = None;
+            if let Some(worker) = worker.take() {
+                let _ = worker.join();
+            }
         }
     }
 }
@@ -337,9 +402,20 @@ mod tests {
     /// restored state, as the sampler would.
     #[test]
     fn prefetched_batches_are_the_samplers_own() {
+        let threaded = Prefetcher::new(sampler(), 2).expect("prefetcher");
+        assert!(matches!(threaded.source, Source::Thread { .. }));
+        same_as_the_sampler(threaded);
+    }
+
+    /// Where no thread could start, the batches are drawn in the step: the same ones.
+    #[test]
+    fn batches_drawn_inline_are_the_samplers_own() {
+        same_as_the_sampler(Prefetcher::inline(sampler(), 2));
+    }
+
+    fn same_as_the_sampler(mut ahead: Prefetcher) {
         let cpu = Device::Cpu;
         let mut plain = sampler();
-        let mut ahead = Prefetcher::new(sampler(), 2).expect("prefetcher");
         let start = ahead.state();
         assert_eq!(start, plain.state());
         for k in 0..3 {
