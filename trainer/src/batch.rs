@@ -295,12 +295,6 @@ impl Prefetcher {
     /// The next batch, on `device`; the one after it starts drawing at once.
     pub fn next(&mut self, device: &Device) -> Result<Batch> {
         let size = self.size;
-        let ask = |requests: &Option<mpsc::Sender<Request>>| {
-            requests
-                .as_ref()
-                .and_then(|r| r.send(Request::Draw(size)).ok())
-                .ok_or_else(stopped)
-        };
         let batch = match &mut self.source {
             Source::Inline(sampler) => {
                 let batch = sampler.draw(size)?;
@@ -314,11 +308,11 @@ impl Prefetcher {
                 ..
             } => {
                 if !*ahead {
-                    ask(requests)?;
+                    ask(requests, Request::Draw(size))?;
                 }
                 let (batch, state) = drawn.recv().map_err(|_| stopped())??;
                 self.state = state;
-                ask(requests)?;
+                ask(requests, Request::Draw(size))?;
                 *ahead = true;
                 batch
             }
@@ -350,10 +344,7 @@ impl Prefetcher {
                     drawn.recv().map_err(|_| stopped())??;
                     *ahead = false;
                 }
-                requests
-                    .as_ref()
-                    .and_then(|r| r.send(Request::Restore(state)).ok())
-                    .ok_or_else(stopped)?;
+                ask(requests, Request::Restore(state))?;
             }
         }
         self.state = state;
@@ -374,6 +365,14 @@ impl Drop for Prefetcher {
             }
         }
     }
+}
+
+/// Sends `request` to the batch thread.
+fn ask(requests: &Option<mpsc::Sender<Request>>, request: Request) -> Result<()> {
+    requests
+        .as_ref()
+        .and_then(|r| r.send(request).ok())
+        .ok_or_else(stopped)
 }
 
 /// The error when the batch thread is gone (it panicked).

@@ -149,24 +149,32 @@ impl AdamW {
                 grad_scale,
             )
         };
+        // Each parameter's gradient and step, once (`None`: no gradient, left alone).
+        let work: Vec<Option<(Tensor, AdamWStep)>> = self
+            .params
+            .iter()
+            .map(|p| Some((grads.get(p.var.as_tensor())?.clone(), step_of(p))))
+            .collect();
         // All in one launch, in place, where that applies (CUDA with the `optim` kernel on).
         let items: Vec<kernels::AdamWItem> = self
             .params
             .iter()
-            .filter_map(|p| {
-                let g = grads.get(p.var.as_tensor())?;
-                Some((p.var.as_tensor(), g, &p.exp_avg, &p.exp_avg_sq, step_of(p)))
+            .zip(&work)
+            .filter_map(|(p, w)| {
+                let (g, s) = w.as_ref()?;
+                Some((p.var.as_tensor(), g, &p.exp_avg, &p.exp_avg_sq, *s))
             })
             .collect();
         if kernels::adamw_update_in_place(&items)? {
             return Ok(());
         }
         drop(items);
-        for p in &mut self.params {
-            let Some(g) = grads.get(p.var.as_tensor()) else {
-                continue;
-            };
-            let s = step_of(p);
+        for (p, (g, s)) in self
+            .params
+            .iter_mut()
+            .zip(work)
+            .filter_map(|(p, w)| Some((p, w?)))
+        {
             let w = p.var.as_tensor().detach();
             let (w, m, v) = kernels::adamw_update(&w, &g.detach(), &p.exp_avg, &p.exp_avg_sq, &s)?;
             p.var.set(&w)?;

@@ -160,17 +160,8 @@ pub fn adamw_update_in_place(items: &[AdamWItem]) -> Result<bool> {
         let params = guards
             .iter()
             .map(|(tensors, decay)| {
-                let mut parts = Vec::with_capacity(4);
-                for (st, l) in tensors {
-                    match &**st {
-                        Storage::Cuda(c) => parts.push((c, *l)),
-                        _ => return Err(candle_core::Error::Msg("adamw: not on CUDA".into())),
-                    }
-                }
-                let parts: [_; 4] = parts
-                    .try_into()
-                    .map_err(|_| candle_core::Error::Msg("adamw: four tensors".into()))?;
-                Ok((parts, *decay))
+                let [w, g, m, v] = tensors.each_ref().map(|(s, l)| cuda_part(s, l, "adamw"));
+                Ok(([w?, g?, m?, v?], *decay))
             })
             .collect::<Result<Vec<_>>>()?;
         super::cuda::adamw_update_in_place(dev, &params, &s0)?;
@@ -242,6 +233,19 @@ pub fn squared_norm(tensors: &[&Tensor], device: &Device) -> Result<Tensor> {
     squared_norm_composed(tensors, device)
 }
 
+/// The CUDA storage of a tensor the caller has checked to be on CUDA.
+#[cfg(feature = "cuda")]
+fn cuda_part<'a>(
+    s: &'a Storage,
+    l: &'a candle_core::Layout,
+    what: &str,
+) -> Result<(&'a candle_core::CudaStorage, &'a candle_core::Layout)> {
+    match s {
+        Storage::Cuda(c) => Ok((c, l)),
+        _ => Err(candle_core::Error::Msg(format!("{what}: not on CUDA"))),
+    }
+}
+
 /// [`squared_norm`] on CUDA where it applies (`None` elsewhere).
 #[cfg(feature = "cuda")]
 fn cuda_squared_norm(tensors: &[&Tensor]) -> Result<Option<Tensor>> {
@@ -264,10 +268,7 @@ fn cuda_squared_norm(tensors: &[&Tensor]) -> Result<Option<Tensor>> {
     let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
     let parts = guards
         .iter()
-        .map(|(s, l)| match &**s {
-            Storage::Cuda(c) => Ok((c, *l)),
-            _ => Err(candle_core::Error::Msg("squared norm: not on CUDA".into())),
-        })
+        .map(|(s, l)| cuda_part(s, l, "squared norm"))
         .collect::<Result<Vec<_>>>()?;
     let out = super::cuda::squared_norms(dev, &parts)?;
     Ok(Some(Tensor::from_storage(

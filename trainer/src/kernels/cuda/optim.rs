@@ -4,11 +4,11 @@
 //! multi-tensor kernels take tables of the tensors' addresses, copied to the device each call.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{DevicePtr, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaView, DevicePtr, PushKernelArg};
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, Layout, Result};
 
-use super::{grid, view};
+use super::{f32_view, grid};
 use crate::kernels::AdamWStep;
 
 const OPTIM_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/optim.ptx"));
@@ -16,38 +16,29 @@ const OPTIM_MODULE: &str = "ifp_optim";
 /// Partial sums per tensor of the squared norms.
 const PARTS: usize = 256;
 
+const ADAMW: &str = "adamw update";
+
+/// The float32 elements of a parameter's `[w, g, m, v]`, checked to be one length.
+fn param_views<'a>(tensors: [(&'a CudaStorage, &Layout); 4]) -> Result<[CudaView<'a, f32>; 4]> {
+    let [w, g, m, v] = tensors.map(|(s, l)| f32_view(s, l, ADAMW));
+    let views = [w?, g?, m?, v?];
+    if views.iter().any(|v| v.len() != views[0].len()) {
+        return Err(candle_core::Error::Msg(format!(
+            "{ADAMW}: parameter, gradient and moments differ in size"
+        )));
+    }
+    Ok(views)
+}
+
 /// One AdamW step `s` of a float32 parameter: `[(w), (g), (m), (v)]` (one shape, contiguous)
 /// -> fresh `[w', m', v']`, in one launch.
 pub(in crate::kernels) fn adamw_update(
     inputs: [(&CudaStorage, &Layout); 4],
     s: &AdamWStep,
 ) -> Result<[CudaStorage; 3]> {
-    let [(w, lw), (g, lg), (m, lm), (v, lv)] = inputs;
-    let what = "adamw update";
-    let (
-        CudaStorageSlice::F32(ws),
-        CudaStorageSlice::F32(gs),
-        CudaStorageSlice::F32(ms),
-        CudaStorageSlice::F32(vs),
-    ) = (&w.slice, &g.slice, &m.slice, &v.slice)
-    else {
-        return Err(candle_core::Error::Msg(format!(
-            "{what}: float32 tensors only"
-        )));
-    };
-    let (wv, gv, mv, vv) = (
-        view(ws, lw, what)?,
-        view(gs, lg, what)?,
-        view(ms, lm, what)?,
-        view(vs, lv, what)?,
-    );
+    let [wv, gv, mv, vv] = param_views(inputs)?;
     let n = wv.len();
-    if [gv.len(), mv.len(), vv.len()] != [n; 3] {
-        return Err(candle_core::Error::Msg(format!(
-            "{what}: parameter, gradient and moments differ in size"
-        )));
-    }
-    let dev = w.device().clone();
+    let dev = inputs[0].0.device().clone();
     let f = dev.get_or_load_custom_func("ifp_adamw_f32", OPTIM_MODULE, OPTIM_PTX)?;
     // SAFETY: the kernel writes every element of the three outputs.
     let (w2, m2, v2) = unsafe {
@@ -90,15 +81,10 @@ pub(in crate::kernels) fn squared_norms(
 ) -> Result<CudaStorage> {
     const WHAT: &str = "squared norm";
     let stream = dev.cuda_stream();
-    let mut views = Vec::with_capacity(parts.len());
-    for (s, l) in parts {
-        let CudaStorageSlice::F32(x) = &s.slice else {
-            return Err(candle_core::Error::Msg(format!(
-                "{WHAT}: float32 tensors only"
-            )));
-        };
-        views.push(view(x, l, WHAT)?);
-    }
+    let views = parts
+        .iter()
+        .map(|(s, l)| f32_view(s, l, WHAT))
+        .collect::<Result<Vec<_>>>()?;
     let lens: Vec<i64> = views.iter().map(|v| v.len() as i64).collect();
     let (ptrs, _in_use): (Vec<u64>, Vec<_>) = views.iter().map(|v| v.device_ptr(&stream)).unzip();
     let (ptrs, lens) = (dev.clone_htod(&ptrs)?, dev.clone_htod(&lens)?);
@@ -147,29 +133,15 @@ pub(in crate::kernels) fn adamw_update_in_place(
     params: &[Param],
     s: &AdamWStep,
 ) -> Result<()> {
-    const WHAT: &str = "adamw update";
     let stream = dev.cuda_stream();
     let mut tables: [Vec<u64>; 4] = Default::default();
     let (mut lens, mut first) = (Vec::with_capacity(params.len()), vec![0i64]);
     let (mut apply_decay, mut decay) = (Vec::new(), Vec::new());
     let mut views = Vec::with_capacity(4 * params.len());
     for (tensors, d) in params {
-        let mut n = None;
-        for (s, l) in tensors {
-            let CudaStorageSlice::F32(x) = &s.slice else {
-                return Err(candle_core::Error::Msg(format!(
-                    "{WHAT}: float32 tensors only"
-                )));
-            };
-            let v = view(x, l, WHAT)?;
-            if *n.get_or_insert(v.len()) != v.len() {
-                return Err(candle_core::Error::Msg(format!(
-                    "{WHAT}: parameter, gradient and moments differ in size"
-                )));
-            }
-            views.push(v);
-        }
-        let n = n.unwrap_or(0);
+        let four = param_views(*tensors)?;
+        let n = four[0].len();
+        views.extend(four);
         lens.push(n as i64);
         let last = first.last().copied().unwrap_or(0);
         first.push(last + n.div_ceil(ELEMENTS_PER_THREAD) as i64);

@@ -165,31 +165,25 @@ fn column_reduce(
     Ok(())
 }
 
-/// One launch of `name` over `(inputs..., y, rows, k)` or `(inputs..., y, n)`: the kernels of
-/// one output the size of the first input.
+/// One launch of `name` over `(inputs..., y, count)` or `(inputs..., y, count, k)` (`k`: the
+/// row or bias length): the kernels of one output the size of the first input.
 fn launch_into(
     name: &str,
     inputs: &[CudaView<f32>],
     dev: &CudaDevice,
     n: usize,
-    dims: &[i64],
+    (count, k): (i64, Option<i32>),
     threads_for: usize,
 ) -> Result<CudaSlice<f32>> {
     let f = dev.get_or_load_custom_func(name, MODULE, PTX)?;
     // SAFETY: each of these kernels writes every element of its output.
     let y = unsafe { dev.alloc::<f32>(n)? };
-    // The row length or the bias length is an `int`, the counts `int64_t`.
-    let (lead, last) = match dims {
-        [count] => (*count, None),
-        [count, k] => (*count, Some(*k as i32)),
-        _ => return Err(msg(format!("{name}: bad dimensions {dims:?}"))),
-    };
     let mut args = f.builder();
     for v in inputs {
         args.arg(v);
     }
-    args.arg(&y).arg(&lead);
-    if let Some(k) = last.as_ref() {
+    args.arg(&y).arg(&count);
+    if let Some(k) = k.as_ref() {
         args.arg(k);
     }
     // SAFETY: argument types and order match `name` in token.cu (its inputs, the output, the
@@ -213,7 +207,7 @@ pub(in crate::kernels) fn softmax(
         &[xv],
         &dev,
         size,
-        &[r, k.into()],
+        (r, Some(k)),
         r as usize,
     )?;
     Ok((storage(dev, y), lx.shape().clone()))
@@ -236,7 +230,7 @@ pub(in crate::kernels) fn softmax_backward(
         &views,
         &dev,
         size,
-        &[r, k.into()],
+        (r, Some(k)),
         r as usize,
     )?;
     Ok((storage(dev, dx), ly.shape().clone()))
@@ -247,7 +241,7 @@ pub(in crate::kernels) fn gelu((x, lx): (&CudaStorage, &Layout)) -> Result<(Cuda
     let dev = x.device.clone();
     let xv = f32_view(x, lx, "gelu")?;
     let n = lx.shape().elem_count();
-    let y = launch_into("ifp_gelu_f32", &[xv], &dev, n, &[n as i64], n)?;
+    let y = launch_into("ifp_gelu_f32", &[xv], &dev, n, (n as i64, None), n)?;
     Ok((storage(dev, y), lx.shape().clone()))
 }
 
@@ -261,7 +255,7 @@ pub(in crate::kernels) fn gelu_backward(
     let dev = x.device.clone();
     let views = [f32_view(x, lx, WHAT)?, f32_view(dy, ldy, WHAT)?];
     let n = lx.shape().elem_count();
-    let dx = launch_into("ifp_gelu_dx_f32", &views, &dev, n, &[n as i64], n)?;
+    let dx = launch_into("ifp_gelu_dx_f32", &views, &dev, n, (n as i64, None), n)?;
     Ok((storage(dev, dx), lx.shape().clone()))
 }
 
@@ -287,7 +281,7 @@ pub(in crate::kernels) fn add_rows(
         &views,
         &dev,
         n,
-        &[n as i64, k as i64],
+        (n as i64, Some(k as i32)),
         n,
     )?;
     Ok((storage(dev, y), lx.shape().clone()))
