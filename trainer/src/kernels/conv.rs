@@ -117,10 +117,10 @@ impl CustomOp1 for Im2col {
 }
 
 /// The adjoint of `Im2col`: (B, C*k*k, H*W) -> (B, C, H, W), summing the taps.
-struct Col2im {
-    k: usize,
-    h: usize,
-    w: usize,
+pub(super) struct Col2im {
+    pub(super) k: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
 }
 
 impl CustomOp1 for Col2im {

@@ -11,6 +11,9 @@
 //! weight were nodes whose gradients candle zero-fills and adds, and the weight's gradient was
 //! a (B, O, C) tensor summed over the batch).
 //!
+//! On CUDA (float32, where `IFP_CUDA_FUSED` names `dense`) the same ops run as cuBLAS
+//! products (`gemm`, `cuda/dense.rs`), the backward likewise rebuilding the columns.
+//!
 //! Threads: when the batch divides among them, whole images run in parallel with
 //! single-threaded products (per-image dW summed in image order, so results do not depend on
 //! the schedule); otherwise images run in turn with each product split across the threads.
@@ -23,6 +26,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::conv::{col2im_plane, f32_slice, im2col_plane};
+use super::gemm::Geom;
 
 pub(super) struct DenseConv {
     pub(super) k: usize,
@@ -114,26 +118,6 @@ fn with_scratch<R>(f: impl FnOnce(&mut (Vec<f32>, Vec<f32>)) -> R) -> R {
     }
     SCRATCH.with(|s| s.set(bufs));
     r
-}
-
-/// The sizes of one call.
-#[derive(Clone, Copy)]
-struct Geom {
-    c: usize,
-    o: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-}
-
-impl Geom {
-    fn hw(&self) -> usize {
-        self.h * self.w
-    }
-
-    fn ckk(&self) -> usize {
-        self.c * self.k * self.k
-    }
 }
 
 /// How a call uses the threads: whole images in parallel, each with single-threaded products
@@ -293,6 +277,17 @@ impl CustomOp2 for DenseConv {
         Ok((CpuStorage::F32(out), Shape::from((b, o, h, w))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::dense_conv(s1, l1, s2, l2, None, self.k)
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -371,6 +366,26 @@ impl CustomOp3 for DenseConvResidual {
             forward_into(&mut out, x, wt, b, g, true);
         }
         Ok((CpuStorage::F32(out), l3.shape().clone()))
+    }
+
+    /// Without a bias only: on CUDA the bias is added by its own op (`kernels::bias_act`).
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        if self.with_bias {
+            return Err(candle_core::Error::Msg(format!(
+                "{}: no CUDA version with a bias",
+                self.name()
+            )));
+        }
+        super::cuda::dense_conv(s1, l1, s2, l2, Some((s3, l3)), self.k)
     }
 
     fn bwd(
@@ -465,5 +480,18 @@ impl CustomOp3 for DenseConvBackward {
             }),
         }
         Ok((CpuStorage::F32(out), Shape::from(n + o * ckk)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::dense_conv_backward((s1, l1), (s2, l2), (s3, l3), self.k)
     }
 }

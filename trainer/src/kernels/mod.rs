@@ -6,8 +6,9 @@
 //! normalisation of MDTA's queries and keys (`normalize`) and the AdamW update (`optim`). All
 //! run on the CPU in float32. On CUDA (`cuda`, feature `cuda`) the depthwise convolution runs
 //! in float32 and bfloat16; im2col and the GELU gate (float32 and bfloat16), the channel
-//! LayerNorm, the bias with its activation, the token ops, the row normalisation and the AdamW
-//! update (float32) run only where `IFP_CUDA_FUSED` names them (`switch`, [`CudaKernel`]).
+//! LayerNorm, the bias with its activation, the token ops, the row normalisation, the dense
+//! convolutions (cuBLAS products planned by `gemm`) and the AdamW update (float32) run only
+//! where `IFP_CUDA_FUSED` names them (`switch`, [`CudaKernel`]).
 //! Each public function here falls back to composed tensor ops elsewhere, and the tests compare
 //! each kernel with that composed version (values and gradients).
 
@@ -19,6 +20,9 @@ mod conv;
 mod cuda;
 mod dense;
 mod gate;
+// Planned and tested in every build, issued only by the CUDA one.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+mod gemm;
 mod math;
 mod norm;
 mod normalize;
@@ -367,13 +371,18 @@ pub fn conv_dense_residual(
     k: usize,
     residual: &Tensor,
 ) -> Result<Tensor> {
-    if !applicable(x) || amp::low_dtype().is_some() {
+    if !dense_applicable(x) {
         let y = conv_by_columns(x, weight, k, im2col)?;
         let y = match bias {
             Some(b) => bias_act(&y, b, Activation::Identity)?,
             None => y,
         };
         return residual + y;
+    }
+    if let (Some(b), true) = (bias, x.device().is_cuda()) {
+        // The CUDA op takes no bias: it is added by its own op, after the sum.
+        let y = conv_dense_residual(x, weight, None, k, residual)?;
+        return bias_act(&y, b, Activation::Identity);
     }
     let (weight, with_bias) = match bias {
         None => (weight.contiguous()?, false),
@@ -391,12 +400,18 @@ pub fn conv_dense_residual(
     )
 }
 
+/// Where [`conv_dense`] runs as one op: float32 without autocast, on the CPU, or on CUDA where
+/// [`CudaKernel::Dense`] is on.
+pub fn dense_applicable(x: &Tensor) -> bool {
+    amp::low_dtype().is_none() && fused_applies(x, CudaKernel::Dense)
+}
+
 /// A dense stride-1 "same" convolution without bias: x (B, C, H, W), weight (O, C, k, k) ->
-/// (B, O, H, W). The CPU op keeps only x for the backward pass (see `dense`); it runs on float32
-/// CPU tensors without autocast; everywhere else it is [`conv_dense_composed`] with the
-/// columns from [`im2col`] (a kernel where [`im2col_applicable`]).
+/// (B, O, H, W). The op keeps only x for the backward pass (see `dense`, and `cuda/dense.rs`)
+/// where [`dense_applicable`]; everywhere else it is [`conv_dense_composed`] with the columns
+/// from [`im2col`] (a kernel where [`im2col_applicable`]).
 pub fn conv_dense(x: &Tensor, weight: &Tensor, k: usize) -> Result<Tensor> {
-    if !applicable(x) || amp::low_dtype().is_some() {
+    if !dense_applicable(x) {
         return conv_by_columns(x, weight, k, im2col);
     }
     x.contiguous()?

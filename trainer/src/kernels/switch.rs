@@ -33,6 +33,10 @@ pub enum CudaKernel {
     Token,
     /// MDTA's row normalisation (`cuda/normalize.cu`).
     Normalize,
+    /// The dense convolutions as cuBLAS products on the weight in place, a residual summed by
+    /// the product and no stored columns (`cuda/dense.rs`; k x k ones gather with the im2col
+    /// kernels).
+    Dense,
 }
 
 /// The CUDA kernels on when `IFP_CUDA_FUSED` is unset: those a GPU run has shown equal to
@@ -251,7 +255,7 @@ mod tests {
         assert!([CudaKernel::Pool, CudaKernel::Normalize]
             .iter()
             .all(|k| CudaKernels::ALL.contains(*k)));
-        let list = "optim, pool, gate, norm, im2col, bias, token, normalize";
+        let list = "optim, pool, gate, norm, im2col, bias, token, normalize, dense";
         for bad in ["yes", "norm,true", "norm,"] {
             let err = parse_cuda_fused(Some(bad)).expect_err(bad);
             assert_eq!(

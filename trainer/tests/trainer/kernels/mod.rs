@@ -2,7 +2,7 @@
 //! random shapes including odd sizes and sizes smaller than the kernel. The depthwise tests run
 //! on `IFP_TEST_DEVICE` (the CUDA kernels on a GPU machine, `bench/gpu-check.sh`), as do the
 //! GDFN gate (`gate`), the channel LayerNorm (`norm`), the AdamW update (`optim`), Uformer's
-//! token ops (`token`), im2col and the bias with its activation.
+//! token ops (`token`), im2col, the bias with its activation and the dense convolutions.
 
 mod gate;
 mod norm;
@@ -379,8 +379,12 @@ fn depthwise_gelu_gate_kernel_matches_composed() {
     }
 }
 
+/// On `IFP_TEST_DEVICE`: the CPU op, or on CUDA (with the CUDA switch on) the cuBLAS products.
 #[test]
 fn dense_conv_kernel_matches_composed() {
+    let _on = CudaKernelsOn::new();
+    let dev = common::test_device();
+    let var = |shape: Shape| rounded_var(DType::F32, 1.0, shape, &dev);
     // (batch, in, out, H, W, k), odd sizes and planes smaller than the kernel included.
     for &(b, c, o, h, w, k) in &[
         (1, 1, 1, 1, 1, 3),
@@ -392,8 +396,8 @@ fn dense_conv_kernel_matches_composed() {
         (3, 5, 7, 11, 9, 1),
         (2, 48, 16, 17, 15, 1),
     ] {
-        let x = randn_var(0f32, 1.0, (b, c, h, w));
-        let wt = randn_var(0f32, 1.0, (o, c, k, k));
+        let x = var((b, c, h, w).into());
+        let wt = var((o, c, k, k).into());
         let composed = || {
             let cols = im2col_composed(x.as_tensor(), k).expect("cols");
             let wm = wt.as_tensor().reshape((o, c * k * k)).expect("wm");
@@ -409,7 +413,7 @@ fn dense_conv_kernel_matches_composed() {
             EXACT,
         );
         // The same convolution added to a residual, as one op.
-        let r = randn_var(0f32, 1.0, (b, o, h, w));
+        let r = var((b, o, h, w).into());
         compare_with_grads(
             &format!("dense conv + residual b{b} c{c} o{o} {h}x{w} k{k}"),
             &[&x, &wt, &r],
@@ -426,7 +430,7 @@ fn dense_conv_kernel_matches_composed() {
         if b * o * h * w < 32 {
             continue;
         }
-        let bias = randn_var(0f32, 1.0, o);
+        let bias = var(o.into());
         compare_with_grads(
             &format!("dense conv + bias + residual b{b} c{c} o{o} {h}x{w} k{k}"),
             &[&x, &wt, &bias, &r],

@@ -1,0 +1,222 @@
+//! A dense stride-1 "same" convolution on CUDA as cuBLAS products (`kernels::gemm` plans
+//! them), float32: the weight is read in place by every image's product (no copy per image),
+//! a residual is the product's beta-1 accumulator (no separate sum), the weight's gradient
+//! accumulates image by image in the products, and a k x k convolution's columns (the
+//! `conv.cu` gather) live only during the op that needs them, never kept for the backward pass.
+//! The products use the compute type candle's own float32 matmul uses.
+
+use candle_core::cuda_backend::cudarc::cublas::{result as cublas, sys as blas};
+use candle_core::cuda_backend::cudarc::driver::{CudaView, DevicePtr, DevicePtrMut};
+use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
+use candle_core::{CudaDevice, CudaStorage, Layout, Result, Shape};
+
+use super::f32_view;
+use crate::kernels::gemm::{self, Gemm, Geom};
+
+/// What errors name.
+const WHAT: &str = "dense conv";
+
+fn msg(what: String) -> candle_core::Error {
+    candle_core::Error::Msg(format!("{WHAT}: {what}"))
+}
+
+/// The geometry of x (B, C, H, W) convolved by w (O, C, k, k): (B, geometry).
+fn geometry(lx: &Layout, lw: &Layout, k: usize) -> Result<(usize, Geom)> {
+    let (b, c, h, w) = lx.shape().dims4()?;
+    let (o, cw, kh, kw) = lw.shape().dims4()?;
+    if cw != c || kh != k || kw != k {
+        return Err(msg(format!(
+            "weight {:?} for an input {:?} and a {k}x{k} kernel",
+            lw.shape(),
+            lx.shape()
+        )));
+    }
+    Ok((b, Geom { c, o, h, w, k }))
+}
+
+/// Issues `call` with A, B and C from these buffers, on the device's stream, after checking
+/// that it stays inside them.
+fn issue<C: DevicePtrMut<f32>>(
+    dev: &CudaDevice,
+    call: &Gemm,
+    a: &CudaView<f32>,
+    b: &CudaView<f32>,
+    c: &mut C,
+) -> Result<()> {
+    let [ea, eb, ec] = call.extents().map_err(msg)?;
+    if ea > a.len() || eb > b.len() || ec > c.len() {
+        return Err(msg(format!(
+            "a product reaching {ea}, {eb} and {ec} elements of buffers of {}, {} and {}",
+            a.len(),
+            b.len(),
+            c.len()
+        )));
+    }
+    let int = |v: usize| i32::try_from(v).map_err(|_| msg(format!("{v} above cuBLAS's range")));
+    let long = |v: usize| i64::try_from(v).map_err(|_| msg(format!("{v} above cuBLAS's range")));
+    let op = |t: bool| {
+        if t {
+            blas::cublasOperation_t::CUBLAS_OP_T
+        } else {
+            blas::cublasOperation_t::CUBLAS_OP_N
+        }
+    };
+    let compute = if candle_core::cuda_backend::gemm_reduced_precision_f32() {
+        blas::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
+    } else {
+        blas::cublasComputeType_t::CUBLAS_COMPUTE_32F
+    };
+    let (alpha, beta) = (1f32, if call.accumulate { 1f32 } else { 0f32 });
+    let bytes = std::mem::size_of::<f32>() as u64;
+    let stream = dev.cuda_stream();
+    let blas = dev.cublas_handle();
+    let (pa, _ga) = a.device_ptr(&stream);
+    let (pb, _gb) = b.device_ptr(&stream);
+    let (pc, _gc) = c.device_ptr_mut(&stream);
+    let (pa, pb, pc) = (
+        pa + call.offset_a as u64 * bytes,
+        pb + call.offset_b as u64 * bytes,
+        pc + call.offset_c as u64 * bytes,
+    );
+    // SAFETY: the handle is the device's (bound to its stream); the pointers are live device
+    // buffers of float32 whose extents were checked above against the call's reach; alpha and
+    // beta are float32 host scalars, as the 32F compute types read them.
+    unsafe {
+        cublas::gemm_strided_batched_ex(
+            *blas.handle(),
+            op(call.trans_a),
+            op(call.trans_b),
+            int(call.m)?,
+            int(call.n)?,
+            int(call.k)?,
+            (&alpha as *const f32).cast(),
+            pa as *const _,
+            blas::cudaDataType_t::CUDA_R_32F,
+            int(call.lda)?,
+            long(call.stride_a)?,
+            pb as *const _,
+            blas::cudaDataType_t::CUDA_R_32F,
+            int(call.ldb)?,
+            long(call.stride_b)?,
+            (&beta as *const f32).cast(),
+            pc as *mut _,
+            blas::cudaDataType_t::CUDA_R_32F,
+            int(call.ldc)?,
+            long(call.stride_c)?,
+            int(call.batch)?,
+            compute,
+            blas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+        )
+    }
+    .w()
+}
+
+/// The columns (B, C*k*k, H*W) of x for the products: x itself for 1x1, else gathered by the
+/// im2col kernel into a buffer the caller drops when its products are issued.
+fn columns(x: &CudaStorage, lx: &Layout, k: usize) -> Result<Option<CudaStorage>> {
+    if k == 1 {
+        return Ok(None);
+    }
+    Ok(Some(super::conv::im2col(x, lx, k)?.0))
+}
+
+/// `conv(x, w)`, or `residual + conv(x, w)` with a residual (B, O, H, W) given: x (B, C, H, W),
+/// w (O, C, k, k).
+pub(in crate::kernels) fn dense_conv(
+    x: &CudaStorage,
+    lx: &Layout,
+    w: &CudaStorage,
+    lw: &Layout,
+    residual: Option<(&CudaStorage, &Layout)>,
+    k: usize,
+) -> Result<(CudaStorage, Shape)> {
+    let (b, g) = geometry(lx, lw, k)?;
+    let shape = Shape::from((b, g.o, g.h, g.w));
+    let dev = x.device.clone();
+    let cols = columns(x, lx, k)?;
+    let cols_v = match &cols {
+        Some(s) => f32_view(s, &Layout::contiguous((b, g.ckk(), g.hw())), WHAT)?,
+        None => f32_view(x, lx, WHAT)?,
+    };
+    let wv = f32_view(w, lw, WHAT)?;
+    let out = match residual {
+        Some((r, lr)) => {
+            if lr.shape() != &shape {
+                return Err(msg(format!(
+                    "residual {:?} for an output {shape:?}",
+                    lr.shape()
+                )));
+            }
+            let rv = f32_view(r, lr, WHAT)?;
+            // SAFETY: the copy writes every element.
+            let mut out = unsafe { dev.alloc::<f32>(shape.elem_count())? };
+            dev.memcpy_dtod(&rv, &mut out)?;
+            issue(&dev, &gemm::forward(g, b, true), &cols_v, &wv, &mut out)?;
+            out
+        }
+        None => {
+            // SAFETY: the product (beta 0) writes every element without reading it.
+            let mut out = unsafe { dev.alloc::<f32>(shape.elem_count())? };
+            issue(&dev, &gemm::forward(g, b, false), &cols_v, &wv, &mut out)?;
+            out
+        }
+    };
+    let slice = CudaStorageSlice::F32(out);
+    Ok((CudaStorage { slice, device: dev }, shape))
+}
+
+/// The gradients of [`dense_conv`] from x, w and the output gradient dy (B, O, H, W), packed as
+/// [dx (B*C*H*W values), dw (O*C*k*k values)].
+pub(in crate::kernels) fn dense_conv_backward(
+    (x, lx): (&CudaStorage, &Layout),
+    (w, lw): (&CudaStorage, &Layout),
+    (dy, ldy): (&CudaStorage, &Layout),
+    k: usize,
+) -> Result<(CudaStorage, Shape)> {
+    let (b, g) = geometry(lx, lw, k)?;
+    if ldy.shape().dims() != [b, g.o, g.h, g.w] {
+        return Err(msg(format!(
+            "output gradient {:?} for an input {:?}",
+            ldy.shape(),
+            lx.shape()
+        )));
+    }
+    let dev = x.device.clone();
+    let n = lx.shape().elem_count();
+    let (wv, dyv) = (f32_view(w, lw, WHAT)?, f32_view(dy, ldy, WHAT)?);
+    // SAFETY: dx is written whole (by the product for 1x1, by the copy from col2im otherwise),
+    // and dw by the first weight-gradient product (beta 0).
+    let mut out = unsafe { dev.alloc::<f32>(n + g.o * g.ckk())? };
+    {
+        let cols = columns(x, lx, k)?;
+        let cols_v = match &cols {
+            Some(s) => f32_view(s, &Layout::contiguous((b, g.ckk(), g.hw())), WHAT)?,
+            None => f32_view(x, lx, WHAT)?,
+        };
+        let mut dw = out.slice_mut(n..);
+        for call in gemm::weight_grad(g, b) {
+            issue(&dev, &call, &cols_v, &dyv, &mut dw)?;
+        }
+    }
+    if k == 1 {
+        let mut dx = out.slice_mut(..n);
+        issue(&dev, &gemm::columns_grad(g, b), &dyv, &wv, &mut dx)?;
+    } else {
+        let cols_shape = Shape::from((b, g.ckk(), g.hw()));
+        // SAFETY: the product (beta 0) writes every element without reading it.
+        let mut dcols = unsafe { dev.alloc::<f32>(cols_shape.elem_count())? };
+        issue(&dev, &gemm::columns_grad(g, b), &dyv, &wv, &mut dcols)?;
+        let dcols = CudaStorage {
+            slice: CudaStorageSlice::F32(dcols),
+            device: dev.clone(),
+        };
+        let (dx, _) = super::conv::col2im(&dcols, &Layout::contiguous(cols_shape), (k, g.h, g.w))?;
+        let dxv = f32_view(&dx, &Layout::contiguous(lx.shape()), WHAT)?;
+        dev.memcpy_dtod(&dxv, &mut out.slice_mut(..n))?;
+    }
+    let slice = CudaStorageSlice::F32(out);
+    Ok((
+        CudaStorage { slice, device: dev },
+        Shape::from(n + g.o * g.ckk()),
+    ))
+}
