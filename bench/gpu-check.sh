@@ -2,8 +2,8 @@
 # The CUDA trainer on a GPU machine, in one command (issue 6): golden parity on CUDA, the tiny
 # preset trained for 50 steps, the paper Restormer at 224x224 against PyTorch eager (and with
 # IFP_CUDA_FUSED=1, the kernels that wait for this run: AdamW, LayerNorms, im2col, the GELU
-# gate, bias + activation, MDTA's row normalisation, Uformer's token ops and the dense
-# convolutions' cuBLAS products; both networks'
+# gate, bias + activation, MDTA's row normalisation, Uformer's token ops and window
+# partition, and the dense convolutions' cuBLAS products; both networks'
 # parity with them), training
 # attempts in processes of their own as a worker runs them (with a memory limit, and killed),
 # and a tiny Uformer fine-tuned on the device (loss, bit-exact resume, scores against the CPU).
@@ -212,7 +212,8 @@ echo "## parity on $DEV (f32: output < 1e-4, gradients < 1e-3; bf16: reported)"
 b="$(test_bin "$TEST_BIN")"
 # Both networks' golden parity once more with IFP_CUDA_FUSED=1 (one run, 10 s longer): their
 # outputs and gradients through the kernels that wait for this run (gate, channel LayerNorm,
-# im2col, bias, MDTA's row normalisation, Uformer's token ops, the dense convolutions).
+# im2col, bias, MDTA's row normalisation, Uformer's token ops and window partition, the dense
+# convolutions).
 for t in "${TESTS[@]}" golden+fused; do
     if [[ -z "$b" ]]; then
         echo "- $t: MISSING test binary (bench/gpu-check.sh prepare)"; fail=1; continue

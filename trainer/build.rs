@@ -16,6 +16,7 @@ const KERNELS: &[&str] = &[
     "normalize",
     "optim",
     "token",
+    "window",
 ];
 
 fn main() {

@@ -6,7 +6,8 @@
 //! Restormer's channel LayerNorm and its gradients (float32, `norm`), a convolution's bias with
 //! its activation (float32, `bias`), Uformer's token ops (float32, `token`), MDTA's row
 //! normalisation (float32, `normalize`), the dense convolutions' cuBLAS products (float32,
-//! `dense`) and the one-pass AdamW update (float32). Without the
+//! `dense`), Uformer's window partition and reverse (float32 and bfloat16, `window`) and the
+//! one-pass AdamW update (float32). Without the
 //! depthwise kernels the composed fallback keeps 17 full-size intermediates per depthwise
 //! convolution alive for the backward pass, which runs the paper Restormer at 224x224 out of
 //! GPU memory.
@@ -25,11 +26,13 @@ mod norm;
 pub(super) mod normalize;
 mod optim;
 pub(super) mod token;
+mod window;
 pub(super) use bias::{bias_act, bias_act_backward};
 pub(super) use conv::{col2im, im2col};
 pub(super) use dense::{dense_conv, dense_conv_backward};
 pub(super) use norm::{channel_norm, channel_norm_backward};
 pub(super) use optim::{adamw_update, adamw_update_in_place, squared_norms};
+pub(super) use window::window_shuffle;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/depthwise.ptx"));
 const MODULE: &str = "ifp_depthwise";

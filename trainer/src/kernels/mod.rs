@@ -2,11 +2,13 @@
 //! backward is slow or missing (ARCHITECTURE.md, "Known traps in candle 0.11"): convolutions
 //! (`conv`) and the channel LayerNorm (`norm`), Restormer's channel attention (`attention`) and
 //! its GDFN gate (`gate`), a convolution's bias with its activation (`bias`), dense k x k
-//! convolutions that keep no column matrix (`dense`), Uformer's token ops (`token`), the row
+//! convolutions that keep no column matrix (`dense`), Uformer's token ops (`token`) and its
+//! shifted window partition and reverse (`window`), the row
 //! normalisation of MDTA's queries and keys (`normalize`) and the AdamW update (`optim`). All
 //! run on the CPU in float32. On CUDA (`cuda`, feature `cuda`) the depthwise convolution runs
 //! in float32 and bfloat16; im2col and the GELU gate (float32 and bfloat16), the channel
-//! LayerNorm, the bias with its activation, the token ops, the row normalisation, the dense
+//! LayerNorm, the bias with its activation, the token ops, the window partition (float32 and
+//! bfloat16), the row normalisation, the dense
 //! convolutions (cuBLAS products planned by `gemm`) and the AdamW update (float32) run only
 //! where `IFP_CUDA_FUSED` names them (`switch`, [`CudaKernel`]).
 //! Each public function here falls back to composed tensor ops elsewhere, and the tests compare
@@ -29,6 +31,7 @@ mod normalize;
 mod optim;
 mod switch;
 pub mod token;
+mod window;
 
 use candle_core::{Result, Tensor};
 use multiversion::multiversion;
@@ -44,6 +47,9 @@ pub use switch::{
     applicable, cuda_fused, cuda_fused_setting, cuda_kernels, fused_applies, kernel_applies,
     prepare_device, set_cuda_fused, set_cuda_kernels, set_enabled, CudaKernel, CudaKernels,
     Settings, GPU_VERIFIED,
+};
+pub use window::{
+    window_partition, window_partition_composed, window_reverse, window_reverse_composed,
 };
 
 /// `a . b` in float32 with eight independent partial sums, so the loop vectorises (a single

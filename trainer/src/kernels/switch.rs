@@ -37,6 +37,8 @@ pub enum CudaKernel {
     /// the product and no stored columns (`cuda/dense.rs`; k x k ones gather with the im2col
     /// kernels).
     Dense,
+    /// Uformer's window partition and reverse with their shift (`cuda/window.cu`).
+    Window,
 }
 
 /// The CUDA kernels on when `IFP_CUDA_FUSED` is unset: those a GPU run has shown equal to
@@ -255,7 +257,7 @@ mod tests {
         assert!([CudaKernel::Pool, CudaKernel::Normalize]
             .iter()
             .all(|k| CudaKernels::ALL.contains(*k)));
-        let list = "optim, pool, gate, norm, im2col, bias, token, normalize, dense";
+        let list = "optim, pool, gate, norm, im2col, bias, token, normalize, dense, window";
         for bad in ["yes", "norm,true", "norm,"] {
             let err = parse_cuda_fused(Some(bad)).expect_err(bad);
             assert_eq!(

@@ -10,8 +10,8 @@ use candle_nn::{Init, VarBuilder};
 
 use super::drop_path::{self, DropPathRng};
 use super::{err, side};
-use crate::kernels::amp;
 use crate::kernels::token as kernels;
+use crate::kernels::{amp, window_partition, window_reverse};
 use crate::models::layers::Conv2d;
 
 const MLP_RATIO: usize = 4;
@@ -370,19 +370,11 @@ impl LeWinBlock {
                 "Uformer: a {h}x{h} level cannot be tiled by {w}x{w} windows"
             )));
         }
-        let s = self.shift as i32;
         let xs = self.norm1.forward(x)?.reshape((b, h, h, c))?;
-        let xs = if s > 0 {
-            xs.roll(-s, 1)?.roll(-s, 2)?
-        } else {
-            xs
-        };
-        // Window partition: (B, H, W, C) -> (B*nW, w*w, C), windows in row-major order.
-        let (nh, n) = (h / w, w * w);
-        let windows = xs
-            .reshape((b, nh, w, nh, w, c))?
-            .permute((0, 1, 3, 2, 4, 5))?
-            .reshape((b * nh * nh, n, c))?;
+        // Cyclic shift and window partition: (B, H, W, C) -> (B*nW, w*w, C), windows in
+        // row-major order.
+        let windows = window_partition(&xs, w, self.shift)?;
+        let n = w * w;
         let windows = match &self.modulator {
             Some(m) if m.dim(0)? == n => kernels::add_bias(&windows, m)?,
             Some(m) => {
@@ -393,22 +385,14 @@ impl LeWinBlock {
             }
             None => windows,
         };
-        let mask = if s > 0 {
+        let mask = if self.shift > 0 {
             Some(self.shift_mask(h, x.device())?)
         } else {
             None
         };
         let out = self.attn.forward(&windows, mask.as_ref())?;
-        // Window reverse: (B*nW, w*w, C) -> (B, H, W, C)
-        let out = out
-            .reshape((b, nh, nh, w, w, c))?
-            .permute((0, 1, 3, 2, 4, 5))?
-            .reshape((b, h, h, c))?;
-        let out = if s > 0 {
-            out.roll(s, 1)?.roll(s, 2)?
-        } else {
-            out
-        };
+        // Window reverse and the shift undone: (B*nW, w*w, C) -> (B, H, W, C)
+        let out = window_reverse(&out, w, self.shift, h, h)?;
         let out = drop_path::apply(&out.reshape((b, l, c))?, self.drop_path, rng.as_deref_mut())?;
         let x = (x + out)?;
         let y = self.mlp.forward(&self.norm2.forward(&x)?)?;

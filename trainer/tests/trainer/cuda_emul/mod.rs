@@ -20,6 +20,7 @@ mod norm;
 mod normalize;
 mod optim;
 mod token;
+mod window;
 
 /// A small grid: 3 blocks of 5 threads, so every thread strides over many elements.
 const GRID: u32 = 3;

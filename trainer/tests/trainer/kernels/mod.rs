@@ -8,6 +8,7 @@ mod gate;
 mod norm;
 mod optim;
 mod token;
+mod window;
 
 use crate::common;
 

@@ -1,0 +1,208 @@
+//! Uformer's window partition with its cyclic shift, and the window reverse that undoes both,
+//! each as one permuting copy (`WindowShuffle`), the backward of each being the other.
+//! Composed, the shift is `roll` twice (each a pair of narrows and a concatenation, whose
+//! backward zero-pads every piece to full size) and the partition a permute made contiguous:
+//! for a shifted block, six full-size copies forward and more backward, on every block.
+//!
+//! Layouts: the image (B, H, W, C); the windows (B*nW, win*win, C), windows in row-major order
+//! over the (H/win, W/win) grid, tokens row-major inside a window. With shift s, window token
+//! (ty, tx) of window (wy, wx) is the pixel ((wy*win + ty + s) mod H, (wx*win + tx + s) mod W):
+//! `torch.roll(x, (-s, -s), (1, 2))` followed by the partition. Rows of C channels move whole.
+//!
+//! On the CPU (float32) and on CUDA (`cuda/window.cu`, float32 and bfloat16, where
+//! `IFP_CUDA_FUSED` names `window`).
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::conv::f32_slice;
+use super::switch::{kernel_applies, CudaKernel};
+
+/// The permutation of rows between an image and its windows (see the module doc).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct WindowShuffle {
+    pub(super) win: usize,
+    pub(super) shift: usize,
+    /// The image's height and width.
+    pub(super) h: usize,
+    pub(super) w: usize,
+    /// False: image (B, H, W, C) -> windows; true: windows -> image.
+    pub(super) reverse: bool,
+}
+
+impl WindowShuffle {
+    /// The source row of destination row `r` (rows of C values; see the module doc). The CUDA
+    /// kernel computes the same.
+    pub(super) fn source_row(&self, r: usize) -> usize {
+        let (win, s, h, w) = (self.win, self.shift, self.h, self.w);
+        let (nh, nw, n) = (h / win, w / win, win * win);
+        if self.reverse {
+            let (b, y, x) = (r / (h * w), (r / w) % h, r % w);
+            let (y, x) = ((y + h - s % h) % h, (x + w - s % w) % w);
+            ((b * nh + y / win) * nw + x / win) * n + (y % win) * win + x % win
+        } else {
+            let (t, bw) = (r % n, r / n);
+            let (b, wy, wx) = (bw / (nh * nw), (bw % (nh * nw)) / nw, bw % nw);
+            let y = (wy * win + t / win + s) % h;
+            let x = (wx * win + t % win + s) % w;
+            (b * h + y) * w + x
+        }
+    }
+
+    /// Images in a tensor of `shape` and its channels, checking the shape fits.
+    fn batch_and_channels(&self, shape: &Shape) -> Result<(usize, usize)> {
+        let (win, h, w) = (self.win, self.h, self.w);
+        let fits = win > 0 && h % win == 0 && w % win == 0;
+        let dims = shape.dims();
+        let got = match (self.reverse, dims) {
+            (false, &[b, hh, ww, c]) if fits && (hh, ww) == (h, w) => Some((b, c)),
+            (true, &[bw, n, c]) if fits && n == win * win && bw % (h / win * (w / win)) == 0 => {
+                Some((bw / (h / win * (w / win)), c))
+            }
+            _ => None,
+        };
+        got.ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "window {}: {dims:?} is not {} for {win}x{win} windows on {h}x{w}",
+                if self.reverse { "reverse" } else { "partition" },
+                if self.reverse {
+                    "(B*nW, win*win, C)"
+                } else {
+                    "(B, H, W, C)"
+                }
+            ))
+        })
+    }
+
+    /// The shape of the result for `b` images of `c` channels.
+    fn out_shape(&self, b: usize, c: usize) -> Shape {
+        if self.reverse {
+            Shape::from((b, self.h, self.w, c))
+        } else {
+            let nw = (self.h / self.win) * (self.w / self.win);
+            Shape::from((b * nw, self.win * self.win, c))
+        }
+    }
+}
+
+impl CustomOp1 for WindowShuffle {
+    fn name(&self) -> &'static str {
+        "ifp-window-shuffle"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c) = self.batch_and_channels(l.shape())?;
+        let x = f32_slice(s, l, self.name())?;
+        let mut out = vec![0f32; x.len()];
+        if c > 0 {
+            out.par_chunks_mut(c).enumerate().for_each(|(r, row)| {
+                let src = self.source_row(r) * c;
+                row.copy_from_slice(&x[src..src + c]);
+            });
+        }
+        Ok((CpuStorage::F32(out), self.out_shape(b, c)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (b, c) = self.batch_and_channels(l.shape())?;
+        let out = super::cuda::window_shuffle(s, l, self, c)?;
+        Ok((out, self.out_shape(b, c)))
+    }
+
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let back = WindowShuffle {
+            reverse: !self.reverse,
+            ..*self
+        };
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&back)?))
+    }
+}
+
+/// Where the window ops run as one copy: float32 on the CPU; float32 or bfloat16 on CUDA where
+/// [`CudaKernel::Window`] is on.
+fn window_applicable(x: &Tensor) -> bool {
+    kernel_applies(x, Some(CudaKernel::Window), &[DType::F32, DType::BF16])
+}
+
+/// x (B, H, W, C) rolled by `-shift` along H and W, then cut into win x win windows:
+/// (B*nW, win*win, C). One copy where a kernel applies, else [`window_partition_composed`].
+pub fn window_partition(x: &Tensor, win: usize, shift: usize) -> Result<Tensor> {
+    let (_, h, w, _) = x.dims4()?;
+    if !window_applicable(x) {
+        return window_partition_composed(x, win, shift);
+    }
+    let op = WindowShuffle {
+        win,
+        shift,
+        h,
+        w,
+        reverse: false,
+    };
+    x.contiguous()?.apply_op1(op)
+}
+
+/// [`window_partition`] from tensor ops (any device and dtype).
+pub fn window_partition_composed(x: &Tensor, win: usize, shift: usize) -> Result<Tensor> {
+    let (b, h, w, c) = x.dims4()?;
+    let s = shift as i32;
+    let x = if s > 0 {
+        x.roll(-s, 1)?.roll(-s, 2)?
+    } else {
+        x.clone()
+    };
+    let (nh, nw) = (h / win, w / win);
+    x.reshape((b, nh, win, nw, win, c))?
+        .permute((0, 1, 3, 2, 4, 5))?
+        .reshape((b * nh * nw, win * win, c))
+}
+
+/// The inverse of [`window_partition`]: windows (B*nW, win*win, C) of an h x w image put back
+/// in place and rolled by `+shift`: (B, H, W, C). One copy where a kernel applies, else
+/// [`window_reverse_composed`].
+pub fn window_reverse(
+    windows: &Tensor,
+    win: usize,
+    shift: usize,
+    h: usize,
+    w: usize,
+) -> Result<Tensor> {
+    if !window_applicable(windows) {
+        return window_reverse_composed(windows, win, shift, h, w);
+    }
+    let op = WindowShuffle {
+        win,
+        shift,
+        h,
+        w,
+        reverse: true,
+    };
+    windows.contiguous()?.apply_op1(op)
+}
+
+/// [`window_reverse`] from tensor ops (any device and dtype).
+pub fn window_reverse_composed(
+    windows: &Tensor,
+    win: usize,
+    shift: usize,
+    h: usize,
+    w: usize,
+) -> Result<Tensor> {
+    let (bw, _, c) = windows.dims3()?;
+    let (nh, nw) = (h / win, w / win);
+    let b = bw / (nh * nw).max(1);
+    let x = windows
+        .reshape((b, nh, nw, win, win, c))?
+        .permute((0, 1, 3, 2, 4, 5))?
+        .reshape((b, h, w, c))?;
+    let s = shift as i32;
+    if s > 0 {
+        x.roll(s, 1)?.roll(s, 2)
+    } else {
+        Ok(x)
+    }
+}

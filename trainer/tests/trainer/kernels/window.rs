@@ -1,0 +1,109 @@
+//! Uformer's window partition and reverse (one permuting copy each) against the composed rolls
+//! and permutes on `IFP_TEST_DEVICE`: the CPU op, or the CUDA one with the CUDA switch on,
+//! float32 and (on CUDA) bfloat16. Both move values without arithmetic, so the outputs and the
+//! gradients must be equal, bit for bit.
+
+use candle_core::{DType, Tensor, Var};
+use ifp_trainer::kernels::{
+    self, window_partition, window_partition_composed, window_reverse, window_reverse_composed,
+};
+
+use super::CudaKernelsOn;
+use crate::common;
+
+/// (batch, H, W, channels, window, shift): unshifted and shifted, non-square images, a shift of
+/// a whole window and one past the image's side, one channel and one window per image.
+const SHAPES: &[(usize, usize, usize, usize, usize, usize)] = &[
+    (1, 2, 2, 1, 2, 0),
+    (2, 8, 8, 3, 4, 2),
+    (2, 6, 9, 5, 3, 1),
+    (1, 8, 4, 2, 2, 1),
+    (3, 16, 16, 4, 8, 4),
+    (1, 4, 4, 2, 2, 2),
+    (1, 4, 6, 2, 2, 7),
+];
+
+fn values(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(DType::F32)
+        .and_then(|t| t.flatten_all()?.to_vec1())
+        .expect("values")
+}
+
+/// The op and its composed version in `dtype`: equal outputs, equal gradients under a probe.
+fn check(dtype: DType) {
+    let _on = CudaKernelsOn::new();
+    let dev = common::test_device();
+    for &(b, h, w, c, win, shift) in SHAPES {
+        let what = format!("{dtype:?} b{b} {h}x{w} c{c} win{win} shift{shift}");
+        let x = Tensor::randn(0f32, 1.0, (b, h, w, c), &dev)
+            .and_then(|t| t.to_dtype(dtype))
+            .and_then(|t| Var::from_tensor(&t))
+            .expect("x");
+        let (fast, slow) = (
+            window_partition(x.as_tensor(), win, shift).expect("fast"),
+            window_partition_composed(x.as_tensor(), win, shift).expect("slow"),
+        );
+        assert_eq!(fast.dims(), slow.dims(), "{what}");
+        assert_eq!(values(&fast), values(&slow), "{what}: partition");
+        let probe = Tensor::randn(0f32, 1.0, slow.shape(), &dev)
+            .and_then(|t| t.to_dtype(dtype))
+            .expect("probe");
+        let grad = |y: Tensor| {
+            let g = (y * &probe)
+                .and_then(|t| t.to_dtype(DType::F32)?.sum_all()?.backward())
+                .expect("backward");
+            values(g.get(x.as_tensor()).expect("gradient"))
+        };
+        assert_eq!(grad(fast.clone()), grad(slow), "{what}: partition gradient");
+
+        // The reverse undoes the partition, and matches its composed version too.
+        let windows = Var::from_tensor(&fast).expect("windows");
+        let back = window_reverse(windows.as_tensor(), win, shift, h, w).expect("reverse");
+        let back_slow =
+            window_reverse_composed(windows.as_tensor(), win, shift, h, w).expect("slow");
+        assert_eq!(values(&back), values(x.as_tensor()), "{what}: round trip");
+        assert_eq!(values(&back), values(&back_slow), "{what}: reverse");
+        let probe = Tensor::randn(0f32, 1.0, back.shape(), &dev)
+            .and_then(|t| t.to_dtype(dtype))
+            .expect("probe");
+        let grad = |y: Tensor| {
+            let g = (y * &probe)
+                .and_then(|t| t.to_dtype(DType::F32)?.sum_all()?.backward())
+                .expect("backward");
+            values(g.get(windows.as_tensor()).expect("gradient"))
+        };
+        assert_eq!(grad(back), grad(back_slow), "{what}: reverse gradient");
+    }
+    println!("window partition/reverse on {dev:?} in {dtype:?} equal the composed versions");
+}
+
+#[test]
+fn window_kernels_match_composed() {
+    check(DType::F32);
+}
+
+/// bfloat16 has a kernel on CUDA only (on the CPU both sides are the composed version).
+#[test]
+fn window_kernels_bf16_match_composed() {
+    check(DType::BF16);
+}
+
+#[test]
+fn a_window_that_does_not_tile_the_image_is_named() {
+    let x = Tensor::zeros((1, 5, 4, 2), DType::F32, &common::test_device()).expect("x");
+    let _on = CudaKernelsOn::new();
+    let e = window_partition(&x, 2, 1).expect_err("5 rows in 2x2 windows");
+    assert!(
+        e.to_string()
+            .contains("window partition: [1, 5, 4, 2] is not (B, H, W, C) for 2x2 windows on 5x4"),
+        "{e}"
+    );
+    let w = Tensor::zeros((3, 4, 2), DType::F32, &common::test_device()).expect("w");
+    let e = window_reverse(&w, 2, 0, 4, 4).expect_err("3 windows for 4 in a 4x4 image");
+    assert!(e.to_string().contains("window reverse: [3, 4, 2]"), "{e}");
+    assert!(kernels::kernel_applies(
+        &x,
+        Some(kernels::CudaKernel::Window),
+        &[DType::F32]
+    ));
+}
