@@ -29,7 +29,23 @@ fn values(t: &Tensor) -> Vec<f32> {
         .expect("values")
 }
 
-/// The op and its composed version in `dtype`: equal outputs, equal gradients under a probe.
+/// `fast` and `slow` of input `v`: equal values, and equal gradients of `v` under one probe.
+fn assert_equal_with_grads(what: &str, v: &Var, fast: &Tensor, slow: &Tensor) {
+    assert_eq!(fast.dims(), slow.dims(), "{what}");
+    assert_eq!(values(fast), values(slow), "{what}");
+    let probe = Tensor::randn(0f32, 1.0, slow.shape(), slow.device())
+        .and_then(|t| t.to_dtype(slow.dtype()))
+        .expect("probe");
+    let grad = |y: &Tensor| {
+        let g = (y * &probe)
+            .and_then(|t| t.to_dtype(DType::F32)?.sum_all()?.backward())
+            .expect("backward");
+        values(g.get(v.as_tensor()).expect("gradient"))
+    };
+    assert_eq!(grad(fast), grad(slow), "{what}: gradient");
+}
+
+/// The ops and their composed versions in `dtype`: equal outputs, equal gradients.
 fn check(dtype: DType) {
     let _on = CudaKernelsOn::new();
     let dev = common::test_device();
@@ -39,40 +55,16 @@ fn check(dtype: DType) {
             .and_then(|t| t.to_dtype(dtype))
             .and_then(|t| Var::from_tensor(&t))
             .expect("x");
-        let (fast, slow) = (
-            window_partition(x.as_tensor(), win, shift).expect("fast"),
-            window_partition_composed(x.as_tensor(), win, shift).expect("slow"),
-        );
-        assert_eq!(fast.dims(), slow.dims(), "{what}");
-        assert_eq!(values(&fast), values(&slow), "{what}: partition");
-        let probe = Tensor::randn(0f32, 1.0, slow.shape(), &dev)
-            .and_then(|t| t.to_dtype(dtype))
-            .expect("probe");
-        let grad = |y: Tensor| {
-            let g = (y * &probe)
-                .and_then(|t| t.to_dtype(DType::F32)?.sum_all()?.backward())
-                .expect("backward");
-            values(g.get(x.as_tensor()).expect("gradient"))
-        };
-        assert_eq!(grad(fast.clone()), grad(slow), "{what}: partition gradient");
+        let fast = window_partition(x.as_tensor(), win, shift).expect("fast");
+        let slow = window_partition_composed(x.as_tensor(), win, shift).expect("slow");
+        assert_equal_with_grads(&format!("{what}: partition"), &x, &fast, &slow);
 
         // The reverse undoes the partition, and matches its composed version too.
         let windows = Var::from_tensor(&fast).expect("windows");
         let back = window_reverse(windows.as_tensor(), win, shift, h, w).expect("reverse");
-        let back_slow =
-            window_reverse_composed(windows.as_tensor(), win, shift, h, w).expect("slow");
+        let slow = window_reverse_composed(windows.as_tensor(), win, shift, h, w).expect("slow");
         assert_eq!(values(&back), values(x.as_tensor()), "{what}: round trip");
-        assert_eq!(values(&back), values(&back_slow), "{what}: reverse");
-        let probe = Tensor::randn(0f32, 1.0, back.shape(), &dev)
-            .and_then(|t| t.to_dtype(dtype))
-            .expect("probe");
-        let grad = |y: Tensor| {
-            let g = (y * &probe)
-                .and_then(|t| t.to_dtype(DType::F32)?.sum_all()?.backward())
-                .expect("backward");
-            values(g.get(windows.as_tensor()).expect("gradient"))
-        };
-        assert_eq!(grad(back), grad(back_slow), "{what}: reverse gradient");
+        assert_equal_with_grads(&format!("{what}: reverse"), &windows, &back, &slow);
     }
     println!("window partition/reverse on {dev:?} in {dtype:?} equal the composed versions");
 }
