@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The CUDA trainer on a GPU machine, in one command (issue 6): golden parity on CUDA, the tiny
-# preset trained for 50 steps, the paper Restormer at 224x224 against PyTorch eager (and with
-# IFP_CUDA_FUSED=1, the kernels that wait for this run: AdamW, LayerNorms, im2col, the GELU
-# gate, bias + activation, MDTA's row normalisation, Uformer's token ops and window
-# partition, and the dense convolutions' cuBLAS products; both networks'
-# parity with them), training
+# preset trained for 50 steps, the paper Restormer at 224x224 against PyTorch eager; the CUDA
+# kernels that wait for this run (AdamW, LayerNorms, im2col, the GELU gate, bias + activation,
+# MDTA's row normalisation, Uformer's token ops and window partition, the dense convolutions'
+# cuBLAS products) each against its composed version, and those that pass through both
+# networks' golden parity and a benchmark row of their own; training
 # attempts in processes of their own as a worker runs them (with a memory limit, and killed),
 # and a tiny Uformer fine-tuned on the device (loss, bit-exact resume, scores against the CPU).
 # Builds nothing: the GPU machine may have no compiler and no internet.
@@ -30,8 +30,9 @@
 # PEAK_F32_TFLOPS / PEAK_BF16_TFLOPS (MFU denominators; default from the GPU's name).
 #
 # Limits (each stage has a timeout so the whole run stays under 10 minutes, 596 s at worst; the
-# run on an H100 took 105 s for stages 1-3): each of the five parity modules 30 s and both
-# networks' parity again with IFP_CUDA_FUSED=1 40 s, training 30 s, FLOP count 20 s, each of
+# run on an H100 took 105 s for stages 1-3): each of the five parity modules 30 s (and, if a
+# kernel crashes the kernels' test process, 10 s for each kernel whose tests then run apart)
+# and both networks' parity again with the kernels that passed 40 s, training 30 s, FLOP count 20 s, each of
 # the four ifp benchmark runs 25 s and the two PyTorch ones 40 s (190 + 30 + 20 + 180 for
 # stages 1-3), three training attempts 15 s each
 # and the killed one 31 s (20 to its first step, 5 to read the GPU, 5 to end, 1 to settle), the
@@ -52,7 +53,7 @@ ROOT="$(dirname "$HERE")"
 # The parity modules of the trainer's one integration-test binary (`trainer/tests/trainer/`),
 # each run on the device as its own filter.
 TEST_BIN=trainer
-TESTS=(restormer_golden uformer_golden loss_golden amp kernels)
+TESTS=(restormer_golden uformer_golden loss_golden amp)
 
 say() { echo "gpu-check: $*" >&2; }
 # ft_images DIR: the first ten CBSD68 images (natural order), writable, for the fine-tuning stage.
@@ -210,24 +211,96 @@ fi
 # --- 1. golden parity on the device ----------------------------------------------------------
 echo "## parity on $DEV (f32: output < 1e-4, gradients < 1e-3; bf16: reported)"
 b="$(test_bin "$TEST_BIN")"
-# Both networks' golden parity once more with IFP_CUDA_FUSED=1 (one run, 10 s longer): their
-# outputs and gradients through the kernels that wait for this run (gate, channel LayerNorm,
-# im2col, bias, MDTA's row normalisation, Uformer's token ops and window partition, the dense
-# convolutions).
-for t in "${TESTS[@]}" golden+fused; do
+# parity NAME LIMIT FUSED FILTER...: one run of the test binary; prints its verdict and the
+# figures its tests report; returns its exit code.
+parity() {
+    local name=$1 limit=$2 fused=$3 rc verdict
+    shift 3
     if [[ -z "$b" ]]; then
-        echo "- $t: MISSING test binary (bench/gpu-check.sh prepare)"; fail=1; continue
+        echo "- $name: MISSING test binary (bench/gpu-check.sh prepare)"; fail=1; return 2
     fi
-    fused=0 limit=$PARITY_TIMEOUT filters=("$t::")
-    [[ "$t" == *+fused ]] && fused=1 limit=$((PARITY_TIMEOUT + 10)) filters=(restormer_golden:: uformer_golden::)
-    IFP_CUDA_FUSED=$fused IFP_TEST_DEVICE="$DEV" timeout "$limit" "$b" "${filters[@]}" \
-        --test-threads=1 --nocapture >"$OUT/$t.log" 2>&1
+    # --show-output: each test's verdict on its own line, what it printed after the verdicts.
+    IFP_CUDA_FUSED=$fused IFP_TEST_DEVICE="$DEV" timeout "$limit" "$b" "$@" \
+        --test-threads=1 --show-output >"$OUT/$name.log" 2>&1
     rc=$?
-    verdict=$([[ $rc == 0 ]] && echo ok || echo "FAILED (rc $rc, $OUT/$t.log)")
-    ((rc)) && fail=1
-    echo "- $t: $verdict"
-    grep -E 'rel L2|bf16 AMP|mean loss|kernel on|adamw update' "$OUT/$t.log" | sed 's/^/    /'
+    verdict=$([[ $rc == 0 ]] && echo ok || echo "FAILED (rc $rc, $OUT/$name.log)")
+    echo "- $name: $verdict"
+    grep -E 'rel L2|bf16 AMP|mean loss|kernel on|kernels on|adamw update|equal the composed' "$OUT/$name.log" | sed 's/^/    /'
+    return $rc
+}
+for t in "${TESTS[@]}"; do
+    parity "$t" "$PARITY_TIMEOUT" 0 "$t::" || fail=1
 done
+
+# The kernels against their composed versions, each test with every CUDA kernel on. A kernel is
+# shown equal on this GPU when all its tests pass (`kernel_of`); the depthwise kernels are always
+# on. A CUDA fault poisons its process's context, so if one ends the test process, the tests
+# that never ran are run again, those of each kernel in a process of their own (10 s each).
+kernel_of() {
+    case "$1" in
+    kernels::optim::*) echo optim ;;
+    kernels::gate::*) echo gate ;;
+    kernels::norm::*) echo norm ;;
+    kernels::im2col_*) echo im2col ;;
+    kernels::bias_act_*) echo bias ;;
+    kernels::token::*) echo token ;;
+    kernels::l2_normalize_* | kernels::channel_attention_*) echo normalize ;;
+    kernels::dense_conv_*) echo dense ;;
+    kernels::window::*) echo window ;;
+    kernels::depthwise_kernel*) echo depthwise ;;
+    *) echo other ;; # CPU-only fused ops (the composed path on CUDA)
+    esac
+}
+declare -A k_ok k_bad seen
+# verdicts LOG: files each test LOG started under its kernel: ok, FAILED, or crashed (started,
+# no verdict).
+verdicts() {
+    local name v
+    while read -r name v; do
+        seen[$name]=1
+        case "$v" in
+        ok) k_ok[$(kernel_of "$name")]+=" $name" ;;
+        FAILED) k_bad[$(kernel_of "$name")]+=" $name" ;;
+        ignored) ;;
+        *) k_bad[$(kernel_of "$name")]+=" $name(crashed)" ;;
+        esac
+    done < <(sed -nE 's/^test (kernels::[^ ]+) \.\.\. ?(ok|FAILED)?.*$/\1 \2/p' "$1")
+}
+parity kernels "$PARITY_TIMEOUT" 1 kernels::
+rc=$?
+verdicts "$OUT/kernels.log"
+if [[ -n "$b" ]] && ((rc != 0 && rc != 101)); then
+    echo "  the test process ended abnormally (rc $rc): the tests that did not run, by kernel"
+    declare -A rest
+    while read -r name; do
+        [[ -z "${seen[$name]:-}" ]] && rest[$(kernel_of "$name")]+=" $name"
+    done < <("$b" kernels:: --list 2>/dev/null | sed -n 's/: test$//p')
+    for k in "${!rest[@]}"; do
+        # shellcheck disable=SC2086 # the names are one word each
+        parity "kernels-$k" 10 1 --exact ${rest[$k]}
+        verdicts "$OUT/kernels-$k.log"
+    done
+fi
+VERIFIED=()
+for k in optim gate norm im2col bias token normalize dense window; do
+    if [[ -n "${k_ok[$k]:-}" && -z "${k_bad[$k]:-}" ]]; then VERIFIED+=("$k"); fi
+done
+[[ -n "${k_bad[*]:-}" ]] && fail=1
+for k in "${!k_bad[@]}"; do echo "  - $k FAILED:${k_bad[$k]}"; done
+FUSED_LIST="$(IFS=,; echo "${VERIFIED[*]}")"
+echo "- kernels equal to their composed versions here: ${FUSED_LIST:-none}"
+# Both networks' golden parity once more with the kernels that passed (one run, 10 s longer):
+# their outputs and gradients through those kernels.
+if [[ -n $FUSED_LIST ]]; then
+    parity golden+fused $((PARITY_TIMEOUT + 10)) "$FUSED_LIST" restormer_golden:: uformer_golden:: || {
+        fail=1 FUSED_LIST=""
+    }
+else
+    echo "- golden+fused: skipped, no kernel passed"
+fi
+# The CUDA switch of the fused benchmark rows: the kernels that passed both stages (and the pool).
+FUSED_BENCH="${FUSED_LIST:+$FUSED_LIST,}pool"
+echo "- GPU_VERIFIED candidates (kernels and golden+fused passed): ${FUSED_LIST:-none}"
 
 # --- 2. the tiny preset, 50 steps ------------------------------------------------------------
 echo "## train: tiny preset, $TRAIN_STEPS steps on $DEV"
@@ -258,7 +331,7 @@ peak_mem() {
     return $rc
 }
 flops="$(timeout 20 "$PY" "$HERE/torch_gpu_bench.py" --config "$TORCH_CFG" --batch "$BATCH" --size "$SIZE" --device "$DEV" --flops-only 2>"$OUT/flops.err" | awk '/^model_flops/ {print $2}')"
-echo "## bench: $BENCH_CFG, batch $BATCH, ${SIZE}x$SIZE, $STEPS timed steps (+2 warm-up), $DEV; model FLOPs/step ${flops:-?} (flop_counter, weight gradients divided by groups)"
+echo "## bench: $BENCH_CFG, batch $BATCH, ${SIZE}x$SIZE, $STEPS timed steps (+2 warm-up), $DEV; model FLOPs/step ${flops:-?} (flop_counter, weight gradients divided by groups); fused: IFP_CUDA_FUSED=$FUSED_BENCH"
 echo
 echo "| impl | amp | step ms | images/s | ifp/torch | peak GPU mem MiB | MFU |"
 echo "|---|---|---|---|---|---|---|"
@@ -270,9 +343,9 @@ for amp in off bf16; do
     ifp_rc=$?
     ifp_mem="$(cat "$OUT/mem")"
     ifp_ms="$(awk '/^step_ms/ {print $2}' "$OUT/ifp-$amp.log")"
-    # The same with the CUDA kernels that wait for this run to be shown equal (IFP_CUDA_FUSED:
-    # the one-pass AdamW update, and a memory pool that keeps freed memory).
-    IFP_CUDA_FUSED=1 peak_mem timeout 25 "$IFP_BIN" bench --config "$BENCH_CFG" --batch "$BATCH" --size "$SIZE" \
+    # The same with the CUDA kernels that passed stage 1 here, and the memory pool that keeps
+    # freed memory (IFP_CUDA_FUSED=$FUSED_BENCH).
+    IFP_CUDA_FUSED=$FUSED_BENCH peak_mem timeout 25 "$IFP_BIN" bench --config "$BENCH_CFG" --batch "$BATCH" --size "$SIZE" \
         --steps "$STEPS" --device "$DEV" --amp "$amp" >"$OUT/ifp-fused-$amp.log" 2>&1
     fused_rc=$?
     fused_mem="$(cat "$OUT/mem")"
@@ -292,7 +365,7 @@ def mfu(ms): return flops / (ms / 1e3) / (peak * 1e12) if peak > 0 and ms == ms 
 def ratio(ms): return ips(ms) / ips(tms) if ips(tms) == ips(tms) and ips(tms) > 0 else float("nan")
 def fmt(v, f, unit=""): return "n/a" if isinstance(v, float) and math.isnan(v) else format(v, f) + unit
 for name, ms, mem, rc, r in (("ifp (candle)", ims, imem, irc, fmt(ratio(ims), ".2f")),
-                             ("ifp IFP_CUDA_FUSED=1", fms, fmem, frc, fmt(ratio(fms), ".2f")),
+                             ("ifp fused (above)", fms, fmem, frc, fmt(ratio(fms), ".2f")),
                              ("torch eager", tms, tmem, trc, "1.00")):
     note = "" if rc == "0" else f" (rc {rc})"
     mem = "n/a" if mem == "nan" else mem
