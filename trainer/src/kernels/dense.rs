@@ -30,6 +30,8 @@ use super::gemm::Geom;
 
 pub(super) struct DenseConv {
     pub(super) k: usize,
+    /// Multiply in bfloat16 into float32 results (bf16 autocast; CUDA only).
+    pub(super) bf16: bool,
 }
 
 /// A row-major matrix operand: `rows x cols` stored as is, or transposed storage.
@@ -190,9 +192,25 @@ fn forward_into(out: &mut [f32], x: &[f32], wt: &[f32], b: usize, g: Geom, accum
     }
 }
 
+/// The CPU ops multiply in float32 only: a bf16 op reaching the CPU is a dispatch error.
+fn float32_only(bf16: bool, name: &str) -> Result<()> {
+    if bf16 {
+        return Err(candle_core::Error::Msg(format!(
+            "{name}: no bfloat16 products on the CPU"
+        )));
+    }
+    Ok(())
+}
+
 /// The input's and the weight's gradients of a dense convolution.
-fn backward(x: &Tensor, wt: &Tensor, grad: &Tensor, k: usize) -> Result<(Tensor, Tensor)> {
-    let both = x.apply_op3_no_bwd(wt, &grad.contiguous()?, &DenseConvBackward { k })?;
+fn backward(
+    x: &Tensor,
+    wt: &Tensor,
+    grad: &Tensor,
+    k: usize,
+    bf16: bool,
+) -> Result<(Tensor, Tensor)> {
+    let both = x.apply_op3_no_bwd(wt, &grad.contiguous()?, &DenseConvBackward { k, bf16 })?;
     let [dx, dw]: [Tensor; 2] = super::unpack(&both, &[x.shape(), wt.shape()])?
         .try_into()
         .map_err(|_| candle_core::Error::Msg("dense conv: two gradients".into()))?;
@@ -261,6 +279,7 @@ impl CustomOp2 for DenseConv {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        float32_only(self.bf16, self.name())?;
         let (b, c, h, w) = l1.shape().dims4()?;
         let o = l2.shape().dims4()?.0;
         let x = f32_slice(s1, l1, self.name())?;
@@ -285,7 +304,7 @@ impl CustomOp2 for DenseConv {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        super::cuda::dense_conv(s1, l1, s2, l2, None, self.k)
+        super::cuda::dense_conv((s1, l1), (s2, l2), None, self.k, self.bf16)
     }
 
     fn bwd(
@@ -295,7 +314,7 @@ impl CustomOp2 for DenseConv {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = backward(x, wt, grad, self.k)?;
+        let (dx, dw) = backward(x, wt, grad, self.k, self.bf16)?;
         Ok((Some(dx), Some(dw)))
     }
 }
@@ -308,6 +327,8 @@ impl CustomOp2 for DenseConv {
 pub(super) struct DenseConvResidual {
     pub(super) k: usize,
     pub(super) with_bias: bool,
+    /// As [`DenseConv::bf16`].
+    pub(super) bf16: bool,
 }
 
 impl CustomOp3 for DenseConvResidual {
@@ -324,6 +345,7 @@ impl CustomOp3 for DenseConvResidual {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        float32_only(self.bf16, self.name())?;
         let (b, c, h, w) = l1.shape().dims4()?;
         let o = l2.shape().dims()[0];
         let g = Geom {
@@ -385,7 +407,7 @@ impl CustomOp3 for DenseConvResidual {
                 self.name()
             )));
         }
-        super::cuda::dense_conv(s1, l1, s2, l2, Some((s3, l3)), self.k)
+        super::cuda::dense_conv((s1, l1), (s2, l2), Some((s3, l3)), self.k, self.bf16)
     }
 
     fn bwd(
@@ -397,7 +419,7 @@ impl CustomOp3 for DenseConvResidual {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         if !self.with_bias {
-            let (dx, dw) = backward(x, wt, grad, self.k)?;
+            let (dx, dw) = backward(x, wt, grad, self.k, self.bf16)?;
             return Ok((Some(dx), Some(dw), Some(grad.clone())));
         }
         let (_, c, _, _) = x.dims4()?;
@@ -406,7 +428,7 @@ impl CustomOp3 for DenseConvResidual {
             .narrow(1, 0, ckk)?
             .contiguous()?
             .reshape((o, c, self.k, self.k))?;
-        let (dx, dw) = backward(x, &w, grad, self.k)?;
+        let (dx, dw) = backward(x, &w, grad, self.k, self.bf16)?;
         let db = grad
             .contiguous()?
             .apply_op1_no_bwd(&super::bias::ChannelSum)?;
@@ -418,6 +440,7 @@ impl CustomOp3 for DenseConvResidual {
 /// (x, W, dy) -> [dx (B*C*H*W values), dW (O*C*k*k values)].
 struct DenseConvBackward {
     k: usize,
+    bf16: bool,
 }
 
 impl CustomOp3 for DenseConvBackward {
@@ -434,6 +457,7 @@ impl CustomOp3 for DenseConvBackward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        float32_only(self.bf16, self.name())?;
         let (b, c, h, w) = l1.shape().dims4()?;
         let o = l2.shape().dims4()?.0;
         let x = f32_slice(s1, l1, self.name())?;
@@ -492,6 +516,6 @@ impl CustomOp3 for DenseConvBackward {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        super::cuda::dense_conv_backward((s1, l1), (s2, l2), (s3, l3), self.k)
+        super::cuda::dense_conv_backward((s1, l1), (s2, l2), (s3, l3), self.k, self.bf16)
     }
 }

@@ -402,14 +402,25 @@ pub fn conv_dense_residual(
     x.contiguous()?.apply_op3(
         &weight,
         &residual.contiguous()?,
-        dense::DenseConvResidual { k, with_bias },
+        dense::DenseConvResidual {
+            k,
+            with_bias,
+            bf16: amp::low_dtype().is_some(),
+        },
     )
 }
 
-/// Where [`conv_dense`] runs as one op: float32 without autocast, on the CPU, or on CUDA where
-/// [`CudaKernel::Dense`] is on.
+/// Where [`conv_dense`] runs as one op: float32 without autocast on the CPU; on CUDA where
+/// [`CudaKernel::Dense`] is on, float32 or under bf16 autocast (the op then multiplies in
+/// bfloat16 itself, into float32 results).
 pub fn dense_applicable(x: &Tensor) -> bool {
-    amp::low_dtype().is_none() && fused_applies(x, CudaKernel::Dense)
+    match amp::low_dtype() {
+        None => fused_applies(x, CudaKernel::Dense),
+        Some(candle_core::DType::BF16) => {
+            x.device().is_cuda() && fused_applies(x, CudaKernel::Dense)
+        }
+        Some(_) => false,
+    }
 }
 
 /// A dense stride-1 "same" convolution without bias: x (B, C, H, W), weight (O, C, k, k) ->
@@ -420,8 +431,13 @@ pub fn conv_dense(x: &Tensor, weight: &Tensor, k: usize) -> Result<Tensor> {
     if !dense_applicable(x) {
         return conv_by_columns(x, weight, k, im2col);
     }
-    x.contiguous()?
-        .apply_op2(&weight.contiguous()?, dense::DenseConv { k })
+    x.contiguous()?.apply_op2(
+        &weight.contiguous()?,
+        dense::DenseConv {
+            k,
+            bf16: amp::low_dtype().is_some(),
+        },
+    )
 }
 
 /// [`conv_dense`] from tensor ops (any device and dtype; products under autocast): a 1x1

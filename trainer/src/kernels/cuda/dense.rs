@@ -3,15 +3,82 @@
 //! a residual is the product's beta-1 accumulator (no separate sum), the weight's gradient
 //! accumulates image by image in the products, and a k x k convolution's columns (the
 //! `conv.cu` gather) live only during the op that needs them, never kept for the backward pass.
-//! The products use the compute type candle's own float32 matmul uses.
+//! The float32 products use the compute type candle's own float32 matmul uses. Under bf16
+//! autocast the op casts its operands to bfloat16 itself and multiplies them into float32
+//! results (float32 accumulation), where the composed path rounds each product's result to
+//! bfloat16 and casts it back in separate passes.
 
+use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cublas::{result as cublas, sys as blas};
-use candle_core::cuda_backend::cudarc::driver::{CudaView, DevicePtr, DevicePtrMut};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaView, DevicePtr, DevicePtrMut, DeviceRepr,
+};
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
-use candle_core::{CudaDevice, CudaStorage, Layout, Result, Shape};
+use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Shape};
 
-use super::f32_view;
+use super::{f32_view, view};
 use crate::kernels::gemm::{self, Gemm, Geom};
+
+/// The element type of the products' operands (their results are float32 either way).
+trait Operand: DeviceRepr + Sized {
+    const DATA: blas::cudaDataType_t;
+    const DTYPE: DType;
+    fn compute() -> blas::cublasComputeType_t;
+    fn slice(s: &CudaStorageSlice) -> Option<&CudaSlice<Self>>;
+}
+
+impl Operand for f32 {
+    const DATA: blas::cudaDataType_t = blas::cudaDataType_t::CUDA_R_32F;
+    const DTYPE: DType = DType::F32;
+    /// As candle's own float32 products: TF32 only where candle is told to use it.
+    fn compute() -> blas::cublasComputeType_t {
+        if candle_core::cuda_backend::gemm_reduced_precision_f32() {
+            blas::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
+        } else {
+            blas::cublasComputeType_t::CUBLAS_COMPUTE_32F
+        }
+    }
+    fn slice(s: &CudaStorageSlice) -> Option<&CudaSlice<Self>> {
+        match s {
+            CudaStorageSlice::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+impl Operand for half::bf16 {
+    const DATA: blas::cudaDataType_t = blas::cudaDataType_t::CUDA_R_16BF;
+    const DTYPE: DType = DType::BF16;
+    /// bfloat16 products accumulated in float32 (the combination with float32 results).
+    fn compute() -> blas::cublasComputeType_t {
+        blas::cublasComputeType_t::CUBLAS_COMPUTE_32F
+    }
+    fn slice(s: &CudaStorageSlice) -> Option<&CudaSlice<Self>> {
+        match s {
+            CudaStorageSlice::BF16(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+/// The contiguous `T` elements of a storage.
+fn typed<'a, T: Operand>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, T>> {
+    match T::slice(&s.slice) {
+        Some(v) => view(v, l, WHAT),
+        None => Err(msg(format!("{:?} operands expected", T::DTYPE))),
+    }
+}
+
+/// x in the operands' type `T`: itself, or a contiguous bfloat16 copy.
+fn operand<T: Operand>(x: &CudaStorage, l: &Layout) -> Result<(Option<CudaStorage>, Layout)> {
+    if x.dtype() == T::DTYPE {
+        return Ok((None, l.clone()));
+    }
+    Ok((
+        Some(x.to_dtype(l, T::DTYPE)?),
+        Layout::contiguous(l.shape()),
+    ))
+}
 
 /// What errors name.
 const WHAT: &str = "dense conv";
@@ -36,11 +103,11 @@ fn geometry(lx: &Layout, lw: &Layout, k: usize) -> Result<(usize, Geom)> {
 
 /// Issues `call` with A, B and C from these buffers, on the device's stream, after checking
 /// that it stays inside them.
-fn issue<C: DevicePtrMut<f32>>(
+fn issue<T: Operand, C: DevicePtrMut<f32>>(
     dev: &CudaDevice,
     call: &Gemm,
-    a: &CudaView<f32>,
-    b: &CudaView<f32>,
+    a: &CudaView<T>,
+    b: &CudaView<T>,
     c: &mut C,
 ) -> Result<()> {
     let [ea, eb, ec] = call.extents().map_err(msg)?;
@@ -61,26 +128,21 @@ fn issue<C: DevicePtrMut<f32>>(
             blas::cublasOperation_t::CUBLAS_OP_N
         }
     };
-    let compute = if candle_core::cuda_backend::gemm_reduced_precision_f32() {
-        blas::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
-    } else {
-        blas::cublasComputeType_t::CUBLAS_COMPUTE_32F
-    };
     let (alpha, beta) = (1f32, if call.accumulate { 1f32 } else { 0f32 });
-    let bytes = std::mem::size_of::<f32>() as u64;
+    let (a_bytes, c_bytes) = (size_of::<T>() as u64, size_of::<f32>() as u64);
     let stream = dev.cuda_stream();
     let blas = dev.cublas_handle();
     let (pa, _ga) = a.device_ptr(&stream);
     let (pb, _gb) = b.device_ptr(&stream);
     let (pc, _gc) = c.device_ptr_mut(&stream);
     let (pa, pb, pc) = (
-        pa + call.offset_a as u64 * bytes,
-        pb + call.offset_b as u64 * bytes,
-        pc + call.offset_c as u64 * bytes,
+        pa + call.offset_a as u64 * a_bytes,
+        pb + call.offset_b as u64 * a_bytes,
+        pc + call.offset_c as u64 * c_bytes,
     );
     // SAFETY: the handle is the device's (bound to its stream); the pointers are live device
-    // buffers of float32 whose extents were checked above against the call's reach; alpha and
-    // beta are float32 host scalars, as the 32F compute types read them.
+    // buffers (A and B of T, C of float32) whose extents were checked above against the call's
+    // reach; alpha and beta are float32 host scalars, as the 32F compute types read them.
     unsafe {
         cublas::gemm_strided_batched_ex(
             *blas.handle(),
@@ -91,11 +153,11 @@ fn issue<C: DevicePtrMut<f32>>(
             int(call.k)?,
             (&alpha as *const f32).cast(),
             pa as *const _,
-            blas::cudaDataType_t::CUDA_R_32F,
+            T::DATA,
             int(call.lda)?,
             long(call.stride_a)?,
             pb as *const _,
-            blas::cudaDataType_t::CUDA_R_32F,
+            T::DATA,
             int(call.ldb)?,
             long(call.stride_b)?,
             (&beta as *const f32).cast(),
@@ -104,15 +166,16 @@ fn issue<C: DevicePtrMut<f32>>(
             int(call.ldc)?,
             long(call.stride_c)?,
             int(call.batch)?,
-            compute,
+            T::compute(),
             blas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
         )
     }
     .w()
 }
 
-/// The columns (B, C*k*k, H*W) of x for the products: x itself for 1x1, else gathered by the
-/// im2col kernel into a buffer the caller drops when its products are issued.
+/// The columns (B, C*k*k, H*W) of x (in `T`, contiguous) for the products: x itself for 1x1,
+/// else gathered by the im2col kernel into a buffer the caller drops when its products are
+/// issued.
 fn columns(x: &CudaStorage, lx: &Layout, k: usize) -> Result<Option<CudaStorage>> {
     if k == 1 {
         return Ok(None);
@@ -120,54 +183,86 @@ fn columns(x: &CudaStorage, lx: &Layout, k: usize) -> Result<Option<CudaStorage>
     Ok(Some(super::conv::im2col(x, lx, k)?.0))
 }
 
-/// `conv(x, w)`, or `residual + conv(x, w)` with a residual (B, O, H, W) given: x (B, C, H, W),
-/// w (O, C, k, k).
-pub(in crate::kernels) fn dense_conv(
-    x: &CudaStorage,
+/// A view of the columns [`columns`] gave for x (B, C, H, W).
+fn columns_view<'a, T: Operand>(
+    cols: &'a Option<CudaStorage>,
+    x: &'a CudaStorage,
     lx: &Layout,
-    w: &CudaStorage,
-    lw: &Layout,
+    b: usize,
+    g: Geom,
+) -> Result<CudaView<'a, T>> {
+    match cols {
+        Some(s) => typed(s, &Layout::contiguous((b, g.ckk(), g.hw()))),
+        None => typed(x, lx),
+    }
+}
+
+/// `conv(x, w)`, or `residual + conv(x, w)` with a residual (B, O, H, W) given: x (B, C, H, W),
+/// w (O, C, k, k), float32; multiplied in bfloat16 with `bf16`. The result is float32.
+pub(in crate::kernels) fn dense_conv(
+    (x, lx): (&CudaStorage, &Layout),
+    (w, lw): (&CudaStorage, &Layout),
+    residual: Option<(&CudaStorage, &Layout)>,
+    k: usize,
+    bf16: bool,
+) -> Result<(CudaStorage, Shape)> {
+    if bf16 {
+        forward::<half::bf16>((x, lx), (w, lw), residual, k)
+    } else {
+        forward::<f32>((x, lx), (w, lw), residual, k)
+    }
+}
+
+fn forward<T: Operand>(
+    (x, lx): (&CudaStorage, &Layout),
+    (w, lw): (&CudaStorage, &Layout),
     residual: Option<(&CudaStorage, &Layout)>,
     k: usize,
 ) -> Result<(CudaStorage, Shape)> {
     let (b, g) = geometry(lx, lw, k)?;
     let shape = Shape::from((b, g.o, g.h, g.w));
     let dev = x.device.clone();
-    let cols = columns(x, lx, k)?;
-    let cols_v = match &cols {
-        Some(s) => f32_view(s, &Layout::contiguous((b, g.ckk(), g.hw())), WHAT)?,
-        None => f32_view(x, lx, WHAT)?,
-    };
-    let wv = f32_view(w, lw, WHAT)?;
-    let out = match residual {
-        Some((r, lr)) => {
-            if lr.shape() != &shape {
-                return Err(msg(format!(
-                    "residual {:?} for an output {shape:?}",
-                    lr.shape()
-                )));
-            }
-            let rv = f32_view(r, lr, WHAT)?;
-            // SAFETY: the copy writes every element.
-            let mut out = unsafe { dev.alloc::<f32>(shape.elem_count())? };
-            dev.memcpy_dtod(&rv, &mut out)?;
-            issue(&dev, &gemm::forward(g, b, true), &cols_v, &wv, &mut out)?;
-            out
+    let ((xt, lxt), (wt, lwt)) = (operand::<T>(x, lx)?, operand::<T>(w, lw)?);
+    let (x, w) = (xt.as_ref().unwrap_or(x), wt.as_ref().unwrap_or(w));
+    let cols = columns(x, &lxt, k)?;
+    let cols_v = columns_view::<T>(&cols, x, &lxt, b, g)?;
+    let wv = typed::<T>(w, &lwt)?;
+    // SAFETY: the copy of the residual, or the product (beta 0, which writes without reading),
+    // writes every element.
+    let mut out = unsafe { dev.alloc::<f32>(shape.elem_count())? };
+    if let Some((r, lr)) = residual {
+        if lr.shape() != &shape {
+            return Err(msg(format!(
+                "residual {:?} for an output {shape:?}",
+                lr.shape()
+            )));
         }
-        None => {
-            // SAFETY: the product (beta 0) writes every element without reading it.
-            let mut out = unsafe { dev.alloc::<f32>(shape.elem_count())? };
-            issue(&dev, &gemm::forward(g, b, false), &cols_v, &wv, &mut out)?;
-            out
-        }
-    };
+        dev.memcpy_dtod(&f32_view(r, lr, WHAT)?, &mut out)?;
+    }
+    let call = gemm::forward(g, b, residual.is_some());
+    issue(&dev, &call, &cols_v, &wv, &mut out)?;
     let slice = CudaStorageSlice::F32(out);
     Ok((CudaStorage { slice, device: dev }, shape))
 }
 
-/// The gradients of [`dense_conv`] from x, w and the output gradient dy (B, O, H, W), packed as
-/// [dx (B*C*H*W values), dw (O*C*k*k values)].
+/// The gradients of [`dense_conv`] from x, w and the output gradient dy (B, O, H, W), all
+/// float32, packed as [dx (B*C*H*W values), dw (O*C*k*k values)]; the products in bfloat16
+/// with `bf16`, their results float32.
 pub(in crate::kernels) fn dense_conv_backward(
+    x: (&CudaStorage, &Layout),
+    w: (&CudaStorage, &Layout),
+    dy: (&CudaStorage, &Layout),
+    k: usize,
+    bf16: bool,
+) -> Result<(CudaStorage, Shape)> {
+    if bf16 {
+        backward::<half::bf16>(x, w, dy, k)
+    } else {
+        backward::<f32>(x, w, dy, k)
+    }
+}
+
+fn backward<T: Operand>(
     (x, lx): (&CudaStorage, &Layout),
     (w, lw): (&CudaStorage, &Layout),
     (dy, ldy): (&CudaStorage, &Layout),
@@ -183,16 +278,18 @@ pub(in crate::kernels) fn dense_conv_backward(
     }
     let dev = x.device.clone();
     let n = lx.shape().elem_count();
-    let (wv, dyv) = (f32_view(w, lw, WHAT)?, f32_view(dy, ldy, WHAT)?);
+    let (wt, lwt) = operand::<T>(w, lw)?;
+    let (dyt, ldyt) = operand::<T>(dy, ldy)?;
+    let wv = typed::<T>(wt.as_ref().unwrap_or(w), &lwt)?;
+    let dyv = typed::<T>(dyt.as_ref().unwrap_or(dy), &ldyt)?;
     // SAFETY: dx is written whole (by the product for 1x1, by the copy from col2im otherwise),
     // and dw by the first weight-gradient product (beta 0).
     let mut out = unsafe { dev.alloc::<f32>(n + g.o * g.ckk())? };
     {
-        let cols = columns(x, lx, k)?;
-        let cols_v = match &cols {
-            Some(s) => f32_view(s, &Layout::contiguous((b, g.ckk(), g.hw())), WHAT)?,
-            None => f32_view(x, lx, WHAT)?,
-        };
+        let (xt, lxt) = operand::<T>(x, lx)?;
+        let x = xt.as_ref().unwrap_or(x);
+        let cols = columns(x, &lxt, k)?;
+        let cols_v = columns_view::<T>(&cols, x, &lxt, b, g)?;
         let mut dw = out.slice_mut(n..);
         for call in gemm::weight_grad(g, b) {
             issue(&dev, &call, &cols_v, &dyv, &mut dw)?;
