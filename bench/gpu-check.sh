@@ -3,9 +3,9 @@
 # preset trained for 50 steps, the paper Restormer at 224x224 against PyTorch eager; the CUDA
 # kernels that wait for this run (AdamW, LayerNorms, im2col, the GELU gate, bias + activation,
 # MDTA's row normalisation, Uformer's token ops and window partition, the dense convolutions'
-# cuBLAS products) each against its composed version, and those that pass through both
-# networks' golden parity and a benchmark row of their own; training
-# attempts in processes of their own as a worker runs them (with a memory limit, and killed),
+# cuBLAS products, the products under bf16 autocast) each against its composed version, and
+# those that pass through both networks' golden parity and a benchmark row of their own;
+# training attempts in processes of their own as a worker runs them (with a memory limit, and killed),
 # and a tiny Uformer fine-tuned on the device (loss, bit-exact resume, scores against the CPU).
 # Builds nothing: the GPU machine may have no compiler and no internet.
 #
@@ -247,6 +247,7 @@ kernel_of() {
     kernels::l2_normalize_* | kernels::channel_attention_*) echo normalize ;;
     kernels::dense_conv_*) echo dense ;;
     kernels::window::*) echo window ;;
+    kernels::mixed::*) echo mixed ;;
     kernels::depthwise_kernel*) echo depthwise ;;
     *) echo other ;; # CPU-only fused ops (the composed path on CUDA)
     esac
@@ -282,7 +283,7 @@ if [[ -n "$b" ]] && ((rc != 0 && rc != 101)); then
     done
 fi
 VERIFIED=()
-for k in optim gate norm im2col bias token normalize dense window; do
+for k in optim gate norm im2col bias token normalize dense window mixed; do
     if [[ -n "${k_ok[$k]:-}" && -z "${k_bad[$k]:-}" ]]; then VERIFIED+=("$k"); fi
 done
 [[ -n "${k_bad[*]:-}" ]] && fail=1

@@ -54,8 +54,18 @@ pub fn raise(y: Tensor) -> Result<Tensor> {
     }
 }
 
-/// `a.matmul(b)` under the current autocast setting.
+/// `a.matmul(b)` under the current autocast setting: one op with float32 results where
+/// [`super::mixed_applicable`] (CUDA), else [`matmul_composed`].
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if super::mixed_applicable(a, b) {
+        return super::mixed::mixed_matmul(a, b);
+    }
+    matmul_composed(a, b)
+}
+
+/// [`matmul`] from tensor ops: both operands cast, the product in the low dtype, its result
+/// cast back.
+pub fn matmul_composed(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     raise(lower(a)?.matmul(&lower(b)?)?)
 }
 

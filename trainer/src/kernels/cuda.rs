@@ -6,7 +6,8 @@
 //! Restormer's channel LayerNorm and its gradients (float32, `norm`), a convolution's bias with
 //! its activation (float32, `bias`), Uformer's token ops (float32, `token`), MDTA's row
 //! normalisation (float32, `normalize`), the dense convolutions' cuBLAS products (float32,
-//! `dense`), Uformer's window partition and reverse (float32 and bfloat16, `window`) and the
+//! `dense`), the products under bf16 autocast (bfloat16 operands, float32 results, `mixed`),
+//! Uformer's window partition and reverse (float32 and bfloat16, `window`) and the
 //! one-pass AdamW update (float32). Without the
 //! depthwise kernels the composed fallback keeps 17 full-size intermediates per depthwise
 //! convolution alive for the backward pass, which runs the paper Restormer at 224x224 out of
@@ -20,8 +21,10 @@ use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, Layout, Result, Shape};
 
 mod bias;
+mod blas;
 mod conv;
 mod dense;
+mod mixed;
 mod norm;
 pub(super) mod normalize;
 mod optim;
@@ -30,6 +33,7 @@ mod window;
 pub(super) use bias::{bias_act, bias_act_backward};
 pub(super) use conv::{col2im, im2col};
 pub(super) use dense::{dense_conv, dense_conv_backward};
+pub(super) use mixed::mixed_matmul;
 pub(super) use norm::{channel_norm, channel_norm_backward};
 pub(super) use optim::{adamw_update, adamw_update_in_place, squared_norms};
 pub(super) use window::window_shuffle;

@@ -159,6 +159,19 @@ pub(super) fn weight_grad(g: Geom, images: usize) -> Vec<Gemm> {
         .collect()
 }
 
+/// `C_p (m x n) = L_p (m x k) R_p (k x n)` for `batch` pairs of dense row-major matrices, each
+/// operand's matrices one after another: A = R, B = L, C written.
+pub(super) fn matmul(batch: usize, (m, n, k): (usize, usize, usize)) -> Gemm {
+    row_major(
+        (m, n, k),
+        plain(m * k, 0),
+        plain(k * n, 0),
+        (m * n, 0),
+        batch,
+        false,
+    )
+}
+
 impl Gemm {
     /// How many elements of A, B and C the call reaches (offsets included), after checking
     /// what cuBLAS requires of the leading dimensions. The CUDA launch checks its buffers
@@ -310,6 +323,24 @@ mod tests {
             };
             let want = grads.get(x.as_tensor()).expect("dx");
             close(&format!("{what}: input gradient"), &dx, &values(want));
+        }
+    }
+
+    /// The batched product's plan, emulated, is candle's matmul (one matrix and several).
+    #[test]
+    fn the_planned_matmul_is_the_batched_product() {
+        for &(batch, m, n, k) in &[(1, 1, 1, 1), (1, 7, 5, 3), (3, 4, 9, 6), (2, 16, 1, 8)] {
+            let dev = Device::Cpu;
+            let l = Tensor::randn(0f32, 1.0, (batch, m, k), &dev).expect("l");
+            let r = Tensor::randn(0f32, 1.0, (batch, k, n), &dev).expect("r");
+            let mut out = vec![f32::NAN; batch * m * n];
+            matmul(batch, (m, n, k)).emulate(&values(&r), &values(&l), &mut out);
+            let want = l.matmul(&r).expect("matmul");
+            close(
+                &format!("matmul {batch}x{m}x{k} by {k}x{n}"),
+                &out,
+                &values(&want),
+            );
         }
     }
 

@@ -9,7 +9,8 @@
 //! in float32 and bfloat16; im2col and the GELU gate (float32 and bfloat16), the channel
 //! LayerNorm, the bias with its activation, the token ops, the window partition (float32 and
 //! bfloat16), the row normalisation, the dense
-//! convolutions (cuBLAS products planned by `gemm`) and the AdamW update (float32) run only
+//! convolutions (cuBLAS products planned by `gemm`), the products under bf16 autocast
+//! (`mixed`) and the AdamW update (float32) run only
 //! where `IFP_CUDA_FUSED` names them (`switch`, [`CudaKernel`]).
 //! Each public function here falls back to composed tensor ops elsewhere, and the tests compare
 //! each kernel with that composed version (values and gradients).
@@ -26,6 +27,7 @@ mod gate;
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 mod gemm;
 mod math;
+mod mixed;
 mod norm;
 mod normalize;
 mod optim;
@@ -37,6 +39,7 @@ use candle_core::{Result, Tensor};
 use multiversion::multiversion;
 
 pub(crate) use conv::f32_slice;
+pub use mixed::mixed_applicable;
 pub use normalize::{l2_normalize_last, l2_normalize_last_composed};
 pub use optim::{
     adamw_update, adamw_update_composed, adamw_update_in_place, squared_norm,

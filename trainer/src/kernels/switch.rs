@@ -39,6 +39,9 @@ pub enum CudaKernel {
     Dense,
     /// Uformer's window partition and reverse with their shift (`cuda/window.cu`).
     Window,
+    /// The matrix products under bf16 autocast as one op: bfloat16 operands, float32 results
+    /// (`cuda/mixed.rs`).
+    Mixed,
 }
 
 /// The CUDA kernels on when `IFP_CUDA_FUSED` is unset: those a GPU run has shown equal to
@@ -257,7 +260,7 @@ mod tests {
         assert!([CudaKernel::Pool, CudaKernel::Normalize]
             .iter()
             .all(|k| CudaKernels::ALL.contains(*k)));
-        let list = "optim, pool, gate, norm, im2col, bias, token, normalize, dense, window";
+        let list = "optim, pool, gate, norm, im2col, bias, token, normalize, dense, window, mixed";
         for bad in ["yes", "norm,true", "norm,"] {
             let err = parse_cuda_fused(Some(bad)).expect_err(bad);
             assert_eq!(

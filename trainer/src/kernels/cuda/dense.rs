@@ -8,76 +8,26 @@
 //! results (float32 accumulation), where the composed path rounds each product's result to
 //! bfloat16 and casts it back in separate passes.
 
-use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::cublas::{result as cublas, sys as blas};
-use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaView, DevicePtr, DevicePtrMut, DeviceRepr,
-};
-use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
-use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Shape};
+use candle_core::cuda_backend::cudarc::driver::{CudaView, DevicePtrMut};
+use candle_core::cuda_backend::CudaStorageSlice;
+use candle_core::{CudaDevice, CudaStorage, Layout, Result, Shape};
 
-use super::{f32_view, view};
+use super::blas::{self, Operand};
+use super::f32_view;
 use crate::kernels::gemm::{self, Gemm, Geom};
 
-/// The element type of the products' operands (their results are float32 either way).
-trait Operand: DeviceRepr + Sized {
-    const DATA: blas::cudaDataType_t;
-    const DTYPE: DType;
-    fn compute() -> blas::cublasComputeType_t;
-    fn slice(s: &CudaStorageSlice) -> Option<&CudaSlice<Self>>;
-}
-
-impl Operand for f32 {
-    const DATA: blas::cudaDataType_t = blas::cudaDataType_t::CUDA_R_32F;
-    const DTYPE: DType = DType::F32;
-    /// As candle's own float32 products: TF32 only where candle is told to use it.
-    fn compute() -> blas::cublasComputeType_t {
-        if candle_core::cuda_backend::gemm_reduced_precision_f32() {
-            blas::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
-        } else {
-            blas::cublasComputeType_t::CUBLAS_COMPUTE_32F
-        }
-    }
-    fn slice(s: &CudaStorageSlice) -> Option<&CudaSlice<Self>> {
-        match s {
-            CudaStorageSlice::F32(v) => Some(v),
-            _ => None,
-        }
-    }
-}
-
-impl Operand for half::bf16 {
-    const DATA: blas::cudaDataType_t = blas::cudaDataType_t::CUDA_R_16BF;
-    const DTYPE: DType = DType::BF16;
-    /// bfloat16 products accumulated in float32 (the combination with float32 results).
-    fn compute() -> blas::cublasComputeType_t {
-        blas::cublasComputeType_t::CUBLAS_COMPUTE_32F
-    }
-    fn slice(s: &CudaStorageSlice) -> Option<&CudaSlice<Self>> {
-        match s {
-            CudaStorageSlice::BF16(v) => Some(v),
-            _ => None,
-        }
-    }
-}
-
-/// The contiguous `T` elements of a storage.
 fn typed<'a, T: Operand>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, T>> {
-    match T::slice(&s.slice) {
-        Some(v) => view(v, l, WHAT),
-        None => Err(msg(format!("{:?} operands expected", T::DTYPE))),
-    }
+    blas::typed(s, l, WHAT)
 }
 
-/// x in the operands' type `T`: itself, or a contiguous bfloat16 copy.
-fn operand<T: Operand>(x: &CudaStorage, l: &Layout) -> Result<(Option<CudaStorage>, Layout)> {
-    if x.dtype() == T::DTYPE {
-        return Ok((None, l.clone()));
-    }
-    Ok((
-        Some(x.to_dtype(l, T::DTYPE)?),
-        Layout::contiguous(l.shape()),
-    ))
+fn issue<T: Operand, C: DevicePtrMut<f32>>(
+    dev: &CudaDevice,
+    call: &Gemm,
+    a: &CudaView<T>,
+    b: &CudaView<T>,
+    c: &mut C,
+) -> Result<()> {
+    blas::issue(WHAT, dev, call, a, b, c)
 }
 
 /// What errors name.
@@ -99,78 +49,6 @@ fn geometry(lx: &Layout, lw: &Layout, k: usize) -> Result<(usize, Geom)> {
         )));
     }
     Ok((b, Geom { c, o, h, w, k }))
-}
-
-/// Issues `call` with A, B and C from these buffers, on the device's stream, after checking
-/// that it stays inside them.
-fn issue<T: Operand, C: DevicePtrMut<f32>>(
-    dev: &CudaDevice,
-    call: &Gemm,
-    a: &CudaView<T>,
-    b: &CudaView<T>,
-    c: &mut C,
-) -> Result<()> {
-    let [ea, eb, ec] = call.extents().map_err(msg)?;
-    if ea > a.len() || eb > b.len() || ec > c.len() {
-        return Err(msg(format!(
-            "a product reaching {ea}, {eb} and {ec} elements of buffers of {}, {} and {}",
-            a.len(),
-            b.len(),
-            c.len()
-        )));
-    }
-    let int = |v: usize| i32::try_from(v).map_err(|_| msg(format!("{v} above cuBLAS's range")));
-    let long = |v: usize| i64::try_from(v).map_err(|_| msg(format!("{v} above cuBLAS's range")));
-    let op = |t: bool| {
-        if t {
-            blas::cublasOperation_t::CUBLAS_OP_T
-        } else {
-            blas::cublasOperation_t::CUBLAS_OP_N
-        }
-    };
-    let (alpha, beta) = (1f32, if call.accumulate { 1f32 } else { 0f32 });
-    let (a_bytes, c_bytes) = (size_of::<T>() as u64, size_of::<f32>() as u64);
-    let stream = dev.cuda_stream();
-    let blas = dev.cublas_handle();
-    let (pa, _ga) = a.device_ptr(&stream);
-    let (pb, _gb) = b.device_ptr(&stream);
-    let (pc, _gc) = c.device_ptr_mut(&stream);
-    let (pa, pb, pc) = (
-        pa + call.offset_a as u64 * a_bytes,
-        pb + call.offset_b as u64 * a_bytes,
-        pc + call.offset_c as u64 * c_bytes,
-    );
-    // SAFETY: the handle is the device's (bound to its stream); the pointers are live device
-    // buffers (A and B of T, C of float32) whose extents were checked above against the call's
-    // reach; alpha and beta are float32 host scalars, as the 32F compute types read them.
-    unsafe {
-        cublas::gemm_strided_batched_ex(
-            *blas.handle(),
-            op(call.trans_a),
-            op(call.trans_b),
-            int(call.m)?,
-            int(call.n)?,
-            int(call.k)?,
-            (&alpha as *const f32).cast(),
-            pa as *const _,
-            T::DATA,
-            int(call.lda)?,
-            long(call.stride_a)?,
-            pb as *const _,
-            T::DATA,
-            int(call.ldb)?,
-            long(call.stride_b)?,
-            (&beta as *const f32).cast(),
-            pc as *mut _,
-            blas::cudaDataType_t::CUDA_R_32F,
-            int(call.ldc)?,
-            long(call.stride_c)?,
-            int(call.batch)?,
-            T::compute(),
-            blas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
-        )
-    }
-    .w()
 }
 
 /// The columns (B, C*k*k, H*W) of x (in `T`, contiguous) for the products: x itself for 1x1,
@@ -222,7 +100,7 @@ fn forward<T: Operand>(
     let (b, g) = geometry(lx, lw, k)?;
     let shape = Shape::from((b, g.o, g.h, g.w));
     let dev = x.device.clone();
-    let ((xt, lxt), (wt, lwt)) = (operand::<T>(x, lx)?, operand::<T>(w, lw)?);
+    let ((xt, lxt), (wt, lwt)) = (blas::operand::<T>(x, lx)?, blas::operand::<T>(w, lw)?);
     let (x, w) = (xt.as_ref().unwrap_or(x), wt.as_ref().unwrap_or(w));
     let cols = columns(x, &lxt, k)?;
     let cols_v = columns_view::<T>(&cols, x, &lxt, b, g)?;
@@ -278,15 +156,15 @@ fn backward<T: Operand>(
     }
     let dev = x.device.clone();
     let n = lx.shape().elem_count();
-    let (wt, lwt) = operand::<T>(w, lw)?;
-    let (dyt, ldyt) = operand::<T>(dy, ldy)?;
+    let (wt, lwt) = blas::operand::<T>(w, lw)?;
+    let (dyt, ldyt) = blas::operand::<T>(dy, ldy)?;
     let wv = typed::<T>(wt.as_ref().unwrap_or(w), &lwt)?;
     let dyv = typed::<T>(dyt.as_ref().unwrap_or(dy), &ldyt)?;
     // SAFETY: dx is written whole (by the product for 1x1, by the copy from col2im otherwise),
     // and dw by the first weight-gradient product (beta 0).
     let mut out = unsafe { dev.alloc::<f32>(n + g.o * g.ckk())? };
     {
-        let (xt, lxt) = operand::<T>(x, lx)?;
+        let (xt, lxt) = blas::operand::<T>(x, lx)?;
         let x = xt.as_ref().unwrap_or(x);
         let cols = columns(x, &lxt, k)?;
         let cols_v = columns_view::<T>(&cols, x, &lxt, b, g)?;

@@ -5,6 +5,7 @@
 //! token ops (`token`), im2col, the bias with its activation and the dense convolutions.
 
 mod gate;
+mod mixed;
 mod norm;
 mod optim;
 mod token;

@@ -1,0 +1,81 @@
+//! Matrix products under bf16 autocast on CUDA as one op each (`MixedMatmul`): the operands
+//! cast to bfloat16 inside the op and multiplied into a float32 result (float32 accumulation),
+//! and the backward's two products the same way. Composed, a product under autocast is four
+//! graph nodes (two casts, the bf16 product, the cast of its result back), each with its own
+//! gradient buffers, keeps bf16 copies of both operands for the backward pass, and rounds the
+//! result and both gradients to bfloat16. CUDA only (`cuda/mixed.rs`), where `IFP_CUDA_FUSED`
+//! names `mixed`.
+
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+
+use super::amp;
+use super::switch::{kernel_applies, CudaKernel};
+
+/// `a b` of float32 tensors (..., m, k) and (..., k, n) with the same leading dimensions, in
+/// bfloat16 with a float32 result.
+pub(super) struct MixedMatmul;
+
+impl CustomOp2 for MixedMatmul {
+    fn name(&self) -> &'static str {
+        "ifp-mixed-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _s1: &CpuStorage,
+        _l1: &Layout,
+        _s2: &CpuStorage,
+        _l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        Err(candle_core::Error::Msg(format!(
+            "{}: CUDA only (on the CPU, autocast products are composed)",
+            self.name()
+        )))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::mixed_matmul((s1, l1), (s2, l2))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // da = g b^T and db = a^T g, each a product of this op (the transposed views are cast
+        // to contiguous bf16 copies inside it).
+        let da = grad.apply_op2_no_bwd(&b.t()?, &MixedMatmul)?;
+        let db = a.t()?.apply_op2_no_bwd(grad, &MixedMatmul)?;
+        Ok((Some(da), Some(db)))
+    }
+}
+
+/// Whether `a b` takes [`MixedMatmul`]: bf16 autocast, float32 CUDA tensors of the same rank
+/// (at least 2) and leading dimensions whose inner dimensions agree, and [`CudaKernel::Mixed`]
+/// on.
+pub fn mixed_applicable(a: &Tensor, b: &Tensor) -> bool {
+    let (da, db) = (a.dims(), b.dims());
+    let r = da.len();
+    amp::low_dtype() == Some(DType::BF16)
+        && a.device().is_cuda()
+        && b.dtype() == DType::F32
+        && kernel_applies(a, Some(CudaKernel::Mixed), &[DType::F32])
+        && r >= 2
+        && db.len() == r
+        && da[..r - 2] == db[..r - 2]
+        && da[r - 1] == db[r - 2]
+}
+
+/// `a b` as one [`MixedMatmul`] (see [`mixed_applicable`]).
+pub(super) fn mixed_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    a.apply_op2(b, MixedMatmul)
+}
