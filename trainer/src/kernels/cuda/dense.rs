@@ -8,26 +8,16 @@
 //! results (float32 accumulation), where the composed path rounds each product's result to
 //! bfloat16 and casts it back in separate passes.
 
-use candle_core::cuda_backend::cudarc::driver::{CudaView, DevicePtrMut};
+use candle_core::cuda_backend::cudarc::driver::CudaView;
 use candle_core::cuda_backend::CudaStorageSlice;
-use candle_core::{CudaDevice, CudaStorage, Layout, Result, Shape};
+use candle_core::{CudaStorage, Layout, Result, Shape};
 
 use super::blas::{self, Operand};
 use super::f32_view;
-use crate::kernels::gemm::{self, Gemm, Geom};
+use crate::kernels::gemm::{self, Geom};
 
 fn typed<'a, T: Operand>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, T>> {
     blas::typed(s, l, WHAT)
-}
-
-fn issue<T: Operand, C: DevicePtrMut<f32>>(
-    dev: &CudaDevice,
-    call: &Gemm,
-    a: &CudaView<T>,
-    b: &CudaView<T>,
-    c: &mut C,
-) -> Result<()> {
-    blas::issue(WHAT, dev, call, a, b, c)
 }
 
 /// What errors name.
@@ -118,7 +108,7 @@ fn forward<T: Operand>(
         dev.memcpy_dtod(&f32_view(r, lr, WHAT)?, &mut out)?;
     }
     let call = gemm::forward(g, b, residual.is_some());
-    issue(&dev, &call, &cols_v, &wv, &mut out)?;
+    blas::issue(WHAT, &dev, &call, &cols_v, &wv, &mut out)?;
     let slice = CudaStorageSlice::F32(out);
     Ok((CudaStorage { slice, device: dev }, shape))
 }
@@ -170,17 +160,17 @@ fn backward<T: Operand>(
         let cols_v = columns_view::<T>(&cols, x, &lxt, b, g)?;
         let mut dw = out.slice_mut(n..);
         for call in gemm::weight_grad(g, b) {
-            issue(&dev, &call, &cols_v, &dyv, &mut dw)?;
+            blas::issue(WHAT, &dev, &call, &cols_v, &dyv, &mut dw)?;
         }
     }
     if k == 1 {
         let mut dx = out.slice_mut(..n);
-        issue(&dev, &gemm::columns_grad(g, b), &dyv, &wv, &mut dx)?;
+        blas::issue(WHAT, &dev, &gemm::columns_grad(g, b), &dyv, &wv, &mut dx)?;
     } else {
         let cols_shape = Shape::from((b, g.ckk(), g.hw()));
         // SAFETY: the product (beta 0) writes every element without reading it.
         let mut dcols = unsafe { dev.alloc::<f32>(cols_shape.elem_count())? };
-        issue(&dev, &gemm::columns_grad(g, b), &dyv, &wv, &mut dcols)?;
+        blas::issue(WHAT, &dev, &gemm::columns_grad(g, b), &dyv, &wv, &mut dcols)?;
         let dcols = CudaStorage {
             slice: CudaStorageSlice::F32(dcols),
             device: dev.clone(),
