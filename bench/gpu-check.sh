@@ -17,7 +17,8 @@
 #   bench/gpu-check.sh --dry-cpu       # the same on the CPU at toy sizes (tests this script)
 #   bench/gpu-check.sh profile [--dry-cpu]   # where a step's time goes (< 7 min): ifp's phases
 #                                      # with the device synchronised (`ifp bench --sync`), with
-#                                      # and without IFP_CUDA_FUSED=1, f32 and bf16; PyTorch's 20
+#                                      # and without the CUDA kernels (IFP_CUDA_FUSED=$FUSED, default
+#                                      # 1: all; pass the list a check run printed), f32 and bf16; PyTorch's 20
 #                                      # costliest ops (torch.profiler); ifp's 25 costliest CUDA
 #                                      # kernels when nsys is installed
 #
@@ -29,11 +30,12 @@
 # (224), STEPS (timed steps, 10), OUT (logs; default a new /tmp/ifp-gpu-check.XXXXXX),
 # PEAK_F32_TFLOPS / PEAK_BF16_TFLOPS (MFU denominators; default from the GPU's name).
 #
-# Limits (each stage has a timeout so the whole run stays under 10 minutes, 596 s at worst; the
+# Limits (each stage has a timeout so the whole run stays near 10 minutes, 626 s at worst; the
 # run on an H100 took 105 s for stages 1-3): each of the five parity modules 30 s (and, if a
-# kernel crashes the kernels' test process, 10 s for each kernel whose tests then run apart)
-# and both networks' parity again with the kernels that passed 40 s, training 30 s, FLOP count 20 s, each of
-# the four ifp benchmark runs 25 s and the two PyTorch ones 40 s (190 + 30 + 20 + 180 for
+# kernel crashes the kernels' test process, 10 s for each kernel whose tests then run apart),
+# both networks' parity again with the kernels that passed 40 s and the autocast checks with
+# them 30 s, training 30 s, FLOP count 20 s, each of
+# the four ifp benchmark runs 25 s and the two PyTorch ones 40 s (220 + 30 + 20 + 180 for
 # stages 1-3), three training attempts 15 s each
 # and the killed one 31 s (20 to its first step, 5 to read the GPU, 5 to end, 1 to settle), the
 # two fine-tuning runs 30 s each, the two evaluations 20 s each. Exit 1 if a parity test, the
@@ -104,6 +106,8 @@ if [[ "${1:-}" == profile ]]; then
     MODE=profile
     shift
 fi
+# The CUDA kernels the profile turns on in its fused rows (IFP_CUDA_FUSED syntax).
+FUSED="${FUSED:-1}"
 DEV=cuda
 BATCH="${BATCH:-2}"
 SIZE="${SIZE:-224}"
@@ -174,7 +178,7 @@ if [[ $MODE == profile ]]; then
     echo "| amp | IFP_CUDA_FUSED | step | data | forward | backward | optimizer |"
     echo "|---|---|---|---|---|---|---|"
     for amp in off bf16; do
-        for fused in 0 1; do
+        for fused in 0 "$FUSED"; do
             log="$OUT/phases-$amp-$fused.log"
             IFP_CUDA_FUSED=$fused timeout 40 "$IFP_BIN" bench --config "$BENCH_CFG" --batch "$BATCH" \
                 --size "$SIZE" --steps "$STEPS" --device "$DEV" --amp "$amp" --sync >"$log" 2>&1 || fail=1
@@ -195,8 +199,8 @@ EOF
         sed -n '/^----/,$p' "$OUT/torch-profile-$amp.log"
     done
     if command -v nsys >/dev/null 2>&1 && [[ "$DEV" == cuda ]]; then
-        echo "## ifp (IFP_CUDA_FUSED=1, amp off): the 25 CUDA kernels with the most time over 5 steps (nsys)"
-        IFP_CUDA_FUSED=1 timeout 90 nsys profile --force-overwrite true -o "$OUT/ifp-nsys" "$IFP_BIN" bench \
+        echo "## ifp (IFP_CUDA_FUSED=$FUSED, amp off): the 25 CUDA kernels with the most time over 5 steps (nsys)"
+        IFP_CUDA_FUSED=$FUSED timeout 90 nsys profile --force-overwrite true -o "$OUT/ifp-nsys" "$IFP_BIN" bench \
             --config "$BENCH_CFG" --batch "$BATCH" --size "$SIZE" --steps 3 --device "$DEV" >"$OUT/nsys.log" 2>&1 &&
             timeout 60 nsys stats --report cuda_gpu_kern_sum --format csv "$OUT/ifp-nsys.nsys-rep" 2>/dev/null |
             head -n 27 || echo "- nsys FAILED ($OUT/nsys.log)"
@@ -291,17 +295,24 @@ for k in "${!k_bad[@]}"; do echo "  - $k FAILED:${k_bad[$k]}"; done
 FUSED_LIST="$(IFS=,; echo "${VERIFIED[*]}")"
 echo "- kernels equal to their composed versions here: ${FUSED_LIST:-none}"
 # Both networks' golden parity once more with the kernels that passed (one run, 10 s longer):
-# their outputs and gradients through those kernels.
+# their outputs and gradients through those kernels; then the bf16 autocast checks with them
+# (the bf16 paths of `dense` and `mixed` run only there).
+AMP_FUSED=skipped
 if [[ -n $FUSED_LIST ]]; then
     parity golden+fused $((PARITY_TIMEOUT + 10)) "$FUSED_LIST" restormer_golden:: uformer_golden:: || {
         fail=1 FUSED_LIST=""
     }
+fi
+if [[ -n $FUSED_LIST ]]; then
+    parity amp+fused "$PARITY_TIMEOUT" "$FUSED_LIST" amp:: && AMP_FUSED=passed || {
+        fail=1 AMP_FUSED=FAILED
+    }
 else
-    echo "- golden+fused: skipped, no kernel passed"
+    echo "- golden+fused, amp+fused: skipped, no kernel passed"
 fi
 # The CUDA switch of the fused benchmark rows: the kernels that passed both stages (and the pool).
 FUSED_BENCH="${FUSED_LIST:+$FUSED_LIST,}pool"
-echo "- GPU_VERIFIED candidates (kernels and golden+fused passed): ${FUSED_LIST:-none}"
+echo "- GPU_VERIFIED candidates (kernels and golden+fused passed): ${FUSED_LIST:-none}; under bf16 autocast (amp+fused): $AMP_FUSED"
 
 # --- 2. the tiny preset, 50 steps ------------------------------------------------------------
 echo "## train: tiny preset, $TRAIN_STEPS steps on $DEV"
