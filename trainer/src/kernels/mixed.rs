@@ -4,7 +4,7 @@
 //! graph nodes (two casts, the bf16 product, the cast of its result back), each with its own
 //! gradient buffers, keeps bf16 copies of both operands for the backward pass, and rounds the
 //! result and both gradients to bfloat16. CUDA only (`cuda/mixed.rs`), where `IFP_CUDA_FUSED`
-//! names `mixed`.
+//! names `mixed`; with it the depthwise convolutions skip their casts too ([`mixed_autocast`]).
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
@@ -59,16 +59,23 @@ impl CustomOp2 for MixedMatmul {
     }
 }
 
-/// Whether `a b` takes [`MixedMatmul`]: bf16 autocast, float32 CUDA tensors of the same rank
-/// (at least 2) and leading dimensions whose inner dimensions agree, and [`CudaKernel::Mixed`]
-/// on.
+/// Whether ops on `x` run under bf16 autocast without casts of their own: float32 on CUDA with
+/// [`CudaKernel::Mixed`] on. Products then take [`MixedMatmul`], and the depthwise convolution
+/// (memory-bound, its kernel computing in float32 either way) reads its float32 input instead
+/// of a bfloat16 copy whose result is cast back.
+pub fn mixed_autocast(x: &Tensor) -> bool {
+    amp::low_dtype() == Some(DType::BF16)
+        && x.device().is_cuda()
+        && kernel_applies(x, Some(CudaKernel::Mixed), &[DType::F32])
+}
+
+/// Whether `a b` takes [`MixedMatmul`]: [`mixed_autocast`], float32 tensors of the same rank
+/// (at least 2) and leading dimensions whose inner dimensions agree.
 pub fn mixed_applicable(a: &Tensor, b: &Tensor) -> bool {
     let (da, db) = (a.dims(), b.dims());
     let r = da.len();
-    amp::low_dtype() == Some(DType::BF16)
-        && a.device().is_cuda()
+    mixed_autocast(a)
         && b.dtype() == DType::F32
-        && kernel_applies(a, Some(CudaKernel::Mixed), &[DType::F32])
         && r >= 2
         && db.len() == r
         && da[..r - 2] == db[..r - 2]

@@ -39,7 +39,7 @@ use candle_core::{Result, Tensor};
 use multiversion::multiversion;
 
 pub(crate) use conv::f32_slice;
-pub use mixed::mixed_applicable;
+pub use mixed::{mixed_applicable, mixed_autocast};
 pub use normalize::{l2_normalize_last, l2_normalize_last_composed};
 pub use optim::{
     adamw_update, adamw_update_composed, adamw_update_in_place, squared_norm,

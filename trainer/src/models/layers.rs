@@ -82,6 +82,9 @@ impl Conv2d {
     }
 
     fn forward_depthwise(&self, x: &Tensor) -> Result<Tensor> {
+        if kernels::mixed_autocast(x) {
+            return kernels::depthwise(x, &self.weight, self.k);
+        }
         // A convolution, so lowered under AMP like the dense ones (the CPU kernel is float32
         // only: a bf16 input on the CPU takes the composed path; CUDA has both).
         let (x, weight) = (amp::lower(x)?, amp::lower(&self.weight)?);

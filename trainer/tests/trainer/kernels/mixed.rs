@@ -78,3 +78,37 @@ fn mixed_products_are_as_accurate_as_composed() {
         worst.0, worst.1
     );
 }
+
+/// With the products mixed, a depthwise convolution under bf16 autocast reads its float32 input
+/// (no bfloat16 copy, no cast of its result): its output equals the float32 one, bit for bit.
+#[test]
+fn depthwise_convolutions_skip_their_casts_under_mixed_autocast() {
+    use candle_core::Module;
+    use ifp_trainer::kernels::mixed_autocast;
+    use ifp_trainer::models::layers::Conv2d;
+    let _on = CudaKernelsOn::new();
+    let dev = common::test_device();
+    let bf16 = Some(DType::BF16);
+    let x = Tensor::randn(0f32, 1.0, (2, 6, 9, 7), &dev).expect("x");
+    if dev.is_cpu() {
+        assert!(!amp::autocast(bf16, || mixed_autocast(&x)));
+        return;
+    }
+    let map = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&map, DType::F32, &dev);
+    let conv = Conv2d::depthwise(6, 3, false, vb).expect("conv");
+    let full = conv.forward(&x).expect("float32");
+    let mixed = amp::autocast(bf16, || {
+        assert!(mixed_autocast(&x));
+        conv.forward(&x)
+    })
+    .expect("autocast");
+    assert_eq!(mixed.dtype(), DType::F32);
+    let d = (full - mixed)
+        .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+        .expect("diff");
+    assert_eq!(
+        d, 0.0,
+        "the depthwise output under mixed autocast is the float32 one"
+    );
+}
