@@ -67,8 +67,14 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
     let device = parse_device(&a.device)?;
     let mut trainer = Trainer::new(&cfg, &device).map_err(classify)?;
     trainer.sync_phases(a.sync);
+    // On CUDA, which of the kernels that wait for a GPU run are on (IFP_CUDA_FUSED).
+    let cuda = if device.is_cuda() {
+        format!(" cuda kernels {}", ifp_trainer::kernels::cuda_kernels())
+    } else {
+        String::new()
+    };
     println!(
-        "bench {}: batch {} size {} amp {:?} device {:?} params {} threads {}",
+        "bench {}: batch {} size {} amp {:?} device {:?} params {} threads {}{cuda}",
         a.config,
         cfg.data.batch_size,
         cfg.data.img_size,

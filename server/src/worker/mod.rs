@@ -114,7 +114,18 @@ pub async fn run(pool: PgPool, cfg: WorkerConfig, mut shutdown: watch::Receiver<
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         me.memory = Some(me.memory.map_or(limit, |m| m.min(limit)));
     }
-    tracing::info!(worker = %cfg.worker_id, device = %me.class, name = ?me.name, "worker started");
+    // The CUDA kernels on, as every attempt on this worker reads IFP_CUDA_FUSED.
+    let cuda_kernels = cfg
+        .device
+        .is_cuda()
+        .then(|| ifp_trainer::kernels::cuda_kernels().to_string());
+    tracing::info!(
+        worker = %cfg.worker_id,
+        device = %me.class,
+        name = ?me.name,
+        cuda_kernels = ?cuda_kernels,
+        "worker started"
+    );
     let mut registered: Option<std::time::Instant> = None;
     while !*shutdown.borrow() {
         // Say what this worker has, now and then, for admission control.

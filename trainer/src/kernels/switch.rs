@@ -75,6 +75,22 @@ impl CudaKernels {
     }
 }
 
+/// The names of the kernels in the set, as `IFP_CUDA_FUSED` lists them (`none` for none).
+impl std::fmt::Display for CudaKernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = <CudaKernel as strum::VariantArray>::VARIANTS
+            .iter()
+            .filter(|k| self.contains(**k))
+            .map(|k| k.into())
+            .collect();
+        if names.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&names.join(","))
+        }
+    }
+}
+
 thread_local! {
     /// Off: every op this thread builds takes its composed fallback, the path that runs on
     /// CUDA (and in bf16), so the tests can compare the two on a CPU-only machine. Per thread,
@@ -257,6 +273,12 @@ mod tests {
             assert_eq!(parse_cuda_fused(value), Ok(want), "{value:?}");
         }
         assert!(some.contains(CudaKernel::Im2col) && !some.contains(CudaKernel::Norm));
+        assert_eq!(some.to_string(), "optim,im2col");
+        assert_eq!(CudaKernels::NONE.to_string(), "none");
+        assert_eq!(
+            parse_cuda_fused(Some(&CudaKernels::ALL.to_string())),
+            Ok(CudaKernels::ALL)
+        );
         assert!([CudaKernel::Pool, CudaKernel::Normalize]
             .iter()
             .all(|k| CudaKernels::ALL.contains(*k)));
