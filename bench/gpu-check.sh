@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The CUDA trainer on a GPU machine, in one command (issue 6): golden parity on CUDA, the tiny
-# preset trained for 50 steps, the paper Restormer at 224x224 against PyTorch eager; the CUDA
+# preset trained for 50 steps, the paper Restormer at 224x224 (and, when the run has time, the
+# paper Uformer at 256x256, float32) against PyTorch eager; the CUDA
 # kernels that wait for this run (AdamW, LayerNorms, im2col, the GELU gate, bias + activation,
 # MDTA's row normalisation, Uformer's token ops and window partition, the dense convolutions'
 # cuBLAS products, the products under bf16 autocast) each against its composed version, and
@@ -36,7 +37,8 @@
 # both networks' parity again with the kernels that passed 40 s and the autocast checks with
 # them 30 s, training 30 s, FLOP count 20 s, each of
 # the four ifp benchmark runs 25 s and the two PyTorch ones 40 s (220 + 30 + 20 + 180 for
-# stages 1-3), three training attempts 15 s each
+# stages 1-3; the paper Uformer's rows, 20 + 25 + 25 + 40 s, run only if stages 1-3 have
+# taken under 304 s, so that they never push the run past 590 s), three training attempts 15 s each
 # and the killed one 31 s (20 to its first step, 5 to read the GPU, 5 to end, 1 to settle), the
 # two fine-tuning runs 30 s each, the two evaluations 20 s each. Exit 1 if a parity test, the
 # training, an attempt (or, on CUDA, reading the GPU's use through NVML) or a fine-tuning
@@ -114,12 +116,16 @@ SIZE="${SIZE:-224}"
 STEPS="${STEPS:-10}"
 BENCH_CFG=restormer-paper
 TORCH_CFG="$ROOT/presets/restormer-paper.yaml"
+# The paper Uformer at its 256x256 (batch UF_BATCH, 2 by default).
+UF_CFG=uformer-paper UF_TORCH_CFG="$ROOT/presets/uformer-paper.yaml" UF_SIZE=256
+UF_BATCH="${UF_BATCH:-2}"
 TRAIN_STEPS=50
 PARITY_TIMEOUT=30
 if [[ "${1:-}" == --dry-cpu ]]; then
     # Toy sizes on the CPU: checks the script's plumbing, not the GPU (no time limit to keep).
     DEV=cpu BATCH=2 SIZE=32 STEPS=2 TRAIN_STEPS=5 PARITY_TIMEOUT=600
     BENCH_CFG=tiny TORCH_CFG="$ROOT/presets/tiny.yaml"
+    UF_CFG=tiny-uformer UF_TORCH_CFG="$ROOT/presets/tiny-uformer.yaml" UF_SIZE=32 UF_BATCH=2
 fi
 OUT="${OUT:-$(mktemp -d /tmp/ifp-gpu-check.XXXXXX)}"
 mkdir -p "$OUT"
@@ -342,33 +348,39 @@ peak_mem() {
     echo $((peak > base ? peak - base : 0)) >"$OUT/mem"
     return $rc
 }
-flops="$(timeout 20 "$PY" "$HERE/torch_gpu_bench.py" --config "$TORCH_CFG" --batch "$BATCH" --size "$SIZE" --device "$DEV" --flops-only 2>"$OUT/flops.err" | awk '/^model_flops/ {print $2}')"
-echo "## bench: $BENCH_CFG, batch $BATCH, ${SIZE}x$SIZE, $STEPS timed steps (+2 warm-up), $DEV; model FLOPs/step ${flops:-?} (flop_counter, weight gradients divided by groups); fused: IFP_CUDA_FUSED=$FUSED_BENCH"
-echo
-echo "| impl | amp | step ms | images/s | ifp/torch | peak GPU mem MiB | MFU |"
-echo "|---|---|---|---|---|---|---|"
-for amp in off bf16; do
-    peak=$PEAK_F32_TFLOPS
-    [[ $amp == bf16 ]] && peak=$PEAK_BF16_TFLOPS
-    peak_mem timeout 25 "$IFP_BIN" bench --config "$BENCH_CFG" --batch "$BATCH" --size "$SIZE" --steps "$STEPS" \
-        --device "$DEV" --amp "$amp" >"$OUT/ifp-$amp.log" 2>&1
-    ifp_rc=$?
-    ifp_mem="$(cat "$OUT/mem")"
-    ifp_ms="$(awk '/^step_ms/ {print $2}' "$OUT/ifp-$amp.log")"
-    # The same with the CUDA kernels that passed stage 1 here, and the memory pool that keeps
-    # freed memory (IFP_CUDA_FUSED=$FUSED_BENCH).
-    IFP_CUDA_FUSED=$FUSED_BENCH peak_mem timeout 25 "$IFP_BIN" bench --config "$BENCH_CFG" --batch "$BATCH" --size "$SIZE" \
-        --steps "$STEPS" --device "$DEV" --amp "$amp" >"$OUT/ifp-fused-$amp.log" 2>&1
-    fused_rc=$?
-    fused_mem="$(cat "$OUT/mem")"
-    fused_ms="$(awk '/^step_ms/ {print $2}' "$OUT/ifp-fused-$amp.log")"
-    peak_mem timeout 40 "$PY" "$HERE/torch_gpu_bench.py" --config "$TORCH_CFG" --batch "$BATCH" --size "$SIZE" \
-        --steps "$STEPS" --device "$DEV" --amp "$amp" >"$OUT/torch-$amp.log" 2>&1
-    torch_rc=$?
-    torch_mem="$(cat "$OUT/mem")"
-    torch_ms="$(awk '/^step_ms/ {print $2}' "$OUT/torch-$amp.log")"
-    "$PY" - "$amp" "${ifp_ms:-nan}" "${fused_ms:-nan}" "${torch_ms:-nan}" "$ifp_mem" "$fused_mem" "$torch_mem" \
-        "${flops:-nan}" "$peak" "$BATCH" "$ifp_rc" "$fused_rc" "$torch_rc" <<'EOF'
+# bench_table NAME IFP_CFG TORCH_CFG BATCH SIZE AMP...: ifp, ifp with the kernels that passed,
+# and PyTorch eager on one network, a row each per autocast setting, with FLOPs from
+# torch_gpu_bench.py's corrected counter.
+bench_table() {
+    local name=$1 cfg=$2 tcfg=$3 batch=$4 size=$5 amp flops peak
+    shift 5
+    flops="$(timeout 20 "$PY" "$HERE/torch_gpu_bench.py" --config "$tcfg" --batch "$batch" --size "$size" --device "$DEV" --flops-only 2>"$OUT/flops-$name.err" | awk '/^model_flops/ {print $2}')"
+    echo "## bench: $cfg, batch $batch, ${size}x$size, $STEPS timed steps (+2 warm-up), $DEV; model FLOPs/step ${flops:-?} (flop_counter, weight gradients divided by groups); fused: IFP_CUDA_FUSED=$FUSED_BENCH"
+    echo
+    echo "| impl | amp | step ms | images/s | ifp/torch | peak GPU mem MiB | MFU |"
+    echo "|---|---|---|---|---|---|---|"
+    for amp in "$@"; do
+        peak=$PEAK_F32_TFLOPS
+        [[ $amp == bf16 ]] && peak=$PEAK_BF16_TFLOPS
+        peak_mem timeout 25 "$IFP_BIN" bench --config "$cfg" --batch "$batch" --size "$size" --steps "$STEPS" \
+            --device "$DEV" --amp "$amp" >"$OUT/ifp-$name-$amp.log" 2>&1
+        ifp_rc=$?
+        ifp_mem="$(cat "$OUT/mem")"
+        ifp_ms="$(awk '/^step_ms/ {print $2}' "$OUT/ifp-$name-$amp.log")"
+        # The same with the CUDA kernels that passed stage 1 here, and the memory pool that
+        # keeps freed memory (IFP_CUDA_FUSED=$FUSED_BENCH).
+        IFP_CUDA_FUSED=$FUSED_BENCH peak_mem timeout 25 "$IFP_BIN" bench --config "$cfg" --batch "$batch" \
+            --size "$size" --steps "$STEPS" --device "$DEV" --amp "$amp" >"$OUT/ifp-fused-$name-$amp.log" 2>&1
+        fused_rc=$?
+        fused_mem="$(cat "$OUT/mem")"
+        fused_ms="$(awk '/^step_ms/ {print $2}' "$OUT/ifp-fused-$name-$amp.log")"
+        peak_mem timeout 40 "$PY" "$HERE/torch_gpu_bench.py" --config "$tcfg" --batch "$batch" --size "$size" \
+            --steps "$STEPS" --device "$DEV" --amp "$amp" >"$OUT/torch-$name-$amp.log" 2>&1
+        torch_rc=$?
+        torch_mem="$(cat "$OUT/mem")"
+        torch_ms="$(awk '/^step_ms/ {print $2}' "$OUT/torch-$name-$amp.log")"
+        "$PY" - "$amp" "${ifp_ms:-nan}" "${fused_ms:-nan}" "${torch_ms:-nan}" "$ifp_mem" "$fused_mem" "$torch_mem" \
+            "${flops:-nan}" "$peak" "$batch" "$ifp_rc" "$fused_rc" "$torch_rc" <<'EOF'
 import math, sys
 amp, ims, fms, tms, imem, fmem, tmem, flops, peak, batch, irc, frc, trc = sys.argv[1:]
 ims, fms, tms, flops, peak, batch = float(ims), float(fms), float(tms), float(flops), float(peak), int(batch)
@@ -383,7 +395,16 @@ for name, ms, mem, rc, r in (("ifp (candle)", ims, imem, irc, fmt(ratio(ims), ".
     mem = "n/a" if mem == "nan" else mem
     print(f"| {name}{note} | {amp} | {fmt(ms, '.1f')} | {fmt(ips(ms), '.2f')} | {r} | {mem} | {fmt(100 * mfu(ms), '.1f', '%')} |")
 EOF
-done
+    done
+}
+bench_table restormer "$BENCH_CFG" "$TORCH_CFG" "$BATCH" "$SIZE" off bf16
+# The paper Uformer (float32), when the run has time for it: stages 4 and 5 need up to 176 s and
+# these rows up to 110 s, and the whole run must end within 590 s.
+if ((SECONDS - t_start < 590 - 176 - 110)); then
+    bench_table uformer "$UF_CFG" "$UF_TORCH_CFG" "$UF_BATCH" "$UF_SIZE" off
+else
+    echo "## bench: $UF_CFG skipped (the run is at $((SECONDS - t_start)) s; these rows need up to 110 s)"
+fi
 
 # --- 4. training attempts in processes of their own --------------------------------------------
 # What a worker does with each attempt (`ifp attempt`, JSON lines on its standard streams), driven
