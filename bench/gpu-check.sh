@@ -116,8 +116,9 @@ SIZE="${SIZE:-224}"
 STEPS="${STEPS:-10}"
 BENCH_CFG=restormer-paper
 TORCH_CFG="$ROOT/presets/restormer-paper.yaml"
-# The paper Uformer at its 256x256 (batch UF_BATCH, 2 by default).
-UF_CFG=uformer-paper UF_TORCH_CFG="$ROOT/presets/uformer-paper.yaml" UF_SIZE=256
+# The paper Uformer at its 256x256 (batch UF_BATCH, 2 by default), 5 timed steps so that a slow
+# composed step (2 s) still fits the runs' limits.
+UF_CFG=uformer-paper UF_TORCH_CFG="$ROOT/presets/uformer-paper.yaml" UF_SIZE=256 UF_STEPS=5
 UF_BATCH="${UF_BATCH:-2}"
 TRAIN_STEPS=50
 PARITY_TIMEOUT=30
@@ -125,7 +126,7 @@ if [[ "${1:-}" == --dry-cpu ]]; then
     # Toy sizes on the CPU: checks the script's plumbing, not the GPU (no time limit to keep).
     DEV=cpu BATCH=2 SIZE=32 STEPS=2 TRAIN_STEPS=5 PARITY_TIMEOUT=600
     BENCH_CFG=tiny TORCH_CFG="$ROOT/presets/tiny.yaml"
-    UF_CFG=tiny-uformer UF_TORCH_CFG="$ROOT/presets/tiny-uformer.yaml" UF_SIZE=32 UF_BATCH=2
+    UF_CFG=tiny-uformer UF_TORCH_CFG="$ROOT/presets/tiny-uformer.yaml" UF_SIZE=32 UF_BATCH=2 UF_STEPS=2
 fi
 OUT="${OUT:-$(mktemp -d /tmp/ifp-gpu-check.XXXXXX)}"
 mkdir -p "$OUT"
@@ -348,21 +349,21 @@ peak_mem() {
     echo $((peak > base ? peak - base : 0)) >"$OUT/mem"
     return $rc
 }
-# bench_table NAME IFP_CFG TORCH_CFG BATCH SIZE AMP...: ifp, ifp with the kernels that passed,
+# bench_table NAME IFP_CFG TORCH_CFG BATCH SIZE STEPS AMP...: ifp, ifp with the kernels that passed,
 # and PyTorch eager on one network, a row each per autocast setting, with FLOPs from
 # torch_gpu_bench.py's corrected counter.
 bench_table() {
-    local name=$1 cfg=$2 tcfg=$3 batch=$4 size=$5 amp flops peak
-    shift 5
+    local name=$1 cfg=$2 tcfg=$3 batch=$4 size=$5 steps=$6 amp flops peak
+    shift 6
     flops="$(timeout 20 "$PY" "$HERE/torch_gpu_bench.py" --config "$tcfg" --batch "$batch" --size "$size" --device "$DEV" --flops-only 2>"$OUT/flops-$name.err" | awk '/^model_flops/ {print $2}')"
-    echo "## bench: $cfg, batch $batch, ${size}x$size, $STEPS timed steps (+2 warm-up), $DEV; model FLOPs/step ${flops:-?} (flop_counter, weight gradients divided by groups); fused: IFP_CUDA_FUSED=$FUSED_BENCH"
+    echo "## bench: $cfg, batch $batch, ${size}x$size, $steps timed steps (+2 warm-up), $DEV; model FLOPs/step ${flops:-?} (flop_counter, weight gradients divided by groups); fused: IFP_CUDA_FUSED=$FUSED_BENCH"
     echo
     echo "| impl | amp | step ms | images/s | ifp/torch | peak GPU mem MiB | MFU |"
     echo "|---|---|---|---|---|---|---|"
     for amp in "$@"; do
         peak=$PEAK_F32_TFLOPS
         [[ $amp == bf16 ]] && peak=$PEAK_BF16_TFLOPS
-        peak_mem timeout 25 "$IFP_BIN" bench --config "$cfg" --batch "$batch" --size "$size" --steps "$STEPS" \
+        peak_mem timeout 25 "$IFP_BIN" bench --config "$cfg" --batch "$batch" --size "$size" --steps "$steps" \
             --device "$DEV" --amp "$amp" >"$OUT/ifp-$name-$amp.log" 2>&1
         ifp_rc=$?
         ifp_mem="$(cat "$OUT/mem")"
@@ -370,12 +371,12 @@ bench_table() {
         # The same with the CUDA kernels that passed stage 1 here, and the memory pool that
         # keeps freed memory (IFP_CUDA_FUSED=$FUSED_BENCH).
         IFP_CUDA_FUSED=$FUSED_BENCH peak_mem timeout 25 "$IFP_BIN" bench --config "$cfg" --batch "$batch" \
-            --size "$size" --steps "$STEPS" --device "$DEV" --amp "$amp" >"$OUT/ifp-fused-$name-$amp.log" 2>&1
+            --size "$size" --steps "$steps" --device "$DEV" --amp "$amp" >"$OUT/ifp-fused-$name-$amp.log" 2>&1
         fused_rc=$?
         fused_mem="$(cat "$OUT/mem")"
         fused_ms="$(awk '/^step_ms/ {print $2}' "$OUT/ifp-fused-$name-$amp.log")"
         peak_mem timeout 40 "$PY" "$HERE/torch_gpu_bench.py" --config "$tcfg" --batch "$batch" --size "$size" \
-            --steps "$STEPS" --device "$DEV" --amp "$amp" >"$OUT/torch-$name-$amp.log" 2>&1
+            --steps "$steps" --device "$DEV" --amp "$amp" >"$OUT/torch-$name-$amp.log" 2>&1
         torch_rc=$?
         torch_mem="$(cat "$OUT/mem")"
         torch_ms="$(awk '/^step_ms/ {print $2}' "$OUT/torch-$name-$amp.log")"
@@ -397,11 +398,11 @@ for name, ms, mem, rc, r in (("ifp (candle)", ims, imem, irc, fmt(ratio(ims), ".
 EOF
     done
 }
-bench_table restormer "$BENCH_CFG" "$TORCH_CFG" "$BATCH" "$SIZE" off bf16
+bench_table restormer "$BENCH_CFG" "$TORCH_CFG" "$BATCH" "$SIZE" "$STEPS" off bf16
 # The paper Uformer (float32), when the run has time for it: stages 4 and 5 need up to 176 s and
 # these rows up to 110 s, and the whole run must end within 590 s.
 if ((SECONDS - t_start < 590 - 176 - 110)); then
-    bench_table uformer "$UF_CFG" "$UF_TORCH_CFG" "$UF_BATCH" "$UF_SIZE" off
+    bench_table uformer "$UF_CFG" "$UF_TORCH_CFG" "$UF_BATCH" "$UF_SIZE" "$UF_STEPS" off
 else
     echo "## bench: $UF_CFG skipped (the run is at $((SECONDS - t_start)) s; these rows need up to 110 s)"
 fi
