@@ -58,22 +58,22 @@ pub(super) struct Gemm {
 /// A row-major operand of a product: stored as its transpose (`transposed`), the images
 /// `stride` elements apart (0: one matrix for every image), starting at `offset`.
 #[derive(Debug, Clone, Copy)]
-struct Operand {
+struct Stored {
     transposed: bool,
     stride: usize,
     offset: usize,
 }
 
-const fn plain(stride: usize, offset: usize) -> Operand {
-    Operand {
+const fn plain(stride: usize, offset: usize) -> Stored {
+    Stored {
         transposed: false,
         stride,
         offset,
     }
 }
 
-const fn transposed(stride: usize, offset: usize) -> Operand {
-    Operand {
+const fn transposed(stride: usize, offset: usize) -> Stored {
+    Stored {
         transposed: true,
         stride,
         offset,
@@ -86,8 +86,8 @@ const fn transposed(stride: usize, offset: usize) -> Operand {
 #[allow(clippy::too_many_arguments)]
 fn row_major(
     (m, n, k): (usize, usize, usize),
-    l: Operand,
-    r: Operand,
+    l: Stored,
+    r: Stored,
     (stride_c, offset_c): (usize, usize),
     batch: usize,
     accumulate: bool,

@@ -5,7 +5,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use super::rows_per_task;
+use super::{map_rows, rows_per_task};
 use crate::kernels::{f32_slice, fused_applies, CudaKernel};
 
 /// `x + b` where `b` matches the trailing dimensions of `x`: x viewed as (R, K), b as (K).
@@ -28,11 +28,7 @@ impl CustomOp2 for AddBias {
         let x = f32_slice(s1, l1, self.name())?;
         let b = f32_slice(s2, l2, self.name())?;
         let k = self.k;
-        let mut out = vec![0f32; x.len()];
-        let task = rows_per_task(k) * k;
-        out.par_chunks_mut(task)
-            .zip(x.par_chunks(task))
-            .for_each(|(o, xs)| add_rows(o, xs, b));
+        let out = map_rows(x, k, |o, xs| add_rows(o, xs, b));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 

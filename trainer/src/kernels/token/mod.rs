@@ -11,6 +11,8 @@
 //! per-row loops are compiled for AVX2+FMA as well as the baseline and picked at run time, with
 //! the vectorisable `math::erf`/`math::exp`.
 
+use rayon::prelude::*;
+
 mod bias;
 mod gelu;
 mod norm;
@@ -27,4 +29,15 @@ const CHUNK: usize = 16 * 1024;
 /// Rows of length `n` per parallel task.
 fn rows_per_task(n: usize) -> usize {
     (CHUNK / n.max(1)).max(1)
+}
+
+/// A new buffer of x's size whose rows of `n` values are `f(out_rows, x_rows)`, whole rows per
+/// parallel task.
+fn map_rows(x: &[f32], n: usize, f: impl Fn(&mut [f32], &[f32]) + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    let task = rows_per_task(n) * n;
+    out.par_chunks_mut(task)
+        .zip(x.par_chunks(task))
+        .for_each(|(o, xs)| f(o, xs));
+    out
 }

@@ -4,7 +4,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use super::rows_per_task;
+use super::{map_rows, rows_per_task};
 use crate::kernels::{f32_slice, fused_applies, unpack, CudaKernel};
 
 const EPS: f32 = 1e-5;
@@ -76,11 +76,7 @@ impl CustomOp3 for LayerNormOp {
         let w = f32_slice(s2, l2, self.name())?;
         let b = f32_slice(s3, l3, self.name())?;
         let c = w.len();
-        let mut out = vec![0f32; x.len()];
-        let task = rows_per_task(c) * c;
-        out.par_chunks_mut(task)
-            .zip(x.par_chunks(task))
-            .for_each(|(o, xs)| layer_norm_rows(o, xs, w, b));
+        let out = map_rows(x, c, |o, xs| layer_norm_rows(o, xs, w, b));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 

@@ -4,7 +4,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use super::rows_per_task;
+use super::{map_rows, rows_per_task};
 use crate::kernels::math::exp;
 use crate::kernels::{f32_slice, fused_applies, CudaKernel};
 
@@ -20,11 +20,7 @@ impl CustomOp1 for SoftmaxOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
         let n = self.n;
-        let mut out = vec![0f32; x.len()];
-        let task = rows_per_task(n) * n;
-        out.par_chunks_mut(task)
-            .zip(x.par_chunks(task))
-            .for_each(|(o, xs)| softmax_rows(o, xs, n));
+        let out = map_rows(x, n, |o, xs| softmax_rows(o, xs, n));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
