@@ -36,15 +36,15 @@ pub(super) struct DenseConv {
 
 /// A row-major matrix operand: `rows x cols` stored as is, or transposed storage.
 #[derive(Clone, Copy)]
-struct Mat<'a> {
-    data: &'a [f32],
+pub(super) struct Mat<'a> {
+    pub(super) data: &'a [f32],
     /// Stored as the transpose (cols x rows, row-major).
-    transposed: bool,
+    pub(super) transposed: bool,
 }
 
 /// `dst (m x n) = a (m x k) b (k x n)`, or `dst += ...` with `accumulate`.
 #[allow(clippy::too_many_arguments)]
-fn matmul(
+pub(super) fn matmul(
     dst: &mut [f32],
     a: Mat,
     b: Mat,

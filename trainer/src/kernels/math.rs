@@ -42,6 +42,13 @@ pub(crate) fn exp(x: f32) -> f32 {
 /// `t = 1 / (1 + 0.3275911 |x|)`.
 #[inline(always)]
 pub(crate) fn erf(x: f32) -> f32 {
+    erf_given_exp(x, exp(-(x * x)))
+}
+
+/// [`erf`] with `e = exp(-x^2)` supplied by a caller that needs that exponential as well (the
+/// GELU's derivative: its Gaussian density is the same exponential at `x / sqrt(2)`).
+#[inline(always)]
+pub(crate) fn erf_given_exp(x: f32, e: f32) -> f32 {
     const P: f32 = 0.327_591_1;
     const A1: f32 = 0.254_829_6;
     const A2: f32 = -0.284_496_72;
@@ -51,7 +58,7 @@ pub(crate) fn erf(x: f32) -> f32 {
     let a = x.abs();
     let t = 1.0 / (P * a + 1.0);
     let poly = (((A5 * t + A4) * t + A3) * t + A2) * t + A1;
-    let y = 1.0 - poly * t * exp(-(a * a));
+    let y = 1.0 - poly * t * e;
     y.copysign(x)
 }
 

@@ -80,23 +80,7 @@ impl CustomOp1 for ColumnSum {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
-        let k = self.k;
-        let task = rows_per_task(k) * k;
-        let partials: Vec<Vec<f32>> = x
-            .par_chunks(task)
-            .map(|xs| {
-                let mut acc = vec![0f32; k];
-                for row in xs.chunks(k) {
-                    acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
-                }
-                acc
-            })
-            .collect();
-        let mut out = vec![0f32; k];
-        for p in partials {
-            out.iter_mut().zip(&p).for_each(|(a, v)| *a += v);
-        }
-        Ok((CpuStorage::F32(out), Shape::from(k)))
+        Ok((CpuStorage::F32(column_sums(x, self.k)), Shape::from(self.k)))
     }
 
     #[cfg(feature = "cuda")]
@@ -107,6 +91,27 @@ impl CustomOp1 for ColumnSum {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         crate::kernels::cuda::token::column_sum((s, l), self.k)
     }
+}
+
+/// The sums over the rows of `x` viewed as (R, k): partial sums over fixed blocks of rows in
+/// parallel, added in block order (the result does not depend on the thread count).
+pub(super) fn column_sums(x: &[f32], k: usize) -> Vec<f32> {
+    let task = rows_per_task(k) * k;
+    let partials: Vec<Vec<f32>> = x
+        .par_chunks(task)
+        .map(|xs| {
+            let mut acc = vec![0f32; k];
+            for row in xs.chunks(k) {
+                acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+            }
+            acc
+        })
+        .collect();
+    let mut out = vec![0f32; k];
+    for p in partials {
+        out.iter_mut().zip(&p).for_each(|(a, v)| *a += v);
+    }
+    out
 }
 
 /// `x + b`, `b` repeated over the leading dimensions of `x` (its shape is a suffix of x's).

@@ -5,7 +5,7 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::CHUNK;
-use crate::kernels::math::{erf, exp};
+use crate::kernels::math::{erf, erf_given_exp, exp};
 use crate::kernels::{f32_slice, fused_applies, CudaKernel};
 
 struct GeluOp;
@@ -91,9 +91,11 @@ fn gelu_backward_chunk(o: &mut [f32], xs: &[f32], dys: &[f32]) {
     // 1 / sqrt(2 pi)
     const INV_SQRT_2PI: f32 = 0.398_942_3;
     for ((a, &v), &g) in o.iter_mut().zip(xs).zip(dys) {
-        let cdf = 0.5 * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
-        let pdf = INV_SQRT_2PI * exp(-0.5 * v * v);
-        *a = g * (cdf + v * pdf);
+        // exp(-u^2) with u = x / sqrt(2) serves both the erf and the density.
+        let u = v * std::f32::consts::FRAC_1_SQRT_2;
+        let e = exp(-(u * u));
+        let cdf = 0.5 * (1.0 + erf_given_exp(u, e));
+        *a = g * (cdf + v * (INV_SQRT_2PI * e));
     }
 }
 

@@ -1,27 +1,35 @@
 //! Fused ops for Uformer's token path, each a candle custom op with its own backward, one file
-//! per op: LayerNorm over the last dimension (`norm`), softmax over the last dimension
-//! (`softmax`), exact (erf) GELU (`gelu`), and the addition of a tensor repeated over the
-//! leading dimensions (`bias`: biases, the relative position bias, the modulator). Composed from
+//! per op: LayerNorm over the last dimension (`norm`), softmax over the last dimension, also
+//! with the attention's bias and mask added inside (`softmax`), exact (erf) GELU (`gelu`), the
+//! addition of a tensor repeated over the leading dimensions (`bias`: biases, the relative
+//! position bias, the modulator), the linear layer, also to and from the attention's head
+//! layout (`linear`), and the LeFF's depthwise convolution, channels last (`dwconv`). Composed from
 //! tensor ops each costs several graph nodes with a full-size buffer per node in the backward
 //! (candle zero-fills every gradient first), and candle reduces a broadcast gradient over
 //! leading dimensions with a slow strided loop; these run on every token of every block.
 //! float32 on the CPU, and on CUDA (`cuda/token.cu`) where `IFP_CUDA_FUSED` turns on `token`;
 //! [`layer_norm`], [`softmax`], [`gelu`] and [`add_bias`] fall back to the composed versions
-//! elsewhere, which are also what the tests compare them with. Like the other kernels, the
+//! elsewhere, which are also what the tests compare them with. [`linear`], [`depthwise`] and
+//! [`biased_softmax`] are CPU ops only (no CUDA version yet): elsewhere they are their composed
+//! versions, which are the paths the network took before them. Like the other kernels, the
 //! per-row loops are compiled for AVX2+FMA as well as the baseline and picked at run time, with
 //! the vectorisable `math::erf`/`math::exp`.
 
 use rayon::prelude::*;
 
 mod bias;
+mod dwconv;
 mod gelu;
+mod linear;
 mod norm;
 mod softmax;
 
 pub use bias::add_bias;
+pub use dwconv::{depthwise, depthwise_applies, depthwise_composed};
 pub use gelu::gelu;
+pub use linear::{linear, linear_applies, linear_composed, Tokens};
 pub use norm::{layer_norm, layer_norm_composed};
-pub use softmax::{softmax, softmax_last};
+pub use softmax::{biased_softmax, biased_softmax_composed, softmax, softmax_last};
 
 /// Elements per parallel task: large enough that rayon's dispatch is noise.
 const CHUNK: usize = 16 * 1024;

@@ -1,12 +1,16 @@
-//! Softmax over the last dimension (window attention) with its fused backward.
+//! Softmax over the last dimension (window attention) with its fused backward, and the same
+//! with a tensor added first (the window attention's relative position bias and shift mask):
+//! composed, that addition was a pass and a graph node of the attention matrix's size, plus
+//! the reshapes around it, each a node whose backward candle zero-fills and adds.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
 use multiversion::multiversion;
 use rayon::prelude::*;
 
+use super::bias::column_sums;
 use super::{map_rows, rows_per_task};
 use crate::kernels::math::exp;
-use crate::kernels::{f32_slice, fused_applies, CudaKernel};
+use crate::kernels::{f32_slice, fused_applies, kernel_applies, unpack, CudaKernel};
 
 struct SoftmaxOp {
     n: usize,
@@ -49,6 +53,25 @@ fn softmax_rows(o: &mut [f32], xs: &[f32], n: usize) {
         let mut sum = 0f32;
         for (a, v) in orow.iter_mut().zip(xrow) {
             *a = exp(v - max);
+            sum += *a;
+        }
+        let inv = 1.0 / sum;
+        orow.iter_mut().for_each(|a| *a *= inv);
+    }
+}
+
+/// Softmax of whole rows of `n` values of `xs + bs`, `bs` holding one row of bias per row.
+#[multiversion(targets("x86_64+avx+avx2+fma"))]
+fn biased_softmax_rows(o: &mut [f32], xs: &[f32], bs: &[f32], n: usize) {
+    for ((orow, xrow), brow) in o.chunks_mut(n).zip(xs.chunks(n)).zip(bs.chunks(n)) {
+        let mut max = f32::NEG_INFINITY;
+        for ((a, x), b) in orow.iter_mut().zip(xrow).zip(brow) {
+            *a = x + b;
+            max = max.max(*a);
+        }
+        let mut sum = 0f32;
+        for a in orow.iter_mut() {
+            *a = exp(*a - max);
             sum += *a;
         }
         let inv = 1.0 / sum;
@@ -105,6 +128,135 @@ impl CustomOp2 for SoftmaxBackward {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         crate::kernels::cuda::token::softmax_backward((s1, l1), (s2, l2), self.n)
     }
+}
+
+/// `softmax(x + b)` over rows of `n`, x viewed as (R, K) and `b` as (K) repeated over R.
+struct BiasedSoftmax {
+    n: usize,
+    k: usize,
+}
+
+impl CustomOp2 for BiasedSoftmax {
+    fn name(&self) -> &'static str {
+        "ifp-biased-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, self.name())?;
+        let b = f32_slice(s2, l2, self.name())?;
+        let (n, k) = (self.n, self.k);
+        if k == 0 || !k.is_multiple_of(n) || b.len() != k || !x.len().is_multiple_of(k) {
+            return Err(candle_core::Error::Msg(format!(
+                "biased softmax: a bias of {} values over rows of {n} of {} values",
+                b.len(),
+                x.len()
+            )));
+        }
+        // Tasks of whole rows that never straddle a repeat of b.
+        let task = (rows_per_task(n) * n).min(k);
+        let task = (1..=task / n)
+            .rev()
+            .map(|r| r * n)
+            .find(|t| k.is_multiple_of(*t));
+        let task = task.unwrap_or(n);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(task)
+            .zip(x.par_chunks(task))
+            .enumerate()
+            .for_each(|(i, (o, xs))| {
+                let at = (i * task) % k;
+                biased_softmax_rows(o, xs, &b[at..at + task], n)
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let backward = BiasedSoftmaxBackward {
+            n: self.n,
+            k: self.k,
+        };
+        let packed = res
+            .contiguous()?
+            .apply_op2_no_bwd(&grad.contiguous()?, &backward)?;
+        let mut parts = unpack(&packed, &[res.shape(), b.shape()])?.into_iter();
+        Ok((parts.next(), parts.next()))
+    }
+}
+
+/// (y, dy) -> [dx, db] flattened: the softmax backward per row, and its sum over the repeats
+/// of the bias.
+struct BiasedSoftmaxBackward {
+    n: usize,
+    k: usize,
+}
+
+impl CustomOp2 for BiasedSoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "ifp-biased-softmax-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let y = f32_slice(s1, l1, self.name())?;
+        let dy = f32_slice(s2, l2, self.name())?;
+        let n = self.n;
+        let mut out = vec![0f32; y.len()];
+        let task = rows_per_task(n) * n;
+        out.par_chunks_mut(task)
+            .zip(y.par_chunks(task).zip(dy.par_chunks(task)))
+            .for_each(|(o, (ys, dys))| softmax_backward_rows(o, ys, dys, n));
+        let db = column_sums(&out, self.k);
+        out.extend_from_slice(&db);
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
+/// `softmax(x + b)` over the last dimension, `b` repeated over x viewed as rows of
+/// `b.elem_count()` values (as [`super::add_bias`], but `b`'s shape need not be a suffix of
+/// x's: the window attention adds a `(windows, heads, N, N)` bias to `(B * windows, heads, N,
+/// N)` logits). One op for float32 on the CPU, else [`biased_softmax_composed`].
+pub fn biased_softmax(x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let n = x.dim(D::Minus1)?;
+    let k = b.elem_count();
+    let fits = k > 0 && k.is_multiple_of(n) && x.elem_count().is_multiple_of(k);
+    if fits && b.dtype() == x.dtype() && kernel_applies(x, None, &[]) {
+        return x
+            .contiguous()?
+            .apply_op2(&b.contiguous()?, BiasedSoftmax { n, k });
+    }
+    biased_softmax_composed(x, b)
+}
+
+/// [`biased_softmax`] as [`super::add_bias`] then [`softmax`] (any device and dtype).
+pub fn biased_softmax_composed(x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let k = b.elem_count();
+    if k == 0 || !x.elem_count().is_multiple_of(k) {
+        return Err(candle_core::Error::Msg(format!(
+            "biased softmax: a bias of shape {:?} does not repeat over {:?}",
+            b.dims(),
+            x.dims()
+        )));
+    }
+    let rows = x.reshape((x.elem_count() / k, k))?;
+    softmax(&super::add_bias(&rows, &b.flatten_all()?)?.reshape(x.shape())?)
 }
 
 /// Softmax over the last dimension.

@@ -10,7 +10,7 @@ use candle_nn::{Init, VarBuilder};
 
 use super::drop_path::{self, DropPathRng};
 use super::{err, side};
-use crate::kernels::token as kernels;
+use crate::kernels::token::{self as kernels, Tokens};
 use crate::kernels::{amp, window_partition, window_reverse};
 use crate::models::layers::Conv2d;
 
@@ -28,7 +28,6 @@ fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
     Ok(Linear {
         weight: vb.get_with_hints((out_dim, in_dim), "weight", init)?,
         bias: vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?,
-        out: out_dim,
     })
 }
 
@@ -85,20 +84,19 @@ fn shift_mask(h: usize, w: usize, s: usize) -> Vec<f32> {
 struct Linear {
     weight: Tensor,
     bias: Tensor,
-    out: usize,
+}
+
+impl Linear {
+    /// The layer with its input and output tokens laid out as given (see `kernels::token`).
+    fn forward_tokens(&self, x: &Tensor, input: Tokens, output: Tokens) -> Result<Tensor> {
+        kernels::linear(x, &self.weight, &self.bias, input, output)
+    }
 }
 
 impl Module for Linear {
     // (..., in) -> (..., out)
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut dims = x.dims().to_vec();
-        let last = dims
-            .pop()
-            .ok_or_else(|| err("Linear needs at least one dimension".into()))?;
-        let rows: usize = dims.iter().product();
-        let y = amp::matmul(&x.reshape((rows, last))?, &self.weight.t()?)?;
-        dims.push(self.out);
-        kernels::add_bias(&y, &self.bias)?.reshape(dims)
+        self.forward_tokens(x, Tokens::Rows, Tokens::Rows)
     }
 }
 
@@ -145,14 +143,9 @@ impl LinearProjection {
     /// (B', N, C) -> q, k, v, each (B', heads, N, C/heads); q is multiplied by `q_scale`
     /// (folded into its weight and bias, the small tensors).
     fn forward(&self, x: &Tensor, q_scale: f64) -> Result<(Tensor, Tensor, Tensor)> {
-        let (b, n, c) = x.dims3()?;
-        let x2 = x.reshape((b * n, c))?;
-        let proj = |w: &Tensor, bias: &Tensor| -> Result<Tensor> {
-            kernels::add_bias(&amp::matmul(&x2, &w.t()?)?, bias)?
-                .reshape((b, n, self.heads, c / self.heads))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
+        let c = x.dim(2)?;
+        let heads = Tokens::Heads(self.heads);
+        let proj = |w: &Tensor, bias: &Tensor| kernels::linear(x, w, bias, Tokens::Rows, heads);
         let (bq, bkv) = (&self.to_q.bias, &self.to_kv.bias);
         let wkv = &self.to_kv.weight;
         let q = proj(&(&self.to_q.weight * q_scale)?, &(bq * q_scale)?)?;
@@ -208,7 +201,7 @@ impl WindowAttention {
 
     // (B*nW, N, C), mask (nW, N, N) -> (B*nW, N, C)
     fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (bw, n, c) = x.dims3()?;
+        let n = x.dim(1)?;
         let (q, k, v) = self.qkv.forward(x, self.scale)?;
         // (T, heads) -> (N*N, heads) -> (heads, N, N)
         let bias = self
@@ -217,24 +210,21 @@ impl WindowAttention {
             .reshape((n, n, self.heads))?
             .permute((2, 0, 1))?;
         let attn = amp::matmul(&q, &k.t()?)?; // (B*nW, heads, N, N)
-        let attn = match mask {
-            // Bias and mask are summed first so the big tensor sees one addition.
+                                              // The bias (and the mask, repeated over the images) added inside the softmax.
+        let extra = match mask {
             Some(m) => {
                 let nw = m.dim(0)?;
                 // (nW, 1, N, N) -> (nW, heads, N, N), plus the bias repeated over windows.
                 let mask = m.unsqueeze(1)?.broadcast_as((nw, self.heads, n, n))?;
-                let extra = kernels::add_bias(&mask, &bias)?;
-                kernels::add_bias(&attn.reshape((bw / nw, nw, self.heads, n, n))?, &extra)?
-                    .reshape((bw, self.heads, n, n))?
+                kernels::add_bias(&mask, &bias)?
             }
-            None => kernels::add_bias(&attn, &bias)?,
+            None => bias,
         };
-        let attn = kernels::softmax(&attn)?;
-        // (B*nW, heads, N, d) -> (B*nW, N, heads, d) -> (B*nW, N, C)
-        let out = amp::matmul(&attn, &v)?
-            .transpose(1, 2)?
-            .reshape((bw, n, c))?;
-        self.proj.forward(&out)
+        let attn = kernels::biased_softmax(&attn, &extra)?;
+        // (B*nW, heads, N, d) -> (B*nW, N, C)
+        let out = amp::matmul(&attn, &v)?;
+        self.proj
+            .forward_tokens(&out, Tokens::Heads(self.heads), Tokens::Rows)
     }
 }
 
@@ -243,7 +233,6 @@ struct LeFF {
     linear1: Linear,
     dwconv: Conv2d,
     linear2: Linear,
-    hidden: usize,
 }
 
 impl LeFF {
@@ -252,7 +241,6 @@ impl LeFF {
             linear1: linear(dim, hidden, vb.pp("linear1").pp(0))?,
             dwconv: Conv2d::depthwise(hidden, 3, true, vb.pp("dwconv").pp(0))?,
             linear2: linear(hidden, dim, vb.pp("linear2").pp(0))?,
-            hidden,
         })
     }
 }
@@ -260,15 +248,10 @@ impl LeFF {
 impl Module for LeFF {
     // (B, H*W, C) -> (B, H*W, C)
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, l, _) = x.dims3()?;
-        let h = side(l)?;
-        // (B, H*W, hidden) -> (B, hidden, H, W)
-        let y = kernels::gelu(&self.linear1.forward(x)?)?
-            .transpose(1, 2)?
-            .reshape((b, self.hidden, h, h))?;
-        let y = kernels::gelu(&self.dwconv.forward(&y)?)?;
-        // (B, hidden, H, W) -> (B, H*W, hidden)
-        let y = y.reshape((b, self.hidden, l))?.transpose(1, 2)?;
+        let h = side(x.dim(1)?)?;
+        // (B, H*W, hidden), the convolution over the H x W grid channels last.
+        let y = kernels::gelu(&self.linear1.forward(x)?)?;
+        let y = kernels::gelu(&self.dwconv.forward_tokens(&y, h)?)?;
         self.linear2.forward(&y)
     }
 }

@@ -81,3 +81,127 @@ fn token_kernels_match_composed() {
     }
     println!("token kernel on {dev:?}: LayerNorm, softmax, GELU and bias match the composed ops");
 }
+
+/// Linear layers over tokens (`token::linear`), in each layout pair: odd sizes, a single
+/// feature, leading dimensions flattened, and the window attention's head split and merge.
+#[test]
+fn token_linear_matches_composed() {
+    use token::Tokens::{Heads, Rows};
+    let dev = common::test_device();
+    // (input shape, outputs, input layout, output layout)
+    let cases: &[(&[usize], usize, token::Tokens, token::Tokens)] = &[
+        (&[2, 7, 5], 6, Rows, Rows),
+        (&[3, 64, 16], 48, Rows, Rows),
+        (&[1, 4, 3, 9], 4, Rows, Rows),
+        (&[5, 1], 3, Rows, Rows),
+        (&[6, 64, 16], 32, Rows, Heads(2)),
+        (&[3, 5, 8], 12, Rows, Heads(4)),
+        (&[6, 2, 64, 8], 16, Heads(2), Rows),
+        (&[3, 4, 5, 2], 6, Heads(4), Heads(2)),
+    ];
+    for &(shape, o, input, output) in cases {
+        let x = rounded_var(DType::F32, 1.0, shape, &dev);
+        let k = match input {
+            Rows => shape[shape.len() - 1],
+            Heads(h) => h * shape[3],
+        };
+        let w = rounded_var(DType::F32, 0.5, (o, k), &dev);
+        let b = rounded_var(DType::F32, 1.0, o, &dev);
+        assert_eq!(
+            token::linear_applies(x.as_tensor()),
+            dev.is_cpu(),
+            "one op on the CPU only ({dev:?})"
+        );
+        let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
+        compare_with_grads(
+            &format!("linear {shape:?} -> {o} ({input:?} -> {output:?})"),
+            &[&x, &w, &b],
+            || token::linear(xt, wt, bt, input, output).expect("fast"),
+            || token::linear_composed(xt, wt, bt, input, output).expect("slow"),
+            BIAS_SUM,
+        );
+    }
+    // A weight that does not fit the input is an error naming both sizes.
+    let x = rounded_var(DType::F32, 1.0, (2, 3, 5), &dev);
+    let w = rounded_var(DType::F32, 1.0, (4, 6), &dev);
+    let b = rounded_var(DType::F32, 1.0, 4, &dev);
+    let e = token::linear(x.as_tensor(), w.as_tensor(), b.as_tensor(), Rows, Rows)
+        .expect_err("5 features against a weight for 6");
+    assert!(
+        e.to_string().contains('5') && e.to_string().contains('6'),
+        "{e}"
+    );
+}
+
+/// The LeFF's channels-last depthwise convolution with its bias (`token::depthwise`): odd
+/// sizes, one channel, one pixel, grids narrower than the kernel, a 5x5 kernel.
+#[test]
+fn token_depthwise_matches_composed() {
+    let dev = common::test_device();
+    // (B, H, W, C, k)
+    let cases = [
+        (2, 5, 7, 3, 3),
+        (1, 8, 8, 64, 3),
+        (3, 1, 1, 4, 3),
+        (1, 2, 9, 1, 3),
+        (2, 6, 4, 5, 5),
+    ];
+    for (b, h, w, c, k) in cases {
+        let x = rounded_var(DType::F32, 1.0, (b, h * w, c), &dev);
+        let weight = rounded_var(DType::F32, 0.5, (c, 1, k, k), &dev);
+        let bias = rounded_var(DType::F32, 1.0, c, &dev);
+        assert_eq!(
+            token::depthwise_applies(x.as_tensor()),
+            dev.is_cpu(),
+            "one op on the CPU only ({dev:?})"
+        );
+        let (xt, wt, bt) = (x.as_tensor(), weight.as_tensor(), bias.as_tensor());
+        compare_with_grads(
+            &format!("token depthwise {b}x{h}x{w}x{c} k{k}"),
+            &[&x, &weight, &bias],
+            || token::depthwise(xt, wt, bt, w).expect("fast"),
+            || token::depthwise_composed(xt, wt, bt, w).expect("slow"),
+            BIAS_SUM,
+        );
+    }
+    let x = rounded_var(DType::F32, 1.0, (1, 10, 2), &dev);
+    let weight = rounded_var(DType::F32, 1.0, (2, 1, 3, 3), &dev);
+    let bias = rounded_var(DType::F32, 1.0, 2, &dev);
+    let e = token::depthwise(x.as_tensor(), weight.as_tensor(), bias.as_tensor(), 4)
+        .expect_err("10 tokens in rows of 4");
+    assert!(e.to_string().contains("10 tokens"), "{e}");
+}
+
+/// The window attention's softmax of logits plus a bias repeated over the leading rows
+/// (`token::biased_softmax`): the relative position bias alone, and with a shift mask per
+/// window repeated over the images; one bias row; odd sizes; a bias longer than a task.
+#[test]
+fn biased_softmax_matches_composed() {
+    let dev = common::test_device();
+    // (logits, bias)
+    let cases: &[(&[usize], &[usize])] = &[
+        (&[6, 2, 16, 16], &[2, 16, 16]),
+        (&[2, 4, 3, 9, 9], &[4, 3, 9, 9]),
+        (&[8, 2, 16, 16], &[4, 2, 16, 16]),
+        (&[3, 5], &[5]),
+        (&[300, 7], &[2, 7]),
+        // A bias longer than one parallel task.
+        (&[2, 2000, 9], &[2000, 9]),
+    ];
+    for &(shape, bshape) in cases {
+        let x = rounded_var(DType::F32, 3.0, shape, &dev);
+        let b = rounded_var(DType::F32, 1.0, bshape, &dev);
+        let (xt, bt) = (x.as_tensor(), b.as_tensor());
+        compare_with_grads(
+            &format!("biased softmax {shape:?} + {bshape:?}"),
+            &[&x, &b],
+            || token::biased_softmax(xt, bt).expect("fast"),
+            || token::biased_softmax_composed(xt, bt).expect("slow"),
+            BIAS_SUM,
+        );
+    }
+    let x = rounded_var(DType::F32, 1.0, (3, 4), &dev);
+    let b = rounded_var(DType::F32, 1.0, 8, &dev);
+    let e = token::biased_softmax(x.as_tensor(), b.as_tensor()).expect_err("8 into 12 values");
+    assert!(e.to_string().contains("[8]"), "{e}");
+}

@@ -1,0 +1,310 @@
+//! The depthwise "same" convolution with its bias over Uformer's tokens, channels last: the
+//! LeFF's 3x3 convolution read and written as `(B, H*W, C)`, as the linear layers around it
+//! use them. Composed, the tokens were transposed to `(B, C, H, W)` and back around the
+//! convolution: two strided copies in each direction, and four graph nodes whose backward
+//! candle zero-fills and adds at the LeFF's hidden width (four times the block's).
+//!
+//! Per output pixel the taps are added over the channels, which are contiguous, so the inner
+//! loops run over whole channel rows. Backward: the input's gradient is the same convolution
+//! of the output's gradient with the kernel flipped; the weight's and the bias's gradients are
+//! partial sums over fixed blocks of image rows, added in block order (the result does not
+//! depend on the thread count).
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use multiversion::multiversion;
+use rayon::prelude::*;
+
+use super::rows_per_task;
+use crate::kernels::{f32_slice, kernel_applies, unpack, Activation};
+
+/// The sizes of one call: `b` images of `h x w` pixels with `c` channels, a `k x k` kernel.
+#[derive(Clone, Copy)]
+struct Geom {
+    b: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+}
+
+impl Geom {
+    /// From tokens `(B, H*W, C)` of rows of `w` pixels and a weight `(C, 1, k, k)`.
+    fn new(x: &[usize], weight: &[usize], w: usize) -> Result<Self> {
+        let bad = |why: String| candle_core::Error::Msg(format!("token depthwise: {why}"));
+        let &[b, l, c] = x else {
+            return Err(bad(format!("input {x:?} is not (B, H*W, C)")));
+        };
+        let &[wc, 1, k, k2] = weight else {
+            return Err(bad(format!("weight {weight:?} is not (C, 1, k, k)")));
+        };
+        if wc != c || k != k2 || k.is_multiple_of(2) {
+            return Err(bad(format!(
+                "weight {weight:?} is not an odd square kernel for {c} channels"
+            )));
+        }
+        if w == 0 || !l.is_multiple_of(w) {
+            return Err(bad(format!("{l} tokens are not rows of {w} pixels")));
+        }
+        Ok(Geom {
+            b,
+            h: l / w,
+            w,
+            c,
+            k,
+        })
+    }
+
+    fn row(&self) -> usize {
+        self.w * self.c
+    }
+
+    fn image(&self) -> usize {
+        self.h * self.row()
+    }
+}
+
+/// The weight `(C, k*k)` as taps `(k*k, C)`, flipped in both directions with `flip` (the
+/// input gradient's kernel).
+fn taps(weight: &[f32], g: Geom, flip: bool) -> Vec<f32> {
+    let kk = g.k * g.k;
+    let mut t = vec![0f32; kk * g.c];
+    for (ch, wc) in weight.chunks(kk).enumerate() {
+        for (tap, &v) in wc.iter().enumerate() {
+            let at = if flip { kk - 1 - tap } else { tap };
+            t[at * g.c + ch] = v;
+        }
+    }
+    t
+}
+
+/// The output columns `[lo, hi)` whose input column `x + d` lies inside `0..w`.
+fn valid(w: usize, d: isize) -> (usize, usize) {
+    let lo = (-d).max(0) as usize;
+    let hi = (w as isize - d).clamp(0, w as isize) as usize;
+    (lo, hi.max(lo))
+}
+
+/// One output row `y` of one image: `out = bias + sum over taps of tap * shifted input`.
+#[multiversion(targets("x86_64+avx+avx2+fma"))]
+fn conv_row(out: &mut [f32], img: &[f32], taps: &[f32], bias: Option<&[f32]>, y: usize, g: Geom) {
+    let (c, k, p) = (g.c, g.k, (g.k / 2) as isize);
+    match bias {
+        Some(b) => out.chunks_mut(c).for_each(|o| o.copy_from_slice(b)),
+        None => out.fill(0.0),
+    }
+    for i in 0..k {
+        let yy = y as isize + i as isize - p;
+        if yy < 0 || yy >= g.h as isize {
+            continue;
+        }
+        let src = &img[yy as usize * g.row()..][..g.row()];
+        for j in 0..k {
+            let d = j as isize - p;
+            let (lo, hi) = valid(g.w, d);
+            let tap = &taps[(i * k + j) * c..][..c];
+            let shifted = (lo as isize + d) as usize;
+            let dst = out[lo * c..hi * c].chunks_exact_mut(c);
+            for (o, s) in dst.zip(src[shifted * c..].chunks_exact(c)) {
+                for ((o, &s), &t) in o.iter_mut().zip(s).zip(tap) {
+                    *o += t * s;
+                }
+            }
+        }
+    }
+}
+
+/// The convolution of all images, rows in parallel.
+fn convolve(x: &[f32], taps: &[f32], bias: Option<&[f32]>, g: Geom) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(g.image())
+        .zip(x.par_chunks(g.image()))
+        .for_each(|(oi, img)| {
+            oi.par_chunks_mut(g.row())
+                .enumerate()
+                .for_each(|(y, row)| conv_row(row, img, taps, bias, y, g));
+        });
+    out
+}
+
+/// Adds one output row's contribution to the weight gradient `acc` (taps `(k*k, C)`, then
+/// the bias gradient `(C)`).
+#[multiversion(targets("x86_64+avx+avx2+fma"))]
+fn weight_grad_row(acc: &mut [f32], img: &[f32], dy: &[f32], y: usize, g: Geom) {
+    let (c, k, p) = (g.c, g.k, (g.k / 2) as isize);
+    let (tap_acc, bias_acc) = acc.split_at_mut(k * k * c);
+    for d in dy.chunks_exact(c) {
+        for (a, &v) in bias_acc.iter_mut().zip(d) {
+            *a += v;
+        }
+    }
+    for i in 0..k {
+        let yy = y as isize + i as isize - p;
+        if yy < 0 || yy >= g.h as isize {
+            continue;
+        }
+        let src = &img[yy as usize * g.row()..][..g.row()];
+        for j in 0..k {
+            let d = j as isize - p;
+            let (lo, hi) = valid(g.w, d);
+            let a = &mut tap_acc[(i * k + j) * c..][..c];
+            let shifted = (lo as isize + d) as usize;
+            let grads = dy[lo * c..hi * c].chunks_exact(c);
+            for (dv, s) in grads.zip(src[shifted * c..].chunks_exact(c)) {
+                for ((a, &dv), &s) in a.iter_mut().zip(dv).zip(s) {
+                    *a += dv * s;
+                }
+            }
+        }
+    }
+}
+
+/// The weight `(C, 1, k, k)` and bias `(C)` gradients, flattened one after the other.
+fn weight_grad(x: &[f32], dy: &[f32], g: Geom) -> Vec<f32> {
+    let (kk, c) = (g.k * g.k, g.c);
+    let rows = g.b * g.h;
+    let per_task = rows_per_task(g.row()).max(1);
+    let partials: Vec<Vec<f32>> = (0..rows.div_ceil(per_task))
+        .into_par_iter()
+        .map(|task| {
+            let mut acc = vec![0f32; (kk + 1) * c];
+            for r in task * per_task..((task + 1) * per_task).min(rows) {
+                let (bi, y) = (r / g.h, r % g.h);
+                let img = &x[bi * g.image()..][..g.image()];
+                let dyr = &dy[r * g.row()..][..g.row()];
+                weight_grad_row(&mut acc, img, dyr, y, g);
+            }
+            acc
+        })
+        .collect();
+    let mut sum = vec![0f32; (kk + 1) * c];
+    for p in partials {
+        sum.iter_mut().zip(&p).for_each(|(a, v)| *a += v);
+    }
+    // (k*k, C) taps -> (C, k*k), then the bias.
+    let mut out = vec![0f32; (kk + 1) * c];
+    for (tap, row) in sum[..kk * c].chunks(c).enumerate() {
+        for (ch, &v) in row.iter().enumerate() {
+            out[ch * kk + tap] = v;
+        }
+    }
+    out[kk * c..].copy_from_slice(&sum[kk * c..]);
+    out
+}
+
+/// `(x, weight, bias)`: the convolution of tokens in rows of `w` pixels.
+struct TokenDepthwise {
+    w: usize,
+}
+
+impl CustomOp3 for TokenDepthwise {
+    fn name(&self) -> &'static str {
+        "ifp-token-depthwise"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geom::new(l1.dims(), l2.dims(), self.w)?;
+        let x = f32_slice(s1, l1, self.name())?;
+        let weight = f32_slice(s2, l2, self.name())?;
+        let bias = f32_slice(s3, l3, self.name())?;
+        if bias.len() != g.c {
+            return Err(candle_core::Error::Msg(format!(
+                "token depthwise: {} biases for {} channels",
+                bias.len(),
+                g.c
+            )));
+        }
+        let out = convolve(x, &taps(weight, g, false), Some(bias), g);
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let backward = TokenDepthwiseBackward { w: self.w };
+        let packed = x.apply_op3_no_bwd(weight, &grad.contiguous()?, &backward)?;
+        let shapes = [x.shape(), weight.shape(), bias.shape()];
+        let mut parts = unpack(&packed, &shapes)?.into_iter();
+        Ok((parts.next(), parts.next(), parts.next()))
+    }
+}
+
+/// (x, weight, dy) -> [dx, dweight, dbias] flattened.
+struct TokenDepthwiseBackward {
+    w: usize,
+}
+
+impl CustomOp3 for TokenDepthwiseBackward {
+    fn name(&self) -> &'static str {
+        "ifp-token-depthwise-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geom::new(l1.dims(), l2.dims(), self.w)?;
+        let x = f32_slice(s1, l1, self.name())?;
+        let weight = f32_slice(s2, l2, self.name())?;
+        let dy = f32_slice(s3, l3, self.name())?;
+        let mut out = convolve(dy, &taps(weight, g, true), None, g);
+        out.extend_from_slice(&weight_grad(x, dy, g));
+        let n = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+}
+
+/// Where [`depthwise`] runs as one op: float32 on the CPU, without autocast (which lowers
+/// convolutions). On CUDA it is the composed version.
+pub fn depthwise_applies(x: &Tensor) -> bool {
+    crate::kernels::amp::low_dtype().is_none() && kernel_applies(x, None, &[])
+}
+
+/// The depthwise "same" convolution plus bias of tokens `(B, H*W, C)` laid out in rows of `w`
+/// pixels: weight `(C, 1, k, k)` (k odd), bias `(C)` -> `(B, H*W, C)`. One op where
+/// [`depthwise_applies`], else [`depthwise_composed`].
+pub fn depthwise(x: &Tensor, weight: &Tensor, bias: &Tensor, w: usize) -> Result<Tensor> {
+    let float32 = [weight, bias].iter().all(|t| t.dtype() == x.dtype());
+    if !(depthwise_applies(x) && float32) {
+        return depthwise_composed(x, weight, bias, w);
+    }
+    x.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        TokenDepthwise { w },
+    )
+}
+
+/// [`depthwise`] through the channels-first convolution (any device and dtype): the tokens
+/// transposed to `(B, C, H, W)`, `kernels::depthwise` and its bias, and transposed back.
+pub fn depthwise_composed(x: &Tensor, weight: &Tensor, bias: &Tensor, w: usize) -> Result<Tensor> {
+    let (b, l, c) = x.dims3()?;
+    let k = weight.dim(3)?;
+    if w == 0 || !l.is_multiple_of(w) {
+        return Err(candle_core::Error::Msg(format!(
+            "token depthwise: {l} tokens are not rows of {w} pixels"
+        )));
+    }
+    let planes = x.transpose(1, 2)?.reshape((b, c, l / w, w))?;
+    let y = crate::kernels::depthwise(&planes, weight, k)?;
+    crate::kernels::bias_act(&y, bias, Activation::Identity)?
+        .reshape((b, c, l))?
+        .transpose(1, 2)
+}

@@ -1,0 +1,340 @@
+//! `nn.Linear` over the last dimension of Uformer's tokens as one op: one gemm product into
+//! rows prefilled with the bias. The attention's side of it can also read its input from, or
+//! write its output to, the head layout `(B', heads, N, d)`, so the head split and merge around
+//! the window attention are part of the op's copies rather than graph nodes.
+//!
+//! Composed, a linear layer is a reshape, a product, a broadcast bias addition and a reshape
+//! (plus a transpose and a contiguous copy each way for the head layout); candle's backward
+//! zero-fills a full-size gradient for the input of every one of those nodes and adds into it.
+//! The op has one input edge of activation size. Its backward computes `dx = dy W`,
+//! `dW = dy^T x` and `db = sum(dy)` in one op, reading `x` again rather than keeping anything.
+
+use std::borrow::Cow;
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::bias::column_sums;
+use crate::kernels::dense::{matmul, Mat};
+use crate::kernels::{amp, f32_slice, kernel_applies, unpack};
+
+/// How the tokens of one side of the op are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tokens {
+    /// `(..., features)`: one token per row.
+    Rows,
+    /// `(B', heads, N, features / heads)`: the attention's per-head layout of `B'` windows of
+    /// `N` tokens.
+    Heads(usize),
+}
+
+/// `y = x W^T + b` with `x` laid out as `input`, `y` as `output`.
+struct TokenLinear {
+    input: Tokens,
+    output: Tokens,
+}
+
+/// The product's sizes: `groups * tokens` rows of `k` features in, `o` out.
+#[derive(Clone, Copy)]
+struct Geom {
+    groups: usize,
+    tokens: usize,
+    k: usize,
+    o: usize,
+}
+
+impl Geom {
+    fn rows(&self) -> usize {
+        self.groups * self.tokens
+    }
+}
+
+impl TokenLinear {
+    /// The sizes for an input of shape `x` and a weight `(o, k)`, checked against the layouts.
+    fn geom(&self, x: &[usize], w: &[usize]) -> Result<Geom> {
+        let bad = |why: String| candle_core::Error::Msg(format!("token linear: {why}"));
+        let &[o, k] = w else {
+            return Err(bad(format!("weight {w:?} is not (out, in)")));
+        };
+        let (groups, tokens, features) = match (self.input, x) {
+            (Tokens::Heads(h), &[g, xh, n, d]) if xh == h => (g, n, h * d),
+            (Tokens::Heads(h), _) => {
+                return Err(bad(format!("input {x:?} is not (B', {h}, N, d)")))
+            }
+            (Tokens::Rows, &[g, n, f]) => (g, n, f),
+            (Tokens::Rows, [lead @ .., f]) => (lead.iter().product(), 1, *f),
+            (Tokens::Rows, []) => return Err(bad("a scalar input".into())),
+        };
+        if features != k {
+            return Err(bad(format!(
+                "input {x:?} has {features} features, the weight {k}"
+            )));
+        }
+        match self.output {
+            Tokens::Heads(h)
+                if h == 0
+                    || !o.is_multiple_of(h)
+                    || (x.len() != 3 && self.input == Tokens::Rows) =>
+            {
+                Err(bad(format!(
+                    "{o} outputs of input {x:?} cannot split into {h} heads"
+                )))
+            }
+            _ => Ok(Geom {
+                groups,
+                tokens,
+                k,
+                o,
+            }),
+        }
+    }
+
+    fn out_shape(&self, x: &[usize], g: Geom) -> Shape {
+        match (self.output, self.input) {
+            (Tokens::Heads(h), _) => Shape::from((g.groups, h, g.tokens, g.o / h)),
+            (Tokens::Rows, Tokens::Heads(_)) => Shape::from((g.groups, g.tokens, g.o)),
+            (Tokens::Rows, Tokens::Rows) => {
+                let mut dims = x.to_vec();
+                if let Some(last) = dims.last_mut() {
+                    *last = g.o;
+                }
+                Shape::from(dims)
+            }
+        }
+    }
+}
+
+/// The products use every thread, as candle's matmul does.
+fn parallelism() -> Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => Parallelism::None,
+        t => Parallelism::Rayon(t),
+    }
+}
+
+/// (groups, heads, tokens, d) -> (groups, tokens, heads * d).
+fn heads_to_rows(src: &[f32], g: Geom, heads: usize, f: usize) -> Vec<f32> {
+    let d = f / heads;
+    let mut out = vec![0f32; src.len()];
+    out.par_chunks_mut(g.tokens * f)
+        .zip(src.par_chunks(g.tokens * f))
+        .for_each(|(rows, group)| {
+            for (n, row) in rows.chunks_mut(f).enumerate() {
+                for (h, part) in row.chunks_mut(d).enumerate() {
+                    part.copy_from_slice(&group[(h * g.tokens + n) * d..][..d]);
+                }
+            }
+        });
+    out
+}
+
+/// (groups, tokens, heads * d) -> (groups, heads, tokens, d).
+fn rows_to_heads(src: &[f32], g: Geom, heads: usize, f: usize) -> Vec<f32> {
+    let d = f / heads;
+    let mut out = vec![0f32; src.len()];
+    out.par_chunks_mut(g.tokens * f)
+        .zip(src.par_chunks(g.tokens * f))
+        .for_each(|(group, rows)| {
+            for (n, row) in rows.chunks(f).enumerate() {
+                for (h, part) in row.chunks(d).enumerate() {
+                    group[(h * g.tokens + n) * d..][..d].copy_from_slice(part);
+                }
+            }
+        });
+    out
+}
+
+/// The rows of `data` (laid out as `side`, `f` features per token) as a (rows, f) matrix.
+fn as_rows(data: &[f32], side: Tokens, g: Geom, f: usize) -> Cow<'_, [f32]> {
+    match side {
+        Tokens::Rows => Cow::Borrowed(data),
+        Tokens::Heads(h) => Cow::Owned(heads_to_rows(data, g, h, f)),
+    }
+}
+
+/// A (rows, f) matrix laid out as `side`.
+fn from_rows(rows: Vec<f32>, side: Tokens, g: Geom, f: usize) -> Vec<f32> {
+    match side {
+        Tokens::Rows => rows,
+        Tokens::Heads(h) => rows_to_heads(&rows, g, h, f),
+    }
+}
+
+impl CustomOp3 for TokenLinear {
+    fn name(&self) -> &'static str {
+        "ifp-token-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.geom(l1.dims(), l2.dims())?;
+        let x = f32_slice(s1, l1, self.name())?;
+        let w = f32_slice(s2, l2, self.name())?;
+        let b = f32_slice(s3, l3, self.name())?;
+        if b.len() != g.o {
+            return Err(candle_core::Error::Msg(format!(
+                "token linear: {} biases for {} outputs",
+                b.len(),
+                g.o
+            )));
+        }
+        let xm = as_rows(x, self.input, g, g.k);
+        // y (rows, o) = bias + x (rows, k) W^T (k, o); W (o, k) is W^T stored transposed.
+        let mut y = b.repeat(g.rows());
+        let (xa, wa) = (
+            Mat {
+                data: &xm,
+                transposed: false,
+            },
+            Mat {
+                data: w,
+                transposed: true,
+            },
+        );
+        matmul(&mut y, xa, wa, g.rows(), g.o, g.k, true, parallelism());
+        let out = from_rows(y, self.output, g, g.o);
+        Ok((CpuStorage::F32(out), self.out_shape(l1.dims(), g)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let backward = TokenLinearBackward {
+            input: self.input,
+            output: self.output,
+        };
+        let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &backward)?;
+        let mut parts = unpack(&packed, &[x.shape(), w.shape(), b.shape()])?.into_iter();
+        Ok((parts.next(), parts.next(), parts.next()))
+    }
+}
+
+/// (x, W, dy) -> [dx, dW, db] flattened: `dx = dy W`, `dW = dy^T x`, `db = sum(dy)` over rows.
+struct TokenLinearBackward {
+    input: Tokens,
+    output: Tokens,
+}
+
+impl CustomOp3 for TokenLinearBackward {
+    fn name(&self) -> &'static str {
+        "ifp-token-linear-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = TokenLinear {
+            input: self.input,
+            output: self.output,
+        };
+        let g = op.geom(l1.dims(), l2.dims())?;
+        let x = f32_slice(s1, l1, self.name())?;
+        let w = f32_slice(s2, l2, self.name())?;
+        let dy = f32_slice(s3, l3, self.name())?;
+        let (rows, par) = (g.rows(), parallelism());
+        let dym = as_rows(dy, self.output, g, g.o);
+        let xm = as_rows(x, self.input, g, g.k);
+        let dya = Mat {
+            data: &dym,
+            transposed: false,
+        };
+        // dx (rows, k) = dy (rows, o) W (o, k)
+        let mut dx = vec![0f32; rows * g.k];
+        let wa = Mat {
+            data: w,
+            transposed: false,
+        };
+        matmul(&mut dx, dya, wa, rows, g.k, g.o, false, par);
+        let mut out = from_rows(dx, self.input, g, g.k);
+        // dW (o, k) = dy^T (o, rows) x (rows, k)
+        let mut dw = vec![0f32; g.o * g.k];
+        let (dyt, xa) = (
+            Mat {
+                data: &dym,
+                transposed: true,
+            },
+            Mat {
+                data: &xm,
+                transposed: false,
+            },
+        );
+        matmul(&mut dw, dyt, xa, g.o, g.k, rows, false, par);
+        out.extend_from_slice(&dw);
+        out.extend_from_slice(&column_sums(&dym, g.o));
+        let n = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+}
+
+/// Where [`linear`] runs as one op: float32 on the CPU without autocast (the composed version
+/// multiplies in the autocast dtype). On CUDA it is the composed version.
+pub fn linear_applies(x: &Tensor) -> bool {
+    amp::low_dtype().is_none() && kernel_applies(x, None, &[])
+}
+
+/// `x W^T + b` over the last dimension: x laid out as `input`, the result as `output`
+/// ([`Tokens`]); weight `(out, in)`, bias `(out)`. One op where [`linear_applies`], else
+/// [`linear_composed`].
+pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, input: Tokens, output: Tokens) -> Result<Tensor> {
+    if !(linear_applies(x) && w.dtype() == x.dtype() && b.dtype() == x.dtype()) {
+        return linear_composed(x, w, b, input, output);
+    }
+    let op = TokenLinear { input, output };
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, op)
+}
+
+/// [`linear`] from tensor ops (any device and dtype; the product under autocast).
+pub fn linear_composed(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    input: Tokens,
+    output: Tokens,
+) -> Result<Tensor> {
+    // (B', heads, N, d) -> (B', N, heads * d)
+    let x = match input {
+        Tokens::Rows => x.clone(),
+        Tokens::Heads(_) => {
+            let (g, h, n, d) = x.dims4()?;
+            x.transpose(1, 2)?.reshape((g, n, h * d))?
+        }
+    };
+    let mut dims = x.dims().to_vec();
+    let k = dims
+        .pop()
+        .ok_or_else(|| candle_core::Error::Msg("token linear: a scalar input".into()))?;
+    let rows: usize = dims.iter().product();
+    let o = w.dim(0)?;
+    let y = super::add_bias(&amp::matmul(&x.reshape((rows, k))?, &w.t()?)?, b)?;
+    match output {
+        Tokens::Rows => {
+            dims.push(o);
+            y.reshape(dims)
+        }
+        // (B', N, heads, d) -> (B', heads, N, d)
+        Tokens::Heads(h) => {
+            let (g, n, _) = x.dims3()?;
+            y.reshape((g, n, h, o / h))?.transpose(1, 2)?.contiguous()
+        }
+    }
+}
