@@ -3,20 +3,23 @@
 //! with the attention's bias and mask added inside (`softmax`), exact (erf) GELU (`gelu`), the
 //! addition of a tensor repeated over the leading dimensions (`bias`: biases, the relative
 //! position bias, the modulator), the linear layer, also to and from the attention's head
-//! layout (`linear`), and the LeFF's depthwise convolution, channels last (`dwconv`). Composed from
-//! tensor ops each costs several graph nodes with a full-size buffer per node in the backward
-//! (candle zero-fills every gradient first), and candle reduces a broadcast gradient over
-//! leading dimensions with a slow strided loop; these run on every token of every block.
+//! layout (`linear`), the LeFF's depthwise convolution, channels last (`dwconv`), and the
+//! whole window attention from packed q, k, v (`attention`). Composed from tensor ops each
+//! costs several graph nodes with a full-size buffer per node in the backward (candle
+//! zero-fills every gradient first), and candle reduces a broadcast gradient over leading
+//! dimensions with a slow strided loop; these run on every token of every block.
+//!
 //! float32 on the CPU, and on CUDA (`cuda/token.cu`) where `IFP_CUDA_FUSED` turns on `token`;
 //! [`layer_norm`], [`softmax`], [`gelu`] and [`add_bias`] fall back to the composed versions
-//! elsewhere, which are also what the tests compare them with. [`linear`], [`depthwise`] and
-//! [`biased_softmax`] are CPU ops only (no CUDA version yet): elsewhere they are their composed
-//! versions, which are the paths the network took before them. Like the other kernels, the
-//! per-row loops are compiled for AVX2+FMA as well as the baseline and picked at run time, with
-//! the vectorisable `math::erf`/`math::exp`.
+//! elsewhere, which are also what the tests compare them with. [`linear`], [`depthwise`],
+//! [`biased_softmax`] and [`window_attention`] are CPU ops only (no CUDA version yet):
+//! elsewhere they are their composed versions, which are the paths the network took before
+//! them. Like the other kernels, the per-row loops are compiled for AVX2+FMA as well as the
+//! baseline and picked at run time, with the vectorisable `math::erf`/`math::exp`.
 
 use rayon::prelude::*;
 
+mod attention;
 mod bias;
 mod dwconv;
 mod gelu;
@@ -24,6 +27,7 @@ mod linear;
 mod norm;
 mod softmax;
 
+pub use attention::{window_attention, window_attention_applies, window_attention_composed};
 pub use bias::add_bias;
 pub use dwconv::{depthwise, depthwise_applies, depthwise_composed};
 pub use gelu::gelu;

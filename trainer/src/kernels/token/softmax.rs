@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use super::bias::column_sums;
 use super::{map_rows, rows_per_task};
 use crate::kernels::math::exp;
-use crate::kernels::{f32_slice, fused_applies, kernel_applies, unpack, CudaKernel};
+use crate::kernels::{dot_inline, f32_slice, fused_applies, kernel_applies, unpack, CudaKernel};
 
 struct SoftmaxOp {
     n: usize,
@@ -60,34 +60,47 @@ fn softmax_rows(o: &mut [f32], xs: &[f32], n: usize) {
     }
 }
 
-/// Softmax of whole rows of `n` values of `xs + bs`, `bs` holding one row of bias per row.
+/// `p = softmax(p + bias)` over rows of `n` values, in place; `bias` holds one row per row of
+/// `p`.
 #[multiversion(targets("x86_64+avx+avx2+fma"))]
-fn biased_softmax_rows(o: &mut [f32], xs: &[f32], bs: &[f32], n: usize) {
-    for ((orow, xrow), brow) in o.chunks_mut(n).zip(xs.chunks(n)).zip(bs.chunks(n)) {
+pub(super) fn biased_softmax_in_place(p: &mut [f32], bias: &[f32], n: usize) {
+    for (prow, brow) in p.chunks_exact_mut(n).zip(bias.chunks_exact(n)) {
         let mut max = f32::NEG_INFINITY;
-        for ((a, x), b) in orow.iter_mut().zip(xrow).zip(brow) {
-            *a = x + b;
+        for (a, b) in prow.iter_mut().zip(brow) {
+            *a += b;
             max = max.max(*a);
         }
         let mut sum = 0f32;
-        for a in orow.iter_mut() {
+        for a in prow.iter_mut() {
             *a = exp(*a - max);
             sum += *a;
         }
         let inv = 1.0 / sum;
-        orow.iter_mut().for_each(|a| *a *= inv);
+        prow.iter_mut().for_each(|a| *a *= inv);
     }
 }
 
-/// `dx = y * (dy - sum(dy * y))` of whole rows of `n` values.
+/// `g = y * (g - sum(g * y))` over rows of `n` values, in place: `g` holds the softmax output's
+/// gradient on entry and its input's on return; `y` is the output.
 #[multiversion(targets("x86_64+avx+avx2+fma"))]
-fn softmax_backward_rows(o: &mut [f32], ys: &[f32], dys: &[f32], n: usize) {
-    for ((orow, yrow), dyrow) in o.chunks_mut(n).zip(ys.chunks(n)).zip(dys.chunks(n)) {
-        let dot: f32 = yrow.iter().zip(dyrow).map(|(a, b)| a * b).sum();
-        for i in 0..n {
-            orow[i] = yrow[i] * (dyrow[i] - dot);
+pub(super) fn softmax_backward_in_place(g: &mut [f32], ys: &[f32], n: usize) {
+    for (grow, yrow) in g.chunks_exact_mut(n).zip(ys.chunks_exact(n)) {
+        let dot = dot_inline(grow, yrow);
+        for (a, &y) in grow.iter_mut().zip(yrow) {
+            *a = y * (*a - dot);
         }
     }
+}
+
+/// The input's gradient of a softmax over rows of `n` values from its output and the output's
+/// gradient, rows in parallel.
+fn softmax_backward(y: &[f32], dy: &[f32], n: usize) -> Vec<f32> {
+    let mut out = dy.to_vec();
+    let task = rows_per_task(n) * n;
+    out.par_chunks_mut(task)
+        .zip(y.par_chunks(task))
+        .for_each(|(g, ys)| softmax_backward_in_place(g, ys, n));
+    out
 }
 
 /// (y, dy) -> `dx = y * (dy - sum(dy * y))` per row.
@@ -109,12 +122,7 @@ impl CustomOp2 for SoftmaxBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let y = f32_slice(s1, l1, self.name())?;
         let dy = f32_slice(s2, l2, self.name())?;
-        let n = self.n;
-        let mut out = vec![0f32; y.len()];
-        let task = rows_per_task(n) * n;
-        out.par_chunks_mut(task)
-            .zip(y.par_chunks(task).zip(dy.par_chunks(task)))
-            .for_each(|(o, (ys, dys))| softmax_backward_rows(o, ys, dys, n));
+        let out = softmax_backward(y, dy, self.n);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -165,14 +173,11 @@ impl CustomOp2 for BiasedSoftmax {
             .map(|r| r * n)
             .find(|t| k.is_multiple_of(*t));
         let task = task.unwrap_or(n);
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(task)
-            .zip(x.par_chunks(task))
-            .enumerate()
-            .for_each(|(i, (o, xs))| {
-                let at = (i * task) % k;
-                biased_softmax_rows(o, xs, &b[at..at + task], n)
-            });
+        let mut out = x.to_vec();
+        out.par_chunks_mut(task).enumerate().for_each(|(i, o)| {
+            let at = (i * task) % k;
+            biased_softmax_in_place(o, &b[at..at + task], n)
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -216,12 +221,7 @@ impl CustomOp2 for BiasedSoftmaxBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let y = f32_slice(s1, l1, self.name())?;
         let dy = f32_slice(s2, l2, self.name())?;
-        let n = self.n;
-        let mut out = vec![0f32; y.len()];
-        let task = rows_per_task(n) * n;
-        out.par_chunks_mut(task)
-            .zip(y.par_chunks(task).zip(dy.par_chunks(task)))
-            .for_each(|(o, (ys, dys))| softmax_backward_rows(o, ys, dys, n));
+        let mut out = softmax_backward(y, dy, self.n);
         let db = column_sums(&out, self.k);
         out.extend_from_slice(&db);
         let len = out.len();

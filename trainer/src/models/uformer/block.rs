@@ -155,6 +155,19 @@ impl LinearProjection {
     }
 }
 
+impl LinearProjection {
+    /// (B', N, C) -> q, k and v packed as (B', 3 * heads, N, C/heads) by one product with the
+    /// stacked weights, q scaled as in [`LinearProjection::forward`].
+    fn forward_packed(&self, x: &Tensor, q_scale: f64) -> Result<Tensor> {
+        let w = Tensor::cat(
+            &[(&self.to_q.weight * q_scale)?, self.to_kv.weight.clone()],
+            0,
+        )?;
+        let b = Tensor::cat(&[(&self.to_q.bias * q_scale)?, self.to_kv.bias.clone()], 0)?;
+        kernels::linear(x, &w, &b, Tokens::Rows, Tokens::Heads(3 * self.heads))
+    }
+}
+
 /// `WindowAttention`: multi-head self-attention inside each window, with a learned relative
 /// position bias per head.
 struct WindowAttention {
@@ -202,15 +215,13 @@ impl WindowAttention {
     // (B*nW, N, C), mask (nW, N, N) -> (B*nW, N, C)
     fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let n = x.dim(1)?;
-        let (q, k, v) = self.qkv.forward(x, self.scale)?;
         // (T, heads) -> (N*N, heads) -> (heads, N, N)
         let bias = self
             .relative_position_bias_table
             .index_select(&self.index, 0)?
             .reshape((n, n, self.heads))?
             .permute((2, 0, 1))?;
-        let attn = amp::matmul(&q, &k.t()?)?; // (B*nW, heads, N, N)
-                                              // The bias (and the mask, repeated over the images) added inside the softmax.
+        // The bias (and the mask, repeated over the images) added to the logits.
         let extra = match mask {
             Some(m) => {
                 let nw = m.dim(0)?;
@@ -220,9 +231,16 @@ impl WindowAttention {
             }
             None => bias,
         };
-        let attn = kernels::biased_softmax(&attn, &extra)?;
+        // (B*nW, heads, N, d)
+        let out = if kernels::window_attention_applies(x) {
+            let qkv = self.qkv.forward_packed(x, self.scale)?;
+            kernels::window_attention(&qkv, &extra, self.heads)?
+        } else {
+            let (q, k, v) = self.qkv.forward(x, self.scale)?;
+            let attn = amp::matmul(&q, &k.t()?)?; // (B*nW, heads, N, N)
+            amp::matmul(&kernels::biased_softmax(&attn, &extra)?, &v)?
+        };
         // (B*nW, heads, N, d) -> (B*nW, N, C)
-        let out = amp::matmul(&attn, &v)?;
         self.proj
             .forward_tokens(&out, Tokens::Heads(self.heads), Tokens::Rows)
     }

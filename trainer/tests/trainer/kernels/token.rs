@@ -205,3 +205,41 @@ fn biased_softmax_matches_composed() {
     let e = token::biased_softmax(x.as_tensor(), b.as_tensor()).expect_err("8 into 12 values");
     assert!(e.to_string().contains("[8]"), "{e}");
 }
+
+/// The window attention (`token::window_attention`): q, k, v packed per window, the bias of one
+/// head set, of several windows repeated over the images (the shift mask's case), odd sizes
+/// and a single token.
+#[test]
+fn window_attention_matches_composed() {
+    let dev = common::test_device();
+    // (windows, heads, tokens, head width, bias shape)
+    let cases: &[(usize, usize, usize, usize, &[usize])] = &[
+        (6, 2, 16, 8, &[2, 16, 16]),
+        (8, 1, 16, 8, &[4, 1, 16, 16]),
+        (3, 3, 5, 7, &[3, 5, 5]),
+        (2, 4, 9, 3, &[2, 4, 9, 9]),
+        (4, 2, 1, 5, &[2, 1, 1]),
+    ];
+    for &(windows, heads, n, d, bshape) in cases {
+        let qkv = rounded_var(DType::F32, 1.0, (windows, 3 * heads, n, d), &dev);
+        let bias = rounded_var(DType::F32, 1.0, bshape, &dev);
+        assert_eq!(
+            token::window_attention_applies(qkv.as_tensor()),
+            dev.is_cpu(),
+            "one op on the CPU only ({dev:?})"
+        );
+        let (qt, bt) = (qkv.as_tensor(), bias.as_tensor());
+        compare_with_grads(
+            &format!("window attention {windows}x{heads}x{n}x{d} + {bshape:?}"),
+            &[&qkv, &bias],
+            || token::window_attention(qt, bt, heads).expect("fast"),
+            || token::window_attention_composed(qt, bt, heads).expect("slow"),
+            BIAS_SUM,
+        );
+    }
+    let qkv = rounded_var(DType::F32, 1.0, (2, 6, 4, 3), &dev);
+    let bias = rounded_var(DType::F32, 1.0, (3, 4, 4), &dev);
+    let e = token::window_attention(qkv.as_tensor(), bias.as_tensor(), 2)
+        .expect_err("a bias for 3 heads against 2");
+    assert!(e.to_string().contains("48"), "{e}");
+}
