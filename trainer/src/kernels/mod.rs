@@ -79,6 +79,40 @@ pub(crate) fn dot_inline(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// The sum of `a` with eight independent partial sums (see [`dot_inline`]), inlined into its
+/// caller.
+#[inline(always)]
+pub(crate) fn sum_inline(a: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = a.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for x in chunks {
+        for l in 0..8 {
+            acc[l] += x[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// The largest value of `a` (negative infinity for none), eight lanes at a time so that the
+/// loop vectorises; the maximum is exact in any order. Inlined into its caller.
+#[inline(always)]
+pub(crate) fn max_inline(a: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let chunks = a.chunks_exact(8);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for x in chunks {
+        for l in 0..8 {
+            acc[l] = acc[l].max(x[l]);
+        }
+    }
+    acc.iter().copied().fold(tail, f32::max)
+}
+
 /// The tensors a backward op packed one after another into its single flat output (a custom op
 /// has one output, so several gradients travel in one buffer), each reshaped to its shape.
 pub(crate) fn unpack(packed: &Tensor, shapes: &[&candle_core::Shape]) -> Result<Vec<Tensor>> {

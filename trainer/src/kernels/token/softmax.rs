@@ -10,7 +10,10 @@ use rayon::prelude::*;
 use super::bias::column_sums;
 use super::{map_rows, rows_per_task};
 use crate::kernels::math::exp;
-use crate::kernels::{dot_inline, f32_slice, fused_applies, kernel_applies, unpack, CudaKernel};
+use crate::kernels::{
+    dot_inline, f32_slice, fused_applies, kernel_applies, max_inline, sum_inline, unpack,
+    CudaKernel,
+};
 
 struct SoftmaxOp {
     n: usize,
@@ -64,18 +67,13 @@ fn softmax_rows(o: &mut [f32], xs: &[f32], n: usize) {
 /// `p`.
 #[multiversion(targets("x86_64+avx+avx2+fma"))]
 pub(super) fn biased_softmax_in_place(p: &mut [f32], bias: &[f32], n: usize) {
+    // Separate passes with lane-wise reductions: a running max or sum inside the exp loop
+    // would keep that loop (and its exp) scalar.
     for (prow, brow) in p.chunks_exact_mut(n).zip(bias.chunks_exact(n)) {
-        let mut max = f32::NEG_INFINITY;
-        for (a, b) in prow.iter_mut().zip(brow) {
-            *a += b;
-            max = max.max(*a);
-        }
-        let mut sum = 0f32;
-        for a in prow.iter_mut() {
-            *a = exp(*a - max);
-            sum += *a;
-        }
-        let inv = 1.0 / sum;
+        prow.iter_mut().zip(brow).for_each(|(a, b)| *a += b);
+        let max = max_inline(prow);
+        prow.iter_mut().for_each(|a| *a = exp(*a - max));
+        let inv = 1.0 / sum_inline(prow);
         prow.iter_mut().for_each(|a| *a *= inv);
     }
 }
