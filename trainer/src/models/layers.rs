@@ -118,21 +118,26 @@ impl Conv2d {
         .then_some(&self.weight)
     }
 
-    /// The convolution of tokens `(B, H*W, C)` in rows of `w` pixels, channels last, as
-    /// Uformer's LeFF uses it: a depthwise convolution with a bias is one op where
-    /// `token::depthwise_applies`; otherwise the tokens go through [`Module::forward`] as
-    /// `(B, C, H, W)` and back.
-    pub fn forward_tokens(&self, x: &Tensor, w: usize) -> Result<Tensor> {
+    /// The convolution of tokens `(B, H*W, C)` in rows of `w` pixels, channels last, then the
+    /// exact GELU with `gelu`, as Uformer's LeFF uses it: a depthwise convolution with a bias
+    /// is one op (the GELU included) where `token::depthwise_applies`; otherwise the tokens go
+    /// through [`Module::forward`] as `(B, C, H, W)` and back.
+    pub fn forward_tokens(&self, x: &Tensor, w: usize, gelu: bool) -> Result<Tensor> {
         if let (true, Some(bias)) = (self.depthwise, &self.bias) {
             if kernels::token::depthwise_applies(x) {
-                return kernels::token::depthwise(x, &self.weight, bias, w);
+                return kernels::token::depthwise(x, &self.weight, bias, w, gelu);
             }
         }
         let (b, l, c) = x.dims3()?;
         let planes = x.transpose(1, 2)?.reshape((b, c, l / w.max(1), w))?;
         let y = self.forward(&planes)?;
         let o = y.dim(1)?;
-        y.reshape((b, o, l))?.transpose(1, 2)
+        let y = y.reshape((b, o, l))?.transpose(1, 2)?;
+        if gelu {
+            kernels::token::gelu(&y)
+        } else {
+            Ok(y)
+        }
     }
 
     /// The kernel size k (k x k).

@@ -14,6 +14,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use multiversion::multiversion;
 use rayon::prelude::*;
 
+use super::gelu::{gelu_grad, gelu_in_place};
 use super::rows_per_task;
 use crate::kernels::{f32_slice, kernel_applies, unpack, Activation};
 
@@ -113,15 +114,18 @@ fn conv_row(out: &mut [f32], img: &[f32], taps: &[f32], bias: Option<&[f32]>, y:
     }
 }
 
-/// The convolution of all images, rows in parallel.
-fn convolve(x: &[f32], taps: &[f32], bias: Option<&[f32]>, g: Geom) -> Vec<f32> {
+/// The convolution of all images, rows in parallel, each row then through a GELU with `gelu`.
+fn convolve(x: &[f32], taps: &[f32], bias: Option<&[f32]>, gelu: bool, g: Geom) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
     out.par_chunks_mut(g.image())
         .zip(x.par_chunks(g.image()))
         .for_each(|(oi, img)| {
-            oi.par_chunks_mut(g.row())
-                .enumerate()
-                .for_each(|(y, row)| conv_row(row, img, taps, bias, y, g));
+            oi.par_chunks_mut(g.row()).enumerate().for_each(|(y, row)| {
+                conv_row(row, img, taps, bias, y, g);
+                if gelu {
+                    gelu_in_place(row);
+                }
+            });
         });
     out
 }
@@ -191,9 +195,11 @@ fn weight_grad(x: &[f32], dy: &[f32], g: Geom) -> Vec<f32> {
     out
 }
 
-/// `(x, weight, bias)`: the convolution of tokens in rows of `w` pixels.
+/// `(x, weight, bias)`: the convolution of tokens in rows of `w` pixels, then a GELU with
+/// `gelu`.
 struct TokenDepthwise {
     w: usize,
+    gelu: bool,
 }
 
 impl CustomOp3 for TokenDepthwise {
@@ -221,7 +227,7 @@ impl CustomOp3 for TokenDepthwise {
                 g.c
             )));
         }
-        let out = convolve(x, &taps(weight, g, false), Some(bias), g);
+        let out = convolve(x, &taps(weight, g, false), Some(bias), self.gelu, g);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -233,8 +239,19 @@ impl CustomOp3 for TokenDepthwise {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // Behind a GELU, the gradient at the convolution's output, which is recomputed (nine
+        // products per value) rather than kept.
+        let grad = if self.gelu {
+            let plain = TokenDepthwise {
+                w: self.w,
+                gelu: false,
+            };
+            gelu_grad(&x.apply_op3_no_bwd(weight, bias, &plain)?, grad)?
+        } else {
+            grad.contiguous()?
+        };
         let backward = TokenDepthwiseBackward { w: self.w };
-        let packed = x.apply_op3_no_bwd(weight, &grad.contiguous()?, &backward)?;
+        let packed = x.apply_op3_no_bwd(weight, &grad, &backward)?;
         let shapes = [x.shape(), weight.shape(), bias.shape()];
         let mut parts = unpack(&packed, &shapes)?.into_iter();
         Ok((parts.next(), parts.next(), parts.next()))
@@ -264,7 +281,7 @@ impl CustomOp3 for TokenDepthwiseBackward {
         let x = f32_slice(s1, l1, self.name())?;
         let weight = f32_slice(s2, l2, self.name())?;
         let dy = f32_slice(s3, l3, self.name())?;
-        let mut out = convolve(dy, &taps(weight, g, true), None, g);
+        let mut out = convolve(dy, &taps(weight, g, true), None, false, g);
         out.extend_from_slice(&weight_grad(x, dy, g));
         let n = out.len();
         Ok((CpuStorage::F32(out), Shape::from(n)))
@@ -278,23 +295,37 @@ pub fn depthwise_applies(x: &Tensor) -> bool {
 }
 
 /// The depthwise "same" convolution plus bias of tokens `(B, H*W, C)` laid out in rows of `w`
-/// pixels: weight `(C, 1, k, k)` (k odd), bias `(C)` -> `(B, H*W, C)`. One op where
-/// [`depthwise_applies`], else [`depthwise_composed`].
-pub fn depthwise(x: &Tensor, weight: &Tensor, bias: &Tensor, w: usize) -> Result<Tensor> {
+/// pixels: weight `(C, 1, k, k)` (k odd), bias `(C)` -> `(B, H*W, C)`; followed by the exact
+/// GELU with `gelu` (the LeFF's). One op where [`depthwise_applies`], else
+/// [`depthwise_composed`].
+pub fn depthwise(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    w: usize,
+    gelu: bool,
+) -> Result<Tensor> {
     let float32 = [weight, bias].iter().all(|t| t.dtype() == x.dtype());
     if !(depthwise_applies(x) && float32) {
-        return depthwise_composed(x, weight, bias, w);
+        return depthwise_composed(x, weight, bias, w, gelu);
     }
     x.contiguous()?.apply_op3(
         &weight.contiguous()?,
         &bias.contiguous()?,
-        TokenDepthwise { w },
+        TokenDepthwise { w, gelu },
     )
 }
 
 /// [`depthwise`] through the channels-first convolution (any device and dtype): the tokens
-/// transposed to `(B, C, H, W)`, `kernels::depthwise` and its bias, and transposed back.
-pub fn depthwise_composed(x: &Tensor, weight: &Tensor, bias: &Tensor, w: usize) -> Result<Tensor> {
+/// transposed to `(B, C, H, W)`, `kernels::depthwise` and its bias, transposed back, then
+/// [`super::gelu`] with `gelu`.
+pub fn depthwise_composed(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    w: usize,
+    gelu: bool,
+) -> Result<Tensor> {
     let (b, l, c) = x.dims3()?;
     let k = weight.dim(3)?;
     if w == 0 || !l.is_multiple_of(w) {
@@ -304,7 +335,12 @@ pub fn depthwise_composed(x: &Tensor, weight: &Tensor, bias: &Tensor, w: usize) 
     }
     let planes = x.transpose(1, 2)?.reshape((b, c, l / w, w))?;
     let y = crate::kernels::depthwise(&planes, weight, k)?;
-    crate::kernels::bias_act(&y, bias, Activation::Identity)?
+    let y = crate::kernels::bias_act(&y, bias, Activation::Identity)?
         .reshape((b, c, l))?
-        .transpose(1, 2)
+        .transpose(1, 2)?;
+    if gelu {
+        super::gelu(&y)
+    } else {
+        Ok(y)
+    }
 }

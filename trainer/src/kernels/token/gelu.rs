@@ -34,10 +34,7 @@ impl CustomOp1 for GeluOp {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let dx = arg
-            .contiguous()?
-            .apply_op2_no_bwd(&grad.contiguous()?, &GeluBackward)?;
-        Ok(Some(dx))
+        Ok(Some(gelu_grad(arg, grad)?))
     }
 }
 
@@ -77,26 +74,48 @@ impl CustomOp2 for GeluBackward {
     }
 }
 
+/// `x Phi(x)`.
+#[inline(always)]
+fn value(v: f32) -> f32 {
+    0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// `Phi(x) + x phi(x)`, the derivative of `x Phi(x)`.
+#[inline(always)]
+fn slope(v: f32) -> f32 {
+    // 1 / sqrt(2 pi)
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    // exp(-u^2) with u = x / sqrt(2) serves both the erf and the density.
+    let u = v * std::f32::consts::FRAC_1_SQRT_2;
+    let e = exp(-(u * u));
+    let cdf = 0.5 * (1.0 + erf_given_exp(u, e));
+    cdf + v * (INV_SQRT_2PI * e)
+}
+
 /// `x Phi(x)` over one chunk.
 #[multiversion(targets("x86_64+avx+avx2+fma"))]
 fn gelu_chunk(o: &mut [f32], xs: &[f32]) {
-    for (a, &v) in o.iter_mut().zip(xs) {
-        *a = 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
-    }
+    o.iter_mut().zip(xs).for_each(|(a, &v)| *a = value(v));
+}
+
+/// `x Phi(x)` in place, for ops that end in a GELU.
+#[multiversion(targets("x86_64+avx+avx2+fma"))]
+pub(super) fn gelu_in_place(x: &mut [f32]) {
+    x.iter_mut().for_each(|a| *a = value(*a));
 }
 
 /// `dy (Phi(x) + x phi(x))` over one chunk.
 #[multiversion(targets("x86_64+avx+avx2+fma"))]
 fn gelu_backward_chunk(o: &mut [f32], xs: &[f32], dys: &[f32]) {
-    // 1 / sqrt(2 pi)
-    const INV_SQRT_2PI: f32 = 0.398_942_3;
     for ((a, &v), &g) in o.iter_mut().zip(xs).zip(dys) {
-        // exp(-u^2) with u = x / sqrt(2) serves both the erf and the density.
-        let u = v * std::f32::consts::FRAC_1_SQRT_2;
-        let e = exp(-(u * u));
-        let cdf = 0.5 * (1.0 + erf_given_exp(u, e));
-        *a = g * (cdf + v * (INV_SQRT_2PI * e));
+        *a = g * slope(v);
     }
+}
+
+/// The input's gradient of a GELU of `x` from the output's gradient `dy` (no graph).
+pub(super) fn gelu_grad(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2_no_bwd(&dy.contiguous()?, &GeluBackward)
 }
 
 /// Exact (erf) GELU, as `nn.GELU()`.

@@ -269,7 +269,7 @@ impl Module for LeFF {
         let h = side(x.dim(1)?)?;
         // (B, H*W, hidden), the convolution over the H x W grid channels last.
         let y = kernels::gelu(&self.linear1.forward(x)?)?;
-        let y = kernels::gelu(&self.dwconv.forward_tokens(&y, h)?)?;
+        let y = self.dwconv.forward_tokens(&y, h, true)?;
         self.linear2.forward(&y)
     }
 }

@@ -133,7 +133,8 @@ fn token_linear_matches_composed() {
     );
 }
 
-/// The LeFF's channels-last depthwise convolution with its bias (`token::depthwise`): odd
+/// The LeFF's channels-last depthwise convolution with its bias, alone and followed by the
+/// GELU (`token::depthwise`): odd
 /// sizes, one channel, one pixel, grids narrower than the kernel, a 5x5 kernel.
 #[test]
 fn token_depthwise_matches_composed() {
@@ -156,19 +157,27 @@ fn token_depthwise_matches_composed() {
             "one op on the CPU only ({dev:?})"
         );
         let (xt, wt, bt) = (x.as_tensor(), weight.as_tensor(), bias.as_tensor());
-        compare_with_grads(
-            &format!("token depthwise {b}x{h}x{w}x{c} k{k}"),
-            &[&x, &weight, &bias],
-            || token::depthwise(xt, wt, bt, w).expect("fast"),
-            || token::depthwise_composed(xt, wt, bt, w).expect("slow"),
-            BIAS_SUM,
-        );
+        for gelu in [false, true] {
+            compare_with_grads(
+                &format!("token depthwise {b}x{h}x{w}x{c} k{k} gelu {gelu}"),
+                &[&x, &weight, &bias],
+                || token::depthwise(xt, wt, bt, w, gelu).expect("fast"),
+                || token::depthwise_composed(xt, wt, bt, w, gelu).expect("slow"),
+                if gelu { GELU } else { BIAS_SUM },
+            );
+        }
     }
     let x = rounded_var(DType::F32, 1.0, (1, 10, 2), &dev);
     let weight = rounded_var(DType::F32, 1.0, (2, 1, 3, 3), &dev);
     let bias = rounded_var(DType::F32, 1.0, 2, &dev);
-    let e = token::depthwise(x.as_tensor(), weight.as_tensor(), bias.as_tensor(), 4)
-        .expect_err("10 tokens in rows of 4");
+    let e = token::depthwise(
+        x.as_tensor(),
+        weight.as_tensor(),
+        bias.as_tensor(),
+        4,
+        false,
+    )
+    .expect_err("10 tokens in rows of 4");
     assert!(e.to_string().contains("10 tokens"), "{e}");
 }
 
