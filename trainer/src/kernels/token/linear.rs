@@ -58,7 +58,7 @@ impl TokenLinear {
             return Err(bad(format!("weight {w:?} is not (out, in)")));
         };
         let (groups, tokens, features) = match (self.input, x) {
-            (Tokens::Heads(h), &[g, xh, n, d]) if xh == h => (g, n, h * d),
+            (Tokens::Heads(h), &[g, xh, n, d]) if xh == h && h > 0 => (g, n, h * d),
             (Tokens::Heads(h), _) => {
                 return Err(bad(format!("input {x:?} is not (B', {h}, N, d)")))
             }

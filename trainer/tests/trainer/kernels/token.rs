@@ -121,6 +121,14 @@ fn token_linear_matches_composed() {
             BIAS_SUM,
         );
     }
+    // For the op, zero heads is an error, not a division by zero.
+    let x = rounded_var(DType::F32, 1.0, (2, 0, 3, 4), &dev);
+    let w = rounded_var(DType::F32, 1.0, (4, 0), &dev);
+    let b = rounded_var(DType::F32, 1.0, 4, &dev);
+    if token::linear_applies(x.as_tensor()) {
+        let e = token::linear(x.as_tensor(), w.as_tensor(), b.as_tensor(), Heads(0), Rows);
+        assert!(e.is_err(), "zero heads accepted");
+    }
     // A weight that does not fit the input is an error naming both sizes.
     let x = rounded_var(DType::F32, 1.0, (2, 3, 5), &dev);
     let w = rounded_var(DType::F32, 1.0, (4, 6), &dev);
