@@ -22,9 +22,10 @@ pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result
     }
 }
 
-/// The valid output range `[lo, hi)` of positions `x` with `0 <= x + d < n`.
+/// The valid output range `[lo, hi)` of positions `x` with `0 <= x + d < n`. When it is empty,
+/// `lo + d` may lie outside the input: callers skip an empty range before indexing with it.
 #[inline]
-fn valid(n: usize, d: isize) -> (usize, usize) {
+pub(super) fn valid(n: usize, d: isize) -> (usize, usize) {
     let lo = (-d).max(0) as usize;
     let hi = ((n as isize) - d).clamp(0, n as isize) as usize;
     (lo.min(hi), hi)
@@ -45,11 +46,13 @@ pub(super) fn im2col_plane(rows: &mut [f32], plane: &[f32], k: usize, h: usize, 
             row[..y0 * w].fill(0.0);
             row[y1 * w..].fill(0.0);
             for y in y0..y1 {
-                let src = ((y as isize + dy) as usize) * w;
-                let s0 = (src as isize + x0 as isize + dx) as usize;
                 row[y * w..y * w + x0].fill(0.0);
-                row[y * w + x0..y * w + x1].copy_from_slice(&plane[s0..s0 + (x1 - x0)]);
                 row[y * w + x1..(y + 1) * w].fill(0.0);
+                if x0 < x1 {
+                    let src = ((y as isize + dy) as usize) * w;
+                    let s0 = (src as isize + x0 as isize + dx) as usize;
+                    row[y * w + x0..y * w + x1].copy_from_slice(&plane[s0..s0 + (x1 - x0)]);
+                }
             }
         }
     }
@@ -65,6 +68,9 @@ pub(super) fn col2im_plane(plane: &mut [f32], rows: &[f32], k: usize, h: usize, 
         for j in 0..k {
             let dx = j as isize - p;
             let (x0, x1) = valid(w, dx);
+            if x0 == x1 {
+                continue;
+            }
             let row = &rows[(i * k + j) * hw..(i * k + j + 1) * hw];
             for y in y0..y1 {
                 let dst = ((y as isize + dy) as usize) * w;
@@ -160,6 +166,9 @@ pub(super) struct Depthwise {
 fn shifted_axpy(out: &mut [f32], src: &[f32], wt: f32, h: usize, w: usize, dy: isize, dx: isize) {
     let (y0, y1) = valid(h, dy);
     let (x0, x1) = valid(w, dx);
+    if x0 == x1 {
+        return;
+    }
     for y in y0..y1 {
         let s0 = ((y as isize + dy) as usize) * w;
         let s = &src[(s0 as isize + x0 as isize + dx) as usize..][..x1 - x0];
@@ -349,6 +358,9 @@ fn weight_grad_plane(taps: &mut [f32], xp: &[f32], gp: &[f32], k: usize, h: usiz
         for j in 0..k {
             let dx = j as isize - p;
             let (x0, x1) = valid(w, dx);
+            if x0 == x1 {
+                continue;
+            }
             // Accumulate in f64 per tap: these are long sums.
             let mut acc = 0f64;
             for y in y0..y1 {

@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use super::gelu::{gelu_grad, gelu_in_place};
 use super::rows_per_task;
+use crate::kernels::conv::valid;
 use crate::kernels::{f32_slice, kernel_applies, unpack, Activation};
 
 /// The sizes of one call: `b` images of `h x w` pixels with `c` channels, a `k x k` kernel.
@@ -78,13 +79,6 @@ fn taps(weight: &[f32], g: Geom, flip: bool) -> Vec<f32> {
     t
 }
 
-/// The output columns `[lo, hi)` whose input column `x + d` lies inside `0..w`.
-fn valid(w: usize, d: isize) -> (usize, usize) {
-    let lo = (-d).max(0) as usize;
-    let hi = (w as isize - d).clamp(0, w as isize) as usize;
-    (lo, hi.max(lo))
-}
-
 /// One output row `y` of one image: `out = bias + sum over taps of tap * shifted input`.
 #[multiversion(targets("x86_64+avx+avx2+fma"))]
 fn conv_row(out: &mut [f32], img: &[f32], taps: &[f32], bias: Option<&[f32]>, y: usize, g: Geom) {
@@ -102,6 +96,9 @@ fn conv_row(out: &mut [f32], img: &[f32], taps: &[f32], bias: Option<&[f32]>, y:
         for j in 0..k {
             let d = j as isize - p;
             let (lo, hi) = valid(g.w, d);
+            if lo == hi {
+                continue;
+            }
             let tap = &taps[(i * k + j) * c..][..c];
             let shifted = (lo as isize + d) as usize;
             let dst = out[lo * c..hi * c].chunks_exact_mut(c);
@@ -150,6 +147,9 @@ fn weight_grad_row(acc: &mut [f32], img: &[f32], dy: &[f32], y: usize, g: Geom) 
         for j in 0..k {
             let d = j as isize - p;
             let (lo, hi) = valid(g.w, d);
+            if lo == hi {
+                continue;
+            }
             let a = &mut tap_acc[(i * k + j) * c..][..c];
             let shifted = (lo as isize + d) as usize;
             let grads = dy[lo * c..hi * c].chunks_exact(c);

@@ -154,6 +154,8 @@ fn token_depthwise_matches_composed() {
         (3, 1, 1, 4, 3),
         (1, 2, 9, 1, 3),
         (2, 6, 4, 5, 5),
+        // A 5x5 kernel wider than the grid: taps that reach no pixel at all.
+        (1, 2, 1, 2, 5),
     ];
     for (b, h, w, c, k) in cases {
         let x = rounded_var(DType::F32, 1.0, (b, h * w, c), &dev);
