@@ -17,10 +17,8 @@ impl CustomOp1 for GeluOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(o, xs)| gelu_chunk(o, xs));
+        let mut out = x.to_vec();
+        out.par_chunks_mut(CHUNK).for_each(gelu_in_place);
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -92,13 +90,7 @@ fn slope(v: f32) -> f32 {
     cdf + v * (INV_SQRT_2PI * e)
 }
 
-/// `x Phi(x)` over one chunk.
-#[multiversion(targets("x86_64+avx+avx2+fma"))]
-fn gelu_chunk(o: &mut [f32], xs: &[f32]) {
-    o.iter_mut().zip(xs).for_each(|(a, &v)| *a = value(v));
-}
-
-/// `x Phi(x)` in place, for ops that end in a GELU.
+/// `x Phi(x)` in place (the GELU op, and ops that end in a GELU).
 #[multiversion(targets("x86_64+avx+avx2+fma"))]
 pub(super) fn gelu_in_place(x: &mut [f32]) {
     x.iter_mut().for_each(|a| *a = value(*a));

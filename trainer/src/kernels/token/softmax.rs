@@ -27,7 +27,10 @@ impl CustomOp1 for SoftmaxOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
         let n = self.n;
-        let out = map_rows(x, n, |o, xs| softmax_rows(o, xs, n));
+        let out = map_rows(x, n, |o, xs| {
+            o.copy_from_slice(xs);
+            softmax_in_place(o, n)
+        });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -48,33 +51,29 @@ impl CustomOp1 for SoftmaxOp {
     }
 }
 
-/// Softmax of whole rows of `n` values.
+/// Softmax of one row in place, in separate passes with lane-wise reductions: a running max or
+/// sum inside the exp loop would keep that loop (and its exp) scalar.
+#[inline(always)]
+fn softmax_row(row: &mut [f32]) {
+    let max = max_inline(row);
+    row.iter_mut().for_each(|a| *a = exp(*a - max));
+    let inv = 1.0 / sum_inline(row);
+    row.iter_mut().for_each(|a| *a *= inv);
+}
+
+/// Softmax of whole rows of `n` values, in place.
 #[multiversion(targets("x86_64+avx+avx2+fma"))]
-fn softmax_rows(o: &mut [f32], xs: &[f32], n: usize) {
-    for (orow, xrow) in o.chunks_mut(n).zip(xs.chunks(n)) {
-        let max = xrow.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for (a, v) in orow.iter_mut().zip(xrow) {
-            *a = exp(v - max);
-            sum += *a;
-        }
-        let inv = 1.0 / sum;
-        orow.iter_mut().for_each(|a| *a *= inv);
-    }
+fn softmax_in_place(p: &mut [f32], n: usize) {
+    p.chunks_exact_mut(n).for_each(softmax_row);
 }
 
 /// `p = softmax(p + bias)` over rows of `n` values, in place; `bias` holds one row per row of
 /// `p`.
 #[multiversion(targets("x86_64+avx+avx2+fma"))]
 pub(super) fn biased_softmax_in_place(p: &mut [f32], bias: &[f32], n: usize) {
-    // Separate passes with lane-wise reductions: a running max or sum inside the exp loop
-    // would keep that loop (and its exp) scalar.
     for (prow, brow) in p.chunks_exact_mut(n).zip(bias.chunks_exact(n)) {
         prow.iter_mut().zip(brow).for_each(|(a, b)| *a += b);
-        let max = max_inline(prow);
-        prow.iter_mut().for_each(|a| *a = exp(*a - max));
-        let inv = 1.0 / sum_inline(prow);
-        prow.iter_mut().for_each(|a| *a *= inv);
+        softmax_row(prow);
     }
 }
 
