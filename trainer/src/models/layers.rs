@@ -128,11 +128,7 @@ impl Conv2d {
                 return kernels::token::depthwise(x, &self.weight, bias, w, gelu);
             }
         }
-        let (b, l, c) = x.dims3()?;
-        let planes = x.transpose(1, 2)?.reshape((b, c, l / w.max(1), w))?;
-        let y = self.forward(&planes)?;
-        let o = y.dim(1)?;
-        let y = y.reshape((b, o, l))?.transpose(1, 2)?;
+        let y = kernels::token::through_planes(x, w, |planes| self.forward(planes))?;
         if gelu {
             kernels::token::gelu(&y)
         } else {

@@ -316,6 +316,25 @@ pub fn depthwise(
     )
 }
 
+/// `f` applied to tokens `(B, H*W, C)` in rows of `w` pixels as planes `(B, C, H, W)`, its
+/// result `(B, O, H, W)` turned back into tokens `(B, H*W, O)`: how a channels-first
+/// convolution runs on tokens.
+pub fn through_planes(
+    x: &Tensor,
+    w: usize,
+    f: impl FnOnce(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let (b, l, c) = x.dims3()?;
+    if w == 0 || !l.is_multiple_of(w) {
+        return Err(candle_core::Error::Msg(format!(
+            "tokens as planes: {l} tokens are not rows of {w} pixels"
+        )));
+    }
+    let y = f(&x.transpose(1, 2)?.reshape((b, c, l / w, w))?)?;
+    let o = y.dim(1)?;
+    y.reshape((b, o, l))?.transpose(1, 2)
+}
+
 /// [`depthwise`] through the channels-first convolution (any device and dtype): the tokens
 /// transposed to `(B, C, H, W)`, `kernels::depthwise` and its bias, transposed back, then
 /// [`super::gelu`] with `gelu`.
@@ -326,18 +345,11 @@ pub fn depthwise_composed(
     w: usize,
     gelu: bool,
 ) -> Result<Tensor> {
-    let (b, l, c) = x.dims3()?;
     let k = weight.dim(3)?;
-    if w == 0 || !l.is_multiple_of(w) {
-        return Err(candle_core::Error::Msg(format!(
-            "token depthwise: {l} tokens are not rows of {w} pixels"
-        )));
-    }
-    let planes = x.transpose(1, 2)?.reshape((b, c, l / w, w))?;
-    let y = crate::kernels::depthwise(&planes, weight, k)?;
-    let y = crate::kernels::bias_act(&y, bias, Activation::Identity)?
-        .reshape((b, c, l))?
-        .transpose(1, 2)?;
+    let y = through_planes(x, w, |planes| {
+        let y = crate::kernels::depthwise(planes, weight, k)?;
+        crate::kernels::bias_act(&y, bias, Activation::Identity)
+    })?;
     if gelu {
         super::gelu(&y)
     } else {

@@ -29,7 +29,7 @@ mod softmax;
 
 pub use attention::{window_attention, window_attention_applies, window_attention_composed};
 pub use bias::add_bias;
-pub use dwconv::{depthwise, depthwise_applies, depthwise_composed};
+pub use dwconv::{depthwise, depthwise_applies, depthwise_composed, through_planes};
 pub use gelu::gelu;
 pub use linear::{linear, linear_applies, linear_composed, Tokens};
 pub use norm::{layer_norm, layer_norm_composed};
