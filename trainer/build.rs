@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 const KERNELS: &[&str] = &[
+    "attention",
     "bias",
     "conv",
     "depthwise",

@@ -7,8 +7,9 @@
 //! its activation (float32, `bias`), Uformer's token ops (float32, `token`), MDTA's row
 //! normalisation (float32, `normalize`), the dense convolutions' cuBLAS products (float32,
 //! `dense`), the products under bf16 autocast (bfloat16 operands, float32 results, `mixed`),
-//! Uformer's window partition and reverse (float32 and bfloat16, `window`) and the
-//! one-pass AdamW update (float32). Without the
+//! Uformer's window partition and reverse (float32 and bfloat16, `window`), its window
+//! attention from packed q, k, v (float32, `attention`) and the one-pass AdamW update
+//! (float32). Without the
 //! depthwise kernels the composed fallback keeps 17 full-size intermediates per depthwise
 //! convolution alive for the backward pass, which runs the paper Restormer at 224x224 out of
 //! GPU memory.
@@ -20,6 +21,7 @@ use candle_core::cuda_backend::cudarc::driver::{
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, Layout, Result, Shape};
 
+pub(super) mod attention;
 mod bias;
 mod blas;
 mod conv;

@@ -42,6 +42,8 @@ pub enum CudaKernel {
     /// The matrix products under bf16 autocast as one op: bfloat16 operands, float32 results
     /// (`cuda/mixed.rs`).
     Mixed,
+    /// Uformer's window attention as one op from packed q, k, v (`cuda/attention.cu`).
+    Attention,
 }
 
 /// The CUDA kernels on when `IFP_CUDA_FUSED` is unset: those a GPU run has shown equal to
@@ -282,7 +284,7 @@ mod tests {
         assert!([CudaKernel::Pool, CudaKernel::Normalize]
             .iter()
             .all(|k| CudaKernels::ALL.contains(*k)));
-        let list = "optim, pool, gate, norm, im2col, bias, token, normalize, dense, window, mixed";
+        let list = "optim, pool, gate, norm, im2col, bias, token, normalize, dense, window, mixed, attention";
         for bad in ["yes", "norm,true", "norm,"] {
             let err = parse_cuda_fused(Some(bad)).expect_err(bad);
             assert_eq!(

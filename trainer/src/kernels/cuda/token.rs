@@ -299,17 +299,29 @@ pub(in crate::kernels) fn column_sum(
     }
     let dev = g.device.clone();
     let gv = f32_view(g, lg, WHAT)?;
-    let (r, k32) = ((n / k) as i64, k as i32);
+    // SAFETY: the reduction writes all K sums.
+    let out = unsafe { dev.alloc::<f32>(k)? };
+    column_sums_into(&dev, &gv, (n / k, k), &out, 0)?;
+    Ok((storage(dev, out), Shape::from(k)))
+}
+
+/// `out[at..at + k]` = the sums over the rows of `g` viewed as (`rows`, `k`), from fixed-order
+/// partial sums.
+pub(super) fn column_sums_into(
+    dev: &CudaDevice,
+    g: &CudaView<f32>,
+    (rows, k): (usize, usize),
+    out: &CudaSlice<f32>,
+    at: usize,
+) -> Result<()> {
+    let (r, k32) = (rows as i64, k as i32);
     let j = parts(r);
     // SAFETY: the partial kernel writes all J * K sums.
     let partial = unsafe { dev.alloc::<f64>(j as usize * k)? };
     let f = dev.get_or_load_custom_func("ifp_col_sum_partial_f32", MODULE, PTX)?;
     let mut args = f.builder();
-    args.arg(&gv).arg(&partial).arg(&r).arg(&k32).arg(&j);
+    args.arg(g).arg(&partial).arg(&r).arg(&k32).arg(&j);
     // SAFETY: argument types and order match ifp_col_sum_partial_f32 in token.cu.
     unsafe { args.launch(grid(j as usize * k, 256)) }.w()?;
-    // SAFETY: the reduction writes all K sums.
-    let out = unsafe { dev.alloc::<f32>(k)? };
-    column_reduce(&dev, &partial, &out, 0, k32, j)?;
-    Ok((storage(dev, out), Shape::from(k)))
+    column_reduce(dev, &partial, out, at as i64, k32, j)
 }

@@ -6,13 +6,15 @@
 //! backward pass. The op keeps nothing but its inputs: its backward recomputes each window's
 //! probabilities (N x N, one buffer per window) before the gradients. Windows run in parallel;
 //! each head's five small products are gemm calls on the thread that runs the window
-//! (hand-written dot-product loops measured 24% slower per step on the paper Uformer).
+//! (hand-written dot-product loops measured 24% slower per step on the paper Uformer). On
+//! CUDA (`cuda/attention.cu`) one thread runs each query's row forward and each query's and
+//! each key's row backward, recomputing the probabilities from the logits the same way.
 //!
 //! Per window and head, with `P = softmax(S)`, `S = q k^T + bias`:
 //! `dv = P^T do`, `dP = do v^T`, `dS = P * (dP - rowsum(dP * P))`, `dq = dS k`, `dk = dS^T q`,
 //! and the bias's gradient is `dS` summed over the images (fixed blocks, in order).
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::bias::column_sums;
@@ -20,20 +22,20 @@ use super::softmax::{biased_softmax_in_place, softmax_backward_in_place};
 use gemm::Parallelism;
 
 use crate::kernels::dense::{matmul, Mat};
-use crate::kernels::{f32_slice, kernel_applies, unpack};
+use crate::kernels::{f32_slice, kernel_applies, unpack, CudaKernel};
 
 /// The sizes: `windows` (B') of `heads` heads, `n` tokens of `d` features; the bias holds
 /// `k` values, repeated over the (B', heads, N, N) logits.
 #[derive(Clone, Copy)]
-struct Geom {
-    windows: usize,
-    heads: usize,
-    n: usize,
-    d: usize,
-    k: usize,
+pub(in crate::kernels) struct AttentionGeom {
+    pub windows: usize,
+    pub heads: usize,
+    pub n: usize,
+    pub d: usize,
+    pub k: usize,
 }
 
-impl Geom {
+impl AttentionGeom {
     fn new(qkv: &[usize], bias: usize, heads: usize) -> Result<Self> {
         let bad = |why: String| candle_core::Error::Msg(format!("window attention: {why}"));
         let &[windows, h3, n, d] = qkv else {
@@ -50,7 +52,7 @@ impl Geom {
                 "a bias of {bias} values does not repeat over logits ({windows}, {heads}, {n}, {n})"
             )));
         }
-        Ok(Geom {
+        Ok(AttentionGeom {
             windows,
             heads,
             n,
@@ -127,7 +129,7 @@ impl CustomOp2 for WindowAttention {
     ) -> Result<(CpuStorage, Shape)> {
         let qkv = f32_slice(s1, l1, self.name())?;
         let bias = f32_slice(s2, l2, self.name())?;
-        let g = Geom::new(l1.dims(), bias.len(), self.heads)?;
+        let g = AttentionGeom::new(l1.dims(), bias.len(), self.heads)?;
         let (n, d, nd) = (g.n, g.d, g.n * g.d);
         let mut out = vec![0f32; g.windows * g.heads * nd];
         out.par_chunks_mut(g.heads * nd)
@@ -145,6 +147,18 @@ impl CustomOp2 for WindowAttention {
             });
         let shape = Shape::from((g.windows, g.heads, n, d));
         Ok((CpuStorage::F32(out), shape))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let g = AttentionGeom::new(l1.dims(), l2.shape().elem_count(), self.heads)?;
+        crate::kernels::cuda::attention::window_attention(&g, (s1, l1), (s2, l2))
     }
 
     fn bwd(
@@ -183,7 +197,7 @@ impl CustomOp3 for WindowAttentionBackward {
         let qkv = f32_slice(s1, l1, self.name())?;
         let bias = f32_slice(s2, l2, self.name())?;
         let dout = f32_slice(s3, l3, self.name())?;
-        let g = Geom::new(l1.dims(), bias.len(), self.heads)?;
+        let g = AttentionGeom::new(l1.dims(), bias.len(), self.heads)?;
         let (n, d, nd, nn) = (g.n, g.d, g.n * g.d, g.n * g.n);
         let mut dqkv = vec![0f32; qkv.len()];
         let mut ds = vec![0f32; g.windows * g.heads * nn];
@@ -217,12 +231,32 @@ impl CustomOp3 for WindowAttentionBackward {
         let len = dqkv.len();
         Ok((CpuStorage::F32(dqkv), Shape::from(len)))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let g = AttentionGeom::new(l1.dims(), l2.shape().elem_count(), self.heads)?;
+        crate::kernels::cuda::attention::window_attention_backward(&g, (s1, l1), (s2, l2), (s3, l3))
+    }
 }
 
-/// Where [`window_attention`] runs as one op: float32 on the CPU without autocast (which runs
-/// the products in the low dtype). On CUDA it is the composed version.
+/// Heads wider than this take the composed path on CUDA (the kernel keeps a row's vectors in
+/// registers, `cuda/attention.cu`).
+const CUDA_MAX_HEAD_WIDTH: usize = 64;
+
+/// Where [`window_attention`] runs as one op: float32 without autocast (which runs the
+/// products in the low dtype), on the CPU, and on CUDA where `IFP_CUDA_FUSED` turns on
+/// `attention` (for heads up to 64 wide). Elsewhere it is the composed version.
 pub fn window_attention_applies(x: &Tensor) -> bool {
-    crate::kernels::amp::low_dtype().is_none() && kernel_applies(x, None, &[])
+    crate::kernels::amp::low_dtype().is_none()
+        && kernel_applies(x, Some(CudaKernel::Attention), &[DType::F32])
 }
 
 /// `softmax(q k^T + bias) v` per window and head, q, k and v packed as `(B', 3 * heads, N, d)`
@@ -230,7 +264,9 @@ pub fn window_attention_applies(x: &Tensor) -> bool {
 /// [`super::biased_softmax`] -> `(B', heads, N, d)`. One op where [`window_attention_applies`],
 /// else [`window_attention_composed`].
 pub fn window_attention(qkv: &Tensor, bias: &Tensor, heads: usize) -> Result<Tensor> {
-    if !(window_attention_applies(qkv) && bias.dtype() == qkv.dtype()) {
+    let narrow_enough =
+        qkv.device().is_cpu() || qkv.dims().last().is_some_and(|&d| d <= CUDA_MAX_HEAD_WIDTH);
+    if !(window_attention_applies(qkv) && bias.dtype() == qkv.dtype() && narrow_enough) {
         return window_attention_composed(qkv, bias, heads);
     }
     qkv.contiguous()?

@@ -13,6 +13,7 @@ use std::process::Command;
 use candle_core::Tensor;
 use libloading::{Library, Symbol};
 
+mod attention;
 mod bias;
 mod conv;
 mod gate;
@@ -82,6 +83,18 @@ fn rel(a: &[f32], b: &[f32]) -> f64 {
     let d: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
     let n: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
     (d / n.max(1e-30)).sqrt()
+}
+
+/// Panics unless `got` has `want`'s length, every element written (finite) and is within `tol`
+/// of it (relative L2).
+fn close(what: &str, got: &[f32], want: &[f32], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    assert!(
+        got.iter().all(|v| v.is_finite()),
+        "{what}: every element written"
+    );
+    let e = rel(got, want);
+    assert!(e < tol, "{what}: relative error {e}");
 }
 
 /// Panics at the first element where `got` and `want` differ, naming it.

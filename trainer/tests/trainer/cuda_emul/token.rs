@@ -4,7 +4,7 @@
 use candle_core::{Device, Tensor, Var};
 use ifp_trainer::kernels::token;
 
-use super::{build, launch, rel, values};
+use super::{build, close, launch, values};
 
 type Stats = unsafe extern "C" fn(*const f32, *mut f32, *mut f32, i64, i32);
 type Apply = unsafe extern "C" fn(
@@ -48,15 +48,6 @@ fn cpu(inputs: &[&Var], dy: &Tensor, f: impl Fn() -> Tensor) -> (Vec<f32>, Vec<V
         .map(|v| values(grads.get(v.as_tensor()).expect("gradient")))
         .collect();
     (values(&y), g)
-}
-
-fn close(what: &str, got: &[f32], want: &[f32], tol: f64) {
-    assert!(
-        got.iter().all(|v| v.is_finite()),
-        "{what}: every element written"
-    );
-    let e = rel(got, want);
-    assert!(e < tol, "{what}: relative error {e}");
 }
 
 #[test]
