@@ -3,7 +3,8 @@
 # preset trained for 50 steps, the paper Restormer at 224x224 (and, when the run has time, the
 # paper Uformer at 256x256, float32) against PyTorch eager; the CUDA
 # kernels that wait for this run (AdamW, LayerNorms, im2col, the GELU gate, bias + activation,
-# MDTA's row normalisation, Uformer's token ops, window partition and window attention, the dense convolutions'
+# MDTA's row normalisation, Uformer's token ops, window partition, window attention and LeFF
+# depthwise convolution, the dense convolutions'
 # cuBLAS products, the products under bf16 autocast) each against its composed version, and
 # those that pass through both networks' golden parity and a benchmark row of their own;
 # training attempts in processes of their own as a worker runs them (with a memory limit, and killed),
@@ -255,6 +256,7 @@ kernel_of() {
     kernels::im2col_*) echo im2col ;;
     kernels::bias_act_*) echo bias ;;
     kernels::token::window_attention_*) echo attention ;;
+    kernels::token::token_depthwise_*) echo dwconv ;;
     kernels::token::*) echo token ;;
     kernels::l2_normalize_* | kernels::channel_attention_*) echo normalize ;;
     kernels::dense_conv_*) echo dense ;;
@@ -295,7 +297,7 @@ if [[ -n "$b" ]] && ((rc != 0 && rc != 101)); then
     done
 fi
 VERIFIED=()
-for k in optim gate norm im2col bias token normalize dense window mixed attention; do
+for k in optim gate norm im2col bias token normalize dense window mixed attention dwconv; do
     if [[ -n "${k_ok[$k]:-}" && -z "${k_bad[$k]:-}" ]]; then VERIFIED+=("$k"); fi
 done
 [[ -n "${k_bad[*]:-}" ]] && fail=1

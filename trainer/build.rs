@@ -12,6 +12,7 @@ const KERNELS: &[&str] = &[
     "bias",
     "conv",
     "depthwise",
+    "dwconv",
     "gate",
     "norm",
     "normalize",

@@ -10,7 +10,8 @@
 //! LayerNorm, the bias with its activation, the token ops, the window partition (float32 and
 //! bfloat16), the row normalisation, the dense
 //! convolutions (cuBLAS products planned by `gemm`), the products under bf16 autocast
-//! (`mixed`), Uformer's window attention and the AdamW update (float32) run only
+//! (`mixed`), Uformer's window attention and channels-last depthwise convolution and the AdamW
+//! update (float32) run only
 //! where `IFP_CUDA_FUSED` names them (`switch`, [`CudaKernel`]).
 //! Each public function here falls back to composed tensor ops elsewhere, and the tests compare
 //! each kernel with that composed version (values and gradients).

@@ -44,6 +44,9 @@ pub enum CudaKernel {
     Mixed,
     /// Uformer's window attention as one op from packed q, k, v (`cuda/attention.cu`).
     Attention,
+    /// The LeFF's depthwise convolution on tokens, channels last, with its bias and GELU
+    /// (`cuda/dwconv.cu`).
+    Dwconv,
 }
 
 /// The CUDA kernels on when `IFP_CUDA_FUSED` is unset: those a GPU run has shown equal to
@@ -284,7 +287,7 @@ mod tests {
         assert!([CudaKernel::Pool, CudaKernel::Normalize]
             .iter()
             .all(|k| CudaKernels::ALL.contains(*k)));
-        let list = "optim, pool, gate, norm, im2col, bias, token, normalize, dense, window, mixed, attention";
+        let list = "optim, pool, gate, norm, im2col, bias, token, normalize, dense, window, mixed, attention, dwconv";
         for bad in ["yes", "norm,true", "norm,"] {
             let err = parse_cuda_fused(Some(bad)).expect_err(bad);
             assert_eq!(

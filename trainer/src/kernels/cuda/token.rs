@@ -49,7 +49,7 @@ fn same_count(a: &Layout, b: &Layout, what: &str) -> Result<()> {
 }
 
 /// Partial sums per column: how many for `rows` rows.
-fn parts(rows: i64) -> i32 {
+pub(super) fn parts(rows: i64) -> i32 {
     rows.clamp(1, PARTS as i64) as i32
 }
 
@@ -149,7 +149,7 @@ pub(in crate::kernels) fn layer_norm_backward(
 }
 
 /// `out[at + k]` = the `j` partial sums of column k of `partial` (J, K), added in order.
-fn column_reduce(
+pub(super) fn column_reduce(
     dev: &CudaDevice,
     partial: &CudaSlice<f64>,
     out: &CudaSlice<f32>,

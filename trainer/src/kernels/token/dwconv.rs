@@ -10,26 +10,26 @@
 //! partial sums over fixed blocks of image rows, added in block order (the result does not
 //! depend on the thread count).
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::gelu::{gelu_grad, gelu_in_place};
 use super::rows_per_task;
 use crate::kernels::conv::valid;
-use crate::kernels::{f32_slice, kernel_applies, unpack, Activation};
+use crate::kernels::{f32_slice, kernel_applies, unpack, Activation, CudaKernel};
 
 /// The sizes of one call: `b` images of `h x w` pixels with `c` channels, a `k x k` kernel.
 #[derive(Clone, Copy)]
-struct Geom {
-    b: usize,
-    h: usize,
-    w: usize,
-    c: usize,
-    k: usize,
+pub(in crate::kernels) struct DepthwiseGeom {
+    pub b: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub k: usize,
 }
 
-impl Geom {
+impl DepthwiseGeom {
     /// From tokens `(B, H*W, C)` of rows of `w` pixels and a weight `(C, 1, k, k)`.
     fn new(x: &[usize], weight: &[usize], w: usize) -> Result<Self> {
         let bad = |why: String| candle_core::Error::Msg(format!("token depthwise: {why}"));
@@ -47,13 +47,24 @@ impl Geom {
         if w == 0 || !l.is_multiple_of(w) {
             return Err(bad(format!("{l} tokens are not rows of {w} pixels")));
         }
-        Ok(Geom {
+        Ok(DepthwiseGeom {
             b,
             h: l / w,
             w,
             c,
             k,
         })
+    }
+
+    /// One bias per channel.
+    fn check_bias(&self, len: usize) -> Result<()> {
+        if len != self.c {
+            return Err(candle_core::Error::Msg(format!(
+                "token depthwise: {len} biases for {} channels",
+                self.c
+            )));
+        }
+        Ok(())
     }
 
     fn row(&self) -> usize {
@@ -67,7 +78,7 @@ impl Geom {
 
 /// The weight `(C, k*k)` as taps `(k*k, C)`, flipped in both directions with `flip` (the
 /// input gradient's kernel).
-fn taps(weight: &[f32], g: Geom, flip: bool) -> Vec<f32> {
+fn taps(weight: &[f32], g: DepthwiseGeom, flip: bool) -> Vec<f32> {
     let kk = g.k * g.k;
     let mut t = vec![0f32; kk * g.c];
     for (ch, wc) in weight.chunks(kk).enumerate() {
@@ -81,7 +92,14 @@ fn taps(weight: &[f32], g: Geom, flip: bool) -> Vec<f32> {
 
 /// One output row `y` of one image: `out = bias + sum over taps of tap * shifted input`.
 #[multiversion(targets("x86_64+avx+avx2+fma"))]
-fn conv_row(out: &mut [f32], img: &[f32], taps: &[f32], bias: Option<&[f32]>, y: usize, g: Geom) {
+fn conv_row(
+    out: &mut [f32],
+    img: &[f32],
+    taps: &[f32],
+    bias: Option<&[f32]>,
+    y: usize,
+    g: DepthwiseGeom,
+) {
     let (c, k, p) = (g.c, g.k, (g.k / 2) as isize);
     match bias {
         Some(b) => out.chunks_mut(c).for_each(|o| o.copy_from_slice(b)),
@@ -112,7 +130,13 @@ fn conv_row(out: &mut [f32], img: &[f32], taps: &[f32], bias: Option<&[f32]>, y:
 }
 
 /// The convolution of all images, rows in parallel, each row then through a GELU with `gelu`.
-fn convolve(x: &[f32], taps: &[f32], bias: Option<&[f32]>, gelu: bool, g: Geom) -> Vec<f32> {
+fn convolve(
+    x: &[f32],
+    taps: &[f32],
+    bias: Option<&[f32]>,
+    gelu: bool,
+    g: DepthwiseGeom,
+) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
     out.par_chunks_mut(g.image())
         .zip(x.par_chunks(g.image()))
@@ -130,7 +154,7 @@ fn convolve(x: &[f32], taps: &[f32], bias: Option<&[f32]>, gelu: bool, g: Geom) 
 /// Adds one output row's contribution to the weight gradient `acc` (taps `(k*k, C)`, then
 /// the bias gradient `(C)`).
 #[multiversion(targets("x86_64+avx+avx2+fma"))]
-fn weight_grad_row(acc: &mut [f32], img: &[f32], dy: &[f32], y: usize, g: Geom) {
+fn weight_grad_row(acc: &mut [f32], img: &[f32], dy: &[f32], y: usize, g: DepthwiseGeom) {
     let (c, k, p) = (g.c, g.k, (g.k / 2) as isize);
     let (tap_acc, bias_acc) = acc.split_at_mut(k * k * c);
     for d in dy.chunks_exact(c) {
@@ -163,7 +187,7 @@ fn weight_grad_row(acc: &mut [f32], img: &[f32], dy: &[f32], y: usize, g: Geom) 
 }
 
 /// The weight `(C, 1, k, k)` and bias `(C)` gradients, flattened one after the other.
-fn weight_grad(x: &[f32], dy: &[f32], g: Geom) -> Vec<f32> {
+fn weight_grad(x: &[f32], dy: &[f32], g: DepthwiseGeom) -> Vec<f32> {
     let (kk, c) = (g.k * g.k, g.c);
     let rows = g.b * g.h;
     let per_task = rows_per_task(g.row()).max(1);
@@ -216,19 +240,29 @@ impl CustomOp3 for TokenDepthwise {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = Geom::new(l1.dims(), l2.dims(), self.w)?;
+        let g = DepthwiseGeom::new(l1.dims(), l2.dims(), self.w)?;
         let x = f32_slice(s1, l1, self.name())?;
         let weight = f32_slice(s2, l2, self.name())?;
         let bias = f32_slice(s3, l3, self.name())?;
-        if bias.len() != g.c {
-            return Err(candle_core::Error::Msg(format!(
-                "token depthwise: {} biases for {} channels",
-                bias.len(),
-                g.c
-            )));
-        }
+        g.check_bias(bias.len())?;
         let out = convolve(x, &taps(weight, g, false), Some(bias), self.gelu, g);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let g = DepthwiseGeom::new(l1.dims(), l2.dims(), self.w)?;
+        g.check_bias(l3.shape().elem_count())?;
+        let (x, w, b) = ((s1, l1), (s2, l2), (s3, l3));
+        crate::kernels::cuda::dwconv::token_depthwise(&g, x, w, b, self.gelu)
     }
 
     fn bwd(
@@ -277,7 +311,7 @@ impl CustomOp3 for TokenDepthwiseBackward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = Geom::new(l1.dims(), l2.dims(), self.w)?;
+        let g = DepthwiseGeom::new(l1.dims(), l2.dims(), self.w)?;
         let x = f32_slice(s1, l1, self.name())?;
         let weight = f32_slice(s2, l2, self.name())?;
         let dy = f32_slice(s3, l3, self.name())?;
@@ -286,12 +320,30 @@ impl CustomOp3 for TokenDepthwiseBackward {
         let n = out.len();
         Ok((CpuStorage::F32(out), Shape::from(n)))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let g = DepthwiseGeom::new(l1.dims(), l2.dims(), self.w)?;
+        let (x, w, dy) = ((s1, l1), (s2, l2), (s3, l3));
+        crate::kernels::cuda::dwconv::token_depthwise_backward(&g, x, w, dy)
+    }
 }
 
-/// Where [`depthwise`] runs as one op: float32 on the CPU, without autocast (which lowers
-/// convolutions). On CUDA it is the composed version.
+/// Where [`depthwise`] runs as one op: float32 without autocast (which lowers convolutions),
+/// on the CPU, and on CUDA where `IFP_CUDA_FUSED` turns on `dwconv` (`cuda/dwconv.cu`; behind
+/// a GELU its backward also takes the `token` GELU gradient kernel, whatever that switch says).
+/// Elsewhere it is the composed version.
 pub fn depthwise_applies(x: &Tensor) -> bool {
-    crate::kernels::amp::low_dtype().is_none() && kernel_applies(x, None, &[])
+    crate::kernels::amp::low_dtype().is_none()
+        && kernel_applies(x, Some(CudaKernel::Dwconv), &[DType::F32])
 }
 
 /// The depthwise "same" convolution plus bias of tokens `(B, H*W, C)` laid out in rows of `w`

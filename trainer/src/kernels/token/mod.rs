@@ -11,10 +11,11 @@
 //!
 //! float32 on the CPU, and on CUDA (`cuda/token.cu`) where `IFP_CUDA_FUSED` turns on `token`;
 //! [`layer_norm`], [`softmax`], [`gelu`] and [`add_bias`] fall back to the composed versions
-//! elsewhere, which are also what the tests compare them with. [`window_attention`] runs on
-//! CUDA too (`cuda/attention.cu`) where `IFP_CUDA_FUSED` turns on `attention`. [`linear`],
-//! [`depthwise`] and [`biased_softmax`] are CPU ops only (no CUDA version yet): elsewhere they
-//! are their composed versions, which are the paths the network took before them. Like the other kernels, the per-row loops are compiled for AVX2+FMA as well as the
+//! elsewhere, which are also what the tests compare them with. [`window_attention`] and
+//! [`depthwise`] run on CUDA too (`cuda/attention.cu`, `cuda/dwconv.cu`) where
+//! `IFP_CUDA_FUSED` turns on `attention` and `dwconv`. [`linear`] and [`biased_softmax`] are
+//! CPU ops only (no CUDA version yet): elsewhere they are their composed versions, which are
+//! the paths the network took before them. Like the other kernels, the per-row loops are compiled for AVX2+FMA as well as the
 //! baseline and picked at run time, with the vectorisable `math::erf`/`math::exp`.
 
 use rayon::prelude::*;
@@ -31,6 +32,8 @@ mod softmax;
 pub(in crate::kernels) use attention::AttentionGeom;
 pub use attention::{window_attention, window_attention_applies, window_attention_composed};
 pub use bias::add_bias;
+#[cfg(feature = "cuda")]
+pub(in crate::kernels) use dwconv::DepthwiseGeom;
 pub use dwconv::{depthwise, depthwise_applies, depthwise_composed, through_planes};
 pub use gelu::gelu;
 pub use linear::{linear, linear_applies, linear_composed, Tokens};

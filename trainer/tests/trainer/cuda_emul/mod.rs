@@ -16,6 +16,7 @@ use libloading::{Library, Symbol};
 mod attention;
 mod bias;
 mod conv;
+mod dwconv;
 mod gate;
 mod norm;
 mod normalize;

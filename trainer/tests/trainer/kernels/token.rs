@@ -142,10 +142,11 @@ fn token_linear_matches_composed() {
 }
 
 /// The LeFF's channels-last depthwise convolution with its bias, alone and followed by the
-/// GELU (`token::depthwise`): odd
-/// sizes, one channel, one pixel, grids narrower than the kernel, a 5x5 kernel.
+/// GELU (`token::depthwise`): odd sizes, one channel, one pixel, grids narrower than the
+/// kernel, a 5x5 kernel, and more image rows than the CUDA kernel's partial sums (256).
 #[test]
 fn token_depthwise_matches_composed() {
+    let _on = CudaKernelsOn::new();
     let dev = common::test_device();
     // (B, H, W, C, k)
     let cases = [
@@ -156,15 +157,15 @@ fn token_depthwise_matches_composed() {
         (2, 6, 4, 5, 5),
         // A 5x5 kernel wider than the grid: taps that reach no pixel at all.
         (1, 2, 1, 2, 5),
+        (2, 150, 3, 5, 3),
     ];
     for (b, h, w, c, k) in cases {
         let x = rounded_var(DType::F32, 1.0, (b, h * w, c), &dev);
         let weight = rounded_var(DType::F32, 0.5, (c, 1, k, k), &dev);
         let bias = rounded_var(DType::F32, 1.0, c, &dev);
-        assert_eq!(
+        assert!(
             token::depthwise_applies(x.as_tensor()),
-            dev.is_cpu(),
-            "one op on the CPU only ({dev:?})"
+            "one op on {dev:?} with the CUDA kernels on"
         );
         let (xt, wt, bt) = (x.as_tensor(), weight.as_tensor(), bias.as_tensor());
         for gelu in [false, true] {
