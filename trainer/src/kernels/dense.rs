@@ -27,60 +27,12 @@ use rayon::prelude::*;
 
 use super::conv::{col2im_plane, f32_slice, im2col_plane};
 use super::gemm::Geom;
+use super::product::{matmul, Mat};
 
 pub(super) struct DenseConv {
     pub(super) k: usize,
     /// Multiply in bfloat16 into float32 results (bf16 autocast; CUDA only).
     pub(super) bf16: bool,
-}
-
-/// A row-major matrix operand: `rows x cols` stored as is, or transposed storage.
-#[derive(Clone, Copy)]
-pub(super) struct Mat<'a> {
-    pub(super) data: &'a [f32],
-    /// Stored as the transpose (cols x rows, row-major).
-    pub(super) transposed: bool,
-}
-
-/// `dst (m x n) = a (m x k) b (k x n)`, or `dst += ...` with `accumulate`.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn matmul(
-    dst: &mut [f32],
-    a: Mat,
-    b: Mat,
-    m: usize,
-    n: usize,
-    k: usize,
-    accumulate: bool,
-    par: Parallelism,
-) {
-    debug_assert!(dst.len() >= m * n && a.data.len() >= m * k && b.data.len() >= k * n);
-    let (a_rs, a_cs) = if a.transposed { (1, m) } else { (k, 1) };
-    let (b_rs, b_cs) = if b.transposed { (1, k) } else { (n, 1) };
-    // SAFETY: the strides describe the slices' extents checked above; dst does not alias a, b.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.data.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        )
-    }
 }
 
 /// im2col of one image (C, H, W) into `cols` (C*k*k, H*W), planes in parallel unless `par` is

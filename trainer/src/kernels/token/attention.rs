@@ -21,7 +21,7 @@ use super::bias::column_sums;
 use super::softmax::{biased_softmax_in_place, softmax_backward_in_place};
 use gemm::Parallelism;
 
-use crate::kernels::dense::{matmul, Mat};
+use crate::kernels::product::{matmul, Mat};
 use crate::kernels::{f32_slice, kernel_applies, unpack, CudaKernel};
 
 /// The sizes: `windows` (B') of `heads` heads, `n` tokens of `d` features; the bias holds

@@ -16,7 +16,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::bias::column_sums;
-use crate::kernels::dense::{matmul, Mat};
+use crate::kernels::product::{matmul, Mat};
 use crate::kernels::{amp, f32_slice, kernel_applies, unpack};
 
 /// How the tokens of one side of the op are laid out.
