@@ -337,13 +337,15 @@ impl CustomOp3 for TokenDepthwiseBackward {
     }
 }
 
-/// Where [`depthwise`] runs as one op: float32 without autocast (which lowers convolutions),
-/// on the CPU, and on CUDA where `IFP_CUDA_FUSED` turns on `dwconv` (`cuda/dwconv.cu`; behind
-/// a GELU its backward also takes the `token` GELU gradient kernel, whatever that switch says).
+/// Where [`depthwise`] runs as one op: float32 on the CPU, and on CUDA where `IFP_CUDA_FUSED`
+/// turns on `dwconv` (`cuda/dwconv.cu`; behind a GELU its backward also takes the `token` GELU
+/// gradient kernel, whatever that switch says); not under autocast, which lowers convolutions,
+/// unless the products run without casts there ([`crate::kernels::mixed_autocast`]: a
+/// depthwise convolution then reads its float32 input, as the channels-first one does).
 /// Elsewhere it is the composed version.
 pub fn depthwise_applies(x: &Tensor) -> bool {
-    crate::kernels::amp::low_dtype().is_none()
-        && kernel_applies(x, Some(CudaKernel::Dwconv), &[DType::F32])
+    let uncast = crate::kernels::amp::low_dtype().is_none() || crate::kernels::mixed_autocast(x);
+    uncast && kernel_applies(x, Some(CudaKernel::Dwconv), &[DType::F32])
 }
 
 /// The depthwise "same" convolution plus bias of tokens `(B, H*W, C)` laid out in rows of `w`
