@@ -8,7 +8,7 @@
 //! - Y metrics use MATLAB `rgb2ycbcr`'s luma, `Y = 16 + 65.481 R + 128.553 G + 24.966 B` for
 //!   R, G, B in [0, 1], unrounded (BasicSR's `to_y_channel`).
 //!
-//! Checked against `bench/skimage_reference.py` (`trainer/tests/eval_metrics.rs`).
+//! Checked against `bench/skimage_reference.py` (`trainer/tests/trainer/eval_metrics.rs`).
 
 use serde::{Deserialize, Serialize};
 

@@ -1,4 +1,4 @@
-// Uformer's token ops, float32, in the CPU kernels' order of operations (kernels/token.rs has
+// Uformer's token ops, float32, in the CPU kernels' order of operations (kernels/token/ has
 // the formulas): LayerNorm over the last dimension, softmax over the last dimension, exact (erf)
 // GELU, and the addition of a bias repeated over the leading dimensions, each with its
 // gradient. Compiled to PTX by trainer/build.rs with the `cuda` feature; launched from
