@@ -259,7 +259,7 @@ kernel_of() {
     kernels::token::token_depthwise_*) echo dwconv ;;
     kernels::token::*) echo token ;;
     kernels::l2_normalize_* | kernels::channel_attention_*) echo normalize ;;
-    kernels::dense_conv_*) echo dense ;;
+    kernels::dense::*) echo dense ;;
     kernels::window::*) echo window ;;
     kernels::mixed::*) echo mixed ;;
     kernels::depthwise_kernel*) echo depthwise ;;
