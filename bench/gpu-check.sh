@@ -3,7 +3,7 @@
 # preset trained for 50 steps, the paper Restormer at 224x224 (and, when the run has time, the
 # paper Uformer at 256x256, float32) against PyTorch eager; the CUDA
 # kernels that wait for this run (AdamW, LayerNorms, im2col, the GELU gate, bias + activation,
-# MDTA's row normalisation, Uformer's token ops, window partition, window attention and LeFF
+# MDTA's row normalisation and whole channel attention, Uformer's token ops, window partition, window attention and LeFF
 # depthwise convolution, the dense convolutions'
 # cuBLAS products, the products under bf16 autocast) each against its composed version, and
 # those that pass through both networks' golden parity and a benchmark row of their own;
@@ -258,7 +258,8 @@ kernel_of() {
     kernels::token::window_attention_*) echo attention ;;
     kernels::token::token_depthwise_*) echo dwconv ;;
     kernels::token::*) echo token ;;
-    kernels::l2_normalize_* | kernels::channel_attention_*) echo normalize ;;
+    kernels::l2_normalize_*) echo normalize ;;
+    kernels::channel_attention_*) echo mdta ;;
     kernels::dense::*) echo dense ;;
     kernels::window::*) echo window ;;
     kernels::mixed::*) echo mixed ;;
@@ -297,7 +298,7 @@ if [[ -n "$b" ]] && ((rc != 0 && rc != 101)); then
     done
 fi
 VERIFIED=()
-for k in optim gate norm im2col bias token normalize dense window mixed attention dwconv; do
+for k in optim gate norm im2col bias token normalize dense window mixed attention dwconv mdta; do
     if [[ -n "${k_ok[$k]:-}" && -z "${k_bad[$k]:-}" ]]; then VERIFIED+=("$k"); fi
 done
 [[ -n "${k_bad[*]:-}" ]] && fail=1

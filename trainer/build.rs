@@ -14,6 +14,7 @@ const KERNELS: &[&str] = &[
     "depthwise",
     "dwconv",
     "gate",
+    "mdta",
     "norm",
     "normalize",
     "optim",

@@ -56,6 +56,17 @@ impl Dims {
         })
     }
 
+    /// The sizes the CUDA op's products are planned with.
+    #[cfg(feature = "cuda")]
+    fn heads(&self) -> super::gemm_heads::Heads {
+        super::gemm_heads::Heads {
+            c: self.c,
+            heads: self.heads,
+            ch: self.ch,
+            n: self.n,
+        }
+    }
+
     /// Offset of row `i` of part `part` (0 q, 1 k, 2 v) of head `h` of image `b` in qkv.
     fn row(&self, b: usize, part: usize, h: usize, i: usize) -> usize {
         ((b * 3 + part) * self.c + h * self.ch + i) * self.n
@@ -204,6 +215,18 @@ impl CustomOp2 for ChannelAttention {
         Ok((CpuStorage::F32(out), Shape::from((d.b, d.c, hh, ww))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let d = Dims::of(l1, self.heads)?.heads();
+        super::cuda::mdta::channel_attention(d, (s1, l1), (s2, l2))
+    }
+
     fn bwd(
         &self,
         qkv: &Tensor,
@@ -328,6 +351,20 @@ impl candle_core::CustomOp3 for ChannelAttentionBackward {
         let out = backward(x, t, g, d);
         let total = out.len();
         Ok((CpuStorage::F32(out), Shape::from(total)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let d = Dims::of(l1, self.heads)?.heads();
+        super::cuda::mdta::channel_attention_backward(d, (s1, l1), (s2, l2), (s3, l3))
     }
 }
 

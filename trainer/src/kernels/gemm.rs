@@ -58,13 +58,13 @@ pub(super) struct Gemm {
 /// A row-major operand of a product: stored as its transpose (`transposed`), the images
 /// `stride` elements apart (0: one matrix for every image), starting at `offset`.
 #[derive(Debug, Clone, Copy)]
-struct Stored {
+pub(super) struct Stored {
     transposed: bool,
     stride: usize,
     offset: usize,
 }
 
-const fn plain(stride: usize, offset: usize) -> Stored {
+pub(super) const fn plain(stride: usize, offset: usize) -> Stored {
     Stored {
         transposed: false,
         stride,
@@ -72,7 +72,7 @@ const fn plain(stride: usize, offset: usize) -> Stored {
     }
 }
 
-const fn transposed(stride: usize, offset: usize) -> Stored {
+pub(super) const fn transposed(stride: usize, offset: usize) -> Stored {
     Stored {
         transposed: true,
         stride,
@@ -84,7 +84,7 @@ const fn transposed(stride: usize, offset: usize) -> Stored {
 /// C's images `stride_c` apart from `offset_c`. L is stored (m x k), or (k x m) transposed;
 /// R (k x n), or (n x k) transposed; every matrix densely, rows one after another.
 #[allow(clippy::too_many_arguments)]
-fn row_major(
+pub(super) fn row_major(
     (m, n, k): (usize, usize, usize),
     l: Stored,
     r: Stored,
@@ -201,7 +201,7 @@ impl Gemm {
 
     /// cuBLAS's result in float64 sums, on the CPU: the oracle for the plans.
     #[cfg(test)]
-    fn emulate(&self, a: &[f32], b: &[f32], c: &mut [f32]) {
+    pub(super) fn emulate(&self, a: &[f32], b: &[f32], c: &mut [f32]) {
         let [ea, eb, ec] = self.extents().expect("a valid call");
         assert!(
             ea <= a.len() && eb <= b.len() && ec <= c.len(),

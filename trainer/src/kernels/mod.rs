@@ -10,8 +10,8 @@
 //! LayerNorm, the bias with its activation, the token ops, the window partition (float32 and
 //! bfloat16), the row normalisation, the dense
 //! convolutions (cuBLAS products planned by `gemm`), the products under bf16 autocast
-//! (`mixed`), Uformer's window attention and channels-last depthwise convolution and the AdamW
-//! update (float32) run only
+//! (`mixed`), Uformer's window attention and channels-last depthwise convolution, Restormer's
+//! channel attention (`gemm_heads` plans its products) and the AdamW update (float32) run only
 //! where `IFP_CUDA_FUSED` names them (`switch`, [`CudaKernel`]).
 //! Each public function here falls back to composed tensor ops elsewhere, and the tests compare
 //! each kernel with that composed version (values and gradients).
@@ -27,6 +27,8 @@ mod gate;
 // Planned and tested in every build, issued only by the CUDA one.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 mod gemm;
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+mod gemm_heads;
 mod lanes;
 mod math;
 mod mixed;
@@ -206,17 +208,24 @@ pub fn channel_layer_norm_composed(
 
 /// Restormer's channel attention from the output of its depthwise convolution: qkv
 /// (B, 3C, H, W) and the per-head temperature (heads, 1, 1) -> (B, C, H, W) (see `attention`).
-/// The fused CPU op multiplies in float32, so under autocast the products take
-/// [`channel_attention_composed`], which runs them in the low dtype as PyTorch does; on CUDA
-/// the same composition runs with the normalisation and softmax kernels where they are on.
+/// The fused op multiplies in float32, so under autocast the products take
+/// [`channel_attention_composed`], which runs them in the low dtype as PyTorch does. On CUDA
+/// the op runs where `IFP_CUDA_FUSED` turns on `mdta` (`cuda/mdta.rs`); elsewhere there the
+/// same composition runs with the normalisation and softmax kernels where they are on.
 pub fn channel_attention(qkv: &Tensor, temperature: &Tensor, heads: usize) -> Result<Tensor> {
-    if qkv.device().is_cuda() {
-        // The products stay cuBLAS's (under autocast too); the normalisations and the softmax
-        // are one op each where `IFP_CUDA_FUSED` turns on `normalize` and `token`.
-        let ops: (UnaryOp, UnaryOp) = (l2_normalize_last, token::softmax);
-        return channel_attention_with(qkv, temperature, heads, ops);
-    }
-    if !applicable(qkv) || amp::low_dtype().is_some() {
+    let cuda = qkv.device().is_cuda();
+    let fused = if cuda {
+        fused_applies(qkv, CudaKernel::Mdta)
+    } else {
+        applicable(qkv)
+    };
+    if !fused || amp::low_dtype().is_some() {
+        if cuda {
+            // The products stay cuBLAS's (under autocast too); the normalisations and the
+            // softmax are one op each where `IFP_CUDA_FUSED` turns on `normalize` and `token`.
+            let ops: (UnaryOp, UnaryOp) = (l2_normalize_last, token::softmax);
+            return channel_attention_with(qkv, temperature, heads, ops);
+        }
         return channel_attention_composed(qkv, temperature, heads);
     }
     qkv.contiguous()?.apply_op2(

@@ -47,6 +47,9 @@ pub enum CudaKernel {
     /// The LeFF's depthwise convolution on tokens, channels last, with its bias and GELU
     /// (`cuda/dwconv.cu`).
     Dwconv,
+    /// Restormer's channel attention as one op: cuBLAS products of the raw rows and the small
+    /// kernels around them (`cuda/mdta.rs`, `cuda/mdta.cu`).
+    Mdta,
 }
 
 /// The CUDA kernels on when `IFP_CUDA_FUSED` is unset: those a GPU run has shown equal to
@@ -287,7 +290,7 @@ mod tests {
         assert!([CudaKernel::Pool, CudaKernel::Normalize]
             .iter()
             .all(|k| CudaKernels::ALL.contains(*k)));
-        let list = "optim, pool, gate, norm, im2col, bias, token, normalize, dense, window, mixed, attention, dwconv";
+        let list = "optim, pool, gate, norm, im2col, bias, token, normalize, dense, window, mixed, attention, dwconv, mdta";
         for bad in ["yes", "norm,true", "norm,"] {
             let err = parse_cuda_fused(Some(bad)).expect_err(bad);
             assert_eq!(

@@ -34,7 +34,7 @@ fn parts((r, n): (i64, i64)) -> i32 {
 }
 
 /// `sum(a * b)` of every row, in float64.
-fn row_dots(
+pub(super) fn row_dots(
     dev: &CudaDevice,
     a: &CudaView<f32>,
     b: &CudaView<f32>,

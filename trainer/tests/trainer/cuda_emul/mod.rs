@@ -18,6 +18,7 @@ mod bias;
 mod conv;
 mod dwconv;
 mod gate;
+mod mdta;
 mod norm;
 mod normalize;
 mod optim;

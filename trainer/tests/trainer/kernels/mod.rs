@@ -220,8 +220,8 @@ fn compare_with_grads(
     }
 }
 
-/// On `IFP_TEST_DEVICE`: the CPU's fused op, or on CUDA (with the CUDA switch on) the
-/// products with the row-normalisation op.
+/// On `IFP_TEST_DEVICE`: the fused op, the CPU's or on CUDA (with the CUDA switch on) the
+/// `mdta` one.
 #[test]
 fn channel_attention_kernel_matches_composed() {
     use ifp_trainer::kernels::channel_attention_composed;
