@@ -243,16 +243,17 @@ impl Gemm {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::kernels::{conv_dense_composed, im2col_composed};
     use candle_core::{Device, Tensor, Var};
 
-    fn values(t: &Tensor) -> Vec<f32> {
+    pub(in crate::kernels) fn values(t: &Tensor) -> Vec<f32> {
         t.flatten_all().and_then(|t| t.to_vec1()).expect("values")
     }
 
-    fn close(what: &str, got: &[f32], want: &[f32]) {
+    /// Panics unless `got` is within 1e-5 of `want` (relative L2).
+    pub(in crate::kernels) fn close(what: &str, got: &[f32], want: &[f32]) {
         assert_eq!(got.len(), want.len(), "{what}: length");
         let d: f64 = got
             .iter()

@@ -112,27 +112,8 @@ pub(super) fn values_grad(d: Heads, b: usize) -> Gemm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::gemm::tests::{close, values as values_of};
     use candle_core::{Device, Tensor};
-
-    fn values_of(t: &Tensor) -> Vec<f32> {
-        t.flatten_all().and_then(|t| t.to_vec1()).expect("values")
-    }
-
-    fn close(what: &str, got: &[f32], want: &[f32]) {
-        assert_eq!(got.len(), want.len(), "{what}: length");
-        assert!(
-            got.iter().all(|v| v.is_finite()),
-            "{what}: every element written"
-        );
-        let d: f64 = got
-            .iter()
-            .zip(want)
-            .map(|(a, b)| ((a - b) as f64).powi(2))
-            .sum();
-        let n: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
-        let e = (d / n.max(1e-30)).sqrt();
-        assert!(e < 1e-5, "{what}: relative error {e}");
-    }
 
     fn randn(shape: &[usize]) -> Tensor {
         Tensor::randn(0f32, 1.0, shape, &Device::Cpu).expect("randn")
