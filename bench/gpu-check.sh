@@ -259,7 +259,8 @@ kernel_of() {
     kernels::token::token_depthwise_*) echo dwconv ;;
     kernels::token::*) echo token ;;
     kernels::l2_normalize_*) echo normalize ;;
-    kernels::channel_attention_*) echo mdta ;;
+    kernels::channel_attention_* | kernels::depthwise_channel_attention_*) echo mdta ;;
+    kernels::depthwise_gelu_gate_*) echo gate ;;
     kernels::dense::*) echo dense ;;
     kernels::window::*) echo window ;;
     kernels::mixed::*) echo mixed ;;

@@ -401,6 +401,22 @@ impl candle_core::CustomOp3 for DwAttention {
         Ok((CpuStorage::F32(out), Shape::from((d.b, d.c, hh, ww))))
     }
 
+    /// The depthwise kernel, then the `mdta` op; the convolution's output lives only here.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let d = Dims::of(l1, self.heads)?.heads();
+        let (y, ys) = super::cuda::depthwise_apply(s1, l1, s2, l2, self.k, false)?;
+        super::cuda::mdta::channel_attention(d, (&y, &Layout::contiguous(ys)), (s3, l3))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -409,15 +425,15 @@ impl candle_core::CustomOp3 for DwAttention {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        // A custom op takes at most three inputs: the few temperatures travel in the op.
-        let temps = t.flatten_all()?.to_vec1::<f32>()?;
+        // A custom op takes at most three inputs: the few temperatures travel after the
+        // weight, in one small tensor (on the device: no read back to the host).
+        let wt_t = Tensor::cat(&[wt.flatten_all()?, t.flatten_all()?], 0)?;
         let packed = x.apply_op3_no_bwd(
-            wt,
+            &wt_t,
             &grad.contiguous()?,
             &DwAttentionBackward {
                 heads: self.heads,
                 k: self.k,
-                temps,
             },
         )?;
         let per_image = Shape::from((x.dim(0)?, self.heads));
@@ -429,11 +445,29 @@ impl candle_core::CustomOp3 for DwAttention {
     }
 }
 
-/// (x, W, dout) -> [dx (B*3C*H*W values), dW (3C*k*k), dt (B*heads)].
+/// (x, [W (3C*k*k values), t (heads)], dout) -> [dx (B*3C*H*W values), dW (3C*k*k),
+/// dt (B*heads)].
 struct DwAttentionBackward {
     heads: usize,
     k: usize,
-    temps: Vec<f32>,
+}
+
+impl DwAttentionBackward {
+    /// The layouts of the weight and of the temperatures inside the packed second input.
+    fn split(&self, l: &Layout, c3: usize) -> Result<(Layout, Layout)> {
+        let kk = self.k * self.k;
+        if l.shape().elem_count() != c3 * kk + self.heads {
+            return Err(candle_core::Error::Msg(format!(
+                "dwconv attention backward: {} weights and temperatures for {c3} channels",
+                l.shape().elem_count()
+            )));
+        }
+        let at = l.start_offset();
+        Ok((
+            Layout::contiguous_with_offset((c3, 1, self.k, self.k), at),
+            Layout::contiguous_with_offset(self.heads, at + c3 * kk),
+        ))
+    }
 }
 
 impl candle_core::CustomOp3 for DwAttentionBackward {
@@ -451,13 +485,15 @@ impl candle_core::CustomOp3 for DwAttentionBackward {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let d = Dims::of(l1, self.heads)?;
-        let x = f32_slice(s1, l1, self.name())?;
-        let wt = f32_slice(s2, l2, self.name())?;
-        let g = f32_slice(s3, l3, self.name())?;
         let (_, c3, hh, ww) = l1.shape().dims4()?;
+        let (lw, lt) = self.split(l2, c3)?;
+        let x = f32_slice(s1, l1, self.name())?;
+        let wt = f32_slice(s2, &lw, self.name())?;
+        let t = f32_slice(s2, &lt, self.name())?;
+        let g = f32_slice(s3, l3, self.name())?;
         let dims = [d.b, c3, hh, ww];
         let y = depthwise_forward(x, wt, dims, self.k);
-        let both = backward(&y, &self.temps, g, d);
+        let both = backward(&y, t, g, d);
         drop(y);
         let (dy, dt) = both.split_at(x.len());
         let mut out = depthwise_input_grad(dy, wt, dims, self.k);
@@ -465,5 +501,38 @@ impl candle_core::CustomOp3 for DwAttentionBackward {
         out.extend_from_slice(dt);
         let n = out.len();
         Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+
+    /// The convolution recomputed, the `mdta` op's backward, then the convolution's two
+    /// gradients.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::{depthwise_apply, depthwise_weight_grad, mdta, pack};
+        let d = Dims::of(l1, self.heads)?;
+        let (_, c3, _, _) = l1.shape().dims4()?;
+        let (lw, lt) = self.split(l2, c3)?;
+        let (y, ys) = depthwise_apply(s1, l1, s2, &lw, self.k, false)?;
+        let yl = Layout::contiguous(ys);
+        let (both, _) =
+            mdta::channel_attention_backward(d.heads(), (&y, &yl), (s2, &lt), (s3, l3))?;
+        drop(y);
+        // dy then dt in `both`.
+        let total = l1.shape().elem_count();
+        let dyl = Layout::contiguous(l1.shape());
+        let dtl = Layout::contiguous_with_offset(d.b * self.heads, total);
+        let (dx, dxs) = depthwise_apply(&both, &dyl, s2, &lw, self.k, true)?;
+        let (dw, dws) = depthwise_weight_grad(s1, l1, &both, &dyl, self.k)?;
+        let (dxl, dwl) = (Layout::contiguous(dxs), Layout::contiguous(dws));
+        let out = pack(&s1.device, &[(&dx, &dxl), (&dw, &dwl), (&both, &dtl)])?;
+        let n = total + c3 * self.k * self.k + d.b * self.heads;
+        Ok((out, Shape::from(n)))
     }
 }

@@ -78,6 +78,25 @@ fn f32_view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'
     }
 }
 
+/// The float32 values of `parts` one after another in a new buffer: the several gradients a
+/// backward op returns as its one output.
+pub(super) fn pack(dev: &CudaDevice, parts: &[(&CudaStorage, &Layout)]) -> Result<CudaStorage> {
+    let len = parts.iter().map(|(_, l)| l.shape().elem_count()).sum();
+    // SAFETY: the copies below write every element.
+    let mut out = unsafe { dev.alloc::<f32>(len)? };
+    let mut at = 0;
+    for (s, l) in parts {
+        let n = l.shape().elem_count();
+        let mut dst = out.slice_mut(at..at + n);
+        dev.memcpy_dtod(&f32_view(s, l, "pack")?, &mut dst)?;
+        at += n;
+    }
+    Ok(CudaStorage {
+        slice: CudaStorageSlice::F32(out),
+        device: dev.clone(),
+    })
+}
+
 fn grid(n: usize, threads: u32) -> LaunchConfig {
     // Grid-stride loops: a capped grid covers any size.
     let blocks = n.div_ceil(threads as usize).clamp(1, 65_535 * 8) as u32;

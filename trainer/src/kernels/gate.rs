@@ -182,6 +182,20 @@ impl CustomOp2 for DwGate {
         Ok((CpuStorage::F32(out), Shape::from((b, h, hh, ww))))
     }
 
+    /// The depthwise and gate kernels in turn; the convolution's output lives only here.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        dims(l1)?;
+        let (y, ys) = super::cuda::depthwise_apply(s1, l1, s2, l2, self.k, false)?;
+        super::cuda::gelu_gate(&y, &Layout::contiguous(ys))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -229,5 +243,30 @@ impl CustomOp3 for DwGateBackward {
         out.extend_from_slice(&depthwise_weight_grad(x, &dy, d, self.k));
         let n = out.len();
         Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+
+    /// The convolution recomputed, the gate's gradient, then the convolution's two gradients.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::{depthwise_apply, depthwise_weight_grad, gelu_gate_backward, pack};
+        dims(l1)?;
+        let (y, ys) = depthwise_apply(s1, l1, s2, l2, self.k, false)?;
+        let (dy, dys) = gelu_gate_backward(&y, &Layout::contiguous(ys), s3, l3)?;
+        drop(y);
+        let dyl = Layout::contiguous(dys);
+        let (dx, dxs) = depthwise_apply(&dy, &dyl, s2, l2, self.k, true)?;
+        let (dw, dws) = depthwise_weight_grad(s1, l1, &dy, &dyl, self.k)?;
+        let (dxl, dwl) = (Layout::contiguous(dxs), Layout::contiguous(dws));
+        let out = pack(&s1.device, &[(&dx, &dxl), (&dw, &dwl)])?;
+        let n = l1.shape().elem_count() + l2.shape().elem_count();
+        Ok((out, Shape::from(n)))
     }
 }

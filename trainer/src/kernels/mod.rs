@@ -271,8 +271,21 @@ fn channel_attention_with(
     amp::matmul(&attn, &v.contiguous()?)?.reshape((b, c, h, w))
 }
 
+/// Whether an op that fuses a bias-free depthwise convolution (weight `(C, 1, k, k)`) into the
+/// op after it runs for x: float32 without autocast, on the CPU, or on CUDA where
+/// `IFP_CUDA_FUSED` turns on `kernel` (the op's own) and the depthwise kernel takes `k`.
+pub fn depthwise_fused_applicable(
+    x: &Tensor,
+    weight: &Tensor,
+    k: usize,
+    kernel: CudaKernel,
+) -> bool {
+    fused_applies(x, kernel) && depthwise_applicable(x, weight, k) && amp::low_dtype().is_none()
+}
+
 /// [`channel_attention`] of `depthwise(x, weight)`, with the bias-free depthwise convolution
-/// fused in: x (B, 3C, H, W), weight (3C, 1, k, k) (see `attention::DwAttention`).
+/// fused in where [`depthwise_fused_applicable`] (`mdta` on CUDA): x (B, 3C, H, W), weight
+/// (3C, 1, k, k) (see `attention::DwAttention`); otherwise the two in turn.
 pub fn depthwise_channel_attention(
     x: &Tensor,
     weight: &Tensor,
@@ -280,6 +293,9 @@ pub fn depthwise_channel_attention(
     temperature: &Tensor,
     heads: usize,
 ) -> Result<Tensor> {
+    if !depthwise_fused_applicable(x, weight, k, CudaKernel::Mdta) {
+        return channel_attention(&depthwise(x, weight, k)?, temperature, heads);
+    }
     x.contiguous()?.apply_op3(
         &weight.contiguous()?,
         &temperature.contiguous()?,
@@ -311,8 +327,12 @@ pub fn gelu_gate_composed(x: &Tensor) -> Result<Tensor> {
 }
 
 /// `gelu_gate(depthwise(x, weight))` of x (B, 2h, H, W) and a bias-free depthwise weight
-/// (2h, 1, k, k) -> (B, h, H, W), on the CPU in float32 (see `gate::DwGate`).
+/// (2h, 1, k, k) -> (B, h, H, W): one op where [`depthwise_fused_applicable`] (`gate` on CUDA;
+/// see `gate::DwGate`), otherwise the two in turn.
 pub fn depthwise_gelu_gate(x: &Tensor, weight: &Tensor, k: usize) -> Result<Tensor> {
+    if !depthwise_fused_applicable(x, weight, k, CudaKernel::Gate) {
+        return gelu_gate(&depthwise(x, weight, k)?);
+    }
     x.contiguous()?
         .apply_op2(&weight.contiguous()?, gate::DwGate { k })
 }

@@ -8,7 +8,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use crate::kernels::{self, amp};
+use crate::kernels::{self, amp, CudaKernel};
 
 pub use crate::kernels::Activation;
 
@@ -108,13 +108,14 @@ impl Conv2d {
 }
 
 impl Conv2d {
-    /// The weight of this convolution when it is depthwise, bias-free and the CPU kernels
-    /// apply to `x` (float32, no autocast): ops fused with the convolution take it from here.
-    pub fn fusable_depthwise_weight(&self, x: &Tensor) -> Option<&Tensor> {
+    /// The weight of this convolution when it is depthwise, bias-free and the fused op that
+    /// follows it applies to `x`: float32, no autocast, on the CPU or on CUDA where
+    /// `IFP_CUDA_FUSED` turns on `kernel` (the op's own CUDA kernels; its convolution takes
+    /// the depthwise kernel). Ops fused with the convolution take it from here.
+    pub fn fusable_depthwise_weight(&self, x: &Tensor, kernel: CudaKernel) -> Option<&Tensor> {
         (self.depthwise
             && self.bias.is_none()
-            && kernels::applicable(x)
-            && amp::low_dtype().is_none())
+            && kernels::depthwise_fused_applicable(x, &self.weight, self.k, kernel))
         .then_some(&self.weight)
     }
 

@@ -10,7 +10,7 @@ use candle_nn::ops::{pixel_shuffle, pixel_unshuffle};
 
 use super::layers::{reflect_pad_end, ChannelLayerNorm, Conv2d};
 use crate::config::RestormerConfig;
-use crate::kernels;
+use crate::kernels::{self, CudaKernel};
 
 /// Multi-DConv Head Transposed (channel) Attention.
 struct Attention {
@@ -41,7 +41,10 @@ impl Attention {
     /// `residual + attention(x)`: (B, C, H, W) -> (B, C, H, W).
     fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let p = self.qkv.forward(x)?; // (B, 3C, H, W)
-        let out = if let Some(wt) = self.qkv_dwconv.fusable_depthwise_weight(&p) {
+        let out = if let Some(wt) = self
+            .qkv_dwconv
+            .fusable_depthwise_weight(&p, CudaKernel::Mdta)
+        {
             let k = self.qkv_dwconv.kernel_size();
             kernels::depthwise_channel_attention(&p, wt, k, &self.temperature, self.heads)?
         } else {
@@ -75,7 +78,7 @@ impl FeedForward {
     /// `residual + ffn(x)`: (B, C, H, W) -> (B, C, H, W).
     fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let p = self.project_in.forward(x)?; // (B, 2*hidden, H, W)
-        let gated = if let Some(wt) = self.dwconv.fusable_depthwise_weight(&p) {
+        let gated = if let Some(wt) = self.dwconv.fusable_depthwise_weight(&p, CudaKernel::Gate) {
             kernels::depthwise_gelu_gate(&p, wt, self.dwconv.kernel_size())?
         } else {
             kernels::gelu_gate(&self.dwconv.forward(&p)?)?

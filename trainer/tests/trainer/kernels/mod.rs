@@ -319,9 +319,13 @@ fn bias_act_kernel_matches_composed() {
     }
 }
 
+/// The qkv depthwise convolution with the whole channel attention as one op, on
+/// `IFP_TEST_DEVICE` (on CUDA with the CUDA switch on: the depthwise kernel and `mdta`).
 #[test]
 fn depthwise_channel_attention_kernel_matches_composed() {
     use ifp_trainer::kernels::channel_attention_composed;
+    let _on = CudaKernelsOn::new();
+    let dev = common::test_device();
     // (batch, channels per part, heads, H, W)
     for &(b, c, heads, h, w) in &[
         (1, 1, 1, 1, 1),
@@ -329,9 +333,10 @@ fn depthwise_channel_attention_kernel_matches_composed() {
         (3, 8, 1, 1, 9),
         (1, 12, 3, 8, 6),
     ] {
-        let x = randn_var(0f32, 1.0, (b, 3 * c, h, w));
-        let wt = randn_var(0f32, 1.0, (3 * c, 1, 3, 3));
-        let t = randn_var(1f32, 0.3, (heads, 1, 1));
+        let x = rounded_var(DType::F32, 1.0, (b, 3 * c, h, w), &dev);
+        let wt = rounded_var(DType::F32, 1.0, (3 * c, 1, 3, 3), &dev);
+        let t = rounded_var(DType::F32, 0.3, (heads, 1, 1), &dev);
+        let t = Var::from_tensor(&(t.as_tensor() + 1.0).expect("t")).expect("var");
         compare_with_grads(
             &format!("depthwise + attention b{b} c{c} heads{heads} {h}x{w}"),
             &[&x, &wt, &t],
@@ -355,9 +360,13 @@ fn depthwise_channel_attention_kernel_matches_composed() {
     }
 }
 
+/// The GDFN's depthwise convolution with its gate as one op, on `IFP_TEST_DEVICE` (on CUDA
+/// with the CUDA switch on: the depthwise and gate kernels).
 #[test]
 fn depthwise_gelu_gate_kernel_matches_composed() {
     use ifp_trainer::kernels::gelu_gate_composed;
+    let _on = CudaKernelsOn::new();
+    let dev = common::test_device();
     // (batch, hidden, H, W): odd planes, one-pixel rows and columns.
     for &(b, h, hh, ww) in &[
         (2, 2, 1, 6),
@@ -366,8 +375,8 @@ fn depthwise_gelu_gate_kernel_matches_composed() {
         (1, 4, 8, 1),
         (2, 21, 16, 13),
     ] {
-        let x = randn_var(0f32, 1.0, (b, 2 * h, hh, ww));
-        let wt = randn_var(0f32, 1.0, (2 * h, 1, 3, 3));
+        let x = rounded_var(DType::F32, 1.0, (b, 2 * h, hh, ww), &dev);
+        let wt = rounded_var(DType::F32, 1.0, (2 * h, 1, 3, 3), &dev);
         compare_with_grads(
             &format!("depthwise + gelu gate b{b} h{h} {hh}x{ww}"),
             &[&x, &wt],
