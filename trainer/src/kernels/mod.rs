@@ -272,15 +272,20 @@ fn channel_attention_with(
 }
 
 /// Whether an op that fuses a bias-free depthwise convolution (weight `(C, 1, k, k)`) into the
-/// op after it runs for x: float32 without autocast, on the CPU, or on CUDA where
-/// `IFP_CUDA_FUSED` turns on `kernel` (the op's own) and the depthwise kernel takes `k`.
+/// op after it runs for x: float32, on the CPU, or on CUDA where `IFP_CUDA_FUSED` turns on
+/// `kernel` (the op's own) and the depthwise kernel takes `k`; not under autocast, except
+/// the gate's under [`mixed_autocast`]: there the depthwise convolution reads float32 and the
+/// gate kernel computes in float32, so the one op computes what the two in turn do (only
+/// without keeping the convolution's output), where the attention's products would no longer
+/// be bfloat16.
 pub fn depthwise_fused_applicable(
     x: &Tensor,
     weight: &Tensor,
     k: usize,
     kernel: CudaKernel,
 ) -> bool {
-    fused_applies(x, kernel) && depthwise_applicable(x, weight, k) && amp::low_dtype().is_none()
+    let uncast = amp::low_dtype().is_none() || (kernel == CudaKernel::Gate && mixed_autocast(x));
+    uncast && fused_applies(x, kernel) && depthwise_applicable(x, weight, k)
 }
 
 /// [`channel_attention`] of `depthwise(x, weight)`, with the bias-free depthwise convolution

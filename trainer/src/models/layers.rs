@@ -109,9 +109,9 @@ impl Conv2d {
 
 impl Conv2d {
     /// The weight of this convolution when it is depthwise, bias-free and the fused op that
-    /// follows it applies to `x`: float32, no autocast, on the CPU or on CUDA where
-    /// `IFP_CUDA_FUSED` turns on `kernel` (the op's own CUDA kernels; its convolution takes
-    /// the depthwise kernel). Ops fused with the convolution take it from here.
+    /// follows it applies to `x` (`kernels::depthwise_fused_applicable`: float32, on the CPU
+    /// or on CUDA where `IFP_CUDA_FUSED` turns on `kernel`, the op's own). Ops fused with the
+    /// convolution take it from here.
     pub fn fusable_depthwise_weight(&self, x: &Tensor, kernel: CudaKernel) -> Option<&Tensor> {
         (self.depthwise
             && self.bias.is_none()
