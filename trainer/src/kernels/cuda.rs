@@ -78,6 +78,14 @@ fn f32_view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'
     }
 }
 
+/// A new float32 storage on `dev` holding `y`.
+pub(super) fn f32_storage(dev: CudaDevice, y: CudaSlice<f32>) -> CudaStorage {
+    CudaStorage {
+        slice: CudaStorageSlice::F32(y),
+        device: dev,
+    }
+}
+
 /// The float32 values of `parts` one after another in a new buffer: the several gradients a
 /// backward op returns as its one output.
 pub(super) fn pack(dev: &CudaDevice, parts: &[(&CudaStorage, &Layout)]) -> Result<CudaStorage> {
@@ -91,10 +99,7 @@ pub(super) fn pack(dev: &CudaDevice, parts: &[(&CudaStorage, &Layout)]) -> Resul
         dev.memcpy_dtod(&f32_view(s, l, "pack")?, &mut dst)?;
         at += n;
     }
-    Ok(CudaStorage {
-        slice: CudaStorageSlice::F32(out),
-        device: dev.clone(),
-    })
+    Ok(f32_storage(dev.clone(), out))
 }
 
 fn grid(n: usize, threads: u32) -> LaunchConfig {

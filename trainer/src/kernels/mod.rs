@@ -213,14 +213,8 @@ pub fn channel_layer_norm_composed(
 /// the op runs where `IFP_CUDA_FUSED` turns on `mdta` (`cuda/mdta.rs`); elsewhere there the
 /// same composition runs with the normalisation and softmax kernels where they are on.
 pub fn channel_attention(qkv: &Tensor, temperature: &Tensor, heads: usize) -> Result<Tensor> {
-    let cuda = qkv.device().is_cuda();
-    let fused = if cuda {
-        fused_applies(qkv, CudaKernel::Mdta)
-    } else {
-        applicable(qkv)
-    };
-    if !fused || amp::low_dtype().is_some() {
-        if cuda {
+    if !fused_applies(qkv, CudaKernel::Mdta) || amp::low_dtype().is_some() {
+        if qkv.device().is_cuda() {
             // The products stay cuBLAS's (under autocast too); the normalisations and the
             // softmax are one op each where `IFP_CUDA_FUSED` turns on `normalize` and `token`.
             let ops: (UnaryOp, UnaryOp) = (l2_normalize_last, token::softmax);

@@ -4,12 +4,12 @@
 //! gradient as the fixed-order column sums of `token.cu`. Nothing of the size of the attention
 //! matrix outlives a call.
 
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, PushKernelArg};
-use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
+use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+use candle_core::cuda_backend::WrapErr;
 use candle_core::{CudaStorage, Layout, Result, Shape};
 
 use super::token::column_sums_into;
-use super::{f32_view, grid};
+use super::{f32_storage, f32_view, grid};
 use crate::kernels::token::AttentionGeom;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
@@ -17,10 +17,15 @@ const MODULE: &str = "ifp_attention";
 /// Threads per block: at most 255 registers each (the 64-wide kernels), within an SM's 64K.
 const THREADS: u32 = 128;
 
-/// The register width of the kernels for heads `d` wide (16, 32 or 64), or `None` for wider
-/// heads, which take the composed path.
+/// The register widths `attention.cu` is instantiated for.
+const WIDTHS: [usize; 3] = [16, 32, 64];
+// The op sends wider heads to the composed path.
+const _: () = assert!(WIDTHS[WIDTHS.len() - 1] == crate::kernels::token::CUDA_MAX_HEAD_WIDTH);
+
+/// The register width of the kernels for heads `d` wide, or `None` for wider heads, which
+/// take the composed path.
 fn width(d: usize) -> Option<usize> {
-    [16, 32, 64].into_iter().find(|&w| d <= w)
+    WIDTHS.into_iter().find(|&w| d <= w)
 }
 
 /// `ifp_watt_<stage>_d<width>_f32` for heads `d` wide.
@@ -44,13 +49,6 @@ fn dims(g: &AttentionGeom) -> (i64, i32, i32, i32, i64) {
     )
 }
 
-fn storage(dev: candle_core::CudaDevice, y: CudaSlice<f32>) -> CudaStorage {
-    CudaStorage {
-        slice: CudaStorageSlice::F32(y),
-        device: dev,
-    }
-}
-
 /// (qkv, bias) -> the attention's output `(B', heads, N, d)`.
 pub(in crate::kernels) fn window_attention(
     g: &AttentionGeom,
@@ -70,7 +68,7 @@ pub(in crate::kernels) fn window_attention(
     // SAFETY: argument types and order match ifp_watt_fwd_* in attention.cu.
     unsafe { args.launch(grid(rows as usize, THREADS)) }.w()?;
     let shape = Shape::from((g.windows, g.heads, g.n, g.d));
-    Ok((storage(dev, out), shape))
+    Ok((f32_storage(dev, out), shape))
 }
 
 /// (qkv, bias, dout) -> [dqkv, dbias] in one buffer, as the CPU op returns them.
@@ -118,5 +116,5 @@ pub(in crate::kernels) fn window_attention_backward(
 
     let logits = rows as usize * g.n;
     column_sums_into(&dev, &ds.slice(..), (logits / g.k, g.k), &out, len)?;
-    Ok((storage(dev, out), Shape::from(len + g.k)))
+    Ok((f32_storage(dev, out), Shape::from(len + g.k)))
 }

@@ -4,11 +4,11 @@
 //! bias gradients, reduced in order by `token.cu`'s column kernel (deterministic).
 
 use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
-use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
+use candle_core::cuda_backend::WrapErr;
 use candle_core::{CudaStorage, Layout, Result, Shape};
 
 use super::token::{column_reduce, parts};
-use super::{f32_view, grid};
+use super::{f32_storage, f32_view, grid};
 use crate::kernels::token::DepthwiseGeom;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/dwconv.ptx"));
@@ -47,11 +47,7 @@ pub(in crate::kernels) fn token_depthwise(
     args.arg(&mirror).arg(&gelu);
     // SAFETY: argument types and order match ifp_tdw_apply_f32 in dwconv.cu.
     unsafe { args.launch(grid(n, 256)) }.w()?;
-    let storage = CudaStorage {
-        slice: CudaStorageSlice::F32(y),
-        device: dev,
-    };
-    Ok((storage, lx.shape().clone()))
+    Ok((f32_storage(dev, y), lx.shape().clone()))
 }
 
 /// `(x, weight, dy)` -> [dx, dweight, dbias] in one buffer, as the CPU op returns them.
@@ -96,9 +92,5 @@ pub(in crate::kernels) fn token_depthwise_backward(
     // SAFETY: argument types and order match ifp_tdw_params_partial_f32 in dwconv.cu.
     unsafe { args.launch(grid(j as usize * params, 256)) }.w()?;
     column_reduce(&dev, &partial, &out, n as i64, params as i32, j)?;
-    let storage = CudaStorage {
-        slice: CudaStorageSlice::F32(out),
-        device: dev,
-    };
-    Ok((storage, Shape::from(n + params)))
+    Ok((f32_storage(dev, out), Shape::from(n + params)))
 }

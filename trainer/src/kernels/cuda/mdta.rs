@@ -8,11 +8,11 @@
 //! for the backward pass, and multiplied the temperature in as its own graph node.
 
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
-use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
+use candle_core::cuda_backend::WrapErr;
 use candle_core::{CudaDevice, CudaStorage, Layout, Result, Shape};
 
 use super::normalize::row_dots;
-use super::{blas, f32_view, grid};
+use super::{blas, f32_storage, f32_view, grid};
 use crate::kernels::gemm_heads::{self as plan, Heads};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/mdta.ptx"));
@@ -56,13 +56,6 @@ fn probabilities(
     Ok((sumsq, s, a))
 }
 
-fn storage(dev: CudaDevice, y: CudaSlice<f32>) -> CudaStorage {
-    CudaStorage {
-        slice: CudaStorageSlice::F32(y),
-        device: dev,
-    }
-}
-
 /// (qkv (B, 3C, H, W), t) -> the attention's output (B, C, H, W).
 pub(in crate::kernels) fn channel_attention(
     d: Heads,
@@ -79,7 +72,7 @@ pub(in crate::kernels) fn channel_attention(
     for b in 0..batch {
         blas::issue(WHAT, &dev, &plan::values(d, b), &xv, &av, &mut out)?;
     }
-    Ok((storage(dev, out), Shape::from((batch, d.c, h, w))))
+    Ok((f32_storage(dev, out), Shape::from((batch, d.c, h, w))))
 }
 
 /// (qkv, t, dout) -> [dqkv (B*3C*H*W values), dt per (image, head)] in one buffer, as the CPU
@@ -183,5 +176,5 @@ pub(in crate::kernels) fn channel_attention_backward(
     // SAFETY: argument types and order match ifp_mdta_norm_dx_f32 in mdta.cu; it rewrites the
     // q and k parts of dqkv in place.
     unsafe { args.launch(grid(batch * 2 * d.c * d.n, 256)) }.w()?;
-    Ok((storage(dev, out), Shape::from(total + batch * d.heads)))
+    Ok((f32_storage(dev, out), Shape::from(total + batch * d.heads)))
 }

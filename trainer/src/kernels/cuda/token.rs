@@ -5,10 +5,10 @@
 //! its column-sum gradient. Every sum over rows is deterministic.
 
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
-use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
+use candle_core::cuda_backend::WrapErr;
 use candle_core::{CudaDevice, CudaStorage, Layout, Result, Shape};
 
-use super::{f32_view, grid};
+use super::{f32_storage, f32_view, grid};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/token.ptx"));
 const MODULE: &str = "ifp_token";
@@ -17,14 +17,6 @@ const PARTS: usize = 256;
 
 fn msg(text: String) -> candle_core::Error {
     candle_core::Error::Msg(text)
-}
-
-/// A new float32 storage on `dev` holding `y`.
-fn storage(dev: CudaDevice, y: CudaSlice<f32>) -> CudaStorage {
-    CudaStorage {
-        slice: CudaStorageSlice::F32(y),
-        device: dev,
-    }
 }
 
 /// (rows, row length) of a tensor whose last dimension is `k` long.
@@ -99,7 +91,7 @@ pub(in crate::kernels) fn layer_norm(
     args.arg(&r).arg(&c);
     // SAFETY: argument types and order match ifp_rln_apply_f32 in token.cu.
     unsafe { args.launch(grid(n, 256)) }.w()?;
-    Ok((storage(dev, y), lx.shape().clone()))
+    Ok((f32_storage(dev, y), lx.shape().clone()))
 }
 
 /// (x, w, dy) -> [dx (R*C), dw (C), db (C)] packed in one buffer, as the CPU op returns them.
@@ -145,7 +137,7 @@ pub(in crate::kernels) fn layer_norm_backward(
     // SAFETY: argument types and order match ifp_rln_params_partial_f32 in token.cu.
     unsafe { args.launch(grid(j as usize * channels, 256)) }.w()?;
     column_reduce(&dev, &partial, &out, n as i64, 2 * c, j)?;
-    Ok((storage(dev, out), Shape::from(n + 2 * channels)))
+    Ok((f32_storage(dev, out), Shape::from(n + 2 * channels)))
 }
 
 /// `out[at + k]` = the `j` partial sums of column k of `partial` (J, K), added in order.
@@ -210,7 +202,7 @@ pub(in crate::kernels) fn softmax(
         (r, Some(k)),
         r as usize,
     )?;
-    Ok((storage(dev, y), lx.shape().clone()))
+    Ok((f32_storage(dev, y), lx.shape().clone()))
 }
 
 /// (y, dy) -> `dx = y (dy - sum(dy y))` per row of `n`.
@@ -233,7 +225,7 @@ pub(in crate::kernels) fn softmax_backward(
         (r, Some(k)),
         r as usize,
     )?;
-    Ok((storage(dev, dx), ly.shape().clone()))
+    Ok((f32_storage(dev, dx), ly.shape().clone()))
 }
 
 /// Exact GELU of x.
@@ -242,7 +234,7 @@ pub(in crate::kernels) fn gelu((x, lx): (&CudaStorage, &Layout)) -> Result<(Cuda
     let xv = f32_view(x, lx, "gelu")?;
     let n = lx.shape().elem_count();
     let y = launch_into("ifp_gelu_f32", &[xv], &dev, n, (n as i64, None), n)?;
-    Ok((storage(dev, y), lx.shape().clone()))
+    Ok((f32_storage(dev, y), lx.shape().clone()))
 }
 
 /// (x, dy) -> `dy (Phi(x) + x phi(x))`.
@@ -256,7 +248,7 @@ pub(in crate::kernels) fn gelu_backward(
     let views = [f32_view(x, lx, WHAT)?, f32_view(dy, ldy, WHAT)?];
     let n = lx.shape().elem_count();
     let dx = launch_into("ifp_gelu_dx_f32", &views, &dev, n, (n as i64, None), n)?;
-    Ok((storage(dev, dx), lx.shape().clone()))
+    Ok((f32_storage(dev, dx), lx.shape().clone()))
 }
 
 /// `x + b`, b (`k` values) repeated over the rows of x.
@@ -284,7 +276,7 @@ pub(in crate::kernels) fn add_rows(
         (n as i64, Some(k as i32)),
         n,
     )?;
-    Ok((storage(dev, y), lx.shape().clone()))
+    Ok((f32_storage(dev, y), lx.shape().clone()))
 }
 
 /// (R, K) flattened -> (K): the sum over rows, from fixed-order partial sums.
@@ -302,7 +294,7 @@ pub(in crate::kernels) fn column_sum(
     // SAFETY: the reduction writes all K sums.
     let out = unsafe { dev.alloc::<f32>(k)? };
     column_sums_into(&dev, &gv, (n / k, k), &out, 0)?;
-    Ok((storage(dev, out), Shape::from(k)))
+    Ok((f32_storage(dev, out), Shape::from(k)))
 }
 
 /// `out[at..at + k]` = the sums over the rows of `g` viewed as (`rows`, `k`), from fixed-order

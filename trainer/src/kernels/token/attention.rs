@@ -14,7 +14,7 @@
 //! `dv = P^T do`, `dP = do v^T`, `dS = P * (dP - rowsum(dP * P))`, `dq = dS k`, `dk = dS^T q`,
 //! and the bias's gradient is `dS` summed over the images (fixed blocks, in order).
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::bias::column_sums;
@@ -22,7 +22,7 @@ use super::softmax::{biased_softmax_in_place, softmax_backward_in_place};
 use gemm::Parallelism;
 
 use crate::kernels::product::{matmul, Mat};
-use crate::kernels::{f32_slice, kernel_applies, unpack, CudaKernel};
+use crate::kernels::{f32_slice, fused_applies, unpack, CudaKernel};
 
 /// The sizes: `windows` (B') of `heads` heads, `n` tokens of `d` features; the bias holds
 /// `k` values, repeated over the (B', heads, N, N) logits.
@@ -248,15 +248,14 @@ impl CustomOp3 for WindowAttentionBackward {
 }
 
 /// Heads wider than this take the composed path on CUDA (the kernel keeps a row's vectors in
-/// registers, `cuda/attention.cu`).
-const CUDA_MAX_HEAD_WIDTH: usize = 64;
+/// registers, `cuda/attention.cu`; its widest instantiation).
+pub(in crate::kernels) const CUDA_MAX_HEAD_WIDTH: usize = 64;
 
 /// Where [`window_attention`] runs as one op: float32 without autocast (which runs the
 /// products in the low dtype), on the CPU, and on CUDA where `IFP_CUDA_FUSED` turns on
 /// `attention` (for heads up to 64 wide). Elsewhere it is the composed version.
 pub fn window_attention_applies(x: &Tensor) -> bool {
-    crate::kernels::amp::low_dtype().is_none()
-        && kernel_applies(x, Some(CudaKernel::Attention), &[DType::F32])
+    crate::kernels::amp::low_dtype().is_none() && fused_applies(x, CudaKernel::Attention)
 }
 
 /// `softmax(q k^T + bias) v` per window and head, q, k and v packed as `(B', 3 * heads, N, d)`

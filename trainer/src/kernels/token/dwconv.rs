@@ -10,14 +10,14 @@
 //! partial sums over fixed blocks of image rows, added in block order (the result does not
 //! depend on the thread count).
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::gelu::{gelu_grad, gelu_in_place};
 use super::rows_per_task;
 use crate::kernels::conv::valid;
-use crate::kernels::{f32_slice, kernel_applies, unpack, Activation, CudaKernel};
+use crate::kernels::{f32_slice, fused_applies, unpack, Activation, CudaKernel};
 
 /// The sizes of one call: `b` images of `h x w` pixels with `c` channels, a `k x k` kernel.
 #[derive(Clone, Copy)]
@@ -345,7 +345,7 @@ impl CustomOp3 for TokenDepthwiseBackward {
 /// Elsewhere it is the composed version.
 pub fn depthwise_applies(x: &Tensor) -> bool {
     let uncast = crate::kernels::amp::low_dtype().is_none() || crate::kernels::mixed_autocast(x);
-    uncast && kernel_applies(x, Some(CudaKernel::Dwconv), &[DType::F32])
+    uncast && fused_applies(x, CudaKernel::Dwconv)
 }
 
 /// The depthwise "same" convolution plus bias of tokens `(B, H*W, C)` laid out in rows of `w`

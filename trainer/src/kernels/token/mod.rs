@@ -28,9 +28,9 @@ mod linear;
 mod norm;
 mod softmax;
 
-#[cfg(feature = "cuda")]
-pub(in crate::kernels) use attention::AttentionGeom;
 pub use attention::{window_attention, window_attention_applies, window_attention_composed};
+#[cfg(feature = "cuda")]
+pub(in crate::kernels) use attention::{AttentionGeom, CUDA_MAX_HEAD_WIDTH};
 pub use bias::add_bias;
 #[cfg(feature = "cuda")]
 pub(in crate::kernels) use dwconv::DepthwiseGeom;

@@ -4,7 +4,7 @@
 use candle_core::{Device, Tensor, Var};
 use ifp_trainer::kernels::token;
 
-use super::{build, close, launch, values};
+use super::{build, close, launch, values, var};
 
 /// (qkv, bias, out, rows, H, N, D, K)
 type Forward = unsafe extern "C" fn(*const f32, *const f32, *mut f32, i64, i32, i32, i32, i64);
@@ -39,10 +39,6 @@ type Cols = unsafe extern "C" fn(
 /// (register width, windows, heads, tokens, head width, bias shape)
 type Case = (usize, usize, usize, usize, usize, &'static [usize]);
 
-fn var(std: f32, shape: impl Into<candle_core::Shape>) -> Var {
-    Var::from_tensor(&Tensor::randn(0f32, std, shape, &Device::Cpu).expect("randn")).expect("var")
-}
-
 #[test]
 fn the_window_attention_kernels_run_as_the_cpu_op() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -68,7 +64,10 @@ fn the_window_attention_kernels_run_as_the_cpu_op() {
                     .expect("cols"),
             )
         };
-        let (qkv, bias) = (var(1.0, (windows, 3 * heads, n, d)), var(1.0, bshape));
+        let (qkv, bias) = (
+            var(0.0, 1.0, (windows, 3 * heads, n, d)),
+            var(0.0, 1.0, bshape),
+        );
         let dout = Tensor::randn(0f32, 1.0, (windows, heads, n, d), &Device::Cpu).expect("dout");
         let (qs, bs, gs) = (
             values(qkv.as_tensor()),

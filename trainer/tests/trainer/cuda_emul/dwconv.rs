@@ -4,7 +4,7 @@
 use candle_core::{Device, Tensor, Var};
 use ifp_trainer::kernels::token;
 
-use super::{build, close, launch, values};
+use super::{build, close, launch, values, var};
 
 /// (x, weight, bias, y, n, H, W, C, k, mirror, gelu)
 type Apply = unsafe extern "C" fn(
@@ -28,10 +28,6 @@ type Reduce = unsafe extern "C" fn(*const f64, *mut f32, i64, i32, i32);
 /// Partial sums: each emulated thread adds several image rows.
 const PARTS: i32 = 3;
 
-fn var(std: f32, shape: impl Into<candle_core::Shape>) -> Var {
-    Var::from_tensor(&Tensor::randn(0f32, std, shape, &Device::Cpu).expect("randn")).expect("var")
-}
-
 #[test]
 fn the_token_depthwise_kernels_run_as_the_cpu_op() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -51,9 +47,9 @@ fn the_token_depthwise_kernels_run_as_the_cpu_op() {
     // (B, H, W, C, k): odd sizes, a 5x5 kernel wider than the grid.
     for (b, h, w, c, k) in [(2, 5, 4, 3, 3), (1, 3, 2, 2, 5)] {
         let what = format!("{b}x{h}x{w}x{c} k{k}");
-        let x = var(1.0, (b, h * w, c));
-        let weight = var(0.5, (c, 1, k, k));
-        let bias = var(1.0, c);
+        let x = var(0.0, 1.0, (b, h * w, c));
+        let weight = var(0.0, 0.5, (c, 1, k, k));
+        let bias = var(0.0, 1.0, c);
         let dy = Tensor::randn(0f32, 1.0, (b, h * w, c), &Device::Cpu).expect("dy");
         let (xs, ws, bs, gs) = (
             values(x.as_tensor()),

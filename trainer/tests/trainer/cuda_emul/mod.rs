@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor, Var};
 use libloading::{Library, Symbol};
 
 mod attention;
@@ -78,6 +78,11 @@ fn launch(lib: &Library, mut call: impl FnMut()) {
 
 fn values(t: &Tensor) -> Vec<f32> {
     t.flatten_all().and_then(|t| t.to_vec1()).expect("values")
+}
+
+/// A CPU variable of normal values.
+fn var(mean: f32, std: f32, shape: impl Into<candle_core::Shape>) -> Var {
+    Var::from_tensor(&Tensor::randn(mean, std, shape, &Device::Cpu).expect("randn")).expect("var")
 }
 
 /// Relative L2 distance of `a` from `b`.

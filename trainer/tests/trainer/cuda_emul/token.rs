@@ -4,7 +4,7 @@
 use candle_core::{Device, Tensor, Var};
 use ifp_trainer::kernels::token;
 
-use super::{build, close, launch, values};
+use super::{build, close, launch, values, var};
 
 type Stats = unsafe extern "C" fn(*const f32, *mut f32, *mut f32, i64, i32);
 type Apply = unsafe extern "C" fn(
@@ -32,10 +32,6 @@ const R: usize = 23;
 const C: usize = 7;
 /// Partial sums per column: each emulated thread adds several rows.
 const PARTS: i32 = 4;
-
-fn var(mean: f32, std: f32, shape: impl Into<candle_core::Shape>) -> Var {
-    Var::from_tensor(&Tensor::randn(mean, std, shape, &Device::Cpu).expect("randn")).expect("var")
-}
 
 /// The CPU op's output and the gradients of `inputs` for the output gradient `dy`.
 fn cpu(inputs: &[&Var], dy: &Tensor, f: impl Fn() -> Tensor) -> (Vec<f32>, Vec<Vec<f32>>) {
