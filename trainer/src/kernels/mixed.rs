@@ -4,7 +4,9 @@
 //! graph nodes (two casts, the bf16 product, the cast of its result back), each with its own
 //! gradient buffers, keeps bf16 copies of both operands for the backward pass, and rounds the
 //! result and both gradients to bfloat16. CUDA only (`cuda/mixed.rs`), where `IFP_CUDA_FUSED`
-//! names `mixed`; with it the depthwise convolutions skip their casts too ([`mixed_autocast`]).
+//! names `mixed`; with it the fused ops that compute in float32 anyway (the depthwise
+//! convolutions, the GDFN gate, the window and channel attention) skip their casts too
+//! ([`runs_uncast`]).
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
@@ -67,6 +69,17 @@ pub fn mixed_autocast(x: &Tensor) -> bool {
     amp::low_dtype() == Some(DType::BF16)
         && x.device().is_cuda()
         && kernel_applies(x, Some(CudaKernel::Mixed), &[DType::F32])
+}
+
+/// Whether a fused op on `x` that computes in float32 runs under the current autocast setting:
+/// without autocast, or under [`mixed_autocast`]. There the activations between ops are
+/// float32 (each product's result is), so such an op reads its float32 input as it is, where
+/// the composed path would cast it to bfloat16 and its result back. The fused attentions'
+/// products then stay float32 where PyTorch's autocast runs them in bfloat16: they are small
+/// (head width by head width per channel-attention head, 64 by 64 per window) and the ops are
+/// bound by memory traffic, which a bfloat16 copy of their input would only add to.
+pub fn runs_uncast(x: &Tensor) -> bool {
+    amp::low_dtype().is_none() || mixed_autocast(x)
 }
 
 /// Whether `a b` takes [`MixedMatmul`]: [`mixed_autocast`], float32 tensors of the same rank

@@ -44,7 +44,7 @@ use candle_core::{Result, Tensor};
 
 pub(crate) use conv::f32_slice;
 pub(crate) use lanes::{dot, dot_inline, max_inline, sum_inline};
-pub use mixed::{mixed_applicable, mixed_autocast};
+pub use mixed::{mixed_applicable, mixed_autocast, runs_uncast};
 pub use normalize::{l2_normalize_last, l2_normalize_last_composed};
 pub use optim::{
     adamw_update, adamw_update_composed, adamw_update_in_place, squared_norm,
@@ -209,11 +209,12 @@ pub fn channel_layer_norm_composed(
 /// Restormer's channel attention from the output of its depthwise convolution: qkv
 /// (B, 3C, H, W) and the per-head temperature (heads, 1, 1) -> (B, C, H, W) (see `attention`).
 /// The fused op multiplies in float32, so under autocast the products take
-/// [`channel_attention_composed`], which runs them in the low dtype as PyTorch does. On CUDA
-/// the op runs where `IFP_CUDA_FUSED` turns on `mdta` (`cuda/mdta.rs`); elsewhere there the
-/// same composition runs with the normalisation and softmax kernels where they are on.
+/// [`channel_attention_composed`], which runs them in the low dtype as PyTorch does, except
+/// where [`runs_uncast`] (CUDA with `mixed` on). On CUDA the op runs where `IFP_CUDA_FUSED`
+/// turns on `mdta` (`cuda/mdta.rs`); elsewhere there the same composition runs with the
+/// normalisation and softmax kernels where they are on.
 pub fn channel_attention(qkv: &Tensor, temperature: &Tensor, heads: usize) -> Result<Tensor> {
-    if !fused_applies(qkv, CudaKernel::Mdta) || amp::low_dtype().is_some() {
+    if !(fused_applies(qkv, CudaKernel::Mdta) && runs_uncast(qkv)) {
         if qkv.device().is_cuda() {
             // The products stay cuBLAS's (under autocast too); the normalisations and the
             // softmax are one op each where `IFP_CUDA_FUSED` turns on `normalize` and `token`.
@@ -268,18 +269,16 @@ fn channel_attention_with(
 /// Whether an op that fuses a bias-free depthwise convolution (weight `(C, 1, k, k)`) into the
 /// op after it runs for x: float32, on the CPU, or on CUDA where `IFP_CUDA_FUSED` turns on
 /// `kernel` (the op's own) and the depthwise kernel takes `k`; not under autocast, except
-/// the gate's under [`mixed_autocast`]: there the depthwise convolution reads float32 and the
-/// gate kernel computes in float32, so the one op computes what the two in turn do (only
-/// without keeping the convolution's output), where the attention's products would no longer
-/// be bfloat16.
+/// where [`runs_uncast`]: there the convolution reads float32 and the op after it computes in
+/// float32, so the one op computes what the two in turn do, only without keeping the
+/// convolution's output.
 pub fn depthwise_fused_applicable(
     x: &Tensor,
     weight: &Tensor,
     k: usize,
     kernel: CudaKernel,
 ) -> bool {
-    let uncast = amp::low_dtype().is_none() || (kernel == CudaKernel::Gate && mixed_autocast(x));
-    uncast && fused_applies(x, kernel) && depthwise_applicable(x, weight, k)
+    runs_uncast(x) && fused_applies(x, kernel) && depthwise_applicable(x, weight, k)
 }
 
 /// [`channel_attention`] of `depthwise(x, weight)`, with the bias-free depthwise convolution

@@ -253,9 +253,10 @@ pub(in crate::kernels) const CUDA_MAX_HEAD_WIDTH: usize = 64;
 
 /// Where [`window_attention`] runs as one op: float32 without autocast (which runs the
 /// products in the low dtype), on the CPU, and on CUDA where `IFP_CUDA_FUSED` turns on
-/// `attention` (for heads up to 64 wide). Elsewhere it is the composed version.
+/// `attention` (for heads up to 64 wide), there also under autocast where
+/// [`crate::kernels::runs_uncast`] (`mixed` on). Elsewhere it is the composed version.
 pub fn window_attention_applies(x: &Tensor) -> bool {
-    crate::kernels::amp::low_dtype().is_none() && fused_applies(x, CudaKernel::Attention)
+    crate::kernels::runs_uncast(x) && fused_applies(x, CudaKernel::Attention)
 }
 
 /// `softmax(q k^T + bias) v` per window and head, q, k and v packed as `(B', 3 * heads, N, d)`

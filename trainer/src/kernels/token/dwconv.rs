@@ -340,12 +340,10 @@ impl CustomOp3 for TokenDepthwiseBackward {
 /// Where [`depthwise`] runs as one op: float32 on the CPU, and on CUDA where `IFP_CUDA_FUSED`
 /// turns on `dwconv` (`cuda/dwconv.cu`; behind a GELU its backward also takes the `token` GELU
 /// gradient kernel, whatever that switch says); not under autocast, which lowers convolutions,
-/// unless the products run without casts there ([`crate::kernels::mixed_autocast`]: a
-/// depthwise convolution then reads its float32 input, as the channels-first one does).
-/// Elsewhere it is the composed version.
+/// unless it reads its float32 input there ([`crate::kernels::runs_uncast`]), as the
+/// channels-first one does. Elsewhere it is the composed version.
 pub fn depthwise_applies(x: &Tensor) -> bool {
-    let uncast = crate::kernels::amp::low_dtype().is_none() || crate::kernels::mixed_autocast(x);
-    uncast && fused_applies(x, CudaKernel::Dwconv)
+    crate::kernels::runs_uncast(x) && fused_applies(x, CudaKernel::Dwconv)
 }
 
 /// The depthwise "same" convolution plus bias of tokens `(B, H*W, C)` laid out in rows of `w`

@@ -5,7 +5,7 @@
 //! CPU has no such op.
 
 use candle_core::{DType, Tensor, Var};
-use ifp_trainer::kernels::{amp, mixed_applicable};
+use ifp_trainer::kernels::{self, amp, mixed_applicable, runs_uncast};
 
 use super::{rel, CudaKernelsOn};
 use crate::common;
@@ -79,36 +79,87 @@ fn mixed_products_are_as_accurate_as_composed() {
     );
 }
 
-/// With the products mixed, a depthwise convolution under bf16 autocast reads its float32 input
-/// (no bfloat16 copy, no cast of its result): its output equals the float32 one, bit for bit.
+/// An op of its input and float32 parameters.
+type Op = fn(&Tensor, &[Tensor]) -> candle_core::Result<Tensor>;
+
+/// The ops [`runs_uncast`] lets run under mixed autocast, each on an input x (2, 24, 5, 7), with
+/// parameters of these shapes.
+const UNCAST: &[(&str, &[&[usize]], Op)] = &[
+    ("depthwise convolution", &[&[24, 1, 3, 3]], |x, p| {
+        use candle_core::Module;
+        let weights = [("weight".to_string(), p[0].clone())].into();
+        let vb = candle_nn::VarBuilder::from_tensors(weights, DType::F32, x.device());
+        ifp_trainer::models::layers::Conv2d::depthwise(24, 3, false, vb)?.forward(x)
+    }),
+    ("channel attention", &[&[2, 1, 1]], |x, p| {
+        kernels::channel_attention(x, &p[0], 2)
+    }),
+    (
+        "depthwise channel attention",
+        &[&[24, 1, 3, 3], &[2, 1, 1]],
+        |x, p| kernels::depthwise_channel_attention(x, &p[0], 3, &p[1], 2),
+    ),
+    ("depthwise GELU gate", &[&[24, 1, 3, 3]], |x, p| {
+        kernels::depthwise_gelu_gate(x, &p[0], 3)
+    }),
+    ("window attention", &[&[2, 20, 20]], |x, p| {
+        // x as (B' = 2, 3 * heads = 6, N = 20, d = 7), the bias (heads, N, N)
+        kernels::token::window_attention(&x.reshape((2, 6, 20, 7))?, &p[0], 2)
+    }),
+    (
+        "channels-last depthwise convolution",
+        &[&[24, 1, 3, 3], &[24]],
+        |x, p| {
+            // x as tokens (B = 2, H*W = 5 * 7, C = 24)
+            let tokens = x.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
+            kernels::token::depthwise(&tokens, &p[0], &p[1], 7, true)
+        },
+    ),
+];
+
+/// With the products mixed, the fused ops that compute in float32 read their float32 inputs
+/// under bf16 autocast (no bfloat16 copy, no cast of their result): output and input gradient
+/// equal the float32 ones, bit for bit, where the composed bf16 path would round both.
 #[test]
-fn depthwise_convolutions_skip_their_casts_under_mixed_autocast() {
-    use candle_core::Module;
-    use ifp_trainer::kernels::mixed_autocast;
-    use ifp_trainer::models::layers::Conv2d;
+fn float32_ops_skip_their_casts_under_mixed_autocast() {
     let _on = CudaKernelsOn::new();
     let dev = common::test_device();
     let bf16 = Some(DType::BF16);
-    let x = Tensor::randn(0f32, 1.0, (2, 6, 9, 7), &dev).expect("x");
+    let x =
+        Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 24, 5, 7), &dev).expect("x")).expect("var");
     if dev.is_cpu() {
-        assert!(!amp::autocast(bf16, || mixed_autocast(&x)));
+        assert!(!amp::autocast(bf16, || runs_uncast(x.as_tensor())));
         return;
     }
-    let map = candle_nn::VarMap::new();
-    let vb = candle_nn::VarBuilder::from_varmap(&map, DType::F32, &dev);
-    let conv = Conv2d::depthwise(6, 3, false, vb).expect("conv");
-    let full = conv.forward(&x).expect("float32");
-    let mixed = amp::autocast(bf16, || {
-        assert!(mixed_autocast(&x));
-        conv.forward(&x)
-    })
-    .expect("autocast");
-    assert_eq!(mixed.dtype(), DType::F32);
-    let d = (full - mixed)
-        .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
-        .expect("diff");
-    assert_eq!(
-        d, 0.0,
-        "the depthwise output under mixed autocast is the float32 one"
-    );
+    for (name, shapes, op) in UNCAST {
+        let params: Vec<Tensor> = shapes
+            .iter()
+            .map(|s| Tensor::randn(0f32, 1.0, *s, &dev).expect("randn"))
+            .collect();
+        let run = |low: Option<DType>| {
+            let y = amp::autocast(low, || {
+                assert!(runs_uncast(x.as_tensor()), "{name}");
+                op(x.as_tensor(), &params)
+            })
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(y.dtype(), DType::F32, "{name}");
+            let g = y.sum_all().and_then(|s| s.backward()).expect("backward");
+            let gx = g.get(x.as_tensor()).expect("input gradient").clone();
+            [y, gx]
+        };
+        let full = run(None);
+        let mixed = run(bf16);
+        for (what, (a, b)) in ["output", "input gradient"]
+            .iter()
+            .zip(full.iter().zip(&mixed))
+        {
+            let d = (a - b)
+                .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+                .expect("diff");
+            assert_eq!(
+                d, 0.0,
+                "{name}: the {what} under mixed autocast is the float32 one"
+            );
+        }
+    }
 }
