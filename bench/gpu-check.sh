@@ -257,6 +257,7 @@ kernel_of() {
     kernels::bias_act_*) echo bias ;;
     kernels::token::window_attention_*) echo attention ;;
     kernels::token::token_depthwise_*) echo dwconv ;;
+    kernels::token::token_linear_*) echo linear ;;
     kernels::token::*) echo token ;;
     kernels::l2_normalize_*) echo normalize ;;
     kernels::channel_attention_* | kernels::depthwise_channel_attention_*) echo mdta ;;
@@ -299,7 +300,7 @@ if [[ -n "$b" ]] && ((rc != 0 && rc != 101)); then
     done
 fi
 VERIFIED=()
-for k in optim gate norm im2col bias token normalize dense window mixed attention dwconv mdta; do
+for k in optim gate norm im2col bias token normalize dense window mixed attention dwconv mdta linear; do
     if [[ -n "${k_ok[$k]:-}" && -z "${k_bad[$k]:-}" ]]; then VERIFIED+=("$k"); fi
 done
 [[ -n "${k_bad[*]:-}" ]] && fail=1

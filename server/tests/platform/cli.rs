@@ -214,7 +214,8 @@ fn a_cuda_switch_value_it_cannot_mean_stops_any_command() {
     assert_eq!(
         err.trim(),
         "error: IFP_CUDA_FUSED=\"yes\": expected 0, 1 or a comma-separated list of optim, pool, \
-         gate, norm, im2col, bias, token, normalize, dense, window, mixed, attention, dwconv, mdta"
+         gate, norm, im2col, bias, token, normalize, dense, window, mixed, attention, dwconv, mdta, \
+         linear"
     );
     assert!(o.stdout.is_empty(), "nothing ran");
 }

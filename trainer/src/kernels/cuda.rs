@@ -9,7 +9,8 @@
 //! `dense`), the products under bf16 autocast (bfloat16 operands, float32 results, `mixed`),
 //! Uformer's window partition and reverse (float32 and bfloat16, `window`), its window
 //! attention from packed q, k, v (float32, `attention`), its LeFF's depthwise convolution on
-//! tokens (float32, `dwconv`), Restormer's whole channel attention (float32, `mdta`) and the
+//! tokens (float32, `dwconv`), its linear layers over tokens (float32, `linear`), Restormer's
+//! whole channel attention (float32, `mdta`) and the
 //! one-pass AdamW update (float32). Without the
 //! depthwise kernels the composed fallback keeps 17 full-size intermediates per depthwise
 //! convolution alive for the backward pass, which runs the paper Restormer at 224x224 out of
@@ -28,6 +29,7 @@ mod blas;
 mod conv;
 mod dense;
 pub(super) mod dwconv;
+pub(super) mod linear;
 pub(super) mod mdta;
 mod mixed;
 mod norm;

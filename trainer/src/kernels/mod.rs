@@ -10,7 +10,8 @@
 //! LayerNorm, the bias with its activation, the token ops, the window partition (float32 and
 //! bfloat16), the row normalisation, the dense
 //! convolutions (cuBLAS products planned by `gemm`), the products under bf16 autocast
-//! (`mixed`), Uformer's window attention and channels-last depthwise convolution, Restormer's
+//! (`mixed`), Uformer's window attention, channels-last depthwise convolution and linear
+//! layers (`gemm_tokens` plans them), Restormer's
 //! channel attention (`gemm_heads` plans its products) and the AdamW update (float32) run only
 //! where `IFP_CUDA_FUSED` names them (`switch`, [`CudaKernel`]).
 //! Each public function here falls back to composed tensor ops elsewhere, and the tests compare
@@ -29,6 +30,8 @@ mod gate;
 mod gemm;
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 mod gemm_heads;
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+mod gemm_tokens;
 mod lanes;
 mod math;
 mod mixed;

@@ -50,6 +50,9 @@ pub enum CudaKernel {
     /// Restormer's channel attention as one op: cuBLAS products of the raw rows and the small
     /// kernels around them (`cuda/mdta.rs`, `cuda/mdta.cu`).
     Mdta,
+    /// Uformer's linear layers over tokens as one op, to and from the attention's head layout:
+    /// cuBLAS products with the bias broadcast into the result (`cuda/linear.rs`).
+    Linear,
 }
 
 /// The CUDA kernels on when `IFP_CUDA_FUSED` is unset: those a GPU run has shown equal to
@@ -290,7 +293,7 @@ mod tests {
         assert!([CudaKernel::Pool, CudaKernel::Normalize]
             .iter()
             .all(|k| CudaKernels::ALL.contains(*k)));
-        let list = "optim, pool, gate, norm, im2col, bias, token, normalize, dense, window, mixed, attention, dwconv, mdta";
+        let list = "optim, pool, gate, norm, im2col, bias, token, normalize, dense, window, mixed, attention, dwconv, mdta, linear";
         for bad in ["yes", "norm,true", "norm,"] {
             let err = parse_cuda_fused(Some(bad)).expect_err(bad);
             assert_eq!(

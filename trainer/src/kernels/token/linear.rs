@@ -8,6 +8,7 @@
 //! zero-fills a full-size gradient for the input of every one of those nodes and adds into it.
 //! The op has one input edge of activation size. Its backward computes `dx = dy W`,
 //! `dW = dy^T x` and `db = sum(dy)` in one op, reading `x` again rather than keeping anything.
+//! On CUDA the same steps run as `kernels/gemm_tokens.rs` plans them (`cuda/linear.rs`).
 
 use std::borrow::Cow;
 
@@ -17,7 +18,7 @@ use rayon::prelude::*;
 
 use super::bias::column_sums;
 use crate::kernels::product::{matmul, Mat};
-use crate::kernels::{amp, f32_slice, kernel_applies, unpack};
+use crate::kernels::{amp, f32_slice, fused_applies, unpack, CudaKernel};
 
 /// How the tokens of one side of the op are laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,28 +37,28 @@ struct TokenLinear {
 }
 
 /// The product's sizes: `groups * tokens` rows of `k` features in, `o` out.
-#[derive(Clone, Copy)]
-struct Geom {
-    groups: usize,
-    tokens: usize,
-    k: usize,
-    o: usize,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(in crate::kernels) struct LinearGeom {
+    pub(in crate::kernels) groups: usize,
+    pub(in crate::kernels) tokens: usize,
+    pub(in crate::kernels) k: usize,
+    pub(in crate::kernels) o: usize,
 }
 
-impl Geom {
-    fn rows(&self) -> usize {
-        self.groups * self.tokens
-    }
-}
-
-impl TokenLinear {
-    /// The sizes for an input of shape `x` and a weight `(o, k)`, checked against the layouts.
-    fn geom(&self, x: &[usize], w: &[usize]) -> Result<Geom> {
+impl LinearGeom {
+    /// The sizes for an input of shape `x` laid out as `input` and a weight `(o, k)`, checked
+    /// against the layouts (`output` too).
+    pub(in crate::kernels) fn new(
+        input: Tokens,
+        output: Tokens,
+        x: &[usize],
+        w: &[usize],
+    ) -> Result<Self> {
         let bad = |why: String| candle_core::Error::Msg(format!("token linear: {why}"));
         let &[o, k] = w else {
             return Err(bad(format!("weight {w:?} is not (out, in)")));
         };
-        let (groups, tokens, features) = match (self.input, x) {
+        let (groups, tokens, features) = match (input, x) {
             (Tokens::Heads(h), &[g, xh, n, d]) if xh == h && h > 0 => (g, n, h * d),
             (Tokens::Heads(h), _) => {
                 return Err(bad(format!("input {x:?} is not (B', {h}, N, d)")))
@@ -71,17 +72,15 @@ impl TokenLinear {
                 "input {x:?} has {features} features, the weight {k}"
             )));
         }
-        match self.output {
+        match output {
             Tokens::Heads(h)
-                if h == 0
-                    || !o.is_multiple_of(h)
-                    || (x.len() != 3 && self.input == Tokens::Rows) =>
+                if h == 0 || !o.is_multiple_of(h) || (x.len() != 3 && input == Tokens::Rows) =>
             {
                 Err(bad(format!(
                     "{o} outputs of input {x:?} cannot split into {h} heads"
                 )))
             }
-            _ => Ok(Geom {
+            _ => Ok(LinearGeom {
                 groups,
                 tokens,
                 k,
@@ -90,7 +89,30 @@ impl TokenLinear {
         }
     }
 
-    fn out_shape(&self, x: &[usize], g: Geom) -> Shape {
+    pub(in crate::kernels) fn rows(&self) -> usize {
+        self.groups * self.tokens
+    }
+}
+
+impl TokenLinear {
+    fn geom(&self, x: &[usize], w: &[usize]) -> Result<LinearGeom> {
+        LinearGeom::new(self.input, self.output, x, w)
+    }
+
+    /// [`Self::geom`], with the bias checked against the outputs.
+    fn geom_with_bias(&self, x: &[usize], w: &[usize], b: &Layout) -> Result<LinearGeom> {
+        let g = self.geom(x, w)?;
+        if b.dims() != [g.o] {
+            return Err(candle_core::Error::Msg(format!(
+                "token linear: biases {:?} for {} outputs",
+                b.dims(),
+                g.o
+            )));
+        }
+        Ok(g)
+    }
+
+    fn out_shape(&self, x: &[usize], g: LinearGeom) -> Shape {
         match (self.output, self.input) {
             (Tokens::Heads(h), _) => Shape::from((g.groups, h, g.tokens, g.o / h)),
             (Tokens::Rows, Tokens::Heads(_)) => Shape::from((g.groups, g.tokens, g.o)),
@@ -114,7 +136,7 @@ fn parallelism() -> Parallelism {
 }
 
 /// (groups, heads, tokens, d) -> (groups, tokens, heads * d).
-fn heads_to_rows(src: &[f32], g: Geom, heads: usize, f: usize) -> Vec<f32> {
+fn heads_to_rows(src: &[f32], g: LinearGeom, heads: usize, f: usize) -> Vec<f32> {
     let d = f / heads;
     let mut out = vec![0f32; src.len()];
     out.par_chunks_mut(g.tokens * f)
@@ -130,7 +152,7 @@ fn heads_to_rows(src: &[f32], g: Geom, heads: usize, f: usize) -> Vec<f32> {
 }
 
 /// (groups, tokens, heads * d) -> (groups, heads, tokens, d).
-fn rows_to_heads(src: &[f32], g: Geom, heads: usize, f: usize) -> Vec<f32> {
+fn rows_to_heads(src: &[f32], g: LinearGeom, heads: usize, f: usize) -> Vec<f32> {
     let d = f / heads;
     let mut out = vec![0f32; src.len()];
     out.par_chunks_mut(g.tokens * f)
@@ -146,7 +168,7 @@ fn rows_to_heads(src: &[f32], g: Geom, heads: usize, f: usize) -> Vec<f32> {
 }
 
 /// The rows of `data` (laid out as `side`, `f` features per token) as a (rows, f) matrix.
-fn as_rows(data: &[f32], side: Tokens, g: Geom, f: usize) -> Cow<'_, [f32]> {
+fn as_rows(data: &[f32], side: Tokens, g: LinearGeom, f: usize) -> Cow<'_, [f32]> {
     match side {
         Tokens::Rows => Cow::Borrowed(data),
         Tokens::Heads(h) => Cow::Owned(heads_to_rows(data, g, h, f)),
@@ -154,7 +176,7 @@ fn as_rows(data: &[f32], side: Tokens, g: Geom, f: usize) -> Cow<'_, [f32]> {
 }
 
 /// A (rows, f) matrix laid out as `side`.
-fn from_rows(rows: Vec<f32>, side: Tokens, g: Geom, f: usize) -> Vec<f32> {
+fn from_rows(rows: Vec<f32>, side: Tokens, g: LinearGeom, f: usize) -> Vec<f32> {
     match side {
         Tokens::Rows => rows,
         Tokens::Heads(h) => rows_to_heads(&rows, g, h, f),
@@ -175,17 +197,10 @@ impl CustomOp3 for TokenLinear {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = self.geom(l1.dims(), l2.dims())?;
+        let g = self.geom_with_bias(l1.dims(), l2.dims(), l3)?;
         let x = f32_slice(s1, l1, self.name())?;
         let w = f32_slice(s2, l2, self.name())?;
         let b = f32_slice(s3, l3, self.name())?;
-        if b.len() != g.o {
-            return Err(candle_core::Error::Msg(format!(
-                "token linear: {} biases for {} outputs",
-                b.len(),
-                g.o
-            )));
-        }
         let xm = as_rows(x, self.input, g, g.k);
         // y (rows, o) = bias + x (rows, k) W^T (k, o); W (o, k) is W^T stored transposed.
         let mut y = b.repeat(g.rows());
@@ -202,6 +217,22 @@ impl CustomOp3 for TokenLinear {
         matmul(&mut y, xa, wa, g.rows(), g.o, g.k, true, parallelism());
         let out = from_rows(y, self.output, g, g.o);
         Ok((CpuStorage::F32(out), self.out_shape(l1.dims(), g)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let g = self.geom_with_bias(l1.dims(), l2.dims(), l3)?;
+        let sides = (self.input, self.output);
+        let out = crate::kernels::cuda::linear::forward(g, sides, [(s1, l1), (s2, l2), (s3, l3)])?;
+        Ok((out, self.out_shape(l1.dims(), g)))
     }
 
     fn bwd(
@@ -283,19 +314,43 @@ impl CustomOp3 for TokenLinearBackward {
         let n = out.len();
         Ok((CpuStorage::F32(out), Shape::from(n)))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let g = LinearGeom::new(self.input, self.output, l1.dims(), l2.dims())?;
+        let sides = (self.input, self.output);
+        let out = crate::kernels::cuda::linear::backward(g, sides, [(s1, l1), (s2, l2), (s3, l3)])?;
+        let n = g.rows() * g.k + g.o * g.k + g.o;
+        Ok((out, Shape::from(n)))
+    }
 }
 
-/// Where [`linear`] runs as one op: float32 on the CPU without autocast (the composed version
-/// multiplies in the autocast dtype). On CUDA it is the composed version.
+/// Where [`linear`] runs as one op: float32 without autocast (the composed version multiplies
+/// in the autocast dtype), on the CPU, and on CUDA where `IFP_CUDA_FUSED` turns on `linear`
+/// (`cuda/linear.rs`, planned in `kernels/gemm_tokens.rs`). Elsewhere it is the composed
+/// version.
 pub fn linear_applies(x: &Tensor) -> bool {
-    amp::low_dtype().is_none() && kernel_applies(x, None, &[])
+    amp::low_dtype().is_none() && fused_applies(x, CudaKernel::Linear)
 }
 
 /// `x W^T + b` over the last dimension: x laid out as `input`, the result as `output`
 /// ([`Tokens`]); weight `(out, in)`, bias `(out)`. One op where [`linear_applies`], else
-/// [`linear_composed`].
+/// [`linear_composed`]; the sizes are checked first either way, so a bad layout is the same
+/// error on every path.
 pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, input: Tokens, output: Tokens) -> Result<Tensor> {
-    if !(linear_applies(x) && w.dtype() == x.dtype() && b.dtype() == x.dtype()) {
+    let g = LinearGeom::new(input, output, x.dims(), w.dims())?;
+    let float32 = w.dtype() == x.dtype() && b.dtype() == x.dtype();
+    // cuBLAS refuses empty products.
+    let sized = x.device().is_cpu() || g.rows() * g.k * g.o > 0;
+    if !(linear_applies(x) && float32 && sized) {
         return linear_composed(x, w, b, input, output);
     }
     let op = TokenLinear { input, output };

@@ -13,9 +13,9 @@
 //! [`layer_norm`], [`softmax`], [`gelu`] and [`add_bias`] fall back to the composed versions
 //! elsewhere, which are also what the tests compare them with. [`window_attention`] and
 //! [`depthwise`] run on CUDA too (`cuda/attention.cu`, `cuda/dwconv.cu`) where
-//! `IFP_CUDA_FUSED` turns on `attention` and `dwconv`. [`linear`] and [`biased_softmax`] are
-//! CPU ops only (no CUDA version yet): elsewhere they are their composed versions, which are
-//! the paths the network took before them. Like the other kernels, the per-row loops are compiled for AVX2+FMA as well as the
+//! `IFP_CUDA_FUSED` turns on `attention` and `dwconv`, and [`linear`] (`cuda/linear.rs`)
+//! where it turns on `linear`. [`biased_softmax`] is a CPU op only (no CUDA version yet):
+//! elsewhere it is its composed version, the path the network took before it. Like the other kernels, the per-row loops are compiled for AVX2+FMA as well as the
 //! baseline and picked at run time, with the vectorisable `math::erf`/`math::exp`.
 
 use rayon::prelude::*;
@@ -36,6 +36,7 @@ pub use bias::add_bias;
 pub(in crate::kernels) use dwconv::DepthwiseGeom;
 pub use dwconv::{depthwise, depthwise_applies, depthwise_composed, through_planes};
 pub use gelu::gelu;
+pub(in crate::kernels) use linear::LinearGeom;
 pub use linear::{linear, linear_applies, linear_composed, Tokens};
 pub use norm::{layer_norm, layer_norm_composed};
 pub use softmax::{biased_softmax, biased_softmax_composed, softmax, softmax_last};

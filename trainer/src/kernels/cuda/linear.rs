@@ -1,0 +1,114 @@
+//! CUDA runs of Uformer's linear layer over tokens, float32: the steps `kernels/gemm_tokens.rs`
+//! plans (and its tests run on the CPU), each issued here as candle's strided copy, one cuBLAS
+//! call, or `token.cu`'s fixed-order column sums. Composed, a linear layer was a reshape, a
+//! product, a broadcast bias addition and a reshape (a transpose and a copy each way around
+//! the attention's heads), candle zero-filling and adding a full-size gradient for each node;
+//! its bias gradient was candle's strided reduction.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::CudaSlice;
+use candle_core::cuda_backend::CudaStorageSlice;
+use candle_core::{CudaStorage, Layout, Result};
+
+use super::token::column_sums_into;
+use super::{blas, f32_storage};
+use crate::kernels::gemm_tokens::{self as plan, Buf, Plan, Step};
+use crate::kernels::token::{LinearGeom, Tokens};
+
+const WHAT: &str = "token linear";
+
+fn msg(m: &str) -> candle_core::Error {
+    candle_core::Error::Msg(format!("{WHAT}: {m}"))
+}
+
+fn floats(s: &CudaStorage) -> Result<&CudaSlice<f32>> {
+    match &s.slice {
+        CudaStorageSlice::F32(v) => Ok(v),
+        _ => Err(msg("float32 tensors only on CUDA")),
+    }
+}
+
+fn floats_mut(s: &mut CudaStorage) -> Result<&mut CudaSlice<f32>> {
+    match &mut s.slice {
+        CudaStorageSlice::F32(v) => Ok(v),
+        _ => Err(msg("float32 tensors only on CUDA")),
+    }
+}
+
+/// Runs `plan` on `inputs` (offsets in the plan are from the start of each storage) and returns
+/// its output.
+fn run(plan: &Plan, inputs: [&CudaStorage; 3]) -> Result<CudaStorage> {
+    let dev = inputs[0].device.clone();
+    // The scratch buffers, then the output; each is taken out while a step writes it.
+    let mut owned = Vec::with_capacity(plan.temps.len() + 1);
+    for &n in plan.temps.iter().chain([&plan.out]) {
+        // SAFETY: each step reads only what earlier steps wrote: a plan writes every element of
+        // a buffer (a copy, a broadcast, a product with beta 0) before reading or adding to it.
+        let buf = unsafe { dev.alloc::<f32>(n)? };
+        owned.push(Some(f32_storage(dev.clone(), buf)));
+    }
+    let slot = |b: Buf| match b {
+        Buf::Input(_) => Err(msg("a step writes an input")),
+        Buf::Temp(t) => Ok(t),
+        Buf::Out => Ok(plan.temps.len()),
+    };
+    for step in &plan.steps {
+        let dst = match step {
+            Step::Copy { dst, .. } | Step::ColumnSums { dst, .. } => *dst,
+            Step::Gemm { c, .. } => *c,
+        };
+        let i = slot(dst)?;
+        let mut out = owned[i].take().ok_or_else(|| msg("a missing buffer"))?;
+        let read = |b: Buf| match b {
+            Buf::Input(j) => inputs.get(j).copied().ok_or_else(|| msg("no such input")),
+            other => owned[slot(other)?]
+                .as_ref()
+                .ok_or_else(|| msg("a step reads the buffer it writes")),
+        };
+        match step {
+            Step::Copy {
+                src, layout, at, ..
+            } => read(*src)?.copy_strided_src(&mut out, *at, layout)?,
+            Step::Gemm { call, a, b, .. } => {
+                let (a, b) = (floats(read(*a)?)?.as_view(), floats(read(*b)?)?.as_view());
+                blas::issue(WHAT, &dev, call, &a, &b, floats_mut(&mut out)?)?;
+            }
+            Step::ColumnSums {
+                src,
+                from,
+                rows,
+                cols,
+                at,
+                ..
+            } => {
+                let src = floats(read(*src)?)?;
+                let end = from + rows * cols;
+                if end > src.len() || at + cols > floats(&out)?.len() {
+                    return Err(msg("column sums outside their buffers"));
+                }
+                let rows_view = src.slice(*from..end);
+                column_sums_into(&dev, &rows_view, (*rows, *cols), floats(&out)?, *at)?;
+            }
+        }
+        owned[i] = Some(out);
+    }
+    owned.pop().flatten().ok_or_else(|| msg("a missing output"))
+}
+
+/// `y = b + x W^T` of x (laid out as `sides.0`), W and b, y laid out as `sides.1`.
+pub(in crate::kernels) fn forward(
+    g: LinearGeom,
+    sides: (Tokens, Tokens),
+    [(x, lx), (w, lw), (b, lb)]: [(&CudaStorage, &Layout); 3],
+) -> Result<CudaStorage> {
+    run(&plan::forward(g, sides, [lx, lw, lb])?, [x, w, b])
+}
+
+/// `[dx, dW, db]` one after another, from x, W and the output gradient dy.
+pub(in crate::kernels) fn backward(
+    g: LinearGeom,
+    sides: (Tokens, Tokens),
+    [(x, lx), (w, lw), (dy, ldy)]: [(&CudaStorage, &Layout); 3],
+) -> Result<CudaStorage> {
+    run(&plan::backward(g, sides, [lx, lw, ldy])?, [x, w, dy])
+}
