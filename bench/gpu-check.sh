@@ -3,8 +3,8 @@
 # preset trained for 50 steps, the paper Restormer at 224x224 (and, when the run has time, the
 # paper Uformer at 256x256, float32) against PyTorch eager; the CUDA
 # kernels that wait for this run (AdamW, LayerNorms, im2col, the GELU gate, bias + activation,
-# MDTA's row normalisation and whole channel attention, Uformer's token ops, window partition, window attention and LeFF
-# depthwise convolution, the dense convolutions'
+# MDTA's row normalisation and whole channel attention, Uformer's token ops, window partition,
+# window attention, linear layers and LeFF depthwise convolution, the dense convolutions'
 # cuBLAS products, the products under bf16 autocast) each against its composed version, and
 # those that pass through both networks' golden parity and a benchmark row of their own;
 # training attempts in processes of their own as a worker runs them (with a memory limit, and killed),
