@@ -1,7 +1,8 @@
 //! Kernels as candle custom ops with their own backward, for the operations whose candle 0.11
 //! backward is slow or missing (ARCHITECTURE.md, "Known traps in candle 0.11"): convolutions
-//! (`conv`) and the channel LayerNorm (`norm`), Restormer's channel attention (`attention`) and
-//! its GDFN gate (`gate`), a convolution's bias with its activation (`bias`), dense k x k
+//! (`conv`) and the channel LayerNorm (`norm`), Restormer's channel attention (`attention`; with
+//! its depthwise convolution, `dw_attention`) and its GDFN gate (`gate`), a convolution's bias
+//! with its activation (`bias`), dense k x k
 //! convolutions that keep no column matrix (`dense`), Uformer's token ops (`token`) and its
 //! shifted window partition and reverse (`window`), the row
 //! normalisation of MDTA's queries and keys (`normalize`) and the AdamW update (`optim`). All
@@ -24,6 +25,7 @@ mod conv;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod dense;
+mod dw_attention;
 mod gate;
 // Planned and tested in every build, issued only by the CUDA one.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
@@ -286,7 +288,7 @@ pub fn depthwise_fused_applicable(
 
 /// [`channel_attention`] of `depthwise(x, weight)`, with the bias-free depthwise convolution
 /// fused in where [`depthwise_fused_applicable`] (`mdta` on CUDA): x (B, 3C, H, W), weight
-/// (3C, 1, k, k) (see `attention::DwAttention`); otherwise the two in turn.
+/// (3C, 1, k, k) (see `dw_attention::DwAttention`); otherwise the two in turn.
 pub fn depthwise_channel_attention(
     x: &Tensor,
     weight: &Tensor,
@@ -300,7 +302,7 @@ pub fn depthwise_channel_attention(
     x.contiguous()?.apply_op3(
         &weight.contiguous()?,
         &temperature.contiguous()?,
-        attention::DwAttention { heads, k },
+        dw_attention::DwAttention { heads, k },
     )
 }
 
