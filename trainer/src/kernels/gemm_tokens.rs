@@ -49,6 +49,26 @@ pub(super) enum Step {
     },
 }
 
+/// How many elements of its source and of its destination a copy of `layout` to `at` reaches:
+/// the source's last element read (through the strides) plus one, and `at` plus the elements
+/// written. The executors check both against their buffers first (candle's CUDA copy kernel
+/// writes every element of the layout, whatever its destination holds).
+pub(super) fn copy_extents(layout: &Layout, at: usize) -> (usize, usize) {
+    let n = layout.shape().elem_count();
+    let last: usize = layout
+        .dims()
+        .iter()
+        .zip(layout.stride())
+        .map(|(d, s)| d.saturating_sub(1) * s)
+        .sum();
+    let src = if n == 0 {
+        0
+    } else {
+        layout.start_offset() + last + 1
+    };
+    (src, at + n)
+}
+
 /// The steps of one op: its scratch buffers' sizes, its output's size, the steps in order.
 #[derive(Debug, Clone)]
 pub(super) struct Plan {
@@ -283,8 +303,14 @@ mod tests {
                     dst,
                     at,
                 } => {
-                    let mut d = CpuStorage::F32(read(*dst, &temps, &out));
-                    let s = CpuStorage::F32(read(*src, &temps, &out));
+                    let (dv, sv) = (read(*dst, &temps, &out), read(*src, &temps, &out));
+                    let (src_end, dst_end) = copy_extents(layout, *at);
+                    assert!(
+                        src_end <= sv.len() && dst_end <= dv.len(),
+                        "{step:?} outside"
+                    );
+                    let mut d = CpuStorage::F32(dv);
+                    let s = CpuStorage::F32(sv);
                     s.copy_strided_src(&mut d, *at, layout).expect("copy");
                     (*dst, f32s(&d))
                 }
@@ -380,6 +406,15 @@ mod tests {
                 close(&format!("{what}: {name}"), &got[range], &want);
             }
         }
+    }
+
+    /// A transposed view reaches its whole storage; a broadcast bias only its own values.
+    #[test]
+    fn a_copy_reaches_what_its_layout_views() {
+        let heads = Layout::contiguous_with_offset((2, 3, 4, 5), 7).transpose(1, 2);
+        assert_eq!(copy_extents(&heads.expect("t"), 11), (7 + 120, 11 + 120));
+        let bias = Layout::contiguous_with_offset(6, 2).broadcast_as((10, 6));
+        assert_eq!(copy_extents(&bias.expect("b"), 0), (2 + 6, 60));
     }
 
     #[test]

@@ -68,7 +68,14 @@ fn run(plan: &Plan, inputs: [&CudaStorage; 3]) -> Result<CudaStorage> {
         match step {
             Step::Copy {
                 src, layout, at, ..
-            } => read(*src)?.copy_strided_src(&mut out, *at, layout)?,
+            } => {
+                let src = read(*src)?;
+                let (src_end, dst_end) = plan::copy_extents(layout, *at);
+                if src_end > floats(src)?.len() || dst_end > floats(&out)?.len() {
+                    return Err(msg("a copy outside its buffers"));
+                }
+                src.copy_strided_src(&mut out, *at, layout)?
+            }
             Step::Gemm { call, a, b, .. } => {
                 let (a, b) = (floats(read(*a)?)?.as_view(), floats(read(*b)?)?.as_view());
                 blas::issue(WHAT, &dev, call, &a, &b, floats_mut(&mut out)?)?;
