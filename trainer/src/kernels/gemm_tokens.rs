@@ -220,7 +220,7 @@ pub(super) fn backward(
 ) -> Result<Plan> {
     let mut p = empty();
     let (rows, nx, nw) = (s.rows(), s.rows() * s.k, s.o * s.k);
-    p.out = nx + nw + s.o;
+    p.out = s.gradients_len();
     contiguous(lw)?;
     let dy = p.rows_of(2, ldy, output, s, s.o)?;
     let x = p.rows_of(0, lx, input, s, s.k)?;

@@ -22,10 +22,7 @@ fn msg(m: &str) -> candle_core::Error {
 }
 
 fn floats(s: &CudaStorage) -> Result<&CudaSlice<f32>> {
-    match &s.slice {
-        CudaStorageSlice::F32(v) => Ok(v),
-        _ => Err(msg("float32 tensors only on CUDA")),
-    }
+    <f32 as blas::Operand>::slice(&s.slice).ok_or_else(|| msg("float32 tensors only on CUDA"))
 }
 
 fn floats_mut(s: &mut CudaStorage) -> Result<&mut CudaSlice<f32>> {

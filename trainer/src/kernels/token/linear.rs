@@ -92,6 +92,11 @@ impl LinearGeom {
     pub(in crate::kernels) fn rows(&self) -> usize {
         self.groups * self.tokens
     }
+
+    /// The length of the backward op's one output: dx, dW and db one after another.
+    pub(in crate::kernels) fn gradients_len(&self) -> usize {
+        self.rows() * self.k + self.o * self.k + self.o
+    }
 }
 
 impl TokenLinear {
@@ -328,8 +333,7 @@ impl CustomOp3 for TokenLinearBackward {
         let g = LinearGeom::new(self.input, self.output, l1.dims(), l2.dims())?;
         let sides = (self.input, self.output);
         let out = crate::kernels::cuda::linear::backward(g, sides, [(s1, l1), (s2, l2), (s3, l3)])?;
-        let n = g.rows() * g.k + g.o * g.k + g.o;
-        Ok((out, Shape::from(n)))
+        Ok((out, Shape::from(g.gradients_len())))
     }
 }
 
