@@ -257,6 +257,9 @@ kernel_of() {
     kernels::bias_act_*) echo bias ;;
     kernels::token::window_attention_*) echo attention ;;
     kernels::token::token_depthwise_*) echo dwconv ;;
+    # the linear layer under mixed autocast needs `mixed` as well; as with the attentions in
+    # kernels::mixed, a failure there is `mixed`'s only where `linear` itself passes.
+    kernels::token::token_linear_under_mixed_*) echo mixed ;;
     kernels::token::token_linear_*) echo linear ;;
     kernels::token::*) echo token ;;
     kernels::l2_normalize_*) echo normalize ;;

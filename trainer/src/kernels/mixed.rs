@@ -6,7 +6,8 @@
 //! result and both gradients to bfloat16. CUDA only (`cuda/mixed.rs`), where `IFP_CUDA_FUSED`
 //! names `mixed`; with it the fused ops that compute in float32 anyway (the depthwise
 //! convolutions, the GDFN gate, the window and channel attention) skip their casts too
-//! ([`runs_uncast`]).
+//! ([`runs_uncast`]), and Uformer's linear layer stays one op whose products cast their
+//! operands inside it, as this op does.
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
@@ -77,7 +78,9 @@ pub fn mixed_autocast(x: &Tensor) -> bool {
 /// the composed path would cast it to bfloat16 and its result back. The fused attentions'
 /// products then stay float32 where PyTorch's autocast runs them in bfloat16: they are small
 /// (head width by head width per channel-attention head, 64 by 64 per window) and the ops are
-/// bound by memory traffic, which a bfloat16 copy of their input would only add to.
+/// bound by memory traffic, which a bfloat16 copy of their input would only add to. A fused op
+/// with large products (Uformer's linear layer) casts their operands inside itself here, as
+/// [`MixedMatmul`] does.
 pub fn runs_uncast(x: &Tensor) -> bool {
     amp::low_dtype().is_none() || mixed_autocast(x)
 }

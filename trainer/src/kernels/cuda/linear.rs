@@ -1,6 +1,7 @@
-//! CUDA runs of Uformer's linear layer over tokens, float32: the steps `kernels/gemm_tokens.rs`
-//! plans (and its tests run on the CPU), each issued here as candle's strided copy, one cuBLAS
-//! call, or `token.cu`'s fixed-order column sums. Composed, a linear layer was a reshape, a
+//! CUDA runs of Uformer's linear layer over tokens, float32 (the products' operands float32,
+//! or bfloat16 under mixed autocast): the steps `kernels/gemm_tokens.rs` plans (and its tests
+//! run on the CPU), each issued here as candle's strided copy or cast, one cuBLAS call, or
+//! `token.cu`'s fixed-order column sums. Composed, a linear layer was a reshape, a
 //! product, a broadcast bias addition and a reshape (a transpose and a copy each way around
 //! the attention's heads), candle zero-filling and adding a full-size gradient for each node;
 //! its bias gradient was candle's strided reduction.
@@ -8,7 +9,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::CudaSlice;
 use candle_core::cuda_backend::CudaStorageSlice;
-use candle_core::{CudaStorage, Layout, Result};
+use candle_core::{CudaStorage, DType, Layout, Result};
 
 use super::token::column_sums_into;
 use super::{blas, f32_storage};
@@ -25,6 +26,14 @@ fn floats(s: &CudaStorage) -> Result<&CudaSlice<f32>> {
     <f32 as blas::Operand>::slice(&s.slice).ok_or_else(|| msg("float32 tensors only on CUDA"))
 }
 
+/// Both operands of a product as `T`, if both are.
+fn pair<'a, T: blas::Operand>(
+    a: &'a CudaStorage,
+    b: &'a CudaStorage,
+) -> Option<(&'a CudaSlice<T>, &'a CudaSlice<T>)> {
+    T::slice(&a.slice).zip(T::slice(&b.slice))
+}
+
 fn floats_mut(s: &mut CudaStorage) -> Result<&mut CudaSlice<f32>> {
     match &mut s.slice {
         CudaStorageSlice::F32(v) => Ok(v),
@@ -36,13 +45,23 @@ fn floats_mut(s: &mut CudaStorage) -> Result<&mut CudaSlice<f32>> {
 /// its output.
 fn run(plan: &Plan, inputs: [&CudaStorage; 3]) -> Result<CudaStorage> {
     let dev = inputs[0].device.clone();
-    // The scratch buffers, then the output; each is taken out while a step writes it.
+    // The scratch buffers, then the output; each is taken out while a step writes it. A
+    // bfloat16 scratch buffer is made by the cast that fills it.
     let mut owned = Vec::with_capacity(plan.temps.len() + 1);
-    for &n in plan.temps.iter().chain([&plan.out]) {
-        // SAFETY: each step reads only what earlier steps wrote: a plan writes every element of
-        // a buffer (a copy, a broadcast, a product with beta 0) before reading or adding to it.
-        let buf = unsafe { dev.alloc::<f32>(n)? };
-        owned.push(Some(f32_storage(dev.clone(), buf)));
+    let out = plan::Temp {
+        len: plan.out,
+        dtype: DType::F32,
+    };
+    for t in plan.temps.iter().chain([&out]) {
+        owned.push(match t.dtype {
+            // SAFETY: each step reads only what earlier steps wrote: a plan writes every element
+            // of a buffer (a copy, a broadcast, a product with beta 0) before reading or adding
+            // to it.
+            DType::F32 => Some(f32_storage(dev.clone(), unsafe {
+                dev.alloc::<f32>(t.len)?
+            })),
+            _ => None,
+        });
     }
     let slot = |b: Buf| match b {
         Buf::Input(_) => Err(msg("a step writes an input")),
@@ -50,8 +69,28 @@ fn run(plan: &Plan, inputs: [&CudaStorage; 3]) -> Result<CudaStorage> {
         Buf::Out => Ok(plan.temps.len()),
     };
     for step in &plan.steps {
+        if let Step::Cast { src, layout, dst } = step {
+            let Buf::Temp(t) = *dst else {
+                return Err(msg("a cast into no scratch buffer"));
+            };
+            let cast = {
+                let src = match *src {
+                    Buf::Input(j) => inputs.get(j).copied().ok_or_else(|| msg("no such input"))?,
+                    _ => return Err(msg("a cast of no input")),
+                };
+                if plan::copy_extents(layout, 0).0 > floats(src)?.len() {
+                    return Err(msg("a cast outside its buffer"));
+                }
+                src.to_dtype(layout, plan.temps[t].dtype)?
+            };
+            if layout.shape().elem_count() != plan.temps[t].len {
+                return Err(msg("a cast that does not fill its buffer"));
+            }
+            owned[t] = Some(cast);
+            continue;
+        }
         let dst = match step {
-            Step::Copy { dst, .. } | Step::ColumnSums { dst, .. } => *dst,
+            Step::Copy { dst, .. } | Step::ColumnSums { dst, .. } | Step::Cast { dst, .. } => *dst,
             Step::Gemm { c, .. } => *c,
         };
         let i = slot(dst)?;
@@ -74,9 +113,17 @@ fn run(plan: &Plan, inputs: [&CudaStorage; 3]) -> Result<CudaStorage> {
                 src.copy_strided_src(&mut out, *at, layout)?
             }
             Step::Gemm { call, a, b, .. } => {
-                let (a, b) = (floats(read(*a)?)?.as_view(), floats(read(*b)?)?.as_view());
-                blas::issue(WHAT, &dev, call, &a, &b, floats_mut(&mut out)?)?;
+                let (a, b) = (read(*a)?, read(*b)?);
+                let c = floats_mut(&mut out)?;
+                if let Some((a, b)) = pair::<f32>(a, b) {
+                    blas::issue(WHAT, &dev, call, &a.as_view(), &b.as_view(), c)?;
+                } else if let Some((a, b)) = pair::<half::bf16>(a, b) {
+                    blas::issue(WHAT, &dev, call, &a.as_view(), &b.as_view(), c)?;
+                } else {
+                    return Err(msg("a product of operands of two types"));
+                }
             }
+            Step::Cast { .. } => return Err(msg("a cast issued as a copy")),
             Step::ColumnSums {
                 src,
                 from,
@@ -99,20 +146,27 @@ fn run(plan: &Plan, inputs: [&CudaStorage; 3]) -> Result<CudaStorage> {
     owned.pop().flatten().ok_or_else(|| msg("a missing output"))
 }
 
-/// `y = b + x W^T` of x (laid out as `sides.0`), W and b, y laid out as `sides.1`.
+/// `y = b + x W^T` of x (laid out as `sides.0`), W and b, y laid out as `sides.1`, the
+/// products' operands in `products`.
 pub(in crate::kernels) fn forward(
     g: LinearGeom,
     sides: (Tokens, Tokens),
+    products: DType,
     [(x, lx), (w, lw), (b, lb)]: [(&CudaStorage, &Layout); 3],
 ) -> Result<CudaStorage> {
-    run(&plan::forward(g, sides, [lx, lw, lb])?, [x, w, b])
+    run(&plan::forward(g, sides, products, [lx, lw, lb])?, [x, w, b])
 }
 
-/// `[dx, dW, db]` one after another, from x, W and the output gradient dy.
+/// `[dx, dW, db]` one after another, from x, W and the output gradient dy, the products'
+/// operands in `products`.
 pub(in crate::kernels) fn backward(
     g: LinearGeom,
     sides: (Tokens, Tokens),
+    products: DType,
     [(x, lx), (w, lw), (dy, ldy)]: [(&CudaStorage, &Layout); 3],
 ) -> Result<CudaStorage> {
-    run(&plan::backward(g, sides, [lx, lw, ldy])?, [x, w, dy])
+    run(
+        &plan::backward(g, sides, products, [lx, lw, ldy])?,
+        [x, w, dy],
+    )
 }

@@ -8,17 +8,21 @@
 //! zero-fills a full-size gradient for the input of every one of those nodes and adds into it.
 //! The op has one input edge of activation size. Its backward computes `dx = dy W`,
 //! `dW = dy^T x` and `db = sum(dy)` in one op, reading `x` again rather than keeping anything.
-//! On CUDA the same steps run as `kernels/gemm_tokens.rs` plans them (`cuda/linear.rs`).
+//! On CUDA the same steps run as `kernels/gemm_tokens.rs` plans them (`cuda/linear.rs`), also
+//! under bf16 autocast where `mixed` is on: the products' operands are then cast to bfloat16
+//! inside the op and multiplied into float32 results, as `mixed`'s product does.
 
 use std::borrow::Cow;
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::bias::column_sums;
 use crate::kernels::product::{matmul, Mat};
-use crate::kernels::{amp, f32_slice, fused_applies, unpack, CudaKernel};
+use crate::kernels::{
+    amp, f32_slice, fused_applies, mixed_autocast, runs_uncast, unpack, CudaKernel,
+};
 
 /// How the tokens of one side of the op are laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,10 +34,13 @@ pub enum Tokens {
     Heads(usize),
 }
 
-/// `y = x W^T + b` with `x` laid out as `input`, `y` as `output`.
+/// `y = x W^T + b` with `x` laid out as `input`, `y` as `output`, the products' operands in
+/// `products` (bfloat16 on CUDA only).
+#[derive(Clone, Copy)]
 struct TokenLinear {
     input: Tokens,
     output: Tokens,
+    products: DType,
 }
 
 /// The product's sizes: `groups * tokens` rows of `k` features in, `o` out.
@@ -100,6 +107,18 @@ impl LinearGeom {
 }
 
 impl TokenLinear {
+    /// The CPU computes in float32 only (it takes the composed path under autocast).
+    fn cpu_products(&self, name: &str) -> Result<()> {
+        if self.products == DType::F32 {
+            Ok(())
+        } else {
+            Err(candle_core::Error::Msg(format!(
+                "{name}: {:?} products run on CUDA only",
+                self.products
+            )))
+        }
+    }
+
     fn geom(&self, x: &[usize], w: &[usize]) -> Result<LinearGeom> {
         LinearGeom::new(self.input, self.output, x, w)
     }
@@ -202,6 +221,7 @@ impl CustomOp3 for TokenLinear {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        self.cpu_products(self.name())?;
         let g = self.geom_with_bias(l1.dims(), l2.dims(), l3)?;
         let x = f32_slice(s1, l1, self.name())?;
         let w = f32_slice(s2, l2, self.name())?;
@@ -236,7 +256,8 @@ impl CustomOp3 for TokenLinear {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let g = self.geom_with_bias(l1.dims(), l2.dims(), l3)?;
         let sides = (self.input, self.output);
-        let out = crate::kernels::cuda::linear::forward(g, sides, [(s1, l1), (s2, l2), (s3, l3)])?;
+        let inputs = [(s1, l1), (s2, l2), (s3, l3)];
+        let out = crate::kernels::cuda::linear::forward(g, sides, self.products, inputs)?;
         Ok((out, self.out_shape(l1.dims(), g)))
     }
 
@@ -248,21 +269,16 @@ impl CustomOp3 for TokenLinear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let backward = TokenLinearBackward {
-            input: self.input,
-            output: self.output,
-        };
+        let backward = TokenLinearBackward(*self);
         let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &backward)?;
         let mut parts = unpack(&packed, &[x.shape(), w.shape(), b.shape()])?.into_iter();
         Ok((parts.next(), parts.next(), parts.next()))
     }
 }
 
-/// (x, W, dy) -> [dx, dW, db] flattened: `dx = dy W`, `dW = dy^T x`, `db = sum(dy)` over rows.
-struct TokenLinearBackward {
-    input: Tokens,
-    output: Tokens,
-}
+/// (x, W, dy) -> [dx, dW, db] flattened: `dx = dy W`, `dW = dy^T x`, `db = sum(dy)` over rows,
+/// of the layer [`TokenLinear`].
+struct TokenLinearBackward(TokenLinear);
 
 impl CustomOp3 for TokenLinearBackward {
     fn name(&self) -> &'static str {
@@ -278,17 +294,15 @@ impl CustomOp3 for TokenLinearBackward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let op = TokenLinear {
-            input: self.input,
-            output: self.output,
-        };
+        let op = &self.0;
+        op.cpu_products(self.name())?;
         let g = op.geom(l1.dims(), l2.dims())?;
         let x = f32_slice(s1, l1, self.name())?;
         let w = f32_slice(s2, l2, self.name())?;
         let dy = f32_slice(s3, l3, self.name())?;
         let (rows, par) = (g.rows(), parallelism());
-        let dym = as_rows(dy, self.output, g, g.o);
-        let xm = as_rows(x, self.input, g, g.k);
+        let dym = as_rows(dy, op.output, g, g.o);
+        let xm = as_rows(x, op.input, g, g.k);
         let dya = Mat {
             data: &dym,
             transposed: false,
@@ -300,7 +314,7 @@ impl CustomOp3 for TokenLinearBackward {
             transposed: false,
         };
         matmul(&mut dx, dya, wa, rows, g.k, g.o, false, par);
-        let mut out = from_rows(dx, self.input, g, g.k);
+        let mut out = from_rows(dx, op.input, g, g.k);
         // dW (o, k) = dy^T (o, rows) x (rows, k)
         let mut dw = vec![0f32; g.o * g.k];
         let (dyt, xa) = (
@@ -330,19 +344,22 @@ impl CustomOp3 for TokenLinearBackward {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let g = LinearGeom::new(self.input, self.output, l1.dims(), l2.dims())?;
-        let sides = (self.input, self.output);
-        let out = crate::kernels::cuda::linear::backward(g, sides, [(s1, l1), (s2, l2), (s3, l3)])?;
+        let op = &self.0;
+        let g = op.geom(l1.dims(), l2.dims())?;
+        let sides = (op.input, op.output);
+        let inputs = [(s1, l1), (s2, l2), (s3, l3)];
+        let out = crate::kernels::cuda::linear::backward(g, sides, op.products, inputs)?;
         Ok((out, Shape::from(g.gradients_len())))
     }
 }
 
-/// Where [`linear`] runs as one op: float32 without autocast (the composed version multiplies
-/// in the autocast dtype), on the CPU, and on CUDA where `IFP_CUDA_FUSED` turns on `linear`
-/// (`cuda/linear.rs`, planned in `kernels/gemm_tokens.rs`). Elsewhere it is the composed
-/// version.
+/// Where [`linear`] runs as one op: float32 on the CPU without autocast, and on CUDA where
+/// `IFP_CUDA_FUSED` turns on `linear` (`cuda/linear.rs`, planned in `kernels/gemm_tokens.rs`),
+/// without autocast or under mixed autocast ([`runs_uncast`]; its products then take bfloat16
+/// operands, as `mixed`'s product does). Elsewhere it is the composed version, whose product
+/// follows the autocast setting.
 pub fn linear_applies(x: &Tensor) -> bool {
-    amp::low_dtype().is_none() && fused_applies(x, CudaKernel::Linear)
+    runs_uncast(x) && fused_applies(x, CudaKernel::Linear)
 }
 
 /// `x W^T + b` over the last dimension: x laid out as `input`, the result as `output`
@@ -357,7 +374,16 @@ pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, input: Tokens, output: Tokens)
     if !(linear_applies(x) && float32 && sized) {
         return linear_composed(x, w, b, input, output);
     }
-    let op = TokenLinear { input, output };
+    let products = if mixed_autocast(x) {
+        DType::BF16
+    } else {
+        DType::F32
+    };
+    let op = TokenLinear {
+        input,
+        output,
+        products,
+    };
     x.contiguous()?
         .apply_op3(&w.contiguous()?, &b.contiguous()?, op)
 }

@@ -14,7 +14,7 @@
 //! elsewhere, which are also what the tests compare them with. [`window_attention`] and
 //! [`depthwise`] run on CUDA too (`cuda/attention.cu`, `cuda/dwconv.cu`) where
 //! `IFP_CUDA_FUSED` turns on `attention` and `dwconv`, and [`linear`] (`cuda/linear.rs`)
-//! where it turns on `linear`. [`biased_softmax`] is a CPU op only (no CUDA version yet):
+//! where it turns on `linear` (under bf16 autocast too, where it also turns on `mixed`). [`biased_softmax`] is a CPU op only (no CUDA version yet):
 //! elsewhere it is its composed version, the path the network took before it. Like the other kernels, the per-row loops are compiled for AVX2+FMA as well as the
 //! baseline and picked at run time, with the vectorisable `math::erf`/`math::exp`.
 

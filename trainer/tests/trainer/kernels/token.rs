@@ -3,8 +3,8 @@
 //! `IFP_TEST_DEVICE` (the CPU kernels, or the CUDA ones with the CUDA switch on), values and
 //! the gradients of every input.
 
-use candle_core::{DType, Var};
-use ifp_trainer::kernels::{self, token};
+use candle_core::{DType, Device, Var};
+use ifp_trainer::kernels::{self, amp, token};
 
 use super::{compare_with_grads, rounded_var, CudaKernelsOn, BIAS_SUM, EXACT, GELU};
 use crate::common;
@@ -82,15 +82,12 @@ fn token_kernels_match_composed() {
     println!("token kernel on {dev:?}: LayerNorm, softmax, GELU and bias match the composed ops");
 }
 
-/// Linear layers over tokens (`token::linear`), in each layout pair: odd sizes, a single
-/// feature, leading dimensions flattened, and the window attention's head split and merge.
-#[test]
-fn token_linear_matches_composed() {
+/// Linear layers over tokens: (input shape, outputs, input layout, output layout). Odd sizes, a
+/// single feature, leading dimensions flattened, and the window attention's head split and
+/// merge.
+const LINEAR_CASES: &[(&[usize], usize, token::Tokens, token::Tokens)] = {
     use token::Tokens::{Heads, Rows};
-    let _on = CudaKernelsOn::new();
-    let dev = common::test_device();
-    // (input shape, outputs, input layout, output layout)
-    let cases: &[(&[usize], usize, token::Tokens, token::Tokens)] = &[
+    &[
         (&[2, 7, 5], 6, Rows, Rows),
         (&[3, 64, 16], 48, Rows, Rows),
         (&[1, 4, 3, 9], 4, Rows, Rows),
@@ -99,15 +96,30 @@ fn token_linear_matches_composed() {
         (&[3, 5, 8], 12, Rows, Heads(4)),
         (&[6, 2, 64, 8], 16, Heads(2), Rows),
         (&[3, 4, 5, 2], 6, Heads(4), Heads(2)),
-    ];
-    for &(shape, o, input, output) in cases {
-        let x = rounded_var(DType::F32, 1.0, shape, &dev);
-        let k = match input {
-            Rows => shape[shape.len() - 1],
-            Heads(h) => h * shape[3],
-        };
-        let w = rounded_var(DType::F32, 0.5, (o, k), &dev);
-        let b = rounded_var(DType::F32, 1.0, o, &dev);
+    ]
+};
+
+/// Random x, W and b of a layer in [`LINEAR_CASES`].
+fn linear_vars(shape: &[usize], o: usize, input: token::Tokens, dev: &Device) -> [Var; 3] {
+    let k = match input {
+        token::Tokens::Rows => shape[shape.len() - 1],
+        token::Tokens::Heads(h) => h * shape[3],
+    };
+    [
+        rounded_var(DType::F32, 1.0, shape, dev),
+        rounded_var(DType::F32, 0.5, (o, k), dev),
+        rounded_var(DType::F32, 1.0, o, dev),
+    ]
+}
+
+/// Linear layers over tokens (`token::linear`), in each layout pair of [`LINEAR_CASES`].
+#[test]
+fn token_linear_matches_composed() {
+    use token::Tokens::{Heads, Rows};
+    let _on = CudaKernelsOn::new();
+    let dev = common::test_device();
+    for &(shape, o, input, output) in LINEAR_CASES {
+        let [x, w, b] = linear_vars(shape, o, input, &dev);
         assert!(
             token::linear_applies(x.as_tensor()),
             "one op with the CUDA kernels on ({dev:?})"
@@ -138,6 +150,40 @@ fn token_linear_matches_composed() {
         e.to_string().contains('5') && e.to_string().contains('6'),
         "{e}"
     );
+}
+
+/// Under bf16 autocast with `mixed` on (CUDA), the linear layer stays one op, its products
+/// taking bfloat16 operands into float32 results: it equals the composed layer there (whose
+/// product is `mixed`'s), values and gradients, up to the order of float32 sums. The CPU keeps
+/// the composed layer under autocast.
+#[test]
+fn token_linear_under_mixed_autocast_matches_composed() {
+    let _on = CudaKernelsOn::new();
+    let dev = common::test_device();
+    let bf16 = Some(DType::BF16);
+    for &(shape, o, input, output) in LINEAR_CASES {
+        let [x, w, b] = linear_vars(shape, o, input, &dev);
+        let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
+        let applies = amp::autocast(bf16, || token::linear_applies(xt));
+        assert_eq!(
+            applies,
+            dev.is_cuda(),
+            "one op under mixed autocast on {dev:?}"
+        );
+        if !applies {
+            continue;
+        }
+        compare_with_grads(
+            &format!("linear under mixed autocast {shape:?} -> {o} ({input:?} -> {output:?})"),
+            &[&x, &w, &b],
+            || amp::autocast(bf16, || token::linear(xt, wt, bt, input, output)).expect("fast"),
+            || {
+                amp::autocast(bf16, || token::linear_composed(xt, wt, bt, input, output))
+                    .expect("slow")
+            },
+            BIAS_SUM,
+        );
+    }
 }
 
 /// The LeFF's channels-last depthwise convolution with its bias, alone and followed by the
