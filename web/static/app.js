@@ -210,6 +210,17 @@ function newJobForm(form) {
   form.addEventListener("change", (ev) => { if (ev.target === noiseFile || ev.target.name === "noise_source") update(); });
 }
 
+// The comparison form: a comparison that starts from a finished job uses that job's network and
+// weights, so its preset and steps do not apply; they are disabled (and so not sent) meanwhile.
+function compareForm(form) {
+  const init = form.querySelector("#c-init");
+  const moot = ["#c-preset", "#c-steps"].map((id) => form.querySelector(id)).filter(Boolean);
+  if (!init) return;
+  const sync = () => moot.forEach((field) => { field.disabled = init.value !== ""; });
+  init.addEventListener("change", sync);
+  sync();
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   mountCharts(document);
   const rows = document.querySelector("#job-rows[data-live]");
@@ -218,4 +229,6 @@ document.addEventListener("DOMContentLoaded", () => {
   if (live) liveJobPage(live);
   const form = document.getElementById("new-job");
   if (form) newJobForm(form);
+  const compare = document.getElementById("new-compare");
+  if (compare) compareForm(compare);
 });

@@ -118,6 +118,43 @@ pub(crate) async fn clone_compare_and_compare_from(c: &Client, base: &str, id: &
         )))
         .await
         .expect("the form starts from this job");
+    // The preset and steps do not apply to a comparison that starts from a job: the script
+    // disables them while one is chosen, and enables them again for pre-training here.
+    let disabled = || async {
+        c.execute(
+            "return ['#c-preset', '#c-steps'].map((id) => document.querySelector(id).disabled)",
+            vec![],
+        )
+        .await
+        .expect("fields")
+    };
+    assert_eq!(
+        disabled().await,
+        json!([true, true]),
+        "moot fields disabled"
+    );
+    c.execute(
+        "const s = document.querySelector('#c-init'); s.value = ''; \
+         s.dispatchEvent(new Event('change'));",
+        vec![],
+    )
+    .await
+    .expect("pre-train here");
+    assert_eq!(
+        disabled().await,
+        json!([false, false]),
+        "enabled to pre-train"
+    );
+    c.execute(
+        &format!(
+            "const s = document.querySelector('#c-init'); s.value = '{id}'; \
+             s.dispatchEvent(new Event('change'));"
+        ),
+        vec![],
+    )
+    .await
+    .expect("start from the job again");
+    assert_eq!(disabled().await, json!([true, true]), "disabled again");
     shoot_full(c, shots, "compare-from.png", 1280).await;
     click(
         c,

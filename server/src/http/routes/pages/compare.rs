@@ -23,6 +23,9 @@ use crate::jobs::spec::JobSpec;
 
 /// Pre-training presets a comparison can start from (both backbones fine-tune).
 const PRESETS: [&str; 4] = ["tiny", "tiny-uformer", "restormer-paper", "uformer-paper"];
+/// What a new comparison form pre-trains with.
+const DEFAULT_PRESET: &str = "tiny";
+const DEFAULT_PRETRAIN_STEPS: &str = "400";
 
 #[derive(Template)]
 #[template(path = "new_compare.html")]
@@ -54,7 +57,11 @@ struct ComparePage {
 pub struct CompareForm {
     csrf: String,
     name: String,
+    /// The preset and steps to pre-train with; absent while the form starts from a job (the
+    /// page's script disables them then, as they do not apply).
+    #[serde(default)]
     preset: String,
+    #[serde(default)]
     pretrain_steps: String,
     finetune_yaml: String,
     showcase: String,
@@ -82,8 +89,8 @@ pub async fn show(
 ) -> PageResult<Response> {
     let mut f = CompareForm {
         name: "does IFP help: denoising".into(),
-        preset: "tiny".into(),
-        pretrain_steps: "400".into(),
+        preset: DEFAULT_PRESET.into(),
+        pretrain_steps: DEFAULT_PRETRAIN_STEPS.into(),
         finetune_yaml: DENOISE.into(),
         showcase: "3".into(),
         priority: "0".into(),
@@ -166,7 +173,9 @@ pub async fn submit_form(
     let again = |f, errors| page(&state, &viewer, f, choices, errors, REFUSED);
     let mut errors = Errors::new();
     let number = submission::whole_number;
-    let steps = number("pretrain_steps", &f.pretrain_steps, &mut errors);
+    let from_job = !f.init_job.trim().is_empty();
+    // Starting from a job, the preset and its steps do not apply (and are not sent).
+    let steps = (!from_job).then(|| number("pretrain_steps", &f.pretrain_steps, &mut errors));
     let showcase = number("showcase", &f.showcase, &mut errors);
     let seeds = if f.seeds.trim().is_empty() {
         Some(1)
@@ -174,7 +183,6 @@ pub async fn submit_form(
         number("seeds", &f.seeds, &mut errors)
     };
     let priority = number("priority", &f.priority, &mut errors);
-    let from_job = !f.init_job.trim().is_empty();
     let mut pretrain =
         ifp_trainer::config::preset(&f.preset).filter(|_| PRESETS.contains(&f.preset.as_str()));
     if pretrain.is_none() && !from_job {
@@ -183,11 +191,11 @@ pub async fn submit_form(
             format!("choose one of {}", PRESETS.join(", ")),
         );
     }
-    match (steps, pretrain.as_mut()) {
-        (Some(s), Some(p)) if s >= 1 => p.train.steps = Some(s as usize),
-        (Some(_), _) if !from_job => {
+    match (steps.flatten(), pretrain.as_mut()) {
+        (Some(s), _) if s < 1 => {
             errors.insert("pretrain_steps".into(), "at least 1".into());
         }
+        (Some(s), Some(p)) => p.train.steps = Some(s as usize),
         _ => {}
     }
     let finetune = match ifp_trainer::finetune::FinetuneConfig::from_yaml(&f.finetune_yaml) {
@@ -251,17 +259,13 @@ fn page(
     let p = ComparePage {
         layout: Layout::new("New comparison", Some(viewer)),
         name: f.name,
-        preset: f.preset,
+        preset: or_default(f.preset, DEFAULT_PRESET),
         presets: &PRESETS,
-        pretrain_steps: f.pretrain_steps,
+        pretrain_steps: or_default(f.pretrain_steps, DEFAULT_PRETRAIN_STEPS),
         finetune_yaml: f.finetune_yaml,
         showcase: f.showcase,
         max_showcase: MAX_SHOWCASE,
-        seeds: if f.seeds.is_empty() {
-            "1".into()
-        } else {
-            f.seeds
-        },
+        seeds: or_default(f.seeds, "1"),
         max_seeds: MAX_SEEDS,
         priority: f.priority,
         choices,
@@ -278,4 +282,14 @@ fn page(
         errors,
     };
     (status, render(&p)).into_response()
+}
+
+/// `value`, or `default` where the form left it empty (a field added later, or one that did not
+/// apply), so the page shows something to start from.
+fn or_default(value: String, default: &str) -> String {
+    if value.is_empty() {
+        default.into()
+    } else {
+        value
+    }
 }
