@@ -146,8 +146,7 @@ pub(super) fn spawn(
         let mut out = BufReader::new(stdout).lines();
         let pid = child.id();
         let mut last = pid.and_then(super::usage::read);
-        let mut sample = tokio::time::interval(usage_every);
-        sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sample = usage_clock(usage_every);
         let mut poll = tokio::time::interval(Duration::from_millis(200));
         let mut stop_sent = false;
         let mut result: Option<ifp_trainer::Result<bool>> = None;
@@ -197,6 +196,16 @@ pub(super) fn spawn(
         }
         fail(crashed(status, &tail, limit))
     })
+}
+
+/// When the worker reads its process's usage: every `every`, the first a whole period after
+/// the start. A reading measures the interval since the one before, so one at the start
+/// measured the freshly spawned process over microseconds and charted a spurious point (about
+/// 0% CPU and a few MiB) at second 0.
+fn usage_clock(every: Duration) -> tokio::time::Interval {
+    let mut clock = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    clock
 }
 
 /// The error of a child that ended without saying how its run ended; `limit`: its memory
@@ -377,7 +386,22 @@ mod tests {
     use std::os::unix::process::ExitStatusExt;
     use std::process::ExitStatus;
 
-    use super::{crashed, cuda_index};
+    use super::{crashed, cuda_index, usage_clock};
+
+    #[tokio::test]
+    async fn the_first_usage_reading_waits_a_whole_period() {
+        let every = std::time::Duration::from_millis(200);
+        let t0 = std::time::Instant::now();
+        let mut clock = usage_clock(every);
+        clock.tick().await;
+        assert!(
+            t0.elapsed() >= every,
+            "first reading after {:?}",
+            t0.elapsed()
+        );
+        clock.tick().await;
+        assert!(t0.elapsed() >= 2 * every, "second after {:?}", t0.elapsed());
+    }
 
     #[test]
     fn only_a_cuda_device_has_a_gpu_index() {

@@ -133,9 +133,13 @@ pub struct UsageCharts {
     pub gpu: Option<(String, String)>,
 }
 
-/// The usage charts; `None` before the first sample (and for attempts that trained in the
-/// worker's own process, which are not sampled).
+/// The usage charts; `None` before the second sample (a line needs two points, and a job
+/// shorter than the sampling period has one at most) and for attempts that trained in the
+/// worker's own process, which are not sampled.
 pub fn usage_charts(rows: &[UsageRow]) -> Option<UsageCharts> {
+    if rows.len() < 2 {
+        return None;
+    }
     let t0 = rows.first()?.1;
     let x_max = rows.last().map_or(1.0, |r| r.1 - t0).max(1.0);
     // One value of each row (rows without it are skipped), per attempt's line style.
@@ -156,12 +160,10 @@ pub fn usage_charts(rows: &[UsageRow]) -> Option<UsageCharts> {
     let mib = |b: i64| b as f64 / (1 << 20) as f64;
     let cpu = chart(
         &|r| Some(r.2),
-        "training process CPU use (% of one core) by second",
+        // The figure's caption names the training process; the axis keeps to the quantity.
+        "CPU use (% of one core) by second",
     )?;
-    let mem = chart(
-        &|r| Some(mib(r.3)),
-        "training process resident memory (MiB) by second",
-    )?;
+    let mem = chart(&|r| Some(mib(r.3)), "resident memory (MiB) by second")?;
     let gpu = chart(&|r| r.4, "GPU utilisation (%) by second").zip(chart(
         &|r| r.5.map(mib),
         "GPU memory in use (MiB) by second",
@@ -185,6 +187,7 @@ mod tests {
     #[test]
     fn usage_is_drawn_per_attempt_over_the_job_s_time() {
         assert!(usage_charts(&[]).is_none());
+        assert!(usage_charts(&[(1, 100.0, 180.0, 300 << 20, None, None)]).is_none());
         let rows = [
             (1, 100.0, 180.0, 300 << 20, None, None),
             (1, 105.0, 190.0, 310 << 20, None, None),
