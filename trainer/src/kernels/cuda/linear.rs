@@ -1,5 +1,5 @@
 //! CUDA runs of Uformer's linear layer over tokens, float32 (the products' operands float32,
-//! or bfloat16 under mixed autocast): the steps `kernels/gemm_tokens.rs` plans (and its tests
+//! or bfloat16 under mixed autocast): the steps `kernels/gemm_tokens/` plans (and its tests
 //! run on the CPU), each issued here as candle's strided copy or cast, one cuBLAS call, or
 //! `token.cu`'s fixed-order column sums. Composed, a linear layer was a reshape, a
 //! product, a broadcast bias addition and a reshape (a transpose and a copy each way around

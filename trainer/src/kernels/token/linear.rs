@@ -8,7 +8,7 @@
 //! zero-fills a full-size gradient for the input of every one of those nodes and adds into it.
 //! The op has one input edge of activation size. Its backward computes `dx = dy W`,
 //! `dW = dy^T x` and `db = sum(dy)` in one op, reading `x` again rather than keeping anything.
-//! On CUDA the same steps run as `kernels/gemm_tokens.rs` plans them (`cuda/linear.rs`), also
+//! On CUDA the same steps run as `kernels/gemm_tokens/` plans them (`cuda/linear.rs`), also
 //! under bf16 autocast where `mixed` is on: the products' operands are then cast to bfloat16
 //! inside the op and multiplied into float32 results, as `mixed`'s product does.
 
@@ -354,7 +354,7 @@ impl CustomOp3 for TokenLinearBackward {
 }
 
 /// Where [`linear`] runs as one op: float32 on the CPU without autocast, and on CUDA where
-/// `IFP_CUDA_FUSED` turns on `linear` (`cuda/linear.rs`, planned in `kernels/gemm_tokens.rs`),
+/// `IFP_CUDA_FUSED` turns on `linear` (`cuda/linear.rs`, planned in `kernels/gemm_tokens/`),
 /// without autocast or under mixed autocast ([`runs_uncast`]; its products then take bfloat16
 /// operands, as `mixed`'s product does). Elsewhere it is the composed version, whose product
 /// follows the autocast setting.
