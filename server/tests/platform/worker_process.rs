@@ -82,43 +82,59 @@ async fn attempts_run_in_their_own_process_and_a_killed_one_fails_alone() {
         ["model-000003.safetensors", "model-000006.safetensors"]
     );
 
-    // Issue 17, item 9: the worker sampled the process's CPU and memory while it trained.
-    let (samples, max_rss): (i64, Option<i64>) = sqlx::query_as(
-        "select count(*), max(rss_bytes) from usage_sample where job_id = $1 and attempt = 1",
-    )
-    .bind(job.id)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert!(samples >= 1, "no usage samples");
-    // An attempt on the CPU has no GPU readings (and so no GPU charts).
-    let gpu_samples: i64 =
-        sqlx::query_scalar("select count(gpu_percent) from usage_sample where job_id = $1")
-            .bind(job.id)
+    // A long job whose process is killed (SIGKILL, what the OOM killer sends) fails with a
+    // reason, once: the crash would recur, so it is not given to another attempt.
+    let long = submit(&pool, 100_000, 1000).await;
+    common::wait_for(&pool, long.id, "some steps", |j| j.step >= 2).await;
+
+    // Issue 17, item 9: the worker samples the process's CPU and memory while it trains, the
+    // first reading one period in; the job page charts them from the second reading on.
+    let count = || async {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from usage_sample where job_id = $1 and attempt = 1",
+        )
+        .bind(long.id)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let t0 = std::time::Instant::now();
+    while count().await < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "fewer than two usage samples"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let max_rss: Option<i64> =
+        sqlx::query_scalar("select max(rss_bytes) from usage_sample where job_id = $1")
+            .bind(long.id)
             .fetch_one(&pool)
             .await
             .unwrap();
-    assert_eq!(gpu_samples, 0);
     assert!(
         max_rss.unwrap_or(0) > 10 << 20,
         "{max_rss:?} bytes resident"
     );
-
+    // An attempt on the CPU has no GPU readings (and so no GPU charts).
+    let gpu_samples: i64 =
+        sqlx::query_scalar("select count(gpu_percent) from usage_sample where job_id = $1")
+            .bind(long.id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(gpu_samples, 0);
     let site = ifp_server::app(ifp_server::AppState::new(
         pool.clone(),
         artifacts.path(),
         Some(crate::compare_support::ADMIN),
     ));
-    let page = crate::compare_support::html_of(&site, &pool, &format!("/jobs/{}", job.id)).await;
+    let page = crate::compare_support::html_of(&site, &pool, &format!("/jobs/{}", long.id)).await;
     assert!(
         page.contains("Training process memory (MiB, resident)"),
         "{page}"
     );
 
-    // A long job whose process is killed (SIGKILL, what the OOM killer sends) fails with a
-    // reason, once: the crash would recur, so it is not given to another attempt.
-    let long = submit(&pool, 100_000, 1000).await;
-    common::wait_for(&pool, long.id, "some steps", |j| j.step >= 2).await;
     let pids = attempt_processes();
     assert_eq!(pids.len(), 1, "one training process: {pids:?}");
     let killed = std::process::Command::new("kill")
