@@ -89,9 +89,11 @@ async fn attempts_run_in_their_own_process_and_a_killed_one_fails_alone() {
 
     // Issue 17, item 9: the worker samples the process's CPU and memory while it trains, the
     // first reading one period in; the job page charts them from the second reading on.
-    let count = || async {
-        sqlx::query_scalar::<_, i64>(
-            "select count(*) from usage_sample where job_id = $1 and attempt = 1",
+    // (readings, largest resident memory, GPU readings) of the attempt.
+    let usage = || async {
+        sqlx::query_as::<_, (i64, Option<i64>, i64)>(
+            "select count(*), max(rss_bytes), count(gpu_percent) from usage_sample \
+             where job_id = $1 and attempt = 1",
         )
         .bind(long.id)
         .fetch_one(&pool)
@@ -99,30 +101,22 @@ async fn attempts_run_in_their_own_process_and_a_killed_one_fails_alone() {
         .unwrap()
     };
     let t0 = std::time::Instant::now();
-    while count().await < 2 {
+    let (_, max_rss, gpu_samples) = loop {
+        let u = usage().await;
+        if u.0 >= 2 {
+            break u;
+        }
         assert!(
             t0.elapsed() < Duration::from_secs(60),
             "fewer than two usage samples"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let max_rss: Option<i64> =
-        sqlx::query_scalar("select max(rss_bytes) from usage_sample where job_id = $1")
-            .bind(long.id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    };
     assert!(
         max_rss.unwrap_or(0) > 10 << 20,
         "{max_rss:?} bytes resident"
     );
     // An attempt on the CPU has no GPU readings (and so no GPU charts).
-    let gpu_samples: i64 =
-        sqlx::query_scalar("select count(gpu_percent) from usage_sample where job_id = $1")
-            .bind(long.id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
     assert_eq!(gpu_samples, 0);
     let site = ifp_server::app(ifp_server::AppState::new(
         pool.clone(),

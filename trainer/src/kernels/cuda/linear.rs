@@ -47,12 +47,13 @@ fn run(plan: &Plan, inputs: [&CudaStorage; 3]) -> Result<CudaStorage> {
     let dev = inputs[0].device.clone();
     // The scratch buffers, then the output; each is taken out while a step writes it. A
     // bfloat16 scratch buffer is made by the cast that fills it.
-    let mut owned = Vec::with_capacity(plan.temps.len() + 1);
     let out = plan::Temp {
         len: plan.out,
         dtype: DType::F32,
     };
-    for t in plan.temps.iter().chain([&out]) {
+    let bufs: Vec<plan::Temp> = plan.temps.iter().copied().chain([out]).collect();
+    let mut owned = Vec::with_capacity(bufs.len());
+    for t in &bufs {
         owned.push(match t.dtype {
             // SAFETY: each step reads only what earlier steps wrote: a plan writes every element
             // of a buffer (a copy, a broadcast, a product with beta 0) before reading or adding
@@ -69,51 +70,47 @@ fn run(plan: &Plan, inputs: [&CudaStorage; 3]) -> Result<CudaStorage> {
         Buf::Out => Ok(plan.temps.len()),
     };
     for step in &plan.steps {
-        if let Step::Cast { src, layout, dst } = step {
-            let Buf::Temp(t) = *dst else {
-                return Err(msg("a cast into no scratch buffer"));
-            };
-            let cast = {
-                let src = match *src {
-                    Buf::Input(j) => inputs.get(j).copied().ok_or_else(|| msg("no such input"))?,
-                    _ => return Err(msg("a cast of no input")),
-                };
-                if plan::copy_extents(layout, 0).0 > floats(src)?.len() {
-                    return Err(msg("a cast outside its buffer"));
-                }
-                src.to_dtype(layout, plan.temps[t].dtype)?
-            };
-            if layout.shape().elem_count() != plan.temps[t].len {
-                return Err(msg("a cast that does not fill its buffer"));
-            }
-            owned[t] = Some(cast);
-            continue;
-        }
         let dst = match step {
-            Step::Copy { dst, .. } | Step::ColumnSums { dst, .. } | Step::Cast { dst, .. } => *dst,
+            Step::Copy { dst, .. } | Step::Cast { dst, .. } | Step::ColumnSums { dst, .. } => *dst,
             Step::Gemm { c, .. } => *c,
         };
         let i = slot(dst)?;
-        let mut out = owned[i].take().ok_or_else(|| msg("a missing buffer"))?;
+        // A cast makes its buffer; every other step writes into one made before it.
+        let mut taken = match step {
+            Step::Cast { .. } => None,
+            _ => Some(owned[i].take().ok_or_else(|| msg("a missing buffer"))?),
+        };
+        let mut target = || taken.take().ok_or_else(|| msg("a missing buffer"));
         let read = |b: Buf| match b {
             Buf::Input(j) => inputs.get(j).copied().ok_or_else(|| msg("no such input")),
             other => owned[slot(other)?]
                 .as_ref()
                 .ok_or_else(|| msg("a step reads the buffer it writes")),
         };
-        match step {
+        let written = match step {
             Step::Copy {
                 src, layout, at, ..
             } => {
-                let src = read(*src)?;
+                let (src, mut out) = (read(*src)?, target()?);
                 let (src_end, dst_end) = plan::copy_extents(layout, *at);
                 if src_end > floats(src)?.len() || dst_end > floats(&out)?.len() {
                     return Err(msg("a copy outside its buffers"));
                 }
-                src.copy_strided_src(&mut out, *at, layout)?
+                src.copy_strided_src(&mut out, *at, layout)?;
+                out
+            }
+            Step::Cast { src, layout, .. } => {
+                let src = read(*src)?;
+                if plan::copy_extents(layout, 0).0 > floats(src)?.len() {
+                    return Err(msg("a cast outside its buffer"));
+                }
+                if layout.shape().elem_count() != bufs[i].len {
+                    return Err(msg("a cast that does not fill its buffer"));
+                }
+                src.to_dtype(layout, bufs[i].dtype)?
             }
             Step::Gemm { call, a, b, .. } => {
-                let (a, b) = (read(*a)?, read(*b)?);
+                let (a, b, mut out) = (read(*a)?, read(*b)?, target()?);
                 let c = floats_mut(&mut out)?;
                 if let Some((a, b)) = pair::<f32>(a, b) {
                     blas::issue(WHAT, &dev, call, &a.as_view(), &b.as_view(), c)?;
@@ -122,8 +119,8 @@ fn run(plan: &Plan, inputs: [&CudaStorage; 3]) -> Result<CudaStorage> {
                 } else {
                     return Err(msg("a product of operands of two types"));
                 }
+                out
             }
-            Step::Cast { .. } => return Err(msg("a cast issued as a copy")),
             Step::ColumnSums {
                 src,
                 from,
@@ -132,16 +129,17 @@ fn run(plan: &Plan, inputs: [&CudaStorage; 3]) -> Result<CudaStorage> {
                 at,
                 ..
             } => {
-                let src = floats(read(*src)?)?;
+                let (src, out) = (floats(read(*src)?)?, target()?);
                 let end = from + rows * cols;
                 if end > src.len() || at + cols > floats(&out)?.len() {
                     return Err(msg("column sums outside their buffers"));
                 }
                 let rows_view = src.slice(*from..end);
                 column_sums_into(&dev, &rows_view, (*rows, *cols), floats(&out)?, *at)?;
+                out
             }
-        }
-        owned[i] = Some(out);
+        };
+        owned[i] = Some(written);
     }
     owned.pop().flatten().ok_or_else(|| msg("a missing output"))
 }

@@ -107,72 +107,54 @@ impl Plan {
         Buf::Temp(self.temps.len() - 1)
     }
 
-    /// A product's operand from input `i` (`layout` contiguous; `f` features per token): the
-    /// rows of a side laid out as `side` (`None`: the weight, as it is), in `products`' type.
-    /// In float32 that is [`Plan::rows_of`] (the input itself where it is rows); in bfloat16,
-    /// a cast of the rows' view into a scratch buffer.
+    /// Input `i` (`layout` contiguous) as a product's operand in `products`' type: the rows of a
+    /// side laid out as `side` (`None`: the weight, as it is). In float32 they are the input
+    /// itself, or, for a side in the head layout, a dense copy of its rows' view; in bfloat16,
+    /// a cast of that view (the cast reads the head layout itself).
     fn operand(
         &mut self,
         i: usize,
         layout: &Layout,
         side: Option<Tokens>,
-        s: LinearGeom,
-        f: usize,
         products: DType,
     ) -> Result<Rows> {
         contiguous(layout)?;
-        match (products, side) {
-            (DType::F32, Some(side)) => self.rows_of(i, layout, side, s, f),
-            (DType::F32, None) => Ok(Rows {
-                buf: Buf::Input(i),
-                at: layout.start_offset(),
-            }),
-            (DType::BF16, side) => {
-                let layout = match side {
-                    Some(Tokens::Heads(_)) => layout.transpose(1, 2)?,
-                    Some(Tokens::Rows) | None => layout.clone(),
-                };
-                let buf = self.temp(layout.shape().elem_count(), DType::BF16);
-                self.steps.push(Step::Cast {
-                    src: Buf::Input(i),
-                    layout,
-                    dst: buf,
-                });
-                Ok(Rows { buf, at: 0 })
+        // (B', heads, N, d) viewed as (B', N, heads, d): the rows, in order.
+        let (view, heads) = match side {
+            Some(Tokens::Heads(_)) => (layout.transpose(1, 2)?, true),
+            Some(Tokens::Rows) | None => (layout.clone(), false),
+        };
+        let src = Buf::Input(i);
+        match products {
+            DType::F32 if !heads => {
+                return Ok(Rows {
+                    buf: src,
+                    at: layout.start_offset(),
+                })
             }
-            (other, _) => Err(candle_core::Error::Msg(format!(
-                "token linear: {other:?} products (float32 or bfloat16 only)"
-            ))),
-        }
-    }
-
-    /// The rows of input `i` (laid out as `side`, `f` features per token, `layout` contiguous).
-    fn rows_of(
-        &mut self,
-        i: usize,
-        layout: &Layout,
-        side: Tokens,
-        s: LinearGeom,
-        f: usize,
-    ) -> Result<Rows> {
-        contiguous(layout)?;
-        match side {
-            Tokens::Rows => Ok(Rows {
-                buf: Buf::Input(i),
-                at: layout.start_offset(),
-            }),
-            // (B', heads, N, d) viewed as (B', N, heads, d), copied densely: the rows.
-            Tokens::Heads(_) => {
-                let buf = self.temp(s.rows() * f, DType::F32);
-                self.steps.push(Step::Copy {
-                    src: Buf::Input(i),
-                    layout: layout.transpose(1, 2)?,
-                    dst: buf,
-                    at: 0,
-                });
-                Ok(Rows { buf, at: 0 })
+            DType::F32 | DType::BF16 => {}
+            other => {
+                return Err(candle_core::Error::Msg(format!(
+                    "token linear: {other:?} products (float32 or bfloat16 only)"
+                )))
             }
         }
+        let dst = self.temp(view.shape().elem_count(), products);
+        self.steps.push(if products == DType::F32 {
+            Step::Copy {
+                src,
+                layout: view,
+                dst,
+                at: 0,
+            }
+        } else {
+            Step::Cast {
+                src,
+                layout: view,
+                dst,
+            }
+        });
+        Ok(Rows { buf: dst, at: 0 })
     }
 
     /// Where the rows of a result laid out as `side` (`f` features per token) are written, at
@@ -241,8 +223,8 @@ pub(super) fn forward(
     let mut p = empty();
     p.out = s.rows() * s.o;
     contiguous(lb)?;
-    let x = p.operand(0, lx, Some(input), s, s.k, products)?;
-    let w = p.operand(1, lw, None, s, s.k, products)?;
+    let x = p.operand(0, lx, Some(input), products)?;
+    let w = p.operand(1, lw, None, products)?;
     let y = p.rows_for(output, s, s.o, 0);
     p.steps.push(Step::Copy {
         src: Buf::Input(2),
@@ -281,13 +263,13 @@ pub(super) fn backward(
     let (rows, nx, nw) = (s.rows(), s.rows() * s.k, s.o * s.k);
     p.out = s.gradients_len();
     // dy's float32 rows for the bias gradient, and the products' operands.
-    let dy_sums = p.rows_of(2, ldy, output, s, s.o)?;
+    let dy_sums = p.operand(2, ldy, Some(output), DType::F32)?;
     let dy = match products {
         DType::F32 => dy_sums,
-        _ => p.operand(2, ldy, Some(output), s, s.o, products)?,
+        _ => p.operand(2, ldy, Some(output), products)?,
     };
-    let x = p.operand(0, lx, Some(input), s, s.k, products)?;
-    let w = p.operand(1, lw, None, s, s.k, products)?;
+    let x = p.operand(0, lx, Some(input), products)?;
+    let w = p.operand(1, lw, None, products)?;
     // dx (R, k) = dy (R, o) W (o, k)
     let dx = p.rows_for(input, s, s.k, 0);
     let call = row_major(
