@@ -129,7 +129,8 @@ function mountChart(box) {
   const opts = {
     width: Math.max(plot.clientWidth || box.clientWidth || 600, 200),
     height: 220,
-    scales: { x: { time: false }, y: data.log ? { distr: 3 } : {} },
+    // Amounts (CPU use, memory) are drawn from zero, as on the server's SVG.
+    scales: { x: { time: false }, y: data.log ? { distr: 3 } : data.zero ? { range: (u, min, max) => uPlot.rangeNum(Math.min(0, min), max, 0.1, true) } : {} },
     axes: [
       { label: data.x, stroke: getComputedStyle(box).color },
       { label: data.y, stroke: getComputedStyle(box).color, size: 64, values: (u, vals) => vals.map(fmt) },

@@ -33,7 +33,30 @@ pub fn multi_line_chart(
     label: &str,
 ) -> String {
     let styled: Vec<(usize, Vec<(f64, f64)>)> = series.iter().cloned().enumerate().collect();
-    styled_line_chart(&styled, x_max, log_y, label, "step")
+    styled_line_chart(&styled, x_max, YAxis::log_if(log_y), label, "step")
+}
+
+/// How a chart's y axis spans its values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum YAxis {
+    /// Linear, fitted to the values (losses, learning rates, PSNR: their changes matter).
+    Fitted,
+    /// Log-scaled (points with y <= 0 are left out).
+    Log,
+    /// Linear from zero, for amounts (CPU use, memory): fitted to the values, a change of one
+    /// percent would fill the chart.
+    FromZero,
+}
+
+impl YAxis {
+    /// The page's log-scale toggle.
+    pub fn log_if(log: bool) -> Self {
+        if log {
+            Self::Log
+        } else {
+            Self::Fitted
+        }
+    }
 }
 
 /// Several series on shared axes, each with its line style: `(style, points)` is drawn with
@@ -43,10 +66,11 @@ pub fn multi_line_chart(
 pub fn styled_line_chart(
     styled: &[(usize, Vec<(f64, f64)>)],
     x_max: f64,
-    log_y: bool,
+    y_axis: YAxis,
     label: &str,
     x_name: &str,
 ) -> String {
+    let log_y = y_axis == YAxis::Log;
     let styles: Vec<usize> = styled.iter().map(|(s, _)| *s).collect();
     let series: Vec<Vec<(f64, f64)>> = styled
         .iter()
@@ -65,6 +89,7 @@ pub fn styled_line_chart(
     if !all.is_empty() {
         let data = serde_json::json!({
             "log": log_y,
+            "zero": y_axis == YAxis::FromZero,
             "x": x_title,
             "y": y_title,
             "series": series.iter().zip(&styles).map(|(pts, style)| serde_json::json!({
@@ -103,6 +128,9 @@ pub fn styled_line_chart(
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
             (a.min(v), b.max(v))
         });
+    if y_axis == YAxis::FromZero {
+        lo = lo.min(0.0);
+    }
     let y_ticks: Vec<f64> = if log_y {
         lo = lo.floor();
         hi = hi.ceil().max(lo + 1.0);
@@ -390,7 +418,7 @@ mod tests {
         let svg = styled_line_chart(
             &[(1, vec![(1.0, 0.5), (2.0, 0.25)])],
             2.0,
-            true,
+            YAxis::Log,
             "validation PSNR (dB) by fine-tuning step, one line per arm",
             "step",
         );
@@ -408,7 +436,8 @@ mod tests {
         let data: serde_json::Value = serde_json::from_str(&json).expect("JSON");
         assert_eq!(
             data,
-            serde_json::json!({"log": true, "x": "fine-tuning step", "y": "validation PSNR (dB)",
+            serde_json::json!({"log": true, "zero": false, "x": "fine-tuning step",
+                "y": "validation PSNR (dB)",
                 "series": [{"style": 1, "points": [[1.0, 0.5], [2.0, 0.25]]}]})
         );
         assert_eq!(axis_titles("training loss by step: a, b", "step").0, "step");
@@ -418,6 +447,20 @@ mod tests {
         );
         // Nothing to draw: no data for the script either.
         assert!(!line_chart(&[], 1.0, false, "loss").contains("data-chart"));
+    }
+
+    /// An amount's chart starts at zero, so a change of one percent does not fill it; the
+    /// script is told to do the same.
+    #[test]
+    fn amounts_are_drawn_from_zero() {
+        let cpu = [(0, vec![(0.0, 97.3), (5.0, 95.7)])];
+        let zero_tick = r#"text-anchor="end">0</text>"#;
+        let from_zero = styled_line_chart(&cpu, 5.0, YAxis::FromZero, "CPU by second", "second");
+        assert!(from_zero.contains(zero_tick), "{from_zero}");
+        assert!(from_zero.contains("&quot;zero&quot;:true"), "{from_zero}");
+        let fitted = styled_line_chart(&cpu, 5.0, YAxis::Fitted, "CPU by second", "second");
+        assert!(!fitted.contains(zero_tick), "{fitted}");
+        assert!(fitted.contains("&quot;zero&quot;:false"), "{fitted}");
     }
 
     #[test]

@@ -112,7 +112,7 @@ pub fn compare_losses(
     let arms_chart = chart::styled_line_chart(
         &arms,
         ft_max,
-        log_y,
+        chart::YAxis::log_if(log_y),
         "fine-tuning L1 loss by fine-tuning step, one line style per arm",
         "step",
     );
@@ -155,13 +155,16 @@ pub fn usage_charts(rows: &[UsageRow]) -> Option<UsageCharts> {
                 l.push((r.1 - t0, y));
             }
         }
-        (!lines.is_empty()).then(|| chart::styled_line_chart(&lines, x_max, false, title, "second"))
+        (!lines.is_empty()).then(|| {
+            chart::styled_line_chart(&lines, x_max, chart::YAxis::FromZero, title, "second")
+        })
     };
     let mib = |b: i64| b as f64 / (1 << 20) as f64;
     let cpu = chart(
         &|r| Some(r.2),
-        // The figure's caption names the training process; the axis keeps to the quantity.
-        "CPU use (% of one core) by second",
+        // The figure's caption names the training process; the axis title keeps to what fits
+        // beside a chart's height.
+        "CPU, % of one core by second",
     )?;
     let mem = chart(&|r| Some(mib(r.3)), "resident memory (MiB) by second")?;
     let gpu = chart(&|r| r.4, "GPU utilisation (%) by second").zip(chart(
