@@ -12,6 +12,24 @@ pub(in crate::kernels) struct Mat<'a> {
     pub(in crate::kernels) transposed: bool,
 }
 
+impl<'a> Mat<'a> {
+    /// Stored as is.
+    pub(in crate::kernels) fn plain(data: &'a [f32]) -> Self {
+        Mat {
+            data,
+            transposed: false,
+        }
+    }
+
+    /// Stored as the transpose.
+    pub(in crate::kernels) fn transposed(data: &'a [f32]) -> Self {
+        Mat {
+            data,
+            transposed: true,
+        }
+    }
+}
+
 /// `dst (m x n) = a (m x k) b (k x n)`, or `dst += ...` with `accumulate`.
 #[allow(clippy::too_many_arguments)]
 pub(in crate::kernels) fn matmul(

@@ -95,8 +95,12 @@ fn dense_conv_kernel_matches_composed() {
     let _on = CudaKernelsOn::new();
     let dev = common::test_device();
     let var = |shape: Shape| rounded_var(DType::F32, 1.0, shape, &dev);
-    // (batch, in, out, H, W, k), odd sizes and planes smaller than the kernel included.
+    // (batch, in, out, H, W, k), odd sizes and planes smaller than the kernel included; planes
+    // of several 256-pixel tiles whose edges fall inside rows, with the images in parallel
+    // (a batch of 2), or one after another with their tiles in parallel (1 and 3).
     for &(b, c, o, h, w, k) in &[
+        (1, 5, 3, 21, 25, 3),
+        (3, 3, 4, 23, 19, 5),
         (1, 1, 1, 1, 1, 3),
         (2, 3, 5, 7, 6, 3),
         (3, 4, 2, 9, 13, 5),
@@ -119,6 +123,15 @@ fn dense_conv_kernel_matches_composed() {
             &format!("dense conv b{b} c{c} o{o} {h}x{w} k{k}"),
             &[&x, &wt],
             || kernels::conv_dense(x.as_tensor(), wt.as_tensor(), k).expect("fast"),
+            composed,
+            EXACT,
+        );
+        // A constant input (a network's first convolution): the op skips its gradient on the
+        // CPU, and the weight's must not change.
+        compare_with_grads(
+            &format!("dense conv of a constant b{b} c{c} o{o} {h}x{w} k{k}"),
+            &[&wt],
+            || kernels::conv_dense(&x.as_tensor().detach(), wt.as_tensor(), k).expect("fast"),
             composed,
             EXACT,
         );
