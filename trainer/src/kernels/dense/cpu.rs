@@ -1,43 +1,15 @@
-//! A dense stride-1 "same" k x k convolution (no bias) as one op: per image, tiles of 256
-//! pixels, each an im2col into a small scratch block and one matrix product with gemm (the
-//! kernels candle's own matmul uses). Only the input stays alive for the backward pass, which
-//! rebuilds the columns: composed as im2col + matmul, the (C*k*k, H*W) column matrix of every
-//! convolution (9x its input for 3x3) was kept for the backward pass, most of the MSRResNet
-//! head's memory at full resolution.
-//!
-//! Per image b and tile: `cols = im2col(x_b)` over the tile's pixels (C*k*k, 256),
-//! `y_b[:, tile] = W cols` with W (O, C*k*k). Backward: `dW += dy_b[:, tile] cols^T`, and
-//! `dx_b` is the convolution of dy_b by the adjoint weight (W with its two channel axes swapped
-//! and each kernel turned by 180 degrees), on the same tiled path. 1x1 convolutions are one
-//! product per image each way, reading x and dy and writing y and dx in place (composed as
-//! reshape + broadcast matmul + reshape, each reshape and the broadcast weight were nodes whose
-//! gradients candle zero-fills and adds, and the weight's gradient was a (B, O, C) tensor
-//! summed over the batch).
-//!
-//! On CUDA (float32, where `IFP_CUDA_FUSED` names `dense`) the same ops run as cuBLAS
-//! products over whole images (`gemm`, `cuda/dense.rs`), the backward likewise rebuilding the
-//! columns.
-//!
-//! Threads: when the batch divides among them, whole images run in parallel, each image's tiles
-//! in turn (per-image dW summed in image order); otherwise images run in turn with their tiles
-//! in parallel (dW summed over fixed groups of tiles, in order). Either way the result does not
-//! depend on the schedule. Each thread keeps its tile buffers between calls.
+//! The CPU arithmetic of the dense convolutions: a k x k one over tiles of 256 pixels (im2col
+//! of a tile into a per-thread block, one gemm into a tile of y), its weight gradient summed
+//! over the tiles and its input gradient a convolution by the adjoint weight on the same path;
+//! a 1x1 one as one product per image on the image itself. Why tiles: see [`TILE`].
 
 use std::cell::Cell;
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::conv::f32_slice;
-use super::gemm::Geom;
-use super::product::{matmul, Mat};
-
-pub(super) struct DenseConv {
-    pub(super) k: usize,
-    /// Multiply in bfloat16 into float32 results (bf16 autocast; CUDA only).
-    pub(super) bf16: bool,
-}
+use super::super::gemm::Geom;
+use super::super::product::{matmul, Mat};
 
 thread_local! {
     /// Per thread, the tile buffers of the last call (columns, and a product or dy's tile),
@@ -227,7 +199,14 @@ fn forward_image(
 
 /// The convolution of x (B, C, H, W) by W (O, C, k, k) into `out` (B*O*H*W values), added to
 /// what `out` holds with `accumulate`.
-fn forward_into(out: &mut [f32], x: &[f32], wt: &[f32], b: usize, g: Geom, accumulate: bool) {
+pub(super) fn forward_into(
+    out: &mut [f32],
+    x: &[f32],
+    wt: &[f32],
+    b: usize,
+    g: Geom,
+    accumulate: bool,
+) {
     let (c, o, hw) = (g.c, g.o, g.hw());
     if images_in_parallel(b) {
         out.par_chunks_mut(o * hw)
@@ -238,42 +217,6 @@ fn forward_into(out: &mut [f32], x: &[f32], wt: &[f32], b: usize, g: Geom, accum
             forward_image(yb, xb, wt, g, accumulate, true);
         }
     }
-}
-
-/// The CPU ops multiply in float32 only: a bf16 op reaching the CPU is a dispatch error.
-fn float32_only(bf16: bool, name: &str) -> Result<()> {
-    if bf16 {
-        return Err(candle_core::Error::Msg(format!(
-            "{name}: no bfloat16 products on the CPU"
-        )));
-    }
-    Ok(())
-}
-
-/// The input's and the weight's gradients of a dense convolution. The input's is skipped on
-/// the CPU where nothing reads it (a network's first convolution, whose input is the
-/// corrupted image): with 3 input channels, it was a third of that convolution's backward.
-fn backward(
-    x: &Tensor,
-    wt: &Tensor,
-    grad: &Tensor,
-    k: usize,
-    bf16: bool,
-) -> Result<(Option<Tensor>, Tensor)> {
-    let input_grad = x.track_op() || !x.device().is_cpu();
-    let op = DenseConvBackward {
-        k,
-        bf16,
-        input_grad,
-    };
-    let packed = x.apply_op3_no_bwd(wt, &grad.contiguous()?, &op)?;
-    if !input_grad {
-        return Ok((None, packed.reshape(wt.shape())?));
-    }
-    let [dx, dw]: [Tensor; 2] = super::unpack(&packed, &[x.shape(), wt.shape()])?
-        .try_into()
-        .map_err(|_| candle_core::Error::Msg("dense conv: two gradients".into()))?;
-    Ok((Some(dx), dw))
 }
 
 /// `dw (+)= sum over the tiles [first, last) of dy_tile (O, t) cols_tile^T (t, Ckk)`, in tile
@@ -416,243 +359,35 @@ fn adjoint_weight(wt: &[f32], g: Geom) -> Vec<f32> {
     out
 }
 
-impl CustomOp2 for DenseConv {
-    fn name(&self) -> &'static str {
-        "ifp-dense-conv"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        float32_only(self.bf16, self.name())?;
-        let (b, c, h, w) = l1.shape().dims4()?;
-        let o = l2.shape().dims4()?.0;
-        let x = f32_slice(s1, l1, self.name())?;
-        let wt = f32_slice(s2, l2, self.name())?;
-        let g = Geom {
-            c,
-            o,
-            h,
-            w,
-            k: self.k,
-        };
-        let mut out = vec![0f32; b * o * g.hw()];
-        forward_into(&mut out, x, wt, b, g, false);
-        Ok((CpuStorage::F32(out), Shape::from((b, o, h, w))))
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        super::cuda::dense_conv((s1, l1), (s2, l2), None, self.k, self.bf16)
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        wt: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = backward(x, wt, grad, self.k, self.bf16)?;
-        Ok((dx, Some(dw)))
-    }
-}
-
-/// `r + conv(x, W) (+ b)` (x, W, r): a residual connection whose branch ends in a
-/// convolution, as one op. The product accumulates onto a copy of r (plus the bias), so the sum
-/// is neither a separate pass nor a separate graph node (whose backward zero-fills and adds a
-/// gradient for each of its two inputs). With `with_bias` the second input is `[W | b]`, the
-/// weight as (O, C*k*k) with the bias as one more column (a custom op takes three inputs).
-pub(super) struct DenseConvResidual {
-    pub(super) k: usize,
-    pub(super) with_bias: bool,
-    /// As [`DenseConv::bf16`].
-    pub(super) bf16: bool,
-}
-
-impl CustomOp3 for DenseConvResidual {
-    fn name(&self) -> &'static str {
-        "ifp-dense-conv-residual"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        float32_only(self.bf16, self.name())?;
-        let (b, c, h, w) = l1.shape().dims4()?;
-        let o = l2.shape().dims()[0];
-        let g = Geom {
-            c,
-            o,
-            h,
-            w,
-            k: self.k,
-        };
-        let ckk = g.ckk();
-        let expected: &[usize] = if self.with_bias {
-            &[o, ckk + 1]
-        } else {
-            &[o, c, g.k, g.k]
-        };
-        if l3.shape().dims() != [b, o, h, w] || l2.shape().dims() != expected {
-            return Err(candle_core::Error::Msg(format!(
-                "{}: weight {:?} and residual {:?} for an input {:?}",
-                self.name(),
-                l2.shape().dims(),
-                l3.shape().dims(),
-                l1.shape().dims()
-            )));
-        }
-        let x = f32_slice(s1, l1, self.name())?;
-        let wt = f32_slice(s2, l2, self.name())?;
-        let mut out = f32_slice(s3, l3, self.name())?.to_vec();
-        if self.with_bias {
-            let (w, bias): (Vec<f32>, Vec<f32>) = (
-                wt.chunks(ckk + 1).flat_map(|r| r[..ckk].to_vec()).collect(),
-                wt.chunks(ckk + 1).map(|r| r[ckk]).collect(),
-            );
-            let hw = g.hw();
-            out.par_chunks_mut(hw).enumerate().for_each(|(p, plane)| {
-                let bc = bias[p % o];
-                plane.iter_mut().for_each(|v| *v += bc);
-            });
-            forward_into(&mut out, x, &w, b, g, true);
-        } else {
-            forward_into(&mut out, x, wt, b, g, true);
-        }
-        Ok((CpuStorage::F32(out), l3.shape().clone()))
-    }
-
-    /// Without a bias only: on CUDA the bias is added by its own op (`kernels::bias_act`).
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-        s3: &candle_core::CudaStorage,
-        l3: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        if self.with_bias {
-            return Err(candle_core::Error::Msg(format!(
-                "{}: no CUDA version with a bias",
-                self.name()
-            )));
-        }
-        super::cuda::dense_conv((s1, l1), (s2, l2), Some((s3, l3)), self.k, self.bf16)
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        wt: &Tensor,
-        _r: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        if !self.with_bias {
-            let (dx, dw) = backward(x, wt, grad, self.k, self.bf16)?;
-            return Ok((dx, Some(dw), Some(grad.clone())));
-        }
-        let (_, c, _, _) = x.dims4()?;
-        let (o, ckk) = (wt.dim(0)?, c * self.k * self.k);
-        let w = wt
-            .narrow(1, 0, ckk)?
-            .contiguous()?
-            .reshape((o, c, self.k, self.k))?;
-        let (dx, dw) = backward(x, &w, grad, self.k, self.bf16)?;
-        let db = grad
-            .contiguous()?
-            .apply_op1_no_bwd(&super::bias::ChannelSum)?;
-        let dwb = Tensor::cat(&[dw.reshape((o, ckk))?, db.reshape((o, 1))?], 1)?;
-        Ok((dx, Some(dwb), Some(grad.clone())))
-    }
-}
-
-/// (x, W, dy) -> [dx (B*C*H*W values), dW (O*C*k*k values)], or dW alone without
-/// `input_grad` (CPU only).
-struct DenseConvBackward {
-    k: usize,
-    bf16: bool,
+/// The gradients of the convolution of x (B, C, H, W) by W (O, C, k, k) from dy: dx (B*C*H*W
+/// values, left out without `input_grad`) then dW (O*C*k*k values).
+pub(super) fn backward(
+    x: &[f32],
+    wt: &[f32],
+    dy: &[f32],
+    b: usize,
+    g: Geom,
     input_grad: bool,
-}
-
-impl CustomOp3 for DenseConvBackward {
-    fn name(&self) -> &'static str {
-        "ifp-dense-conv-backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        float32_only(self.bf16, self.name())?;
-        let (b, c, h, w) = l1.shape().dims4()?;
-        let o = l2.shape().dims4()?.0;
-        let x = f32_slice(s1, l1, self.name())?;
-        let wt = f32_slice(s2, l2, self.name())?;
-        let dy = f32_slice(s3, l3, self.name())?;
-        let g = Geom {
-            c,
-            o,
-            h,
-            w,
-            k: self.k,
-        };
-        let ckk = g.ckk();
-        let n = if self.input_grad { x.len() } else { 0 };
-        let mut out = vec![0f32; n + o * ckk];
-        let (dx, dw) = out.split_at_mut(n);
-        let parts = if self.k == 1 {
-            pointwise_backward(self.input_grad.then_some(dx), x, wt, dy, b, g)
-        } else {
-            if self.input_grad {
-                // dx is the convolution of dy by the adjoint weight, on the forward path.
-                let adjoint = Geom { c: o, o: c, ..g };
-                forward_into(dx, dy, &adjoint_weight(wt, g), b, adjoint, false);
-            }
-            weight_grad_parts(x, dy, b, g)
-        };
-        // The parts (images or tile groups) summed in order: the result does not depend on
-        // which thread ran which part.
-        for part in &parts {
-            dw.iter_mut().zip(part).for_each(|(a, v)| *a += v);
+) -> Vec<f32> {
+    let (c, o) = (g.c, g.o);
+    let ckk = g.ckk();
+    let n = if input_grad { x.len() } else { 0 };
+    let mut out = vec![0f32; n + o * ckk];
+    let (dx, dw) = out.split_at_mut(n);
+    let parts = if g.k == 1 {
+        pointwise_backward(input_grad.then_some(dx), x, wt, dy, b, g)
+    } else {
+        if input_grad {
+            // dx is the convolution of dy by the adjoint weight, on the forward path.
+            let adjoint = Geom { c: o, o: c, ..g };
+            forward_into(dx, dy, &adjoint_weight(wt, g), b, adjoint, false);
         }
-        Ok((CpuStorage::F32(out), Shape::from(n + o * ckk)))
+        weight_grad_parts(x, dy, b, g)
+    };
+    // The parts (images or tile groups) summed in order: the result does not depend on
+    // which thread ran which part.
+    for part in &parts {
+        dw.iter_mut().zip(part).for_each(|(a, v)| *a += v);
     }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-        s3: &candle_core::CudaStorage,
-        l3: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        super::cuda::dense_conv_backward((s1, l1), (s2, l2), (s3, l3), self.k, self.bf16)
-    }
+    out
 }
