@@ -391,7 +391,7 @@ pub fn conv_dense_residual(
     k: usize,
     residual: &Tensor,
 ) -> Result<Tensor> {
-    if !dense_applicable(x) {
+    if !dense_op_applies(x, k) {
         let y = conv_by_columns(x, weight, k, im2col)?;
         let y = match bias {
             Some(b) => bias_act(&y, b, Activation::Identity)?,
@@ -424,6 +424,13 @@ pub fn conv_dense_residual(
     )
 }
 
+/// [`dense_applicable`] for an odd k: with an even one the padding differs between the two
+/// sides, and the CPU op's input gradient (the convolution by the turned kernel) would not be
+/// the adjoint. The networks' dense convolutions are 1x1 and 3x3.
+fn dense_op_applies(x: &Tensor, k: usize) -> bool {
+    k % 2 == 1 && dense_applicable(x)
+}
+
 /// Where [`conv_dense`] runs as one op: float32 without autocast on the CPU; on CUDA where
 /// [`CudaKernel::Dense`] is on, float32 or under bf16 autocast (the op then multiplies in
 /// bfloat16 itself, into float32 results).
@@ -442,7 +449,7 @@ pub fn dense_applicable(x: &Tensor) -> bool {
 /// where [`dense_applicable`]; everywhere else it is [`conv_dense_composed`] with the columns
 /// from [`im2col`] (a kernel where [`im2col_applicable`]).
 pub fn conv_dense(x: &Tensor, weight: &Tensor, k: usize) -> Result<Tensor> {
-    if !dense_applicable(x) {
+    if !dense_op_applies(x, k) {
         return conv_by_columns(x, weight, k, im2col);
     }
     x.contiguous()?.apply_op2(

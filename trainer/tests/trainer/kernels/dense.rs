@@ -101,6 +101,8 @@ fn dense_conv_kernel_matches_composed() {
     for &(b, c, o, h, w, k) in &[
         (1, 5, 3, 21, 25, 3),
         (3, 3, 4, 23, 19, 5),
+        // An even kernel takes the composed path, whose shifts the op's forward shares.
+        (2, 3, 2, 6, 7, 2),
         (1, 1, 1, 1, 1, 3),
         (2, 3, 5, 7, 6, 3),
         (3, 4, 2, 9, 13, 5),
