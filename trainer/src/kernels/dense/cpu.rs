@@ -68,8 +68,7 @@ fn segments(w: usize, p0: usize, t: usize) -> Vec<(usize, usize, usize, usize)> 
 }
 
 /// im2col of the pixels `[p0, p0 + t)` of one image (C, H, W) into `cols` (C*k*k, t): row
-/// `c*k*k + i*k + j` holds channel c shifted by `(i - k/2, j - k/2)`, zero outside the image;
-/// for 1x1 the pixels themselves.
+/// `c*k*k + i*k + j` holds channel c shifted by `(i - k/2, j - k/2)`, zero outside the image.
 fn im2col_tile(cols: &mut [f32], img: &[f32], g: Geom, p0: usize, t: usize) {
     let (k, h, w, hw) = (g.k, g.h, g.w, g.hw());
     let p = (k / 2) as isize;
@@ -117,14 +116,7 @@ fn product_tile(
     cols.resize(g.ckk() * t, 0.0);
     out.resize(g.o * t, 0.0);
     im2col_tile(cols, xb, g, p0, t);
-    let wm = Mat {
-        data: wt,
-        transposed: false,
-    };
-    let cm = Mat {
-        data: cols,
-        transposed: false,
-    };
+    let (wm, cm) = (Mat::plain(wt), Mat::plain(cols));
     matmul(out, wm, cm, g.o, t, g.ckk(), false, Parallelism::None);
 }
 
@@ -138,11 +130,9 @@ fn store_row(row: &mut [f32], tile_row: &[f32], p0: usize, accumulate: bool) {
     }
 }
 
-/// The tiles' pixel ranges over one image.
-fn tiles(hw: usize) -> impl IndexedParallelIterator<Item = (usize, usize)> {
-    (0..hw.div_ceil(TILE))
-        .into_par_iter()
-        .map(move |i| (i * TILE, TILE.min(hw - i * TILE)))
+/// Tile `i` of an image of `hw` pixels: its first pixel and its width.
+fn tile(hw: usize, i: usize) -> (usize, usize) {
+    (i * TILE, TILE.min(hw - i * TILE))
 }
 
 /// y_b (O, HW) (+)= W (O, Ckk) cols (Ckk, HW), tile by tile; the tiles run in parallel with
@@ -170,8 +160,8 @@ fn forward_image(
     }
     if !parallel {
         with_scratch(|(cols, out)| {
-            for p0 in (0..hw).step_by(TILE) {
-                let t = TILE.min(hw - p0);
+            for i in 0..hw.div_ceil(TILE) {
+                let (p0, t) = tile(hw, i);
                 product_tile(out, cols, xb, wt, g, p0, t);
                 for (row, tile_row) in yb.chunks_exact_mut(hw).zip(out.chunks_exact(t)) {
                     store_row(row, tile_row, p0, accumulate);
@@ -180,8 +170,10 @@ fn forward_image(
         });
         return;
     }
-    let products: Vec<(usize, Vec<f32>)> = tiles(hw)
-        .map(|(p0, t)| {
+    let products: Vec<(usize, Vec<f32>)> = (0..hw.div_ceil(TILE))
+        .into_par_iter()
+        .map(|i| {
+            let (p0, t) = tile(hw, i);
             let mut out = Vec::new();
             with_scratch(|(cols, _)| product_tile(&mut out, cols, xb, wt, g, p0, t));
             (p0, out)
@@ -235,7 +227,7 @@ fn weight_grad_tiles(
     let (hw, ckk, o) = (g.hw(), g.ckk(), g.o);
     let (cols, dy_tile) = scratch;
     for ti in first..last {
-        let (p0, t) = (ti * TILE, TILE.min(hw - ti * TILE));
+        let (p0, t) = tile(hw, ti);
         cols.resize(ckk * t, 0.0);
         im2col_tile(cols, xb, g, p0, t);
         // dy's tile, contiguous for the same reason as the columns.
@@ -243,14 +235,7 @@ fn weight_grad_tiles(
         for row in dyb.chunks_exact(hw) {
             dy_tile.extend_from_slice(&row[p0..p0 + t]);
         }
-        let dym = Mat {
-            data: dy_tile,
-            transposed: false,
-        };
-        let ct = Mat {
-            data: cols,
-            transposed: true,
-        };
+        let (dym, ct) = (Mat::plain(dy_tile), Mat::transposed(cols));
         matmul(
             dw,
             dym,

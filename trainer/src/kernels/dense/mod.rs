@@ -73,6 +73,12 @@ fn backward(
     Ok((Some(dx), dw))
 }
 
+/// The batch and the geometry of a convolution of x (its layout `x`) into `o` channels.
+fn geometry(x: &Layout, o: usize, k: usize) -> Result<(usize, Geom)> {
+    let (b, c, h, w) = x.shape().dims4()?;
+    Ok((b, Geom { c, o, h, w, k }))
+}
+
 impl CustomOp2 for DenseConv {
     fn name(&self) -> &'static str {
         "ifp-dense-conv"
@@ -86,20 +92,12 @@ impl CustomOp2 for DenseConv {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         float32_only(self.bf16, self.name())?;
-        let (b, c, h, w) = l1.shape().dims4()?;
-        let o = l2.shape().dims4()?.0;
+        let (b, g) = geometry(l1, l2.shape().dims4()?.0, self.k)?;
         let x = f32_slice(s1, l1, self.name())?;
         let wt = f32_slice(s2, l2, self.name())?;
-        let g = Geom {
-            c,
-            o,
-            h,
-            w,
-            k: self.k,
-        };
-        let mut out = vec![0f32; b * o * g.hw()];
+        let mut out = vec![0f32; b * g.o * g.hw()];
         cpu::forward_into(&mut out, x, wt, b, g, false);
-        Ok((CpuStorage::F32(out), Shape::from((b, o, h, w))))
+        Ok((CpuStorage::F32(out), Shape::from((b, g.o, g.h, g.w))))
     }
 
     #[cfg(feature = "cuda")]
@@ -152,16 +150,9 @@ impl CustomOp3 for DenseConvResidual {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         float32_only(self.bf16, self.name())?;
-        let (b, c, h, w) = l1.shape().dims4()?;
         let o = l2.shape().dims()[0];
-        let g = Geom {
-            c,
-            o,
-            h,
-            w,
-            k: self.k,
-        };
-        let ckk = g.ckk();
+        let (b, g) = geometry(l1, o, self.k)?;
+        let (c, h, w, ckk) = (g.c, g.h, g.w, g.ckk());
         let expected: &[usize] = if self.with_bias {
             &[o, ckk + 1]
         } else {
@@ -266,18 +257,10 @@ impl CustomOp3 for DenseConvBackward {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         float32_only(self.bf16, self.name())?;
-        let (b, c, h, w) = l1.shape().dims4()?;
-        let o = l2.shape().dims4()?.0;
+        let (b, g) = geometry(l1, l2.shape().dims4()?.0, self.k)?;
         let x = f32_slice(s1, l1, self.name())?;
         let wt = f32_slice(s2, l2, self.name())?;
         let dy = f32_slice(s3, l3, self.name())?;
-        let g = Geom {
-            c,
-            o,
-            h,
-            w,
-            k: self.k,
-        };
         let out = cpu::backward(x, wt, dy, b, g, self.input_grad);
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
