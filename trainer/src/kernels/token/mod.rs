@@ -3,8 +3,9 @@
 //! with the attention's bias and mask added inside (`softmax`), exact (erf) GELU (`gelu`), the
 //! addition of a tensor repeated over the leading dimensions (`bias`: biases, the relative
 //! position bias, the modulator), the linear layer, also to and from the attention's head
-//! layout (`linear`), the LeFF's depthwise convolution, channels last (`dwconv`), and the
-//! whole window attention from packed q, k, v (`attention`). Composed from tensor ops each
+//! layout (`linear`), the LeFF's depthwise convolution, channels last (`dwconv`), the
+//! whole window attention from packed q, k, v (`attention`), and a residual connection whose
+//! branch is scaled per sample, stochastic depth's (`residual`). Composed from tensor ops each
 //! costs several graph nodes with a full-size buffer per node in the backward (candle
 //! zero-fills every gradient first), and candle reduces a broadcast gradient over leading
 //! dimensions with a slow strided loop; these run on every token of every block.
@@ -14,9 +15,11 @@
 //! elsewhere, which are also what the tests compare them with. [`window_attention`] and
 //! [`depthwise`] run on CUDA too (`cuda/attention.cu`, `cuda/dwconv.cu`) where
 //! `IFP_CUDA_FUSED` turns on `attention` and `dwconv`, and [`linear`] (`cuda/linear.rs`)
-//! where it turns on `linear` (under bf16 autocast too, where it also turns on `mixed`). [`biased_softmax`] is a CPU op only (no CUDA version yet):
-//! elsewhere it is its composed version, the path the network took before it. Like the other kernels, the per-row loops are compiled for AVX2+FMA as well as the
-//! baseline and picked at run time, with the vectorisable `math::erf`/`math::exp`.
+//! where it turns on `linear` (under bf16 autocast too, where it also turns on `mixed`).
+//! [`biased_softmax`] and [`scaled_residual`] are CPU ops only (no CUDA versions yet):
+//! elsewhere each is its composed version, the path the network took before it. Like the
+//! other kernels, the per-row loops are compiled for AVX2+FMA as well as the baseline and
+//! picked at run time, with the vectorisable `math::erf`/`math::exp`.
 
 use rayon::prelude::*;
 
@@ -26,6 +29,7 @@ mod dwconv;
 mod gelu;
 mod linear;
 mod norm;
+mod residual;
 mod softmax;
 
 pub use attention::{window_attention, window_attention_applies, window_attention_composed};
@@ -39,6 +43,7 @@ pub use gelu::gelu;
 pub(in crate::kernels) use linear::LinearGeom;
 pub use linear::{linear, linear_applies, linear_composed, Tokens};
 pub use norm::{layer_norm, layer_norm_composed};
+pub use residual::{scaled_residual, scaled_residual_composed};
 pub use softmax::{biased_softmax, biased_softmax_composed, softmax, softmax_last};
 
 /// Elements per parallel task: large enough that rayon's dispatch is noise.

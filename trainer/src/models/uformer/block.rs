@@ -394,10 +394,10 @@ impl LeWinBlock {
         let out = self.attn.forward(&windows, mask.as_ref())?;
         // Window reverse and the shift undone: (B*nW, w*w, C) -> (B, H, W, C)
         let out = window_reverse(&out, w, self.shift, h, h)?;
-        let out = drop_path::apply(&out.reshape((b, l, c))?, self.drop_path, rng.as_deref_mut())?;
-        let x = (x + out)?;
+        let out = out.reshape((b, l, c))?;
+        let x = drop_path::residual(x, &out, self.drop_path, rng.as_deref_mut())?;
         let y = self.mlp.forward(&self.norm2.forward(&x)?)?;
-        &x + drop_path::apply(&y, self.drop_path, rng)?
+        drop_path::residual(&x, &y, self.drop_path, rng)
     }
 }
 

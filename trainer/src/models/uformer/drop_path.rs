@@ -12,11 +12,12 @@
 //! The masks come from a ChaCha stream derived from the run's seed and the optimiser step, so a
 //! run (and a resumed run) draws the same masks every time without saving any RNG state.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{Result, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::err;
+use crate::kernels;
 
 /// The reference's drop-path rate for each block of the nine levels (encoder 0-3, bottleneck,
 /// decoder 0-3). `torch.linspace` in float32 is reproduced bit for bit (float32 step, then
@@ -83,18 +84,12 @@ impl DropPathRng {
         DropPathRng { rng }
     }
 
-    /// `(B, 1, 1)` multiplier of one branch: 0 with probability `p`, else `1 / (1 - p)`
-    /// (computed in float32, as timm's `div_(keep_prob)` on a float32 tensor).
-    pub(super) fn mask(
-        &mut self,
-        batch: usize,
-        p: f64,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Tensor> {
+    /// The multiplier of each of `batch` samples' branch: 0 with probability `p`, else
+    /// `1 / (1 - p)` (computed in float32, as timm's `div_(keep_prob)` on a float32 tensor).
+    pub(super) fn scales(&mut self, batch: usize, p: f64) -> Vec<f32> {
         let keep = 1.0 - p;
         let scale = if keep > 0.0 { 1.0 / keep as f32 } else { 0.0 };
-        let v: Vec<f32> = (0..batch)
+        (0..batch)
             .map(|_| {
                 if self.rng.random::<f64>() < keep {
                     scale
@@ -102,24 +97,31 @@ impl DropPathRng {
                     0.0
                 }
             })
-            .collect();
-        Tensor::from_vec(v, (batch, 1, 1), device)?.to_dtype(dtype)
+            .collect()
     }
 }
 
-/// `drop_path(x)` of a `(B, L, C)` branch: unchanged in eval mode (`rng` None) or when `p` is 0.
-pub(super) fn apply(x: &Tensor, p: f64, rng: Option<&mut DropPathRng>) -> Result<Tensor> {
+/// `x + drop_path(branch)` of `(B, L, C)` tensors: the branch of each sample dropped or scaled
+/// (one draw per sample) in training mode (`rng` Some) when `p` > 0, else `x + branch`.
+pub(super) fn residual(
+    x: &Tensor,
+    branch: &Tensor,
+    p: f64,
+    rng: Option<&mut DropPathRng>,
+) -> Result<Tensor> {
     match rng {
         Some(rng) if p > 0.0 => {
-            let m = rng.mask(x.dim(0)?, p, x.dtype(), x.device())?;
-            x.broadcast_mul(&m)
+            let scales = rng.scales(x.dim(0)?, p);
+            kernels::token::scaled_residual(x, branch, &scales)
         }
-        _ => Ok(x.clone()),
+        _ => x + branch,
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use candle_core::{DType, Device};
+
     use super::*;
 
     /// `[x.item() for x in torch.linspace(0, 0.1, 19)]`, printed by PyTorch 2.15 (float32).
@@ -166,45 +168,43 @@ mod tests {
         assert!(drop_path_rates(&[1, 1, 1, 1, 1, 1, 1, 1, 1], 0.0).is_ok());
     }
 
+    /// The residual over a branch of ones from a base `x`: each sample gets `x + 2` or `x`.
     #[test]
-    fn apply_keeps_or_drops_whole_samples() {
+    fn residual_keeps_or_drops_whole_samples() {
         let (b, l, c) = (64, 5, 3);
-        let x = Tensor::arange(1f32, (b * l * c + 1) as f32, &Device::Cpu)
+        let dev = Device::Cpu;
+        let x = Tensor::arange(1f32, (b * l * c + 1) as f32, &dev)
             .and_then(|t| t.reshape((b, l, c)))
             .expect("x");
+        let ones = Tensor::ones((b, l, c), DType::F32, &dev).expect("ones");
+        let values = |t: Tensor| t.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("t");
+        let xv = values(x.clone());
         let mut rng = DropPathRng::for_step(1, 0);
-        let y = apply(&x, 0.5, Some(&mut rng)).expect("apply");
-        let (xv, yv) = (
-            x.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("x"),
-            y.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("y"),
-        );
+        let yv = values(residual(&x, &ones, 0.5, Some(&mut rng)).expect("residual"));
         let mut dropped = 0;
         for s in 0..b {
             let r = s * l * c..(s + 1) * l * c;
-            if yv[r.clone()].iter().all(|&v| v == 0.0) {
+            if r.clone().all(|i| yv[i] == xv[i]) {
                 dropped += 1;
             } else {
-                assert!(r.clone().all(|i| yv[i] == xv[i] * 2.0), "sample {s}");
+                assert!(r.clone().all(|i| yv[i] == xv[i] + 2.0), "sample {s}");
             }
         }
         assert!(
             (16..=48).contains(&dropped),
             "{dropped} of {b} dropped at p 0.5"
         );
-        // Eval mode and p = 0 leave the branch alone.
-        let same = |t: Tensor| t.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("t") == xv;
-        assert!(same(apply(&x, 0.5, None).expect("eval")));
-        assert!(same(apply(&x, 0.0, Some(&mut rng)).expect("p 0")));
+        // Eval mode and p = 0 add the branch as it is.
+        let plus_one: Vec<f32> = xv.iter().map(|v| v + 1.0).collect();
+        let eval = residual(&x, &ones, 0.5, None).expect("eval");
+        assert_eq!(values(eval), plus_one);
+        let p0 = residual(&x, &ones, 0.0, Some(&mut rng)).expect("p 0");
+        assert_eq!(values(p0), plus_one);
     }
 
     #[test]
-    fn masks_are_reproducible_and_scaled() {
-        let draw = |seed, step| {
-            let mut rng = DropPathRng::for_step(seed, step);
-            rng.mask(4000, 0.25, DType::F32, &Device::Cpu)
-                .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
-                .expect("mask")
-        };
+    fn scales_are_reproducible_and_scaled() {
+        let draw = |seed, step| DropPathRng::for_step(seed, step).scales(4000, 0.25);
         let a = draw(7, 3);
         assert_eq!(a, draw(7, 3));
         assert_ne!(a, draw(7, 4));

@@ -1,9 +1,9 @@
 //! Uformer's token kernels (`kernels::token`: LayerNorm and softmax over the last dimension,
 //! exact GELU, a bias repeated over the leading dimensions) against their composed versions on
 //! `IFP_TEST_DEVICE` (the CPU kernels, or the CUDA ones with the CUDA switch on), values and
-//! the gradients of every input.
+//! the gradients of every input; and stochastic depth's residual, a CPU op only.
 
-use candle_core::{DType, Device, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use ifp_trainer::kernels::{self, amp, token};
 
 use super::{compare_with_grads, rounded_var, CudaKernelsOn, BIAS_SUM, EXACT, GELU};
@@ -313,4 +313,44 @@ fn window_attention_matches_composed() {
     let e = token::window_attention(qkv.as_tensor(), bias.as_tensor(), 2)
         .expect_err("a bias for 3 heads against 2");
     assert!(e.to_string().contains("48"), "{e}");
+}
+
+/// Stochastic depth's residual (`token::scaled_residual`, `x + branch * s[sample]`) against
+/// its composed version, values and both gradients bit for bit: samples much smaller than a
+/// parallel block (many per block), one sample over several blocks, a block boundary inside a
+/// sample, a single sample, dropped (0) and kept branches.
+#[test]
+fn scaled_residual_matches_composed_exactly() {
+    let dev = common::test_device();
+    let cases: &[(&[usize], &[f32])] = &[
+        (&[4, 5, 3], &[0.0, 1.25, 1.25, 0.0]),
+        (&[300, 7], &[1.1; 300]),
+        (&[3, 40000], &[1.0 / 0.9, 0.0, 1.0 / 0.9]),
+        (&[2, 4097, 8], &[1.0 / 0.7, 1.0 / 0.7]),
+        (&[1, 9, 2], &[2.0]),
+    ];
+    let values = |t: &Tensor| t.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("v");
+    for &(shape, scales) in cases {
+        let x = rounded_var(DType::F32, 1.0, shape, &dev);
+        let branch = rounded_var(DType::F32, 1.0, shape, &dev);
+        let (xt, bt) = (x.as_tensor(), branch.as_tensor());
+        // One op on the CPU; on CUDA both sides are the composed version (no CUDA op yet).
+        assert_eq!(kernels::applicable(xt), dev.is_cpu(), "{dev:?}");
+        let fast = token::scaled_residual(xt, bt, scales).expect("fast");
+        let slow = token::scaled_residual_composed(xt, bt, scales).expect("slow");
+        assert_eq!(values(&fast), values(&slow), "{shape:?}: values");
+        let probe = Tensor::randn(0f32, 1.0, shape, &dev).expect("probe");
+        let grads = |y: Tensor| {
+            let g = (y * &probe)
+                .and_then(|t| t.sum_all())
+                .and_then(|t| t.backward())
+                .expect("backward");
+            [&x, &branch].map(|v| values(g.get(v.as_tensor()).expect("gradient")))
+        };
+        assert_eq!(grads(fast), grads(slow), "{shape:?}: gradients");
+    }
+    let x = rounded_var(DType::F32, 1.0, (3, 4), &dev);
+    let e = token::scaled_residual(x.as_tensor(), x.as_tensor(), &[1.0, 1.0])
+        .expect_err("2 scales for 3 samples");
+    assert!(e.to_string().contains("2 scales"), "{e}");
 }
