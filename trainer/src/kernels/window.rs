@@ -4,7 +4,9 @@
 //! backward zero-pads every piece to full size) and the partition a permute made contiguous:
 //! for a shifted block, six full-size copies forward and more backward, on every block.
 //!
-//! Layouts: the image (B, H, W, C); the windows (B*nW, win*win, C), windows in row-major order
+//! Layouts: the image as Uformer's tokens (B, H*W, C), pixels row-major (so the blocks need no
+//! reshape around the ops, each of which would be a node whose gradient candle zero-fills and
+//! adds into); the windows (B*nW, win*win, C), windows in row-major order
 //! over the (H/win, W/win) grid, tokens row-major inside a window. With shift s, window token
 //! (ty, tx) of window (wy, wx) is the pixel ((wy*win + ty + s) mod H, (wx*win + tx + s) mod W):
 //! `torch.roll(x, (-s, -s), (1, 2))` followed by the partition. Rows of C channels move whole.
@@ -26,7 +28,7 @@ pub(super) struct WindowShuffle {
     /// The image's height and width.
     pub(super) h: usize,
     pub(super) w: usize,
-    /// False: image (B, H, W, C) -> windows; true: windows -> image.
+    /// False: image (B, H*W, C) -> windows; true: windows -> image.
     pub(super) reverse: bool,
 }
 
@@ -55,7 +57,7 @@ impl WindowShuffle {
         let fits = win > 0 && h % win == 0 && w % win == 0;
         let dims = shape.dims();
         let got = match (self.reverse, dims) {
-            (false, &[b, hh, ww, c]) if fits && (hh, ww) == (h, w) => Some((b, c)),
+            (false, &[b, l, c]) if fits && l == h * w => Some((b, c)),
             (true, &[bw, n, c]) if fits && n == win * win && bw % (h / win * (w / win)) == 0 => {
                 Some((bw / (h / win * (w / win)), c))
             }
@@ -68,7 +70,7 @@ impl WindowShuffle {
                 if self.reverse {
                     "(B*nW, win*win, C)"
                 } else {
-                    "(B, H, W, C)"
+                    "(B, H*W, C)"
                 }
             ))
         })
@@ -77,7 +79,7 @@ impl WindowShuffle {
     /// The shape of the result for `b` images of `c` channels.
     fn out_shape(&self, b: usize, c: usize) -> Shape {
         if self.reverse {
-            Shape::from((b, self.h, self.w, c))
+            Shape::from((b, self.h * self.w, c))
         } else {
             let nw = (self.h / self.win) * (self.w / self.win);
             Shape::from((b * nw, self.win * self.win, c))
@@ -129,12 +131,18 @@ fn window_applicable(x: &Tensor) -> bool {
     kernel_applies(x, Some(CudaKernel::Window), &[DType::F32, DType::BF16])
 }
 
-/// x (B, H, W, C) rolled by `-shift` along H and W, then cut into win x win windows:
-/// (B*nW, win*win, C). One copy where a kernel applies, else [`window_partition_composed`].
-pub fn window_partition(x: &Tensor, win: usize, shift: usize) -> Result<Tensor> {
-    let (_, h, w, _) = x.dims4()?;
+/// x, an h x w image as tokens (B, H*W, C), rolled by `-shift` along H and W, then cut into
+/// win x win windows: (B*nW, win*win, C). One copy where a kernel applies, else
+/// [`window_partition_composed`].
+pub fn window_partition(
+    x: &Tensor,
+    win: usize,
+    shift: usize,
+    h: usize,
+    w: usize,
+) -> Result<Tensor> {
     if !window_applicable(x) {
-        return window_partition_composed(x, win, shift);
+        return window_partition_composed(x, win, shift, h, w);
     }
     let op = WindowShuffle {
         win,
@@ -147,8 +155,15 @@ pub fn window_partition(x: &Tensor, win: usize, shift: usize) -> Result<Tensor> 
 }
 
 /// [`window_partition`] from tensor ops (any device and dtype).
-pub fn window_partition_composed(x: &Tensor, win: usize, shift: usize) -> Result<Tensor> {
-    let (b, h, w, c) = x.dims4()?;
+pub fn window_partition_composed(
+    x: &Tensor,
+    win: usize,
+    shift: usize,
+    h: usize,
+    w: usize,
+) -> Result<Tensor> {
+    let (b, _, c) = x.dims3()?;
+    let x = x.reshape((b, h, w, c))?;
     let s = shift as i32;
     let x = if s > 0 {
         x.roll(-s, 1)?.roll(-s, 2)?
@@ -162,7 +177,7 @@ pub fn window_partition_composed(x: &Tensor, win: usize, shift: usize) -> Result
 }
 
 /// The inverse of [`window_partition`]: windows (B*nW, win*win, C) of an h x w image put back
-/// in place and rolled by `+shift`: (B, H, W, C). One copy where a kernel applies, else
+/// in place and rolled by `+shift`, as tokens (B, H*W, C). One copy where a kernel applies, else
 /// [`window_reverse_composed`].
 pub fn window_reverse(
     windows: &Tensor,
@@ -200,9 +215,6 @@ pub fn window_reverse_composed(
         .permute((0, 1, 3, 2, 4, 5))?
         .reshape((b, h, w, c))?;
     let s = shift as i32;
-    if s > 0 {
-        x.roll(s, 1)?.roll(s, 2)
-    } else {
-        Ok(x)
-    }
+    let x = if s > 0 { x.roll(s, 1)?.roll(s, 2)? } else { x };
+    x.reshape((b, h * w, c))
 }

@@ -363,7 +363,7 @@ impl LeWinBlock {
     /// (B, H*W, C) -> (B, H*W, C); `rng` Some = training mode (stochastic depth on; the
     /// reference calls its one DropPath module on the attention branch, then on the LeFF one).
     fn forward_t(&self, x: &Tensor, mut rng: Option<&mut DropPathRng>) -> Result<Tensor> {
-        let (b, l, c) = x.dims3()?;
+        let (_, l, _) = x.dims3()?;
         let h = side(l)?;
         let w = self.win;
         if !h.is_multiple_of(w) {
@@ -371,10 +371,10 @@ impl LeWinBlock {
                 "Uformer: a {h}x{h} level cannot be tiled by {w}x{w} windows"
             )));
         }
-        let xs = self.norm1.forward(x)?.reshape((b, h, h, c))?;
-        // Cyclic shift and window partition: (B, H, W, C) -> (B*nW, w*w, C), windows in
+        let xs = self.norm1.forward(x)?;
+        // Cyclic shift and window partition: (B, H*W, C) -> (B*nW, w*w, C), windows in
         // row-major order.
-        let windows = window_partition(&xs, w, self.shift)?;
+        let windows = window_partition(&xs, w, self.shift, h, h)?;
         let n = w * w;
         let windows = match &self.modulator {
             Some(m) if m.dim(0)? == n => kernels::add_bias(&windows, m)?,
@@ -392,9 +392,8 @@ impl LeWinBlock {
             None
         };
         let out = self.attn.forward(&windows, mask.as_ref())?;
-        // Window reverse and the shift undone: (B*nW, w*w, C) -> (B, H, W, C)
+        // Window reverse and the shift undone: (B*nW, w*w, C) -> (B, H*W, C)
         let out = window_reverse(&out, w, self.shift, h, h)?;
-        let out = out.reshape((b, l, c))?;
         let x = drop_path::residual(x, &out, self.drop_path, rng.as_deref_mut())?;
         let y = self.mlp.forward(&self.norm2.forward(&x)?)?;
         drop_path::residual(&x, &y, self.drop_path, rng)

@@ -51,12 +51,12 @@ fn check(dtype: DType) {
     let dev = common::test_device();
     for &(b, h, w, c, win, shift) in SHAPES {
         let what = format!("{dtype:?} b{b} {h}x{w} c{c} win{win} shift{shift}");
-        let x = Tensor::randn(0f32, 1.0, (b, h, w, c), &dev)
+        let x = Tensor::randn(0f32, 1.0, (b, h * w, c), &dev)
             .and_then(|t| t.to_dtype(dtype))
             .and_then(|t| Var::from_tensor(&t))
             .expect("x");
-        let fast = window_partition(x.as_tensor(), win, shift).expect("fast");
-        let slow = window_partition_composed(x.as_tensor(), win, shift).expect("slow");
+        let fast = window_partition(x.as_tensor(), win, shift, h, w).expect("fast");
+        let slow = window_partition_composed(x.as_tensor(), win, shift, h, w).expect("slow");
         assert_equal_with_grads(&format!("{what}: partition"), &x, &fast, &slow);
 
         // The reverse undoes the partition, and matches its composed version too.
@@ -82,14 +82,16 @@ fn window_kernels_bf16_match_composed() {
 
 #[test]
 fn a_window_that_does_not_tile_the_image_is_named() {
-    let x = Tensor::zeros((1, 5, 4, 2), DType::F32, &common::test_device()).expect("x");
+    let x = Tensor::zeros((1, 20, 2), DType::F32, &common::test_device()).expect("x");
     let _on = CudaKernelsOn::new();
-    let e = window_partition(&x, 2, 1).expect_err("5 rows in 2x2 windows");
+    let e = window_partition(&x, 2, 1, 5, 4).expect_err("5 rows in 2x2 windows");
     assert!(
         e.to_string()
-            .contains("window partition: [1, 5, 4, 2] is not (B, H, W, C) for 2x2 windows on 5x4"),
+            .contains("window partition: [1, 20, 2] is not (B, H*W, C) for 2x2 windows on 5x4"),
         "{e}"
     );
+    let e = window_partition(&x, 2, 1, 4, 4).expect_err("20 tokens for a 4x4 image");
+    assert!(e.to_string().contains("[1, 20, 2]"), "{e}");
     let w = Tensor::zeros((3, 4, 2), DType::F32, &common::test_device()).expect("w");
     let e = window_reverse(&w, 2, 0, 4, 4).expect_err("3 windows for 4 in a 4x4 image");
     assert!(e.to_string().contains("window reverse: [3, 4, 2]"), "{e}");
