@@ -12,9 +12,11 @@
 //! `torch.roll(x, (-s, -s), (1, 2))` followed by the partition. Rows of C channels move whole.
 //!
 //! On the CPU (float32) and on CUDA (`cuda/window.cu`, float32 and bfloat16, where
-//! `IFP_CUDA_FUSED` names `window`).
+//! `IFP_CUDA_FUSED` names `window`). The reverse with the block's residual added
+//! (`window_reverse_add`) is one op on the CPU only; elsewhere it is the reverse and the
+//! addition.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::conv::f32_slice;
@@ -197,6 +199,167 @@ pub fn window_reverse(
         reverse: true,
     };
     windows.contiguous()?.apply_op1(op)
+}
+
+/// The window reverse added to a residual, `x + s[b] * reverse(windows)` with `s[b]` the scale
+/// of image `b` (1 for all without scales): the LeWin block's attention branch put back in
+/// place and added to its input under stochastic depth. One op: its backward is `dy` for `x`
+/// and `partition(dy * s)` for the windows in one pass, so no reversed copy of the branch is
+/// kept for the backward pass or zero-filled and added into there. Each value is rounded as
+/// the composed version rounds it (the product, then the sum).
+struct WindowReverseAdd {
+    /// The reverse (windows -> image).
+    shuffle: WindowShuffle,
+    scales: Option<Vec<f32>>,
+}
+
+impl WindowReverseAdd {
+    /// The scale of image row `r`.
+    fn scale(&self, r: usize) -> Option<f32> {
+        let rows = self.shuffle.h * self.shuffle.w;
+        self.scales.as_ref().map(|s| s[r / rows])
+    }
+}
+
+impl CustomOp2 for WindowReverseAdd {
+    fn name(&self) -> &'static str {
+        "ifp-window-reverse-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, c) = self.shuffle.batch_and_channels(l1.shape())?;
+        let shape = self.shuffle.out_shape(b, c);
+        if l2.shape() != &shape || self.scales.as_ref().is_some_and(|s| s.len() != b) {
+            return Err(candle_core::Error::Msg(format!(
+                "window reverse with residual: {:?} windows of {b} images, a residual {:?} \
+                 and {:?} scales",
+                l1.dims(),
+                l2.dims(),
+                self.scales.as_ref().map(Vec::len)
+            )));
+        }
+        let windows = f32_slice(s1, l1, self.name())?;
+        let x = f32_slice(s2, l2, self.name())?;
+        let mut out = vec![0f32; x.len()];
+        if c > 0 {
+            out.par_chunks_mut(c)
+                .zip(x.par_chunks(c))
+                .enumerate()
+                .for_each(|(r, (row, xs))| {
+                    let src = &windows[self.shuffle.source_row(r) * c..][..c];
+                    match self.scale(r) {
+                        Some(s) => {
+                            for ((o, x), v) in row.iter_mut().zip(xs).zip(src) {
+                                *o = x + v * s;
+                            }
+                        }
+                        None => {
+                            for ((o, x), v) in row.iter_mut().zip(xs).zip(src) {
+                                *o = x + v;
+                            }
+                        }
+                    }
+                });
+        }
+        Ok((CpuStorage::F32(out), shape))
+    }
+
+    fn bwd(
+        &self,
+        _windows: &Tensor,
+        _x: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let back = ScaledPartition {
+            shuffle: WindowShuffle {
+                reverse: false,
+                ..self.shuffle
+            },
+            scales: self.scales.clone(),
+        };
+        let dwindows = grad.contiguous()?.apply_op1_no_bwd(&back)?;
+        Ok((Some(dwindows), Some(grad.clone())))
+    }
+}
+
+/// `partition(dy * s)`: the windows' gradient of [`WindowReverseAdd`].
+struct ScaledPartition {
+    /// The partition (image -> windows).
+    shuffle: WindowShuffle,
+    scales: Option<Vec<f32>>,
+}
+
+impl CustomOp1 for ScaledPartition {
+    fn name(&self) -> &'static str {
+        "ifp-window-partition-scaled"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c) = self.shuffle.batch_and_channels(l.shape())?;
+        let dy = f32_slice(s, l, self.name())?;
+        let rows = self.shuffle.h * self.shuffle.w;
+        let mut out = vec![0f32; dy.len()];
+        if c > 0 {
+            out.par_chunks_mut(c).enumerate().for_each(|(r, row)| {
+                let at = self.shuffle.source_row(r);
+                let src = &dy[at * c..][..c];
+                match &self.scales {
+                    Some(s) => {
+                        let s = s[at / rows];
+                        for (o, v) in row.iter_mut().zip(src) {
+                            *o = v * s;
+                        }
+                    }
+                    None => row.copy_from_slice(src),
+                }
+            });
+        }
+        Ok((CpuStorage::F32(out), self.shuffle.out_shape(b, c)))
+    }
+}
+
+/// `x + s[b] * window_reverse(windows)`, with `s[b]` the scale of image `b` of `x` (B, H*W, C)
+/// (stochastic depth's) or 1 without scales: one op on the CPU (float32), else
+/// [`window_reverse_add_composed`].
+pub fn window_reverse_add(
+    windows: &Tensor,
+    x: &Tensor,
+    scales: Option<&[f32]>,
+    (win, shift, h, w): (usize, usize, usize, usize),
+) -> Result<Tensor> {
+    let fits = x.dtype() == windows.dtype() && x.elem_count() > 0;
+    if !(fits && kernel_applies(x, None, &[])) {
+        return window_reverse_add_composed(windows, x, scales, (win, shift, h, w));
+    }
+    let op = WindowReverseAdd {
+        shuffle: WindowShuffle {
+            win,
+            shift,
+            h,
+            w,
+            reverse: true,
+        },
+        scales: scales.map(<[f32]>::to_vec),
+    };
+    windows.contiguous()?.apply_op2(&x.contiguous()?, op)
+}
+
+/// [`window_reverse_add`] as [`window_reverse`] then [`super::token::scaled_residual`].
+pub fn window_reverse_add_composed(
+    windows: &Tensor,
+    x: &Tensor,
+    scales: Option<&[f32]>,
+    (win, shift, h, w): (usize, usize, usize, usize),
+) -> Result<Tensor> {
+    let branch = window_reverse(windows, win, shift, h, w)?;
+    super::token::scaled_residual(x, &branch, scales)
 }
 
 /// [`window_reverse`] from tensor ops (any device and dtype).

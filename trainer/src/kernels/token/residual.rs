@@ -116,9 +116,12 @@ fn per_sample(
 }
 
 /// `x + branch * scales[i]` for each sample `i` of the leading dimension (x and branch of one
-/// shape, one scale per sample): the CPU op where the kernels run (float32), else
-/// [`scaled_residual_composed`].
-pub fn scaled_residual(x: &Tensor, branch: &Tensor, scales: &[f32]) -> Result<Tensor> {
+/// shape, one scale per sample), or `x + branch` without scales: the CPU op where the kernels
+/// run (float32), else [`scaled_residual_composed`].
+pub fn scaled_residual(x: &Tensor, branch: &Tensor, scales: Option<&[f32]>) -> Result<Tensor> {
+    let Some(scales) = scales else {
+        return x + branch;
+    };
     check(x, branch, scales)?;
     if kernel_applies(x, None, &[]) && branch.dtype() == x.dtype() && x.elem_count() > 0 {
         return x.contiguous()?.apply_op2(
@@ -128,12 +131,19 @@ pub fn scaled_residual(x: &Tensor, branch: &Tensor, scales: &[f32]) -> Result<Te
             },
         );
     }
-    scaled_residual_composed(x, branch, scales)
+    scaled_residual_composed(x, branch, Some(scales))
 }
 
 /// [`scaled_residual`] from tensor ops (any device and dtype): the scales as a `(B, 1, ..)`
 /// tensor of x's dtype, a broadcast product, an addition.
-pub fn scaled_residual_composed(x: &Tensor, branch: &Tensor, scales: &[f32]) -> Result<Tensor> {
+pub fn scaled_residual_composed(
+    x: &Tensor,
+    branch: &Tensor,
+    scales: Option<&[f32]>,
+) -> Result<Tensor> {
+    let Some(scales) = scales else {
+        return x + branch;
+    };
     check(x, branch, scales)?;
     let mut dims = vec![1; x.rank()];
     dims[0] = scales.len();

@@ -11,7 +11,7 @@ use candle_nn::{Init, VarBuilder};
 use super::drop_path::{self, DropPathRng};
 use super::{err, side};
 use crate::kernels::token::{self as kernels, Tokens};
-use crate::kernels::{amp, window_partition, window_reverse};
+use crate::kernels::{amp, window_partition, window_reverse_add};
 use crate::models::layers::Conv2d;
 
 const MLP_RATIO: usize = 4;
@@ -363,7 +363,7 @@ impl LeWinBlock {
     /// (B, H*W, C) -> (B, H*W, C); `rng` Some = training mode (stochastic depth on; the
     /// reference calls its one DropPath module on the attention branch, then on the LeFF one).
     fn forward_t(&self, x: &Tensor, mut rng: Option<&mut DropPathRng>) -> Result<Tensor> {
-        let (_, l, _) = x.dims3()?;
+        let (b, l, _) = x.dims3()?;
         let h = side(l)?;
         let w = self.win;
         if !h.is_multiple_of(w) {
@@ -392,11 +392,12 @@ impl LeWinBlock {
             None
         };
         let out = self.attn.forward(&windows, mask.as_ref())?;
-        // Window reverse and the shift undone: (B*nW, w*w, C) -> (B, H*W, C)
-        let out = window_reverse(&out, w, self.shift, h, h)?;
-        let x = drop_path::residual(x, &out, self.drop_path, rng.as_deref_mut())?;
+        // Window reverse and the shift undone, (B*nW, w*w, C) -> (B, H*W, C), added to x.
+        let scales = drop_path::scales(b, self.drop_path, rng.as_deref_mut());
+        let x = window_reverse_add(&out, x, scales.as_deref(), (w, self.shift, h, h))?;
         let y = self.mlp.forward(&self.norm2.forward(&x)?)?;
-        drop_path::residual(&x, &y, self.drop_path, rng)
+        let scales = drop_path::scales(b, self.drop_path, rng);
+        kernels::scaled_residual(&x, &y, scales.as_deref())
     }
 }
 

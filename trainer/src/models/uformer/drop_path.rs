@@ -12,12 +12,11 @@
 //! The masks come from a ChaCha stream derived from the run's seed and the optimiser step, so a
 //! run (and a resumed run) draws the same masks every time without saving any RNG state.
 
-use candle_core::{Result, Tensor};
+use candle_core::Result;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::err;
-use crate::kernels;
 
 /// The reference's drop-path rate for each block of the nine levels (encoder 0-3, bottleneck,
 /// decoder 0-3). `torch.linspace` in float32 is reproduced bit for bit (float32 step, then
@@ -101,26 +100,21 @@ impl DropPathRng {
     }
 }
 
-/// `x + drop_path(branch)` of `(B, L, C)` tensors: the branch of each sample dropped or scaled
-/// (one draw per sample) in training mode (`rng` Some) when `p` > 0, else `x + branch`.
-pub(super) fn residual(
-    x: &Tensor,
-    branch: &Tensor,
-    p: f64,
-    rng: Option<&mut DropPathRng>,
-) -> Result<Tensor> {
+/// The per-sample scales of one residual branch of `batch` samples: drawn in training mode
+/// (`rng` Some) when `p` > 0; None (the branch added as it is) otherwise. The residual itself
+/// is `kernels::token::scaled_residual` (or the window reverse that adds it).
+pub(super) fn scales(batch: usize, p: f64, rng: Option<&mut DropPathRng>) -> Option<Vec<f32>> {
     match rng {
-        Some(rng) if p > 0.0 => {
-            let scales = rng.scales(x.dim(0)?, p);
-            kernels::token::scaled_residual(x, branch, &scales)
-        }
-        _ => x + branch,
+        Some(rng) if p > 0.0 => Some(rng.scales(batch, p)),
+        _ => None,
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{DType, Device};
+    use candle_core::{DType, Device, Tensor};
+
+    use crate::kernels::token::scaled_residual;
 
     use super::*;
 
@@ -170,7 +164,7 @@ mod tests {
 
     /// The residual over a branch of ones from a base `x`: each sample gets `x + 2` or `x`.
     #[test]
-    fn residual_keeps_or_drops_whole_samples() {
+    fn the_residual_keeps_or_drops_whole_samples() {
         let (b, l, c) = (64, 5, 3);
         let dev = Device::Cpu;
         let x = Tensor::arange(1f32, (b * l * c + 1) as f32, &dev)
@@ -178,9 +172,12 @@ mod tests {
             .expect("x");
         let ones = Tensor::ones((b, l, c), DType::F32, &dev).expect("ones");
         let values = |t: Tensor| t.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("t");
+        let residual = |s: Option<Vec<f32>>| {
+            values(scaled_residual(&x, &ones, s.as_deref()).expect("residual"))
+        };
         let xv = values(x.clone());
         let mut rng = DropPathRng::for_step(1, 0);
-        let yv = values(residual(&x, &ones, 0.5, Some(&mut rng)).expect("residual"));
+        let yv = residual(scales(b, 0.5, Some(&mut rng)));
         let mut dropped = 0;
         for s in 0..b {
             let r = s * l * c..(s + 1) * l * c;
@@ -194,12 +191,11 @@ mod tests {
             (16..=48).contains(&dropped),
             "{dropped} of {b} dropped at p 0.5"
         );
-        // Eval mode and p = 0 add the branch as it is.
+        // Eval mode and p = 0 draw nothing: the branch is added as it is.
+        assert_eq!(scales(b, 0.5, None), None);
+        assert_eq!(scales(b, 0.0, Some(&mut rng)), None);
         let plus_one: Vec<f32> = xv.iter().map(|v| v + 1.0).collect();
-        let eval = residual(&x, &ones, 0.5, None).expect("eval");
-        assert_eq!(values(eval), plus_one);
-        let p0 = residual(&x, &ones, 0.0, Some(&mut rng)).expect("p 0");
-        assert_eq!(values(p0), plus_one);
+        assert_eq!(residual(None), plus_one);
     }
 
     #[test]

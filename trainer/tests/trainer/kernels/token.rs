@@ -336,8 +336,8 @@ fn scaled_residual_matches_composed_exactly() {
         let (xt, bt) = (x.as_tensor(), branch.as_tensor());
         // One op on the CPU; on CUDA both sides are the composed version (no CUDA op yet).
         assert_eq!(kernels::applicable(xt), dev.is_cpu(), "{dev:?}");
-        let fast = token::scaled_residual(xt, bt, scales).expect("fast");
-        let slow = token::scaled_residual_composed(xt, bt, scales).expect("slow");
+        let fast = token::scaled_residual(xt, bt, Some(scales)).expect("fast");
+        let slow = token::scaled_residual_composed(xt, bt, Some(scales)).expect("slow");
         assert_eq!(values(&fast), values(&slow), "{shape:?}: values");
         let probe = Tensor::randn(0f32, 1.0, shape, &dev).expect("probe");
         let grads = |y: Tensor| {
@@ -350,7 +350,7 @@ fn scaled_residual_matches_composed_exactly() {
         assert_eq!(grads(fast), grads(slow), "{shape:?}: gradients");
     }
     let x = rounded_var(DType::F32, 1.0, (3, 4), &dev);
-    let e = token::scaled_residual(x.as_tensor(), x.as_tensor(), &[1.0, 1.0])
+    let e = token::scaled_residual(x.as_tensor(), x.as_tensor(), Some(&[1.0, 1.0]))
         .expect_err("2 scales for 3 samples");
     assert!(e.to_string().contains("2 scales"), "{e}");
 }

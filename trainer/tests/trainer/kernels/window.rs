@@ -1,7 +1,8 @@
 //! Uformer's window partition and reverse (one permuting copy each) against the composed rolls
 //! and permutes on `IFP_TEST_DEVICE`: the CPU op, or the CUDA one with the CUDA switch on,
 //! float32 and (on CUDA) bfloat16. Both move values without arithmetic, so the outputs and the
-//! gradients must be equal, bit for bit.
+//! gradients must be equal, bit for bit. So must the reverse with the block's residual added
+//! (a CPU op) and its composed version.
 
 use candle_core::{DType, Tensor, Var};
 use ifp_trainer::kernels::{
@@ -78,6 +79,38 @@ fn window_kernels_match_composed() {
 #[test]
 fn window_kernels_bf16_match_composed() {
     check(DType::BF16);
+}
+
+/// The reverse with the LeWin block's residual added (`window_reverse_add`, a CPU op) against
+/// the reverse and `token::scaled_residual`: values and both gradients bit for bit, with
+/// per-image scales (0 for a dropped branch) and without.
+#[test]
+fn window_reverse_add_matches_composed_exactly() {
+    let dev = common::test_device();
+    for &(b, h, w, c, win, shift) in SHAPES {
+        let nw = (h / win) * (w / win);
+        let windows = Var::from_tensor(
+            &Tensor::randn(0f32, 1.0, (b * nw, win * win, c), &dev).expect("windows"),
+        )
+        .expect("var");
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, h * w, c), &dev).expect("x"))
+            .expect("var");
+        let drawn: Vec<f32> = (0..b).map(|i| [1.25, 0.0, 1.0 / 0.9][i % 3]).collect();
+        for scales in [Some(drawn.as_slice()), None] {
+            let what = format!("b{b} {h}x{w} c{c} win{win} shift{shift} scales {scales:?}");
+            let geom = (win, shift, h, w);
+            let (wt, xt) = (windows.as_tensor(), x.as_tensor());
+            let fast = kernels::window_reverse_add(wt, xt, scales, geom).expect("fast");
+            let slow = kernels::window_reverse_add_composed(wt, xt, scales, geom).expect("slow");
+            assert_equal_with_grads(&format!("{what}, windows"), &windows, &fast, &slow);
+            assert_equal_with_grads(&format!("{what}, x"), &x, &fast, &slow);
+        }
+    }
+    let windows = Tensor::zeros((4, 4, 2), DType::F32, &dev).expect("windows");
+    let x = Tensor::zeros((1, 16, 3), DType::F32, &dev).expect("x");
+    let e = kernels::window_reverse_add(&windows, &x, None, (2, 0, 4, 4))
+        .expect_err("3 channels against 2");
+    assert!(e.to_string().contains("[1, 16, 3]"), "{e}");
 }
 
 #[test]
