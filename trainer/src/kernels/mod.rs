@@ -63,7 +63,7 @@ pub use switch::{
 };
 pub use window::{
     window_partition, window_partition_composed, window_reverse, window_reverse_add,
-    window_reverse_add_composed, window_reverse_composed,
+    window_reverse_add_composed, window_reverse_composed, WindowGrid,
 };
 
 /// The tensors a backward op packed one after another into its single flat output (a custom op

@@ -22,14 +22,21 @@ use rayon::prelude::*;
 use super::conv::f32_slice;
 use super::switch::{kernel_applies, CudaKernel};
 
+/// The windows of an h x w image: `win` x `win` windows after a cyclic shift by `shift` (see
+/// the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowGrid {
+    pub win: usize,
+    pub shift: usize,
+    /// The image's height and width.
+    pub h: usize,
+    pub w: usize,
+}
+
 /// The permutation of rows between an image and its windows (see the module doc).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct WindowShuffle {
-    pub(super) win: usize,
-    pub(super) shift: usize,
-    /// The image's height and width.
-    pub(super) h: usize,
-    pub(super) w: usize,
+    pub(super) grid: WindowGrid,
     /// False: image (B, H*W, C) -> windows; true: windows -> image.
     pub(super) reverse: bool,
 }
@@ -38,7 +45,12 @@ impl WindowShuffle {
     /// The source row of destination row `r` (rows of C values; see the module doc). The CUDA
     /// kernel computes the same.
     pub(super) fn source_row(&self, r: usize) -> usize {
-        let (win, s, h, w) = (self.win, self.shift, self.h, self.w);
+        let WindowGrid {
+            win,
+            shift: s,
+            h,
+            w,
+        } = self.grid;
         let (nh, nw, n) = (h / win, w / win, win * win);
         if self.reverse {
             let (b, y, x) = (r / (h * w), (r / w) % h, r % w);
@@ -55,7 +67,7 @@ impl WindowShuffle {
 
     /// Images in a tensor of `shape` and its channels, checking the shape fits.
     fn batch_and_channels(&self, shape: &Shape) -> Result<(usize, usize)> {
-        let (win, h, w) = (self.win, self.h, self.w);
+        let WindowGrid { win, h, w, .. } = self.grid;
         let fits = win > 0 && h % win == 0 && w % win == 0;
         let dims = shape.dims();
         let got = match (self.reverse, dims) {
@@ -81,10 +93,10 @@ impl WindowShuffle {
     /// The shape of the result for `b` images of `c` channels.
     fn out_shape(&self, b: usize, c: usize) -> Shape {
         if self.reverse {
-            Shape::from((b, self.h * self.w, c))
+            Shape::from((b, self.grid.h * self.grid.w, c))
         } else {
-            let nw = (self.h / self.win) * (self.w / self.win);
-            Shape::from((b * nw, self.win * self.win, c))
+            let WindowGrid { win, h, w, .. } = self.grid;
+            Shape::from((b * (h / win) * (w / win), win * win, c))
         }
     }
 }
@@ -136,34 +148,20 @@ fn window_applicable(x: &Tensor) -> bool {
 /// x, an h x w image as tokens (B, H*W, C), rolled by `-shift` along H and W, then cut into
 /// win x win windows: (B*nW, win*win, C). One copy where a kernel applies, else
 /// [`window_partition_composed`].
-pub fn window_partition(
-    x: &Tensor,
-    win: usize,
-    shift: usize,
-    h: usize,
-    w: usize,
-) -> Result<Tensor> {
+pub fn window_partition(x: &Tensor, grid: WindowGrid) -> Result<Tensor> {
     if !window_applicable(x) {
-        return window_partition_composed(x, win, shift, h, w);
+        return window_partition_composed(x, grid);
     }
     let op = WindowShuffle {
-        win,
-        shift,
-        h,
-        w,
+        grid,
         reverse: false,
     };
     x.contiguous()?.apply_op1(op)
 }
 
 /// [`window_partition`] from tensor ops (any device and dtype).
-pub fn window_partition_composed(
-    x: &Tensor,
-    win: usize,
-    shift: usize,
-    h: usize,
-    w: usize,
-) -> Result<Tensor> {
+pub fn window_partition_composed(x: &Tensor, grid: WindowGrid) -> Result<Tensor> {
+    let WindowGrid { win, shift, h, w } = grid;
     let (b, _, c) = x.dims3()?;
     let x = x.reshape((b, h, w, c))?;
     let s = shift as i32;
@@ -181,21 +179,12 @@ pub fn window_partition_composed(
 /// The inverse of [`window_partition`]: windows (B*nW, win*win, C) of an h x w image put back
 /// in place and rolled by `+shift`, as tokens (B, H*W, C). One copy where a kernel applies, else
 /// [`window_reverse_composed`].
-pub fn window_reverse(
-    windows: &Tensor,
-    win: usize,
-    shift: usize,
-    h: usize,
-    w: usize,
-) -> Result<Tensor> {
+pub fn window_reverse(windows: &Tensor, grid: WindowGrid) -> Result<Tensor> {
     if !window_applicable(windows) {
-        return window_reverse_composed(windows, win, shift, h, w);
+        return window_reverse_composed(windows, grid);
     }
     let op = WindowShuffle {
-        win,
-        shift,
-        h,
-        w,
+        grid,
         reverse: true,
     };
     windows.contiguous()?.apply_op1(op)
@@ -216,7 +205,7 @@ struct WindowReverseAdd {
 impl WindowReverseAdd {
     /// The scale of image row `r`.
     fn scale(&self, r: usize) -> Option<f32> {
-        let rows = self.shuffle.h * self.shuffle.w;
+        let rows = self.shuffle.grid.h * self.shuffle.grid.w;
         self.scales.as_ref().map(|s| s[r / rows])
     }
 }
@@ -304,7 +293,7 @@ impl CustomOp1 for ScaledPartition {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, c) = self.shuffle.batch_and_channels(l.shape())?;
         let dy = f32_slice(s, l, self.name())?;
-        let rows = self.shuffle.h * self.shuffle.w;
+        let rows = self.shuffle.grid.h * self.shuffle.grid.w;
         let mut out = vec![0f32; dy.len()];
         if c > 0 {
             out.par_chunks_mut(c).enumerate().for_each(|(r, row)| {
@@ -332,18 +321,15 @@ pub fn window_reverse_add(
     windows: &Tensor,
     x: &Tensor,
     scales: Option<&[f32]>,
-    (win, shift, h, w): (usize, usize, usize, usize),
+    grid: WindowGrid,
 ) -> Result<Tensor> {
     let fits = x.dtype() == windows.dtype() && x.elem_count() > 0;
     if !(fits && kernel_applies(x, None, &[])) {
-        return window_reverse_add_composed(windows, x, scales, (win, shift, h, w));
+        return window_reverse_add_composed(windows, x, scales, grid);
     }
     let op = WindowReverseAdd {
         shuffle: WindowShuffle {
-            win,
-            shift,
-            h,
-            w,
+            grid,
             reverse: true,
         },
         scales: scales.map(<[f32]>::to_vec),
@@ -356,20 +342,15 @@ pub fn window_reverse_add_composed(
     windows: &Tensor,
     x: &Tensor,
     scales: Option<&[f32]>,
-    (win, shift, h, w): (usize, usize, usize, usize),
+    grid: WindowGrid,
 ) -> Result<Tensor> {
-    let branch = window_reverse(windows, win, shift, h, w)?;
+    let branch = window_reverse(windows, grid)?;
     super::token::scaled_residual(x, &branch, scales)
 }
 
 /// [`window_reverse`] from tensor ops (any device and dtype).
-pub fn window_reverse_composed(
-    windows: &Tensor,
-    win: usize,
-    shift: usize,
-    h: usize,
-    w: usize,
-) -> Result<Tensor> {
+pub fn window_reverse_composed(windows: &Tensor, grid: WindowGrid) -> Result<Tensor> {
+    let WindowGrid { win, shift, h, w } = grid;
     let (bw, _, c) = windows.dims3()?;
     let (nh, nw) = (h / win, w / win);
     let b = bw / (nh * nw).max(1);

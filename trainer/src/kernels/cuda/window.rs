@@ -25,10 +25,10 @@ pub(in crate::kernels) fn window_shuffle(
             .map_err(|_| candle_core::Error::Msg(format!("window shuffle: {v} above i32")))
     };
     let args = [
-        int(op.win)?,
-        int(op.shift)?,
-        int(op.h)?,
-        int(op.w)?,
+        int(op.grid.win)?,
+        int(op.grid.shift)?,
+        int(op.grid.h)?,
+        int(op.grid.w)?,
         i32::from(op.reverse),
     ];
     let dev = x.device.clone();

@@ -11,7 +11,7 @@ use candle_nn::{Init, VarBuilder};
 use super::drop_path::{self, DropPathRng};
 use super::{err, side};
 use crate::kernels::token::{self as kernels, Tokens};
-use crate::kernels::{amp, window_partition, window_reverse_add};
+use crate::kernels::{amp, window_partition, window_reverse_add, WindowGrid};
 use crate::models::layers::Conv2d;
 
 const MLP_RATIO: usize = 4;
@@ -365,22 +365,28 @@ impl LeWinBlock {
     fn forward_t(&self, x: &Tensor, mut rng: Option<&mut DropPathRng>) -> Result<Tensor> {
         let (b, l, _) = x.dims3()?;
         let h = side(l)?;
-        let w = self.win;
-        if !h.is_multiple_of(w) {
+        let win = self.win;
+        if !h.is_multiple_of(win) {
             return Err(err(format!(
-                "Uformer: a {h}x{h} level cannot be tiled by {w}x{w} windows"
+                "Uformer: a {h}x{h} level cannot be tiled by {win}x{win} windows"
             )));
         }
         let xs = self.norm1.forward(x)?;
         // Cyclic shift and window partition: (B, H*W, C) -> (B*nW, w*w, C), windows in
         // row-major order.
-        let windows = window_partition(&xs, w, self.shift, h, h)?;
-        let n = w * w;
+        let grid = WindowGrid {
+            win,
+            shift: self.shift,
+            h,
+            w: h,
+        };
+        let windows = window_partition(&xs, grid)?;
+        let n = win * win;
         let windows = match &self.modulator {
             Some(m) if m.dim(0)? == n => kernels::add_bias(&windows, m)?,
             Some(m) => {
                 return Err(err(format!(
-                    "Uformer: the modulator has {} rows, a {w}x{w} window {n} tokens",
+                    "Uformer: the modulator has {} rows, a {win}x{win} window {n} tokens",
                     m.dim(0)?
                 )))
             }
@@ -394,7 +400,7 @@ impl LeWinBlock {
         let out = self.attn.forward(&windows, mask.as_ref())?;
         // Window reverse and the shift undone, (B*nW, w*w, C) -> (B, H*W, C), added to x.
         let scales = drop_path::scales(b, self.drop_path, rng.as_deref_mut());
-        let x = window_reverse_add(&out, x, scales.as_deref(), (w, self.shift, h, h))?;
+        let x = window_reverse_add(&out, x, scales.as_deref(), grid)?;
         let y = self.mlp.forward(&self.norm2.forward(&x)?)?;
         let scales = drop_path::scales(b, self.drop_path, rng);
         kernels::scaled_residual(&x, &y, scales.as_deref())

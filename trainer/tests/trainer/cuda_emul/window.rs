@@ -38,8 +38,14 @@ fn the_window_kernels_run_as_the_cpu_op() {
     // (batch, H, W, channels, window, shift): shifted, not, non-square, shift past the side.
     for &(b, h, w, c, win, s) in &[(2, 6, 9, 5, 3, 1), (1, 8, 4, 2, 2, 0), (1, 4, 6, 3, 2, 7)] {
         let x = Tensor::randn(0f32, 1.0, (b, h * w, c), &Device::Cpu).expect("x");
-        let windows = kernels::window_partition(&x, win, s, h, w).expect("cpu partition");
-        let back = kernels::window_reverse(&windows, win, s, h, w).expect("cpu reverse");
+        let grid = kernels::WindowGrid {
+            win,
+            shift: s,
+            h,
+            w,
+        };
+        let windows = kernels::window_partition(&x, grid).expect("cpu partition");
+        let back = kernels::window_reverse(&windows, grid).expect("cpu reverse");
         let what = format!("b{b} {h}x{w} c{c} win{win} shift{s}");
         let (xs, ws) = (values(&x), values(&windows));
         let dims = |reverse: i32| [win as i32, s as i32, h as i32, w as i32, reverse];

@@ -7,6 +7,7 @@
 use candle_core::{DType, Tensor, Var};
 use ifp_trainer::kernels::{
     self, window_partition, window_partition_composed, window_reverse, window_reverse_composed,
+    WindowGrid,
 };
 
 use super::CudaKernelsOn;
@@ -23,6 +24,10 @@ const SHAPES: &[(usize, usize, usize, usize, usize, usize)] = &[
     (1, 4, 4, 2, 2, 2),
     (1, 4, 6, 2, 2, 7),
 ];
+
+fn grid(win: usize, shift: usize, h: usize, w: usize) -> WindowGrid {
+    WindowGrid { win, shift, h, w }
+}
 
 fn values(t: &Tensor) -> Vec<f32> {
     t.to_dtype(DType::F32)
@@ -56,14 +61,15 @@ fn check(dtype: DType) {
             .and_then(|t| t.to_dtype(dtype))
             .and_then(|t| Var::from_tensor(&t))
             .expect("x");
-        let fast = window_partition(x.as_tensor(), win, shift, h, w).expect("fast");
-        let slow = window_partition_composed(x.as_tensor(), win, shift, h, w).expect("slow");
+        let g = grid(win, shift, h, w);
+        let fast = window_partition(x.as_tensor(), g).expect("fast");
+        let slow = window_partition_composed(x.as_tensor(), g).expect("slow");
         assert_equal_with_grads(&format!("{what}: partition"), &x, &fast, &slow);
 
         // The reverse undoes the partition, and matches its composed version too.
         let windows = Var::from_tensor(&fast).expect("windows");
-        let back = window_reverse(windows.as_tensor(), win, shift, h, w).expect("reverse");
-        let slow = window_reverse_composed(windows.as_tensor(), win, shift, h, w).expect("slow");
+        let back = window_reverse(windows.as_tensor(), g).expect("reverse");
+        let slow = window_reverse_composed(windows.as_tensor(), g).expect("slow");
         assert_eq!(values(&back), values(x.as_tensor()), "{what}: round trip");
         assert_equal_with_grads(&format!("{what}: reverse"), &windows, &back, &slow);
     }
@@ -98,17 +104,17 @@ fn window_reverse_add_matches_composed_exactly() {
         let drawn: Vec<f32> = (0..b).map(|i| [1.25, 0.0, 1.0 / 0.9][i % 3]).collect();
         for scales in [Some(drawn.as_slice()), None] {
             let what = format!("b{b} {h}x{w} c{c} win{win} shift{shift} scales {scales:?}");
-            let geom = (win, shift, h, w);
+            let g = grid(win, shift, h, w);
             let (wt, xt) = (windows.as_tensor(), x.as_tensor());
-            let fast = kernels::window_reverse_add(wt, xt, scales, geom).expect("fast");
-            let slow = kernels::window_reverse_add_composed(wt, xt, scales, geom).expect("slow");
+            let fast = kernels::window_reverse_add(wt, xt, scales, g).expect("fast");
+            let slow = kernels::window_reverse_add_composed(wt, xt, scales, g).expect("slow");
             assert_equal_with_grads(&format!("{what}, windows"), &windows, &fast, &slow);
             assert_equal_with_grads(&format!("{what}, x"), &x, &fast, &slow);
         }
     }
     let windows = Tensor::zeros((4, 4, 2), DType::F32, &dev).expect("windows");
     let x = Tensor::zeros((1, 16, 3), DType::F32, &dev).expect("x");
-    let e = kernels::window_reverse_add(&windows, &x, None, (2, 0, 4, 4))
+    let e = kernels::window_reverse_add(&windows, &x, None, grid(2, 0, 4, 4))
         .expect_err("3 channels against 2");
     assert!(e.to_string().contains("[1, 16, 3]"), "{e}");
 }
@@ -117,16 +123,16 @@ fn window_reverse_add_matches_composed_exactly() {
 fn a_window_that_does_not_tile_the_image_is_named() {
     let x = Tensor::zeros((1, 20, 2), DType::F32, &common::test_device()).expect("x");
     let _on = CudaKernelsOn::new();
-    let e = window_partition(&x, 2, 1, 5, 4).expect_err("5 rows in 2x2 windows");
+    let e = window_partition(&x, grid(2, 1, 5, 4)).expect_err("5 rows in 2x2 windows");
     assert!(
         e.to_string()
             .contains("window partition: [1, 20, 2] is not (B, H*W, C) for 2x2 windows on 5x4"),
         "{e}"
     );
-    let e = window_partition(&x, 2, 1, 4, 4).expect_err("20 tokens for a 4x4 image");
+    let e = window_partition(&x, grid(2, 1, 4, 4)).expect_err("20 tokens for a 4x4 image");
     assert!(e.to_string().contains("[1, 20, 2]"), "{e}");
     let w = Tensor::zeros((3, 4, 2), DType::F32, &common::test_device()).expect("w");
-    let e = window_reverse(&w, 2, 0, 4, 4).expect_err("3 windows for 4 in a 4x4 image");
+    let e = window_reverse(&w, grid(2, 0, 4, 4)).expect_err("3 windows for 4 in a 4x4 image");
     assert!(e.to_string().contains("window reverse: [3, 4, 2]"), "{e}");
     assert!(kernels::kernel_applies(
         &x,
