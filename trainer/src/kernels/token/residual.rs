@@ -1,6 +1,7 @@
 //! A residual connection whose branch is scaled per sample, `x + branch * s[sample]`: how the
-//! LeWin block adds its attention and LeFF branches under stochastic depth (each sample's `s`
-//! is 0 or `1 / (1 - p)`).
+//! LeWin block adds its LeFF branch under stochastic depth (each sample's `s` is 0 or
+//! `1 / (1 - p)`; its attention branch is added by the window reverse, `window_reverse_add`,
+//! whose composed version ends with this op).
 //!
 //! Composed, it is a broadcast product by a `(B, 1, ..)` tensor and an addition. Candle's
 //! backward of the product also computes the gradient of that constant factor, a full-size
@@ -9,8 +10,6 @@
 //! backward pass returns the output's gradient for `x` and one scaled copy for the branch.
 //! Each value is computed as the composed version rounds it (the product, then the sum), so
 //! the two agree bit for bit.
-
-use std::mem::MaybeUninit;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -39,7 +38,7 @@ impl CustomOp2 for ScaledResidual {
         let branch = f32_slice(s2, l2, self.name())?;
         let out = per_sample(branch, &self.scales, |o, b, s, at| {
             for ((o, b), x) in o.iter_mut().zip(b).zip(&x[at..]) {
-                o.write(x + b * s);
+                *o = x + b * s;
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -73,7 +72,7 @@ impl CustomOp1 for ScaleSamples {
         let g = f32_slice(s, l, self.name())?;
         let out = per_sample(g, &self.scales, |o, g, s, _| {
             for (o, g) in o.iter_mut().zip(g) {
-                o.write(g * s);
+                *o = g * s;
             }
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -82,36 +81,30 @@ impl CustomOp1 for ScaleSamples {
 
 /// A new buffer of `ys.len()` values, one equal part of `ys` per scale, filled by
 /// `f(out, ys, scale, at)` over runs that lie in one part (`at`: the run's offset in `ys`), in
-/// parallel over blocks of [`CHUNK`] values. Nothing is zero-filled first: `f` writes every
-/// value of its run.
+/// parallel over blocks of [`CHUNK`] values.
 fn per_sample(
     ys: &[f32],
     scales: &[f32],
-    f: impl Fn(&mut [MaybeUninit<f32>], &[f32], f32, usize) + Sync,
+    f: impl Fn(&mut [f32], &[f32], f32, usize) + Sync,
 ) -> Vec<f32> {
     let n = ys.len();
     let per = n / scales.len().max(1);
-    let mut out = Vec::with_capacity(n);
-    out.spare_capacity_mut()[..n]
-        .par_chunks_mut(CHUNK)
-        .enumerate()
-        .for_each(|(c, o)| {
-            let start = c * CHUNK;
-            let mut at = start;
-            while at < start + o.len() {
-                let sample = at / per;
-                let end = ((sample + 1) * per).min(start + o.len());
-                f(
-                    &mut o[at - start..end - start],
-                    &ys[at..end],
-                    scales[sample],
-                    at,
-                );
-                at = end;
-            }
-        });
-    // SAFETY: the runs of every block cover it, and `f` writes every value of a run.
-    unsafe { out.set_len(n) };
+    let mut out = vec![0f32; n];
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
+        let start = c * CHUNK;
+        let mut at = start;
+        while at < start + o.len() {
+            let sample = at / per;
+            let end = ((sample + 1) * per).min(start + o.len());
+            f(
+                &mut o[at - start..end - start],
+                &ys[at..end],
+                scales[sample],
+                at,
+            );
+            at = end;
+        }
+    });
     out
 }
 

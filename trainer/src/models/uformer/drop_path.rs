@@ -85,7 +85,7 @@ impl DropPathRng {
 
     /// The multiplier of each of `batch` samples' branch: 0 with probability `p`, else
     /// `1 / (1 - p)` (computed in float32, as timm's `div_(keep_prob)` on a float32 tensor).
-    pub(super) fn scales(&mut self, batch: usize, p: f64) -> Vec<f32> {
+    pub(super) fn draw(&mut self, batch: usize, p: f64) -> Vec<f32> {
         let keep = 1.0 - p;
         let scale = if keep > 0.0 { 1.0 / keep as f32 } else { 0.0 };
         (0..batch)
@@ -105,7 +105,7 @@ impl DropPathRng {
 /// is `kernels::token::scaled_residual` (or the window reverse that adds it).
 pub(super) fn scales(batch: usize, p: f64, rng: Option<&mut DropPathRng>) -> Option<Vec<f32>> {
     match rng {
-        Some(rng) if p > 0.0 => Some(rng.scales(batch, p)),
+        Some(rng) if p > 0.0 => Some(rng.draw(batch, p)),
         _ => None,
     }
 }
@@ -200,7 +200,7 @@ mod tests {
 
     #[test]
     fn scales_are_reproducible_and_scaled() {
-        let draw = |seed, step| DropPathRng::for_step(seed, step).scales(4000, 0.25);
+        let draw = |seed, step| DropPathRng::for_step(seed, step).draw(4000, 0.25);
         let a = draw(7, 3);
         assert_eq!(a, draw(7, 3));
         assert_ne!(a, draw(7, 4));
