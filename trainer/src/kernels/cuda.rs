@@ -36,7 +36,7 @@ mod norm;
 pub(super) mod normalize;
 mod optim;
 pub(super) mod token;
-mod window;
+pub(super) mod window;
 pub(super) use bias::{bias_act, bias_act_backward};
 pub(super) use conv::{col2im, im2col};
 pub(super) use dense::{dense_conv, dense_conv_backward};

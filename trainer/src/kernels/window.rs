@@ -12,9 +12,8 @@
 //! `torch.roll(x, (-s, -s), (1, 2))` followed by the partition. Rows of C channels move whole.
 //!
 //! On the CPU (float32) and on CUDA (`cuda/window.cu`, float32 and bfloat16, where
-//! `IFP_CUDA_FUSED` names `window`). The reverse with the block's residual added
-//! (`window_reverse_add`) is one op on the CPU only; elsewhere it is the reverse and the
-//! addition.
+//! `IFP_CUDA_FUSED` names `window`). So is the reverse with the block's residual added
+//! (`window_reverse_add`), in float32 only; elsewhere it is the reverse and the addition.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -203,6 +202,24 @@ struct WindowReverseAdd {
 }
 
 impl WindowReverseAdd {
+    /// The images and channels of windows laid out as `l1`, checked against a residual laid
+    /// out as `l2` and the scales.
+    fn images_and_channels(&self, l1: &Layout, l2: &Layout) -> Result<(usize, usize)> {
+        let (b, c) = self.shuffle.batch_and_channels(l1.shape())?;
+        if l2.shape() != &self.shuffle.out_shape(b, c)
+            || self.scales.as_ref().is_some_and(|s| s.len() != b)
+        {
+            return Err(candle_core::Error::Msg(format!(
+                "window reverse with residual: {:?} windows of {b} images, a residual {:?} \
+                 and {:?} scales",
+                l1.dims(),
+                l2.dims(),
+                self.scales.as_ref().map(Vec::len)
+            )));
+        }
+        Ok((b, c))
+    }
+
     /// The scale of image row `r`.
     fn scale(&self, r: usize) -> Option<f32> {
         let rows = self.shuffle.grid.h * self.shuffle.grid.w;
@@ -222,17 +239,8 @@ impl CustomOp2 for WindowReverseAdd {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (b, c) = self.shuffle.batch_and_channels(l1.shape())?;
+        let (b, c) = self.images_and_channels(l1, l2)?;
         let shape = self.shuffle.out_shape(b, c);
-        if l2.shape() != &shape || self.scales.as_ref().is_some_and(|s| s.len() != b) {
-            return Err(candle_core::Error::Msg(format!(
-                "window reverse with residual: {:?} windows of {b} images, a residual {:?} \
-                 and {:?} scales",
-                l1.dims(),
-                l2.dims(),
-                self.scales.as_ref().map(Vec::len)
-            )));
-        }
         let windows = f32_slice(s1, l1, self.name())?;
         let x = f32_slice(s2, l2, self.name())?;
         let mut out = vec![0f32; x.len()];
@@ -257,6 +265,26 @@ impl CustomOp2 for WindowReverseAdd {
                 });
         }
         Ok((CpuStorage::F32(out), shape))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (b, c) = self.images_and_channels(l1, l2)?;
+        let scales = self.scales.as_deref();
+        let out = super::cuda::window::reverse_add(
+            (s1, l1),
+            (s2, l2),
+            scales,
+            &self.shuffle.grid,
+            (b, c),
+        )?;
+        Ok((out, self.shuffle.out_shape(b, c)))
     }
 
     fn bwd(
@@ -312,11 +340,24 @@ impl CustomOp1 for ScaledPartition {
         }
         Ok((CpuStorage::F32(out), self.shuffle.out_shape(b, c)))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (b, c) = self.shuffle.batch_and_channels(l.shape())?;
+        let scales = self.scales.as_deref();
+        let out =
+            super::cuda::window::partition_scaled((s, l), scales, &self.shuffle.grid, (b, c))?;
+        Ok((out, self.shuffle.out_shape(b, c)))
+    }
 }
 
 /// `x + s[b] * window_reverse(windows)`, with `s[b]` the scale of image `b` of `x` (B, H*W, C)
-/// (stochastic depth's) or 1 without scales: one op on the CPU (float32), else
-/// [`window_reverse_add_composed`].
+/// (stochastic depth's) or 1 without scales: one op in float32 on the CPU and on CUDA where
+/// `IFP_CUDA_FUSED` turns on `window`, else [`window_reverse_add_composed`].
 pub fn window_reverse_add(
     windows: &Tensor,
     x: &Tensor,
@@ -324,7 +365,7 @@ pub fn window_reverse_add(
     grid: WindowGrid,
 ) -> Result<Tensor> {
     let fits = x.dtype() == windows.dtype() && x.elem_count() > 0;
-    if !(fits && kernel_applies(x, None, &[])) {
+    if !(fits && kernel_applies(x, Some(CudaKernel::Window), &[DType::F32])) {
         return window_reverse_add_composed(windows, x, scales, grid);
     }
     let op = WindowReverseAdd {

@@ -1,7 +1,7 @@
 // Uformer's token ops, float32, in the CPU kernels' order of operations (kernels/token/ has
 // the formulas): LayerNorm over the last dimension, softmax over the last dimension, exact (erf)
-// GELU, and the addition of a bias repeated over the leading dimensions, each with its
-// gradient. Compiled to PTX by trainer/build.rs with the `cuda` feature; launched from
+// GELU, the addition of a bias repeated over the leading dimensions, and a residual whose branch
+// is scaled per sample (stochastic depth's), each with its gradient. Compiled to PTX by trainer/build.rs with the `cuda` feature; launched from
 // kernels/cuda/token.rs. Grid-stride loops without shared memory, so that the tests can also
 // run this file as C++ on a CPU.
 //
@@ -169,4 +169,19 @@ extern "C" __global__ void ifp_gelu_dx_f32(const float* x, const float* dy, floa
 extern "C" __global__ void ifp_add_rows_f32(const float* x, const float* b, float* y, int64_t n,
                                             int K) {
     GRID_STRIDE(e, n) { y[e] = x[e] + b[e % K]; }
+}
+
+// ---- stochastic depth's residual ----------------------------------------------------------
+
+// y = x + b * s[e / per] (one scale per sample of `per` values). The product and the sum are
+// rounded one at a time, as the composed version's two ops round them (no contraction to fma).
+extern "C" __global__ void ifp_scaled_residual_f32(const float* x, const float* b, const float* s,
+                                                   float* y, int64_t n, int64_t per) {
+    GRID_STRIDE(e, n) { y[e] = __fadd_rn(x[e], __fmul_rn(b[e], s[e / per])); }
+}
+
+// dx = dy * s[e / per]: the branch's gradient.
+extern "C" __global__ void ifp_scale_samples_f32(const float* dy, const float* s, float* dx,
+                                                 int64_t n, int64_t per) {
+    GRID_STRIDE(e, n) { dx[e] = __fmul_rn(dy[e], s[e / per]); }
 }

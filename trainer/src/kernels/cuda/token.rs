@@ -1,8 +1,9 @@
 //! CUDA launches of Uformer's token ops (`token.cu`), float32: LayerNorm over the last
 //! dimension (per-row statistics, then the output; for the backward the statistics again,
 //! cheaper to recompute than to keep, dx, and the parameter gradients from fixed-order partial
-//! sums), softmax over the last dimension, exact GELU, and a bias repeated over the rows with
-//! its column-sum gradient. Every sum over rows is deterministic.
+//! sums), softmax over the last dimension, exact GELU, a bias repeated over the rows with its
+//! column-sum gradient, and stochastic depth's residual (`x + b * s[sample]`) with its branch's
+//! gradient. Every sum over rows is deterministic.
 
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
 use candle_core::cuda_backend::WrapErr;
@@ -316,4 +317,65 @@ pub(super) fn column_sums_into(
     // SAFETY: argument types and order match ifp_col_sum_partial_f32 in token.cu.
     unsafe { args.launch(grid(j as usize * k, 256)) }.w()?;
     column_reduce(dev, &partial, out, at as i64, k32, j)
+}
+
+/// Per-sample scales on the device, and the values per sample of a tensor of `n` values.
+fn samples(
+    dev: &CudaDevice,
+    scales: &[f32],
+    n: usize,
+    what: &str,
+) -> Result<(CudaSlice<f32>, i64)> {
+    if scales.is_empty() || !n.is_multiple_of(scales.len()) {
+        return Err(msg(format!(
+            "{what}: {n} values are not {} equal samples",
+            scales.len()
+        )));
+    }
+    Ok((dev.clone_htod(scales)?, (n / scales.len()) as i64))
+}
+
+/// `x + b * scales[sample]` (x and b of one shape, one scale per sample of the leading
+/// dimension).
+pub(in crate::kernels) fn scaled_residual(
+    (x, lx): (&CudaStorage, &Layout),
+    (b, lb): (&CudaStorage, &Layout),
+    scales: &[f32],
+) -> Result<(CudaStorage, Shape)> {
+    const WHAT: &str = "scaled residual";
+    same_count(lx, lb, WHAT)?;
+    let dev = x.device.clone();
+    let (xv, bv) = (f32_view(x, lx, WHAT)?, f32_view(b, lb, WHAT)?);
+    let n = lx.shape().elem_count();
+    let (s, per) = samples(&dev, scales, n, WHAT)?;
+    let f = dev.get_or_load_custom_func("ifp_scaled_residual_f32", MODULE, PTX)?;
+    // SAFETY: the kernel writes every element.
+    let y = unsafe { dev.alloc::<f32>(n)? };
+    let n64 = n as i64;
+    let mut args = f.builder();
+    args.arg(&xv).arg(&bv).arg(&s).arg(&y).arg(&n64).arg(&per);
+    // SAFETY: argument types and order match ifp_scaled_residual_f32 in token.cu.
+    unsafe { args.launch(grid(n, 256)) }.w()?;
+    Ok((f32_storage(dev, y), lx.shape().clone()))
+}
+
+/// `g * scales[sample]`: the branch's gradient of [`scaled_residual`].
+pub(in crate::kernels) fn scale_samples(
+    (g, lg): (&CudaStorage, &Layout),
+    scales: &[f32],
+) -> Result<(CudaStorage, Shape)> {
+    const WHAT: &str = "scale samples";
+    let dev = g.device.clone();
+    let gv = f32_view(g, lg, WHAT)?;
+    let n = lg.shape().elem_count();
+    let (s, per) = samples(&dev, scales, n, WHAT)?;
+    let f = dev.get_or_load_custom_func("ifp_scale_samples_f32", MODULE, PTX)?;
+    // SAFETY: the kernel writes every element.
+    let dx = unsafe { dev.alloc::<f32>(n)? };
+    let n64 = n as i64;
+    let mut args = f.builder();
+    args.arg(&gv).arg(&s).arg(&dx).arg(&n64).arg(&per);
+    // SAFETY: argument types and order match ifp_scale_samples_f32 in token.cu.
+    unsafe { args.launch(grid(n, 256)) }.w()?;
+    Ok((f32_storage(dev, dx), lg.shape().clone()))
 }

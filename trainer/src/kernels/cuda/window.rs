@@ -1,13 +1,14 @@
 //! CUDA launch of Uformer's window partition / reverse (`window.cu`), float32 and bfloat16:
 //! one permuting copy instead of two rolls (narrows and concatenations) and a contiguous
-//! permute, and the same backward.
+//! permute, and the same backward; and, float32 only, the reverse with the LeWin block's
+//! residual added and its windows' gradient.
 
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, PushKernelArg};
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, Layout, Result};
 
-use super::{err, grid, view};
-use crate::kernels::window::WindowShuffle;
+use super::{err, f32_storage, f32_view, grid, view};
+use crate::kernels::window::{WindowGrid, WindowShuffle};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/window.ptx"));
 const MODULE: &str = "ifp_window";
@@ -65,4 +66,78 @@ pub(in crate::kernels) fn window_shuffle(
         _ => return Err(err("window shuffle")),
     };
     Ok(CudaStorage { slice, device: dev })
+}
+
+/// The grid's sizes as the kernels' `int` arguments.
+fn grid_args(g: &WindowGrid, what: &str) -> Result<[i32; 4]> {
+    let int = |v: usize| {
+        i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("{what}: {v} above i32")))
+    };
+    Ok([int(g.win)?, int(g.shift)?, int(g.h)?, int(g.w)?])
+}
+
+/// The images' scales on the device: `scales`, or 1 for each of `images` without.
+fn image_scales(dev: &CudaDevice, scales: Option<&[f32]>, images: usize) -> Result<CudaSlice<f32>> {
+    match scales {
+        Some(s) => Ok(dev.clone_htod(s)?),
+        None => Ok(dev.clone_htod(&vec![1f32; images])?),
+    }
+}
+
+/// `x + scale[b] * reverse(windows)` of `images` images of `c` channels (shapes checked by the
+/// caller, `x` of the image's).
+pub(in crate::kernels) fn reverse_add(
+    (windows, lw): (&CudaStorage, &Layout),
+    (x, lx): (&CudaStorage, &Layout),
+    scales: Option<&[f32]>,
+    g: &WindowGrid,
+    (images, c): (usize, usize),
+) -> Result<CudaStorage> {
+    const WHAT: &str = "window reverse with residual";
+    let [win, shift, h, w] = grid_args(g, WHAT)?;
+    let dev = x.device.clone();
+    let (wv, xv) = (f32_view(windows, lw, WHAT)?, f32_view(x, lx, WHAT)?);
+    let s = image_scales(&dev, scales, images)?;
+    let total = lx.shape().elem_count();
+    let f = dev.get_or_load_custom_func("ifp_window_reverse_add_f32", MODULE, PTX)?;
+    // SAFETY: the kernel writes every output element.
+    let out = unsafe { dev.alloc::<f32>(total)? };
+    let (total64, c64) = (total as i64, c as i64);
+    let mut b = f.builder();
+    b.arg(&wv)
+        .arg(&xv)
+        .arg(&s)
+        .arg(&out)
+        .arg(&total64)
+        .arg(&c64);
+    b.arg(&win).arg(&shift).arg(&h).arg(&w);
+    // SAFETY: argument types and order match ifp_window_reverse_add_f32 in window.cu.
+    unsafe { b.launch(grid(total, 256)) }.w()?;
+    Ok(f32_storage(dev, out))
+}
+
+/// `partition(dy * scale[b])` of `images` images of `c` channels: the windows' gradient of
+/// [`reverse_add`].
+pub(in crate::kernels) fn partition_scaled(
+    (dy, l): (&CudaStorage, &Layout),
+    scales: Option<&[f32]>,
+    g: &WindowGrid,
+    (images, c): (usize, usize),
+) -> Result<CudaStorage> {
+    const WHAT: &str = "scaled window partition";
+    let [win, shift, h, w] = grid_args(g, WHAT)?;
+    let dev = dy.device.clone();
+    let dv = f32_view(dy, l, WHAT)?;
+    let s = image_scales(&dev, scales, images)?;
+    let total = l.shape().elem_count();
+    let f = dev.get_or_load_custom_func("ifp_window_partition_scaled_f32", MODULE, PTX)?;
+    // SAFETY: the kernel writes every output element.
+    let out = unsafe { dev.alloc::<f32>(total)? };
+    let (total64, c64) = (total as i64, c as i64);
+    let mut b = f.builder();
+    b.arg(&dv).arg(&s).arg(&out).arg(&total64).arg(&c64);
+    b.arg(&win).arg(&shift).arg(&h).arg(&w);
+    // SAFETY: argument types and order match ifp_window_partition_scaled_f32 in window.cu.
+    unsafe { b.launch(grid(total, 256)) }.w()?;
+    Ok(f32_storage(dev, out))
 }

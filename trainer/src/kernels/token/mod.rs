@@ -16,8 +16,9 @@
 //! [`depthwise`] run on CUDA too (`cuda/attention.cu`, `cuda/dwconv.cu`) where
 //! `IFP_CUDA_FUSED` turns on `attention` and `dwconv`, and [`linear`] (`cuda/linear.rs`)
 //! where it turns on `linear` (under bf16 autocast too, where it also turns on `mixed`).
-//! [`biased_softmax`] and [`scaled_residual`] are CPU ops only (no CUDA versions yet):
-//! elsewhere each is its composed version, the path the network took before it. Like the
+//! [`scaled_residual`] runs on CUDA where `IFP_CUDA_FUSED` turns on `token` too.
+//! [`biased_softmax`] is a CPU op only (no CUDA version yet): elsewhere it is its composed
+//! version, the path the network took before it. Like the
 //! other kernels, the per-row loops are compiled for AVX2+FMA as well as the baseline and
 //! picked at run time, with the vectorisable `math::erf`/`math::exp`.
 

@@ -9,13 +9,14 @@
 //! one op the scales are a parameter, not an input: the forward pass writes one tensor, the
 //! backward pass returns the output's gradient for `x` and one scaled copy for the branch.
 //! Each value is computed as the composed version rounds it (the product, then the sum), so
-//! the two agree bit for bit.
+//! the two agree bit for bit. float32, on the CPU and on CUDA (`cuda/token.cu`, where
+//! `IFP_CUDA_FUSED` turns on `token`).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::CHUNK;
-use crate::kernels::{f32_slice, kernel_applies};
+use crate::kernels::{f32_slice, fused_applies, CudaKernel};
 
 /// `x + branch * scales[i]` for sample `i` of the leading dimension.
 struct ScaledResidual {
@@ -42,6 +43,17 @@ impl CustomOp2 for ScaledResidual {
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::kernels::cuda::token::scaled_residual((s1, l1), (s2, l2), &self.scales)
     }
 
     fn bwd(
@@ -77,6 +89,15 @@ impl CustomOp1 for ScaleSamples {
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::kernels::cuda::token::scale_samples((s, l), &self.scales)
+    }
 }
 
 /// A new buffer of `ys.len()` values, one equal part of `ys` per scale, filled by
@@ -109,14 +130,15 @@ fn per_sample(
 }
 
 /// `x + branch * scales[i]` for each sample `i` of the leading dimension (x and branch of one
-/// shape, one scale per sample), or `x + branch` without scales: the CPU op where the kernels
-/// run (float32), else [`scaled_residual_composed`].
+/// shape, one scale per sample), or `x + branch` without scales: one op in float32 on the CPU
+/// and on CUDA where `IFP_CUDA_FUSED` turns on `token` (`cuda/token.cu`), else
+/// [`scaled_residual_composed`].
 pub fn scaled_residual(x: &Tensor, branch: &Tensor, scales: Option<&[f32]>) -> Result<Tensor> {
     let Some(scales) = scales else {
         return x + branch;
     };
     check(x, branch, scales)?;
-    if kernel_applies(x, None, &[]) && branch.dtype() == x.dtype() && x.elem_count() > 0 {
+    if fused_applies(x, CudaKernel::Token) && branch.dtype() == x.dtype() && x.elem_count() > 0 {
         return x.contiguous()?.apply_op2(
             &branch.contiguous()?,
             ScaledResidual {

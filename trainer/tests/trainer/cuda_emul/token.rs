@@ -1,10 +1,10 @@
-//! `token.cu`: Uformer's row LayerNorm, softmax, GELU and repeated bias, with their gradients,
-//! against the CPU kernels.
+//! `token.cu`: Uformer's row LayerNorm, softmax, GELU, repeated bias and stochastic depth's
+//! residual, with their gradients, against the CPU kernels.
 
 use candle_core::{Device, Tensor, Var};
 use ifp_trainer::kernels::token;
 
-use super::{build, close, launch, values, var};
+use super::{assert_same, build, close, launch, values, var};
 
 type Stats = unsafe extern "C" fn(*const f32, *mut f32, *mut f32, i64, i32);
 type Apply = unsafe extern "C" fn(
@@ -164,4 +164,49 @@ fn the_softmax_gelu_and_bias_kernels_run_as_the_cpu_kernels() {
     });
     close("add bias", &y, &want, 1e-7);
     close("bias gradient", &db, &grads[1], 1e-6);
+}
+
+/// (x, b, scales, y, count, values per sample)
+type ScaledResidual = unsafe extern "C" fn(*const f32, *const f32, *const f32, *mut f32, i64, i64);
+/// (dy, scales, dx, count, values per sample)
+type ScaleSamples = unsafe extern "C" fn(*const f32, *const f32, *mut f32, i64, i64);
+
+/// Stochastic depth's residual and its branch's gradient: the same values as the CPU op, bit
+/// for bit (each product and sum rounded alone on both sides), samples of an odd size, a
+/// dropped one among them.
+#[test]
+fn the_scaled_residual_kernels_run_as_the_cpu_op() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lib = build("token", dir.path());
+    // SAFETY: the signatures of these kernels in token.cu.
+    let (residual, scale) = unsafe {
+        (
+            lib.get::<ScaledResidual>(b"ifp_scaled_residual_f32")
+                .expect("residual"),
+            lib.get::<ScaleSamples>(b"ifp_scale_samples_f32")
+                .expect("scale"),
+        )
+    };
+    let (x, branch) = (var(0.0, 1.0, (R, C)), var(0.0, 1.0, (R, C)));
+    let scales: Vec<f32> = (0..R).map(|i| [1.0 / 0.9, 0.0, 1.25][i % 3]).collect();
+    let dy = Tensor::randn(0f32, 1.0, (R, C), &Device::Cpu).expect("dy");
+    let (xs, bs, gs) = (
+        values(x.as_tensor()),
+        values(branch.as_tensor()),
+        values(&dy),
+    );
+    let (n, per) = ((R * C) as i64, C as i64);
+    let (mut y, mut dx) = (vec![f32::NAN; R * C], vec![f32::NAN; R * C]);
+    // SAFETY: x, b, y, dy and dx hold R * C values, the scales R.
+    unsafe {
+        let (yp, dxp, sp) = (y.as_mut_ptr(), dx.as_mut_ptr(), scales.as_ptr());
+        launch(&lib, || residual(xs.as_ptr(), bs.as_ptr(), sp, yp, n, per));
+        launch(&lib, || scale(gs.as_ptr(), sp, dxp, n, per));
+    }
+    let (want, grads) = cpu(&[&x, &branch], &dy, || {
+        token::scaled_residual(x.as_tensor(), branch.as_tensor(), Some(&scales)).expect("cpu")
+    });
+    assert_same(&y, &want, "scaled residual");
+    assert_same(&dx, &grads[1], "branch gradient");
+    assert_same(&gs, &grads[0], "x gradient (dy itself)");
 }

@@ -1,7 +1,7 @@
 //! Uformer's token kernels (`kernels::token`: LayerNorm and softmax over the last dimension,
 //! exact GELU, a bias repeated over the leading dimensions) against their composed versions on
 //! `IFP_TEST_DEVICE` (the CPU kernels, or the CUDA ones with the CUDA switch on), values and
-//! the gradients of every input; and stochastic depth's residual, a CPU op only.
+//! the gradients of every input.
 
 use candle_core::{DType, Device, Tensor, Var};
 use ifp_trainer::kernels::{self, amp, token};
@@ -316,11 +316,13 @@ fn window_attention_matches_composed() {
 }
 
 /// Stochastic depth's residual (`token::scaled_residual`, `x + branch * s[sample]`) against
-/// its composed version, values and both gradients bit for bit: samples much smaller than a
+/// its composed version, values and both gradients bit for bit (on CUDA too: each product and
+/// sum is rounded alone on both sides): samples much smaller than a
 /// parallel block (many per block), one sample over several blocks, a block boundary inside a
 /// sample, a single sample, dropped (0) and kept branches.
 #[test]
 fn scaled_residual_matches_composed_exactly() {
+    let _on = CudaKernelsOn::new();
     let dev = common::test_device();
     let cases: &[(&[usize], &[f32])] = &[
         (&[4, 5, 3], &[0.0, 1.25, 1.25, 0.0]),
@@ -334,8 +336,10 @@ fn scaled_residual_matches_composed_exactly() {
         let x = rounded_var(DType::F32, 1.0, shape, &dev);
         let branch = rounded_var(DType::F32, 1.0, shape, &dev);
         let (xt, bt) = (x.as_tensor(), branch.as_tensor());
-        // One op on the CPU; on CUDA both sides are the composed version (no CUDA op yet).
-        assert_eq!(kernels::applicable(xt), dev.is_cpu(), "{dev:?}");
+        assert!(
+            kernels::fused_applies(xt, kernels::CudaKernel::Token),
+            "one op on {dev:?}"
+        );
         let fast = token::scaled_residual(xt, bt, Some(scales)).expect("fast");
         let slow = token::scaled_residual_composed(xt, bt, Some(scales)).expect("slow");
         assert_eq!(values(&fast), values(&slow), "{shape:?}: values");

@@ -2,7 +2,7 @@
 //! and permutes on `IFP_TEST_DEVICE`: the CPU op, or the CUDA one with the CUDA switch on,
 //! float32 and (on CUDA) bfloat16. Both move values without arithmetic, so the outputs and the
 //! gradients must be equal, bit for bit. So must the reverse with the block's residual added
-//! (a CPU op) and its composed version.
+//! (float32) and its composed version: each product and sum is rounded alone on both sides.
 
 use candle_core::{DType, Tensor, Var};
 use ifp_trainer::kernels::{
@@ -87,11 +87,12 @@ fn window_kernels_bf16_match_composed() {
     check(DType::BF16);
 }
 
-/// The reverse with the LeWin block's residual added (`window_reverse_add`, a CPU op) against
+/// The reverse with the LeWin block's residual added (`window_reverse_add`) against
 /// the reverse and `token::scaled_residual`: values and both gradients bit for bit, with
 /// per-image scales (0 for a dropped branch) and without.
 #[test]
 fn window_reverse_add_matches_composed_exactly() {
+    let _on = CudaKernelsOn::new();
     let dev = common::test_device();
     for &(b, h, w, c, win, shift) in SHAPES {
         let nw = (h / win) * (w / win);
@@ -101,6 +102,14 @@ fn window_reverse_add_matches_composed_exactly() {
         .expect("var");
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, h * w, c), &dev).expect("x"))
             .expect("var");
+        assert!(
+            kernels::kernel_applies(
+                x.as_tensor(),
+                Some(kernels::CudaKernel::Window),
+                &[DType::F32]
+            ),
+            "one op on {dev:?}"
+        );
         let drawn: Vec<f32> = (0..b).map(|i| [1.25, 0.0, 1.0 / 0.9][i % 3]).collect();
         for scales in [Some(drawn.as_slice()), None] {
             let what = format!("b{b} {h}x{w} c{c} win{win} shift{shift} scales {scales:?}");
