@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Rust (`ifp bench`) vs PyTorch eager (`bench/torch_bench.py`) training-step time and peak RSS,
-# on this machine, with the same thread count, interleaved (ifp, torch, ifp, torch, ...).
+# on this machine, with the same thread count, interleaved (ifp, torch, ifp, torch, ...), and
+# optionally a base ifp binary in the same rounds (IFP_BASE).
 #
 #   bench/compare.sh
 #
 # Env:
 #   IFP_BIN   ifp binary (default /var/tmp/ifp-target/release/ifp)
+#   IFP_BASE  optional second ifp binary (say, a build of the commit before a change), run
+#             in the same rounds (base, ifp, torch, base, ifp, torch, ...) so the change is
+#             measured in one machine state: the table adds its step_ms, ifp/base and peak
 #   PY        venv python (default /var/tmp/ifp-venv/bin/python)
 #   THREADS   threads for both (default: nproc); ifp gets RAYON_NUM_THREADS, torch --threads
 #             (and OMP_NUM_THREADS/MKL_NUM_THREADS)
@@ -44,6 +48,8 @@ GOLDEN_UFORMER="$GOLDEN/configs/uformer_tiny.yaml"
 ONLY="${ONLY:-}"
 
 [ -x "$IFP_BIN" ] || { echo "ifp binary not found: $IFP_BIN (set IFP_BIN)" >&2; exit 1; }
+IFP_BASE="${IFP_BASE:-}"
+[ -z "$IFP_BASE" ] || [ -x "$IFP_BASE" ] || { echo "base binary not found: $IFP_BASE (IFP_BASE)" >&2; exit 1; }
 [ -x "$PY" ] || { echo "python not found: $PY (set PY; see bench/setup-venv.sh)" >&2; exit 1; }
 
 # The "small" Restormer of issue 7: dim 16, blocks [1,2,2,2], 1 refinement block, 32 output
@@ -115,12 +121,21 @@ EOF
 RESULTS="$WORK/results.tsv"
 : >"$RESULTS"
 echo "machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), threads $THREADS, load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "ifp: $IFP_BIN; torch: $("$PY" -c 'import torch; print(torch.__version__)'); logs in $WORK"
+echo "ifp: $IFP_BIN${IFP_BASE:+; base: $IFP_BASE}; torch: $("$PY" -c 'import torch; print(torch.__version__)'); logs in $WORK"
 for row in "${ROWS[@]}"; do
   IFS='|' read -r label icfg tcfg batch size steps <<<"$row"
   for rep in $(seq 1 "$REPS"); do
     tag="$(echo "$label" | tr -c 'A-Za-z0-9\n' '_')-b$batch-s$size-r$rep"
-    ilog="$WORK/$tag.ifp.log"; tlog="$WORK/$tag.torch.log"
+    ilog="$WORK/$tag.ifp.log"; tlog="$WORK/$tag.torch.log"; blog="$WORK/$tag.base.log"
+    bms=nan; brss=0; bcpu=nan
+    if [ -n "$IFP_BASE" ]; then
+      RAYON_NUM_THREADS="$THREADS" run_measured "$blog" "$blog.rss" \
+        "$IFP_BASE" bench --config "$icfg" --batch "$batch" --size "$size" --steps "$steps" \
+        || { echo "base ifp bench failed ($label rep $rep), see $blog" >&2; tail -n 5 "$blog" >&2; exit 1; }
+      bms=$(awk '/^step_ms/{print $2}' "$blog" | tail -n 1)
+      [ -n "$bms" ] || { echo "no step_ms line ($label rep $rep): $blog" >&2; exit 1; }
+      brss=$(cat "$blog.rss"); bcpu=$(cat "$blog.rss.cpu")
+    fi
     RAYON_NUM_THREADS="$THREADS" run_measured "$ilog" "$ilog.rss" \
       "$IFP_BIN" bench --config "$icfg" --batch "$batch" --size "$size" --steps "$steps" \
       || { echo "ifp bench failed ($label rep $rep), see $ilog" >&2; tail -n 5 "$ilog" >&2; exit 1; }
@@ -134,10 +149,11 @@ for row in "${ROWS[@]}"; do
     t0mb=$(sed -n 's/.*rss_after_import_mb \([0-9.]*\).*/\1/p' "$tlog" | head -n 1)
     iparams=$(sed -n 's/.* params \([0-9]*\) .*/\1/p' "$ilog" | head -n 1)
     tparams=$(sed -n 's/.* params \([0-9]*\) .*/\1/p' "$tlog" | head -n 1)
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$batch" "$size" "$ims" "$tms" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$batch" "$size" "$ims" "$tms" \
       "$(cat "$ilog.rss")" "$(cat "$tlog.rss")" "${t0mb:-nan}" "$iparams" "$tparams" \
-      "$(cat "$ilog.rss.cpu")" "$(cat "$tlog.rss.cpu")" "$(cut -d' ' -f1 /proc/loadavg)" >>"$RESULTS"
-    echo "  $label b$batch ${size}x$size rep $rep: ifp $ims ms, torch $tms ms"
+      "$(cat "$ilog.rss.cpu")" "$(cat "$tlog.rss.cpu")" "$(cut -d' ' -f1 /proc/loadavg)" \
+      "$bms" "$brss" "$bcpu" >>"$RESULTS"
+    echo "  $label b$batch ${size}x$size rep $rep: ${IFP_BASE:+base $bms ms, }ifp $ims ms, torch $tms ms"
   done
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -146,17 +162,19 @@ echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 import statistics, sys
 rows, order = {}, []
 for line in open(sys.argv[1]):
-    label, b, s, ims, tms, irss, trss, t0, ip, tp, icpu, tcpu, load = line.rstrip("\n").split("\t")
+    (label, b, s, ims, tms, irss, trss, t0, ip, tp, icpu, tcpu, load, bms, brss, bcpu
+     ) = line.rstrip("\n").split("\t")
     key = (label, b, s)
     if key not in rows:
         rows[key] = []
         order.append(key)
     rows[key].append((float(ims), float(tms), int(irss) / 1024, int(trss) / 1024, float(t0), ip, tp,
-                      float(icpu), float(tcpu), float(load)))
+                      float(icpu), float(tcpu), float(load), float(bms), int(brss) / 1024))
+base = all(x[10] == x[10] for r in rows.values() for x in r)  # no NaN: a base binary ran
 print()
 print("| config | batch | size | params | ifp step_ms | torch step_ms | ratio ifp/torch | ifp peak MB | torch peak MB "
-      "| ifp CPU s | torch CPU s |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+      "| ifp CPU s | torch CPU s |" + (" base step_ms | ifp/base | base peak MB |" if base else ""))
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if base else ""))
 notes = []
 for key in order:
     r = rows[key]
@@ -169,11 +187,19 @@ for key in order:
         notes.append(f"{key[0]}: parameter counts differ (ifp {ip}, torch {tp})")
     icpu = statistics.median(x[7] for x in r)
     tcpu = statistics.median(x[8] for x in r)
-    runs = ", ".join(f"{x[0]:.1f}/{x[1]:.1f}" for x in r)
     loads = ", ".join(f"{x[9]:.2f}" for x in r)
+    extra = ""
+    if base:
+        bm = statistics.median(x[10] for x in r)
+        extra = f" {bm:.1f} | {im / bm:.2f} | {max(x[11] for x in r):.0f} |"
+        runs = ", ".join(f"{x[10]:.1f}/{x[0]:.1f}/{x[1]:.1f}" for x in r)
+        what = "base/ifp/torch"
+    else:
+        runs = ", ".join(f"{x[0]:.1f}/{x[1]:.1f}" for x in r)
+        what = "ifp/torch"
     print(f"| {key[0]} | {key[1]} | {key[2]}x{key[2]} | {ip} | {im:.1f} | {tm:.1f} | {im / tm:.2f} | {irss:.0f} | {trss:.0f} "
-          f"| {icpu:.1f} | {tcpu:.1f} |")
-    notes.append(f"{key[0]}: per-run medians ifp/torch ms: {runs} (1-min load after each pair: {loads})")
+          f"| {icpu:.1f} | {tcpu:.1f} |" + extra)
+    notes.append(f"{key[0]}: per-run medians {what} ms: {runs} (1-min load after each round: {loads})")
 t0 = statistics.median(x[4] for r in rows.values() for x in r)
 print()
 print(f"Threads {sys.argv[2]} for both; {sys.argv[3]} interleaved runs per implementation and row; step_ms = "
