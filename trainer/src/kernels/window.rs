@@ -294,23 +294,28 @@ impl CustomOp2 for WindowReverseAdd {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let back = ScaledPartition {
-            shuffle: WindowShuffle {
-                reverse: false,
-                ..self.shuffle
-            },
-            scales: self.scales.clone(),
+        let partition = WindowShuffle {
+            reverse: false,
+            ..self.shuffle
         };
-        let dwindows = grad.contiguous()?.apply_op1_no_bwd(&back)?;
-        Ok((Some(dwindows), Some(grad.clone())))
+        let grad = grad.contiguous()?;
+        // Without scales the windows' gradient is the plain partition.
+        let dwindows = match &self.scales {
+            Some(scales) => grad.apply_op1_no_bwd(&ScaledPartition {
+                shuffle: partition,
+                scales: scales.clone(),
+            })?,
+            None => grad.apply_op1_no_bwd(&partition)?,
+        };
+        Ok((Some(dwindows), Some(grad)))
     }
 }
 
-/// `partition(dy * s)`: the windows' gradient of [`WindowReverseAdd`].
+/// `partition(dy * s)`: the windows' gradient of [`WindowReverseAdd`] with scales.
 struct ScaledPartition {
     /// The partition (image -> windows).
     shuffle: WindowShuffle,
-    scales: Option<Vec<f32>>,
+    scales: Vec<f32>,
 }
 
 impl CustomOp1 for ScaledPartition {
@@ -326,15 +331,9 @@ impl CustomOp1 for ScaledPartition {
         if c > 0 {
             out.par_chunks_mut(c).enumerate().for_each(|(r, row)| {
                 let at = self.shuffle.source_row(r);
-                let src = &dy[at * c..][..c];
-                match &self.scales {
-                    Some(s) => {
-                        let s = s[at / rows];
-                        for (o, v) in row.iter_mut().zip(src) {
-                            *o = v * s;
-                        }
-                    }
-                    None => row.copy_from_slice(src),
+                let s = self.scales[at / rows];
+                for (o, v) in row.iter_mut().zip(&dy[at * c..][..c]) {
+                    *o = v * s;
                 }
             });
         }
@@ -348,9 +347,8 @@ impl CustomOp1 for ScaledPartition {
         l: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let (b, c) = self.shuffle.batch_and_channels(l.shape())?;
-        let scales = self.scales.as_deref();
         let out =
-            super::cuda::window::partition_scaled((s, l), scales, &self.shuffle.grid, (b, c))?;
+            super::cuda::window::partition_scaled((s, l), &self.scales, &self.shuffle.grid, c)?;
         Ok((out, self.shuffle.out_shape(b, c)))
     }
 }

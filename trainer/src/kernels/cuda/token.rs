@@ -319,20 +319,33 @@ pub(super) fn column_sums_into(
     column_reduce(dev, &partial, out, at as i64, k32, j)
 }
 
-/// Per-sample scales on the device, and the values per sample of a tensor of `n` values.
-fn samples(
-    dev: &CudaDevice,
-    scales: &[f32],
+/// Runs token.cu's per-sample kernel `name` on `inputs` (float32 views of `n` values, before
+/// the scales in its arguments), one scale per equal sample: a new tensor of `n` values.
+fn launch_per_sample(
+    name: &str,
+    inputs: &[CudaView<f32>],
+    (dev, scales): (&CudaDevice, &[f32]),
     n: usize,
-    what: &str,
-) -> Result<(CudaSlice<f32>, i64)> {
+) -> Result<CudaSlice<f32>> {
     if scales.is_empty() || !n.is_multiple_of(scales.len()) {
         return Err(msg(format!(
-            "{what}: {n} values are not {} equal samples",
+            "{name}: {n} values are not {} equal samples",
             scales.len()
         )));
     }
-    Ok((dev.clone_htod(scales)?, (n / scales.len()) as i64))
+    let (s, per, n64) = (dev.clone_htod(scales)?, (n / scales.len()) as i64, n as i64);
+    let f = dev.get_or_load_custom_func(name, MODULE, PTX)?;
+    // SAFETY: both kernels write every element.
+    let y = unsafe { dev.alloc::<f32>(n)? };
+    let mut args = f.builder();
+    for v in inputs {
+        args.arg(v);
+    }
+    args.arg(&s).arg(&y).arg(&n64).arg(&per);
+    // SAFETY: argument types and order match ifp_scaled_residual_f32 and ifp_scale_samples_f32
+    // in token.cu (their inputs, the scales, the output, the count, the values per sample).
+    unsafe { args.launch(grid(n, 256)) }.w()?;
+    Ok(y)
 }
 
 /// `x + b * scales[sample]` (x and b of one shape, one scale per sample of the leading
@@ -345,17 +358,9 @@ pub(in crate::kernels) fn scaled_residual(
     const WHAT: &str = "scaled residual";
     same_count(lx, lb, WHAT)?;
     let dev = x.device.clone();
-    let (xv, bv) = (f32_view(x, lx, WHAT)?, f32_view(b, lb, WHAT)?);
+    let inputs = [f32_view(x, lx, WHAT)?, f32_view(b, lb, WHAT)?];
     let n = lx.shape().elem_count();
-    let (s, per) = samples(&dev, scales, n, WHAT)?;
-    let f = dev.get_or_load_custom_func("ifp_scaled_residual_f32", MODULE, PTX)?;
-    // SAFETY: the kernel writes every element.
-    let y = unsafe { dev.alloc::<f32>(n)? };
-    let n64 = n as i64;
-    let mut args = f.builder();
-    args.arg(&xv).arg(&bv).arg(&s).arg(&y).arg(&n64).arg(&per);
-    // SAFETY: argument types and order match ifp_scaled_residual_f32 in token.cu.
-    unsafe { args.launch(grid(n, 256)) }.w()?;
+    let y = launch_per_sample("ifp_scaled_residual_f32", &inputs, (&dev, scales), n)?;
     Ok((f32_storage(dev, y), lx.shape().clone()))
 }
 
@@ -364,18 +369,9 @@ pub(in crate::kernels) fn scale_samples(
     (g, lg): (&CudaStorage, &Layout),
     scales: &[f32],
 ) -> Result<(CudaStorage, Shape)> {
-    const WHAT: &str = "scale samples";
     let dev = g.device.clone();
-    let gv = f32_view(g, lg, WHAT)?;
+    let inputs = [f32_view(g, lg, "scale samples")?];
     let n = lg.shape().elem_count();
-    let (s, per) = samples(&dev, scales, n, WHAT)?;
-    let f = dev.get_or_load_custom_func("ifp_scale_samples_f32", MODULE, PTX)?;
-    // SAFETY: the kernel writes every element.
-    let dx = unsafe { dev.alloc::<f32>(n)? };
-    let n64 = n as i64;
-    let mut args = f.builder();
-    args.arg(&gv).arg(&s).arg(&dx).arg(&n64).arg(&per);
-    // SAFETY: argument types and order match ifp_scale_samples_f32 in token.cu.
-    unsafe { args.launch(grid(n, 256)) }.w()?;
+    let dx = launch_per_sample("ifp_scale_samples_f32", &inputs, (&dev, scales), n)?;
     Ok((f32_storage(dev, dx), lg.shape().clone()))
 }

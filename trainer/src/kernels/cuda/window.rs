@@ -21,17 +21,8 @@ pub(in crate::kernels) fn window_shuffle(
     c: usize,
 ) -> Result<CudaStorage> {
     let total = l.shape().elem_count();
-    let int = |v: usize| {
-        i32::try_from(v)
-            .map_err(|_| candle_core::Error::Msg(format!("window shuffle: {v} above i32")))
-    };
-    let args = [
-        int(op.grid.win)?,
-        int(op.grid.shift)?,
-        int(op.grid.h)?,
-        int(op.grid.w)?,
-        i32::from(op.reverse),
-    ];
+    let [win, shift, h, w] = grid_args(&op.grid, "window shuffle")?;
+    let args = [win, shift, h, w, i32::from(op.reverse)];
     let dev = x.device.clone();
     fn run<T: DeviceRepr>(
         dev: &CudaDevice,
@@ -76,16 +67,36 @@ fn grid_args(g: &WindowGrid, what: &str) -> Result<[i32; 4]> {
     Ok([int(g.win)?, int(g.shift)?, int(g.h)?, int(g.w)?])
 }
 
-/// The images' scales on the device: `scales`, or 1 for each of `images` without.
-fn image_scales(dev: &CudaDevice, scales: Option<&[f32]>, images: usize) -> Result<CudaSlice<f32>> {
-    match scales {
-        Some(s) => Ok(dev.clone_htod(s)?),
-        None => Ok(dev.clone_htod(&vec![1f32; images])?),
+/// Runs window.cu's scaled kernel `name` on `inputs` (float32 views, before the scales in its
+/// arguments) with one scale per image: a new tensor of `total` values in rows of `c`.
+fn launch_scaled(
+    name: &str,
+    inputs: &[CudaView<f32>],
+    (dev, scales): (&CudaDevice, &[f32]),
+    g: &WindowGrid,
+    (total, c): (usize, usize),
+) -> Result<CudaStorage> {
+    let [win, shift, h, w] = grid_args(g, name)?;
+    let s = dev.clone_htod(scales)?;
+    let f = dev.get_or_load_custom_func(name, MODULE, PTX)?;
+    // SAFETY: the kernel writes every output element.
+    let out = unsafe { dev.alloc::<f32>(total)? };
+    let (total64, c64) = (total as i64, c as i64);
+    let mut b = f.builder();
+    for v in inputs {
+        b.arg(v);
     }
+    b.arg(&s).arg(&out).arg(&total64).arg(&c64);
+    b.arg(&win).arg(&shift).arg(&h).arg(&w);
+    // SAFETY: argument types and order match ifp_window_reverse_add_f32 and
+    // ifp_window_partition_scaled_f32 in window.cu (their inputs, the scales, the output, the
+    // sizes).
+    unsafe { b.launch(grid(total, 256)) }.w()?;
+    Ok(f32_storage(dev.clone(), out))
 }
 
 /// `x + scale[b] * reverse(windows)` of `images` images of `c` channels (shapes checked by the
-/// caller, `x` of the image's).
+/// caller, `x` of the image's), scale 1 for all without `scales`.
 pub(in crate::kernels) fn reverse_add(
     (windows, lw): (&CudaStorage, &Layout),
     (x, lx): (&CudaStorage, &Layout),
@@ -94,50 +105,28 @@ pub(in crate::kernels) fn reverse_add(
     (images, c): (usize, usize),
 ) -> Result<CudaStorage> {
     const WHAT: &str = "window reverse with residual";
-    let [win, shift, h, w] = grid_args(g, WHAT)?;
-    let dev = x.device.clone();
-    let (wv, xv) = (f32_view(windows, lw, WHAT)?, f32_view(x, lx, WHAT)?);
-    let s = image_scales(&dev, scales, images)?;
-    let total = lx.shape().elem_count();
-    let f = dev.get_or_load_custom_func("ifp_window_reverse_add_f32", MODULE, PTX)?;
-    // SAFETY: the kernel writes every output element.
-    let out = unsafe { dev.alloc::<f32>(total)? };
-    let (total64, c64) = (total as i64, c as i64);
-    let mut b = f.builder();
-    b.arg(&wv)
-        .arg(&xv)
-        .arg(&s)
-        .arg(&out)
-        .arg(&total64)
-        .arg(&c64);
-    b.arg(&win).arg(&shift).arg(&h).arg(&w);
-    // SAFETY: argument types and order match ifp_window_reverse_add_f32 in window.cu.
-    unsafe { b.launch(grid(total, 256)) }.w()?;
-    Ok(f32_storage(dev, out))
+    let inputs = [f32_view(windows, lw, WHAT)?, f32_view(x, lx, WHAT)?];
+    let ones = vec![1f32; images];
+    let scales = (&x.device, scales.unwrap_or(&ones));
+    let name = "ifp_window_reverse_add_f32";
+    launch_scaled(name, &inputs, scales, g, (lx.shape().elem_count(), c))
 }
 
-/// `partition(dy * scale[b])` of `images` images of `c` channels: the windows' gradient of
-/// [`reverse_add`].
+/// `partition(dy * scale[b])` of images of `c` channels: the windows' gradient of
+/// [`reverse_add`] with scales.
 pub(in crate::kernels) fn partition_scaled(
     (dy, l): (&CudaStorage, &Layout),
-    scales: Option<&[f32]>,
+    scales: &[f32],
     g: &WindowGrid,
-    (images, c): (usize, usize),
+    c: usize,
 ) -> Result<CudaStorage> {
-    const WHAT: &str = "scaled window partition";
-    let [win, shift, h, w] = grid_args(g, WHAT)?;
-    let dev = dy.device.clone();
-    let dv = f32_view(dy, l, WHAT)?;
-    let s = image_scales(&dev, scales, images)?;
-    let total = l.shape().elem_count();
-    let f = dev.get_or_load_custom_func("ifp_window_partition_scaled_f32", MODULE, PTX)?;
-    // SAFETY: the kernel writes every output element.
-    let out = unsafe { dev.alloc::<f32>(total)? };
-    let (total64, c64) = (total as i64, c as i64);
-    let mut b = f.builder();
-    b.arg(&dv).arg(&s).arg(&out).arg(&total64).arg(&c64);
-    b.arg(&win).arg(&shift).arg(&h).arg(&w);
-    // SAFETY: argument types and order match ifp_window_partition_scaled_f32 in window.cu.
-    unsafe { b.launch(grid(total, 256)) }.w()?;
-    Ok(f32_storage(dev, out))
+    let inputs = [f32_view(dy, l, "scaled window partition")?];
+    let name = "ifp_window_partition_scaled_f32";
+    launch_scaled(
+        name,
+        &inputs,
+        (&dy.device, scales),
+        g,
+        (l.shape().elem_count(), c),
+    )
 }
