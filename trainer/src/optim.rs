@@ -133,9 +133,10 @@ impl AdamW {
 
     /// One update with learning rate `lr`, each gradient first scaled by `grad_scale` when
     /// clipping applies (see [`clip_scale`]). Parameters without a gradient are left alone (as
-    /// PyTorch skips parameters whose `.grad` is None). Each parameter's update is one
-    /// `kernels::adamw_update`; on CUDA with the `optim` kernel on, all of them are one launch
-    /// that writes the weights and moments in place (`kernels::adamw_update_in_place`).
+    /// PyTorch skips parameters whose `.grad` is None). The weights and moments are written in
+    /// place where `kernels::adamw_update_in_place` applies (float32 on the CPU, one pass per
+    /// parameter; on CUDA with the `optim` kernel on, one launch for all); elsewhere each
+    /// parameter's update is one `kernels::adamw_update`, whose new moments replace the old.
     pub fn step(&mut self, grads: &GradStore, lr: f64, grad_scale: Option<f64>) -> Result<()> {
         self.step += 1;
         let betas = (self.beta1, self.beta2);
@@ -155,7 +156,7 @@ impl AdamW {
             .iter()
             .map(|p| Some((grads.get(p.var.as_tensor())?.clone(), step_of(p))))
             .collect();
-        // All in one launch, in place, where that applies (CUDA with the `optim` kernel on).
+        // In place, where that applies.
         let items: Vec<kernels::AdamWItem> = self
             .params
             .iter()
@@ -184,7 +185,9 @@ impl AdamW {
         Ok(())
     }
 
-    /// The optimiser state as named tensors (`exp_avg.<param>`, `exp_avg_sq.<param>`).
+    /// The optimiser state as named tensors (`exp_avg.<param>`, `exp_avg_sq.<param>`). They
+    /// share their storage with the moments, which the next [`AdamW::step`] may write in place
+    /// (as it writes the weights): use them before that step.
     pub fn state_tensors(&self) -> BTreeMap<String, Tensor> {
         let mut out = BTreeMap::new();
         for p in &self.params {

@@ -126,74 +126,168 @@ pub fn adamw_update(
 /// (one shape) and the step's scalars.
 pub type AdamWItem<'a> = (&'a Tensor, &'a Tensor, &'a Tensor, &'a Tensor, AdamWStep);
 
-/// The AdamW steps of many parameters in one launch, written into the weights and moments in
-/// place, where it applies: float32 contiguous CUDA tensors with [`super::CudaKernel::Optim`]
-/// on, the steps differing only in their decay. Each element is what [`adamw_update`] gives.
-/// Returns false, touching nothing, elsewhere (the caller then updates one by one).
+/// The AdamW steps of many parameters, written into the weights and moments in place, where it
+/// applies: float32 tensors with the one-pass update on ([`super::fused_applies`] for
+/// [`super::CudaKernel::Optim`]), each parameter's four tensors of one shape and with storages
+/// of their own, the weights and moments contiguous. On CUDA, all of them are one launch (the
+/// gradients contiguous too, the steps differing only in their decay); on the CPU, one pass
+/// per parameter. Each element is what
+/// [`adamw_update`] gives. Returns false, touching nothing, elsewhere (the caller then updates
+/// one by one).
 pub fn adamw_update_in_place(items: &[AdamWItem]) -> Result<bool> {
-    #[cfg(feature = "cuda")]
-    {
-        let Some(((w0, ..), s0)) = items.first().map(|i| (i, i.4)) else {
-            return Ok(false);
-        };
-        let Device::Cuda(dev) = w0.device() else {
-            return Ok(false);
-        };
-        let uniform = |s: &AdamWStep| AdamWStep { decay: None, ..*s };
-        let applies = super::kernel_applies(w0, Some(super::CudaKernel::Optim), &[DType::F32])
-            && items.iter().all(|(w, g, m, v, s)| {
-                uniform(s) == uniform(&s0)
-                    && [w, g, m, v].iter().all(|t| {
-                        t.dtype() == DType::F32
-                            && t.device().same_device(w0.device())
-                            && t.is_contiguous()
-                            && t.dims() == w.dims()
-                    })
-            });
-        if !applies {
-            return Ok(false);
+    let Some(((w0, ..), s0)) = items.first().map(|i| (i, i.4)) else {
+        return Ok(false);
+    };
+    let applies = super::fused_applies(w0, super::CudaKernel::Optim)
+        && items.iter().all(|(w, g, m, v, _)| {
+            let tensors = [w, g, m, v];
+            tensors.iter().all(|t| {
+                t.dtype() == DType::F32
+                    && t.device().same_device(w0.device())
+                    && t.dims() == w.dims()
+            }) && [w, m, v].iter().all(|t| t.is_contiguous())
+                && distinct_storages(&tensors)
+        });
+    if !applies {
+        return Ok(false);
+    }
+    match w0.device() {
+        Device::Cpu => {
+            for (w, g, m, v, s) in items {
+                cpu_update_in_place(w, g, m, v, s)?;
+            }
+            Ok(true)
         }
-        let guards: Vec<_> = items
-            .iter()
-            .map(|(w, g, m, v, s)| ([w, g, m, v].map(|t| t.storage_and_layout()), s.decay))
-            .collect();
-        let params = guards
-            .iter()
-            .map(|(tensors, decay)| {
-                let [w, g, m, v] = tensors.each_ref().map(|(s, l)| cuda_part(s, l, "adamw"));
-                Ok(([w?, g?, m?, v?], *decay))
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => cuda_update_in_place(dev, items, &s0),
+        _ => {
+            let _ = s0;
+            Ok(false)
+        }
+    }
+}
+
+/// Whether no two of `tensors` share a storage. An update in place writes three of them while
+/// it reads the fourth; a shared one would be read after it was written (and its lock taken
+/// twice).
+fn distinct_storages(tensors: &[&&Tensor]) -> bool {
+    let addresses: Vec<usize> = tensors
+        .iter()
+        .map(|t| std::ptr::from_ref(&*t.storage_and_layout().0).addr())
+        .collect();
+    addresses
+        .iter()
+        .enumerate()
+        .all(|(i, a)| !addresses[..i].contains(a))
+}
+
+/// One parameter's step on the CPU, in place: the gradient read, the weights and both moments
+/// written in one pass.
+fn cpu_update_in_place(
+    w: &Tensor,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    s: &AdamWStep,
+) -> Result<()> {
+    let g = g.contiguous()?;
+    let (gs, gl) = g.storage_and_layout();
+    let Storage::Cpu(gs) = &*gs else {
+        return Err(candle_core::Error::Msg(format!(
+            "{IN_PLACE}: not on the CPU"
+        )));
+    };
+    let g = super::f32_slice(gs, gl, IN_PLACE)?;
+    // Candle hands out one tensor's storage for writing at a time (an in-place op), so the
+    // three writable ones are taken one inside the other.
+    with_data_mut(w, |w| {
+        with_data_mut(m, |m| {
+            with_data_mut(v, |v| {
+                cpu_update_into(w, g, m, v, s);
+                Ok(())
             })
-            .collect::<Result<Vec<_>>>()?;
-        super::cuda::adamw_update_in_place(dev, &params, &s0)?;
-        Ok(true)
+        })
+    })
+}
+
+const IN_PLACE: &str = "ifp-adamw-in-place";
+
+/// Runs `f` on the float32 elements of `t` (on the CPU, contiguous), writable: an in-place op
+/// that hands its storage to `f`.
+fn with_data_mut<F: FnOnce(&mut [f32]) -> Result<()>>(t: &Tensor, f: F) -> Result<()> {
+    struct WithData<F>(std::cell::Cell<Option<F>>);
+    impl<F: FnOnce(&mut [f32]) -> Result<()>> candle_core::InplaceOp1 for WithData<F> {
+        fn name(&self) -> &'static str {
+            IN_PLACE
+        }
+
+        fn cpu_fwd(&self, s: &mut candle_core::CpuStorage, l: &candle_core::Layout) -> Result<()> {
+            let (Some(f), candle_core::CpuStorage::F32(data)) = (self.0.take(), s) else {
+                return Err(candle_core::Error::Msg(format!("{IN_PLACE}: float32 only")));
+            };
+            let Some((a, b)) = l.contiguous_offsets() else {
+                return Err(candle_core::Error::Msg(format!(
+                    "{IN_PLACE}: needs a contiguous tensor"
+                )));
+            };
+            f(&mut data[a..b])
+        }
     }
-    #[cfg(not(feature = "cuda"))]
-    {
-        let _ = items;
-        Ok(false)
+    t.inplace_op1(&WithData(std::cell::Cell::new(Some(f))))
+}
+
+/// [`adamw_update_in_place`] on CUDA: one launch for all the parameters.
+#[cfg(feature = "cuda")]
+fn cuda_update_in_place(
+    dev: &candle_core::CudaDevice,
+    items: &[AdamWItem],
+    s0: &AdamWStep,
+) -> Result<bool> {
+    let uniform = |s: &AdamWStep| AdamWStep { decay: None, ..*s };
+    let applies = items
+        .iter()
+        .all(|(_, g, _, _, s)| uniform(s) == uniform(s0) && g.is_contiguous());
+    if !applies {
+        return Ok(false);
     }
+    let guards: Vec<_> = items
+        .iter()
+        .map(|(w, g, m, v, s)| ([w, g, m, v].map(|t| t.storage_and_layout()), s.decay))
+        .collect();
+    let params = guards
+        .iter()
+        .map(|(tensors, decay)| {
+            let [w, g, m, v] = tensors.each_ref().map(|(s, l)| cuda_part(s, l, "adamw"));
+            Ok(([w?, g?, m?, v?], *decay))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    super::cuda::adamw_update_in_place(dev, &params, s0)?;
+    Ok(true)
 }
 
 /// The update of [`adamw_update`] element by element, split over the worker pool.
 fn cpu_update(w: &[f32], g: &[f32], m: &[f32], v: &[f32], s: &AdamWStep) -> [Vec<f32>; 3] {
+    let (mut w2, mut m2, mut v2) = (w.to_vec(), m.to_vec(), v.to_vec());
+    cpu_update_into(&mut w2, g, &mut m2, &mut v2, s);
+    [w2, m2, v2]
+}
+
+/// [`AdamWStep::apply`] on every element of `w`, `m` and `v` in place, split over the worker
+/// pool.
+fn cpu_update_into(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &AdamWStep) {
     const CHUNK: usize = 1 << 14;
-    let n = w.len();
-    let (mut w2, mut m2, mut v2) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
     (
-        w2.par_chunks_mut(CHUNK),
-        m2.par_chunks_mut(CHUNK),
-        v2.par_chunks_mut(CHUNK),
+        w.par_chunks_mut(CHUNK),
+        m.par_chunks_mut(CHUNK),
+        v.par_chunks_mut(CHUNK),
+        g.par_chunks(CHUNK),
     )
         .into_par_iter()
-        .enumerate()
-        .for_each(|(c, (wo, mo, vo))| {
-            let at = c * CHUNK;
-            for i in 0..wo.len() {
-                let j = at + i;
-                (wo[i], mo[i], vo[i]) = s.apply(w[j], g[j], m[j], v[j]);
+        .for_each(|(w, m, v, g)| {
+            for (((w, m), v), g) in w.iter_mut().zip(m).zip(v).zip(g) {
+                (*w, *m, *v) = s.apply(*w, *g, *m, *v);
             }
         });
-    [w2, m2, v2]
 }
 
 /// [`adamw_update`] from tensor ops (any device and dtype), in `torch.optim.AdamW`'s order of
