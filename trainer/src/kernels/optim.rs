@@ -1,4 +1,5 @@
-//! One AdamW update of one parameter tensor as a single pass: the gradient's clipping scale,
+//! One AdamW update of one parameter tensor as a single pass (in place where it can write the
+//! weights and moments, see [`adamw_update_in_place`]): the gradient's clipping scale,
 //! the decoupled weight decay, both moments and the step, where the composed version takes
 //! about ten tensor ops (and as many full-size temporaries) per parameter. The pass rounds in
 //! exactly the composed version's order (each scalar product `x * s + 0`, as candle's `affine`
@@ -131,11 +132,10 @@ pub type AdamWItem<'a> = (&'a Tensor, &'a Tensor, &'a Tensor, &'a Tensor, AdamWS
 /// [`super::CudaKernel::Optim`]), each parameter's four tensors of one shape and with storages
 /// of their own, the weights and moments contiguous. On CUDA, all of them are one launch (the
 /// gradients contiguous too, the steps differing only in their decay); on the CPU, one pass
-/// per parameter. Each element is what
-/// [`adamw_update`] gives. Returns false, touching nothing, elsewhere (the caller then updates
-/// one by one).
+/// per parameter. Each element is what [`adamw_update`] gives. Returns false, touching nothing,
+/// elsewhere (the caller then updates one by one).
 pub fn adamw_update_in_place(items: &[AdamWItem]) -> Result<bool> {
-    let Some(((w0, ..), s0)) = items.first().map(|i| (i, i.4)) else {
+    let Some((w0, ..)) = items.first() else {
         return Ok(false);
     };
     let applies = super::fused_applies(w0, super::CudaKernel::Optim)
@@ -159,11 +159,8 @@ pub fn adamw_update_in_place(items: &[AdamWItem]) -> Result<bool> {
             Ok(true)
         }
         #[cfg(feature = "cuda")]
-        Device::Cuda(dev) => cuda_update_in_place(dev, items, &s0),
-        _ => {
-            let _ = s0;
-            Ok(false)
-        }
+        Device::Cuda(dev) => cuda_update_in_place(dev, items),
+        _ => Ok(false),
     }
 }
 
@@ -180,6 +177,9 @@ fn distinct_storages(tensors: &[&&Tensor]) -> bool {
         .enumerate()
         .all(|(i, a)| !addresses[..i].contains(a))
 }
+
+/// The name of the CPU's in-place update in its errors.
+const IN_PLACE: &str = "ifp-adamw-in-place";
 
 /// One parameter's step on the CPU, in place: the gradient read, the weights and both moments
 /// written in one pass.
@@ -210,8 +210,6 @@ fn cpu_update_in_place(
     })
 }
 
-const IN_PLACE: &str = "ifp-adamw-in-place";
-
 /// Runs `f` on the float32 elements of `t` (on the CPU, contiguous), writable: an in-place op
 /// that hands its storage to `f`.
 fn with_data_mut<F: FnOnce(&mut [f32]) -> Result<()>>(t: &Tensor, f: F) -> Result<()> {
@@ -238,15 +236,14 @@ fn with_data_mut<F: FnOnce(&mut [f32]) -> Result<()>>(t: &Tensor, f: F) -> Resul
 
 /// [`adamw_update_in_place`] on CUDA: one launch for all the parameters.
 #[cfg(feature = "cuda")]
-fn cuda_update_in_place(
-    dev: &candle_core::CudaDevice,
-    items: &[AdamWItem],
-    s0: &AdamWStep,
-) -> Result<bool> {
+fn cuda_update_in_place(dev: &candle_core::CudaDevice, items: &[AdamWItem]) -> Result<bool> {
+    let Some(s0) = items.first().map(|i| i.4) else {
+        return Ok(false);
+    };
     let uniform = |s: &AdamWStep| AdamWStep { decay: None, ..*s };
     let applies = items
         .iter()
-        .all(|(_, g, _, _, s)| uniform(s) == uniform(s0) && g.is_contiguous());
+        .all(|(_, g, _, _, s)| uniform(s) == uniform(&s0) && g.is_contiguous());
     if !applies {
         return Ok(false);
     }
@@ -261,7 +258,7 @@ fn cuda_update_in_place(
             Ok(([w?, g?, m?, v?], *decay))
         })
         .collect::<Result<Vec<_>>>()?;
-    super::cuda::adamw_update_in_place(dev, &params, s0)?;
+    super::cuda::adamw_update_in_place(dev, &params, &s0)?;
     Ok(true)
 }
 
