@@ -8,6 +8,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
+use crate::kernels::token::Gelus;
 use crate::kernels::{self, amp, CudaKernel};
 
 pub use crate::kernels::Activation;
@@ -119,18 +120,24 @@ impl Conv2d {
         .then_some(&self.weight)
     }
 
-    /// The convolution of tokens `(B, H*W, C)` in rows of `w` pixels, channels last, then the
-    /// exact GELU with `gelu`, as Uformer's LeFF uses it: a depthwise convolution with a bias
-    /// is one op (the GELU included) where `token::depthwise_applies`; otherwise the tokens go
-    /// through [`Module::forward`] as `(B, C, H, W)` and back.
-    pub fn forward_tokens(&self, x: &Tensor, w: usize, gelu: bool) -> Result<Tensor> {
+    /// The convolution of tokens `(B, H*W, C)` in rows of `w` pixels, channels last, with the
+    /// exact GELUs of `gelus` before and after it, as Uformer's LeFF uses it: a depthwise
+    /// convolution with a bias is one op (the GELUs included) where
+    /// `token::depthwise_applies`; otherwise the tokens go through [`Module::forward`] as
+    /// `(B, C, H, W)` and back.
+    pub fn forward_tokens(&self, x: &Tensor, w: usize, gelus: Gelus) -> Result<Tensor> {
         if let (true, Some(bias)) = (self.depthwise, &self.bias) {
             if kernels::token::depthwise_applies(x) {
-                return kernels::token::depthwise(x, &self.weight, bias, w, gelu);
+                return kernels::token::depthwise(x, &self.weight, bias, w, gelus);
             }
         }
-        let y = kernels::token::through_planes(x, w, |planes| self.forward(planes))?;
-        if gelu {
+        let x = if gelus.before {
+            kernels::token::gelu(x)?
+        } else {
+            x.clone()
+        };
+        let y = kernels::token::through_planes(&x, w, |planes| self.forward(planes))?;
+        if gelus.after {
             kernels::token::gelu(&y)
         } else {
             Ok(y)

@@ -4,6 +4,12 @@
 //! convolution: two strided copies in each direction, and four graph nodes whose backward
 //! candle zero-fills and adds at the LeFF's hidden width (four times the block's).
 //!
+//! The LeFF runs it between two GELUs (`Gelus::BOTH`). On the CPU both are inside the op. The
+//! first is computed into a scratch buffer and recomputed in the backward pass, so the op keeps
+//! only its input (the first linear layer's output). As separate ops, the GELU kept that same
+//! tensor and the convolution kept the GELU's output, a second tensor at the LeFF's hidden
+//! width, and candle zero-filled and added the gradient between them.
+//!
 //! Per output pixel the taps are added over the channels, which are contiguous, so the inner
 //! loops run over whole channel rows. Backward: the input's gradient is the same convolution
 //! of the output's gradient with the kernel flipped; the weight's and the bias's gradients are
@@ -14,8 +20,8 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use super::gelu::{gelu_grad, gelu_in_place};
-use super::rows_per_task;
+use super::gelu::{gelu_grad, gelu_in_place, gelu_values};
+use super::{rows_per_task, CHUNK};
 use crate::kernels::conv::valid;
 use crate::kernels::{f32_slice, fused_applies, unpack, Activation, CudaKernel};
 
@@ -219,11 +225,36 @@ fn weight_grad(x: &[f32], dy: &[f32], g: DepthwiseGeom) -> Vec<f32> {
     out
 }
 
-/// `(x, weight, bias)`: the convolution of tokens in rows of `w` pixels, then a GELU with
-/// `gelu`.
+/// The exact GELUs around the convolution of [`depthwise`]: on its input, on its output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gelus {
+    pub before: bool,
+    pub after: bool,
+}
+
+impl Gelus {
+    /// The convolution alone.
+    pub const NONE: Gelus = Gelus {
+        before: false,
+        after: false,
+    };
+    /// A GELU on the output only.
+    pub const AFTER: Gelus = Gelus {
+        before: false,
+        after: true,
+    };
+    /// GELU, convolution, GELU: the LeFF's.
+    pub const BOTH: Gelus = Gelus {
+        before: true,
+        after: true,
+    };
+}
+
+/// `(x, weight, bias)`: the convolution of tokens in rows of `w` pixels, with the GELUs of
+/// `gelus` (the one before it on the CPU only).
 struct TokenDepthwise {
     w: usize,
-    gelu: bool,
+    gelus: Gelus,
 }
 
 impl CustomOp3 for TokenDepthwise {
@@ -245,7 +276,16 @@ impl CustomOp3 for TokenDepthwise {
         let weight = f32_slice(s2, l2, self.name())?;
         let bias = f32_slice(s3, l3, self.name())?;
         g.check_bias(bias.len())?;
-        let out = convolve(x, &taps(weight, g, false), Some(bias), self.gelu, g);
+        let activated;
+        let x = if self.gelus.before {
+            let mut a = x.to_vec();
+            a.par_chunks_mut(CHUNK).for_each(gelu_in_place);
+            activated = a;
+            &activated[..]
+        } else {
+            x
+        };
+        let out = convolve(x, &taps(weight, g, false), Some(bias), self.gelus.after, g);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -259,10 +299,17 @@ impl CustomOp3 for TokenDepthwise {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
+        if self.gelus.before {
+            // `depthwise` runs that GELU as its own op off the CPU.
+            return Err(candle_core::Error::Msg(format!(
+                "{}: the GELU on the input is fused on the CPU only",
+                self.name()
+            )));
+        }
         let g = DepthwiseGeom::new(l1.dims(), l2.dims(), self.w)?;
         g.check_bias(l3.shape().elem_count())?;
         let (x, w, b) = ((s1, l1), (s2, l2), (s3, l3));
-        crate::kernels::cuda::dwconv::token_depthwise(&g, x, w, b, self.gelu)
+        crate::kernels::cuda::dwconv::token_depthwise(&g, x, w, b, self.gelus.after)
     }
 
     fn bwd(
@@ -273,22 +320,32 @@ impl CustomOp3 for TokenDepthwise {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        // Behind a GELU, the gradient at the convolution's output, which is recomputed (nine
-        // products per value) rather than kept.
-        let grad = if self.gelu {
+        // The convolution's input and output are recomputed rather than kept: the GELU of x
+        // (one erf per value) and, behind a GELU, the output (nine products per value).
+        let a = if self.gelus.before {
+            gelu_values(x)?
+        } else {
+            x.clone()
+        };
+        let grad = if self.gelus.after {
             let plain = TokenDepthwise {
                 w: self.w,
-                gelu: false,
+                gelus: Gelus::NONE,
             };
-            gelu_grad(&x.apply_op3_no_bwd(weight, bias, &plain)?, grad)?
+            gelu_grad(&a.apply_op3_no_bwd(weight, bias, &plain)?, grad)?
         } else {
             grad.contiguous()?
         };
         let backward = TokenDepthwiseBackward { w: self.w };
-        let packed = x.apply_op3_no_bwd(weight, &grad, &backward)?;
+        let packed = a.apply_op3_no_bwd(weight, &grad, &backward)?;
         let shapes = [x.shape(), weight.shape(), bias.shape()];
         let mut parts = unpack(&packed, &shapes)?.into_iter();
-        Ok((parts.next(), parts.next(), parts.next()))
+        let da = parts.next();
+        let dx = match da {
+            Some(da) if self.gelus.before => Some(gelu_grad(x, &da)?),
+            da => da,
+        };
+        Ok((dx, parts.next(), parts.next()))
     }
 }
 
@@ -347,24 +404,31 @@ pub fn depthwise_applies(x: &Tensor) -> bool {
 }
 
 /// The depthwise "same" convolution plus bias of tokens `(B, H*W, C)` laid out in rows of `w`
-/// pixels: weight `(C, 1, k, k)` (k odd), bias `(C)` -> `(B, H*W, C)`; followed by the exact
-/// GELU with `gelu` (the LeFF's). One op where [`depthwise_applies`], else
-/// [`depthwise_composed`].
+/// pixels: weight `(C, 1, k, k)` (k odd), bias `(C)` -> `(B, H*W, C)`; with the exact GELUs
+/// of `gelus` before and after it (the LeFF's). One op where [`depthwise_applies`] (off the
+/// CPU, the GELU before it is [`super::gelu`], its own op), else [`depthwise_composed`].
 pub fn depthwise(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     w: usize,
-    gelu: bool,
+    gelus: Gelus,
 ) -> Result<Tensor> {
     let float32 = [weight, bias].iter().all(|t| t.dtype() == x.dtype());
     if !(depthwise_applies(x) && float32) {
-        return depthwise_composed(x, weight, bias, w, gelu);
+        return depthwise_composed(x, weight, bias, w, gelus);
+    }
+    if gelus.before && !x.device().is_cpu() {
+        let after = Gelus {
+            before: false,
+            ..gelus
+        };
+        return depthwise(&super::gelu(x)?, weight, bias, w, after);
     }
     x.contiguous()?.apply_op3(
         &weight.contiguous()?,
         &bias.contiguous()?,
-        TokenDepthwise { w, gelu },
+        TokenDepthwise { w, gelus },
     )
 }
 
@@ -387,22 +451,27 @@ pub fn through_planes(
     y.reshape((b, o, l))?.transpose(1, 2)
 }
 
-/// [`depthwise`] through the channels-first convolution (any device and dtype): the tokens
-/// transposed to `(B, C, H, W)`, `kernels::depthwise` and its bias, transposed back, then
-/// [`super::gelu`] with `gelu`.
+/// [`depthwise`] through the channels-first convolution (any device and dtype): [`super::gelu`]
+/// with `gelus.before`, the tokens transposed to `(B, C, H, W)`, `kernels::depthwise` and its
+/// bias, transposed back, then [`super::gelu`] with `gelus.after`.
 pub fn depthwise_composed(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     w: usize,
-    gelu: bool,
+    gelus: Gelus,
 ) -> Result<Tensor> {
     let k = weight.dim(3)?;
-    let y = through_planes(x, w, |planes| {
+    let x = if gelus.before {
+        super::gelu(x)?
+    } else {
+        x.clone()
+    };
+    let y = through_planes(&x, w, |planes| {
         let y = crate::kernels::depthwise(planes, weight, k)?;
         crate::kernels::bias_act(&y, bias, Activation::Identity)
     })?;
-    if gelu {
+    if gelus.after {
         super::gelu(&y)
     } else {
         Ok(y)

@@ -104,6 +104,12 @@ fn gelu_backward_chunk(o: &mut [f32], xs: &[f32], dys: &[f32]) {
     }
 }
 
+/// The GELU of `x` (no graph): what a fused op that starts with a GELU recomputes in its
+/// backward pass instead of keeping.
+pub(super) fn gelu_values(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&GeluOp)
+}
+
 /// The input's gradient of a GELU of `x` from the output's gradient `dy` (no graph).
 pub(super) fn gelu_grad(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
     x.contiguous()?

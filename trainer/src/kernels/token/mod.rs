@@ -39,7 +39,7 @@ pub(in crate::kernels) use attention::{AttentionGeom, CUDA_MAX_HEAD_WIDTH};
 pub use bias::add_bias;
 #[cfg(feature = "cuda")]
 pub(in crate::kernels) use dwconv::DepthwiseGeom;
-pub use dwconv::{depthwise, depthwise_applies, depthwise_composed, through_planes};
+pub use dwconv::{depthwise, depthwise_applies, depthwise_composed, through_planes, Gelus};
 pub use gelu::gelu;
 pub(in crate::kernels) use linear::LinearGeom;
 pub use linear::{linear, linear_applies, linear_composed, Tokens};

@@ -10,7 +10,7 @@ use candle_nn::{Init, VarBuilder};
 
 use super::drop_path::{self, DropPathRng};
 use super::{err, side};
-use crate::kernels::token::{self as kernels, Tokens};
+use crate::kernels::token::{self as kernels, Gelus, Tokens};
 use crate::kernels::{amp, window_partition, window_reverse_add, WindowGrid};
 use crate::models::layers::Conv2d;
 
@@ -267,9 +267,11 @@ impl Module for LeFF {
     // (B, H*W, C) -> (B, H*W, C)
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = side(x.dim(1)?)?;
-        // (B, H*W, hidden), the convolution over the H x W grid channels last.
-        let y = kernels::gelu(&self.linear1.forward(x)?)?;
-        let y = self.dwconv.forward_tokens(&y, h, true)?;
+        // (B, H*W, hidden), the convolution over the H x W grid channels last, between the
+        // two GELUs.
+        let y = self
+            .dwconv
+            .forward_tokens(&self.linear1.forward(x)?, h, Gelus::BOTH)?;
         self.linear2.forward(&y)
     }
 }

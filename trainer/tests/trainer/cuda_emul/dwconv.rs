@@ -76,7 +76,10 @@ fn the_token_depthwise_kernels_run_as_the_cpu_op() {
                 weight.as_tensor(),
                 bias.as_tensor(),
                 w,
-                gelu == 1,
+                token::Gelus {
+                    before: false,
+                    after: gelu == 1,
+                },
             )
             .expect("cpu");
             // GELU: the CPU's erf is a vectorised approximation, within float32 rounding.
@@ -104,7 +107,7 @@ fn the_token_depthwise_kernels_run_as_the_cpu_op() {
             weight.as_tensor(),
             bias.as_tensor(),
             w,
-            false,
+            token::Gelus::NONE,
         )
         .expect("cpu");
         let grads = (&y * &dy)

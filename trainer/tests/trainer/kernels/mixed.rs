@@ -112,7 +112,7 @@ const UNCAST: &[(&str, &[&[usize]], Op)] = &[
         |x, p| {
             // x as tokens (B = 2, H*W = 5 * 7, C = 24)
             let tokens = x.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
-            kernels::token::depthwise(&tokens, &p[0], &p[1], 7, true)
+            kernels::token::depthwise(&tokens, &p[0], &p[1], 7, kernels::token::Gelus::AFTER)
         },
     ),
 ];

@@ -4,6 +4,7 @@
 //! the gradients of every input.
 
 use candle_core::{DType, Device, Tensor, Var};
+use ifp_trainer::kernels::token::Gelus;
 use ifp_trainer::kernels::{self, amp, token};
 
 use super::{compare_with_grads, rounded_var, CudaKernelsOn, BIAS_SUM, EXACT, GELU};
@@ -186,9 +187,10 @@ fn token_linear_under_mixed_autocast_matches_composed() {
     }
 }
 
-/// The LeFF's channels-last depthwise convolution with its bias, alone and followed by the
-/// GELU (`token::depthwise`): odd sizes, one channel, one pixel, grids narrower than the
-/// kernel, a 5x5 kernel, and more image rows than the CUDA kernel's partial sums (256).
+/// The LeFF's channels-last depthwise convolution with its bias, alone, followed by the GELU,
+/// and between two GELUs (`token::depthwise`): odd sizes, one channel, one pixel, grids
+/// narrower than the kernel, a 5x5 kernel, and more image rows than the CUDA kernel's partial
+/// sums (256).
 #[test]
 fn token_depthwise_matches_composed() {
     let _on = CudaKernelsOn::new();
@@ -213,13 +215,13 @@ fn token_depthwise_matches_composed() {
             "one op on {dev:?} with the CUDA kernels on"
         );
         let (xt, wt, bt) = (x.as_tensor(), weight.as_tensor(), bias.as_tensor());
-        for gelu in [false, true] {
+        for gelus in [Gelus::NONE, Gelus::AFTER, Gelus::BOTH] {
             compare_with_grads(
-                &format!("token depthwise {b}x{h}x{w}x{c} k{k} gelu {gelu}"),
+                &format!("token depthwise {b}x{h}x{w}x{c} k{k} {gelus:?}"),
                 &[&x, &weight, &bias],
-                || token::depthwise(xt, wt, bt, w, gelu).expect("fast"),
-                || token::depthwise_composed(xt, wt, bt, w, gelu).expect("slow"),
-                if gelu { GELU } else { BIAS_SUM },
+                || token::depthwise(xt, wt, bt, w, gelus).expect("fast"),
+                || token::depthwise_composed(xt, wt, bt, w, gelus).expect("slow"),
+                if gelus == Gelus::NONE { BIAS_SUM } else { GELU },
             );
         }
     }
@@ -231,7 +233,7 @@ fn token_depthwise_matches_composed() {
         weight.as_tensor(),
         bias.as_tensor(),
         4,
-        false,
+        Gelus::NONE,
     )
     .expect_err("10 tokens in rows of 4");
     assert!(e.to_string().contains("10 tokens"), "{e}");
