@@ -4,8 +4,8 @@
 //! convolution: two strided copies in each direction, and four graph nodes whose backward
 //! candle zero-fills and adds at the LeFF's hidden width (four times the block's).
 //!
-//! The LeFF runs it between two GELUs (`Gelus::BOTH`). On the CPU both are inside the op. The
-//! first is computed into a scratch buffer and recomputed in the backward pass, so the op keeps
+//! The LeFF runs it between two GELUs (`Gelus::BOTH`), both inside the op. The first is
+//! computed into a scratch buffer and recomputed in the backward pass, so the op keeps
 //! only its input (the first linear layer's output). As separate ops, the GELU kept that same
 //! tensor and the convolution kept the GELU's output, a second tensor at the LeFF's hidden
 //! width, and candle zero-filled and added the gradient between them.
@@ -251,7 +251,7 @@ impl Gelus {
 }
 
 /// `(x, weight, bias)`: the convolution of tokens in rows of `w` pixels, with the GELUs of
-/// `gelus` (the one before it on the CPU only).
+/// `gelus`.
 struct TokenDepthwise {
     w: usize,
     gelus: Gelus,
@@ -299,17 +299,17 @@ impl CustomOp3 for TokenDepthwise {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        if self.gelus.before {
-            // `depthwise` runs that GELU as its own op off the CPU.
-            return Err(candle_core::Error::Msg(format!(
-                "{}: the GELU on the input is fused on the CPU only",
-                self.name()
-            )));
-        }
         let g = DepthwiseGeom::new(l1.dims(), l2.dims(), self.w)?;
         g.check_bias(l3.shape().elem_count())?;
-        let (x, w, b) = ((s1, l1), (s2, l2), (s3, l3));
-        crate::kernels::cuda::dwconv::token_depthwise(&g, x, w, b, self.gelus.after)
+        let (w, b) = ((s2, l2), (s3, l3));
+        let after = self.gelus.after;
+        if self.gelus.before {
+            // The input's GELU into a scratch buffer (the `token` GELU kernel), freed on return.
+            let (a, shape) = crate::kernels::cuda::token::gelu((s1, l1))?;
+            let la = Layout::contiguous(shape);
+            return crate::kernels::cuda::dwconv::token_depthwise(&g, (&a, &la), w, b, after);
+        }
+        crate::kernels::cuda::dwconv::token_depthwise(&g, (s1, l1), w, b, after)
     }
 
     fn bwd(
@@ -395,8 +395,8 @@ impl CustomOp3 for TokenDepthwiseBackward {
 }
 
 /// Where [`depthwise`] runs as one op: float32 on the CPU, and on CUDA where `IFP_CUDA_FUSED`
-/// turns on `dwconv` (`cuda/dwconv.cu`; behind a GELU its backward also takes the `token` GELU
-/// gradient kernel, whatever that switch says); not under autocast, which lowers convolutions,
+/// turns on `dwconv` (`cuda/dwconv.cu`; with its GELUs it also takes the `token` GELU kernels,
+/// whatever that switch says); not under autocast, which lowers convolutions,
 /// unless it reads its float32 input there ([`crate::kernels::runs_uncast`]), as the
 /// channels-first one does. Elsewhere it is the composed version.
 pub fn depthwise_applies(x: &Tensor) -> bool {
@@ -405,8 +405,8 @@ pub fn depthwise_applies(x: &Tensor) -> bool {
 
 /// The depthwise "same" convolution plus bias of tokens `(B, H*W, C)` laid out in rows of `w`
 /// pixels: weight `(C, 1, k, k)` (k odd), bias `(C)` -> `(B, H*W, C)`; with the exact GELUs
-/// of `gelus` before and after it (the LeFF's). One op where [`depthwise_applies`] (off the
-/// CPU, the GELU before it is [`super::gelu`], its own op), else [`depthwise_composed`].
+/// of `gelus` before and after it (the LeFF's). One op where [`depthwise_applies`], else
+/// [`depthwise_composed`].
 pub fn depthwise(
     x: &Tensor,
     weight: &Tensor,
@@ -417,13 +417,6 @@ pub fn depthwise(
     let float32 = [weight, bias].iter().all(|t| t.dtype() == x.dtype());
     if !(depthwise_applies(x) && float32) {
         return depthwise_composed(x, weight, bias, w, gelus);
-    }
-    if gelus.before && !x.device().is_cpu() {
-        let after = Gelus {
-            before: false,
-            ..gelus
-        };
-        return depthwise(&super::gelu(x)?, weight, bias, w, after);
     }
     x.contiguous()?.apply_op3(
         &weight.contiguous()?,
