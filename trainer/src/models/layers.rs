@@ -120,6 +120,15 @@ impl Conv2d {
         .then_some(&self.weight)
     }
 
+    /// The weight and bias of a depthwise convolution with a bias (`None` for any other): what
+    /// an op that runs the convolution inside takes.
+    pub fn depthwise_with_bias(&self) -> Option<(&Tensor, &Tensor)> {
+        match (self.depthwise, &self.bias) {
+            (true, Some(bias)) => Some((&self.weight, bias)),
+            _ => None,
+        }
+    }
+
     /// The convolution of tokens `(B, H*W, C)` in rows of `w` pixels, channels last, with the
     /// exact GELUs of `gelus` before and after it, as Uformer's LeFF uses it: a depthwise
     /// convolution with a bias is one op (the GELUs included) where

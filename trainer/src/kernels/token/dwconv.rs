@@ -37,7 +37,7 @@ pub(in crate::kernels) struct DepthwiseGeom {
 
 impl DepthwiseGeom {
     /// From tokens `(B, H*W, C)` of rows of `w` pixels and a weight `(C, 1, k, k)`.
-    fn new(x: &[usize], weight: &[usize], w: usize) -> Result<Self> {
+    pub(super) fn new(x: &[usize], weight: &[usize], w: usize) -> Result<Self> {
         let bad = |why: String| candle_core::Error::Msg(format!("token depthwise: {why}"));
         let &[b, l, c] = x else {
             return Err(bad(format!("input {x:?} is not (B, H*W, C)")));
@@ -84,7 +84,7 @@ impl DepthwiseGeom {
 
 /// The weight `(C, k*k)` as taps `(k*k, C)`, flipped in both directions with `flip` (the
 /// input gradient's kernel).
-fn taps(weight: &[f32], g: DepthwiseGeom, flip: bool) -> Vec<f32> {
+pub(super) fn taps(weight: &[f32], g: DepthwiseGeom, flip: bool) -> Vec<f32> {
     let kk = g.k * g.k;
     let mut t = vec![0f32; kk * g.c];
     for (ch, wc) in weight.chunks(kk).enumerate() {
@@ -136,7 +136,7 @@ fn conv_row(
 }
 
 /// The convolution of all images, rows in parallel, each row then through a GELU with `gelu`.
-fn convolve(
+pub(super) fn convolve(
     x: &[f32],
     taps: &[f32],
     bias: Option<&[f32]>,
@@ -252,9 +252,9 @@ impl Gelus {
 
 /// `(x, weight, bias)`: the convolution of tokens in rows of `w` pixels, with the GELUs of
 /// `gelus`.
-struct TokenDepthwise {
-    w: usize,
-    gelus: Gelus,
+pub(super) struct TokenDepthwise {
+    pub(super) w: usize,
+    pub(super) gelus: Gelus,
 }
 
 impl CustomOp3 for TokenDepthwise {
@@ -350,8 +350,8 @@ impl CustomOp3 for TokenDepthwise {
 }
 
 /// (x, weight, dy) -> [dx, dweight, dbias] flattened.
-struct TokenDepthwiseBackward {
-    w: usize,
+pub(super) struct TokenDepthwiseBackward {
+    pub(super) w: usize,
 }
 
 impl CustomOp3 for TokenDepthwiseBackward {

@@ -37,7 +37,7 @@ pub enum Tokens {
 /// `y = x W^T + b` with `x` laid out as `input`, `y` as `output`, the products' operands in
 /// `products` (bfloat16 on CUDA only).
 #[derive(Clone, Copy)]
-struct TokenLinear {
+pub(super) struct TokenLinear {
     input: Tokens,
     output: Tokens,
     products: DType,
@@ -107,6 +107,13 @@ impl LinearGeom {
 }
 
 impl TokenLinear {
+    /// The plain layer: tokens in rows both sides, float32 products.
+    pub(super) const ROWS: TokenLinear = TokenLinear {
+        input: Tokens::Rows,
+        output: Tokens::Rows,
+        products: DType::F32,
+    };
+
     /// The CPU computes in float32 only (it takes the composed path under autocast).
     fn cpu_products(&self, name: &str) -> Result<()> {
         if self.products == DType::F32 {
@@ -119,7 +126,7 @@ impl TokenLinear {
         }
     }
 
-    fn geom(&self, x: &[usize], w: &[usize]) -> Result<LinearGeom> {
+    pub(super) fn geom(&self, x: &[usize], w: &[usize]) -> Result<LinearGeom> {
         LinearGeom::new(self.input, self.output, x, w)
     }
 
@@ -136,7 +143,7 @@ impl TokenLinear {
         Ok(g)
     }
 
-    fn out_shape(&self, x: &[usize], g: LinearGeom) -> Shape {
+    pub(super) fn out_shape(&self, x: &[usize], g: LinearGeom) -> Shape {
         match (self.output, self.input) {
             (Tokens::Heads(h), _) => Shape::from((g.groups, h, g.tokens, g.o / h)),
             (Tokens::Rows, Tokens::Heads(_)) => Shape::from((g.groups, g.tokens, g.o)),
@@ -148,6 +155,25 @@ impl TokenLinear {
                 Shape::from(dims)
             }
         }
+    }
+
+    /// The layer's output on the CPU, laid out as `self.output`.
+    pub(super) fn cpu_forward(&self, x: &[f32], w: &[f32], b: &[f32], g: LinearGeom) -> Vec<f32> {
+        let xm = as_rows(x, self.input, g, g.k);
+        // y (rows, o) = bias + x (rows, k) W^T (k, o); W (o, k) is W^T stored transposed.
+        let mut y = b.repeat(g.rows());
+        let (xa, wa) = (
+            Mat {
+                data: &xm,
+                transposed: false,
+            },
+            Mat {
+                data: w,
+                transposed: true,
+            },
+        );
+        matmul(&mut y, xa, wa, g.rows(), g.o, g.k, true, parallelism());
+        from_rows(y, self.output, g, g.o)
     }
 }
 
@@ -226,21 +252,7 @@ impl CustomOp3 for TokenLinear {
         let x = f32_slice(s1, l1, self.name())?;
         let w = f32_slice(s2, l2, self.name())?;
         let b = f32_slice(s3, l3, self.name())?;
-        let xm = as_rows(x, self.input, g, g.k);
-        // y (rows, o) = bias + x (rows, k) W^T (k, o); W (o, k) is W^T stored transposed.
-        let mut y = b.repeat(g.rows());
-        let (xa, wa) = (
-            Mat {
-                data: &xm,
-                transposed: false,
-            },
-            Mat {
-                data: w,
-                transposed: true,
-            },
-        );
-        matmul(&mut y, xa, wa, g.rows(), g.o, g.k, true, parallelism());
-        let out = from_rows(y, self.output, g, g.o);
+        let out = self.cpu_forward(x, w, b, g);
         Ok((CpuStorage::F32(out), self.out_shape(l1.dims(), g)))
     }
 
@@ -278,7 +290,7 @@ impl CustomOp3 for TokenLinear {
 
 /// (x, W, dy) -> [dx, dW, db] flattened: `dx = dy W`, `dW = dy^T x`, `db = sum(dy)` over rows,
 /// of the layer [`TokenLinear`].
-struct TokenLinearBackward(TokenLinear);
+pub(super) struct TokenLinearBackward(pub(super) TokenLinear);
 
 impl CustomOp3 for TokenLinearBackward {
     fn name(&self) -> &'static str {

@@ -3,7 +3,9 @@
 //! with the attention's bias and mask added inside (`softmax`), exact (erf) GELU (`gelu`), the
 //! addition of a tensor repeated over the leading dimensions (`bias`: biases, the relative
 //! position bias, the modulator), the linear layer, also to and from the attention's head
-//! layout (`linear`), the LeFF's depthwise convolution, channels last (`dwconv`), the
+//! layout (`linear`), the LeFF's depthwise convolution, channels last (`dwconv`), and on the
+//! CPU the whole LeFF after its first linear layer (`leff`: GELU, that convolution, GELU and
+//! the second linear layer), the
 //! whole window attention from packed q, k, v (`attention`), and a residual connection whose
 //! branch is scaled per sample, stochastic depth's (`residual`). Composed from tensor ops each
 //! costs several graph nodes with a full-size buffer per node in the backward (candle
@@ -28,6 +30,7 @@ mod attention;
 mod bias;
 mod dwconv;
 mod gelu;
+mod leff;
 mod linear;
 mod norm;
 mod residual;
@@ -41,6 +44,7 @@ pub use bias::add_bias;
 pub(in crate::kernels) use dwconv::DepthwiseGeom;
 pub use dwconv::{depthwise, depthwise_applies, depthwise_composed, through_planes, Gelus};
 pub use gelu::gelu;
+pub use leff::{leff_tail, leff_tail_applies, leff_tail_composed};
 pub(in crate::kernels) use linear::LinearGeom;
 pub use linear::{linear, linear_applies, linear_composed, Tokens};
 pub use norm::{layer_norm, layer_norm_composed};

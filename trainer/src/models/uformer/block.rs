@@ -267,11 +267,15 @@ impl Module for LeFF {
     // (B, H*W, C) -> (B, H*W, C)
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = side(x.dim(1)?)?;
-        // (B, H*W, hidden), the convolution over the H x W grid channels last, between the
-        // two GELUs.
-        let y = self
-            .dwconv
-            .forward_tokens(&self.linear1.forward(x)?, h, Gelus::BOTH)?;
+        let y = self.linear1.forward(x)?; // (B, H*W, hidden)
+                                          // The rest as one op where it applies (the CPU).
+        let fused = self.dwconv.depthwise_with_bias();
+        if let Some(dw) = fused.filter(|_| kernels::leff_tail_applies(&y)) {
+            let linear2 = (&self.linear2.weight, &self.linear2.bias);
+            return kernels::leff_tail(&y, dw, h, linear2);
+        }
+        // The convolution over the H x W grid channels last, between the two GELUs.
+        let y = self.dwconv.forward_tokens(&y, h, Gelus::BOTH)?;
         self.linear2.forward(&y)
     }
 }

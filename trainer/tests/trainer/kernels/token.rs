@@ -360,3 +360,62 @@ fn scaled_residual_matches_composed_exactly() {
         .expect_err("2 scales for 3 samples");
     assert!(e.to_string().contains("2 scales"), "{e}");
 }
+
+/// The LeFF after its first linear layer (`token::leff_tail`: GELU, depthwise convolution,
+/// GELU, linear; one op on the CPU) against its composed version, values and the gradients of
+/// the input and of all five parameters; and against the two ops it replaces on the CPU
+/// (`token::depthwise` with both GELUs, then `token::linear`), which it must equal bit for bit.
+#[test]
+fn leff_tail_matches_composed_and_the_two_ops() {
+    let _on = CudaKernelsOn::new();
+    let dev = common::test_device();
+    // (B, H, W, C, O)
+    for (b, h, w, c, o) in [(2, 5, 7, 12, 3), (1, 8, 8, 16, 8), (3, 1, 1, 4, 2)] {
+        let x = rounded_var(DType::F32, 1.0, (b, h * w, c), &dev);
+        let dw = rounded_var(DType::F32, 0.5, (c, 1, 3, 3), &dev);
+        let db = rounded_var(DType::F32, 1.0, c, &dev);
+        let weight = rounded_var(DType::F32, 0.5, (o, c), &dev);
+        let bias = rounded_var(DType::F32, 1.0, o, &dev);
+        assert_eq!(
+            token::leff_tail_applies(x.as_tensor()),
+            dev.is_cpu(),
+            "one op on the CPU only"
+        );
+        let conv = (dw.as_tensor(), db.as_tensor());
+        let linear = (weight.as_tensor(), bias.as_tensor());
+        let vars = [&x, &dw, &db, &weight, &bias];
+        let what = format!("leff tail {b}x{h}x{w}x{c} -> {o}");
+        compare_with_grads(
+            &what,
+            &vars,
+            || token::leff_tail(x.as_tensor(), conv, w, linear).expect("fast"),
+            || token::leff_tail_composed(x.as_tensor(), conv, w, linear).expect("slow"),
+            GELU,
+        );
+        let two_ops = || {
+            let y = token::depthwise(x.as_tensor(), conv.0, conv.1, w, Gelus::BOTH)?;
+            token::linear(
+                &y,
+                linear.0,
+                linear.1,
+                token::Tokens::Rows,
+                token::Tokens::Rows,
+            )
+        };
+        let one_op = token::leff_tail(x.as_tensor(), conv, w, linear).expect("one op");
+        let two = two_ops().expect("two ops");
+        let probe = Tensor::randn(0f32, 1.0, two.shape(), &dev).expect("probe");
+        let grads = |y: &Tensor| {
+            (y * &probe)
+                .and_then(|t| t.sum_all()?.backward())
+                .expect("backward")
+        };
+        let (g1, g2) = (grads(&one_op), grads(&two));
+        let flat = |t: &Tensor| t.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("v");
+        assert_eq!(flat(&one_op), flat(&two), "{what}: values");
+        for (n, v) in vars.iter().enumerate() {
+            let get = |g: &candle_core::backprop::GradStore| flat(g.get(v.as_tensor()).expect("g"));
+            assert_eq!(get(&g1), get(&g2), "{what}: gradient of input {n}");
+        }
+    }
+}
