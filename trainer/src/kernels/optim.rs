@@ -139,7 +139,7 @@ pub fn adamw_update_in_place(items: &[AdamWItem]) -> Result<bool> {
         return Ok(false);
     };
     let applies = super::fused_applies(w0, super::CudaKernel::Optim)
-        && items.iter().all(|(w, g, m, v, _)| {
+        && items.iter().all(|&(w, g, m, v, _)| {
             let tensors = [w, g, m, v];
             tensors.iter().all(|t| {
                 t.dtype() == DType::F32
@@ -167,7 +167,7 @@ pub fn adamw_update_in_place(items: &[AdamWItem]) -> Result<bool> {
 /// Whether no two of `tensors` share a storage. An update in place writes three of them while
 /// it reads the fourth; a shared one would be read after it was written (and its lock taken
 /// twice).
-fn distinct_storages(tensors: &[&&Tensor]) -> bool {
+fn distinct_storages(tensors: &[&Tensor]) -> bool {
     let addresses: Vec<usize> = tensors
         .iter()
         .map(|t| std::ptr::from_ref(&*t.storage_and_layout().0).addr())

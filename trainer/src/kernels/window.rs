@@ -220,10 +220,11 @@ impl WindowReverseAdd {
         Ok((b, c))
     }
 
-    /// The scale of image row `r`.
-    fn scale(&self, r: usize) -> Option<f32> {
+    /// The scale of image row `r`: 1 without scales (`v * 1` is `v` exactly, so the sum is
+    /// the plain addition's, as in the CUDA kernel).
+    fn scale(&self, r: usize) -> f32 {
         let rows = self.shuffle.grid.h * self.shuffle.grid.w;
-        self.scales.as_ref().map(|s| s[r / rows])
+        self.scales.as_ref().map_or(1.0, |s| s[r / rows])
     }
 }
 
@@ -250,17 +251,9 @@ impl CustomOp2 for WindowReverseAdd {
                 .enumerate()
                 .for_each(|(r, (row, xs))| {
                     let src = &windows[self.shuffle.source_row(r) * c..][..c];
-                    match self.scale(r) {
-                        Some(s) => {
-                            for ((o, x), v) in row.iter_mut().zip(xs).zip(src) {
-                                *o = x + v * s;
-                            }
-                        }
-                        None => {
-                            for ((o, x), v) in row.iter_mut().zip(xs).zip(src) {
-                                *o = x + v;
-                            }
-                        }
+                    let s = self.scale(r);
+                    for ((o, x), v) in row.iter_mut().zip(xs).zip(src) {
+                        *o = x + v * s;
                     }
                 });
         }

@@ -1,9 +1,9 @@
 // Uformer's token ops, float32, in the CPU kernels' order of operations (kernels/token/ has
 // the formulas): LayerNorm over the last dimension, softmax over the last dimension, exact (erf)
 // GELU, the addition of a bias repeated over the leading dimensions, and a residual whose branch
-// is scaled per sample (stochastic depth's), each with its gradient. Compiled to PTX by trainer/build.rs with the `cuda` feature; launched from
-// kernels/cuda/token.rs. Grid-stride loops without shared memory, so that the tests can also
-// run this file as C++ on a CPU.
+// is scaled per sample (stochastic depth's), each with its gradient. Compiled to PTX by
+// trainer/build.rs with the `cuda` feature; launched from kernels/cuda/token.rs. Grid-stride
+// loops without shared memory, so that the tests can also run this file as C++ on a CPU.
 //
 // Layouts, contiguous: x, y, dy (R, C) (R rows of C values); w, b (C); mean, rstd (R).
 // Parameter gradients come from J partial sums per column (thread t = j * K + k adds rows j,

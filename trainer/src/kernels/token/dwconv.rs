@@ -16,12 +16,14 @@
 //! partial sums over fixed blocks of image rows, added in block order (the result does not
 //! depend on the thread count).
 
+use std::borrow::Cow;
+
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use super::gelu::{gelu_grad, gelu_in_place, gelu_values};
-use super::{rows_per_task, CHUNK};
+use super::gelu::{gelu_grad, gelu_in_place, gelu_of, gelu_values};
+use super::rows_per_task;
 use crate::kernels::conv::valid;
 use crate::kernels::{f32_slice, fused_applies, unpack, Activation, CudaKernel};
 
@@ -276,16 +278,12 @@ impl CustomOp3 for TokenDepthwise {
         let weight = f32_slice(s2, l2, self.name())?;
         let bias = f32_slice(s3, l3, self.name())?;
         g.check_bias(bias.len())?;
-        let activated;
         let x = if self.gelus.before {
-            let mut a = x.to_vec();
-            a.par_chunks_mut(CHUNK).for_each(gelu_in_place);
-            activated = a;
-            &activated[..]
+            Cow::Owned(gelu_of(x))
         } else {
-            x
+            Cow::Borrowed(x)
         };
-        let out = convolve(x, &taps(weight, g, false), Some(bias), self.gelus.after, g);
+        let out = convolve(&x, &taps(weight, g, false), Some(bias), self.gelus.after, g);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 

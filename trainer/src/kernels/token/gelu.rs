@@ -17,9 +17,7 @@ impl CustomOp1 for GeluOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
-        let mut out = x.to_vec();
-        out.par_chunks_mut(CHUNK).for_each(gelu_in_place);
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        Ok((CpuStorage::F32(gelu_of(x)), l.shape().clone()))
     }
 
     #[cfg(feature = "cuda")]
@@ -88,6 +86,14 @@ fn slope(v: f32) -> f32 {
     let e = exp(-(u * u));
     let cdf = 0.5 * (1.0 + erf_given_exp(u, e));
     cdf + v * (INV_SQRT_2PI * e)
+}
+
+/// The GELU of every value of `x`, into a new buffer, in parallel (the GELU op, and ops that
+/// start with a GELU).
+pub(super) fn gelu_of(x: &[f32]) -> Vec<f32> {
+    let mut out = x.to_vec();
+    out.par_chunks_mut(CHUNK).for_each(gelu_in_place);
+    out
 }
 
 /// `x Phi(x)` in place (the GELU op, and ops that end in a GELU).

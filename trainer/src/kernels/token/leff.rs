@@ -12,14 +12,12 @@
 //! layer's bias travel packed in one small tensor (`cat`, its gradient split by `cat`'s own
 //! backward). The arithmetic is the two ops', in their order, so the results are the same bits.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
-
 use super::dwconv::{convolve, taps, DepthwiseGeom, TokenDepthwise, TokenDepthwiseBackward};
-use super::gelu::{gelu_grad, gelu_in_place, gelu_values};
+use super::gelu::{gelu_grad, gelu_of, gelu_values};
 use super::linear::{TokenLinear, TokenLinearBackward};
-use super::{depthwise, depthwise_applies, linear, linear_applies, Gelus, Tokens, CHUNK};
+use super::{depthwise, depthwise_applies, linear, linear_applies, Gelus, Tokens};
 use crate::kernels::{f32_slice, unpack};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// `(x, weight, packed)`: tokens `(B, H*W, C)` in rows of `w` pixels, the linear layer's
 /// weight `(O, C)`, and `[depthwise weight (C * k * k), depthwise bias (C), bias (O)]`.
@@ -83,8 +81,7 @@ impl CustomOp3 for LeffTail {
         let kk = self.k * self.k;
         let (dw, rest) = packed.split_at(g.c * kk);
         let (db, bias) = rest.split_at(g.c);
-        let mut a = x.to_vec();
-        a.par_chunks_mut(CHUNK).for_each(gelu_in_place);
+        let a = gelu_of(x);
         let y = convolve(&a, &taps(dw, g, false), Some(db), true, g);
         drop(a);
         let out = TokenLinear::ROWS.cpu_forward(&y, weight, bias, lg);
@@ -118,27 +115,23 @@ impl CustomOp3 for LeffTail {
             &grad.contiguous()?,
             &TokenLinearBackward(TokenLinear::ROWS),
         )?;
-        let mut lin = unpack(&lin, &[y.shape(), weight.shape(), bias.shape()])?.into_iter();
-        let (dy, dweight, dbias) = (lin.next(), lin.next(), lin.next());
-        let (Some(dy), Some(dbias)) = (dy, dbias) else {
-            return Err(candle_core::Error::Msg(
-                "leff tail: no linear gradients".into(),
-            ));
-        };
+        let [dy, dweight, dbias] = unpack3(&lin, [y.shape(), weight.shape(), bias.shape()])?;
         let dconv = gelu_grad(&conv, &dy)?;
         let backward = TokenDepthwiseBackward { w: self.w };
         let conv_grads = a.apply_op3_no_bwd(&dw, &dconv, &backward)?;
-        let mut conv_grads = unpack(&conv_grads, &[a.shape(), dw.shape(), db.shape()])?.into_iter();
-        let (da, ddw, ddb) = (conv_grads.next(), conv_grads.next(), conv_grads.next());
-        let (Some(da), Some(ddw), Some(ddb)) = (da, ddw, ddb) else {
-            return Err(candle_core::Error::Msg(
-                "leff tail: no convolution gradients".into(),
-            ));
-        };
+        let [da, ddw, ddb] = unpack3(&conv_grads, [a.shape(), dw.shape(), db.shape()])?;
         let dx = gelu_grad(x, &da)?;
         let dpacked = Tensor::cat(&[ddw.flatten_all()?, ddb, dbias], 0)?;
-        Ok((Some(dx), dweight, Some(dpacked)))
+        Ok((Some(dx), Some(dweight), Some(dpacked)))
     }
+}
+
+/// The three tensors a backward op packed, each reshaped to its shape.
+fn unpack3(packed: &Tensor, shapes: [&Shape; 3]) -> Result<[Tensor; 3]> {
+    let [a, b, c] = shapes;
+    <[Tensor; 3]>::try_from(unpack(packed, &[a, b, c])?).map_err(|parts| {
+        candle_core::Error::Msg(format!("leff tail: {} gradients, not 3", parts.len()))
+    })
 }
 
 /// Where [`leff_tail`] runs as one op: float32 on the CPU, without autocast.

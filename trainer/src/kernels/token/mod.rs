@@ -5,9 +5,8 @@
 //! position bias, the modulator), the linear layer, also to and from the attention's head
 //! layout (`linear`), the LeFF's depthwise convolution, channels last (`dwconv`), and on the
 //! CPU the whole LeFF after its first linear layer (`leff`: GELU, that convolution, GELU and
-//! the second linear layer), the
-//! whole window attention from packed q, k, v (`attention`), and a residual connection whose
-//! branch is scaled per sample, stochastic depth's (`residual`). Composed from tensor ops each
+//! the second linear layer), the whole window attention from packed q, k, v (`attention`), and
+//! a residual connection whose branch is scaled per sample, stochastic depth's (`residual`). Composed from tensor ops each
 //! costs several graph nodes with a full-size buffer per node in the backward (candle
 //! zero-fills every gradient first), and candle reduces a broadcast gradient over leading
 //! dimensions with a slow strided loop; these run on every token of every block.
@@ -20,9 +19,9 @@
 //! where it turns on `linear` (under bf16 autocast too, where it also turns on `mixed`).
 //! [`scaled_residual`] runs on CUDA where `IFP_CUDA_FUSED` turns on `token` too.
 //! [`biased_softmax`] is a CPU op only (no CUDA version yet): elsewhere it is its composed
-//! version, the path the network took before it. Like the
-//! other kernels, the per-row loops are compiled for AVX2+FMA as well as the baseline and
-//! picked at run time, with the vectorisable `math::erf`/`math::exp`.
+//! version, the path the network took before it. Like the other kernels, the per-row loops
+//! are compiled for AVX2+FMA as well as the baseline and picked at run time, with the
+//! vectorisable `math::erf`/`math::exp`.
 
 use rayon::prelude::*;
 

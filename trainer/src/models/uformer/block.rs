@@ -267,8 +267,8 @@ impl Module for LeFF {
     // (B, H*W, C) -> (B, H*W, C)
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = side(x.dim(1)?)?;
-        let y = self.linear1.forward(x)?; // (B, H*W, hidden)
-                                          // The rest as one op where it applies (the CPU).
+        // (B, H*W, hidden); the rest is one op where it applies (the CPU).
+        let y = self.linear1.forward(x)?;
         let fused = self.dwconv.depthwise_with_bias();
         if let Some(dw) = fused.filter(|_| kernels::leff_tail_applies(&y)) {
             let linear2 = (&self.linear2.weight, &self.linear2.bias);
