@@ -7,8 +7,8 @@ use candle_nn::{Init, VarBuilder};
 
 use super::{err, side};
 use crate::kernels::amp;
-use crate::kernels::leaky_relu;
 use crate::kernels::token as kernels;
+use crate::kernels::Activation;
 use crate::models::layers::Conv2d;
 
 /// PyTorch's default conv init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), weight and bias alike.
@@ -157,7 +157,7 @@ impl InputProj {
 impl Module for InputProj {
     // (B, 3, H, W) -> (B, H*W, C)
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = leaky_relu(&self.proj.forward(x)?, 0.01)?;
+        let y = self.proj.forward_act(x, Activation::LeakyRelu(0.01))?;
         let (b, c, h, w) = y.dims4()?;
         y.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()
     }
