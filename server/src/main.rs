@@ -31,6 +31,19 @@ fn tune_runtime() {
         // SAFETY: single-threaded here (no runtime, pool or worker started yet).
         unsafe { std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "2000") };
     }
+    // That pool has a helper thread per core but one, beside rayon's workers. With two cores,
+    // its one helper and rayon's second worker take turns on one core, and the gradient sums
+    // it runs gain little: without it (CANDLE_NUM_THREADS=1, the ops run on the thread that
+    // calls them) the process used 5-19% less CPU time in 13 of 14 benchmark runs, its steps no
+    // slower (README, "Speed"). With more cores its helpers share work that would otherwise be
+    // serial; that is not measured, so candle's default stays there. CANDLE_NUM_THREADS
+    // overrides.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none()
+        && candle_core::utils::get_num_threads() <= 2
+    {
+        // SAFETY: as above.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
 }
 
 fn main() -> ExitCode {

@@ -74,14 +74,16 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
         String::new()
     };
     println!(
-        "bench {}: batch {} size {} amp {:?} device {:?} params {} threads {}{cuda}",
+        "bench {}: batch {} size {} amp {:?} device {:?} params {} threads {} (candle's \
+         elementwise ops: {}){cuda}",
         a.config,
         cfg.data.batch_size,
         cfg.data.img_size,
         cfg.train.amp,
         device.location(),
         trainer.network().num_parameters().map_err(classify)?,
-        candle_core::utils::get_num_threads()
+        candle_core::utils::get_num_threads(),
+        candle_elementwise_threads()
     );
     for _ in 0..2 {
         ifp_trainer::driver::step(&mut trainer).map_err(classify)?;
@@ -107,4 +109,15 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
     let median = times[times.len() / 2];
     println!("step_ms {median:.3}");
     Ok(())
+}
+
+/// The threads of candle's own pool for its elementwise ops, the caller's included: what
+/// `CANDLE_NUM_THREADS` says (the `ifp` binary sets it to 1 for two threads or fewer), else one per
+/// rayon thread, as candle sizes it.
+fn candle_elementwise_threads() -> usize {
+    std::env::var("CANDLE_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(candle_core::utils::get_num_threads)
 }

@@ -203,6 +203,34 @@ fn bench_ends_with_the_median() {
 }
 
 #[test]
+fn candles_elementwise_pool_is_one_thread_on_two_cores_unless_set() {
+    // (RAYON_NUM_THREADS, CANDLE_NUM_THREADS) -> the header's count of candle's elementwise
+    // threads: the `ifp` binary drops candle's second pool on two threads or fewer only, and
+    // never overrides the variable.
+    for (rayon, candle, want) in [
+        ("2", None, "threads 2 (candle's elementwise ops: 1)"),
+        ("1", None, "threads 1 (candle's elementwise ops: 1)"),
+        ("3", None, "threads 3 (candle's elementwise ops: 3)"),
+        ("2", Some("2"), "threads 2 (candle's elementwise ops: 2)"),
+    ] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ifp"));
+        cmd.args([
+            "bench", "--config", "tiny", "--batch", "1", "--size", "16", "--steps", "1",
+        ])
+        .env("RAYON_NUM_THREADS", rayon)
+        .env_remove("CANDLE_NUM_THREADS");
+        if let Some(c) = candle {
+            cmd.env("CANDLE_NUM_THREADS", c);
+        }
+        let o = cmd.output().expect("run ifp");
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let header = text.lines().next().unwrap_or_default();
+        assert!(header.contains(want), "{rayon}/{candle:?}: {header}");
+    }
+}
+
+#[test]
 fn a_cuda_switch_value_it_cannot_mean_stops_any_command() {
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_ifp"))
         .args(["bench", "--config", "tiny", "--steps", "1"])
