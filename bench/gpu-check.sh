@@ -256,7 +256,9 @@ kernel_of() {
     kernels::im2col_*) echo im2col ;;
     kernels::bias_act_*) echo bias ;;
     kernels::token::window_attention_*) echo attention ;;
-    kernels::token::token_depthwise_*) echo dwconv ;;
+    # the LeFF's tail runs the dwconv kernel with the token GELU and the linear layer's
+    # products around it; it is filed with the convolution, as the GELUs inside it are.
+    kernels::token::token_depthwise_* | kernels::token::leff_tail_*) echo dwconv ;;
     # the linear layer under mixed autocast needs `mixed` as well; as with the attentions in
     # kernels::mixed, a failure there is `mixed`'s only where `linear` itself passes.
     kernels::token::token_linear_under_mixed_*) echo mixed ;;

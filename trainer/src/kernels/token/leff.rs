@@ -1,4 +1,4 @@
-//! The end of Uformer's LeFF as one op on the CPU: GELU, the depthwise convolution over the
+//! The end of Uformer's LeFF as one op: GELU, the depthwise convolution over the
 //! tokens with its bias, GELU, and the second linear layer. As two ops (`depthwise` with its
 //! GELUs, then `linear`), the linear layer kept its input, the GELU of the convolution, for
 //! its weight's gradient: a tensor at the LeFF's hidden width (four times the block's) per
@@ -11,6 +11,11 @@
 //! A custom op takes three tensors, so the convolution's weight and bias and the linear
 //! layer's bias travel packed in one small tensor (`cat`, its gradient split by `cat`'s own
 //! backward). The arithmetic is the two ops', in their order, so the results are the same bits.
+//!
+//! On CUDA the op chains the kernels of those ops (`token`'s GELU, `dwconv`, `linear`), and
+//! its backward pass, device-agnostic, runs their backward ops; it applies where the switch
+//! turns on both `dwconv` and `linear`, which a GPU run must show equal to their composed
+//! versions first.
 
 use super::dwconv::{convolve, taps, DepthwiseGeom, TokenDepthwise, TokenDepthwiseBackward};
 use super::gelu::{gelu_grad, gelu_of, gelu_values};
@@ -91,6 +96,35 @@ impl CustomOp3 for LeffTail {
         ))
     }
 
+    /// The CPU op's steps with the CUDA kernels: the `token` GELU into a scratch buffer, the
+    /// `dwconv` convolution with its GELU, the `linear` layer's products.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use crate::kernels::cuda;
+        let (g, lg) = self.geoms(l1.dims(), l2.dims(), l3.shape().elem_count())?;
+        let kk = self.k * self.k;
+        // The packed parameters' parts, as views into its storage.
+        let at = l3.start_offset();
+        let dw = Layout::contiguous_with_offset((g.c, 1, self.k, self.k), at);
+        let db = Layout::contiguous_with_offset(g.c, at + g.c * kk);
+        let bias = Layout::contiguous_with_offset(lg.o, at + g.c * kk + g.c);
+        let (a, shape) = cuda::token::gelu((s1, l1))?;
+        let la = Layout::contiguous(shape);
+        let (y, shape) = cuda::dwconv::token_depthwise(&g, (&a, &la), (s3, &dw), (s3, &db), true)?;
+        drop(a);
+        let ly = Layout::contiguous(shape);
+        let out = TokenLinear::ROWS.cuda_forward(lg, [(&y, &ly), (s2, l2), (s3, &bias)])?;
+        Ok((out, TokenLinear::ROWS.out_shape(l1.dims(), lg)))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -134,9 +168,11 @@ fn unpack3(packed: &Tensor, shapes: [&Shape; 3]) -> Result<[Tensor; 3]> {
     })
 }
 
-/// Where [`leff_tail`] runs as one op: float32 on the CPU, without autocast.
+/// Where [`leff_tail`] runs as one op: float32 without autocast, on the CPU and on CUDA where
+/// `IFP_CUDA_FUSED` turns on both `dwconv` and `linear` (the ops it is made of). Under mixed
+/// autocast the linear layer's products take bfloat16 operands, which this op does not.
 pub fn leff_tail_applies(x: &Tensor) -> bool {
-    x.device().is_cpu() && linear_applies(x) && depthwise_applies(x)
+    linear_applies(x) && depthwise_applies(x) && !crate::kernels::mixed_autocast(x)
 }
 
 /// The LeFF after its first linear layer: `linear(gelu(depthwise(gelu(x))))` of tokens
@@ -153,7 +189,9 @@ pub fn leff_tail(
     let float32 = [dw, db, weight, bias]
         .iter()
         .all(|t| t.dtype() == x.dtype());
-    if !(leff_tail_applies(x) && float32 && x.rank() == 3) {
+    // cuBLAS refuses empty products.
+    let sized = x.device().is_cpu() || (x.elem_count() > 0 && weight.elem_count() > 0);
+    if !(leff_tail_applies(x) && float32 && sized && x.rank() == 3) {
         let y = depthwise(x, dw, db, w, Gelus::BOTH)?;
         return linear(&y, weight, bias, Tokens::Rows, Tokens::Rows);
     }

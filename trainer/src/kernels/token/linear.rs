@@ -143,6 +143,18 @@ impl TokenLinear {
         Ok(g)
     }
 
+    /// The layer of `[x, W, b]` on CUDA (`cuda/linear.rs`): this op's CUDA forward, and that
+    /// of ops that end in it.
+    #[cfg(feature = "cuda")]
+    pub(super) fn cuda_forward(
+        &self,
+        g: LinearGeom,
+        inputs: [(&candle_core::CudaStorage, &Layout); 3],
+    ) -> Result<candle_core::CudaStorage> {
+        let sides = (self.input, self.output);
+        crate::kernels::cuda::linear::forward(g, sides, self.products, inputs)
+    }
+
     pub(super) fn out_shape(&self, x: &[usize], g: LinearGeom) -> Shape {
         match (self.output, self.input) {
             (Tokens::Heads(h), _) => Shape::from((g.groups, h, g.tokens, g.o / h)),
@@ -267,9 +279,7 @@ impl CustomOp3 for TokenLinear {
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let g = self.geom_with_bias(l1.dims(), l2.dims(), l3)?;
-        let sides = (self.input, self.output);
-        let inputs = [(s1, l1), (s2, l2), (s3, l3)];
-        let out = crate::kernels::cuda::linear::forward(g, sides, self.products, inputs)?;
+        let out = self.cuda_forward(g, [(s1, l1), (s2, l2), (s3, l3)])?;
         Ok((out, self.out_shape(l1.dims(), g)))
     }
 
