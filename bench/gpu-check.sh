@@ -8,7 +8,8 @@
 # cuBLAS products, the products under bf16 autocast) each against its composed version, and
 # those that pass through both networks' golden parity and a benchmark row of their own;
 # training attempts in processes of their own as a worker runs them (with a memory limit, and killed),
-# and a tiny Uformer fine-tuned on the device (loss, bit-exact resume, scores against the CPU).
+# a tiny Uformer fine-tuned on the device (loss, bit-exact resume, scores against the CPU), and
+# whether the same seed gives the same weights twice with those kernels.
 # Builds nothing: the GPU machine may have no compiler and no internet.
 #
 #   bench/gpu-check.sh prepare [DIR]   # on the BUILD machine: build ifp and the parity test
@@ -41,7 +42,8 @@
 # stages 1-3; the paper Uformer's rows, 20 + 25 + 25 + 40 s, run only if stages 1-3 have
 # taken under 304 s, so that they never push the run past 590 s), three training attempts 15 s each
 # and the killed one 31 s (20 to its first step, 5 to read the GPU, 5 to end, 1 to settle), the
-# two fine-tuning runs 30 s each, the two evaluations 20 s each. Exit 1 if a parity test, the
+# two fine-tuning runs 30 s each, the two evaluations 20 s each; then, while the run is under
+# 550 s, the determinism pairs (20 s per training). Exit 1 if a parity test, the
 # training, an attempt (or, on CUDA, reading the GPU's use through NVML) or a fine-tuning
 # check fails.
 #
@@ -542,6 +544,38 @@ if [[ -n $e_dev && -n $e_cpu ]] && awk -v a="$e_dev" -v b="$e_cpu" 'BEGIN {d = a
 else
     echo "- eval: FAILED ($DEV: ${e_dev:-none} dB, cpu: ${e_cpu:-none} dB; $OUT/eval-*.log)"; fail=1
 fi
+
+# --- 6. the same seed twice: the same bits? ---------------------------------------------------
+# Both tiny networks trained 20 steps twice with the kernels that passed stage 1 (and the pool):
+# the issue asks for bit-identical weights wherever a fixed reduction order is cheap, and for a
+# list of what is not deterministic. A report, not a failure; where a pair differs, the same pair
+# with every CUDA kernel off tells whether candle's own ops or ours differ. Runs only while the
+# run has time (20 s per training at most, the whole run within 590 s).
+echo "## determinism: 20 steps twice from the same seed on $DEV, IFP_CUDA_FUSED=$FUSED_BENCH"
+# same_bits CFG FUSED: trains CFG twice; prints "same", "differ" or "failed".
+same_bits() {
+    local r
+    for r in 1 2; do
+        rm -rf "$OUT/det-$1-$2-$r"
+        IFP_CUDA_FUSED=$2 timeout 20 "$IFP_BIN" train --config "$1" --steps 20 --device "$DEV" \
+            --out "$OUT/det-$1-$2-$r" >"$OUT/det-$1-$2-$r.log" 2>&1 || { echo failed; return; }
+    done
+    cmp -s "$OUT/det-$1-$2-1/model-000020.safetensors" "$OUT/det-$1-$2-2/model-000020.safetensors" &&
+        echo same || echo differ
+}
+for cfg in tiny tiny-uformer; do
+    if ((SECONDS - t_start > 590 - 40)); then
+        echo "- $cfg: skipped (the run is at $((SECONDS - t_start)) s)"
+        continue
+    fi
+    v="$(same_bits "$cfg" "$FUSED_BENCH")"
+    line="- $cfg: weights after 20 steps $v"
+    if [[ $v == differ ]] && ((SECONDS - t_start <= 590 - 40)); then
+        line+="; with every CUDA kernel off (IFP_CUDA_FUSED=0): $(same_bits "$cfg" 0)"
+    fi
+    echo "$line (logs $OUT/det-$cfg-*.log)"
+done
+
 echo
 echo "MFU peaks: f32 ${PEAK_F32_TFLOPS} TFLOPS, bf16 ${PEAK_BF16_TFLOPS} TFLOPS (${GPU_NAME:-?}); logs in $OUT; total $((SECONDS - t_start)) s"
 exit $fail
