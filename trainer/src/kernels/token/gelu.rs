@@ -1,5 +1,7 @@
 //! Exact (erf) GELU, as `nn.GELU()`, with its fused backward.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use multiversion::multiversion;
 use rayon::prelude::*;
@@ -89,11 +91,26 @@ fn slope(v: f32) -> f32 {
 }
 
 /// The GELU of every value of `x`, into a new buffer, in parallel (the GELU op, and ops that
-/// start with a GELU).
+/// start with a GELU). The values go straight into fresh memory: a copy of `x` transformed in
+/// place, or a zero-filled buffer, would be one more pass over the whole tensor.
 pub(super) fn gelu_of(x: &[f32]) -> Vec<f32> {
-    let mut out = x.to_vec();
-    out.par_chunks_mut(CHUNK).for_each(gelu_in_place);
+    let mut out = Vec::with_capacity(x.len());
+    out.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(o, xs)| gelu_into(o, xs));
+    // SAFETY: the chunks of the first `x.len()` slots pair up with those of `x`, the same
+    // lengths, and `gelu_into` writes every slot of its chunk.
+    unsafe { out.set_len(x.len()) };
     out
+}
+
+/// `o = x Phi(x)` for the values of `xs`, one for one.
+#[multiversion(targets("x86_64+avx+avx2+fma"))]
+fn gelu_into(o: &mut [MaybeUninit<f32>], xs: &[f32]) {
+    for (a, &v) in o.iter_mut().zip(xs) {
+        a.write(value(v));
+    }
 }
 
 /// `x Phi(x)` in place (the GELU op, and ops that end in a GELU).
