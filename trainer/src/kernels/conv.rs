@@ -8,6 +8,8 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 use multiversion::multiversion;
 use rayon::prelude::*;
 
+use super::zeros_with_room;
+
 /// The contiguous float32 data of a custom op's input.
 pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = match s {
@@ -228,9 +230,14 @@ fn stencil3(out: &mut [f32], src: &[f32], t: &[f32], h: usize, w: usize) {
 
 /// Depthwise "same" convolution of x (B, C, H, W) with weight (C, 1, k, k), on the CPU.
 pub(super) fn depthwise_forward(x: &[f32], wt: &[f32], dims: [usize; 4], k: usize) -> Vec<f32> {
+    depthwise_into_room(x, wt, dims, k, 0)
+}
+
+/// [`depthwise_forward`] into a buffer with room for `room` more values.
+fn depthwise_into_room(x: &[f32], wt: &[f32], dims: [usize; 4], k: usize, room: usize) -> Vec<f32> {
     let [b, c, h, w] = dims;
     let (p, hw) = ((k / 2) as isize, h * w);
-    let mut out = vec![0f32; b * c * hw];
+    let mut out = zeros_with_room(b * c * hw, room);
     out.par_chunks_mut(hw)
         .zip(x.par_chunks(hw))
         .enumerate()
@@ -303,12 +310,18 @@ impl CustomOp2 for Depthwise {
 /// The input gradient of [`depthwise_forward`] from the output gradient g (B, C, H, W): the
 /// transposed correlation, i.e. the correlation with each channel's kernel turned by 180
 /// degrees (x[y + i - p] fed out[y], so out-grad at y flows to x at y + i - p).
-pub(super) fn depthwise_input_grad(g: &[f32], wt: &[f32], dims: [usize; 4], k: usize) -> Vec<f32> {
+pub(super) fn depthwise_input_grad(
+    g: &[f32],
+    wt: &[f32],
+    dims: [usize; 4],
+    k: usize,
+    room: usize,
+) -> Vec<f32> {
     let turned: Vec<f32> = wt
         .chunks(k * k)
         .flat_map(|taps| taps.iter().rev().copied())
         .collect();
-    depthwise_forward(g, &turned, dims, k)
+    depthwise_into_room(g, &turned, dims, k, room)
 }
 
 /// d(out)/d(x): the transposed depthwise convolution of the output gradient.
@@ -342,7 +355,7 @@ impl CustomOp2 for DepthwiseInputGrad {
         let (b, c, h, w) = l1.shape().dims4()?;
         let g = f32_slice(s1, l1, self.name())?;
         let wt = f32_slice(s2, l2, self.name())?;
-        let out = depthwise_input_grad(g, wt, [b, c, h, w], self.k);
+        let out = depthwise_input_grad(g, wt, [b, c, h, w], self.k, 0);
         Ok((CpuStorage::F32(out), Shape::from((b, c, h, w))))
     }
 }

@@ -8,6 +8,7 @@ use candle_core::{CpuStorage, Layout, Result, Shape, Tensor};
 
 use super::attention::{backward, forward, Dims};
 use super::conv::{depthwise_forward, depthwise_input_grad, depthwise_weight_grad, f32_slice};
+use super::pack_after;
 
 /// The attention's depthwise convolution and the attention as one op: x (B, 3C, H, W) (the
 /// qkv 1x1 convolution's output), a bias-free depthwise weight (3C, 1, k, k) and the
@@ -137,9 +138,9 @@ impl candle_core::CustomOp3 for DwAttentionBackward {
         let both = backward(&y, t, g, d);
         drop(y);
         let (dy, dt) = both.split_at(x.len());
-        let mut out = depthwise_input_grad(dy, wt, dims, self.k);
-        out.extend_from_slice(&depthwise_weight_grad(x, dy, dims, self.k));
-        out.extend_from_slice(dt);
+        // The weight's gradient (its size) and the temperatures' follow dx.
+        let mut out = depthwise_input_grad(dy, wt, dims, self.k, wt.len() + dt.len());
+        pack_after(&mut out, &[&depthwise_weight_grad(x, dy, dims, self.k), dt]);
         let n = out.len();
         Ok((CpuStorage::F32(out), Shape::from(n)))
     }

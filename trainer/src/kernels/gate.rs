@@ -10,6 +10,7 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::conv::{depthwise_forward, depthwise_input_grad, depthwise_weight_grad, f32_slice};
+use super::pack_after;
 
 /// The normal CDF `0.5 (1 + erf(x / sqrt 2))`, with PyTorch's vectorised erf.
 #[inline(always)]
@@ -239,8 +240,8 @@ impl CustomOp3 for DwGateBackward {
         let y = depthwise_forward(x, wt, d, self.k);
         let dy = gate_backward(&y, dout, b, h * hw);
         drop(y);
-        let mut out = depthwise_input_grad(&dy, wt, d, self.k);
-        out.extend_from_slice(&depthwise_weight_grad(x, &dy, d, self.k));
+        let mut out = depthwise_input_grad(&dy, wt, d, self.k, wt.len());
+        pack_after(&mut out, &[&depthwise_weight_grad(x, &dy, d, self.k)]);
         let n = out.len();
         Ok((CpuStorage::F32(out), Shape::from(n)))
     }

@@ -66,6 +66,29 @@ pub use window::{
     window_reverse_add_composed, window_reverse_composed, WindowGrid,
 };
 
+/// A zero-filled buffer of `len` values with room for `room` more: the first part of a backward
+/// op's packed output, allocated once with the room its other parts take (see [`pack_after`]).
+pub(crate) fn zeros_with_room(len: usize, room: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len + room);
+    v.resize(len, 0.0);
+    v
+}
+
+/// Appends `parts` to a backward op's packed output, whose first part was allocated with room
+/// for them: growing a full buffer would copy that (activation-sized) first part and take
+/// fresh memory for twice its size.
+pub(crate) fn pack_after(out: &mut Vec<f32>, parts: &[&[f32]]) {
+    let more: usize = parts.iter().map(|p| p.len()).sum();
+    debug_assert!(
+        out.capacity() - out.len() >= more,
+        "a packed output of {} values without room for {more} more",
+        out.len()
+    );
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+}
+
 /// The tensors a backward op packed one after another into its single flat output (a custom op
 /// has one output, so several gradients travel in one buffer), each reshaped to its shape.
 pub(crate) fn unpack(packed: &Tensor, shapes: &[&candle_core::Shape]) -> Result<Vec<Tensor>> {

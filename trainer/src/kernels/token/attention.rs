@@ -22,7 +22,7 @@ use super::softmax::{biased_softmax_in_place, softmax_backward_in_place};
 use gemm::Parallelism;
 
 use crate::kernels::product::{matmul, Mat};
-use crate::kernels::{f32_slice, fused_applies, unpack, CudaKernel};
+use crate::kernels::{f32_slice, fused_applies, pack_after, unpack, zeros_with_room, CudaKernel};
 
 /// The sizes: `windows` (B') of `heads` heads, `n` tokens of `d` features; the bias holds
 /// `k` values, repeated over the (B', heads, N, N) logits.
@@ -199,7 +199,7 @@ impl CustomOp3 for WindowAttentionBackward {
         let dout = f32_slice(s3, l3, self.name())?;
         let g = AttentionGeom::new(l1.dims(), bias.len(), self.heads)?;
         let (n, d, nd, nn) = (g.n, g.d, g.n * g.d, g.n * g.n);
-        let mut dqkv = vec![0f32; qkv.len()];
+        let mut dqkv = zeros_with_room(qkv.len(), g.k);
         let mut ds = vec![0f32; g.windows * g.heads * nn];
         dqkv.par_chunks_mut(g.window())
             .zip(ds.par_chunks_mut(g.heads * nn))
@@ -227,7 +227,7 @@ impl CustomOp3 for WindowAttentionBackward {
                     head_backward((dq, dk, dv), dsh, (q, k, v), &p, doh, (n, d));
                 }
             });
-        dqkv.extend_from_slice(&column_sums(&ds, g.k));
+        pack_after(&mut dqkv, &[&column_sums(&ds, g.k)]);
         let len = dqkv.len();
         Ok((CpuStorage::F32(dqkv), Shape::from(len)))
     }

@@ -25,7 +25,9 @@ use rayon::prelude::*;
 use super::gelu::{gelu_grad, gelu_in_place, gelu_of, gelu_values};
 use super::rows_per_task;
 use crate::kernels::conv::valid;
-use crate::kernels::{f32_slice, fused_applies, unpack, Activation, CudaKernel};
+use crate::kernels::{
+    f32_slice, fused_applies, pack_after, unpack, zeros_with_room, Activation, CudaKernel,
+};
 
 /// The sizes of one call: `b` images of `h x w` pixels with `c` channels, a `k x k` kernel.
 #[derive(Clone, Copy)]
@@ -144,8 +146,9 @@ pub(super) fn convolve(
     bias: Option<&[f32]>,
     gelu: bool,
     g: DepthwiseGeom,
+    room: usize,
 ) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
+    let mut out = zeros_with_room(x.len(), room);
     out.par_chunks_mut(g.image())
         .zip(x.par_chunks(g.image()))
         .for_each(|(oi, img)| {
@@ -283,7 +286,14 @@ impl CustomOp3 for TokenDepthwise {
         } else {
             Cow::Borrowed(x)
         };
-        let out = convolve(&x, &taps(weight, g, false), Some(bias), self.gelus.after, g);
+        let out = convolve(
+            &x,
+            &taps(weight, g, false),
+            Some(bias),
+            self.gelus.after,
+            g,
+            0,
+        );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -370,8 +380,10 @@ impl CustomOp3 for TokenDepthwiseBackward {
         let x = f32_slice(s1, l1, self.name())?;
         let weight = f32_slice(s2, l2, self.name())?;
         let dy = f32_slice(s3, l3, self.name())?;
-        let mut out = convolve(dy, &taps(weight, g, true), None, false, g);
-        out.extend_from_slice(&weight_grad(x, dy, g));
+        // The weight gradient: k*k taps per channel, then the bias.
+        let room = (g.k * g.k + 1) * g.c;
+        let mut out = convolve(dy, &taps(weight, g, true), None, false, g, room);
+        pack_after(&mut out, &[&weight_grad(x, dy, g)]);
         let n = out.len();
         Ok((CpuStorage::F32(out), Shape::from(n)))
     }

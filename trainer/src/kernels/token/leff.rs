@@ -87,7 +87,7 @@ impl CustomOp3 for LeffTail {
         let (dw, rest) = packed.split_at(g.c * kk);
         let (db, bias) = rest.split_at(g.c);
         let a = gelu_of(x);
-        let y = convolve(&a, &taps(dw, g, false), Some(db), true, g);
+        let y = convolve(&a, &taps(dw, g, false), Some(db), true, g, 0);
         drop(a);
         let out = TokenLinear::ROWS.cpu_forward(&y, weight, bias, lg);
         Ok((

@@ -21,7 +21,8 @@ use rayon::prelude::*;
 use super::bias::column_sums;
 use crate::kernels::product::{matmul, Mat};
 use crate::kernels::{
-    amp, f32_slice, fused_applies, mixed_autocast, runs_uncast, unpack, CudaKernel,
+    amp, f32_slice, fused_applies, mixed_autocast, pack_after, runs_uncast, unpack,
+    zeros_with_room, CudaKernel,
 };
 
 /// How the tokens of one side of the op are laid out.
@@ -185,7 +186,7 @@ impl TokenLinear {
             },
         );
         matmul(&mut y, xa, wa, g.rows(), g.o, g.k, true, parallelism());
-        from_rows(y, self.output, g, g.o)
+        from_rows(y, self.output, g, g.o, 0)
     }
 }
 
@@ -213,10 +214,11 @@ fn heads_to_rows(src: &[f32], g: LinearGeom, heads: usize, f: usize) -> Vec<f32>
     out
 }
 
-/// (groups, tokens, heads * d) -> (groups, heads, tokens, d).
-fn rows_to_heads(src: &[f32], g: LinearGeom, heads: usize, f: usize) -> Vec<f32> {
+/// (groups, tokens, heads * d) -> (groups, heads, tokens, d), in a buffer with room for `room`
+/// more values.
+fn rows_to_heads(src: &[f32], g: LinearGeom, heads: usize, f: usize, room: usize) -> Vec<f32> {
     let d = f / heads;
-    let mut out = vec![0f32; src.len()];
+    let mut out = zeros_with_room(src.len(), room);
     out.par_chunks_mut(g.tokens * f)
         .zip(src.par_chunks(g.tokens * f))
         .for_each(|(group, rows)| {
@@ -237,11 +239,12 @@ fn as_rows(data: &[f32], side: Tokens, g: LinearGeom, f: usize) -> Cow<'_, [f32]
     }
 }
 
-/// A (rows, f) matrix laid out as `side`.
-fn from_rows(rows: Vec<f32>, side: Tokens, g: LinearGeom, f: usize) -> Vec<f32> {
+/// A (rows, f) matrix laid out as `side`; a new buffer gets room for `room` more values (a
+/// `rows` buffer kept as is has the room it was made with).
+fn from_rows(rows: Vec<f32>, side: Tokens, g: LinearGeom, f: usize, room: usize) -> Vec<f32> {
     match side {
         Tokens::Rows => rows,
-        Tokens::Heads(h) => rows_to_heads(&rows, g, h, f),
+        Tokens::Heads(h) => rows_to_heads(&rows, g, h, f, room),
     }
 }
 
@@ -329,14 +332,15 @@ impl CustomOp3 for TokenLinearBackward {
             data: &dym,
             transposed: false,
         };
-        // dx (rows, k) = dy (rows, o) W (o, k)
-        let mut dx = vec![0f32; rows * g.k];
+        // dx (rows, k) = dy (rows, o) W (o, k), with room for dW and db after it.
+        let room = g.o * g.k + g.o;
+        let mut dx = zeros_with_room(rows * g.k, room);
         let wa = Mat {
             data: w,
             transposed: false,
         };
         matmul(&mut dx, dya, wa, rows, g.k, g.o, false, par);
-        let mut out = from_rows(dx, op.input, g, g.k);
+        let mut out = from_rows(dx, op.input, g, g.k, room);
         // dW (o, k) = dy^T (o, rows) x (rows, k)
         let mut dw = vec![0f32; g.o * g.k];
         let (dyt, xa) = (
@@ -350,8 +354,7 @@ impl CustomOp3 for TokenLinearBackward {
             },
         );
         matmul(&mut dw, dyt, xa, g.o, g.k, rows, false, par);
-        out.extend_from_slice(&dw);
-        out.extend_from_slice(&column_sums(&dym, g.o));
+        pack_after(&mut out, &[&dw, &column_sums(&dym, g.o)]);
         let n = out.len();
         Ok((CpuStorage::F32(out), Shape::from(n)))
     }

@@ -11,8 +11,8 @@ use super::bias::column_sums;
 use super::{map_rows, rows_per_task};
 use crate::kernels::math::exp;
 use crate::kernels::{
-    dot_inline, f32_slice, fused_applies, kernel_applies, max_inline, sum_inline, unpack,
-    CudaKernel,
+    dot_inline, f32_slice, fused_applies, kernel_applies, max_inline, pack_after, sum_inline,
+    unpack, CudaKernel,
 };
 
 struct SoftmaxOp {
@@ -90,9 +90,10 @@ pub(super) fn softmax_backward_in_place(g: &mut [f32], ys: &[f32], n: usize) {
 }
 
 /// The input's gradient of a softmax over rows of `n` values from its output and the output's
-/// gradient, rows in parallel.
-fn softmax_backward(y: &[f32], dy: &[f32], n: usize) -> Vec<f32> {
-    let mut out = dy.to_vec();
+/// gradient, rows in parallel, in a buffer with room for `room` more values.
+fn softmax_backward(y: &[f32], dy: &[f32], n: usize, room: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(dy.len() + room);
+    out.extend_from_slice(dy);
     let task = rows_per_task(n) * n;
     out.par_chunks_mut(task)
         .zip(y.par_chunks(task))
@@ -119,7 +120,7 @@ impl CustomOp2 for SoftmaxBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let y = f32_slice(s1, l1, self.name())?;
         let dy = f32_slice(s2, l2, self.name())?;
-        let out = softmax_backward(y, dy, self.n);
+        let out = softmax_backward(y, dy, self.n, 0);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -218,9 +219,9 @@ impl CustomOp2 for BiasedSoftmaxBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let y = f32_slice(s1, l1, self.name())?;
         let dy = f32_slice(s2, l2, self.name())?;
-        let mut out = softmax_backward(y, dy, self.n);
+        let mut out = softmax_backward(y, dy, self.n, self.k);
         let db = column_sums(&out, self.k);
-        out.extend_from_slice(&db);
+        pack_after(&mut out, &[&db]);
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }
