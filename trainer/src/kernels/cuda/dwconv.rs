@@ -65,8 +65,7 @@ pub(in crate::kernels) fn token_depthwise_backward(
         f32_view(dy, ldy, WHAT)?,
     );
     let n = lx.shape().elem_count();
-    let kk = g.k * g.k;
-    let params = (kk + 1) * g.c;
+    let params = g.params();
     let (h, wd, c, k) = dims(g);
     // SAFETY: the mirrored convolution writes out[..n], the reduction out[n..n + params].
     let out = unsafe { dev.alloc::<f32>(n + params)? };

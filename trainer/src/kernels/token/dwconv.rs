@@ -84,6 +84,12 @@ impl DepthwiseGeom {
     fn image(&self) -> usize {
         self.h * self.row()
     }
+
+    /// The values of the weight's and the bias's gradients together: k*k taps and a bias per
+    /// channel.
+    pub(in crate::kernels) fn params(&self) -> usize {
+        (self.k * self.k + 1) * self.c
+    }
 }
 
 /// The weight `(C, k*k)` as taps `(k*k, C)`, flipped in both directions with `flip` (the
@@ -205,7 +211,7 @@ fn weight_grad(x: &[f32], dy: &[f32], g: DepthwiseGeom) -> Vec<f32> {
     let partials: Vec<Vec<f32>> = (0..rows.div_ceil(per_task))
         .into_par_iter()
         .map(|task| {
-            let mut acc = vec![0f32; (kk + 1) * c];
+            let mut acc = vec![0f32; g.params()];
             for r in task * per_task..((task + 1) * per_task).min(rows) {
                 let (bi, y) = (r / g.h, r % g.h);
                 let img = &x[bi * g.image()..][..g.image()];
@@ -215,12 +221,12 @@ fn weight_grad(x: &[f32], dy: &[f32], g: DepthwiseGeom) -> Vec<f32> {
             acc
         })
         .collect();
-    let mut sum = vec![0f32; (kk + 1) * c];
+    let mut sum = vec![0f32; g.params()];
     for p in partials {
         sum.iter_mut().zip(&p).for_each(|(a, v)| *a += v);
     }
     // (k*k, C) taps -> (C, k*k), then the bias.
-    let mut out = vec![0f32; (kk + 1) * c];
+    let mut out = vec![0f32; g.params()];
     for (tap, row) in sum[..kk * c].chunks(c).enumerate() {
         for (ch, &v) in row.iter().enumerate() {
             out[ch * kk + tap] = v;
@@ -380,9 +386,7 @@ impl CustomOp3 for TokenDepthwiseBackward {
         let x = f32_slice(s1, l1, self.name())?;
         let weight = f32_slice(s2, l2, self.name())?;
         let dy = f32_slice(s3, l3, self.name())?;
-        // The weight gradient: k*k taps per channel, then the bias.
-        let room = (g.k * g.k + 1) * g.c;
-        let mut out = convolve(dy, &taps(weight, g, true), None, false, g, room);
+        let mut out = convolve(dy, &taps(weight, g, true), None, false, g, g.params());
         pack_after(&mut out, &[&weight_grad(x, dy, g)]);
         let n = out.len();
         Ok((CpuStorage::F32(out), Shape::from(n)))
