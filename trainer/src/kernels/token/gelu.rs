@@ -53,10 +53,24 @@ impl CustomOp2 for GeluBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s1, l1, self.name())?;
         let dy = f32_slice(s2, l2, self.name())?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(CHUNK)
+        if dy.len() != x.len() {
+            return Err(candle_core::Error::Msg(format!(
+                "{}: {} values and {} gradients",
+                self.name(),
+                x.len(),
+                dy.len()
+            )));
+        }
+        // Written straight into fresh memory, as in `gelu_of`.
+        let mut out = Vec::with_capacity(x.len());
+        out.spare_capacity_mut()[..x.len()]
+            .par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
             .for_each(|(o, (xs, dys))| gelu_backward_chunk(o, xs, dys));
+        // SAFETY: the chunks of the first `x.len()` slots pair up with those of `x` and `dy`
+        // (the same lengths, checked above), and `gelu_backward_chunk` writes every slot of its
+        // chunk.
+        unsafe { out.set_len(x.len()) };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -121,9 +135,9 @@ pub(super) fn gelu_in_place(x: &mut [f32]) {
 
 /// `dy (Phi(x) + x phi(x))` over one chunk.
 #[multiversion(targets("x86_64+avx+avx2+fma"))]
-fn gelu_backward_chunk(o: &mut [f32], xs: &[f32], dys: &[f32]) {
+fn gelu_backward_chunk(o: &mut [MaybeUninit<f32>], xs: &[f32], dys: &[f32]) {
     for ((a, &v), &g) in o.iter_mut().zip(xs).zip(dys) {
-        *a = g * slope(v);
+        a.write(g * slope(v));
     }
 }
 

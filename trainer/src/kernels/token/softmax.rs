@@ -71,6 +71,18 @@ fn softmax_in_place(p: &mut [f32], n: usize) {
 /// `p`.
 #[multiversion(targets("x86_64+avx+avx2+fma"))]
 pub(super) fn biased_softmax_in_place(p: &mut [f32], bias: &[f32], n: usize) {
+    // Uformer's windows of 4x4 and 8x8 tokens as compile-time row lengths: the loops over a
+    // row then unroll with no remainder handling, which dominates rows this short. The
+    // arithmetic and its order are the same as for any other `n`.
+    match n {
+        16 => biased_softmax_rows(p, bias, 16),
+        64 => biased_softmax_rows(p, bias, 64),
+        _ => biased_softmax_rows(p, bias, n),
+    }
+}
+
+#[inline(always)]
+fn biased_softmax_rows(p: &mut [f32], bias: &[f32], n: usize) {
     for (prow, brow) in p.chunks_exact_mut(n).zip(bias.chunks_exact(n)) {
         prow.iter_mut().zip(brow).for_each(|(a, b)| *a += b);
         softmax_row(prow);
@@ -81,6 +93,16 @@ pub(super) fn biased_softmax_in_place(p: &mut [f32], bias: &[f32], n: usize) {
 /// gradient on entry and its input's on return; `y` is the output.
 #[multiversion(targets("x86_64+avx+avx2+fma"))]
 pub(super) fn softmax_backward_in_place(g: &mut [f32], ys: &[f32], n: usize) {
+    // As in `biased_softmax_in_place`: the windows' row lengths known at compile time.
+    match n {
+        16 => softmax_backward_rows(g, ys, 16),
+        64 => softmax_backward_rows(g, ys, 64),
+        _ => softmax_backward_rows(g, ys, n),
+    }
+}
+
+#[inline(always)]
+fn softmax_backward_rows(g: &mut [f32], ys: &[f32], n: usize) {
     for (grow, yrow) in g.chunks_exact_mut(n).zip(ys.chunks_exact(n)) {
         let dot = dot_inline(grow, yrow);
         for (a, &y) in grow.iter_mut().zip(yrow) {
