@@ -317,6 +317,20 @@ async fn queue_limits_control_characters_aliases_sizes_and_non_finite_numbers_ar
             json!({"config_yaml": "a: &a [x, x]\nTAG: *a\n"}),
             "config_yaml",
         ),
+        // Forms of alias the first scan missed: after a tag, and after a JSON-style key.
+        (
+            json!({"config_yaml": "a: !!seq &a [x, x]\nTAG: *a\n"}),
+            "config_yaml",
+        ),
+        (
+            json!({"config_yaml": "{\"a\":&a [1, 2], \"b\":*a}\n"}),
+            "config_yaml",
+        ),
+        // YAML past the config size cap (inside the body limit).
+        (
+            json!({"config_yaml": format!("{TINY}{}", "# pad\n".repeat(60_000))}),
+            "config_yaml",
+        ),
         // Sizes and counts beyond any sane run (the campaign's examples).
         (
             json!({"config": {"MODEL": {"RESTORMER": {"DIM": 1_000_000}}}}),

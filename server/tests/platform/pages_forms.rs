@@ -152,6 +152,29 @@ async fn yaml_and_noise_image_uploads() {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert!(r.body.contains("your YAML"), "{}", r.body);
+    // A YAML file with an alias after a JSON-style key is refused in the form, naming the line.
+    let aliased = "TAG: x\n{\"a\": [1, 2],\n \"b\":*a}\n";
+    let refused = site
+        .post_multipart(
+            "/jobs/new",
+            &cookie,
+            &[
+                ("csrf", &csrf),
+                ("action", "submit"),
+                ("name", "alias job"),
+                ("source", "yaml"),
+                ("loaded_from", "preset:tiny"),
+                ("priority", "0"),
+            ],
+            &[("config_file", "c.yaml", aliased.as_bytes())],
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        refused.body.contains("line 3: YAML anchors and aliases"),
+        "{}",
+        refused.body
+    );
     let upload = r.input("noise_upload");
     assert!(
         upload.starts_with("uploads/") && upload.ends_with(".png"),

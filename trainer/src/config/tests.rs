@@ -215,3 +215,37 @@ fn anchors_and_aliases_are_refused_before_parsing() {
     assert_eq!(cfg.tag.as_deref(), Some("a &b *c"));
     assert_eq!(cfg.model.name, "r&d-*1");
 }
+
+/// Anchors after a tag and aliases after a JSON-style key (`"k":*a`, no space) are anchors and
+/// aliases to the YAML library too, so the scan refuses them as well.
+#[test]
+fn anchors_after_tags_and_json_style_keys_are_refused() {
+    for (yaml, line) in [
+        ("a: !!seq &x [1, 2]\nTAG: *x\n", 1),
+        ("{\"a\":&a [1, 2], \"b\": [*a, *a]}\n", 1),
+        ("TAG: x\n{\"a\": [1, 2],\n \"b\":*a}\n", 3),
+        ("TAG: !custom &t tiny\n", 1),
+    ] {
+        let e = Config::from_yaml(yaml).expect_err(yaml);
+        assert!(
+            e.to_string().contains(&format!("line {line}")) && e.to_string().contains("anchors"),
+            "{yaml}: {e}"
+        );
+    }
+    // Colons and exclamation marks inside values are text.
+    let cfg = Config::from_yaml("TAG: 'a:*b'\nMODEL:\n  NAME: hi!*there\n").expect("text");
+    assert_eq!(cfg.tag.as_deref(), Some("a:*b"));
+    assert_eq!(cfg.model.name, "hi!*there");
+}
+
+/// A config text past the size cap is refused before the YAML library reads it, naming both
+/// sizes.
+#[test]
+fn config_text_over_the_size_cap_is_refused() {
+    let long = format!("TAG: tiny\n{}", "# padding\n".repeat(30_000));
+    let e = Config::from_yaml(&long).expect_err("300 KB");
+    assert!(
+        e.to_string().contains(&long.len().to_string()) && e.to_string().contains("262144"),
+        "{e}"
+    );
+}

@@ -20,6 +20,7 @@ use crate::http::state::AppState;
 use crate::jobs::compare::{CompareJob, MAX_SEEDS, MAX_SHOWCASE};
 use crate::jobs::service;
 use crate::jobs::spec::JobSpec;
+use ifp_trainer::finetune::FinetuneConfig;
 
 /// Pre-training presets a comparison can start from (both backbones fine-tune).
 const PRESETS: [&str; 4] = ["tiny", "tiny-uformer", "restormer-paper", "uformer-paper"];
@@ -198,7 +199,8 @@ pub async fn submit_form(
         (Some(s), Some(p)) => p.train.steps = Some(s as usize),
         _ => {}
     }
-    let finetune = match ifp_trainer::finetune::FinetuneConfig::from_yaml(&f.finetune_yaml) {
+    let parsed = submission::off_thread(&f.finetune_yaml, FinetuneConfig::from_yaml).await?;
+    let finetune = match parsed {
         Ok(c) => Some(c),
         Err(e) => {
             errors.insert("finetune_yaml".into(), e.to_string());

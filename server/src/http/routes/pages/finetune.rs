@@ -18,6 +18,7 @@ use crate::http::state::AppState;
 use crate::jobs::finetune::FinetuneJob;
 use crate::jobs::service;
 use crate::jobs::spec::JobSpec;
+use ifp_trainer::finetune::FinetuneConfig;
 
 #[derive(Template)]
 #[template(path = "new_finetune.html")]
@@ -112,7 +113,11 @@ pub async fn submit_form(
     let choices = submission::choices(&state, &viewer).await?;
     let mut errors = Errors::new();
     let priority = submission::whole_number("priority", &f.priority, &mut errors);
-    let ft = match ifp_trainer::finetune::FinetuneConfig::from_yaml(&f.finetune_yaml) {
+    let (parsed, stated) = submission::off_thread(&f.finetune_yaml, |t| {
+        (FinetuneConfig::from_yaml(t), FinetuneConfig::names_model(t))
+    })
+    .await?;
+    let ft = match parsed {
         Ok(mut c) => {
             if !f.train_dir.trim().is_empty() {
                 c.data.train_dir = f.train_dir.trim().into();
@@ -133,7 +138,6 @@ pub async fn submit_form(
         let init = submission::chosen(&state, &viewer, "init_job", &f.init_job)
             .await?
             .map(|(path, cfg)| (path, cfg.model));
-        let stated = ifp_trainer::finetune::FinetuneConfig::names_model(&f.finetune_yaml);
         let job = FinetuneJob::new(ft, stated, init, state.datasets.as_deref())?;
         let spec = JobSpec::Finetune(Box::new(job));
         let parent = submission::parent_or_start(&f.parent, &f.init_job)?;

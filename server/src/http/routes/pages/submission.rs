@@ -169,6 +169,19 @@ pub fn finetune_key(k: &str) -> bool {
     k.starts_with("FINETUNE") || k == "finetune"
 }
 
+/// Runs `parse` over a form's YAML on a blocking thread, as the API does with its bodies: the
+/// text is capped and its expansion budgeted, but a burst of forms at those caps would still
+/// hold the async threads that answer every other request.
+pub async fn off_thread<T: Send + 'static>(
+    text: &str,
+    parse: impl FnOnce(&str) -> T + Send + 'static,
+) -> Result<T, Error> {
+    let text = text.to_owned();
+    tokio::task::spawn_blocking(move || parse(&text))
+        .await
+        .map_err(|e| Error::Internal(format!("parsing a form's config: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

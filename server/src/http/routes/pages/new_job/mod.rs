@@ -161,7 +161,7 @@ pub async fn submit(
     multipart: Multipart,
 ) -> PageResult<Response> {
     let (mut sub, mut errors) = receive(&state, &viewer, &headers, multipart).await?;
-    let base = match base_config(&mut sub) {
+    let base = match base_config(&mut sub).await {
         Ok(b) => b,
         Err(e) => {
             errors.extend(e);
@@ -246,7 +246,7 @@ pub async fn preview(
     multipart: Multipart,
 ) -> PageResult<Response> {
     let (mut sub, errors) = receive(&state, &viewer, &headers, multipart).await?;
-    let cfg = base_config(&mut sub).and_then(|base| {
+    let cfg = base_config(&mut sub).await.and_then(|base| {
         if fingerprint(&sub) == sub.loaded_from {
             build(&base, &sub)
         } else {

@@ -115,7 +115,7 @@ pub(super) async fn store_noise_upload(
 }
 
 /// The chosen base config: a preset, or the YAML (an uploaded file replaces the text box).
-pub(super) fn base_config(sub: &mut Submitted) -> Result<Config, Errors> {
+pub(super) async fn base_config(sub: &mut Submitted) -> Result<Config, Errors> {
     let mut errors = Errors::new();
     if sub.source == "yaml" {
         if let Some(text) = sub.config_file.take() {
@@ -128,10 +128,19 @@ pub(super) fn base_config(sub: &mut Submitted) -> Result<Config, Errors> {
             );
             return Err(errors);
         }
-        Config::from_yaml(&sub.config_yaml).map_err(|e| {
-            errors.insert("config_yaml".into(), e.to_string());
-            errors
-        })
+        let parsed = super::super::submission::off_thread(&sub.config_yaml, Config::from_yaml);
+        match parsed.await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => {
+                errors.insert("config_yaml".into(), e.to_string());
+                Err(errors)
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                errors.insert("config_yaml".into(), "the config could not be read".into());
+                Err(errors)
+            }
+        }
     } else {
         match ifp_trainer::config::preset(&sub.preset) {
             Some(c) => Ok(c),
