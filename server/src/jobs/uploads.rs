@@ -201,6 +201,7 @@ pub struct Uploaded {
     responses(
         (status = 201, description = "Stored (uploading the same bytes again gives the same path)", body = Uploaded),
         (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 408, description = "The body did not arrive within 30 s of the request getting a place", body = ErrorBody),
         (status = 503, description = "Too many submissions or uploads at once; `Retry-After` says when to try again", body = ErrorBody),
         (status = 422, description = "Not a usable PNG or JPEG", body = ErrorBody)))]
 pub async fn create(

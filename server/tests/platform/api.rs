@@ -374,6 +374,74 @@ async fn queue_limits_control_characters_aliases_sizes_and_non_finite_numbers_ar
     assert_eq!(list["jobs"].as_array().map(Vec::len), Some(1), "{list}");
 }
 
+/// Issue 16: a place is held for a bounded time and by a bounded share. A signed-in client that
+/// announces a body and never finishes it gets 408 once the gate's deadline passes, and its
+/// place is free again; meanwhile the same caller cannot take a second place (their share of a
+/// two-place gate is one) but another caller can; a request without a valid token is refused
+/// from its headers, without waiting for its body. Before, the slow body held its place for as
+/// long as the client liked.
+#[tokio::test]
+async fn a_slow_body_holds_a_place_only_until_the_deadline_and_a_caller_only_their_share() {
+    let mut api = setup().await;
+    let mut state = AppState::new(api.pool.clone(), api.artifacts.path(), Some(ADMIN));
+    let deadline = std::time::Duration::from_millis(600);
+    state.gate = ifp_server::http::gate::Gate::new(2, std::time::Duration::from_millis(200))
+        .with_deadline(deadline);
+    api.app = app(state);
+    let post = |token: &str, body: Body| {
+        Request::builder()
+            .method("POST")
+            .uri("/api/v1/jobs")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .unwrap()
+    };
+    // The first bytes of a body whose rest never comes.
+    let stalled = || {
+        Body::from_stream(async_stream::stream! {
+            yield Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"{\"name\": "));
+            std::future::pending::<()>().await;
+        })
+    };
+    let job = || Body::from(json!({"name": "gated", "preset": "tiny"}).to_string());
+
+    let t0 = std::time::Instant::now();
+    let slow = tokio::spawn({
+        let app = api.app.clone();
+        let req = post(&api.alice, stalled());
+        async move { app.oneshot(req).await.unwrap() }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let (s, h, body) = api.raw(post(&api.alice, job())).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "alice's second place");
+    assert!(h.contains_key(header::RETRY_AFTER));
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"], "busy", "{v}");
+    let (s, _, body) = api.raw(post(&api.bob, job())).await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&body));
+    let t1 = std::time::Instant::now();
+    let (s, _, _) = api.raw(post("ifp_not-a-token", stalled())).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(
+        t1.elapsed() < deadline,
+        "refused without waiting for its body"
+    );
+
+    let resp = slow.await.unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+    assert!(t0.elapsed() >= deadline);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        v["message"].as_str().unwrap().contains("did not arrive"),
+        "{v}"
+    );
+    // Its place and alice's share are free again.
+    let (s, _, body) = api.raw(post(&api.alice, job())).await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&body));
+}
+
 #[tokio::test]
 async fn a_run_too_big_for_every_live_worker_is_refused_with_its_estimate() {
     let api = setup().await;

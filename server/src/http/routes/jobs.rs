@@ -123,6 +123,7 @@ fn parse_config(body: &CreateJob) -> Result<ifp_trainer::Config> {
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "Invalid field or config (names the key path)", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within 30 s of the request getting a place", body = ErrorBody),
         (status = 503, description = "Too many submissions or uploads at once; `Retry-After` says when to try again", body = ErrorBody),
     ))]
 pub async fn create(

@@ -16,6 +16,7 @@ use axum::Router;
 use tower_http::trace::TraceLayer;
 
 use crate::error::Error;
+use crate::http::gate::GateAt;
 use crate::http::state::AppState;
 
 /// Request bodies above this are refused with 413 (a config is a few KiB).
@@ -23,11 +24,15 @@ pub const BODY_LIMIT: usize = 1 << 20;
 
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
-    let gate = || middleware::from_fn_with_state(state.gate.clone(), crate::http::gate::admit);
+    let gate = |body_limit| {
+        middleware::from_fn_with_state(GateAt::new(&state, body_limit), crate::http::gate::admit)
+    };
     let api = Router::new()
         .route(
             "/jobs",
-            post(jobs::create).route_layer(gate()).get(jobs::list),
+            post(jobs::create)
+                .route_layer(gate(BODY_LIMIT))
+                .get(jobs::list),
         )
         .route("/jobs/{id}", get(jobs::get))
         .route("/jobs/{id}/cancel", post(jobs::cancel))
@@ -39,7 +44,7 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/uploads",
             post(crate::jobs::uploads::create)
-                .route_layer(gate())
+                .route_layer(gate(crate::jobs::uploads::MAX_BYTES + 1))
                 .layer(DefaultBodyLimit::max(crate::jobs::uploads::MAX_BYTES + 1)),
         )
         .route_layer(middleware::from_fn_with_state(
@@ -51,7 +56,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(prometheus::metrics))
         .route("/openapi.json", get(openapi::openapi_json))
-        .merge(pages::router(&state.gate))
+        .merge(pages::router(&state))
         .fallback(|| async { Error::NotFound })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(TraceLayer::new_for_http())

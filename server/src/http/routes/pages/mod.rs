@@ -184,10 +184,16 @@ const CSP: &str = "default-src 'self'; img-src 'self' data: blob:; style-src 'se
                    form-action 'self'; base-uri 'none'";
 
 /// The pages' routes.
-pub fn router(gate: &crate::http::gate::Gate) -> Router<AppState> {
-    let upload_limit = DefaultBodyLimit::max(crate::jobs::uploads::MAX_BYTES + (1 << 20));
+pub fn router(state: &AppState) -> Router<AppState> {
+    let upload_bytes = crate::jobs::uploads::MAX_BYTES + (1 << 20);
+    let upload_limit = DefaultBodyLimit::max(upload_bytes);
     // The form pages render previews and parse configs: behind the gate, like the API's.
-    let gate = || axum::middleware::from_fn_with_state(gate.clone(), crate::http::gate::admit);
+    let gate = |body_limit| {
+        axum::middleware::from_fn_with_state(
+            crate::http::gate::GateAt::new(state, body_limit),
+            crate::http::gate::admit,
+        )
+    };
     Router::new()
         .route("/", get(jobs::list))
         .route("/jobs/rows", get(jobs::rows))
@@ -195,26 +201,26 @@ pub fn router(gate: &crate::http::gate::Gate) -> Router<AppState> {
             "/jobs/new",
             get(new_job::show)
                 .post(new_job::submit)
-                .route_layer(gate())
+                .route_layer(gate(upload_bytes))
                 .layer(upload_limit),
         )
         .route(
             "/jobs/new/preview",
             post(new_job::preview)
-                .route_layer(gate())
+                .route_layer(gate(upload_bytes))
                 .layer(upload_limit),
         )
         .route(
             "/jobs/new/compare",
             get(compare::show)
                 .post(compare::submit_form)
-                .route_layer(gate()),
+                .route_layer(gate(super::BODY_LIMIT)),
         )
         .route(
             "/jobs/new/finetune",
             get(finetune::show)
                 .post(finetune::submit_form)
-                .route_layer(gate()),
+                .route_layer(gate(super::BODY_LIMIT)),
         )
         .route("/runs", get(runs::show))
         .route("/jobs/{id}", get(job::show))
