@@ -32,9 +32,9 @@ pub struct Submission {
     pub parent: Option<Uuid>,
 }
 
-/// How far a submitter may move a job in the queue: users within a band around the default,
-/// admins further (a user cannot push everyone else's jobs back, nor retry a crashing job
-/// without end).
+/// How far a submitter may move a job in the queue: users only down from the default (to let
+/// their other jobs go first), admins both ways (a user cannot push everyone else's jobs back,
+/// nor retry a crashing job without end).
 struct QueueLimits {
     priority: std::ops::RangeInclusive<i32>,
     max_attempts: std::ops::RangeInclusive<i32>,
@@ -51,7 +51,7 @@ impl QueueLimits {
             }
         } else {
             QueueLimits {
-                priority: -100..=100,
+                priority: -100..=0,
                 max_attempts: 1..=5,
                 note: " (an admin may go further)",
             }

@@ -212,9 +212,11 @@ pub async fn largest_worker_memory(pool: &PgPool, class: DeviceClass) -> Result<
     .await?)
 }
 
-/// Claims the next queued job (highest priority, then oldest) that `device` may run (device
-/// class `any` or its own class) for `worker_id`, or `None`, and records the device on the new
-/// attempt. Concurrent claimers skip each other's locked row instead of waiting on it.
+/// Claims the next queued job that `device` may run (device class `any` or its own class) for
+/// `worker_id`, or `None`, and records the device on the new attempt: the highest priority,
+/// then the job of the owner with the fewest running jobs (so one user's many queued jobs do
+/// not starve everyone else's), then the oldest. Concurrent claimers skip each other's locked
+/// row instead of waiting on it.
 pub async fn claim_on(
     pool: &PgPool,
     worker_id: &str,
@@ -227,7 +229,10 @@ pub async fn claim_on(
              where status = 'queued' and device_class in ('any', $3)
                -- Only what fits: a job too big for this worker waits for one it fits.
                and (memory_need is null or $5::bigint is null or memory_need <= $6 * $5)
-             order by priority desc, created_at, id
+             order by priority desc,
+                      (select count(*) from job r
+                       where r.owner = job.owner and r.status = 'running'),
+                      created_at, id
              for update skip locked
              limit 1
          ), claimed as (

@@ -59,13 +59,13 @@ async fn create_get_and_list_jobs() {
             "POST",
             "/api/v1/jobs",
             Some(&api.alice),
-            Some(json!({"name": "a", "config": cfg, "priority": 3})),
+            Some(json!({"name": "a", "config": cfg, "priority": -3})),
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{a}");
     assert_eq!(a["status"], "queued");
     assert_eq!(a["total_steps"], 7);
-    assert_eq!(a["priority"], 3);
+    assert_eq!(a["priority"], -3);
     assert_eq!(a["owner"], "alice");
     assert!(a["id"].as_str().unwrap().parse::<uuid::Uuid>().is_ok());
     let b = api.submit(&api.alice, "b").await;
@@ -297,7 +297,8 @@ async fn queue_limits_control_characters_aliases_sizes_and_non_finite_numbers_ar
         "MODEL: {TYPE: restormer}\nDATA: {IMG_SIZE: 16}\nTRAIN: {STEPS: 4, CLIP_GRAD: .inf}\n";
     let nul_tag = format!("{TINY}TAG: \"a\\0b\"\n");
     for (body, key) in [
-        (json!({"config_yaml": TINY, "priority": 101}), "priority"),
+        // Users may not queue ahead of everyone else's default.
+        (json!({"config_yaml": TINY, "priority": 1}), "priority"),
         (json!({"config_yaml": TINY, "priority": -101}), "priority"),
         (
             json!({"config_yaml": TINY, "max_attempts": 6}),

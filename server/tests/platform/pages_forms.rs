@@ -198,7 +198,7 @@ async fn yaml_and_noise_image_uploads() {
         ("source", "yaml"),
         ("config_yaml", yaml),
         ("loaded_from", &r.input("loaded_from")),
-        ("priority", "5"),
+        ("priority", "-5"),
         ("noise_source", "upload"),
         ("noise_upload", &upload),
     ] {
@@ -209,7 +209,7 @@ async fn yaml_and_noise_image_uploads() {
     let id: uuid::Uuid = r.location().trim_start_matches("/jobs/").parse().unwrap();
     let job = queue::get(&site.pool, id).await.unwrap().unwrap();
     assert_eq!(job.total_steps, 7);
-    assert_eq!(job.priority, 5);
+    assert_eq!(job.priority, -5);
     assert_eq!(job.config["DATA"]["NOISE_IMAGE"], upload.as_str());
     assert!(site.artifacts.path().join(&upload).is_file());
 

@@ -75,6 +75,28 @@ async fn claim_takes_priority_then_age() {
     assert_eq!(attempts, 4);
 }
 
+/// At one priority, the owner with fewer running jobs goes first: alice's older queued jobs
+/// wait while she has one running and bob has none.
+#[tokio::test]
+async fn claim_shares_workers_between_owners() {
+    let pool = common::fresh_pool().await;
+    let first = queue::enqueue(&pool, &job("a1", 0)).await.unwrap();
+    let a2 = queue::enqueue(&pool, &job("a2", 0)).await.unwrap();
+    let a3 = queue::enqueue(&pool, &job("a3", 0)).await.unwrap();
+    let bob = NewJob {
+        owner: "bob".into(),
+        ..job("b1", 0)
+    };
+    let b1 = queue::enqueue(&pool, &bob).await.unwrap();
+    let mut order = vec![];
+    while let Some(cl) = queue::claim(&pool, "w1", LEASE).await.unwrap() {
+        order.push(cl.fence.job_id);
+    }
+    // a1 (both have none running, a1 is older), then b1 (bob has none, alice one), then
+    // alice's in age order.
+    assert_eq!(order, vec![first.id, b1.id, a2.id, a3.id]);
+}
+
 #[tokio::test]
 async fn claim_skips_a_row_locked_by_another_claimer() {
     let pool = common::fresh_pool().await;

@@ -34,7 +34,7 @@ pub struct CreateJob {
     pub config_yaml: Option<String>,
     /// A built-in preset by name (`tiny`, `restormer-paper`, ...), instead of a config.
     pub preset: Option<String>,
-    /// Higher runs first (default 0): -100 to 100, or -1000 to 1000 for admins.
+    /// Higher runs first (default 0): -100 to 0, or -1000 to 1000 for admins.
     #[serde(default)]
     pub priority: i32,
     /// Attempts before a job whose workers keep dying fails (default 3): 1 to 5, or 1 to 20
