@@ -179,6 +179,10 @@ pub async fn checkpoints(pool: &PgPool, job: Uuid) -> Result<Vec<CheckpointFile>
 
 /// One listed file of a job by name.
 pub async fn checkpoint(pool: &PgPool, job: Uuid, name: &str) -> Result<Option<CheckpointFile>> {
+    // PostgreSQL text cannot hold a NUL, so no listed file has one (and binding it would fail).
+    if name.contains('\0') {
+        return Ok(None);
+    }
     let sql =
         format!("select {CHECKPOINT_COLUMNS} from checkpoint where job_id = $1 and name = $2");
     Ok(sqlx::query_as(&sql)

@@ -443,6 +443,58 @@ async fn a_slow_body_holds_a_place_only_until_the_deadline_and_a_caller_only_the
     assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&body));
 }
 
+/// Issue 16: the API's client errors that axum itself answers (a path that is not UTF-8, a
+/// method the route lacks, an upload over the size limit) have the documented JSON shape like
+/// every other error, keeping their headers; they were text/plain or empty.
+#[tokio::test]
+async fn axums_own_client_errors_have_the_json_shape() {
+    let api = setup().await;
+    let auth = format!("Bearer {}", api.alice);
+    let cases = [
+        (
+            "GET",
+            "/api/v1/jobs/%FF",
+            Body::empty(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "DELETE",
+            "/api/v1/jobs",
+            Body::empty(),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "POST",
+            "/api/v1/uploads",
+            Body::from(vec![0u8; ifp_server::jobs::uploads::MAX_BYTES + 2]),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+    ];
+    for (method, uri, body, want) in cases {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, &auth)
+            .body(body)
+            .unwrap();
+        let (s, h, body) = api.raw(req).await;
+        assert_eq!(s, want, "{method} {uri}");
+        assert_eq!(
+            h[header::CONTENT_TYPE],
+            "application/json",
+            "{method} {uri}"
+        );
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert!(
+            v["error"].is_string() && !v["message"].as_str().unwrap().is_empty(),
+            "{method} {uri}: {v}"
+        );
+        if s == StatusCode::METHOD_NOT_ALLOWED {
+            assert!(h.contains_key(header::ALLOW), "405 keeps Allow");
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_run_too_big_for_every_live_worker_is_refused_with_its_estimate() {
     let api = setup().await;

@@ -166,8 +166,24 @@ async fn metrics_checkpoints_and_downloads() {
     );
     let (s, _, body) = api.raw(get(None, Some(&etag))).await;
     assert_eq!((s, body.len()), (StatusCode::NOT_MODIFIED, 0));
+    // If-None-Match compares weakly (RFC 9110 13.1.2; was a full download).
+    let (s, _, body) = api.raw(get(None, Some(&format!("\"x\", W/{etag}")))).await;
+    assert_eq!((s, body.len()), (StatusCode::NOT_MODIFIED, 0));
+    // The file server's own 416 has the documented error shape, its Content-Range kept.
+    let (s, h, body) = api.raw(get(Some("bytes=20000-"), None)).await;
+    assert_eq!(s, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(h[header::CONTENT_TYPE], "application/json");
+    assert_eq!(h[header::CONTENT_RANGE], "bytes */10000");
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"], "client_error", "{v}");
 
-    for name in ["nope.safetensors", "..%2F..%2Fetc%2Fpasswd", "%2E%2E"] {
+    // A NUL in the name was bound into SQL and gave a 500.
+    for name in [
+        "nope.safetensors",
+        "..%2F..%2Fetc%2Fpasswd",
+        "%2E%2E",
+        "a%00b",
+    ] {
         let (s, _) = api
             .call(
                 "GET",

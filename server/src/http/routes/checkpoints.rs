@@ -66,7 +66,8 @@ pub async fn list(
         (status = 304, description = "`If-None-Match` matched"),
         (status = 401, body = ErrorBody),
         (status = 404, description = "Not a checkpoint of this job", body = ErrorBody),
-        (status = 416, description = "Unsatisfiable range")))]
+        (status = 412, description = "`If-Match` or `If-Unmodified-Since` failed", body = ErrorBody),
+        (status = 416, description = "Unsatisfiable range", body = ErrorBody)))]
 pub async fn download(
     State(state): State<AppState>,
     caller: Caller,
@@ -87,7 +88,11 @@ pub async fn download(
     params(("id" = uuid::Uuid, Path, description = "Job id"), ("step" = i64, Path)),
     security(("bearer" = [])),
     responses((status = 200, description = "PNG", content_type = "image/png"),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        (status = 206, description = "The requested `Range`"),
+        (status = 304, description = "`If-None-Match` matched"),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 412, description = "`If-Match` or `If-Unmodified-Since` failed", body = ErrorBody),
+        (status = 416, description = "Unsatisfiable range", body = ErrorBody)))]
 pub async fn sample(
     State(state): State<AppState>,
     caller: Caller,
@@ -118,7 +123,12 @@ async fn serve(state: &AppState, file: &CheckpointFile, req: Request) -> Result<
         .headers()
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+        // RFC 9110 13.1.2: If-None-Match compares weakly (`W/"x"` matches `"x"`).
+        .map(|v| {
+            v.split(',')
+                .map(|t| t.trim())
+                .any(|t| t.trim_start_matches("W/") == etag || t == "*")
+        });
     if if_none_match == Some(true) {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
     }

@@ -50,7 +50,8 @@ pub fn app(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             prometheus::track,
-        ));
+        ))
+        .layer(middleware::map_response(json_errors));
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(health::healthz))
@@ -61,4 +62,40 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Gives the API's client errors that did not come from our handlers (axum's own rejections:
+/// a path segment that is not UTF-8, a method the route lacks, a body over the limit; the
+/// file server's 412 and 416) the documented JSON shape, keeping their status and headers
+/// (`Allow`, `Content-Range`).
+async fn json_errors(resp: axum::response::Response) -> axum::response::Response {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !status.is_client_error() || is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    // axum's rejection texts are a line or two.
+    let text = axum::body::to_bytes(body, 16 << 10)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("client error")
+            .to_string()
+    } else {
+        text
+    };
+    let json = Error::Status { status, message }.into_response();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let (json_parts, json_body) = json.into_parts();
+    parts.headers.extend(json_parts.headers);
+    axum::response::Response::from_parts(parts, json_body)
 }
