@@ -64,6 +64,8 @@ pub(super) async fn run_job(
         fence: fence.clone(),
         stop: Arc::new(AtomicBool::new(false)),
         pending: Vec::new(),
+        metric_every: metric_stride(job.total_steps),
+        last_step: job.total_steps,
         progress: (resumed_from.map_or(0, |s| s as i64), None),
         reason: None,
     };
@@ -160,6 +162,17 @@ fn spawn_trainer(
     })
 }
 
+/// The most metric rows a job writes. A long run (`TRAIN.STEPS` may be ten million) would
+/// otherwise write a row per step: gigabytes in the database, and millions of rows for its
+/// page and its charts to read. Its steps are thinned to every n-th, the last always kept.
+pub const MAX_METRIC_ROWS: i64 = 20_000;
+
+/// The stride that keeps a run of `total_steps` under [`MAX_METRIC_ROWS`] rows: 1 up to that
+/// many steps.
+pub fn metric_stride(total_steps: i64) -> i64 {
+    (total_steps.max(1) + MAX_METRIC_ROWS - 1) / MAX_METRIC_ROWS
+}
+
 /// The async side of a running attempt.
 struct Attempt<'a> {
     pool: &'a PgPool,
@@ -170,6 +183,9 @@ struct Attempt<'a> {
     stop: Arc<AtomicBool>,
     /// Steps not yet written to the database.
     pending: Vec<Metric>,
+    /// Which steps get a metric row: multiples of this, and the last (see `MAX_METRIC_ROWS`).
+    metric_every: i64,
+    last_step: i64,
     /// The latest step and loss, for heartbeats.
     progress: (i64, Option<f64>),
     reason: Option<StopReason>,
@@ -279,7 +295,9 @@ impl Attempt<'_> {
         match msg {
             Msg::Step(m) => {
                 self.progress = (m.step, Some(m.loss));
-                self.pending.push(m);
+                if m.step % self.metric_every == 0 || m.step >= self.last_step {
+                    self.pending.push(m);
+                }
             }
             Msg::Usage(u) => {
                 if let Err(e) = record::usage(self.pool, &self.fence, u).await {
@@ -416,4 +434,28 @@ async fn bounded<T>(
             "the database did not answer in time".into(),
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every step has a row up to `MAX_METRIC_ROWS` steps; past that, a stride keeps the rows
+    /// (its multiples, plus the last step) at or under the cap.
+    #[test]
+    fn the_metric_stride_keeps_a_run_under_the_row_cap() {
+        for (steps, stride) in [
+            (0, 1),
+            (1, 1),
+            (MAX_METRIC_ROWS, 1),
+            (MAX_METRIC_ROWS + 1, 2),
+            (10_000_000, 500),
+            (7 * MAX_METRIC_ROWS + 3, 8),
+        ] {
+            assert_eq!(metric_stride(steps), stride, "{steps} steps");
+            // The multiples of the stride, and the last step when it is not one of them.
+            let rows = steps / stride + i64::from(steps % stride != 0);
+            assert!(rows <= MAX_METRIC_ROWS, "{steps} steps: {rows} rows");
+        }
+    }
 }

@@ -249,3 +249,23 @@ fn config_text_over_the_size_cap_is_refused() {
         "{e}"
     );
 }
+
+/// A run writes at most 10,000 checkpoints: `SAVE_FREQ: 1` over ten million steps is refused,
+/// naming the smallest `SAVE_FREQ` that fits, for pre-training and fine-tuning alike.
+#[test]
+fn save_freq_is_refused_past_ten_thousand_checkpoints() {
+    let e = err("TRAIN:\n  STEPS: 10000000\nSAVE_FREQ: 1\n");
+    assert_eq!(e.key_path(), Some("SAVE_FREQ"), "{e}");
+    assert!(
+        e.to_string().contains("10000000 checkpoints")
+            && e.to_string().contains("SAVE_FREQ 1000 or more"),
+        "{e}"
+    );
+    Config::from_yaml("TRAIN:\n  STEPS: 10000000\nSAVE_FREQ: 1000\n").expect("10,000 fit");
+    let e = err("TRAIN:\n  STEPS: 20002\nSAVE_FREQ: 2\n");
+    assert!(e.to_string().contains("SAVE_FREQ 3 or more"), "{e}");
+    Config::from_yaml("TRAIN:\n  STEPS: 20000\nSAVE_FREQ: 2\n").expect("10,000 fit");
+    let ft = crate::finetune::FinetuneConfig::from_yaml("TRAIN:\n  STEPS: 100000\nSAVE_FREQ: 5\n")
+        .expect_err("20,000 checkpoints");
+    assert_eq!(ft.key_path(), Some("SAVE_FREQ"), "{ft}");
+}

@@ -28,7 +28,7 @@ impl Config {
         if self.save_freq == 0 {
             return bad("SAVE_FREQ", "must be at least 1, got 0".into());
         }
-        Ok(())
+        check_checkpoint_count(self.save_freq, self.total_steps())
     }
 
     fn validate_restormer(&self) -> Result<(), ConfigError> {
@@ -431,4 +431,25 @@ pub(crate) fn first_non_finite(v: &serde_norway::Value, path: String) -> Option<
         Value::Tagged(t) => first_non_finite(&t.value, path),
         _ => None,
     }
+}
+
+/// The most checkpoints one run may write (each is a model file, a training state and a sample
+/// strip, and a listed row): `SAVE_FREQ: 1` over ten million steps would fill any disk.
+pub(crate) const MAX_CHECKPOINTS: usize = 10_000;
+
+/// Refuses a `SAVE_FREQ` that writes more than [`MAX_CHECKPOINTS`] over `steps`, naming the
+/// smallest that fits.
+pub(crate) fn check_checkpoint_count(save_freq: usize, steps: usize) -> Result<(), ConfigError> {
+    let count = steps / save_freq.max(1);
+    if count > MAX_CHECKPOINTS {
+        return Err(ConfigError::invalid(
+            "SAVE_FREQ",
+            format!(
+                "{save_freq} writes {count} checkpoints over {steps} steps; at most \
+                 {MAX_CHECKPOINTS} a run (SAVE_FREQ {} or more)",
+                steps / (MAX_CHECKPOINTS + 1) + 1
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -272,7 +272,7 @@ impl FinetuneConfig {
         if self.save_freq == 0 {
             return bad("SAVE_FREQ", "must be at least 1, got 0".into());
         }
-        Ok(())
+        crate::config::validate::check_checkpoint_count(self.save_freq, self.total_steps())
     }
 }
 
