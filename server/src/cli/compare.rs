@@ -18,12 +18,15 @@ pub struct CompareArgs {
     #[command(flatten)]
     task: TaskArgs,
     /// Pre-training config or preset to run first (its MODEL is also the fine-tuning MODEL).
+    /// One of --pretrain and --pretrained is required.
     #[arg(long, value_name = "FILE|PRESET", conflicts_with = "pretrained")]
     pretrain: Option<String>,
-    /// Pre-training steps (overrides the pre-training config's TRAIN.STEPS).
-    #[arg(long, value_name = "N")]
+    /// Pre-training steps (overrides the pre-training config's TRAIN.STEPS); only with
+    /// --pretrain, since --pretrained runs no pre-training.
+    #[arg(long, value_name = "N", conflicts_with = "pretrained")]
     pretrain_steps: Option<usize>,
-    /// Use this pre-training model file instead of running pre-training.
+    /// Use this pre-training model file instead of running pre-training. One of --pretrain and
+    /// --pretrained is required.
     #[arg(long, value_name = "W.safetensors")]
     pretrained: Option<PathBuf>,
     /// A third arm initialised from this model file.
@@ -53,6 +56,20 @@ pub struct CompareArgs {
     vary_pretrain_seed: bool,
 }
 
+/// The refusal of a `--ft-config` whose MODEL is not the network that `flag` (`value`)
+/// gives every arm.
+fn ft_model_differs(task: &TaskArgs, flag: &str, value: impl std::fmt::Display) -> Failure {
+    let file = task
+        .ft_config
+        .as_deref()
+        .unwrap_or(std::path::Path::new(""));
+    Failure::usage(anyhow::anyhow!(
+        "--ft-config {}: MODEL differs from the network of {flag} {value}, which every arm \
+         fine-tunes; leave MODEL out to inherit it",
+        file.display()
+    ))
+}
+
 pub fn run(a: CompareArgs) -> Result<(), Failure> {
     if a.vary_pretrain_seed && (a.pretrain.is_none() || a.seeds < 2) {
         return Err(Failure::usage(anyhow::anyhow!(
@@ -69,10 +86,16 @@ pub fn run(a: CompareArgs) -> Result<(), Failure> {
                     p.display()
                 )));
             }
-            // Without --model, the weights' stored config gives the network.
+            // Without --model, the weights' stored config gives the network; a MODEL in
+            // --ft-config must then be that network, or it would be ignored.
             if a.task.model.is_none() {
                 match ifp_trainer::finetune::net::stored_model_config(p).map_err(classify)? {
-                    Some(m) => ft.model = m,
+                    Some(m) => {
+                        if model_stated && !m.same_backbone(&ft.model) {
+                            return Err(ft_model_differs(&a.task, "--pretrained", p.display()));
+                        }
+                        ft.model = m;
+                    }
                     None if !model_stated => {
                         return Err(Failure::usage(anyhow::anyhow!(
                             "--model is required: {} has no stored config beside it to take \
@@ -93,6 +116,11 @@ pub fn run(a: CompareArgs) -> Result<(), Failure> {
                     .map_err(|e| Failure::usage(anyhow::anyhow!("--pretrain-steps {n}: {e}")))?;
             }
             if a.task.model.is_none() {
+                // A MODEL in --ft-config must be the network pre-trained here, or it would be
+                // ignored.
+                if model_stated && !ft.model.same_backbone(&cfg.model) {
+                    return Err(ft_model_differs(&a.task, "--pretrain", name));
+                }
                 ft.model = cfg.model.clone();
             } else if !ft.model.same_backbone(&cfg.model) {
                 return Err(Failure::usage(anyhow::anyhow!(

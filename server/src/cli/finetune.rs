@@ -2,7 +2,7 @@
 //! Restormer encoder with a one-convolution head, or a whole Uformer), validating and
 //! checkpointing as it goes (`--resume` continues).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use ifp_trainer::finetune::{self, Event, FinetuneConfig};
@@ -128,6 +128,7 @@ impl TaskArgs {
             }
         }
         c.validate()
+            .and_then(|()| c.refuse_unread())
             .map_err(|e| Failure::usage(anyhow::anyhow!("fine-tuning config: {e}")))?;
         finetune::data::check_degradation(&c.data, std::path::Path::new("")).map_err(|e| {
             Failure::usage(anyhow::anyhow!(
@@ -236,8 +237,19 @@ pub fn run(a: FinetuneArgs) -> Result<(), Failure> {
             )));
         }
         cfg.init = Some(p.clone());
+        // Without --model the weights' stored network is used; a MODEL in --ft-config must
+        // then be that network, or it would be ignored (the platform refuses the same).
         if a.task.model.is_none() {
             if let Some(m) = finetune::net::stored_model_config(p).map_err(classify)? {
+                if model_known && !m.same_backbone(&cfg.model) {
+                    let file = a.task.ft_config.as_deref().unwrap_or(Path::new(""));
+                    return Err(Failure::usage(anyhow::anyhow!(
+                        "--ft-config {}: MODEL differs from the network stored in --init {}; \
+                         leave MODEL out to inherit it",
+                        file.display(),
+                        p.display()
+                    )));
+                }
                 cfg.model = m;
                 model_known = true;
             }

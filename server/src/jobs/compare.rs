@@ -15,6 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use ifp_trainer::checkpoint::WrittenFile;
+use ifp_trainer::config::DeviceClass;
 use ifp_trainer::finetune::compare::{self, CompareEvent, CompareSpec, Pretrain};
 use ifp_trainer::finetune::seeds;
 use ifp_trainer::finetune::FinetuneConfig;
@@ -55,10 +56,12 @@ pub type Pretrained = (String, Config);
 
 impl CompareJob {
     /// Checks a submission. The network is the pre-training's (`MODEL` of `pretrain` replaces
-    /// the fine-tuning one); data folders must exist under `datasets`.
+    /// the fine-tuning one); `model_stated` says the submitted fine-tuning config has a `MODEL`
+    /// tree, which must then describe that network. Data folders must exist under `datasets`.
     pub fn new(
         pretrain: Config,
         mut finetune: FinetuneConfig,
+        model_stated: bool,
         showcase: usize,
         datasets: Option<&Path>,
     ) -> Result<Self> {
@@ -75,7 +78,28 @@ impl CompareJob {
                 "a comparison sets each arm's initial weights itself; remove INIT",
             ));
         }
+        // Every arm fine-tunes the pre-training's network: another MODEL could only be ignored.
+        if model_stated && !finetune.model.same_backbone(&pretrain.model) {
+            return Err(Error::invalid(
+                Some("FINETUNE.MODEL"),
+                "differs from the pre-training's network, which every arm fine-tunes: leave \
+                 MODEL out to inherit it",
+            ));
+        }
         finetune.model = pretrain.model.clone();
+        // The whole comparison runs on one worker, claimed by the pre-training's TRAIN.DEVICE
+        // (`JobSpec::device_class`): another class here could only be ignored.
+        let (ft_device, device) = (finetune.train.device, pretrain.train.device);
+        if ft_device != DeviceClass::default() && ft_device != device {
+            return Err(Error::invalid(
+                Some("FINETUNE.TRAIN.DEVICE"),
+                format!(
+                    "`{ft_device}` differs from the pre-training's TRAIN.DEVICE (`{device}`), \
+                     which chooses the worker for the whole comparison: leave it out, or set \
+                     the pre-training's"
+                ),
+            ));
+        }
         datasets::check_task(&finetune, root)?;
         Ok(CompareJob {
             pretrain,
@@ -92,10 +116,11 @@ impl CompareJob {
     pub fn from_pretrained(
         (path, pretrain): Pretrained,
         finetune: FinetuneConfig,
+        model_stated: bool,
         showcase: usize,
         datasets: Option<&Path>,
     ) -> Result<Self> {
-        let mut job = Self::new(pretrain, finetune, showcase, datasets)?;
+        let mut job = Self::new(pretrain, finetune, model_stated, showcase, datasets)?;
         job.pretrained = Some(path.into());
         Ok(job)
     }
@@ -456,8 +481,8 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(root.path().join("clean/set")).expect("mkdir");
         let tiny = ifp_trainer::config::preset("tiny").expect("tiny");
-        let ok =
-            CompareJob::new(tiny.clone(), ft("clean/set"), 2, Some(root.path())).expect("valid");
+        let ok = CompareJob::new(tiny.clone(), ft("clean/set"), false, 2, Some(root.path()))
+            .expect("valid");
         assert_eq!(
             ok.finetune.model, tiny.model,
             "the pre-training network is used"
@@ -469,9 +494,10 @@ mod tests {
         let back = CompareJob::from_value(&ok.to_value()).expect("round trip");
         assert_eq!(back.finetune, ok.finetune);
         for bad in ["/etc", "../x", "clean/../..", "", "clean/missing"] {
-            let e = CompareJob::new(tiny.clone(), ft(bad), 2, Some(root.path())).expect_err(bad);
+            let e =
+                CompareJob::new(tiny.clone(), ft(bad), false, 2, Some(root.path())).expect_err(bad);
             assert!(e.to_string().contains('`') || bad.is_empty(), "{bad}: {e}");
         }
-        assert!(CompareJob::new(tiny, ft("clean/set"), 2, None).is_err());
+        assert!(CompareJob::new(tiny, ft("clean/set"), false, 2, None).is_err());
     }
 }

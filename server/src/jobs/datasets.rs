@@ -81,24 +81,21 @@ pub fn known(root: &Path) -> Vec<Known> {
 /// Checks what every fine-tuning job needs: a config that is valid with the network it ends up
 /// with (a comparison takes its pre-training's, and a Uformer needs crops its windows tile),
 /// data folders that exist under `root`, and a degradation that fits them (clean images need
-/// one, paired ones take none).
+/// one, paired ones take none), and no `TRAIN` setting that fine-tuning never reads.
 pub fn check_task(ft: &FinetuneConfig, root: &Path) -> Result<()> {
-    ft.validate().map_err(|e| match e {
+    let keyed = |e: ConfigError| match e {
         ConfigError::Invalid { path, message } => {
             Error::invalid(Some(&format!("FINETUNE.{path}")), message)
         }
         other => Error::invalid(Some("finetune"), other.to_string()),
-    })?;
+    };
+    ft.validate().map_err(keyed)?;
+    ft.refuse_unread().map_err(keyed)?;
     check_folder(root, "FINETUNE.DATA.TRAIN_DIR", &ft.data.train_dir)?;
     if let Some(t) = &ft.data.test_dir {
         check_folder(root, "FINETUNE.DATA.TEST_DIR", t)?;
     }
-    ifp_trainer::finetune::data::check_degradation(&ft.data, root).map_err(|e| match e {
-        ConfigError::Invalid { path, message } => {
-            Error::invalid(Some(&format!("FINETUNE.{path}")), message)
-        }
-        other => Error::invalid(Some("finetune"), other.to_string()),
-    })
+    ifp_trainer::finetune::data::check_degradation(&ft.data, root).map_err(keyed)
 }
 
 /// Points a fine-tuning config's data folders at this machine's datasets folder.

@@ -442,6 +442,94 @@ fn compare_over_two_seeds_summarises_them() {
     assert!(stderr(&o).contains("--pretrain"), "{}", stderr(&o));
 }
 
+/// Issue 18: fine-tuning refuses what it would ignore, before anything starts: a MODEL in
+/// `--ft-config` that is not the network the initial or pre-trained weights store (or that
+/// `--pretrain` runs), settings of TRAIN fine-tuning never reads, and `--pretrain-steps`
+/// beside `--pretrained`, which runs no pre-training.
+#[test]
+fn fine_tuning_refuses_what_it_would_ignore() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    // Weights that store the `tiny` network (as every checkpoint of this trainer does), and
+    // no tensors: the refusals come before anything is loaded.
+    let weights = dir.path().join("tiny.safetensors");
+    let tiny = ifp_trainer::config::PRESETS
+        .iter()
+        .find(|p| p.name == "tiny")
+        .unwrap()
+        .yaml;
+    let mut header = serde_json::json!({"__metadata__": {"ifp_config": tiny}})
+        .to_string()
+        .into_bytes();
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend(header);
+    std::fs::write(&weights, file).unwrap();
+    // The paper Restormer, not `tiny`.
+    let paper = dir.path().join("paper.yaml");
+    std::fs::write(&paper, "MODEL: {TYPE: restormer}\n").unwrap();
+    let amp = dir.path().join("amp.yaml");
+    std::fs::write(&amp, "TRAIN: {AMP: bf16}\n").unwrap();
+    let train = common::datasets().join("clean/CBSD68");
+    let task = "--train {} --sigma 25 --out {}";
+    let cases = [
+        (
+            argv(
+                &format!("finetune --ft-config {{}} --init {{}} {task}"),
+                &[&paper, &weights, &train, &out],
+            ),
+            "MODEL differs from the network stored in --init",
+        ),
+        (
+            argv(
+                &format!("compare --ft-config {{}} --pretrained {{}} {task}"),
+                &[&paper, &weights, &train, &out],
+            ),
+            "MODEL differs from the network of --pretrained",
+        ),
+        (
+            argv(
+                &format!("compare --ft-config {{}} --pretrain tiny {task}"),
+                &[&paper, &train, &out],
+            ),
+            "MODEL differs from the network of --pretrain tiny",
+        ),
+        (
+            argv(
+                &format!("finetune --model tiny --ft-config {{}} {task}"),
+                &[&amp, &train, &out],
+            ),
+            "TRAIN.AMP",
+        ),
+        (
+            argv(
+                &format!("compare --pretrained {{}} --pretrain-steps 5 {task}"),
+                &[&weights, &train, &out],
+            ),
+            "cannot be used with",
+        ),
+    ];
+    for (args, needle) in cases {
+        let o = ifp(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: `{err}` does not mention {needle}"
+        );
+    }
+    assert!(!out.exists(), "nothing was started");
+    // The weights' own network, stated, is accepted (the run then fails on the empty file).
+    let same = dir.path().join("same.yaml");
+    let model = serde_json::to_string(&ifp_trainer::config::preset("tiny").unwrap().model).unwrap();
+    std::fs::write(&same, format!("MODEL: {model}\n")).unwrap();
+    let o = ifp(&argv(
+        &format!("finetune --ft-config {{}} --init {{}} {task}"),
+        &[&same, &weights, &train, &out],
+    ));
+    assert!(!stderr(&o).contains("MODEL differs"), "{}", stderr(&o));
+}
+
 /// The flags and commands added for issues 16, 17 and 18 refuse out-of-range values before
 /// anything starts, naming the flag and the value.
 #[test]

@@ -76,6 +76,36 @@ async fn compare_submissions_are_checked() {
             json!({"kind": "finetune", "finetune": finetune_job("clean/CBSD68", None)}),
             "FINETUNE.MODEL",
         ),
+        // Issue 18: what a job kind would ignore is refused, naming the key. Every arm
+        // fine-tunes the pre-training's network (the paper Restormer here is not `tiny`).
+        (
+            json!({"kind": "compare", "config": pretrain(),
+                   "finetune": with(finetune("clean/CBSD68"), "MODEL", json!({"TYPE": "restormer"}))}),
+            "FINETUNE.MODEL",
+        ),
+        // The worker is chosen by the pre-training's TRAIN.DEVICE (`any` here).
+        (
+            json!({"kind": "compare", "config": pretrain(),
+                   "finetune": with_train(finetune("clean/CBSD68"), "DEVICE", json!("cpu"))}),
+            "FINETUNE.TRAIN.DEVICE",
+        ),
+        // Fine-tuning trains in float32 and keeps every checkpoint.
+        (
+            json!({"kind": "compare", "config": pretrain(),
+                   "finetune": with_train(finetune("clean/CBSD68"), "AMP", json!("bf16"))}),
+            "FINETUNE.TRAIN.AMP",
+        ),
+        (
+            json!({"kind": "finetune", "finetune": with_train(finetune_job("clean/CBSD68", Some(tiny())),
+                   "KEEP_CHECKPOINTS", json!(2))}),
+            "FINETUNE.TRAIN.KEEP_CHECKPOINTS",
+        ),
+        // A finetune job renders no showcase.
+        (
+            json!({"kind": "finetune", "finetune": finetune_job("clean/CBSD68", Some(tiny())),
+                   "showcase": 2}),
+            "showcase",
+        ),
     ] {
         let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(bad.clone())).await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {b}");
@@ -85,6 +115,33 @@ async fn compare_submissions_are_checked() {
             "{bad}: {b}"
         );
     }
+    // Stating the network a comparison fine-tunes anyway, or the worker class it runs on, is
+    // accepted.
+    let same = with_train(
+        with(finetune("clean/CBSD68"), "MODEL", tiny()),
+        "DEVICE",
+        json!("any"),
+    );
+    let body = json!({"kind": "compare", "config": pretrain(), "finetune": same});
+    let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+}
+
+/// The `tiny` preset's network, as a fine-tuning config's MODEL tree.
+fn tiny() -> Value {
+    serde_json::to_value(ifp_trainer::config::preset("tiny").unwrap().model).unwrap()
+}
+
+/// `v` with its top-level `key` replaced by `value`.
+fn with(mut v: Value, key: &str, value: Value) -> Value {
+    v[key] = value;
+    v
+}
+
+/// `v` with `TRAIN.<key>` set to `value`.
+fn with_train(mut v: Value, key: &str, value: Value) -> Value {
+    v["TRAIN"][key] = value;
+    v
 }
 
 #[tokio::test]

@@ -171,6 +171,41 @@ impl FinetuneConfig {
         crate::config::parse_yaml(text).is_ok_and(|v| v.get("MODEL").is_some())
     }
 
+    /// Refuses settings of the shared `TRAIN` tree that fine-tuning never reads, so a run
+    /// cannot look as if it honoured them: `TRAIN.AMP` (fine-tuning trains in float32) and
+    /// `TRAIN.KEEP_CHECKPOINTS` (fine-tuning keeps every checkpoint, since the best one is
+    /// chosen by validation at the end). Only a value other than the default is refused. Not
+    /// part of [`FinetuneConfig::validate`], so configs stored before this check still read
+    /// back; submissions and the CLI call it.
+    pub fn refuse_unread(&self) -> Result<(), ConfigError> {
+        let default = FinetuneConfig::default().train;
+        let t = &self.train;
+        let bad = |path: &str, message: String| {
+            Err(ConfigError::Invalid {
+                path: path.into(),
+                message,
+            })
+        };
+        if t.amp != default.amp {
+            return bad(
+                "TRAIN.AMP",
+                // `off` is the default, so only `bf16` reaches here.
+                "`bf16`: fine-tuning trains in float32 and never reads it; leave it out".into(),
+            );
+        }
+        if t.keep_checkpoints != default.keep_checkpoints {
+            return bad(
+                "TRAIN.KEEP_CHECKPOINTS",
+                format!(
+                    "{}: fine-tuning keeps every checkpoint (the best one is chosen by \
+                     validation at the end) and never reads it; leave it out",
+                    t.keep_checkpoints
+                ),
+            );
+        }
+        Ok(())
+    }
+
     pub fn to_yaml(&self) -> String {
         serde_norway::to_string(self).unwrap_or_default()
     }
@@ -300,6 +335,28 @@ mod tests {
             let e = FinetuneConfig::from_yaml(yaml).expect_err(yaml);
             assert_eq!(e.key_path(), Some(key), "{yaml}: {e}");
             assert!(e.to_string().contains("above the limit"), "{yaml}: {e}");
+        }
+    }
+
+    #[test]
+    fn settings_fine_tuning_never_reads_are_refused_naming_the_key() {
+        for (yaml, key, value) in [
+            ("TRAIN: {AMP: bf16}", "TRAIN.AMP", "`bf16`"),
+            (
+                "TRAIN: {KEEP_CHECKPOINTS: 2}",
+                "TRAIN.KEEP_CHECKPOINTS",
+                "2:",
+            ),
+        ] {
+            let cfg = FinetuneConfig::from_yaml(yaml).expect("parses: stored configs read back");
+            let e = cfg.refuse_unread().expect_err(yaml);
+            assert_eq!(e.key_path(), Some(key), "{yaml}: {e}");
+            assert!(e.to_string().contains(value), "{yaml}: {e}");
+        }
+        // The defaults, stated or not, are accepted.
+        for yaml in ["", "TRAIN: {AMP: \"off\", KEEP_CHECKPOINTS: 5}"] {
+            let cfg = FinetuneConfig::from_yaml(yaml).expect(yaml);
+            cfg.refuse_unread().expect(yaml);
         }
     }
 

@@ -45,7 +45,8 @@ pub struct CreateJob {
     /// IFP weights and from scratch with `finetune`, and score both on its test set.
     pub kind: Option<String>,
     /// For `compare`: the fine-tuning config (`ifp finetune --ft-config` schema; data folders
-    /// relative to the server's datasets folder; `MODEL` is taken from the pre-training).
+    /// relative to the server's datasets folder; `MODEL` is taken from the pre-training, and a
+    /// different one is refused).
     #[schema(value_type = Option<Object>)]
     pub finetune: Option<serde_json::Value>,
     /// For `compare`: the same as YAML text.
@@ -143,11 +144,18 @@ pub async fn create(
             )
         })?,
     };
-    if kind == JobKind::Finetune && body.seeds.is_some() {
-        return Err(Error::invalid(
-            Some("seeds"),
-            "`seeds` belongs to `\"kind\": \"compare\"` jobs",
-        ));
+    if kind == JobKind::Finetune {
+        for (key, given) in [
+            ("seeds", body.seeds.is_some()),
+            ("showcase", body.showcase.is_some()),
+        ] {
+            if given {
+                return Err(Error::invalid(
+                    Some(key),
+                    format!("`{key}` belongs to `\"kind\": \"compare\"` jobs"),
+                ));
+            }
+        }
     }
     if kind == JobKind::Pretrain && body.init_job.is_some() {
         return Err(Error::invalid(
@@ -208,7 +216,7 @@ pub async fn create(
         }
         JobKind::Pretrain => JobSpec::Pretrain(Box::new(off_thread(&body, parse_config).await?)),
         JobKind::Compare => {
-            let (ft, _) = off_thread(&body, parse_finetune).await?;
+            let (ft, model_stated) = off_thread(&body, parse_finetune).await?;
             let showcase = body.showcase.unwrap_or(3);
             let datasets = state.datasets.as_deref();
             let owner = &submission.owner;
@@ -226,11 +234,11 @@ pub async fn create(
                     let pre =
                         service::pretrained_job(&state.pool, owner, &id.to_string(), "init_job")
                             .await?;
-                    CompareJob::from_pretrained(pre, ft, showcase, datasets)?
+                    CompareJob::from_pretrained(pre, ft, model_stated, showcase, datasets)?
                 }
                 None => {
                     let cfg = off_thread(&body, parse_config).await?;
-                    CompareJob::new(cfg, ft, showcase, datasets)?
+                    CompareJob::new(cfg, ft, model_stated, showcase, datasets)?
                 }
             };
             let job = match body.extra_arm_job {

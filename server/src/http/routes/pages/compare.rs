@@ -199,7 +199,10 @@ pub async fn submit_form(
         (Some(s), Some(p)) => p.train.steps = Some(s as usize),
         _ => {}
     }
-    let parsed = submission::off_thread(&f.finetune_yaml, FinetuneConfig::from_yaml).await?;
+    let (parsed, model_stated) = submission::off_thread(&f.finetune_yaml, |t| {
+        (FinetuneConfig::from_yaml(t), FinetuneConfig::names_model(t))
+    })
+    .await?;
     let finetune = match parsed {
         Ok(c) => Some(c),
         Err(e) => {
@@ -221,8 +224,10 @@ pub async fn submit_form(
     let datasets = state.datasets.as_deref();
     let result = async {
         let job = match submission::chosen(&state, &viewer, "init_job", &f.init_job).await? {
-            Some(pre) => CompareJob::from_pretrained(pre, finetune, showcase, datasets)?,
-            None => CompareJob::new(pretrain, finetune, showcase, datasets)?,
+            Some(pre) => {
+                CompareJob::from_pretrained(pre, finetune, model_stated, showcase, datasets)?
+            }
+            None => CompareJob::new(pretrain, finetune, model_stated, showcase, datasets)?,
         };
         let job =
             match submission::chosen(&state, &viewer, "extra_arm_job", &f.extra_arm_job).await? {
