@@ -80,6 +80,29 @@ async fn metrics_checkpoints_and_downloads() {
         m,
         json!([{"step": 1, "attempt": 1, "loss": 0.5, "lr": 1e-3, "grad_norm": 2.0, "images_per_sec": 10.0}])
     );
+    // A misspelt `after` is refused in the error body's shape, not ignored (it would return
+    // every row).
+    let (s, e) = api
+        .call("GET", &format!("/api/v1/jobs/{id}/metrics?afer=1"), t, None)
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert_eq!(e["error"], "invalid", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unknown field `afer`"),
+        "{e}"
+    );
+    let (s, m) = api
+        .call(
+            "GET",
+            &format!("/api/v1/jobs/{id}/metrics?after=1"),
+            t,
+            None,
+        )
+        .await;
+    assert_eq!((s, m), (StatusCode::OK, json!([])));
 
     let (s, list) = api
         .call("GET", &format!("/api/v1/jobs/{id}/checkpoints"), t, None)
@@ -412,9 +435,11 @@ async fn openapi_is_generated_from_the_handlers() {
     }
     let post = &doc["paths"]["/api/v1/jobs"]["post"];
     assert!(post["responses"].get("201").is_some() && post["responses"].get("422").is_some());
-    // The metrics' `limit` is checked (`metrics?limit=0` is a 422), and the document says so.
+    // The metrics' `limit` and parameter names are checked (`metrics?limit=0` and
+    // `metrics?afer=1` are 422s), and the document says so.
     let metrics = &doc["paths"]["/api/v1/jobs/{id}/metrics"]["get"]["responses"];
-    assert!(metrics.get("422").is_some(), "{metrics}");
+    let refused = metrics["422"]["description"].as_str().unwrap_or_default();
+    assert!(refused.contains("unknown parameter"), "{metrics}");
     // What the schemathesis campaign (bench/schemathesis.sh) found looser than the API:
     // the bounds of `limit`, the download's content types, the upload's binary body.
     let limit = |path: &str| {

@@ -402,8 +402,11 @@ pub async fn cancel(
     Ok(Json(job))
 }
 
+/// The metrics' query parameters; any other is refused (422), so a misspelt `after` does not
+/// silently return every row.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct MetricParams {
     /// Only steps after this one (for incremental polling).
     pub after: Option<i64>,
@@ -416,7 +419,7 @@ pub struct MetricParams {
     params(("id" = Uuid, Path, description = "Job id"), MetricParams), security(("bearer" = [])),
     responses((status = 200, description = "One row per logged step", body = Vec<Metric>),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 422, description = "`limit` outside 1 to 100000, or a malformed query", body = ErrorBody)))]
+        (status = 422, description = "`limit` outside 1 to 100000, an unknown parameter, or a malformed query", body = ErrorBody)))]
 pub async fn metrics(
     State(state): State<AppState>,
     caller: Caller,
