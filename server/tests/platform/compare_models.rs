@@ -147,6 +147,16 @@ async fn a_comparison_starts_from_finished_jobs_and_keeps_its_models() {
         page.contains("fine-tuning from the extra arm") && !page.contains("IFP pre-training ·"),
         "{page}"
     );
+    // Its showcase captions and validation legend name every arm, the extra one included,
+    // in the order the strips and curves draw them.
+    assert!(
+        page.contains("degraded | ifp | scratch | checkpoint | target"),
+        "{page}"
+    );
+    assert!(
+        page.contains(r#"<span class="key s2">checkpoint</span></figcaption>"#),
+        "{page}"
+    );
 
     // *Clone* on a comparison: its form holds the same start, extra arm and settings, and
     // the comparison as the parent.

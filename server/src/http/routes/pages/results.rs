@@ -40,6 +40,8 @@ pub struct ReportView {
     pub deltas: Vec<DeltaRow>,
     pub val_chart: String,
     pub showcase: Vec<FileLink>,
+    /// What a showcase strip shows, left to right: `degraded | <each arm> | target`.
+    pub panels: String,
     pub downloads: Vec<FileLink>,
 }
 
@@ -66,7 +68,7 @@ pub(super) async fn read_report(
         }
     };
     let arms_json = r["arms"].as_array().cloned().unwrap_or_default();
-    let arms = arms_json
+    let arms: Vec<ArmRow> = arms_json
         .iter()
         .map(|a| ArmRow {
             name: a["name"].as_str().unwrap_or_default().to_string(),
@@ -117,8 +119,15 @@ pub(super) async fn read_report(
         name: f.name.clone(),
         url: format!("{base}/checkpoints/{}", f.name),
     };
+    // The trainer draws one tile per arm, in the report's order, between input and target.
+    let panels = std::iter::once("degraded")
+        .chain(arms.iter().map(|a| a.name.as_str()))
+        .chain(["target"])
+        .collect::<Vec<_>>()
+        .join(" | ");
     Some(ReportView {
         test_images: r["test_images"].as_u64().unwrap_or(0),
+        panels,
         arms,
         deltas,
         val_chart: chart::multi_line_chart(
