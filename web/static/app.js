@@ -100,6 +100,32 @@ function seriesNames(box, count) {
   return Array.from({ length: count }, (_, i) => caption?.querySelector(`span.s${i}`)?.textContent.trim() || null);
 }
 
+// A number with at most `decimals` decimals, trailing zeros dropped.
+function trimmed(v, decimals) {
+  const s = v.toFixed(Math.min(decimals, 20));
+  return s.includes(".") ? s.replace(/0+$/, "").replace(/\.$/, "") : s;
+}
+
+// Axis tick labels with as many digits as the spacing to the nearest neighbouring tick needs,
+// so neighbouring labels always differ (as the server's SVG charts label their ticks), plus
+// one or two where the spacing needs them to be exact (a spacing of 0.25 shows 0.25, 0.5, 0.75).
+function axisLabels(vals) {
+  return vals.map((v, i) => {
+    if (v === null || v === undefined) return "";
+    const gaps = [vals[i - 1], vals[i + 1]].filter((n) => n !== null && n !== undefined && n !== v).map((n) => Math.abs(n - v));
+    const step = Math.max(gaps.length ? Math.min(...gaps) : Math.abs(v) || 1, Number.MIN_VALUE);
+    // The nudge keeps a spacing of 1e-5 computed as 9.99...e-6 at 1e-5's digits.
+    const e = Math.floor(Math.log10(step) + 1e-9);
+    const whole = (k) => { const x = step * 10 ** (k - e); return Math.abs(x - Math.round(x)) < 1e-6 * x; };
+    const extra = [0, 1].find(whole) ?? 2;
+    const a = Math.abs(v);
+    if (a === 0) return "0";
+    if (a >= 1e4) return `${trimmed(v / 1e3, Math.max(0, 3 - e + extra))}k`;
+    if (a < 1e-2) return v.toExponential(Math.min(Math.max(0, Math.floor(Math.log10(a)) - e + extra), 20));
+    return trimmed(v, Math.max(0, -e + extra));
+  });
+}
+
 function mountChart(box) {
   if (!window.uPlot || box.dataset.mounted) return;
   let data;
@@ -133,7 +159,7 @@ function mountChart(box) {
     scales: { x: { time: false }, y: data.log ? { distr: 3 } : data.zero ? { range: (u, min, max) => uPlot.rangeNum(Math.min(0, min), max, 0.1, true) } : {} },
     axes: [
       { label: data.x, stroke: getComputedStyle(box).color },
-      { label: data.y, stroke: getComputedStyle(box).color, size: 64, values: (u, vals) => vals.map(fmt) },
+      { label: data.y, stroke: getComputedStyle(box).color, size: 64, values: (u, vals) => axisLabels(vals) },
     ],
     legend: { live: true },
     cursor: { drag: { x: true, y: false } },

@@ -1,6 +1,6 @@
 //! The experiment-tracking part of the browser test (issue 17), run on the browser test's
 //! finished pre-training job: interactive charts (a legend entry hides its line, smoothing
-//! sliders), *Clone* with an edited field, *Compare selected* on the jobs list and the runs
+//! sliders, axis labels that tell close ticks apart), *Clone* with an edited field, *Compare selected* on the jobs list and the runs
 //! view, and a comparison started with *Compare from this*, then cancelled from its page.
 
 use std::path::Path;
@@ -31,6 +31,22 @@ pub(crate) async fn clone_compare_and_compare_from(c: &Client, base: &str, id: &
         .await
         .expect("legend toggle");
     assert_eq!(hidden, json!(true), "a legend click hides its line");
+    // Issue 17: the page's axis labels take their digits from the tick spacing, so close
+    // neighbouring ticks never read the same (`toExponential(1)` gave 2.0e-4 three times).
+    let labels = c
+        .execute(
+            "return [axisLabels([2e-4, 2.02e-4, 2.04e-4]), axisLabels([12000, 12020, 12040])]",
+            vec![],
+        )
+        .await
+        .expect("axis labels");
+    assert_eq!(
+        labels,
+        json!([
+            ["2.00e-4", "2.02e-4", "2.04e-4"],
+            ["12k", "12.02k", "12.04k"]
+        ])
+    );
     assert!(
         c.find_all(Locator::Css(".chart-controls input[type=range]"))
             .await
