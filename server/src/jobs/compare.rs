@@ -343,8 +343,28 @@ impl CompareJob {
 }
 
 /// The result files a finished comparison or fine-tuning run wrote into `dir` (`report.json`,
-/// the CSVs and the showcase PNGs; `history.json`), with their sizes and SHA-256.
-pub fn report_files(dir: &Path) -> Result<Vec<WrittenFile>> {
+/// the CSVs and the showcase PNGs; `history.json`), each with the name it is listed under,
+/// its size and SHA-256. Over several seeds, each seed's own files (`seed-S/report.json`, its
+/// CSVs and showcases) are listed too, as `seed-S-<name>`, beside the summary
+/// (`seeds.json`, `seeds.csv`).
+pub fn report_files(dir: &Path) -> Result<Vec<(String, WrittenFile)>> {
+    let mut out = result_files_in(dir, "")?;
+    let entries = std::fs::read_dir(dir).map_err(Error::io(format!("read {}", dir.display())))?;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let seed_folder = name
+            .strip_prefix("seed-")
+            .is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
+        if seed_folder && e.path().is_dir() {
+            out.extend(result_files_in(&e.path(), &format!("{name}-"))?);
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// The result files directly in `dir`, listed as `prefix` + their file name.
+fn result_files_in(dir: &Path, prefix: &str) -> Result<Vec<(String, WrittenFile)>> {
     let mut out = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(Error::io(format!("read {}", dir.display())))?;
     for e in entries.flatten() {
@@ -362,14 +382,16 @@ pub fn report_files(dir: &Path) -> Result<Vec<WrittenFile>> {
         if wanted && path.is_file() {
             let bytes =
                 std::fs::read(&path).map_err(Error::io(format!("read {}", path.display())))?;
-            out.push(WrittenFile {
-                bytes: bytes.len() as u64,
-                sha256: hex::encode(Sha256::digest(&bytes)),
-                path,
-            });
+            out.push((
+                format!("{prefix}{name}"),
+                WrittenFile {
+                    bytes: bytes.len() as u64,
+                    sha256: hex::encode(Sha256::digest(&bytes)),
+                    path,
+                },
+            ));
         }
     }
-    out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }
 

@@ -82,12 +82,12 @@ pub async fn report_files(
     pool: &PgPool,
     artifacts: &Path,
     fence: &Fence,
-    files: &[WrittenFile],
+    files: &[(String, WrittenFile)],
 ) -> Result<()> {
-    let files = files
+    let files: Vec<_> = files
         .iter()
-        .map(|f| Ok((CheckpointKind::Report, file_name(f)?, f)))
-        .collect::<Result<Vec<_>>>()?;
+        .map(|(n, f)| (CheckpointKind::Report, n.clone(), f))
+        .collect();
     list_files(pool, artifacts, fence, None, &files).await
 }
 

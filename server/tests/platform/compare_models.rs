@@ -377,7 +377,7 @@ async fn a_comparison_over_two_seeds_runs_and_summarises() {
     let (pool, artifacts, api) = api_with_datasets().await;
     let body = |seeds: Value| {
         json!({"kind": "compare", "name": "seeds", "config": pretrain(),
-               "finetune": finetune("clean/CBSD68"), "showcase": 0, "seeds": seeds})
+               "finetune": finetune("clean/CBSD68"), "showcase": 1, "seeds": seeds})
     };
     for bad in [json!(0), json!(11)] {
         let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(body(bad))).await;
@@ -409,13 +409,54 @@ async fn a_comparison_over_two_seeds_runs_and_summarises() {
     assert_eq!(d["psnr"]["per_seed"].as_array().unwrap().len(), 2);
     assert_eq!(job["key_metric"].as_f64(), d["psnr"]["mean"].as_f64());
 
+    // Each seed's own results are listed and served beside the summary (they stayed in the
+    // seed folders, unlisted, before).
+    let (s, list) = call(&api, "GET", &format!("/api/v1/jobs/{id}/checkpoints"), None).await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    let list: Value = serde_json::from_str(&list).unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    for seed in [0, 1] {
+        for file in ["report.json", "per_image.csv", "val_curve.csv"] {
+            let name = format!("seed-{seed}-{file}");
+            assert!(names.contains(&name.as_str()), "{name} not in {names:?}");
+        }
+        let showcase = format!("seed-{seed}-showcase-");
+        assert!(
+            names
+                .iter()
+                .any(|n| n.starts_with(&showcase) && n.ends_with(".png")),
+            "no {showcase}*.png in {names:?}"
+        );
+    }
+    let (s, r) = call(
+        &api,
+        "GET",
+        &format!("/api/v1/jobs/{id}/checkpoints/seed-1-report.json"),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+
     let page = html_of(&api, &pool, &format!("/jobs/{id}")).await;
+    let per_seed = format!("{:+.2}", d["psnr"]["per_seed"][1].as_f64().unwrap());
+    let image = d["per_image"][0][0].as_str().unwrap().to_string();
     for needle in [
         "Over seeds",
         "2 seeds (0, 1), 2 test images",
         "95% confidence intervals",
         "of 2 seeds and",
         "seeds.csv",
+        "Paired PSNR difference per seed",
+        per_seed.as_str(),
+        "Paired PSNR difference per test image",
+        image.as_str(),
+        "fine-tuning noise only",
+        "seed-1-per_image.csv",
     ] {
         assert!(page.contains(needle), "missing {needle}");
     }

@@ -1,5 +1,6 @@
 //! The job page's summary of a comparison over several seeds (`seeds.json`): each arm's mean
-//! test scores with 95% confidence intervals, and what the seeds say about IFP - scratch.
+//! test scores with 95% confidence intervals, what the seeds say about IFP - scratch, the
+//! paired difference of each seed and of each test image, and each seed's own result files.
 
 use super::results::{read_json, FileLink};
 use crate::db::rows::CheckpointFile;
@@ -18,7 +19,17 @@ pub struct SeedsView {
     /// One sentence per difference: its interval, the seeds and images favouring the arm,
     /// and whether it is significant.
     pub verdicts: Vec<String>,
+    /// What the intervals cover: fine-tuning noise only when one pre-training is shared.
+    pub scope: String,
+    /// The differences' labels ("ifp − scratch"), the columns of the two tables below.
+    pub columns: Vec<String>,
+    /// Per seed: the seed and each difference's mean PSNR difference over the test images.
+    pub per_seed: Vec<(String, Vec<String>)>,
+    /// Per test image: its name and each difference averaged over the seeds.
+    pub per_image: Vec<(String, Vec<String>)>,
     pub downloads: Vec<FileLink>,
+    /// Each seed's own files (`seed-S-report.json`, its CSVs and showcases).
+    pub seed_files: Vec<(String, Vec<FileLink>)>,
 }
 
 /// `mean [low, high]` with `p` decimals (no interval from one seed).
@@ -73,14 +84,75 @@ pub async fn read_seeds(
             )
         })
         .collect();
+    let link = |f: &CheckpointFile| FileLink {
+        name: f.name.clone(),
+        url: format!("{base}/checkpoints/{}", f.name),
+    };
     let downloads = files
         .iter()
         .filter(|f| matches!(f.name.as_str(), "seeds.json" | "seeds.csv"))
-        .map(|f| FileLink {
-            name: f.name.clone(),
-            url: format!("{base}/checkpoints/{}", f.name),
+        .map(link)
+        .collect();
+    let deltas = r["deltas"].as_array()?;
+    let columns = deltas
+        .iter()
+        .map(|d| {
+            format!(
+                "{} − {}",
+                d["arm"].as_str().unwrap_or_default(),
+                d["baseline"].as_str().unwrap_or_default()
+            )
         })
         .collect();
+    let signed_db =
+        |v: &serde_json::Value| v.as_f64().map_or_else(String::new, |x| format!("{x:+.2}"));
+    let per_seed = seeds
+        .iter()
+        .enumerate()
+        .map(|(k, seed)| {
+            let cells = deltas
+                .iter()
+                .map(|d| signed_db(&d["psnr"]["per_seed"][k]))
+                .collect();
+            (seed.clone(), cells)
+        })
+        .collect();
+    // `per_image` holds [name, difference] pairs in the same image order for every difference.
+    let images = deltas.first().and_then(|d| d["per_image"].as_array());
+    let per_image = images
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, pair)| {
+            let name = pair[0].as_str().unwrap_or_default().to_string();
+            let cells = deltas
+                .iter()
+                .map(|d| signed_db(&d["per_image"][i][1]))
+                .collect();
+            (name, cells)
+        })
+        .collect();
+    let seed_files = seeds
+        .iter()
+        .map(|seed| {
+            let prefix = format!("seed-{seed}-");
+            let links = files
+                .iter()
+                .filter(|f| f.name.starts_with(&prefix) && !f.name.contains("-model-"))
+                .map(link)
+                .collect();
+            (seed.clone(), links)
+        })
+        .collect();
+    let scope = if r["vary_pretrain"].as_bool() == Some(true) {
+        "Each seed also ran its own IFP pre-training, so the intervals cover pre-training and \
+         fine-tuning noise."
+    } else {
+        "All seeds fine-tune from one IFP pre-training, so the intervals cover fine-tuning noise \
+         only: they say whether this pre-trained encoder helps, not whether IFP pre-training \
+         in general does."
+    }
+    .to_string();
     Some(SeedsView {
         about: format!(
             "{} seeds ({}), {} test images",
@@ -90,6 +162,11 @@ pub async fn read_seeds(
         ),
         rows,
         verdicts,
+        scope,
+        columns,
+        per_seed,
+        per_image,
         downloads,
+        seed_files,
     })
 }
