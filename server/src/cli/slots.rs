@@ -38,6 +38,15 @@ pub struct SlotArgs {
     /// been checked on a GPU.
     #[arg(long, env = "IFP_ATTEMPTS_IN_PROCESS")]
     pub attempts_in_process: bool,
+    /// On a CUDA worker, run each attempt in a process of its own as a CPU worker does (so
+    /// its CPU, memory and GPU use are sampled and a crash fails it alone). Off by default
+    /// until a GPU run of `bench/gpu-check.sh` (stage 4) shows it works; this is how to try it.
+    #[arg(
+        long,
+        env = "IFP_ISOLATE_CUDA_ATTEMPTS",
+        conflicts_with = "attempts_in_process"
+    )]
+    pub isolate_cuda_attempts: bool,
     /// The most memory one training process may allocate, in MiB; past it the attempt fails
     /// with "ran out of memory", and admission control refuses jobs estimated above it
     /// [default: this machine's memory divided by --workers]. 0: no limit. Attempts that run
@@ -74,7 +83,7 @@ impl SlotArgs {
         shutdown: &watch::Receiver<bool>,
     ) -> Vec<JoinHandle<()>> {
         let lease = Duration::from_secs(self.lease_secs);
-        let exe = if self.attempts_in_process || !device.is_cpu() {
+        let exe = if !own_process(self.attempts_in_process, self.isolate_cuda_attempts, device) {
             None
         } else {
             match std::env::current_exe() {
@@ -106,5 +115,36 @@ impl SlotArgs {
             process.as_ref(),
             shutdown,
         )
+    }
+}
+
+/// Whether attempts on `device` run in processes of their own: on the CPU unless
+/// `--attempts-in-process`; on CUDA only with `--isolate-cuda-attempts`.
+fn own_process(in_process: bool, isolate_cuda: bool, device: &candle_core::Device) -> bool {
+    !in_process && (device.is_cpu() || isolate_cuda)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        slots: SlotArgs,
+    }
+
+    /// CPU workers isolate attempts unless told not to; CUDA workers only when asked, and the
+    /// two flags cannot both be given.
+    #[test]
+    fn attempts_run_in_their_own_process_where_checked_or_asked() {
+        let cpu = candle_core::Device::Cpu;
+        assert!(own_process(false, false, &cpu));
+        assert!(!own_process(true, false, &cpu));
+        let parse = |args: &[&str]| Cli::try_parse_from([&["ifp"], args].concat());
+        let s = parse(&["--isolate-cuda-attempts"]).expect("flag").slots;
+        assert!(s.isolate_cuda_attempts && !s.attempts_in_process);
+        assert!(parse(&["--isolate-cuda-attempts", "--attempts-in-process"]).is_err());
     }
 }
