@@ -1,4 +1,5 @@
-//! An estimate of a training run's peak memory (host RAM on the CPU), from its config alone:
+//! An estimate of a training run's peak memory (host RAM on the CPU), from its config alone
+//! (the network, the step's pixels, and the noise image pre-training crops from):
 //! what admission control compares with the memory of the workers that could run it, before a
 //! job that cannot fit is queued.
 //!
@@ -32,12 +33,26 @@ const DECODER_KIB_PER_NF: f64 = 0.0458;
 const UFORMER_KIB_PER_CHANNEL_BLOCK: f64 = 0.267;
 /// Per pixel whatever the network: input, target, mask, the frequency-domain loss.
 const KIB_PER_PIXEL: f64 = 2.22;
+/// Bytes per pixel of the noise image that pre-training crops from, beyond the default
+/// 640x480 one the fit above ran with. Measured: a 4096x4096 generated image raised the tiny
+/// network's peak by 450 MiB over 640x480 (`ifp bench --steps 2`, DIM 8, 32x32 x 2): 28.6
+/// bytes per extra pixel (the float32 image and its working copies).
+const NOISE_BYTES_PER_PIXEL: f64 = 29.0;
+/// The pixels assumed of a noise image given as a file, whose size the config does not say:
+/// the platform accepts uploads of at most 16 MP, so this is their bound (a larger file
+/// given to the CLI is not estimated, and the CLI does not check estimates).
+const NOISE_IMAGE_FILE_PIXELS: f64 = (1u64 << 24) as f64;
 
 /// Estimated peak bytes of IFP pre-training with `cfg`.
 pub fn pretrain_peak_bytes(cfg: &Config) -> u64 {
     let pixels = cfg.data.batch_size as f64 * (cfg.data.img_size as f64).powi(2);
     let decoder = DECODER_KIB_PER_NF * cfg.model.decoder.nf as f64;
-    peak(&cfg.model, pixels, decoder)
+    let noise_pixels = match cfg.data.noise_image {
+        Some(_) => NOISE_IMAGE_FILE_PIXELS,
+        None => (cfg.data.noise.width * cfg.data.noise.height) as f64,
+    };
+    let noise = NOISE_BYTES_PER_PIXEL * (noise_pixels - 640.0 * 480.0).max(0.0);
+    peak(&cfg.model, pixels, decoder).saturating_add(noise as u64)
 }
 
 /// Estimated peak bytes of fine-tuning with `cfg` (the encoder and a one-convolution head).

@@ -87,6 +87,14 @@ fn the_estimate_grows_with_what_costs_memory() {
     assert!(at(&|c| c.data.batch_size *= 2) > b0);
     assert!(at(&|c| c.data.img_size *= 2) > b0);
     assert!(at(&|c| c.model.restormer.dim *= 2) > b0);
+    // The noise image: generated at 8192x8192 (about 1.9 GB more), or a file of up to 16 MP.
+    let big = at(&|c| {
+        c.data.noise.width = 8192;
+        c.data.noise.height = 8192;
+    });
+    assert!(big > b0 + (1800 << 20), "{big} vs {b0}");
+    let file = at(&|c| c.data.noise_image = Some("uploads/x.png".into()));
+    assert!(file > b0 + (400 << 20), "{file} vs {b0}");
     // The paper network at 224 pixels needs GiB per image of the batch.
     let paper = Config::load("restormer-paper").expect("paper");
     let per_image = pretrain_peak_bytes(&paper) as f64 / paper.data.batch_size as f64;
