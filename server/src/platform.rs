@@ -72,6 +72,18 @@ pub fn admin_token(configured: Option<&str>, data_dir: &Path) -> Result<(String,
     if let Ok(t) = std::fs::read_to_string(&path) {
         let t = t.trim();
         if !t.is_empty() {
+            // A token edited into the file by hand is held to the same minimum.
+            if t.chars().count() < MIN_ADMIN_TOKEN_CHARS {
+                return Err(Error::invalid(
+                    Some("admin-token"),
+                    format!(
+                        "{} holds a token of {} characters; an admin token needs at least \
+                         {MIN_ADMIN_TOKEN_CHARS} (delete the file and a random one is generated)",
+                        path.display(),
+                        t.chars().count()
+                    ),
+                ));
+            }
             return Ok((t.to_string(), false));
         }
     }
@@ -174,5 +186,25 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The admin token file is generated, read back, and refused when edited to a short token.
+    #[test]
+    fn the_admin_token_file_is_held_to_the_minimum_length() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (t, fresh) = admin_token(None, dir.path()).expect("generated");
+        assert!(fresh && t.chars().count() >= MIN_ADMIN_TOKEN_CHARS);
+        assert_eq!(
+            admin_token(None, dir.path()).expect("read back"),
+            (t, false)
+        );
+        std::fs::write(admin_token_path(dir.path()), "short\n").expect("edit");
+        let e = admin_token(None, dir.path()).expect_err("5 characters");
+        assert!(e.to_string().contains("5 characters"), "{e}");
     }
 }

@@ -146,6 +146,31 @@ fn check_folder(root: &Path, key: &str, rel: &Path) -> Result<()> {
             ),
         ));
     }
+    // Nor may the files the trainer reads from it: its images, and those of its `input/` and
+    // `target/` folders (a paired set).
+    for folder in [real.clone(), real.join("input"), real.join("target")] {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let inside = e
+                .path()
+                .canonicalize()
+                .is_ok_and(|p| p.starts_with(&real_root));
+            if !inside {
+                let shown = e.path();
+                let shown = shown.strip_prefix(&real_root).unwrap_or(&shown);
+                return Err(Error::invalid(
+                    Some(key),
+                    format!(
+                        "`{}` leads outside the server's datasets folder (through a symbolic \
+                         link) or cannot be resolved",
+                        shown.display()
+                    ),
+                ));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -190,5 +215,19 @@ mod tests {
         check_folder(root.path(), "K", Path::new("clean/alias")).expect("a link that stays inside");
         let e = check_folder(root.path(), "K", Path::new("clean/away")).expect_err("outside");
         assert!(e.to_string().contains("leads outside"), "{e}");
+        // A file, or a paired set's `target/` folder, linked to outside.
+        std::fs::write(outside.path().join("secret.png"), b"x").expect("file");
+        std::os::unix::fs::symlink(
+            outside.path().join("secret.png"),
+            root.path().join("clean/set/a.png"),
+        )
+        .expect("link");
+        let e = check_folder(root.path(), "K", Path::new("clean/set")).expect_err("file");
+        assert!(e.to_string().contains("clean/set/a.png"), "{e}");
+        std::fs::create_dir_all(root.path().join("rain/pairs/input")).expect("mkdir");
+        std::os::unix::fs::symlink(outside.path(), root.path().join("rain/pairs/target"))
+            .expect("link");
+        let e = check_folder(root.path(), "K", Path::new("rain/pairs")).expect_err("target/");
+        assert!(e.to_string().contains("rain/pairs/target"), "{e}");
     }
 }
