@@ -35,10 +35,8 @@ pub struct Gate {
     wait: Duration,
     /// How long a request may take to send its body once it has a place.
     deadline: Duration,
-    /// The places each caller holds now, by user name.
-    held: Arc<Mutex<HashMap<String, usize>>>,
-    /// The most places one caller may hold at once.
-    share: usize,
+    /// The places each caller holds now: at most half of them each.
+    shares: Quota,
 }
 
 impl Gate {
@@ -48,8 +46,7 @@ impl Gate {
             permits: Arc::new(Semaphore::new(places)),
             wait,
             deadline: Duration::from_secs(30),
-            held: Arc::default(),
-            share: (places / 2).max(1),
+            shares: Quota::new((places / 2).max(1)),
         }
     }
 
@@ -63,20 +60,6 @@ impl Gate {
     /// gate without timing a slow request.
     pub fn try_enter(&self) -> Option<OwnedSemaphorePermit> {
         self.permits.clone().try_acquire_owned().ok()
-    }
-
-    /// Counts one more place for `who`, unless they hold their share already.
-    fn take_share(&self, who: &str) -> Option<Share> {
-        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = held.entry(who.to_string()).or_default();
-        if *n >= self.share {
-            return None;
-        }
-        *n += 1;
-        Some(Share {
-            held: self.held.clone(),
-            who: who.to_string(),
-        })
     }
 
     fn busy(&self) -> Response {
@@ -97,8 +80,44 @@ impl Default for Gate {
     }
 }
 
-/// One caller's count of one place, given back when dropped.
-struct Share {
+/// A limit on what each caller holds at once (gate places, event streams), by user name.
+#[derive(Clone, Debug)]
+pub struct Quota {
+    held: Arc<Mutex<HashMap<String, usize>>>,
+    limit: usize,
+}
+
+impl Quota {
+    pub fn new(limit: usize) -> Self {
+        Quota {
+            held: Arc::default(),
+            limit,
+        }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Counts one more for `who`, unless they hold the limit already; the count is given back
+    /// when the returned guard is dropped.
+    pub fn take(&self, who: &str) -> Option<Share> {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = held.entry(who.to_string()).or_default();
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(Share {
+            held: self.held.clone(),
+            who: who.to_string(),
+        })
+    }
+}
+
+/// One caller's count of one thing under a [`Quota`], given back when dropped.
+#[derive(Debug)]
+pub struct Share {
     held: Arc<Mutex<HashMap<String, usize>>>,
     who: String,
 }
@@ -153,7 +172,7 @@ pub async fn admit(State(at): State<GateAt>, req: Request, next: Next) -> Respon
         return next.run(Request::from_parts(parts, body)).await;
     };
     let gate = &at.state.gate;
-    let Some(share) = gate.take_share(&who) else {
+    let Some(share) = gate.shares.take(&who) else {
         return gate.busy();
     };
     let permit = match tokio::time::timeout(gate.wait, gate.permits.clone().acquire_owned()).await {

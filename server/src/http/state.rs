@@ -26,6 +26,9 @@ pub struct AppState {
     pub closing: Arc<watch::Sender<bool>>,
     /// The limit on expensive requests in flight (see `gate.rs`).
     pub gate: crate::http::gate::Gate,
+    /// Event streams each user may hold open at once (admins are not limited): each holds a
+    /// connection, and the server takes a bounded number of those.
+    pub event_streams: crate::http::gate::Quota,
 }
 
 impl AppState {
@@ -39,6 +42,7 @@ impl AppState {
             http_metrics: Arc::default(),
             closing: Arc::new(watch::channel(false).0),
             gate: Default::default(),
+            event_streams: crate::http::gate::Quota::new(64),
         }
     }
 }

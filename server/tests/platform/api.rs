@@ -495,6 +495,45 @@ async fn axums_own_client_errors_have_the_json_shape() {
     }
 }
 
+/// Issue 16: each event stream holds a connection, and the server takes a bounded number of
+/// those, so one user may hold only so many streams at once (429 past it; admins are not
+/// limited); a closed stream frees its place.
+#[tokio::test]
+async fn a_user_holds_a_bounded_number_of_event_streams() {
+    let mut api = setup().await;
+    let mut state = AppState::new(api.pool.clone(), api.artifacts.path(), Some(ADMIN));
+    state.event_streams = ifp_server::http::gate::Quota::new(2);
+    api.app = app(state);
+    let job = api.submit(&api.alice, "watched").await;
+    let id = job["id"].as_str().unwrap().to_string();
+    let open = |token: &str| {
+        let req = Request::get(format!("/api/v1/jobs/{id}/events"))
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        api.app.clone().oneshot(req)
+    };
+    let first = open(&api.alice).await.unwrap();
+    let second = open(&api.alice).await.unwrap();
+    assert_eq!(
+        (first.status(), second.status()),
+        (StatusCode::OK, StatusCode::OK)
+    );
+    let third = open(&api.alice).await.unwrap();
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body = third.into_body().collect().await.unwrap().to_bytes();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        v["message"].as_str().unwrap().contains("2 event streams"),
+        "{v}"
+    );
+    // The admin may watch too.
+    assert_eq!(open(ADMIN).await.unwrap().status(), StatusCode::OK);
+    drop(first);
+    assert_eq!(open(&api.alice).await.unwrap().status(), StatusCode::OK);
+    drop(second);
+}
+
 #[tokio::test]
 async fn a_run_too_big_for_every_live_worker_is_refused_with_its_estimate() {
     let api = setup().await;

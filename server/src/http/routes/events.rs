@@ -32,17 +32,36 @@ fn json_event(kind: &str, value: &impl serde::Serialize) -> Event {
     params(("id" = uuid::Uuid, Path, description = "Job id")), security(("bearer" = [])),
     responses(
         (status = 200, description = "Server-Sent Events: `status` (the job), `progress` (step, total_steps, loss), `checkpoint` (a checkpoint entry)", content_type = "text/event-stream"),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, description = "The user has the most event streams open a user may (64)", body = ErrorBody)))]
 pub async fn stream(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = std::result::Result<Event, Infallible>>>> {
     let job = visible_job(&state.pool, &caller, &id).await?;
+    let share =
+        if caller.is_admin {
+            None
+        } else {
+            let share = state.event_streams.take(&caller.name).ok_or_else(|| {
+                crate::error::Error::Status {
+                    status: axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    message: format!(
+                        "{} has {} event streams open, the most a user may; close one first",
+                        caller.name,
+                        state.event_streams.limit()
+                    ),
+                }
+            })?;
+            Some(share)
+        };
     let mut changed = state.job_changed.subscribe();
     let mut closing = state.closing.subscribe();
     let pool = state.pool.clone();
     let s = async_stream::stream! {
+        // Held for as long as the stream lives: dropped when it ends or the client goes.
+        let _share = share;
         let mut last_status = None;
         let mut last_step = -1i64;
         let mut seen: std::collections::HashSet<String> = Default::default();
