@@ -10,26 +10,28 @@ use ifp_trainer::finetune::compare::{self, CompareEvent, CompareSpec, Pretrain};
 use ifp_trainer::train::Started;
 use ifp_trainer::{Control, Event};
 
-use super::finetune::{print_event, say, TaskArgs};
+use super::finetune::{print_event, say, TaskArgs, TestArgs};
 use super::{classify, load_config, parse_device, Failure};
 
 #[derive(Args)]
 pub struct CompareArgs {
     #[command(flatten)]
     task: TaskArgs,
+    #[command(flatten)]
+    test: TestArgs,
     /// Pre-training config or preset to run first (its MODEL is also the fine-tuning MODEL).
     /// One of --pretrain and --pretrained is required.
     #[arg(long, value_name = "FILE|PRESET", conflicts_with = "pretrained")]
     pretrain: Option<String>,
     /// Pre-training steps (overrides the pre-training config's TRAIN.STEPS); only with
-    /// --pretrain, since --pretrained runs no pre-training.
+    /// --pretrain, since --pretrained runs no pre-training (default: the config's own).
     #[arg(long, value_name = "N", conflicts_with = "pretrained")]
     pretrain_steps: Option<usize>,
     /// Use this pre-training model file instead of running pre-training. One of --pretrain and
     /// --pretrained is required.
     #[arg(long, value_name = "W.safetensors")]
     pretrained: Option<PathBuf>,
-    /// A third arm initialised from this model file.
+    /// A third arm initialised from this model file (default: none, two arms).
     #[arg(long, value_name = "W.safetensors")]
     extra_arm: Option<PathBuf>,
     /// Test images rendered side by side (degraded | arms | target).
@@ -77,7 +79,7 @@ pub fn run(a: CompareArgs) -> Result<(), Failure> {
              of 2 or more"
         )));
     }
-    let (mut ft, model_stated) = a.task.config()?;
+    let (mut ft, model_stated) = a.task.config(&a.test)?;
     let pretrain = match (&a.pretrain, &a.pretrained) {
         (_, Some(p)) => {
             if !p.is_file() {

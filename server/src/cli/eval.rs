@@ -18,24 +18,29 @@ pub struct EvalArgs {
     /// Test images: input/ + target/, or clean images degraded as the model was trained.
     #[arg(long, value_name = "DIR")]
     data: PathBuf,
-    /// Override the noise sigma (0-255 scale) for clean images.
+    /// Override the noise sigma (0-255 scale) for clean images (default: the model's
+    /// training value).
     #[arg(long)]
     sigma: Option<f64>,
-    /// Override the blur sigma (pixels) for clean images.
+    /// Override the blur sigma (pixels) for clean images (default: the model's training
+    /// value).
     #[arg(long)]
     blur: Option<f64>,
-    /// Score only the first N images (natural name order).
+    /// Score only the first N images (natural name order); 0 = all.
     #[arg(long, value_name = "N", default_value_t = 0)]
     max_images: usize,
-    /// Restore in overlapping tiles of this side (bounds memory on large images).
+    /// Restore in overlapping tiles of this side, to bound memory on large images (default:
+    /// whole images).
     #[arg(long)]
     tile: Option<usize>,
-    /// Also write the per-image scores as JSON here.
+    /// Also write the per-image scores as JSON here (default: none).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-    /// Also write each restored image here, as `<image name>.png` (created if missing).
+    /// Also write each restored image here, as `<image name>.png` (created if missing;
+    /// default: none).
     #[arg(long, value_name = "DIR")]
     save_outputs: Option<PathBuf>,
+    /// Where to run: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
 }

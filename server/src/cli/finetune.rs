@@ -14,7 +14,8 @@ use super::{classify, load_config, parse_device, run_options, Failure};
 /// The task flags shared by `ifp finetune` and `ifp compare`.
 #[derive(Args, Clone)]
 pub struct TaskArgs {
-    /// A fine-tuning config (YAML, the `FinetuneConfig` schema); the flags below override it.
+    /// A fine-tuning config (YAML, the `FinetuneConfig` schema); the flags below override it
+    /// (default: none, the built-in defaults).
     #[arg(long, value_name = "FILE")]
     pub ft_config: Option<PathBuf>,
     /// Pre-training config or preset whose MODEL tree describes the network (e.g. tiny,
@@ -22,15 +23,12 @@ pub struct TaskArgs {
     /// defaults to the config stored beside the initial weights (`ifp finetune` needs one of them).
     #[arg(long, value_name = "FILE|PRESET")]
     pub model: Option<String>,
-    /// Training images: a folder with input/ and target/, or clean images (with --sigma/--blur).
+    /// Training images: a folder with input/ and target/, or clean images (with --sigma/--blur);
+    /// required unless --ft-config gives DATA.TRAIN_DIR.
     #[arg(long, value_name = "DIR")]
     pub train: Option<PathBuf>,
-    /// Test images (`ifp compare` only); without it every --split-every-th training image is
-    /// held out.
-    #[arg(long, value_name = "DIR")]
-    pub test: Option<PathBuf>,
-    /// Without --test, every K-th training image (natural name order) is a test image, never
-    /// trained on (default 5).
+    /// Without a test folder (`ifp compare --test`), every K-th training image (natural name
+    /// order) is a test image, never trained on (default 5).
     #[arg(long, value_name = "K")]
     pub split_every: Option<usize>,
     /// Gaussian noise sigma on the 0-255 scale for clean images, e.g. 25 (default 0: none).
@@ -60,18 +58,28 @@ pub struct TaskArgs {
     /// Centre crop side of the validation images; 0 = whole images (default 128).
     #[arg(long, value_name = "PIXELS")]
     pub val_crop: Option<usize>,
-    /// Score only the first N test images (`ifp compare` only; default 0: all).
-    #[arg(long, value_name = "N")]
-    pub max_test_images: Option<usize>,
     /// Seed of crops, flips, noise and freshly drawn weights (default 0).
     #[arg(long)]
     pub seed: Option<u64>,
 }
 
+/// The test-set flags: only `ifp compare` scores a test set, so only it has them (`ifp
+/// finetune --help` would otherwise list flags that `ifp finetune` refuses).
+#[derive(Args, Clone, Default)]
+pub struct TestArgs {
+    /// Test images (default: none, every --split-every-th training image is held out).
+    #[arg(long, value_name = "DIR")]
+    pub test: Option<PathBuf>,
+    /// Score only the first N test images (default 0: all).
+    #[arg(long, value_name = "N")]
+    pub max_test_images: Option<usize>,
+}
+
 impl TaskArgs {
-    /// The config from `--ft-config` (or defaults) with the flags applied, validated, and
-    /// whether it states the network (`--model`, or a MODEL tree in `--ft-config`).
-    pub fn config(&self) -> Result<(FinetuneConfig, bool), Failure> {
+    /// The config from `--ft-config` (or defaults) with the flags (and `test`'s, for
+    /// `ifp compare`) applied, validated, and whether it states the network (`--model`, or a
+    /// MODEL tree in `--ft-config`).
+    pub fn config(&self, test: &TestArgs) -> Result<(FinetuneConfig, bool), Failure> {
         let mut stated = self.model.is_some();
         let mut c = match &self.ft_config {
             Some(p) => {
@@ -92,8 +100,8 @@ impl TaskArgs {
         if let Some(p) = &self.train {
             d.train_dir = p.clone();
         }
-        if self.test.is_some() {
-            d.test_dir = self.test.clone();
+        if test.test.is_some() {
+            d.test_dir = test.test.clone();
         }
         set(&mut d.split_every, self.split_every);
         set(&mut d.noise_sigma, self.sigma);
@@ -102,7 +110,7 @@ impl TaskArgs {
         set(&mut d.batch_size, self.batch);
         set(&mut d.val_images, self.val_images);
         set(&mut d.val_crop, self.val_crop);
-        set(&mut d.max_test_images, self.max_test_images);
+        set(&mut d.max_test_images, test.max_test_images);
         if self.steps.is_some() {
             c.train.steps = self.steps;
         }
@@ -151,7 +159,7 @@ pub struct FinetuneArgs {
     task: TaskArgs,
     /// Initial weights: a pre-training or fine-tuning model file, or reference-named PyTorch
     /// weights (safetensors). Restormer takes the encoder from it (the head is new); Uformer takes
-    /// encoder and decoder. Without it the network starts from scratch.
+    /// encoder and decoder (default: none, the network starts from scratch).
     #[arg(long, value_name = "W.safetensors")]
     init: Option<PathBuf>,
     /// Output folder for checkpoints and history.json.
@@ -213,19 +221,19 @@ pub fn print_event(prefix: &str, print_freq: usize, ev: &Event<'_>) {
 }
 
 pub fn run(a: FinetuneArgs) -> Result<(), Failure> {
-    let (mut cfg, mut model_known) = a.task.config()?;
-    // `ifp finetune` scores validation images only: test settings would be silently ignored.
+    let (mut cfg, mut model_known) = a.task.config(&TestArgs::default())?;
+    // `ifp finetune` scores validation images only: test settings in --ft-config would be
+    // silently ignored.
     if let Some(t) = &cfg.data.test_dir {
         return Err(Failure::usage(anyhow::anyhow!(
-            "--test {} (DATA.TEST_DIR): `ifp finetune` does not score a test set; use `ifp \
+            "--ft-config: DATA.TEST_DIR {}: `ifp finetune` does not score a test set; use `ifp \
              compare`, or `ifp eval` on the result",
             t.display()
         )));
     }
     if cfg.data.max_test_images != 0 {
         return Err(Failure::usage(anyhow::anyhow!(
-            "--max-test-images {} (DATA.MAX_TEST_IMAGES): `ifp finetune` does not score a test \
-             set",
+            "--ft-config: DATA.MAX_TEST_IMAGES {}: `ifp finetune` does not score a test set",
             cfg.data.max_test_images
         )));
     }
@@ -286,8 +294,10 @@ pub fn run(a: FinetuneArgs) -> Result<(), Failure> {
 mod tests {
     use clap::CommandFactory;
 
-    /// Every flag of `finetune` and `compare` says what it does, and a flag that overrides a
-    /// config value states the default it overrides, as the config's own default has it.
+    /// Every flag of `finetune`, `compare` and `eval` says what it does, and every flag that
+    /// takes a value states its default: in clap's `[default: X]` (and then what a default of 0
+    /// means), or in its help as "default ..." (a flag that overrides a config value as the
+    /// config's own default has it), or says it is required.
     #[test]
     fn every_flag_has_help_and_states_its_default() {
         let d = ifp_trainer::finetune::FinetuneConfig::default();
@@ -306,17 +316,36 @@ mod tests {
             ("seed", d.seed.to_string()),
         ];
         let cli = super::super::Cli::command();
-        for name in ["finetune", "compare"] {
+        for name in ["finetune", "compare", "eval"] {
             let cmd = cli.find_subcommand(name).expect("subcommand");
             for arg in cmd.get_arguments() {
                 let id = arg.get_id().as_str();
                 let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
                 assert!(!help.is_empty(), "ifp {name} --{id} has no help text");
                 let long = arg.get_long().unwrap_or_default();
-                if let Some((_, want)) = defaults.iter().find(|(f, _)| *f == long) {
+                // `eval --sigma/--blur` override the model's values, not the config defaults.
+                if name != "eval" {
+                    if let Some((_, want)) = defaults.iter().find(|(f, _)| *f == long) {
+                        assert!(
+                            help.contains(&format!("default {want}")),
+                            "ifp {name} --{long}: `{help}` does not state the default {want}"
+                        );
+                    }
+                }
+                if !arg.get_action().takes_values() || arg.is_required_set() {
+                    continue;
+                }
+                let clap_default: Vec<_> = arg.get_default_values().iter().collect();
+                if clap_default.is_empty() {
                     assert!(
-                        help.contains(&format!("default {want}")),
-                        "ifp {name} --{long}: `{help}` does not state the default {want}"
+                        help.contains("default") || help.contains("required"),
+                        "ifp {name} --{long}: `{help}` states neither its default nor that it \
+                         is required"
+                    );
+                } else if clap_default.iter().any(|v| *v == "0") {
+                    assert!(
+                        help.contains("0 =") || help.contains("0:"),
+                        "ifp {name} --{long}: `{help}` does not say what its default 0 means"
                     );
                 }
             }

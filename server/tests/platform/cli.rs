@@ -46,6 +46,14 @@ fn bad_inputs_exit_2_with_one_line() {
         data.join("rain/Rain100H"),
     );
     let (clean, kodak, rain) = (clean.as_path(), kodak.as_path(), rain.as_path());
+    // `ifp finetune` has no --test flag; a test folder can only come from its config file.
+    let ft_test = dir.path().join("ft-test.yaml");
+    std::fs::write(
+        &ft_test,
+        format!("DATA:\n  TEST_DIR: {}\n", kodak.display()),
+    )
+    .expect("write");
+    let ft_test = ft_test.as_path();
     let cases = [
         (argv("train --config {} --out {}", &[Path::new("/nonexistent/x.yaml"), out]), "/nonexistent/x.yaml"),
         (argv("train --config huge --out {}", &[out]), "unknown preset"),
@@ -90,8 +98,8 @@ fn bad_inputs_exit_2_with_one_line() {
             "DATA.NOISE_SIGMA",
         ),
         (
-            argv("finetune --model tiny --train {} --sigma 25 --test {} --out {}", &[clean, kodak, out]),
-            "does not score a test set",
+            argv("finetune --model tiny --train {} --sigma 25 --ft-config {} --out {}", &[clean, ft_test, out]),
+            "DATA.TEST_DIR",
         ),
     ];
     for (args, needle) in cases {
