@@ -3,7 +3,8 @@
 //!   PyTorch's `load_state_dict(strict=True)`), with the step and config as metadata;
 //! - `state-SSSSSS.safetensors`: AdamW moments as tensors, plus a JSON `ifp_state` metadata
 //!   entry (step, random-stream positions, the mask radii, the config) for exact resumption;
-//! - `sample-SSSSSS.png`: one sample as input | corrupted | reconstruction | target.
+//! - `sample-SSSSSS.png`: one sample as input | corrupted | reconstruction | target | error
+//!   map, above their log-magnitude spectra (see `train::sample_strip`).
 //!
 //! Each file is written atomically (temporary file, fsync, rename, fsync of the folder) and gets
 //! a `sha256sum`-compatible `.sha256` sidecar written after it, so a crash leaves either a

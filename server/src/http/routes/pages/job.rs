@@ -102,8 +102,6 @@ struct JobPage {
 pub struct Lineage {
     pub parent: Option<service::JobLink>,
     pub children: Vec<service::JobLink>,
-    /// Comparisons have no clone yet: their form starts from a preset.
-    pub can_clone: bool,
     /// A succeeded pre-training job offers its encoder to a fine-tuning job.
     pub can_finetune: bool,
 }
@@ -178,7 +176,6 @@ async fn view(state: &AppState, viewer: &Viewer, id: &str, s: &Scale) -> PageRes
     let lineage = Lineage {
         parent,
         children,
-        can_clone: true,
         can_finetune: job.kind == JobKind::Pretrain && job.status == JobStatus::Succeeded,
     };
     let attempts = queue::attempts(&state.pool, job.id).await?;
