@@ -74,7 +74,9 @@ pub async fn checkpoint(
     if let Some(s) = &ck.sample {
         files.push((CheckpointKind::Sample, file_name(s)?, s));
     }
-    list_files(pool, artifacts, fence, Some(ck.step as i64), &files).await
+    let step = Some(ck.step as i64);
+    let files: Vec<_> = files.into_iter().map(|(k, n, f)| (k, n, f, step)).collect();
+    list_files(pool, artifacts, fence, &files).await
 }
 
 /// Lists a finished run's result files (kind `report`, at the job's last step).
@@ -86,13 +88,15 @@ pub async fn report_files(
 ) -> Result<()> {
     let files: Vec<_> = files
         .iter()
-        .map(|(n, f)| (CheckpointKind::Report, n.clone(), f))
+        .map(|(n, f)| (CheckpointKind::Report, n.clone(), f, None))
         .collect();
-    list_files(pool, artifacts, fence, None, &files).await
+    list_files(pool, artifacts, fence, &files).await
 }
 
-/// Lists the models a finished comparison made (kind `model`, at the job's last step), each
-/// under the name given with it: several of its runs wrote a `model-000500.safetensors`.
+/// Lists the models a finished comparison made (kind `model`), each under the name given with
+/// it: several of its runs wrote a `model-000500.safetensors`. Each is listed at the step of
+/// the run that wrote it (its pre-training's, or its arm's fine-tuning step, as in its file
+/// name), not at the job's last step, which counts every phase and names no model's step.
 pub async fn named_models(
     pool: &PgPool,
     artifacts: &Path,
@@ -101,9 +105,19 @@ pub async fn named_models(
 ) -> Result<()> {
     let files: Vec<_> = files
         .iter()
-        .map(|(n, f)| (CheckpointKind::Model, n.clone(), f))
+        .map(|(n, f)| (CheckpointKind::Model, n.clone(), f, step_in_name(&f.path)))
         .collect();
-    list_files(pool, artifacts, fence, None, &files).await
+    list_files(pool, artifacts, fence, &files).await
+}
+
+/// The step of a `model-SSSSSS.safetensors` file (`checkpoint::model_path`), if `path` is one.
+fn step_in_name(path: &Path) -> Option<i64> {
+    path.file_name()?
+        .to_str()?
+        .strip_prefix("model-")?
+        .strip_suffix(".safetensors")?
+        .parse()
+        .ok()
 }
 
 fn file_name(f: &WrittenFile) -> Result<String> {
@@ -114,15 +128,14 @@ fn file_name(f: &WrittenFile) -> Result<String> {
         .ok_or_else(|| Error::Internal(format!("bad file path {}", f.path.display())))
 }
 
-/// Lists `files` (kind, listed name, file; paths relative to the artifact root) at `step`, or
-/// at the job's last step, in one fenced statement; a file listed before under the same name
-/// is replaced.
+/// Lists `files` (kind, listed name, file, step; paths relative to the artifact root), each at
+/// its step or, without one, at the job's last step, in one fenced statement; a file listed
+/// before under the same name is replaced.
 async fn list_files(
     pool: &PgPool,
     artifacts: &Path,
     fence: &Fence,
-    step: Option<i64>,
-    files: &[(CheckpointKind, String, &WrittenFile)],
+    files: &[(CheckpointKind, String, &WrittenFile, Option<i64>)],
 ) -> Result<()> {
     if files.is_empty() {
         return Ok(());
@@ -132,20 +145,24 @@ async fn list_files(
     let mut bytes = vec![];
     let mut shas = vec![];
     let mut paths = vec![];
-    for (kind, name, f) in files {
+    let mut steps = vec![];
+    for (kind, name, f, step) in files {
         let rel = f.path.strip_prefix(artifacts).unwrap_or(&f.path);
         names.push(name.clone());
         kinds.push(kind.as_str());
         bytes.push(f.bytes as i64);
         shas.push(f.sha256.clone());
         paths.push(rel.to_string_lossy().into_owned());
+        steps.push(*step);
     }
     let sql = format!(
         "insert into checkpoint (job_id, name, kind, attempt, step, bytes, sha256, path)
-         select $1, u.name, u.kind, $2, coalesce($4, (select total_steps from job where id = $1)),
+         select $1, u.name, u.kind, $2,
+                coalesce(u.step, (select total_steps from job where id = $1)),
                 u.bytes, u.sha256, u.path
-         from unnest($5::text[], $6::text[], $7::bigint[], $8::text[], $9::text[])
-             as u(name, kind, bytes, sha256, path)
+         from unnest($4::text[], $5::text[], $6::bigint[], $7::text[], $8::text[],
+                     $9::bigint[])
+             as u(name, kind, bytes, sha256, path, step)
          where {FENCE}
          on conflict (job_id, name) do update
          set kind = excluded.kind, attempt = excluded.attempt, step = excluded.step,
@@ -154,12 +171,12 @@ async fn list_files(
     );
     sqlx::query(&sql)
         .bind_fence(fence)
-        .bind(step)
         .bind(names)
         .bind(kinds)
         .bind(bytes)
         .bind(shas)
         .bind(paths)
+        .bind(steps)
         .execute(pool)
         .await?;
     queue::notify(pool, queue::CHANNEL_EVENT, &fence.job_id.to_string()).await

@@ -124,9 +124,12 @@ async fn a_comparison_starts_from_finished_jobs_and_keeps_its_models() {
             .as_u64()
             .unwrap();
         let want = format!("{arm}-best-model-{best:06}.safetensors");
+        // Listed at the arm's own step, not the job's last (12, counting all three arms).
         assert!(
-            models.iter().any(|m| m["name"] == want),
-            "{want} in {models:?}"
+            models
+                .iter()
+                .any(|m| m["name"] == want && m["step"] == json!(best)),
+            "{want} at step {best} in {models:?}"
         );
         let req = Request::get(format!("/api/v1/jobs/{id}/checkpoints/{name}"))
             .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
@@ -143,6 +146,22 @@ async fn a_comparison_starts_from_finished_jobs_and_keeps_its_models() {
 
     // The job page says which steps are which arm.
     let page = html_of(&api, &pool, &format!("/jobs/{id}")).await;
+    // Its PyTorch snippet loads every arm's model, and restores with a fine-tuned one; its
+    // Samples card says where a comparison's images are instead of promising strips.
+    for m in &models {
+        let name = m["name"].as_str().unwrap();
+        let var = name.split_once("-best-").unwrap().0;
+        assert!(
+            page.contains(&format!("{var} = ifp_models.load(\"{name}\")")),
+            "snippet for {name}: {page}"
+        );
+    }
+    assert!(page.contains("y = ifp(x.permute"), "{page}");
+    assert!(
+        page.contains("A comparison reports no checkpoints")
+            && !page.contains("Sample strips appear"),
+        "{page}"
+    );
     assert!(
         page.contains("fine-tuning from the extra arm") && !page.contains("IFP pre-training ·"),
         "{page}"

@@ -12,7 +12,7 @@ use chrono::Utc;
 use serde::Deserialize;
 
 use super::{render, Layout, PageResult, Viewer};
-use crate::db::rows::Job;
+use crate::db::rows::{CheckpointFile, Job};
 use crate::db::values::{CheckpointKind, JobKind, JobStatus};
 use crate::http::state::AppState;
 use crate::http::views::{chart, config, fmt};
@@ -73,15 +73,19 @@ pub struct JobView {
     pub samples: Vec<SampleRow>,
     /// What the sample strips' tiles are, left to right (they differ by job kind).
     pub sample_tiles: &'static str,
+    /// What the Samples card says while it has no strip (comparisons never get one).
+    pub samples_note: &'static str,
     pub active: bool,
     /// For a comparison: which steps belong to which phase.
     pub phases: Option<String>,
     /// What a requested cancel does or did (a run can finish before the request reaches it).
     pub cancel_note: Option<&'static str>,
-    /// The newest model file's name, for the snippet that loads it in PyTorch.
-    pub newest_model: Option<String>,
-    /// A fine-tuning job: its model restores images (the snippet shows how).
-    pub restores: bool,
+    /// The model files the "load it in PyTorch" snippet loads: the newest of a run, or every
+    /// model a comparison made.
+    pub snippet_models: Vec<SnippetModel>,
+    /// The snippet's variable holding a fine-tuned model, which restores images (the snippet
+    /// shows how); `None` for pre-training.
+    pub restorer: Option<String>,
     pub report: Option<ReportView>,
     /// A comparison over several seeds: what the seeds say together.
     pub seeds: Option<super::seeds_view::SeedsView>,
@@ -95,6 +99,76 @@ struct JobPage {
     layout: Layout,
     v: JobView,
     config_yaml: String,
+}
+
+/// One model file in the "load it in PyTorch" snippet.
+pub struct SnippetModel {
+    /// The Python variable it is loaded into.
+    pub var: String,
+    pub name: String,
+    /// What it is, as the snippet's comment says.
+    pub note: String,
+    /// Fine-tuned: it restores images (a pre-training network reconstructs corrupted ones).
+    pub restores: bool,
+}
+
+/// The models the snippet loads: a run's newest model file, or every model a comparison made
+/// (its pre-training's and each arm's best checkpoint, per seed), each into its own variable.
+fn snippet_models(kind: JobKind, files: &[CheckpointFile]) -> Vec<SnippetModel> {
+    let models = files.iter().filter(|f| f.kind == CheckpointKind::Model);
+    if kind != JobKind::Compare {
+        return models
+            .max_by_key(|f| f.step)
+            .map(|f| SnippetModel {
+                var: "net".into(),
+                name: f.name.clone(),
+                note: "rebuilt from the file's config, strict=True, eval mode".into(),
+                restores: kind == JobKind::Finetune,
+            })
+            .into_iter()
+            .collect();
+    }
+    // Listed as `[seed-S-]pretrain-model-…` and `[seed-S-]ARM-best-model-…`
+    // (`jobs::compare::model_files`); shown per seed in the order the comparison runs them, so
+    // the restoring example uses the IFP arm.
+    let order = |f: &&CheckpointFile| {
+        let run = f.name.split_once("-model-").map_or("", |(r, _)| r);
+        let run = run.strip_suffix("-best").unwrap_or(run);
+        let (seed, arm) = match run.strip_prefix("seed-").and_then(|r| r.split_once('-')) {
+            Some((s, arm)) => (s.parse::<u64>().ok(), arm),
+            None => (None, run),
+        };
+        let rank = ["pretrain", "ifp", "scratch"]
+            .iter()
+            .position(|a| *a == arm);
+        (seed, rank.unwrap_or(3), arm.to_string())
+    };
+    let mut models: Vec<_> = models.collect();
+    models.sort_by_key(order);
+    models
+        .into_iter()
+        .filter_map(|f| {
+            let (run, _) = f.name.split_once("-model-")?;
+            let (run, restores, note) = match run.strip_suffix("-best") {
+                Some(arm) => (
+                    arm,
+                    true,
+                    format!("{arm}: the arm's best checkpoint by validation PSNR"),
+                ),
+                None => (run, false, "the IFP pre-training network".to_string()),
+            };
+            let var = run
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            Some(SnippetModel {
+                var,
+                name: f.name.clone(),
+                note,
+                restores,
+            })
+        })
+        .collect()
 }
 
 /// Re-runs and lineage: part of the live fragment, so *Fine-tune this* appears when the run
@@ -223,13 +297,11 @@ async fn view(state: &AppState, viewer: &Viewer, id: &str, s: &Scale) -> PageRes
             url: format!("{base}/samples/{}", f.step),
         })
         .collect();
-    // The newest model file, for the "load it in PyTorch" snippet. A comparison lists the
-    // pre-training's and both arms' files, so it names none.
-    let newest_model = files
+    let snippet_models = snippet_models(job.kind, &files);
+    let restorer = snippet_models
         .iter()
-        .filter(|f| f.kind == CheckpointKind::Model && job.kind != JobKind::Compare)
-        .max_by_key(|f| f.step)
-        .map(|f| f.name.clone());
+        .find(|m| m.restores)
+        .map(|m| m.var.clone());
     let file_rows = files
         .iter()
         .filter(|f| matches!(f.kind, CheckpointKind::Model | CheckpointKind::State))
@@ -306,8 +378,8 @@ async fn view(state: &AppState, viewer: &Viewer, id: &str, s: &Scale) -> PageRes
     Ok(JobView {
         lineage,
         seeds,
-        restores: job.kind == JobKind::Finetune,
-        newest_model,
+        snippet_models,
+        restorer,
         validation,
         phases,
         cancel_note,
@@ -329,6 +401,17 @@ async fn view(state: &AppState, viewer: &Viewer, id: &str, s: &Scale) -> PageRes
         attempts,
         files: file_rows,
         samples,
+        samples_note: match job.kind {
+            JobKind::Pretrain | JobKind::Finetune => {
+                "Sample strips appear with each checkpoint (every SAVE_FREQ steps)."
+            }
+            // Its runs' checkpoints are not reported; the showcase restores test images.
+            JobKind::Compare => {
+                "A comparison reports no checkpoints, so no strips here: when it finishes, its \
+                 showcase test images (degraded | each arm | target) appear with its results \
+                 under Does IFP help here?"
+            }
+        },
         sample_tiles: match job.kind {
             JobKind::Pretrain => {
                 "input | corrupted | reconstruction | target (each tile contrast-stretched to \
