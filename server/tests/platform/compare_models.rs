@@ -344,10 +344,11 @@ async fn the_runs_view_overlays_jobs_and_marks_differing_settings() {
     }
 }
 
-/// Issue 17, item 10: the fine-tune form lists the data sets the server knows (with their
-/// kind) and the chosen one replaces the YAML's TRAIN_DIR; its examples include deblurring.
+/// Issue 17, item 10: the fine-tune and comparison forms list the data sets the server knows
+/// (with their kind), the chosen one replaces the YAML's TRAIN_DIR, and a refused folder is
+/// shown beside the picker; the fine-tune form's examples include deblurring.
 #[tokio::test]
-async fn the_finetune_form_picks_a_data_set() {
+async fn the_forms_pick_a_data_set() {
     let (pool, _artifacts, api) = api_with_datasets().await;
     let form = html_of(&api, &pool, "/jobs/new/finetune").await;
     for needle in [
@@ -381,11 +382,61 @@ async fn the_finetune_form_picks_a_data_set() {
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(html.contains("NOISE_SIGMA"), "{html}");
     let yaml = format!("MODEL: {tiny}\nDATA: {{TRAIN_DIR: clean/CBSD68}}\nTRAIN: {{STEPS: 3}}\n");
-    let (s, location, html) = post("rain/Rain100H", yaml).await;
+    let (s, location, html) = post("rain/Rain100H", yaml.clone()).await;
     assert_eq!(s, StatusCode::SEE_OTHER, "{html}");
     let id: uuid::Uuid = location.unwrap()[6..].parse().unwrap();
     let job = ifp_server::queue::get(&pool, id).await.unwrap().unwrap();
     assert_eq!(job.config["FINETUNE"]["DATA"]["TRAIN_DIR"], "rain/Rain100H");
+    // A refused training folder is shown beside the picker, where a data set is chosen, not
+    // under the YAML box.
+    let (s, _, html) = post("clean/nothing-here", yaml).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_beside_picker(&html, "no folder `clean/nothing-here`");
+
+    // The comparison form has the same picker, and its choice replaces the YAML's folder.
+    let form = html_of(&api, &pool, "/jobs/new/compare").await;
+    assert!(
+        form.contains("<option value=\"rain/Rain100H\">rain/Rain100H (100 pairs"),
+        "{form}"
+    );
+    let post = |train_dir: &'static str| {
+        let (api, cookie, csrf) = (api.clone(), cookie.clone(), csrf.clone());
+        async move {
+            let fields = [
+                ("csrf", csrf.as_str()),
+                ("name", "picked comparison"),
+                ("preset", "tiny"),
+                ("pretrain_steps", "5"),
+                ("train_dir", train_dir),
+                ("finetune_yaml", "TRAIN: {STEPS: 3}\n"),
+                ("showcase", "1"),
+                ("priority", "0"),
+            ];
+            post_form(&api, &cookie, "/jobs/new/compare", &fields).await
+        }
+    };
+    let (s, _, html) = post("clean/nothing-here").await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_beside_picker(&html, "no folder `clean/nothing-here`");
+    let (s, location, html) = post("rain/Rain100H").await;
+    assert_eq!(s, StatusCode::SEE_OTHER, "{html}");
+    let id: uuid::Uuid = location.unwrap()[6..].parse().unwrap();
+    let job = ifp_server::queue::get(&pool, id).await.unwrap().unwrap();
+    assert_eq!(job.config["FINETUNE"]["DATA"]["TRAIN_DIR"], "rain/Rain100H");
+}
+
+/// `message` is shown in the *Training data* picker's field: after the picker, before the YAML
+/// box.
+fn assert_beside_picker(html: &str, message: &str) {
+    let at = |needle: &str| {
+        html.find(needle)
+            .unwrap_or_else(|| panic!("no {needle}: {html}"))
+    };
+    let (picker, error, yaml) = (at("id=\"ft-data\""), at(message), at("id=\"ft-yaml\""));
+    assert!(
+        picker < error && error < yaml,
+        "`{message}` is not beside the picker: {html}"
+    );
 }
 
 /// Issue 18: a comparison over two seeds through a real worker: one step axis over the shared

@@ -1,7 +1,8 @@
 //! `/jobs/new/compare`: the form of a `compare` job ("does IFP help here?"): a pre-training
 //! preset and its length, or one of the user's finished pre-training jobs to start from; an
-//! optional extra arm from another; a fine-tuning config in YAML (data folders relative to the
-//! server's datasets folder); how many test images to show side by side.
+//! optional extra arm from another; the training data set (a picker over the server's datasets
+//! folder) and a fine-tuning config in YAML (data folders relative to that folder); how many
+//! test images to show side by side.
 
 use askama::Template;
 use axum::extract::{Query, State};
@@ -51,6 +52,9 @@ struct ComparePage {
     /// Whether the config may name a test set (`DATA.TEST_DIR`): a comparison scores one.
     test_set: bool,
     datasets: Option<String>,
+    /// The data sets in the datasets folder, for the *Training data* picker.
+    known: Vec<crate::jobs::datasets::Known>,
+    train_dir: String,
     errors: Errors,
 }
 
@@ -80,6 +84,9 @@ pub struct CompareForm {
     /// The comparison this one clones (its id), recorded as the new job's parent.
     #[serde(default)]
     parent: String,
+    /// A data set of the datasets folder; replaces the YAML's `DATA.TRAIN_DIR` (empty: keep it).
+    #[serde(default)]
+    train_dir: String,
 }
 
 /// `GET /jobs/new/compare[?init=JOB | ?from=JOB]`.
@@ -204,7 +211,10 @@ pub async fn submit_form(
     })
     .await?;
     let finetune = match parsed {
-        Ok(c) => Some(c),
+        Ok(mut c) => {
+            submission::pick_train_dir(&mut c, &f.train_dir);
+            Some(c)
+        }
         Err(e) => {
             errors.insert("finetune_yaml".into(), e.to_string());
             None
@@ -250,7 +260,7 @@ pub async fn submit_form(
             "init_job",
             "extra_arm_job",
         ];
-        submission::field_of(key, &fields, submission::finetune_key)
+        submission::field_of_picked(key, &fields, submission::finetune_key)
     };
     submission::outcome(result, errors, field, |errors| again(f, errors))
 }
@@ -286,6 +296,8 @@ fn page(
             ("Deblurring (synthetic blur, CBSD68 → Kodak24)", DEBLUR),
         ],
         datasets: state.datasets.as_ref().map(|d| d.display().to_string()),
+        known: submission::known_datasets(state),
+        train_dir: f.train_dir,
         errors,
     };
     (status, render(&p)).into_response()

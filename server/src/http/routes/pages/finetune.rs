@@ -119,9 +119,7 @@ pub async fn submit_form(
     .await?;
     let ft = match parsed {
         Ok(mut c) => {
-            if !f.train_dir.trim().is_empty() {
-                c.data.train_dir = f.train_dir.trim().into();
-            }
+            submission::pick_train_dir(&mut c, &f.train_dir);
             Some(c)
         }
         Err(e) => {
@@ -146,7 +144,7 @@ pub async fn submit_form(
     .await;
     let field = |key: Option<&str>| {
         let in_yaml = |k: &str| submission::finetune_key(k) || k == "MODEL.TYPE";
-        submission::field_of(key, &["name", "priority", "init_job"], in_yaml)
+        submission::field_of_picked(key, &["name", "priority", "init_job"], in_yaml)
     };
     submission::outcome(result, errors, field, |errors| again(f, errors))
 }
@@ -169,11 +167,7 @@ fn page(
         parent: f.parent,
         datasets: state.datasets.as_ref().map(|d| d.display().to_string()),
         // A few directory listings of a local folder: cheap enough to do here.
-        known: state
-            .datasets
-            .as_deref()
-            .map(crate::jobs::datasets::known)
-            .unwrap_or_default(),
+        known: submission::known_datasets(state),
         train_dir: f.train_dir,
         test_set: false,
         examples: [

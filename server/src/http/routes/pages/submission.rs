@@ -133,6 +133,32 @@ pub fn field_of(key: Option<&str>, fields: &[&str], in_yaml: fn(&str) -> bool) -
     }
 }
 
+/// `field_of` for the forms with a *Training data* picker: a refused training folder shows
+/// beside the picker (`train_dir`), where a data set is chosen, not under the YAML.
+pub fn field_of_picked(key: Option<&str>, fields: &[&str], in_yaml: fn(&str) -> bool) -> String {
+    if key == Some("FINETUNE.DATA.TRAIN_DIR") {
+        return "train_dir".into();
+    }
+    field_of(key, fields, in_yaml)
+}
+
+/// The data sets in the datasets folder, for the *Training data* picker. A few directory
+/// listings of a local folder: cheap enough to do per page.
+pub fn known_datasets(state: &AppState) -> Vec<crate::jobs::datasets::Known> {
+    state
+        .datasets
+        .as_deref()
+        .map(crate::jobs::datasets::known)
+        .unwrap_or_default()
+}
+
+/// Applies the picker's choice (`train_dir`; empty: keep the YAML's `DATA.TRAIN_DIR`).
+pub fn pick_train_dir(c: &mut ifp_trainer::finetune::FinetuneConfig, train_dir: &str) {
+    if !train_dir.trim().is_empty() {
+        c.data.train_dir = train_dir.trim().into();
+    }
+}
+
 /// Where a form's submission ends: the new job's page, or the form again (`again`, a 422) with
 /// a refused value's message beside the field `field` names for its key; any other error goes
 /// to the error page.
