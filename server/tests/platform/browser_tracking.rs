@@ -22,15 +22,22 @@ pub(crate) async fn clone_compare_and_compare_from(c: &Client, base: &str, id: &
         .for_element(Locator::Css(".chart-box.interactive .uplot canvas"))
         .await
         .expect("an interactive chart");
-    let hidden = c
+    // A second click shows the line again, so the screenshot below has it.
+    let toggled = c
         .execute(
             "const row = document.querySelector('.chart-box.interactive .u-legend .u-series:nth-child(2)');
-             row.querySelector('th').click(); return row.classList.contains('u-off')",
+             const off = () => row.classList.contains('u-off');
+             row.querySelector('th').click(); const hidden = off();
+             row.querySelector('th').click(); return [hidden, off()]",
             vec![],
         )
         .await
         .expect("legend toggle");
-    assert_eq!(hidden, json!(true), "a legend click hides its line");
+    assert_eq!(
+        toggled,
+        json!([true, false]),
+        "a legend click hides its line, a second shows it again"
+    );
     // Issue 17: the page's axis labels take their digits from the tick spacing, so close
     // neighbouring ticks never read the same (`toExponential(1)` gave 2.0e-4 three times).
     let labels = c
