@@ -43,6 +43,9 @@ pub struct CompareJob {
     pub showcase: usize,
     /// Fine-tuning seeds `FINETUNE.SEED`, `+1`, ...: 1 runs one comparison.
     pub seeds: usize,
+    /// Each seed also pre-trains, with its seed as the pre-training's `SEED`, instead of all
+    /// seeds sharing one pre-training: the intervals then cover pre-training noise too.
+    pub vary_pretrain: bool,
     /// The IFP arm's weights from a finished pre-training job (relative to the artifact store;
     /// absolute once resolved on a worker) instead of pre-training here.
     pub pretrained: Option<PathBuf>,
@@ -106,6 +109,7 @@ impl CompareJob {
             finetune,
             showcase,
             seeds: 1,
+            vary_pretrain: false,
             pretrained: None,
             extra_arm: None,
         })
@@ -151,10 +155,36 @@ impl CompareJob {
         Ok(self)
     }
 
+    /// Pre-trains once per seed (with that seed) when `on`; needs 2 or more seeds and a
+    /// pre-training to run. Call after [`CompareJob::with_seeds`].
+    pub fn with_vary_pretrain_seed(mut self, on: bool) -> Result<Self> {
+        if on && (self.seeds < 2 || self.pretrained.is_some()) {
+            return Err(Error::invalid(
+                Some("vary_pretrain_seed"),
+                format!(
+                    "needs 2 or more seeds and a pre-training to run here (this job has {} \
+                     seed{}{})",
+                    self.seeds,
+                    if self.seeds == 1 { "" } else { "s" },
+                    if self.pretrained.is_some() {
+                        " and starts from a finished pre-training job"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+        self.vary_pretrain = on;
+        Ok(self)
+    }
+
     /// The config stored with the job.
     pub fn to_value(&self) -> Value {
         let mut v = json!({"PRETRAIN": self.pretrain, "FINETUNE": self.finetune,
                            "SHOWCASE": self.showcase, "SEEDS": self.seeds});
+        if self.vary_pretrain {
+            v["VARY_PRETRAIN_SEED"] = json!(true);
+        }
         if let Some(p) = &self.pretrained {
             v["PRETRAINED"] = json!(p);
         }
@@ -172,12 +202,14 @@ impl CompareJob {
         let showcase = v.get("SHOWCASE").and_then(Value::as_u64).unwrap_or(3) as usize;
         // Jobs stored before seeds existed ran one.
         let seeds = v.get("SEEDS").and_then(Value::as_u64).unwrap_or(1) as usize;
+        let vary_pretrain = v.get("VARY_PRETRAIN_SEED").and_then(Value::as_bool) == Some(true);
         let path = |k: &str| v.get(k).and_then(Value::as_str).map(PathBuf::from);
         Ok(CompareJob {
             pretrain,
             finetune,
             showcase,
             seeds,
+            vary_pretrain,
             pretrained: path("PRETRAINED"),
             extra_arm: path("EXTRA_ARM"),
         })
@@ -202,67 +234,99 @@ impl CompareJob {
     }
 
     pub fn total_steps(&self) -> usize {
-        self.pretrain_steps() + self.seeds * self.arms().len() * self.finetune.total_steps()
+        self.step_phases().iter().map(|ph| ph.steps).sum()
     }
 
-    /// The phases of the job's step axis in order: pre-training (if it runs here), then each
-    /// seed's arms (`arm`: index into [`CompareJob::arms`]).
-    pub fn step_phases(&self) -> Vec<super::spec::StepPhase> {
+    /// The job's step axis with each phase's seed (its index from `FINETUNE.SEED`): the
+    /// pre-training once at the start, or, with `vary_pretrain`, at the start of each seed;
+    /// then each seed's arms in turn.
+    fn axis(&self) -> Vec<(usize, super::spec::StepPhase)> {
         use super::spec::StepPhase;
         let (p, f) = (self.pretrain_steps(), self.finetune.total_steps());
         let mut out = Vec::new();
-        if p > 0 {
-            out.push(StepPhase {
-                start: 0,
-                steps: p,
-                batch: self.pretrain.data.batch_size,
-                arm: None,
-            });
-        }
-        let mut at = p;
-        for _ in 0..self.seeds {
+        let mut at = 0;
+        for k in 0..self.seeds {
+            if p > 0 && (k == 0 || self.vary_pretrain) {
+                let batch = self.pretrain.data.batch_size;
+                out.push((
+                    k,
+                    StepPhase {
+                        start: at,
+                        steps: p,
+                        batch,
+                        arm: None,
+                    },
+                ));
+                at += p;
+            }
             for a in 0..self.arms().len() {
-                out.push(StepPhase {
-                    start: at,
-                    steps: f,
-                    batch: self.finetune.data.batch_size,
-                    arm: Some(a),
-                });
+                let batch = self.finetune.data.batch_size;
+                out.push((
+                    k,
+                    StepPhase {
+                        start: at,
+                        steps: f,
+                        batch,
+                        arm: Some(a),
+                    },
+                ));
                 at += f;
             }
         }
         out
     }
 
+    /// The phases of the job's step axis in order: pre-training (if it runs here; once, or per
+    /// seed), then each seed's arms (`arm`: index into [`CompareJob::arms`]).
+    pub fn step_phases(&self) -> Vec<super::spec::StepPhase> {
+        self.axis().into_iter().map(|(_, ph)| ph).collect()
+    }
+
+    /// Where a phase starts on the job's step axis: seed `k`'s pre-training (`arm` None) or
+    /// arm. A seed that reuses the first seed's pre-training has none of its own.
+    fn phase_start(&self, k: usize, arm: Option<usize>) -> usize {
+        self.axis()
+            .into_iter()
+            .find(|(s, ph)| *s == k && ph.arm == arm)
+            .map_or(0, |(_, ph)| ph.start)
+    }
+
     /// Which steps of the job's step axis are which phase, for the job page.
     pub fn phases(&self) -> String {
-        let (p, f) = (self.pretrain_steps(), self.finetune.total_steps());
-        let mut parts = Vec::new();
-        if p > 0 {
-            parts.push(format!("steps 1–{p}: IFP pre-training"));
-        }
         let arm_label = |a: &str| match a {
             "ifp" => "fine-tuning from the IFP weights",
             "scratch" => "fine-tuning from scratch",
             _ => "fine-tuning from the extra arm's weights",
         };
-        let mut at = p;
-        for k in 0..self.seeds {
-            for a in self.arms() {
-                let seed = if self.seeds > 1 {
-                    format!(" (seed {})", self.finetune.seed + k as u64)
-                } else {
-                    String::new()
+        let parts: Vec<String> = self
+            .axis()
+            .into_iter()
+            .map(|(k, ph)| {
+                let what = match ph.arm {
+                    None => "IFP pre-training",
+                    Some(a) => arm_label(self.arms()[a]),
                 };
-                parts.push(format!("{}–{}: {}{seed}", at + 1, at + f, arm_label(a)));
-                at += f;
-            }
-        }
+                let seed = match (self.seeds > 1, ph.arm.is_some() || self.vary_pretrain) {
+                    (true, true) => format!(" (seed {})", self.finetune.seed + k as u64),
+                    _ => String::new(),
+                };
+                let steps = if ph.start == 0 && ph.arm.is_none() {
+                    "steps "
+                } else {
+                    ""
+                };
+                format!(
+                    "{steps}{}–{}: {what}{seed}",
+                    ph.start + 1,
+                    ph.start + ph.steps
+                )
+            })
+            .collect();
         let mut s = parts.join(" · ");
         if let Some(first) = s.get(..1) {
             s = first.to_uppercase() + &s[1..];
         }
-        if p > 0 {
+        if self.pretrain_steps() > 0 {
             s.push_str(". The loss is the pre-training loss, then L1.");
         } else {
             s.push_str(". The IFP weights come from a finished pre-training job; the loss is L1.");
@@ -291,8 +355,6 @@ impl CompareJob {
         mut on_step: impl FnMut(usize, &Progress),
         stop: impl Fn() -> bool,
     ) -> ifp_trainer::Result<bool> {
-        let pre = self.pretrain_steps();
-        let ft = self.finetune.total_steps();
         let arms = self.arms();
         let spec = CompareSpec {
             finetune: self.finetune.clone(),
@@ -304,16 +366,18 @@ impl CompareJob {
             tile: None,
             showcase: self.showcase,
         };
-        // The step axis: pre-training, then each seed's arms in turn (`k`: the seed's index).
+        // The step axis (`axis`; `k`: the seed's index).
         let mut on_event = |k: usize, ev: CompareEvent<'_>| {
             match ev {
-                CompareEvent::Pretrain(ifp_trainer::Event::Step(p)) => on_step(p.step, p),
+                CompareEvent::Pretrain(ifp_trainer::Event::Step(p)) => {
+                    on_step(self.phase_start(k, None) + p.step, p)
+                }
                 CompareEvent::Finetune {
                     arm,
                     event: ifp_trainer::finetune::Event::Step(p),
                 } => {
                     let a = arms.iter().position(|x| *x == arm).unwrap_or(0);
-                    on_step(pre + (k * arms.len() + a) * ft + p.step, p);
+                    on_step(self.phase_start(k, Some(a)) + p.step, p);
                 }
                 _ => {}
             }
@@ -326,9 +390,14 @@ impl CompareJob {
         let result = if self.seeds > 1 {
             let first = self.finetune.seed;
             let seeds: Vec<u64> = (0..self.seeds as u64).map(|k| first + k).collect();
-            seeds::compare_seeds(&spec, &seeds, false, dir, device, |seed, ev| {
-                on_event((seed - first) as usize, ev)
-            })
+            seeds::compare_seeds(
+                &spec,
+                &seeds,
+                self.vary_pretrain,
+                dir,
+                device,
+                |seed, ev| on_event((seed - first) as usize, ev),
+            )
             .map(|_| ())
         } else {
             compare::compare(&spec, dir, device, |ev| on_event(0, ev)).map(|_| ())
@@ -440,14 +509,25 @@ pub fn model_files(dir: &Path) -> Result<Vec<(String, WrittenFile)>> {
         ));
         Ok(())
     };
-    for (prefix, rdir) in &reports {
-        let r = read(&rdir.join("report.json"))?;
-        // Pre-training ran here when the report counts its steps.
-        if r["pretrain"]["steps"].is_u64() {
+    let reports = reports
+        .into_iter()
+        .map(|(prefix, rdir)| Ok((prefix, read(&rdir.join("report.json"))?, rdir)))
+        .collect::<Result<Vec<_>>>()?;
+    // Pre-training ran in a seed's folder when its report counts the steps: in the first only,
+    // or in every one with a pre-training per seed, whose models then carry their seed.
+    let ran_pretrain = |r: &Value| r["pretrain"]["steps"].is_u64();
+    let per_seed_pretrain = reports.iter().filter(|(_, r, _)| ran_pretrain(r)).count() > 1;
+    for (prefix, r, rdir) in &reports {
+        if ran_pretrain(r) {
             if let Some(w) = r["pretrain"]["weights"].as_str().map(PathBuf::from) {
                 let file = w.file_name().map(|n| n.to_string_lossy().into_owned());
                 if let Some(file) = file {
-                    add(format!("pretrain-{file}"), w)?;
+                    let seed = if per_seed_pretrain {
+                        prefix.as_str()
+                    } else {
+                        ""
+                    };
+                    add(format!("{seed}pretrain-{file}"), w)?;
                 }
             }
         }
@@ -521,5 +601,72 @@ mod tests {
             assert!(e.to_string().contains('`') || bad.is_empty(), "{bad}: {e}");
         }
         assert!(CompareJob::new(tiny, ft("clean/set"), false, 2, None).is_err());
+    }
+
+    /// With a pre-training per seed, the step axis runs each seed's pre-training before its
+    /// arms; the phases say which seed each is; the setting is stored and read back; it needs
+    /// two seeds and a pre-training to run.
+    #[test]
+    fn a_pre_training_per_seed_puts_one_before_each_seed_s_arms() {
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(root.path().join("clean/set")).expect("mkdir");
+        let mut tiny = ifp_trainer::config::preset("tiny").expect("tiny");
+        tiny.train.steps = Some(6);
+        let mut f = ft("clean/set");
+        f.train.steps = Some(4);
+        let job = CompareJob::new(tiny, f, false, 0, Some(root.path())).expect("valid");
+        let shared = job.clone().with_seeds(2).expect("2 seeds");
+        assert_eq!(shared.total_steps(), 6 + 2 * 2 * 4);
+        let vary = shared
+            .clone()
+            .with_vary_pretrain_seed(true)
+            .expect("2 seeds and a pre-training");
+        assert_eq!(vary.total_steps(), 2 * (6 + 2 * 4));
+        let starts: Vec<(usize, Option<usize>)> = vary
+            .step_phases()
+            .iter()
+            .map(|ph| (ph.start, ph.arm))
+            .collect();
+        assert_eq!(
+            starts,
+            [
+                (0, None),
+                (6, Some(0)),
+                (10, Some(1)),
+                (14, None),
+                (20, Some(0)),
+                (24, Some(1))
+            ]
+        );
+        assert_eq!(
+            (vary.phase_start(1, None), vary.phase_start(1, Some(1))),
+            (14, 24)
+        );
+        assert!(
+            vary.phases().contains("15–20: IFP pre-training (seed 1)"),
+            "{}",
+            vary.phases()
+        );
+        let back = CompareJob::from_value(&vary.to_value()).expect("round trip");
+        assert!(back.vary_pretrain && back.total_steps() == vary.total_steps());
+        assert!(
+            !CompareJob::from_value(&shared.to_value())
+                .expect("back")
+                .vary_pretrain
+        );
+        let e = job
+            .clone()
+            .with_vary_pretrain_seed(true)
+            .expect_err("one seed");
+        assert!(
+            matches!(&e, Error::Invalid { key_path: Some(k), .. } if k == "vary_pretrain_seed"),
+            "{e}"
+        );
+        let mut from_job = shared;
+        from_job.pretrained = Some("x/model-000006.safetensors".into());
+        let e = from_job
+            .with_vary_pretrain_seed(true)
+            .expect_err("a finished job's weights");
+        assert!(e.to_string().contains("finished pre-training job"), "{e}");
     }
 }

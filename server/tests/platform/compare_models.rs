@@ -531,3 +531,59 @@ async fn a_comparison_over_two_seeds_runs_and_summarises() {
         assert!(page.contains(needle), "missing {needle}");
     }
 }
+
+/// Issue 18: a comparison over seeds may pre-train once per seed (`vary_pretrain_seed`), as
+/// the CLI's `--vary-pretrain-seed` does: each seed's pre-training runs before its arms on the
+/// job's step axis, each is listed with its seed, and the page says what the intervals then
+/// cover. It needs two or more seeds, and belongs to comparisons.
+#[tokio::test]
+async fn a_comparison_may_pre_train_once_per_seed() {
+    let (pool, artifacts, api) = api_with_datasets().await;
+    let body = |seeds: u64, kind: &str| {
+        json!({"kind": kind, "name": "vary", "config": pretrain(),
+               "finetune": finetune("clean/CBSD68"), "showcase": 0, "seeds": seeds,
+               "vary_pretrain_seed": true})
+    };
+    let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(body(1, "compare"))).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert!(b.contains("\"key_path\":\"vary_pretrain_seed\""), "{b}");
+    let mut ft = body(2, "finetune");
+    for k in ["config", "showcase", "seeds"] {
+        ft.as_object_mut().unwrap().remove(k);
+    }
+    let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(ft)).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert!(b.contains("vary_pretrain_seed"), "{b}");
+
+    let (s, b) = call(&api, "POST", "/api/v1/jobs", Some(body(2, "compare"))).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let job: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(job["total_steps"], 2 * (6 + 2 * 4));
+    let id = job["id"].as_str().unwrap().to_string();
+    let job = run_to_end(&api, &pool, artifacts.path(), "w-vary", &id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["step"], 28);
+
+    let (s, seeds) = call(
+        &api,
+        "GET",
+        &format!("/api/v1/jobs/{id}/checkpoints/seeds.json"),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{seeds}");
+    let seeds: Value = serde_json::from_str(&seeds).unwrap();
+    assert_eq!(seeds["vary_pretrain"], true);
+    let (_, list) = call(&api, "GET", &format!("/api/v1/jobs/{id}/checkpoints"), None).await;
+    for seed in [0, 1] {
+        let name = format!("seed-{seed}-pretrain-model-000006.safetensors");
+        assert!(list.contains(&name), "{name} not listed: {list}");
+    }
+    let page = html_of(&api, &pool, &format!("/jobs/{id}")).await;
+    for needle in [
+        "15–20: IFP pre-training (seed 1)",
+        "pre-training and fine-tuning noise",
+    ] {
+        assert!(page.contains(needle), "missing {needle}");
+    }
+}

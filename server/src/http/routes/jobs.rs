@@ -57,6 +57,10 @@ pub struct CreateJob {
     /// more than one, each seed runs both arms and `seeds.json` reports means over seeds with
     /// 95% confidence intervals and how many seeds favour IFP.
     pub seeds: Option<usize>,
+    /// For `compare` with 2 or more `seeds`: each seed also runs its own IFP pre-training with
+    /// that seed (default false: all seeds share one), so the intervals cover pre-training noise
+    /// too. Not with `init_job`.
+    pub vary_pretrain_seed: Option<bool>,
     /// For `finetune`: a succeeded pre-training job of yours whose newest model file gives the
     /// initial weights (its network is used); absent = from scratch. For `compare`: start the
     /// IFP arm from that job's model file instead of pre-training again (no `config`/`preset`:
@@ -148,6 +152,7 @@ pub async fn create(
         for (key, given) in [
             ("seeds", body.seeds.is_some()),
             ("showcase", body.showcase.is_some()),
+            ("vary_pretrain_seed", body.vary_pretrain_seed.is_some()),
         ] {
             if given {
                 return Err(Error::invalid(
@@ -208,10 +213,16 @@ pub async fn create(
                 state.datasets.as_deref(),
             )?))
         }
-        JobKind::Pretrain if finetune_given || body.showcase.is_some() || body.seeds.is_some() => {
+        JobKind::Pretrain
+            if finetune_given
+                || body.showcase.is_some()
+                || body.seeds.is_some()
+                || body.vary_pretrain_seed.is_some() =>
+        {
             return Err(Error::invalid(
                 Some("kind"),
-                "`finetune`, `finetune_yaml`, `showcase` and `seeds` belong to `\"kind\": \"compare\"` jobs",
+                "`finetune`, `finetune_yaml`, `showcase`, `seeds` and `vary_pretrain_seed` belong \
+                 to `\"kind\": \"compare\"` jobs",
             ))
         }
         JobKind::Pretrain => JobSpec::Pretrain(Box::new(off_thread(&body, parse_config).await?)),
@@ -248,7 +259,10 @@ pub async fn create(
                 )?,
                 None => job,
             };
-            JobSpec::Compare(Box::new(job.with_seeds(body.seeds.unwrap_or(1))?))
+            let job = job
+                .with_seeds(body.seeds.unwrap_or(1))?
+                .with_vary_pretrain_seed(body.vary_pretrain_seed.unwrap_or(false))?;
+            JobSpec::Compare(Box::new(job))
         }
     };
     let job = service::submit(&state.pool, &state.artifacts, submission, &spec).await?;

@@ -42,6 +42,8 @@ struct ComparePage {
     max_showcase: usize,
     seeds: String,
     max_seeds: usize,
+    /// Each seed runs its own pre-training.
+    vary_pretrain_seed: bool,
     priority: String,
     /// The user's succeeded pre-training jobs, for *Start from* and *Extra arm*.
     choices: Vec<InitChoice>,
@@ -73,6 +75,9 @@ pub struct CompareForm {
     /// Fine-tuning seeds; absent in forms saved before it existed.
     #[serde(default)]
     seeds: String,
+    /// The checkbox: present (any value) when ticked.
+    #[serde(default)]
+    vary_pretrain_seed: Option<String>,
     priority: String,
     /// A succeeded pre-training job of the user's to start the IFP arm from (empty: pre-train
     /// with the preset); absent in forms saved before it existed.
@@ -142,6 +147,7 @@ fn clone_into(f: &mut CompareForm, job: &crate::db::rows::Job) -> Result<Option<
     f.priority = job.priority.to_string();
     f.showcase = c.showcase.to_string();
     f.seeds = c.seeds.to_string();
+    f.vary_pretrain_seed = c.vary_pretrain.then(|| "on".to_string());
     f.init_job = c.pretrained.as_deref().map(job_of).unwrap_or_default();
     f.extra_arm_job = c.extra_arm.as_deref().map(job_of).unwrap_or_default();
     let mut ft = c.finetune.clone();
@@ -244,7 +250,9 @@ pub async fn submit_form(
                 Some(extra) => job.with_extra_arm(extra)?,
                 None => job,
             };
-        let job = job.with_seeds(usize::try_from(seeds).unwrap_or(0))?;
+        let job = job
+            .with_seeds(usize::try_from(seeds).unwrap_or(0))?
+            .with_vary_pretrain_seed(f.vary_pretrain_seed.is_some())?;
         let parent = submission::parent_or_start(&f.parent, &f.init_job)?;
         let priority = i32::try_from(priority).unwrap_or(i32::MAX);
         let spec = JobSpec::Compare(Box::new(job));
@@ -257,6 +265,7 @@ pub async fn submit_form(
             "priority",
             "showcase",
             "seeds",
+            "vary_pretrain_seed",
             "init_job",
             "extra_arm_job",
         ];
@@ -284,6 +293,7 @@ fn page(
         max_showcase: MAX_SHOWCASE,
         seeds: or_default(f.seeds, "1"),
         max_seeds: MAX_SEEDS,
+        vary_pretrain_seed: f.vary_pretrain_seed.is_some(),
         priority: f.priority,
         choices,
         init_job: f.init_job,
