@@ -336,14 +336,19 @@ impl CompareJob {
 
     /// Points the data folders at this machine's datasets folder and the weights files at its
     /// artifact store.
-    pub fn resolve(&mut self, artifacts: &Path, datasets: &Path) {
-        datasets::resolve(&mut self.finetune, datasets);
+    pub fn resolve(
+        &mut self,
+        artifacts: &Path,
+        datasets: &Path,
+    ) -> std::result::Result<(), String> {
+        datasets::resolve(&mut self.finetune, datasets)?;
         for p in [&mut self.pretrained, &mut self.extra_arm]
             .into_iter()
             .flatten()
         {
             *p = artifacts.join(&*p);
         }
+        Ok(())
     }
 
     /// Runs the comparison into `dir`, reporting each step on the job's step axis. Returns

@@ -98,13 +98,20 @@ pub fn check_task(ft: &FinetuneConfig, root: &Path) -> Result<()> {
     ifp_trainer::finetune::data::check_degradation(&ft.data, root).map_err(keyed)
 }
 
-/// Points a fine-tuning config's data folders at this machine's datasets folder.
-pub fn resolve(ft: &mut FinetuneConfig, datasets: &Path) {
+/// Points a fine-tuning config's data folders at this machine's datasets folder, checking them
+/// there as the API checked them at submission: the worker's copy is another folder, and links
+/// in it may have changed since.
+pub fn resolve(ft: &mut FinetuneConfig, datasets: &Path) -> std::result::Result<(), String> {
+    let on_worker = |key: &str, rel: &Path| {
+        check_folder(datasets, key, rel).map_err(|e| format!("{key}: {e} (on this worker)"))?;
+        Ok::<_, String>(datasets.join(rel))
+    };
     let d = &mut ft.data;
-    d.train_dir = datasets.join(&d.train_dir);
+    d.train_dir = on_worker("FINETUNE.DATA.TRAIN_DIR", &d.train_dir)?;
     if let Some(t) = &d.test_dir {
-        d.test_dir = Some(datasets.join(t));
+        d.test_dir = Some(on_worker("FINETUNE.DATA.TEST_DIR", t)?);
     }
+    Ok(())
 }
 
 /// A data folder must be a relative path inside the datasets folder, and exist there.
@@ -199,6 +206,31 @@ mod known_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A worker checks the folders again in its own copy of the datasets folder: a link that
+    /// leads out of it there fails the attempt, naming the key, instead of being followed.
+    #[test]
+    fn a_worker_checks_the_folders_again_before_it_resolves_them() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let outside = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(root.path().join("clean/set")).expect("mkdir");
+        std::os::unix::fs::symlink(outside.path(), root.path().join("clean/away")).expect("link");
+        let mut ft = FinetuneConfig::default();
+        ft.data.train_dir = "clean/set".into();
+        resolve(&mut ft, root.path()).expect("a folder inside");
+        assert_eq!(ft.data.train_dir, root.path().join("clean/set"));
+        ft.data.train_dir = "clean/set".into();
+        ft.data.test_dir = Some("clean/away".into());
+        let e = resolve(&mut ft, root.path()).expect_err("a link out");
+        assert!(
+            e.starts_with("FINETUNE.DATA.TEST_DIR: ") && e.contains("leads outside"),
+            "{e}"
+        );
+        ft.data.train_dir = "clean/set".into();
+        ft.data.test_dir = Some("clean/gone".into());
+        let e = resolve(&mut ft, root.path()).expect_err("missing on this worker");
+        assert!(e.contains("no folder `clean/gone`"), "{e}");
+    }
 
     #[test]
     fn a_symbolic_link_cannot_lead_out_of_the_datasets_folder() {

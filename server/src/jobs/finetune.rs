@@ -98,11 +98,15 @@ impl FinetuneJob {
     }
 
     /// Points `INIT` at the artifact store and the data folders at the datasets folder.
-    pub fn resolve(&mut self, artifacts: &Path, datasets: &Path) {
+    pub fn resolve(
+        &mut self,
+        artifacts: &Path,
+        datasets: &Path,
+    ) -> std::result::Result<(), String> {
         if let Some(init) = &self.finetune.init {
             self.finetune.init = Some(artifacts.join(init));
         }
-        datasets::resolve(&mut self.finetune, datasets);
+        datasets::resolve(&mut self.finetune, datasets)
     }
 }
 

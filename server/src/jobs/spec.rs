@@ -160,10 +160,10 @@ impl JobSpec {
         match self {
             JobSpec::Pretrain(c) => uploads::resolve(artifacts, c),
             JobSpec::Finetune(j) => {
-                j.resolve(artifacts, datasets.ok_or(datasets::WORKER_HAS_NONE)?);
+                j.resolve(artifacts, datasets.ok_or(datasets::WORKER_HAS_NONE)?)?;
             }
             JobSpec::Compare(j) => {
-                j.resolve(artifacts, datasets.ok_or(datasets::WORKER_HAS_NONE)?);
+                j.resolve(artifacts, datasets.ok_or(datasets::WORKER_HAS_NONE)?)?;
                 uploads::resolve(artifacts, &mut j.pretrain);
             }
         }
