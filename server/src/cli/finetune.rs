@@ -1,6 +1,7 @@
 //! `ifp finetune`: fine-tune a pre-trained (or fresh) network on a restoration data set (a
 //! Restormer encoder with a one-convolution head, or a whole Uformer), validating and
-//! checkpointing as it goes (`--resume` continues).
+//! checkpointing as it goes (`--resume` continues), then scoring its best checkpoint on the
+//! test images (`test.json`).
 
 use std::path::{Path, PathBuf};
 
@@ -27,8 +28,8 @@ pub struct TaskArgs {
     /// required unless --ft-config gives DATA.TRAIN_DIR.
     #[arg(long, value_name = "DIR")]
     pub train: Option<PathBuf>,
-    /// Without a test folder (`ifp compare --test`), every K-th training image (natural name
-    /// order) is a test image, never trained on (default 5).
+    /// Without a test folder (--test), every K-th training image (natural name order) is a
+    /// test image, never trained on (default 5).
     #[arg(long, value_name = "K")]
     pub split_every: Option<usize>,
     /// Gaussian noise sigma on the 0-255 scale for clean images, e.g. 25 (default 0: none).
@@ -63,8 +64,7 @@ pub struct TaskArgs {
     pub seed: Option<u64>,
 }
 
-/// The test-set flags: only `ifp compare` scores a test set, so only it has them (`ifp
-/// finetune --help` would otherwise list flags that `ifp finetune` refuses).
+/// The test-set flags: where the images a finished run's best checkpoint is scored on come from.
 #[derive(Args, Clone, Default)]
 pub struct TestArgs {
     /// Test images (default: none, every --split-every-th training image is held out).
@@ -76,9 +76,9 @@ pub struct TestArgs {
 }
 
 impl TaskArgs {
-    /// The config from `--ft-config` (or defaults) with the flags (and `test`'s, for
-    /// `ifp compare`) applied, validated, and whether it states the network (`--model`, or a
-    /// MODEL tree in `--ft-config`).
+    /// The config from `--ft-config` (or defaults) with the flags and `test`'s applied,
+    /// validated, and whether it states the network (`--model`, or a MODEL tree in
+    /// `--ft-config`).
     pub fn config(&self, test: &TestArgs) -> Result<(FinetuneConfig, bool), Failure> {
         let mut stated = self.model.is_some();
         let mut c = match &self.ft_config {
@@ -157,12 +157,14 @@ fn set<T>(slot: &mut T, v: Option<T>) {
 pub struct FinetuneArgs {
     #[command(flatten)]
     task: TaskArgs,
+    #[command(flatten)]
+    test: TestArgs,
     /// Initial weights: a pre-training or fine-tuning model file, or reference-named PyTorch
     /// weights (safetensors). Restormer takes the encoder from it (the head is new); Uformer takes
     /// encoder and decoder (default: none, the network starts from scratch).
     #[arg(long, value_name = "W.safetensors")]
     init: Option<PathBuf>,
-    /// Output folder for checkpoints and history.json.
+    /// Output folder for checkpoints, history.json and test.json.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
     /// Where to train: cpu, cuda or cuda:N.
@@ -217,26 +219,22 @@ pub fn print_event(prefix: &str, print_freq: usize, ev: &Event<'_>) {
             v.step, v.scores.psnr, v.scores.ssim, v.scores.psnr_y, v.scores.ssim_y
         )),
         Event::Checkpoint(c) => say(&format!("{prefix}checkpoint {}", c.model.path.display())),
+        Event::Tested(t) => say(&format!(
+            "{prefix}test ({} images, best checkpoint step {}): PSNR {:.3} ± {:.3} dB SSIM {:.4} \
+             (Y: {:.3} dB, {:.4})",
+            t.test_images,
+            t.best_step,
+            t.test.psnr.mean,
+            t.test.psnr.se,
+            t.test.ssim.mean,
+            t.test.psnr_y.mean,
+            t.test.ssim_y.mean
+        )),
     }
 }
 
 pub fn run(a: FinetuneArgs) -> Result<(), Failure> {
-    let (mut cfg, mut model_known) = a.task.config(&TestArgs::default())?;
-    // `ifp finetune` scores validation images only: test settings in --ft-config would be
-    // silently ignored.
-    if let Some(t) = &cfg.data.test_dir {
-        return Err(Failure::usage(anyhow::anyhow!(
-            "--ft-config: DATA.TEST_DIR {}: `ifp finetune` does not score a test set; use `ifp \
-             compare`, or `ifp eval` on the result",
-            t.display()
-        )));
-    }
-    if cfg.data.max_test_images != 0 {
-        return Err(Failure::usage(anyhow::anyhow!(
-            "--ft-config: DATA.MAX_TEST_IMAGES {}: `ifp finetune` does not score a test set",
-            cfg.data.max_test_images
-        )));
-    }
+    let (mut cfg, mut model_known) = a.task.config(&a.test)?;
     if let Some(p) = &a.init {
         if !p.is_file() {
             return Err(Failure::usage(anyhow::anyhow!(
@@ -286,6 +284,9 @@ pub fn run(a: FinetuneArgs) -> Result<(), Failure> {
             ifp_trainer::checkpoint::model_path(&a.out, b.step).display()
         ),
         None => eprintln!("done: {} steps", s.run.steps_done),
+    }
+    if s.test.is_some() {
+        eprintln!("wrote {}", finetune::test_set::test_path(&a.out).display());
     }
     Ok(())
 }

@@ -417,8 +417,8 @@ impl CompareJob {
 }
 
 /// The result files a finished comparison or fine-tuning run wrote into `dir` (`report.json`,
-/// the CSVs and the showcase PNGs; `history.json`), each with the name it is listed under,
-/// its size and SHA-256. Over several seeds, each seed's own files (`seed-S/report.json`, its
+/// the CSVs and the showcase PNGs; `history.json` and `test.json`), each with the name it is
+/// listed under, its size and SHA-256. Over several seeds, each seed's own files (`seed-S/report.json`, its
 /// CSVs and showcases) are listed too, as `seed-S-<name>`, beside the summary
 /// (`seeds.json`, `seeds.csv`).
 pub fn report_files(dir: &Path) -> Result<Vec<(String, WrittenFile)>> {
@@ -450,6 +450,7 @@ fn result_files_in(dir: &Path, prefix: &str) -> Result<Vec<(String, WrittenFile)
                 | "per_image.csv"
                 | "val_curve.csv"
                 | "history.json"
+                | "test.json"
                 | "seeds.json"
                 | "seeds.csv"
         ) || (name.starts_with("showcase-") && name.ends_with(".png"));

@@ -3,7 +3,9 @@
 //! from the seed. The stored config is `{"FINETUNE": <fine-tuning config>}` with `INIT`, when set,
 //! relative to the artifact store; data folders are relative to the datasets folder, as for
 //! `compare` jobs. The job lists its checkpoints and, at the end, `history.json` (validation
-//! PSNR/SSIM by step; the best checkpoint is the one with the highest validation PSNR).
+//! PSNR/SSIM by step; the best checkpoint is the one with the highest validation PSNR) and
+//! `test.json` (that checkpoint's scores on `TEST_DIR`, or on the training folder's held-out
+//! `SPLIT_EVERY`-th images).
 
 use std::path::Path;
 
@@ -35,28 +37,6 @@ impl FinetuneJob {
             return Err(Error::invalid(
                 Some("FINETUNE.INIT"),
                 "name the pre-training job with `init_job` instead of a path",
-            ));
-        }
-        // A finetune job scores its validation images only: test settings would be ignored.
-        let d = &finetune.data;
-        if let Some(t) = &d.test_dir {
-            return Err(Error::invalid(
-                Some("FINETUNE.DATA.TEST_DIR"),
-                format!(
-                    "`{}`: a finetune job does not score a test set (it picks its best \
-                     checkpoint on validation images); leave TEST_DIR out, or submit a compare \
-                     job, which scores its arms on it",
-                    t.display()
-                ),
-            ));
-        }
-        if d.max_test_images != 0 {
-            return Err(Error::invalid(
-                Some("FINETUNE.DATA.MAX_TEST_IMAGES"),
-                format!(
-                    "{}: a finetune job does not score a test set; leave it out",
-                    d.max_test_images
-                ),
             ));
         }
         match init {

@@ -8,6 +8,7 @@ use ifp_trainer::config::DeviceClass;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::estimate::MemoryFit;
 use super::spec::JobSpec;
 use crate::db::rows::{CheckpointFile, Job, JOB_COLUMNS};
 use crate::db::values::{CheckpointKind, JobKind, JobStatus};
@@ -298,39 +299,6 @@ pub async fn list(
         .await?)
 }
 
-/// A run's estimated peak memory against the largest live worker that may run it: what
-/// admission control refuses and what the new-job form shows, from one computation.
-struct MemoryFit {
-    need: u64,
-    /// The key that most directly lowers `need`.
-    key: &'static str,
-    class: DeviceClass,
-    /// `None` when no live worker of the class has reported its memory.
-    have: Option<u64>,
-}
-
-impl MemoryFit {
-    async fn of(pool: &PgPool, spec: &JobSpec) -> Result<MemoryFit> {
-        let (need, key) = spec.peak_memory();
-        let class = spec.device_class();
-        let have = queue::largest_worker_memory(pool, class)
-            .await?
-            .map(|b| u64::try_from(b).unwrap_or(0));
-        Ok(MemoryFit {
-            need,
-            key,
-            class,
-            have,
-        })
-    }
-
-    /// More than the headroom of the largest worker; never without a worker to compare with.
-    fn refused(&self) -> bool {
-        self.have
-            .is_some_and(|have| self.need as f64 > queue::MEMORY_HEADROOM * have as f64)
-    }
-}
-
 /// Refuses a run whose estimated peak memory exceeds what any live worker of its device class
 /// has, or returns the estimate, which is stored with the job. Without a registered worker
 /// there is nothing to check against: the job waits for a worker it fits (`queue::claim_on`).
@@ -413,52 +381,4 @@ pub async fn lineage(
     .fetch_all(pool)
     .await?;
     Ok((parent, children))
-}
-
-/// What the new-job form tells a user before they submit a pre-training run.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Estimate {
-    /// The run's estimated peak memory (`ifp_trainer::memory`).
-    pub peak_bytes: u64,
-    /// The memory of the largest live worker that may run it, if any worker reported one.
-    pub largest_worker: Option<u64>,
-    /// Whether admission control would refuse it for memory.
-    pub refused: bool,
-    /// Expected training time in seconds: the run's images divided by the median images/s
-    /// that finished runs with the same network, crop size, batch size and device class
-    /// logged (the last 20 of them); `None` without such a run.
-    pub seconds: Option<f64>,
-    /// How many finished runs the duration is based on.
-    pub runs: i64,
-}
-
-/// The estimate of a pre-training run's peak memory and duration.
-pub async fn estimate(pool: &PgPool, cfg: &ifp_trainer::Config) -> Result<Estimate> {
-    let fit = MemoryFit::of(pool, &JobSpec::Pretrain(Box::new(cfg.clone()))).await?;
-    let (ips, runs): (Option<f64>, i64) = sqlx::query_as(
-        "with peer as (
-             select id from job
-             where kind = 'pretrain' and status = 'succeeded' and device_class = $4
-               and config -> 'MODEL' = $1 and config #> '{DATA,IMG_SIZE}' = $2
-               and config #> '{DATA,BATCH_SIZE}' = $3
-             order by finished_at desc limit 20)
-         select percentile_cont(0.5) within group (order by m.images_per_sec),
-                count(distinct m.job_id)
-         from metric m join peer p on p.id = m.job_id
-         where m.images_per_sec > 0",
-    )
-    .bind(serde_json::to_value(&cfg.model).map_err(|e| Error::Internal(e.to_string()))?)
-    .bind(serde_json::json!(cfg.data.img_size))
-    .bind(serde_json::json!(cfg.data.batch_size))
-    .bind(fit.class.as_str())
-    .fetch_one(pool)
-    .await?;
-    let images = cfg.total_steps() as f64 * cfg.data.batch_size as f64;
-    Ok(Estimate {
-        peak_bytes: fit.need,
-        largest_worker: fit.have,
-        refused: fit.refused(),
-        seconds: ips.filter(|v| *v > 0.0).map(|v| images / v),
-        runs,
-    })
 }

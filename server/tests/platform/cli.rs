@@ -40,20 +40,8 @@ fn bad_inputs_exit_2_with_one_line() {
     let (bad, out) = (bad_yaml.as_path(), out.as_path());
     let nowhere = std::path::Path::new("/nonexistent/data");
     let data = common::datasets();
-    let (clean, kodak, rain) = (
-        data.join("clean/CBSD68"),
-        data.join("clean/Kodak24"),
-        data.join("rain/Rain100H"),
-    );
-    let (clean, kodak, rain) = (clean.as_path(), kodak.as_path(), rain.as_path());
-    // `ifp finetune` has no --test flag; a test folder can only come from its config file.
-    let ft_test = dir.path().join("ft-test.yaml");
-    std::fs::write(
-        &ft_test,
-        format!("DATA:\n  TEST_DIR: {}\n", kodak.display()),
-    )
-    .expect("write");
-    let ft_test = ft_test.as_path();
+    let (clean, rain) = (data.join("clean/CBSD68"), data.join("rain/Rain100H"));
+    let (clean, rain) = (clean.as_path(), rain.as_path());
     let cases = [
         (argv("train --config {} --out {}", &[Path::new("/nonexistent/x.yaml"), out]), "/nonexistent/x.yaml"),
         (argv("train --config huge --out {}", &[out]), "unknown preset"),
@@ -84,7 +72,7 @@ fn bad_inputs_exit_2_with_one_line() {
             argv("worker --database-url postgres://nobody@127.0.0.1:1/none --data-dir {} --datasets-dir {}", &[out, nowhere]),
             "IFP_DATASETS_DIR /nonexistent/data",
         ),
-        // Fine-tuning states its network, degrades only clean images, and takes no test set.
+        // Fine-tuning states its network, degrades only clean images, and tests on a folder.
         (
             argv("finetune --train {} --sigma 25 --out {}", &[clean, out]),
             "--model is required",
@@ -98,8 +86,8 @@ fn bad_inputs_exit_2_with_one_line() {
             "DATA.NOISE_SIGMA",
         ),
         (
-            argv("finetune --model tiny --train {} --sigma 25 --ft-config {} --out {}", &[clean, ft_test, out]),
-            "DATA.TEST_DIR",
+            argv("finetune --model tiny --train {} --sigma 25 --test {} --out {}", &[clean, nowhere, out]),
+            "--test /nonexistent/data",
         ),
     ];
     for (args, needle) in cases {
@@ -366,19 +354,40 @@ async fn token_cli_creates_lists_and_revokes() {
 }
 
 /// Issue 17: `ifp eval --save-outputs DIR` writes each restored image, full size, named after
-/// its test image; a file in the way is refused before anything runs.
+/// its test image; a file in the way is refused before anything runs. Issue 18: `ifp finetune`
+/// ends by scoring its best checkpoint on `--test`, as `ifp eval` scores that model file.
 #[test]
-fn eval_saves_the_restored_images() {
+fn finetune_tests_its_best_checkpoint_and_eval_saves_the_restored_images() {
     let dir = tempfile::tempdir().unwrap();
     let (run, outputs) = (dir.path().join("run"), dir.path().join("restored"));
     let train = common::datasets().join("clean/CBSD68");
+    let kodak = common::datasets().join("clean/Kodak24");
     let o = ifp(&argv(
-        "finetune --model tiny --train {} --sigma 25 --crop 24 --batch 2 --steps 2 --save-freq 2 --out {}",
-        &[&train, &run],
+        "finetune --model tiny --train {} --sigma 25 --crop 24 --batch 2 --steps 2 --save-freq 2 \
+         --test {} --max-test-images 2 --out {}",
+        &[&train, &kodak, &run],
     ));
     assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("test (2 images, best checkpoint step 2): PSNR"),
+        "{}",
+        stderr(&o)
+    );
     let weights = run.join("model-000002.safetensors");
-    let kodak = common::datasets().join("clean/Kodak24");
+    let scores = dir.path().join("eval.json");
+    let o = ifp(&argv(
+        "eval --weights {} --data {} --max-images 2 --json {}",
+        &[&weights, &kodak, &scores],
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(&scores).unwrap()).unwrap();
+    let test: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("test.json")).unwrap()).unwrap();
+    assert_eq!(test["best_step"], 2);
+    assert_eq!(
+        test["per_image"], eval,
+        "the run's test scores are eval's of its best model"
+    );
     let o = ifp(&argv(
         "eval --weights {} --data {} --max-images 2 --save-outputs {}",
         &[&weights, &kodak, &outputs],

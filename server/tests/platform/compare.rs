@@ -66,9 +66,13 @@ async fn compare_submissions_are_checked() {
             json!({"kind": "compare", "config": pretrain(), "finetune": finetune("rain/Rain100H")}),
             "FINETUNE.DATA.NOISE_SIGMA",
         ),
-        // A finetune job scores no test set: the test keys would be ignored.
+        // A finetune job scores its test set at the end: the folder must be a data set.
         (
-            json!({"kind": "finetune", "finetune": finetune("clean/CBSD68")}),
+            json!({"kind": "finetune", "finetune": with(finetune("../data"), "MODEL", tiny())}),
+            "FINETUNE.DATA.TRAIN_DIR",
+        ),
+        (
+            json!({"kind": "finetune", "finetune": test_dir(with(finetune("clean/CBSD68"), "MODEL", tiny()), "clean/nowhere")}),
             "FINETUNE.DATA.TEST_DIR",
         ),
         // Neither an initial job nor a MODEL: no silent paper-sized network.
@@ -130,6 +134,12 @@ async fn compare_submissions_are_checked() {
 /// The `tiny` preset's network, as a fine-tuning config's MODEL tree.
 fn tiny() -> Value {
     serde_json::to_value(ifp_trainer::config::preset("tiny").unwrap().model).unwrap()
+}
+
+/// A fine-tuning config `v` testing on `dir`.
+fn test_dir(mut v: Value, dir: &str) -> Value {
+    v["DATA"]["TEST_DIR"] = json!(dir);
+    v
 }
 
 /// `v` with its top-level `key` replaced by `value`.
@@ -436,6 +446,7 @@ async fn a_finetune_job_starts_from_a_finished_pretraining_job() {
         "model-000002.safetensors",
         "model-000004.safetensors",
         "history.json",
+        "test.json",
     ] {
         assert!(names.contains(&n), "{names:?}");
     }
@@ -448,6 +459,33 @@ async fn a_finetune_job_starts_from_a_finished_pretraining_job() {
     .await;
     let history: Vec<Value> = serde_json::from_str(&history).unwrap();
     assert_eq!(history.len(), 2, "validated at steps 2 and 4");
+    // At the end the best checkpoint is scored on the held-out test images (two of them here).
+    let (_, test) = call(
+        &api,
+        "GET",
+        &format!("/api/v1/jobs/{id}/checkpoints/test.json"),
+        None,
+    )
+    .await;
+    let test: Value = serde_json::from_str(&test).unwrap();
+    assert_eq!(test["test_images"], 2, "{test}");
+    assert_eq!(
+        test["per_image"].as_array().map(Vec::len),
+        Some(2),
+        "{test}"
+    );
+    let best_step = history
+        .iter()
+        .max_by(|a, b| {
+            a["psnr"]
+                .as_f64()
+                .unwrap()
+                .total_cmp(&b["psnr"].as_f64().unwrap())
+        })
+        .unwrap()["step"]
+        .clone();
+    assert_eq!(test["best_step"], best_step, "{test}");
+    let test_psnr = test["test"]["psnr"]["mean"].as_f64().unwrap();
     // The job's key result is its best validation PSNR, shown in the jobs list.
     let best = history
         .iter()
@@ -465,6 +503,10 @@ async fn a_finetune_job_starts_from_a_finished_pretraining_job() {
     let selected = format!("<option value=\"{pre_id}\" selected>");
     for (uri, needle) in [
         (format!("/jobs/{id}"), "Best validation PSNR".to_string()),
+        (
+            format!("/jobs/{id}"),
+            format!("Test PSNR {test_psnr:.2} ± "),
+        ),
         // A fine-tuning strip has three tiles, and its caption says which.
         (
             format!("/jobs/{id}"),
@@ -557,4 +599,79 @@ async fn a_finetune_job_starts_from_a_finished_pretraining_job() {
         clone.config["FINETUNE"]["DATA"],
         stored.config["FINETUNE"]["DATA"]
     );
+
+    // Issue 16: *Estimate* checks a fine-tuning or comparison form as a submission would and
+    // shows the run's peak memory and training time instead of queueing it. The time comes from
+    // the finished fine-tuning job's logged speed (its median images/s, interpolated as
+    // PostgreSQL's percentile_cont does): 4 steps of 2 images, once per comparison arm.
+    let mut speeds: Vec<f64> = sqlx::query_scalar(
+        "select images_per_sec from metric where job_id = $1 and images_per_sec > 0",
+    )
+    .bind(uuid::Uuid::parse_str(&id).unwrap())
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    speeds.sort_by(f64::total_cmp);
+    let n = speeds.len();
+    assert!(n > 0, "the finished job logged its speed");
+    let median = (speeds[(n - 1) / 2] + speeds[n / 2]) / 2.0;
+    let pre_cfg = ifp_trainer::Config::from_value(pre["config"].clone()).unwrap();
+    let human = ifp_trainer::memory::human;
+    let ft_peak = ifp_trainer::memory::finetune_peak_bytes(&ft);
+    let cmp_peak = ft_peak.max(ifp_trainer::memory::pretrain_peak_bytes(&pre_cfg));
+    let jobs = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from job")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let before = jobs().await;
+    let duration = |images: f64| ifp_server::http::views::fmt::duration(images / median);
+    for (uri, extra, peak, time) in [
+        (
+            "/jobs/new/finetune",
+            vec![],
+            ft_peak,
+            format!(
+                "Training (validation and testing not counted) takes about {} at the median \
+                 speed of 1 finished fine-tuning run with",
+                duration(8.0)
+            ),
+        ),
+        (
+            "/jobs/new/compare",
+            vec![("showcase", "1"), ("seeds", "1")],
+            cmp_peak,
+            format!(
+                "Training all phases (validation and testing not counted) takes about {} at the \
+                 median speeds",
+                duration(16.0)
+            ),
+        ),
+    ] {
+        let mut fields = vec![
+            ("csrf", csrf.as_str()),
+            ("name", "estimated"),
+            ("init_job", pre_id.as_str()),
+            ("finetune_yaml", yaml.as_str()),
+            ("priority", "0"),
+            ("action", "estimate"),
+        ];
+        fields.extend(extra);
+        let req = Request::post(uri)
+            .header(header::COOKIE, format!("ifp_session={cookie}"))
+            .header(header::ORIGIN, "http://localhost")
+            .header(header::HOST, "localhost")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(serde_urlencoded::to_string(&fields).unwrap()))
+            .unwrap();
+        let resp = api.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{uri}");
+        let html = String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes())
+            .into_owned();
+        let memory = format!("Peak memory about {}", human(peak));
+        assert!(html.contains(&memory), "{uri}: missing {memory}: {html}");
+        assert!(html.contains(&time), "{uri}: missing {time}: {html}");
+    }
+    assert_eq!(jobs().await, before, "an estimate submits nothing");
 }

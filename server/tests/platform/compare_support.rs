@@ -106,13 +106,12 @@ pub(crate) fn finetune(train_dir: &str) -> Value {
     })
 }
 
-/// A `finetune` job's fine-tuning config: [`finetune`] without the test-set keys, which only a
-/// comparison uses (a finetune job refuses them).
+/// A `finetune` job's fine-tuning config: [`finetune`] testing on the first two of the training
+/// folder's held-out images instead of a test folder.
 pub(crate) fn finetune_job(train_dir: &str, model: Option<Value>) -> Value {
     let mut v = finetune(train_dir);
     let data = v["DATA"].as_object_mut().unwrap();
     data.remove("TEST_DIR");
-    data.remove("MAX_TEST_IMAGES");
     if let Some(m) = model {
         v["MODEL"] = m;
     }

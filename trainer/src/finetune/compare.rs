@@ -17,11 +17,12 @@ use std::time::Instant;
 use candle_core::Device;
 use serde::Serialize;
 
-use super::{best_model, finetune, Event, FinetuneConfig, ValPoint};
+pub use super::test_set::{MeanSe, MetricSummary};
+use super::{test_set, train_run, Event, FinetuneConfig, ValPoint};
 use crate::checkpoint;
 use crate::config::Config;
 use crate::error::{Result, TrainerError};
-use crate::eval::metrics::{mean_se, Scores};
+use crate::eval::metrics::Scores;
 use crate::eval::{self, ImageScore};
 use crate::train::{self, Control, TrainOptions};
 
@@ -50,34 +51,6 @@ pub enum CompareEvent<'a> {
     Pretrain(train::Event<'a>),
     Finetune { arm: &'a str, event: Event<'a> },
     Evaluated { arm: &'a str, mean: &'a Scores },
-}
-
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct MeanSe {
-    pub mean: f64,
-    pub se: f64,
-}
-
-fn mse(v: &[f64]) -> MeanSe {
-    let (mean, se) = mean_se(v);
-    MeanSe { mean, se }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct MetricSummary {
-    pub psnr: MeanSe,
-    pub ssim: MeanSe,
-    pub psnr_y: MeanSe,
-    pub ssim_y: MeanSe,
-}
-
-fn summarise(f: impl Fn(fn(&Scores) -> f64) -> Vec<f64>) -> MetricSummary {
-    MetricSummary {
-        psnr: mse(&f(|s| s.psnr)),
-        ssim: mse(&f(|s| s.ssim)),
-        psnr_y: mse(&f(|s| s.psnr_y)),
-        ssim_y: mse(&f(|s| s.ssim_y)),
-    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -178,13 +151,7 @@ pub fn compare(
     if let Some(p) = &spec.extra_arm {
         arms.push(("checkpoint".into(), Some(p.clone())));
     }
-    let (_, _, test_entries) = super::data::split(&spec.finetune.data)?;
-    let test = super::data::load_eval(
-        &test_entries,
-        &spec.finetune.data.degradation(),
-        spec.finetune.seed,
-        0,
-    )?;
+    let test = test_set::load_test(&spec.finetune)?;
     let mut reports = Vec::new();
     let mut scores: Vec<Vec<ImageScore>> = Vec::new();
     let mut shows: Vec<Vec<crate::data::image::Image>> = Vec::new();
@@ -198,7 +165,7 @@ pub fn compare(
             resume: true,
         };
         let t0 = Instant::now();
-        let s = finetune(&cfg, &opts, |event| {
+        let s = train_run(&cfg, &opts, |event| {
             on_event(CompareEvent::Finetune { arm: name, event })
         })?;
         if s.run.stopped {
@@ -207,11 +174,8 @@ pub fn compare(
             )));
         }
         let secs = t0.elapsed().as_secs_f64();
-        let (best, path) = best_model(&dir)?.ok_or_else(|| {
-            TrainerError::Resume(format!("{}: no validated checkpoint", dir.display()))
-        })?;
-        let (_, net) = super::evaluate::load_finetuned(&path, device)?;
-        let (per, kept) = eval::evaluate_keeping(&net, &test, spec.tile, spec.showcase)?;
+        let (best, per, kept) =
+            test_set::score_best(&dir, &test, device, spec.tile, spec.showcase)?;
         let mean = eval::mean_scores(&per);
         on_event(CompareEvent::Evaluated {
             arm: name,
@@ -223,7 +187,7 @@ pub fn compare(
             init: init.clone(),
             best_step: best.step,
             best_val: best.scores,
-            test: summarise(|f| per.iter().map(|x| f(&x.scores)).collect()),
+            test: MetricSummary::of_images(&per),
             val_curve: s.history,
             finetune_seconds: secs,
         });
@@ -247,7 +211,7 @@ pub fn compare(
             Delta {
                 arm: arms[i].0.clone(),
                 baseline: SCRATCH.into(),
-                diff: summarise(d),
+                diff: MetricSummary::of(d),
                 psnr_wins: wins,
                 images: test.len(),
             }

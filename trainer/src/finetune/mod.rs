@@ -11,6 +11,8 @@
 //! and noise streams; Uformer's stochastic depth is drawn from the seed and the step, so it needs
 //! no state), `sample-SSSSSS.png` (degraded | restored | target) and `history.json` (validation
 //! scores per checkpoint; the best checkpoint is the one with the highest validation PSNR).
+//! A run that reaches its last step then scores that best checkpoint on its test images
+//! (`test_set`: `test.json`).
 
 pub mod compare;
 pub mod config;
@@ -18,6 +20,7 @@ pub mod data;
 pub mod evaluate;
 pub mod net;
 pub mod seeds;
+pub mod test_set;
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 pub use config::{FinetuneConfig, HeadConfig, TaskData};
 pub use net::FinetuneNet;
+pub use test_set::TestReport;
 
 use crate::config::ModelType;
 use crate::models::uformer::DropPathRng;
@@ -65,6 +69,8 @@ pub enum Event<'a> {
     Step(&'a Progress),
     Validated(&'a ValPoint),
     Checkpoint(&'a Checkpoint),
+    /// The best checkpoint scored on the test images, after the last step.
+    Tested(&'a TestReport),
 }
 
 /// How a run ended.
@@ -74,6 +80,8 @@ pub struct FinetuneSummary {
     pub run: driver::RunSummary,
     pub history: Vec<ValPoint>,
     pub best: Option<ValPoint>,
+    /// The best checkpoint's test scores; `None` when the run was stopped early.
+    pub test: Option<TestReport>,
 }
 
 /// The validation history of a run folder (`history.json`).
@@ -302,8 +310,24 @@ impl driver::Run for Finetuner {
 }
 
 /// Runs a whole fine-tuning job into `opts.out_dir` (resuming from its newest complete
-/// checkpoint when `opts.resume`).
+/// checkpoint when `opts.resume`), then scores its best checkpoint on the test images.
 pub fn finetune(
+    cfg: &FinetuneConfig,
+    opts: &TrainOptions,
+    mut on_event: impl FnMut(Event<'_>) -> Control,
+) -> Result<FinetuneSummary> {
+    let mut summary = train_run(cfg, opts, &mut on_event)?;
+    if !summary.run.stopped {
+        let report = test_set::score_run(cfg, &opts.out_dir, &opts.device)?;
+        on_event(Event::Tested(&report));
+        summary.test = Some(report);
+    }
+    Ok(summary)
+}
+
+/// The training part of [`finetune`]: a comparison scores its arms on one shared loading of
+/// the test images instead.
+fn train_run(
     cfg: &FinetuneConfig,
     opts: &TrainOptions,
     mut on_event: impl FnMut(Event<'_>) -> Control,
@@ -327,6 +351,7 @@ pub fn finetune(
         run,
         best: best_of(ft.history()),
         history: ft.history().to_vec(),
+        test: None,
     })
 }
 

@@ -100,6 +100,8 @@ fn resumed_run_is_bit_identical() {
     })
     .expect("first half");
     assert!(s.run.stopped && s.run.steps_done == 3);
+    // A stopped run is not tested: its best checkpoint is not final.
+    assert!(s.test.is_none() && !finetune::test_set::test_path(&b).exists());
     let s = finetune::finetune(&cfg, &common::cpu_run(&b, true), |_| Control::Continue)
         .expect("resume");
     assert_eq!((s.run.resumed_from, s.run.steps_done), (Some(3), 6));
@@ -120,9 +122,10 @@ fn eval_scores_a_checkpoint() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let train = few_clean(tmp.path(), 5);
     let test = small_test_set(tmp.path(), 2, 96);
-    let cfg = tiny_task(&train, 2, 2);
+    let mut cfg = tiny_task(&train, 2, 2);
+    cfg.data.test_dir = Some(test.clone());
     let run = tmp.path().join("run");
-    finetune::finetune(&cfg, &common::cpu_run(&run, false), |_| Control::Continue)
+    let summary = finetune::finetune(&cfg, &common::cpu_run(&run, false), |_| Control::Continue)
         .expect("fine-tuning");
     let (best, path) = finetune::best_model(&run).expect("history").expect("best");
     assert_eq!(path, model_path(&run, best.step));
@@ -137,6 +140,18 @@ fn eval_scores_a_checkpoint() {
     };
     let whole = evaluate_weights(&req, &Device::Cpu).expect("eval");
     assert_eq!(whole.len(), 2);
+    // The finished run scored the same checkpoint on the same test images, through the run's
+    // own config rather than the model file's, and wrote what it returned to `test.json`.
+    let tested = summary.test.expect("a finished run is tested");
+    assert_eq!((tested.best_step, tested.test_images), (best.step, 2));
+    assert_eq!(tested.per_image, whole);
+    let written: finetune::TestReport = serde_json::from_slice(
+        &std::fs::read(finetune::test_set::test_path(&run)).expect("test.json"),
+    )
+    .expect("parse test.json");
+    assert_eq!(written.per_image, whole);
+    let mean = whole.iter().map(|s| s.scores.psnr).sum::<f64>() / 2.0;
+    assert!((written.test.psnr.mean - mean).abs() < 1e-9, "{written:?}");
     for s in &whole {
         // sigma 25 noise alone is about 20 dB; a 2-step network stays near it.
         assert!(s.scores.psnr > 12.0 && s.scores.psnr < 40.0, "{s:?}");

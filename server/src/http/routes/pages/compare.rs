@@ -51,12 +51,12 @@ struct ComparePage {
     extra_arm_job: String,
     parent: String,
     examples: [(&'static str, &'static str); 3],
-    /// Whether the config may name a test set (`DATA.TEST_DIR`): a comparison scores one.
-    test_set: bool,
     datasets: Option<String>,
     /// The data sets in the datasets folder, for the *Training data* picker.
     known: Vec<crate::jobs::datasets::Known>,
     train_dir: String,
+    /// Peak memory and duration, after *Estimate*.
+    estimate: Option<String>,
     errors: Errors,
 }
 
@@ -92,6 +92,9 @@ pub struct CompareForm {
     /// A data set of the datasets folder; replaces the YAML's `DATA.TRAIN_DIR` (empty: keep it).
     #[serde(default)]
     train_dir: String,
+    /// `estimate`: check the job and show its estimate instead of submitting it.
+    #[serde(default)]
+    action: String,
 }
 
 /// `GET /jobs/new/compare[?init=JOB | ?from=JOB]`.
@@ -124,7 +127,15 @@ pub async fn show(
         }
     }
     let choices = submission::choices(&state, &viewer).await?;
-    Ok(page(&state, &viewer, f, choices, errors, StatusCode::OK))
+    Ok(page(
+        &state,
+        &viewer,
+        f,
+        choices,
+        errors,
+        StatusCode::OK,
+        None,
+    ))
 }
 
 /// Fills the form from a comparison to clone: its name marked as a clone, the same start (the
@@ -184,7 +195,8 @@ pub async fn submit_form(
 ) -> PageResult<Response> {
     viewer.check_form(&headers, &f.csrf)?;
     let choices = submission::choices(&state, &viewer).await?;
-    let again = |f, errors| page(&state, &viewer, f, choices, errors, REFUSED);
+    let again =
+        |f, errors, status, estimate| page(&state, &viewer, f, choices, errors, status, estimate);
     let mut errors = Errors::new();
     let number = submission::whole_number;
     let from_job = !f.init_job.trim().is_empty();
@@ -234,11 +246,11 @@ pub async fn submit_form(
         priority,
         errors.is_empty(),
     ) else {
-        return Ok(again(f, errors));
+        return Ok(again(f, errors, REFUSED, None));
     };
     let showcase = usize::try_from(showcase).unwrap_or(usize::MAX);
     let datasets = state.datasets.as_deref();
-    let result = async {
+    let built = async {
         let job = match submission::chosen(&state, &viewer, "init_job", &f.init_job).await? {
             Some(pre) => {
                 CompareJob::from_pretrained(pre, finetune, model_stated, showcase, datasets)?
@@ -254,11 +266,20 @@ pub async fn submit_form(
             .with_seeds(usize::try_from(seeds).unwrap_or(0))?
             .with_vary_pretrain_seed(f.vary_pretrain_seed.is_some())?;
         let parent = submission::parent_or_start(&f.parent, &f.init_job)?;
-        let priority = i32::try_from(priority).unwrap_or(i32::MAX);
-        let spec = JobSpec::Compare(Box::new(job));
-        viewer.submit(&state, &f.name, priority, parent, spec).await
+        Ok((JobSpec::Compare(Box::new(job)), parent))
     }
     .await;
+    let result = match built {
+        Ok((spec, _)) if f.action == "estimate" => {
+            let estimate = submission::estimate_text(&state, &spec).await;
+            return Ok(again(f, Errors::new(), StatusCode::OK, estimate));
+        }
+        Ok((spec, parent)) => {
+            let priority = i32::try_from(priority).unwrap_or(i32::MAX);
+            viewer.submit(&state, &f.name, priority, parent, spec).await
+        }
+        Err(e) => Err(e),
+    };
     let field = |key: Option<&str>| {
         let fields = [
             "name",
@@ -271,7 +292,9 @@ pub async fn submit_form(
         ];
         submission::field_of_picked(key, &fields, submission::finetune_key)
     };
-    submission::outcome(result, errors, field, |errors| again(f, errors))
+    submission::outcome(result, errors, field, |errors| {
+        again(f, errors, REFUSED, None)
+    })
 }
 
 fn page(
@@ -281,8 +304,10 @@ fn page(
     choices: Vec<InitChoice>,
     errors: Errors,
     status: StatusCode,
+    estimate: Option<String>,
 ) -> Response {
     let p = ComparePage {
+        estimate,
         layout: Layout::new("New comparison", Some(viewer)),
         name: f.name,
         preset: or_default(f.preset, DEFAULT_PRESET),
@@ -299,7 +324,6 @@ fn page(
         init_job: f.init_job,
         extra_arm_job: f.extra_arm_job,
         parent: f.parent,
-        test_set: true,
         examples: [
             ("Denoising (CBSD68 → Kodak24)", DENOISE),
             ("Deraining (Rain100H)", DERAIN),

@@ -32,11 +32,10 @@ DATA:
     example_tail!()
 );
 
-/// The fine-tune form's example: the same denoising task without a test set (a finetune job
-/// picks its best checkpoint on validation images and scores no test set).
+/// The fine-tune form's example: the same denoising task tested on held-out CBSD68 images.
 pub(super) const FINETUNE_DENOISE: &str = concat!(
     "\
-# Denoising, sigma 25, on CBSD68 crops (every 5th image is held out, as in a comparison).
+# Denoising, sigma 25, on CBSD68 crops; every 5th image is held out and scored at the end.
 # Folders are relative to the server's datasets folder. Without a pre-training job to start
 # from, add the network's MODEL tree.
 DATA:
@@ -57,11 +56,12 @@ DATA:
     example_tail!()
 );
 
-/// The fine-tune form's deblurring example: the comparison's, without its test set.
+/// The fine-tune form's deblurring example: the comparison's, tested on held-out CBSD68 images.
 pub(super) const FINETUNE_DEBLUR: &str = concat!(
     "\
-# Deblurring: Gaussian blur of 1.6 pixels, then light noise (sigma 2), on CBSD68 crops (every
-# 5th image is held out). Synthetic, because the datasets folder holds only two GoPro pairs.
+# Deblurring: Gaussian blur of 1.6 pixels, then light noise (sigma 2), on CBSD68 crops; every
+# 5th image is held out and scored at the end. Synthetic, because the datasets folder holds
+# only two GoPro pairs.
 DATA:
   TRAIN_DIR: clean/CBSD68
   BLUR_SIGMA: 1.6

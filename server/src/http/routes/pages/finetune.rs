@@ -35,8 +35,8 @@ struct FinetunePage {
     known: Vec<crate::jobs::datasets::Known>,
     train_dir: String,
     examples: [(&'static str, &'static str); 3],
-    /// Whether the config may name a test set (`DATA.TEST_DIR`): a comparison scores one.
-    test_set: bool,
+    /// Peak memory and duration, after *Estimate*.
+    estimate: Option<String>,
     errors: Errors,
 }
 
@@ -53,6 +53,9 @@ pub struct FinetuneForm {
     /// A data set of the datasets folder; replaces the YAML's `DATA.TRAIN_DIR` (empty: keep it).
     #[serde(default)]
     train_dir: String,
+    /// `estimate`: check the job and show its estimate instead of submitting it.
+    #[serde(default)]
+    action: String,
 }
 
 /// `GET /jobs/new/finetune[?init=JOB | ?from=JOB]`.
@@ -99,6 +102,7 @@ pub async fn show(
         choices,
         Errors::new(),
         StatusCode::OK,
+        None,
     ))
 }
 
@@ -127,26 +131,36 @@ pub async fn submit_form(
             None
         }
     };
-    let again = |f, errors| page(&state, &viewer, f, choices, errors, REFUSED);
+    let again =
+        |f, errors, status, estimate| page(&state, &viewer, f, choices, errors, status, estimate);
     let (Some(ft), Some(priority), true) = (ft, priority, errors.is_empty()) else {
-        return Ok(again(f, errors));
+        return Ok(again(f, errors, REFUSED, None));
     };
     let priority = i32::try_from(priority).unwrap_or(i32::MAX);
-    let result = async {
+    let built = async {
         let init = submission::chosen(&state, &viewer, "init_job", &f.init_job)
             .await?
             .map(|(path, cfg)| (path, cfg.model));
         let job = FinetuneJob::new(ft, stated, init, state.datasets.as_deref())?;
-        let spec = JobSpec::Finetune(Box::new(job));
         let parent = submission::parent_or_start(&f.parent, &f.init_job)?;
-        viewer.submit(&state, &f.name, priority, parent, spec).await
+        Ok((JobSpec::Finetune(Box::new(job)), parent))
     }
     .await;
+    let result = match built {
+        Ok((spec, _)) if f.action == "estimate" => {
+            let estimate = submission::estimate_text(&state, &spec).await;
+            return Ok(again(f, Errors::new(), StatusCode::OK, estimate));
+        }
+        Ok((spec, parent)) => viewer.submit(&state, &f.name, priority, parent, spec).await,
+        Err(e) => Err(e),
+    };
     let field = |key: Option<&str>| {
         let in_yaml = |k: &str| submission::finetune_key(k) || k == "MODEL.TYPE";
         submission::field_of_picked(key, &["name", "priority", "init_job"], in_yaml)
     };
-    submission::outcome(result, errors, field, |errors| again(f, errors))
+    submission::outcome(result, errors, field, |errors| {
+        again(f, errors, REFUSED, None)
+    })
 }
 
 fn page(
@@ -156,8 +170,10 @@ fn page(
     choices: Vec<InitChoice>,
     errors: Errors,
     status: StatusCode,
+    estimate: Option<String>,
 ) -> Response {
     let p = FinetunePage {
+        estimate,
         layout: Layout::new("New fine-tuning job", Some(viewer)),
         name: f.name,
         init_job: f.init_job,
@@ -169,7 +185,6 @@ fn page(
         // A few directory listings of a local folder: cheap enough to do here.
         known: submission::known_datasets(state),
         train_dir: f.train_dir,
-        test_set: false,
         examples: [
             ("Denoising (CBSD68, sigma 25)", examples::FINETUNE_DENOISE),
             ("Deraining (Rain100H pairs)", examples::DERAIN),

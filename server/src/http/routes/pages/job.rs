@@ -361,7 +361,12 @@ async fn view(state: &AppState, viewer: &Viewer, id: &str, s: &Scale) -> PageRes
         .iter()
         .find(|f| f.kind == CheckpointKind::Report && f.name == "history.json")
     {
-        Some(f) => read_history(state, f, &base).await,
+        Some(f) => {
+            let test = files
+                .iter()
+                .find(|f| f.kind == CheckpointKind::Report && f.name == "test.json");
+            read_history(state, f, test, &base).await
+        }
         None => None,
     };
     let cancel_note = match (job.cancel_requested, job.status) {

@@ -1,6 +1,6 @@
 //! A job's result files as its page shows them: a comparison's report (arms, paired
 //! differences, validation curves, showcase and downloads) and a fine-tuning run's validation
-//! history, read from the JSON files the trainer wrote.
+//! history and test scores, read from the JSON files the trainer wrote.
 
 use crate::db::rows::CheckpointFile;
 use crate::db::values::CheckpointKind;
@@ -45,11 +45,30 @@ pub struct ReportView {
     pub downloads: Vec<FileLink>,
 }
 
-/// A fine-tuning run's validation: the best checkpoint and PSNR by step.
+/// A fine-tuning run's validation: the best checkpoint and PSNR by step, and, once the run
+/// has finished, that checkpoint's test scores.
 pub struct ValidationView {
     pub best: String,
     pub chart: String,
     pub history: FileLink,
+    pub test: Option<TestView>,
+}
+
+/// The best checkpoint's scores on the test images (`test.json`).
+pub struct TestView {
+    /// Means ± standard errors over the images, and how many.
+    pub summary: String,
+    pub rows: Vec<TestRow>,
+    pub file: FileLink,
+}
+
+/// One test image's scores.
+pub struct TestRow {
+    pub name: String,
+    pub psnr: String,
+    pub ssim: String,
+    pub psnr_y: String,
+    pub ssim_y: String,
 }
 
 /// Reads a comparison's `report.json` into what the page shows; `None` if it is unreadable
@@ -149,10 +168,12 @@ pub(super) async fn read_report(
     })
 }
 
-/// Reads a fine-tuning run's `history.json` (validation scores by step).
+/// Reads a fine-tuning run's `history.json` (validation scores by step) and, when listed, its
+/// `test.json`.
 pub(super) async fn read_history(
     state: &AppState,
     file: &CheckpointFile,
+    test: Option<&CheckpointFile>,
     base: &str,
 ) -> Option<ValidationView> {
     let points: Vec<serde_json::Value> = read_json(state, file).await?;
@@ -185,6 +206,47 @@ pub(super) async fn read_history(
         best,
         chart: chart::line_chart(&curve, x_max, false, "validation PSNR by step"),
         history: FileLink {
+            name: file.name.clone(),
+            url: format!("{base}/checkpoints/{}", file.name),
+        },
+        test: match test {
+            Some(f) => read_test(state, f, base).await,
+            None => None,
+        },
+    })
+}
+
+/// Reads `test.json` (`ifp_trainer::finetune::TestReport`); `None` if it is unreadable.
+async fn read_test(state: &AppState, file: &CheckpointFile, base: &str) -> Option<TestView> {
+    let r: ifp_trainer::finetune::TestReport = read_json(state, file).await?;
+    let t = &r.test;
+    let summary = format!(
+        "Test PSNR {:.2} ± {:.2} dB, SSIM {:.4} ± {:.4} (Y: {:.2} dB, {:.4}) on {} images, \
+         scored with the best checkpoint (step {})",
+        t.psnr.mean,
+        t.psnr.se,
+        t.ssim.mean,
+        t.ssim.se,
+        t.psnr_y.mean,
+        t.ssim_y.mean,
+        r.test_images,
+        r.best_step
+    );
+    let rows = r
+        .per_image
+        .iter()
+        .map(|p| TestRow {
+            name: p.name.clone(),
+            psnr: format!("{:.2}", p.scores.psnr),
+            ssim: format!("{:.4}", p.scores.ssim),
+            psnr_y: format!("{:.2}", p.scores.psnr_y),
+            ssim_y: format!("{:.4}", p.scores.ssim_y),
+        })
+        .collect();
+    Some(TestView {
+        summary,
+        rows,
+        file: FileLink {
             name: file.name.clone(),
             url: format!("{base}/checkpoints/{}", file.name),
         },

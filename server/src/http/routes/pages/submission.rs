@@ -1,7 +1,8 @@
 //! What the three new-job forms (pre-training, fine-tuning, comparison) share: a clone's name
 //! and parent, whole-number fields, the choice of one of the user's finished pre-training jobs,
-//! sending a clone to the form of its kind, and which field a refused submission's error
-//! belongs to. Each form keeps only what is its own.
+//! sending a clone to the form of its kind, which field a refused submission's error belongs
+//! to, and the estimate of a run's memory and duration in words. Each form keeps only what is
+//! its own.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -16,6 +17,7 @@ use crate::error::Error;
 use crate::http::state::AppState;
 use crate::jobs::compare::Pretrained;
 use crate::jobs::service;
+use crate::jobs::spec::JobSpec;
 
 /// The status of a form sent back with the errors that refused it.
 pub const REFUSED: StatusCode = StatusCode::UNPROCESSABLE_ENTITY;
@@ -206,6 +208,71 @@ pub async fn off_thread<T: Send + 'static>(
     tokio::task::spawn_blocking(move || parse(&text))
         .await
         .map_err(|e| Error::Internal(format!("parsing a form's config: {e}")))
+}
+
+/// The estimate of a run's peak memory and training time in words, as the new-job forms show
+/// it, or `None` if the database cannot say.
+pub(super) async fn estimate_text(state: &AppState, spec: &JobSpec) -> Option<String> {
+    use ifp_trainer::memory::human;
+    let e = match crate::jobs::estimate::estimate(&state.pool, spec).await {
+        Ok(e) => e,
+        Err(err) => {
+            tracing::warn!("estimating a run: {err}");
+            return None;
+        }
+    };
+    let memory = match e.largest_worker {
+        Some(have) if e.refused => format!(
+            "Peak memory about {}: more than 90% of the {} of the largest live worker, so this \
+             run would be refused; lower the batch size or the crop size.",
+            human(e.peak_bytes),
+            human(have)
+        ),
+        Some(have) => format!(
+            "Peak memory about {} (the largest live worker has {}).",
+            human(e.peak_bytes),
+            human(have)
+        ),
+        None => format!(
+            "Peak memory about {} (no live worker has reported its memory).",
+            human(e.peak_bytes)
+        ),
+    };
+    let (what, peers) = match spec {
+        JobSpec::Pretrain(_) => ("Training", "finished run"),
+        JobSpec::Finetune(_) => (
+            "Training (validation and testing not counted)",
+            "finished fine-tuning run",
+        ),
+        JobSpec::Compare(_) => (
+            "Training all phases (validation and testing not counted)",
+            "finished run",
+        ),
+    };
+    let duration = match e.seconds {
+        Some(s) if matches!(spec, JobSpec::Compare(_)) => format!(
+            " {what} takes about {} at the median speeds of finished pre-training and \
+             fine-tuning runs with these networks, crop sizes and batch sizes (at least {} \
+             {peers}{} each).",
+            crate::http::views::fmt::duration(s),
+            e.runs,
+            if e.runs == 1 { "" } else { "s" }
+        ),
+        Some(s) => format!(
+            " {what} takes about {} at the median speed of {} {peers}{} with this network, \
+             crop size and batch size.",
+            crate::http::views::fmt::duration(s),
+            e.runs,
+            if e.runs == 1 { "" } else { "s" }
+        ),
+        None if matches!(spec, JobSpec::Compare(_)) => " No expected duration yet: not every \
+             phase has a finished run of its kind with this network, crop size and batch size."
+            .to_string(),
+        None => format!(
+            " No expected duration yet: no {peers} has this network, crop size and batch size."
+        ),
+    };
+    Some(memory + &duration)
 }
 
 #[cfg(test)]

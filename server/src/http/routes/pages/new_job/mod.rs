@@ -17,7 +17,7 @@ use posted::{
     base_config, build, field_for_key, fingerprint, read_form, store_noise_upload, with_noise,
     Submitted,
 };
-use shown::{estimate_text, preview_data_uri, preview_png, Shown};
+use shown::{preview_data_uri, preview_png, Shown};
 
 use super::form::{self, Errors, Kind, FIELDS};
 use super::submission;
@@ -213,7 +213,8 @@ pub async fn submit(
         };
         let shown = Shown {
             preview,
-            estimate: estimate_text(&state, &cfg).await,
+            estimate: submission::estimate_text(&state, &JobSpec::Pretrain(Box::new(cfg.clone())))
+                .await,
         };
         return Ok(page(&viewer, sub, errors, None, shown, StatusCode::OK));
     }

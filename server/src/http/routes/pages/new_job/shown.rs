@@ -5,8 +5,9 @@
 use base64::Engine;
 use ifp_trainer::Config;
 
-use super::super::Viewer;
+use super::super::{submission, Viewer};
 use crate::http::state::AppState;
+use crate::jobs::spec::JobSpec;
 
 pub(super) async fn preview_png(
     state: &AppState,
@@ -51,49 +52,8 @@ impl Shown {
     pub(super) async fn of(state: &AppState, viewer: &Viewer, cfg: &Config) -> Shown {
         Shown {
             preview: preview_data_uri(state, viewer, cfg).await.ok(),
-            estimate: estimate_text(state, cfg).await,
+            estimate: submission::estimate_text(state, &JobSpec::Pretrain(Box::new(cfg.clone())))
+                .await,
         }
     }
-}
-
-/// The estimate in words, or `None` if the database cannot say.
-pub(super) async fn estimate_text(state: &AppState, cfg: &Config) -> Option<String> {
-    use ifp_trainer::memory::human;
-    let e = match crate::jobs::service::estimate(&state.pool, cfg).await {
-        Ok(e) => e,
-        Err(err) => {
-            tracing::warn!("estimating a run: {err}");
-            return None;
-        }
-    };
-    let memory = match e.largest_worker {
-        Some(have) if e.refused => format!(
-            "Peak memory about {}: more than 90% of the {} of the largest live worker, so this \
-             run would be refused; lower the batch size or the crop size.",
-            human(e.peak_bytes),
-            human(have)
-        ),
-        Some(have) => format!(
-            "Peak memory about {} (the largest live worker has {}).",
-            human(e.peak_bytes),
-            human(have)
-        ),
-        None => format!(
-            "Peak memory about {} (no live worker has reported its memory).",
-            human(e.peak_bytes)
-        ),
-    };
-    let duration = match e.seconds {
-        Some(s) => format!(
-            " Training takes about {} at the median speed of {} finished run{} with this \
-             network, crop size and batch size.",
-            crate::http::views::fmt::duration(s),
-            e.runs,
-            if e.runs == 1 { "" } else { "s" }
-        ),
-        None => " No expected duration yet: no finished run has this network, crop size and \
-                  batch size."
-            .to_string(),
-    };
-    Some(memory + &duration)
 }
