@@ -227,6 +227,22 @@ async fn a_tiny_comparison_runs_and_reports() {
         list.contains(&format!("{:+.2} dB", delta.unwrap())),
         "{list}"
     );
+    // The runs view's Test PSNR column gives each arm's mean test PSNR.
+    let runs = html_of(&api, &pool, &format!("/runs?ids={id}")).await;
+    let arms = report["arms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            let psnr = a["test"]["psnr"]["mean"].as_f64().unwrap();
+            format!("{} {psnr:.2}", a["name"].as_str().unwrap())
+        })
+        .collect::<Vec<_>>()
+        .join(" · ");
+    assert!(
+        runs.contains(&format!("<td class=\"num\">{arms}</td>")),
+        "{arms}: {runs}"
+    );
 
     // The job page shows the report.
     let cookie = admin_session(&pool).await;
@@ -506,6 +522,11 @@ async fn a_finetune_job_starts_from_a_finished_pretraining_job() {
         (
             format!("/jobs/{id}"),
             format!("Test PSNR {test_psnr:.2} ± "),
+        ),
+        // The runs view's Test PSNR column.
+        (
+            format!("/runs?ids={id}"),
+            format!("<td class=\"num\">{test_psnr:.2} ± "),
         ),
         // A fine-tuning strip has three tiles, and its caption says which.
         (

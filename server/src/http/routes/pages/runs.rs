@@ -32,6 +32,8 @@ pub struct RunRow {
     pub steps: String,
     pub final_loss: String,
     pub result: String,
+    /// The best checkpoint's test PSNR: a fine-tuning run's, or each comparison arm's.
+    pub test_psnr: String,
     pub images_per_sec: String,
     pub duration: String,
     /// The legend swatch's class (`key s<i>`).
@@ -142,7 +144,9 @@ pub async fn show(
         }
         let rate: Vec<f64> = metrics.iter().map(|m| m.3).filter(|r| *r > 0.0).collect();
         let (result, _) = super::jobs::key_result(job);
+        let test_psnr = test_psnr(&state, job).await?;
         runs.push(RunRow {
+            test_psnr,
             id: job.id.to_string(),
             name: job.name.clone(),
             kind: job.kind.to_string(),
@@ -218,6 +222,43 @@ pub async fn show(
         share,
     };
     Ok((StatusCode::OK, render(&p)).into_response())
+}
+
+/// The best checkpoint's test PSNR (dB) in a run's result files: `test.json` of a fine-tuning
+/// run (mean ± standard error), each arm's mean in a one-seed comparison's `report.json`;
+/// "—" for pre-training, a run still going, or a comparison over several seeds (its page has
+/// the per-seed tables).
+async fn test_psnr(state: &AppState, job: &Job) -> Result<String, Error> {
+    let files = service::checkpoints(&state.pool, job.id).await?;
+    let report = |name: &str| {
+        files
+            .iter()
+            .find(|f| f.kind == CheckpointKind::Report && f.name == name)
+    };
+    if let Some(f) = report("test.json") {
+        if let Some(t) =
+            super::results::read_json::<ifp_trainer::finetune::TestReport>(state, f).await
+        {
+            return Ok(format!("{:.2} ± {:.2}", t.test.psnr.mean, t.test.psnr.se));
+        }
+    }
+    if let Some(f) = report("report.json") {
+        if let Some(r) = super::results::read_json::<Value>(state, f).await {
+            let arms: Vec<String> = r["arms"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| {
+                    let psnr = a["test"]["psnr"]["mean"].as_f64()?;
+                    Some(format!("{} {psnr:.2}", a["name"].as_str()?))
+                })
+                .collect();
+            if !arms.is_empty() {
+                return Ok(arms.join(" · "));
+            }
+        }
+    }
+    Ok("—".into())
 }
 
 /// A run's validation PSNR curves with their legend labels: a fine-tuning job's history, each
