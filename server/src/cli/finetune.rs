@@ -219,6 +219,11 @@ pub fn print_event(prefix: &str, print_freq: usize, ev: &Event<'_>) {
             v.step, v.scores.psnr, v.scores.ssim, v.scores.psnr_y, v.scores.ssim_y
         )),
         Event::Checkpoint(c) => say(&format!("{prefix}checkpoint {}", c.model.path.display())),
+        Event::Testing { done: 0, total } => say(&format!(
+            "{prefix}testing the best checkpoint on {total} image{}",
+            if *total == 1 { "" } else { "s" }
+        )),
+        Event::Testing { .. } => {}
         Event::Tested(t) => say(&format!(
             "{prefix}test ({} images, best checkpoint step {}): PSNR {:.3} ± {:.3} dB SSIM {:.4} \
              (Y: {:.3} dB, {:.4})",

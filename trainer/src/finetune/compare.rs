@@ -174,8 +174,15 @@ pub fn compare(
             )));
         }
         let secs = t0.elapsed().as_secs_f64();
-        let (best, per, kept) =
-            test_set::score_best(&dir, &test, device, spec.tile, spec.showcase)?;
+        // A comparison checks for a stop between its phases, not between test images.
+        let scored =
+            test_set::score_best(&dir, &test, device, spec.tile, spec.showcase, |_, _| true)?;
+        let test_set::Scored {
+            best,
+            per_image: per,
+            kept,
+        } = scored
+            .ok_or_else(|| TrainerError::Resume(format!("stopped while testing `{name}`")))?;
         let mean = eval::mean_scores(&per);
         on_event(CompareEvent::Evaluated {
             arm: name,

@@ -69,7 +69,13 @@ pub enum Event<'a> {
     Step(&'a Progress),
     Validated(&'a ValPoint),
     Checkpoint(&'a Checkpoint),
-    /// The best checkpoint scored on the test images, after the last step.
+    /// About to score test image `done` of `total` with the best checkpoint, after the last
+    /// step; `Control::Stop` ends the run untested (a resume tests it).
+    Testing {
+        done: usize,
+        total: usize,
+    },
+    /// The best checkpoint scored on the test images.
     Tested(&'a TestReport),
 }
 
@@ -80,7 +86,8 @@ pub struct FinetuneSummary {
     pub run: driver::RunSummary,
     pub history: Vec<ValPoint>,
     pub best: Option<ValPoint>,
-    /// The best checkpoint's test scores; `None` when the run was stopped early.
+    /// The best checkpoint's test scores; `None` when the run was stopped before or while
+    /// testing.
     pub test: Option<TestReport>,
 }
 
@@ -318,9 +325,14 @@ pub fn finetune(
 ) -> Result<FinetuneSummary> {
     let mut summary = train_run(cfg, opts, &mut on_event)?;
     if !summary.run.stopped {
-        let report = test_set::score_run(cfg, &opts.out_dir, &opts.device)?;
-        on_event(Event::Tested(&report));
-        summary.test = Some(report);
+        let go = |done, total| on_event(Event::Testing { done, total }) == Control::Continue;
+        match test_set::score_run(cfg, &opts.out_dir, &opts.device, go)? {
+            Some(report) => {
+                on_event(Event::Tested(&report));
+                summary.test = Some(report);
+            }
+            None => summary.run.stopped = true,
+        }
     }
     Ok(summary)
 }

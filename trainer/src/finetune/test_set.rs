@@ -76,27 +76,63 @@ pub fn load_test(cfg: &FinetuneConfig) -> Result<Vec<EvalItem>> {
     data::load_eval(&entries, &cfg.data.degradation(), cfg.seed, 0)
 }
 
+/// A run's best checkpoint scored on test images.
+pub struct Scored {
+    pub best: ValPoint,
+    pub per_image: Vec<ImageScore>,
+    /// The restorations of the first images, as many as asked to keep.
+    pub kept: Vec<Image>,
+}
+
 /// Scores the best checkpoint of the run in `dir` on `test`, also returning the restorations
-/// of the first `keep` images.
+/// of the first `keep` images. `go(done, total)` is asked before each image; `None`: it said
+/// stop.
 pub fn score_best(
     dir: &Path,
     test: &[EvalItem],
     device: &Device,
     tile: Option<usize>,
     keep: usize,
-) -> Result<(ValPoint, Vec<ImageScore>, Vec<Image>)> {
+    mut go: impl FnMut(usize, usize) -> bool,
+) -> Result<Option<Scored>> {
     let (best, path) = best_model(dir)?.ok_or_else(|| {
         TrainerError::Resume(format!("{}: no validated checkpoint", dir.display()))
     })?;
     let (_, net) = evaluate::load_finetuned(&path, device)?;
-    let (per, kept) = eval::evaluate_keeping(&net, test, tile, keep)?;
-    Ok((best, per, kept))
+    let (mut per, mut kept) = (Vec::with_capacity(test.len()), Vec::new());
+    for (i, item) in test.iter().enumerate() {
+        if !go(i, test.len()) {
+            return Ok(None);
+        }
+        let keep_this = usize::from(i < keep);
+        let (s, k) = eval::evaluate_keeping(&net, std::slice::from_ref(item), tile, keep_this)?;
+        per.extend(s);
+        kept.extend(k);
+    }
+    Ok(Some(Scored {
+        best,
+        per_image: per,
+        kept,
+    }))
 }
 
-/// Scores the finished run in `dir` on the test images of `cfg` and writes `test.json`.
-pub fn score_run(cfg: &FinetuneConfig, dir: &Path, device: &Device) -> Result<TestReport> {
+/// Scores the finished run in `dir` on the test images of `cfg` and writes `test.json`;
+/// `None` (and no file) if `go(done, total)`, asked before each image, said stop.
+pub fn score_run(
+    cfg: &FinetuneConfig,
+    dir: &Path,
+    device: &Device,
+    go: impl FnMut(usize, usize) -> bool,
+) -> Result<Option<TestReport>> {
     let test = load_test(cfg)?;
-    let (best, per, _) = score_best(dir, &test, device, None, 0)?;
+    let Some(Scored {
+        best,
+        per_image: per,
+        ..
+    }) = score_best(dir, &test, device, None, 0, go)?
+    else {
+        return Ok(None);
+    };
     let report = TestReport {
         best_step: best.step,
         best_val: best.scores,
@@ -107,5 +143,5 @@ pub fn score_run(cfg: &FinetuneConfig, dir: &Path, device: &Device) -> Result<Te
     let json = serde_json::to_vec_pretty(&report)
         .map_err(|e| TrainerError::Unsupported(format!("cannot encode test scores: {e}")))?;
     checkpoint::write_atomic(&test_path(dir), &json)?;
-    Ok(report)
+    Ok(Some(report))
 }

@@ -117,6 +117,37 @@ fn resumed_run_is_bit_identical() {
     assert!(err.to_string().contains("NOISE_SIGMA"), "{err}");
 }
 
+/// A stop while the finished run scores its test images ends it untested, as a stop during
+/// training would; a resume scores the test set then.
+#[test]
+fn a_stop_while_testing_leaves_the_test_to_the_resume() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cfg = tiny_task(&few_clean(tmp.path(), 5), 2, 2);
+    cfg.data.test_dir = Some(small_test_set(tmp.path(), 2, 64));
+    let run = tmp.path().join("run");
+    let mut asked = Vec::new();
+    let s = finetune::finetune(&cfg, &common::cpu_run(&run, false), |ev| match ev {
+        Event::Testing { done, total } => {
+            asked.push((done, total));
+            if done == 1 {
+                Control::Stop
+            } else {
+                Control::Continue
+            }
+        }
+        _ => Control::Continue,
+    })
+    .expect("stopped while testing");
+    assert_eq!(asked, [(0, 2), (1, 2)]);
+    assert!(s.run.stopped && s.run.steps_done == 2 && s.test.is_none());
+    assert!(!finetune::test_set::test_path(&run).exists());
+    let s = finetune::finetune(&cfg, &common::cpu_run(&run, true), |_| Control::Continue)
+        .expect("resume");
+    assert!(!s.run.stopped);
+    assert_eq!(s.test.expect("tested").test_images, 2);
+    assert!(finetune::test_set::test_path(&run).exists());
+}
+
 #[test]
 fn eval_scores_a_checkpoint() {
     let tmp = tempfile::tempdir().expect("tempdir");
