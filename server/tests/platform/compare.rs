@@ -5,7 +5,7 @@
 use crate::common;
 use crate::compare_support::{
     admin_form_session, admin_session, api_with_datasets, arm_names, call, finetune, finetune_job,
-    html_of, pretrain, report_of, run_to_end, send, submit_tiny_comparison, ADMIN,
+    html_of, pretrain, report_of, result_json, run_to_end, send, submit_tiny_comparison, ADMIN,
 };
 
 use std::time::{Duration, Instant};
@@ -466,24 +466,11 @@ async fn a_finetune_job_starts_from_a_finished_pretraining_job() {
     ] {
         assert!(names.contains(&n), "{names:?}");
     }
-    let (_, history) = call(
-        &api,
-        "GET",
-        &format!("/api/v1/jobs/{id}/checkpoints/history.json"),
-        None,
-    )
-    .await;
-    let history: Vec<Value> = serde_json::from_str(&history).unwrap();
+    let history = result_json(&api, &id, "history.json").await;
+    let history = history.as_array().unwrap();
     assert_eq!(history.len(), 2, "validated at steps 2 and 4");
     // At the end the best checkpoint is scored on the held-out test images (two of them here).
-    let (_, test) = call(
-        &api,
-        "GET",
-        &format!("/api/v1/jobs/{id}/checkpoints/test.json"),
-        None,
-    )
-    .await;
-    let test: Value = serde_json::from_str(&test).unwrap();
+    let test = result_json(&api, &id, "test.json").await;
     assert_eq!(test["test_images"], 2, "{test}");
     assert_eq!(
         test["per_image"].as_array().map(Vec::len),

@@ -8,7 +8,7 @@
 use crate::common;
 use crate::compare_support::{
     admin_form_session, admin_session, api_with_datasets, arm_names, call, finetune, html_of,
-    pretrain, report_of, run_to_end, send, ADMIN,
+    pretrain, report_of, result_json, run_to_end, send, ADMIN,
 };
 
 use axum::body::Body;
@@ -465,15 +465,7 @@ async fn a_comparison_over_two_seeds_runs_and_summarises() {
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["step"], 22);
 
-    let (s, seeds) = call(
-        &api,
-        "GET",
-        &format!("/api/v1/jobs/{id}/checkpoints/seeds.json"),
-        None,
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK, "{seeds}");
-    let seeds: Value = serde_json::from_str(&seeds).unwrap();
+    let seeds = result_json(&api, &id, "seeds.json").await;
     assert_eq!(seeds["seeds"], json!([0, 1]));
     let d = &seeds["deltas"][0];
     assert_eq!(d["psnr"]["per_seed"].as_array().unwrap().len(), 2);
@@ -564,15 +556,7 @@ async fn a_comparison_may_pre_train_once_per_seed() {
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["step"], 28);
 
-    let (s, seeds) = call(
-        &api,
-        "GET",
-        &format!("/api/v1/jobs/{id}/checkpoints/seeds.json"),
-        None,
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK, "{seeds}");
-    let seeds: Value = serde_json::from_str(&seeds).unwrap();
+    let seeds = result_json(&api, &id, "seeds.json").await;
     assert_eq!(seeds["vary_pretrain"], true);
     let (_, list) = call(&api, "GET", &format!("/api/v1/jobs/{id}/checkpoints"), None).await;
     for seed in [0, 1] {

@@ -81,7 +81,12 @@ pub(crate) async fn submit_ok(app: &Router, body: Value) -> String {
 
 /// A finished comparison's `report.json`.
 pub(crate) async fn report_of(app: &Router, id: &str) -> Value {
-    let uri = format!("/api/v1/jobs/{id}/checkpoints/report.json");
+    result_json(app, id, "report.json").await
+}
+
+/// A JSON result file of a job (`report.json`, `seeds.json`, `history.json`, `test.json`).
+pub(crate) async fn result_json(app: &Router, id: &str, name: &str) -> Value {
+    let uri = format!("/api/v1/jobs/{id}/checkpoints/{name}");
     let (s, b) = call(app, "GET", &uri, None).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     serde_json::from_str(&b).unwrap()

@@ -21,7 +21,6 @@ use crate::http::state::AppState;
 use crate::jobs::compare::{CompareJob, MAX_SEEDS, MAX_SHOWCASE};
 use crate::jobs::service;
 use crate::jobs::spec::JobSpec;
-use ifp_trainer::finetune::FinetuneConfig;
 
 /// Pre-training presets a comparison can start from (both backbones fine-tune).
 const PRESETS: [&str; 4] = ["tiny", "tiny-uformer", "restormer-paper", "uformer-paper"];
@@ -224,20 +223,8 @@ pub async fn submit_form(
         (Some(s), Some(p)) => p.train.steps = Some(s as usize),
         _ => {}
     }
-    let (parsed, model_stated) = submission::off_thread(&f.finetune_yaml, |t| {
-        (FinetuneConfig::from_yaml(t), FinetuneConfig::names_model(t))
-    })
-    .await?;
-    let finetune = match parsed {
-        Ok(mut c) => {
-            submission::pick_train_dir(&mut c, &f.train_dir);
-            Some(c)
-        }
-        Err(e) => {
-            errors.insert("finetune_yaml".into(), e.to_string());
-            None
-        }
-    };
+    let (finetune, model_stated) =
+        submission::finetune_of_form(&f.finetune_yaml, &f.train_dir, &mut errors).await?;
     let (Some(pretrain), Some(finetune), Some(showcase), Some(seeds), Some(priority), true) = (
         pretrain.or_else(|| from_job.then(ifp_trainer::Config::default)),
         finetune,

@@ -18,7 +18,6 @@ use crate::http::state::AppState;
 use crate::jobs::finetune::FinetuneJob;
 use crate::jobs::service;
 use crate::jobs::spec::JobSpec;
-use ifp_trainer::finetune::FinetuneConfig;
 
 #[derive(Template)]
 #[template(path = "new_finetune.html")]
@@ -117,20 +116,8 @@ pub async fn submit_form(
     let choices = submission::choices(&state, &viewer).await?;
     let mut errors = Errors::new();
     let priority = submission::whole_number("priority", &f.priority, &mut errors);
-    let (parsed, stated) = submission::off_thread(&f.finetune_yaml, |t| {
-        (FinetuneConfig::from_yaml(t), FinetuneConfig::names_model(t))
-    })
-    .await?;
-    let ft = match parsed {
-        Ok(mut c) => {
-            submission::pick_train_dir(&mut c, &f.train_dir);
-            Some(c)
-        }
-        Err(e) => {
-            errors.insert("finetune_yaml".into(), e.to_string());
-            None
-        }
-    };
+    let (ft, stated) =
+        submission::finetune_of_form(&f.finetune_yaml, &f.train_dir, &mut errors).await?;
     let again =
         |f, errors, status, estimate| page(&state, &viewer, f, choices, errors, status, estimate);
     let (Some(ft), Some(priority), true) = (ft, priority, errors.is_empty()) else {

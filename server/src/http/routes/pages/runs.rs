@@ -138,13 +138,13 @@ pub async fn show(
         x_max = x_max.max(job.total_steps as f64);
         loss.push(metrics.iter().map(|m| (m.0 as f64, m.1)).collect());
         lr.push(metrics.iter().map(|m| (m.0 as f64, m.2)).collect());
-        for (label, curve) in validation(&state, job).await? {
+        let Results { curves, test_psnr } = results(&state, job).await?;
+        for (label, curve) in curves {
             val_legend.push((label, format!("key s{}", val.len() % MAX_RUNS)));
             val.push(curve);
         }
         let rate: Vec<f64> = metrics.iter().map(|m| m.3).filter(|r| *r > 0.0).collect();
         let (result, _) = super::jobs::key_result(job);
-        let test_psnr = test_psnr(&state, job).await?;
         runs.push(RunRow {
             test_psnr,
             id: job.id.to_string(),
@@ -224,51 +224,30 @@ pub async fn show(
     Ok((StatusCode::OK, render(&p)).into_response())
 }
 
-/// The best checkpoint's test PSNR (dB) in a run's result files: `test.json` of a fine-tuning
-/// run (mean ± standard error), each arm's mean in a one-seed comparison's `report.json`;
-/// "—" for pre-training, a run still going, or a comparison over several seeds (its page has
-/// the per-seed tables).
-async fn test_psnr(state: &AppState, job: &Job) -> Result<String, Error> {
-    let files = service::checkpoints(&state.pool, job.id).await?;
-    let report = |name: &str| {
-        files
-            .iter()
-            .find(|f| f.kind == CheckpointKind::Report && f.name == name)
-    };
-    if let Some(f) = report("test.json") {
-        if let Some(t) =
-            super::results::read_json::<ifp_trainer::finetune::TestReport>(state, f).await
-        {
-            return Ok(format!("{:.2} ± {:.2}", t.test.psnr.mean, t.test.psnr.se));
-        }
-    }
-    if let Some(f) = report("report.json") {
-        if let Some(r) = super::results::read_json::<Value>(state, f).await {
-            let arms: Vec<String> = r["arms"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|a| {
-                    let psnr = a["test"]["psnr"]["mean"].as_f64()?;
-                    Some(format!("{} {psnr:.2}", a["name"].as_str()?))
-                })
-                .collect();
-            if !arms.is_empty() {
-                return Ok(arms.join(" · "));
-            }
-        }
-    }
-    Ok("—".into())
+/// What the view shows from a run's result files, each listed and read once.
+struct Results {
+    /// Validation PSNR curves with their legend labels: a fine-tuning job's history, each arm
+    /// of a (one-seed) comparison; none for pre-training.
+    curves: Vec<(String, Vec<(f64, f64)>)>,
+    /// The best checkpoint's test PSNR (dB): `test.json` of a fine-tuning run (mean ±
+    /// standard error), each arm's mean in a one-seed comparison's `report.json`; "—" for
+    /// pre-training, a run still going, or a comparison over several seeds (its page has the
+    /// per-seed tables).
+    test_psnr: String,
 }
 
-/// A run's validation PSNR curves with their legend labels: a fine-tuning job's history, each
-/// arm of a (one-seed) comparison; none for pre-training.
-async fn validation(state: &AppState, job: &Job) -> Result<Vec<(String, Vec<(f64, f64)>)>, Error> {
+async fn results(state: &AppState, job: &Job) -> Result<Results, Error> {
     let files = service::checkpoints(&state.pool, job.id).await?;
-    let report = |name: &str| {
-        files
+    let json = |name: &str| {
+        let file = files
             .iter()
-            .find(|f| f.kind == CheckpointKind::Report && f.name == name)
+            .find(|f| f.kind == CheckpointKind::Report && f.name == name);
+        async move {
+            match file {
+                Some(f) => super::results::read_json::<Value>(state, f).await,
+                None => None,
+            }
+        }
     };
     let points = |v: &Value| -> Vec<(f64, f64)> {
         v.as_array()
@@ -277,23 +256,34 @@ async fn validation(state: &AppState, job: &Job) -> Result<Vec<(String, Vec<(f64
             .filter_map(|p| Some((p["step"].as_f64()?, p["psnr"].as_f64()?)))
             .collect()
     };
-    if let Some(f) = report("history.json") {
-        if let Some(v) = super::results::read_json::<Value>(state, f).await {
-            return Ok(vec![(job.name.clone(), points(&v))]);
+    let mut out = Results {
+        curves: Vec::new(),
+        test_psnr: "—".into(),
+    };
+    if let Some(history) = json("history.json").await {
+        out.curves.push((job.name.clone(), points(&history)));
+        if let Some(t) = json("test.json").await {
+            if let (Some(mean), Some(se)) = (
+                t["test"]["psnr"]["mean"].as_f64(),
+                t["test"]["psnr"]["se"].as_f64(),
+            ) {
+                out.test_psnr = format!("{mean:.2} ± {se:.2}");
+            }
+        }
+    } else if let Some(r) = json("report.json").await {
+        let arms = r["arms"].as_array().into_iter().flatten();
+        let mut tests = Vec::new();
+        for a in arms {
+            let arm = a["name"].as_str().unwrap_or("arm");
+            out.curves
+                .push((format!("{} · {arm}", job.name), points(&a["val_curve"])));
+            if let Some(psnr) = a["test"]["psnr"]["mean"].as_f64() {
+                tests.push(format!("{arm} {psnr:.2}"));
+            }
+        }
+        if !tests.is_empty() {
+            out.test_psnr = tests.join(" · ");
         }
     }
-    if let Some(f) = report("report.json") {
-        if let Some(r) = super::results::read_json::<Value>(state, f).await {
-            return Ok(r["arms"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|a| {
-                    let arm = a["name"].as_str().unwrap_or("arm");
-                    (format!("{} · {arm}", job.name), points(&a["val_curve"]))
-                })
-                .collect());
-        }
-    }
-    Ok(Vec::new())
+    Ok(out)
 }

@@ -1,5 +1,6 @@
 //! What the three new-job forms (pre-training, fine-tuning, comparison) share: a clone's name
-//! and parent, whole-number fields, the choice of one of the user's finished pre-training jobs,
+//! and parent, whole-number fields, the fine-tuning YAML and data set of a form, the choice of
+//! one of the user's finished pre-training jobs,
 //! sending a clone to the form of its kind, which field a refused submission's error belongs
 //! to, and the estimate of a run's memory and duration in words. Each form keeps only what is
 //! its own.
@@ -154,11 +155,33 @@ pub fn known_datasets(state: &AppState) -> Vec<crate::jobs::datasets::Known> {
         .unwrap_or_default()
 }
 
-/// Applies the picker's choice (`train_dir`; empty: keep the YAML's `DATA.TRAIN_DIR`).
-pub fn pick_train_dir(c: &mut ifp_trainer::finetune::FinetuneConfig, train_dir: &str) {
-    if !train_dir.trim().is_empty() {
-        c.data.train_dir = train_dir.trim().into();
-    }
+/// The fine-tuning config of a form: its YAML parsed off the async threads, the *Training data*
+/// picker's choice applied (`train_dir`; empty: keep the YAML's `DATA.TRAIN_DIR`), and whether
+/// the YAML states the network. A YAML that does not parse is `None`, its error put beside the
+/// `finetune_yaml` field.
+pub async fn finetune_of_form(
+    yaml: &str,
+    train_dir: &str,
+    errors: &mut Errors,
+) -> Result<(Option<ifp_trainer::finetune::FinetuneConfig>, bool), Error> {
+    use ifp_trainer::finetune::FinetuneConfig;
+    let (parsed, stated) = off_thread(yaml, |t| {
+        (FinetuneConfig::from_yaml(t), FinetuneConfig::names_model(t))
+    })
+    .await?;
+    let ft = match parsed {
+        Ok(mut c) => {
+            if !train_dir.trim().is_empty() {
+                c.data.train_dir = train_dir.trim().into();
+            }
+            Some(c)
+        }
+        Err(e) => {
+            errors.insert("finetune_yaml".into(), e.to_string());
+            None
+        }
+    };
+    Ok((ft, stated))
 }
 
 /// Where a form's submission ends: the new job's page, or the form again (`again`, a 422) with
